@@ -1,0 +1,185 @@
+"""Model bundles: weights plus a model card, loaded once per process.
+
+A bundle is a folder::
+
+    model_card.json   machine-readable card (see ModelCard below)
+    MODEL_CARD.md     the same for people (written by ``write_bundle``)
+    classifier.pt     state_dict of the 4-class slice classifier
+    locator.pt        state_dict of the 2-class COVID-infectious slice locator
+    segmentation.pt   state_dict of the lung U-Net (optional: without it the classical
+                      HU-threshold method segments the lungs)
+
+``model_card.json`` holds, per model, its file name, sha256 and architecture dict
+(``pipeline.nets``), and for the bundle: name, version, disclaimer, whether it was
+trained on synthetic data, the training data spec and command line, and metrics as
+measured by an evaluation run (with the data they were measured on).
+
+The bundle's sha256 is the sha256 of ``model_card.json``, which itself pins every
+weight file's sha256: one number identifies the whole bundle in reports.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from .device import resolve_device
+from .nets import build_network
+from .types import ModelBundleError, ModelInfo
+
+CARD_FILE = "model_card.json"
+MODEL_ROLES = ("segmentation", "classifier", "locator")
+REQUIRED_ROLES = ("classifier", "locator")
+SYNTHETIC_DISCLAIMER = (
+    "DEMO MODEL trained on synthetic phantoms only. Not validated on patient data. "
+    "Not for clinical use."
+)
+
+#: Where the shipped demo bundle lies (the node's default).
+DEFAULT_BUNDLE_DIR = Path(__file__).resolve().parent.parent / "models" / "covid-ct-demo"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class ModelBundle:
+    """Loaded networks (eval mode, on ``device``) and the card they came with."""
+
+    path: Path
+    card: Mapping[str, Any]
+    classifier: torch.nn.Module
+    locator: torch.nn.Module
+    segmentation: torch.nn.Module | None
+    device: torch.device
+    sha256: str
+
+    @property
+    def info(self) -> ModelInfo:
+        return ModelInfo(
+            name=str(self.card.get("name", self.path.name)),
+            version=str(self.card.get("version", "0")),
+            sha256=self.sha256,
+            disclaimer=str(self.card.get("disclaimer", "")),
+            trained_on_synthetic_data=bool(self.card.get("trained_on_synthetic_data", False)),
+        )
+
+    def arch(self, role: str) -> Mapping[str, Any]:
+        return self.card["models"][role]["architecture"]
+
+
+def read_card(bundle_dir: Path | str) -> dict[str, Any]:
+    bundle_dir = Path(bundle_dir)
+    card_path = bundle_dir / CARD_FILE
+    if not card_path.is_file():
+        raise ModelBundleError(f"model bundle {bundle_dir}: {card_path} is missing "
+                               f"(train one with 'dicomnode train' or point the config at a bundle folder)")
+    try:
+        card = json.loads(card_path.read_text())
+    except (OSError, ValueError) as e:
+        raise ModelBundleError(f"model bundle card {card_path} cannot be read: {e}") from e
+    if not isinstance(card, dict) or not isinstance(card.get("models"), dict):
+        raise ModelBundleError(f"model bundle card {card_path} has no 'models' table")
+    for role in REQUIRED_ROLES:
+        if role not in card["models"]:
+            raise ModelBundleError(f"model bundle card {card_path} lists no '{role}' model")
+    return card
+
+
+def _load_network(bundle_dir: Path, role: str, entry: Mapping[str, Any], device: torch.device) -> torch.nn.Module:
+    weights = bundle_dir / str(entry.get("file", f"{role}.pt"))
+    if not weights.is_file():
+        raise ModelBundleError(f"model bundle {bundle_dir}: weights file {weights} is missing")
+    expected = entry.get("sha256")
+    actual = sha256_file(weights)
+    if expected and expected != actual:
+        raise ModelBundleError(f"model bundle {bundle_dir}: {weights} is corrupt "
+                               f"(sha256 {actual[:12]}..., model card says {str(expected)[:12]}...)")
+    net = build_network(entry["architecture"])
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        net.load_state_dict(state)
+    except Exception as e:  # torch raises many types for a damaged file
+        raise ModelBundleError(f"model bundle {bundle_dir}: {weights} cannot be loaded: {e}") from e
+    return net.to(device).eval()
+
+
+def load_bundle(bundle_dir: Path | str, device: str = "auto") -> ModelBundle:
+    """Load a bundle (checks every sha256). Raises ModelBundleError naming the bad file."""
+    bundle_dir = Path(bundle_dir)
+    card = read_card(bundle_dir)
+    dev = resolve_device(device)
+    nets = {role: _load_network(bundle_dir, role, card["models"][role], dev)
+            for role in MODEL_ROLES if role in card["models"]}
+    return ModelBundle(path=bundle_dir, card=card, classifier=nets["classifier"], locator=nets["locator"],
+                       segmentation=nets.get("segmentation"), device=dev,
+                       sha256=sha256_file(bundle_dir / CARD_FILE))
+
+
+_cache: dict[tuple[str, str], ModelBundle] = {}
+_cache_lock = threading.Lock()
+
+
+def load_bundle_cached(bundle_dir: Path | str, device: str = "auto") -> ModelBundle:
+    """Load once per process: the node calls this for every job."""
+    key = (str(Path(bundle_dir).resolve()), device)
+    with _cache_lock:
+        if key not in _cache:
+            _cache[key] = load_bundle(bundle_dir, device)
+        return _cache[key]
+
+
+def write_bundle(out_dir: Path | str, networks: Mapping[str, torch.nn.Module],
+                 architectures: Mapping[str, Mapping[str, Any]], card: Mapping[str, Any]) -> Path:
+    """Write weights and the model card. ``card`` holds the bundle-level fields
+    (name, version, disclaimer, trained_on_synthetic_data, training, metrics...);
+    per-model entries (file, sha256, architecture) are filled in here, keeping any
+    per-model extras already in ``card['models'][role]``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    full = dict(card)
+    models = {role: dict(v) for role, v in dict(card.get("models", {})).items()}
+    for role, net in networks.items():
+        if role not in MODEL_ROLES:
+            raise ValueError(f"unknown model role {role!r}; expected one of {MODEL_ROLES}")
+        fname = f"{role}.pt"
+        state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+        torch.save(state, out / fname)
+        entry = models.get(role, {})
+        entry.update(file=fname, sha256=sha256_file(out / fname), architecture=dict(architectures[role]))
+        models[role] = entry
+    full["models"] = models
+    (out / CARD_FILE).write_text(json.dumps(full, indent=2, sort_keys=False) + "\n")
+    (out / "MODEL_CARD.md").write_text(render_card_markdown(full))
+    return out
+
+
+def render_card_markdown(card: Mapping[str, Any]) -> str:
+    """A readable model card; everything in it comes from the JSON card."""
+    lines = [f"# Model card: {card.get('name', 'unnamed')} {card.get('version', '')}", ""]
+    if card.get("disclaimer"):
+        lines += [f"**{card['disclaimer']}**", ""]
+    if card.get("description"):
+        lines += [str(card["description"]), ""]
+    lines += ["## Models", "", "| role | file | sha256 | architecture |", "|---|---|---|---|"]
+    for role, entry in card.get("models", {}).items():
+        lines.append(f"| {role} | {entry.get('file')} | `{str(entry.get('sha256', ''))[:16]}...` | "
+                     f"`{json.dumps(entry.get('architecture', {}))}` |")
+    for role, entry in card.get("models", {}).items():
+        if entry.get("training"):
+            lines += ["", f"## Training: {role}", "", "```json", json.dumps(entry["training"], indent=2), "```"]
+    if card.get("metrics"):
+        lines += ["", "## Metrics as measured", "", "```json", json.dumps(card["metrics"], indent=2), "```"]
+    lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,59 @@
+"""Network architectures, built from the plain dicts stored in model cards.
+
+An architecture dict is data, so a bundle can say exactly what it holds and a loader can
+rebuild it without code per bundle. MONAI provides the networks.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+from monai.networks.nets import BasicUNet, ResNet
+
+from .types import ModelBundleError
+
+#: The paper's backbone: ResNet152 = bottleneck blocks [3, 8, 36, 3].
+RESNET152 = {"kind": "resnet", "block": "bottleneck", "layers": [3, 8, 36, 3],
+             "block_inplanes": [64, 128, 256, 512]}
+#: The paper code's U-Net: channels 64-128-256-512-512, bilinear upsampling.
+UNET_PAPER = {"kind": "unet", "features": [64, 128, 256, 512, 512, 64], "upsample": "nontrainable"}
+
+
+def classifier_arch(num_classes: int, layers=(1, 1, 1, 1), block: str = "basic",
+                    block_inplanes=(16, 32, 64, 128), input_size: int = 224) -> dict[str, Any]:
+    """Architecture dict of a 2-D ResNet slice classifier on [mask, mask*HU, HU] input."""
+    return {"kind": "resnet", "block": block, "layers": list(layers),
+            "block_inplanes": list(block_inplanes), "in_channels": 3,
+            "num_classes": int(num_classes), "input_size": int(input_size)}
+
+
+def unet_arch(features=(8, 16, 32, 64, 64, 8), upsample: str = "nontrainable",
+              input_size: int = 128) -> dict[str, Any]:
+    """Architecture dict of the 2-D lung U-Net (1 HU channel in, 2 classes out)."""
+    return {"kind": "unet", "features": list(features), "upsample": upsample,
+            "in_channels": 1, "num_classes": 2, "input_size": int(input_size)}
+
+
+def build_network(arch: Mapping[str, Any]) -> torch.nn.Module:
+    """Build an untrained network from an architecture dict."""
+    kind = arch.get("kind")
+    if kind == "resnet":
+        return ResNet(
+            block=arch.get("block", "basic"),
+            layers=list(arch["layers"]),
+            block_inplanes=list(arch["block_inplanes"]),
+            spatial_dims=2,
+            n_input_channels=int(arch.get("in_channels", 3)),
+            num_classes=int(arch["num_classes"]),
+            conv1_t_stride=2,
+        )
+    if kind == "unet":
+        return BasicUNet(
+            spatial_dims=2,
+            in_channels=int(arch.get("in_channels", 1)),
+            out_channels=int(arch.get("num_classes", 2)),
+            features=tuple(arch["features"]),
+            upsample=arch.get("upsample", "nontrainable"),
+        )
+    raise ModelBundleError(f"unknown architecture kind {kind!r} (expected 'resnet' or 'unet')")

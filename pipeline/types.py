@@ -1,0 +1,229 @@
+"""Frozen dataclasses passed between the stages of the AI chain.
+
+Arrays are numpy, axis order z/y/x, HU in float32. Each class validates itself in
+``__post_init__`` so that a bad value is caught where it is made, not three stages later.
+Nothing here imports DICOM code: ``slice_uids`` are plain strings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import numpy as np
+
+#: Class names, in the network's output order. Used everywhere (JSON keys, CSV columns).
+CLASS_NAMES: tuple[str, ...] = ("non_pneumonia", "cap", "influenza", "covid19")
+#: Binary tasks of the task-specific fusion; the multi-way task is ``probabilities``.
+TASK_NAMES: tuple[str, ...] = (
+    "pneumonia_vs_non_pneumonia",
+    "covid19_vs_cap",
+    "covid19_vs_influenza",
+)
+
+
+class PipelineError(Exception):
+    """Base class of every error the AI chain raises on purpose."""
+
+
+class InvalidInputError(PipelineError, ValueError):
+    """An input to a stage is not what the stage can work on (says what and why)."""
+
+
+class ModelBundleError(PipelineError):
+    """A model bundle is missing, unreadable or does not match its model card."""
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise InvalidInputError(message)
+
+
+@dataclass(frozen=True)
+class CTVolume:
+    """A CT volume in Hounsfield units.
+
+    ``hu`` is float32 z/y/x. ``spacing_mm`` is (z, y, x). ``slice_uids`` holds the SOP
+    Instance UID of each z slice (empty for NIfTI input), ``slice_numbers`` the
+    InstanceNumber of each z slice (empty for NIfTI input: then z indices are used).
+    ``origin_mm`` and ``direction`` describe the patient frame like SimpleITK does
+    (origin of voxel (0,0,0) in x,y,z; direction cosines row-major, 9 values).
+    """
+
+    hu: np.ndarray
+    spacing_mm: tuple[float, float, float]
+    origin_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    direction: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+    slice_uids: tuple[str, ...] = ()
+    slice_numbers: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.hu, np.ndarray) and self.hu.ndim == 3,
+                 f"CTVolume.hu must be a 3-D array (z, y, x), got {getattr(self.hu, 'shape', type(self.hu))}")
+        _require(self.hu.dtype == np.float32, f"CTVolume.hu must be float32, got {self.hu.dtype}")
+        _require(len(self.spacing_mm) == 3 and all(s > 0 for s in self.spacing_mm),
+                 f"CTVolume.spacing_mm must be three positive numbers, got {self.spacing_mm}")
+        _require(len(self.direction) == 9, "CTVolume.direction must have 9 values")
+        nz = self.hu.shape[0]
+        _require(len(self.slice_uids) in (0, nz),
+                 f"CTVolume.slice_uids has {len(self.slice_uids)} entries for {nz} slices")
+        _require(len(self.slice_numbers) in (0, nz),
+                 f"CTVolume.slice_numbers has {len(self.slice_numbers)} entries for {nz} slices")
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.hu.shape)  # type: ignore[return-value]
+
+    @property
+    def voxel_volume_ml(self) -> float:
+        z, y, x = self.spacing_mm
+        return z * y * x / 1000.0
+
+    def slice_label(self, z: int) -> int:
+        """The number a reader knows a slice by: InstanceNumber, else the z index."""
+        return int(self.slice_numbers[z]) if self.slice_numbers else int(z)
+
+
+@dataclass(frozen=True)
+class LungMask:
+    """Binary lung mask aligned with a CTVolume (bool, z/y/x)."""
+
+    mask: np.ndarray
+    method: str  # "unet" or "classical"
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.mask, np.ndarray) and self.mask.ndim == 3 and self.mask.dtype == bool,
+                 "LungMask.mask must be a 3-D bool array")
+        _require(self.method in ("unet", "classical"), f"LungMask.method unknown: {self.method!r}")
+
+
+@dataclass(frozen=True)
+class SliceScores:
+    """Per-slice class probabilities of the slice classifier.
+
+    ``z_indices`` are the classified slices (sorted, unique); ``probabilities`` has one
+    row per classified slice and one column per CLASS_NAMES entry, rows summing to 1.
+    ``features`` (optional) holds each slice's penultimate-layer features, for t-SNE.
+    """
+
+    z_indices: np.ndarray
+    probabilities: np.ndarray
+    features: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        _require(self.z_indices.ndim == 1, "SliceScores.z_indices must be 1-D")
+        _require(self.probabilities.shape == (len(self.z_indices), len(CLASS_NAMES)),
+                 f"SliceScores.probabilities must be ({len(self.z_indices)}, {len(CLASS_NAMES)}), "
+                 f"got {self.probabilities.shape}")
+        _require(len(self.z_indices) > 0, "SliceScores needs at least one classified slice")
+        _require(bool(np.all(np.diff(self.z_indices) > 0)), "SliceScores.z_indices must be sorted and unique")
+        if self.features is not None:
+            _require(self.features.shape[0] == len(self.z_indices),
+                     "SliceScores.features must have one row per classified slice")
+
+
+@dataclass(frozen=True)
+class CaseScores:
+    """Case-level scores after task-specific fusion.
+
+    ``probabilities`` maps each of CLASS_NAMES to the multi-way probability (sum 1);
+    ``tasks`` maps each of TASK_NAMES to the fused probability of the first-named class
+    (pneumonia, COVID-19, COVID-19); ``label`` is the multi-way decision.
+    """
+
+    probabilities: Mapping[str, float]
+    tasks: Mapping[str, float]
+    label: str
+    top_k: int
+
+    def __post_init__(self) -> None:
+        _require(tuple(self.probabilities) == CLASS_NAMES,
+                 f"CaseScores.probabilities keys must be {CLASS_NAMES}")
+        _require(tuple(self.tasks) == TASK_NAMES, f"CaseScores.tasks keys must be {TASK_NAMES}")
+        _require(abs(sum(self.probabilities.values()) - 1.0) < 1e-4, "CaseScores.probabilities must sum to 1")
+        _require(self.label in CLASS_NAMES, f"CaseScores.label unknown: {self.label!r}")
+
+
+@dataclass(frozen=True)
+class InfectedSlices:
+    """COVID-infectious slice locating.
+
+    ``scores`` holds the (median-filtered) abnormality probability of every z slice
+    (NaN where a slice had too little lung to be scored); ``z_indices`` the slices at
+    or above ``threshold``.
+    """
+
+    scores: np.ndarray
+    z_indices: tuple[int, ...]
+    threshold: float
+
+    def __post_init__(self) -> None:
+        _require(self.scores.ndim == 1, "InfectedSlices.scores must be 1-D (one per z slice)")
+        _require(all(0 <= z < len(self.scores) for z in self.z_indices), "InfectedSlices.z_indices out of range")
+
+
+@dataclass(frozen=True)
+class AttentionMap:
+    """Guided Grad-CAM of one slice, at the slice's full resolution (y/x).
+
+    ``heat`` is float32 in [0, 1]; ``regions`` the attentional regions (bool), kept inside
+    the lung margin and larger than the minimum area; ``target_class`` the class explained.
+    """
+
+    z_index: int
+    heat: np.ndarray
+    regions: np.ndarray
+    target_class: str
+
+    def __post_init__(self) -> None:
+        _require(self.heat.ndim == 2 and self.regions.shape == self.heat.shape,
+                 "AttentionMap.heat and .regions must be 2-D arrays of one shape")
+        _require(self.regions.dtype == bool, "AttentionMap.regions must be bool")
+        _require(self.target_class in CLASS_NAMES, f"AttentionMap.target_class unknown: {self.target_class!r}")
+
+
+@dataclass(frozen=True)
+class Phenotype:
+    """Radiomics phenotype features of the attentional regions (name -> value)."""
+
+    features: Mapping[str, float]
+    region_count: int
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a report must say about the models that made it."""
+
+    name: str
+    version: str
+    sha256: str
+    disclaimer: str
+    trained_on_synthetic_data: bool
+
+
+@dataclass(frozen=True)
+class AnalysisResult:
+    """Everything the chain found for one CT volume."""
+
+    lung_mask: LungMask
+    slice_scores: SliceScores
+    case_scores: CaseScores
+    infected: InfectedSlices
+    attention: tuple[AttentionMap, ...]
+    phenotype: Phenotype | None
+    lung_volume_ml: float
+    model: ModelInfo
+    timings_s: Mapping[str, float] = field(default_factory=dict)
+
+    def summary(self, volume: CTVolume) -> dict:
+        """The JSON summary that ``dicomnode analyze`` prints."""
+        return {
+            "label": self.case_scores.label,
+            "probabilities": {k: float(v) for k, v in self.case_scores.probabilities.items()},
+            "tasks": {k: float(v) for k, v in self.case_scores.tasks.items()},
+            "infected_slices": [volume.slice_label(z) for z in self.infected.z_indices],
+            "lung_volume_ml": round(float(self.lung_volume_ml), 1),
+            "lung_segmentation": self.lung_mask.method,
+            "model": {"name": self.model.name, "version": self.model.version, "sha256": self.model.sha256},
+            "disclaimer": self.model.disclaimer,
+        }
