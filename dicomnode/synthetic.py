@@ -1,0 +1,157 @@
+"""Valid CT Image Storage instances made from a volume: what a scanner would send.
+
+Used by the demo command, the benchmarks and the tests, so every part of the product
+is exercised with the same kind of series. The identities are fake by construction
+(phantoms); callers choose them so tests can check that they are copied, not logged.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import (
+    CTImageStorage,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    PYDICOM_IMPLEMENTATION_UID,
+    UID,
+    generate_uid,
+)
+
+from pipeline.types import CTVolume
+
+#: Stored values are HU + 1024 in unsigned 12 bits, as many scanners write them.
+RESCALE_INTERCEPT = -1024.0
+_MAX_STORED = 4095
+
+UNCOMPRESSED = (ImplicitVRLittleEndian, ExplicitVRLittleEndian)
+
+
+@dataclass(frozen=True)
+class SyntheticSeries:
+    paths: tuple[Path, ...]
+    study_uid: str
+    series_uid: str
+    sop_uids: tuple[str, ...]
+
+
+def _slice_positions(volume: CTVolume) -> np.ndarray:
+    """Patient-frame position (x, y, z) of the first voxel of each z slice."""
+    direction = np.asarray(volume.direction, dtype=float).reshape(3, 3)
+    normal = direction[:, 2]
+    origin = np.asarray(volume.origin_mm, dtype=float)
+    return origin[None, :] + np.arange(volume.shape[0])[:, None] * volume.spacing_mm[0] * normal[None, :]
+
+
+def ct_datasets(
+    volume: CTVolume,
+    *,
+    transfer_syntax: str = ExplicitVRLittleEndian,
+    patient_name: str = "PHANTOM^DEMO",
+    patient_id: str = "PHANTOM-0001",
+    patient_sex: str = "O",
+    patient_birth_date: str = "19700101",
+    study_uid: str | None = None,
+    series_uid: str | None = None,
+    accession_number: str = "SYN0001",
+    series_number: int = 2,
+    modality: str = "CT",
+    image_type: Sequence[str] = ("ORIGINAL", "PRIMARY", "AXIAL"),
+    study_description: str = "CT CHEST (SYNTHETIC PHANTOM)",
+    series_description: str = "Chest 1.0 (synthetic)",
+) -> list[Dataset]:
+    """One CT Image Storage dataset per z slice, in z order, pixel data encoded."""
+    study_uid = study_uid or generate_uid()
+    series_uid = series_uid or generate_uid()
+    frame_uid = generate_uid()
+    now = _dt.datetime(2026, 1, 1, 12, 0, 0)
+    direction = np.asarray(volume.direction, dtype=float).reshape(3, 3)
+    orientation = [float(v) for v in (*direction[:, 0], *direction[:, 1])]
+    positions = _slice_positions(volume)
+    stored = np.clip(np.rint(volume.hu - RESCALE_INTERCEPT), 0, _MAX_STORED).astype(np.uint16)
+    rows, cols = volume.shape[1:]
+    out: list[Dataset] = []
+    for z in range(volume.shape[0]):
+        sop_uid = volume.slice_uids[z] if volume.slice_uids else generate_uid()
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
+        ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+        ds.SpecificCharacterSet = "ISO_IR 100"
+        ds.SOPClassUID = CTImageStorage
+        ds.SOPInstanceUID = sop_uid
+        ds.ImageType = list(image_type)
+        ds.StudyDate = ds.SeriesDate = ds.ContentDate = ds.AcquisitionDate = now.strftime("%Y%m%d")
+        ds.StudyTime = ds.SeriesTime = ds.ContentTime = ds.AcquisitionTime = now.strftime("%H%M%S")
+        ds.AccessionNumber = accession_number
+        ds.Modality = modality
+        ds.Manufacturer = "Synthetic"
+        ds.ManufacturerModelName = "Phantom"
+        ds.ReferringPhysicianName = ""
+        ds.StudyDescription = study_description
+        ds.SeriesDescription = series_description
+        ds.PatientName = patient_name
+        ds.PatientID = patient_id
+        ds.PatientBirthDate = patient_birth_date
+        ds.PatientSex = patient_sex
+        ds.BodyPartExamined = "CHEST"
+        ds.SliceThickness = f"{volume.spacing_mm[0]:.3f}"
+        ds.KVP = "120"
+        ds.PatientPosition = "HFS"
+        ds.StudyInstanceUID = study_uid
+        ds.SeriesInstanceUID = series_uid
+        ds.StudyID = "1"
+        ds.SeriesNumber = series_number
+        ds.AcquisitionNumber = 1
+        ds.InstanceNumber = volume.slice_numbers[z] if volume.slice_numbers else z + 1
+        ds.FrameOfReferenceUID = frame_uid
+        ds.PositionReferenceIndicator = ""
+        ds.ImagePositionPatient = [round(float(v), 4) for v in positions[z]]
+        ds.ImageOrientationPatient = orientation
+        ds.SliceLocation = round(float(positions[z][2]), 4)
+        ds.PixelSpacing = [f"{volume.spacing_mm[1]:.4f}", f"{volume.spacing_mm[2]:.4f}"]
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.Rows, ds.Columns = int(rows), int(cols)
+        ds.BitsAllocated = 16
+        ds.BitsStored = 12
+        ds.HighBit = 11
+        ds.PixelRepresentation = 0
+        ds.RescaleIntercept = f"{RESCALE_INTERCEPT:.0f}"
+        ds.RescaleSlope = "1"
+        ds.RescaleType = "HU"
+        ds.WindowCenter = "-600"
+        ds.WindowWidth = "1500"
+        ds.PixelData = stored[z].tobytes()
+        if transfer_syntax == ImplicitVRLittleEndian:
+            ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+        elif transfer_syntax not in UNCOMPRESSED:
+            # pydicom's encoders: JPEG-LS (pyjpegls), JPEG 2000 (pylibjpeg-openjpeg), RLE.
+            ds.compress(UID(transfer_syntax), stored[z])
+        out.append(ds)
+    return out
+
+
+def write_ct_series(volume: CTVolume, out_dir: Path | str, **kwargs) -> SyntheticSeries:
+    """Write ``ct_datasets(volume, **kwargs)`` as one file per slice into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    datasets = ct_datasets(volume, **kwargs)
+    paths = []
+    for i, ds in enumerate(datasets):
+        path = out / f"CT{i + 1:05d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return SyntheticSeries(
+        paths=tuple(paths),
+        study_uid=str(datasets[0].StudyInstanceUID),
+        series_uid=str(datasets[0].SeriesInstanceUID),
+        sop_uids=tuple(str(ds.SOPInstanceUID) for ds in datasets),
+    )
