@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Sets up a fresh clone: Debian peers (when root and missing), the virtual environment
+# in .venv with the project installed editable. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v storescu >/dev/null || need_apt+=(dcmtk)
+command -v dciodvfy >/dev/null || need_apt+=(dicom3tools)
+command -v Orthanc >/dev/null || need_apt+=(orthanc)
+[ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need_apt+=(orthanc-dicomweb)
+if [ "${WITH_BROWSER:-0}" = 1 ]; then command -v chromium >/dev/null || need_apt+=(chromium); fi
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "setup: installing Debian packages: ${need_apt[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q >/dev/null
+    apt-get install -y -q --no-install-recommends "${need_apt[@]}" >/dev/null
+  else
+    echo "setup: optional Debian packages missing (tests that need them are skipped): ${need_apt[*]}" >&2
+  fi
+fi
+
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null || PY=python3
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv with $PY"
+  "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+# torch is pinned in pyproject.toml: 2.13.0 is the CPU build; a newer one pulls CUDA.
+.venv/bin/python -m pip install -q -e '.[test]'
+echo "setup: done (.venv/bin/dicomnode is the CLI)"
