@@ -2,7 +2,7 @@
 
 Usage::
 
-    from tests.orthanc import orthanc_missing_reason, running_orthanc
+    from orthanc import orthanc_missing_reason, running_orthanc  # tests/ is on sys.path (conftest)
 
     pytestmark = pytest.mark.skipif(orthanc_missing_reason() is not None,
                                     reason=orthanc_missing_reason() or "")
