@@ -15,6 +15,15 @@ class ChainParams:
     # Lung segmentation
     unet_input_size: int = 128  # U-Net runs at this in-plane size, mask upsampled back
     hu_clip_min: float = -1024.0
+    unet_threshold: float = 0.5  # on the U-Net's lung probability
+    # Classical HU-threshold lung segmentation (fallback and reference)
+    classical_work_px: int = 128  # components/morphology at about this in-plane size; edges refined at full size
+    classical_air_hu: float = -320.0  # lung parenchyma and airways are below this
+    classical_body_hu: float = -500.0  # the body (soft tissue, bone) is above this
+    airway_max_area_mm2: float = 700.0  # a central air region smaller than this in a slice is trachea/bronchus
+    airway_central_fraction: float = 0.15  # "central": centroid within this fraction of the body width of its middle
+    lung_second_min_fraction: float = 0.1  # second air component is a lung when at least this fraction of the first
+    classical_closing_mm: float = 10.0  # closing radius per lung: takes juxta-pleural lesions and vessels in
     # Fusion
     top_k: int = 3
     decision_threshold: float = 0.5
@@ -30,3 +39,7 @@ class ChainParams:
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:N"
     batch_size: int = 16
     compute_phenotype: bool = True
+    # Phenotype (radiomics of attention regions)
+    radiomics_bin_width: float = 25.0  # HU per grey level
+    radiomics_log_sigma_mm: tuple[float, ...] = ()  # LoG image types (slow: off in the node)
+    radiomics_wavelet: bool = False  # wavelet image types (slow: off in the node)
