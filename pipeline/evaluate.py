@@ -1,0 +1,661 @@
+"""Evaluation of a model bundle with the paper's protocol (Table 2 and Table 3).
+
+Three steps, each usable alone:
+
+1. ``score_cases``: every case of a dataset -> ``pipeline.chain.analyze`` -> a
+   ``CaseRecord`` (truth, fused scores, max-pooled features, lung Dice and slice-level
+   locating data when the dataset has masks). The models are an argument.
+2. ``compute_metrics``: records -> the metrics dictionary written as ``metrics.json``
+   (every figure as {"value", "ci_low", "ci_high"} with a seeded case bootstrap).
+3. ``write_outputs``: records + metrics -> ``scores.csv``, ``metrics.json``, PNG plots
+   and ``report.md`` in a folder.
+
+``evaluate_bundle`` runs all three; ``dicomnode evaluate`` only parses, loads and calls it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from . import metrics as M
+from .params import ChainParams
+from .types import CLASS_NAMES, TASK_NAMES, PipelineError
+
+#: scores.csv columns, in order.
+SCORE_COLUMNS: tuple[str, ...] = ("case_id", "truth", *(f"p_{c}" for c in CLASS_NAMES), *TASK_NAMES, "predicted")
+
+#: For each binary task: (positive class, classes of the cases it is measured on).
+#: The pneumonia task is measured on all cases; its positives are the three pneumonias.
+TASK_COHORTS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "pneumonia_vs_non_pneumonia": ("pneumonia", CLASS_NAMES),
+    "covid19_vs_cap": ("covid19", ("covid19", "cap")),
+    "covid19_vs_influenza": ("covid19", ("covid19", "influenza")),
+}
+
+
+class EvaluationError(PipelineError):
+    """The evaluation cannot go on (a case failed, a readers file is wrong...)."""
+
+
+@dataclass(frozen=True)
+class EvalParams:
+    """Named settings of the evaluation protocol (no magic numbers below)."""
+
+    n_bootstrap: int = 1000
+    seed: int = 0
+    confidence: float = 0.95
+    #: Age band edges in years: (40, 60) gives "<40", "40-59", ">=60".
+    age_band_edges: tuple[int, ...] = (40, 60)
+    #: A slice is infected (locating truth) when it holds more lesion pixels than this
+    #: (the paper's code: > 50), as for the locator's training labels.
+    lesion_min_px: int = 50
+    #: Thresholds of the decision curves (net benefit), in [0, 1).
+    dca_thresholds: tuple[float, ...] = tuple(round(0.01 * i, 2) for i in range(1, 100))
+    #: t-SNE perplexity: at most this, and below the number of cases for small sets.
+    tsne_max_perplexity: float = 30.0
+    #: The positive class of the reader comparison (Table 3 reports it for COVID-19).
+    reader_positive_class: str = "covid19"
+
+    def __post_init__(self) -> None:
+        if self.n_bootstrap < 0:
+            raise ValueError(f"EvalParams.n_bootstrap must be >= 0, got {self.n_bootstrap}")
+        if not 0.0 < self.confidence < 1.0:
+            raise ValueError(f"EvalParams.confidence must lie in (0, 1), got {self.confidence}")
+        if list(self.age_band_edges) != sorted(set(self.age_band_edges)):
+            raise ValueError(f"EvalParams.age_band_edges must increase, got {self.age_band_edges}")
+
+
+@dataclass(frozen=True)
+class CaseRecord:
+    """What the evaluation keeps of one analysed case (arrays are small)."""
+
+    case_id: str
+    truth: str
+    probabilities: np.ndarray  # (4,) CLASS_NAMES order
+    tasks: np.ndarray  # (3,) TASK_NAMES order
+    predicted: str
+    features: np.ndarray | None = None  # max-pooled penultimate features
+    sex: str | None = None
+    age: float | None = None
+    stage: str | None = None
+    lung_dice: float | None = None
+    slice_scores: np.ndarray | None = None  # locator scores of scored slices only
+    slice_truth: np.ndarray | None = None  # bool, same slices
+
+    def __post_init__(self) -> None:
+        if self.truth not in CLASS_NAMES:
+            raise ValueError(f"case {self.case_id}: truth {self.truth!r} is not one of {CLASS_NAMES}")
+        if self.predicted not in CLASS_NAMES:
+            raise ValueError(f"case {self.case_id}: predicted {self.predicted!r} is not one of {CLASS_NAMES}")
+
+
+@dataclass(frozen=True)
+class ReaderCall:
+    """One line of a readers file: reader ``reader`` called case ``case_id`` ``call``."""
+
+    case_id: str
+    reader: str
+    call: str
+
+
+# ----------------------------------------------------------------------- scoring
+
+
+def _loaded_parts(loaded: Any) -> tuple[Any, np.ndarray | None, np.ndarray | None]:
+    """(volume, lung_mask, lesion_mask) from what ``Case.load()`` returns (a tuple or an
+    object with those attributes)."""
+    if isinstance(loaded, tuple):
+        parts = list(loaded) + [None, None]
+        return parts[0], parts[1], parts[2]
+    volume = getattr(loaded, "volume", loaded)
+    return volume, getattr(loaded, "lung_mask", None), getattr(loaded, "lesion_mask", None)
+
+
+def _text_or_none(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def _age_or_none(value: Any) -> float | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    try:
+        age = float(value)
+    except (TypeError, ValueError):
+        return None
+    return age if math.isfinite(age) else None
+
+
+def record_from_result(case: Any, result: Any, lung_mask: np.ndarray | None, lesion_mask: np.ndarray | None,
+                       eval_params: EvalParams = EvalParams()) -> CaseRecord:
+    """Turn one AnalysisResult (and the case's truth masks, if any) into a CaseRecord."""
+    cs = result.case_scores
+    feats = result.slice_scores.features
+    pooled = None if feats is None or len(feats) == 0 else np.asarray(feats, dtype=np.float32).max(axis=0)
+    lung_dice = None
+    if lung_mask is not None:
+        lung_dice = M.dice(np.asarray(lung_mask, bool), result.lung_mask.mask)
+    slice_scores = slice_truth = None
+    if lesion_mask is not None:
+        lesion = np.asarray(lesion_mask, bool)
+        scores = np.asarray(result.infected.scores, dtype=np.float64)
+        if lesion.shape[0] != scores.shape[0]:
+            raise EvaluationError(f"case {case.case_id}: lesion mask has {lesion.shape[0]} slices, "
+                                  f"the volume {scores.shape[0]}; the masks must be aligned with the volume")
+        truth = lesion.reshape(lesion.shape[0], -1).sum(axis=1) > eval_params.lesion_min_px
+        scored = np.isfinite(scores)
+        slice_scores, slice_truth = scores[scored], truth[scored]
+    return CaseRecord(
+        case_id=str(case.case_id), truth=str(case.label),
+        probabilities=np.array([cs.probabilities[c] for c in CLASS_NAMES], dtype=np.float64),
+        tasks=np.array([cs.tasks[t] for t in TASK_NAMES], dtype=np.float64),
+        predicted=str(cs.label), features=pooled,
+        sex=_text_or_none(getattr(case, "sex", None)), age=_age_or_none(getattr(case, "age", None)),
+        stage=_text_or_none(getattr(case, "stage", None)),
+        lung_dice=lung_dice, slice_scores=slice_scores, slice_truth=slice_truth,
+    )
+
+
+def score_cases(cases: Iterable[Any], models: Any, params: ChainParams,
+                eval_params: EvalParams = EvalParams(), progress: bool = True,
+                analyze: Callable[..., Any] | None = None) -> list[CaseRecord]:
+    """Load and analyse every case (tqdm progress bar). A case that fails stops the
+    evaluation with an EvaluationError naming it: leaving it out would bias the figures.
+
+    ``analyze`` defaults to ``pipeline.chain.analyze`` (an argument for tests).
+    """
+    from tqdm import tqdm
+
+    if analyze is None:
+        from .chain import analyze as chain_analyze
+        analyze = chain_analyze
+    cases = list(cases)
+    records: list[CaseRecord] = []
+    bar = tqdm(cases, desc="evaluate", unit="case", disable=not progress, dynamic_ncols=True)
+    for case in bar:
+        try:
+            volume, lung_mask, lesion_mask = _loaded_parts(case.load())
+            result = analyze(volume, models, params)
+        except PipelineError as e:
+            raise EvaluationError(f"case {case.case_id}: {e}") from e
+        except (OSError, ValueError, RuntimeError) as e:
+            raise EvaluationError(f"case {case.case_id} could not be analysed: {type(e).__name__}: {e}") from e
+        records.append(record_from_result(case, result, lung_mask, lesion_mask, eval_params))
+        bar.set_postfix(last=records[-1].predicted)
+    if not records:
+        raise EvaluationError("the dataset holds no cases: check the --data spec")
+    return records
+
+
+# ----------------------------------------------------------------------- metrics
+
+
+def _arrays(records: Sequence[CaseRecord]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    labels = np.array([CLASS_NAMES.index(r.truth) for r in records], dtype=np.int64)
+    probs = np.stack([r.probabilities for r in records])
+    tasks = np.stack([r.tasks for r in records])
+    predicted = np.array([CLASS_NAMES.index(r.predicted) for r in records], dtype=np.int64)
+    return labels, probs, tasks, predicted
+
+
+class _Figures:
+    """Bootstraps figures over one set of cases and counts the skipped resamples."""
+
+    def __init__(self, n: int, eval_params: EvalParams, skipped: dict[str, int], prefix: str) -> None:
+        self.n = n
+        self.conf = eval_params.confidence
+        self.resamples = (M.resample_indices(n, eval_params.n_bootstrap, eval_params.seed)
+                          if eval_params.n_bootstrap else None)
+        self.skipped = skipped
+        self.prefix = prefix
+
+    def __call__(self, name: str, statistic: Callable[[np.ndarray], float]) -> dict[str, float | None]:
+        if self.resamples is None:
+            est = M.point_only(statistic(np.arange(self.n)))
+        else:
+            est = M.bootstrap(statistic, self.resamples, self.conf)
+        if est.n_skipped:
+            self.skipped[f"{self.prefix}{name}"] = est.n_skipped
+        return est.as_dict()
+
+
+def _class_block(labels: np.ndarray, probs: np.ndarray, predicted: np.ndarray, fig: _Figures,
+                 threshold: float, full: bool) -> dict[str, Any]:
+    """Per-class AUC, multi-way AUC, accuracy (and, when ``full``, sens/spec at the
+    threshold and the confusion matrix) for one set of cases."""
+    out: dict[str, Any] = {
+        "n_cases": int(labels.size),
+        "class_counts": {c: int(np.sum(labels == i)) for i, c in enumerate(CLASS_NAMES)},
+        "per_class_auc": {c: fig(f"per_class_auc.{c}", lambda idx, i=i: M.roc_auc(labels[idx] == i, probs[idx, i]))
+                          for i, c in enumerate(CLASS_NAMES)},
+        "multiway_auc": {
+            "micro": fig("multiway_auc.micro", lambda idx: M.micro_auc(labels[idx], probs[idx])),
+            "macro": fig("multiway_auc.macro", lambda idx: M.macro_auc(labels[idx], probs[idx])),
+        },
+        "accuracy": fig("accuracy", lambda idx: M.accuracy(labels[idx], predicted[idx])),
+    }
+    if full:
+        out["per_class_sensitivity"] = {
+            c: fig(f"per_class_sensitivity.{c}",
+                   lambda idx, i=i: M.sensitivity(labels[idx] == i, probs[idx, i] >= threshold))
+            for i, c in enumerate(CLASS_NAMES)}
+        out["per_class_specificity"] = {
+            c: fig(f"per_class_specificity.{c}",
+                   lambda idx, i=i: M.specificity(labels[idx] == i, probs[idx, i] >= threshold))
+            for i, c in enumerate(CLASS_NAMES)}
+        out["confusion_matrix"] = {
+            "labels": list(CLASS_NAMES), "rows": "truth", "columns": "predicted",
+            "counts": M.confusion_counts(labels, predicted, len(CLASS_NAMES)).tolist()}
+    return out
+
+
+def task_cohort(task: str, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(indices of the cases the task is measured on, their positives (bool))."""
+    positive, classes = TASK_COHORTS[task]
+    in_cohort = np.isin(labels, [CLASS_NAMES.index(c) for c in classes])
+    idx = np.flatnonzero(in_cohort)
+    if positive == "pneumonia":
+        y = labels[idx] != CLASS_NAMES.index("non_pneumonia")
+    else:
+        y = labels[idx] == CLASS_NAMES.index(positive)
+    return idx, y
+
+
+def _age_band(age: float | None, edges: Sequence[int]) -> str | None:
+    if age is None:
+        return None
+    if age < edges[0]:
+        return f"<{edges[0]}"
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        if lo <= age < hi:
+            return f"{lo}-{hi - 1}"
+    return f">={edges[-1]}"
+
+
+def _subset_order(key: str, eval_params: EvalParams) -> Callable[[str], tuple]:
+    """Sort key of subset values: age bands youngest first, numbers as numbers."""
+    if key == "age_band":
+        edges = eval_params.age_band_edges
+        bands = [_age_band(edges[0] - 1, edges)] + [_age_band(e, edges) for e in edges]
+        return lambda v: (bands.index(v) if v in bands else len(bands), v)
+
+    def natural(v: str) -> tuple:
+        try:
+            return (0, float(v), v)
+        except ValueError:
+            return (1, 0.0, v)
+    return natural
+
+
+def compute_metrics(records: Sequence[CaseRecord], threshold: float = 0.5,
+                    eval_params: EvalParams = EvalParams(), locator_threshold: float = 0.5,
+                    reader_calls: Sequence[ReaderCall] | None = None) -> dict[str, Any]:
+    """Every figure of the protocol, as a JSON-ready dict (see module docstring)."""
+    if not records:
+        raise EvaluationError("no cases to evaluate")
+    labels, probs, tasks, predicted = _arrays(records)
+    skipped: dict[str, int] = {}
+    fig = _Figures(len(records), eval_params, skipped, "")
+    out: dict[str, Any] = {"n_cases": len(records), "decision_threshold": threshold}
+    out.update(_class_block(labels, probs, predicted, fig, threshold, full=True))
+
+    out["tasks"] = {}
+    for t_i, task in enumerate(TASK_NAMES):
+        idx, y = task_cohort(task, labels)
+        entry: dict[str, Any] = {"n_cases": int(idx.size), "n_positive": int(y.sum()),
+                                 "positive": TASK_COHORTS[task][0], "cohort": list(TASK_COHORTS[task][1])}
+        if idx.size:
+            s = tasks[idx, t_i]
+            tf = _Figures(idx.size, eval_params, skipped, f"tasks.{task}.")
+            entry["auc"] = tf("auc", lambda j, y=y, s=s: M.roc_auc(y[j], s[j]))
+            entry["sensitivity"] = tf("sensitivity", lambda j, y=y, s=s: M.sensitivity(y[j], s[j] >= threshold))
+            entry["specificity"] = tf("specificity", lambda j, y=y, s=s: M.specificity(y[j], s[j] >= threshold))
+        out["tasks"][task] = entry
+
+    dices = np.array([r.lung_dice for r in records if r.lung_dice is not None], dtype=np.float64)
+    out["lung_dice"] = None
+    if dices.size:
+        out["lung_dice"] = {"n_cases": int(dices.size), "mean": _Figures(dices.size, eval_params, skipped, "lung_dice.")(
+            "mean", lambda j: float(np.mean(dices[j])))}
+
+    out["locating"] = None
+    loc = [r for r in records if r.slice_scores is not None and r.truth == "covid19" and r.slice_scores.size]
+    if loc:
+        # The paper measures the locator on COVID-19 cases with marked lesions; slices are
+        # resampled with their case (they are not independent).
+        sc = [r.slice_scores for r in loc]
+        tr = [r.slice_truth for r in loc]
+        lf = _Figures(len(loc), eval_params, skipped, "locating.")
+        out["locating"] = {
+            "n_cases": len(loc), "n_slices": int(sum(s.size for s in sc)),
+            "n_infected_slices": int(sum(t.sum() for t in tr)), "threshold": locator_threshold,
+            "auc": lf("auc", lambda j: M.roc_auc(M.pooled_slices(tr, j), M.pooled_slices(sc, j))),
+            "sensitivity": lf("sensitivity", lambda j: M.sensitivity(
+                M.pooled_slices(tr, j), M.pooled_slices(sc, j) >= locator_threshold)),
+            "specificity": lf("specificity", lambda j: M.specificity(
+                M.pooled_slices(tr, j), M.pooled_slices(sc, j) >= locator_threshold)),
+        }
+
+    out["subsets"] = {}
+    keys: dict[str, Callable[[CaseRecord], str | None]] = {
+        "sex": lambda r: r.sex,
+        "age_band": lambda r: _age_band(r.age, eval_params.age_band_edges),
+        "stage": lambda r: r.stage,
+    }
+    for key, get in keys.items():
+        values = [get(r) for r in records]
+        present = sorted({v for v in values if v is not None}, key=_subset_order(key, eval_params))
+        if not present:
+            continue
+        out["subsets"][key] = {}
+        for v in present:
+            idx = np.array([i for i, x in enumerate(values) if x == v], dtype=np.int64)
+            sf = _Figures(idx.size, eval_params, skipped, f"subsets.{key}.{v}.")
+            out["subsets"][key][v] = _class_block(labels[idx], probs[idx], predicted[idx], sf, threshold, full=False)
+
+    out["readers"] = None
+    if reader_calls:
+        out["readers"] = reader_comparison(records, reader_calls, threshold, eval_params, skipped)
+
+    out["bootstrap"] = {"n_resamples": eval_params.n_bootstrap, "seed": eval_params.seed,
+                        "confidence": eval_params.confidence, "method": "percentile, cases resampled with replacement",
+                        "skipped_resamples": dict(sorted(skipped.items()))}
+    return out
+
+
+# ------------------------------------------------------------------- reader study
+
+
+def read_readers_csv(path: Path | str) -> list[ReaderCall]:
+    """Read a readers file (header ``case_id,reader,call``; call is a class name)."""
+    path = Path(path)
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            missing = {"case_id", "reader", "call"} - set(reader.fieldnames or ())
+            if missing:
+                raise EvaluationError(f"readers file {path}: header lacks {sorted(missing)}; "
+                                      f"it needs the columns case_id,reader,call")
+            calls = []
+            for line, row in enumerate(reader, start=2):
+                call = (row.get("call") or "").strip()
+                if call not in CLASS_NAMES:
+                    raise EvaluationError(f"readers file {path} line {line}: call {call!r} is not one of "
+                                          f"{', '.join(CLASS_NAMES)}")
+                case_id, name = (row.get("case_id") or "").strip(), (row.get("reader") or "").strip()
+                if not case_id or not name:
+                    raise EvaluationError(f"readers file {path} line {line}: case_id and reader must not be empty")
+                calls.append(ReaderCall(case_id, name, call))
+    except OSError as e:
+        raise EvaluationError(f"readers file {path} cannot be read: {e}") from e
+    if not calls:
+        raise EvaluationError(f"readers file {path} holds no calls")
+    return calls
+
+
+def reader_task(truths: Iterable[str]) -> str:
+    """The task a reader cohort was read for: a COVID-19-vs-X pair when every case is of
+    that pair (the readers then knew only two classes, as in the paper's cohorts), else
+    the multi-way task."""
+    present = set(truths)
+    for task in ("covid19_vs_cap", "covid19_vs_influenza"):
+        if present <= set(TASK_COHORTS[task][1]):
+            return task
+    return "multi_way"
+
+
+def ai_calls(records: Sequence[CaseRecord], task: str, threshold: float) -> list[str]:
+    """The AI's call per case: the task score at the threshold for a COVID-19-vs-X
+    cohort, else the multi-way label."""
+    if task == "multi_way":
+        return [r.predicted for r in records]
+    t_i = TASK_NAMES.index(task)
+    other = [c for c in TASK_COHORTS[task][1] if c != "covid19"][0]
+    return ["covid19" if r.tasks[t_i] >= threshold else other for r in records]
+
+
+def reader_comparison(records: Sequence[CaseRecord], reader_calls: Sequence[ReaderCall], threshold: float,
+                      eval_params: EvalParams = EvalParams(),
+                      skipped: dict[str, int] | None = None) -> dict[str, Any]:
+    """Table 3: the AI against each reader on the cases the readers read."""
+    skipped = {} if skipped is None else skipped
+    by_id = {r.case_id: r for r in records}
+    unmatched = sorted({c.case_id for c in reader_calls if c.case_id not in by_id})
+    calls = [c for c in reader_calls if c.case_id in by_id]
+    if not calls:
+        raise EvaluationError("none of the readers' case_ids is among the evaluated cases; "
+                              "check that the readers file uses the dataset's case ids")
+    cohort_ids = sorted({c.case_id for c in calls}, key=list(by_id).index)
+    cohort = [by_id[i] for i in cohort_ids]
+    truth = [r.truth for r in cohort]
+    task = reader_task(truth)
+    positive = eval_params.reader_positive_class
+    readers = sorted({c.reader for c in calls})
+    table: dict[str, dict[str, str]] = {name: {} for name in readers}
+    for c in calls:
+        prior = table[c.reader].get(c.case_id)
+        if prior is not None and prior != c.call:
+            raise EvaluationError(f"readers file: reader {c.reader!r} has two different calls for case "
+                                  f"{c.case_id!r}; keep one")
+        table[c.reader][c.case_id] = c.call
+
+    def row(name: str, ids: list[str], row_calls: list[str]) -> dict[str, Any]:
+        t = [by_id[i].truth for i in ids]
+        base = M.reader_row(name, t, row_calls, positive)
+        y = np.array(t, dtype=object) == positive
+        p = np.array(row_calls, dtype=object) == positive
+        f = _Figures(len(ids), eval_params, skipped, f"readers.{name}.")
+        return {"name": name, "n_cases": base.n_cases, "correct": base.correct, "wrong": base.wrong,
+                "sensitivity": f("sensitivity", lambda j: M.sensitivity(y[j], p[j])),
+                "specificity": f("specificity", lambda j: M.specificity(y[j], p[j]))}
+
+    rows = [row("AI", cohort_ids, ai_calls(cohort, task, threshold))]
+    for name in readers:
+        ids = [i for i in cohort_ids if i in table[name]]
+        rows.append(row(name, ids, [table[name][i] for i in ids]))
+    per_reader = [[table[name].get(i) for i in cohort_ids] for name in readers]
+    any_row, all_row = M.pooled_reader_rows(truth, per_reader)
+    for pooled, meaning in ((any_row, "correct when at least one reader was right"),
+                            (all_row, "correct only when every reader was right")):
+        rows.append({"name": pooled.name, "n_cases": pooled.n_cases, "correct": pooled.correct,
+                     "wrong": pooled.wrong, "meaning": meaning})
+    return {"task": task, "positive_class": positive, "n_cases": len(cohort_ids), "readers": readers,
+            "unmatched_case_ids": unmatched, "rows": rows}
+
+
+# ------------------------------------------------------------------------- outputs
+
+
+def write_scores_csv(records: Sequence[CaseRecord], path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(SCORE_COLUMNS)
+        for r in records:
+            w.writerow([r.case_id, r.truth, *(f"{x:.6f}" for x in r.probabilities),
+                        *(f"{x:.6f}" for x in r.tasks), r.predicted])
+
+
+def tsne_embedding(features: np.ndarray, seed: int, max_perplexity: float) -> np.ndarray | None:
+    """2-D t-SNE of the case features; None with fewer than 3 cases (nothing to show).
+    The perplexity must stay below the number of cases: (n - 1) / 3, at most the cap."""
+    from sklearn.manifold import TSNE
+
+    n = features.shape[0]
+    if n < 3:
+        return None
+    perplexity = float(min(max_perplexity, max(1.0, (n - 1) / 3.0)))
+    tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed)
+    return tsne.fit_transform(np.asarray(features, dtype=np.float64))
+
+
+def _readers_points(metrics: Mapping[str, Any]) -> list[tuple[str, float, float]]:
+    readers = metrics.get("readers")
+    if not readers:
+        return []
+    pts = []
+    for row in readers["rows"]:
+        if row["name"] in ("AI", "any reader", "all readers"):
+            continue
+        sens, spec = row["sensitivity"]["value"], row["specificity"]["value"]
+        if sens is not None and spec is not None:
+            pts.append((row["name"], 1.0 - spec, sens))
+    return pts
+
+
+def make_plots(records: Sequence[CaseRecord], metrics: Mapping[str, Any], out_dir: Path,
+               eval_params: EvalParams = EvalParams(),
+               reader_calls: Sequence[ReaderCall] | None = None,
+               threshold: float = 0.5) -> dict[str, str]:
+    """Write every PNG plot; returns {what: file name} for the report."""
+    from . import plots as P
+
+    labels, probs, tasks, _ = _arrays(records)
+    onehot = M.one_hot(labels, len(CLASS_NAMES))
+    files: dict[str, str] = {}
+
+    curves = {}
+    for i, c in enumerate(CLASS_NAMES):
+        if 0 < onehot[:, i].sum() < len(records):
+            curves[c] = (*M.roc_curve_points(onehot[:, i], probs[:, i]), M.roc_auc(onehot[:, i], probs[:, i]))
+    if 0 < onehot.sum() < onehot.size:
+        curves["micro-average"] = (*M.roc_curve_points(onehot.ravel(), probs.ravel()),
+                                   M.micro_auc(labels, probs))
+    P.plot_roc(curves, out_dir / "roc.png", "ROC, one-vs-rest per class and micro-average")
+    files["roc"] = "roc.png"
+
+    # COVID-19 ROC with the readers' operating points (Fig. 2f-h of the paper).
+    ci = CLASS_NAMES.index("covid19")
+    covid_curves = {}
+    if 0 < onehot[:, ci].sum() < len(records):
+        covid_curves["AI, all cases (p_covid19)"] = (*M.roc_curve_points(onehot[:, ci], probs[:, ci]),
+                                                    M.roc_auc(onehot[:, ci], probs[:, ci]))
+    points = _readers_points(metrics)
+    if reader_calls and metrics.get("readers"):
+        rc = metrics["readers"]
+        ids = set(c.case_id for c in reader_calls)
+        sub = [r for r in records if r.case_id in ids]
+        y = np.array([r.truth == "covid19" for r in sub])
+        if rc["task"] == "multi_way":
+            s = np.array([r.probabilities[ci] for r in sub])
+        else:
+            s = np.array([r.tasks[TASK_NAMES.index(rc["task"])] for r in sub])
+        if 0 < y.sum() < y.size:
+            covid_curves[f"AI, reader cohort ({rc['task']})"] = (*M.roc_curve_points(y, s), M.roc_auc(y, s))
+    P.plot_roc(covid_curves, out_dir / "roc_covid19.png", "COVID-19 ROC" + (" with readers" if points else ""),
+               points=points)
+    files["roc_covid19"] = "roc_covid19.png"
+
+    task_curves = {}
+    for t_i, task in enumerate(TASK_NAMES):
+        idx, y = task_cohort(task, labels)
+        if 0 < y.sum() < y.size:
+            task_curves[task] = (*M.roc_curve_points(y, tasks[idx, t_i]), M.roc_auc(y, tasks[idx, t_i]))
+    P.plot_roc(task_curves, out_dir / "roc_tasks.png", "ROC of the binary tasks (each on its cohort)")
+    files["roc_tasks"] = "roc_tasks.png"
+
+    pr = {}
+    for i, c in enumerate(CLASS_NAMES):
+        if onehot[:, i].any():
+            rec, prec = M.pr_curve_points(onehot[:, i], probs[:, i])
+            pr[c] = (rec, prec, float(onehot[:, i].mean()))
+    P.plot_pr(pr, out_dir / "pr.png", "Precision-recall, one-vs-rest per class")
+    files["pr"] = "pr.png"
+
+    P.plot_confusion(np.array(metrics["confusion_matrix"]["counts"]), CLASS_NAMES, out_dir / "confusion_matrix.png")
+    files["confusion_matrix"] = "confusion_matrix.png"
+
+    thr = np.array(eval_params.dca_thresholds, dtype=np.float64)
+    dca = {"covid19": (onehot[:, ci], probs[:, ci])}
+    for t_i, task in enumerate(TASK_NAMES):
+        idx, y = task_cohort(task, labels)
+        if idx.size:
+            dca[task] = (y, tasks[idx, t_i])
+    for name, (y, s) in dca.items():
+        fname = f"decision_curve_{name}.png"
+        P.plot_decision_curve(thr, M.net_benefit(y, s, thr), M.net_benefit_treat_all(y, thr),
+                              out_dir / fname, f"Decision curve: {name} (n={len(y)})")
+        files[f"decision_curve_{name}"] = fname
+
+    have = [r for r in records if r.features is not None]
+    if len(have) == len(records):
+        emb = tsne_embedding(np.stack([r.features for r in records]), eval_params.seed, eval_params.tsne_max_perplexity)
+        if emb is not None:
+            P.plot_tsne(emb, [r.truth for r in records], CLASS_NAMES, out_dir / "tsne.png")
+            files["tsne"] = "tsne.png"
+
+    loc = [r for r in records if r.slice_scores is not None and r.truth == "covid19" and r.slice_scores.size]
+    if loc:
+        y = np.concatenate([r.slice_truth for r in loc])
+        s = np.concatenate([r.slice_scores for r in loc])
+        if 0 < y.sum() < y.size:
+            P.plot_roc({"infected slices": (*M.roc_curve_points(y, s), M.roc_auc(y, s))},
+                       out_dir / "roc_locating.png", "COVID-infectious slice locating (COVID-19 cases)")
+            files["roc_locating"] = "roc_locating.png"
+    return files
+
+
+def _json_ready(obj: Any) -> Any:
+    """NaN/inf -> None and numpy scalars -> Python, so metrics.json is strict JSON."""
+    if isinstance(obj, dict):
+        return {str(k): _json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_ready(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _json_ready(obj.tolist())
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    return obj
+
+
+def write_outputs(records: Sequence[CaseRecord], metrics: dict[str, Any], out_dir: Path | str,
+                  eval_params: EvalParams = EvalParams(), reader_calls: Sequence[ReaderCall] | None = None,
+                  threshold: float = 0.5, plots: bool = True) -> dict[str, Any]:
+    """scores.csv, the PNG plots, metrics.json and report.md in ``out_dir``; returns
+    the metrics (with the plot file names under "plots")."""
+    from .report import render_report
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_scores_csv(records, out / "scores.csv")
+    metrics = dict(metrics)
+    metrics["plots"] = make_plots(records, metrics, out, eval_params, reader_calls, threshold) if plots else {}
+    metrics = _json_ready(metrics)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n")
+    (out / "report.md").write_text(render_report(metrics))
+    return metrics
+
+
+def evaluate_bundle(bundle: Any, dataset: Sequence[Any], params: ChainParams, out_dir: Path | str,
+                    n_bootstrap: int = 1000, seed: int = 0,
+                    readers: Path | str | Sequence[ReaderCall] | None = None,
+                    data_spec: str | None = None, progress: bool = True,
+                    eval_params: EvalParams | None = None) -> dict[str, Any]:
+    """Evaluate a loaded ``pipeline.models.ModelBundle`` on a dataset and write the
+    report folder. Returns the metrics dict (as written to metrics.json)."""
+    ep = replace(eval_params or EvalParams(), n_bootstrap=n_bootstrap, seed=seed)
+    reader_calls = read_readers_csv(readers) if isinstance(readers, (str, Path)) else (list(readers) if readers else None)
+    records = score_cases(dataset, bundle, params, ep, progress=progress)
+    metrics = compute_metrics(records, params.decision_threshold, ep, params.locator_threshold, reader_calls)
+    describe = dataset.describe() if hasattr(dataset, "describe") else {}
+    info = bundle.info
+    head: dict[str, Any] = {
+        "data_spec": data_spec if data_spec is not None else str(describe.get("spec", "")),
+        "data": describe,
+        "bundle_sha256": bundle.sha256,
+        "bundle": {"path": str(bundle.path), "name": info.name, "version": info.version,
+                   "trained_on_synthetic_data": info.trained_on_synthetic_data, "disclaimer": info.disclaimer},
+        "chain_params": {"top_k": params.top_k, "decision_threshold": params.decision_threshold,
+                         "locator_threshold": params.locator_threshold, "max_slices": params.max_slices},
+    }
+    return write_outputs(records, {**head, **metrics}, out_dir, ep, reader_calls, params.decision_threshold)

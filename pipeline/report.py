@@ -1,0 +1,151 @@
+"""The evaluation report in Markdown, made from metrics.json's dict alone.
+
+Everything in the report comes from the metrics dict, so the report and the JSON can
+never disagree, and a report can be re-rendered from an old metrics.json.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+#: Titles of the plots, in report order.
+PLOT_TITLES: dict[str, str] = {
+    "roc": "ROC per class and micro-average",
+    "roc_covid19": "COVID-19 ROC (with the readers' operating points when given)",
+    "roc_tasks": "ROC of the binary tasks",
+    "pr": "Precision-recall per class",
+    "confusion_matrix": "Confusion matrix",
+    "roc_locating": "COVID-infectious slice locating ROC",
+    "tsne": "t-SNE of case features",
+}
+
+
+def fmt(fig: Mapping[str, Any] | None, digits: int = 4) -> str:
+    """"0.9752 (0.9726-0.9783)" for a figure dict; "n/a" when undefined."""
+    if not fig or fig.get("value") is None:
+        return "n/a"
+    text = f"{fig['value']:.{digits}f}"
+    if fig.get("ci_low") is not None and fig.get("ci_high") is not None:
+        text += f" ({fig['ci_low']:.{digits}f}-{fig['ci_high']:.{digits}f})"
+    return text
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return lines + [""]
+
+
+def _class_table(block: Mapping[str, Any]) -> list[str]:
+    rows = []
+    for c, auc in block["per_class_auc"].items():
+        row = [c, block.get("class_counts", {}).get(c, ""), fmt(auc)]
+        if "per_class_sensitivity" in block:
+            row += [fmt(block["per_class_sensitivity"][c]), fmt(block["per_class_specificity"][c])]
+        rows.append(row)
+    header = ["class", "cases", "AUC (95% CI)"]
+    if "per_class_sensitivity" in block:
+        header += ["sensitivity at threshold", "specificity at threshold"]
+    return _table(header, rows)
+
+
+def render_report(m: Mapping[str, Any]) -> str:
+    """Markdown text of the whole evaluation."""
+    L: list[str] = ["# Evaluation report", ""]
+    bundle = m.get("bundle") or {}
+    if bundle.get("disclaimer"):
+        L += [f"**{bundle['disclaimer']}**", ""]
+    if bundle.get("trained_on_synthetic_data"):
+        L += ["The models were trained on synthetic phantoms only: these figures say nothing about "
+              "performance on patients.", ""]
+    boot = m.get("bootstrap", {})
+    L += _table(["", ""], [
+        ["bundle", f"{bundle.get('name', '?')} {bundle.get('version', '')}".strip()],
+        ["bundle sha256", f"`{m.get('bundle_sha256', '?')}`"],
+        ["data", f"`{m.get('data_spec', '')}`"],
+        ["cases", m.get("n_cases", "?")],
+        ["decision threshold", m.get("decision_threshold", "?")],
+        ["confidence intervals", f"{100 * boot.get('confidence', 0.95):.0f}% bootstrap, "
+                                 f"{boot.get('n_resamples', '?')} resamples ({boot.get('method', '')}), "
+                                 f"seed {boot.get('seed', '?')}"],
+    ])
+
+    L += ["## Multi-way classification", ""]
+    L += _table(["figure", "value (95% CI)"], [
+        ["multi-way AUC, micro-average", fmt(m["multiway_auc"]["micro"])],
+        ["multi-way AUC, macro-average", fmt(m["multiway_auc"]["macro"])],
+        ["accuracy (multi-way label)", fmt(m["accuracy"])],
+    ])
+    L += ["### Per class (one-vs-rest; sensitivity and specificity of the class probability at the threshold)", ""]
+    L += _class_table(m)
+
+    cm = m["confusion_matrix"]
+    L += ["### Confusion matrix (rows: truth, columns: predicted)", ""]
+    L += _table(["truth \\ predicted", *cm["labels"]],
+                [[lab, *row] for lab, row in zip(cm["labels"], cm["counts"])])
+
+    L += ["## Binary tasks (each on the cases whose truth belongs to the task)", ""]
+    rows = []
+    for task, t in m["tasks"].items():
+        rows.append([task, f"{t['n_cases']} ({t['n_positive']} {t['positive']})", fmt(t.get("auc")),
+                     fmt(t.get("sensitivity")), fmt(t.get("specificity"))])
+    L += _table(["task", "cases (positives)", "AUC", "sensitivity", "specificity"], rows)
+
+    if m.get("lung_dice"):
+        L += ["## Lung segmentation", ""]
+        L += _table(["figure", "value (95% CI)"],
+                    [[f"mean Dice over {m['lung_dice']['n_cases']} cases", fmt(m["lung_dice"]["mean"])]])
+    if m.get("locating"):
+        loc = m["locating"]
+        L += ["## COVID-infectious slice locating (COVID-19 cases with lesion masks)", ""]
+        L += _table(["figure", "value (95% CI)"], [
+            ["cases / slices / infected slices", f"{loc['n_cases']} / {loc['n_slices']} / {loc['n_infected_slices']}"],
+            ["AUC", fmt(loc["auc"])],
+            [f"sensitivity at {loc['threshold']}", fmt(loc["sensitivity"])],
+            [f"specificity at {loc['threshold']}", fmt(loc["specificity"])],
+        ])
+
+    if m.get("subsets"):
+        L += ["## Subsets", ""]
+        for key, groups in m["subsets"].items():
+            L += [f"### By {key.replace('_', ' ')}", ""]
+            rows = []
+            for value, b in groups.items():
+                rows.append([value, b["n_cases"], *(fmt(b["per_class_auc"][c], 3) for c in b["per_class_auc"]),
+                             fmt(b["multiway_auc"]["micro"], 3), fmt(b["accuracy"], 3)])
+            classes = list(next(iter(groups.values()))["per_class_auc"])
+            L += _table([key, "cases", *(f"AUC {c}" for c in classes), "micro AUC", "accuracy"], rows)
+
+    readers = m.get("readers")
+    if readers:
+        L += ["## Reader comparison", "",
+              f"Task: `{readers['task']}` on {readers['n_cases']} cases read; sensitivity and specificity "
+              f"for {readers['positive_class']}. The AI's call is "
+              + ("the multi-way label." if readers["task"] == "multi_way"
+                 else f"the `{readers['task']}` score at the decision threshold."), ""]
+        rows = []
+        for r in readers["rows"]:
+            rows.append([r["name"], r["n_cases"], r["correct"], r["wrong"],
+                         fmt(r.get("sensitivity")), fmt(r.get("specificity"))])
+        L += _table(["reader", "cases", "correct", "wrong", "sensitivity", "specificity"], rows)
+        L += ["\"any reader\": a case counts as correct when at least one reader was right; "
+              "\"all readers\": only when every reader who read it was right. (The paper's Table 3 "
+              "labels these columns the other way round: its \"Any reader\" is wrong if anyone is "
+              "wrong.)", ""]
+        if readers.get("unmatched_case_ids"):
+            L += [f"Readers' case ids not among the evaluated cases (left out): "
+                  f"{', '.join(readers['unmatched_case_ids'])}", ""]
+
+    plots = m.get("plots") or {}
+    if plots:
+        L += ["## Plots", ""]
+        for key, fname in plots.items():
+            title = PLOT_TITLES.get(key) or key.replace("_", " ").replace("decision curve", "Decision curve:")
+            L += [f"### {title}", "", f"![{title}]({fname})", ""]
+
+    skipped = boot.get("skipped_resamples") or {}
+    if skipped:
+        L += ["## Bootstrap resamples skipped", "",
+              "Resamples on which a figure was undefined (a class absent) are left out of its interval:", ""]
+        L += _table(["figure", "skipped"], [[k, v] for k, v in skipped.items()])
+    return "\n".join(L)
