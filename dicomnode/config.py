@@ -1,0 +1,373 @@
+"""Node configuration: a TOML file -> a frozen, typed ``NodeConfig``.
+
+``load_config(path)`` reads the file once and returns a frozen pydantic model; nothing
+else in the node reads configuration. Every problem found is collected (unknown keys
+with a did-you-mean, bad ports, illegal AE titles, duplicate destinations, an unwritable
+data folder) and raised together in one ``ConfigError`` so that an admin fixes them in
+one go; ``dicomnode config check`` prints the same list.
+
+Relative paths in the file (``data_dir``, ``bundle``) resolve against the folder of the
+config file, so a config works whatever the current directory is; paths given on the
+command line resolve against the current directory, like any command-line path.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Iterable, Literal, Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ConfigError
+
+OBJECT_KINDS: tuple[str, ...] = ("sr", "sc", "seg", "kos")
+AE_TITLE_MAX = 16
+#: The repository's embedded default configuration.
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "config" / "node.toml"
+
+
+def ae_title_problem(value: Any) -> str | None:
+    """Why ``value`` is not a usable AE title, or None when it is fine."""
+    if not isinstance(value, str):
+        return f"must be text, got {type(value).__name__}"
+    if not value.strip(" "):
+        return "is empty (an AE title needs 1 to 16 characters)"
+    if len(value) > AE_TITLE_MAX:
+        return f"{value!r} has {len(value)} characters; an AE title has at most {AE_TITLE_MAX}"
+    if "\\" in value:
+        return f"{value!r} contains a backslash, which DICOM does not allow in an AE title"
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        return f"{value!r} contains a control character, which DICOM does not allow in an AE title"
+    if any(ord(c) > 126 for c in value):
+        return f"{value!r} contains a non-ASCII character; use plain ASCII letters, digits, '-' or '_'"
+    if value != value.strip(" "):
+        return f"{value!r} has leading or trailing spaces, which DICOM ignores; remove them"
+    return None
+
+
+def _check_ae(value: str) -> str:
+    problem = ae_title_problem(value)
+    if problem:
+        raise ValueError(f"AE title {problem}")
+    return value
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class NodeSection(_Frozen):
+    """``[node]``: who we are on the network and where we keep data."""
+
+    ae_title: str = "COVIDNODE"
+    port: int = Field(11112, ge=1, le=65535)
+    bind_address: str = "0.0.0.0"
+    #: Calling AE titles allowed to associate; empty means any.
+    allowed_calling_ae_titles: tuple[str, ...] = ()
+    data_dir: Path = Path("data")
+    #: A series is complete after this many seconds without a new instance.
+    quiet_seconds: float = Field(10.0, gt=0)
+    #: Largest PDU we accept (bytes); large PDUs mean fewer reads per image.
+    max_pdu: int = Field(1048576, ge=0)
+    #: C-STORE is refused with 0xA700 below this much free disk space (MB).
+    min_free_mb: int = Field(500, ge=0)
+    #: Jobs not acknowledged within this many seconds are given back to the queue.
+    job_lease_seconds: float = Field(3600.0, gt=0)
+    #: A job that failed this many times (crash, kill) is marked failed.
+    max_job_attempts: int = Field(3, ge=1)
+    workers: int = Field(1, ge=1, le=16)
+
+    _ae = field_validator("ae_title")(_check_ae)
+
+    @field_validator("allowed_calling_ae_titles")
+    @classmethod
+    def _allowed(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for title in v:
+            _check_ae(title)
+        return v
+
+
+class SelectionSection(_Frozen):
+    """``[selection]``: which completed series are analysed; rules are data."""
+
+    modalities: tuple[str, ...] = ("CT",)
+    min_slices: int = Field(16, ge=1)
+    #: Instances whose ImageType contains one of these are left out of the volume;
+    #: a series with nothing left is skipped (e.g. "localizer only").
+    refuse_image_types: tuple[str, ...] = ("LOCALIZER",)
+    #: BodyPartExamined values accepted (upper case); empty accepts any (and missing).
+    body_parts: tuple[str, ...] = ()
+    #: Thicker slices than this are refused; 0 switches the rule off.
+    max_slice_thickness_mm: float = Field(10.0, ge=0)
+
+
+class PipelineSection(_Frozen):
+    """``[pipeline]``: which model bundle runs and how."""
+
+    bundle: Path | None = None  # None: pipeline.models.DEFAULT_BUNDLE_DIR
+    device: str = "auto"
+    top_k: int = Field(3, ge=1)
+    max_overlays: int = Field(5, ge=0)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", v):
+            raise ValueError(f"device {v!r} is not one of auto, cpu, cuda, cuda:N, mps")
+        return v
+
+
+class DeliverySection(_Frozen):
+    """``[delivery]``: retries of C-STORE to destinations."""
+
+    #: Keep retrying a destination this long after the first try, then give up loudly.
+    retry_window_hours: float = Field(24.0, gt=0)
+    backoff_base_seconds: float = Field(30.0, gt=0)
+    backoff_max_seconds: float = Field(1800.0, gt=0)
+    #: How often the delivery timer looks for due sends.
+    poll_seconds: float = Field(2.0, gt=0)
+    connect_timeout_seconds: float = Field(10.0, gt=0)
+
+
+class Destination(_Frozen):
+    """``[[destinations]]``: a PACS or viewer the results are sent to."""
+
+    name: str = ""
+    ae_title: str
+    host: str
+    port: int = Field(ge=1, le=65535)
+    objects: tuple[Literal["sr", "sc", "seg", "kos"], ...] = OBJECT_KINDS
+
+    _ae = field_validator("ae_title")(_check_ae)
+
+    @property
+    def label(self) -> str:
+        """How logs and ``status`` name this destination."""
+        return self.name or f"{self.ae_title}@{self.host}:{self.port}"
+
+
+class NodeConfig(_Frozen):
+    node: NodeSection = NodeSection()
+    selection: SelectionSection = SelectionSection()
+    pipeline: PipelineSection = PipelineSection()
+    delivery: DeliverySection = DeliverySection()
+    destinations: tuple[Destination, ...] = ()
+    #: The file this came from (None: built in code).
+    source: Path | None = None
+
+    @property
+    def data_dir(self) -> Path:
+        return self.node.data_dir
+
+    @property
+    def bundle_dir(self) -> Path:
+        if self.pipeline.bundle is not None:
+            return self.pipeline.bundle
+        from pipeline.models import DEFAULT_BUNDLE_DIR  # late: keeps torch out of config checks
+
+        return DEFAULT_BUNDLE_DIR
+
+    def summary(self) -> str:
+        dests = ", ".join(d.label for d in self.destinations) or "none"
+        return (f"AE {self.node.ae_title} on {self.node.bind_address}:{self.node.port}, "
+                f"data in {self.node.data_dir}, quiet period {self.node.quiet_seconds:g} s, "
+                f"{len(self.destinations)} destination(s): {dests}")
+
+
+_SECTIONS: Mapping[str, type[_Frozen]] = {
+    "node": NodeSection, "selection": SelectionSection, "pipeline": PipelineSection,
+    "delivery": DeliverySection,
+}
+
+
+def _unknown_keys(where: str, given: Iterable[str], known: Iterable[str]) -> list[str]:
+    known = list(known)
+    problems = []
+    for key in given:
+        if key in known:
+            continue
+        close = difflib.get_close_matches(key, known, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(known)}"
+        problems.append(f"{where}: unknown key '{key}'{hint}")
+    return problems
+
+
+def _structure_problems(raw: Mapping[str, Any]) -> list[str]:
+    """Unknown sections/keys, with suggestions (pydantic would only say 'extra')."""
+    top_known = [*_SECTIONS, "destinations"]
+    problems = _unknown_keys("top level", raw, top_known)
+    for name, model in _SECTIONS.items():
+        if isinstance(raw.get(name), dict):
+            problems += _unknown_keys(f"[{name}]", raw[name], model.model_fields)
+        elif name in raw:
+            problems.append(f"'{name}' must be a table ([{name}]), got {type(raw[name]).__name__}")
+    dests = raw.get("destinations", [])
+    if not isinstance(dests, list):
+        problems.append("'destinations' must be a list of tables ([[destinations]])")
+    else:
+        for i, d in enumerate(dests):
+            if isinstance(d, dict):
+                problems += _unknown_keys(f"[[destinations]] #{i + 1}", d, Destination.model_fields)
+    return problems
+
+
+def _plain(err: Mapping[str, Any]) -> str:
+    loc = [str(p) for p in err["loc"]]
+    if len(loc) >= 2 and loc[0] == "destinations" and loc[1].isdigit():
+        where = f"[[destinations]] #{int(loc[1]) + 1}" + (f" {'.'.join(loc[2:])}" if loc[2:] else "")
+    elif loc:
+        where = f"[{loc[0]}] {'.'.join(loc[1:])}" if len(loc) > 1 else loc[0]
+    else:
+        where = "file"
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    if err["type"] == "missing":
+        msg = "is required but missing"
+    elif err["type"] in ("greater_than_equal", "less_than_equal") and loc[-1] == "port":
+        msg = f"port {err.get('input')!r} is out of range; use 1-65535"
+    elif err["type"] == "literal_error" and "objects" in loc:
+        msg = f"object kind {err.get('input')!r} is unknown; use some of {', '.join(OBJECT_KINDS)}"
+    return f"{where}: {msg}"
+
+
+def _writable_problem(path: Path) -> str | None:
+    """Why the node could not write ``path`` (creating it if needed), or None."""
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        return f"[node] data_dir: {path} cannot be created: {probe} is a file, not a folder"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"[node] data_dir: {path} is not writable by this user (check {probe}'s owner and mode)"
+    return None
+
+
+def _duplicate_problems(raw_dests: Any) -> list[str]:
+    """Duplicate destinations, from the raw tables (so they are found even when another
+    key of the file is invalid)."""
+    if not isinstance(raw_dests, list):
+        return []
+    problems = []
+    seen: dict[tuple[str, str, str], int] = {}
+    names: dict[str, int] = {}
+    for i, d in enumerate(raw_dests):
+        if not isinstance(d, dict):
+            problems.append(f"[[destinations]] #{i + 1}: must be a table with ae_title, host and port")
+            continue
+        key = (str(d.get("ae_title")), str(d.get("host", "")).lower(), str(d.get("port")))
+        if key in seen:
+            problems.append(f"[[destinations]] #{i + 1}: duplicate of destination #{seen[key] + 1} "
+                            f"({key[0]}@{d.get('host')}:{key[2]}); results would be sent twice, remove one")
+        else:
+            seen[key] = i
+        name = d.get("name")
+        if name and name in names:
+            problems.append(f"[[destinations]] #{i + 1}: name '{name}' is already used by destination "
+                            f"#{names[name] + 1}; names must be unique")
+        elif name:
+            names[name] = i
+    return problems
+
+
+def _semantic_problems(cfg: NodeConfig) -> list[str]:
+    problems = []
+    for i, d in enumerate(cfg.destinations):
+        if d.host in ("127.0.0.1", "localhost", "::1") and d.port == cfg.node.port and d.ae_title == cfg.node.ae_title:
+            problems.append(f"[[destinations]] #{i + 1}: points at this node itself; results would loop")
+    if cfg.delivery.backoff_max_seconds < cfg.delivery.backoff_base_seconds:
+        problems.append("[delivery] backoff_max_seconds is smaller than backoff_base_seconds")
+    writable = _writable_problem(cfg.node.data_dir)
+    if writable:
+        problems.append(writable)
+    if cfg.pipeline.bundle is not None and not (cfg.pipeline.bundle / "model_card.json").is_file():
+        problems.append(f"[pipeline] bundle: {cfg.pipeline.bundle} has no model_card.json "
+                        f"(point it at a model bundle folder, or leave it out for the shipped demo bundle)")
+    return problems
+
+
+def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
+    raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
+    node = raw.get("node")
+    if isinstance(node, dict) and isinstance(node.get("data_dir"), str):
+        node["data_dir"] = str((base / node["data_dir"]).resolve())
+    pipe = raw.get("pipeline")
+    if isinstance(pipe, dict) and isinstance(pipe.get("bundle"), str):
+        pipe["bundle"] = str((base / pipe["bundle"]).resolve())
+    return raw
+
+
+def config_from_dict(raw: Mapping[str, Any], base_dir: Path, source: str = "<dict>",
+                     check_filesystem: bool = True) -> NodeConfig:
+    """Build a NodeConfig from parsed TOML; raise ConfigError listing every problem."""
+    problems = _structure_problems(raw) + _duplicate_problems(raw.get("destinations"))
+    resolved = _resolve_paths(dict(raw), base_dir)
+    cfg: NodeConfig | None = None
+    try:
+        cfg = NodeConfig.model_validate(resolved)
+    except ValidationError as e:
+        for err in e.errors():
+            text = _plain(err)
+            # Unknown keys were already reported with a suggestion.
+            if err["type"] != "extra_forbidden":
+                problems.append(text)
+    if cfg is not None and check_filesystem:
+        problems += _semantic_problems(cfg)
+    if problems or cfg is None:
+        raise ConfigError(source, problems)
+    return cfg
+
+
+def load_config(path: Path | str, check_filesystem: bool = True) -> NodeConfig:
+    """Read and check a TOML config file. Raises ConfigError with every problem found."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(str(path), [f"file not found: {path} (copy config/node.toml and edit it)"]) from None
+    except OSError as e:
+        raise ConfigError(str(path), [f"cannot read {path}: {e.strerror}"]) from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(str(path), [f"not valid TOML: {e}"]) from e
+    cfg = config_from_dict(raw, path.resolve().parent, str(path), check_filesystem)
+    return cfg.model_copy(update={"source": path.resolve()})
+
+
+def parse_destination(text: str) -> Destination:
+    """``AE@HOST:PORT`` (command-line form) -> Destination; ValueError says what is wrong."""
+    m = re.fullmatch(r"(?P<ae>[^@]+)@(?P<host>[^:@]+|\[[^\]]+\]):(?P<port>\d+)", text)
+    if not m:
+        raise ValueError(f"destination {text!r} is not AE@HOST:PORT (e.g. PACS@10.0.0.5:104)")
+    try:
+        return Destination(ae_title=m["ae"], host=m["host"].strip("[]"), port=int(m["port"]))
+    except ValidationError as e:
+        raise ValueError(f"destination {text!r}: " + "; ".join(_plain(x) for x in e.errors())) from None
+
+
+def with_overrides(cfg: NodeConfig, *, ae_title: str | None = None, port: int | None = None,
+                   data_dir: Path | None = None, quiet_seconds: float | None = None,
+                   bind_address: str | None = None, bundle: Path | None = None,
+                   destinations: Iterable[Destination] | None = None) -> NodeConfig:
+    """A copy with command-line overrides applied and re-validated."""
+    node = cfg.node.model_dump()
+    for key, value in (("ae_title", ae_title), ("port", port), ("quiet_seconds", quiet_seconds),
+                       ("bind_address", bind_address)):
+        if value is not None:
+            node[key] = value
+    if data_dir is not None:
+        node["data_dir"] = Path(data_dir).resolve()
+    pipe = cfg.pipeline.model_dump()
+    if bundle is not None:
+        pipe["bundle"] = Path(bundle).resolve()
+    data = cfg.model_dump()
+    data.update(node=node, pipeline=pipe)
+    if destinations is not None:
+        data["destinations"] = [d.model_dump() for d in destinations]
+    try:
+        return NodeConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError("command line", [_plain(x) for x in e.errors()]) from None

@@ -1,0 +1,48 @@
+"""The node's error hierarchy: one module, small, each message says what to do.
+
+The AI chain has its own (``pipeline.types.PipelineError``); these are the errors of the
+DICOM side: configuration, storage, queue and delivery.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+
+class NodeError(Exception):
+    """Base class of every error the node raises on purpose."""
+
+
+class ConfigError(NodeError):
+    """A configuration file has problems; ``problems`` lists each in plain words."""
+
+    def __init__(self, source: str, problems: Sequence[str]) -> None:
+        self.source = source
+        self.problems: tuple[str, ...] = tuple(problems)
+        listed = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"configuration {source} has {len(self.problems)} problem(s):\n{listed}\n"
+                         f"Fix them and run 'dicomnode config check {source}'.")
+
+
+class StoreError(NodeError):
+    """An instance could not be stored; ``status`` is the DICOM status to answer with."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class InvalidUIDError(StoreError):
+    """A UID is not a valid DICOM UID, so it must never become part of a path."""
+
+
+class DiskFullError(StoreError):
+    """Free space is below the configured guard (or the disk reported ENOSPC)."""
+
+
+class DataDirLockedError(NodeError):
+    """Another node process already uses this data folder."""
+
+
+class QueueError(NodeError):
+    """A job state change that the state machine does not allow."""

@@ -1,0 +1,205 @@
+"""Durable job queue in the node's SQLite database.
+
+A job is the analysis of one completed series (one *generation* of it: a series re-opened
+by a late instance gets a new job). States::
+
+    queued -> running -> delivering -> done
+                  |            '-----> failed      (a destination never took the results)
+                  |--> queued          (lease expired / node restarted: given back)
+                  |--> failed          (error, or too many attempts)
+                  '--> skipped         (not a usable chest CT, with the reason)
+    queued -> skipped                  (superseded by a newer generation of the series)
+
+A claim takes a lease (``lease_until``); the worker renews it while it works. The reaper
+gives jobs whose lease expired back to the queue, or marks them failed after
+``max_attempts`` claims, so that a series that kills the process every time cannot keep
+the node busy forever. At start-up a node gives back every job left ``running`` (the
+data folder is locked to one node process, so those belonged to a dead process).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+from dataclasses import dataclass
+from enum import Enum
+from typing import Sequence
+
+from .db import Database, now
+from .errors import QueueError
+
+log = logging.getLogger(__name__)
+
+
+class JobState(str, Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DELIVERING = "delivering"
+    DONE = "done"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+ALLOWED: dict[JobState, frozenset[JobState]] = {
+    JobState.QUEUED: frozenset({JobState.RUNNING, JobState.SKIPPED}),
+    JobState.RUNNING: frozenset({JobState.QUEUED, JobState.DELIVERING, JobState.DONE, JobState.FAILED,
+                                 JobState.SKIPPED}),
+    JobState.DELIVERING: frozenset({JobState.DONE, JobState.FAILED}),
+    JobState.DONE: frozenset(),
+    JobState.FAILED: frozenset(),
+    JobState.SKIPPED: frozenset(),
+}
+FINAL = frozenset({JobState.DONE, JobState.FAILED, JobState.SKIPPED})
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    series_uid: str
+    study_uid: str
+    generation: int
+    instances: tuple[str, ...]
+    state: JobState
+    reason: str | None
+    attempts: int
+    lease_until: float | None
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> "Job":
+        return cls(id=row["id"], series_uid=row["series_uid"], study_uid=row["study_uid"],
+                   generation=row["generation"], instances=tuple(json.loads(row["instances"])),
+                   state=JobState(row["state"]), reason=row["reason"], attempts=row["attempts"],
+                   lease_until=row["lease_until"])
+
+
+class JobQueue:
+    """Jobs in SQLite: enqueue, claim with a lease, transition, reap."""
+
+    def __init__(self, db: Database, lease_seconds: float = 3600.0, max_attempts: int = 3) -> None:
+        self.db = db
+        self.lease_seconds = lease_seconds
+        self.max_attempts = max_attempts
+
+    # -- creating -------------------------------------------------------------------
+    def enqueue_in(self, conn: sqlite3.Connection, series_uid: str, study_uid: str, generation: int,
+                   instances: Sequence[str], at: float | None = None) -> int:
+        """Insert a queued job inside the caller's transaction; returns its id.
+
+        Queued jobs of earlier generations of the same series are skipped: the new job
+        covers every instance they had and more.
+        """
+        t = now() if at is None else at
+        conn.execute("UPDATE jobs SET state=?, reason=?, updated=? WHERE series_uid=? AND state=? AND generation<?",
+                     (JobState.SKIPPED.value, f"superseded by generation {generation} (late instances)", t,
+                      series_uid, JobState.QUEUED.value, generation))
+        cur = conn.execute(
+            "INSERT INTO jobs(series_uid, study_uid, generation, instances, state, attempts, created, updated) "
+            "VALUES (?,?,?,?,?,0,?,?)",
+            (series_uid, study_uid, generation, json.dumps(list(instances)), JobState.QUEUED.value, t, t))
+        return int(cur.lastrowid)
+
+    def enqueue(self, series_uid: str, study_uid: str, instances: Sequence[str], generation: int = 1,
+                at: float | None = None) -> int:
+        with self.db.transaction() as conn:
+            return self.enqueue_in(conn, series_uid, study_uid, generation, instances, at)
+
+    # -- working --------------------------------------------------------------------
+    def claim(self, at: float | None = None) -> Job | None:
+        """Take the oldest queued job (state running, attempts+1, lease set), or None."""
+        t = now() if at is None else at
+        with self.db.transaction() as conn:
+            row = conn.execute("SELECT id FROM jobs WHERE state=? ORDER BY id LIMIT 1",
+                               (JobState.QUEUED.value,)).fetchone()
+            if row is None:
+                return None
+            conn.execute("UPDATE jobs SET state=?, attempts=attempts+1, lease_until=?, updated=? WHERE id=?",
+                         (JobState.RUNNING.value, t + self.lease_seconds, t, row["id"]))
+            job = Job.from_row(conn.execute("SELECT * FROM jobs WHERE id=?", (row["id"],)).fetchone())
+        log.info("job %d claimed (series %s, attempt %d)", job.id, job.series_uid, job.attempts)
+        return job
+
+    def still_mine(self, job: Job) -> bool:
+        """True while ``job`` (as claimed) is still running under that claim."""
+        rows = self.db.query("SELECT state, attempts FROM jobs WHERE id=?", (job.id,))
+        return bool(rows) and rows[0]["state"] == JobState.RUNNING.value and rows[0]["attempts"] == job.attempts
+
+    def renew(self, job: Job, at: float | None = None) -> bool:
+        """Extend the lease of a claimed job; False when the claim was lost."""
+        t = now() if at is None else at
+        return self.db.execute("UPDATE jobs SET lease_until=?, updated=? WHERE id=? AND state=? AND attempts=?",
+                               (t + self.lease_seconds, t, job.id, JobState.RUNNING.value, job.attempts)) == 1
+
+    def transition_in(self, conn: sqlite3.Connection, job_id: int, new: JobState, reason: str | None = None,
+                      expect: JobState | None = None, attempts: int | None = None, at: float | None = None) -> None:
+        """Change a job's state inside the caller's transaction, checking the state machine.
+
+        ``expect``/``attempts`` make the change conditional on the claim still holding;
+        QueueError says when it does not.
+        """
+        row = conn.execute("SELECT state, attempts FROM jobs WHERE id=?", (job_id,)).fetchone()
+        if row is None:
+            raise QueueError(f"job {job_id} does not exist")
+        current = JobState(row["state"])
+        if expect is not None and current != expect:
+            raise QueueError(f"job {job_id} is {current}, not {expect}; another worker or the reaper changed it")
+        if attempts is not None and row["attempts"] != attempts:
+            raise QueueError(f"job {job_id} was claimed again (attempt {row['attempts']}); this claim is stale")
+        if new not in ALLOWED[current]:
+            raise QueueError(f"job {job_id}: {current} -> {new} is not an allowed state change")
+        t = now() if at is None else at
+        lease = None if new != JobState.RUNNING else t + self.lease_seconds
+        conn.execute("UPDATE jobs SET state=?, reason=?, lease_until=?, updated=? WHERE id=?",
+                     (new.value, reason, lease, t, job_id))
+
+    def transition(self, job_id: int, new: JobState, reason: str | None = None, expect: JobState | None = None,
+                   attempts: int | None = None, at: float | None = None) -> None:
+        with self.db.transaction() as conn:
+            self.transition_in(conn, job_id, new, reason, expect, attempts, at)
+        log.info("job %d -> %s%s", job_id, new, f" ({reason})" if reason else "")
+
+    # -- recovering -----------------------------------------------------------------
+    def _give_back(self, where: str, params: Sequence[object], why: str, at: float | None) -> list[int]:
+        t = now() if at is None else at
+        changed: list[int] = []
+        with self.db.transaction() as conn:
+            rows = conn.execute(f"SELECT id, attempts FROM jobs WHERE state=? AND {where}",
+                                (JobState.RUNNING.value, *params)).fetchall()
+            for row in rows:
+                if row["attempts"] >= self.max_attempts:
+                    conn.execute("UPDATE jobs SET state=?, reason=?, lease_until=NULL, updated=? WHERE id=?",
+                                 (JobState.FAILED.value, f"gave up after {row['attempts']} attempts ({why})",
+                                  t, row["id"]))
+                    log.error("job %d failed: gave up after %d attempts (%s)", row["id"], row["attempts"], why)
+                else:
+                    conn.execute("UPDATE jobs SET state=?, reason=?, lease_until=NULL, updated=? WHERE id=?",
+                                 (JobState.QUEUED.value, f"given back: {why}", t, row["id"]))
+                    log.warning("job %d given back to the queue (%s)", row["id"], why)
+                changed.append(row["id"])
+        return changed
+
+    def reap(self, at: float | None = None) -> list[int]:
+        """Give back running jobs whose lease expired; returns their ids."""
+        t = now() if at is None else at
+        return self._give_back("lease_until < ?", (t,), "lease expired", t)
+
+    def recover_after_restart(self, at: float | None = None) -> list[int]:
+        """Give back every running job: this process holds the data folder lock, so any
+        job still 'running' belonged to a node that died."""
+        return self._give_back("1=1", (), "node restarted during the job", at)
+
+    # -- reading --------------------------------------------------------------------
+    def get(self, job_id: int) -> Job:
+        rows = self.db.query("SELECT * FROM jobs WHERE id=?", (job_id,))
+        if not rows:
+            raise QueueError(f"job {job_id} does not exist")
+        return Job.from_row(rows[0])
+
+    def recent(self, limit: int = 20) -> list[Job]:
+        return [Job.from_row(r) for r in self.db.query("SELECT * FROM jobs ORDER BY id DESC LIMIT ?", (limit,))]
+
+    def counts(self) -> dict[str, int]:
+        return {r["state"]: r["n"] for r in self.db.query("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")}

@@ -1,0 +1,171 @@
+"""Series assembler: stored instances -> completed series -> a job, or a skip with a reason.
+
+Each stored instance is recorded in the database and moves its series' ``last_received``
+forward. A timer (``complete_due``, run by the node's scheduler) completes every series
+that has been quiet for ``quiet_seconds``: the selection rules (``[selection]``, data,
+not code) choose the instances to analyse, and the series is either queued as a job or
+recorded as skipped with the reason. Because the quiet timer is derived from the
+database, a node restarted during the quiet period completes the series all the same.
+
+Late instances: an instance that arrives after its series was completed re-opens the
+series (state ``receiving`` again); after a new quiet period the whole series, old and
+new instances, becomes a new job (generation + 1). A still-queued job of the earlier
+generation is skipped as superseded; a running one finishes and delivers its results.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+from .config import SelectionSection
+from .db import Database, now
+from .queue import JobQueue
+from .store import InstanceInfo
+
+log = logging.getLogger(__name__)
+
+RECEIVING = "receiving"
+QUEUED = "queued"
+SKIPPED = "skipped"
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The outcome of the rules on one series: the instance paths to analyse, or why not."""
+
+    paths: tuple[str, ...]
+    reason: str | None
+
+    @property
+    def accepted(self) -> bool:
+        return self.reason is None
+
+
+def select_instances(rows: Sequence[dict], rules: SelectionSection) -> Selection:
+    """Apply the selection rules to a series' instance rows (dicts with the columns of
+    the ``instances`` table). Pure: unit-testable without a database."""
+    if not rows:
+        return Selection((), "no instances")
+    modalities = Counter(r["modality"] or "(none)" for r in rows)
+    allowed = {m.upper() for m in rules.modalities}
+    if allowed and not set(modalities) <= allowed:
+        found = ", ".join(sorted(modalities))
+        return Selection((), f"modality {found} is not one of {', '.join(sorted(allowed))}")
+    if len({r["study_uid"] for r in rows}) > 1:
+        return Selection((), "instances disagree on the study (several Study Instance UIDs)")
+    if len({r["patient_key"] for r in rows}) > 1:
+        return Selection((), "instances disagree on the patient (several patient IDs or names)")
+    refused = {t.upper() for t in rules.refuse_image_types}
+    kept = [r for r in rows if not refused & set((r["image_type"] or "").split("\\"))]
+    if not kept:
+        kinds = " or ".join(sorted(refused))
+        return Selection((), f"{kinds.lower()} images only ({len(rows)} instances, none usable)")
+    if rules.body_parts:
+        parts = {r["body_part"] or "(none)" for r in kept}
+        wanted = {p.upper() for p in rules.body_parts}
+        if not parts & wanted:
+            return Selection((), f"body part {', '.join(sorted(parts))} is not one of {', '.join(sorted(wanted))}")
+    if len({r["orientation"] for r in kept}) > 1:
+        return Selection((), "mixed orientation (instances have different Image Orientation (Patient))")
+    if rules.max_slice_thickness_mm > 0:
+        thick = [r["slice_thickness"] for r in kept if r["slice_thickness"] is not None]
+        if thick and max(thick) > rules.max_slice_thickness_mm:
+            return Selection((), f"slice thickness {max(thick):g} mm is above the "
+                                 f"{rules.max_slice_thickness_mm:g} mm limit")
+    if len(kept) < rules.min_slices:
+        return Selection((), f"too few slices: {len(kept)} (at least {rules.min_slices} needed)")
+    return Selection(tuple(r["path"] for r in kept), None)
+
+
+class SeriesAssembler:
+    """Records instances, completes quiet series, enqueues jobs or records skips."""
+
+    def __init__(self, db: Database, queue: JobQueue, rules: SelectionSection, quiet_seconds: float,
+                 on_enqueued: Callable[[int], None] | None = None) -> None:
+        self.db = db
+        self.queue = queue
+        self.rules = rules
+        self.quiet_seconds = quiet_seconds
+        self.on_enqueued = on_enqueued
+        self._tick_lock = threading.Lock()
+
+    def record_instance(self, info: InstanceInfo, rel_path: str, received: float | None = None) -> None:
+        """Record a stored instance (a duplicate replaces its row) and reset the quiet timer."""
+        t = now() if received is None else received
+        with self.db.transaction() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO instances(sop_uid, series_uid, study_uid, sop_class_uid, transfer_syntax, "
+                "path, modality, image_type, body_part, slice_thickness, orientation, patient_key, received) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (info.sop_uid, info.series_uid, info.study_uid, info.sop_class_uid, info.transfer_syntax,
+                 rel_path, info.modality, info.image_type, info.body_part, info.slice_thickness,
+                 info.orientation, info.patient_key, t))
+            row = conn.execute("SELECT state FROM series WHERE series_uid=?", (info.series_uid,)).fetchone()
+            if row is None:
+                conn.execute("INSERT INTO series(series_uid, study_uid, state, instance_count, first_received, "
+                             "last_received) VALUES (?,?,?,1,?,?)",
+                             (info.series_uid, info.study_uid, RECEIVING, t, t))
+            else:
+                if row["state"] != RECEIVING:
+                    log.info("series %s re-opened by late instance %s", info.series_uid, info.sop_uid)
+                conn.execute("UPDATE series SET state=?, reason=NULL, last_received=MAX(last_received, ?), "
+                             "instance_count=(SELECT COUNT(*) FROM instances WHERE series_uid=?) "
+                             "WHERE series_uid=?", (RECEIVING, t, info.series_uid, info.series_uid))
+
+    def complete_due(self, at: float | None = None) -> list[str]:
+        """Complete every series quiet for ``quiet_seconds``; returns their UIDs."""
+        t = now() if at is None else at
+        done: list[str] = []
+        enqueued: list[int] = []
+        with self._tick_lock:
+            due = self.db.query("SELECT series_uid FROM series WHERE state=? AND last_received <= ?",
+                                (RECEIVING, t - self.quiet_seconds))
+            for row in due:
+                job_id = self._complete(row["series_uid"], t)
+                done.append(row["series_uid"])
+                if job_id is not None:
+                    enqueued.append(job_id)
+        if self.on_enqueued is not None:
+            for job_id in enqueued:
+                self.on_enqueued(job_id)
+        return done
+
+    def _complete(self, series_uid: str, t: float) -> int | None:
+        with self.db.transaction() as conn:
+            series = conn.execute("SELECT * FROM series WHERE series_uid=?", (series_uid,)).fetchone()
+            if series is None or series["state"] != RECEIVING or series["last_received"] > t - self.quiet_seconds:
+                return None  # an instance arrived meanwhile: the timer starts again
+            rows = [dict(r) for r in conn.execute("SELECT * FROM instances WHERE series_uid=? ORDER BY path",
+                                                  (series_uid,)).fetchall()]
+            selection = select_instances(rows, self.rules)
+            generation = series["generation"] + 1
+            if selection.accepted:
+                job_id = self.queue.enqueue_in(conn, series_uid, series["study_uid"], generation,
+                                               selection.paths, t)
+                conn.execute("UPDATE series SET state=?, reason=NULL, completed=?, generation=?, "
+                             "instance_count=? WHERE series_uid=?",
+                             (QUEUED, t, generation, len(rows), series_uid))
+            else:
+                job_id = None
+                conn.execute("UPDATE series SET state=?, reason=?, completed=?, generation=?, instance_count=? "
+                             "WHERE series_uid=?", (SKIPPED, selection.reason, t, generation, len(rows),
+                                                    series_uid))
+        if job_id is None:
+            log.info("series %s skipped: %s", series_uid, selection.reason)
+        else:
+            log.info("series %s complete (%d instances, %d selected): job %d", series_uid, len(rows),
+                     len(selection.paths), job_id)
+        return job_id
+
+    def mark_skipped(self, series_uid: str, reason: str) -> None:
+        """Record a series as skipped after the fact (e.g. the volume loader rejected it)."""
+        self.db.execute("UPDATE series SET state=?, reason=? WHERE series_uid=? AND state<>?",
+                        (SKIPPED, reason, series_uid, RECEIVING))
+        log.info("series %s skipped: %s", series_uid, reason)
+
+    def known_paths(self) -> set[str]:
+        return {r["path"] for r in self.db.query("SELECT path FROM instances")}

@@ -1,0 +1,289 @@
+"""Instance store: received bytes -> a durable DICOM file, and nothing else.
+
+Layout: ``<storage>/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm``.
+
+- Every UID is checked against the DICOM UID grammar (digits and dots, no leading zero in
+  a component, at most 64 characters) *before* it becomes a path part, so no received
+  value can name a file outside the storage folder ("../../x" and "1.2/../3" are not UIDs).
+- A write is atomic and durable: a temp file in the target folder, write, flush, fsync,
+  ``os.replace``, fsync of the folder. A reader (or a restart) sees the old file or the
+  whole new one, never half of one; the caller answers success only after ``store``
+  returned.
+- Duplicates (an instance with a SOP Instance UID already stored) replace the stored file:
+  the last one received wins, as a PACS re-send is meant to correct the earlier copy.
+- Free-disk guard: below ``min_free_mb`` the store refuses (``DiskFullError``, status
+  0xA700) instead of filling the disk that the database also lives on.
+
+Only the header elements the node needs are parsed (``parse_header``): the pixel data are
+never decoded here.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import os
+import re
+import secrets
+import threading
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filereader import read_dataset, read_preamble, _read_file_meta_info
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian, UID
+
+from . import __version__
+from .errors import DiskFullError, InvalidUIDError, StoreError
+
+#: A DICOM UID (PS3.5 9.1): components of digits without leading zeros, dot-separated.
+UID_PATTERN = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+")
+UID_MAX_LEN = 64
+
+STATUS_OUT_OF_RESOURCES = 0xA700
+STATUS_CANNOT_UNDERSTAND = 0xC210
+STATUS_DATASET_MISMATCH = 0xA900
+STATUS_PROCESSING_FAILURE = 0xC211
+
+#: Our implementation class UID in written file meta (2.25 + a fixed UUID-derived number).
+IMPLEMENTATION_CLASS_UID = UID("2.25.173087327912880532964211486342946318915")
+IMPLEMENTATION_VERSION = f"COVIDNODE{__version__}".replace(".", "")[:16]
+
+_HEADER_LAST_TAG = 0x00280000  # every element we read lies before group 0x0028
+_TMP_SUFFIX = ".tmp"
+
+
+def validate_uid(uid: object, what: str) -> str:
+    """Return ``uid`` if it is a valid DICOM UID, else raise InvalidUIDError (0xC210)."""
+    text = str(uid).rstrip("\x00 ") if uid is not None else ""
+    if not text or len(text) > UID_MAX_LEN or not UID_PATTERN.fullmatch(text):
+        shown = text[:80].encode("ascii", "backslashreplace").decode()
+        raise InvalidUIDError(f"{what} {shown!r} is not a valid DICOM UID (digits and dots, "
+                              f"at most {UID_MAX_LEN} characters)", STATUS_CANNOT_UNDERSTAND)
+    return text
+
+
+@dataclass(frozen=True)
+class InstanceInfo:
+    """The few header elements the node needs about one instance (no patient data)."""
+
+    sop_uid: str
+    series_uid: str
+    study_uid: str
+    sop_class_uid: str
+    transfer_syntax: str
+    modality: str = ""
+    image_type: str = ""
+    body_part: str = ""
+    slice_thickness: float | None = None
+    orientation: str = ""
+    patient_key: str = ""
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    value = ds.get(keyword)
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        return "\\".join(str(v).strip() for v in value)
+    return str(value).strip()
+
+
+def patient_key(patient_id: str, patient_name: str) -> str:
+    """A short hash that tells whether two instances are of one patient, and no more."""
+    return hashlib.sha256(f"{patient_id}\x00{patient_name}".encode("utf-8", "replace")).hexdigest()[:16]
+
+
+def parse_header(dataset_stream: BinaryIO, transfer_syntax: str, sop_class_uid: str = "",
+                 sop_uid: str = "") -> InstanceInfo:
+    """Read the identifying elements of a dataset (no file meta) up to group 0x0028.
+
+    Raises StoreError with 0xC210 when the bytes cannot be parsed or a UID is invalid,
+    and 0xA900 when the dataset's SOP Class/Instance disagree with the request's.
+    """
+    ts = UID(transfer_syntax)
+    try:
+        fp: BinaryIO = dataset_stream
+        if ts == DeflatedExplicitVRLittleEndian:
+            fp = io.BytesIO(zlib.decompress(dataset_stream.read(), -zlib.MAX_WBITS))
+        implicit = ts == ImplicitVRLittleEndian
+        little = ts != ExplicitVRBigEndian
+        ds = read_dataset(fp, implicit, little, stop_when=lambda tag, vr, length: tag >= _HEADER_LAST_TAG)
+        info = _info_from(ds, str(ts))
+    except StoreError:
+        raise
+    except Exception as e:  # pydicom raises many types on malformed data
+        raise StoreError(f"dataset cannot be parsed ({type(e).__name__}: {e})", STATUS_CANNOT_UNDERSTAND) from e
+    if sop_uid and info.sop_uid != sop_uid:
+        raise StoreError(f"dataset SOP Instance UID {info.sop_uid} differs from the request's {sop_uid}",
+                         STATUS_DATASET_MISMATCH)
+    if sop_class_uid and info.sop_class_uid != sop_class_uid:
+        raise StoreError(f"dataset SOP Class UID {info.sop_class_uid} differs from the request's "
+                         f"{sop_class_uid}", STATUS_DATASET_MISMATCH)
+    return info
+
+
+def _info_from(ds: Dataset, transfer_syntax: str) -> InstanceInfo:
+    thickness: float | None
+    try:
+        thickness = float(ds.SliceThickness) if ds.get("SliceThickness") not in (None, "") else None
+    except (TypeError, ValueError):
+        thickness = None
+    try:
+        iop = [round(float(v), 3) + 0.0 for v in ds.get("ImageOrientationPatient") or []]
+    except (TypeError, ValueError):
+        iop = []
+    return InstanceInfo(
+        sop_uid=validate_uid(ds.get("SOPInstanceUID"), "SOP Instance UID"),
+        series_uid=validate_uid(ds.get("SeriesInstanceUID"), "Series Instance UID"),
+        study_uid=validate_uid(ds.get("StudyInstanceUID"), "Study Instance UID"),
+        sop_class_uid=validate_uid(ds.get("SOPClassUID"), "SOP Class UID"),
+        transfer_syntax=transfer_syntax,
+        modality=_text(ds, "Modality").upper(),
+        image_type=_text(ds, "ImageType").upper(),
+        body_part=_text(ds, "BodyPartExamined").upper(),
+        slice_thickness=thickness,
+        orientation="\\".join(f"{v:g}" for v in iop),
+        patient_key=patient_key(_text(ds, "PatientID"), _text(ds, "PatientName")),
+    )
+
+
+def read_file_header(path: Path) -> InstanceInfo:
+    """InstanceInfo of a stored DICOM file (used when rescanning the storage folder)."""
+    with open(path, "rb") as f:
+        read_preamble(f, force=False)
+        meta = _read_file_meta_info(f)
+        ts = str(meta.get("TransferSyntaxUID", ImplicitVRLittleEndian))
+        return parse_header(f, ts)
+
+
+def encode_file_meta(sop_class_uid: str, sop_uid: str, transfer_syntax: str, source_ae: str = "") -> bytes:
+    """Preamble, 'DICM' and the File Meta Information group for a received instance."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = UID(sop_class_uid)
+    meta.MediaStorageSOPInstanceUID = UID(sop_uid)
+    meta.TransferSyntaxUID = UID(transfer_syntax)
+    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION
+    if source_ae:
+        meta.SourceApplicationEntityTitle = source_ae
+    buf = io.BytesIO()
+    buf.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(buf, meta, enforce_standard=True)
+    return buf.getvalue()
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new entry in ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class InstanceStore:
+    """Durable, atomic storage of received instances under ``root``."""
+
+    def __init__(self, root: Path | str, min_free_mb: int = 500) -> None:
+        self.root = Path(root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.min_free_bytes = int(min_free_mb) * 1024 * 1024
+        self._free_checked = 0.0
+        self._free_ok = True
+        self._dirs_known: set[Path] = set()
+        self._lock = threading.Lock()
+
+    def relative_path(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
+        """The path (relative to root) an instance is stored at; validates every UID."""
+        return Path(validate_uid(study_uid, "Study Instance UID"),
+                    validate_uid(series_uid, "Series Instance UID"),
+                    validate_uid(sop_uid, "SOP Instance UID") + ".dcm")
+
+    def path_for(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
+        path = (self.root / self.relative_path(study_uid, series_uid, sop_uid)).resolve()
+        # Belt and braces: the UID grammar already excludes separators and '..'.
+        if self.root not in path.parents:
+            raise InvalidUIDError(f"refusing to write outside the storage folder: {path}",
+                                  STATUS_CANNOT_UNDERSTAND)
+        return path
+
+    def check_free_space(self) -> None:
+        """Raise DiskFullError when free space is below the guard (checked at most 1/s)."""
+        if self.min_free_bytes <= 0:
+            return
+        t = time.monotonic()
+        if t - self._free_checked > 1.0:
+            st = os.statvfs(self.root)
+            self._free_ok = st.f_bavail * st.f_frsize >= self.min_free_bytes
+            self._free_checked = t
+        if not self._free_ok:
+            raise DiskFullError(f"free disk space in {self.root} is below {self.min_free_bytes // 2**20} MB; "
+                                f"free space or lower [node] min_free_mb", STATUS_OUT_OF_RESOURCES)
+
+    def _ensure_dir(self, folder: Path) -> None:
+        if folder in self._dirs_known:
+            return
+        with self._lock:
+            missing = []
+            probe = folder
+            while not probe.exists() and probe != self.root:
+                missing.append(probe)
+                probe = probe.parent
+            folder.mkdir(parents=True, exist_ok=True)
+            # A new folder entry is durable only once its parent is fsynced.
+            for created in reversed(missing):
+                fsync_dir(created.parent)
+            self._dirs_known.add(folder)
+
+    def store(self, info: InstanceInfo, header: bytes, dataset: bytes | memoryview) -> Path:
+        """Write ``header`` (preamble + file meta) and ``dataset`` durably; return the path.
+
+        Raises DiskFullError (0xA700) when space is short, InvalidUIDError (0xC210) for a
+        bad UID, StoreError (0xA700) for other OS errors. Never leaves a partial file.
+        """
+        self.check_free_space()
+        target = self.path_for(info.study_uid, info.series_uid, info.sop_uid)
+        self._ensure_dir(target.parent)
+        tmp = target.parent / f".{info.sop_uid}.{secrets.token_hex(4)}{_TMP_SUFFIX}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+            try:
+                with os.fdopen(fd, "wb", buffering=0) as f:
+                    fd = -1
+                    f.write(header)
+                    f.write(dataset)
+                    os.fsync(f.fileno())
+            finally:
+                if fd >= 0:
+                    os.close(fd)
+            os.replace(tmp, target)
+            fsync_dir(target.parent)
+        except OSError as e:
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                self._free_ok = False
+                raise DiskFullError(f"disk full while storing {info.sop_uid}", STATUS_OUT_OF_RESOURCES) from e
+            raise StoreError(f"cannot write {target.name}: {e.strerror}", STATUS_OUT_OF_RESOURCES) from e
+        return target
+
+    def remove_temp_files(self) -> int:
+        """Delete temp files a killed process left behind; returns how many."""
+        count = 0
+        for tmp in self.root.glob(f"*/*/.*{_TMP_SUFFIX}"):
+            tmp.unlink(missing_ok=True)
+            count += 1
+        return count
+
+    def scan(self) -> Iterator[Path]:
+        """Every stored instance file, relative to root."""
+        for path in self.root.glob("*/*/*.dcm"):
+            yield path.relative_to(self.root)
