@@ -566,7 +566,7 @@ def make_plots(records: Sequence[CaseRecord], metrics: Mapping[str, Any], out_di
     for i, c in enumerate(CLASS_NAMES):
         if onehot[:, i].any():
             rec, prec = M.pr_curve_points(onehot[:, i], probs[:, i])
-            pr[c] = (rec, prec, float(onehot[:, i].mean()))
+            pr[c] = (rec, prec, float(onehot[:, i].mean()), M.average_precision(onehot[:, i], probs[:, i]))
     P.plot_pr(pr, out_dir / "pr.png", "Precision-recall, one-vs-rest per class")
     files["pr"] = "pr.png"
 

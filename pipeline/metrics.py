@@ -136,6 +136,16 @@ def pr_curve_points(y_true: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, 
     return np.r_[0.0, tp / n_pos], np.r_[1.0, tp / np.maximum(tp + fp, 1)]
 
 
+def average_precision(y_true: np.ndarray, score: np.ndarray) -> float:
+    """Area under the step PR curve, sum over thresholds of (R_k - R_k-1) * P_k
+    (scikit-learn's average_precision_score); NaN without positives."""
+    y = _as_bool(y_true).ravel()
+    if not y.any():
+        return float("nan")
+    recall, precision = pr_curve_points(y, score)
+    return float(np.sum(np.diff(recall) * precision[1:]))
+
+
 def net_benefit(y_true: np.ndarray, score: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
     """Decision-curve net benefit of treating the cases with score >= pt:
     TP/n - FP/n * pt / (1 - pt), for each threshold pt in [0, 1)."""

@@ -55,12 +55,13 @@ def plot_roc(curves: Mapping[str, tuple[np.ndarray, np.ndarray, float]], path: P
     _save(fig, path)
 
 
-def plot_pr(curves: Mapping[str, tuple[np.ndarray, np.ndarray, float]], path: Path, title: str) -> None:
-    """Precision-recall curves {name: (recall, precision, prevalence)}; the prevalence
-    is the precision of a random ranking (drawn as a dotted line)."""
+def plot_pr(curves: Mapping[str, tuple[np.ndarray, np.ndarray, float, float]], path: Path, title: str) -> None:
+    """Precision-recall curves {name: (recall, precision, prevalence, average precision)},
+    recall increasing; the prevalence is the precision of a random ranking (dotted)."""
     fig, ax = plt.subplots(figsize=FIG_SIZE)
-    for name, (recall, precision, prevalence) in curves.items():
-        line, = ax.step(recall, precision, where="post", lw=1.6, label=name)
+    for name, (recall, precision, prevalence, ap) in curves.items():
+        # precision[k] holds for recalls in (recall[k-1], recall[k]]: a "pre" step
+        line, = ax.step(recall, precision, where="pre", lw=1.6, label=f"{name} (AP {ap:.3f})")
         ax.axhline(prevalence, color=line.get_color(), lw=0.7, ls=":")
     if not curves:
         _no_data(ax, "precision-recall curve")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sklearn.metrics import confusion_matrix, roc_auc_score, roc_curve
+from sklearn.metrics import average_precision_score, confusion_matrix, roc_auc_score, roc_curve
 
 from pipeline import metrics as M
 
@@ -75,6 +75,14 @@ def test_roc_curve_points_match_sklearn() -> None:
     np.testing.assert_allclose(fpr, ref_fpr)
     np.testing.assert_allclose(tpr, ref_tpr)
     assert np.trapezoid(tpr, fpr) == pytest.approx(M.roc_auc(y, s))
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_average_precision_equals_sklearn(ties: bool) -> None:
+    labels, probs = _scores(70, 8, ties=ties)
+    for c in range(N_CLASSES):
+        assert M.average_precision(labels == c, probs[:, c]) == pytest.approx(
+            average_precision_score(labels == c, probs[:, c]), abs=1e-12)
 
 
 def test_dice() -> None:
