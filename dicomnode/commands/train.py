@@ -1,0 +1,137 @@
+"""``dicomnode train {segmentation,classifier,locator} --data SPEC --out BUNDLE_DIR``.
+
+Parses the command line into ``pipeline.training.TrainSettings`` and runs it. A bad
+data spec, bad option or unusable checkpoint ends with a one-line error and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+#: ``--backbone`` presets: (block, layers, widths). resnet152 is the paper's layout.
+BACKBONES: dict[str, tuple[str, tuple[int, ...], tuple[int, ...]]] = {
+    "resnet152": ("bottleneck", (3, 8, 36, 3), (64, 128, 256, 512)),
+    "resnet50": ("bottleneck", (3, 4, 6, 3), (64, 128, 256, 512)),
+    "resnet18": ("basic", (2, 2, 2, 2), (64, 128, 256, 512)),
+    "tiny": ("basic", (1, 1, 1, 1), (16, 32, 64, 128)),
+}
+DEFAULT_UNET_FEATURES = (8, 16, 32, 64, 64, 8)
+EXIT_USAGE = 2
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 1,1,1,1, got {text!r}")
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("role", choices=("segmentation", "classifier", "locator"),
+                   help="which network of the chain to train")
+    p.add_argument("--data", required=True, metavar="SPEC",
+                   help="training data: 'phantom:count=N,seed=S[,...]', a manifest CSV, a MosMedData or "
+                        "CC-CCII folder (see pipeline.datasets)")
+    p.add_argument("--out", required=True, type=Path, metavar="BUNDLE_DIR",
+                   help="bundle folder to create or update (other roles in it are kept)")
+    arch = p.add_argument_group("architecture (classifier and locator)")
+    arch.add_argument("--backbone", choices=sorted(BACKBONES), default=None,
+                      help="ResNet preset (resnet152 = the paper's [3,8,36,3] bottleneck); default tiny")
+    arch.add_argument("--layers", type=_ints, default=None, help="blocks per stage, e.g. 1,1,1,1")
+    arch.add_argument("--block", choices=("basic", "bottleneck"), default=None)
+    arch.add_argument("--widths", type=_ints, default=None, help="stage widths, e.g. 16,32,64,128")
+    unet = p.add_argument_group("architecture (segmentation)")
+    unet.add_argument("--features", type=_ints, default=None,
+                      help=f"U-Net features (6 values), default {','.join(map(str, DEFAULT_UNET_FEATURES))}")
+    p.add_argument("--input-size", type=int, default=None,
+                   help="network input size in pixels (default: the chain's, 224 for ResNets, 128 for the U-Net)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (cosine decay over the epochs)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true",
+                   help="continue from BUNDLE_DIR/checkpoints/<role>/last.pt (same settings required)")
+    p.add_argument("--val-fraction", type=float, default=0.2, help="patients held out for validation")
+    p.add_argument("--workers", type=int, default=0, help="processes preparing cases (0: in this process)")
+    p.add_argument("--max-slices-per-case", type=int, default=None,
+                   help="at most this many slices per case, uniform stride (default: all eligible)")
+    p.add_argument("--name", default=None, help="bundle name in the model card (default: folder name)")
+    p.add_argument("--bundle-version", default=None, help="bundle version in the model card")
+    p.add_argument("--description", default=None, help="bundle description in the model card")
+    bars = p.add_mutually_exclusive_group()
+    bars.add_argument("--progress", dest="progress", action="store_true", default=None,
+                      help="always show progress bars (default: only on a terminal)")
+    bars.add_argument("--no-progress", dest="progress", action="store_false")
+
+
+def architecture(args: argparse.Namespace) -> dict:
+    """The architecture dict the options describe (see pipeline.nets)."""
+    from pipeline.nets import classifier_arch, unet_arch
+    from pipeline.params import ChainParams
+    from pipeline.training import TrainError
+
+    chain = ChainParams()
+    if args.role == "segmentation":
+        if any(v is not None for v in (args.backbone, args.layers, args.block, args.widths)):
+            raise TrainError("--backbone/--layers/--block/--widths describe the classifier and locator; "
+                             "the segmentation U-Net takes --features")
+        features = args.features or DEFAULT_UNET_FEATURES
+        if len(features) != 6:
+            raise TrainError(f"--features needs 6 values (BasicUNet), got {len(features)}")
+        return unet_arch(features=features, input_size=args.input_size or chain.unet_input_size)
+    if args.features is not None:
+        raise TrainError("--features describes the segmentation U-Net; use --backbone/--layers/--widths here")
+    block, layers, widths = BACKBONES[args.backbone or "tiny"]
+    layers, widths, block = args.layers or layers, args.widths or widths, args.block or block
+    if len(layers) != 4 or len(widths) != 4:
+        raise TrainError(f"--layers and --widths need 4 values each, got {len(layers)} and {len(widths)}")
+    return classifier_arch(4 if args.role == "classifier" else 2, layers=layers, block=block,
+                           block_inplanes=widths, input_size=args.input_size or chain.input_size)
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The canonical command that reproduces this run (every option spelled out)."""
+    parts = ["dicomnode", "train", args.role, "--data", args.data, "--out", str(args.out)]
+    arch = architecture(args)
+    if args.role == "segmentation":
+        parts += ["--features", ",".join(map(str, arch["features"]))]
+    else:
+        parts += ["--block", arch["block"], "--layers", ",".join(map(str, arch["layers"])),
+                  "--widths", ",".join(map(str, arch["block_inplanes"]))]
+    parts += ["--input-size", str(arch["input_size"]), "--epochs", str(args.epochs),
+              "--batch-size", str(args.batch_size), "--lr", repr(args.lr), "--device", args.device,
+              "--seed", str(args.seed), "--val-fraction", repr(args.val_fraction)]
+    if args.max_slices_per_case is not None:
+        parts += ["--max-slices-per-case", str(args.max_slices_per_case)]
+    return shlex.join(parts)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pipeline.training import TrainError, TrainSettings, train_role
+    from pipeline.types import PipelineError
+
+    try:
+        settings = TrainSettings(
+            role=args.role, data_spec=args.data, out_dir=args.out, architecture=architecture(args),
+            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, device=args.device, seed=args.seed,
+            resume=args.resume, val_fraction=args.val_fraction, workers=args.workers,
+            max_slices_per_case=args.max_slices_per_case, command=command_line(args), name=args.name,
+            version=args.bundle_version, description=args.description, progress=args.progress)
+        outcome = train_role(settings)
+    except (PipelineError, TrainError, ValueError, OSError) as e:
+        # Data set readers name the file that failed; one line is what a user needs.
+        print(f"dicomnode train {args.role}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    figures = ", ".join(f"{k} {v:.4f}" for k, v in outcome.validation.items() if isinstance(v, float))
+    print(f"{args.role}: {outcome.epochs_done} epoch(s); bundle {outcome.bundle_dir}; {figures or 'no validation set'}")
+    return 0

@@ -1,0 +1,68 @@
+"""Add or replace one role's weights and card entry in a bundle folder.
+
+Other roles already in the folder stay as they are. The bundle-level fields follow from
+all roles: if any was trained on synthetic data the card says so and carries
+``SYNTHETIC_DISCLAIMER``. Metrics measured by ``dicomnode evaluate`` on the previous
+weights no longer describe the bundle once a role is retrained, so they are dropped
+(with a warning) rather than left to mislead.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from ..models import CARD_FILE, SYNTHETIC_DISCLAIMER, write_bundle
+from .checkpoint import TrainError
+
+log = logging.getLogger(__name__)
+
+RESEARCH_DISCLAIMER = "Research model. Not validated for clinical use."
+DEFAULT_VERSION = "0.1.0"
+
+
+def read_existing_card(bundle_dir: Path) -> dict[str, Any]:
+    """The folder's card as plain JSON ({} when there is none yet).
+
+    Not ``pipeline.models.read_card``: a bundle being built may hold only some roles.
+    """
+    path = Path(bundle_dir) / CARD_FILE
+    if not path.exists():
+        return {}
+    try:
+        card = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise TrainError(f"{path} exists but cannot be read ({e}); fix or delete it, or train into "
+                         f"another --out folder") from e
+    if not isinstance(card, dict):
+        raise TrainError(f"{path} is not a model card (a JSON object); delete it or use another --out folder")
+    return card
+
+
+def update_bundle(bundle_dir: Path, role: str, model: torch.nn.Module, architecture: Mapping[str, Any],
+                  training: Mapping[str, Any], synthetic: bool, name: str | None = None,
+                  version: str | None = None, description: str | None = None) -> Path:
+    """Write ``role``'s weights and its card entry (architecture, training) into the bundle."""
+    bundle_dir = Path(bundle_dir)
+    card = read_existing_card(bundle_dir)
+    models = {r: dict(e) for r, e in dict(card.get("models", {})).items()}
+    models[role] = {"training": dict(training)}
+    card["models"] = models
+    card["name"] = name or card.get("name") or bundle_dir.resolve().name
+    card["version"] = version or card.get("version") or DEFAULT_VERSION
+    if description or "description" not in card:
+        card["description"] = description or (
+            "Lung U-Net, 4-class slice classifier and COVID-infectious slice locator of the "
+            "Jin et al. (2020) chain, trained with 'dicomnode train'.")
+    flags = [bool(e.get("training", {}).get("trained_on_synthetic_data", synthetic if r == role else False))
+             for r, e in models.items()]
+    card["trained_on_synthetic_data"] = any(flags)
+    card["disclaimer"] = SYNTHETIC_DISCLAIMER if any(flags) else RESEARCH_DISCLAIMER
+    if card.pop("metrics", None) is not None:
+        log.warning("bundle %s: dropped the card's metrics (measured on the previous %s weights); "
+                    "run 'dicomnode evaluate' again", bundle_dir, role)
+    return write_bundle(bundle_dir, {role: model.cpu()}, {role: architecture}, card)

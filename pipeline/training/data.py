@@ -1,0 +1,214 @@
+"""Per-slice training tensors built once per run from a data set's cases.
+
+Each role learns from slices prepared by ``pipeline.preprocess``, the very functions the
+inference chain uses, so training and inference see the same inputs:
+
+- classifier: every lung slice of a scan (more lung than ``min_lung_pixels``) with the
+  scan's label (weak labels), input ``classifier_batch`` = [mask, mask*HU, HU];
+- locator: lung slices of COVID-19 scans only, labelled infected (1) when the slice has
+  more than ``locator_lesion_pixels`` lesion pixels, same input as the classifier;
+- segmentation: (``unet_batch`` HU slice, lung mask) pairs at the U-Net's input size.
+
+The lung mask is the case's own when the data set has one, else the classical
+HU-threshold segmentation (what the chain does without U-Net weights).
+
+Decoding or generating a volume is the slow part, so cases are prepared in parallel
+worker processes (``workers``) and the result is kept in memory as float16.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from ..params import ChainParams
+from ..preprocess import classifier_batch, lung_slice_indices, resize_batch, sample_slices, unet_batch
+from ..types import CLASS_NAMES, CTVolume
+from .checkpoint import TrainError
+from .params import TrainParams
+
+ROLES = ("segmentation", "classifier", "locator")
+COVID_LABEL = CLASS_NAMES.index("covid19")
+
+
+@dataclass(frozen=True)
+class SliceRecipe:
+    """What to extract from each case (picklable: it travels to worker processes)."""
+
+    role: str
+    chain: ChainParams
+    train: TrainParams
+    max_slices_per_case: int | None  # None: every eligible slice
+
+
+@dataclass(frozen=True)
+class CaseSlices:
+    """One case's prepared slices: inputs (n, c, s, s) float16, targets, z indices."""
+
+    case_id: str
+    inputs: np.ndarray
+    targets: np.ndarray
+    z_indices: np.ndarray
+    lung_mask_source: str  # "dataset" or "classical"
+
+
+@dataclass(frozen=True)
+class SliceSet:
+    """All prepared slices of a cohort, with the case each came from."""
+
+    inputs: torch.Tensor  # (n, c, s, s) float16
+    targets: torch.Tensor  # (n,) int64 labels, or (n, s, s) uint8 masks
+    case_index: np.ndarray  # (n,) index into case_ids
+    case_ids: tuple[str, ...]
+    case_labels: np.ndarray  # (n_cases,) class index of each case
+
+    def __len__(self) -> int:
+        return int(self.inputs.shape[0])
+
+    @property
+    def slice_labels(self) -> np.ndarray:
+        """Per-slice class labels (classifier/locator); for sampling and metrics."""
+        return self.targets.numpy()
+
+
+def recipe_for(role: str, arch: dict[str, Any], chain: ChainParams, train: TrainParams,
+               max_slices_per_case: int | None) -> SliceRecipe:
+    """The recipe of a role; the network's input size overrides the chain default."""
+    if role not in ROLES:
+        raise TrainError(f"unknown model role {role!r}; expected one of {ROLES}")
+    size = int(arch.get("input_size", chain.unet_input_size if role == "segmentation" else chain.input_size))
+    chain = replace(chain, unet_input_size=size) if role == "segmentation" else replace(chain, input_size=size)
+    return SliceRecipe(role=role, chain=chain, train=train, max_slices_per_case=max_slices_per_case)
+
+
+def case_label_index(label: str) -> int:
+    if label not in CLASS_NAMES:
+        raise TrainError(f"case label {label!r} is not one of {CLASS_NAMES}")
+    return CLASS_NAMES.index(label)
+
+
+@dataclass(frozen=True)
+class LoadedCase:
+    """What a case's ``load()`` gave: the volume and the masks it has (or None)."""
+
+    volume: CTVolume
+    lung_mask: np.ndarray | None
+    lesion_mask: np.ndarray | None
+
+
+def loaded_parts(loaded: Any) -> LoadedCase:
+    """Normalise ``Case.load()``'s answer (an object with ``volume``/``lung_mask``/
+    ``lesion_mask`` attributes, or a (volume, lung_mask, lesion_mask) tuple)."""
+    if isinstance(loaded, tuple):
+        parts = list(loaded) + [None, None]
+        volume, lung, lesion = parts[0], parts[1], parts[2]
+    else:
+        volume = getattr(loaded, "volume", loaded)
+        lung, lesion = getattr(loaded, "lung_mask", None), getattr(loaded, "lesion_mask", None)
+    if not isinstance(volume, CTVolume):
+        raise TrainError(f"a case loaded as {type(volume).__name__}, not a CTVolume")
+    for name, m in (("lung", lung), ("lesion", lesion)):
+        if m is not None and np.shape(m) != volume.hu.shape:
+            raise TrainError(f"{name} mask has shape {np.shape(m)} but the volume {volume.hu.shape}")
+    return LoadedCase(volume,
+                      None if lung is None else np.asarray(lung, dtype=bool),
+                      None if lesion is None else np.asarray(lesion, dtype=bool))
+
+
+def _lung_mask(loaded: LoadedCase, chain: ChainParams) -> tuple[np.ndarray, str]:
+    if loaded.lung_mask is not None:
+        return loaded.lung_mask, "dataset"
+    from ..lung import segment_lungs  # imported late: only needed without masks
+
+    return segment_lungs(loaded.volume, chain).mask, "classical"
+
+
+def _limit(z: np.ndarray, limit: int | None) -> np.ndarray:
+    return z if limit is None else sample_slices(z, limit)
+
+
+def prepare_case(case: Any, recipe: SliceRecipe) -> CaseSlices:
+    """Load one case and extract the slices its role trains on."""
+    case_id = str(case.case_id)
+    try:
+        loaded = loaded_parts(case.load())
+    except TrainError as e:
+        raise TrainError(f"case {case_id}: {e}") from e
+    except Exception as e:  # a reader may raise anything for a damaged file
+        raise TrainError(f"case {case_id}: cannot be loaded: {e}") from e
+    hu = loaded.volume.hu
+    chain = recipe.chain
+    label = case_label_index(str(case.label))
+    if recipe.role == "segmentation":
+        mask = loaded.lung_mask
+        if mask is None:
+            raise TrainError(f"case {case_id} has no lung mask: segmentation training needs lung masks "
+                             f"(phantoms have them; give a lung_mask column in a manifest CSV)")
+        z = _limit(np.arange(hu.shape[0], dtype=np.int64), recipe.max_slices_per_case)
+        x = unet_batch(hu[z], chain)
+        y = resize_batch(mask[z].astype(np.float32), chain.unet_input_size) > 0.5
+        return CaseSlices(case_id, x.astype(np.float16), y.astype(np.uint8), z, "dataset")
+    mask, source = _lung_mask(loaded, chain)
+    z = lung_slice_indices(mask, chain)
+    if recipe.role == "locator":
+        lesion = loaded.lesion_mask
+        if lesion is None:
+            raise TrainError(f"case {case_id} (covid19) has no lesion mask: locator training labels slices "
+                             f"from lesion masks (phantoms have them; give a lesion_mask column in a "
+                             f"manifest CSV)")
+        per_slice = np.count_nonzero(lesion.reshape(lesion.shape[0], -1), axis=1)
+        z = _limit(z, recipe.max_slices_per_case)
+        y = (per_slice[z] > recipe.train.locator_lesion_pixels).astype(np.int64)
+    else:
+        z = _limit(z, recipe.max_slices_per_case)
+        y = np.full(len(z), label, dtype=np.int64)
+    x = classifier_batch(hu, mask, z, chain) if len(z) else np.zeros((0, 3, chain.input_size, chain.input_size),
+                                                                    np.float32)
+    return CaseSlices(case_id, x.astype(np.float16), y, z, source)
+
+
+def _worker_init() -> None:
+    # One thread per worker process: the processes already use the cores.
+    torch.set_num_threads(1)
+
+
+def prepare_cases(cases: Sequence[Any], recipe: SliceRecipe, workers: int = 0,
+                  progress: Callable[[int], None] | None = None) -> list[CaseSlices]:
+    """``prepare_case`` for every case, in order; ``workers`` > 0 uses that many processes."""
+    if workers <= 0 or len(cases) < 2:
+        out = []
+        for case in cases:
+            out.append(prepare_case(case, recipe))
+            if progress:
+                progress(1)
+        return out
+    # spawn, not fork: forking a process that already runs torch threads can deadlock.
+    ctx = multiprocessing.get_context("spawn")
+    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init) as pool:
+        futures = [pool.submit(prepare_case, case, recipe) for case in cases]
+        out = []
+        for fut in futures:
+            out.append(fut.result())
+            if progress:
+                progress(1)
+        return out
+
+
+def stack_slices(prepared: Sequence[CaseSlices], case_labels: Sequence[int]) -> SliceSet:
+    """Concatenate the prepared cases into one SliceSet (empty cases contribute nothing)."""
+    kept = [p for p in prepared if len(p.targets)]
+    if not kept:
+        raise TrainError("no training slices: no case has a slice with enough lung "
+                         "(check the data, or the lung masks)")
+    inputs = torch.from_numpy(np.concatenate([p.inputs for p in kept]))
+    targets = torch.from_numpy(np.concatenate([p.targets for p in kept]))
+    index = np.concatenate([np.full(len(p.targets), i, dtype=np.int64) for i, p in enumerate(prepared)
+                            if len(p.targets)])
+    return SliceSet(inputs=inputs, targets=targets, case_index=index,
+                    case_ids=tuple(p.case_id for p in prepared),
+                    case_labels=np.asarray(case_labels, dtype=np.int64))

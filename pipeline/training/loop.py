@@ -1,0 +1,394 @@
+"""The training run of one role: data, epochs, validation, checkpoints, the bundle.
+
+``train_role(settings)`` is the whole run; ``dicomnode train`` only parses its command
+line into a ``TrainSettings``. Reproducibility on the CPU: deterministic algorithms, the
+network initialised from the seed, and every epoch's sample order and augmentation drawn
+from generators seeded by (seed, role, epoch), so that ``--resume`` after epoch N ends
+with the same weights as a run that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import platform
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..device import resolve_device
+from ..nets import build_network
+from ..params import ChainParams
+from .augment import augment_images, augment_pairs
+from .bundle import update_bundle
+from .checkpoint import CosineSchedule, TrainError, checkpoint_path, load_checkpoint, restore_rng_states, \
+    save_checkpoint
+from .data import COVID_LABEL, ROLES, SliceSet, prepare_cases, recipe_for, stack_slices, case_label_index
+from .params import TrainParams
+from .sampling import balanced_order, batches, derived_seed, generator_for, shuffled_order
+from .validation import MONITOR, classifier_metrics, locator_metrics, segmentation_metrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Everything one training run depends on (the CLI builds it from its arguments)."""
+
+    role: str
+    data_spec: str
+    out_dir: Path
+    architecture: dict[str, Any]
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-3
+    device: str = "auto"
+    seed: int = 0
+    resume: bool = False
+    val_fraction: float = 0.2
+    workers: int = 0
+    max_slices_per_case: int | None = None
+    command: str = ""
+    name: str | None = None
+    version: str | None = None
+    description: str | None = None
+    progress: bool | None = None  # None: bars only on a terminal
+    chain: ChainParams = field(default_factory=ChainParams)
+    train: TrainParams = field(default_factory=TrainParams)
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.role not in ROLES:
+            problems.append(f"role {self.role!r} is not one of {ROLES}")
+        if self.epochs < 1:
+            problems.append(f"--epochs must be at least 1, got {self.epochs}")
+        if self.batch_size < 2:
+            problems.append(f"--batch-size must be at least 2 (BatchNorm), got {self.batch_size}")
+        if not self.lr > 0:
+            problems.append(f"--lr must be positive, got {self.lr}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            problems.append(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
+        if self.workers < 0:
+            problems.append(f"--workers must be 0 or more, got {self.workers}")
+        if self.max_slices_per_case is not None and self.max_slices_per_case < 1:
+            problems.append(f"--max-slices-per-case must be at least 1, got {self.max_slices_per_case}")
+        if problems:
+            raise TrainError("; ".join(problems))
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The settings a resumed run must share with the checkpoint (not epochs:
+        a finished run may be extended)."""
+        fp = {"role": self.role, "data_spec": self.data_spec, "architecture": self.architecture,
+              "batch_size": self.batch_size, "lr": self.lr, "seed": self.seed,
+              "val_fraction": self.val_fraction, "max_slices_per_case": self.max_slices_per_case,
+              "train_params": asdict(self.train), "chain_params": asdict(self.chain)}
+        return json.loads(json.dumps(fp))  # tuples -> lists, as they come back from a file
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    """What a run produced: the bundle folder and the last epoch's validation figures."""
+
+    bundle_dir: Path
+    role: str
+    epochs_done: int
+    validation: dict[str, float | None]
+    history: list[dict[str, Any]]
+
+
+@contextmanager
+def _deterministic() -> Iterator[None]:
+    """Deterministic algorithms for the run, restored afterwards (global torch state)."""
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before)
+
+
+def _json_float(v: float) -> float | None:
+    return None if v is None or not math.isfinite(v) else round(float(v), 6)
+
+
+def _open_cases(spec: str) -> tuple[Any, list[Any]]:
+    from ..datasets import open_dataset  # the data set readers (phantom, CSV, MosMedData, CC-CCII)
+
+    dataset = open_dataset(spec)
+    return dataset, list(getattr(dataset, "cases", dataset))
+
+
+def _describe(dataset: Any, spec: str) -> Any:
+    described = dataset.describe() if hasattr(dataset, "describe") else {"spec": spec}
+    return json.loads(json.dumps(described, default=str))
+
+
+def _is_synthetic(dataset: Any, spec: str, described: Any) -> bool:
+    flag = getattr(dataset, "synthetic", None)
+    if flag is None and isinstance(described, dict):
+        flag = described.get("synthetic")
+    if flag is None:
+        flag = spec.strip().lower().startswith("phantom")
+    return bool(flag)
+
+
+def _split(cases: list[Any], val_fraction: float, seed: int) -> tuple[list[Any], list[Any]]:
+    if val_fraction <= 0:
+        return cases, []
+    from ..datasets import patient_split
+
+    train, val = patient_split(cases, val_fraction, seed=seed)
+    train, val = list(train), list(val)
+    overlap = {str(c.patient_id) for c in train} & {str(c.patient_id) for c in val}
+    if overlap:  # would leak a patient into validation: refuse rather than report inflated figures
+        raise TrainError(f"patient split put {len(overlap)} patient(s) in both cohorts")
+    return train, val
+
+
+def _device_name(dev: torch.device) -> str:
+    if dev.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(dev)})"
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+class _Run:
+    """State of one run; methods are the steps of ``train_role``."""
+
+    def __init__(self, s: TrainSettings) -> None:
+        self.s = s
+        self.out = Path(s.out_dir)
+        self.device = resolve_device(s.device)
+        self.show = s.progress
+        self.recipe = recipe_for(s.role, s.architecture, s.chain, s.train, s.max_slices_per_case)
+        self.log_path = self.out / f"train_{s.role}.jsonl"
+        self.ckpt = checkpoint_path(self.out, s.role)
+        self._sources: set[str] = set()
+
+    # ---------------------------------------------------------------- data
+    def load_data(self) -> None:
+        s = self.s
+        self.dataset, cases = _open_cases(s.data_spec)
+        self.described = _describe(self.dataset, s.data_spec)
+        self.synthetic = _is_synthetic(self.dataset, s.data_spec, self.described)
+        if not cases:
+            raise TrainError(f"data spec {s.data_spec!r} holds no cases")
+        for case in cases:
+            case_label_index(str(case.label))
+        if s.role == "locator":
+            cases = [c for c in cases if case_label_index(str(c.label)) == COVID_LABEL]
+            if not cases:
+                raise TrainError(f"data spec {s.data_spec!r} has no covid19 case: the locator trains on "
+                                 f"COVID-19 scans with lesion masks only")
+        train_cases, val_cases = _split(cases, s.val_fraction, s.seed)
+        self.n_cases = (len(train_cases), len(val_cases))
+        self.train_set = self._prepare(train_cases, "train")
+        self.val_set = self._prepare(val_cases, "validation") if val_cases else None
+        self.mask_sources = sorted(self._sources)
+        log.info("%s: %d training slices from %d cases, %d validation slices from %d cases",
+                 s.role, len(self.train_set), len(train_cases),
+                 len(self.val_set) if self.val_set else 0, len(val_cases))
+
+    def _prepare(self, cases: Sequence[Any], what: str) -> SliceSet:
+        with tqdm(total=len(cases), desc=f"{self.s.role}: preparing {what} cases", unit="case",
+                  disable=self._hide(), leave=False) as bar:
+            prepared = prepare_cases(cases, self.recipe, self.s.workers, progress=bar.update)
+        self._sources |= {p.lung_mask_source for p in prepared}
+        labels = [case_label_index(str(c.label)) for c in cases]
+        return stack_slices(prepared, labels)
+
+    def _hide(self) -> bool | None:
+        return None if self.show is None else not self.show
+
+    # ---------------------------------------------------------------- model
+    def build(self) -> None:
+        s = self.s
+        torch.manual_seed(derived_seed(s.seed, s.role, "init"))
+        self.model = build_network(s.architecture).to(self.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=s.lr, weight_decay=s.train.weight_decay)
+        self.schedule = CosineSchedule(s.lr, s.epochs, s.train.min_lr_fraction)
+        self.start_epoch = 0
+        self.history: list[dict[str, Any]] = []
+        self.elapsed_before = 0.0
+        if s.resume:
+            state = load_checkpoint(self.ckpt, s.role, s.fingerprint())
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            restore_rng_states(state["rng"])
+            self.start_epoch = int(state["epoch"])
+            self.history = list(state["history"])
+            self.elapsed_before = float(state.get("elapsed_s", 0.0))
+            log.info("%s: resuming after epoch %d from %s", s.role, self.start_epoch, self.ckpt)
+        elif self.ckpt.exists():
+            log.warning("%s: a checkpoint exists at %s; starting over (use --resume to continue it)",
+                        s.role, self.ckpt)
+
+    # ---------------------------------------------------------------- epochs
+    def _order(self, epoch: int) -> np.ndarray:
+        g = generator_for(self.s.seed, self.s.role, epoch, "order")
+        if self.s.role == "segmentation":
+            return shuffled_order(len(self.train_set), g)
+        return balanced_order(self.train_set.slice_labels, len(self.train_set), g)
+
+    def _loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        logits = self.model(x)
+        if self.s.role == "segmentation":
+            prob = F.softmax(logits, dim=1)[:, 1]
+            yf = y.float()
+            dims = (1, 2)
+            soft_dice = (2 * (prob * yf).sum(dims) + 1.0) / (prob.sum(dims) + yf.sum(dims) + 1.0)
+            return F.cross_entropy(logits, y.long()) + (1.0 - soft_dice).mean()
+        return F.cross_entropy(logits, y)
+
+    def train_epoch(self, epoch: int) -> float:
+        s = self.s
+        self.model.train()
+        torch.manual_seed(derived_seed(s.seed, s.role, epoch, "torch"))
+        aug = generator_for(s.seed, s.role, epoch, "augment")
+        total, count = 0.0, 0
+        with tqdm(batches(self._order(epoch), s.batch_size), desc=f"{s.role} epoch {epoch + 1}/{s.epochs}",
+                  unit="batch", disable=self._hide(), leave=False) as bar:
+            for idx in bar:
+                idx_t = torch.from_numpy(idx)
+                x = self.train_set.inputs[idx_t].float()
+                y = self.train_set.targets[idx_t]
+                if s.role == "segmentation":
+                    x, y = augment_pairs(x, y, s.train.augment, aug)
+                else:
+                    x = augment_images(x, s.train.augment, aug)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss = self._loss(x.to(self.device), y.to(self.device))
+                loss.backward()
+                self.optimizer.step()
+                total += float(loss.detach()) * len(idx)
+                count += len(idx)
+                bar.set_postfix(loss=f"{total / count:.4f}")
+        return total / max(count, 1)
+
+    @torch.inference_mode()
+    def validate(self) -> dict[str, float]:
+        vs = self.val_set
+        if vs is None or len(vs) == 0:
+            return {}
+        self.model.eval()
+        step = max(2, self.s.batch_size * 2)
+        outs, losses = [], 0.0
+        for start in range(0, len(vs), step):
+            x = vs.inputs[start:start + step].float().to(self.device)
+            y = vs.targets[start:start + step].to(self.device)
+            logits = self.model(x)
+            losses += float(F.cross_entropy(logits, y.long(), reduction="sum")) / (
+                1 if self.s.role != "segmentation" else y[0].numel())
+            outs.append(F.softmax(logits.float(), dim=1).cpu())
+        prob = torch.cat(outs).numpy()
+        out = {"val_loss": losses / len(vs)}
+        if self.s.role == "classifier":
+            out.update(classifier_metrics(vs.slice_labels, prob, vs.case_index, vs.case_labels, self.s.chain.top_k))
+        elif self.s.role == "locator":
+            out.update(locator_metrics(vs.slice_labels, prob))
+        else:
+            out.update(segmentation_metrics(prob[:, 1] > self.s.train.dice_threshold, vs.targets.numpy() > 0))
+        return out
+
+    def run_epochs(self) -> None:
+        s = self.s
+        if not s.resume:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            self.log_path.write_text("")
+        self.t0 = time.monotonic()
+        monitor = MONITOR[s.role]
+        with tqdm(range(self.start_epoch, s.epochs), desc=f"{s.role}", unit="epoch", initial=self.start_epoch,
+                  total=s.epochs, disable=self._hide()) as bar:
+            for epoch in bar:
+                t_epoch = time.monotonic()
+                lr = self.schedule.apply(self.optimizer, epoch)
+                train_loss = self.train_epoch(epoch)
+                val = self.validate()
+                record = {"role": s.role, "epoch": epoch + 1, "epochs": s.epochs, "lr": lr,
+                          "train_loss": _json_float(train_loss),
+                          **{k: _json_float(v) for k, v in val.items()},
+                          "epoch_time_s": round(time.monotonic() - t_epoch, 2),
+                          "train_slices": len(self.train_set),
+                          "time_utc": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                self.history.append(record)
+                with open(self.log_path, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+                save_checkpoint(self.ckpt, role=s.role, fingerprint=s.fingerprint(), epoch=epoch + 1,
+                                model=self.model, optimizer=self.optimizer, schedule=self.schedule,
+                                history=self.history, elapsed_s=self.elapsed())
+                shown = record.get(monitor)
+                bar.set_postfix(loss=f"{train_loss:.4f}", **{monitor: "n/a" if shown is None else f"{shown:.4f}"})
+                log.info("%s epoch %d/%d: train loss %.4f, %s %s, %.1f s", s.role, epoch + 1, s.epochs,
+                         train_loss, monitor, "n/a" if shown is None else f"{shown:.4f}",
+                         record["epoch_time_s"])
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + (time.monotonic() - getattr(self, "t0", time.monotonic()))
+
+    # ---------------------------------------------------------------- bundle
+    def write(self) -> Path:
+        s = self.s
+        last = self.history[-1] if self.history else {}
+        validation = {k: v for k, v in last.items() if k.startswith("val_")}
+        entry = {
+            "data_spec": s.data_spec,
+            "data": self.described,
+            "trained_on_synthetic_data": self.synthetic,
+            "command": s.command,
+            "epochs": s.epochs,
+            "seed": s.seed,
+            "batch_size": s.batch_size,
+            "lr": s.lr,
+            "optimizer": "Adam",
+            "lr_schedule": self.schedule.state_dict(),
+            "loss": "cross-entropy + soft Dice" if s.role == "segmentation" else "cross-entropy",
+            "sampling": "shuffled" if s.role == "segmentation" else "class-balanced",
+            "augmentation": asdict(s.train.augment) if s.role != "segmentation"
+            else {k: v for k, v in asdict(s.train.augment).items() if not k.startswith("erase")},
+            "val_fraction": s.val_fraction,
+            "split": "patient-level (pipeline.datasets.patient_split)",
+            "max_slices_per_case": s.max_slices_per_case,
+            "lung_mask_source": self.mask_sources,
+            "cases": {"train": self.n_cases[0], "validation": self.n_cases[1]},
+            "slices": {"train": len(self.train_set), "validation": len(self.val_set) if self.val_set else 0},
+            "validation": validation,
+            "validation_monitor": MONITOR[s.role],
+            "history": [{k: r.get(k) for k in ("epoch", "train_loss", MONITOR[s.role])} for r in self.history],
+            "resumed_after_epoch": self.start_epoch or None,
+            "training_time_s": round(self.elapsed(), 1),
+            "device": _device_name(self.device),
+            "torch": torch.__version__,
+            "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        if s.role == "locator":
+            entry["slice_label_rule"] = f"infected if > {s.train.locator_lesion_pixels} lesion pixels"
+        if s.role == "classifier":
+            entry["slice_label_rule"] = "weak: every lung slice takes its scan's label"
+        return update_bundle(self.out, s.role, self.model, s.architecture, entry, synthetic=self.synthetic,
+                             name=s.name, version=s.version, description=s.description)
+
+
+def train_role(settings: TrainSettings) -> TrainOutcome:
+    """Train one role of the chain and write/update the bundle in ``settings.out_dir``."""
+    run = _Run(settings)
+    with _deterministic():
+        run.load_data()
+        run.build()
+        if run.start_epoch >= settings.epochs:
+            log.info("%s: checkpoint already has %d epoch(s); writing the bundle only",
+                     settings.role, run.start_epoch)
+        else:
+            run.run_epochs()
+        bundle = run.write()
+    last = run.history[-1] if run.history else {}
+    return TrainOutcome(bundle_dir=bundle, role=settings.role, epochs_done=len(run.history),
+                        validation={k: v for k, v in last.items() if k.startswith("val_")},
+                        history=run.history)
