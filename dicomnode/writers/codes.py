@@ -1,0 +1,109 @@
+"""Every coded concept the result objects use, with its coding scheme, in one place.
+
+Standard codes come first (SNOMED CT "SCT", DICOM "DCM", LOINC "LN", UCUM). Where no
+standard concept exists we use the private scheme ``99COVIDNODE`` (DICOM reserves
+designators that start with "99" for local schemes); docs/objects.md lists those codes
+and why each one is private. Code meanings are at most 64 characters (VR LO).
+"""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+from typing import Mapping
+
+from pydicom.sr.coding import Code
+
+from pipeline.types import CLASS_NAMES, TASK_NAMES
+
+#: Designator of our private coding scheme (declared in each SR's Coding Scheme
+#: Identification Sequence).
+PRIVATE_SCHEME = "99COVIDNODE"
+PRIVATE_SCHEME_NAME = "COVID-CT-Node private codes"
+PRIVATE_SCHEME_VERSION = "1"
+
+# --- Diagnoses (the four classes of the classifier), SNOMED CT where it exists -------
+COVID19 = Code("840539006", "SCT", "COVID-19")  # Disease caused by SARS-CoV-2 (disorder)
+INFLUENZA = Code("6142004", "SCT", "Influenza")
+COMMUNITY_ACQUIRED_PNEUMONIA = Code("385093006", "SCT", "Community acquired pneumonia")
+# The paper's "non-pneumonia" class holds healthy lungs and non-pneumonia findings;
+# SNOMED CT "Normal" (17621005) would say more than the model knows, and there is no
+# pre-coordinated "no pneumonia" finding, so this one is private.
+NO_PNEUMONIA = Code("NOPNEU", PRIVATE_SCHEME, "No pneumonia")
+
+#: class name (pipeline.types.CLASS_NAMES) -> diagnosis code
+DIAGNOSIS: Mapping[str, Code] = MappingProxyType({
+    "non_pneumonia": NO_PNEUMONIA,
+    "cap": COMMUNITY_ACQUIRED_PNEUMONIA,
+    "influenza": INFLUENZA,
+    "covid19": COVID19,
+})
+
+#: class name -> measurement name of its case-level probability (no standard concept
+#: "probability of <disease>" exists; DCM 111047 is "Probability of cancer" only).
+CLASS_PROBABILITY: Mapping[str, Code] = MappingProxyType({
+    "non_pneumonia": Code("PNOPNEU", PRIVATE_SCHEME, "No pneumonia probability"),
+    "cap": Code("PCAP", PRIVATE_SCHEME, "CAP probability"),
+    "influenza": Code("PFLU", PRIVATE_SCHEME, "Influenza probability"),
+    "covid19": Code("PCOVID", PRIVATE_SCHEME, "COVID-19 probability"),
+})
+
+#: task name (pipeline.types.TASK_NAMES) -> measurement name of its fused score
+TASK_SCORE: Mapping[str, Code] = MappingProxyType({
+    "pneumonia_vs_non_pneumonia": Code("TPNEU", PRIVATE_SCHEME, "Pneumonia vs no pneumonia score"),
+    "covid19_vs_cap": Code("TCOVCAP", PRIVATE_SCHEME, "COVID-19 vs CAP score"),
+    "covid19_vs_influenza": Code("TCOVFLU", PRIVATE_SCHEME, "COVID-19 vs influenza score"),
+})
+
+#: Locator output of one slice (METHOD.md: COVID-infectious slice locating).
+INFECTED_SLICE_SCORE = Code("PINF", PRIVATE_SCHEME, "COVID-19 infectious slice score")
+INFECTED_SLICE_COUNT = Code("NINF", PRIVATE_SCHEME, "COVID-19 infectious slices")
+#: What an image region of the report outlines.
+ATTENTION_REGION = Code("ATTN", PRIVATE_SCHEME, "Grad-CAM attention region")
+#: Concept name of the disclaimer text item (no standard concept).
+DISCLAIMER = Code("DISCL", PRIVATE_SCHEME, "Disclaimer")
+
+# --- Standard concepts -----------------------------------------------------------
+LUNG = Code("39607008", "SCT", "Lung")
+ANATOMICAL_STRUCTURE = Code("91723000", "SCT", "Anatomical Structure")
+VOLUME = Code("118565006", "SCT", "Volume")
+#: Concept name of the coded diagnosis. Not "Finding" (121071): TID 1410 uses that
+#: name for the finding type of a measurement group.
+IMPRESSION = Code("121073", "DCM", "Impression")
+SUMMARY = Code("121111", "DCM", "Summary")
+#: TID 1500 row 12: the container of case-level qualitative evaluations.
+QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")
+#: Procedure reported: LOINC "CT Chest" (the LOINC/RSNA Radiology Playbook term that
+#: CID 100's LOINC entries come from).
+CT_CHEST = Code("24627-2", "LN", "CT Chest")
+OF_INTEREST = Code("113000", "DCM", "Of Interest")
+SOURCE_IMAGE_FOR_PROCESSING = Code("121322", "DCM", "Source image for image processing operation")
+ARTIFICIAL_INTELLIGENCE = Code("123110", "DCM", "Artificial Intelligence")
+#: Algorithm family of the classical lung segmentation (HU threshold, then morphology).
+MORPHOLOGICAL_OPERATIONS = Code("123104", "DCM", "Morphological Operations")
+
+# --- Units (UCUM) -------------------------------------------------------------------
+#: Probabilities and scores are reported in percent: viewers print value and unit
+#: code side by side, and "87.3 %" reads better than "0.873 1".
+PERCENT = Code("%", "UCUM", "percent")
+MILLILITER = Code("ml", "UCUM", "milliliter")
+#: A count of slices: UCUM unity with an annotation.
+SLICES = Code("{slices}", "UCUM", "slices")
+
+
+def _check_tables() -> None:
+    # Fails at import, not in a report, if pipeline.types grows a class or task.
+    if tuple(DIAGNOSIS) != CLASS_NAMES or tuple(CLASS_PROBABILITY) != CLASS_NAMES:
+        raise RuntimeError(f"dicomnode.writers.codes: class codes do not cover {CLASS_NAMES}")
+    if tuple(TASK_SCORE) != TASK_NAMES:
+        raise RuntimeError(f"dicomnode.writers.codes: task codes do not cover {TASK_NAMES}")
+
+
+_check_tables()
+
+
+def class_of_diagnosis(value: str, scheme: str) -> str | None:
+    """The class name whose diagnosis code is (value, scheme), or None."""
+    for name, code in DIAGNOSIS.items():
+        if code.value == value and code.scheme_designator == scheme:
+            return name
+    return None

@@ -1,0 +1,168 @@
+"""Helpers every writer shares: input checks, UIDs, wording, key slices, contours."""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+
+from pipeline.types import AnalysisResult, CTVolume, ModelInfo
+
+from .options import WriterError, WriterOptions
+
+#: Short wording of each class for descriptions and burned-in text.
+CLASS_DISPLAY = {
+    "non_pneumonia": "No pneumonia",
+    "cap": "Community-acquired pneumonia",
+    "influenza": "Influenza",
+    "covid19": "COVID-19",
+}
+#: VR LO (Series Description, Content Label...) holds at most 64 characters.
+LO_MAX = 64
+
+
+def check_inputs(result: AnalysisResult, volume: CTVolume, sources: Sequence[Dataset]) -> None:
+    """Raise WriterError unless result, volume and sources describe the same slices."""
+    nz = volume.shape[0]
+    if len(sources) != nz:
+        raise WriterError(f"{len(sources)} source datasets for a volume of {nz} slices: pass the "
+                          f"series' datasets in the volume's z order (dicomnode.volume.load_series)")
+    if result.lung_mask.mask.shape != volume.shape:
+        raise WriterError(f"lung mask shape {result.lung_mask.mask.shape} differs from the volume's "
+                          f"{volume.shape}: the result was made from another volume")
+    if len(result.infected.scores) != nz:
+        raise WriterError(f"infected-slice scores cover {len(result.infected.scores)} slices, the volume {nz}")
+    study_uids = {str(ds.StudyInstanceUID) for ds in sources}
+    if len(study_uids) != 1:
+        raise WriterError(f"source datasets come from {len(study_uids)} studies; results need one")
+    for z, ds in enumerate(sources):
+        if volume.slice_uids and str(ds.SOPInstanceUID) != volume.slice_uids[z]:
+            raise WriterError(f"source dataset {z} is SOP Instance {ds.SOPInstanceUID}, the volume's slice "
+                              f"{z} is {volume.slice_uids[z]}: sources must be in the volume's z order")
+        if (int(ds.Rows), int(ds.Columns)) != volume.shape[1:]:
+            raise WriterError(f"source dataset {z} is {ds.Rows}x{ds.Columns} pixels, the volume "
+                              f"{volume.shape[1]}x{volume.shape[2]}")
+    for att in result.attention:
+        if att.heat.shape != volume.shape[1:]:
+            raise WriterError(f"attention map of slice {att.z_index} is {att.heat.shape}, slices are "
+                              f"{volume.shape[1:]}")
+        if not 0 <= att.z_index < nz:
+            raise WriterError(f"attention map of slice {att.z_index} is outside the volume (0..{nz - 1})")
+
+
+def uid_maker(options: WriterOptions, sources: Sequence[Dataset]) -> Callable[[str], str]:
+    """A function name -> UID. With options.uid_seed the UIDs are reproducible: the same
+    job and source series give the same UID for the same name."""
+    if options.uid_seed is None:
+        return lambda name: str(generate_uid())
+    series_uid = str(sources[0].SeriesInstanceUID)
+    seed = str(options.uid_seed)
+    return lambda name: str(generate_uid(entropy_srcs=[seed, series_uid, name]))
+
+
+def is_demo(model: ModelInfo) -> bool:
+    return model.trained_on_synthetic_data
+
+
+def disclaimer(model: ModelInfo) -> str:
+    """The bundle's disclaimer; a plain one when the bundle has none."""
+    text = model.disclaimer.strip()
+    return text or "Research software: not a medical device. Not for clinical use."
+
+
+def series_description(what: str, model: ModelInfo) -> str:
+    """e.g. 'AI COVID-19 CT report (DEMO, not for clinical use)', at most 64 characters."""
+    tag = "DEMO, not for clinical use" if is_demo(model) else "not for clinical use"
+    text = f"AI COVID-19 CT {what} ({tag})"
+    return text[:LO_MAX]
+
+
+def model_text(model: ModelInfo, options: WriterOptions) -> str:
+    return (f"{options.product_name} {options.product_version}, model bundle {model.name} "
+            f"{model.version} (sha256 {model.sha256})")
+
+
+def label_of(result: AnalysisResult) -> str:
+    return result.case_scores.label
+
+
+def _infected_order(result: AnalysisResult) -> list[int]:
+    """Infected slices, the highest locator score first."""
+    scores = np.nan_to_num(result.infected.scores, nan=-1.0)
+    return sorted(result.infected.z_indices, key=lambda z: (-scores[z], z))
+
+
+def overlay_slices(result: AnalysisResult, max_n: int) -> list[int]:
+    """Slices that get a Grad-CAM overlay: the explained slices that are infected (highest
+    locator score first); when none is infected, the explained slices in the chain's order."""
+    explained = [a.z_index for a in result.attention]
+    infected = [z for z in _infected_order(result) if z in explained]
+    chosen = infected or explained
+    return chosen[:max_n]
+
+
+def top_classified_slice(result: AnalysisResult) -> int:
+    """The classified slice with the highest probability of the case's label."""
+    col = list(result.case_scores.probabilities).index(result.case_scores.label)
+    scores = result.slice_scores
+    return int(scores.z_indices[int(np.argmax(scores.probabilities[:, col]))])
+
+
+def key_slices(result: AnalysisResult) -> list[int]:
+    """Slices a reader should look at: the infected slices, else the explained ones, else the
+    top-scoring classified slice. Sorted by z."""
+    if result.infected.z_indices:
+        return sorted(set(int(z) for z in result.infected.z_indices))
+    if result.attention:
+        return sorted({int(a.z_index) for a in result.attention})
+    return [top_classified_slice(result)]
+
+
+def primary_slice(result: AnalysisResult) -> int:
+    """The one slice that carries the case-level results in the report."""
+    overlays = overlay_slices(result, 1)
+    if overlays:
+        return overlays[0]
+    infected = _infected_order(result)
+    if infected:
+        return infected[0]
+    return top_classified_slice(result)
+
+
+def largest_contour(mask: np.ndarray, max_points: int = 96) -> np.ndarray | None:
+    """Outline of the largest connected part of a 2-D mask as a closed polygon.
+
+    Returns (n, 2) float (column, row) in DICOM image coordinates (0,0 is the top-left
+    corner of the top-left pixel, so pixel centres are at +0.5), first point repeated
+    last; None when the mask is empty. At most ``max_points`` points (evenly sampled),
+    so reports stay small.
+    """
+    import contourpy  # matplotlib's contour engine, installed with it
+
+    if mask.ndim != 2:
+        raise WriterError(f"largest_contour needs a 2-D mask, got shape {mask.shape}")
+    if not mask.any():
+        return None
+    # Pad so that parts touching the border still give closed lines.
+    padded = np.pad(mask.astype(np.float32), 1)
+    lines = contourpy.contour_generator(z=padded, line_type="Separate").lines(0.5)
+    lines = [np.asarray(line, dtype=float) for line in lines if len(line) >= 4]
+    if not lines:
+        return None
+    line = max(lines, key=_polygon_area)
+    if np.allclose(line[0], line[-1]):
+        line = line[:-1]
+    if len(line) > max_points - 1:
+        idx = np.linspace(0, len(line), max_points - 1, endpoint=False).astype(int)
+        line = line[idx]
+    line = line - 1.0 + 0.5  # undo the padding, then pixel centre -> DICOM image coordinates
+    line[:, 0] = np.clip(line[:, 0], 0.0, mask.shape[1])
+    line[:, 1] = np.clip(line[:, 1], 0.0, mask.shape[0])
+    return np.vstack([line, line[:1]]).astype(np.float32)
+
+
+def _polygon_area(points: np.ndarray) -> float:
+    x, y = points[:, 0], points[:, 1]
+    return 0.5 * abs(float(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))))

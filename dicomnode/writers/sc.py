@@ -1,0 +1,118 @@
+"""Grad-CAM overlays as Secondary Capture images (one new series in the source study).
+
+Each image is the source slice in the lung window with the Guided Grad-CAM heat map
+blended in, the lung outlined in green, the attention regions in white and a caption
+burned in (BurnedInAnnotation YES). Position, orientation, pixel spacing and frame of
+reference are copied from the source slice so viewers can place it beside the CT (they
+are not part of the SC IOD: dciodvfy calls the result a Standard Extended SOP Class).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import highdicom as hd
+import numpy as np
+from pydicom.dataset import Dataset
+
+from pipeline.types import AnalysisResult, CTVolume
+
+from . import codes
+from .common import CLASS_DISPLAY, disclaimer, is_demo, model_text, overlay_slices, series_description
+from .options import WriterOptions
+from .render import render_overlay
+
+
+def build_sc(result: AnalysisResult, volume: CTVolume, sources: Sequence[Dataset],
+             options: WriterOptions, uid) -> list[Dataset]:
+    """One RGB Secondary Capture per overlay slice (at most options.max_overlays), in z order."""
+    attention = {a.z_index: a for a in result.attention}
+    chosen = sorted(overlay_slices(result, options.max_overlays))
+    series_uid = uid("sc-series")
+    images = []
+    for number, z in enumerate(chosen, start=1):
+        att = attention[z]
+        source = sources[z]
+        target = CLASS_DISPLAY[att.target_class]
+        prob = 100.0 * result.case_scores.probabilities[att.target_class]
+        caption = [
+            f"AI Grad-CAM: {target} ({prob:.0f}%)",
+            f"Image {volume.slice_label(z)}" + (" | infectious slice" if z in result.infected.z_indices else ""),
+            "DEMO - not for clinical use" if is_demo(result.model) else "Not for clinical use",
+        ]
+        pixels = render_overlay(volume.hu[z], att.heat, result.lung_mask.mask[z], att.regions, caption)
+        sc = hd.sc.SCImage.from_ref_dataset(
+            ref_dataset=source,
+            pixel_array=pixels,
+            photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
+            bits_allocated=8,
+            coordinate_system=hd.CoordinateSystemNames.PATIENT,
+            series_instance_uid=series_uid,
+            series_number=options.sc_series_number,
+            sop_instance_uid=uid(f"sc-instance-{z}"),
+            instance_number=number,
+            manufacturer=options.manufacturer,
+            pixel_spacing=_pixel_spacing(source),
+            patient_orientation=patient_orientation(source),
+            series_description=series_description("Grad-CAM", result.model),
+            manufacturer_model_name=options.product_name,
+            software_versions=[options.product_version, f"{result.model.name} {result.model.version}"],
+        )
+        if "BodyPartExamined" in source:  # General Series; tells validators no laterality is due
+            sc.BodyPartExamined = source.BodyPartExamined
+        _reference_source(sc, source)
+        _copy_geometry(sc, source)
+        sc.BurnedInAnnotation = "YES"
+        sc.LossyImageCompression = "00"
+        sc.ImageType = ["DERIVED", "SECONDARY", "OTHER"]
+        sc.DerivationDescription = (f"Guided Grad-CAM of the {target} class blended on the lung window "
+                                    f"(W1500 L-600); lung outline green, attention regions white")[:1024]
+        sc.ImageComments = (f"Grad-CAM overlay of image {volume.slice_label(z)}. "
+                            f"{model_text(result.model, options)}. {disclaimer(result.model)}")[:10240]
+        if options.institution_name:
+            sc.InstitutionName = options.institution_name
+        images.append(sc)
+    return images
+
+
+def _pixel_spacing(source: Dataset) -> tuple[float, float] | None:
+    spacing = source.get("PixelSpacing")
+    return (float(spacing[0]), float(spacing[1])) if spacing else None
+
+
+def patient_orientation(source: Dataset) -> tuple[str, str]:
+    """Patient Orientation (row, column directions as letters) from Image Orientation (Patient)."""
+    iop = [float(v) for v in source.get("ImageOrientationPatient", [1, 0, 0, 0, 1, 0])]
+    return _letters(iop[:3]), _letters(iop[3:])
+
+
+def _letters(vector: Sequence[float]) -> str:
+    positive, negative = ("L", "P", "H"), ("R", "A", "F")
+    order = np.argsort(-np.abs(np.asarray(vector)))
+    letters = [positive[i] if vector[i] > 0 else negative[i] for i in order if abs(vector[i]) > 0.25]
+    return "".join(letters) or "L"
+
+
+def _reference_source(sc: Dataset, source: Dataset) -> None:
+    """Source Image Sequence (what the picture was derived from) and Referenced Image
+    Sequence (what it belongs beside), both to the one CT slice."""
+    derived = Dataset()
+    derived.ReferencedSOPClassUID = source.SOPClassUID
+    derived.ReferencedSOPInstanceUID = source.SOPInstanceUID
+    purpose = Dataset()
+    purpose.CodeValue = codes.SOURCE_IMAGE_FOR_PROCESSING.value
+    purpose.CodingSchemeDesignator = codes.SOURCE_IMAGE_FOR_PROCESSING.scheme_designator
+    purpose.CodeMeaning = codes.SOURCE_IMAGE_FOR_PROCESSING.meaning
+    derived.PurposeOfReferenceCodeSequence = [purpose]
+    sc.SourceImageSequence = [derived]
+    ref = Dataset()
+    ref.ReferencedSOPClassUID = source.SOPClassUID
+    ref.ReferencedSOPInstanceUID = source.SOPInstanceUID
+    sc.ReferencedImageSequence = [ref]
+
+
+def _copy_geometry(sc: Dataset, source: Dataset) -> None:
+    for keyword in ("FrameOfReferenceUID", "PositionReferenceIndicator", "ImagePositionPatient",
+                    "ImageOrientationPatient", "SliceThickness", "SliceLocation"):
+        if keyword in source:
+            setattr(sc, keyword, source[keyword].value)

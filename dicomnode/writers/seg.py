@@ -1,0 +1,75 @@
+"""The lung segmentation as a DICOM Segmentation (BINARY, one segment "Lung").
+
+Frames reference their source CT slices (highdicom derives the Derivation Image and
+plane position of each frame from the source datasets); empty frames are left out to
+keep the object small.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import highdicom as hd
+import numpy as np
+from pydicom.dataset import Dataset
+
+from pipeline.types import AnalysisResult, CTVolume
+
+from . import codes
+from .common import LO_MAX, disclaimer, series_description
+from .options import WriterError, WriterOptions
+
+SEGMENT_LABEL = "Lung"
+
+
+def build_seg(result: AnalysisResult, volume: CTVolume, sources: Sequence[Dataset],
+              options: WriterOptions, uid) -> Dataset | None:
+    """The SEG dataset, or None when the mask is empty (nothing to show)."""
+    mask = result.lung_mask.mask
+    if not mask.any():
+        return None
+    model = result.model
+    method = "U-Net" if result.lung_mask.method == "unet" else "HU threshold (classical)"
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name=f"{model.name} lung segmentation"[:LO_MAX],
+        family=codes.ARTIFICIAL_INTELLIGENCE if result.lung_mask.method == "unet"
+        else codes.MORPHOLOGICAL_OPERATIONS,
+        version=model.version,
+        source=options.product_name,
+        parameters={"method": result.lung_mask.method, "bundle_sha256": model.sha256},
+    )
+    segment = hd.seg.SegmentDescription(
+        segment_number=1,
+        segment_label=SEGMENT_LABEL,
+        segmented_property_category=codes.ANATOMICAL_STRUCTURE,
+        segmented_property_type=codes.LUNG,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=algorithm,
+        tracking_uid=uid("seg-tracking-lung"),
+        tracking_id="Lung (AI segmentation)",
+    )
+    try:
+        seg = hd.seg.Segmentation(
+            source_images=list(sources),
+            pixel_array=mask.astype(np.uint8),
+            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=[segment],
+            series_instance_uid=uid("seg-series"),
+            series_number=options.seg_series_number,
+            sop_instance_uid=uid("seg-instance"),
+            instance_number=1,
+            manufacturer=options.manufacturer,
+            manufacturer_model_name=options.product_name,
+            software_versions=f"{options.product_version}",
+            device_serial_number=model.sha256[:16],
+            content_label="LUNG",
+            content_description=f"Lung segmentation ({method}). {disclaimer(model)}"[:LO_MAX],
+            series_description=series_description("lung segmentation", model),
+            omit_empty_frames=True,
+        )
+    except ValueError as e:
+        raise WriterError(f"lung SEG cannot be built from these source slices: {e}") from e
+    seg.ImageComments = disclaimer(model)[:10240]
+    if options.institution_name:
+        seg.InstitutionName = options.institution_name
+    return seg
