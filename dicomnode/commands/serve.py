@@ -1,0 +1,68 @@
+"""``dicomnode serve``: run the listener, the worker and the timers in one process."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+from pathlib import Path
+
+log = logging.getLogger("dicomnode.serve")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from dicomnode.config import DEFAULT_CONFIG_PATH
+
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH,
+                        help="node configuration (TOML); default: the repository's config/node.toml")
+    parser.add_argument("--ae-title", help="our AE title (overrides [node] ae_title)")
+    parser.add_argument("--port", type=int, help="listening port (overrides [node] port)")
+    parser.add_argument("--bind", help="listening address (overrides [node] bind_address)")
+    parser.add_argument("--data-dir", type=Path, help="data folder: database, storage, results")
+    parser.add_argument("--quiet-seconds", type=float, help="quiet period that completes a series")
+    parser.add_argument("--bundle", type=Path, help="model bundle folder (overrides [pipeline] bundle)")
+    parser.add_argument("--destination", action="append", metavar="AE@HOST:PORT",
+                        help="send results here (repeatable; replaces the file's destinations)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from dicomnode.config import load_config, parse_destination, with_overrides
+    from dicomnode.errors import ConfigError, NodeError
+
+    try:
+        cfg = load_config(args.config)
+        dests = None
+        if args.destination:
+            dests = [parse_destination(d) for d in args.destination]
+        cfg = with_overrides(cfg, ae_title=args.ae_title, port=args.port, data_dir=args.data_dir,
+                             quiet_seconds=args.quiet_seconds, bind_address=args.bind, bundle=args.bundle,
+                             destinations=dests)
+    except (ConfigError, ValueError) as e:
+        print(f"dicomnode serve: {e}")
+        return 2
+
+    from dicomnode.node import Node
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("signal %s received: stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    node = Node(cfg)
+    try:
+        node.start()
+    except (NodeError, OSError) as e:
+        print(f"dicomnode serve: cannot start: {e}")
+        return 1
+    print(f"listening on {cfg.node.bind_address}:{node.port} as AE {cfg.node.ae_title}", flush=True)
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        node.stop()
+    print("stopped", flush=True)
+    return 0

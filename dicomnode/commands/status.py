@@ -1,0 +1,98 @@
+"""``dicomnode status``: recent series, jobs and deliveries, with states and reasons."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sqlite3
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from dicomnode.config import DEFAULT_CONFIG_PATH
+
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--config", type=Path, default=None,
+                       help=f"node configuration whose data folder to read (default {DEFAULT_CONFIG_PATH})")
+    where.add_argument("--data-dir", type=Path, help="data folder of the node")
+    parser.add_argument("--limit", type=int, default=20, help="rows per table (default 20)")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _when(t: float | None) -> str:
+    if t is None:
+        return "-"
+    return dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def collect(db_path: Path, limit: int) -> dict[str, Any]:
+    """The status tables as plain dicts (newest first)."""
+    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=10)
+    conn.row_factory = sqlite3.Row
+    try:
+        series = [dict(r) for r in conn.execute(
+            "SELECT series_uid, study_uid, state, reason, instance_count, last_received, completed, generation "
+            "FROM series ORDER BY last_received DESC LIMIT ?", (limit,))]
+        jobs = [dict(r) for r in conn.execute(
+            "SELECT id, series_uid, generation, state, reason, attempts, lease_until, created, updated "
+            "FROM jobs ORDER BY id DESC LIMIT ?", (limit,))]
+        deliveries = [dict(r) for r in conn.execute(
+            "SELECT job_id, destination, state, COUNT(*) AS objects, MAX(attempts) AS attempts, "
+            "MIN(CASE WHEN state='pending' THEN next_try END) AS next_try, MAX(last_error) AS last_error, "
+            "MAX(updated) AS updated FROM deliveries GROUP BY job_id, destination, state "
+            "ORDER BY job_id DESC, destination LIMIT ?", (limit,))]
+        pending = conn.execute("SELECT COUNT(*) FROM deliveries WHERE state='pending'").fetchone()[0]
+    finally:
+        conn.close()
+    return {"database": str(db_path), "series": series, "jobs": jobs, "deliveries": deliveries,
+            "pending_deliveries": pending}
+
+
+def _table(title: str, headers: list[str], rows: list[list[Any]]) -> str:
+    out = [f"{title}:"]
+    if not rows:
+        return f"{title}: none"
+    cells = [[str(c) for c in headers]] + [["-" if c is None else str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    for r in cells:
+        out.append("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    return "\n".join(out)
+
+
+def render(data: dict[str, Any]) -> str:
+    parts = [f"database {data['database']}"]
+    parts.append(_table("series", ["series UID", "instances", "state", "reason"],
+                        [[s["series_uid"], s["instance_count"], s["state"], s["reason"]] for s in data["series"]]))
+    parts.append(_table("jobs", ["job", "series UID", "state", "attempts", "reason"],
+                        [[j["id"], j["series_uid"], j["state"], j["attempts"], j["reason"]] for j in data["jobs"]]))
+    parts.append(_table("deliveries", ["job", "destination", "state", "objects", "attempts", "next try", "last error"],
+                        [[d["job_id"], d["destination"], d["state"], d["objects"], d["attempts"],
+                          _when(d["next_try"]), d["last_error"]] for d in data["deliveries"]]))
+    parts.append(f"pending deliveries: {data['pending_deliveries']}")
+    return "\n\n".join(parts)
+
+
+def run(args: argparse.Namespace) -> int:
+    from dicomnode.config import DEFAULT_CONFIG_PATH, load_config
+    from dicomnode.errors import ConfigError
+    from dicomnode.node import DB_FILE
+
+    if args.data_dir is not None:
+        data_dir = args.data_dir
+    else:
+        try:
+            data_dir = load_config(args.config or DEFAULT_CONFIG_PATH, check_filesystem=False).node.data_dir
+        except ConfigError as e:
+            print(f"dicomnode status: {e}", file=sys.stderr)
+            return 2
+    db_path = Path(data_dir) / DB_FILE
+    if not db_path.is_file():
+        print(f"dicomnode status: no node database at {db_path} (has the node run with this data folder?)",
+              file=sys.stderr)
+        return 1
+    data = collect(db_path, args.limit)
+    print(json.dumps(data, indent=2) if args.json else render(data))
+    return 0

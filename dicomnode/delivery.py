@@ -1,0 +1,223 @@
+"""Delivery: C-STORE of persisted result objects to each destination, with durable retries.
+
+Every (job, destination, SOP instance) is a row of ``deliveries``: ``pending`` with a
+``next_try`` time, ``sent`` once the destination answered success, or ``failed`` when the
+retry window ran out. Because the rows live in SQLite, retries survive restarts: the
+scheduler's timer (``deliver_due``) only looks for due rows, so a restarted node simply
+picks them up. Backoff is exponential: base * 2^(attempts-1), capped at the maximum.
+A row is marked sent right after its C-STORE succeeded, so a restart re-sends at most the
+one object that was in flight (same SOP Instance UID: the destination sees a duplicate,
+not a second result).
+
+A destination is identified by ``AE@host:port``; only the kinds in its ``objects`` list
+are recorded for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from collections import defaultdict
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+from pydicom import dcmread
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE
+
+from .config import DeliverySection, Destination
+from .db import Database, now
+
+log = logging.getLogger(__name__)
+
+PENDING = "pending"
+SENT = "sent"
+FAILED = "failed"
+
+
+def destination_key(d: Destination) -> str:
+    return f"{d.ae_title}@{d.host}:{d.port}"
+
+
+def backoff_seconds(attempts: int, base: float, maximum: float) -> float:
+    """Wait before try ``attempts + 1`` (attempts >= 1)."""
+    return min(maximum, base * (2 ** max(0, attempts - 1)))
+
+
+class Delivery:
+    """Records, sends and retries result deliveries."""
+
+    def __init__(self, db: Database, destinations: Sequence[Destination], settings: DeliverySection,
+                 results_root: Path, calling_ae: str) -> None:
+        self.db = db
+        self.destinations = {destination_key(d): d for d in destinations}
+        self.settings = settings
+        self.results_root = results_root
+        self.calling_ae = calling_ae
+        self._run_lock = threading.Lock()
+        #: Called by ``kick``; the node points it at the scheduler ("run the timer now").
+        self.on_kick: Callable[[], None] | None = None
+
+    # -- recording ------------------------------------------------------------------
+    def record_in(self, conn: sqlite3.Connection, job_id: int, written: Iterable[tuple[str, str, str]],
+                  at: float) -> int:
+        """Insert one pending row per (destination, object) the destination wants.
+
+        Inside the worker's transaction; returns how many rows. Existing rows (a rebuilt
+        job after a crash) are kept as they are, so nothing is sent twice.
+        """
+        count = 0
+        for kind, sop_uid, path in written:
+            for key, dest in self.destinations.items():
+                if kind not in dest.objects:
+                    continue
+                conn.execute("INSERT OR IGNORE INTO deliveries(job_id, destination, sop_uid, kind, path, state, "
+                             "attempts, next_try, updated) VALUES (?,?,?,?,?,?,0,?,?)",
+                             (job_id, key, sop_uid, kind, path, PENDING, at, at))
+                count += 1
+        return count
+
+    # -- sending --------------------------------------------------------------------
+    def kick(self) -> None:
+        """Ask the timer to run now (new deliveries were recorded)."""
+        if self.on_kick is not None:
+            self.on_kick()
+
+    def deliver_due(self, at: float | None = None) -> int:
+        """Send every due pending delivery; returns how many were sent. Never raises."""
+        if not self._run_lock.acquire(blocking=False):
+            return 0  # another run is in progress
+        try:
+            t = now() if at is None else at
+            rows = self.db.query("SELECT * FROM deliveries WHERE state=? AND next_try<=? ORDER BY job_id, kind",
+                                 (PENDING, t))
+            by_dest: dict[str, list[sqlite3.Row]] = defaultdict(list)
+            for row in rows:
+                by_dest[row["destination"]].append(row)
+            sent = 0
+            for key, items in by_dest.items():
+                try:
+                    sent += self._send_to(key, items)
+                except Exception as e:  # a bug must not stop the timer
+                    log.exception("delivery to %s failed unexpectedly", key)
+                    self._retry(items, f"internal error: {type(e).__name__}: {e}")
+            self._settle_jobs()
+            return sent
+        finally:
+            self._run_lock.release()
+
+    def _send_to(self, key: str, rows: Sequence[sqlite3.Row]) -> int:
+        dest = self.destinations.get(key)
+        if dest is None:
+            self._fail(rows, f"destination {key} is no longer configured")
+            return 0
+        datasets = []
+        for row in rows:
+            path = self.results_root / row["path"]
+            try:
+                datasets.append((row, dcmread(path)))
+            except Exception as e:
+                self._fail([row], f"result file {row['path']} cannot be read: {e}")
+        if not datasets:
+            return 0
+        ae = AE(ae_title=self.calling_ae)
+        ae.acse_timeout = ae.connection_timeout = self.settings.connect_timeout_seconds
+        ae.dimse_timeout = ae.network_timeout = 60
+        for sop_class in sorted({str(ds.SOPClassUID) for _, ds in datasets}):
+            tss = sorted({str(ds.file_meta.TransferSyntaxUID) for _, ds in datasets if str(ds.SOPClassUID) == sop_class}
+                         | {ExplicitVRLittleEndian, ImplicitVRLittleEndian})
+            ae.add_requested_context(sop_class, tss)
+        assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
+        if not assoc.is_established:
+            why = "association rejected" if assoc.is_rejected else "cannot connect"
+            self._retry([r for r, _ in datasets], f"{why} ({dest.label})")
+            return 0
+        sent = 0
+        try:
+            for row, ds in datasets:
+                try:
+                    status = assoc.send_c_store(ds)
+                except Exception as e:
+                    self._retry([row], f"C-STORE error: {type(e).__name__}: {e}")
+                    if not assoc.is_established:
+                        break
+                    continue
+                code = getattr(status, "Status", None)
+                if code is not None and (code == 0x0000 or 0xB000 <= code <= 0xBFFF):
+                    self._mark_sent(row)
+                    sent += 1
+                else:
+                    shown = f"0x{code:04X}" if code is not None else "no response"
+                    self._retry([row], f"C-STORE status {shown}")
+                if not assoc.is_established:
+                    break
+        finally:
+            if assoc.is_established:
+                assoc.release()
+        # Rows not attempted (association lost) stay pending and are due again next run.
+        if sent:
+            log.info("sent %d object(s) to %s", sent, dest.label)
+        return sent
+
+    def _mark_sent(self, row: sqlite3.Row) -> None:
+        t = now()
+        self.db.execute("UPDATE deliveries SET state=?, attempts=attempts+1, first_try=COALESCE(first_try, ?), "
+                        "last_error=NULL, updated=? WHERE job_id=? AND destination=? AND sop_uid=?",
+                        (SENT, t, t, row["job_id"], row["destination"], row["sop_uid"]))
+
+    def _retry(self, rows: Sequence[sqlite3.Row], error: str) -> None:
+        t = now()
+        window = self.settings.retry_window_hours * 3600.0
+        with self.db.transaction() as conn:
+            for row in rows:
+                current = conn.execute("SELECT attempts, first_try FROM deliveries WHERE job_id=? AND destination=? "
+                                       "AND sop_uid=?", (row["job_id"], row["destination"], row["sop_uid"])).fetchone()
+                attempts = current["attempts"] + 1
+                first = current["first_try"] if current["first_try"] is not None else t
+                if t - first >= window:
+                    conn.execute("UPDATE deliveries SET state=?, attempts=?, first_try=?, last_error=?, updated=? "
+                                 "WHERE job_id=? AND destination=? AND sop_uid=?",
+                                 (FAILED, attempts, first, f"gave up after {attempts} tries: {error}", t,
+                                  row["job_id"], row["destination"], row["sop_uid"]))
+                    log.error("DELIVERY FAILED: job %d object %s to %s: gave up after %d tries over %.1f h (%s)",
+                              row["job_id"], row["sop_uid"], row["destination"], attempts, (t - first) / 3600, error)
+                else:
+                    wait = backoff_seconds(attempts, self.settings.backoff_base_seconds,
+                                           self.settings.backoff_max_seconds)
+                    conn.execute("UPDATE deliveries SET attempts=?, first_try=?, next_try=?, last_error=?, updated=? "
+                                 "WHERE job_id=? AND destination=? AND sop_uid=?",
+                                 (attempts, first, t + wait, error, t, row["job_id"], row["destination"],
+                                  row["sop_uid"]))
+        if rows:
+            log.warning("delivery of %d object(s) to %s failed (%s); next try in %.0f s", len(rows),
+                        rows[0]["destination"], error,
+                        backoff_seconds(rows[0]["attempts"] + 1, self.settings.backoff_base_seconds,
+                                        self.settings.backoff_max_seconds))
+
+    def _fail(self, rows: Sequence[sqlite3.Row], error: str) -> None:
+        t = now()
+        for row in rows:
+            self.db.execute("UPDATE deliveries SET state=?, last_error=?, updated=? WHERE job_id=? AND destination=? "
+                            "AND sop_uid=?", (FAILED, error, t, row["job_id"], row["destination"], row["sop_uid"]))
+            log.error("DELIVERY FAILED: job %d object %s to %s: %s", row["job_id"], row["sop_uid"],
+                      row["destination"], error)
+
+    def _settle_jobs(self) -> None:
+        """Jobs in 'delivering' with nothing pending become done, or failed if any failed."""
+        t = now()
+        with self.db.transaction() as conn:
+            rows = conn.execute(
+                "SELECT j.id, SUM(d.state=?) AS pending, SUM(d.state=?) AS failed, COUNT(d.sop_uid) AS total "
+                "FROM jobs j LEFT JOIN deliveries d ON d.job_id=j.id WHERE j.state='delivering' GROUP BY j.id",
+                (PENDING, FAILED)).fetchall()
+            for row in rows:
+                if row["pending"]:
+                    continue
+                if row["failed"]:
+                    conn.execute("UPDATE jobs SET state='failed', reason=?, updated=? WHERE id=?",
+                                 (f"{row['failed']} of {row['total']} deliveries failed", t, row["id"]))
+                    log.error("job %d failed: %d of %d deliveries failed", row["id"], row["failed"], row["total"])
+                else:
+                    conn.execute("UPDATE jobs SET state='done', reason=NULL, updated=? WHERE id=?", (t, row["id"]))
+                    log.info("job %d done: %d object deliveries sent", row["id"], row["total"])

@@ -1,0 +1,179 @@
+"""The node: wires listener, store, assembler, queue, worker, delivery and timers.
+
+``Node(cfg).start()`` locks the data folder (one node process per folder), opens the
+database, recovers what a killed predecessor left (temp files, instances stored but not
+recorded, jobs left running), starts the timers (apscheduler: series quiet period, lease
+reaper, delivery retries), the worker(s) and finally the listener. ``stop()`` undoes it in
+reverse: stop accepting, let the running job finish (or give it back), stop the timers,
+close the database.
+
+Data folder layout::
+
+    node.sqlite3        instances, series, jobs, deliveries (WAL)
+    node.lock           held (flock) while a node runs on this folder
+    storage/<study>/<series>/<sop>.dcm
+    results/<job>/<kind>/<sop>.dcm, results/<job>/summary.json
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import logging
+import os
+from pathlib import Path
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from .config import NodeConfig
+from .db import Database
+from .delivery import Delivery
+from .errors import DataDirLockedError, StoreError
+from .queue import JobQueue
+from .scp import StorageSCP
+from .series import SeriesAssembler
+from .store import InstanceStore, read_file_header
+from .worker import Worker
+
+log = logging.getLogger(__name__)
+
+DB_FILE = "node.sqlite3"
+LOCK_FILE = "node.lock"
+REAP_INTERVAL_S = 30.0
+
+
+def data_paths(data_dir: Path) -> dict[str, Path]:
+    return {"db": data_dir / DB_FILE, "storage": data_dir / "storage", "results": data_dir / "results",
+            "lock": data_dir / LOCK_FILE}
+
+
+class Node:
+    """One running node; ``start``/``stop`` (also usable as a context manager)."""
+
+    def __init__(self, cfg: NodeConfig, stop_timeout_s: float = 60.0) -> None:
+        self.cfg = cfg
+        self.stop_timeout_s = stop_timeout_s
+        self.paths = data_paths(Path(cfg.node.data_dir))
+        self._lock_fd: int | None = None
+        self.db: Database | None = None
+        self.scp: StorageSCP | None = None
+        self.scheduler: BackgroundScheduler | None = None
+        self.workers: list[Worker] = []
+
+    # -- start ----------------------------------------------------------------------
+    def _lock(self) -> None:
+        self.paths["lock"].parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.paths["lock"], os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise DataDirLockedError(f"another node is running on {self.paths['lock'].parent}; stop it or use "
+                                     f"another --data-dir") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    def start(self) -> "Node":
+        cfg = self.cfg
+        self._lock()
+        try:
+            self.db = Database(self.paths["db"])
+            self.store = InstanceStore(self.paths["storage"], cfg.node.min_free_mb)
+            self.paths["results"].mkdir(parents=True, exist_ok=True)
+            self.queue = JobQueue(self.db, cfg.node.job_lease_seconds, cfg.node.max_job_attempts)
+            self.delivery = Delivery(self.db, cfg.destinations, cfg.delivery, self.paths["results"],
+                                     cfg.node.ae_title)
+            self.assembler = SeriesAssembler(self.db, self.queue, cfg.selection, cfg.node.quiet_seconds,
+                                             on_enqueued=self._job_enqueued)
+            self.workers = [Worker(cfg, self.queue, self.assembler, self.delivery, self.store.root,
+                                   self.paths["results"], name=f"worker-{i + 1}") for i in range(cfg.node.workers)]
+            self._recover()
+            self._start_timers()
+            for w in self.workers:
+                w.start()
+            self.scp = StorageSCP(cfg.node, self.store, self.assembler.record_instance)
+            self.scp.start()
+        except BaseException:
+            self.stop()
+            raise
+        log.info("node started: AE %s on %s:%d, data in %s", cfg.node.ae_title, cfg.node.bind_address,
+                 self.scp.port, cfg.node.data_dir)
+        return self
+
+    def _recover(self) -> None:
+        removed = self.store.remove_temp_files()
+        if removed:
+            log.warning("removed %d partial file(s) left by an interrupted write", removed)
+        known = self.assembler.known_paths()
+        found = 0
+        for rel in self.store.scan():
+            if str(rel) in known:
+                continue
+            path = self.store.root / rel
+            try:
+                info = read_file_header(path)
+            except StoreError as e:
+                log.warning("stored file %s is unreadable (%s); left aside", rel, e)
+                continue
+            self.assembler.record_instance(info, str(rel), received=path.stat().st_mtime)
+            found += 1
+        if found:
+            log.warning("recorded %d stored instance(s) the database had missed", found)
+        given_back = self.queue.recover_after_restart()
+        if given_back:
+            log.warning("%d job(s) left running by a stopped node were given back", len(given_back))
+
+    def _start_timers(self) -> None:
+        cfg = self.cfg
+        sched = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+                                    timezone=dt.timezone.utc)
+        tick = max(0.1, min(1.0, cfg.node.quiet_seconds / 4))
+        sched.add_job(self.assembler.complete_due, "interval", seconds=tick, id="series-quiet-period")
+        sched.add_job(self.queue.reap, "interval", seconds=REAP_INTERVAL_S, id="lease-reaper")
+        sched.add_job(self.delivery.deliver_due, "interval", seconds=cfg.delivery.poll_seconds, id="delivery",
+                      next_run_time=dt.datetime.now(dt.timezone.utc))
+        self.delivery.on_kick = self._kick_delivery
+        sched.start()
+        self.scheduler = sched
+
+    def _kick_delivery(self) -> None:
+        if self.scheduler is not None and self.scheduler.running:
+            self.scheduler.modify_job("delivery", next_run_time=dt.datetime.now(dt.timezone.utc))
+
+    def _job_enqueued(self, job_id: int) -> None:
+        for w in self.workers:
+            w.kick()
+
+    @property
+    def port(self) -> int:
+        return self.scp.port if self.scp is not None else self.cfg.node.port
+
+    # -- stop -----------------------------------------------------------------------
+    def stop(self) -> None:
+        """Stop accepting, finish or give back the running job, stop timers, close the DB."""
+        if self.scp is not None:
+            self.scp.stop()
+            self.scp = None
+        for w in self.workers:
+            w.stop(self.stop_timeout_s)
+        self.workers = []
+        if self.scheduler is not None:
+            try:
+                self.scheduler.shutdown(wait=True)
+            except Exception:
+                log.exception("timer shutdown failed")
+            self.scheduler = None
+        if self.db is not None:
+            self.db.close()
+            self.db = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+        log.info("node stopped")
+
+    def __enter__(self) -> "Node":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

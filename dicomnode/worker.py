@@ -1,0 +1,201 @@
+"""The worker: the only place where I/O and compute meet.
+
+claim a job -> load the series (``dicomnode.volume.load_series``) -> load the models once
+per process (``pipeline.models.load_bundle_cached``) -> ``pipeline.chain.analyze`` ->
+``dicomnode.writers.build_result_objects`` -> persist the objects under
+``results/<job>/`` -> record one delivery per (destination, object) and move the job to
+``delivering`` in one transaction -> wake delivery.
+
+Results are persisted before any delivery starts, and built with UIDs derived from the
+job (``WriterOptions.uid_seed``), so a node killed at any point re-sends the very same
+objects: a destination receives each result once (at worst the same SOP Instance again).
+Every error becomes a recorded job state with a reason; nothing escapes the thread.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import threading
+import traceback
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+from .config import NodeConfig
+from .db import now
+from .delivery import Delivery
+from .errors import QueueError
+from .queue import Job, JobQueue, JobState
+from .series import SeriesAssembler
+from .store import fsync_dir
+
+log = logging.getLogger(__name__)
+
+
+def write_dataset_durably(ds, path: Path) -> None:
+    """Save a pydicom Dataset atomically (temp file, fsync, rename)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        ds.save_as(f, enforce_file_format=True)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+
+
+def persist_results(objects: Mapping[str, Sequence], job_dir: Path, summary: dict | None) -> list[tuple[str, str, str]]:
+    """Write every result object under ``job_dir`` (replacing an earlier attempt's).
+
+    Returns (kind, SOP Instance UID, path relative to the results root) per object.
+    """
+    if job_dir.exists():
+        shutil.rmtree(job_dir)  # a previous, interrupted attempt: nothing of it was delivered
+    job_dir.mkdir(parents=True)
+    written = []
+    for kind, datasets in objects.items():
+        kind_dir = job_dir / kind
+        kind_dir.mkdir(exist_ok=True)
+        for ds in datasets:
+            uid = str(ds.SOPInstanceUID)
+            path = kind_dir / f"{uid}.dcm"
+            write_dataset_durably(ds, path)
+            written.append((kind, uid, str(path.relative_to(job_dir.parent))))
+        fsync_dir(kind_dir)
+    if summary is not None:
+        (job_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    fsync_dir(job_dir)
+    fsync_dir(job_dir.parent)
+    return written
+
+
+class Worker:
+    """Runs jobs from the queue in a background thread (``start``/``stop``)."""
+
+    def __init__(self, cfg: NodeConfig, queue: JobQueue, assembler: SeriesAssembler, delivery: Delivery,
+                 storage_root: Path, results_root: Path, name: str = "worker-1") -> None:
+        self.cfg = cfg
+        self.queue = queue
+        self.assembler = assembler
+        self.delivery = delivery
+        self.storage_root = storage_root
+        self.results_root = results_root
+        self.name = name
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.current: Job | None = None
+
+    # -- lifecycle ------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
+        self._thread.start()
+
+    def kick(self, *_: object) -> None:
+        """Wake the worker now (a job was enqueued)."""
+        self._wake.set()
+
+    def stop(self, timeout: float) -> None:
+        """Stop taking jobs; wait up to ``timeout`` s for the running one, else give it back."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            job = self.current
+            if self._thread.is_alive() and job is not None:
+                try:
+                    self.queue.transition(job.id, JobState.QUEUED, "given back: node stopped during the job",
+                                          expect=JobState.RUNNING, attempts=job.attempts)
+                except QueueError:
+                    pass  # it finished or moved on meanwhile
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                job = self.queue.claim()
+            except Exception:
+                log.exception("%s: cannot claim a job; retrying", self.name)
+                job = None
+            if job is None:
+                self._wake.wait(1.0)
+                self._wake.clear()
+                continue
+            self.current = job
+            try:
+                self.run_job(job)
+            except Exception:  # run_job records errors; this is the last net
+                log.exception("job %d: unexpected error", job.id)
+            finally:
+                self.current = None
+
+    # -- one job --------------------------------------------------------------------
+    def run_job(self, job: Job) -> JobState:
+        """Process a claimed job to its next recorded state; returns that state."""
+        try:
+            return self._run(job)
+        except QueueError as e:
+            log.warning("job %d: claim lost (%s); leaving it to its new owner", job.id, e)
+            return self.queue.get(job.id).state
+        except Exception as e:
+            reason = f"{type(e).__name__}: {e}"
+            log.error("job %d failed: %s\n%s", job.id, reason, traceback.format_exc())
+            return self._finish(job, JobState.FAILED, reason[:500])
+
+    def _finish(self, job: Job, state: JobState, reason: str | None) -> JobState:
+        try:
+            self.queue.transition(job.id, state, reason, expect=JobState.RUNNING, attempts=job.attempts)
+        except QueueError as e:
+            log.warning("job %d: could not record %s (%s)", job.id, state, e)
+            return self.queue.get(job.id).state
+        if state == JobState.SKIPPED and reason:
+            self.assembler.mark_skipped(job.series_uid, reason)
+        return state
+
+    def _run(self, job: Job) -> JobState:
+        from dicomnode.volume import SeriesRejected, load_series  # late: heavy imports
+
+        paths = [self.storage_root / p for p in job.instances]
+        present = [p for p in paths if p.is_file()]
+        if not present:
+            return self._finish(job, JobState.SKIPPED, "the series' files are no longer in storage")
+        try:
+            volume, sources = load_series(present)
+        except SeriesRejected as e:
+            return self._finish(job, JobState.SKIPPED, str(getattr(e, "reason", e)))
+        self.queue.renew(job)
+
+        from pipeline.chain import analyze
+        from pipeline.models import load_bundle_cached
+        from pipeline.params import ChainParams
+
+        bundle = load_bundle_cached(self.cfg.bundle_dir, self.cfg.pipeline.device)
+        params = ChainParams(top_k=self.cfg.pipeline.top_k, device=self.cfg.pipeline.device)
+        t0 = now()
+        result = analyze(volume, bundle, params)
+        log.info("job %d: analysed series %s in %.1f s: %s", job.id, job.series_uid, now() - t0,
+                 result.case_scores.label)
+        if not self.queue.renew(job):
+            raise QueueError(f"job {job.id}: lease lost during analysis")
+
+        from dicomnode.writers import build_result_objects
+        from dicomnode.writers.options import WriterOptions
+
+        kinds = {k for d in self.cfg.destinations for k in d.objects} or {"sr", "sc"}
+        options = WriterOptions(enabled=frozenset(kinds), max_overlays=self.cfg.pipeline.max_overlays,
+                                uid_seed=f"{job.series_uid}/job-{job.id}")
+        objects = build_result_objects(result, volume, sources, options)
+        written = persist_results(objects, self.results_root / str(job.id), result.summary(volume))
+        return self._hand_over(job, written)
+
+    def _hand_over(self, job: Job, written: Sequence[tuple[str, str, str]]) -> JobState:
+        """Record the deliveries and move the job on, in one transaction."""
+        t = now()
+        with self.queue.db.transaction() as conn:
+            count = self.delivery.record_in(conn, job.id, written, t)
+            new = JobState.DELIVERING if count else JobState.DONE
+            reason = None if count else "no destination configured: results kept in the results folder"
+            self.queue.transition_in(conn, job.id, new, reason, expect=JobState.RUNNING, attempts=job.attempts, at=t)
+        log.info("job %d -> %s (%d object(s), %d delivery(ies))", job.id, new, len(written), count)
+        if count:
+            self.delivery.kick()
+        return new

@@ -1,0 +1,169 @@
+"""Helpers of the node's tests: small series, real DCMTK peers, a node subprocess.
+
+Everything runs on 127.0.0.1 with free ports and writes only under the test's tmp dir.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from pipeline.types import CTVolume
+from conftest import REPO_ROOT, free_port, require_tool, wait_for
+
+DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
+
+
+def small_volume(n_slices: int = 20, size: int = 64, seed: int = 0) -> CTVolume:
+    """A random CT volume (no anatomy): enough for storage and assembly tests."""
+    rng = np.random.default_rng(seed)
+    hu = rng.normal(-500, 300, (n_slices, size, size)).astype(np.float32)
+    return CTVolume(hu=hu, spacing_mm=(2.0, 0.8, 0.8))
+
+
+def write_series(out_dir: Path, n_slices: int = 20, size: int = 64, seed: int = 0, **kwargs):
+    """A CT series as files (dicomnode.synthetic.write_ct_series)."""
+    from dicomnode.synthetic import write_ct_series
+
+    return write_ct_series(small_volume(n_slices, size, seed), out_dir, **kwargs)
+
+
+def storescu(port: int, files: Sequence[Path], called_ae: str = "COVIDNODE", calling_ae: str = "SCANNER",
+             extra: Sequence[str] = ()) -> subprocess.CompletedProcess:
+    exe = require_tool("storescu")
+    return subprocess.run([exe, "-aet", calling_ae, "-aec", called_ae, *extra, "127.0.0.1", str(port),
+                           *[str(f) for f in files]], env=DCMTK_ENV, capture_output=True, text=True, timeout=120)
+
+
+def echoscu(port: int, called_ae: str = "COVIDNODE", calling_ae: str = "SCANNER") -> subprocess.CompletedProcess:
+    exe = require_tool("echoscu")
+    return subprocess.run([exe, "-aet", calling_ae, "-aec", called_ae, "127.0.0.1", str(port)],
+                          env=DCMTK_ENV, capture_output=True, text=True, timeout=30)
+
+
+class StoreSCP:
+    """DCMTK storescp receiving into a folder (a destination PACS)."""
+
+    def __init__(self, out_dir: Path, ae_title: str = "PACS", port: int | None = None) -> None:
+        self.out_dir = out_dir
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.ae_title = ae_title
+        self.port = port or free_port()
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "StoreSCP":
+        exe = require_tool("storescp")
+        # -uf: file names from SOP Instance UIDs, so a re-sent object lands on the same file.
+        self.proc = subprocess.Popen([exe, "-aet", self.ae_title, "-od", str(self.out_dir), "-uf",
+                                      "-v", str(self.port)], env=DCMTK_ENV,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self._log: list[str] = []
+        threading.Thread(target=self._drain, daemon=True).start()
+        wait_for(lambda: echoscu(self.port, called_ae=self.ae_title).returncode == 0, 20,
+                 what="storescp to answer C-ECHO")
+        return self
+
+    def _drain(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._log.append(line.rstrip())
+
+    def received_sop_uids(self) -> list[str]:
+        """SOP Instance UID of each C-STORE storescp accepted, repeats included
+        (from its 'storing DICOM file: <dir>/<MODALITY>.<UID>' log lines)."""
+        uids = []
+        for line in list(self._log):
+            if "storing DICOM file:" in line:
+                name = Path(line.split("storing DICOM file:", 1)[1].strip()).name
+                uids.append(name.split(".", 1)[1])
+        return uids
+
+    def files(self) -> list[Path]:
+        return sorted(p for p in self.out_dir.iterdir() if p.is_file())
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.proc = None
+
+
+class NodeProcess:
+    """``dicomnode serve`` as a subprocess, waited for by its 'listening on' line."""
+
+    def __init__(self, data_dir: Path, bundle: Path | None, destinations: Sequence[str] = (),
+                 quiet_seconds: float = 1.0, config: Path | None = None, port: int | None = None) -> None:
+        self.data_dir = data_dir
+        self.port = port or free_port()
+        self.config = config
+        self.args = [sys.executable, "-m", "dicomnode.cli", "serve", "--port", str(self.port), "--bind", "127.0.0.1",
+                     "--data-dir", str(data_dir), "--quiet-seconds", str(quiet_seconds)]
+        if config is not None:
+            self.args += ["--config", str(config)]
+        if bundle is not None:
+            self.args += ["--bundle", str(bundle)]
+        for d in destinations:
+            self.args += ["--destination", d]
+        self.proc: subprocess.Popen | None = None
+        self.log: list[str] = []
+
+    def start(self, timeout: float = 60.0) -> "NodeProcess":
+        self.log = []
+        self.proc = subprocess.Popen(self.args, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        threading.Thread(target=self._drain, daemon=True).start()
+        wait_for(lambda: any("listening on" in line for line in self.log) or self.proc.poll() is not None,
+                 timeout, what="the node to listen")
+        if self.proc.poll() is not None:
+            raise AssertionError("node exited at start-up:\n" + "\n".join(self.log[-40:]))
+        return self
+
+    def _drain(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.log.append(line.rstrip())
+
+    def status(self) -> dict:
+        from dicomnode.commands.status import collect
+
+        return collect(self.data_dir / "node.sqlite3", 100)
+
+    def jobs(self) -> list[dict]:
+        return self.status()["jobs"]
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        return self.proc.returncode
+
+    def tail(self, n: int = 60) -> str:
+        return "\n".join(self.log[-n:])
+
+
+def dciodvfy_errors(path: Path) -> list[str]:
+    """'Error' lines dciodvfy prints for a file (an empty list is a valid object)."""
+    exe = require_tool("dciodvfy")
+    out = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=60)
+    return [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]

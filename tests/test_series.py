@@ -1,0 +1,132 @@
+"""Series assembler: quiet period, selection rules (data), late instances, skip reasons."""
+
+from __future__ import annotations
+
+import pytest
+
+from dicomnode.config import SelectionSection
+from dicomnode.db import Database
+from dicomnode.queue import JobQueue, JobState
+from dicomnode.series import QUEUED, RECEIVING, SKIPPED, SeriesAssembler, select_instances
+from dicomnode.store import InstanceInfo
+
+CT = "1.2.840.10008.5.1.4.1.1.2"
+MR = "1.2.840.10008.5.1.4.1.1.4"
+T0 = 1_000_000.0
+
+
+def inst(i: int, series: str = "1.2.3", study: str = "1.2", modality: str = "CT",
+         image_type: str = "ORIGINAL\\PRIMARY\\AXIAL", patient: str = "p1", orientation: str = "1\\0\\0\\0\\1\\0",
+         thickness: float | None = 1.0, body_part: str = "CHEST") -> InstanceInfo:
+    return InstanceInfo(sop_uid=f"{series}.{i}", series_uid=series, study_uid=study,
+                        sop_class_uid=CT if modality == "CT" else MR, transfer_syntax="1.2.840.10008.1.2.1",
+                        modality=modality, image_type=image_type, body_part=body_part, slice_thickness=thickness,
+                        orientation=orientation, patient_key=patient)
+
+
+@pytest.fixture()
+def env(tmp_path):
+    db = Database(tmp_path / "node.sqlite3")
+    queue = JobQueue(db)
+    enqueued: list[int] = []
+    asm = SeriesAssembler(db, queue, SelectionSection(min_slices=4), quiet_seconds=10,
+                          on_enqueued=enqueued.append)
+    yield db, queue, asm, enqueued
+    db.close()
+
+
+def feed(asm, infos, t=T0):
+    for k, info in enumerate(infos):
+        asm.record_instance(info, f"{info.study_uid}/{info.series_uid}/{info.sop_uid}.dcm", received=t + k * 0.01)
+
+
+def series_row(db, uid="1.2.3"):
+    return db.query("SELECT * FROM series WHERE series_uid=?", (uid,))[0]
+
+
+def test_quiet_period_completes_a_series_into_one_job(env):
+    db, queue, asm, enqueued = env
+    feed(asm, [inst(i) for i in range(5)])
+    assert asm.complete_due(at=T0 + 5) == []  # not quiet long enough
+    assert series_row(db)["state"] == RECEIVING
+    asm.record_instance(inst(5), "1.2/1.2.3/1.2.3.5.dcm", received=T0 + 9)  # resets the timer
+    assert asm.complete_due(at=T0 + 15) == []
+    assert asm.complete_due(at=T0 + 19.5) == ["1.2.3"]
+    row = series_row(db)
+    assert row["state"] == QUEUED and row["instance_count"] == 6
+    job = queue.get(enqueued[0])
+    assert job.state == JobState.QUEUED and len(job.instances) == 6 and job.generation == 1
+    assert asm.complete_due(at=T0 + 100) == []  # completed once only
+
+
+def test_duplicate_instance_is_counted_once(env):
+    db, queue, asm, enqueued = env
+    feed(asm, [inst(i) for i in range(4)] + [inst(0)])
+    asm.complete_due(at=T0 + 20)
+    assert series_row(db)["instance_count"] == 4
+    assert len(queue.get(enqueued[0]).instances) == 4
+
+
+def test_late_instance_reopens_and_makes_a_new_generation(env):
+    db, queue, asm, enqueued = env
+    feed(asm, [inst(i) for i in range(4)])
+    asm.complete_due(at=T0 + 20)
+    asm.record_instance(inst(9), "1.2/1.2.3/1.2.3.9.dcm", received=T0 + 21)
+    assert series_row(db)["state"] == RECEIVING
+    asm.complete_due(at=T0 + 40)
+    assert len(enqueued) == 2
+    first, second = queue.get(enqueued[0]), queue.get(enqueued[1])
+    assert first.state == JobState.SKIPPED and "superseded" in first.reason  # it had not started
+    assert second.generation == 2 and len(second.instances) == 5
+
+
+@pytest.mark.parametrize("infos,words", [
+    ([inst(i, modality="MR") for i in range(5)], "modality MR"),
+    ([inst(i) for i in range(3)], "too few slices: 3"),
+    ([inst(i, image_type="ORIGINAL\\PRIMARY\\LOCALIZER") for i in range(5)], "localizer images only"),
+    ([inst(i, patient="p1" if i % 2 else "p2") for i in range(5)], "disagree on the patient"),
+    ([inst(i, study="1.2" if i % 2 else "1.9") for i in range(5)], "disagree on the study"),
+    ([inst(i, orientation="1\\0\\0\\0\\1\\0" if i % 2 else "0\\1\\0\\0\\0\\-1") for i in range(5)],
+     "mixed orientation"),
+    ([inst(i, thickness=12.0) for i in range(5)], "slice thickness 12 mm"),
+])
+def test_unusable_series_are_skipped_with_the_reason(env, infos, words):
+    db, queue, asm, enqueued = env
+    feed(asm, infos)
+    asm.complete_due(at=T0 + 20)
+    row = series_row(db)
+    assert row["state"] == SKIPPED and words in row["reason"], row["reason"]
+    assert enqueued == []
+
+
+def test_localizers_are_left_out_of_a_usable_series():
+    rows = [dict(inst(i).__dict__, path=f"p{i}") for i in range(5)]
+    rows.append(dict(inst(9, image_type="ORIGINAL\\PRIMARY\\LOCALIZER").__dict__, path="scout"))
+    sel = select_instances(rows, SelectionSection(min_slices=5))
+    assert sel.accepted and "scout" not in sel.paths and len(sel.paths) == 5
+
+
+def test_body_part_rule_is_data():
+    rows = [dict(inst(i, body_part="HEAD").__dict__, path=f"p{i}") for i in range(5)]
+    assert not select_instances(rows, SelectionSection(min_slices=1, body_parts=("CHEST",))).accepted
+    assert select_instances(rows, SelectionSection(min_slices=1)).accepted
+
+
+def test_rejection_after_the_fact_is_recorded(env):
+    db, queue, asm, enqueued = env
+    feed(asm, [inst(i) for i in range(4)])
+    asm.complete_due(at=T0 + 20)
+    asm.mark_skipped("1.2.3", "slices are not equally spaced")
+    row = series_row(db)
+    assert row["state"] == SKIPPED and row["reason"] == "slices are not equally spaced"
+
+
+def test_quiet_timer_survives_a_restart(tmp_path):
+    db = Database(tmp_path / "n.sqlite3")
+    asm = SeriesAssembler(db, JobQueue(db), SelectionSection(min_slices=2), quiet_seconds=10)
+    feed(asm, [inst(i) for i in range(3)])
+    db.close()
+    db2 = Database(tmp_path / "n.sqlite3")
+    asm2 = SeriesAssembler(db2, JobQueue(db2), SelectionSection(min_slices=2), quiet_seconds=10)
+    assert asm2.complete_due(at=T0 + 30) == ["1.2.3"]
+    db2.close()
