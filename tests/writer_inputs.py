@@ -72,13 +72,13 @@ def make_inputs(seed: int = 0, n_slices: int = 24, size: int = 96, label: str = 
 
         ph = make_phantom(label, seed, n_slices=n_slices, size_px=size)
         hu, lungs, lesion = ph.volume.hu, ph.lung_mask, ph.lesion_mask
-        spacing = ph.volume.spacing_mm
+        spacing, origin, direction = ph.volume.spacing_mm, ph.volume.origin_mm, ph.volume.direction
     except ImportError:
         hu, lungs, lesion = _synthetic_chest(seed, n_slices, size)
-        spacing = (2.5, 0.8, 0.8)
+        spacing, origin, direction = (2.5, 0.8, 0.8), (-40.0, -40.0, -100.0), (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0)
     nz = hu.shape[0]
     uids = tuple(str(generate_uid(entropy_srcs=[f"writer-test-{seed}", str(z)])) for z in range(nz))
-    volume = CTVolume(hu=hu.astype(np.float32), spacing_mm=spacing, origin_mm=(-40.0, -40.0, -100.0),
+    volume = CTVolume(hu=hu.astype(np.float32), spacing_mm=spacing, origin_mm=origin, direction=direction,
                       slice_uids=uids, slice_numbers=tuple(range(1, nz + 1)))
     sources = ct_datasets(volume, study_uid=str(generate_uid(entropy_srcs=[f"study-{seed}"])),
                           series_uid=str(generate_uid(entropy_srcs=[f"series-{seed}"])))
@@ -121,3 +121,61 @@ def make_inputs(seed: int = 0, n_slices: int = 24, size: int = 96, label: str = 
         model=TEST_MODEL,
     )
     return WriterInputs(volume=volume, sources=sources, result=result, lesion=lesion.astype(bool))
+
+
+# --- dciodvfy ------------------------------------------------------------------------
+
+#: Warnings dciodvfy gives for our objects on purpose (docs/objects.md says why).
+#: Anything else fails the tests, so a new warning has to be looked at and documented.
+EXPECTED_WARNINGS = (
+    # Our private coding scheme (declared in Coding Scheme Identification Sequence).
+    "Unrecognized defined term <99COVIDNODE> for value 1 of attribute <Coding Scheme Designator>",
+    # SC: geometry copied from the source slice so that viewers can place the overlay.
+    "Attribute is not present in standard DICOM IOD",
+    "Dicom dataset contains attributes not present in standard DICOM IOD - this is a Standard Extended SOP Class",
+)
+
+
+@dataclass(frozen=True)
+class Validation:
+    errors: list[str]
+    warnings: list[str]
+    output: str
+
+    @property
+    def unexpected_warnings(self) -> list[str]:
+        return [w for w in self.warnings if not any(e in w for e in EXPECTED_WARNINGS)]
+
+
+def dciodvfy(dataset: Dataset, tmp_dir, name: str = "object.dcm") -> Validation:
+    """Write ``dataset`` to tmp_dir and validate it with dicom3tools' dciodvfy."""
+    import shutil
+    import subprocess
+
+    import pytest
+
+    exe = shutil.which("dciodvfy")
+    if exe is None:
+        pytest.skip("dciodvfy not installed (Debian package dicom3tools; .ci/run installs it)")
+    path = tmp_dir / name
+    dataset.save_as(path, enforce_file_format=True)
+    proc = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=120)
+    output = proc.stdout + proc.stderr
+    lines = [line.strip() for line in output.splitlines()]
+    return Validation(
+        errors=[line for line in lines if line.startswith("Error")],
+        warnings=[line for line in lines if line.startswith("Warning")],
+        output=output,
+    )
+
+
+def to_bytes_and_back(dataset: Dataset) -> Dataset:
+    """Encode as a DICOM file in memory and read it again (what a receiver sees)."""
+    from io import BytesIO
+
+    import pydicom
+
+    buffer = BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    buffer.seek(0)
+    return pydicom.dcmread(buffer)

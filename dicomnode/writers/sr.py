@@ -71,7 +71,7 @@ def build_sr(result: AnalysisResult, volume: CTVolume, sources: Sequence[Dataset
             referenced_region=region,
             finding_type=region_type,
             finding_sites=[hd.sr.FindingSite(codes.LUNG)],
-            algorithm_id=algorithm,
+            # TID 4019 once, in the case group: the same algorithm made every group.
             measurements=[_percent(codes.INFECTED_SLICE_SCORE, float(scores[z]))],
         ))
 

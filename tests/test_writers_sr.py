@@ -1,0 +1,150 @@
+"""The TID 1500 report: valid DICOM, readable back by highdicom, shaped for OHIF."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import highdicom as hd
+import numpy as np
+import pytest
+from writer_inputs import dciodvfy, make_inputs, to_bytes_and_back
+
+from dicomnode.writers import WriterError, WriterOptions, build_result_objects, read_findings
+from dicomnode.writers import codes
+from pipeline.types import CLASS_NAMES, TASK_NAMES
+
+
+@pytest.fixture(scope="module")
+def inputs():
+    return make_inputs(seed=3, n_slices=24, size=96)
+
+
+@pytest.fixture(scope="module")
+def sr(inputs):
+    objects = build_result_objects(inputs.result, inputs.volume, inputs.sources,
+                                   WriterOptions(enabled={"sr"}, uid_seed="job-sr"))
+    assert list(objects) == ["sr"] and len(objects["sr"]) == 1
+    return to_bytes_and_back(objects["sr"][0])
+
+
+@pytest.mark.peers
+def test_sr_passes_dciodvfy(sr, tmp_path):
+    result = dciodvfy(sr, tmp_path, "sr.dcm")
+    assert result.errors == [], result.output
+    assert result.unexpected_warnings == [], result.output
+
+
+def test_sr_reads_back_to_the_chain_findings(sr, inputs):
+    found = read_findings(sr)
+    res, sources = inputs.result, inputs.sources
+    assert found.label == res.case_scores.label
+    for name in CLASS_NAMES:  # stored in percent with two decimals
+        assert found.probabilities[name] == pytest.approx(res.case_scores.probabilities[name], abs=1e-4)
+    for name in TASK_NAMES:
+        assert found.tasks[name] == pytest.approx(res.case_scores.tasks[name], abs=1e-4)
+    assert found.lung_volume_ml == pytest.approx(res.lung_volume_ml, abs=0.05)
+    assert res.infected.z_indices, "the test inputs must have infectious slices"
+    assert found.infected_count == len(res.infected.z_indices)
+    assert sorted(found.infected_sop_uids) == sorted(str(sources[z].SOPInstanceUID) for z in res.infected.z_indices)
+    # The key slice is an explained infectious slice.
+    key_z = [str(s.SOPInstanceUID) for s in sources].index(found.key_sop_uid)
+    assert key_z in res.infected.z_indices and key_z in [a.z_index for a in res.attention]
+    assert (found.algorithm_name, found.algorithm_version, found.bundle_sha256) == (
+        res.model.name, res.model.version, res.model.sha256)
+    assert found.disclaimer == res.model.disclaimer
+    assert "COVID-19" in found.summary and res.model.disclaimer in found.summary
+
+
+def test_sr_copies_identity_and_names_itself(sr, inputs):
+    src = inputs.sources[0]
+    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID",
+                    "AccessionNumber", "StudyID", "StudyDate"):
+        assert sr[keyword].value == src[keyword].value, keyword
+    assert sr.SeriesInstanceUID != src.SeriesInstanceUID
+    assert sr.Modality == "SR" and sr.SeriesNumber == 901
+    assert "not for clinical use" in sr.SeriesDescription and len(sr.SeriesDescription) <= 64
+    assert sr.CompletionFlag == "COMPLETE" and sr.VerificationFlag == "UNVERIFIED"
+    assert sr.PreliminaryFlag == "PRELIMINARY"
+    assert any(item.CodingSchemeDesignator == codes.PRIVATE_SCHEME for item in sr.CodingSchemeIdentificationSequence)
+    # Evidence: the whole source series.
+    evidence = {uids[2] for uids in hd.sr.Comprehensive3DSR.from_dataset(sr).get_evidence()}
+    assert evidence == {str(s.SOPInstanceUID) for s in inputs.sources}
+
+
+def test_sr_has_only_image_anchored_measurement_groups(sr, inputs):
+    """OHIF 3.12-3.14 fails on a TID 1501 group (no image coordinates): none may exist,
+    and every planar group draws a region on one of the source slices."""
+    report = hd.sr.Comprehensive3DSR.from_dataset(sr).content
+    assert report.get_image_measurement_groups() == []
+    assert report.get_volumetric_roi_measurement_groups() == []
+    groups = report.get_planar_roi_measurement_groups()
+    assert len(groups) == 1 + len(inputs.result.infected.z_indices)
+    source_uids = {str(s.SOPInstanceUID) for s in inputs.sources}
+    rows, cols = inputs.volume.shape[1:]
+    for group in groups:
+        roi = group.roi
+        assert roi is not None and roi.graphic_type in (hd.sr.GraphicTypeValues.POLYLINE,
+                                                        hd.sr.GraphicTypeValues.POINT)
+        points = np.asarray(roi.value).reshape(-1, 2)
+        if roi.graphic_type == hd.sr.GraphicTypeValues.POLYLINE:
+            assert len(points) >= 4 and np.allclose(points[0], points[-1]), "polygon must be closed"
+        assert points[:, 0].min() >= 0 and points[:, 0].max() <= cols
+        assert points[:, 1].min() >= 0 and points[:, 1].max() <= rows
+        assert roi.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID in source_uids
+        assert group.get_measurements(), "OHIF labels a group with its NUM items: each needs one"
+
+
+def test_sr_without_infectious_slices_or_attention_still_anchors_the_result(tmp_path):
+    inputs = make_inputs(seed=4, n_slices=20, size=96, label="non_pneumonia", infected=False,
+                         with_attention=False)
+    sr = to_bytes_and_back(build_result_objects(inputs.result, inputs.volume, inputs.sources,
+                                                WriterOptions(enabled={"sr"}))["sr"][0])
+    found = read_findings(sr)
+    assert found.label == "non_pneumonia" and found.infected_count == 0 and found.infected_sop_uids == ()
+    groups = hd.sr.Comprehensive3DSR.from_dataset(sr).content.get_planar_roi_measurement_groups()
+    assert len(groups) == 1
+    assert groups[0].finding_type.value == codes.LUNG.value  # the lung outline, no attention region
+    assert "none found" in found.summary
+
+
+def test_uid_seed_rebuilds_the_same_objects_and_no_seed_new_ones(inputs):
+    def uids(options):
+        objects = build_result_objects(inputs.result, inputs.volume, inputs.sources, options)
+        return [(str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)) for kind in objects for ds in objects[kind]]
+
+    first = uids(WriterOptions(uid_seed="job-42"))
+    assert first == uids(WriterOptions(uid_seed="job-42"))
+    assert set(first).isdisjoint(uids(WriterOptions(uid_seed="job-43", enabled={"sr", "kos"})))
+    assert set(first).isdisjoint(uids(WriterOptions(enabled={"sc", "seg"})))
+    assert len({sop for _, sop in first}) == len(first)
+
+
+def test_enabled_kinds_are_respected(inputs):
+    objects = build_result_objects(inputs.result, inputs.volume, inputs.sources,
+                                   WriterOptions.for_kinds(["kos", "sr"]))
+    assert list(objects) == ["sr", "kos"]
+    assert build_result_objects(inputs.result, inputs.volume, inputs.sources,
+                                WriterOptions(enabled=frozenset())) == {}
+    with pytest.raises(WriterError, match="unknown object kind"):
+        WriterOptions(enabled={"sr", "pdf"})
+
+
+def test_sources_out_of_order_are_refused(inputs):
+    shuffled = list(reversed(inputs.sources))
+    with pytest.raises(WriterError, match="z order"):
+        build_result_objects(inputs.result, inputs.volume, shuffled, WriterOptions(enabled={"sr"}))
+    with pytest.raises(WriterError, match="source datasets for a volume"):
+        build_result_objects(inputs.result, inputs.volume, inputs.sources[:-1], WriterOptions(enabled={"sr"}))
+
+
+@pytest.mark.peers
+def test_dsrdump_prints_the_findings(sr, tmp_path):
+    exe = shutil.which("dsrdump")
+    if exe is None:
+        pytest.skip("dsrdump not installed (Debian package dcmtk; .ci/run installs it)")
+    path = tmp_path / "sr.dcm"
+    sr.save_as(path, enforce_file_format=True)
+    out = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "COVID-19 probability" in out.stdout and "Imaging Measurement Report" in out.stdout
