@@ -76,6 +76,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
     path            TEXT NOT NULL,       -- relative to the results folder
     state           TEXT NOT NULL,       -- pending | sent | failed
     attempts        INTEGER NOT NULL DEFAULT 0,
+    created         REAL NOT NULL,       -- the retry window runs from here
     first_try       REAL,
     next_try        REAL NOT NULL,
     last_error      TEXT,

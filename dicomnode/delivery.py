@@ -4,7 +4,7 @@ Every (job, destination, SOP instance) is a row of ``deliveries``: ``pending`` w
 ``next_try`` time, ``sent`` once the destination answered success, or ``failed`` when the
 retry window ran out. Because the rows live in SQLite, retries survive restarts: the
 scheduler's timer (``deliver_due``) only looks for due rows, so a restarted node simply
-picks them up. Backoff is exponential: base * 2^(attempts-1), capped at the maximum.
+picks them up. The retry window runs from when the delivery was recorded. Backoff is exponential: base * 2^(attempts-1), capped at the maximum.
 A row is marked sent right after its C-STORE succeeded, so a restart re-sends at most the
 one object that was in flight (same SOP Instance UID: the destination sees a duplicate,
 not a second result).
@@ -73,8 +73,8 @@ class Delivery:
                 if kind not in dest.objects:
                     continue
                 conn.execute("INSERT OR IGNORE INTO deliveries(job_id, destination, sop_uid, kind, path, state, "
-                             "attempts, next_try, updated) VALUES (?,?,?,?,?,?,0,?,?)",
-                             (job_id, key, sop_uid, kind, path, PENDING, at, at))
+                             "attempts, created, next_try, updated) VALUES (?,?,?,?,?,?,0,?,?,?)",
+                             (job_id, key, sop_uid, kind, path, PENDING, at, at, at))
                 count += 1
         return count
 
@@ -171,17 +171,18 @@ class Delivery:
         window = self.settings.retry_window_hours * 3600.0
         with self.db.transaction() as conn:
             for row in rows:
-                current = conn.execute("SELECT attempts, first_try FROM deliveries WHERE job_id=? AND destination=? "
+                current = conn.execute("SELECT attempts, first_try, created FROM deliveries WHERE job_id=? AND destination=? "
                                        "AND sop_uid=?", (row["job_id"], row["destination"], row["sop_uid"])).fetchone()
                 attempts = current["attempts"] + 1
                 first = current["first_try"] if current["first_try"] is not None else t
-                if t - first >= window:
+                if t - current["created"] >= window:
                     conn.execute("UPDATE deliveries SET state=?, attempts=?, first_try=?, last_error=?, updated=? "
                                  "WHERE job_id=? AND destination=? AND sop_uid=?",
                                  (FAILED, attempts, first, f"gave up after {attempts} tries: {error}", t,
                                   row["job_id"], row["destination"], row["sop_uid"]))
                     log.error("DELIVERY FAILED: job %d object %s to %s: gave up after %d tries over %.1f h (%s)",
-                              row["job_id"], row["sop_uid"], row["destination"], attempts, (t - first) / 3600, error)
+                              row["job_id"], row["sop_uid"], row["destination"], attempts,
+                              (t - current["created"]) / 3600, error)
                 else:
                     wait = backoff_seconds(attempts, self.settings.backoff_base_seconds,
                                            self.settings.backoff_max_seconds)
