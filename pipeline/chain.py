@@ -1,0 +1,87 @@
+"""The AI chain composed: CTVolume + loaded models -> AnalysisResult (pure compute).
+
+Like an application's ``compose()``: it only wires the stages, in the order of
+METHOD.md, and times each one. Lung segmentation (U-Net when the bundle has one, else
+the classical method) -> lung slices -> at most ``max_slices`` of them classified ->
+task-specific fusion -> every lung slice located -> Guided Grad-CAM of the slices that
+drive the decision -> radiomics phenotype of the attentional regions (pneumonia cases).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from .classify import classify_slices
+from .explain import explain_slices, select_slices
+from .fusion import fuse_slice_scores
+from .locate import locate_infected
+from .lung import segment_lungs
+from .models import ModelBundle
+from .params import ChainParams
+from .phenotype import compute_phenotype
+from .preprocess import lung_slice_indices, min_lung_pixels_for, sample_slices
+from .types import AnalysisResult, CTVolume, InvalidInputError
+
+#: Keys of AnalysisResult.timings_s, in chain order.
+STAGES = ("lung_segmentation", "classification", "fusion", "locating", "explanation", "phenotype")
+
+
+def analyze(volume: CTVolume, models: ModelBundle, params: ChainParams) -> AnalysisResult:
+    """Run the whole chain on one CT volume.
+
+    Raises InvalidInputError when no slice holds enough lung to be classified (not a
+    chest CT, or a lung window outside the field of view).
+    """
+    timings: dict[str, float] = {}
+    start = last = time.perf_counter()
+
+    def lap(stage: str) -> None:
+        nonlocal last
+        now = time.perf_counter()
+        timings[stage] = now - last
+        last = now
+
+    device = models.device
+    lung = segment_lungs(volume, params, models.segmentation, device)
+    lap("lung_segmentation")
+
+    lung_z = lung_slice_indices(lung, params)
+    if len(lung_z) == 0:
+        need = min_lung_pixels_for(volume.shape[1:], params)
+        raise InvalidInputError(
+            f"no slice of this {volume.shape[0]}-slice volume has more than {need:.0f} lung pixels "
+            f"({lung.method} segmentation): the series does not look like a chest CT covering the lungs; "
+            f"send a chest CT series")
+    slice_scores = classify_slices(volume, lung, sample_slices(lung_z, params.max_slices),
+                                   models.classifier, params, device)
+    lap("classification")
+
+    case = fuse_slice_scores(slice_scores, params)
+    lap("fusion")
+
+    infected = locate_infected(volume, lung, lung_z, models.locator, params, device)
+    lap("locating")
+
+    target, explain_z = select_slices(case, slice_scores, infected, params)
+    attention = explain_slices(volume, lung, explain_z, target, models.classifier, params)
+    lap("explanation")
+
+    phenotype = None
+    if params.compute_phenotype and case.label != "non_pneumonia":
+        phenotype = compute_phenotype(volume, lung, attention, params)
+    lap("phenotype")
+    timings["total"] = time.perf_counter() - start
+
+    return AnalysisResult(
+        lung_mask=lung,
+        slice_scores=slice_scores,
+        case_scores=case,
+        infected=infected,
+        attention=attention,
+        phenotype=phenotype,
+        lung_volume_ml=float(np.count_nonzero(lung.mask)) * volume.voxel_volume_ml,
+        model=models.info,
+        timings_s=timings,
+    )

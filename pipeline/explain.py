@@ -1,0 +1,174 @@
+"""Interpretation (METHOD.md, module 5): Guided Grad-CAM and attentional regions.
+
+Guided Grad-CAM of a slice = MONAI ``GradCAM`` on the classifier's last stage (upsampled
+to the input, normalised to [0, 1]) times MONAI ``GuidedBackpropGrad`` (the input
+gradient with negative gradients stopped at every ReLU), for the explained class. The
+product is taken as the largest absolute value over the three input channels, smoothed a
+little (``attention_sigma_px``: guided gradients are pixel noise otherwise, and the
+regions are meant to be lesions, not pixels), normalised to [0, 1] and mapped from the
+224 x 224 lung-box crop back onto the full slice.
+
+Attentional regions: the map binarised at ``attention_threshold``, opened then closed
+with a disk of ``attention_morph_radius_px``, kept inside the lung mask dilated by
+``lung_margin_px``, components smaller than ``attention_min_area_px`` (counted on a
+512 x 512 slice, scaled by area like ``min_lung_pixels``) dropped.
+
+Both MONAI tools change the network they work on (GradCAM registers hooks it never
+removes; guided backprop swaps ReLUs while it runs), so they work on a private copy of
+the classifier made once per classifier and process, and one explanation at a time runs
+on each copy. MONAI's ResNet names its activations ``act``, which guided backprop's
+name match ("relu") would miss: in the copy every ReLU is wrapped as a child named
+``relu``.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import weakref
+from collections import OrderedDict
+from typing import Sequence
+
+import numpy as np
+import torch
+from monai.visualize import GradCAM, GuidedBackpropGrad
+from scipy import ndimage
+
+from .params import ChainParams
+from .preprocess import REFERENCE_MATRIX_PX, classifier_batch, lung_boxes, uncrop
+from .types import (
+    CLASS_NAMES,
+    AttentionMap,
+    CaseScores,
+    CTVolume,
+    InfectedSlices,
+    InvalidInputError,
+    LungMask,
+    SliceScores,
+)
+
+
+class _Explainer:
+    """A private, hook-carrying copy of one classifier with its MONAI explainers."""
+
+    def __init__(self, classifier: torch.nn.Module, layer: str) -> None:
+        net = copy.deepcopy(classifier).eval()
+        for p in net.parameters():
+            p.requires_grad_(False)  # only the input gradient is wanted
+        _wrap_relus(net)
+        if layer not in dict(net.named_modules()):
+            raise InvalidInputError(f"the classifier has no layer {layer!r} for Grad-CAM; "
+                                    f"set ChainParams.gradcam_layer to one of its stages")
+        self.net = net
+        self.cam = GradCAM(nn_module=net, target_layers=layer)
+        self.guided = GuidedBackpropGrad(net)
+        self.lock = threading.Lock()
+
+    def guided_gradcam(self, x: np.ndarray, class_index: int) -> np.ndarray:
+        """(S, S) Guided Grad-CAM of one (3, S, S) input for ``class_index`` (not normalised)."""
+        dev = next(self.net.parameters()).device
+        with self.lock, torch.inference_mode(False), torch.enable_grad():
+            t = torch.from_numpy(np.ascontiguousarray(x[None], dtype=np.float32)).to(dev)
+            cam = self.cam(x=t.clone().requires_grad_(True), class_idx=class_index)
+            grad = self.guided(t.clone(), index=class_index)
+            ggc = grad.abs().amax(dim=1, keepdim=True) * cam
+        return ggc[0, 0].detach().float().cpu().numpy()
+
+
+def _wrap_relus(net: torch.nn.Module) -> None:
+    """Wrap every ReLU whose name lacks "relu" as ``Sequential(relu=ReLU)``, not in place."""
+    for module in list(net.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, torch.nn.ReLU):
+                plain = torch.nn.ReLU(inplace=False)
+                setattr(module, name, plain if "relu" in name else torch.nn.Sequential(OrderedDict(relu=plain)))
+
+
+_explainers: "weakref.WeakKeyDictionary[torch.nn.Module, _Explainer]" = weakref.WeakKeyDictionary()
+_explainers_lock = threading.Lock()
+
+
+def _explainer_for(classifier: torch.nn.Module, layer: str) -> _Explainer:
+    with _explainers_lock:
+        ex = _explainers.get(classifier)
+        if ex is None:
+            ex = _Explainer(classifier, layer)
+            _explainers[classifier] = ex
+        return ex
+
+
+# ----------------------------------------------------------------- which slices
+
+def select_slices(case: CaseScores, slices: SliceScores, infected: InfectedSlices,
+                  params: ChainParams) -> tuple[str, list[int]]:
+    """The class to explain (the case label) and the slices that drive the decision.
+
+    COVID-19 cases with located slices: the highest-scoring infected slices. Otherwise
+    the classified slices with the highest probability of the case's class. At most
+    ``max_explained_slices``, returned in z order.
+    """
+    n = max(0, int(params.max_explained_slices))
+    target = case.label
+    if n == 0:
+        return target, []
+    if target == "covid19" and infected.z_indices:
+        z = np.asarray(infected.z_indices, dtype=np.int64)
+        ranked = z[np.argsort(-infected.scores[z], kind="stable")]
+    else:
+        col = CLASS_NAMES.index(target)
+        ranked = slices.z_indices[np.argsort(-slices.probabilities[:, col], kind="stable")]
+    return target, sorted(int(v) for v in ranked[:n])
+
+
+# ------------------------------------------------------------------- heat maps
+
+def attention_regions(heat: np.ndarray, lung_slice: np.ndarray, params: ChainParams) -> np.ndarray:
+    """Attentional regions of one full-size heat map (see the module doc)."""
+    heat = np.asarray(heat)
+    binary = heat >= params.attention_threshold
+    r = int(params.attention_morph_radius_px)
+    if r > 0:
+        yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
+        disk = (yy ** 2 + xx ** 2) <= r * r
+        binary = ndimage.binary_opening(binary, structure=disk)
+        binary = ndimage.binary_closing(binary, structure=disk)
+    lung = np.asarray(lung_slice, dtype=bool)
+    if params.lung_margin_px > 0:
+        lung = ndimage.binary_dilation(lung, iterations=int(params.lung_margin_px))
+    binary &= lung
+    labels, n = ndimage.label(binary)
+    if n == 0:
+        return binary
+    min_area = params.attention_min_area_px * heat.size / float(REFERENCE_MATRIX_PX ** 2)
+    sizes = np.bincount(labels.ravel())
+    keep = sizes >= min_area
+    keep[0] = False
+    return keep[labels]
+
+
+def _normalise(ggc: np.ndarray, sigma: float) -> np.ndarray:
+    m = ndimage.gaussian_filter(ggc.astype(np.float32), sigma) if sigma > 0 else ggc.astype(np.float32)
+    top = float(m.max())
+    return (m / top).astype(np.float32) if top > 0 else np.zeros_like(m, dtype=np.float32)
+
+
+def explain_slices(volume: CTVolume, lung_mask: LungMask, z_indices: Sequence[int], target_class: str,
+                   classifier: torch.nn.Module, params: ChainParams) -> tuple[AttentionMap, ...]:
+    """Guided Grad-CAM and attentional regions of the listed slices for ``target_class``."""
+    if target_class not in CLASS_NAMES:
+        raise InvalidInputError(f"unknown class {target_class!r}; expected one of {CLASS_NAMES}")
+    z_list = [int(z) for z in z_indices]
+    if not z_list:
+        return ()
+    explainer = _explainer_for(classifier, params.gradcam_layer)
+    class_index = CLASS_NAMES.index(target_class)
+    inputs = classifier_batch(volume, lung_mask, z_list, params)
+    boxes = lung_boxes(lung_mask, z_list)
+    shape_yx = volume.shape[1:]
+    maps = []
+    for z, x, box in zip(z_list, inputs, boxes):
+        small = _normalise(explainer.guided_gradcam(x, class_index), params.attention_sigma_px)
+        heat = np.clip(uncrop(small, box, shape_yx), 0.0, 1.0)
+        regions = attention_regions(heat, lung_mask.mask[z], params)
+        maps.append(AttentionMap(z_index=z, heat=heat, regions=regions, target_class=target_class))
+    return tuple(maps)
