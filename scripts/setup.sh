@@ -30,4 +30,10 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip
 # torch is pinned in pyproject.toml: 2.13.0 is the CPU build; a newer one pulls CUDA.
 .venv/bin/python -m pip install -q -e '.[test]'
+# pyradiomics 3.0.1 builds its C extension against the installed numpy; its own build
+# isolation fails on Python 3.11, hence --no-build-isolation after numpy is in.
+if ! .venv/bin/python -c "import radiomics" 2>/dev/null; then
+  .venv/bin/python -m pip install -q setuptools wheel
+  .venv/bin/python -m pip install -q --no-build-isolation pyradiomics==3.0.1
+fi
 echo "setup: done (.venv/bin/dicomnode is the CLI)"
