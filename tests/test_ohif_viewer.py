@@ -1,0 +1,200 @@
+"""OHIF Viewer v3 shows what the node sends back (issue 5, the viewer part).
+
+The proxy tests run everywhere (standard library only). The viewer test needs the real
+peers: Orthanc with its DICOMweb plugin, Debian's chromium, node, and what
+tests/ohif/setup.sh fetches (OHIF 3.13.2's static build, playwright-core).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import urllib.error
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from dicomweb_proxy import serving, split_includefield
+from ohif.harness import run_driver, upload, viewer_missing_reason
+from orthanc import orthanc_missing_reason, running_orthanc
+
+
+# --- the proxy, against a stand-in upstream -------------------------------------------
+
+def test_split_includefield_makes_repeated_parameters():
+    assert split_includefield("includefield=00081030,00080060&limit=5") == (
+        "includefield=00081030&includefield=00080060&limit=5"
+    )
+    # Percent-encoded commas (what browsers may send) are split too; other
+    # parameters keep their encoding and order.
+    assert split_includefield("limit=1&includefield=0020000D%2C00080020&PatientName=A%2CB") == (
+        "limit=1&includefield=0020000D&includefield=00080020&PatientName=A%2CB"
+    )
+    assert split_includefield("includefield=all") == "includefield=all"
+    assert split_includefield("") == ""
+
+
+class _Upstream(BaseHTTPRequestHandler):
+    """Stands in for Orthanc: records what it was asked, answers chunked DICOM JSON."""
+
+    seen: list[tuple[str, str, str]] = []
+
+    def do_GET(self):  # noqa: N802
+        self.seen.append((self.command, self.path, self.headers.get("Host", "")))
+        body = b'[{"00080060": {"vr": "CS", "Value": ["CT"]}}]'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/dicom+json")
+        if "chunked" in self.path:
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            half = len(body) // 2
+            for part in (body[:half], body[half:]):
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+            self.wfile.write(b"0\r\n\r\n")
+        else:
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture()
+def upstream():
+    _Upstream.seen = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Upstream)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/dicom-web/"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture()
+def fake_dist(tmp_path) -> tuple[Path, Path]:
+    dist = tmp_path / "dist"
+    dist.mkdir()
+    (dist / "index.html").write_text("<html>OHIF index</html>")
+    (dist / "app.bundle.js").write_text("console.log('bundle')")
+    (dist / "app-config.js").write_text("window.config = 'from the build';")
+    (dist / "x.wasm").write_bytes(b"\0asm")
+    (tmp_path / "secret.txt").write_text("outside dist")
+    config = tmp_path / "app-config.js"
+    config.write_text("window.config = 'ours';")
+    return dist, config
+
+
+def _get(url: str) -> tuple[int, str, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return resp.status, resp.headers.get("Content-Type", ""), resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers.get("Content-Type", ""), exc.read()
+
+
+def test_proxy_serves_ohif_with_spa_fallback_and_our_config(fake_dist, upstream):
+    dist, config = fake_dist
+    with serving(upstream, dist_dir=dist, app_config=config) as base:
+        assert _get(base + "/")[2] == b"<html>OHIF index</html>"
+        # OHIF's client-side routes are not files: index.html answers them.
+        status, ctype, body = _get(base + "/viewer?StudyInstanceUIDs=1.2.3")
+        assert (status, body) == (200, b"<html>OHIF index</html>") and ctype.startswith("text/html")
+        assert _get(base + "/app.bundle.js")[1].startswith("text/javascript")
+        assert _get(base + "/x.wasm")[1] == "application/wasm"
+        assert _get(base + "/app-config.js")[2] == b"window.config = 'ours';"
+        # A path climbing out of dist never serves the file outside it.
+        assert _get(base + "/..%2Fsecret.txt")[2] == b"<html>OHIF index</html>"
+
+
+def test_proxy_forwards_dicomweb_splitting_includefield(fake_dist, upstream):
+    dist, config = fake_dist
+    with serving(upstream, dist_dir=dist, app_config=config) as base:
+        status, ctype, body = _get(base + "/dicom-web/studies?includefield=00081030,00080060&limit=5")
+        assert status == 200 and ctype == "application/dicom+json"
+        assert json.loads(body)[0]["00080060"]["Value"] == ["CT"]
+        method, path, host = _Upstream.seen[-1]
+        assert path == "/dicom-web/studies?includefield=00081030&includefield=00080060&limit=5"
+        # Orthanc writes its links for the Host it sees: the proxy's, so they come back here.
+        assert host == base.removeprefix("http://")
+        # A chunked upstream answer arrives whole.
+        status, _, body = _get(base + "/dicom-web/studies?chunked=1")
+        assert status == 200 and json.loads(body)[0]["00080060"]["Value"] == ["CT"]
+
+
+def test_proxy_says_502_when_orthanc_is_down(fake_dist):
+    dist, config = fake_dist
+    from conftest import free_port
+
+    with serving(f"http://127.0.0.1:{free_port()}/dicom-web/", dist_dir=dist, app_config=config) as base:
+        status, _, body = _get(base + "/dicom-web/studies")
+        assert status == 502 and b"Orthanc DICOMweb unreachable" in body
+
+
+# --- the viewer ------------------------------------------------------------------------
+
+@pytest.mark.peers
+def test_ohif_shows_report_on_key_slice_and_gradcam_overlay(tmp_path):
+    reason = orthanc_missing_reason(dicomweb=True) or viewer_missing_reason()
+    if reason:
+        pytest.skip(reason)
+    from dicomnode.writers import WriterOptions, build_result_objects, read_findings
+    from writer_inputs import make_inputs
+
+    inputs = make_inputs(seed=0, n_slices=24, size=96, label="covid19")
+    options = WriterOptions()
+    objects = build_result_objects(inputs.result, inputs.volume, inputs.sources, options)
+    assert objects["sc"], "the test inputs must give at least one Grad-CAM overlay"
+    findings = read_findings(objects["sr"][0])
+    key_instance = next(int(ds.InstanceNumber) for ds in inputs.sources
+                        if ds.SOPInstanceUID == findings.key_sop_uid)
+    # OHIF 3.13 labels a region with "<NUM concept meaning>: <value to 2 decimals> <unit>".
+    covid_label = f"COVID-19 probability: {100 * findings.probabilities['covid19']:.2f} %"
+    shots = tmp_path / "screenshots"
+
+    with running_orthanc(tmp_path, aet="PACS", dicomweb=True) as pacs:
+        upload(pacs, inputs.sources)
+        for kind in ("sr", "sc", "seg", "kos"):
+            upload(pacs, objects[kind])
+        with serving(pacs.dicomweb_url + "/") as base:
+            report = run_driver({
+                "baseUrl": base,
+                "studyUid": str(inputs.sources[0].StudyInstanceUID),
+                "outDir": str(shots),
+                "srSeries": options.sr_series_number,
+                "srTexts": [covid_label],
+                "scSeries": options.sc_series_number,
+                "timeoutMs": 40000,
+            })
+    summary = json.dumps({k: v for k, v in report.items() if k != "steps"}, indent=1)
+    steps = report.get("steps", {})
+    assert report["ok"], f"the driver stopped: {report.get('error')}\n{summary}"
+    assert not report["toasts"], f"OHIF showed an error: {report['toasts']}"
+    assert not report["pageErrors"], f"uncaught errors in the page: {report['pageErrors']}"
+    assert not report["httpErrors"], f"failed requests (proxy/Orthanc): {report['httpErrors']}"
+
+    listed = {t["series"] for t in steps["ct"]["thumbnails"]}
+    expected = {str(inputs.sources[0].SeriesNumber), str(options.sr_series_number),
+                str(options.sc_series_number), str(options.seg_series_number),
+                str(options.kos_series_number)}
+    assert expected <= listed, f"series missing from OHIF's study browser: {steps['ct']['thumbnails']}"
+    assert steps["ct"]["canvas"]["colouredFraction"] < 0.001, "the CT itself should be grey"
+
+    sr = steps["sr"]
+    drawn = " ".join(sr["annotationTexts"])
+    assert covid_label in drawn, f"COVID-19 probability not drawn; OHIF drew: {sr['annotationTexts']}"
+    assert re.search(rf"\bI:{key_instance}\b", sr["overlay"]["bottom-right"]), (
+        f"the SR should open on the key slice (instance {key_instance}); viewport says {sr['overlay']}")
+    assert sr["canvas"]["litFraction"] > 0.05, "the key slice is not rendered under the findings"
+
+    sc = steps["sc"]
+    assert str(objects["sc"][0].SeriesDescription) in sc["overlay"]["top-left"]
+    assert sc["canvas"]["colouredFraction"] > 0.01, f"no heat map colours in the overlay: {sc['canvas']}"
+    for name in ("ct", "sr", "sc"):
+        png = shots / f"{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f"screenshot {png} missing"
