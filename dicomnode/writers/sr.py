@@ -4,7 +4,8 @@ Layout (docs/objects.md shows it as ``dsrdump`` prints it)::
 
     Imaging Measurement Report (TID 1500)
       language, device observer (product, bundle name/version), procedure "CT Chest",
-      image library (the source series)
+      image library (the source slices the report draws on; the whole series is the
+      evidence in the header)
       Imaging Measurements
         Measurement Group "AI case result" (TID 1410) on the key slice:
             closed POLYLINE (attention region, else lung outline), finding site Lung,
@@ -91,7 +92,8 @@ def build_sr(result: AnalysisResult, volume: CTVolume, sources: Sequence[Dataset
         observation_context=observation_context,
         procedure_reported=codes.CT_CHEST,
         imaging_measurements=groups,
-        referenced_images=list(sources),
+        # The images the report draws on; the whole series is the evidence (header).
+        referenced_images=[sources[z] for z in sorted({key_z, *(int(z) for z in result.infected.z_indices)})],
     )
     report[0].ContentSequence.append(_qualitative_evaluations(result, volume, options))
 
