@@ -1,0 +1,135 @@
+"""The common shape of every data set: ``Case`` (one scan) and ``Dataset`` (a sequence).
+
+A case knows its label and demographics at once; its voxels are read only when
+``Case.load()`` is called, so opening a data set of thousands of scans is cheap and a
+broken file is reported when (and where) it is read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Mapping, NamedTuple, Sequence, overload
+
+import numpy as np
+
+from ..types import CLASS_NAMES, CTVolume, InvalidInputError
+
+__all__ = ["Case", "CaseData", "Dataset", "DatasetError", "normalise_sex"]
+
+
+class DatasetError(InvalidInputError):
+    """A data set spec, manifest row or file cannot be used (the message says which, and
+    what to do)."""
+
+
+class CaseData(NamedTuple):
+    """What ``Case.load()`` returns: the volume and, when the data set has them, masks
+    (bool z/y/x, same shape as the volume). A tuple: ``volume, lung, lesion = case.load()``.
+    """
+
+    volume: CTVolume
+    lung_mask: np.ndarray | None = None
+    lesion_mask: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class Case:
+    """One scan of a data set.
+
+    ``label`` is one of CLASS_NAMES; ``sex`` is "M", "F" or None; ``age`` in years or
+    None; ``stage`` the scan's rank among the patient's scans by date (as text) or None.
+    ``source`` says where the voxels come from (a path, or the phantom recipe);
+    ``extras`` holds reader-specific facts (e.g. the MosMedData severity group).
+    """
+
+    case_id: str
+    patient_id: str
+    label: str
+    sex: str | None = None
+    age: float | None = None
+    stage: str | None = None
+    source: str = ""
+    extras: Mapping[str, str] = field(default_factory=dict)
+    loader: Callable[[], CaseData] | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.label not in CLASS_NAMES:
+            raise DatasetError(f"case {self.case_id!r}: label {self.label!r} is not one of {CLASS_NAMES}")
+        if not str(self.case_id) or not str(self.patient_id):
+            raise DatasetError(f"a case needs a case_id and a patient_id (got {self.case_id!r}, {self.patient_id!r})")
+        if self.sex is not None and self.sex not in ("M", "F"):
+            raise DatasetError(f"case {self.case_id!r}: sex must be 'M', 'F' or empty, got {self.sex!r}")
+
+    def load(self) -> CaseData:
+        """Read the scan (and masks) now; raises DatasetError naming the file on failure."""
+        if self.loader is None:
+            raise DatasetError(f"case {self.case_id!r} has no loader (built by hand without one)")
+        data = self.loader()
+        shape = data.volume.shape
+        for name, mask in (("lung_mask", data.lung_mask), ("lesion_mask", data.lesion_mask)):
+            if mask is not None and mask.shape != shape:
+                raise DatasetError(
+                    f"case {self.case_id!r}: {name} has shape {mask.shape} but the volume {shape} "
+                    f"({self.source}); the mask must be drawn on the same grid as the scan")
+        return data
+
+
+class Dataset(Sequence[Case]):
+    """An ordered, immutable collection of cases and a description for model cards."""
+
+    def __init__(self, spec: str, kind: str, cases: Sequence[Case], synthetic: bool,
+                 details: Mapping[str, Any] | None = None) -> None:
+        ids = [c.case_id for c in cases]
+        if len(set(ids)) != len(ids):
+            dup = sorted({i for i in ids if ids.count(i) > 1})[:5]
+            raise DatasetError(f"data set {spec!r} has duplicate case ids {dup}; make case_id unique")
+        self.spec = spec
+        self.kind = kind
+        self.cases: tuple[Case, ...] = tuple(cases)
+        self.synthetic = synthetic
+        self._details = dict(details or {})
+
+    @overload
+    def __getitem__(self, index: int) -> Case: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[Case]: ...
+
+    def __getitem__(self, index):  # type: ignore[override]
+        return self.cases[index]
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+    def __iter__(self) -> Iterator[Case]:
+        return iter(self.cases)
+
+    def __repr__(self) -> str:
+        return f"Dataset(kind={self.kind!r}, cases={len(self)}, spec={self.spec!r})"
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready summary: spec, kind, counts per label, patients, details."""
+        labels = {name: sum(1 for c in self.cases if c.label == name) for name in CLASS_NAMES}
+        return {
+            "spec": self.spec,
+            "kind": self.kind,
+            "synthetic": self.synthetic,
+            "cases": len(self.cases),
+            "patients": len({c.patient_id for c in self.cases}),
+            "labels": labels,
+            **self._details,
+        }
+
+
+def normalise_sex(value: str | None, where: str) -> str | None:
+    """'M'/'F' from the usual spellings; None for empty; DatasetError otherwise."""
+    if value is None:
+        return None
+    text = str(value).strip().upper()
+    if not text:
+        return None
+    if text in ("M", "MALE", "MAN"):
+        return "M"
+    if text in ("F", "FEMALE", "WOMAN", "W"):
+        return "F"
+    raise DatasetError(f"{where}: sex {value!r} is not M or F (leave it empty if unknown)")
