@@ -148,3 +148,29 @@ def test_dsrdump_prints_the_findings(sr, tmp_path):
     out = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "COVID-19 probability" in out.stdout and "Imaging Measurement Report" in out.stdout
+
+
+def test_sources_missing_type2_identity_still_give_valid_objects(tmp_path):
+    """A scanner that leaves out Type 2 attributes (not even empty) must not break the
+    writers, and the caller's datasets must stay as they were."""
+    inputs = make_inputs(seed=12, n_slices=20, size=96)
+    for ds in inputs.sources:
+        del ds.PatientBirthDate, ds.AccessionNumber, ds.SliceThickness
+    objects = build_result_objects(inputs.result, inputs.volume, inputs.sources, WriterOptions())
+    assert all("PatientBirthDate" not in ds and "SliceThickness" not in ds for ds in inputs.sources)
+    sr = objects["sr"][0]
+    assert sr.PatientBirthDate == "" and sr.AccessionNumber == ""
+    if shutil.which("dciodvfy"):
+        for kind in ("sr", "seg"):
+            check = dciodvfy(objects[kind][0], tmp_path, f"{kind}.dcm")
+            assert check.errors == [], check.output
+
+
+def test_sources_without_geometry_are_refused_with_a_reason(inputs):
+    import copy
+
+    broken = [copy.copy(ds) for ds in inputs.sources]
+    broken[3] = copy.deepcopy(inputs.sources[3])
+    del broken[3].ImagePositionPatient
+    with pytest.raises(WriterError, match="source slice 3 .* has no ImagePositionPatient"):
+        build_result_objects(inputs.result, inputs.volume, broken, WriterOptions(enabled={"sr"}))

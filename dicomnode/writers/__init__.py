@@ -14,7 +14,7 @@ from pydicom.dataset import Dataset
 
 from pipeline.types import AnalysisResult, CTVolume
 
-from .common import check_inputs, uid_maker
+from .common import check_inputs, source_views, uid_maker
 from .kos import build_kos
 from .options import OBJECT_KINDS, WriterError, WriterOptions
 from .sc import build_sc
@@ -37,6 +37,7 @@ def build_result_objects(result: AnalysisResult, volume: CTVolume, sources: Sequ
     z order (pixel data included). Raises WriterError when the inputs do not match."""
     options = options or WriterOptions()
     check_inputs(result, volume, sources)
+    sources = source_views(sources, volume)
     uid = uid_maker(options, sources)
     out: dict[str, list[Dataset]] = {}
     for kind in OBJECT_KINDS:

@@ -38,6 +38,11 @@ def check_inputs(result: AnalysisResult, volume: CTVolume, sources: Sequence[Dat
     if len(study_uids) != 1:
         raise WriterError(f"source datasets come from {len(study_uids)} studies; results need one")
     for z, ds in enumerate(sources):
+        absent = [kw for kw in REQUIRED_SOURCE_ATTRIBUTES if not ds.get(kw)]
+        if absent:
+            raise WriterError(f"source slice {z} (SOP Instance {ds.get('SOPInstanceUID', '?')}) has no "
+                              f"{', '.join(absent)}: results need the CT's identity and geometry; "
+                              f"such a series should have been refused when it was loaded")
         if volume.slice_uids and str(ds.SOPInstanceUID) != volume.slice_uids[z]:
             raise WriterError(f"source dataset {z} is SOP Instance {ds.SOPInstanceUID}, the volume's slice "
                               f"{z} is {volume.slice_uids[z]}: sources must be in the volume's z order")
@@ -50,6 +55,40 @@ def check_inputs(result: AnalysisResult, volume: CTVolume, sources: Sequence[Dat
                               f"{volume.shape[1:]}")
         if not 0 <= att.z_index < nz:
             raise WriterError(f"attention map of slice {att.z_index} is outside the volume (0..{nz - 1})")
+
+
+#: Attributes every source slice must have: the results reference and overlay the CT.
+REQUIRED_SOURCE_ATTRIBUTES = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Rows",
+                              "Columns", "PixelSpacing", "ImagePositionPatient", "ImageOrientationPatient",
+                              "FrameOfReferenceUID")
+#: Type 2 attributes highdicom copies from the sources into every object. Scanners that
+#: leave one out entirely get it back empty in our copies (never in their datasets).
+TYPE2_IDENTITY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID",
+                  "StudyDate", "StudyTime", "ReferringPhysicianName")
+
+
+def source_views(sources: Sequence[Dataset], volume: CTVolume) -> list[Dataset]:
+    """Copies of the source datasets (elements shared, never changed) in which the Type 2
+    attributes the writers copy are present, empty when the scanner left them out, and
+    an absent or empty Slice Thickness is the volume's slice spacing."""
+    views = []
+    for ds in sources:
+        missing = [kw for kw in TYPE2_IDENTITY if kw not in ds]
+        thickness_missing = not ds.get("SliceThickness")
+        if not missing and not thickness_missing:
+            views.append(ds)
+            continue
+        view = Dataset()
+        for element in ds:
+            view.add(element)
+        if hasattr(ds, "file_meta"):
+            view.file_meta = ds.file_meta
+        for kw in missing:
+            setattr(view, kw, "")
+        if thickness_missing:
+            view.SliceThickness = f"{volume.spacing_mm[0]:.4g}"
+        views.append(view)
+    return views
 
 
 def uid_maker(options: WriterOptions, sources: Sequence[Dataset]) -> Callable[[str], str]:
