@@ -45,6 +45,7 @@ __all__ = [
     "CohortCase",
     "make_phantom",
     "phantom_cohort",
+    "phantom_grid",
     "INFECTED_MIN_PIXELS",
 ]
 
@@ -1001,6 +1002,17 @@ def _noise_bank(rng: np.random.Generator, ny: int, nx: int, count: int = 6) -> n
     bank = gaussian_filter(bank, sigma=(0, sigma, sigma), mode="wrap")
     bank /= bank.std(axis=(1, 2), keepdims=True)
     return bank.astype(np.float32)
+
+
+def phantom_grid(seed: int, n_slices: int | None = None, size_px: int | None = None
+                 ) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
+    """Shape (z, y, x) and spacing_mm (z, y, x) that ``make_phantom`` would use, cheaply.
+
+    The grid depends on the seed only (not the label); None means drawn from the seed.
+    """
+    an = _draw_anatomy(int(seed))
+    grid = _make_grid(int(seed), an, n_slices, size_px)
+    return (grid.nz, grid.ny, grid.nx), (float(grid.dz), float(grid.dxy), float(grid.dxy))
 
 
 def phantom_cohort(count: int, seed: int, mix: Sequence[float] = (1, 1, 1, 1),
