@@ -1,0 +1,168 @@
+"""dicomnode.volume.load_series on synthetic CT series: order, HU, geometry, rejections."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless, generate_uid
+
+from dicomnode.errors import NodeError
+from dicomnode.synthetic import ct_datasets, write_ct_series
+from dicomnode.volume import SeriesRejected, load_series
+from pipeline.types import CTVolume
+
+NZ, NY, NX = 12, 40, 48  # JPEG 2000 needs at least ~32 px per side
+
+
+def _volume(direction=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)) -> CTVolume:
+    rng = np.random.default_rng(7)
+    hu = rng.integers(-1024, 1500, size=(NZ, NY, NX)).astype(np.float32)
+    return CTVolume(hu=hu, spacing_mm=(2.5, 0.75, 0.8), origin_mm=(-12.0, -9.0, -100.0), direction=direction)
+
+
+def _save(datasets: list[Dataset], out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, ds in enumerate(datasets):
+        p = out / f"IM{i:04d}.dcm"
+        ds.save_as(p, enforce_file_format=True)
+        paths.append(p)
+    return paths
+
+
+def test_shuffled_files_come_back_in_slice_order(tmp_path: Path) -> None:
+    vol = _volume()
+    series = write_ct_series(vol, tmp_path)
+    paths = list(series.paths)
+    random.Random(3).shuffle(paths)
+    loaded, sources = load_series(paths)
+    np.testing.assert_array_equal(loaded.hu, vol.hu)
+    assert loaded.hu.dtype == np.float32
+    assert loaded.slice_uids == series.sop_uids
+    assert [str(ds.SOPInstanceUID) for ds in sources] == list(series.sop_uids)
+    assert loaded.slice_numbers == tuple(range(1, NZ + 1))
+    np.testing.assert_allclose(loaded.spacing_mm, vol.spacing_mm, atol=1e-3)
+    np.testing.assert_allclose(loaded.origin_mm, vol.origin_mm, atol=1e-3)
+    np.testing.assert_allclose(loaded.direction, vol.direction, atol=1e-6)
+
+
+def test_rotated_orientation_keeps_geometry(tmp_path: Path) -> None:
+    # Rows run along -y, columns along +x; the normal is still +z.
+    direction = (0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0)
+    vol = _volume(direction)
+    series = write_ct_series(vol, tmp_path)
+    loaded, _ = load_series(list(series.paths)[::-1])
+    np.testing.assert_array_equal(loaded.hu, vol.hu)
+    np.testing.assert_allclose(loaded.direction, direction, atol=1e-6)
+    np.testing.assert_allclose(loaded.origin_mm, vol.origin_mm, atol=1e-3)
+
+
+@pytest.mark.parametrize("syntax", [JPEGLSLossless, JPEG2000Lossless, RLELossless])
+def test_compressed_transfer_syntaxes_decode_to_the_same_hu(tmp_path: Path, syntax: str) -> None:
+    vol = _volume()
+    series = write_ct_series(vol, tmp_path, transfer_syntax=syntax)
+    loaded, sources = load_series(series.paths)
+    assert str(sources[0].file_meta.TransferSyntaxUID) == syntax
+    np.testing.assert_array_equal(loaded.hu, vol.hu)
+
+
+def test_rescale_slope_and_intercept_per_slice(tmp_path: Path) -> None:
+    vol = _volume()
+    datasets = ct_datasets(vol)
+    stored = datasets[4].pixel_array.astype(np.float64)
+    datasets[4].RescaleSlope = "2"
+    datasets[4].RescaleIntercept = "-2048"
+    loaded, _ = load_series(_save(datasets, tmp_path))
+    np.testing.assert_allclose(loaded.hu[4], stored * 2 - 2048)
+    np.testing.assert_array_equal(loaded.hu[3], vol.hu[3])
+
+
+def test_rejection_is_a_node_error(tmp_path: Path) -> None:
+    assert issubclass(SeriesRejected, NodeError)
+    with pytest.raises(SeriesRejected) as err:
+        load_series([])
+    assert err.value.code == "too_few_slices"
+
+
+def _set(keyword: str, value) -> Callable[[list[Dataset]], list[Dataset]]:
+    def change(dss: list[Dataset]) -> list[Dataset]:
+        setattr(dss[5], keyword, value)
+        return dss
+    return change
+
+
+def _drop_pixels(dss: list[Dataset]) -> list[Dataset]:
+    del dss[5].PixelData
+    return dss
+
+
+def _drop_middle(dss: list[Dataset]) -> list[Dataset]:
+    return dss[:6] + dss[7:]
+
+
+def _duplicate_position(dss: list[Dataset]) -> list[Dataset]:
+    dss[5].ImagePositionPatient = list(dss[4].ImagePositionPatient)
+    return dss
+
+
+def _other_size(dss: list[Dataset]) -> list[Dataset]:
+    small = ct_datasets(CTVolume(hu=np.zeros((1, 16, 16), np.float32), spacing_mm=(2.5, 0.75, 0.8)),
+                        study_uid=str(dss[0].StudyInstanceUID), series_uid=str(dss[0].SeriesInstanceUID),
+                        patient_id=str(dss[0].PatientID))[0]
+    small.ImagePositionPatient = list(dss[5].ImagePositionPatient)
+    small.ImageOrientationPatient = list(dss[5].ImageOrientationPatient)
+    dss[5] = small
+    return dss
+
+
+@pytest.mark.parametrize("change,code,words", [
+    (_set("ImageOrientationPatient", [1, 0, 0, 0, 0, -1]), "mixed_orientation", "orientations"),
+    (_other_size, "inconsistent_size", "different sizes"),
+    (_drop_pixels, "no_pixel_data", "no pixel data"),
+    (_drop_middle, "non_uniform_spacing", "missing slice"),
+    (_duplicate_position, "duplicate_position", "share the position"),
+    (_set("ImageType", ["ORIGINAL", "PRIMARY", "LOCALIZER"]), "localizer", "localizer"),
+    (_set("PatientID", "SOMEONE-ELSE"), "mixed_patient", "PatientID"),
+    (_set("StudyInstanceUID", generate_uid()), "mixed_study", "StudyInstanceUID"),
+])
+def test_each_rejection_reason(tmp_path: Path, change, code: str, words: str) -> None:
+    datasets = change(ct_datasets(_volume(), patient_id="PID-123"))
+    with pytest.raises(SeriesRejected, match=words) as err:
+        load_series(_save(datasets, tmp_path))
+    assert err.value.code == code
+    assert "PID-123" not in str(err.value) and "SOMEONE-ELSE" not in str(err.value)
+
+
+def test_too_few_slices(tmp_path: Path) -> None:
+    paths = _save(ct_datasets(_volume())[:4], tmp_path)
+    with pytest.raises(SeriesRejected, match="fewer than 10") as err:
+        load_series(paths)
+    assert err.value.code == "too_few_slices"
+    volume, _ = load_series(paths, min_slices=3)
+    assert volume.shape == (4, NY, NX)
+
+
+def test_unreadable_file(tmp_path: Path) -> None:
+    paths = _save(ct_datasets(_volume()), tmp_path)
+    junk = tmp_path / "notes.txt"
+    junk.write_text("not DICOM")
+    with pytest.raises(SeriesRejected, match="notes.txt") as err:
+        load_series(paths + [junk])
+    assert err.value.code == "unreadable"
+
+
+def test_instance_number_order_without_geometry(tmp_path: Path) -> None:
+    vol = _volume()
+    datasets = ct_datasets(vol)
+    for ds in datasets:
+        del ds.ImagePositionPatient
+        del ds.ImageOrientationPatient
+    paths = _save(datasets[::-1], tmp_path)
+    loaded, _ = load_series(paths)
+    np.testing.assert_array_equal(loaded.hu, vol.hu)
+    assert loaded.spacing_mm[0] == pytest.approx(2.5)
