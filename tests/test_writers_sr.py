@@ -79,7 +79,12 @@ def test_sr_has_only_image_anchored_measurement_groups(sr, inputs):
     assert report.get_image_measurement_groups() == []
     assert report.get_volumetric_roi_measurement_groups() == []
     groups = report.get_planar_roi_measurement_groups()
-    assert len(groups) == 1 + len(inputs.result.infected.z_indices)
+    res = inputs.result
+    explained_infected = {a.z_index for a in res.attention} & set(res.infected.z_indices)
+    assert len(explained_infected) >= 2, "the test inputs must explain several infectious slices"
+    # The case group on the key slice, one more per other explained infectious slice.
+    assert len(groups) == len(explained_infected)
+    assert {_sop(g) for g in groups} == {str(inputs.sources[z].SOPInstanceUID) for z in explained_infected}
     source_uids = {str(s.SOPInstanceUID) for s in inputs.sources}
     rows, cols = inputs.volume.shape[1:]
     for group in groups:
@@ -93,6 +98,10 @@ def test_sr_has_only_image_anchored_measurement_groups(sr, inputs):
         assert points[:, 1].min() >= 0 and points[:, 1].max() <= rows
         assert roi.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID in source_uids
         assert group.get_measurements(), "OHIF labels a group with its NUM items: each needs one"
+
+
+def _sop(group) -> str:
+    return str(group.roi.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
 
 
 def test_sr_without_infectious_slices_or_attention_still_anchors_the_result(tmp_path):

@@ -11,9 +11,11 @@ Layout (docs/objects.md shows it as ``dsrdump`` prints it)::
             closed POLYLINE (attention region, else lung outline), finding site Lung,
             algorithm identification (TID 4019: bundle name, version, sha256, parameters),
             NUM: probability of each class, fused score of each task (%),
-                 lung volume (ml), number of COVID-19 infectious slices,
+                 lung volume (ml), number of COVID-19 infectious slices (each slice
+                 referenced by SOP Instance UID as its source image), the key slice's
+                 infectious slice score (%)
             Impression = diagnosis (SNOMED CT)
-        Measurement Group per COVID-19 infectious slice (TID 1410):
+        Measurement Group per other explained COVID-19 infectious slice (TID 1410):
             closed POLYLINE on that slice, NUM infectious slice score (%)
       Qualitative Evaluations
         Impression = diagnosis; TEXT Summary (plain words); TEXT Disclaimer
@@ -61,9 +63,14 @@ def build_sr(result: AnalysisResult, volume: CTVolume, sources: Sequence[Dataset
     attention = {a.z_index: a for a in result.attention}
 
     key_z = primary_slice(result)
-    groups = [_case_group(result, volume, sources, key_z, attention, algorithm, uid)]
     scores = np.nan_to_num(result.infected.scores, nan=0.0)
-    for z in sorted(set(int(z) for z in result.infected.z_indices)):
+    groups = [_case_group(result, volume, sources, key_z, attention, algorithm, uid)]
+    # One more group per other explained infectious slice (at most the chain's explained
+    # slices, so a viewer draws a handful of regions, not one per infectious slice; all
+    # infectious slices are referenced from the case group's count).
+    drawn = [z for z in overlay_slices(result, len(result.attention)) if z != key_z
+             and z in result.infected.z_indices]
+    for z in sorted(drawn):
         region, region_type = _region(result, sources, z, attention)
         groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(
@@ -92,8 +99,8 @@ def build_sr(result: AnalysisResult, volume: CTVolume, sources: Sequence[Dataset
         observation_context=observation_context,
         procedure_reported=codes.CT_CHEST,
         imaging_measurements=groups,
-        # The images the report draws on; the whole series is the evidence (header).
-        referenced_images=[sources[z] for z in sorted({key_z, *(int(z) for z in result.infected.z_indices)})],
+        # The images the report draws on; every referenced image is in the evidence (header).
+        referenced_images=[sources[z] for z in sorted({key_z, *drawn})],
     )
     report[0].ContentSequence.append(_qualitative_evaluations(result, volume, options))
 
@@ -182,8 +189,15 @@ def _case_group(result: AnalysisResult, volume: CTVolume, sources: Sequence[Data
     measurements.append(hd.sr.Measurement(
         name=codes.VOLUME, value=round(float(result.lung_volume_ml), 1), unit=codes.MILLILITER,
         finding_sites=[hd.sr.FindingSite(codes.LUNG)]))
+    infected = sorted(set(int(z) for z in result.infected.z_indices))
     measurements.append(hd.sr.Measurement(
-        name=codes.INFECTED_SLICE_COUNT, value=len(result.infected.z_indices), unit=codes.SLICES))
+        name=codes.INFECTED_SLICE_COUNT, value=len(infected), unit=codes.SLICES,
+        # Each infectious slice by SOP Instance UID ("Source of Measurement" images).
+        referenced_images=[hd.sr.SourceImageForMeasurement(str(sources[z].SOPClassUID),
+                                                           str(sources[z].SOPInstanceUID)) for z in infected]
+        or None))
+    if z in infected:
+        measurements.append(_percent(codes.INFECTED_SLICE_SCORE, float(np.nan_to_num(result.infected.scores[z]))))
     region, region_type = _region(result, sources, z, attention)
     return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
@@ -314,10 +328,12 @@ def read_findings(dataset: Dataset) -> SRFindings:
     if label is None:
         raise WriterError(f"SR diagnosis {evaluations[0].value.meaning!r} is not one of our classes")
 
-    infected_uids = []
-    for g in groups:
-        if g.get_measurements(name=codes.INFECTED_SLICE_SCORE):
-            infected_uids.append(_roi_sop_uid(g))
+    count = case.get_measurements(name=codes.INFECTED_SLICE_COUNT)
+    if len(count) != 1:
+        raise WriterError("SR case group has no count of COVID-19 infectious slices")
+    infected_uids = [str(image.referenced_sop_instance_uid) for image in count[0].referenced_images]
+    if len(infected_uids) != int(count[0].value):
+        raise WriterError(f"SR counts {count[0].value} infectious slices but references {len(infected_uids)}")
 
     alg_name = _first_text(case, dcm_codes.DCM.AlgorithmName, recursive=True)
     alg_version = _first_text(case, dcm_codes.DCM.AlgorithmVersion, recursive=True)
