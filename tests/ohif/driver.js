@@ -13,6 +13,8 @@
  *   srTexts         strings that must appear in the annotation text drawn for the SR
  *   scSeries        series number of the Secondary Capture overlays to open (optional)
  *   segSeries       series number of the lung SEG to open over the CT (optional)
+ *   segScroll       after the SEG shows, scroll this many slices on (OHIF opens it at its
+ *                   first frame, near the apex; the docs want a mid-lung slice)
  *   timeoutMs       per-step wait limit (default 45000)
  *   width, height   viewport of the page (default 1280 x 800)
  *   chromium        browser executable (default /usr/bin/chromium)
@@ -199,7 +201,16 @@ async function openSeg(page, opts) {
   const prompt = page.getByText('Do you want to open this Segmentation?', { exact: false });
   await prompt.waitFor({ timeout: opts.timeoutMs });
   await page.getByRole('button', { name: 'Yes', exact: true }).click({ timeout: opts.timeoutMs });
-  const stats = await pollUntil(page, () => canvasStats(page), s => s && s.colouredFraction > 0.001, opts.timeoutMs);
+  let stats = await pollUntil(page, () => canvasStats(page), s => s && s.colouredFraction > 0.001, opts.timeoutMs);
+  const steps = Number(opts.segScroll || 0);
+  if (steps > 0) {
+    const before = (await viewportOverlay(page))['bottom-right'];
+    const box = await page.locator('[data-cy="viewport-pane"]').first().boundingBox();
+    await page.mouse.move(box.x + box.width / 2, box.y + box.height / 2);
+    for (let i = 0; i < steps; i++) await page.mouse.wheel(0, 100);
+    await pollUntil(page, () => viewportOverlay(page), o => o['bottom-right'] !== before, opts.timeoutMs);
+    stats = await pollUntil(page, () => canvasStats(page), s => s && s.colouredFraction > 0.001, opts.timeoutMs);
+  }
   return { canvas: stats, overlay: await viewportOverlay(page) };
 }
 
