@@ -452,7 +452,8 @@ def _build_body(grid: _Grid, an: _Anatomy) -> _Body:
     for k in range(grid.nz):
         t = float(t_all[k])
         zz = float(grid.zz[k, 0, 0])
-        upper = math.sqrt(min(max((t + 0.15) / 0.55, 0.0), 1.0))
+        # The chest widens from the apex down to the lower third.
+        upper = math.sqrt(min(max((t + 0.15) / 0.9, 0.0), 1.0))
         ta = an.thorax_a * (0.70 + 0.30 * upper)
         tb = an.thorax_b * (0.85 + 0.15 * upper)
         rho_thorax = u2 / (ta * ta) + v2 / (tb * tb)
@@ -522,7 +523,8 @@ def _build_body(grid: _Grid, an: _Anatomy) -> _Body:
         # mediastinum, heart, spine and aorta.
         if t <= 0.0:
             continue
-        prof2 = min(t / 0.32, 1.0)
+        # Lung outline: a dome at the apex, then widening slowly towards the base.
+        prof2 = min(t / 0.3, 1.0) * (0.84 + 0.16 * min(t / 0.8, 1.0)) ** 2
         ls = lung_side[k][box]
         for side, q2, t_dia, lbox in sides:
             sub = (q2 <= prof2) & (t < t_dia) & (rho_thorax[lbox] <= 0.97)
@@ -584,8 +586,10 @@ def _render_lesion(grid: _Grid, les: _Lesion, rng: np.random.Generator, hu: np.n
         return
     # Draw every random number first: the result must not depend on the chunking.
     lobes = [(rng.normal(size=3) * 2.2, rng.uniform(0, 2 * np.pi)) for _ in range(3)]
-    waves = [(rng.normal(size=3) / rng.uniform(4.0, 9.0), rng.uniform(10, 45), rng.uniform(0, 6.3))
-             for _ in range(2)]
+    # Heterogeneity: several weak waves of random direction and 10-30 mm wavelength sum
+    # to a mottled texture (one strong wave would look like stripes).
+    waves = [(_unit(rng.normal(size=3)) * (2 * np.pi / rng.uniform(10.0, 30.0)), rng.uniform(4, 14),
+              rng.uniform(0, 6.3)) for _ in range(5)]
     base = rng.uniform(0, np.pi)
     septa = [(base + j * np.pi / 3 + rng.uniform(-0.25, 0.25), rng.uniform(6.0, 12.0),
               rng.uniform(0.8, 2.0), rng.uniform(0, 6.3), rng.uniform()) for j in range(3)]
@@ -612,11 +616,14 @@ def _render_lesion(grid: _Grid, les: _Lesion, rng: np.random.Generator, hu: np.n
     step = max(1, _CHUNK_VOXELS // max(plane, 1))
     for z0 in range(sl[0].start, sl[0].stop, step):
         csl = (slice(z0, min(z0 + step, sl[0].stop)), sl[1], sl[2])
-        lung_b = lung[csl]
-        if not lung_b.any():
+        # Work on the lung voxels of the box only (1-D), then on those the lesion covers.
+        kk, jj, ii = np.nonzero(lung[csl])
+        if kk.size == 0:
             continue
         zz, v, u = grid.coords(csl)
-        pz, pv, pu = zz - les.centre[0], v - les.centre[1], u - les.centre[2]
+        pz = zz[kk, 0, 0] - les.centre[0]
+        pv = v[0, jj, 0] - les.centre[1]
+        pu = u[0, 0, ii] - les.centre[2]
         q = [(pz * f[0] + pv * f[1] + pu * f[2]) / a for f, a in zip(les.frame, les.axes)]
         rho = np.sqrt(q[0] ** 2 + q[1] ** 2 + q[2] ** 2) + 1e-6
         # Irregular outline: smooth lobulation as a function of direction.
@@ -625,8 +632,17 @@ def _render_lesion(grid: _Grid, les: _Lesion, rng: np.random.Generator, hu: np.n
             wob += les.irregularity * np.sin((q[0] * kv[0] + q[1] * kv[1] + q[2] * kv[2]) / rho + ph)
         depth_mm = (wob - rho) * mean_axis  # approx. signed distance inside the outline
         w = np.clip(depth_mm / les.edge_mm + 0.5, 0.0, 1.0)
-        value = np.full(rho.shape, les.value_hu, dtype=np.float32)
-        for kv, amp, ph in waves:  # heterogeneity, so the opacity is not flat
+        weight = w
+        if les.halo_hu is not None:
+            halo = np.clip((depth_mm + halo_mm) / 2.0 + 0.5, 0.0, 1.0)
+            weight = np.maximum(w, halo)
+        hit = weight > 0
+        if not hit.any():
+            continue
+        kk, jj, ii, pz, pv, pu = kk[hit], jj[hit], ii[hit], pz[hit], pv[hit], pu[hit]
+        w, weight, wob, rho = w[hit], weight[hit], wob[hit], rho[hit]
+        value = np.full(w.shape, les.value_hu)
+        for kv, amp, ph in waves:
             value += amp * np.sin(pz * kv[0] + pv * kv[1] + pu * kv[2] + ph)
         if les.core_hu is not None:
             core = np.clip((0.55 * wob - rho) * mean_axis / 3.0 + 0.5, 0.0, 1.0)
@@ -634,26 +650,24 @@ def _render_lesion(grid: _Grid, les: _Lesion, rng: np.random.Generator, hu: np.n
         if les.paving:
             # Crazy paving: thickened interlobular septa, wavy sheets containing the z
             # axis (lines on every axial slice), forming polygons of 6-12 mm.
-            lines = np.zeros((1,) + rho.shape[1:], dtype=np.float32)
+            lines = np.zeros_like(value)
             for ang, period, amp, ph, off in septa:
                 s = pv * math.sin(ang) + pu * math.cos(ang)
                 s = s + amp * np.sin((pv * math.cos(ang) - pu * math.sin(ang)) / 5.0 + ph)
                 dist = np.abs(((s / period + off) % 1.0) - 0.5) * period
                 np.maximum(lines, np.exp(-(dist / width) ** 2), out=lines)
             value += les.paving * lines
-        weight = w
         if les.halo_hu is not None:
-            halo = np.clip((depth_mm + halo_mm) / 2.0 + 0.5, 0.0, 1.0)
-            value = np.where(w > 0.5, value, np.float32(les.halo_hu))
-            weight = np.maximum(w, halo)
-        weight = weight * lung_b
+            value = np.where(w > 0.5, value, les.halo_hu)
         hb = hu[csl]
-        hb += weight * np.maximum(value - hb, 0.0)
+        cur = hb[kk, jj, ii]
+        new = cur + weight * np.maximum(value - cur, 0.0)
         if bronch is not None:
-            rel = slice(z0 - sl[0].start, csl[0].stop - sl[0].start)
-            air = bronch[rel].astype(np.float32) * np.float32(1 / 255.0) * (w > 0.5)
-            hb += air * (HU_BRONCHOGRAM - hb)
-        lesion_mask[csl] |= (weight > 0.5) & lung_b
+            air = bronch[kk + (z0 - sl[0].start), jj, ii] * (1 / 255.0) * (w > 0.5)
+            new += air * (HU_BRONCHOGRAM - new)
+        hb[kk, jj, ii] = new
+        inside = weight > 0.5
+        lesion_mask[csl][kk[inside], jj[inside], ii[inside]] = True
 
 
 def _lung_point(rng: np.random.Generator, body: _Body, grid: _Grid, lung: np.ndarray, side: int,
@@ -669,7 +683,7 @@ def _lung_point(rng: np.random.Generator, body: _Body, grid: _Grid, lung: np.nda
             theta = -theta  # mirror to the posterior half (v > 0)
         if math.cos(theta) * sign < -0.3 and rng.uniform() < 0.8:
             theta = math.pi - theta  # medial surface is rarely involved: go lateral
-        prof = math.sqrt(min(max(tt / 0.32, 0.0), 1.0))
+        prof = math.sqrt(min(max(tt / 0.3, 0.0), 1.0)) * (0.84 + 0.16 * min(tt / 0.8, 1.0))
         rr = rng.uniform(*rho_range) * prof
         p = np.array([an.margin_top + tt * an.lung_height, vc + rr * b0 * math.sin(theta),
                       uc + rr * a0 * math.cos(theta)])
