@@ -60,6 +60,9 @@ class EvalParams:
     dca_thresholds: tuple[float, ...] = tuple(round(0.01 * i, 2) for i in range(1, 100))
     #: t-SNE perplexity: at most this, and below the number of cases for small sets.
     tsne_max_perplexity: float = 30.0
+    #: Up to this many cases t-SNE runs the exact method: Barnes-Hut is slower on small
+    #: sets (its OpenMP threads dominate) and exact is O(n^2).
+    tsne_exact_max_cases: int = 500
     #: The positive class of the reader comparison (Table 3 reports it for COVID-19).
     reader_positive_class: str = "covid19"
 
@@ -484,7 +487,8 @@ def write_scores_csv(records: Sequence[CaseRecord], path: Path) -> None:
                         *(f"{x:.6f}" for x in r.tasks), r.predicted])
 
 
-def tsne_embedding(features: np.ndarray, seed: int, max_perplexity: float) -> np.ndarray | None:
+def tsne_embedding(features: np.ndarray, seed: int, max_perplexity: float,
+                   exact_max_cases: int = 500) -> np.ndarray | None:
     """2-D t-SNE of the case features; None with fewer than 3 cases (nothing to show).
     The perplexity must stay below the number of cases: (n - 1) / 3, at most the cap."""
     from sklearn.manifold import TSNE
@@ -493,7 +497,8 @@ def tsne_embedding(features: np.ndarray, seed: int, max_perplexity: float) -> np
     if n < 3:
         return None
     perplexity = float(min(max_perplexity, max(1.0, (n - 1) / 3.0)))
-    tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed)
+    method = "exact" if n <= exact_max_cases else "barnes_hut"
+    tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed, method=method)
     return tsne.fit_transform(np.asarray(features, dtype=np.float64))
 
 
@@ -587,7 +592,8 @@ def make_plots(records: Sequence[CaseRecord], metrics: Mapping[str, Any], out_di
 
     have = [r for r in records if r.features is not None]
     if len(have) == len(records):
-        emb = tsne_embedding(np.stack([r.features for r in records]), eval_params.seed, eval_params.tsne_max_perplexity)
+        emb = tsne_embedding(np.stack([r.features for r in records]), eval_params.seed, eval_params.tsne_max_perplexity,
+                             eval_params.tsne_exact_max_cases)
         if emb is not None:
             P.plot_tsne(emb, [r.truth for r in records], CLASS_NAMES, out_dir / "tsne.png")
             files["tsne"] = "tsne.png"
@@ -636,14 +642,22 @@ def write_outputs(records: Sequence[CaseRecord], metrics: dict[str, Any], out_di
     return metrics
 
 
+def scoring_params(params: ChainParams) -> ChainParams:
+    """``params`` without Guided Grad-CAM and the radiomics phenotype: no score depends on
+    them and they cost most of the chain's time on small volumes."""
+    return replace(params, max_explained_slices=0, compute_phenotype=False)
+
+
 def evaluate_bundle(bundle: Any, dataset: Sequence[Any], params: ChainParams, out_dir: Path | str,
                     n_bootstrap: int = 1000, seed: int = 0,
                     readers: Path | str | Sequence[ReaderCall] | None = None,
                     data_spec: str | None = None, progress: bool = True,
                     eval_params: EvalParams | None = None) -> dict[str, Any]:
     """Evaluate a loaded ``pipeline.models.ModelBundle`` on a dataset and write the
-    report folder. Returns the metrics dict (as written to metrics.json)."""
+    report folder. Returns the metrics dict (as written to metrics.json). The chain
+    runs with ``scoring_params(params)``."""
     ep = replace(eval_params or EvalParams(), n_bootstrap=n_bootstrap, seed=seed)
+    params = scoring_params(params)
     reader_calls = read_readers_csv(readers) if isinstance(readers, (str, Path)) else (list(readers) if readers else None)
     records = score_cases(dataset, bundle, params, ep, progress=progress)
     metrics = compute_metrics(records, params.decision_threshold, ep, params.locator_threshold, reader_calls)

@@ -55,8 +55,8 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.types import PipelineError
 
     bundle_dir = args.bundle or DEFAULT_BUNDLE_DIR
-    # The evaluation reads only the scores: the radiomics phenotype would cost time for nothing.
-    params = replace(ChainParams(), device=args.device, compute_phenotype=False)
+    # evaluate_bundle switches off what no score depends on (Grad-CAM, phenotype).
+    params = replace(ChainParams(), device=args.device)
     if args.top_k is not None:
         if args.top_k < 1:
             print("dicomnode evaluate: error: --top-k must be 1 or more", file=sys.stderr)
