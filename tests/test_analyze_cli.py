@@ -1,0 +1,130 @@
+"""``dicomnode analyze`` on a small DICOM folder and a NIfTI file with the tiny bundle."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+
+from dicomnode.commands import analyze as analyze_cmd
+from dicomnode.synthetic import write_ct_series
+from pipeline.lung import dice
+from pipeline.phantom import make_phantom
+from pipeline.types import CLASS_NAMES, TASK_NAMES
+
+FIRST_INSTANCE = 101  # InstanceNumbers start here, so they cannot be mistaken for z indices
+SUMMARY_KEYS = {"label", "probabilities", "tasks", "infected_slices", "lung_volume_ml"}
+
+
+def run_analyze(argv: list[str], capsys) -> tuple[int, str, str]:
+    """The sub-command as the CLI runs it: its own arguments, then run()."""
+    parser = argparse.ArgumentParser(prog="dicomnode analyze")
+    analyze_cmd.add_arguments(parser)
+    code = analyze_cmd.run(parser.parse_args(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    ph = make_phantom("covid19", 31, n_slices=24, size_px=96)
+    nz = ph.volume.shape[0]
+    volume = replace(ph.volume, origin_mm=(-150.0, -160.0, -300.0),
+                     slice_numbers=tuple(range(FIRST_INSTANCE, FIRST_INSTANCE + nz)))
+    return ph, volume
+
+
+def _check_summary(summary: dict) -> None:
+    assert SUMMARY_KEYS <= set(summary)
+    assert summary["label"] in CLASS_NAMES
+    assert list(summary["probabilities"]) == list(CLASS_NAMES)
+    assert sum(summary["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+    assert list(summary["tasks"]) == list(TASK_NAMES)
+    assert summary["lung_volume_ml"] > 0
+
+
+def _check_mask_alignment(mask_path: Path, reference: sitk.Image, truth: np.ndarray) -> None:
+    mask = sitk.ReadImage(str(mask_path))
+    assert mask.GetSize() == reference.GetSize()
+    np.testing.assert_allclose(mask.GetSpacing(), reference.GetSpacing(), atol=1e-3)
+    np.testing.assert_allclose(mask.GetOrigin(), reference.GetOrigin(), atol=1e-3)
+    np.testing.assert_allclose(mask.GetDirection(), reference.GetDirection(), atol=1e-6)
+    assert dice(sitk.GetArrayFromImage(mask) > 0, truth) >= 0.95
+
+
+def test_dicom_folder(tmp_path: Path, tiny_bundle: Path, phantom, capsys) -> None:
+    ph, volume = phantom
+    series = write_ct_series(volume, tmp_path / "series")
+    out = tmp_path / "out"
+    code, stdout, _ = run_analyze([str(tmp_path / "series"), "--out", str(out), "--bundle", str(tiny_bundle),
+                                   "--device", "cpu", "--save-mask", str(tmp_path / "lung.nii.gz"),
+                                   "--top-k", "2"], capsys)
+    assert code == 0
+    summary = json.loads(stdout)
+    _check_summary(summary)
+    details = json.loads((out / "result.json").read_text())
+    numbers = set(range(FIRST_INSTANCE, FIRST_INSTANCE + volume.shape[0]))
+    located = {row["slice"] for row in details["locator_scores"]}
+    assert located and located <= numbers  # slices are named by InstanceNumber
+    assert set(summary["infected_slices"]) <= located
+    assert set(details["explained_slices"]) <= numbers
+    # The result objects, as the node would send them.
+    for kind in ("sr", "seg", "kos"):
+        files = sorted((out / kind).glob("*.dcm"))
+        assert len(files) == 1, kind
+        ds = pydicom.dcmread(files[0])
+        assert ds.StudyInstanceUID == series.study_uid
+    # The mask on the series' own grid: SimpleITK's reading of the folder is the reference.
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(tmp_path / "series")))
+    _check_mask_alignment(tmp_path / "lung.nii.gz", reader.Execute(), ph.lung_mask)
+
+
+def test_nifti_file(tmp_path: Path, tiny_bundle: Path, phantom, capsys) -> None:
+    ph, volume = phantom
+    image = sitk.GetImageFromArray(volume.hu)
+    image.SetSpacing(tuple(float(s) for s in volume.spacing_mm[::-1]))
+    image.SetOrigin((12.0, -40.0, 80.0))
+    image.SetDirection((-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0))  # RAS-style flips
+    nifti = tmp_path / "ct.nii.gz"
+    sitk.WriteImage(image, str(nifti))
+    out = tmp_path / "out"
+    code, stdout, _ = run_analyze([str(nifti), "--out", str(out), "--bundle", str(tiny_bundle),
+                                   "--device", "cpu", "--save-mask", str(tmp_path / "lung.nii.gz")], capsys)
+    assert code == 0
+    summary = json.loads(stdout)
+    _check_summary(summary)
+    details = json.loads((out / "result.json").read_text())
+    located = {row["slice"] for row in details["locator_scores"]}
+    assert located <= set(range(volume.shape[0]))  # NIfTI: slices are z indices
+    assert set(summary["infected_slices"]) <= located
+    pngs = sorted((out / "overlays").glob("*.png"))
+    assert len(pngs) == len(details["explained_slices"]) >= 1
+    _check_mask_alignment(tmp_path / "lung.nii.gz", sitk.ReadImage(str(nifti)), ph.lung_mask)
+
+
+def test_bad_inputs_exit_2_with_one_line(tmp_path: Path, tiny_bundle: Path, capsys) -> None:
+    code, stdout, err = run_analyze([str(tmp_path / "missing"), "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and stdout == ""
+    assert len(err.strip().splitlines()) == 1 and "neither a DICOM series folder nor a NIfTI" in err
+
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "a.dcm").write_bytes(b"not a DICOM file")
+    code, _, err = run_analyze([str(junk), "--out", str(tmp_path / "o"), "--bundle", str(tiny_bundle)], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "not a readable DICOM file" in err
+
+
+def test_missing_bundle_is_a_clear_error(tmp_path: Path, phantom, capsys) -> None:
+    _, volume = phantom
+    write_ct_series(volume, tmp_path / "series")
+    code, _, err = run_analyze([str(tmp_path / "series"), "--out", str(tmp_path / "o"),
+                                "--bundle", str(tmp_path / "no-bundle")], capsys)
+    assert code == 2
+    assert "model_card.json" in err and len(err.strip().splitlines()) == 1
