@@ -98,6 +98,32 @@ class StoreSCP:
         self.proc = None
 
 
+TEST_CONFIG = """
+[node]
+ae_title = "COVIDNODE"
+min_free_mb = 0
+[selection]
+min_slices = 16
+max_slice_thickness_mm = 0   # small phantoms have thick slices
+[pipeline]
+device = "cpu"
+max_overlays = 2
+[delivery]
+backoff_base_seconds = 0.5
+backoff_max_seconds = 2
+poll_seconds = 0.5
+connect_timeout_seconds = 3
+"""
+
+
+def write_test_config(folder: Path, text: str = TEST_CONFIG) -> Path:
+    """A node config for tests: quick retries, rules fit for small phantoms."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "node-test.toml"
+    path.write_text(text)
+    return path
+
+
 class NodeProcess:
     """``dicomnode serve`` as a subprocess, waited for by its 'listening on' line."""
 
@@ -105,11 +131,10 @@ class NodeProcess:
                  quiet_seconds: float = 1.0, config: Path | None = None, port: int | None = None) -> None:
         self.data_dir = data_dir
         self.port = port or free_port()
-        self.config = config
+        self.config = config if config is not None else write_test_config(data_dir.parent / "config")
         self.args = [sys.executable, "-m", "dicomnode.cli", "serve", "--port", str(self.port), "--bind", "127.0.0.1",
                      "--data-dir", str(data_dir), "--quiet-seconds", str(quiet_seconds)]
-        if config is not None:
-            self.args += ["--config", str(config)]
+        self.args += ["--config", str(self.config)]
         if bundle is not None:
             self.args += ["--bundle", str(bundle)]
         for d in destinations:

@@ -1,0 +1,156 @@
+"""End to end with real peers: `dicomnode serve` as a subprocess, DCMTK storescu as the
+scanner, DCMTK storescp as the PACS; every received object passes dciodvfy; compressed
+transfer syntaxes work; unusable series are skipped with their reason in `status`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLosslessSV1, JPEGLSLossless
+
+from conftest import REPO_ROOT, require_tool, wait_for
+from node_helpers import NodeProcess, StoreSCP, dciodvfy_errors, storescu, write_series
+
+pytestmark = [pytest.mark.peers, pytest.mark.slow]
+
+N_SLICES = 24
+SIZE = 96
+
+
+def phantom_series(out: Path, seed: int, **kwargs):
+    from dicomnode.synthetic import write_ct_series
+    from pipeline.phantom import make_phantom
+
+    phantom = make_phantom("covid19", seed=seed, n_slices=N_SLICES, size_px=SIZE)
+    return write_ct_series(phantom.volume, out, **kwargs)
+
+
+def delivered_objects(node: NodeProcess) -> dict[str, str]:
+    """SOP Instance UID -> kind of every object the node recorded as sent."""
+    import sqlite3
+
+    conn = sqlite3.connect(node.data_dir / "node.sqlite3")
+    try:
+        return dict(conn.execute("SELECT sop_uid, kind FROM deliveries WHERE state='sent'").fetchall())
+    finally:
+        conn.close()
+
+
+def final(node: NodeProcess, count: int) -> list[dict]:
+    """Wait until ``count`` jobs reached a final state; return them."""
+    def done():
+        status = node.status()
+        skipped = [s for s in status["series"] if s["state"] == "skipped"]
+        if skipped:
+            pytest.fail(f"series skipped: {skipped[0]['reason']}\n{node.tail()}")
+        jobs = status["jobs"]
+        return jobs if len(jobs) >= count and all(j["state"] in ("done", "failed", "skipped") for j in jobs) else None
+
+    return wait_for(done, 240, interval=0.3, what=f"{count} job(s) to finish")
+
+
+@pytest.fixture()
+def pacs(tmp_path):
+    scp = StoreSCP(tmp_path / "pacs", "PACS").start()
+    yield scp
+    scp.stop()
+
+
+@pytest.fixture()
+def node_factory(tmp_path, tiny_bundle):
+    started: list[NodeProcess] = []
+
+    def make(destinations=(), quiet=1.0, data="data"):
+        node = NodeProcess(tmp_path / data, tiny_bundle, destinations, quiet_seconds=quiet).start()
+        started.append(node)
+        return node
+
+    yield make
+    for n in started:
+        n.stop()
+
+
+def test_series_in_results_out_valid_dicom(tmp_path, pacs, node_factory):
+    node = node_factory([f"PACS@127.0.0.1:{pacs.port}"])
+    series = phantom_series(tmp_path / "in", seed=1)
+    sent = storescu(node.port, series.paths)
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    (job,) = final(node, 1)
+    assert job["state"] == "done", node.tail()
+    expected = delivered_objects(node)
+    assert {"sr", "sc"} <= set(expected.values())
+    wait_for(lambda: len(pacs.received_sop_uids()) >= len(expected), 30, what="storescp to store the results")
+    uids = pacs.received_sop_uids()
+    assert sorted(uids) == sorted(expected)  # each object once
+    require_tool("dciodvfy")
+    for path in pacs.files():
+        assert dciodvfy_errors(path) == [], path.name
+    # the results reference the source series
+    sr = next(p for p in pacs.files() if dcmread(p, stop_before_pixels=True).Modality == "SR")
+    assert dcmread(sr).StudyInstanceUID == series.study_uid
+    # no patient names or IDs in the node's log
+    log = "\n".join(node.log)
+    assert "PHANTOM^DEMO" not in log and "PHANTOM-0001" not in log
+
+
+def test_compressed_transfer_syntaxes_are_analysed(tmp_path, node_factory):
+    node = node_factory()
+    flags = {JPEGLSLossless: "-xt", JPEG2000Lossless: "-xv", JPEGLosslessSV1: "-xs"}
+    for i, ts in enumerate(flags):
+        if ts == JPEGLosslessSV1:  # pydicom cannot encode it: DCMTK's dcmcjpeg does
+            series = phantom_series(tmp_path / f"in{i}", seed=10 + i, transfer_syntax=ExplicitVRLittleEndian)
+            for p in series.paths:
+                subprocess.run([require_tool("dcmcjpeg"), "+e1", str(p), str(p) + ".j"], check=True)
+                Path(str(p) + ".j").replace(p)
+        else:
+            series = phantom_series(tmp_path / f"in{i}", seed=10 + i, transfer_syntax=ts)
+        sent = storescu(node.port, series.paths, extra=[flags[ts]])
+        assert sent.returncode == 0, sent.stdout + sent.stderr
+    jobs = final(node, 3)
+    assert [j["state"] for j in jobs] == ["done"] * 3, node.tail()
+    stored = {str(dcmread(p, stop_before_pixels=True).file_meta.TransferSyntaxUID)
+              for p in (node.data_dir / "storage").rglob("*.dcm")}
+    assert stored == {str(ts) for ts in flags}
+
+
+def test_unusable_series_are_skipped_with_reasons_in_status(tmp_path, node_factory):
+    node = node_factory(quiet=0.5)
+    cases = {
+        "mr": write_series(tmp_path / "mr", n_slices=20, modality="MR"),
+        "few": write_series(tmp_path / "few", n_slices=5),
+        "scout": write_series(tmp_path / "scout", n_slices=20, image_type=("ORIGINAL", "PRIMARY", "LOCALIZER")),
+    }
+    # mixed patients: one series UID, two patient IDs
+    a = write_series(tmp_path / "mixa", n_slices=10, seed=1, series_uid="1.2.826.0.1.3680043.10.1.77",
+                     study_uid="1.2.826.0.1.3680043.10.1.76", patient_id="A")
+    b = write_series(tmp_path / "mixb", n_slices=10, seed=2, series_uid="1.2.826.0.1.3680043.10.1.77",
+                     study_uid="1.2.826.0.1.3680043.10.1.76", patient_id="B")
+    for s in cases.values():
+        assert storescu(node.port, s.paths).returncode == 0
+    assert storescu(node.port, [*a.paths, *b.paths]).returncode == 0
+
+    def all_skipped():
+        rows = node.status()["series"]
+        return rows if len(rows) == 4 and all(r["state"] == "skipped" for r in rows) else None
+
+    rows = {r["series_uid"]: r["reason"] for r in wait_for(all_skipped, 60, what="4 skipped series")}
+    assert "modality MR" in rows[cases["mr"].series_uid]
+    assert "too few slices: 5" in rows[cases["few"].series_uid]
+    assert "localizer images only" in rows[cases["scout"].series_uid]
+    assert "disagree on the patient" in rows[a.series_uid]
+    assert node.jobs() == []
+    out = subprocess.run([sys.executable, "-m", "dicomnode.cli", "status", "--data-dir", str(node.data_dir)],
+                         cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "too few slices: 5" in out.stdout and "modality MR" in out.stdout
+
+
+def test_sigterm_stops_cleanly(tmp_path, node_factory):
+    node = node_factory()
+    assert node.stop() == 0
+    assert any(line.strip() == "stopped" for line in node.log), node.tail()
+    assert not list((node.data_dir / "storage").rglob("*.tmp"))
