@@ -212,3 +212,18 @@ def test_cohort_is_deterministic_and_follows_the_mix():
         assert len({c.label for c in multi if c.patient_id == pid}) == 1
     with pytest.raises(InvalidInputError, match="mix"):
         list(phantom_cohort(4, 1, mix=(1, 1)))
+
+
+def test_cap_effusion_is_fluid_outside_the_lung_mask():
+    # Seed 15 draws an effusion (CAP draws one in about a third of cases); the anatomy of
+    # a seed does not depend on the label, so the non-pneumonia lung is the reference.
+    cap, clean = ph("cap", 15), ph("non_pneumonia", 15)
+    removed = clean.lung_mask & ~cap.lung_mask
+    assert not np.any(cap.lung_mask & ~clean.lung_mask)
+    assert removed.sum() > 200
+    assert -40 < float(np.median(cap.volume.hu[removed])) < 60  # fluid, not air
+    # Fluid lies in the dependent (posterior, high row index) part of the lung.
+    rows = np.nonzero(removed)[1]
+    assert rows.mean() > np.nonzero(clean.lung_mask)[1].mean()
+    # No effusion in most seeds: the lung mask is the same as without pneumonia.
+    assert np.array_equal(ph("cap", 11).lung_mask, ph("non_pneumonia", 11).lung_mask)
