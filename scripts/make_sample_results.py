@@ -94,11 +94,14 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({"out": str(args.out), "objects": written, "summary": summary}, indent=2))
     if findings is not None:
         print(f"\nSR summary text: {findings.summary}")
-        _dsrdump(args.out / written["sr"][0], args.dsrdump)
+        how = (f"Made by scripts/make_sample_results.py: phantom {args.label}, seed {args.seed}, "
+               f"{args.slices} slices of {args.size}x{args.size}, bundle {result.model.name} "
+               f"{result.model.version}; printed by DCMTK 'dsrdump +Pl'.")
+        _dsrdump(args.out / written["sr"][0], args.dsrdump, how)
     return 0
 
 
-def _dsrdump(sr_path: Path, target: Path) -> None:
+def _dsrdump(sr_path: Path, target: Path, how: str) -> None:
     exe = shutil.which("dsrdump")
     if exe is None:
         print("dsrdump not installed (Debian package dcmtk): no SR dump written", file=sys.stderr)
@@ -107,7 +110,7 @@ def _dsrdump(sr_path: Path, target: Path) -> None:
                           check=True).stdout
     if str(target) != "-":
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(text)
+        target.write_text(f"{how}\n\n{text}")
         print(f"dsrdump of the SR written to {target}")
     else:
         print(text)
