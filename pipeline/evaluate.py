@@ -63,6 +63,9 @@ class EvalParams:
     #: Up to this many cases t-SNE runs the exact method: Barnes-Hut is slower on small
     #: sets (its OpenMP threads dominate) and exact is O(n^2).
     tsne_exact_max_cases: int = 500
+    #: When the chain segments with the U-Net and lung truth is given, also measure the
+    #: classical HU-threshold method as a reference (costs one classical segmentation).
+    classical_reference: bool = True
     #: The positive class of the reader comparison (Table 3 reports it for COVID-19).
     reader_positive_class: str = "covid19"
 
@@ -89,6 +92,8 @@ class CaseRecord:
     age: float | None = None
     stage: str | None = None
     lung_dice: float | None = None
+    lung_method: str | None = None  # "unet" or "classical": what the chain used
+    lung_dice_classical: float | None = None  # reference method, when the chain used the U-Net
     slice_scores: np.ndarray | None = None  # locator scores of scored slices only
     slice_truth: np.ndarray | None = None  # bool, same slices
 
@@ -139,14 +144,18 @@ def _age_or_none(value: Any) -> float | None:
 
 
 def record_from_result(case: Any, result: Any, lung_mask: np.ndarray | None, lesion_mask: np.ndarray | None,
-                       eval_params: EvalParams = EvalParams()) -> CaseRecord:
-    """Turn one AnalysisResult (and the case's truth masks, if any) into a CaseRecord."""
+                       eval_params: EvalParams = EvalParams(),
+                       classical_mask: np.ndarray | None = None) -> CaseRecord:
+    """Turn one AnalysisResult (and the case's truth masks, if any) into a CaseRecord.
+    ``classical_mask``: the reference segmentation, when one was made."""
     cs = result.case_scores
     feats = result.slice_scores.features
     pooled = None if feats is None or len(feats) == 0 else np.asarray(feats, dtype=np.float32).max(axis=0)
-    lung_dice = None
+    lung_dice = lung_dice_classical = None
     if lung_mask is not None:
         lung_dice = M.dice(np.asarray(lung_mask, bool), result.lung_mask.mask)
+        if classical_mask is not None:
+            lung_dice_classical = M.dice(np.asarray(lung_mask, bool), classical_mask)
     slice_scores = slice_truth = None
     if lesion_mask is not None:
         lesion = np.asarray(lesion_mask, bool)
@@ -164,23 +173,29 @@ def record_from_result(case: Any, result: Any, lung_mask: np.ndarray | None, les
         predicted=str(cs.label), features=pooled,
         sex=_text_or_none(getattr(case, "sex", None)), age=_age_or_none(getattr(case, "age", None)),
         stage=_text_or_none(getattr(case, "stage", None)),
-        lung_dice=lung_dice, slice_scores=slice_scores, slice_truth=slice_truth,
+        lung_dice=lung_dice, lung_method=str(result.lung_mask.method), lung_dice_classical=lung_dice_classical,
+        slice_scores=slice_scores, slice_truth=slice_truth,
     )
 
 
 def score_cases(cases: Iterable[Any], models: Any, params: ChainParams,
                 eval_params: EvalParams = EvalParams(), progress: bool = True,
-                analyze: Callable[..., Any] | None = None) -> list[CaseRecord]:
+                analyze: Callable[..., Any] | None = None,
+                classical: Callable[[Any, ChainParams], np.ndarray] | None = None) -> list[CaseRecord]:
     """Load and analyse every case (tqdm progress bar). A case that fails stops the
     evaluation with an EvaluationError naming it: leaving it out would bias the figures.
 
-    ``analyze`` defaults to ``pipeline.chain.analyze`` (an argument for tests).
+    ``analyze`` defaults to ``pipeline.chain.analyze`` and ``classical`` (the reference
+    lung segmentation) to ``pipeline.lung.segment_lungs_classical`` (arguments for tests).
     """
     from tqdm import tqdm
 
     if analyze is None:
         from .chain import analyze as chain_analyze
         analyze = chain_analyze
+    if classical is None:
+        from .lung import segment_lungs_classical
+        classical = segment_lungs_classical
     cases = list(cases)
     records: list[CaseRecord] = []
     bar = tqdm(cases, desc="evaluate", unit="case", disable=not progress, dynamic_ncols=True)
@@ -188,11 +203,14 @@ def score_cases(cases: Iterable[Any], models: Any, params: ChainParams,
         try:
             volume, lung_mask, lesion_mask = _loaded_parts(case.load())
             result = analyze(volume, models, params)
+            reference = None
+            if lung_mask is not None and eval_params.classical_reference and result.lung_mask.method != "classical":
+                reference = classical(volume, params)
         except PipelineError as e:
             raise EvaluationError(f"case {case.case_id}: {e}") from e
         except (OSError, ValueError, RuntimeError) as e:
             raise EvaluationError(f"case {case.case_id} could not be analysed: {type(e).__name__}: {e}") from e
-        records.append(record_from_result(case, result, lung_mask, lesion_mask, eval_params))
+        records.append(record_from_result(case, result, lung_mask, lesion_mask, eval_params, reference))
         bar.set_postfix(last=records[-1].predicted)
     if not records:
         raise EvaluationError("the dataset holds no cases: check the --data spec")
@@ -324,11 +342,17 @@ def compute_metrics(records: Sequence[CaseRecord], threshold: float = 0.5,
             entry["specificity"] = tf("specificity", lambda j, y=y, s=s: M.specificity(y[j], s[j] >= threshold))
         out["tasks"][task] = entry
 
-    dices = np.array([r.lung_dice for r in records if r.lung_dice is not None], dtype=np.float64)
+    with_lung = [r for r in records if r.lung_dice is not None]
     out["lung_dice"] = None
-    if dices.size:
-        out["lung_dice"] = {"n_cases": int(dices.size), "mean": _Figures(dices.size, eval_params, skipped, "lung_dice.")(
-            "mean", lambda j: float(np.mean(dices[j])))}
+    if with_lung:
+        dices = np.array([r.lung_dice for r in with_lung], dtype=np.float64)
+        methods = sorted({r.lung_method or "unknown" for r in with_lung})
+        lf = _Figures(dices.size, eval_params, skipped, "lung_dice.")
+        out["lung_dice"] = {"n_cases": int(dices.size), "method": "+".join(methods),
+                            "mean": lf("mean", lambda j: float(np.mean(dices[j]))), "classical_mean": None}
+        ref = np.array([np.nan if r.lung_dice_classical is None else r.lung_dice_classical for r in with_lung])
+        if np.all(np.isfinite(ref)):
+            out["lung_dice"]["classical_mean"] = lf("classical_mean", lambda j: float(np.mean(ref[j])))
 
     out["locating"] = None
     loc = [r for r in records if r.slice_scores is not None and r.truth == "covid19" and r.slice_scores.size]

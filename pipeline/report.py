@@ -93,8 +93,12 @@ def render_report(m: Mapping[str, Any]) -> str:
 
     if m.get("lung_dice"):
         L += ["## Lung segmentation", ""]
-        L += _table(["figure", "value (95% CI)"],
-                    [[f"mean Dice over {m['lung_dice']['n_cases']} cases", fmt(m["lung_dice"]["mean"])]])
+        ld = m["lung_dice"]
+        rows = [[f"mean Dice over {ld['n_cases']} cases, the chain's segmentation ({ld.get('method', '?')})",
+                 fmt(ld["mean"])]]
+        if ld.get("classical_mean"):
+            rows.append(["mean Dice, classical HU-threshold method (reference)", fmt(ld["classical_mean"])])
+        L += _table(["figure", "value (95% CI)"], rows)
     if m.get("locating"):
         loc = m["locating"]
         L += ["## COVID-infectious slice locating (COVID-19 cases with lesion masks)", ""]

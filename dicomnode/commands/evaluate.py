@@ -66,8 +66,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.readers is not None and not args.readers.is_file():
             raise EvaluationError(f"readers file {args.readers} does not exist")
+        dataset = open_dataset(args.data)  # first: a bad spec fails before the models load
         bundle = load_bundle(bundle_dir, args.device)
-        dataset = open_dataset(args.data)
         log.info("evaluating bundle %s (sha256 %s...) on %d cases", bundle_dir, bundle.sha256[:12], len(dataset))
         metrics = evaluate_bundle(bundle, dataset, params, args.out, n_bootstrap=args.bootstrap, seed=args.seed,
                                   readers=args.readers, data_spec=args.data, progress=progress)
