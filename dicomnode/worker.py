@@ -23,7 +23,7 @@ import traceback
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from .config import NodeConfig
+from .config import OBJECT_KINDS, NodeConfig
 from .db import now
 from .delivery import Delivery
 from .errors import QueueError
@@ -180,7 +180,8 @@ class Worker:
         from dicomnode.writers import build_result_objects
         from dicomnode.writers.options import WriterOptions
 
-        kinds = {k for d in self.cfg.destinations for k in d.objects} or {"sr", "sc"}
+        # Build what some destination wants; with none, build everything (kept in results/).
+        kinds = {k for d in self.cfg.destinations for k in d.objects} or set(OBJECT_KINDS)
         options = WriterOptions(enabled=frozenset(kinds), max_overlays=self.cfg.pipeline.max_overlays,
                                 uid_seed=f"{job.series_uid}/job-{job.id}")
         objects = build_result_objects(result, volume, sources, options)

@@ -44,6 +44,10 @@ def run(args: argparse.Namespace) -> int:
 
     from dicomnode.node import Node
 
+    if not getattr(args, "verbose", False):
+        # One line per received instance or timer run drowns what matters; -v shows them.
+        for noisy in ("pynetdicom", "apscheduler", "highdicom"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
