@@ -37,7 +37,7 @@ def build_kos(result: AnalysisResult, volume: CTVolume, sources: Sequence[Datase
                    f"{disclaimer(result.model)}")
     device = hd.sr.DeviceObserverIdentifyingAttributes(
         uid=str(generate_uid(entropy_srcs=[options.product_name, options.product_version, result.model.sha256])),
-        name=options.product_name,
+        name=f"{options.product_name} {options.product_version}",
         manufacturer_name=options.manufacturer,
         model_name=f"{result.model.name} {result.model.version}",
     )

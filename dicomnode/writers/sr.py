@@ -86,7 +86,7 @@ def build_sr(result: AnalysisResult, volume: CTVolume, sources: Sequence[Dataset
     device = hd.sr.DeviceObserverIdentifyingAttributes(
         # One UID per product version and bundle: the same "device" across reports.
         uid=str(generate_uid(entropy_srcs=[options.product_name, options.product_version, model.sha256])),
-        name=options.product_name,
+        name=f"{options.product_name} {options.product_version}",
         manufacturer_name=options.manufacturer,
         model_name=f"{model.name} {model.version}",
     )
