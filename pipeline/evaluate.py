@@ -672,14 +672,25 @@ def scoring_params(params: ChainParams) -> ChainParams:
     return replace(params, max_explained_slices=0, compute_phenotype=False)
 
 
-def evaluate_bundle(bundle: Any, dataset: Sequence[Any], params: ChainParams, out_dir: Path | str,
+def evaluate_bundle(bundle: Any, dataset: Sequence[Any] | str, params: ChainParams, out_dir: Path | str,
                     n_bootstrap: int = 1000, seed: int = 0,
                     readers: Path | str | Sequence[ReaderCall] | None = None,
                     data_spec: str | None = None, progress: bool = True,
                     eval_params: EvalParams | None = None) -> dict[str, Any]:
     """Evaluate a loaded ``pipeline.models.ModelBundle`` on a dataset and write the
     report folder. Returns the metrics dict (as written to metrics.json). The chain
-    runs with ``scoring_params(params)``."""
+    runs with ``scoring_params(params)``.
+
+    ``bundle`` may also be a bundle folder (loaded on ``params.device``) and ``dataset``
+    a data spec for ``pipeline.datasets.open_dataset``.
+    """
+    if isinstance(bundle, (str, Path)):
+        from .models import load_bundle
+        bundle = load_bundle(bundle, params.device)
+    if isinstance(dataset, str):
+        from .datasets import open_dataset
+        data_spec = dataset if data_spec is None else data_spec
+        dataset = open_dataset(dataset)
     ep = replace(eval_params or EvalParams(), n_bootstrap=n_bootstrap, seed=seed)
     params = scoring_params(params)
     reader_calls = read_readers_csv(readers) if isinstance(readers, (str, Path)) else (list(readers) if readers else None)
@@ -697,3 +708,23 @@ def evaluate_bundle(bundle: Any, dataset: Sequence[Any], params: ChainParams, ou
                          "locator_threshold": params.locator_threshold, "max_slices": params.max_slices},
     }
     return write_outputs(records, {**head, **metrics}, out_dir, ep, reader_calls, params.decision_threshold)
+
+
+def headline(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """The figures a model card quotes (values only, CIs kept), from a metrics dict."""
+    out: dict[str, Any] = {
+        "data_spec": metrics.get("data_spec"), "n_cases": metrics.get("n_cases"),
+        "bundle_sha256": metrics.get("bundle_sha256"),
+        "multiway_auc_micro": metrics["multiway_auc"]["micro"], "multiway_auc_macro": metrics["multiway_auc"]["macro"],
+        "per_class_auc": metrics["per_class_auc"], "accuracy": metrics["accuracy"],
+        "covid19_sensitivity": metrics["per_class_sensitivity"]["covid19"],
+        "covid19_specificity": metrics["per_class_specificity"]["covid19"],
+        "task_auc": {t: v.get("auc") for t, v in metrics["tasks"].items()},
+        "bootstrap_resamples": metrics.get("bootstrap", {}).get("n_resamples"),
+    }
+    if metrics.get("lung_dice"):
+        out["lung_dice"] = {"method": metrics["lung_dice"].get("method"), "mean": metrics["lung_dice"]["mean"],
+                            "classical_mean": metrics["lung_dice"].get("classical_mean")}
+    if metrics.get("locating"):
+        out["locating_auc"] = metrics["locating"]["auc"]
+    return out

@@ -273,6 +273,9 @@ def test_cli_end_to_end(tmp_path: Path, tiny_bundle: Path) -> None:
     for name in m["plots"].values():
         assert (out / name).read_bytes()[:8] == PNG_MAGIC
     assert {"roc", "roc_covid19", "pr", "confusion_matrix", "decision_curve_covid19", "tsne"} <= set(m["plots"])
+    card = E.headline(m)  # what the training engineer copies into a model card
+    assert card["per_class_auc"] == m["per_class_auc"] and card["data_spec"] == spec
+    assert card["lung_dice"]["method"] == m["lung_dice"]["method"]
 
 
 def test_cli_bad_spec_is_one_line_error(tmp_path: Path, tiny_bundle: Path) -> None:
