@@ -448,6 +448,7 @@ def _build_body(grid: _Grid, an: _Anatomy) -> _Body:
             sides.append((side, q2[lbox], t_dia[lbox], lbox))
 
     ant_all = np.clip(-v / an.thorax_b, -1.0, 1.0)  # +1 at the front, -1 at the back
+    med_width = an.med_half * 0.85
     rib_frac_max = an.rib_height / an.rib_pitch
     for k in range(grid.nz):
         t = float(t_all[k])
@@ -529,7 +530,9 @@ def _build_body(grid: _Grid, an: _Anatomy) -> _Body:
         for side, q2, t_dia, lbox in sides:
             sub = (q2 <= prof2) & (t < t_dia) & (rho_thorax[lbox] <= 0.97)
             ls[lbox][sub] = side
-        block = (abs_u <= an.med_half) & (v < v_sp)
+        # The mediastinum is wider at the front (great vessels, thymus) than at the back,
+        # so the lungs' medial borders curve instead of running straight.
+        block = (abs_u <= med_width * (1.0 + 0.45 * np.clip(-v / tb, 0.0, 1.0))) & (v < v_sp)
         if heart_zone is not None:
             block |= heart_zone
         if aorta is not None:
