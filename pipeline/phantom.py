@@ -13,8 +13,10 @@ apex of the lungs is near the last slice. Internally the builder measures height
 radiologist reads the chest (apex first).
 
 Randomness comes from independent streams keyed by (seed, stream): the anatomy depends
-on the seed only, the lesions on (seed, label); ``n_slices`` and ``size_px`` change the
-sampling grid, not the drawn anatomy. The same arguments always give the same phantom.
+on the seed only, the lesions on (seed, label). ``n_slices`` and ``size_px`` change the
+sampling grid, not what is drawn: random placements (vessel end points, lesion centres)
+are checked against a fixed coarse reference grid, so one seed shows the same vessels
+and lesions at every matrix size. The same arguments always give the same phantom.
 
 Classes (CLASS_NAMES):
 
@@ -73,6 +75,10 @@ PIXEL_MM_AT_512 = (0.6, 0.9)
 REFERENCE_MATRIX = 512
 #: Smallest drawn vessel radius, as a fraction of the pixel size (smaller is invisible).
 MIN_VESSEL_RADIUS_PX = 0.35
+#: Random points inside each lung that each vessel tree (arteries, veins) reaches.
+VESSEL_TARGETS = 100
+#: The reference grid on which random placements are checked (see make_phantom).
+REF_SIZE_PX, REF_SLICE_MM = 96, 4.0
 
 
 @dataclass(frozen=True)
@@ -585,9 +591,8 @@ def _render_lesion(grid: _Grid, les: _Lesion, rng: np.random.Generator, hu: np.n
     reach = reach + les.edge_mm + halo_mm
     reach[0] += grid.dz
     sl = grid.box(les.centre - reach, les.centre + reach)
-    if sl is None or not lung[sl].any():
-        return
-    # Draw every random number first: the result must not depend on the chunking.
+    # Draw every random number first: the result must not depend on the grid or the
+    # chunking (the same seed gives the same lesion at every matrix size).
     lobes = [(rng.normal(size=3) * 2.2, rng.uniform(0, 2 * np.pi)) for _ in range(3)]
     # Heterogeneity: several weak waves of random direction and 10-30 mm wavelength sum
     # to a mottled texture (one strong wave would look like stripes).
@@ -596,24 +601,26 @@ def _render_lesion(grid: _Grid, les: _Lesion, rng: np.random.Generator, hu: np.n
     base = rng.uniform(0, np.pi)
     septa = [(base + j * np.pi / 3 + rng.uniform(-0.25, 0.25), rng.uniform(6.0, 12.0),
               rng.uniform(0.8, 2.0), rng.uniform(0, 6.3), rng.uniform()) for j in range(3)]
-    width = max(0.7, 0.45 * grid.dxy)
-    bronch = None
+    tubes: list[_Segment] = []
     if les.bronchograms:
         # Air bronchograms: a few branching air tubes through the consolidation.
-        shape = tuple(x.stop - x.start for x in sl)
-        bronch = np.zeros(shape, dtype=np.uint8)
         out_dir = _unit(les.frame[1] * 0.3 + les.frame[0] * 0.6 + rng.normal(size=3) * 0.3)
         for _ in range(int(rng.integers(2, 5))):
             start = les.centre - out_dir * float(les.axes.max()) * 0.9 + rng.normal(size=3) * 5.0
             d = _unit(out_dir + rng.normal(size=3) * 0.35)
-            for seg in _grow_tree(rng, start, d, rng.uniform(1.4, 2.6), 0.9, 1.6, start - d * 10.0):
-                got = _segment_fraction(grid, seg)
-                if got is None:
-                    continue
-                ov = _intersect(got[0], sl)
-                if ov is not None:
-                    q = (got[1][ov[0]] * 255.0 + 0.5).astype(np.uint8)
-                    np.maximum(bronch[ov[1]], q, out=bronch[ov[1]])
+            tubes.extend(_grow_tree(rng, start, d, rng.uniform(1.4, 2.6), 0.9, 1.6, start - d * 10.0))
+    if sl is None or not lung[sl].any():
+        return
+    width = max(0.7, 0.45 * grid.dxy)
+    bronch = None
+    if tubes:
+        bronch = np.zeros(tuple(x.stop - x.start for x in sl), dtype=np.uint8)
+        for seg in tubes:
+            got = _segment_fraction(grid, seg)
+            ov = _intersect(got[0], sl) if got is not None else None
+            if ov is not None:
+                q = (got[1][ov[0]] * 255.0 + 0.5).astype(np.uint8)
+                np.maximum(bronch[ov[1]], q, out=bronch[ov[1]])
     mean_axis = float(les.axes.mean())
     plane = (sl[1].stop - sl[1].start) * (sl[2].stop - sl[2].start)
     step = max(1, _CHUNK_VOXELS // max(plane, 1))
@@ -711,10 +718,13 @@ def _random_frame(rng: np.random.Generator) -> np.ndarray:
     return q
 
 
-def _peribronchovascular_point(rng: np.random.Generator, vessels: Sequence[_Segment],
-                               gen_range: tuple[int, int], grid: _Grid,
+def _generations(vessels: Sequence[_Segment], low: int, high: int) -> list[_Segment]:
+    return [s for s in vessels if low <= s.generation <= high]
+
+
+def _peribronchovascular_point(rng: np.random.Generator, pool: Sequence[_Segment], grid: _Grid,
                                lung: np.ndarray) -> np.ndarray | None:
-    pool = [s for s in vessels if gen_range[0] <= s.generation <= gen_range[1]]
+    """A point beside one of the ``pool`` vessels (peribronchovascular), in the lung."""
     for _ in range(30):
         if not pool:
             return None
@@ -727,7 +737,7 @@ def _peribronchovascular_point(rng: np.random.Generator, vessels: Sequence[_Segm
     return None
 
 
-def _covid_lesions(rng, body, grid, lung, an, peripheral_only: bool = False) -> list[_Lesion]:
+def _covid_lesions(rng, body, grid, lung, an) -> list[_Lesion]:
     out = []
     count = int(rng.integers(2, 10))
     bilateral = rng.uniform() < 0.85
@@ -755,8 +765,9 @@ def _covid_lesions(rng, body, grid, lung, an, peripheral_only: bool = False) -> 
 
 def _influenza_lesions(rng, body, grid, lung, an, vessels) -> list[_Lesion]:
     out = []
+    central, small = _generations(vessels, 1, 5), _generations(vessels, 3, 9)
     for _ in range(int(rng.integers(8, 26))):
-        p = _peribronchovascular_point(rng, vessels, (1, 5), grid, lung)
+        p = _peribronchovascular_point(rng, central, grid, lung)
         if p is None:
             continue
         r = rng.uniform(4.0, 13.0) if rng.uniform() < 0.8 else rng.uniform(12.0, 18.0)
@@ -767,7 +778,7 @@ def _influenza_lesions(rng, body, grid, lung, an, vessels) -> list[_Lesion]:
             edge_mm=float(rng.uniform(1.2, 3.0)), irregularity=float(rng.uniform(0.05, 0.2)),
             paving=0.0, core_hu=None, halo_hu=None, bronchograms=False))
     for _ in range(int(rng.integers(3, 11))):  # small (centrilobular) nodules
-        p = _peribronchovascular_point(rng, vessels, (3, 9), grid, lung)
+        p = _peribronchovascular_point(rng, small, grid, lung)
         if p is None:
             continue
         out.append(_Lesion(
@@ -851,6 +862,13 @@ def make_phantom(label: str, seed: int, n_slices: int | None = None,
     grid = _make_grid(seed, an, n_slices, size_px)
     body = _build_body(grid, an)
     hu = body.hu
+    # A coarse reference grid of the same anatomy: random placements (vessel targets,
+    # lesion centres) are checked against it, so that they do not depend on the output
+    # grid and one seed shows the same vessels and lesions at every matrix size.
+    coverage = an.lung_height + an.margin_top + an.margin_bottom
+    ref_grid = _make_grid(seed, an, max(int(round(coverage / REF_SLICE_MM)), 8), REF_SIZE_PX)
+    ref_body = _build_body(ref_grid, an)
+    ref_lung = ref_body.lung_side > 0
     f32 = np.float32
     shape = hu.shape
 
@@ -866,8 +884,6 @@ def make_phantom(label: str, seed: int, n_slices: int | None = None,
     v_trachea = -0.05 * an.thorax_b
     carina = np.array([zz_carina, v_trachea, 0.0])
     central.append(_Segment(np.array([-20.0, v_trachea, 0.0]), carina, an.trachea_r, an.trachea_r * 0.95, 0))
-    # Fewer targets on coarse grids: thin vessels vanish in partial volume there anyway.
-    n_targets = int(np.clip(140 * grid.nx / REFERENCE_MATRIX, 30, 140))
     for side, sign in ((1, -1.0), (2, 1.0)):
         uc, vc, a0, b0 = body.lung_centres[side - 1]
         hilum = np.array([zz_hilum, vc - 0.15 * b0, sign * (an.med_half + 10.0)])
@@ -875,9 +891,9 @@ def make_phantom(label: str, seed: int, n_slices: int | None = None,
         central.append(_Segment(carina, hilum, r_main, r_main * 0.9, 0))
         # Arteries from the hilum, veins from lower down (towards the left atrium).
         vein_root = np.array([zz_hilum + 0.18 * an.lung_height, vc - 0.3 * b0, sign * (an.med_half + 6.0)])
-        arteries = _target_tree(tr, hilum, _lung_targets(tr, grid, body.lung_side, side, n_targets),
+        arteries = _target_tree(tr, hilum, _lung_targets(tr, ref_grid, ref_body.lung_side, side, VESSEL_TARGETS),
                                 tr.uniform(5.5, 7.5), min_r)
-        veins = _target_tree(tr, vein_root, _lung_targets(tr, grid, body.lung_side, side, n_targets),
+        veins = _target_tree(tr, vein_root, _lung_targets(tr, ref_grid, ref_body.lung_side, side, VESSEL_TARGETS),
                              tr.uniform(5.0, 7.0), min_r)
         vessels.extend(arteries)
         vessels.extend(veins)
@@ -933,22 +949,24 @@ def make_phantom(label: str, seed: int, n_slices: int | None = None,
     lesion_mask = np.zeros(shape, dtype=bool)
     lesions: list[_Lesion] = []
     if label == "covid19":
-        lesions = _covid_lesions(lr, body, grid, lung, an)
+        lesions = _covid_lesions(lr, ref_body, ref_grid, ref_lung, an)
         if lr.uniform() < 0.25:  # overlap with influenza: a few peribronchovascular patches
+            pool = _generations(vessels, 1, 4)
             for _ in range(int(lr.integers(1, 5))):
-                p = _peribronchovascular_point(lr, vessels, (1, 4), grid, lung)
+                p = _peribronchovascular_point(lr, pool, ref_grid, ref_lung)
                 if p is not None:
                     lesions.append(_Lesion(p, np.full(3, lr.uniform(4.0, 10.0)), _random_frame(lr),
                                            float(lr.uniform(-560, -320)), 2.0, 0.1, 0.0, None, None, False))
     elif label == "influenza":
-        lesions = _influenza_lesions(lr, body, grid, lung, an, vessels)
+        lesions = _influenza_lesions(lr, ref_body, ref_grid, ref_lung, an, vessels)
     elif label == "cap":
-        lesions = _cap_lesions(lr, body, grid, lung, an, cap_sides)
+        lesions = _cap_lesions(lr, ref_body, ref_grid, ref_lung, an, cap_sides)
     for les in lesions:
         _render_lesion(grid, les, lr, hu, lung, lesion_mask)
     if label == "non_pneumonia" and lr.uniform() < 0.35:
         # One small solid nodule: not infection, so not in the lesion mask.
-        got = _lung_point(lr, body, grid, lung, int(lr.integers(1, 3)), (0.1, 0.9), (0.2, 0.9), False, False, an)
+        got = _lung_point(lr, ref_body, ref_grid, ref_lung, int(lr.integers(1, 3)), (0.1, 0.9), (0.2, 0.9), False,
+                          False, an)
         if got is not None:
             nod = _Lesion(got[0], np.full(3, lr.uniform(2.5, 5.0)), np.eye(3), float(lr.uniform(20, 60)),
                           1.0, 0.05, 0.0, None, None, False)

@@ -227,3 +227,18 @@ def test_cap_effusion_is_fluid_outside_the_lung_mask():
     assert rows.mean() > np.nonzero(clean.lung_mask)[1].mean()
     # No effusion in most seeds: the lung mask is the same as without pneumonia.
     assert np.array_equal(ph("cap", 11).lung_mask, ph("non_pneumonia", 11).lung_mask)
+
+
+def test_one_seed_same_anatomy_and_lesions_at_every_matrix_size():
+    for label in ("covid19", "influenza"):
+        small, large = ph(label, 12, 24, 80), ph(label, 12, 48, 160)
+        ml = [p.volume.voxel_volume_ml for p in (small, large)]
+        lung = [p.lung_mask.sum() * m for p, m in zip((small, large), ml)]
+        lesion = [p.lesion_mask.sum() * m for p, m in zip((small, large), ml)]
+        assert lung[0] == pytest.approx(lung[1], rel=0.03)
+        assert lesion[0] == pytest.approx(lesion[1], rel=0.1)
+        centres = []
+        for p in (small, large):
+            z, y, x = np.nonzero(p.lesion_mask)
+            centres.append(np.array([z.mean(), y.mean(), x.mean()]) * np.array(p.volume.spacing_mm))
+        assert np.linalg.norm(centres[0] - centres[1]) < 8.0  # mm
