@@ -124,6 +124,12 @@ def test_unusable_series_are_skipped_with_reasons_in_status(tmp_path, node_facto
         "few": write_series(tmp_path / "few", n_slices=5),
         "scout": write_series(tmp_path / "scout", n_slices=20, image_type=("ORIGINAL", "PRIMARY", "LOCALIZER")),
     }
+    no_pixels = write_series(tmp_path / "nopix", n_slices=20)
+    for path in no_pixels.paths:  # headers only: the loader must refuse, not crash
+        ds = dcmread(path)
+        del ds.PixelData
+        ds.save_as(path, enforce_file_format=True)
+    cases["nopix"] = no_pixels
     # mixed patients: one series UID, two patient IDs
     a = write_series(tmp_path / "mixa", n_slices=10, seed=1, series_uid="1.2.826.0.1.3680043.10.1.77",
                      study_uid="1.2.826.0.1.3680043.10.1.76", patient_id="A")
@@ -135,14 +141,16 @@ def test_unusable_series_are_skipped_with_reasons_in_status(tmp_path, node_facto
 
     def all_skipped():
         rows = node.status()["series"]
-        return rows if len(rows) == 4 and all(r["state"] == "skipped" for r in rows) else None
+        return rows if len(rows) == 5 and all(r["state"] == "skipped" for r in rows) else None
 
-    rows = {r["series_uid"]: r["reason"] for r in wait_for(all_skipped, 60, what="4 skipped series")}
+    rows = {r["series_uid"]: r["reason"] for r in wait_for(all_skipped, 120, what="5 skipped series")}
     assert "modality MR" in rows[cases["mr"].series_uid]
     assert "too few slices: 5" in rows[cases["few"].series_uid]
     assert "localizer images only" in rows[cases["scout"].series_uid]
     assert "disagree on the patient" in rows[a.series_uid]
-    assert node.jobs() == []
+    assert "pixel data" in rows[no_pixels.series_uid].lower(), rows[no_pixels.series_uid]
+    (job,) = node.jobs()  # only the header-less series got as far as a job: the loader refused it
+    assert job["state"] == "skipped" and job["series_uid"] == no_pixels.series_uid
     out = subprocess.run([sys.executable, "-m", "dicomnode.cli", "status", "--data-dir", str(node.data_dir)],
                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr

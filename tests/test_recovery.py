@@ -75,6 +75,21 @@ def test_sigkill_while_delivering_then_restart_sends_the_rest(tmp_path, tiny_bun
         pacs_port_holder.stop()
 
 
+def test_sigterm_during_a_job_leaves_it_finished_or_given_back(tmp_path, tiny_bundle):
+    node = NodeProcess(tmp_path / "data", tiny_bundle, quiet_seconds=0.5).start()
+    try:
+        series = phantom_series(tmp_path / "in", seed=5)
+        assert storescu(node.port, series.paths).returncode == 0
+        wait_for(lambda: job_states(node) == ["running"], 60, interval=0.02, what="the job to start")
+        assert node.stop() == 0
+        assert job_states(node) in (["done"], ["queued"]), node.tail()
+        assert not list((tmp_path / "data").rglob("*.tmp"))
+        node.start()
+        wait_for(lambda: job_states(node) == ["done"], 240, interval=0.3, what="the job to be done")
+    finally:
+        node.stop()
+
+
 def test_restart_records_instances_stored_but_not_recorded(tmp_path):
     """A file durable on disk but missing from the database (e.g. power loss after the
     answer) is found by the start-up rescan and becomes part of its series."""

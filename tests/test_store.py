@@ -71,6 +71,7 @@ def test_header_parsing_reads_identifiers_and_hides_the_patient(ct):
     assert implicit == info.__class__(**{**info.__dict__, "transfer_syntax": ImplicitVRLittleEndian})
 
 
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
 def test_header_mismatch_and_garbage(ct):
     with pytest.raises(StoreError) as info:
         parse_header(io.BytesIO(encoded(ct)), ExplicitVRLittleEndian, sop_uid="1.2.3")
@@ -80,6 +81,7 @@ def test_header_mismatch_and_garbage(ct):
     assert info.value.status == STATUS_CANNOT_UNDERSTAND
 
 
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
 def test_traversal_in_dataset_uid_is_refused_before_any_write(ct, tmp_path):
     ct.SeriesInstanceUID = "1.2/../../../escape"
     with pytest.raises(InvalidUIDError):
