@@ -307,6 +307,15 @@ def test_patient_split_single_fraction_and_phantom_patients():
         patient_split(ds, (0.5, -0.1, 0.6))
 
 
+def test_cases_pickle_and_hash():
+    import pickle
+
+    ds = open_dataset("phantom:count=3,seed=1,slices=16,size=64")
+    copy = pickle.loads(pickle.dumps(ds[1]))  # data loader workers receive cases this way
+    assert copy == ds[1] and copy.load().volume.shape == (16, 64, 64)
+    assert len(set(ds)) == 3
+
+
 def test_case_checks_its_fields():
     with pytest.raises(DatasetError, match="label"):
         Case(case_id="a", patient_id="a", label="flu")

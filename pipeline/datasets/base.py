@@ -49,7 +49,8 @@ class Case:
     age: float | None = None
     stage: str | None = None
     source: str = ""
-    extras: Mapping[str, str] = field(default_factory=dict)
+    # Not compared (nor hashed): a Case stays usable as a dict key or set member.
+    extras: Mapping[str, str] = field(default_factory=dict, compare=False)
     loader: Callable[[], CaseData] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
