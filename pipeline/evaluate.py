@@ -66,8 +66,6 @@ class EvalParams:
     #: When the chain segments with the U-Net and lung truth is given, also measure the
     #: classical HU-threshold method as a reference (costs one classical segmentation).
     classical_reference: bool = True
-    #: The positive class of the reader comparison (Table 3 reports it for COVID-19).
-    reader_positive_class: str = "covid19"
 
     def __post_init__(self) -> None:
         if self.n_bootstrap < 0:
@@ -181,9 +179,12 @@ def record_from_result(case: Any, result: Any, lung_mask: np.ndarray | None, les
 def score_cases(cases: Iterable[Any], models: Any, params: ChainParams,
                 eval_params: EvalParams = EvalParams(), progress: bool = True,
                 analyze: Callable[..., Any] | None = None,
-                classical: Callable[[Any, ChainParams], np.ndarray] | None = None) -> list[CaseRecord]:
+                classical: Callable[[Any, ChainParams], np.ndarray] | None = None,
+                on_failure: Callable[[str, str], None] | None = None) -> list[CaseRecord]:
     """Load and analyse every case (tqdm progress bar). A case that fails stops the
-    evaluation with an EvaluationError naming it: leaving it out would bias the figures.
+    evaluation with an EvaluationError naming it (leaving it out silently would bias the
+    figures), unless ``on_failure(case_id, message)`` is given: then it is told and the
+    case is left out.
 
     ``analyze`` defaults to ``pipeline.chain.analyze`` and ``classical`` (the reference
     lung segmentation) to ``pipeline.lung.segment_lungs_classical`` (arguments for tests).
@@ -206,14 +207,18 @@ def score_cases(cases: Iterable[Any], models: Any, params: ChainParams,
             reference = None
             if lung_mask is not None and eval_params.classical_reference and result.lung_mask.method != "classical":
                 reference = classical(volume, params)
-        except PipelineError as e:
-            raise EvaluationError(f"case {case.case_id}: {e}") from e
-        except (OSError, ValueError, RuntimeError) as e:
-            raise EvaluationError(f"case {case.case_id} could not be analysed: {type(e).__name__}: {e}") from e
+        except (PipelineError, OSError, ValueError, RuntimeError) as e:
+            message = str(e) if isinstance(e, PipelineError) else f"{type(e).__name__}: {e}"
+            if on_failure is None:
+                raise EvaluationError(f"case {case.case_id} could not be analysed: {message} "
+                                      f"(--skip-failed leaves such cases out and lists them)") from e
+            on_failure(str(case.case_id), message)
+            continue
         records.append(record_from_result(case, result, lung_mask, lesion_mask, eval_params, reference))
         bar.set_postfix(last=records[-1].predicted)
     if not records:
-        raise EvaluationError("the dataset holds no cases: check the --data spec")
+        raise EvaluationError("no case could be evaluated: check the --data spec" if cases
+                              else "the dataset holds no cases: check the --data spec")
     return records
 
 
@@ -319,7 +324,8 @@ def _subset_order(key: str, eval_params: EvalParams) -> Callable[[str], tuple]:
 
 def compute_metrics(records: Sequence[CaseRecord], threshold: float = 0.5,
                     eval_params: EvalParams = EvalParams(), locator_threshold: float = 0.5,
-                    reader_calls: Sequence[ReaderCall] | None = None) -> dict[str, Any]:
+                    reader_calls: Sequence[ReaderCall] | None = None,
+                    reader_task_name: str = "auto") -> dict[str, Any]:
     """Every figure of the protocol, as a JSON-ready dict (see module docstring)."""
     if not records:
         raise EvaluationError("no cases to evaluate")
@@ -391,7 +397,7 @@ def compute_metrics(records: Sequence[CaseRecord], threshold: float = 0.5,
 
     out["readers"] = None
     if reader_calls:
-        out["readers"] = reader_comparison(records, reader_calls, threshold, eval_params, skipped)
+        out["readers"] = reader_comparison(records, reader_calls, threshold, eval_params, skipped, reader_task_name)
 
     out["bootstrap"] = {"n_resamples": eval_params.n_bootstrap, "seed": eval_params.seed,
                         "confidence": eval_params.confidence, "method": "percentile, cases resampled with replacement",
@@ -429,10 +435,19 @@ def read_readers_csv(path: Path | str) -> list[ReaderCall]:
     return calls
 
 
-def reader_task(truths: Iterable[str]) -> str:
-    """The task a reader cohort was read for: a COVID-19-vs-X pair when every case is of
-    that pair (the readers then knew only two classes, as in the paper's cohorts), else
-    the multi-way task."""
+#: Tasks a reader study can be read for ("auto": see ``reader_task``).
+READER_TASKS: tuple[str, ...] = ("auto", "multi_way", *TASK_NAMES)
+
+
+def reader_task(truths: Iterable[str], requested: str = "auto") -> str:
+    """The task a reader cohort was read for. "auto": a COVID-19-vs-X pair when every
+    case is of that pair (the readers then knew only two classes, as in the paper's
+    cohorts), else the multi-way task. The pneumonia-or-non-pneumonia task must be
+    asked for: its cohort cannot be told from a multi-way one by the truths."""
+    if requested not in READER_TASKS:
+        raise EvaluationError(f"unknown reader task {requested!r}; expected one of {', '.join(READER_TASKS)}")
+    if requested != "auto":
+        return requested
     present = set(truths)
     for task in ("covid19_vs_cap", "covid19_vs_influenza"):
         if present <= set(TASK_COHORTS[task][1]):
@@ -440,32 +455,56 @@ def reader_task(truths: Iterable[str]) -> str:
     return "multi_way"
 
 
-def ai_calls(records: Sequence[CaseRecord], task: str, threshold: float) -> list[str]:
-    """The AI's call per case: the task score at the threshold for a COVID-19-vs-X
-    cohort, else the multi-way label."""
+def reader_positive_class(task: str) -> str:
+    """The class whose sensitivity/specificity the comparison reports: pneumonia for the
+    pneumonia task, COVID-19 otherwise (as in Table 3)."""
+    return "pneumonia" if task == "pneumonia_vs_non_pneumonia" else "covid19"
+
+
+def is_positive(task: str, label: str) -> bool:
+    """Whether a class name (a truth or a call) is the task's positive."""
+    if task == "pneumonia_vs_non_pneumonia":
+        return label != "non_pneumonia"
+    return label == "covid19"
+
+
+def is_correct(task: str, truth: str, call: str) -> bool:
+    """A multi-way call must name the class; a binary task's call only the right side
+    (a CAP call on an influenza case is right in "pneumonia vs non-pneumonia")."""
     if task == "multi_way":
-        return [r.predicted for r in records]
+        return call == truth
+    return is_positive(task, call) == is_positive(task, truth)
+
+
+def ai_decisions(records: Sequence[CaseRecord], task: str, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """(correct, called positive) of the AI per case: the multi-way label for the
+    multi-way task, else the task's fused score at the threshold."""
+    if task == "multi_way":
+        correct = np.array([r.predicted == r.truth for r in records], bool)
+        positive = np.array([is_positive(task, r.predicted) for r in records], bool)
+        return correct, positive
     t_i = TASK_NAMES.index(task)
-    other = [c for c in TASK_COHORTS[task][1] if c != "covid19"][0]
-    return ["covid19" if r.tasks[t_i] >= threshold else other for r in records]
+    positive = np.array([r.tasks[t_i] >= threshold for r in records], bool)
+    truth = np.array([is_positive(task, r.truth) for r in records], bool)
+    return positive == truth, positive
 
 
 def reader_comparison(records: Sequence[CaseRecord], reader_calls: Sequence[ReaderCall], threshold: float,
-                      eval_params: EvalParams = EvalParams(),
-                      skipped: dict[str, int] | None = None) -> dict[str, Any]:
+                      eval_params: EvalParams = EvalParams(), skipped: dict[str, int] | None = None,
+                      task: str = "auto") -> dict[str, Any]:
     """Table 3: the AI against each reader on the cases the readers read."""
     skipped = {} if skipped is None else skipped
     by_id = {r.case_id: r for r in records}
+    order = {cid: k for k, cid in enumerate(by_id)}
     unmatched = sorted({c.case_id for c in reader_calls if c.case_id not in by_id})
     calls = [c for c in reader_calls if c.case_id in by_id]
     if not calls:
         raise EvaluationError("none of the readers' case_ids is among the evaluated cases; "
                               "check that the readers file uses the dataset's case ids")
-    cohort_ids = sorted({c.case_id for c in calls}, key=list(by_id).index)
+    cohort_ids = sorted({c.case_id for c in calls}, key=order.__getitem__)
     cohort = [by_id[i] for i in cohort_ids]
-    truth = [r.truth for r in cohort]
-    task = reader_task(truth)
-    positive = eval_params.reader_positive_class
+    task = reader_task([r.truth for r in cohort], task)
+    positive = reader_positive_class(task)
     readers = sorted({c.reader for c in calls})
     table: dict[str, dict[str, str]] = {name: {} for name in readers}
     for c in calls:
@@ -475,28 +514,29 @@ def reader_comparison(records: Sequence[CaseRecord], reader_calls: Sequence[Read
                                   f"{c.case_id!r}; keep one")
         table[c.reader][c.case_id] = c.call
 
-    def row(name: str, ids: list[str], row_calls: list[str]) -> dict[str, Any]:
-        t = [by_id[i].truth for i in ids]
-        base = M.reader_row(name, t, row_calls, positive)
-        y = np.array(t, dtype=object) == positive
-        p = np.array(row_calls, dtype=object) == positive
+    def row(name: str, ids: list[str], correct: np.ndarray, called: np.ndarray) -> dict[str, Any]:
+        y = np.array([is_positive(task, by_id[i].truth) for i in ids], bool)
+        base = M.reader_row(name, correct, y, called)
         f = _Figures(len(ids), eval_params, skipped, f"readers.{name}.")
         return {"name": name, "n_cases": base.n_cases, "correct": base.correct, "wrong": base.wrong,
-                "sensitivity": f("sensitivity", lambda j: M.sensitivity(y[j], p[j])),
-                "specificity": f("specificity", lambda j: M.specificity(y[j], p[j]))}
+                "sensitivity": f("sensitivity", lambda j: M.sensitivity(y[j], called[j])),
+                "specificity": f("specificity", lambda j: M.specificity(y[j], called[j]))}
 
-    rows = [row("AI", cohort_ids, ai_calls(cohort, task, threshold))]
+    rows = [row("AI", cohort_ids, *ai_decisions(cohort, task, threshold))]
     for name in readers:
         ids = [i for i in cohort_ids if i in table[name]]
-        rows.append(row(name, ids, [table[name][i] for i in ids]))
-    per_reader = [[table[name].get(i) for i in cohort_ids] for name in readers]
-    any_row, all_row = M.pooled_reader_rows(truth, per_reader)
+        correct = np.array([is_correct(task, by_id[i].truth, table[name][i]) for i in ids], bool)
+        called = np.array([is_positive(task, table[name][i]) for i in ids], bool)
+        rows.append(row(name, ids, correct, called))
+    marks = [[None if i not in table[name] else is_correct(task, by_id[i].truth, table[name][i])
+              for i in cohort_ids] for name in readers]
+    any_row, all_row = M.pooled_reader_rows(marks)
     for pooled, meaning in ((any_row, "correct when at least one reader was right"),
                             (all_row, "correct only when every reader was right")):
         rows.append({"name": pooled.name, "n_cases": pooled.n_cases, "correct": pooled.correct,
                      "wrong": pooled.wrong, "meaning": meaning})
     return {"task": task, "positive_class": positive, "n_cases": len(cohort_ids), "readers": readers,
-            "unmatched_case_ids": unmatched, "rows": rows}
+            "case_ids": cohort_ids, "unmatched_case_ids": unmatched, "rows": rows}
 
 
 # ------------------------------------------------------------------------- outputs
@@ -542,7 +582,6 @@ def _readers_points(metrics: Mapping[str, Any]) -> list[tuple[str, float, float]
 
 def make_plots(records: Sequence[CaseRecord], metrics: Mapping[str, Any], out_dir: Path,
                eval_params: EvalParams = EvalParams(),
-               reader_calls: Sequence[ReaderCall] | None = None,
                threshold: float = 0.5) -> dict[str, str]:
     """Write every PNG plot; returns {what: file name} for the report."""
     from . import plots as P
@@ -561,26 +600,33 @@ def make_plots(records: Sequence[CaseRecord], metrics: Mapping[str, Any], out_di
     P.plot_roc(curves, out_dir / "roc.png", "ROC, one-vs-rest per class and micro-average")
     files["roc"] = "roc.png"
 
-    # COVID-19 ROC with the readers' operating points (Fig. 2f-h of the paper).
+    # COVID-19 ROC, with the readers' operating points (Fig. 2f-h of the paper) and the
+    # AI's curve on the reader cohort, for the task the readers read.
     ci = CLASS_NAMES.index("covid19")
     covid_curves = {}
     if 0 < onehot[:, ci].sum() < len(records):
         covid_curves["AI, all cases (p_covid19)"] = (*M.roc_curve_points(onehot[:, ci], probs[:, ci]),
                                                     M.roc_auc(onehot[:, ci], probs[:, ci]))
-    points = _readers_points(metrics)
-    if reader_calls and metrics.get("readers"):
-        rc = metrics["readers"]
-        ids = set(c.case_id for c in reader_calls)
-        sub = [r for r in records if r.case_id in ids]
-        y = np.array([r.truth == "covid19" for r in sub])
-        if rc["task"] == "multi_way":
+    rc = metrics.get("readers")
+    reader_curves, points = {}, _readers_points(metrics)
+    if rc:
+        by_id = {r.case_id: r for r in records}
+        sub = [by_id[i] for i in rc["case_ids"]]
+        task = rc["task"]
+        y = np.array([is_positive(task, r.truth) for r in sub], bool)
+        if task == "multi_way":
             s = np.array([r.probabilities[ci] for r in sub])
         else:
-            s = np.array([r.tasks[TASK_NAMES.index(rc["task"])] for r in sub])
+            s = np.array([r.tasks[TASK_NAMES.index(task)] for r in sub])
         if 0 < y.sum() < y.size:
-            covid_curves[f"AI, reader cohort ({rc['task']})"] = (*M.roc_curve_points(y, s), M.roc_auc(y, s))
-    P.plot_roc(covid_curves, out_dir / "roc_covid19.png", "COVID-19 ROC" + (" with readers" if points else ""),
-               points=points)
+            reader_curves[f"AI, reader cohort ({task})"] = (*M.roc_curve_points(y, s), M.roc_auc(y, s))
+    if rc and rc["positive_class"] != "covid19":
+        P.plot_roc(reader_curves, out_dir / "roc_readers.png",
+                   f"ROC with readers: {rc['task']}", points=points)
+        files["roc_readers"] = "roc_readers.png"
+        reader_curves, points = {}, []
+    P.plot_roc({**covid_curves, **reader_curves}, out_dir / "roc_covid19.png",
+               "COVID-19 ROC" + (" with readers" if points else ""), points=points)
     files["roc_covid19"] = "roc_covid19.png"
 
     task_curves = {}
@@ -649,8 +695,8 @@ def _json_ready(obj: Any) -> Any:
 
 
 def write_outputs(records: Sequence[CaseRecord], metrics: dict[str, Any], out_dir: Path | str,
-                  eval_params: EvalParams = EvalParams(), reader_calls: Sequence[ReaderCall] | None = None,
-                  threshold: float = 0.5, plots: bool = True) -> dict[str, Any]:
+                  eval_params: EvalParams = EvalParams(), threshold: float = 0.5,
+                  plots: bool = True) -> dict[str, Any]:
     """scores.csv, the PNG plots, metrics.json and report.md in ``out_dir``; returns
     the metrics (with the plot file names under "plots")."""
     from .report import render_report
@@ -659,7 +705,7 @@ def write_outputs(records: Sequence[CaseRecord], metrics: dict[str, Any], out_di
     out.mkdir(parents=True, exist_ok=True)
     write_scores_csv(records, out / "scores.csv")
     metrics = dict(metrics)
-    metrics["plots"] = make_plots(records, metrics, out, eval_params, reader_calls, threshold) if plots else {}
+    metrics["plots"] = make_plots(records, metrics, out, eval_params, threshold) if plots else {}
     metrics = _json_ready(metrics)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n")
     (out / "report.md").write_text(render_report(metrics))
@@ -676,13 +722,16 @@ def evaluate_bundle(bundle: Any, dataset: Sequence[Any] | str, params: ChainPara
                     n_bootstrap: int = 1000, seed: int = 0,
                     readers: Path | str | Sequence[ReaderCall] | None = None,
                     data_spec: str | None = None, progress: bool = True,
-                    eval_params: EvalParams | None = None) -> dict[str, Any]:
+                    eval_params: EvalParams | None = None, reader_task: str = "auto",
+                    skip_failed: bool = False) -> dict[str, Any]:
     """Evaluate a loaded ``pipeline.models.ModelBundle`` on a dataset and write the
     report folder. Returns the metrics dict (as written to metrics.json). The chain
     runs with ``scoring_params(params)``.
 
     ``bundle`` may also be a bundle folder (loaded on ``params.device``) and ``dataset``
-    a data spec for ``pipeline.datasets.open_dataset``.
+    a data spec for ``pipeline.datasets.open_dataset``. ``reader_task``: see
+    ``reader_task()``. ``skip_failed``: a case the chain cannot analyse is listed under
+    "failed_cases" and left out, instead of stopping the evaluation.
     """
     if isinstance(bundle, (str, Path)):
         from .models import load_bundle
@@ -694,8 +743,12 @@ def evaluate_bundle(bundle: Any, dataset: Sequence[Any] | str, params: ChainPara
     ep = replace(eval_params or EvalParams(), n_bootstrap=n_bootstrap, seed=seed)
     params = scoring_params(params)
     reader_calls = read_readers_csv(readers) if isinstance(readers, (str, Path)) else (list(readers) if readers else None)
-    records = score_cases(dataset, bundle, params, ep, progress=progress)
-    metrics = compute_metrics(records, params.decision_threshold, ep, params.locator_threshold, reader_calls)
+    failed: list[dict[str, str]] = []
+    records = score_cases(dataset, bundle, params, ep, progress=progress,
+                          on_failure=(lambda cid, err: failed.append({"case_id": cid, "error": err}))
+                          if skip_failed else None)
+    metrics = compute_metrics(records, params.decision_threshold, ep, params.locator_threshold, reader_calls,
+                              reader_task)
     describe = dataset.describe() if hasattr(dataset, "describe") else {}
     info = bundle.info
     head: dict[str, Any] = {
@@ -704,10 +757,11 @@ def evaluate_bundle(bundle: Any, dataset: Sequence[Any] | str, params: ChainPara
         "bundle_sha256": bundle.sha256,
         "bundle": {"path": str(bundle.path), "name": info.name, "version": info.version,
                    "trained_on_synthetic_data": info.trained_on_synthetic_data, "disclaimer": info.disclaimer},
+        "failed_cases": failed,
         "chain_params": {"top_k": params.top_k, "decision_threshold": params.decision_threshold,
                          "locator_threshold": params.locator_threshold, "max_slices": params.max_slices},
     }
-    return write_outputs(records, {**head, **metrics}, out_dir, ep, reader_calls, params.decision_threshold)
+    return write_outputs(records, {**head, **metrics}, out_dir, ep, params.decision_threshold)
 
 
 def headline(metrics: Mapping[str, Any]) -> dict[str, Any]:

@@ -258,42 +258,42 @@ class ReaderRow:
     n_cases: int
     correct: int
     wrong: int
-    sensitivity: float  # for the positive class (COVID-19)
+    sensitivity: float  # for the task's positive class
     specificity: float
 
 
-def reader_row(name: str, truth: Sequence[str], calls: Sequence[str], positive: str) -> ReaderRow:
-    """Correct/wrong counts and sensitivity/specificity for ``positive`` of one reader."""
-    truth_a, calls_a = np.asarray(truth, dtype=object), np.asarray(calls, dtype=object)
-    if truth_a.shape != calls_a.shape:
-        raise ValueError(f"reader_row: {truth_a.size} truths but {calls_a.size} calls for {name!r}")
-    correct = int(np.sum(truth_a == calls_a))
-    y, p = truth_a == positive, calls_a == positive
-    return ReaderRow(name=name, n_cases=int(truth_a.size), correct=correct, wrong=int(truth_a.size) - correct,
+def reader_row(name: str, correct: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray) -> ReaderRow:
+    """Correct/wrong counts of one reader (``correct`` per case read) and the
+    sensitivity/specificity of the reader's positive calls ``y_pred`` for ``y_true``."""
+    correct, y, p = _as_bool(correct), _as_bool(y_true), _as_bool(y_pred)
+    if not correct.shape == y.shape == p.shape:
+        raise ValueError(f"reader_row: {name!r} needs one correct/truth/call per case read")
+    n_ok = int(correct.sum())
+    return ReaderRow(name=name, n_cases=int(correct.size), correct=n_ok, wrong=int(correct.size) - n_ok,
                      sensitivity=sensitivity(y, p), specificity=specificity(y, p))
 
 
-def pooled_reader_rows(truth: Sequence[str], calls_by_reader: Sequence[Sequence[str | None]]
-                       ) -> tuple[ReaderRow, ReaderRow]:
+def pooled_reader_rows(correct_by_reader: Sequence[Sequence[bool | None]]) -> tuple[ReaderRow, ReaderRow]:
     """"any reader" (a case is correct when at least one reader got it right) and
     "all readers" (correct only when every reader who read it got it right).
 
-    ``calls_by_reader[r][i]`` is reader r's call on case i, None when r did not read i;
-    cases no reader read are left out. Sensitivity/specificity are not defined for a
-    pooled row (there is no single call) and are NaN.
+    ``correct_by_reader[r][i]`` says whether reader r was right on case i, None when r
+    did not read i; cases no reader read are left out. Sensitivity/specificity are not
+    defined for a pooled row (there is no single call) and are NaN.
     """
-    n = len(truth)
+    if not correct_by_reader:
+        raise ValueError("pooled_reader_rows: no readers")
+    n = len(correct_by_reader[0])
     any_ok, all_ok, read = np.zeros(n, bool), np.ones(n, bool), np.zeros(n, bool)
-    for calls in calls_by_reader:
-        if len(calls) != n:
+    for marks in correct_by_reader:
+        if len(marks) != n:
             raise ValueError("pooled_reader_rows: every reader needs one entry (or None) per case")
-        for i, c in enumerate(calls):
-            if c is None:
+        for i, ok in enumerate(marks):
+            if ok is None:
                 continue
             read[i] = True
-            ok = c == truth[i]
-            any_ok[i] |= ok
-            all_ok[i] &= ok
+            any_ok[i] |= bool(ok)
+            all_ok[i] &= bool(ok)
     m = int(read.sum())
     nan = float("nan")
     return (ReaderRow("any reader", m, int(any_ok[read].sum()), m - int(any_ok[read].sum()), nan, nan),

@@ -70,6 +70,11 @@ def render_report(m: Mapping[str, Any]) -> str:
                                  f"seed {boot.get('seed', '?')}"],
     ])
 
+    failed = m.get("failed_cases") or []
+    if failed:
+        L += [f"**{len(failed)} case(s) could not be analysed and are left out of every figure:**", ""]
+        L += _table(["case", "error"], [[f["case_id"], str(f["error"]).replace("|", "/")] for f in failed])
+
     L += ["## Multi-way classification", ""]
     L += _table(["figure", "value (95% CI)"], [
         ["multi-way AUC, micro-average", fmt(m["multiway_auc"]["micro"])],

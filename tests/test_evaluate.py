@@ -136,6 +136,35 @@ def test_reader_comparison_hand_example() -> None:
     assert (rows["all readers"]["correct"], rows["all readers"]["wrong"]) == (1, 3)
 
 
+def test_reader_comparison_pneumonia_task(tmp_path: Path) -> None:
+    """Asked for the pneumonia task, a pneumonia call of the wrong kind is still right, the
+    AI decides on the pneumonia score, and the readers get their own ROC plot."""
+    t = TASK_NAMES.index("pneumonia_vs_non_pneumonia")
+
+    def rec(cid, truth, pneumonia):
+        tasks = np.full(3, 0.5)
+        tasks[t] = pneumonia
+        return E.CaseRecord(cid, truth, np.full(4, 0.25), tasks, "covid19")
+
+    recs = [rec("a", "influenza", 0.8), rec("b", "covid19", 0.3), rec("c", "non_pneumonia", 0.2),
+            rec("d", "non_pneumonia", 0.7)]
+    calls = [E.ReaderCall("a", "R1", "cap"), E.ReaderCall("b", "R1", "covid19"),
+             E.ReaderCall("c", "R1", "influenza"), E.ReaderCall("d", "R1", "non_pneumonia")]
+    ep = E.EvalParams(n_bootstrap=10)
+    out = E.reader_comparison(recs, calls, 0.5, ep, task="pneumonia_vs_non_pneumonia")
+    assert out["positive_class"] == "pneumonia"
+    rows = {r["name"]: r for r in out["rows"]}
+    assert (rows["R1"]["correct"], rows["R1"]["wrong"]) == (3, 1)  # only c (called influenza) is wrong
+    assert rows["R1"]["sensitivity"]["value"] == 1.0 and rows["R1"]["specificity"]["value"] == 0.5
+    assert (rows["AI"]["correct"], rows["AI"]["wrong"]) == (2, 2)  # a and c right; b missed, d false alarm
+    assert E.reader_comparison(recs, calls, 0.5, ep)["task"] == "multi_way"  # not guessed from truths
+    with pytest.raises(E.EvaluationError, match="unknown reader task"):
+        E.reader_comparison(recs, calls, 0.5, ep, task="covid")
+    m = E.write_outputs(recs, E.compute_metrics(recs, 0.5, ep, reader_calls=calls,
+                                                reader_task_name="pneumonia_vs_non_pneumonia"), tmp_path, ep)
+    assert (tmp_path / m["plots"]["roc_readers"]).read_bytes()[:8] == PNG_MAGIC
+
+
 def test_readers_csv_errors_name_the_line(tmp_path: Path) -> None:
     bad = tmp_path / "readers.csv"
     bad.write_text("case_id,reader,call\na,R1,covid19\nb,R1,pneumonia\n")
@@ -151,7 +180,7 @@ def test_write_outputs_folder(tmp_path: Path) -> None:
     calls = [E.ReaderCall(r.case_id, f"R{k}", r.truth if (i + k) % 5 else CLASS_NAMES[0])
              for i, r in enumerate(recs) for k in (1, 2)]
     ep = E.EvalParams(n_bootstrap=30)
-    m = E.write_outputs(recs, E.compute_metrics(recs, 0.5, ep, reader_calls=calls), tmp_path, ep, calls)
+    m = E.write_outputs(recs, E.compute_metrics(recs, 0.5, ep, reader_calls=calls), tmp_path, ep)
     for name in m["plots"].values():
         assert (tmp_path / name).read_bytes()[:8] == PNG_MAGIC
     assert {"roc", "roc_covid19", "pr", "confusion_matrix", "decision_curve_covid19", "tsne",
@@ -224,6 +253,11 @@ def test_score_cases_records_masks_and_features(method: str) -> None:
 
     with pytest.raises(E.EvaluationError, match="case c1"):
         E.score_cases([_Case("c1", "covid19", vol, None, None)], None, None, progress=False, analyze=failing)
+    failed = []
+    with pytest.raises(E.EvaluationError, match="no case could be evaluated"):
+        E.score_cases([_Case("c1", "covid19", vol, None, None)], None, None, progress=False, analyze=failing,
+                      on_failure=lambda cid, err: failed.append((cid, err)))
+    assert failed == [("c1", "ValueError: no lung")]
 
 
 def test_cli_end_to_end(tmp_path: Path, tiny_bundle: Path) -> None:

@@ -145,12 +145,13 @@ def test_net_benefit_hand_example() -> None:
 
 
 def test_reader_rows_hand_example() -> None:
-    truth = ["covid19", "covid19", "cap", "cap", "covid19"]
-    r1 = ["covid19", "cap", "cap", "covid19", "covid19"]  # 3 correct; sens 2/3, spec 1/2
+    truth = np.array(["covid19", "covid19", "cap", "cap", "covid19"])
+    r1 = np.array(["covid19", "cap", "cap", "covid19", "covid19"])  # 3 correct; sens 2/3, spec 1/2
     r2 = ["covid19", "covid19", "cap", "cap", None]  # read 4, all correct
-    row = M.reader_row("R1", truth, r1, "covid19")
+    row = M.reader_row("R1", r1 == truth, truth == "covid19", r1 == "covid19")
     assert (row.correct, row.wrong, row.n_cases) == (3, 2, 5)
     assert row.sensitivity == pytest.approx(2 / 3) and row.specificity == pytest.approx(1 / 2)
-    any_row, all_row = M.pooled_reader_rows(truth, [r1, r2])
-    assert (any_row.correct, any_row.wrong) == (5, 0)  # every case: someone right
+    marks = [list(r1 == truth), [None if c is None else c == t for c, t in zip(r2, truth)]]
+    any_row, all_row = M.pooled_reader_rows(marks)
+    assert (any_row.correct, any_row.wrong, any_row.n_cases) == (5, 0, 5)  # every case: someone right
     assert (all_row.correct, all_row.wrong) == (3, 2)  # cases 1 and 3: R1 wrong

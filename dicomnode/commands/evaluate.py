@@ -39,6 +39,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and the t-SNE (default 0)")
     p.add_argument("--readers", type=Path, default=None, metavar="READERS.csv",
                    help="reader study calls (columns case_id,reader,call) for the Table 3 comparison")
+    p.add_argument("--reader-task", default="auto", choices=("auto", "multi_way", "pneumonia_vs_non_pneumonia",
+                                                           "covid19_vs_cap", "covid19_vs_influenza"),
+                   help="what the readers were asked (default auto: a COVID-19-vs-CAP or -influenza cohort is "
+                        "recognised from its truths, else multi-way)")
+    p.add_argument("--skip-failed", action="store_true",
+                   help="leave out (and list) cases the chain cannot analyse instead of stopping")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument("--top-k", type=int, default=None, help="top-K of the fusion (default: the chain's, 3)")
     bars = p.add_mutually_exclusive_group()
@@ -70,11 +76,14 @@ def run(args: argparse.Namespace) -> int:
         bundle = load_bundle(bundle_dir, args.device)
         log.info("evaluating bundle %s (sha256 %s...) on %d cases", bundle_dir, bundle.sha256[:12], len(dataset))
         metrics = evaluate_bundle(bundle, dataset, params, args.out, n_bootstrap=args.bootstrap, seed=args.seed,
-                                  readers=args.readers, data_spec=args.data, progress=progress)
+                                  readers=args.readers, data_spec=args.data, progress=progress,
+                                  reader_task=args.reader_task, skip_failed=args.skip_failed)
     except (PipelineError, ValueError, OSError) as e:
         print(f"dicomnode evaluate: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     micro = metrics["multiway_auc"]["micro"]["value"]
     micro_text = "n/a" if micro is None else f"{micro:.4f}"
-    print(f"{metrics['n_cases']} cases; multi-way AUC (micro) {micro_text}; report: {args.out / 'report.md'}")
+    failed = len(metrics.get("failed_cases") or [])
+    print(f"{metrics['n_cases']} cases" + (f" ({failed} failed, left out)" if failed else "")
+          + f"; multi-way AUC (micro) {micro_text}; report: {args.out / 'report.md'}")
     return 0
