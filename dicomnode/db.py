@@ -42,7 +42,7 @@ CREATE INDEX IF NOT EXISTS instances_series ON instances(series_uid);
 CREATE TABLE IF NOT EXISTS series (
     series_uid      TEXT PRIMARY KEY,
     study_uid       TEXT NOT NULL,
-    state           TEXT NOT NULL,       -- receiving | queued | skipped
+    state           TEXT NOT NULL,       -- receiving | complete | skipped
     reason          TEXT,
     instance_count  INTEGER NOT NULL DEFAULT 0,
     first_received  REAL NOT NULL,

@@ -29,7 +29,7 @@ from .store import InstanceInfo
 log = logging.getLogger(__name__)
 
 RECEIVING = "receiving"
-QUEUED = "queued"
+QUEUED = "complete"  # complete and handed to a job (the job has its own state)
 SKIPPED = "skipped"
 
 

@@ -34,8 +34,10 @@ def collect(db_path: Path, limit: int) -> dict[str, Any]:
     conn.row_factory = sqlite3.Row
     try:
         series = [dict(r) for r in conn.execute(
-            "SELECT series_uid, study_uid, state, reason, instance_count, last_received, completed, generation "
-            "FROM series ORDER BY last_received DESC LIMIT ?", (limit,))]
+            "SELECT s.series_uid, s.study_uid, s.state, s.reason, s.instance_count, s.last_received, s.completed, "
+            "s.generation, j.id AS job_id, j.state AS job_state FROM series s LEFT JOIN jobs j "
+            "ON j.id=(SELECT MAX(id) FROM jobs WHERE series_uid=s.series_uid) "
+            "ORDER BY s.last_received DESC LIMIT ?", (limit,))]
         jobs = [dict(r) for r in conn.execute(
             "SELECT id, series_uid, generation, state, reason, attempts, lease_until, created, updated "
             "FROM jobs ORDER BY id DESC LIMIT ?", (limit,))]
@@ -64,8 +66,10 @@ def _table(title: str, headers: list[str], rows: list[list[Any]]) -> str:
 
 def render(data: dict[str, Any]) -> str:
     parts = [f"database {data['database']}"]
-    parts.append(_table("series", ["series UID", "instances", "state", "reason"],
-                        [[s["series_uid"], s["instance_count"], s["state"], s["reason"]] for s in data["series"]]))
+    parts.append(_table("series", ["series UID", "instances", "state", "job", "reason"],
+                        [[s["series_uid"], s["instance_count"], s["state"],
+                          f"{s['job_id']} {s['job_state']}" if s["job_id"] else None, s["reason"]]
+                         for s in data["series"]]))
     parts.append(_table("jobs", ["job", "series UID", "state", "attempts", "reason"],
                         [[j["id"], j["series_uid"], j["state"], j["attempts"], j["reason"]] for j in data["jobs"]]))
     parts.append(_table("deliveries", ["job", "destination", "state", "objects", "attempts", "next try", "last error"],
