@@ -135,6 +135,21 @@ def test_manifest_with_nifti_and_masks(tmp_path):
     assert len(open_dataset(f"manifest:{csv}")) == 2
 
 
+def test_nifti_stored_flipped_is_read_in_lps_with_its_mask(tmp_path):
+    ct = small_ct((4, 5, 6))
+    mask = np.zeros(ct.shape, np.uint8)
+    mask[1, 0, 0] = 1  # first row and column as stored
+    for name, arr in (("ras.nii.gz", ct), ("ras_mask.nii.gz", mask)):
+        image = sitk.GetImageFromArray(arr)
+        image.SetDirection((-1, 0, 0, 0, -1, 0, 0, 0, 1))  # RAS, as many NIfTI writers store it
+        sitk.WriteImage(image, str(tmp_path / name))
+    (tmp_path / "m.csv").write_text("path,label,lesion_mask\nras.nii.gz,covid19,ras_mask.nii.gz\n")
+    volume, _, lesion = open_dataset(str(tmp_path / "m.csv"))[0].load()
+    assert volume.direction == pytest.approx((1, 0, 0, 0, 1, 0, 0, 0, 1))
+    assert np.array_equal(volume.hu, ct[:, ::-1, ::-1].astype(np.float32))
+    assert lesion[1, -1, -1] and lesion.sum() == 1  # flipped with the volume
+
+
 def test_manifest_with_dicom_series(tmp_path):
     synthetic = pytest.importorskip("dicomnode.synthetic")
     hu = RNG.integers(-1000, 500, size=(6, 16, 12)).astype(np.float32)

@@ -3,7 +3,9 @@ stacks of 2-D slice images (PIL). Every failure is a DatasetError naming the fil
 
 SimpleITK indexes x/y/z; everything here returns z/y/x arrays and (z, y, x) spacing as
 ``pipeline.types.CTVolume`` expects. ``origin_mm`` and ``direction`` stay in SimpleITK's
-own (x, y, z) convention, as CTVolume documents.
+own (x, y, z) convention, as CTVolume documents. NIfTI volumes and masks are reoriented
+to LPS axes (see ``_orient``); DICOM series keep the order SimpleITK sorts them in, so
+that ``slice_uids`` stay with their slices.
 """
 
 from __future__ import annotations
@@ -114,7 +116,20 @@ def read_volume(path: Path) -> CTVolume:
     except RuntimeError as e:
         raise DatasetError(f"{path}: cannot read the NIfTI volume ({str(e).strip().splitlines()[-1]}); "
                            "is the file complete?") from e
-    return _to_volume(image, path)
+    return _to_volume(_orient(image, path), path)
+
+
+def _orient(image, path: Path):
+    """Reorient a NIfTI image to LPS axes (rows anterior to posterior, columns patient's
+    right to left, z inferior to superior), as DICOM series read: NIfTI files are often
+    stored flipped (RAS), and the networks expect one orientation. Masks get the same."""
+    sitk = _sitk()
+    if image.GetDimension() != 3:
+        return image
+    try:
+        return sitk.DICOMOrient(image, "LPS")
+    except RuntimeError as e:
+        raise DatasetError(f"{path}: cannot reorient the volume to LPS ({str(e).strip().splitlines()[-1]})") from e
 
 
 def read_mask(path: Path, shape: tuple[int, int, int]) -> np.ndarray:
@@ -129,7 +144,7 @@ def read_mask(path: Path, shape: tuple[int, int, int]) -> np.ndarray:
         image = sitk.ReadImage(str(path))
     except RuntimeError as e:
         raise DatasetError(f"{path}: cannot read the mask ({str(e).strip().splitlines()[-1]})") from e
-    mask = sitk.GetArrayFromImage(image) > 0
+    mask = sitk.GetArrayFromImage(_orient(image, path)) > 0
     if mask.shape != tuple(shape):
         raise DatasetError(f"{path}: mask has shape {mask.shape} (z, y, x) but its scan {tuple(shape)}; "
                            "draw the mask on the scan's own grid")
