@@ -687,11 +687,15 @@ def _json_ready(obj: Any) -> Any:
         return [_json_ready(v) for v in obj]
     if isinstance(obj, np.ndarray):
         return _json_ready(obj.tolist())
-    if isinstance(obj, (np.integer,)):
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    if isinstance(obj, np.integer):
         return int(obj)
     if isinstance(obj, (float, np.floating)):
         return float(obj) if math.isfinite(obj) else None
-    return obj
+    if obj is None or isinstance(obj, (bool, int, str)):
+        return obj
+    return str(obj)  # paths and the like in a data set's description
 
 
 def write_outputs(records: Sequence[CaseRecord], metrics: dict[str, Any], out_dir: Path | str,

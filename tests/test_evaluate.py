@@ -92,6 +92,16 @@ def test_compute_metrics_shape_and_values_equal_sklearn() -> None:
             assert fig["ci_low"] <= fig["ci_high"], path
 
 
+def test_compute_metrics_is_seeded() -> None:
+    recs = _records(20)
+    a = E.compute_metrics(recs, 0.5, E.EvalParams(n_bootstrap=40, seed=5))
+    b = E.compute_metrics(recs, 0.5, E.EvalParams(n_bootstrap=40, seed=5))
+    c = E.compute_metrics(recs, 0.5, E.EvalParams(n_bootstrap=40, seed=6))
+    assert a == b
+    assert a["per_class_auc"] != c["per_class_auc"]
+    assert a["per_class_auc"]["cap"]["value"] == c["per_class_auc"]["cap"]["value"]
+
+
 def test_compute_metrics_without_optional_data_and_without_bootstrap() -> None:
     m = E.compute_metrics(_records(12, with_extras=False), 0.5, E.EvalParams(n_bootstrap=0))
     assert m["lung_dice"] is None and m["locating"] is None and m["subsets"] == {} and m["readers"] is None
