@@ -4,7 +4,8 @@ Per explained slice with attentional regions, pyradiomics 3.0.1 computes 2-D fea
 the slice's HU inside the regions: first order, GLCM, GLSZM, GLRLM, NGTDM and GLDM on the
 original image (bin width ``radiomics_bin_width`` HU); Laplacian-of-Gaussian
 (``radiomics_log_sigma_mm``) and wavelet (``radiomics_wavelet``) image types only when
-asked for, as they multiply the cost. Deprecated pyradiomics features are left out.
+asked for, as they multiply the cost. Deprecated and redundant pyradiomics features are
+left out.
 Slices are combined by a mean weighted by region area, so the case gets one vector.
 
 Two shape features of the paper are added:
@@ -33,6 +34,9 @@ from .params import ChainParams
 from .types import AttentionMap, CTVolume, LungMask, Phenotype
 
 FEATURE_CLASSES = ("firstorder", "glcm", "glszm", "glrlm", "ngtdm", "gldm")
+#: Left out although not deprecated: with pyradiomics' symmetrical GLCM, Sum Average is
+#: 2 x Joint Average (pyradiomics warns on every call when it is enabled).
+_REDUNDANT = {"glcm": {"SumAverage"}}
 #: A box-counting slope needs at least this many box sizes.
 _MIN_BOXES_FOR_FIT = 2
 
@@ -113,7 +117,8 @@ def _extractor(bin_width: float, log_sigma_mm: tuple[float, ...], wavelet: bool)
     ext.disableAllFeatures()
     classes = radiomics.getFeatureClasses()
     ext.enableFeaturesByName(**{
-        c: [name for name, deprecated in classes[c].getFeatureNames().items() if not deprecated]
+        c: [name for name, deprecated in classes[c].getFeatureNames().items()
+            if not deprecated and name not in _REDUNDANT.get(c, ())]
         for c in FEATURE_CLASSES
     })
     return ext

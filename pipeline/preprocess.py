@@ -2,8 +2,9 @@
 
 Every function here is a plain function over numpy arrays (z/y/x, HU float32), so the
 training code and the inference chain prepare slices in exactly the same way. Resizing
-goes through ``torch.nn.functional.interpolate`` on the CPU: it is fast on whole
-batches and gives the same numbers wherever the networks later run.
+is bilinear with integer block means first when shrinking by 2 or more, in numpy for the
+small per-slice crops (``resize_batch``) and in torch on the CPU for whole volumes (the
+U-Net's input and output), so the numbers do not depend on the networks' device.
 
 Slice classifier / locator input (one lung slice):
 
@@ -29,7 +30,6 @@ from typing import NamedTuple, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-
 from .params import ChainParams
 from .types import CTVolume, InvalidInputError, LungMask
 
@@ -129,19 +129,48 @@ def lung_boxes(mask: np.ndarray | LungMask, z_indices: Sequence[int] | np.ndarra
     return [lung_box(mask[int(z)]) for z in z_indices]
 
 
+def _box_shrink(arr: np.ndarray, ky: int, kx: int) -> np.ndarray:
+    """Mean of ky x kx blocks of an (n, y, x) stack; the edge is padded by repetition."""
+    n, h, w = arr.shape
+    ph, pw = -h % ky, -w % kx
+    if ph or pw:
+        arr = np.pad(arr, ((0, 0), (0, ph), (0, pw)), mode="edge")
+    return arr.reshape(n, (h + ph) // ky, ky, (w + pw) // kx, kx).mean(axis=(2, 4), dtype=np.float32)
+
+
+def _linear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Neighbour indices and weights of 1-D linear interpolation, pixel centres aligned
+    (the ``align_corners=False`` convention), clamped at the edges."""
+    pos = np.clip((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0, n_in - 1)
+    lo = np.floor(pos).astype(np.intp)
+    hi = np.minimum(lo + 1, n_in - 1)
+    return lo, hi, (pos - lo).astype(np.float32)
+
+
 def resize_batch(images: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
-    """Bilinear (antialiased when shrinking) resize of an (n, y, x) float stack."""
-    arr = np.ascontiguousarray(images, dtype=np.float32)
+    """Bilinear resize of an (n, y, x) float stack to ``size`` (float32).
+
+    Shrinking by 2 or more first averages integer blocks (so noise does not alias), then
+    interpolates linearly. Plain numpy on purpose: per-slice crops are small, and torch's
+    threaded kernels cost more in overhead than they save here.
+    """
+    arr = np.asarray(images, dtype=np.float32)
     if arr.ndim != 3:
         raise InvalidInputError(f"resize_batch needs an (n, y, x) stack, got shape {arr.shape}")
-    out_hw = (int(size), int(size)) if np.isscalar(size) else (int(size[0]), int(size[1]))
-    if arr.shape[1:] == out_hw:
-        return arr.copy()
-    t = torch.from_numpy(arr)[:, None]
-    shrinking = out_hw[0] < arr.shape[1] or out_hw[1] < arr.shape[2]
-    with torch.inference_mode():
-        r = F.interpolate(t, size=out_hw, mode="bilinear", align_corners=False, antialias=shrinking)
-    return r[:, 0].numpy()
+    oh, ow = (int(size), int(size)) if np.isscalar(size) else (int(size[0]), int(size[1]))
+    if oh < 1 or ow < 1:
+        raise InvalidInputError(f"resize_batch needs a positive size, got {(oh, ow)}")
+    ky, kx = max(1, arr.shape[1] // oh), max(1, arr.shape[2] // ow)
+    if ky > 1 or kx > 1:
+        arr = _box_shrink(arr, ky, kx)
+    if arr.shape[1:] == (oh, ow):
+        return np.array(arr, dtype=np.float32, copy=True)
+    y0, y1, wy = _linear_taps(arr.shape[1], oh)
+    x0, x1, wx = _linear_taps(arr.shape[2], ow)
+    wy = wy[None, :, None]
+    rows = arr[:, y0, :] * (1.0 - wy) + arr[:, y1, :] * wy
+    wx = wx[None, None, :]
+    return (rows[:, :, x0] * (1.0 - wx) + rows[:, :, x1] * wx).astype(np.float32, copy=False)
 
 
 def crop_resize(image: np.ndarray, box: Box, size: int) -> np.ndarray:
@@ -206,6 +235,19 @@ def classifier_batch(volume: np.ndarray | CTVolume, lung_mask: np.ndarray | Lung
 
 # ------------------------------------------------------------------------ lung U-Net
 
+def _torch_resize(stack: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Whole-volume resize in torch (one large call, where its threads pay off): integer
+    block means when shrinking by 2 or more, then bilinear; upsampling is bilinear."""
+    t = torch.from_numpy(np.ascontiguousarray(stack, dtype=np.float32))[:, None]
+    with torch.inference_mode():
+        ky, kx = max(1, t.shape[2] // size[0]), max(1, t.shape[3] // size[1])
+        if ky > 1 or kx > 1:
+            t = F.avg_pool2d(t, kernel_size=(ky, kx), stride=(ky, kx), ceil_mode=True, count_include_pad=False)
+        if tuple(t.shape[2:]) != tuple(size):
+            t = F.interpolate(t, size=size, mode="bilinear", align_corners=False)
+    return t[:, 0].numpy()
+
+
 def unet_batch(hu: np.ndarray, params: ChainParams) -> np.ndarray:
     """U-Net input of a stack of slices: (n, 1, U, U) float32 in [0, 1].
 
@@ -220,20 +262,27 @@ def unet_batch(hu: np.ndarray, params: ChainParams) -> np.ndarray:
     if hu.ndim != 3:
         raise InvalidInputError(f"unet_batch needs (n, y, x) HU slices, got shape {hu.shape}")
     lo, hi = float(params.hu_clip_min), float(params.hu_window[1])
-    small = resize_batch(np.clip(hu, lo, hi), params.unet_input_size)
+    size = (params.unet_input_size, params.unet_input_size)
+    small = _torch_resize(np.clip(hu, lo, hi), size)
     return normalize_hu(small, (lo, hi))[:, None]
 
 
-def upsample_mask(foreground_prob: np.ndarray, shape_yx: tuple[int, int], threshold: float = 0.5) -> np.ndarray:
+def upsample_mask(foreground_prob: np.ndarray, shape_yx: tuple[int, int], threshold: float = 0.5,
+                  chunk: int = 32) -> np.ndarray:
     """Resize (n, U, U) foreground probabilities to (n, y, x) and threshold them (bool).
 
     Interpolating the probability and thresholding afterwards gives smoother lung edges
-    than resizing a binary mask with nearest neighbours.
+    than resizing a binary mask with nearest neighbours. Works ``chunk`` slices at a
+    time so that no full-size float copy of the volume is made.
     """
     prob = np.asarray(foreground_prob, dtype=np.float32)
     if prob.ndim == 2:
         prob = prob[None]
-    return resize_batch(prob, (int(shape_yx[0]), int(shape_yx[1]))) > threshold
+    size = (int(shape_yx[0]), int(shape_yx[1]))
+    out = np.empty((prob.shape[0], *size), dtype=bool)
+    for start in range(0, prob.shape[0], max(1, int(chunk))):
+        out[start:start + chunk] = _torch_resize(prob[start:start + chunk], size) > threshold
+    return out
 
 
 # --------------------------------------------------------------------------- helpers
