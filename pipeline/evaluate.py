@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from . import metrics as M
-from .params import ChainParams
+from .params import ChainParams, EvalParams
 from .types import CLASS_NAMES, TASK_NAMES, PipelineError
 
 #: scores.csv columns, in order.
@@ -42,38 +42,6 @@ TASK_COHORTS: dict[str, tuple[str, tuple[str, ...]]] = {
 
 class EvaluationError(PipelineError):
     """The evaluation cannot go on (a case failed, a readers file is wrong...)."""
-
-
-@dataclass(frozen=True)
-class EvalParams:
-    """Named settings of the evaluation protocol (no magic numbers below)."""
-
-    n_bootstrap: int = 1000
-    seed: int = 0
-    confidence: float = 0.95
-    #: Age band edges in years: (40, 60) gives "<40", "40-59", ">=60".
-    age_band_edges: tuple[int, ...] = (40, 60)
-    #: A slice is infected (locating truth) when it holds more lesion pixels than this
-    #: (the paper's code: > 50), as for the locator's training labels.
-    lesion_min_px: int = 50
-    #: Thresholds of the decision curves (net benefit), in [0, 1).
-    dca_thresholds: tuple[float, ...] = tuple(round(0.01 * i, 2) for i in range(1, 100))
-    #: t-SNE perplexity: at most this, and below the number of cases for small sets.
-    tsne_max_perplexity: float = 30.0
-    #: Up to this many cases t-SNE runs the exact method: Barnes-Hut is slower on small
-    #: sets (its OpenMP threads dominate) and exact is O(n^2).
-    tsne_exact_max_cases: int = 500
-    #: When the chain segments with the U-Net and lung truth is given, also measure the
-    #: classical HU-threshold method as a reference (costs one classical segmentation).
-    classical_reference: bool = True
-
-    def __post_init__(self) -> None:
-        if self.n_bootstrap < 0:
-            raise ValueError(f"EvalParams.n_bootstrap must be >= 0, got {self.n_bootstrap}")
-        if not 0.0 < self.confidence < 1.0:
-            raise ValueError(f"EvalParams.confidence must lie in (0, 1), got {self.confidence}")
-        if list(self.age_band_edges) != sorted(set(self.age_band_edges)):
-            raise ValueError(f"EvalParams.age_band_edges must increase, got {self.age_band_edges}")
 
 
 @dataclass(frozen=True)
