@@ -63,6 +63,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="continue from BUNDLE_DIR/checkpoints/<role>/last.pt (same settings required)")
     p.add_argument("--val-fraction", type=float, default=0.2, help="patients held out for validation")
     p.add_argument("--workers", type=int, default=0, help="processes preparing cases (0: in this process)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default: torch's choice; 1 is often faster on a busy machine)")
     p.add_argument("--max-slices-per-case", type=int, default=None,
                    help="at most this many slices per case, uniform stride (default: all eligible)")
     p.add_argument("--name", default=None, help="bundle name in the model card (default: folder name)")
@@ -124,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
         settings = TrainSettings(
             role=args.role, data_spec=args.data, out_dir=args.out, architecture=architecture(args),
             epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, device=args.device, seed=args.seed,
-            resume=args.resume, val_fraction=args.val_fraction, workers=args.workers,
+            resume=args.resume, val_fraction=args.val_fraction, workers=args.workers, threads=args.threads,
             max_slices_per_case=args.max_slices_per_case, command=command_line(args), name=args.name,
             version=args.bundle_version, description=args.description, progress=args.progress)
         outcome = train_role(settings)

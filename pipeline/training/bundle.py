@@ -9,10 +9,12 @@ weights no longer describe the bundle once a role is retrained, so they are drop
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import torch
 
@@ -43,11 +45,32 @@ def read_existing_card(bundle_dir: Path) -> dict[str, Any]:
     return card
 
 
+@contextmanager
+def bundle_lock(bundle_dir: Path) -> Iterator[None]:
+    """Exclusive lock on the bundle's card while it is read, changed and written, so two
+    roles trained at the same time into one folder do not lose each other's entry."""
+    bundle_dir.mkdir(parents=True, exist_ok=True)
+    with open(bundle_dir / ".card.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def update_bundle(bundle_dir: Path, role: str, model: torch.nn.Module, architecture: Mapping[str, Any],
                   training: Mapping[str, Any], synthetic: bool, name: str | None = None,
                   version: str | None = None, description: str | None = None) -> Path:
     """Write ``role``'s weights and its card entry (architecture, training) into the bundle."""
     bundle_dir = Path(bundle_dir)
+    with bundle_lock(bundle_dir):
+        return _update_bundle(bundle_dir, role, model, architecture, training, synthetic, name, version,
+                              description)
+
+
+def _update_bundle(bundle_dir: Path, role: str, model: torch.nn.Module, architecture: Mapping[str, Any],
+                   training: Mapping[str, Any], synthetic: bool, name: str | None, version: str | None,
+                   description: str | None) -> Path:
     card = read_existing_card(bundle_dir)
     models = {r: dict(e) for r, e in dict(card.get("models", {})).items()}
     models[role] = {"training": dict(training)}
@@ -66,3 +89,20 @@ def update_bundle(bundle_dir: Path, role: str, model: torch.nn.Module, architect
         log.warning("bundle %s: dropped the card's metrics (measured on the previous %s weights); "
                     "run 'dicomnode evaluate' again", bundle_dir, role)
     return write_bundle(bundle_dir, {role: model.cpu()}, {role: architecture}, card)
+
+
+def record_metrics(bundle_dir: Path | str, metrics: Mapping[str, Any]) -> Path:
+    """Put evaluation figures (with the data spec and the command that measured them)
+    into the card's ``metrics``; weights are untouched. Returns the card's path."""
+    from ..models import render_card_markdown
+
+    bundle_dir = Path(bundle_dir)
+    with bundle_lock(bundle_dir):
+        card = read_existing_card(bundle_dir)
+        if not card.get("models"):
+            raise TrainError(f"{bundle_dir} has no model card with models; train the bundle first")
+        card["metrics"] = json.loads(json.dumps(dict(metrics), default=str))
+        path = bundle_dir / CARD_FILE
+        path.write_text(json.dumps(card, indent=2, sort_keys=False) + "\n")
+        (bundle_dir / "MODEL_CARD.md").write_text(render_card_markdown(card))
+        return path

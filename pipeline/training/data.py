@@ -192,10 +192,14 @@ def prepare_cases(cases: Sequence[Any], recipe: SliceRecipe, workers: int = 0,
     with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init) as pool:
         futures = [pool.submit(prepare_case, case, recipe) for case in cases]
         out = []
-        for fut in futures:
-            out.append(fut.result())
-            if progress:
-                progress(1)
+        try:
+            for fut in futures:
+                out.append(fut.result())
+                if progress:
+                    progress(1)
+        except cf.process.BrokenProcessPool as e:
+            raise TrainError(f"a case-preparing worker process died ({e}); out of memory? "
+                             f"retry with fewer --workers (0 prepares cases in this process)") from e
         return out
 
 

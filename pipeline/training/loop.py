@@ -56,6 +56,7 @@ class TrainSettings:
     resume: bool = False
     val_fraction: float = 0.2
     workers: int = 0
+    threads: int | None = None  # torch intra-op threads; None: torch's default
     max_slices_per_case: int | None = None
     command: str = ""
     name: str | None = None
@@ -77,6 +78,8 @@ class TrainSettings:
             problems.append(f"--lr must be positive, got {self.lr}")
         if not 0.0 <= self.val_fraction < 1.0:
             problems.append(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
+        if self.threads is not None and self.threads < 1:
+            problems.append(f"--threads must be at least 1, got {self.threads}")
         if self.workers < 0:
             problems.append(f"--workers must be 0 or more, got {self.workers}")
         if self.max_slices_per_case is not None and self.max_slices_per_case < 1:
@@ -106,14 +109,20 @@ class TrainOutcome:
 
 
 @contextmanager
-def _deterministic() -> Iterator[None]:
-    """Deterministic algorithms for the run, restored afterwards (global torch state)."""
+def _torch_state(threads: int | None) -> Iterator[None]:
+    """Deterministic algorithms and the thread count for the run, restored afterwards
+    (both are global torch state). On a busy machine one thread is often faster than
+    several that wait on each other."""
     before = torch.are_deterministic_algorithms_enabled()
+    threads_before = torch.get_num_threads()
     torch.use_deterministic_algorithms(True, warn_only=True)
+    if threads:
+        torch.set_num_threads(threads)
     try:
         yield
     finally:
         torch.use_deterministic_algorithms(before)
+        torch.set_num_threads(threads_before)
 
 
 def _json_float(v: float) -> float | None:
@@ -379,7 +388,7 @@ class _Run:
 def train_role(settings: TrainSettings) -> TrainOutcome:
     """Train one role of the chain and write/update the bundle in ``settings.out_dir``."""
     run = _Run(settings)
-    with _deterministic():
+    with _torch_state(settings.threads):
         run.load_data()
         run.build()
         if run.start_epoch >= settings.epochs:

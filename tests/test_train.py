@@ -1,0 +1,182 @@
+"""Training: tiny phantom sets, tiny networks, 1-2 epochs each (CPU, well under a minute).
+
+Checks that each role writes a loadable bundle with an honest card, that a resumed run
+ends with exactly the weights of an uninterrupted one, that training inputs are the
+chain's own preprocessing, and that bad input ends with a clear error and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dicomnode.commands import train as train_cmd
+from pipeline.datasets import open_dataset
+from pipeline.models import SYNTHETIC_DISCLAIMER, load_bundle
+from pipeline.params import ChainParams
+from pipeline.preprocess import classifier_batch, lung_slice_indices
+from pipeline.training import AugmentParams, TrainError
+from pipeline.training.augment import augment_images, augment_pairs, random_erase
+from pipeline.training.data import prepare_case, recipe_for
+from pipeline.training.params import TrainParams
+from pipeline.training.sampling import balanced_order, derived_seed, generator_for
+from pipeline.types import CLASS_NAMES
+
+from conftest import dicomnode_exe
+
+SPEC = "phantom:count=8,seed=1000,slices=16,size=64"
+COVID_SPEC = "phantom:count=4,seed=2000,mix=0:0:0:1,slices=16,size=64"
+TINY = {
+    "segmentation": ["--features", "4,8,8,16,16,4", "--input-size", "64", "--max-slices-per-case", "6"],
+    "classifier": ["--widths", "4,8,16,32", "--input-size", "64", "--max-slices-per-case", "6"],
+    "locator": ["--widths", "4,8,16,32", "--input-size", "64"],
+}
+
+
+def run_train(role: str, out: Path, *extra: str, data: str | None = None, epochs: int = 1) -> int:
+    """``dicomnode train`` in this process (the CLI's own parser and run)."""
+    parser = argparse.ArgumentParser()
+    train_cmd.add_arguments(parser)
+    data = data or (COVID_SPEC if role == "locator" else SPEC)
+    args = parser.parse_args([role, "--data", data, "--out", str(out), "--epochs", str(epochs),
+                              "--batch-size", "8", "--device", "cpu", "--seed", "7", "--threads", "1",
+                              "--val-fraction", "0.5", "--no-progress", *TINY[role], *extra])
+    return train_cmd.run(args)
+
+
+def test_each_role_trains_into_one_loadable_bundle(tmp_path: Path) -> None:
+    out = tmp_path / "bundle"
+    for role in ("segmentation", "classifier", "locator"):
+        assert run_train(role, out) == 0, role
+    bundle = load_bundle(out, device="cpu")  # checks every sha256 and rebuilds each network
+    assert bundle.segmentation is not None
+    card = bundle.card
+    assert card["trained_on_synthetic_data"] is True
+    assert card["disclaimer"] == SYNTHETIC_DISCLAIMER
+    monitors = {"segmentation": "val_dice", "classifier": "val_case_macro_auc", "locator": "val_auc"}
+    for role, monitor in monitors.items():
+        entry = card["models"][role]
+        t = entry["training"]
+        assert t["data"]["spec"] == (COVID_SPEC if role == "locator" else SPEC)
+        assert t["command"].startswith(f"dicomnode train {role} --data ")
+        assert t["epochs"] == 1 and t["seed"] == 7
+        assert t["cases"]["validation"] > 0 and monitor in t["validation"]
+        assert entry["architecture"]["input_size"] == 64
+        lines = (out / f"train_{role}.jsonl").read_text().splitlines()
+        assert [json.loads(x)["epoch"] for x in lines] == [1]
+        assert (out / "checkpoints" / role / "last.pt").is_file()
+    assert 0.0 <= card["models"]["segmentation"]["training"]["validation"]["val_dice"] <= 1.0
+    assert bundle.classifier(torch.zeros(2, 3, 64, 64)).shape == (2, 4)
+    assert bundle.locator(torch.zeros(2, 3, 64, 64)).shape == (2, 2)
+    # Training one role again keeps the others' weights untouched.
+    before = {r: card["models"][r]["sha256"] for r in ("segmentation", "classifier")}
+    assert run_train("locator", out, "--lr", "0.002") == 0
+    after = json.loads((out / "model_card.json").read_text())
+    assert {r: after["models"][r]["sha256"] for r in before} == before
+    assert after["models"]["locator"]["training"]["lr"] == 0.002
+
+
+@pytest.mark.parametrize("role", ["classifier", "segmentation"])
+def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path: Path, role: str) -> None:
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert run_train(role, straight, epochs=2) == 0
+    assert run_train(role, resumed, epochs=1) == 0  # "interrupted" after epoch 1
+    assert run_train(role, resumed, "--resume", epochs=2) == 0
+    a = torch.load(straight / f"{role}.pt", weights_only=True)
+    b = torch.load(resumed / f"{role}.pt", weights_only=True)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    # ... and a different seed gives different weights (the check above can fail).
+    other = tmp_path / "other"
+    assert run_train(role, other, "--seed", "8", epochs=1) == 0
+    c = torch.load(other / f"{role}.pt", weights_only=True)
+    assert any(not torch.equal(c[k], b[k]) for k in c)
+    log = [json.loads(x) for x in (resumed / f"train_{role}.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2]
+    entry = json.loads((resumed / "model_card.json").read_text())["models"][role]["training"]
+    assert entry["resumed_after_epoch"] == 1 and len(entry["history"]) == 2
+
+
+def test_resume_refuses_other_settings_and_missing_checkpoints(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "b"
+    assert run_train("locator", out, "--resume") == 2
+    assert "no checkpoint" in capsys.readouterr().err
+    assert run_train("locator", out) == 0
+    assert run_train("locator", out, "--resume", "--lr", "0.01", epochs=2) == 2
+    err = capsys.readouterr().err
+    assert "other settings" in err and "lr" in err
+
+
+def test_bad_spec_is_a_clear_error_with_exit_code_2(tmp_path: Path) -> None:
+    proc = subprocess.run([dicomnode_exe(), "train", "classifier", "--data", "phantom:count=many",
+                           "--out", str(tmp_path / "b")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "count='many'" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "b" / "model_card.json").exists()
+
+
+def test_locator_needs_covid_cases(tmp_path: Path, capsys) -> None:
+    no_covid = "phantom:count=3,seed=5,mix=1:1:1:0,slices=16,size=64"
+    assert run_train("locator", tmp_path / "b", data=no_covid) == 2
+    assert "no covid19 case" in capsys.readouterr().err
+
+
+def test_slices_are_the_chains_inputs_with_weak_and_lesion_labels() -> None:
+    covid = next(c for c in open_dataset("phantom:count=4,seed=3,slices=16,size=64") if c.label == "covid19")
+    volume, lung, lesion = covid.load()
+    arch = {"input_size": 64}
+    params = ChainParams()
+    cls = prepare_case(covid, recipe_for("classifier", arch, params, TrainParams(), None))
+    z = lung_slice_indices(lung, params)
+    np.testing.assert_array_equal(cls.z_indices, z)
+    expected = classifier_batch(volume, lung, z, ChainParams(input_size=64)).astype(np.float16)
+    np.testing.assert_array_equal(cls.inputs, expected)
+    assert set(cls.targets.tolist()) == {CLASS_NAMES.index("covid19")}  # every lung slice: the scan's label
+    loc = prepare_case(covid, recipe_for("locator", arch, params, TrainParams(), None))
+    infected = np.count_nonzero(lesion.reshape(len(lesion), -1), axis=1)[z] > 50
+    np.testing.assert_array_equal(loc.targets, infected.astype(np.int64))
+    assert 0 < loc.targets.sum() < len(loc.targets)
+
+
+def test_balanced_order_sees_every_class_equally_often() -> None:
+    labels = np.array([0] * 900 + [1] * 90 + [2] * 9 + [3] * 1)
+    order = balanced_order(labels, 40000, generator_for(1, "t"))
+    share = np.bincount(labels[order], minlength=4) / len(order)
+    np.testing.assert_allclose(share, 0.25, atol=0.02)
+    np.testing.assert_array_equal(order, balanced_order(labels, 40000, generator_for(1, "t")))
+    assert derived_seed(1, "a", 0) != derived_seed(1, "a", 1) != derived_seed(2, "a", 1)
+
+
+def test_augmentation_is_seeded_small_and_keeps_labels() -> None:
+    x = torch.rand(6, 3, 32, 32)
+    p = AugmentParams()
+    a = augment_images(x, p, generator_for(3, "aug"))
+    b = augment_images(x, p, generator_for(3, "aug"))
+    c = augment_images(x, p, generator_for(4, "aug"))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert a.shape == x.shape
+    erased = random_erase(torch.ones(200, 1, 20, 20), AugmentParams(erase_probability=0.5), generator_for(0))
+    blanked = (erased == 0).flatten(1).any(1).float().mean()
+    assert 0.35 < float(blanked) < 0.65
+    img = torch.zeros(4, 1, 32, 32)
+    mask = torch.zeros(4, 32, 32, dtype=torch.uint8)
+    mask[:, 8:24, 8:24] = 1
+    img[:, :, 8:24, 8:24] = 1.0
+    wi, wm = augment_pairs(img, mask, p, generator_for(5))
+    assert wm.dtype == torch.uint8 and set(wm.unique().tolist()) <= {0, 1}
+    assert abs(int(wm.sum()) - int(mask.sum())) < 0.3 * int(mask.sum())  # small transforms
+    assert ((wi[:, 0] > 0.5) == (wm > 0)).float().mean() > 0.97  # image and mask move together
+
+
+def test_settings_are_checked() -> None:
+    from pipeline.training import TrainSettings
+
+    with pytest.raises(TrainError, match="--epochs"):
+        TrainSettings(role="classifier", data_spec=SPEC, out_dir=Path("x"), architecture={}, epochs=0)
