@@ -172,7 +172,8 @@ class Worker:
         params = ChainParams(top_k=self.cfg.pipeline.top_k, device=self.cfg.pipeline.device)
         t0 = now()
         result = analyze(volume, bundle, params)
-        log.info("job %d: analysed series %s in %.1f s: %s", job.id, job.series_uid, now() - t0,
+        steps = ", ".join(f"{k} {v:.1f}" for k, v in result.timings_s.items() if k != "total")
+        log.info("job %d: analysed series %s in %.1f s (%s): %s", job.id, job.series_uid, now() - t0, steps,
                  result.case_scores.label)
         if not self.queue.renew(job):
             raise QueueError(f"job {job.id}: lease lost during analysis")
