@@ -131,3 +131,59 @@ def test_many_associations_at_once(scp, tmp_path):
     for t in threads:
         t.join()
     assert sorted(u for u, _ in rec.items) == sorted(u for s in series for u in s.sop_uids)
+
+
+class _FakeEvent:
+    """Just enough of a pynetdicom C-STORE event for the handler (no network)."""
+
+    def __init__(self, dataset_bytes: bytes, sop_uid: str, sop_class: str, ts: str) -> None:
+        import io
+        from types import SimpleNamespace
+
+        self.request = SimpleNamespace(DataSet=io.BytesIO(dataset_bytes), AffectedSOPInstanceUID=sop_uid,
+                                       AffectedSOPClassUID=sop_class)
+        self.context = SimpleNamespace(transfer_syntax=ts)
+        self.assoc = SimpleNamespace(requestor=SimpleNamespace(ae_title="SCANNER"))
+
+
+def _encoded(ds) -> bytes:
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    buf = DicomBytesIO()
+    buf.is_little_endian, buf.is_implicit_VR = True, False
+    write_dataset(buf, ds)
+    return buf.getvalue()
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
+def test_handler_never_raises_and_answers_a_status(tmp_path):
+    from dicomnode.scp import handle_store
+    from dicomnode.synthetic import ct_datasets
+    from node_helpers import small_volume
+
+    ds = ct_datasets(small_volume(1, 16))[0]
+    store = InstanceStore(tmp_path / "storage", 0)
+    good = _FakeEvent(_encoded(ds), ds.SOPInstanceUID, ds.SOPClassUID, ExplicitVRLittleEndian)
+
+    def broken_bookkeeping(info, rel):
+        raise RuntimeError("database gone")
+
+    # durable file, bookkeeping failed: still success (the start-up rescan records it)
+    assert handle_store(good, store, broken_bookkeeping) == 0x0000
+    assert len(list(store.scan())) == 1
+    # a request that names another instance than the dataset: 0xA900
+    other = _FakeEvent(_encoded(ds), "1.2.3.4", ds.SOPClassUID, ExplicitVRLittleEndian)
+    assert handle_store(other, store, Recorder()) == 0xA900
+    # garbage bytes: 0xC210
+    junk = _FakeEvent(b"\x08\x00\x18\x00UI\x04\x00abcd", "1.2.3.4", ds.SOPClassUID, ExplicitVRLittleEndian)
+    assert handle_store(junk, store, Recorder()) == 0xC210
+    # path traversal in the dataset's Study UID: 0xC210, nothing written outside storage
+    ds.StudyInstanceUID = "../../outside"
+    evil = _FakeEvent(_encoded(ds), ds.SOPInstanceUID, ds.SOPClassUID, ExplicitVRLittleEndian)
+    assert handle_store(evil, store, Recorder()) == 0xC210
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["storage"]
+    # an unexpected bug inside (here: no store object at all): 0xC211, no exception
+    ds.StudyInstanceUID = "1.2.3"
+    fine = _FakeEvent(_encoded(ds), ds.SOPInstanceUID, ds.SOPClassUID, ExplicitVRLittleEndian)
+    assert handle_store(fine, None, Recorder()) == 0xC211
