@@ -35,7 +35,8 @@ from pathlib import Path
 from typing import BinaryIO, Iterator
 
 from pydicom.dataset import Dataset
-from pydicom.filereader import read_dataset, read_preamble, _read_file_meta_info
+from pydicom import dcmread
+from pydicom.filereader import read_dataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian, UID
 
 from . import __version__
@@ -155,11 +156,14 @@ def _info_from(ds: Dataset, transfer_syntax: str) -> InstanceInfo:
 
 def read_file_header(path: Path) -> InstanceInfo:
     """InstanceInfo of a stored DICOM file (used when rescanning the storage folder)."""
-    with open(path, "rb") as f:
-        read_preamble(f, force=False)
-        meta = _read_file_meta_info(f)
-        ts = str(meta.get("TransferSyntaxUID", ImplicitVRLittleEndian))
-        return parse_header(f, ts)
+    try:
+        ds = dcmread(path, stop_before_pixels=True)
+        ts = str(ds.file_meta.get("TransferSyntaxUID", ImplicitVRLittleEndian))
+        return _info_from(ds, ts)
+    except StoreError:
+        raise
+    except Exception as e:  # not DICOM, truncated...
+        raise StoreError(f"{path.name} cannot be read ({type(e).__name__}: {e})", STATUS_CANNOT_UNDERSTAND) from e
 
 
 def _meta_element(element: int, vr: bytes, value: bytes) -> bytes:

@@ -21,7 +21,7 @@ import shutil
 import threading
 import traceback
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 from .config import OBJECT_KINDS, NodeConfig
 from .db import now

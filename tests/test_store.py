@@ -4,7 +4,6 @@ the free-disk guard, header parsing without decoding pixels."""
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import pytest
 from pydicom import dcmread
