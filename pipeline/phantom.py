@@ -73,10 +73,12 @@ THICKNESS_MM_RANGE = (1.0, 5.0)
 #: Pixel spacing of a 512 matrix; other matrices scale it by 512 / size_px.
 PIXEL_MM_AT_512 = (0.6, 0.9)
 REFERENCE_MATRIX = 512
-#: Smallest drawn vessel radius, as a fraction of the pixel size (smaller is invisible).
+#: Smallest vessel radius of the anatomy, mm, and the smallest drawn radius as a fraction
+#: of the pixel size (thinner would vanish in partial volume).
+VESSEL_MIN_RADIUS_MM = 0.6
 MIN_VESSEL_RADIUS_PX = 0.35
 #: Random points inside each lung that each vessel tree (arteries, veins) reaches.
-VESSEL_TARGETS = 100
+VESSEL_TARGETS = 150
 #: The reference grid on which random placements are checked (see make_phantom).
 REF_SIZE_PX, REF_SLICE_MM = 96, 4.0
 
@@ -511,8 +513,11 @@ def _build_body(grid: _Grid, an: _Anatomy) -> _Body:
             h[(u / 16.0) ** 2 + ((v + tb + 4.0) / 7.0) ** 2 <= 1.0] = 450.0
 
         # Heart (with a fat layer around it) and descending aorta left of the spine.
-        hprof = math.sqrt(min(max((t - an.heart_t0) / 0.22, 0.0), 1.0)) * (
-            1.0 - 0.25 * min(max((t - 0.85) / 0.2, 0.0), 1.0))
+        # The heart rests on the diaphragm: it narrows over the last few centimetres
+        # above the left dome and ends just below it.
+        heart_end = an.t_dome_left + 0.12
+        hprof = math.sqrt(min(max((t - an.heart_t0) / 0.22, 0.0), 1.0)) * math.sqrt(
+            min(max((heart_end - t) / 0.12, 0.0), 1.0))
         heart_zone = None
         if hprof > 0:
             ha, hb = an.heart_a * hprof, an.heart_b * hprof
@@ -875,7 +880,9 @@ def make_phantom(label: str, seed: int, n_slices: int | None = None,
     # Trees: pulmonary arteries and veins, bronchi beside the arteries, trachea and main
     # bronchi, as tapered tubes (segments) drawn below in their bounding boxes.
     tr = _rng(seed, _STREAM_TREES)
-    min_r = max(0.6, MIN_VESSEL_RADIUS_PX * grid.dxy)
+    # Thinnest vessel drawn: the anatomy stops at VESSEL_MIN_RADIUS_MM on every grid;
+    # coarse grids draw the thinnest ones a little thicker so they stay faintly visible.
+    min_r = max(VESSEL_MIN_RADIUS_MM, MIN_VESSEL_RADIUS_PX * grid.dxy)
     vessels: list[_Segment] = []
     airways: list[_Segment] = []
     central: list[_Segment] = []
@@ -892,9 +899,9 @@ def make_phantom(label: str, seed: int, n_slices: int | None = None,
         # Arteries from the hilum, veins from lower down (towards the left atrium).
         vein_root = np.array([zz_hilum + 0.18 * an.lung_height, vc - 0.3 * b0, sign * (an.med_half + 6.0)])
         arteries = _target_tree(tr, hilum, _lung_targets(tr, ref_grid, ref_body.lung_side, side, VESSEL_TARGETS),
-                                tr.uniform(5.5, 7.5), min_r)
+                                tr.uniform(5.5, 7.5), VESSEL_MIN_RADIUS_MM)
         veins = _target_tree(tr, vein_root, _lung_targets(tr, ref_grid, ref_body.lung_side, side, VESSEL_TARGETS),
-                             tr.uniform(5.0, 7.0), min_r)
+                             tr.uniform(5.0, 7.0), VESSEL_MIN_RADIUS_MM)
         vessels.extend(arteries)
         vessels.extend(veins)
         for s in arteries:  # bronchi run beside the arteries: shift thick branches sideways
@@ -936,7 +943,7 @@ def make_phantom(label: str, seed: int, n_slices: int | None = None,
     # Vessels in partial volume: blending towards soft tissue is monotone in the
     # occupancy, so the max over overlapping tubes is the blend of the max occupancy.
     for seg in vessels:
-        got = _segment_fraction(grid, seg)
+        got = _segment_fraction(grid, seg._replace(r0=max(seg.r0, min_r), r1=max(seg.r1, min_r)))
         if not got:
             continue
         sl, f = got
