@@ -173,6 +173,15 @@ def _manifest(tmp_path: Path, text: str) -> Path:
     return path
 
 
+def test_manifest_dicom_style_age_and_unknown_sex(tmp_path):
+    path = _manifest(tmp_path, "path,label,case_id,sex,age\n"
+                               "a.nii.gz,cap,1,O,045Y\n"
+                               "a.nii.gz,cap,2,,18M\n"
+                               "a.nii.gz,cap,3,u,70.5\n")
+    ages = [(c.sex, c.age) for c in open_dataset(str(path))]
+    assert ages == [(None, 45.0), (None, 1.5), (None, 70.5)]
+
+
 @pytest.mark.parametrize("text, words", [
     ("file,label\na.nii.gz,cap\n", "lacks column"),
     ("path,label,colour\na.nii.gz,cap,red\n", "unknown column"),

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..types import CLASS_NAMES, CTVolume, InvalidInputError
 
-__all__ = ["Case", "CaseData", "Dataset", "DatasetError", "normalise_sex"]
+__all__ = ["Case", "CaseData", "Dataset", "DatasetError", "normalise_sex", "parse_age"]
 
 
 class DatasetError(InvalidInputError):
@@ -133,4 +133,24 @@ def normalise_sex(value: str | None, where: str) -> str | None:
         return "M"
     if text in ("F", "FEMALE", "WOMAN", "W"):
         return "F"
+    if text in ("O", "U", "OTHER", "UNKNOWN"):  # DICOM's "O" and common spellings of unknown
+        return None
     raise DatasetError(f"{where}: sex {value!r} is not M or F (leave it empty if unknown)")
+
+
+def parse_age(value: str | None, where: str) -> float | None:
+    """Age in years from '61', '61.5' or DICOM's '061Y' (also 'M' months, 'W' weeks,
+    'D' days); None for empty; DatasetError otherwise."""
+    import math
+    import re
+
+    if value is None or not str(value).strip():
+        return None
+    text = str(value).strip().upper()
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([YMWD]?)", text)
+    if m is None:
+        raise DatasetError(f"{where}: age {value!r} is not a number of years (leave it empty if unknown)")
+    years = float(m.group(1)) / {"": 1, "Y": 1, "M": 12, "W": 52.1775, "D": 365.25}[m.group(2)]
+    if not math.isfinite(years) or years > 130:
+        raise DatasetError(f"{where}: age {value!r} is not a plausible age in years")
+    return years

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import math
 from functools import partial
 from pathlib import Path
 
 from ..types import CLASS_NAMES
-from .base import Case, CaseData, Dataset, DatasetError, normalise_sex
+from .base import Case, CaseData, Dataset, DatasetError, normalise_sex, parse_age
 from .images import read_mask, read_volume
 
 __all__ = ["open_manifest", "MANIFEST_COLUMNS"]
@@ -98,14 +97,7 @@ def open_manifest(csv_path: Path, spec: str | None = None) -> Dataset:
             raise DatasetError(f"{where}: case_id {case_id!r} already used on line {seen[case_id]}; "
                                "give each row a unique case_id")
         seen[case_id] = line_no
-        age = None
-        if rec.get("age"):
-            try:
-                age = float(rec["age"])
-            except ValueError:
-                age = math.nan
-            if not math.isfinite(age) or not 0 <= age <= 130:
-                raise DatasetError(f"{where}: age {rec['age']!r} is not a number of years (leave it empty if unknown)")
+        age = parse_age(rec.get("age"), where)
         cases.append(Case(
             case_id=case_id,
             patient_id=rec.get("patient_id") or case_id,
