@@ -227,12 +227,6 @@ def _segment_fraction(grid: _Grid, seg: _Segment, extra_mm: float = 0.0
     return (slice(k0, k1), slice(j0, j1), slice(i0, i1)), frac
 
 
-def _max_into(target: np.ndarray, sl: tuple[slice, slice, slice], frac: np.ndarray) -> None:
-    """target[sl] = max(target[sl], frac) with target uint8 in 1/255 steps."""
-    q = (frac * 255.0 + 0.5).astype(np.uint8)
-    np.maximum(target[sl], q, out=target[sl])
-
-
 def _grow_tree(rng: np.random.Generator, root: np.ndarray, direction: np.ndarray,
                radius: float, min_radius: float, length_scale: float, origin: np.ndarray,
                generation: int = 0, out: list[_Segment] | None = None) -> list[_Segment]:
@@ -575,6 +569,9 @@ class _Lesion(NamedTuple):
     core_hu: float | None  # consolidative core value, or None
     halo_hu: float | None  # ground-glass halo value around a consolidation, or None
     bronchograms: bool
+    # A fissure bounding a lobar consolidation: (point, unit normal); the lesion lies on
+    # the side the normal points to. None: no such boundary.
+    fissure: tuple[np.ndarray, np.ndarray] | None = None
 
 
 def _intersect(a: tuple[slice, ...], b: tuple[slice, ...]
@@ -653,6 +650,10 @@ def _render_lesion(grid: _Grid, les: _Lesion, rng: np.random.Generator, hu: np.n
         for kv, ph in lobes:
             wob += les.irregularity * np.sin((q[0] * kv[0] + q[1] * kv[1] + q[2] * kv[2]) / rho + ph)
         depth_mm = (wob - rho) * mean_axis  # approx. signed distance inside the outline
+        if les.fissure is not None:
+            # A lobar consolidation stops at the fissure: a straight, sharp border.
+            (fz, fv, fu), (nz_, nv_, nu_) = les.fissure[0] - les.centre, les.fissure[1]
+            depth_mm = np.minimum(depth_mm, (pz - fz) * nz_ + (pv - fv) * nv_ + (pu - fu) * nu_)
         w = np.clip(depth_mm / les.edge_mm + 0.5, 0.0, 1.0)
         weight = w
         if les.halo_hu is not None:
@@ -814,7 +815,10 @@ def _influenza_lesions(rng, body, grid, lung, an, vessels) -> list[_Lesion]:
     return out
 
 
-def _cap_lesions(rng, body, grid, lung, an, sides: Sequence[int]) -> list[_Lesion]:
+def _cap_lesions(rng, body, grid, lung, an, sides: Sequence[int],
+                 hila: Sequence[np.ndarray]) -> list[_Lesion]:
+    """Lobar (bounded by the oblique fissure) or segmental consolidations, mostly
+    one-sided, with air bronchograms and sometimes a ground-glass halo."""
     out = []
     for side in sides:
         for n in range(1 if rng.uniform() < 0.7 else 2):
@@ -828,12 +832,18 @@ def _cap_lesions(rng, body, grid, lung, an, sides: Sequence[int]) -> list[_Lesio
             p, normal = got
             r = rng.uniform(30, 55) if lobar else rng.uniform(16, 32)
             axes = r * rng.uniform(0.75, 1.25, size=3)
+            fissure = None
+            if lobar:
+                # Oblique fissure through the hilum, running down and forwards: the lower
+                # lobe lies behind and below it, the upper lobe in front and above.
+                normal = _unit(np.array([1.0, rng.uniform(0.6, 1.3), 0.0]))
+                fissure = (hila[side - 1], normal if lower else -normal)
             out.append(_Lesion(
                 centre=p, axes=axes, frame=_frame_from_normal(normal, rng),
                 value_hu=float(rng.uniform(-40, 40)), edge_mm=float(rng.uniform(1.0, 2.5)),
                 irregularity=float(rng.uniform(0.08, 0.2)), paving=0.0, core_hu=None,
                 halo_hu=float(rng.uniform(-520, -300)) if rng.uniform() < 0.5 else None,
-                bronchograms=rng.uniform() < 0.85))
+                bronchograms=rng.uniform() < 0.85, fissure=fissure))
     return out
 
 
@@ -898,9 +908,11 @@ def make_phantom(label: str, seed: int, n_slices: int | None = None,
     v_trachea = -0.05 * an.thorax_b
     carina = np.array([zz_carina, v_trachea, 0.0])
     central.append(_Segment(np.array([-20.0, v_trachea, 0.0]), carina, an.trachea_r, an.trachea_r * 0.95, 0))
+    hila: list[np.ndarray] = []
     for side, sign in ((1, -1.0), (2, 1.0)):
         uc, vc, a0, b0 = body.lung_centres[side - 1]
         hilum = np.array([zz_hilum, vc - 0.15 * b0, sign * (an.med_half + 10.0)])
+        hila.append(hilum)
         r_main = an.trachea_r * (0.72 if side == 1 else 0.64)
         central.append(_Segment(carina, hilum, r_main, r_main * 0.9, 0))
         # Arteries from the hilum, veins from lower down (towards the left atrium).
@@ -974,7 +986,7 @@ def make_phantom(label: str, seed: int, n_slices: int | None = None,
     elif label == "influenza":
         lesions = _influenza_lesions(lr, ref_body, ref_grid, ref_lung, an, vessels)
     elif label == "cap":
-        lesions = _cap_lesions(lr, ref_body, ref_grid, ref_lung, an, cap_sides)
+        lesions = _cap_lesions(lr, ref_body, ref_grid, ref_lung, an, cap_sides, hila)
     for les in lesions:
         _render_lesion(grid, les, lr, hu, lung, lesion_mask)
     if label == "non_pneumonia" and lr.uniform() < 0.35:
