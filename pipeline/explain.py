@@ -1,9 +1,9 @@
 """Interpretation (METHOD.md, module 5): Guided Grad-CAM and attentional regions.
 
 Guided Grad-CAM of a slice = MONAI ``GradCAM`` on the classifier's last stage (upsampled
-to the input, normalised to [0, 1]) times MONAI ``GuidedBackpropGrad`` (the input
-gradient with negative gradients stopped at every ReLU), for the explained class. The
-product is taken as the largest absolute value over the three input channels, smoothed a
+to the input, divided by its maximum: MONAI's default post-processing would flip it)
+times MONAI ``GuidedBackpropGrad`` (the input gradient with negative gradients stopped at
+every ReLU), for the explained class. The product is taken as the largest absolute value over the three input channels, smoothed a
 little (``attention_sigma_px``: guided gradients are pixel noise otherwise, and the
 regions are meant to be lesions, not pixels), normalised to [0, 1] and mapped from the
 224 x 224 lung-box crop back onto the full slice.
@@ -48,6 +48,16 @@ from .types import (
 )
 
 
+def _scale_to_unit(cam: torch.Tensor) -> torch.Tensor:
+    """Each map divided by its maximum (Grad-CAM is >= 0 after its ReLU), 0 if all zero.
+
+    Replaces MONAI's default post-processing, which maps (min, max) to (1, 0), i.e.
+    turns the map upside down for display.
+    """
+    top = cam.flatten(1).amax(dim=1).clamp_min(torch.finfo(cam.dtype).tiny)
+    return cam / top.view(-1, *([1] * (cam.dim() - 1)))
+
+
 class _Explainer:
     """A private, hook-carrying copy of one classifier with its MONAI explainers."""
 
@@ -60,19 +70,21 @@ class _Explainer:
             raise InvalidInputError(f"the classifier has no layer {layer!r} for Grad-CAM; "
                                     f"set ChainParams.gradcam_layer to one of its stages")
         self.net = net
-        self.cam = GradCAM(nn_module=net, target_layers=layer)
+        self.cam = GradCAM(nn_module=net, target_layers=layer, postprocessing=_scale_to_unit)
         self.guided = GuidedBackpropGrad(net)
         self.lock = threading.Lock()
 
     def guided_gradcam(self, x: np.ndarray, class_index: int) -> np.ndarray:
-        """(S, S) Guided Grad-CAM of one (3, S, S) input for ``class_index`` (not normalised)."""
+        """(n, S, S) Guided Grad-CAM of an (n, 3, S, S) input for ``class_index``
+        (Grad-CAM scaled to [0, 1] per slice times the guided gradient magnitude)."""
         dev = next(self.net.parameters()).device
         with self.lock, torch.inference_mode(False), torch.enable_grad():
-            t = torch.from_numpy(np.ascontiguousarray(x[None], dtype=np.float32)).to(dev)
+            t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(dev)
+            # Grad-CAM takes the batch at once; MONAI's guided backprop one slice at a time.
             cam = self.cam(x=t.clone().requires_grad_(True), class_idx=class_index)
-            grad = self.guided(t.clone(), index=class_index)
+            grad = torch.cat([self.guided(t[i:i + 1].clone(), index=class_index) for i in range(len(t))])
             ggc = grad.abs().amax(dim=1, keepdim=True) * cam
-        return ggc[0, 0].detach().float().cpu().numpy()
+        return ggc[:, 0].detach().float().cpu().numpy()
 
 
 def _wrap_relus(net: torch.nn.Module) -> None:
@@ -165,9 +177,10 @@ def explain_slices(volume: CTVolume, lung_mask: LungMask, z_indices: Sequence[in
     inputs = classifier_batch(volume, lung_mask, z_list, params)
     boxes = lung_boxes(lung_mask, z_list)
     shape_yx = volume.shape[1:]
+    ggc = explainer.guided_gradcam(inputs, class_index)
     maps = []
-    for z, x, box in zip(z_list, inputs, boxes):
-        small = _normalise(explainer.guided_gradcam(x, class_index), params.attention_sigma_px)
+    for z, g, box in zip(z_list, ggc, boxes):
+        small = _normalise(g, params.attention_sigma_px)
         heat = np.clip(uncrop(small, box, shape_yx), 0.0, 1.0)
         regions = attention_regions(heat, lung_mask.mask[z], params)
         maps.append(AttentionMap(z_index=z, heat=heat, regions=regions, target_class=target_class))
