@@ -751,6 +751,9 @@ def _peribronchovascular_point(rng: np.random.Generator, pool: Sequence[_Segment
 
 
 def _covid_lesions(rng, body, grid, lung, an) -> list[_Lesion]:
+    """Peripheral, subpleural ground-glass opacities flattened along the pleura, bilateral
+    in most cases, lower and posterior by preference; crazy paving in most, a
+    consolidative core in some."""
     out = []
     count = int(rng.integers(2, 10))
     bilateral = rng.uniform() < 0.85
@@ -777,6 +780,9 @@ def _covid_lesions(rng, body, grid, lung, an) -> list[_Lesion]:
 
 
 def _influenza_lesions(rng, body, grid, lung, an, vessels) -> list[_Lesion]:
+    """Many small patches beside central and mid-level vessels (peribronchovascular),
+    ground glass or consolidative, plus small centrilobular nodules; in some cases a
+    few peripheral patches too (the overlap with COVID-19 seen in practice)."""
     out = []
     central, small = _generations(vessels, 1, 5), _generations(vessels, 3, 9)
     for _ in range(int(rng.integers(8, 26))):

@@ -148,6 +148,12 @@ def test_nifti_stored_flipped_is_read_in_lps_with_its_mask(tmp_path):
     assert volume.direction == pytest.approx((1, 0, 0, 0, 1, 0, 0, 0, 1))
     assert np.array_equal(volume.hu, ct[:, ::-1, ::-1].astype(np.float32))
     assert lesion[1, -1, -1] and lesion.sum() == 1  # flipped with the volume
+    # The plain reader keeps the file's own grid (dicomnode analyze saves masks on it).
+    from pipeline.datasets.images import read_volume
+
+    native = read_volume(tmp_path / "ras.nii.gz")
+    assert native.direction == pytest.approx((-1, 0, 0, 0, -1, 0, 0, 0, 1))
+    assert np.array_equal(native.hu, ct.astype(np.float32))
 
 
 def test_manifest_with_dicom_series(tmp_path):

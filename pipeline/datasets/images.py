@@ -3,9 +3,9 @@ stacks of 2-D slice images (PIL). Every failure is a DatasetError naming the fil
 
 SimpleITK indexes x/y/z; everything here returns z/y/x arrays and (z, y, x) spacing as
 ``pipeline.types.CTVolume`` expects. ``origin_mm`` and ``direction`` stay in SimpleITK's
-own (x, y, z) convention, as CTVolume documents. NIfTI volumes and masks are reoriented
-to LPS axes (see ``_orient``); DICOM series keep the order SimpleITK sorts them in, so
-that ``slice_uids`` stay with their slices.
+own (x, y, z) convention, as CTVolume documents. The data set readers reorient NIfTI
+volumes and masks to LPS axes (``orient_lps``, see ``_orient``); DICOM series keep the
+order SimpleITK sorts them in, so that ``slice_uids`` stay with their slices.
 """
 
 from __future__ import annotations
@@ -100,8 +100,14 @@ def _read_dicom_folder(folder: Path) -> CTVolume:
     return _to_volume(image, folder, keep_uids, keep_numbers)
 
 
-def read_volume(path: Path) -> CTVolume:
-    """A CT volume from a NIfTI file or a DICOM series folder."""
+def read_volume(path: Path, orient_lps: bool = False) -> CTVolume:
+    """A CT volume from a NIfTI file or a DICOM series folder.
+
+    With ``orient_lps`` a NIfTI volume is reoriented to LPS axes (the data set readers
+    do this, so that training and evaluation see one orientation); without it the
+    file's own voxel grid is kept (what ``dicomnode analyze`` needs to save a mask on
+    the input's grid). DICOM series are never reoriented.
+    """
     path = Path(path)
     if not path.exists():
         raise DatasetError(f"{path}: no such file or folder; check the path (paths in a manifest "
@@ -116,7 +122,7 @@ def read_volume(path: Path) -> CTVolume:
     except RuntimeError as e:
         raise DatasetError(f"{path}: cannot read the NIfTI volume ({str(e).strip().splitlines()[-1]}); "
                            "is the file complete?") from e
-    return _to_volume(_orient(image, path), path)
+    return _to_volume(_orient(image, path) if orient_lps else image, path)
 
 
 def _orient(image, path: Path):
@@ -132,8 +138,9 @@ def _orient(image, path: Path):
         raise DatasetError(f"{path}: cannot reorient the volume to LPS ({str(e).strip().splitlines()[-1]})") from e
 
 
-def read_mask(path: Path, shape: tuple[int, int, int]) -> np.ndarray:
-    """A bool z/y/x mask (voxels > 0) from a NIfTI file, checked against ``shape``."""
+def read_mask(path: Path, shape: tuple[int, int, int], orient_lps: bool = False) -> np.ndarray:
+    """A bool z/y/x mask (voxels > 0) from a NIfTI file, checked against ``shape``;
+    ``orient_lps`` as for ``read_volume`` (use the same value for a scan and its masks)."""
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"{path}: mask file not found; check the path (relative to the CSV)")
@@ -144,7 +151,7 @@ def read_mask(path: Path, shape: tuple[int, int, int]) -> np.ndarray:
         image = sitk.ReadImage(str(path))
     except RuntimeError as e:
         raise DatasetError(f"{path}: cannot read the mask ({str(e).strip().splitlines()[-1]})") from e
-    mask = sitk.GetArrayFromImage(_orient(image, path)) > 0
+    mask = sitk.GetArrayFromImage(_orient(image, path) if orient_lps else image) > 0
     if mask.shape != tuple(shape):
         raise DatasetError(f"{path}: mask has shape {mask.shape} (z, y, x) but its scan {tuple(shape)}; "
                            "draw the mask on the scan's own grid")

@@ -24,11 +24,11 @@ _REQUIRED = ("path", "label")
 
 
 def _load(path: Path, lung: Path | None, lesion: Path | None) -> CaseData:
-    volume = read_volume(path)
+    volume = read_volume(path, orient_lps=True)
     return CaseData(
         volume,
-        read_mask(lung, volume.shape) if lung else None,
-        read_mask(lesion, volume.shape) if lesion else None,
+        read_mask(lung, volume.shape, orient_lps=True) if lung else None,
+        read_mask(lesion, volume.shape, orient_lps=True) if lesion else None,
     )
 
 

@@ -37,8 +37,8 @@ def _stem(path: Path) -> str:
 
 
 def _load(path: Path, lesion: Path | None) -> CaseData:
-    volume = read_volume(path)
-    return CaseData(volume, None, read_mask(lesion, volume.shape) if lesion else None)
+    volume = read_volume(path, orient_lps=True)
+    return CaseData(volume, None, read_mask(lesion, volume.shape, orient_lps=True) if lesion else None)
 
 
 def open_mosmed(root: Path, spec: str | None = None) -> Dataset:
