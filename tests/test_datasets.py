@@ -223,6 +223,15 @@ def test_unreadable_files_fail_on_load_naming_the_file(tmp_path):
         empty.load()
 
 
+def test_os_errors_become_dataset_errors(tmp_path):
+    def unreadable():
+        raise PermissionError(13, "Permission denied", str(tmp_path / "secret.nii.gz"))
+
+    case = Case("c1", "p1", "cap", source="x", loader=unreadable)
+    with pytest.raises(DatasetError, match="secret.nii.gz: Permission denied"):
+        case.load()
+
+
 # ----------------------------------------------------------------------- MosMedData
 
 

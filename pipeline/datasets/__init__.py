@@ -34,6 +34,14 @@ _PREFIXES = ("phantom", "manifest", "csv", "mosmed", "ccccii", "cc-ccii")
 
 def open_dataset(spec: str) -> Dataset:
     """Open the data set a spec names (see the module docstring)."""
+    try:
+        return _open(spec)
+    except OSError as e:  # permissions and the like while listing folders or reading a CSV
+        raise DatasetError(f"data spec {spec!r}: {e.filename or ''}: {e.strerror or e}; "
+                           "check that the files and folders are readable") from e
+
+
+def _open(spec: str) -> Dataset:
     if not isinstance(spec, str) or not spec.strip():
         raise DatasetError(f"empty data spec; give {SPEC_HELP}")
     spec = spec.strip()

@@ -65,7 +65,11 @@ class Case:
         """Read the scan (and masks) now; raises DatasetError naming the file on failure."""
         if self.loader is None:
             raise DatasetError(f"case {self.case_id!r} has no loader (built by hand without one)")
-        data = self.loader()
+        try:
+            data = self.loader()
+        except OSError as e:  # permissions, vanished files, full disks: name the file
+            raise DatasetError(f"case {self.case_id!r}: {e.filename or self.source}: {e.strerror or e}; "
+                               "check that the file is readable") from e
         shape = data.volume.shape
         for name, mask in (("lung_mask", data.lung_mask), ("lesion_mask", data.lesion_mask)):
             if mask is not None and mask.shape != shape:
