@@ -143,12 +143,15 @@ def _elide_blocks(lines: list[str], starts: str, contains: str, keep: int, what:
 
 def abridge(listing: str) -> str:
     """The dsrdump listing without its repetitions: one source image of the image library,
-    two infectious-slice groups, the first points of each outline."""
+    one image behind the infectious-slice count, two infectious-slice groups, the first
+    points of each outline."""
     lines = listing.splitlines()
     lines = _elide_blocks(lines, r'<contains IMAGE:\(,,"Source"\)', "Image Position", 1,
                           "source images (one per slice)")
     lines = _elide_blocks(lines, r'<contains CONTAINER:\(,,"Measurement Group"\)',
                           "COVID-19 infectious slice, image", 2, "infectious-slice groups (one per slice)")
+    lines = _elide_blocks(lines, r'<inferred from IMAGE:\(,,"Source of Measurement"\)', "Source of Measurement", 1,
+                          "infectious slices referenced")
     lines = [re.sub(r"\((POLYLINE|POLYGON),((?:[^,)]+,){4})[^)]*\)", r"(\1,\2...)", line) for line in lines]
     return "\n".join(lines)
 
@@ -217,6 +220,13 @@ def main(argv: list[str] | None = None) -> int:
                                   f"screenshots of the failure in {report.get('screenshots')}")
         problems = [t for t in report["toasts"] if not any(k in t for k in KNOWN_WARNINGS)]
         problems += report["pageErrors"] + report["httpErrors"]
+        steps = report["steps"]
+        if "COVID-19 probability" not in " ".join(steps["sr"]["annotationTexts"]):
+            problems.append("the SR's findings are not drawn on the key slice "
+                            f"(OHIF console warnings: {report.get('consoleWarnings', [])[:5]})")
+        for step in ("sc", "seg"):
+            if (steps[step]["canvas"] or {}).get("colouredFraction", 0) <= 0.001:
+                problems.append(f"the {step.upper()} step shows no colour (overlay not displayed)")
         if problems:
             raise ScreenshotError(f"OHIF reported problems: {problems}")
         args.images.mkdir(parents=True, exist_ok=True)

@@ -196,8 +196,13 @@ def test_ohif_shows_report_on_key_slice_gradcam_overlay_and_lung_seg(tmp_path):
     assert steps["ct"]["canvas"]["colouredFraction"] < 0.001, "the CT itself should be grey"
 
     sr = steps["sr"]
+    if sr.get("recoveries"):
+        # OHIF 3.13.2 sometimes opens the key slice without drawing; the driver steps with
+        # the viewport's SR arrows (docs/radiologist.md tells readers the same).
+        print(f"OHIF needed {sr['recoveries']} before drawing the SR")
     drawn = " ".join(sr["annotationTexts"])
-    assert covid_label in drawn, f"COVID-19 probability not drawn; OHIF drew: {sr['annotationTexts']}"
+    assert covid_label in drawn, (f"COVID-19 probability not drawn; OHIF drew: {sr['annotationTexts']}; "
+                                  f"OHIF console warnings: {report.get('consoleWarnings', [])[:10]}")
     assert re.search(rf"\bI:{key_instance}\b", sr["overlay"]["bottom-right"]), (
         f"the SR should open on the key slice (instance {key_instance}); viewport says {sr['overlay']}")
     assert sr["canvas"]["litFraction"] > 0.05, "the key slice is not rendered under the findings"

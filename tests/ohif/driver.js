@@ -163,15 +163,30 @@ async function openCt(page, opts) {
 }
 
 async function openSr(page, opts) {
-  await thumbnail(page, opts.srSeries).dblclick({ timeout: opts.timeoutMs });
   const wanted = opts.srTexts;
-  const texts = await pollUntil(
-    page,
-    () => annotationTexts(page),
-    t => t.length > 0 && wanted.every(w => t.some(x => x.includes(w))),
-    opts.timeoutMs,
-  );
-  const result = { annotationTexts: texts, overlay: await viewportOverlay(page), canvas: await canvasStats(page) };
+  const drawn = t => t.length > 0 && wanted.every(w => t.some(x => x.includes(w)));
+  const firstWait = Math.min(opts.timeoutMs, 15000);
+  const recoveries = [];
+  await thumbnail(page, opts.srSeries).dblclick({ timeout: opts.timeoutMs });
+  let texts = await pollUntil(page, () => annotationTexts(page), drawn, firstWait);
+  if (!drawn(texts)) {
+    // Seen now and then under load: OHIF jumps to the key slice but draws nothing. Step
+    // to the SR's next finding and back with the viewport's own arrows, as a reader would.
+    recoveries.push('arrows');
+    const right = page.locator('[data-cy="viewport-action-arrows-right"]').first();
+    const left = page.locator('[data-cy="viewport-action-arrows-left"]').first();
+    if (await right.isVisible()) {
+      await right.click({ timeout: opts.timeoutMs });
+      if (await left.isVisible()) await left.click({ timeout: opts.timeoutMs });
+    }
+    texts = await pollUntil(page, () => annotationTexts(page), drawn, firstWait);
+  }
+  if (!drawn(texts)) {
+    recoveries.push('reopen');
+    await thumbnail(page, opts.srSeries).dblclick({ timeout: opts.timeoutMs });
+    texts = await pollUntil(page, () => annotationTexts(page), drawn, opts.timeoutMs);
+  }
+  const result = { annotationTexts: texts, recoveries, overlay: await viewportOverlay(page), canvas: await canvasStats(page) };
   // Longitudinal mode asks whether to track the SR's measurements; the banner would cover
   // the top of the viewport in the screenshot. "No" keeps the SR displayed read-only.
   const prompt = page.getByText('Do you want to continue tracking measurements', { exact: false });
@@ -219,7 +234,8 @@ async function main() {
   const opts = parseOptions(process.argv.slice(2));
   fs.mkdirSync(opts.outDir, { recursive: true });
   const report = {
-    ok: false, steps: {}, toasts: [], pageErrors: [], consoleErrors: [], httpErrors: [], screenshots: [],
+    ok: false, steps: {}, toasts: [], pageErrors: [], consoleErrors: [], consoleWarnings: [], httpErrors: [],
+    screenshots: [],
   };
   const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'ohif-chromium-'));
   let context;
@@ -237,6 +253,10 @@ async function main() {
     page.on('pageerror', e => report.pageErrors.push(String(e.message).slice(0, 500)));
     page.on('console', m => {
       if (m.type() === 'error') report.consoleErrors.push(m.text().slice(0, 500));
+      // Warnings explain a step that timed out (e.g. an SR OHIF could not map to images).
+      if (m.type() === 'warning' && report.consoleWarnings.length < 50) {
+        report.consoleWarnings.push(m.text().slice(0, 300));
+      }
     });
     page.on('response', r => {
       if (r.status() >= 400) report.httpErrors.push(`${r.status()} ${r.request().method()} ${r.url().slice(0, 300)}`);
