@@ -15,7 +15,9 @@ import SimpleITK as sitk
 from dicomnode.commands import analyze as analyze_cmd
 from dicomnode.synthetic import write_ct_series
 from pipeline.lung import dice
+from pipeline.params import ChainParams
 from pipeline.phantom import make_phantom
+from pipeline.preprocess import lung_slice_indices
 from pipeline.types import CLASS_NAMES, TASK_NAMES
 
 FIRST_INSTANCE = 101  # InstanceNumbers start here, so they cannot be mistaken for z indices
@@ -33,7 +35,9 @@ def run_analyze(argv: list[str], capsys) -> tuple[int, str, str]:
 
 @pytest.fixture(scope="module")
 def phantom():
-    ph = make_phantom("covid19", 31, n_slices=24, size_px=96)
+    # 26 slices: the lung slices (2..22) are not symmetric along z, so a mirrored slice
+    # numbering would show.
+    ph = make_phantom("covid19", 31, n_slices=26, size_px=96)
     nz = ph.volume.shape[0]
     volume = replace(ph.volume, origin_mm=(-150.0, -160.0, -300.0),
                      slice_numbers=tuple(range(FIRST_INSTANCE, FIRST_INSTANCE + nz)))
@@ -86,12 +90,16 @@ def test_dicom_folder(tmp_path: Path, tiny_bundle: Path, phantom, capsys) -> Non
     _check_mask_alignment(tmp_path / "lung.nii.gz", reader.Execute(), ph.lung_mask)
 
 
-def test_nifti_file(tmp_path: Path, tiny_bundle: Path, phantom, capsys) -> None:
+@pytest.mark.parametrize("direction", [
+    (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0),  # stored RAS, as many NIfTI files are
+    (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, -1.0),   # slices stored top to bottom
+], ids=["ras", "z-reversed"])
+def test_nifti_file(tmp_path: Path, tiny_bundle: Path, phantom, capsys, direction) -> None:
     ph, volume = phantom
     image = sitk.GetImageFromArray(volume.hu)
     image.SetSpacing(tuple(float(s) for s in volume.spacing_mm[::-1]))
     image.SetOrigin((12.0, -40.0, 80.0))
-    image.SetDirection((-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0))  # RAS-style flips
+    image.SetDirection(direction)
     nifti = tmp_path / "ct.nii.gz"
     sitk.WriteImage(image, str(nifti))
     out = tmp_path / "out"
@@ -107,6 +115,10 @@ def test_nifti_file(tmp_path: Path, tiny_bundle: Path, phantom, capsys) -> None:
     pngs = sorted((out / "overlays").glob("*.png"))
     assert len(pngs) == len(details["explained_slices"]) >= 1
     _check_mask_alignment(tmp_path / "lung.nii.gz", sitk.ReadImage(str(nifti)), ph.lung_mask)
+    # Slices are named by the file's own slice index: the located slices are the lung
+    # slices of the saved mask, which lies on the file's grid.
+    saved = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "lung.nii.gz"))) > 0
+    assert located == set(int(z) for z in lung_slice_indices(saved, ChainParams()))
 
 
 def test_bad_inputs_exit_2_with_one_line(tmp_path: Path, tiny_bundle: Path, capsys) -> None:

@@ -7,7 +7,9 @@ Grad-CAM Secondary Captures, lung SEG, KOS) are written as DICOM files under
 ``DIR/<kind>/``; with NIfTI input there are no source datasets to reference, so
 ``DIR/overlays/*.png`` hold the Grad-CAM pictures instead. ``DIR/result.json`` holds the
 summary plus the slice scores, locator scores, timings and phenotype in both cases.
-``--save-mask`` writes the lung mask on the input's grid (origin, spacing, direction).
+A NIfTI volume is reoriented to LPS axes for the chain (as DICOM series and the training
+data are) and its slices are reported by the file's own slice index. ``--save-mask``
+writes the lung mask on the input's grid (origin, spacing, direction).
 
 Exit code 0, or 2 with a one-line error on stderr for input the chain cannot use (or a
 missing/corrupt model bundle).
@@ -70,21 +72,21 @@ def run(args: argparse.Namespace) -> int:
     from dicomnode.errors import NodeError
     from dicomnode.volume import SeriesRejected, load_series
     from pipeline.chain import analyze
-    from pipeline.datasets.images import is_nifti, read_volume
     from pipeline.models import DEFAULT_BUNDLE_DIR, load_bundle
     from pipeline.params import ChainParams
     from pipeline.types import InvalidInputError, ModelBundleError
 
     source: Path = args.input
     sources = None
+    nifti_grid = None
     try:
         if source.is_dir():
             files = _series_files(source)
             if not files:
                 return _fail(f"{source} holds no files; pass a folder with one DICOM CT series")
             volume, sources = load_series(files)
-        elif source.is_file() and is_nifti(source):
-            volume = read_volume(source)
+        elif source.is_file() and _is_nifti(source):
+            volume, nifti_grid = read_nifti(source)
         else:
             return _fail(f"{source} is neither a DICOM series folder nor a NIfTI file (.nii, .nii.gz)")
     except SeriesRejected as e:
@@ -119,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
         summary_files = _write_overlays(result, volume, out)
     (out / "result.json").write_text(json.dumps(_details(result, volume, summary, summary_files), indent=2) + "\n")
     if args.save_mask is not None:
-        _save_mask(result.lung_mask.mask, volume, args.save_mask)
+        _save_mask(result.lung_mask.mask, volume, args.save_mask, nifti_grid)
     log.info("label %s, %d infected slices, total %.2f s", summary["label"], len(summary["infected_slices"]),
              result.timings_s.get("total", float("nan")))
     print(json.dumps(summary, indent=2))
@@ -181,13 +183,78 @@ def _details(result, volume, summary: dict, files: list[str]) -> dict[str, Any]:
     }
 
 
-def _save_mask(mask: np.ndarray, volume, path: Path) -> None:
-    """The lung mask as uint8 NIfTI on the input's grid (SimpleITK x/y/z convention)."""
+def _is_nifti(path: Path) -> bool:
+    return path.name.lower().endswith((".nii", ".nii.gz"))
+
+
+def read_nifti(path: Path):
+    """A NIfTI volume reoriented to LPS axes, as DICOM series and the training data are
+    (NIfTI files are often stored flipped, RAS), and the file's own grid for saving the
+    mask back onto it.
+
+    When the file's slice axis is the volume's z axis (possibly reversed), each z slice
+    is labelled with the file's slice index (``slice_numbers``), so the reported slices
+    are the file's own.
+    """
+    import SimpleITK as sitk
+
+    from pipeline.types import CTVolume, InvalidInputError
+
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as e:
+        raise InvalidInputError(f"{path}: cannot read the NIfTI volume "
+                                f"({str(e).strip().splitlines()[-1]}); is the file complete?") from e
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        raise InvalidInputError(f"{path}: a CT volume must be 3-D grey values, this file is "
+                                f"{image.GetDimension()}-D with {image.GetNumberOfComponentsPerPixel()} "
+                                f"component(s) per voxel")
+    grid = _Grid(image.GetSize(), image.GetSpacing(), image.GetOrigin(), image.GetDirection())
+    oriented = sitk.DICOMOrient(image, "LPS")
+    del image
+    hu = np.ascontiguousarray(sitk.GetArrayFromImage(oriented), dtype=np.float32)
+    sx, sy, sz = oriented.GetSpacing()
+    nz = hu.shape[0]
+    file_axes = np.asarray(grid.direction, dtype=float).reshape(3, 3)
+    z_axis = np.asarray(oriented.GetDirection(), dtype=float).reshape(3, 3)[:, 2]
+    along = file_axes.T @ z_axis  # the volume's z axis in the file's index axes
+    numbers: tuple[int, ...] = ()
+    if abs(abs(along[2]) - 1.0) < 1e-3 and along[2] < 0:
+        numbers = tuple(range(nz - 1, -1, -1))  # the file stores slices top to bottom
+    elif abs(abs(along[2]) - 1.0) >= 1e-3:
+        log.warning("the NIfTI file's slice axis is not axial; slices are reported as z indices of "
+                    "the LPS-oriented volume")
+    volume = CTVolume(hu=hu, spacing_mm=(float(sz), float(sy), float(sx)),
+                      origin_mm=tuple(float(v) for v in oriented.GetOrigin()),
+                      direction=tuple(float(v) for v in oriented.GetDirection()),
+                      slice_numbers=numbers)
+    return volume, grid
+
+
+class _Grid:
+    """The voxel grid of an input file (SimpleITK x/y/z convention)."""
+
+    def __init__(self, size, spacing, origin, direction) -> None:
+        self.size = tuple(int(v) for v in size)
+        self.spacing = tuple(float(v) for v in spacing)
+        self.origin = tuple(float(v) for v in origin)
+        self.direction = tuple(float(v) for v in direction)
+
+
+def _save_mask(mask: np.ndarray, volume, path: Path, grid: "_Grid | None" = None) -> None:
+    """The lung mask as uint8 NIfTI on the input's grid (SimpleITK x/y/z convention).
+
+    ``grid``: the input file's own grid when the volume was reoriented on reading; the
+    mask is then put back onto it (nearest neighbour: the voxels coincide exactly).
+    """
     import SimpleITK as sitk
 
     image = sitk.GetImageFromArray(mask.astype(np.uint8))
     image.SetSpacing((float(volume.spacing_mm[2]), float(volume.spacing_mm[1]), float(volume.spacing_mm[0])))
     image.SetOrigin(tuple(float(v) for v in volume.origin_mm))
     image.SetDirection(tuple(float(v) for v in volume.direction))
+    if grid is not None:
+        image = sitk.Resample(image, grid.size, sitk.Transform(), sitk.sitkNearestNeighbor, grid.origin,
+                              grid.spacing, grid.direction, 0, sitk.sitkUInt8)
     path.parent.mkdir(parents=True, exist_ok=True)
     sitk.WriteImage(image, str(path), useCompression=True)
