@@ -147,7 +147,7 @@ def abridge(listing: str) -> str:
     points of each outline."""
     lines = listing.splitlines()
     lines = _elide_blocks(lines, r'<contains IMAGE:\(,,"Source"\)', "Image Position", 1,
-                          "source images (one per slice)")
+                          "source images")
     lines = _elide_blocks(lines, r'<contains CONTAINER:\(,,"Measurement Group"\)',
                           "COVID-19 infectious slice, image", 2, "infectious-slice groups (one per slice)")
     lines = _elide_blocks(lines, r'<inferred from IMAGE:\(,,"Source of Measurement"\)', "Source of Measurement", 1,
