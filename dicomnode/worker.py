@@ -29,7 +29,7 @@ from .delivery import Delivery
 from .errors import QueueError
 from .queue import Job, JobQueue, JobState
 from .series import SeriesAssembler
-from .store import fsync_dir
+from .store import fsync_dir, validate_uid
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +57,15 @@ def persist_results(objects: Mapping[str, Sequence], job_dir: Path, summary: dic
         kind_dir = job_dir / kind
         kind_dir.mkdir(exist_ok=True)
         for ds in datasets:
-            uid = str(ds.SOPInstanceUID)
+            uid = validate_uid(ds.SOPInstanceUID, f"{kind} SOP Instance UID")  # becomes a file name
             path = kind_dir / f"{uid}.dcm"
             write_dataset_durably(ds, path)
             written.append((kind, uid, str(path.relative_to(job_dir.parent))))
         fsync_dir(kind_dir)
     if summary is not None:
-        (job_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        tmp = job_dir / ".summary.json.tmp"
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+        tmp.replace(job_dir / "summary.json")
     fsync_dir(job_dir)
     fsync_dir(job_dir.parent)
     return written
