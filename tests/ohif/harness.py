@@ -29,6 +29,19 @@ OHIF_DIST = HERE.parent / ".ohif" / "dist"
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 
 
+#: playwright-core 1.65's "engines" field.
+MIN_NODE_MAJOR = 20
+
+
+def _node_major() -> int:
+    """Major version of the node on PATH (0 when it cannot say)."""
+    try:
+        out = subprocess.run(["node", "--version"], capture_output=True, text=True, timeout=30).stdout
+        return int(out.strip().lstrip("v").split(".")[0])
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        return 0
+
+
 class ViewerError(RuntimeError):
     """The driver could not run (node missing, crashed, printed no JSON)."""
 
@@ -38,7 +51,10 @@ def viewer_missing_reason() -> str | None:
     if not Path(CHROMIUM).is_file():
         return f"chromium not found at {CHROMIUM} (Debian package 'chromium'; .ci/run installs it)"
     if shutil.which("node") is None:
-        return "node not found (Debian packages 'nodejs npm'); needed to drive chromium"
+        return "node not found (Node.js >= 20 with npm); needed to drive chromium"
+    major = _node_major()
+    if major < MIN_NODE_MAJOR:
+        return f"node {major} is too old: playwright-core needs Node.js >= {MIN_NODE_MAJOR}"
     if not (OHIF_DIST / "index.html").is_file():
         return f"OHIF build missing in {OHIF_DIST}: run tests/ohif/setup.sh (needs the npm registry once)"
     if not PLAYWRIGHT.is_file():

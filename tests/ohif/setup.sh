@@ -19,6 +19,12 @@ for tool in node npm tar; do
     fi
 done
 
+node_major="$(node --version | sed 's/^v//; s/\..*//')"
+if (( node_major < 20 )); then
+    echo "setup.sh: node $(node --version) is too old; playwright-core needs Node.js >= 20" >&2
+    exit 1
+fi
+
 if [[ -f "$target/dist/index.html" && "$(cat "$stamp" 2>/dev/null)" == "$OHIF_VERSION" ]]; then
     echo "setup.sh: OHIF $OHIF_VERSION already in $target/dist"
 else
