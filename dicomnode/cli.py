@@ -21,21 +21,35 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dicomnode", description=__doc__)
+def _chosen_command(argv: list[str]) -> str | None:
+    """The sub-command named on the command line (the first word that is not an option)."""
+    for word in argv:
+        if not word.startswith("-"):
+            return word
+    return None
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """Only the chosen command's module is imported: a broken or slow-to-import command
+    cannot take the others down (``dicomnode status`` must work whatever else is wrong)."""
+    chosen = _chosen_command(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(
+        prog="dicomnode",
+        description="COVID-CT-Node: a DICOM node that runs the COVID-19 chest CT chain of Jin et al. 2020.")
     parser.add_argument("--version", action="version", version=f"dicomnode {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
-        module = importlib.import_module(f"dicomnode.commands.{module_name}")
-        module.add_arguments(p)
-        p.set_defaults(_module=module)
+        if name == chosen:
+            module = importlib.import_module(f"dicomnode.commands.{module_name}")
+            module.add_arguments(p)
+            p.set_defaults(_module=module)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
