@@ -15,8 +15,8 @@ with a disk of ``attention_morph_radius_px``, kept inside the lung mask dilated 
 
 Both MONAI tools change the network they work on (GradCAM registers hooks it never
 removes; guided backprop swaps ReLUs while it runs), so they work on a private copy of
-the classifier made once per classifier and process, and one explanation at a time runs
-on each copy. MONAI's ResNet names its activations ``act``, which guided backprop's
+the classifier made once per classifier and process (again if its weights change), and
+one explanation at a time runs on each copy. MONAI's ResNet names its activations ``act``, which guided backprop's
 name match ("relu") would miss: in the copy every ReLU is wrapped as a child named
 ``relu``.
 """
@@ -96,17 +96,24 @@ def _wrap_relus(net: torch.nn.Module) -> None:
                 setattr(module, name, plain if "relu" in name else torch.nn.Sequential(OrderedDict(relu=plain)))
 
 
-_explainers: "weakref.WeakKeyDictionary[torch.nn.Module, _Explainer]" = weakref.WeakKeyDictionary()
+_explainers: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple, _Explainer]]" = weakref.WeakKeyDictionary()
 _explainers_lock = threading.Lock()
 
 
+def _weights_version(net: torch.nn.Module) -> tuple:
+    """Changes whenever a weight is changed in place (optimizer steps, load_state_dict),
+    so a copy made before training went on is not used afterwards."""
+    return tuple(t._version for t in (*net.parameters(), *net.buffers()))
+
+
 def _explainer_for(classifier: torch.nn.Module, layer: str) -> _Explainer:
+    version = (_weights_version(classifier), layer)
     with _explainers_lock:
-        ex = _explainers.get(classifier)
-        if ex is None:
-            ex = _Explainer(classifier, layer)
-            _explainers[classifier] = ex
-        return ex
+        cached = _explainers.get(classifier)
+        if cached is None or cached[0] != version:
+            cached = (version, _Explainer(classifier, layer))
+            _explainers[classifier] = cached
+        return cached[1]
 
 
 # ----------------------------------------------------------------- which slices

@@ -69,17 +69,13 @@ def segment_lungs_unet(volume: CTVolume, params: ChainParams, unet: torch.nn.Mod
             x = torch.from_numpy(unet_batch(hu[start:start + batch], params)).to(dev)
             logits = unet(x)
             prob[start:start + batch] = F.softmax(logits.float(), dim=1)[:, 1].cpu().numpy()
-    # Keep the two largest components at the U-Net's size (cheap), then upsample.
-    keep = largest_components(prob > params.unet_threshold, max_count=2,
-                              min_fraction=params.lung_second_min_fraction)
-    prob = np.where(ndimage.binary_dilation(keep, structure=_PER_SLICE), prob, 0.0).astype(np.float32)
-    return upsample_mask(prob, hu.shape[1:], threshold=params.unet_threshold) & _dilate_up(keep, hu.shape)
-
-
-def _dilate_up(small: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """Where a kept low-resolution component (dilated by one pixel) lies at full size."""
-    grown = ndimage.binary_dilation(small, structure=_PER_SLICE).astype(np.float32)
-    return upsample_mask(grown, shape[1:], threshold=0.0)
+    # Keep the two largest components at the U-Net's size (cheap): the probability of the
+    # other foreground components is set to 0, the background's is left as it is so the
+    # kept lungs' edges interpolate unchanged; then upsample and threshold.
+    foreground = prob > params.unet_threshold
+    keep = largest_components(foreground, max_count=2, min_fraction=params.lung_second_min_fraction)
+    prob[foreground & ~keep] = 0.0
+    return upsample_mask(prob, hu.shape[1:], threshold=params.unet_threshold)
 
 
 # -------------------------------------------------------------------------- classical

@@ -147,3 +147,18 @@ def test_fractal_dimension_of_a_line_and_an_area() -> None:
     square = np.ones((64, 64), bool)
     assert fractal_dimension(square) == pytest.approx(2.0, abs=0.05)
     assert fractal_dimension(contour(square)) == pytest.approx(1.0, abs=0.15)
+
+
+def test_explainer_copy_follows_weight_changes(bundle) -> None:
+    import torch
+
+    from pipeline.explain import _explainer_for
+
+    first = _explainer_for(bundle.classifier, "layer4")
+    assert _explainer_for(bundle.classifier, "layer4") is first  # made once per classifier
+    net = __import__("copy").deepcopy(bundle.classifier)
+    old = _explainer_for(net, "layer4")
+    with torch.no_grad():
+        net.fc.bias.add_(1.0)  # as an optimizer step would
+    new = _explainer_for(net, "layer4")
+    assert new is not old and torch.equal(new.net.fc.bias, net.fc.bias)
