@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
 import pytest
+import torch
 
 from pipeline.chain import STAGES, analyze
-from pipeline.explain import attention_regions, explain_slices, select_slices
+from pipeline.explain import _explainer_for, attention_regions, explain_slices, select_slices
 from pipeline.fusion import fuse
 from pipeline.locate import infected_from_scores, smooth_scores
 from pipeline.models import load_bundle
@@ -150,13 +152,9 @@ def test_fractal_dimension_of_a_line_and_an_area() -> None:
 
 
 def test_explainer_copy_follows_weight_changes(bundle) -> None:
-    import torch
-
-    from pipeline.explain import _explainer_for
-
     first = _explainer_for(bundle.classifier, "layer4")
     assert _explainer_for(bundle.classifier, "layer4") is first  # made once per classifier
-    net = __import__("copy").deepcopy(bundle.classifier)
+    net = copy.deepcopy(bundle.classifier)
     old = _explainer_for(net, "layer4")
     with torch.no_grad():
         net.fc.bias.add_(1.0)  # as an optimizer step would
