@@ -160,3 +160,17 @@ def test_explainer_copy_follows_weight_changes(bundle) -> None:
         net.fc.bias.add_(1.0)  # as an optimizer step would
     new = _explainer_for(net, "layer4")
     assert new is not old and torch.equal(new.net.fc.bias, net.fc.bias)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (the CPU path is tested above)")
+def test_cuda_gives_the_cpu_results(tiny_bundle, phantom) -> None:
+    params = ChainParams(max_slices=8, max_explained_slices=2, compute_phenotype=False)
+    cpu = analyze(phantom.volume, load_bundle(tiny_bundle, device="cpu"), params)
+    gpu = analyze(phantom.volume, load_bundle(tiny_bundle, device="cuda"), params)
+    np.testing.assert_array_equal(cpu.lung_mask.mask, gpu.lung_mask.mask)
+    np.testing.assert_allclose(cpu.slice_scores.probabilities, gpu.slice_scores.probabilities, atol=1e-3)
+    np.testing.assert_allclose(cpu.infected.scores, gpu.infected.scores, atol=1e-3)
+    assert cpu.case_scores.label == gpu.case_scores.label
+    for a, b in zip(cpu.attention, gpu.attention):
+        assert a.z_index == b.z_index
+        np.testing.assert_allclose(a.heat, b.heat, atol=2e-2)
