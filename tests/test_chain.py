@@ -174,3 +174,13 @@ def test_cuda_gives_the_cpu_results(tiny_bundle, phantom) -> None:
     for a, b in zip(cpu.attention, gpu.attention):
         assert a.z_index == b.z_index
         np.testing.assert_allclose(a.heat, b.heat, atol=2e-2)
+
+
+def test_first_order_fallback_without_pyradiomics() -> None:
+    from pipeline.phenotype import first_order_numpy
+
+    f = first_order_numpy(np.array([-100.0, 0.0, 100.0, 200.0]))
+    assert f["original_firstorder_Mean"] == pytest.approx(50.0)
+    assert f["original_firstorder_Variance"] == pytest.approx(12500.0)
+    assert f["original_firstorder_Skewness"] == pytest.approx(0.0)
+    assert first_order_numpy(np.array([])) == {}
