@@ -52,6 +52,7 @@ from .common import (
 from .options import WriterError, WriterOptions
 
 CASE_GROUP_ID = "AI case result"
+LUNG_METHOD_DISPLAY = {"unet": "U-Net", "classical": "HU-threshold"}
 INFECTED_GROUP_ID = "COVID-19 infectious slice"
 
 
@@ -272,7 +273,7 @@ def summary_text(result: AnalysisResult, volume: CTVolume, options: WriterOption
         f"Class probabilities: {probs}.",
         f"Task-specific fused scores: {tasks}.",
         infected_text,
-        f"Lung volume {result.lung_volume_ml:.0f} ml ({result.lung_mask.method} lung segmentation).",
+        f"Lung volume {result.lung_volume_ml:.0f} ml ({LUNG_METHOD_DISPLAY.get(result.lung_mask.method, result.lung_mask.method)} lung segmentation).",
         overlay_text,
         f"Made by {model_text(result.model, options)}.",
         disclaimer(result.model),
