@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nSR summary text: {findings.summary}")
         how = (f"Made by scripts/make_sample_results.py: phantom {args.label}, seed {args.seed}, "
                f"{args.slices} slices of {args.size}x{args.size}, bundle {result.model.name} "
-               f"{result.model.version}; printed by DCMTK 'dsrdump +Pl'.")
+               f"{result.model.version}; printed by DCMTK 'dsrdump +Pl +Pu +Pt'.")
         _dsrdump(args.out / written["sr"][0], args.dsrdump, how)
     return 0
 
@@ -106,7 +106,7 @@ def _dsrdump(sr_path: Path, target: Path, how: str) -> None:
     if exe is None:
         print("dsrdump not installed (Debian package dcmtk): no SR dump written", file=sys.stderr)
         return
-    text = subprocess.run([exe, "+Pl", str(sr_path)], capture_output=True, text=True,
+    text = subprocess.run([exe, "+Pl", "+Pu", "+Pt", str(sr_path)], capture_output=True, text=True,
                           check=True).stdout
     if str(target) != "-":
         target.parent.mkdir(parents=True, exist_ok=True)
