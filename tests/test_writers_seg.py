@@ -58,6 +58,7 @@ def test_seg_segment_is_coded_lung_automatic(seg, inputs):
     assert segment.SegmentedPropertyTypeCodeSequence[0].CodingSchemeDesignator == "SCT"
     assert segment.SegmentAlgorithmName.startswith(inputs.result.model.name)
     assert seg.SegmentationType == "BINARY"
+    assert len(segment.RecommendedDisplayCIELabValue) == 3  # viewers need not pick a colour
     assert "not for clinical use" in seg.SeriesDescription
 
 

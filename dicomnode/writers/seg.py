@@ -20,6 +20,9 @@ from .common import LO_MAX, disclaimer, series_description
 from .options import WriterError, WriterOptions
 
 SEGMENT_LABEL = "Lung"
+#: Recommended display colour (RGB), the green of the overlays' lung outline; without
+#: one, viewers (OHIF) pick their own and say so.
+SEGMENT_RGB = (0, 200, 0)
 
 
 def build_seg(result: AnalysisResult, volume: CTVolume, sources: Sequence[Dataset],
@@ -47,6 +50,7 @@ def build_seg(result: AnalysisResult, volume: CTVolume, sources: Sequence[Datase
         algorithm_identification=algorithm,
         tracking_uid=uid("seg-tracking-lung"),
         tracking_id="Lung (AI segmentation)",
+        display_color=hd.color.CIELabColor.from_rgb(*SEGMENT_RGB),
     )
     try:
         seg = hd.seg.Segmentation(
