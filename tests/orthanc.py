@@ -125,7 +125,8 @@ class OrthancServer:
             detail = e.read()[:500].decode("utf-8", "replace")
             raise OrthancError(f"Orthanc {method} {path} answered HTTP {e.code}: {detail}") from e
         except urllib.error.URLError as e:
-            raise OrthancError(f"Orthanc {method} {path} failed: {e.reason} (is it running? log: {self.log_path})") from e
+            raise OrthancError(f"Orthanc {method} {path} failed: {e.reason} "
+                               f"(is it running? log: {self.log_path})") from e
 
     def get_json(self, path: str) -> Any:
         return json.loads(self.request("GET", path))

@@ -12,6 +12,9 @@ from pipeline.types import AnalysisResult, CTVolume, ModelInfo
 
 from .options import WriterError, WriterOptions
 
+#: name -> UID (see uid_maker): how the builders get every UID they need.
+UidMaker = Callable[[str], str]
+
 #: Short wording of each class for descriptions and burned-in text.
 CLASS_DISPLAY = {
     "non_pneumonia": "No pneumonia",
@@ -91,7 +94,7 @@ def source_views(sources: Sequence[Dataset], volume: CTVolume) -> list[Dataset]:
     return views
 
 
-def uid_maker(options: WriterOptions, sources: Sequence[Dataset]) -> Callable[[str], str]:
+def uid_maker(options: WriterOptions, sources: Sequence[Dataset]) -> UidMaker:
     """A function name -> UID. With options.uid_seed the UIDs are reproducible: the same
     job and source series give the same UID for the same name."""
     if options.uid_seed is None:

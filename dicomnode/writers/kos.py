@@ -16,13 +16,13 @@ from pydicom.uid import generate_uid
 from pipeline.types import AnalysisResult, CTVolume
 
 from . import codes
-from .common import CLASS_DISPLAY, disclaimer, key_slices, series_description
+from .common import CLASS_DISPLAY, UidMaker, disclaimer, key_slices, series_description
 from .options import WriterOptions
 from .sr import slice_ranges
 
 
 def build_kos(result: AnalysisResult, volume: CTVolume, sources: Sequence[Dataset],
-              options: WriterOptions, uid) -> Dataset:
+              options: WriterOptions, uid: UidMaker) -> Dataset:
     chosen = key_slices(result)
     selected = [sources[z] for z in chosen]
     labels = slice_ranges([volume.slice_label(z) for z in chosen])

@@ -18,13 +18,21 @@ from pydicom.dataset import Dataset
 from pipeline.types import AnalysisResult, CTVolume
 
 from . import codes
-from .common import CLASS_DISPLAY, disclaimer, is_demo, model_text, overlay_slices, series_description
+from .common import (
+    CLASS_DISPLAY,
+    UidMaker,
+    disclaimer,
+    is_demo,
+    model_text,
+    overlay_slices,
+    series_description,
+)
 from .options import WriterOptions
 from .render import render_overlay
 
 
 def build_sc(result: AnalysisResult, volume: CTVolume, sources: Sequence[Dataset],
-             options: WriterOptions, uid) -> list[Dataset]:
+             options: WriterOptions, uid: UidMaker) -> list[Dataset]:
     """One RGB Secondary Capture per overlay slice (at most options.max_overlays), in z order."""
     attention = {a.z_index: a for a in result.attention}
     chosen = sorted(overlay_slices(result, options.max_overlays))

@@ -16,7 +16,7 @@ from pydicom.dataset import Dataset
 from pipeline.types import AnalysisResult, CTVolume
 
 from . import codes
-from .common import LO_MAX, disclaimer, series_description
+from .common import LO_MAX, UidMaker, disclaimer, series_description
 from .options import WriterError, WriterOptions
 
 SEGMENT_LABEL = "Lung"
@@ -26,7 +26,7 @@ SEGMENT_RGB = (0, 200, 0)
 
 
 def build_seg(result: AnalysisResult, volume: CTVolume, sources: Sequence[Dataset],
-              options: WriterOptions, uid) -> Dataset | None:
+              options: WriterOptions, uid: UidMaker) -> Dataset | None:
     """The SEG dataset, or None when the mask is empty (nothing to show)."""
     mask = result.lung_mask.mask
     if not mask.any():

@@ -35,13 +35,15 @@ from highdicom.coding_schemes import CodingSchemeIdentificationItem
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes as dcm_codes
+from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
-from pipeline.types import CLASS_NAMES, TASK_NAMES, AnalysisResult, CTVolume
+from pipeline.types import CLASS_NAMES, TASK_NAMES, AnalysisResult, AttentionMap, CTVolume
 
 from . import codes
 from .common import (
     CLASS_DISPLAY,
+    UidMaker,
     disclaimer,
     largest_contour,
     model_text,
@@ -57,7 +59,7 @@ INFECTED_GROUP_ID = "COVID-19 infectious slice"
 
 
 def build_sr(result: AnalysisResult, volume: CTVolume, sources: Sequence[Dataset],
-             options: WriterOptions, uid) -> Dataset:
+             options: WriterOptions, uid: UidMaker) -> Dataset:
     """The TID 1500 report as a Comprehensive 3D SR dataset (``uid``: name -> UID)."""
     model = result.model
     algorithm = algorithm_identification(result, options)
@@ -151,14 +153,14 @@ def algorithm_identification(result: AnalysisResult, options: WriterOptions) -> 
     )
 
 
-def _percent(name, probability: float) -> hd.sr.Measurement:
+def _percent(name: Code, probability: float) -> hd.sr.Measurement:
     if not np.isfinite(probability):
         raise WriterError(f"{name.meaning} is not a number ({probability}); the chain result is broken")
     return hd.sr.Measurement(name=name, value=round(100.0 * float(probability), 2), unit=codes.PERCENT)
 
 
 def _region(result: AnalysisResult, sources: Sequence[Dataset], z: int,
-            attention: Mapping[int, object]) -> tuple[hd.sr.ImageRegion, object]:
+            attention: Mapping[int, AttentionMap]) -> tuple[hd.sr.ImageRegion, Code]:
     """The region drawn on slice z: the largest attention region, else the lung outline,
     else the image centre (a point), with the code of what it outlines."""
     source = hd.sr.SourceImageForRegion(
@@ -182,7 +184,8 @@ def _region(result: AnalysisResult, sources: Sequence[Dataset], z: int,
 
 
 def _case_group(result: AnalysisResult, volume: CTVolume, sources: Sequence[Dataset], z: int,
-                attention, algorithm, uid) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+                attention: Mapping[int, AttentionMap], algorithm: hd.sr.AlgorithmIdentification,
+                uid: UidMaker) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
     case = result.case_scores
     measurements = [_percent(codes.CLASS_PROBABILITY[name], case.probabilities[name])
                     for name in _display_order(case.label)]
@@ -265,6 +268,7 @@ def summary_text(result: AnalysisResult, volume: CTVolume, options: WriterOption
         infected_text = f"COVID-19 infectious slices: {len(infected)} (images {slice_ranges(infected)})."
     else:
         infected_text = "COVID-19 infectious slices: none found."
+    method = LUNG_METHOD_DISPLAY.get(result.lung_mask.method, result.lung_mask.method)
     overlays = overlay_slices(result, options.max_overlays)
     overlay_text = (f"Grad-CAM overlays of images {slice_ranges([volume.slice_label(z) for z in overlays])} "
                     f"in series {options.sc_series_number}." if overlays and "sc" in options.enabled else "")
@@ -273,7 +277,7 @@ def summary_text(result: AnalysisResult, volume: CTVolume, options: WriterOption
         f"Class probabilities: {probs}.",
         f"Task-specific fused scores: {tasks}.",
         infected_text,
-        f"Lung volume {result.lung_volume_ml:.0f} ml ({LUNG_METHOD_DISPLAY.get(result.lung_mask.method, result.lung_mask.method)} lung segmentation).",
+        f"Lung volume {result.lung_volume_ml:.0f} ml ({method} lung segmentation).",
         overlay_text,
         f"Made by {model_text(result.model, options)}.",
         disclaimer(result.model),
