@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Rebuild the shipped demo bundle (models/covid-ct-demo) from scratch, on the CPU:
 #   1. train the lung U-Net, the 4-class slice classifier and the COVID-19 slice locator
-#      on synthetic phantoms (training seeds 1000+ / 2000+),
+#      on synthetic phantoms (training cohort seeds 1000-2300),
 #   2. evaluate the bundle with `dicomnode evaluate` on held-out phantoms (seeds 900000+,
 #      never used in training, and a different matrix size),
 #   3. write those figures, the data spec and the commands into the model card's `metrics`.
@@ -9,8 +9,9 @@
 # Every number here is deliberate: sizes are chosen so the whole run fits in ~40 minutes of
 # a 2-core CPU. Environment overrides: OUT (bundle folder), REPORT (evaluation folder),
 # THREADS (torch threads per training, default 1: fastest on a shared machine),
-# PARALLEL=1 (train the U-Net and the classifier at the same time), DN (the dicomnode
-# executable), EVAL_COUNT (held-out cases, default 60), BOOTSTRAP (default 1000).
+# PARALLEL=1 (train the three networks at the same time), STAGES (a subset of
+# "seg cls loc eval", default all; e.g. STAGES=eval re-measures a trained bundle), DN (the dicomnode
+# executable), EVAL_COUNT (held-out cases, default 48), BOOTSTRAP (default 1000).
 # DRY_RUN=1 runs every step on a handful of small phantoms for one epoch into /tmp (a
 # check of the script itself, a few minutes; its figures mean nothing).
 set -euo pipefail
@@ -22,21 +23,30 @@ OUT=${OUT:-models/covid-ct-demo}
 REPORT=${REPORT:-/tmp/covid-ct-demo-evaluation}
 THREADS=${THREADS:-1}
 PARALLEL=${PARALLEL:-0}
-EVAL_COUNT=${EVAL_COUNT:-60}
+STAGES=${STAGES:-seg cls loc eval}
+EVAL_COUNT=${EVAL_COUNT:-48}
 BOOTSTRAP=${BOOTSTRAP:-1000}
 
-# Training data: 160 phantoms of all four classes (patient-level 80/20 train/validation
-# split inside each run); the locator trains on COVID-19 phantoms only, from other seeds.
-TRAIN_DATA="phantom:count=160,seed=1000,mix=1:1:1:1,slices=48,size=192"
-LOCATOR_DATA="phantom:count=60,seed=2000,mix=0:0:0:1,slices=48,size=192"
+# Training data. The U-Net: 160 phantoms of all four classes at 192 px. The classifier:
+# three cohorts at 160, 192 and 256 px (the slice classifier otherwise learns one matrix
+# size's texture and fails on others); the locator: COVID-19 phantoms only, same three
+# sizes. Each run splits its cases 80/20 into training and validation by patient.
+SEG_DATA=(--data "phantom:count=160,seed=1000,mix=1:1:1:1,slices=48,size=192")
+CLS_DATA=(--data "phantom:count=56,seed=1100,mix=1:1:1:1,slices=48,size=160"
+          --data "phantom:count=56,seed=1200,mix=1:1:1:1,slices=48,size=192"
+          --data "phantom:count=56,seed=1300,mix=1:1:1:1,slices=48,size=256")
+LOC_DATA=(--data "phantom:count=20,seed=2100,mix=0:0:0:1,slices=48,size=160"
+          --data "phantom:count=20,seed=2200,mix=0:0:0:1,slices=48,size=192"
+          --data "phantom:count=20,seed=2300,mix=0:0:0:1,slices=48,size=256")
 # Held-out evaluation data: other seeds, another matrix size.
 EVAL_DATA="phantom:count=${EVAL_COUNT},seed=900000,mix=1:1:1:1,slices=48,size=224"
 
-EPOCHS_SEG=4 EPOCHS_CLS=8 EPOCHS_LOC=8
+EPOCHS_SEG=4 EPOCHS_CLS=8 EPOCHS_LOC=6
 if [ "${DRY_RUN:-0}" = 1 ]; then
   OUT=${OUT_DRY:-/tmp/covid-ct-demo-dry-run} REPORT=${REPORT_DRY:-/tmp/covid-ct-demo-dry-run-evaluation}
-  TRAIN_DATA="phantom:count=10,seed=1000,slices=20,size=96"
-  LOCATOR_DATA="phantom:count=6,seed=2000,mix=0:0:0:1,slices=20,size=96"
+  SEG_DATA=(--data "phantom:count=10,seed=1000,slices=20,size=96")
+  CLS_DATA=(--data "phantom:count=6,seed=1100,slices=20,size=80" --data "phantom:count=6,seed=1200,slices=20,size=96")
+  LOC_DATA=(--data "phantom:count=6,seed=2100,mix=0:0:0:1,slices=20,size=96")
   EVAL_DATA="phantom:count=8,seed=900000,slices=20,size=112"
   EPOCHS_SEG=1 EPOCHS_CLS=1 EPOCHS_LOC=1 BOOTSTRAP=20
   rm -rf "$OUT"
@@ -46,29 +56,35 @@ COMMON=(--device cpu --seed 0 --threads "$THREADS" --val-fraction 0.2 --no-progr
         --name covid-ct-demo --bundle-version 0.1.0)
 
 seg() {
-  "$DN" train segmentation --data "$TRAIN_DATA" --out "$OUT" --features 8,16,32,64,64,8 --input-size 128 \
+  "$DN" train segmentation "${SEG_DATA[@]}" --out "$OUT" --features 8,16,32,64,64,8 --input-size 128 \
     --epochs $EPOCHS_SEG --batch-size 16 --lr 3e-3 --max-slices-per-case 8 "${COMMON[@]}"
 }
 cls() {
-  "$DN" train classifier --data "$TRAIN_DATA" --out "$OUT" --block basic --layers 1,1,1,1 \
+  "$DN" train classifier "${CLS_DATA[@]}" --out "$OUT" --block basic --layers 1,1,1,1 \
     --widths 16,32,64,128 --input-size 224 --epochs $EPOCHS_CLS --batch-size 32 --lr 1e-3 --max-slices-per-case 16 \
     "${COMMON[@]}"
 }
 loc() {
-  "$DN" train locator --data "$LOCATOR_DATA" --out "$OUT" --block basic --layers 1,1,1,1 \
-    --widths 16,32,64,128 --input-size 224 --epochs $EPOCHS_LOC --batch-size 32 --lr 1e-3 "${COMMON[@]}"
+  "$DN" train locator "${LOC_DATA[@]}" --out "$OUT" --block basic --layers 1,1,1,1 \
+    --widths 16,32,64,128 --input-size 224 --epochs $EPOCHS_LOC --batch-size 32 --lr 1e-3 --max-slices-per-case 16 \
+    "${COMMON[@]}"
 }
 
-echo "== training into $OUT ($(date -u +%FT%TZ))"
-if [ "$PARALLEL" = 1 ]; then
-  seg & seg_pid=$!
-  cls
-  wait "$seg_pid"
-else
-  seg
-  cls
-fi
-loc
+want() { [[ " $STAGES " == *" $1 "* ]]; }
+
+echo "== training into $OUT ($(date -u +%FT%TZ)); stages: $STAGES"
+pids=()
+for stage in seg loc cls; do
+  want "$stage" || continue
+  if [ "$PARALLEL" = 1 ]; then
+    # The trainings are independent (each updates the card under a lock).
+    "$stage" & pids+=($!)
+  else
+    "$stage"
+  fi
+done
+for pid in "${pids[@]}"; do wait "$pid"; done
+want eval || exit 0
 
 EVAL_CMD=("$DN" evaluate --bundle "$OUT" --data "$EVAL_DATA" --out "$REPORT" --bootstrap "$BOOTSTRAP" --seed 0
           --device cpu --no-progress)
@@ -91,7 +107,8 @@ record = {
     "command": os.environ["EVAL_CMD_TEXT"].strip(),
     "data_spec": m["data_spec"],
     "data": m["data"],
-    "held_out": "evaluation seeds (900000+) never used in training (1000+, 2000+)",
+    "held_out": "evaluation cohort seed 900000 and matrix size 224 px, never used in training "
+                "(cohort seeds 1000-2300 at 160, 192 and 256 px)",
     "evaluated_card_sha256": m["bundle_sha256"],
     "weights_sha256": {r: e["sha256"] for r, e in card["models"].items()},
     "chain_params": m.get("chain_params"),

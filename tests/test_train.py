@@ -31,6 +31,7 @@ from pipeline.types import CLASS_NAMES
 from conftest import dicomnode_exe
 
 SPEC = "phantom:count=8,seed=1000,slices=16,size=64"
+SPEC2 = "phantom:count=4,seed=1001,slices=16,size=80"
 COVID_SPEC = "phantom:count=4,seed=2000,mix=0:0:0:1,slices=16,size=64"
 TINY = {
     "segmentation": ["--features", "4,8,8,16,16,4", "--input-size", "64", "--max-slices-per-case", "6"],
@@ -39,12 +40,13 @@ TINY = {
 }
 
 
-def run_train(role: str, out: Path, *extra: str, data: str | None = None, epochs: int = 1) -> int:
+def run_train(role: str, out: Path, *extra: str, data: str | None = None, epochs: int = 1,
+              extra_data: tuple[str, ...] = ()) -> int:
     """``dicomnode train`` in this process (the CLI's own parser and run)."""
     parser = argparse.ArgumentParser()
     train_cmd.add_arguments(parser)
     data = data or (COVID_SPEC if role == "locator" else SPEC)
-    args = parser.parse_args([role, "--data", data, "--out", str(out), "--epochs", str(epochs),
+    args = parser.parse_args([role, "--data", data, *[a for d in extra_data for a in ("--data", d)], "--out", str(out), "--epochs", str(epochs),
                               "--batch-size", "8", "--device", "cpu", "--seed", "7", "--threads", "1",
                               "--val-fraction", "0.5", "--no-progress", *TINY[role], *extra])
     return train_cmd.run(args)
@@ -52,8 +54,9 @@ def run_train(role: str, out: Path, *extra: str, data: str | None = None, epochs
 
 def test_each_role_trains_into_one_loadable_bundle(tmp_path: Path) -> None:
     out = tmp_path / "bundle"
-    for role in ("segmentation", "classifier", "locator"):
-        assert run_train(role, out) == 0, role
+    assert run_train("segmentation", out) == 0
+    assert run_train("classifier", out, extra_data=(SPEC2,)) == 0  # two data sets, trained on together
+    assert run_train("locator", out) == 0
     bundle = load_bundle(out, device="cpu")  # checks every sha256 and rebuilds each network
     assert bundle.segmentation is not None
     card = bundle.card
@@ -63,8 +66,10 @@ def test_each_role_trains_into_one_loadable_bundle(tmp_path: Path) -> None:
     for role, monitor in monitors.items():
         entry = card["models"][role]
         t = entry["training"]
-        assert t["data"]["spec"] == (COVID_SPEC if role == "locator" else SPEC)
+        specs = {"segmentation": [SPEC], "classifier": [SPEC, SPEC2], "locator": [COVID_SPEC]}[role]
+        assert [d["spec"] for d in t["data"]] == t["data_specs"] == specs
         assert t["command"].startswith(f"dicomnode train {role} --data ")
+        assert t["command"].count("--data ") == len(specs)
         assert t["epochs"] == 1 and t["seed"] == 7
         assert t["cases"]["validation"] > 0 and monitor in t["validation"]
         assert entry["architecture"]["input_size"] == 64
@@ -179,4 +184,4 @@ def test_settings_are_checked() -> None:
     from pipeline.training import TrainSettings
 
     with pytest.raises(TrainError, match="--epochs"):
-        TrainSettings(role="classifier", data_spec=SPEC, out_dir=Path("x"), architecture={}, epochs=0)
+        TrainSettings(role="classifier", data_specs=(SPEC,), out_dir=Path("x"), architecture={}, epochs=0)

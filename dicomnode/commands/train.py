@@ -38,9 +38,9 @@ def _ints(text: str) -> tuple[int, ...]:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("role", choices=("segmentation", "classifier", "locator"),
                    help="which network of the chain to train")
-    p.add_argument("--data", required=True, metavar="SPEC",
+    p.add_argument("--data", required=True, metavar="SPEC", action="append",
                    help="training data: 'phantom:count=N,seed=S[,...]', a manifest CSV, a MosMedData or "
-                        "CC-CCII folder (see pipeline.datasets)")
+                        "CC-CCII folder (see pipeline.datasets); repeat to train on several together")
     p.add_argument("--out", required=True, type=Path, metavar="BUNDLE_DIR",
                    help="bundle folder to create or update (other roles in it are kept)")
     arch = p.add_argument_group("architecture (classifier and locator)")
@@ -103,7 +103,10 @@ def architecture(args: argparse.Namespace) -> dict:
 
 def command_line(args: argparse.Namespace) -> str:
     """The canonical command that reproduces this run (every option spelled out)."""
-    parts = ["dicomnode", "train", args.role, "--data", args.data, "--out", str(args.out)]
+    parts = ["dicomnode", "train", args.role]
+    for spec in args.data:
+        parts += ["--data", spec]
+    parts += ["--out", str(args.out)]
     arch = architecture(args)
     if args.role == "segmentation":
         parts += ["--features", ",".join(map(str, arch["features"]))]
@@ -124,14 +127,17 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         settings = TrainSettings(
-            role=args.role, data_spec=args.data, out_dir=args.out, architecture=architecture(args),
+            role=args.role, data_specs=tuple(args.data), out_dir=args.out, architecture=architecture(args),
             epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, device=args.device, seed=args.seed,
             resume=args.resume, val_fraction=args.val_fraction, workers=args.workers, threads=args.threads,
             max_slices_per_case=args.max_slices_per_case, command=command_line(args), name=args.name,
             version=args.bundle_version, description=args.description, progress=args.progress)
         outcome = train_role(settings)
     except (PipelineError, TrainError, ValueError, OSError) as e:
-        # Data set readers name the file that failed; one line is what a user needs.
+        # Data set readers name the file that failed; one line is what a user needs
+        # (-v adds the traceback for a developer).
+        if getattr(args, "verbose", False):
+            log.exception("training failed")
         print(f"dicomnode train {args.role}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     figures = ", ".join(f"{k} {v:.4f}" for k, v in outcome.validation.items() if isinstance(v, float))

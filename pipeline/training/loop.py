@@ -45,7 +45,7 @@ class TrainSettings:
     """Everything one training run depends on (the CLI builds it from its arguments)."""
 
     role: str
-    data_spec: str
+    data_specs: tuple[str, ...]  # one or more data sets, trained on together
     out_dir: Path
     architecture: dict[str, Any]
     epochs: int = 10
@@ -68,6 +68,8 @@ class TrainSettings:
 
     def __post_init__(self) -> None:
         problems = []
+        if not self.data_specs or any(not isinstance(d, str) or not d.strip() for d in self.data_specs):
+            problems.append(f"--data needs at least one non-empty spec, got {self.data_specs!r}")
         if self.role not in ROLES:
             problems.append(f"role {self.role!r} is not one of {ROLES}")
         if self.epochs < 1:
@@ -90,7 +92,7 @@ class TrainSettings:
     def fingerprint(self) -> dict[str, Any]:
         """The settings a resumed run must share with the checkpoint (not epochs:
         a finished run may be extended)."""
-        fp = {"role": self.role, "data_spec": self.data_spec, "architecture": self.architecture,
+        fp = {"role": self.role, "data_specs": list(self.data_specs), "architecture": self.architecture,
               "batch_size": self.batch_size, "lr": self.lr, "seed": self.seed,
               "val_fraction": self.val_fraction, "max_slices_per_case": self.max_slices_per_case,
               "train_params": asdict(self.train), "chain_params": asdict(self.chain)}
@@ -129,11 +131,18 @@ def _json_float(v: float) -> float | None:
     return None if v is None or not math.isfinite(v) else round(float(v), 6)
 
 
-def _open_cases(spec: str) -> tuple[Any, list[Any]]:
+def _open_cases(specs: Sequence[str]) -> tuple[list[Any], list[Any]]:
+    """Open every data set; their cases are trained on together (ids must not repeat)."""
     from ..datasets import open_dataset  # the data set readers (phantom, CSV, MosMedData, CC-CCII)
 
-    dataset = open_dataset(spec)
-    return dataset, list(getattr(dataset, "cases", dataset))
+    datasets = [open_dataset(spec) for spec in specs]
+    cases = [c for d in datasets for c in getattr(d, "cases", d)]
+    ids = [str(c.case_id) for c in cases]
+    if len(set(ids)) != len(ids):
+        dup = sorted({i for i in ids if ids.count(i) > 1})[:5]
+        raise TrainError(f"the data sets {list(specs)} share case ids {dup}: give each --data other "
+                         f"cases (for phantoms: other seeds)")
+    return datasets, cases
 
 
 def _describe(dataset: Any, spec: str) -> Any:
@@ -185,23 +194,27 @@ class _Run:
     # ---------------------------------------------------------------- data
     def load_data(self) -> None:
         s = self.s
-        self.dataset, cases = _open_cases(s.data_spec)
-        self.described = _describe(self.dataset, s.data_spec)
-        self.synthetic = _is_synthetic(self.dataset, s.data_spec, self.described)
+        datasets, cases = _open_cases(s.data_specs)
+        self.described = [_describe(d, spec) for d, spec in zip(datasets, s.data_specs)]
+        self.synthetic = any(_is_synthetic(d, spec, desc)
+                             for d, spec, desc in zip(datasets, s.data_specs, self.described))
         if not cases:
-            raise TrainError(f"data spec {s.data_spec!r} holds no cases")
+            raise TrainError(f"data {list(s.data_specs)} holds no cases")
         for case in cases:
             case_label_index(str(case.label))
         if s.role == "locator":
             cases = [c for c in cases if case_label_index(str(c.label)) == COVID_LABEL]
             if not cases:
-                raise TrainError(f"data spec {s.data_spec!r} has no covid19 case: the locator trains on "
+                raise TrainError(f"data {list(s.data_specs)} has no covid19 case: the locator trains on "
                                  f"COVID-19 scans with lesion masks only")
         train_cases, val_cases = _split(cases, s.val_fraction, s.seed)
         self.n_cases = (len(train_cases), len(val_cases))
         self.train_set = self._prepare(train_cases, "train")
         self.val_set = self._prepare(val_cases, "validation") if val_cases else None
         self.mask_sources = sorted(self._sources)
+        if not val_cases:
+            log.warning("%s: the validation cohort is empty (%d cases, --val-fraction %s): no validation "
+                        "figures will be recorded", s.role, len(cases), s.val_fraction)
         log.info("%s: %d training slices from %d cases, %d validation slices from %d cases",
                  s.role, len(self.train_set), len(train_cases),
                  len(self.val_set) if self.val_set else 0, len(val_cases))
@@ -289,16 +302,16 @@ class _Run:
             return {}
         self.model.eval()
         step = max(2, self.s.batch_size * 2)
-        outs, losses = [], 0.0
+        outs, loss_sum = [], 0.0
         for start in range(0, len(vs), step):
             x = vs.inputs[start:start + step].float().to(self.device)
             y = vs.targets[start:start + step].to(self.device)
             logits = self.model(x)
-            losses += float(F.cross_entropy(logits, y.long(), reduction="sum")) / (
-                1 if self.s.role != "segmentation" else y[0].numel())
+            # Mean over the batch's samples (and pixels, for the U-Net), weighted by samples.
+            loss_sum += float(F.cross_entropy(logits.float(), y.long())) * len(x)
             outs.append(F.softmax(logits.float(), dim=1).cpu())
         prob = torch.cat(outs).numpy()
-        out = {"val_loss": losses / len(vs)}
+        out = {"val_loss": loss_sum / len(vs)}
         if self.s.role == "classifier":
             out.update(classifier_metrics(vs.slice_labels, prob, vs.case_index, vs.case_labels, self.s.chain.top_k))
         elif self.s.role == "locator":
@@ -348,7 +361,7 @@ class _Run:
         last = self.history[-1] if self.history else {}
         validation = {k: v for k, v in last.items() if k.startswith("val_")}
         entry = {
-            "data_spec": s.data_spec,
+            "data_specs": list(s.data_specs),
             "data": self.described,
             "trained_on_synthetic_data": self.synthetic,
             "command": s.command,
