@@ -9,7 +9,7 @@
 # Every number here is deliberate: sizes are chosen so the whole run fits in ~40 minutes of
 # a 2-core CPU. Environment overrides: OUT (bundle folder), REPORT (evaluation folder),
 # THREADS (torch threads per training, default 1: fastest on a shared machine),
-# PARALLEL=1 (train the three networks at the same time), STAGES (a subset of
+# PARALLEL=1 (train the classifier and the locator at the same time), STAGES (a subset of
 # "seg cls loc eval", default all; e.g. STAGES=eval re-measures a trained bundle), DN (the dicomnode
 # executable), EVAL_COUNT (held-out cases, default 48), BOOTSTRAP (default 1000).
 # DRY_RUN=1 runs every step on a handful of small phantoms for one epoch into /tmp (a
@@ -41,7 +41,7 @@ LOC_DATA=(--data "phantom:count=20,seed=2100,mix=0:0:0:1,slices=48,size=160"
 # Held-out evaluation data: other seeds, another matrix size.
 EVAL_DATA="phantom:count=${EVAL_COUNT},seed=900000,mix=1:1:1:1,slices=48,size=224"
 
-EPOCHS_SEG=4 EPOCHS_CLS=8 EPOCHS_LOC=6
+EPOCHS_SEG=4 EPOCHS_CLS=16 EPOCHS_LOC=6
 if [ "${DRY_RUN:-0}" = 1 ]; then
   OUT=${OUT_DRY:-/tmp/covid-ct-demo-dry-run} REPORT=${REPORT_DRY:-/tmp/covid-ct-demo-dry-run-evaluation}
   SEG_DATA=(--data "phantom:count=10,seed=1000,slices=20,size=96")
@@ -61,7 +61,7 @@ seg() {
 }
 cls() {
   "$DN" train classifier "${CLS_DATA[@]}" --out "$OUT" --block basic --layers 1,1,1,1 \
-    --widths 16,32,64,128 --input-size 224 --epochs $EPOCHS_CLS --batch-size 32 --lr 1e-3 --max-slices-per-case 16 \
+    --widths 16,32,64,128 --input-size 224 --epochs $EPOCHS_CLS --batch-size 32 --lr 2e-3 --max-slices-per-case 16 \
     "${COMMON[@]}"
 }
 loc() {
@@ -73,11 +73,14 @@ loc() {
 want() { [[ " $STAGES " == *" $1 "* ]]; }
 
 echo "== training into $OUT ($(date -u +%FT%TZ)); stages: $STAGES"
+# The classifier and the locator are trained on inputs cut with the lung masks the chain
+# will compute (--lung-masks chain: the U-Net trained first), so the U-Net comes first.
+want seg && seg
 pids=()
-for stage in seg loc cls; do
+for stage in loc cls; do
   want "$stage" || continue
   if [ "$PARALLEL" = 1 ]; then
-    # The trainings are independent (each updates the card under a lock).
+    # Independent of each other (each updates the card under a lock).
     "$stage" & pids+=($!)
   else
     "$stage"

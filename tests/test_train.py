@@ -38,6 +38,8 @@ TINY = {
     "classifier": ["--widths", "4,8,16,32", "--input-size", "64", "--max-slices-per-case", "6"],
     "locator": ["--widths", "4,8,16,32", "--input-size", "64"],
 }
+#: The phantoms' own lung masks: a 1-epoch tiny U-Net's masks would be noise.
+DATASET_MASKS = ("--lung-masks", "dataset")
 
 
 def run_train(role: str, out: Path, *extra: str, data: str | None = None, epochs: int = 1,
@@ -48,7 +50,9 @@ def run_train(role: str, out: Path, *extra: str, data: str | None = None, epochs
     data = data or (COVID_SPEC if role == "locator" else SPEC)
     args = parser.parse_args([role, "--data", data, *[a for d in extra_data for a in ("--data", d)], "--out", str(out), "--epochs", str(epochs),
                               "--batch-size", "8", "--device", "cpu", "--seed", "7", "--threads", "1",
-                              "--val-fraction", "0.5", "--no-progress", *TINY[role], *extra])
+                              "--val-fraction", "0.5", "--no-progress", *TINY[role],
+                              *(DATASET_MASKS if role != "segmentation" and "--lung-masks" not in extra else ()),
+                              *extra])
     return train_cmd.run(args)
 
 
@@ -107,6 +111,21 @@ def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path: Pat
     assert [r["epoch"] for r in log] == [1, 2]
     entry = json.loads((resumed / "model_card.json").read_text())["models"][role]["training"]
     assert entry["resumed_after_epoch"] == 1 and len(entry["history"]) == 2
+
+
+def test_chain_masks_come_from_the_bundles_unet(tmp_path: Path) -> None:
+    out = tmp_path / "b"
+    assert run_train("locator", out, "--lung-masks", "chain") == 0  # no U-Net yet: classical
+    card = json.loads((out / "model_card.json").read_text())
+    assert card["models"]["locator"]["training"]["lung_mask_source"] == ["classical"]
+    # A U-Net trained on the phantoms' masks, 3 epochs at 64 px: good enough to find lungs.
+    assert run_train("segmentation", out, "--lr", "0.01", epochs=3) == 0
+    assert run_train("locator", out, "--lung-masks", "chain") == 0
+    card = json.loads((out / "model_card.json").read_text())
+    t = card["models"]["locator"]["training"]
+    assert t["lung_mask_source"] == ["unet"]
+    assert t["lung_mask_unet_sha256"] == card["models"]["segmentation"]["sha256"]
+    assert "--lung-masks chain" in t["command"]
 
 
 def test_resume_refuses_other_settings_and_missing_checkpoints(tmp_path: Path, capsys) -> None:

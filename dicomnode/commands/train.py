@@ -67,6 +67,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="torch threads (default: torch's choice; 1 is often faster on a busy machine)")
     p.add_argument("--max-slices-per-case", type=int, default=None,
                    help="at most this many slices per case, uniform stride (default: all eligible)")
+    p.add_argument("--lung-masks", choices=("chain", "dataset", "classical"), default="chain",
+                   help="lung masks that cut the classifier/locator inputs: 'chain' (default) = what "
+                        "inference computes (the U-Net already in BUNDLE_DIR, else classical); 'dataset' = "
+                        "the data set's own masks")
     p.add_argument("--name", default=None, help="bundle name in the model card (default: folder name)")
     p.add_argument("--bundle-version", default=None, help="bundle version in the model card")
     p.add_argument("--description", default=None, help="bundle description in the model card")
@@ -118,6 +122,8 @@ def command_line(args: argparse.Namespace) -> str:
               "--seed", str(args.seed), "--val-fraction", repr(args.val_fraction)]
     if args.max_slices_per_case is not None:
         parts += ["--max-slices-per-case", str(args.max_slices_per_case)]
+    if args.role != "segmentation":
+        parts += ["--lung-masks", args.lung_masks]
     return shlex.join(parts)
 
 
@@ -130,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
             role=args.role, data_specs=tuple(args.data), out_dir=args.out, architecture=architecture(args),
             epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, device=args.device, seed=args.seed,
             resume=args.resume, val_fraction=args.val_fraction, workers=args.workers, threads=args.threads,
-            max_slices_per_case=args.max_slices_per_case, command=command_line(args), name=args.name,
+            max_slices_per_case=args.max_slices_per_case, lung_masks=args.lung_masks, command=command_line(args), name=args.name,
             version=args.bundle_version, description=args.description, progress=args.progress)
         outcome = train_role(settings)
     except (PipelineError, TrainError, ValueError, OSError) as e:

@@ -44,6 +44,10 @@ class SliceRecipe:
     chain: ChainParams
     train: TrainParams
     max_slices_per_case: int | None  # None: every eligible slice
+    #: Lung masks of the classifier/locator inputs: "dataset" (the data set's own, else
+    #: classical), "classical", or "unet" (``unet`` below: what the chain will compute).
+    lung_masks: str = "dataset"
+    unet: torch.nn.Module | None = None
 
 
 @dataclass(frozen=True)
@@ -54,7 +58,7 @@ class CaseSlices:
     inputs: np.ndarray
     targets: np.ndarray
     z_indices: np.ndarray
-    lung_mask_source: str  # "dataset" or "classical"
+    lung_mask_source: str  # "dataset", "classical" or "unet"
 
 
 @dataclass(frozen=True)
@@ -77,13 +81,21 @@ class SliceSet:
 
 
 def recipe_for(role: str, arch: dict[str, Any], chain: ChainParams, train: TrainParams,
-               max_slices_per_case: int | None) -> SliceRecipe:
-    """The recipe of a role; the network's input size overrides the chain default."""
+               max_slices_per_case: int | None, lung_masks: str = "dataset",
+               unet: torch.nn.Module | None = None, unet_arch: dict[str, Any] | None = None) -> SliceRecipe:
+    """The recipe of a role; the networks' input sizes override the chain defaults."""
     if role not in ROLES:
         raise TrainError(f"unknown model role {role!r}; expected one of {ROLES}")
+    if lung_masks not in ("dataset", "classical", "unet"):
+        raise TrainError(f"lung mask source {lung_masks!r} is not dataset, classical or unet")
+    if lung_masks == "unet" and unet is None:
+        raise TrainError("lung masks from the U-Net need the U-Net")
     size = int(arch.get("input_size", chain.unet_input_size if role == "segmentation" else chain.input_size))
     chain = replace(chain, unet_input_size=size) if role == "segmentation" else replace(chain, input_size=size)
-    return SliceRecipe(role=role, chain=chain, train=train, max_slices_per_case=max_slices_per_case)
+    if unet_arch is not None and "input_size" in unet_arch:
+        chain = replace(chain, unet_input_size=int(unet_arch["input_size"]))
+    return SliceRecipe(role=role, chain=chain, train=train, max_slices_per_case=max_slices_per_case,
+                       lung_masks=lung_masks, unet=unet.eval() if unet is not None else None)
 
 
 def case_label_index(label: str) -> int:
@@ -120,12 +132,19 @@ def loaded_parts(loaded: Any) -> LoadedCase:
                       None if lesion is None else np.asarray(lesion, dtype=bool))
 
 
-def _lung_mask(loaded: LoadedCase, chain: ChainParams) -> tuple[np.ndarray, str]:
-    if loaded.lung_mask is not None:
+def _lung_mask(loaded: LoadedCase, recipe: SliceRecipe) -> tuple[np.ndarray, str]:
+    """The lung mask the classifier/locator input is cut with.
+
+    Training with the masks the chain will compute matters: a U-Net or threshold mask
+    leaves dense consolidation out of the lung, a drawn mask keeps it in, and a
+    classifier trained on one and run on the other misreads consolidation.
+    """
+    if recipe.lung_masks == "dataset" and loaded.lung_mask is not None:
         return loaded.lung_mask, "dataset"
     from ..lung import segment_lungs  # imported late: only needed without masks
 
-    return segment_lungs(loaded.volume, chain).mask, "classical"
+    unet = recipe.unet if recipe.lung_masks == "unet" else None
+    return segment_lungs(loaded.volume, recipe.chain, unet=unet).mask, "unet" if unet is not None else "classical"
 
 
 def _limit(z: np.ndarray, limit: int | None) -> np.ndarray:
@@ -153,7 +172,7 @@ def prepare_case(case: Any, recipe: SliceRecipe) -> CaseSlices:
         x = unet_batch(hu[z], chain)
         y = resize_batch(mask[z].astype(np.float32), chain.unet_input_size) > 0.5
         return CaseSlices(case_id, x.astype(np.float16), y.astype(np.uint8), z, "dataset")
-    mask, source = _lung_mask(loaded, chain)
+    mask, source = _lung_mask(loaded, recipe)
     z = lung_slice_indices(mask, chain)
     if recipe.role == "locator":
         lesion = loaded.lesion_mask

@@ -58,6 +58,9 @@ class TrainSettings:
     workers: int = 0
     threads: int | None = None  # torch intra-op threads; None: torch's default
     max_slices_per_case: int | None = None
+    #: Lung masks for classifier/locator inputs: "chain" (what inference computes: the
+    #: bundle folder's U-Net when it has one, else classical), "dataset", "classical".
+    lung_masks: str = "chain"
     command: str = ""
     name: str | None = None
     version: str | None = None
@@ -86,6 +89,8 @@ class TrainSettings:
             problems.append(f"--workers must be 0 or more, got {self.workers}")
         if self.max_slices_per_case is not None and self.max_slices_per_case < 1:
             problems.append(f"--max-slices-per-case must be at least 1, got {self.max_slices_per_case}")
+        if self.lung_masks not in ("chain", "dataset", "classical"):
+            problems.append(f"--lung-masks must be chain, dataset or classical, got {self.lung_masks!r}")
         if problems:
             raise TrainError("; ".join(problems))
 
@@ -95,6 +100,7 @@ class TrainSettings:
         fp = {"role": self.role, "data_specs": list(self.data_specs), "architecture": self.architecture,
               "batch_size": self.batch_size, "lr": self.lr, "seed": self.seed,
               "val_fraction": self.val_fraction, "max_slices_per_case": self.max_slices_per_case,
+              "lung_masks": self.lung_masks,
               "train_params": asdict(self.train), "chain_params": asdict(self.chain)}
         return json.loads(json.dumps(fp))  # tuples -> lists, as they come back from a file
 
@@ -159,6 +165,24 @@ def _is_synthetic(dataset: Any, spec: str, described: Any) -> bool:
     return bool(flag)
 
 
+def _bundle_unet(bundle_dir: Path) -> tuple[torch.nn.Module, dict[str, Any], str] | None:
+    """The segmentation network already in the bundle folder (checked), or None."""
+    from ..models import sha256_file
+    from .bundle import read_existing_card
+
+    entry = read_existing_card(bundle_dir).get("models", {}).get("segmentation")
+    if not entry:
+        return None
+    path = Path(bundle_dir) / str(entry.get("file", "segmentation.pt"))
+    sha = sha256_file(path) if path.is_file() else None
+    if sha is None or sha != entry.get("sha256"):
+        raise TrainError(f"{path} is missing or does not match its card entry; retrain segmentation "
+                         f"or use --lung-masks classical")
+    net = build_network(entry["architecture"])
+    net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return net.eval(), dict(entry["architecture"]), sha
+
+
 def _split(cases: list[Any], val_fraction: float, seed: int) -> tuple[list[Any], list[Any]]:
     if val_fraction <= 0:
         return cases, []
@@ -186,10 +210,29 @@ class _Run:
         self.out = Path(s.out_dir)
         self.device = resolve_device(s.device)
         self.show = s.progress
-        self.recipe = recipe_for(s.role, s.architecture, s.chain, s.train, s.max_slices_per_case)
+        self.mask_unet_sha256: str | None = None
+        self.recipe = self._recipe()
+        # The U-Net that cut the inputs is part of what a resumed run must share.
+        self.fingerprint = {**s.fingerprint(), "lung_mask_unet_sha256": self.mask_unet_sha256}
         self.log_path = self.out / f"train_{s.role}.jsonl"
         self.ckpt = checkpoint_path(self.out, s.role)
         self._sources: set[str] = set()
+
+    def _recipe(self):
+        s = self.s
+        if s.role == "segmentation" or s.lung_masks != "chain":
+            mode = "dataset" if s.role == "segmentation" else s.lung_masks
+            return recipe_for(s.role, s.architecture, s.chain, s.train, s.max_slices_per_case, mode)
+        unet = _bundle_unet(self.out)
+        if unet is None:
+            log.info("%s: no segmentation model in %s yet: inputs use the classical lung masks, as the "
+                     "chain will without one", s.role, self.out)
+            return recipe_for(s.role, s.architecture, s.chain, s.train, s.max_slices_per_case, "classical")
+        net, arch, self.mask_unet_sha256 = unet
+        log.info("%s: inputs use the lung masks of the bundle's U-Net (sha256 %s...)", s.role,
+                 self.mask_unet_sha256[:12])
+        return recipe_for(s.role, s.architecture, s.chain, s.train, s.max_slices_per_case, "unet",
+                          unet=net, unet_arch=arch)
 
     # ---------------------------------------------------------------- data
     def load_data(self) -> None:
@@ -241,7 +284,7 @@ class _Run:
         self.history: list[dict[str, Any]] = []
         self.elapsed_before = 0.0
         if s.resume:
-            state = load_checkpoint(self.ckpt, s.role, s.fingerprint())
+            state = load_checkpoint(self.ckpt, s.role, self.fingerprint)
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             restore_rng_states(state["rng"])
@@ -343,7 +386,7 @@ class _Run:
                 self.history.append(record)
                 with open(self.log_path, "a") as f:
                     f.write(json.dumps(record) + "\n")
-                save_checkpoint(self.ckpt, role=s.role, fingerprint=s.fingerprint(), epoch=epoch + 1,
+                save_checkpoint(self.ckpt, role=s.role, fingerprint=self.fingerprint, epoch=epoch + 1,
                                 model=self.model, optimizer=self.optimizer, schedule=self.schedule,
                                 history=self.history, elapsed_s=self.elapsed())
                 shown = record.get(monitor)
@@ -379,6 +422,7 @@ class _Run:
             "split": "patient-level (pipeline.datasets.patient_split)",
             "max_slices_per_case": s.max_slices_per_case,
             "lung_mask_source": self.mask_sources,
+            "lung_mask_unet_sha256": self.mask_unet_sha256,
             "cases": {"train": self.n_cases[0], "validation": self.n_cases[1]},
             "slices": {"train": len(self.train_set), "validation": len(self.val_set) if self.val_set else 0},
             "validation": validation,
