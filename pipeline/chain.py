@@ -10,6 +10,8 @@ drive the decision -> radiomics phenotype of the attentional regions (pneumonia 
 from __future__ import annotations
 
 import time
+from dataclasses import replace
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -28,6 +30,13 @@ from .types import AnalysisResult, CTVolume, InvalidInputError
 STAGES = ("lung_segmentation", "classification", "fusion", "locating", "explanation", "phenotype")
 
 
+def sized_for(params: ChainParams, arch: Mapping[str, Any] | None, field: str = "input_size") -> ChainParams:
+    """``params`` with the input size a network was trained at (its architecture dict says
+    it); a bundle trained at another size than the default is then fed what it expects."""
+    size = (arch or {}).get("input_size")
+    return replace(params, **{field: int(size)}) if size else params
+
+
 def analyze(volume: CTVolume, models: ModelBundle, params: ChainParams) -> AnalysisResult:
     """Run the whole chain on one CT volume.
 
@@ -44,7 +53,11 @@ def analyze(volume: CTVolume, models: ModelBundle, params: ChainParams) -> Analy
         last = now
 
     device = models.device
-    lung = segment_lungs(volume, params, models.segmentation, device)
+    cards = models.card.get("models", {})
+    seg_params = sized_for(params, cards.get("segmentation", {}).get("architecture"), "unet_input_size")
+    cls_params = sized_for(params, cards.get("classifier", {}).get("architecture"))
+    loc_params = sized_for(params, cards.get("locator", {}).get("architecture"))
+    lung = segment_lungs(volume, seg_params, models.segmentation, device)
     lap("lung_segmentation")
 
     lung_z = lung_slice_indices(lung, params)
@@ -55,17 +68,17 @@ def analyze(volume: CTVolume, models: ModelBundle, params: ChainParams) -> Analy
             f"({lung.method} segmentation): the series does not look like a chest CT covering the lungs; "
             f"send a chest CT series")
     slice_scores = classify_slices(volume, lung, sample_slices(lung_z, params.max_slices),
-                                   models.classifier, params, device)
+                                   models.classifier, cls_params, device)
     lap("classification")
 
     case = fuse_slice_scores(slice_scores, params)
     lap("fusion")
 
-    infected = locate_infected(volume, lung, lung_z, models.locator, params, device)
+    infected = locate_infected(volume, lung, lung_z, models.locator, loc_params, device)
     lap("locating")
 
     target, explain_z = select_slices(case, slice_scores, infected, params)
-    attention = explain_slices(volume, lung, explain_z, target, models.classifier, params)
+    attention = explain_slices(volume, lung, explain_z, target, models.classifier, cls_params)
     lap("explanation")
 
     phenotype = None

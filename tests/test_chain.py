@@ -184,3 +184,20 @@ def test_first_order_fallback_without_pyradiomics() -> None:
     assert f["original_firstorder_Variance"] == pytest.approx(12500.0)
     assert f["original_firstorder_Skewness"] == pytest.approx(0.0)
     assert first_order_numpy(np.array([])) == {}
+
+
+def test_networks_get_the_input_size_their_architecture_names(tmp_path, phantom) -> None:
+    """A bundle trained at 96 px is fed 96 px crops, whatever ChainParams' default says."""
+    from conftest import make_tiny_bundle
+
+    card_path = make_tiny_bundle(tmp_path) / "model_card.json"
+    card = json.loads(card_path.read_text())
+    for role in ("classifier", "locator"):
+        card["models"][role]["architecture"]["input_size"] = 96
+    card_path.write_text(json.dumps(card))
+    models = load_bundle(tmp_path, device="cpu")
+    seen: list[tuple[int, ...]] = []
+    models.classifier.register_forward_pre_hook(lambda _m, args: seen.append(tuple(args[0].shape[-2:])))
+    models.locator.register_forward_pre_hook(lambda _m, args: seen.append(tuple(args[0].shape[-2:])))
+    analyze(phantom.volume, models, ChainParams(device="cpu", max_explained_slices=0, compute_phenotype=False))
+    assert seen and set(seen) == {(96, 96)}
