@@ -140,11 +140,8 @@ def test_proxy_says_502_when_orthanc_is_down(fake_dist):
 
 #: OHIF warnings (not errors) that our objects still cause, with the reason. Anything
 #: else OHIF says fails the test, so a new message has to be looked at.
-KNOWN_WARNINGS = (
-    # The lung SEG's segment carries no RecommendedDisplayCIELabValue, so OHIF picks its
-    # own colour; harmless, and gone once dicomnode/writers/seg.py sets one.
-    "RecommendedDisplayCIELabValue not found",
-)
+#: Toasts that are expected and harmless (none today: the SEG now recommends a colour).
+KNOWN_WARNINGS: tuple[str, ...] = ()
 
 @pytest.mark.peers
 def test_ohif_shows_report_on_key_slice_gradcam_overlay_and_lung_seg(tmp_path):
