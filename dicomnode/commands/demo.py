@@ -32,6 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--slices", type=int, default=60, help="number of slices")
     parser.add_argument("--size", type=int, default=256, help="rows and columns")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the result")
+    parser.add_argument("--json", action="store_true", help="print the result summary as JSON")
 
 
 def _send(files: list[Path], host: str, port: int, called_ae: str) -> None:
@@ -71,12 +72,37 @@ def _job_of(db_path: Path, series_uid: str) -> dict | None:
     return None
 
 
-def _print_report(job_dir: Path) -> None:
+def _ranges(numbers: list[int]) -> str:
+    """[1, 2, 3, 7, 9, 10] -> "1-3, 7, 9-10": how a reader names slices."""
+    parts: list[str] = []
+    for n in sorted(numbers):
+        if parts and n == parts[-1][1] + 1:
+            parts[-1] = (parts[-1][0], n)
+        else:
+            parts.append((n, n))
+    return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in parts) or "none"
+
+
+def format_summary(summary: dict) -> str:
+    """The node's result summary as a few lines a person reads."""
+    lines = [f"AI result: {summary['label']}"]
+    lines += [f"  p({name}) = {p:.3f}" for name, p in summary["probabilities"].items()]
+    lines += [f"  task {name}: {p:.3f}" for name, p in summary["tasks"].items()]
+    lines.append(f"  COVID-19 infectious slices (InstanceNumber): {_ranges(summary['infected_slices'])}")
+    lines.append(f"  lung volume: {summary['lung_volume_ml']:.0f} ml ({summary.get('lung_segmentation', '?')} segmentation)")
+    model = summary.get("model", {})
+    lines.append(f"  model bundle: {model.get('name')} {model.get('version')} (sha256 {str(model.get('sha256', ''))[:12]}...)")
+    if summary.get("disclaimer"):
+        lines.append(f"  {summary['disclaimer']}")
+    return "\n".join(lines)
+
+
+def _print_report(job_dir: Path, as_json: bool) -> None:
     import highdicom as hd
     from pydicom import dcmread
 
     summary = json.loads((job_dir / "summary.json").read_text())
-    print(json.dumps(summary, indent=2))
+    print(json.dumps(summary, indent=2) if as_json else format_summary(summary))
     srs = sorted((job_dir / "sr").glob("*.dcm")) if (job_dir / "sr").is_dir() else []
     if srs:
         sr = hd.sr.srread(srs[0])
@@ -133,5 +159,5 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print(f"job {job['id']}: {job['state']}" + (f" ({job['reason']})" if job.get("reason") else ""))
     print(f"truth of the phantom: {args.label}\n")
-    _print_report(paths["results"] / str(job["id"]))
+    _print_report(paths["results"] / str(job["id"]), args.json)
     return 0
