@@ -172,6 +172,7 @@ def render_card_markdown(card: Mapping[str, Any]) -> str:
         lines += [f"**{card['disclaimer']}**", ""]
     if card.get("description"):
         lines += [str(card["description"]), ""]
+    lines += _headline_markdown(card.get("metrics") or {})
     lines += ["## Models", "", "| role | file | sha256 | architecture |", "|---|---|---|---|"]
     for role, entry in card.get("models", {}).items():
         lines.append(f"| {role} | {entry.get('file')} | `{str(entry.get('sha256', ''))[:16]}...` | "
@@ -183,3 +184,47 @@ def render_card_markdown(card: Mapping[str, Any]) -> str:
         lines += ["", "## Metrics as measured", "", "```json", json.dumps(card["metrics"], indent=2), "```"]
     lines.append("")
     return "\n".join(lines)
+
+
+def _ci(figure: Any) -> str:
+    """'0.977 (0.944-0.999)' from an evaluation figure {"value", "ci_low", "ci_high"}."""
+    if not isinstance(figure, Mapping) or figure.get("value") is None:
+        return "n/a"
+    text = f"{figure['value']:.3f}"
+    if figure.get("ci_low") is not None and figure.get("ci_high") is not None:
+        text += f" ({figure['ci_low']:.3f}-{figure['ci_high']:.3f})"
+    return text
+
+
+def _headline_markdown(metrics: Mapping[str, Any]) -> list[str]:
+    """The figures people look for first, as measured by the evaluation run in the card."""
+    if not metrics.get("per_class_auc"):
+        return []
+    lines = ["## Measured performance", "",
+             f"Measured by `{metrics.get('measured_by', 'an evaluation run')}` on "
+             f"`{metrics.get('data_spec', '?')}` ({metrics.get('n_cases', '?')} cases"
+             + (f"; {metrics['held_out']}" if metrics.get("held_out") else "") + "), "
+             "95% bootstrap intervals in brackets:", "",
+             "| figure | value (95% CI) |", "|---|---|"]
+    multi = metrics.get("multiway_auc", {})
+    lines.append(f"| 4-class AUC, macro | {_ci(multi.get('macro'))} |")
+    lines.append(f"| 4-class AUC, micro | {_ci(multi.get('micro'))} |")
+    for name, fig in metrics["per_class_auc"].items():
+        lines.append(f"| AUC {name} vs rest | {_ci(fig)} |")
+    if metrics.get("accuracy"):
+        lines.append(f"| accuracy (multi-way label) | {_ci(metrics['accuracy'])} |")
+    for name, task in (metrics.get("tasks") or {}).items():
+        lines.append(f"| task {name}: AUC / sensitivity / specificity at "
+                     f"{metrics.get('decision_threshold', 0.5)} | {_ci(task.get('auc'))} / "
+                     f"{_ci(task.get('sensitivity'))} / {_ci(task.get('specificity'))} |")
+    dice = metrics.get("lung_dice") or {}
+    if dice.get("mean"):
+        lines.append(f"| lung Dice, {dice.get('method', 'chain')} | {_ci(dice['mean'])} |")
+    if dice.get("classical_mean"):
+        lines.append(f"| lung Dice, classical | {_ci(dice['classical_mean'])} |")
+    loc = metrics.get("locating") or {}
+    if loc.get("auc"):
+        lines.append(f"| infected-slice locating AUC ({loc.get('n_slices', '?')} slices) | {_ci(loc['auc'])} |")
+    if metrics.get("command"):
+        lines += ["", f"Command: `{metrics['command']}`"]
+    return lines + [""]
