@@ -110,8 +110,9 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 # ------------------------------------------------------------------ curves for plots
 
 
-def roc_curve_points(y_true: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(fpr, tpr) of every distinct threshold, from (0, 0) to (1, 1)."""
+def _counts_per_threshold(y_true: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """True and false positives at every distinct threshold (highest first), and the
+    numbers of positives and negatives (at least 1, so rates stay defined)."""
     y = _as_bool(y_true).ravel()
     s = np.asarray(score, dtype=np.float64).ravel()
     order = np.argsort(-s, kind="mergesort")
@@ -119,20 +120,18 @@ def roc_curve_points(y_true: np.ndarray, score: np.ndarray) -> tuple[np.ndarray,
     last_of_tie = np.r_[np.flatnonzero(np.diff(s)), y.size - 1]
     tp = np.cumsum(y)[last_of_tie]
     fp = np.cumsum(~y)[last_of_tie]
-    n_pos, n_neg = max(int(y.sum()), 1), max(int((~y).sum()), 1)
+    return tp, fp, max(int(y.sum()), 1), max(int((~y).sum()), 1)
+
+
+def roc_curve_points(y_true: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(fpr, tpr) of every distinct threshold, from (0, 0) to (1, 1)."""
+    tp, fp, n_pos, n_neg = _counts_per_threshold(y_true, score)
     return np.r_[0.0, fp / n_neg], np.r_[0.0, tp / n_pos]
 
 
 def pr_curve_points(y_true: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(recall, precision) of every distinct threshold, highest threshold first."""
-    y = _as_bool(y_true).ravel()
-    s = np.asarray(score, dtype=np.float64).ravel()
-    order = np.argsort(-s, kind="mergesort")
-    s, y = s[order], y[order]
-    last_of_tie = np.r_[np.flatnonzero(np.diff(s)), y.size - 1]
-    tp = np.cumsum(y)[last_of_tie]
-    fp = np.cumsum(~y)[last_of_tie]
-    n_pos = max(int(y.sum()), 1)
+    tp, fp, n_pos, _ = _counts_per_threshold(y_true, score)
     return np.r_[0.0, tp / n_pos], np.r_[1.0, tp / np.maximum(tp + fp, 1)]
 
 

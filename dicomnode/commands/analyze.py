@@ -26,18 +26,13 @@ from typing import Any
 
 import numpy as np
 
+from ._args import whole_number
+
 log = logging.getLogger(__name__)
 EXIT_BAD_INPUT = 2
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected 1 or more, got {value}")
-    return value
+_positive = whole_number(1)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -12,18 +12,13 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from ._args import whole_number
+
 log = logging.getLogger(__name__)
 EXIT_USAGE = 2
 
 
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected 0 or more, got {value}")
-    return value
+_non_negative = whole_number(0)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
