@@ -1,7 +1,7 @@
-"""The DICOM listener: C-ECHO and C-STORE over pynetdicom, handlers bound at start-up.
+"""The DICOM listener: C-ECHO and C-STORE (our fast upper layer by default, see fastscp).
 
 Association: the called AE title must be ours, and with a non-empty allow list only the
-listed calling AE titles are accepted (pynetdicom rejects the others during A-ASSOCIATE).
+listed calling AE titles are accepted (the others are rejected during A-ASSOCIATE).
 
 C-STORE: the received bytes are written as they came (file meta from the accepted
 transfer syntax + the dataset bytes, never decoded), durably, and only then answered
@@ -38,6 +38,7 @@ from pydicom.uid import (
     RLELossless,
 )
 
+from . import fastscp
 from .config import NodeSection
 from .errors import StoreError
 from .store import STATUS_PROCESSING_FAILURE, InstanceInfo, InstanceStore, encode_file_meta, parse_header
@@ -56,28 +57,77 @@ OnStored = Callable[[InstanceInfo, str], None]
 
 
 def handle_store(event: evt.Event, store: InstanceStore, on_stored: OnStored) -> int:
-    """C-STORE: parse the header, store durably, record; return a DICOM status."""
+    """C-STORE through pynetdicom: the same as ``store_instance``."""
     request = event.request
-    sop_uid = str(request.AffectedSOPInstanceUID or "")
     try:
-        ts = str(event.context.transfer_syntax)
         stream = request.DataSet
+        ts = str(event.context.transfer_syntax)
+        calling = event.assoc.requestor.ae_title
+    except Exception:
+        log.exception("C-STORE event is malformed")
+        return STATUS_PROCESSING_FAILURE
+    return store_instance(store, on_stored, ts, str(request.AffectedSOPClassUID or ""),
+                          str(request.AffectedSOPInstanceUID or ""), stream, calling)
+
+
+def store_instance(store: InstanceStore, on_stored: OnStored, ts: str, sop_class: str, sop_uid: str,
+                   stream: Any, calling_ae: str) -> int:
+    """C-STORE: parse the header, store durably, record; return a DICOM status (never raises)."""
+    status, record = store_durably(store, on_stored, ts, sop_class, sop_uid, stream, calling_ae)
+    if record is not None:
+        record()
+    return status
+
+
+def store_durably(store: InstanceStore, on_stored: OnStored, ts: str, sop_class: str, sop_uid: str,
+                  stream: Any, calling_ae: str) -> tuple[int, Callable[[], None] | None]:
+    """Parse the header and store durably; return the status and the bookkeeping still to
+    do (``None`` after a failure). Split so a listener can answer before it records."""
+    try:
         stream.seek(0)
-        info = parse_header(stream, ts, str(request.AffectedSOPClassUID or ""), sop_uid)
-        header = encode_file_meta(info.sop_class_uid, info.sop_uid, ts, event.assoc.requestor.ae_title)
+        info = parse_header(stream, ts, sop_class, sop_uid)
+        header = encode_file_meta(info.sop_class_uid, info.sop_uid, ts, calling_ae)
         path = store.store(info, header, stream.getbuffer())
     except StoreError as e:
         log.warning("C-STORE %s refused with 0x%04X: %s", _safe(sop_uid), e.status, e)
-        return e.status
+        return e.status, None
     except Exception:  # the handler never raises: any bug becomes a failure status
         log.exception("C-STORE %s failed unexpectedly", _safe(sop_uid))
-        return STATUS_PROCESSING_FAILURE
-    try:
-        on_stored(info, str(path.relative_to(store.root)))
-    except Exception:
-        # The file is durable; the start-up rescan records it if this bookkeeping failed.
-        log.exception("instance %s stored but not recorded; a restart will pick it up", info.sop_uid)
-    return 0x0000
+        return STATUS_PROCESSING_FAILURE, None
+
+    def record() -> None:
+        try:
+            on_stored(info, str(path.relative_to(store.root)))
+        except Exception:
+            # The file is durable; the start-up rescan records it if this bookkeeping failed.
+            log.exception("instance %s stored but not recorded; a restart will pick it up", info.sop_uid)
+    return 0x0000, record
+
+
+class ViewStream:
+    """A read-only file over a memoryview (what pydicom's reader and the store need):
+    io.BytesIO would copy the 0.5 MB dataset once more."""
+
+    def __init__(self, view: memoryview) -> None:
+        self._view = view
+        self._pos = 0
+
+    def read(self, size: int = -1) -> bytes:
+        end = len(self._view) if size is None or size < 0 else min(len(self._view), self._pos + size)
+        chunk = bytes(self._view[self._pos:end])
+        self._pos = max(self._pos, end)
+        return chunk
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = (0, self._pos, len(self._view))[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def getbuffer(self) -> memoryview:
+        return self._view
 
 
 def handle_echo(event: evt.Event) -> int:
@@ -172,34 +222,53 @@ class _ResponsiveRequestHandler(RequestHandler):
 
 
 class StorageSCP:
-    """The listening server; ``start`` binds, ``stop`` refuses new associations and closes."""
+    """The listening server; ``start`` binds, ``stop`` refuses new associations and closes.
 
-    def __init__(self, node: NodeSection, store: InstanceStore, on_stored: OnStored) -> None:
+    ``engine="fast"`` (default) is our own one-thread-per-association upper layer
+    (``fastscp``), ~2x faster per association; ``engine="pynetdicom"`` is the earlier
+    listener on pynetdicom's reactors, kept for comparison and as a fallback.
+    """
+
+    def __init__(self, node: NodeSection, store: InstanceStore, on_stored: OnStored,
+                 engine: str = "fast") -> None:
+        if engine not in ("fast", "pynetdicom"):
+            raise ValueError(f"unknown listener engine {engine!r}")
         self.node = node
         self.store = store
         self.on_stored = on_stored
+        self.engine = engine
         self.ae = build_ae(node)
-        self._server = None
+        self._server: Any = None
 
     @property
     def port(self) -> int:
         return int(self._server.server_address[1]) if self._server is not None else self.node.port
 
+    def _store_fast(self, ts: str, sop_class: str, sop_uid: str, data: memoryview,
+                    calling_ae: str) -> tuple[int, Callable[[], None] | None]:
+        return store_durably(self.store, self.on_stored, ts, sop_class, sop_uid, ViewStream(data), calling_ae)
+
     def start(self) -> None:
-        handlers = [
-            (evt.EVT_C_STORE, handle_store, [self.store, self.on_stored]),
-            (evt.EVT_C_ECHO, handle_echo),
-            (evt.EVT_REJECTED, handle_rejected),
-        ]
-        server = self.ae.make_server((self.node.bind_address, self.node.port), evt_handlers=handlers,
-                                     server_class=ThreadedAssociationServer,
-                                     request_handler=_ResponsiveRequestHandler)
-        self.ae._servers.append(server)  # as start_server does: shutdown() removes it again
+        if self.engine == "fast":
+            server = fastscp.FastServer(self.node, self._store_fast, self.ae.supported_contexts)
+        else:
+            handlers = [
+                (evt.EVT_C_STORE, handle_store, [self.store, self.on_stored]),
+                (evt.EVT_C_ECHO, handle_echo),
+                (evt.EVT_REJECTED, handle_rejected),
+            ]
+            server = self.ae.make_server((self.node.bind_address, self.node.port), evt_handlers=handlers,
+                                         server_class=ThreadedAssociationServer,
+                                         request_handler=_ResponsiveRequestHandler)
+            self.ae._servers.append(server)  # as start_server does: shutdown() removes it again
         self._thread = threading.Thread(target=server.serve_forever, name="dicom-listener", daemon=True)
         self._thread.start()
         self._server = server
 
     def stop(self) -> None:
         if self._server is not None:
-            self._server.shutdown()  # stops accepting, then closes the open associations
-            self._server = None
+            server, self._server = self._server, None
+            server.shutdown()  # stops accepting (pynetdicom's also closes its associations)
+            if isinstance(server, fastscp.FastServer):
+                server.server_close()
+                server.close_associations()

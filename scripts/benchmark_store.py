@@ -100,8 +100,7 @@ def breakdown(files: list[Path], tmp: Path) -> None:
     scp_mod.encode_file_meta = timed("file meta", store_mod.encode_file_meta)
     store_mod.fsync_dir = timed("fsync folder", store_mod.fsync_dir)
     store_mod.os.fsync = timed("fsync file (+folder)", real_fsync)
-    handler = timed("handler total", scp_mod.handle_store)
-    scp_mod.handle_store = handler
+    scp_mod.store_durably = timed("handler (no DB record)", scp_mod.store_durably)
     db = Database(tmp / "bd" / "node.sqlite3")
     asm = SeriesAssembler(db, JobQueue(db), SelectionSection(), 86400)
     store = store_mod.InstanceStore(tmp / "bd" / "storage", 0)
@@ -120,7 +119,7 @@ def breakdown(files: list[Path], tmp: Path) -> None:
     print(f"\nbreakdown (in-process listener, {rate:.0f} images/s, {1000 / rate:.2f} ms per image):")
     for name, total in sorted(spent.items(), key=lambda kv: -kv[1]):
         print(f"  {name:22s} {1000 * total / n:6.2f} ms/image")
-    print("  (fsync file includes the folder fsync; the rest of the time is pynetdicom receiving)")
+    print("  (fsync file includes the folder fsync; the rest of the time is receiving and answering)")
 
 
 def main() -> int:

@@ -149,3 +149,44 @@ def test_temp_files_of_a_killed_write_are_removed(tmp_path):
     (folder / ".1.2.3.4.abcd.tmp").write_bytes(b"half")
     assert store.remove_temp_files() == 1
     assert not any(folder.iterdir())
+
+
+def _pydicom_info(raw: bytes, implicit: bool, ts: str) -> InstanceInfo:
+    from pydicom.filereader import read_dataset
+    from dicomnode.store import _info_from
+
+    return _info_from(read_dataset(io.BytesIO(raw), implicit, True), ts)
+
+
+@pytest.mark.parametrize("implicit,ts", [(False, ExplicitVRLittleEndian), (True, ImplicitVRLittleEndian)])
+@pytest.mark.parametrize("undefined_length", [False, True])
+def test_fast_header_reader_agrees_with_pydicom(ct, implicit, ts, undefined_length):
+    """The hand-written reader gives what pydicom gives, sequences before the identifiers included."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+    from dicomnode.store import fast_header_values
+
+    item = Dataset()
+    item.ReferencedSOPInstanceUID = "1.2.3"
+    nested = Dataset()
+    nested.CodeValue = "X"
+    item.ConceptNameCodeSequence = Sequence([nested])
+    ct.ReferencedImageSequence = Sequence([item, item])
+    ct.SliceThickness = "2.5"
+    if undefined_length:
+        ct.ReferencedImageSequence.is_undefined_length = True
+        for it in ct.ReferencedImageSequence:
+            it.is_undefined_length_sequence_item = True
+    raw = encoded(ct, implicit=implicit)
+    assert fast_header_values(memoryview(raw), implicit) is not None  # the fast path was taken
+    assert parse_header(io.BytesIO(raw), ts) == _pydicom_info(raw, implicit, ts)
+
+
+def test_fast_header_reader_leaves_other_character_sets_to_pydicom(ct):
+    from dicomnode.store import fast_header_values
+
+    ct.SpecificCharacterSet = "ISO_IR 100"
+    ct.PatientName = "Müller^Jörg"
+    raw = encoded(ct)
+    assert fast_header_values(memoryview(raw), False) is None
+    assert parse_header(io.BytesIO(raw), ExplicitVRLittleEndian) == _pydicom_info(raw, False, ExplicitVRLittleEndian)

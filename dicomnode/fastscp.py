@@ -1,0 +1,379 @@
+"""A lean DICOM upper layer for C-ECHO and C-STORE: one thread per association, blocking I/O.
+
+Why: pynetdicom receives through two threads per association (DUL reactor -> queue ->
+association reactor -> DIMSE reassembly -> back through the DUL to send the response).
+On one association that hand-off cost ~4 ms per image, more than our durable store
+itself. Here the thread that reads the socket also stores and answers, so a C-STORE
+costs one recv loop, the store and one send.
+
+What is reused from pynetdicom: the PDU classes for the A-ASSOCIATE exchange and its
+presentation-context negotiation. P-DATA-TF is parsed here by hand (it is the hot path);
+the command set (Implicit VR Little Endian, PS3.7 6.3.1) is decoded with pydicom and the
+responses are encoded by hand. Only what a storage SCP needs is implemented: any other
+DIMSE message or an unexpected PDU aborts the association.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import socket
+import socketserver
+import struct
+import threading
+from typing import Callable
+
+from pydicom.filereader import read_dataset
+from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ASSOCIATE_RQ
+from pynetdicom.pdu_primitives import (
+    A_ASSOCIATE,
+    ImplementationClassUIDNotification,
+    ImplementationVersionNameNotification,
+    MaximumLengthNotification,
+)
+from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
+
+from .config import NodeSection
+from .store import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
+
+log = logging.getLogger(__name__)
+
+APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
+NETWORK_TIMEOUT_S = 60.0
+ACSE_TIMEOUT_S = 30.0
+MAX_ASSOCIATIONS = 32
+
+C_STORE_RQ, C_STORE_RSP, C_ECHO_RQ, C_ECHO_RSP = 0x0001, 0x8001, 0x0030, 0x8030
+NO_DATASET = 0x0101
+
+_PDU_HEADER = struct.Struct(">BBI")
+_PDV_HEADER = struct.Struct(">IBB")
+_RELEASE_RP = b"\x06\x00\x00\x00\x00\x04\x00\x00\x00\x00"
+
+#: (transfer syntax UID, SOP class, SOP instance, dataset bytes, calling AE) ->
+#: (DICOM status, bookkeeping to run after the response is sent, or None).
+StoreFn = Callable[[str, str, str, memoryview, str], "tuple[int, Callable[[], None] | None]"]
+
+
+class _Abort(Exception):
+    """Leave the association with an A-ABORT (reason is for the log only)."""
+
+
+def _abort_pdu(source: int = 0x02, reason: int = 0x00) -> bytes:
+    return _PDU_HEADER.pack(0x07, 0, 4) + bytes((0, 0, source, reason))
+
+
+# -- command set (Implicit VR Little Endian) -------------------------------------------------------
+
+def _element(elem: int, value: bytes) -> bytes:
+    return struct.pack("<HHI", 0x0000, elem, len(value)) + value
+
+
+def _uid(text: str) -> bytes:
+    raw = text.encode("ascii")
+    return raw + b"\x00" if len(raw) % 2 else raw
+
+
+def encode_response(command: int, msg_id: int, status: int, sop_class: str, sop_uid: str = "") -> bytes:
+    """A C-ECHO-RSP or C-STORE-RSP command set, group length first (PS3.7 E.1)."""
+    body = b"".join((
+        _element(0x0002, _uid(sop_class)),
+        _element(0x0100, struct.pack("<H", command)),
+        _element(0x0120, struct.pack("<H", msg_id)),
+        _element(0x0800, struct.pack("<H", NO_DATASET)),
+        _element(0x0900, struct.pack("<H", status)),
+        _element(0x1000, _uid(sop_uid)) if sop_uid else b"",
+    ))
+    return _element(0x0000, struct.pack("<I", len(body))) + body
+
+
+def decode_command(raw: bytes) -> dict[str, object]:
+    """The command elements we use, from an Implicit VR Little Endian command set."""
+    ds = read_dataset(io.BytesIO(raw), True, True)
+    return {
+        "field": int(ds.get("CommandField", -1)),
+        "msg_id": int(ds.get("MessageID", 0)),
+        "sop_class": str(ds.get("AffectedSOPClassUID", "") or "").rstrip("\x00 "),
+        "sop_uid": str(ds.get("AffectedSOPInstanceUID", "") or "").rstrip("\x00 "),
+        "has_data": int(ds.get("CommandDataSetType", NO_DATASET)) != NO_DATASET,
+    }
+
+
+# -- one association -----------------------------------------------------------------------------
+
+class _Association:
+    """Reads PDUs from one socket and answers them; never raises out of ``run``."""
+
+    def __init__(self, sock: socket.socket, server: "FastServer") -> None:
+        self.sock = sock
+        self.server = server
+        self.node = server.node
+        self.peer_max = 0          # peer's max PDU length (0 = unlimited)
+        self.contexts: dict[int, tuple[str, str]] = {}  # accepted id -> (abstract, transfer syntax)
+        self.calling_ae = ""
+        # One buffer for every PDU body: no allocation per PDU on the hot path.
+        self.buf = bytearray(max(self.node.max_pdu, 16384) + 16)
+        self.max_body = (self.node.max_pdu or 64 * 2**20) + 65536
+        self.data = bytearray(1 << 20)  # dataset of the C-STORE being received, reused
+        self.data_len = 0
+
+    # socket helpers
+    def _recv_exact(self, n: int) -> memoryview:
+        if n > len(self.buf):
+            self.buf = bytearray(n)
+        view = memoryview(self.buf)[:n]
+        got = 0
+        while got < n:
+            r = self.sock.recv_into(view[got:], n - got)
+            if r == 0:
+                raise ConnectionError("peer closed the connection")
+            got += r
+        return view
+
+    def _read_pdu(self) -> tuple[int, memoryview]:
+        kind, _, length = _PDU_HEADER.unpack(self._recv_exact(6))
+        # A peer that ignores our max PDU must not make us allocate gigabytes.
+        if length > self.max_body:
+            raise _Abort(f"PDU of {length} bytes exceeds our limit")
+        return kind, self._recv_exact(length)
+
+    def _send_command(self, ctx_id: int, command: bytes) -> None:
+        # A PDV carries at most peer_max - 6 bytes of fragment (4 length + 2 header inside the PDU).
+        room = (self.peer_max - 6) if self.peer_max else len(command)
+        room = max(room, 1)
+        out = []
+        for start in range(0, len(command), room):
+            frag = command[start:start + room]
+            last = start + room >= len(command)
+            pdv = _PDV_HEADER.pack(len(frag) + 2, ctx_id, 0x03 if last else 0x01) + frag
+            out.append(_PDU_HEADER.pack(0x04, 0, len(pdv)) + pdv)
+        self.sock.sendall(b"".join(out))
+
+    # phases
+    def run(self) -> None:
+        try:
+            self.sock.settimeout(ACSE_TIMEOUT_S)
+            if not self._associate():
+                return
+            self.sock.settimeout(NETWORK_TIMEOUT_S)
+            self._serve()
+        except _Abort as e:
+            log.warning("association with %s aborted: %s", self.calling_ae or "peer", e)
+            self._try_send(_abort_pdu())
+        except socket.timeout:
+            log.warning("association with %s timed out; aborting", self.calling_ae or "peer")
+            self._try_send(_abort_pdu())
+        except (ConnectionError, OSError) as e:
+            log.info("association with %s ended: %s", self.calling_ae or "peer", e)
+        except Exception:  # a bug must not kill the server thread silently
+            log.exception("association with %s failed; aborting", self.calling_ae or "peer")
+            self._try_send(_abort_pdu())
+
+    def _try_send(self, data: bytes) -> None:
+        try:
+            self.sock.sendall(data)
+        except OSError:
+            pass
+
+    def _reject(self, result: int, source: int, reason: int, why: str) -> bool:
+        log.warning("association from %s refused: %s", self.sock.getpeername()[0], why)
+        prim = A_ASSOCIATE()
+        prim.result, prim.result_source, prim.diagnostic = result, source, reason
+        rj = A_ASSOCIATE_RJ()
+        rj.from_primitive(prim)
+        self._try_send(rj.encode())
+        return False
+
+    def _associate(self) -> bool:
+        kind, body = self._read_pdu()
+        if kind != 0x01:
+            raise _Abort(f"expected A-ASSOCIATE-RQ, got PDU type 0x{kind:02X}")
+        rq = A_ASSOCIATE_RQ()
+        rq.decode(_PDU_HEADER.pack(kind, 0, len(body)) + bytes(body))
+        prim = rq.to_primitive()
+        self.calling_ae = str(prim.calling_ae_title).strip()
+        called = str(prim.called_ae_title).strip()
+        allowed = [a.strip() for a in self.node.allowed_calling_ae_titles]
+        # Reasons as pynetdicom gives them (PS3.8 9.3.4): permanent, service user, 3 / 7.
+        if called != self.node.ae_title.strip():
+            return self._reject(0x01, 0x01, 0x07, f"called AE {called!r} is not ours")
+        if allowed and self.calling_ae not in allowed:
+            return self._reject(0x01, 0x01, 0x03, f"calling AE {self.calling_ae!r} is not allowed")
+        if rq.protocol_version != 0x0001:
+            return self._reject(0x01, 0x02, 0x02, f"protocol version {rq.protocol_version}")
+        if not self.server.acquire_slot():
+            return self._reject(0x02, 0x03, 0x02, "too many associations")
+        self.holds_slot = True
+        self.peer_max = int(prim.maximum_length_received or 0)
+
+        accepted, _roles = negotiate_as_acceptor(prim.presentation_context_definition_list,
+                                                 self.server.supported_contexts)
+        for cx in accepted:
+            if cx.result == 0x00:
+                self.contexts[int(cx.context_id)] = (str(cx.abstract_syntax), str(cx.transfer_syntax[0]))
+
+        ac = A_ASSOCIATE()
+        ac.application_context_name = APPLICATION_CONTEXT
+        ac.calling_ae_title = prim.calling_ae_title
+        ac.called_ae_title = prim.called_ae_title
+        ac.result, ac.result_source = 0x00, 0x01
+        ac.presentation_context_definition_results_list = accepted
+        ml = MaximumLengthNotification()
+        ml.maximum_length_received = self.node.max_pdu
+        ic = ImplementationClassUIDNotification()
+        ic.implementation_class_uid = IMPLEMENTATION_CLASS_UID
+        iv = ImplementationVersionNameNotification()
+        iv.implementation_version_name = IMPLEMENTATION_VERSION
+        ac.user_information = [ml, ic, iv]
+        pdu = A_ASSOCIATE_AC()
+        pdu.from_primitive(ac)
+        self.sock.sendall(pdu.encode())
+        return True
+
+    def _serve(self) -> None:
+        # PDVs are received straight into their destination (command or dataset buffer):
+        # a 0.5 MB image is copied once, by the kernel, and never again before the write.
+        command = bytearray()
+        cmd: dict[str, object] | None = None
+        ctx_id = 0
+        self.data_len = 0
+        while True:
+            kind, _, length = _PDU_HEADER.unpack(self._recv_exact(6))
+            if kind != 0x04:
+                if length > self.max_body:
+                    raise _Abort(f"PDU of {length} bytes exceeds our limit")
+                self._recv_exact(length)
+                if kind == 0x05:  # A-RELEASE-RQ
+                    self.sock.sendall(_RELEASE_RP)
+                    return
+                if kind == 0x07:  # A-ABORT from the peer
+                    log.info("association with %s aborted by the peer", self.calling_ae)
+                    return
+                raise _Abort(f"unexpected PDU type 0x{kind:02X}")
+            remaining = length
+            while remaining > 0:
+                if remaining < 6:
+                    raise _Abort("truncated PDV")
+                pdv_len, pdv_ctx, mch = _PDV_HEADER.unpack(self._recv_exact(6))
+                if pdv_len < 2 or pdv_len + 4 > remaining:
+                    raise _Abort("bad PDV length")
+                if pdv_ctx not in self.contexts:
+                    raise _Abort(f"PDV on presentation context {pdv_ctx}, which was not accepted")
+                remaining -= 4 + pdv_len
+                size = pdv_len - 2
+                if mch & 0x01:  # command fragment
+                    if cmd is not None:
+                        raise _Abort("command fragment while a dataset was expected")
+                    if len(command) + size > 65536:
+                        raise _Abort("command set too long")
+                    command += self._recv_exact(size)
+                    if mch & 0x02:
+                        cmd = decode_command(bytes(command))
+                        command.clear()
+                        ctx_id = pdv_ctx
+                        self.data_len = 0
+                        if not cmd["has_data"]:
+                            self._dispatch(ctx_id, cmd, None)
+                            cmd = None
+                else:  # dataset fragment
+                    if cmd is None or pdv_ctx != ctx_id:
+                        raise _Abort("dataset fragment without its command")
+                    self._recv_data(size)
+                    if mch & 0x02:
+                        self._dispatch(ctx_id, cmd, memoryview(self.data)[:self.data_len])
+                        cmd = None
+
+    def _recv_data(self, n: int) -> None:
+        end = self.data_len + n
+        if end > len(self.data):
+            # A new buffer rather than a resize: a view of the old one may still exist.
+            grown = bytearray(max(end, 2 * len(self.data)))
+            grown[:self.data_len] = memoryview(self.data)[:self.data_len]
+            self.data = grown
+        view = memoryview(self.data)[self.data_len:end]
+        got = 0
+        while got < n:
+            r = self.sock.recv_into(view[got:], n - got)
+            if r == 0:
+                raise ConnectionError("peer closed the connection")
+            got += r
+        self.data_len = end
+
+    def _dispatch(self, ctx_id: int, cmd: dict[str, object], data: memoryview | None) -> None:
+        field = cmd["field"]
+        msg_id = int(cmd["msg_id"])  # type: ignore[arg-type]
+        sop_class, sop_uid = str(cmd["sop_class"]), str(cmd["sop_uid"])
+        if field == C_ECHO_RQ and data is None:
+            self._send_command(ctx_id, encode_response(C_ECHO_RSP, msg_id, 0x0000, sop_class))
+        elif field == C_STORE_RQ and data is not None:
+            ts = self.contexts[ctx_id][1]
+            status, after = self.server.store_fn(ts, sop_class, sop_uid, data, self.calling_ae)
+            self._send_command(ctx_id, encode_response(C_STORE_RSP, msg_id, status, sop_class, sop_uid))
+            # Bookkeeping (the database record) runs once the answer is on its way, while
+            # the peer already sends the next image; the file was durable before it.
+            if after is not None:
+                after()
+        else:
+            raise _Abort(f"unsupported DIMSE message 0x{int(field):04X}")  # type: ignore[call-overload]
+
+
+# -- the server ----------------------------------------------------------------------------------
+
+class _Handler(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        sock: socket.socket = self.request
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # responses are small
+        assoc = _Association(sock, self.server)  # type: ignore[arg-type]
+        self.server.track(sock, True)  # type: ignore[attr-defined]
+        try:
+            assoc.run()
+        finally:
+            if getattr(assoc, "holds_slot", False):
+                self.server.release_slot()  # type: ignore[attr-defined]
+            self.server.track(sock, False)  # type: ignore[attr-defined]
+
+
+class FastServer(socketserver.ThreadingTCPServer):
+    """Accept loop; each association runs in its own daemon thread."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 64
+
+    def __init__(self, node: NodeSection, store_fn: StoreFn, storage_contexts: list[PresentationContext]) -> None:
+        self.node = node
+        self.store_fn = store_fn
+        self.supported_contexts = storage_contexts
+        self._open: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._active = 0
+        super().__init__((node.bind_address, node.port), _Handler)
+
+    def acquire_slot(self) -> bool:
+        with self._lock:
+            if self._active >= MAX_ASSOCIATIONS:
+                return False
+            self._active += 1
+            return True
+
+    def release_slot(self) -> None:
+        with self._lock:
+            self._active -= 1
+
+    def track(self, sock: socket.socket, opened: bool) -> None:
+        with self._lock:
+            (self._open.add if opened else self._open.discard)(sock)
+
+    def close_associations(self) -> None:
+        """Cut every open association (as pynetdicom's server shutdown does)."""
+        with self._lock:
+            socks = list(self._open)
+        for s in socks:
+            try:
+                s.sendall(_abort_pdu(0x00, 0x00))
+            except OSError:
+                pass
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
