@@ -122,13 +122,17 @@ class _Association:
         if n > len(self.buf):
             self.buf = bytearray(n)
         view = memoryview(self.buf)[:n]
-        got = 0
+        self._fill(view)
+        return view
+
+    def _fill(self, view: memoryview) -> None:
+        """Receive exactly len(view) bytes into ``view``."""
+        got, n = 0, len(view)
         while got < n:
             r = self.sock.recv_into(view[got:], n - got)
             if r == 0:
                 raise ConnectionError("peer closed the connection")
             got += r
-        return view
 
     def _read_pdu(self) -> tuple[int, memoryview]:
         kind, _, length = _PDU_HEADER.unpack(self._recv_exact(6))
@@ -290,13 +294,7 @@ class _Association:
             grown = bytearray(max(end, 2 * len(self.data)))
             grown[:self.data_len] = memoryview(self.data)[:self.data_len]
             self.data = grown
-        view = memoryview(self.data)[self.data_len:end]
-        got = 0
-        while got < n:
-            r = self.sock.recv_into(view[got:], n - got)
-            if r == 0:
-                raise ConnectionError("peer closed the connection")
-            got += r
+        self._fill(memoryview(self.data)[self.data_len:end])
         self.data_len = end
 
     def _dispatch(self, ctx_id: int, cmd: dict[str, object], data: memoryview | None) -> None:

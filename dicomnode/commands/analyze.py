@@ -191,25 +191,14 @@ def read_nifti(path: Path):
     is labelled with the file's slice index (``slice_numbers``), so the reported slices
     are the file's own.
     """
-    import SimpleITK as sitk
+    from pipeline.datasets.images import check_ct_image, image_to_volume, read_nifti_image, reorient_to_lps
 
-    from pipeline.types import CTVolume, InvalidInputError
-
-    try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError as e:
-        raise InvalidInputError(f"{path}: cannot read the NIfTI volume "
-                                f"({str(e).strip().splitlines()[-1]}); is the file complete?") from e
-    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
-        raise InvalidInputError(f"{path}: a CT volume must be 3-D grey values, this file is "
-                                f"{image.GetDimension()}-D with {image.GetNumberOfComponentsPerPixel()} "
-                                f"component(s) per voxel")
+    image = read_nifti_image(path)
+    check_ct_image(image, path)  # before reorienting, which needs a 3-D image
     grid = _Grid(image.GetSize(), image.GetSpacing(), image.GetOrigin(), image.GetDirection())
-    oriented = sitk.DICOMOrient(image, "LPS")
+    oriented = reorient_to_lps(image, path)
     del image
-    hu = np.ascontiguousarray(sitk.GetArrayFromImage(oriented), dtype=np.float32)
-    sx, sy, sz = oriented.GetSpacing()
-    nz = hu.shape[0]
+    nz = oriented.GetSize()[2]
     file_axes = np.asarray(grid.direction, dtype=float).reshape(3, 3)
     z_axis = np.asarray(oriented.GetDirection(), dtype=float).reshape(3, 3)[:, 2]
     along = file_axes.T @ z_axis  # the volume's z axis in the file's index axes
@@ -219,10 +208,7 @@ def read_nifti(path: Path):
     elif abs(abs(along[2]) - 1.0) >= 1e-3:
         log.warning("the NIfTI file's slice axis is not axial; slices are reported as z indices of "
                     "the LPS-oriented volume")
-    volume = CTVolume(hu=hu, spacing_mm=(float(sz), float(sy), float(sx)),
-                      origin_mm=tuple(float(v) for v in oriented.GetOrigin()),
-                      direction=tuple(float(v) for v in oriented.GetDirection()),
-                      slice_numbers=numbers)
+    volume = image_to_volume(oriented, path, slice_numbers=numbers)
     return volume, grid
 
 

@@ -4,7 +4,7 @@ stacks of 2-D slice images (PIL). Every failure is a DatasetError naming the fil
 SimpleITK indexes x/y/z; everything here returns z/y/x arrays and (z, y, x) spacing as
 ``pipeline.types.CTVolume`` expects. ``origin_mm`` and ``direction`` stay in SimpleITK's
 own (x, y, z) convention, as CTVolume documents. The data set readers reorient NIfTI
-volumes and masks to LPS axes (``orient_lps``, see ``_orient``); DICOM series keep the
+volumes and masks to LPS axes (``reorient_to_lps``); DICOM series keep the
 order SimpleITK sorts them in, so that ``slice_uids`` stay with their slices.
 """
 
@@ -46,13 +46,27 @@ def _sitk():
     return sitk
 
 
-def _to_volume(image, path: Path, slice_uids: Sequence[str] = (), slice_numbers: Sequence[int] = ()) -> CTVolume:
-    sitk = _sitk()
+def read_nifti_image(path: Path, what: str = "volume"):
+    """The SimpleITK image of a NIfTI file; a DatasetError naming the file if unreadable."""
+    try:
+        return _sitk().ReadImage(str(path))
+    except RuntimeError as e:
+        hint = "; is the file complete?" if what == "volume" else ""
+        raise DatasetError(f"{path}: cannot read the NIfTI {what} ({str(e).strip().splitlines()[-1]}){hint}") from e
+
+
+def check_ct_image(image, path: Path) -> None:
+    """A DatasetError unless the SimpleITK image is a 3-D grey-value volume."""
     if image.GetDimension() != 3:
         raise DatasetError(f"{path}: a {image.GetDimension()}-D image; a CT volume must be 3-D")
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise DatasetError(f"{path}: {image.GetNumberOfComponentsPerPixel()} components per voxel; "
                            "expected a grey-value CT volume")
+
+
+def image_to_volume(image, path: Path, slice_uids: Sequence[str] = (), slice_numbers: Sequence[int] = ()) -> CTVolume:
+    sitk = _sitk()
+    check_ct_image(image, path)
     hu = sitk.GetArrayFromImage(image).astype(np.float32, copy=False)  # z, y, x
     sx, sy, sz = image.GetSpacing()
     try:
@@ -97,7 +111,7 @@ def _read_dicom_folder(folder: Path) -> CTVolume:
         numbers.append(int(num) if re.fullmatch(r"[+-]?\d+", num) else None)
     keep_uids = uids if all(uids) else []
     keep_numbers = [int(n) for n in numbers] if all(n is not None for n in numbers) else []
-    return _to_volume(image, folder, keep_uids, keep_numbers)
+    return image_to_volume(image, folder, keep_uids, keep_numbers)
 
 
 def read_volume(path: Path, orient_lps: bool = False) -> CTVolume:
@@ -116,16 +130,11 @@ def read_volume(path: Path, orient_lps: bool = False) -> CTVolume:
         return _read_dicom_folder(path)
     if not is_nifti(path):
         raise DatasetError(f"{path}: not a NIfTI volume (.nii, .nii.gz) nor a DICOM series folder")
-    sitk = _sitk()
-    try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError as e:
-        raise DatasetError(f"{path}: cannot read the NIfTI volume ({str(e).strip().splitlines()[-1]}); "
-                           "is the file complete?") from e
-    return _to_volume(_orient(image, path) if orient_lps else image, path)
+    image = read_nifti_image(path, "volume")
+    return image_to_volume(reorient_to_lps(image, path) if orient_lps else image, path)
 
 
-def _orient(image, path: Path):
+def reorient_to_lps(image, path: Path):
     """Reorient a NIfTI image to LPS axes (rows anterior to posterior, columns patient's
     right to left, z inferior to superior), as DICOM series read: NIfTI files are often
     stored flipped (RAS), and the networks expect one orientation. Masks get the same."""
@@ -146,12 +155,8 @@ def read_mask(path: Path, shape: tuple[int, int, int], orient_lps: bool = False)
         raise DatasetError(f"{path}: mask file not found; check the path (relative to the CSV)")
     if not is_nifti(path):
         raise DatasetError(f"{path}: masks must be NIfTI volumes (.nii, .nii.gz)")
-    sitk = _sitk()
-    try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError as e:
-        raise DatasetError(f"{path}: cannot read the mask ({str(e).strip().splitlines()[-1]})") from e
-    mask = sitk.GetArrayFromImage(_orient(image, path) if orient_lps else image) > 0
+    image = read_nifti_image(path, "mask")
+    mask = _sitk().GetArrayFromImage(reorient_to_lps(image, path) if orient_lps else image) > 0
     if mask.shape != tuple(shape):
         raise DatasetError(f"{path}: mask has shape {mask.shape} (z, y, x) but its scan {tuple(shape)}; "
                            "draw the mask on the scan's own grid")
