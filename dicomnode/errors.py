@@ -46,3 +46,18 @@ class DataDirLockedError(NodeError):
 
 class QueueError(NodeError):
     """A job state change that the state machine does not allow."""
+
+
+class SeriesRejected(NodeError):
+    """A series that cannot be made into a CT volume; ``code`` is a short machine name.
+
+    Codes: ``unreadable``, ``no_pixel_data``, ``localizer``, ``mixed_patient``,
+    ``mixed_study``, ``mixed_series``, ``inconsistent_size``, ``mixed_orientation``,
+    ``duplicate_position``, ``non_uniform_spacing``, ``too_few_slices``,
+    ``unsupported_pixels``, ``no_geometry``.
+    """
+
+    def __init__(self, reason: str, code: str = "rejected") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.code = code

@@ -25,7 +25,7 @@ from pydicom.errors import InvalidDicomError
 
 from pipeline.types import CTVolume
 
-from .errors import NodeError
+from .errors import SeriesRejected  # re-exported: callers import it from here too
 
 #: Fewer slices than this is not a chest CT the chain can read.
 MIN_SLICES = 10
@@ -37,21 +37,6 @@ DUPLICATE_TOLERANCE_MM = 1e-3
 #: spacing is called non-uniform: scanners round positions to a few decimals.
 GAP_RELATIVE_TOLERANCE = 0.05
 GAP_ABSOLUTE_TOLERANCE_MM = 0.05
-
-
-class SeriesRejected(NodeError):
-    """A series that cannot be made into a CT volume; ``code`` is a short machine name.
-
-    Codes: ``unreadable``, ``no_pixel_data``, ``localizer``, ``mixed_patient``,
-    ``mixed_study``, ``mixed_series``, ``inconsistent_size``, ``mixed_orientation``,
-    ``duplicate_position``, ``non_uniform_spacing``, ``too_few_slices``,
-    ``unsupported_pixels``, ``no_geometry``.
-    """
-
-    def __init__(self, reason: str, code: str = "rejected") -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.code = code
 
 
 def load_series(paths: Sequence[Path | str], min_slices: int = MIN_SLICES) -> tuple[CTVolume, list[Dataset]]:
