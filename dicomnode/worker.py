@@ -175,8 +175,11 @@ class Worker:
         t0 = now()
         result = analyze(volume, bundle, params)
         steps = ", ".join(f"{k} {v:.1f}" for k, v in result.timings_s.items() if k != "total")
-        log.info("job %d: analysed series %s in %.1f s (%s): %s", job.id, job.series_uid, now() - t0, steps,
-                 result.case_scores.label)
+        # The decision is what every object states; the argmax alone would mislead a reader
+        # of the log on an indeterminate or out-of-domain case.
+        log.info("job %d: analysed series %s in %.1f s (%s): decision %s (%s; most probable class %s, "
+                 "out-of-domain score %.2f)", job.id, job.series_uid, now() - t0, steps, result.decision.value,
+                 result.decision.reason or "no reason given", result.case_scores.label, result.domain.score)
         if not self.queue.renew(job):
             raise QueueError(f"job {job.id}: lease lost during analysis")
 
@@ -191,13 +194,23 @@ class Worker:
         written = persist_results(objects, self.results_root / str(job.id), result.summary(volume))
         return self._hand_over(job, written)
 
+    def _nothing_to_send_reason(self, written: Sequence[tuple[str, str, str]]) -> str:
+        """Why a job ends with no delivery: no destination at all, or none wants what was
+        made (an out-of-domain result has no SC and no KOS, and a destination may want
+        only those)."""
+        if not self.cfg.destinations:
+            return "no destination configured: results kept in the results folder"
+        made = sorted({kind for kind, _, _ in written})
+        return (f"no destination wants the objects made ({', '.join(made) or 'none'}): results kept in the "
+                f"results folder")
+
     def _hand_over(self, job: Job, written: Sequence[tuple[str, str, str]]) -> JobState:
         """Record the deliveries and move the job on, in one transaction."""
         t = now()
         with self.queue.db.transaction() as conn:
             count = self.delivery.record_in(conn, job.id, written, t)
             new = JobState.DELIVERING if count else JobState.DONE
-            reason = None if count else "no destination configured: results kept in the results folder"
+            reason = None if count else self._nothing_to_send_reason(written)
             self.queue.transition_in(conn, job.id, new, reason, expect=JobState.RUNNING, attempts=job.attempts, at=t)
         log.info("job %d -> %s (%d object(s), %d delivery(ies))", job.id, new, len(written), count)
         if count:

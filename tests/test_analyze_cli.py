@@ -18,10 +18,11 @@ from pipeline.lung import dice
 from pipeline.params import ChainParams
 from pipeline.phantom import make_phantom
 from pipeline.preprocess import lung_slice_indices
-from pipeline.types import CLASS_NAMES, TASK_NAMES
+from pipeline.types import CLASS_NAMES, DECISIONS, TASK_NAMES
 
 FIRST_INSTANCE = 101  # InstanceNumbers start here, so they cannot be mistaken for z indices
-SUMMARY_KEYS = {"label", "probabilities", "tasks", "infected_slices", "lung_volume_ml"}
+SUMMARY_KEYS = {"decision", "decision_reason", "thresholds", "out_of_domain_score", "label", "probabilities",
+                "tasks", "infected_slices", "lung_volume_ml"}
 
 
 def run_analyze(argv: list[str], capsys) -> tuple[int, str, str]:
@@ -46,6 +47,7 @@ def phantom():
 
 def _check_summary(summary: dict) -> None:
     assert SUMMARY_KEYS <= set(summary)
+    assert summary["decision"] in DECISIONS  # what the objects state; "label" is the argmax only
     assert summary["label"] in CLASS_NAMES
     assert list(summary["probabilities"]) == list(CLASS_NAMES)
     assert sum(summary["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
@@ -78,9 +80,12 @@ def test_dicom_folder(tmp_path: Path, tiny_bundle: Path, phantom, capsys) -> Non
     assert located and located <= numbers  # slices are named by InstanceNumber
     assert set(summary["infected_slices"]) <= located
     assert set(details["explained_slices"]) <= numbers
-    # The result objects, as the node would send them.
+    # The result objects, as the node would send them (out of domain: no KOS, no SC).
     for kind in ("sr", "seg", "kos"):
         files = sorted((out / kind).glob("*.dcm"))
+        if kind == "kos" and summary["decision"] == "out_of_domain":
+            assert files == []
+            continue
         assert len(files) == 1, kind
         ds = pydicom.dcmread(files[0])
         assert ds.StudyInstanceUID == series.study_uid
@@ -113,7 +118,10 @@ def test_nifti_file(tmp_path: Path, tiny_bundle: Path, phantom, capsys, directio
     assert located <= set(range(volume.shape[0]))  # NIfTI: slices are z indices
     assert set(summary["infected_slices"]) <= located
     pngs = sorted((out / "overlays").glob("*.png"))
-    assert len(pngs) == len(details["explained_slices"]) >= 1
+    if summary["decision"] == "out_of_domain":
+        assert pngs == []  # as the SC: nothing the model stands behind to explain
+    else:
+        assert len(pngs) == len(details["explained_slices"]) >= 1
     _check_mask_alignment(tmp_path / "lung.nii.gz", sitk.ReadImage(str(nifti)), ph.lung_mask)
     # Slices are named by the file's own slice index: the located slices are the lung
     # slices of the saved mask, which lies on the file's grid.

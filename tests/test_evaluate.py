@@ -13,8 +13,8 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from pipeline import evaluate as E
-from pipeline.types import (CLASS_NAMES, TASK_NAMES, AnalysisResult, CaseScores, CTVolume, InfectedSlices,
-                            LungMask, ModelInfo, SliceScores)
+from pipeline.types import (CLASS_NAMES, TASK_NAMES, AnalysisResult, CaseScores, CTVolume, Decision, DomainCheck,
+                            InfectedSlices, LungMask, ModelInfo, SliceScores)
 
 from conftest import dicomnode_exe
 
@@ -241,7 +241,9 @@ def test_score_cases_records_masks_and_features(method: str) -> None:
             case_scores=CaseScores(dict(zip(CLASS_NAMES, (0.1, 0.2, 0.3, 0.4))),
                                    dict(zip(TASK_NAMES, (0.9, 0.7, 0.6))), "covid19", 3),
             infected=InfectedSlices(scores, (2, 3), 0.5), attention=(), phenotype=None, lung_volume_ml=1.0,
-            model=ModelInfo("m", "0", "x", "", True))
+            model=ModelInfo("m", "0", "x", "", True),
+            decision=Decision("covid19", "stand-in", {"pneumonia_vs_non_pneumonia": 0.5, "margin": 0.1}),
+            domain=DomainCheck(0.3, True, {}))
 
     half = lung.copy()
     half[:, :, 16:] = False  # Dice with the truth: 2 * 1/2 / (1 + 1/2) = 2/3

@@ -77,7 +77,7 @@ def test_writer_objects_round_trip_through_orthanc(tmp_path):
 
         sr_bytes = pacs.instance_file(found["SR"][0]["Instances"][0])
         findings = read_findings(pydicom.dcmread(pydicom.filebase.DicomBytesIO(sr_bytes)))
-        assert findings.label == inputs.result.case_scores.label
+        assert findings.decision == inputs.result.decision.value
         for name in CLASS_NAMES:
             assert findings.probabilities[name] == pytest.approx(
                 inputs.result.case_scores.probabilities[name], abs=1e-4)
@@ -124,15 +124,20 @@ def test_node_sends_every_result_object_to_orthanc(tmp_path, tiny_bundle):
         summary = _summary(tmp_path / "node")
         sr_bytes = pacs.instance_file(found["SR"][0]["Instances"][0])
         findings = read_findings(pydicom.dcmread(pydicom.filebase.DicomBytesIO(sr_bytes)))
-        assert findings.label == summary["label"]
-        for name in CLASS_NAMES:
-            assert findings.probabilities[name] == pytest.approx(summary["probabilities"][name], abs=1e-4)
-        for name in TASK_NAMES:
-            assert findings.tasks[name] == pytest.approx(summary["tasks"][name], abs=1e-4)
+        assert findings.decision == summary["decision"]
+        if summary["decision"] != "out_of_domain":  # out of domain the SR reports no probability
+            for name in CLASS_NAMES:
+                assert findings.probabilities[name] == pytest.approx(summary["probabilities"][name], abs=1e-4)
+            for name in TASK_NAMES:
+                assert findings.tasks[name] == pytest.approx(summary["tasks"][name], abs=1e-4)
         assert findings.lung_volume_ml == pytest.approx(summary["lung_volume_ml"], abs=0.051)
         by_number = {int(pydicom.dcmread(p, stop_before_pixels=True).InstanceNumber): str(uid)
                      for p, uid in zip(series.paths, series.sop_uids)}
-        assert sorted(findings.infected_sop_uids) == sorted(by_number[n] for n in summary["infected_slices"])
+        # The locator's slices: stated as infectious under a pneumonia decision, else flagged
+        # as no finding, and not reported at all out of domain.
+        located = findings.infected_sop_uids + findings.flagged_sop_uids
+        expected = [] if summary["decision"] == "out_of_domain" else [by_number[n] for n in summary["infected_slices"]]
+        assert sorted(located) == sorted(expected)
         assert (findings.algorithm_name, findings.bundle_sha256) == (summary["model"]["name"],
                                                                     summary["model"]["sha256"])
 

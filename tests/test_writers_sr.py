@@ -38,14 +38,17 @@ def test_sr_passes_dciodvfy(sr, tmp_path):
 def test_sr_reads_back_to_the_chain_findings(sr, inputs):
     found = read_findings(sr)
     res, sources = inputs.result, inputs.sources
-    assert found.label == res.case_scores.label
+    assert found.decision == res.decision.value == "covid19"
+    assert found.decision_reason == res.decision.reason
+    assert found.thresholds == pytest.approx(dict(res.decision.thresholds), abs=1e-6)
+    assert found.out_of_domain_score == pytest.approx(res.domain.score) and found.out_of_domain_threshold == 1.0
     for name in CLASS_NAMES:  # stored in percent with two decimals
         assert found.probabilities[name] == pytest.approx(res.case_scores.probabilities[name], abs=1e-4)
     for name in TASK_NAMES:
         assert found.tasks[name] == pytest.approx(res.case_scores.tasks[name], abs=1e-4)
     assert found.lung_volume_ml == pytest.approx(res.lung_volume_ml, abs=0.05)
     assert res.infected.z_indices, "the test inputs must have infectious slices"
-    assert found.infected_count == len(res.infected.z_indices)
+    assert found.infected_count == len(res.infected.z_indices) and found.flagged_sop_uids == ()
     assert sorted(found.infected_sop_uids) == sorted(str(sources[z].SOPInstanceUID) for z in res.infected.z_indices)
     # The key slice is an explained infectious slice.
     key_z = [str(s.SOPInstanceUID) for s in sources].index(found.key_sop_uid)
@@ -110,11 +113,12 @@ def test_sr_without_infectious_slices_or_attention_still_anchors_the_result(tmp_
     sr = to_bytes_and_back(build_result_objects(inputs.result, inputs.volume, inputs.sources,
                                                 WriterOptions(enabled={"sr"}))["sr"][0])
     found = read_findings(sr)
-    assert found.label == "non_pneumonia" and found.infected_count == 0 and found.infected_sop_uids == ()
+    assert found.decision == "non_pneumonia" and found.infected_count == 0 and found.infected_sop_uids == ()
+    assert found.flagged_sop_uids == ()  # "no pneumonia": the count is the locator's, flagged none
     groups = hd.sr.Comprehensive3DSR.from_dataset(sr).content.get_planar_roi_measurement_groups()
     assert len(groups) == 1
     assert groups[0].finding_type.value == codes.LUNG.value  # the lung outline, no attention region
-    assert "none found" in found.summary
+    assert found.summary.startswith("AI decision: No pneumonia") and "infectious" not in found.summary
 
 
 def test_uid_seed_rebuilds_the_same_objects_and_no_seed_new_ones(inputs):

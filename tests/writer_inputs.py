@@ -1,6 +1,10 @@
 """Inputs for the writer tests: a small CT volume, its source datasets and an
 AnalysisResult built directly from pipeline.types (no chain, no model), seeded.
 
+The decision is given by hand (default: the most probable class, confidently, in
+domain); ``make_indeterminate_inputs`` and ``make_out_of_domain_inputs`` give the two
+decisions that name no class.
+
 The volume is the shared phantom (pipeline.phantom) when it is there, else a small
 synthetic chest: two ellipsoid lungs in a soft-tissue body, a lesion in one lung.
 """
@@ -8,6 +12,7 @@ synthetic chest: two ellipsoid lungs in a soft-tissue body, a lesion in one lung
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -21,6 +26,8 @@ from pipeline.types import (
     AttentionMap,
     CaseScores,
     CTVolume,
+    Decision,
+    DomainCheck,
     InfectedSlices,
     LungMask,
     ModelInfo,
@@ -34,6 +41,29 @@ TEST_MODEL = ModelInfo(
     disclaimer="TEST MODEL for the writer tests. Not for clinical use.",
     trained_on_synthetic_data=True,
 )
+
+
+#: Operating points of a model card, as the chain passes them in Decision.thresholds.
+TEST_THRESHOLDS = {"pneumonia_vs_non_pneumonia": 0.5, "covid19_vs_cap": 0.5, "covid19_vs_influenza": 0.5,
+                   "margin": 0.1}
+#: A study like the training data.
+IN_DOMAIN = DomainCheck(score=0.3, in_domain=True,
+                        components={"deep_features": 0.3, "lung_hu_median": 0.2, "noise_hu": 0.1})
+#: The class probabilities of an indeterminate split (CAP 50.2% vs COVID-19 49.7%).
+SPLIT_PROBABILITIES = (0.001, 0.502, 0.0, 0.497)
+
+
+_WORDS = {"non_pneumonia": "no pneumonia", "cap": "CAP", "influenza": "influenza", "covid19": "COVID-19"}
+
+
+def confident_decision(probabilities: dict[str, float], thresholds: dict[str, float] = TEST_THRESHOLDS) -> Decision:
+    """The most probable class, with the reason a chain would give."""
+    ranked = sorted(probabilities, key=lambda n: -probabilities[n])
+    first, second = ranked[0], ranked[1]
+    reason = (f"{_WORDS[first]} {100 * probabilities[first]:.1f}% leads {_WORDS[second]} "
+              f"{100 * probabilities[second]:.1f}% by more than the {100 * thresholds['margin']:g}-point margin, "
+              f"and the fused scores agree with the bundle's operating points")
+    return Decision(value=first, reason=reason, thresholds=dict(thresholds))
 
 
 @dataclass(frozen=True)
@@ -64,9 +94,13 @@ def _synthetic_chest(seed: int, n_slices: int, size: int) -> tuple[np.ndarray, n
 
 
 def make_inputs(seed: int = 0, n_slices: int = 24, size: int = 96, label: str = "covid19",
-                infected: bool = True, with_attention: bool = True) -> WriterInputs:
-    """A consistent volume / sources / result triple. ``infected=False`` gives a result
-    with no infectious slice (the fallbacks), ``with_attention=False`` no Grad-CAM."""
+                infected: bool = True, with_attention: bool = True, decision: Decision | None = None,
+                domain: DomainCheck | None = None, probabilities: Sequence[float] | None = None) -> WriterInputs:
+    """A consistent volume / sources / result triple. ``label``: the phantom's class and the
+    most probable class; ``infected=False`` gives a result with no infectious slice (the
+    fallbacks), ``with_attention=False`` no Grad-CAM. ``decision`` defaults to ``label``
+    with a plausible reason and TEST_THRESHOLDS, ``domain`` to IN_DOMAIN;
+    ``probabilities`` (in CLASS_NAMES order) replaces the default confident ones."""
     try:
         from pipeline.phantom import make_phantom  # lands with the phantom engineer's work
 
@@ -90,8 +124,12 @@ def make_inputs(seed: int = 0, n_slices: int = 24, size: int = 96, label: str = 
     slice_scores = SliceScores(z_indices=classified.astype(int), probabilities=raw)
     probs = np.array([0.05, 0.1, 0.15, 0.7]) if label == "covid19" else np.roll([0.7, 0.1, 0.15, 0.05],
                                                                                CLASS_NAMES.index(label))
-    case = CaseScores(probabilities=dict(zip(CLASS_NAMES, map(float, probs))),
-                      tasks=dict(zip(TASK_NAMES, (0.93, 0.81, 0.77))), label=label, top_k=3)
+    if probabilities is not None:
+        probs = np.asarray(probabilities, dtype=float)
+    probs_by_class = dict(zip(CLASS_NAMES, map(float, probs)))
+    top = CLASS_NAMES[int(np.argmax(probs))]
+    case = CaseScores(probabilities=probs_by_class,
+                      tasks=dict(zip(TASK_NAMES, (0.93, 0.81, 0.77))), label=top, top_k=3)
 
     lesion_area = lesion.reshape(nz, -1).sum(1)
     scores = np.where(lungs.reshape(nz, -1).sum(1) > 50, np.clip(lesion_area / 40.0, 0, 1), np.nan)
@@ -108,7 +146,7 @@ def make_inputs(seed: int = 0, n_slices: int = 24, size: int = 96, label: str = 
             cy, cx = np.argwhere(lesion[z]).mean(0) if lesion[z].any() else np.argwhere(lungs[z]).mean(0)
             heat = np.exp(-(((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * (0.08 * size) ** 2))).astype(np.float32)
             regions = (heat > 0.5) & lungs[z]
-            attention.append(AttentionMap(z_index=z, heat=heat, regions=regions, target_class=label))
+            attention.append(AttentionMap(z_index=z, heat=heat, regions=regions, target_class=top))
 
     result = AnalysisResult(
         lung_mask=LungMask(mask=lungs.astype(bool), method="classical"),
@@ -119,8 +157,34 @@ def make_inputs(seed: int = 0, n_slices: int = 24, size: int = 96, label: str = 
         phenotype=None,
         lung_volume_ml=float(lungs.sum() * volume.voxel_volume_ml),
         model=TEST_MODEL,
+        decision=decision or confident_decision(probs_by_class),
+        domain=domain or IN_DOMAIN,
     )
     return WriterInputs(volume=volume, sources=sources, result=result, lesion=lesion.astype(bool))
+
+
+def make_indeterminate_inputs(seed: int = 0, n_slices: int = 24, size: int = 96, **kwargs) -> WriterInputs:
+    """CAP 50.2% vs COVID-19 49.7% (within the 10-point margin): decision indeterminate,
+    with infectious slices found by the locator and Grad-CAM of the most probable class."""
+    decision = Decision(value="indeterminate",
+                        reason="CAP 50.2% and COVID-19 49.7% are within the 10-point margin",
+                        thresholds=dict(TEST_THRESHOLDS))
+    return make_inputs(seed, n_slices, size, label="cap", decision=decision, probabilities=SPLIT_PROBABILITIES,
+                       **kwargs)
+
+
+def make_out_of_domain_inputs(seed: int = 0, n_slices: int = 24, size: int = 96, score: float = 1.7,
+                              **kwargs) -> WriterInputs:
+    """A study unlike the training data (out-of-domain score 1.7) whose classifier still
+    says CAP 99%: the decision is out_of_domain and no object may claim CAP."""
+    domain = DomainCheck(score=score, in_domain=False,
+                         components={"deep_features": score, "lung_hu_median": 0.4, "noise_hu": 0.2},
+                         reasons=("deep features are far from the training data's",))
+    decision = Decision(value="out_of_domain",
+                        reason=f"out-of-domain score {score:.2f} is above its threshold 1",
+                        thresholds=dict(TEST_THRESHOLDS))
+    return make_inputs(seed, n_slices, size, label="cap", decision=decision, domain=domain,
+                       probabilities=(0.004, 0.99, 0.003, 0.003), **kwargs)
 
 
 # --- dciodvfy ------------------------------------------------------------------------

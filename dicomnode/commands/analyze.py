@@ -5,8 +5,10 @@ Parses, reads, calls ``pipeline.chain.analyze``, writes, prints: the JSON summar
 (``AnalysisResult.summary``) goes to stdout; with DICOM input the result objects (SR,
 Grad-CAM Secondary Captures, lung SEG, KOS) are written as DICOM files under
 ``DIR/<kind>/``; with NIfTI input there are no source datasets to reference, so
-``DIR/overlays/*.png`` hold the Grad-CAM pictures instead. ``DIR/result.json`` holds the
-summary plus the slice scores, locator scores, timings and phenotype in both cases.
+``DIR/overlays/*.png`` hold the Grad-CAM pictures instead (none for an out-of-domain
+decision, like the SC). ``DIR/result.json`` holds the summary plus the slice scores,
+locator scores, timings and phenotype in both cases. The summary's ``decision`` is what
+the objects state; ``label`` is only the most probable class.
 A NIfTI volume is reoriented to LPS axes for the chain (as DICOM series and the training
 data are) and its slices are reported by the file's own slice index. ``--save-mask``
 writes the lung mask on the input's grid (origin, spacing, direction).
@@ -117,8 +119,9 @@ def run(args: argparse.Namespace) -> int:
     (out / "result.json").write_text(json.dumps(_details(result, volume, summary, summary_files), indent=2) + "\n")
     if args.save_mask is not None:
         _save_mask(result.lung_mask.mask, volume, args.save_mask, nifti_grid)
-    log.info("label %s, %d infected slices, total %.2f s", summary["label"], len(summary["infected_slices"]),
-             result.timings_s.get("total", float("nan")))
+    log.info("decision %s (%s; most probable class %s), %d slices flagged by the lesion locator, total %.2f s",
+             summary["decision"], summary["decision_reason"] or "no reason given", summary["label"],
+             len(summary["infected_slices"]), result.timings_s.get("total", float("nan")))
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -138,13 +141,17 @@ def _write_objects(objects: dict, out: Path) -> list[str]:
 def _write_overlays(result, volume, out: Path) -> list[str]:
     from PIL import Image
 
+    from dicomnode.writers import wording
     from dicomnode.writers.render import render_overlay
 
     folder = out / "overlays"
     folder.mkdir(exist_ok=True)
     written = []
-    for a in result.attention:
-        caption = [f"Guided Grad-CAM: {a.target_class}  z={a.z_index}", result.model.disclaimer]
+    # As the Grad-CAM SC: none out of domain, and the caption states the decision.
+    attention = result.attention if wording.shows_explanations(result) else ()
+    for a in attention:
+        caption = [wording.caption_line(result), f"Guided Grad-CAM: {a.target_class}  z={a.z_index}",
+                   result.model.disclaimer]
         rgb = render_overlay(volume.hu[a.z_index], a.heat, result.lung_mask.mask[a.z_index], a.regions, caption)
         path = folder / f"gradcam_z{a.z_index:04d}.png"
         Image.fromarray(rgb, mode="RGB").save(path)

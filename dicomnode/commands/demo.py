@@ -83,18 +83,60 @@ def _ranges(numbers: list[int]) -> str:
     return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in parts) or "none"
 
 
+#: How the readable summary names each decision.
+DECISION_WORDS = {
+    "non_pneumonia": "no pneumonia",
+    "cap": "community-acquired pneumonia (CAP)",
+    "influenza": "influenza",
+    "covid19": "COVID-19",
+    "indeterminate": "indeterminate (no diagnosis is stated)",
+    "out_of_domain": "cannot assess this study (out of domain)",
+}
+
+
 def format_summary(summary: dict) -> str:
-    """The node's result summary as a few lines a person reads."""
-    lines = [f"AI result: {summary['label']}"]
-    lines += [f"  p({name}) = {p:.3f}" for name, p in summary["probabilities"].items()]
-    lines += [f"  task {name}: {p:.3f}" for name, p in summary["tasks"].items()]
-    lines.append(f"  COVID-19 infectious slices (InstanceNumber): {_ranges(summary['infected_slices'])}")
+    """The node's result summary as a few lines a person reads. It leads with the
+    decision (what the SR states), never with the most probable class alone."""
+    decision = summary.get("decision", summary["label"])  # summaries written before decisions existed
+    lines = [f"AI decision: {DECISION_WORDS.get(decision, decision)}"]
+    if summary.get("decision_reason"):
+        lines.append(f"  why: {summary['decision_reason']}")
+    if decision == "out_of_domain":
+        lines += _out_of_domain_lines(summary)
+    else:
+        lines += _assessed_lines(summary, decision)
     lines.append(f"  lung volume: {summary['lung_volume_ml']:.0f} ml ({summary.get('lung_segmentation', '?')} segmentation)")
     model = summary.get("model", {})
     lines.append(f"  model bundle: {model.get('name')} {model.get('version')} (sha256 {str(model.get('sha256', ''))[:12]}...)")
     if summary.get("disclaimer"):
         lines.append(f"  {summary['disclaimer']}")
     return "\n".join(lines)
+
+
+def _out_of_domain_lines(summary: dict) -> list[str]:
+    """No class, no probabilities: the model cannot stand behind them (as in the SR)."""
+    lines = ["  the model cannot assess this study: it differs from the model's training data; no class is claimed"]
+    if "out_of_domain_score" in summary:
+        lines.append(f"  out-of-domain score: {summary['out_of_domain_score']:.2f} (threshold 1.00)")
+    lines += [f"  domain check {name}: {score:.2f}" for name, score in summary.get("domain_checks", {}).items()]
+    return lines
+
+
+def _assessed_lines(summary: dict, decision: str) -> list[str]:
+    from dicomnode.writers.wording import infected_name
+
+    lines = [f"  p({name}) = {p:.3f}" for name, p in summary["probabilities"].items()]
+    lines += [f"  task {name}: {p:.3f}" for name, p in summary["tasks"].items()]
+    if summary.get("thresholds"):
+        lines.append("  operating points: " + ", ".join(f"{k} {v:g}" for k, v in summary["thresholds"].items()))
+    if "out_of_domain_score" in summary:
+        lines.append(f"  out-of-domain score: {summary['out_of_domain_score']:.2f} (threshold 1.00)")
+    slices = _ranges(summary["infected_slices"])
+    if decision in ("cap", "influenza", "covid19"):
+        lines.append(f"  {infected_name(decision)} (InstanceNumber): {slices}")
+    elif summary["infected_slices"]:
+        lines.append(f"  slices flagged by the lesion locator, not a finding (InstanceNumber): {slices}")
+    return lines
 
 
 def _print_report(job_dir: Path, as_json: bool) -> None:

@@ -1,4 +1,8 @@
-"""``dicomnode status``: recent series, jobs and deliveries, with states and reasons."""
+"""``dicomnode status``: recent series, jobs and deliveries, with states and reasons.
+
+Each analysed job also shows the decision its report states (from the job's
+``results/<job>/summary.json``): a class, "indeterminate" or "out_of_domain".
+"""
 
 from __future__ import annotations
 
@@ -49,8 +53,29 @@ def collect(db_path: Path, limit: int) -> dict[str, Any]:
         pending = conn.execute("SELECT COUNT(*) FROM deliveries WHERE state='pending'").fetchone()[0]
     finally:
         conn.close()
+    results = _results_root(db_path)
+    for job in jobs:
+        job["decision"] = job_decision(results / str(job["id"]))
     return {"database": str(db_path), "series": series, "jobs": jobs, "deliveries": deliveries,
             "pending_deliveries": pending}
+
+
+def _results_root(db_path: Path) -> Path:
+    from dicomnode.node import data_paths
+
+    return data_paths(db_path.parent)["results"]
+
+
+def job_decision(job_dir: Path) -> str | None:
+    """The decision in a job's summary.json; None before the analysis wrote one (or when
+    it cannot be read: status must show the tables even then)."""
+    try:
+        summary = json.loads((job_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(summary, dict):
+        return None
+    return summary.get("decision")
 
 
 def _table(title: str, headers: list[str], rows: list[list[Any]]) -> str:
@@ -70,8 +95,9 @@ def render(data: dict[str, Any]) -> str:
                         [[s["series_uid"], s["instance_count"], s["state"],
                           f"{s['job_id']} {s['job_state']}" if s["job_id"] else None, s["reason"]]
                          for s in data["series"]]))
-    parts.append(_table("jobs", ["job", "series UID", "state", "attempts", "reason"],
-                        [[j["id"], j["series_uid"], j["state"], j["attempts"], j["reason"]] for j in data["jobs"]]))
+    parts.append(_table("jobs", ["job", "series UID", "state", "decision", "attempts", "reason"],
+                        [[j["id"], j["series_uid"], j["state"], j.get("decision"), j["attempts"], j["reason"]]
+                         for j in data["jobs"]]))
     parts.append(_table("deliveries", ["job", "destination", "state", "objects", "attempts", "next try", "last error"],
                         [[d["job_id"], d["destination"], d["state"], d["objects"], d["attempts"],
                           _when(d["next_try"]), d["last_error"]] for d in data["deliveries"]]))

@@ -2,7 +2,8 @@
 
 ``build_result_objects(result, volume, sources, options)`` returns a dict with one key
 per enabled kind ("sr", "sc", "seg", "kos"), each a list of datasets ready to send
-(an empty list where there is nothing to show, e.g. no Grad-CAM or an empty lung mask).
+(an empty list where there is nothing to show, e.g. no Grad-CAM or an empty lung mask;
+for an out-of-domain decision there is no Grad-CAM SC and no KOS, the SR and SEG stay).
 Nothing here touches disk or network; docs/objects.md describes each object.
 """
 
@@ -51,5 +52,6 @@ def build_result_objects(result: AnalysisResult, volume: CTVolume, sources: Sequ
             seg = build_seg(result, volume, sources, options, uid)
             out[kind] = [seg] if seg is not None else []
         elif kind == "kos":
-            out[kind] = [build_kos(result, volume, sources, options, uid)]
+            kos = build_kos(result, volume, sources, options, uid)
+            out[kind] = [kos] if kos is not None else []
     return out

@@ -13,13 +13,14 @@ from typing import Mapping
 
 from pydicom.sr.coding import Code
 
-from pipeline.types import CLASS_NAMES, TASK_NAMES
+from pipeline.types import CLASS_NAMES, DECISIONS, TASK_NAMES
 
 #: Designator of our private coding scheme (declared in each SR's Coding Scheme
 #: Identification Sequence).
 PRIVATE_SCHEME = "99COVIDNODE"
 PRIVATE_SCHEME_NAME = "COVID-CT-Node private codes"
-PRIVATE_SCHEME_VERSION = "1"
+#: "2": decision codes, thresholds, out-of-domain score; NINF/PINF lost "COVID-19".
+PRIVATE_SCHEME_VERSION = "2"
 
 # --- Diagnoses (the four classes of the classifier), SNOMED CT where it exists -------
 COVID19 = Code("840539006", "SCT", "COVID-19")  # Disease caused by SARS-CoV-2 (disorder)
@@ -38,6 +39,22 @@ DIAGNOSIS: Mapping[str, Code] = MappingProxyType({
     "covid19": COVID19,
 })
 
+# --- Decisions that name no class -------------------------------------------------
+#: The evidence is split (pipeline.types.DECISIONS "indeterminate"): SNOMED CT
+#: "Undetermined" (qualifier value, DICOM CID 230/240), a standard concept that claims
+#: no diagnosis.
+UNDETERMINED = Code("373068000", "SCT", "Undetermined")
+#: The study differs from the training data ("out_of_domain"): no standard concept says
+#: "this algorithm cannot assess this input", so this one is private.
+CANNOT_ASSESS = Code("NOASSESS", PRIVATE_SCHEME, "AI cannot assess: study differs from the model's training data")
+
+#: decision (pipeline.types.DECISIONS) -> the code of the report's Impression
+DECISION: Mapping[str, Code] = MappingProxyType({
+    **DIAGNOSIS,
+    "indeterminate": UNDETERMINED,
+    "out_of_domain": CANNOT_ASSESS,
+})
+
 #: class name -> measurement name of its case-level probability (no standard concept
 #: "probability of <disease>" exists; DCM 111047 is "Probability of cancer" only).
 CLASS_PROBABILITY: Mapping[str, Code] = MappingProxyType({
@@ -54,9 +71,29 @@ TASK_SCORE: Mapping[str, Code] = MappingProxyType({
     "covid19_vs_influenza": Code("TCOVFLU", PRIVATE_SCHEME, "COVID-19 vs influenza score"),
 })
 
-#: Locator output of one slice (METHOD.md: COVID-infectious slice locating).
-INFECTED_SLICE_SCORE = Code("PINF", PRIVATE_SCHEME, "COVID-19 infectious slice score")
-INFECTED_SLICE_COUNT = Code("NINF", PRIVATE_SCHEME, "COVID-19 infectious slices")
+#: task name -> the operating point the decision used on that task's score (model card)
+DECISION_THRESHOLD: Mapping[str, Code] = MappingProxyType({
+    "pneumonia_vs_non_pneumonia": Code("DTPNEU", PRIVATE_SCHEME, "Pneumonia vs no pneumonia decision threshold"),
+    "covid19_vs_cap": Code("DTCOVCAP", PRIVATE_SCHEME, "COVID-19 vs CAP decision threshold"),
+    "covid19_vs_influenza": Code("DTCOVFLU", PRIVATE_SCHEME, "COVID-19 vs influenza decision threshold"),
+})
+#: Scores closer than this (percentage points) are "indeterminate" (Decision.thresholds["margin"]).
+INDETERMINATE_MARGIN = Code("DMARGIN", PRIVATE_SCHEME, "Indeterminate margin")
+#: pipeline.types.DomainCheck.score: distance from the training data over its threshold.
+OUT_OF_DOMAIN_SCORE = Code("OODSCORE", PRIVATE_SCHEME, "Out-of-domain score")
+#: The score above which a study is out of domain: 1 by construction of the score.
+OUT_OF_DOMAIN_THRESHOLD = Code("OODTHR", PRIVATE_SCHEME, "Out-of-domain threshold")
+#: Concept name of the text item that says why the decision is what it is (Decision.reason).
+DECISION_REASON = Code("DREASON", PRIVATE_SCHEME, "AI decision reason")
+
+#: Locator output of one slice (METHOD.md: infectious slice locating). The locator finds
+#: lesion-bearing slices of any pneumonia class, so the meanings name no class; the
+#: report's Impression says which pneumonia they belong to.
+INFECTED_SLICE_SCORE = Code("PINF", PRIVATE_SCHEME, "Infectious slice score")
+INFECTED_SLICE_COUNT = Code("NINF", PRIVATE_SCHEME, "Infectious slices")
+#: The same count where the decision states no pneumonia (no pneumonia, indeterminate):
+#: another concept, so that no reader takes these slices for a finding.
+LOCATOR_FLAGGED_COUNT = Code("NFLAG", PRIVATE_SCHEME, "Slices flagged by lesion locator, not a finding")
 #: What an image region of the report outlines.
 ATTENTION_REGION = Code("ATTN", PRIVATE_SCHEME, "Grad-CAM attention region")
 #: Concept name of the disclaimer text item (no standard concept).
@@ -88,22 +125,26 @@ PERCENT = Code("%", "UCUM", "percent")
 MILLILITER = Code("ml", "UCUM", "milliliter")
 #: A count of slices: UCUM unity with an annotation.
 SLICES = Code("{slices}", "UCUM", "slices")
+#: The out-of-domain score and its threshold: a dimensionless ratio (DICOM CID 7181).
+RATIO = Code("{ratio}", "UCUM", "ratio")
 
 
 def _check_tables() -> None:
     # Fails at import, not in a report, if pipeline.types grows a class or task.
     if tuple(DIAGNOSIS) != CLASS_NAMES or tuple(CLASS_PROBABILITY) != CLASS_NAMES:
         raise RuntimeError(f"dicomnode.writers.codes: class codes do not cover {CLASS_NAMES}")
-    if tuple(TASK_SCORE) != TASK_NAMES:
+    if tuple(DECISION) != DECISIONS:
+        raise RuntimeError(f"dicomnode.writers.codes: decision codes do not cover {DECISIONS}")
+    if tuple(TASK_SCORE) != TASK_NAMES or tuple(DECISION_THRESHOLD) != TASK_NAMES:
         raise RuntimeError(f"dicomnode.writers.codes: task codes do not cover {TASK_NAMES}")
 
 
 _check_tables()
 
 
-def class_of_diagnosis(value: str, scheme: str) -> str | None:
-    """The class name whose diagnosis code is (value, scheme), or None."""
-    for name, code in DIAGNOSIS.items():
+def decision_of_code(value: str, scheme: str) -> str | None:
+    """The decision (one of DECISIONS) whose Impression code is (value, scheme), or None."""
+    for name, code in DECISION.items():
         if code.value == value and code.scheme_designator == scheme:
             return name
     return None

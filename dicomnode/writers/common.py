@@ -126,10 +126,6 @@ def model_text(model: ModelInfo, options: WriterOptions) -> str:
             f"{model.version} (sha256 {model.sha256})")
 
 
-def label_of(result: AnalysisResult) -> str:
-    return result.case_scores.label
-
-
 def _infected_order(result: AnalysisResult) -> list[int]:
     """Infected slices, the highest locator score first."""
     scores = np.nan_to_num(result.infected.scores, nan=-1.0)
@@ -138,7 +134,10 @@ def _infected_order(result: AnalysisResult) -> list[int]:
 
 def overlay_slices(result: AnalysisResult, max_n: int) -> list[int]:
     """Slices that get a Grad-CAM overlay: the explained slices that are infected (highest
-    locator score first); when none is infected, the explained slices in the chain's order."""
+    locator score first); when none is infected, the explained slices in the chain's order.
+    None for an out-of-domain decision: the model cannot stand behind what it looked at."""
+    if result.decision.value == "out_of_domain":
+        return []
     explained = [a.z_index for a in result.attention]
     infected = [z for z in _infected_order(result) if z in explained]
     chosen = infected or explained
@@ -146,16 +145,23 @@ def overlay_slices(result: AnalysisResult, max_n: int) -> list[int]:
 
 
 def top_classified_slice(result: AnalysisResult) -> int:
-    """The classified slice with the highest probability of the case's label."""
+    """The classified slice with the highest probability of the most probable class."""
     col = list(result.case_scores.probabilities).index(result.case_scores.label)
     scores = result.slice_scores
     return int(scores.z_indices[int(np.argmax(scores.probabilities[:, col]))])
 
 
+def largest_lung_slice(result: AnalysisResult) -> int:
+    """The slice with the most lung (where an out-of-domain report draws the lung outline)."""
+    area = result.lung_mask.mask.reshape(result.lung_mask.mask.shape[0], -1).sum(1)
+    return int(np.argmax(area)) if area.any() else top_classified_slice(result)
+
+
 def key_slices(result: AnalysisResult) -> list[int]:
-    """Slices a reader should look at: the infected slices, else the explained ones, else the
-    top-scoring classified slice. Sorted by z."""
-    if result.infected.z_indices:
+    """Slices a reader should look at, sorted by z: the infectious slices under a pneumonia
+    decision; else (or without any) the explained slices, else the top-scoring classified
+    slice. Under another decision the locator's slices are no finding, so not key images."""
+    if result.decision.is_pneumonia and result.infected.z_indices:
         return sorted(set(int(z) for z in result.infected.z_indices))
     if result.attention:
         return sorted({int(a.z_index) for a in result.attention})
@@ -164,10 +170,12 @@ def key_slices(result: AnalysisResult) -> list[int]:
 
 def primary_slice(result: AnalysisResult) -> int:
     """The one slice that carries the case-level results in the report."""
+    if result.decision.value == "out_of_domain":
+        return largest_lung_slice(result)
     overlays = overlay_slices(result, 1)
     if overlays:
         return overlays[0]
-    infected = _infected_order(result)
+    infected = _infected_order(result) if result.decision.is_pneumonia else []
     if infected:
         return infected[0]
     return top_classified_slice(result)

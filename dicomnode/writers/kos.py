@@ -1,7 +1,10 @@
 """Key Object Selection document: the slices a radiologist should look at first.
 
-Title "Of Interest" (DCM 113000); lists the COVID-19 infectious slices, else the
-explained slices, else the top-scoring slice; the description says what they are.
+Title "Of Interest" (DCM 113000). Under a pneumonia decision it lists the infectious
+slices ("COVID-19 infectious slices" only under a COVID-19 decision); otherwise, or
+without any, the explained slices, else the top-scoring slice. The description says
+what they are and states the decision. Out of domain no KOS is made: the model cannot
+point at anything it stands behind, and the SR says so.
 """
 
 from __future__ import annotations
@@ -16,25 +19,21 @@ from pydicom.uid import generate_uid
 from pipeline.types import AnalysisResult, CTVolume
 
 from . import codes
-from .common import CLASS_DISPLAY, UidMaker, disclaimer, key_slices, series_description
+from . import wording
+from .common import UidMaker, disclaimer, key_slices, series_description
 from .options import WriterOptions
 from .sr import slice_ranges
 
 
 def build_kos(result: AnalysisResult, volume: CTVolume, sources: Sequence[Dataset],
-              options: WriterOptions, uid: UidMaker) -> Dataset:
+              options: WriterOptions, uid: UidMaker) -> Dataset | None:
+    """The KOS dataset, or None for an out-of-domain decision (nothing to point at)."""
+    if not wording.shows_explanations(result):
+        return None
     chosen = key_slices(result)
     selected = [sources[z] for z in chosen]
     labels = slice_ranges([volume.slice_label(z) for z in chosen])
-    if result.infected.z_indices:
-        what = f"COVID-19 infectious slices found by AI (images {labels})"
-    elif result.attention:
-        what = f"Slices the AI explained with Grad-CAM (images {labels}); no infectious slice found"
-    else:
-        what = f"Slice the AI scored highest (image {labels}); no infectious slice found"
-    description = (f"{what}. AI result: {CLASS_DISPLAY[result.case_scores.label]} "
-                   f"({100 * result.case_scores.probabilities[result.case_scores.label]:.1f}%). "
-                   f"{disclaimer(result.model)}")
+    description = f"{kos_description(result, labels)} {disclaimer(result.model)}"
     device = hd.sr.DeviceObserverIdentifyingAttributes(
         uid=str(generate_uid(entropy_srcs=[options.product_name, options.product_version, result.model.sha256])),
         name=f"{options.product_name} {options.product_version}",
@@ -62,3 +61,22 @@ def build_kos(result: AnalysisResult, volume: CTVolume, sources: Sequence[Datase
         series_description=series_description("key images", result.model),
     )
     return kos
+
+
+def kos_description(result: AnalysisResult, labels: str) -> str:
+    """What the listed slices are, then the decision (never the argmax)."""
+    value = result.decision.value
+    if wording.states_infected_slices(result) and result.infected.z_indices:
+        what = f"{wording.upper_first(wording.infected_name(value))} found by AI (images {labels})"
+    elif result.attention:
+        what = f"Slices the AI explained with Grad-CAM (images {labels})"
+    else:
+        what = f"Slice the AI scored highest (image {labels})"
+    if wording.states_infected_slices(result) and not result.infected.z_indices:
+        what += "; no infectious slice found"
+    decided = f"{wording.decision_line(result)}."
+    if value == "indeterminate":
+        decided += f" {wording.indeterminate_text(result)}"
+    elif not wording.states_infected_slices(result) and result.infected.z_indices:
+        decided += " The lesion locator's slices are not key images: no pneumonia is stated."
+    return f"{what}. {decided}"

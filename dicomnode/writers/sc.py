@@ -5,6 +5,10 @@ blended in, the lung outlined in green, the attention regions in white and a cap
 burned in (BurnedInAnnotation YES). Position, orientation, pixel spacing and frame of
 reference are copied from the source slice so viewers can place it beside the CT (they
 are not part of the SC IOD: dciodvfy calls the result a Standard Extended SOP Class).
+
+The caption states the decision ("AI decision: indeterminate", never the argmax) and
+names an infectious slice only under a pneumonia decision. Out of domain no overlay is
+made: there is nothing the model can stand behind to explain.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from pydicom.dataset import Dataset
 
 from pipeline.types import AnalysisResult, CTVolume
 
-from . import codes
+from . import codes, wording
 from .common import (
     CLASS_DISPLAY,
     UidMaker,
@@ -33,7 +37,10 @@ from .render import render_overlay
 
 def build_sc(result: AnalysisResult, volume: CTVolume, sources: Sequence[Dataset],
              options: WriterOptions, uid: UidMaker) -> list[Dataset]:
-    """One RGB Secondary Capture per overlay slice (at most options.max_overlays), in z order."""
+    """One RGB Secondary Capture per overlay slice (at most options.max_overlays), in z order;
+    none for an out-of-domain decision."""
+    if not wording.shows_explanations(result):
+        return []
     attention = {a.z_index: a for a in result.attention}
     chosen = sorted(overlay_slices(result, options.max_overlays))
     series_uid = uid("sc-series")
@@ -42,12 +49,7 @@ def build_sc(result: AnalysisResult, volume: CTVolume, sources: Sequence[Dataset
         att = attention[z]
         source = sources[z]
         target = CLASS_DISPLAY[att.target_class]
-        prob = 100.0 * result.case_scores.probabilities[att.target_class]
-        caption = [
-            f"AI Grad-CAM: {target} ({prob:.0f}%)",
-            f"Image {volume.slice_label(z)}" + (" | infectious slice" if z in result.infected.z_indices else ""),
-            "DEMO - not for clinical use" if is_demo(result.model) else "Not for clinical use",
-        ]
+        caption = overlay_caption(result, volume, z, att.target_class)
         pixels = render_overlay(volume.hu[z], att.heat, result.lung_mask.mask[z], att.regions, caption)
         sc = hd.sc.SCImage.from_ref_dataset(
             ref_dataset=source,
@@ -75,12 +77,25 @@ def build_sc(result: AnalysisResult, volume: CTVolume, sources: Sequence[Dataset
         sc.ImageType = ["DERIVED", "SECONDARY", "OTHER"]
         sc.DerivationDescription = (f"Guided Grad-CAM of the {target} class blended on the lung window "
                                     f"(W1500 L-600); lung outline green, attention regions white")[:1024]
-        sc.ImageComments = (f"Grad-CAM overlay of image {volume.slice_label(z)}. "
+        sc.ImageComments = (f"Grad-CAM overlay of image {volume.slice_label(z)}. {wording.decision_line(result)}. "
                             f"{model_text(result.model, options)}. {disclaimer(result.model)}")[:10240]
         if options.institution_name:
             sc.InstitutionName = options.institution_name
         images.append(sc)
     return images
+
+
+def overlay_caption(result: AnalysisResult, volume: CTVolume, z: int, target_class: str) -> list[str]:
+    """The burned-in lines: the decision, the class explained, the image, the disclaimer."""
+    prob = 100.0 * result.case_scores.probabilities[target_class]
+    located = wording.states_infected_slices(result) and z in result.infected.z_indices
+    return [
+        wording.caption_line(result),
+        f"Grad-CAM of {wording.CLASS_SHORT[target_class]} ({prob:.0f}%)",
+        f"Image {volume.slice_label(z)}"
+        + (f" | {wording.infected_name(result.decision.value, plural=False)}" if located else ""),
+        "DEMO - not for clinical use" if is_demo(result.model) else "Not for clinical use",
+    ]
 
 
 def _pixel_spacing(source: Dataset) -> tuple[float, float] | None:

@@ -1,24 +1,29 @@
 """The report: Comprehensive 3D SR holding a TID 1500 Measurement Report.
 
-Layout (docs/objects.md shows it as ``dsrdump`` prints it)::
+The report states ``result.decision`` (one of pipeline.types.DECISIONS), never the
+argmax of the probabilities. Layout (docs/objects.md shows it as ``dsrdump`` prints it)::
 
     Imaging Measurement Report (TID 1500)
       language, device observer (product, bundle name/version), procedure "CT Chest",
       image library (the source slices the report draws on; the whole series is the
       evidence in the header)
       Imaging Measurements
-        Measurement Group "AI case result" (TID 1410) on the key slice:
+        Measurement Group "AI case result: <decision>" (TID 1410) on the key slice:
             closed POLYLINE (attention region, else lung outline), finding site Lung,
             algorithm identification (TID 4019: bundle name, version, sha256, parameters),
-            NUM: probability of each class, fused score of each task (%),
-                 lung volume (ml), number of COVID-19 infectious slices (each slice
-                 referenced by SOP Instance UID as its source image), the key slice's
-                 infectious slice score (%)
-            Impression = diagnosis (SNOMED CT)
-        Measurement Group per other explained COVID-19 infectious slice (TID 1410):
+            NUM: probability of each class, fused score of each task (%) (not out of domain),
+                 lung volume (ml), the locator's slices (each referenced by SOP Instance
+                 UID as a source image): "Infectious slices" under a pneumonia decision,
+                 "Slices flagged by lesion locator, not a finding" under no pneumonia or
+                 indeterminate, none out of domain; the key slice's infectious slice score,
+                 the decision thresholds and indeterminate margin (%), the out-of-domain
+                 score and its threshold 1 (ratio)
+            Impression = the decision (SNOMED CT diagnosis, "Undetermined", or private)
+        Measurement Group per other explained infectious slice (pneumonia decisions only):
             closed POLYLINE on that slice, NUM infectious slice score (%)
       Qualitative Evaluations
-        Impression = diagnosis; TEXT Summary (plain words); TEXT Disclaimer
+        Impression = the decision; TEXT AI decision reason; TEXT Summary (plain words);
+        TEXT Disclaimer
 
 Why image-anchored groups only: OHIF v3 reads a TID 1500 report only through
 measurement groups with image coordinates and fails on a group without them (TID 1501),
@@ -38,9 +43,9 @@ from pydicom.sr.codedict import codes as dcm_codes
 from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
-from pipeline.types import CLASS_NAMES, TASK_NAMES, AnalysisResult, AttentionMap, CTVolume
+from pipeline.types import CLASS_NAMES, PNEUMONIA_CLASSES, TASK_NAMES, AnalysisResult, AttentionMap, CTVolume
 
-from . import codes
+from . import codes, wording
 from .common import (
     CLASS_DISPLAY,
     UidMaker,
@@ -52,10 +57,10 @@ from .common import (
     series_description,
 )
 from .options import WriterError, WriterOptions
+from .wording import DECISION_DISPLAY, OUT_OF_DOMAIN_THRESHOLD
 
 CASE_GROUP_ID = "AI case result"
 LUNG_METHOD_DISPLAY = {"unet": "U-Net", "classical": "HU-threshold"}
-INFECTED_GROUP_ID = "COVID-19 infectious slice"
 
 
 def build_sr(result: AnalysisResult, volume: CTVolume, sources: Sequence[Dataset],
@@ -63,28 +68,13 @@ def build_sr(result: AnalysisResult, volume: CTVolume, sources: Sequence[Dataset
     """The TID 1500 report as a Comprehensive 3D SR dataset (``uid``: name -> UID)."""
     model = result.model
     algorithm = algorithm_identification(result, options)
-    attention = {a.z_index: a for a in result.attention}
+    # Out of domain, no attention region is drawn: the model cannot stand behind it.
+    attention = {a.z_index: a for a in result.attention} if wording.shows_explanations(result) else {}
 
     key_z = primary_slice(result)
-    scores = np.nan_to_num(result.infected.scores, nan=0.0)
     groups = [_case_group(result, volume, sources, key_z, attention, algorithm, uid)]
-    # One more group per other explained infectious slice (at most the chain's explained
-    # slices, so a viewer draws a handful of regions, not one per infectious slice; all
-    # infectious slices are referenced from the case group's count).
-    drawn = [z for z in overlay_slices(result, len(result.attention)) if z != key_z
-             and z in result.infected.z_indices]
-    for z in sorted(drawn):
-        region, region_type = _region(result, sources, z, attention)
-        groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-            tracking_identifier=hd.sr.TrackingIdentifier(
-                uid=uid(f"sr-tracking-infected-{z}"),
-                identifier=f"{INFECTED_GROUP_ID}, image {volume.slice_label(z)}"),
-            referenced_region=region,
-            finding_type=region_type,
-            finding_sites=[hd.sr.FindingSite(codes.LUNG)],
-            # TID 4019 once, in the case group: the same algorithm made every group.
-            measurements=[_percent(codes.INFECTED_SLICE_SCORE, float(scores[z]))],
-        ))
+    drawn = _infected_groups_slices(result, key_z)
+    groups += [_infected_group(result, volume, sources, z, attention, uid) for z in drawn]
 
     device = hd.sr.DeviceObserverIdentifyingAttributes(
         # One UID per product version and bundle: the same "device" across reports.
@@ -127,6 +117,34 @@ def build_sr(result: AnalysisResult, volume: CTVolume, sources: Sequence[Dataset
     return sr
 
 
+def _infected_groups_slices(result: AnalysisResult, key_z: int) -> list[int]:
+    """Slices that get a group of their own: the other explained infectious slices, under a
+    pneumonia decision only (at most the chain's explained slices, so a viewer draws a
+    handful of regions, not one per infectious slice; all infectious slices are referenced
+    from the case group's count)."""
+    if not wording.states_infected_slices(result):
+        return []
+    return sorted(z for z in overlay_slices(result, len(result.attention))
+                  if z != key_z and z in result.infected.z_indices)
+
+
+def _infected_group(result: AnalysisResult, volume: CTVolume, sources: Sequence[Dataset], z: int,
+                    attention: Mapping[int, AttentionMap],
+                    uid: UidMaker) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+    region, region_type = _region(result, sources, z, attention)
+    name = wording.infected_name(result.decision.value, plural=False)
+    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=uid(f"sr-tracking-infected-{z}"),
+            identifier=f"{wording.upper_first(name)}, image {volume.slice_label(z)}"),
+        referenced_region=region,
+        finding_type=region_type,
+        finding_sites=[hd.sr.FindingSite(codes.LUNG)],
+        # TID 4019 once, in the case group: the same algorithm made every group.
+        measurements=[_percent(codes.INFECTED_SLICE_SCORE, float(np.nan_to_num(result.infected.scores[z])))],
+    )
+
+
 def private_coding_scheme() -> CodingSchemeIdentificationItem:
     """Coding Scheme Identification item that declares 99COVIDNODE."""
     return CodingSchemeIdentificationItem(
@@ -149,6 +167,10 @@ def algorithm_identification(result: AnalysisResult, options: WriterOptions) -> 
             f"infectious slice threshold {result.infected.threshold:g}",
             f"lung segmentation {result.lung_mask.method}",
             f"software {options.product_name} {options.product_version}",
+            # Operating points without a coded item, and each domain check's scaled score,
+            # so that nothing the decision rests on is lost.
+            *(f"decision threshold {k} {v:g}" for k, v in wording.extra_thresholds(result.decision.thresholds).items()),
+            *(f"domain check {k} {float(v):.4g}" for k, v in result.domain.components.items()),
         ],
     )
 
@@ -186,57 +208,108 @@ def _region(result: AnalysisResult, sources: Sequence[Dataset], z: int,
 def _case_group(result: AnalysisResult, volume: CTVolume, sources: Sequence[Dataset], z: int,
                 attention: Mapping[int, AttentionMap], algorithm: hd.sr.AlgorithmIdentification,
                 uid: UidMaker) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
-    case = result.case_scores
-    measurements = [_percent(codes.CLASS_PROBABILITY[name], case.probabilities[name])
-                    for name in _display_order(case.label)]
-    measurements += [_percent(codes.TASK_SCORE[name], case.tasks[name]) for name in TASK_NAMES]
-    measurements.append(hd.sr.Measurement(
-        name=codes.VOLUME, value=round(float(result.lung_volume_ml), 1), unit=codes.MILLILITER,
-        finding_sites=[hd.sr.FindingSite(codes.LUNG)]))
-    infected = sorted(set(int(z) for z in result.infected.z_indices))
-    measurements.append(hd.sr.Measurement(
-        name=codes.INFECTED_SLICE_COUNT, value=len(infected), unit=codes.SLICES,
-        # Each infectious slice by SOP Instance UID ("Source of Measurement" images).
-        referenced_images=[hd.sr.SourceImageForMeasurement(str(sources[z].SOPClassUID),
-                                                           str(sources[z].SOPInstanceUID)) for z in infected]
-        or None))
-    if z in infected:
-        measurements.append(_percent(codes.INFECTED_SLICE_SCORE, float(np.nan_to_num(result.infected.scores[z]))))
     region, region_type = _region(result, sources, z, attention)
     return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
             uid=uid("sr-tracking-case"),
-            identifier=f"{CASE_GROUP_ID}: {CLASS_DISPLAY[case.label]}, image {volume.slice_label(z)}"),
+            identifier=f"{CASE_GROUP_ID}: {DECISION_DISPLAY[result.decision.value]}, image {volume.slice_label(z)}"),
         referenced_region=region,
         finding_type=region_type,
         finding_sites=[hd.sr.FindingSite(codes.LUNG)],
         algorithm_id=algorithm,
-        measurements=measurements,
-        qualitative_evaluations=[hd.sr.QualitativeEvaluation(codes.IMPRESSION, codes.DIAGNOSIS[case.label])],
+        measurements=_case_measurements(result, sources, z),
+        qualitative_evaluations=[hd.sr.QualitativeEvaluation(codes.IMPRESSION, codes.DECISION[result.decision.value])],
     )
 
 
-def _display_order(label: str) -> list[str]:
-    """The decided class first (OHIF shows the first NUM items on the image), then the others."""
-    return [label] + [n for n in CLASS_NAMES if n != label]
+def _case_measurements(result: AnalysisResult, sources: Sequence[Dataset], z: int) -> list[hd.sr.Measurement]:
+    """The case group's NUM items. OHIF draws the first five beside the region, so they
+    lead with what the decision rests on: the decided (or the two closest) classes'
+    probabilities; out of domain, the out-of-domain score (no probabilities at all)."""
+    volume_ml = hd.sr.Measurement(
+        name=codes.VOLUME, value=round(float(result.lung_volume_ml), 1), unit=codes.MILLILITER,
+        finding_sites=[hd.sr.FindingSite(codes.LUNG)])
+    if not wording.shows_probabilities(result):
+        return [*_domain_measurements(result), volume_ml]
+    case = result.case_scores
+    measurements = [_percent(codes.CLASS_PROBABILITY[name], case.probabilities[name])
+                    for name in _display_order(result)]
+    measurements += [_percent(codes.TASK_SCORE[name], case.tasks[name]) for name in TASK_NAMES]
+    measurements.append(volume_ml)
+    measurements += _located_measurements(result, sources, z)
+    measurements += _threshold_measurements(result)
+    measurements += _domain_measurements(result)
+    return measurements
+
+
+def _located_measurements(result: AnalysisResult, sources: Sequence[Dataset], z: int) -> list[hd.sr.Measurement]:
+    """The locator's slices as a count, each slice referenced by SOP Instance UID ("Source
+    of Measurement" images): "Infectious slices" under a pneumonia decision, else a
+    concept that says they are no finding. Not called out of domain."""
+    located = sorted(set(int(v) for v in result.infected.z_indices))
+    as_finding = wording.states_infected_slices(result)
+    out = [hd.sr.Measurement(
+        name=codes.INFECTED_SLICE_COUNT if as_finding else codes.LOCATOR_FLAGGED_COUNT,
+        value=len(located), unit=codes.SLICES,
+        referenced_images=[hd.sr.SourceImageForMeasurement(str(sources[v].SOPClassUID),
+                                                           str(sources[v].SOPInstanceUID)) for v in located]
+        or None)]
+    if as_finding and z in located:
+        out.append(_percent(codes.INFECTED_SLICE_SCORE, float(np.nan_to_num(result.infected.scores[z]))))
+    return out
+
+
+def _threshold_measurements(result: AnalysisResult) -> list[hd.sr.Measurement]:
+    """The operating points the decision used (model card): task thresholds and the margin."""
+    thresholds = result.decision.thresholds
+    out = [_percent(codes.DECISION_THRESHOLD[name], float(thresholds[name]))
+           for name in TASK_NAMES if name in thresholds]
+    if "margin" in thresholds:
+        out.append(_percent(codes.INDETERMINATE_MARGIN, float(thresholds["margin"])))
+    return out
+
+
+def _domain_measurements(result: AnalysisResult) -> list[hd.sr.Measurement]:
+    """Out-of-domain score and its threshold (a ratio: above 1 the study is out of domain)."""
+    score = float(result.domain.score)
+    if not np.isfinite(score):
+        raise WriterError(f"out-of-domain score is not a number ({score}); the chain result is broken")
+    return [hd.sr.Measurement(name=codes.OUT_OF_DOMAIN_SCORE, value=round(score, 4), unit=codes.RATIO),
+            hd.sr.Measurement(name=codes.OUT_OF_DOMAIN_THRESHOLD, value=OUT_OF_DOMAIN_THRESHOLD, unit=codes.RATIO)]
+
+
+def _display_order(result: AnalysisResult) -> list[str]:
+    """The decided class first (OHIF shows the first NUM items on the image), then the
+    others; with no decided class, the most probable first (the two that were close)."""
+    decided = result.decision.value
+    if decided in CLASS_NAMES:
+        return [decided] + [n for n in CLASS_NAMES if n != decided]
+    probs = result.case_scores.probabilities
+    return sorted(CLASS_NAMES, key=lambda n: (-float(probs[n]), CLASS_NAMES.index(n)))
 
 
 def _qualitative_evaluations(result: AnalysisResult, volume: CTVolume,
                              options: WriterOptions) -> hd.sr.ContainerContentItem:
-    """TID 1500 row 12: case-level coded finding and the plain-text summary."""
+    """TID 1500 row 12: the decision (coded), why, the plain-text summary, the disclaimer."""
     container = hd.sr.ContainerContentItem(
         name=codes.QUALITATIVE_EVALUATIONS,
         relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
     )
+    contains = hd.sr.RelationshipTypeValues.CONTAINS
     container.ContentSequence = hd.sr.ContentSequence([
-        hd.sr.CodeContentItem(name=codes.IMPRESSION, value=codes.DIAGNOSIS[result.case_scores.label],
-                              relationship_type=hd.sr.RelationshipTypeValues.CONTAINS),
+        hd.sr.CodeContentItem(name=codes.IMPRESSION, value=codes.DECISION[result.decision.value],
+                              relationship_type=contains),
+        hd.sr.TextContentItem(name=codes.DECISION_REASON, value=decision_reason(result), relationship_type=contains),
         hd.sr.TextContentItem(name=codes.SUMMARY, value=summary_text(result, volume, options),
-                              relationship_type=hd.sr.RelationshipTypeValues.CONTAINS),
-        hd.sr.TextContentItem(name=codes.DISCLAIMER, value=disclaimer(result.model),
-                              relationship_type=hd.sr.RelationshipTypeValues.CONTAINS),
+                              relationship_type=contains),
+        hd.sr.TextContentItem(name=codes.DISCLAIMER, value=disclaimer(result.model), relationship_type=contains),
     ])
     return container
+
+
+def decision_reason(result: AnalysisResult) -> str:
+    """The chain's reason; a TEXT item cannot be empty, so a plain one when it gave none."""
+    return result.decision.reason.strip() or f"{wording.decision_line(result)} (no reason given by the chain)"
 
 
 def slice_ranges(labels: Sequence[int]) -> str:
@@ -258,44 +331,75 @@ def slice_ranges(labels: Sequence[int]) -> str:
 
 
 def summary_text(result: AnalysisResult, volume: CTVolume, options: WriterOptions) -> str:
-    """What the report says, in the words a radiologist reads."""
+    """What the report says, in the words a radiologist reads; it leads with the decision."""
+    method = LUNG_METHOD_DISPLAY.get(result.lung_mask.method, result.lung_mask.method)
+    seg_text = (f"Lung segmentation in series {options.seg_series_number}."
+                if "seg" in options.enabled and result.lung_mask.mask.any() else "")
+    tail = [
+        f"Lung volume {result.lung_volume_ml:.0f} ml ({method} lung segmentation).",
+        seg_text,
+        f"Made by {model_text(result.model, options)}.",
+        disclaimer(result.model),
+    ]
+    if not wording.shows_probabilities(result):
+        head = [f"{wording.decision_line(result)}.", wording.out_of_domain_text(result), _reason_sentence(result)]
+        return _join(head + tail)
     case = result.case_scores
-    probs = ", ".join(f"{CLASS_DISPLAY[n]} {100 * case.probabilities[n]:.1f}%" for n in _display_order(case.label))
+    probs = ", ".join(f"{CLASS_DISPLAY[n]} {100 * case.probabilities[n]:.1f}%" for n in _display_order(result))
     tasks = "; ".join(f"{codes.TASK_SCORE[n].meaning.replace(' score', '')} {100 * case.tasks[n]:.1f}%"
                       for n in TASK_NAMES)
-    infected = [volume.slice_label(z) for z in result.infected.z_indices]
-    if infected:
-        infected_text = f"COVID-19 infectious slices: {len(infected)} (images {slice_ranges(infected)})."
-    else:
-        infected_text = "COVID-19 infectious slices: none found."
-    method = LUNG_METHOD_DISPLAY.get(result.lung_mask.method, result.lung_mask.method)
+    labels = [volume.slice_label(z) for z in result.infected.z_indices]
     overlays = overlay_slices(result, options.max_overlays)
     overlay_text = (f"Grad-CAM overlays of images {slice_ranges([volume.slice_label(z) for z in overlays])} "
                     f"in series {options.sc_series_number}." if overlays and "sc" in options.enabled else "")
-    return " ".join(part for part in [
-        f"AI result: {CLASS_DISPLAY[case.label]} (probability {100 * case.probabilities[case.label]:.1f}%).",
+    operating = wording.threshold_text(result.decision.thresholds)
+    head = [
+        f"{wording.decision_line(result)}.",
+        wording.indeterminate_text(result) if result.decision.value == "indeterminate" else "",
+        _reason_sentence(result),
         f"Class probabilities: {probs}.",
         f"Task-specific fused scores: {tasks}.",
-        infected_text,
-        f"Lung volume {result.lung_volume_ml:.0f} ml ({method} lung segmentation).",
+        f"Operating points: {operating}." if operating else "",
+        f"Out-of-domain score {result.domain.score:.2f} (threshold {OUT_OF_DOMAIN_THRESHOLD:.2f}: "
+        f"{'in domain' if result.domain.in_domain else 'out of domain'}).",
+        wording.located_text(result, labels, slice_ranges(labels)),
         overlay_text,
-        f"Made by {model_text(result.model, options)}.",
-        disclaimer(result.model),
-    ] if part)
+    ]
+    return _join(head + tail)
+
+
+def _reason_sentence(result: AnalysisResult) -> str:
+    reason = result.decision.reason.strip()
+    return f"Decision reason: {reason.rstrip('.')}." if reason else ""
+
+
+def _join(parts: Sequence[str]) -> str:
+    return " ".join(part for part in parts if part)
 
 
 # --- Reading a report back (tests, round trips, the node's own checks) ---------------
 
 @dataclass(frozen=True)
 class SRFindings:
-    """What a report says, read back with highdicom (probabilities as 0..1)."""
+    """What a report says, read back with highdicom (probabilities and thresholds as 0..1).
 
-    label: str
+    ``decision`` is the Impression (one of pipeline.types.DECISIONS). ``probabilities``
+    and ``tasks`` are empty for an out-of-domain report (it reports none).
+    ``infected_sop_uids``: the infectious slices the report states (pneumonia decisions);
+    ``flagged_sop_uids``: slices the locator flagged that the report says are no finding.
+    """
+
+    decision: str
+    decision_reason: str
+    thresholds: Mapping[str, float]
+    out_of_domain_score: float
+    out_of_domain_threshold: float
     probabilities: Mapping[str, float]
     tasks: Mapping[str, float]
     lung_volume_ml: float
     infected_count: int
     infected_sop_uids: tuple[str, ...]
+    flagged_sop_uids: tuple[str, ...]
     key_sop_uid: str
     algorithm_name: str
     algorithm_version: str
@@ -308,8 +412,68 @@ def _code_matches(concept, code) -> bool:
     return concept.value == code.value and concept.scheme_designator == code.scheme_designator
 
 
+def _num(group, code, required: bool = True) -> float | None:
+    found = group.get_measurements(name=code)
+    if len(found) > 1 or (required and not found):
+        raise WriterError(f"SR group '{group.tracking_identifier}' has {len(found)} '{code.meaning}' values")
+    return float(found[0].value) if found else None
+
+
+def _impression(items, where: str) -> str:
+    """The decision an Impression code stands for; WriterError unless exactly one, known."""
+    found = [item for item in items if _code_matches(item.name, codes.IMPRESSION)]
+    if len(found) != 1:
+        raise WriterError(f"SR {where} has {len(found)} Impressions (the decision), expected 1")
+    value = found[0].value
+    decision = codes.decision_of_code(value.value, value.scheme_designator)
+    if decision is None:
+        raise WriterError(f"SR decision {value.meaning!r} ({where}) is not one of our decisions")
+    return decision
+
+
+def _located(case, decision: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(infectious, flagged) slices by SOP Instance UID, checked against the decision: only
+    a pneumonia decision may state infectious slices; out of domain, no locator count."""
+    uids: dict[str, tuple[str, ...]] = {}
+    for code in (codes.INFECTED_SLICE_COUNT, codes.LOCATOR_FLAGGED_COUNT):
+        found = case.get_measurements(name=code)
+        if len(found) > 1:
+            raise WriterError(f"SR case group has {len(found)} '{code.meaning}' counts")
+        if found:
+            refs = tuple(str(image.referenced_sop_instance_uid) for image in found[0].referenced_images)
+            if len(refs) != int(found[0].value):
+                raise WriterError(f"SR counts {found[0].value} '{code.meaning}' but references {len(refs)}")
+            uids[code.value] = refs
+    expected = ({codes.INFECTED_SLICE_COUNT.value} if decision in PNEUMONIA_CLASSES
+                else set() if decision == "out_of_domain" else {codes.LOCATOR_FLAGGED_COUNT.value})
+    if set(uids) != expected:
+        raise WriterError(f"SR under decision {decision!r} has slice counts {sorted(uids)}, expected "
+                          f"{sorted(expected)}: infectious slices are stated under a pneumonia decision only")
+    return uids.get(codes.INFECTED_SLICE_COUNT.value, ()), uids.get(codes.LOCATOR_FLAGGED_COUNT.value, ())
+
+
+def _thresholds(case) -> dict[str, float]:
+    out = {name: _num(case, code, required=False) for name, code in codes.DECISION_THRESHOLD.items()}
+    out["margin"] = _num(case, codes.INDETERMINATE_MARGIN, required=False)
+    return {k: v / 100.0 for k, v in out.items() if v is not None}
+
+
+def _probabilities(case, decision: str) -> tuple[dict[str, float], dict[str, float]]:
+    """Class probabilities and task scores (0..1); none, and none allowed, out of domain."""
+    if decision == "out_of_domain":
+        claimed = [c.meaning for c in (*codes.CLASS_PROBABILITY.values(), *codes.TASK_SCORE.values())
+                   if case.get_measurements(name=c)]
+        if claimed:
+            raise WriterError(f"SR under an out-of-domain decision reports {claimed}: it must claim no class")
+        return {}, {}
+    return ({n: _num(case, codes.CLASS_PROBABILITY[n]) / 100.0 for n in CLASS_NAMES},
+            {n: _num(case, codes.TASK_SCORE[n]) / 100.0 for n in TASK_NAMES})
+
+
 def read_findings(dataset: Dataset) -> SRFindings:
-    """Parse a report made by build_sr with highdicom. Raises WriterError naming what is missing."""
+    """Parse a report made by build_sr with highdicom. Raises WriterError naming what is
+    missing, or what contradicts the decision (a class claim out of domain, infectious
+    slices without a pneumonia decision, two different Impressions)."""
     sr = hd.sr.Comprehensive3DSR.from_dataset(dataset)
     report = sr.content
     if not isinstance(report, hd.sr.MeasurementReport):
@@ -319,41 +483,32 @@ def read_findings(dataset: Dataset) -> SRFindings:
     if len(case_groups) != 1:
         raise WriterError(f"SR has {len(case_groups)} '{CASE_GROUP_ID}' measurement groups, expected 1")
     case = case_groups[0]
-
-    def num(group, code) -> float:
-        found = group.get_measurements(name=code)
-        if len(found) != 1:
-            raise WriterError(f"SR group '{group.tracking_identifier}' has {len(found)} '{code.meaning}' values")
-        return float(found[0].value)
-
-    evaluations = case.get_qualitative_evaluations(name=codes.IMPRESSION)
-    if len(evaluations) != 1:
-        raise WriterError("SR case group has no Impression (the diagnosis)")
-    label = codes.class_of_diagnosis(evaluations[0].value.value, evaluations[0].value.scheme_designator)
-    if label is None:
-        raise WriterError(f"SR diagnosis {evaluations[0].value.meaning!r} is not one of our classes")
-
-    count = case.get_measurements(name=codes.INFECTED_SLICE_COUNT)
-    if len(count) != 1:
-        raise WriterError("SR case group has no count of COVID-19 infectious slices")
-    infected_uids = [str(image.referenced_sop_instance_uid) for image in count[0].referenced_images]
-    if len(infected_uids) != int(count[0].value):
-        raise WriterError(f"SR counts {count[0].value} infectious slices but references {len(infected_uids)}")
+    decision = _impression(case.get_qualitative_evaluations(name=codes.IMPRESSION), "case group")
+    qual = [item for item in report[0].ContentSequence if _code_matches(item.name, codes.QUALITATIVE_EVALUATIONS)]
+    if not qual:
+        raise WriterError("SR has no Qualitative Evaluations container (decision, summary, disclaimer)")
+    stated = _impression(qual[0].ContentSequence, "Qualitative Evaluations")
+    if stated != decision:
+        raise WriterError(f"SR states decision {stated!r} at its root but {decision!r} in the case group")
+    infected, flagged = _located(case, decision)
+    probabilities, tasks = _probabilities(case, decision)
 
     alg_name = _first_text(case, dcm_codes.DCM.AlgorithmName, recursive=True)
     alg_version = _first_text(case, dcm_codes.DCM.AlgorithmVersion, recursive=True)
     params = [str(item.value) for item in _walk(case) if _code_matches(item.name, dcm_codes.DCM.AlgorithmParameters)]
     sha = next((p.split()[-1] for p in params if p.startswith("bundle sha256 ")), "")
-    qual = [item for item in report[0].ContentSequence if _code_matches(item.name, codes.QUALITATIVE_EVALUATIONS)]
-    if not qual:
-        raise WriterError("SR has no Qualitative Evaluations container (summary, disclaimer)")
     return SRFindings(
-        label=label,
-        probabilities={n: num(case, codes.CLASS_PROBABILITY[n]) / 100.0 for n in CLASS_NAMES},
-        tasks={n: num(case, codes.TASK_SCORE[n]) / 100.0 for n in TASK_NAMES},
-        lung_volume_ml=num(case, codes.VOLUME),
-        infected_count=int(num(case, codes.INFECTED_SLICE_COUNT)),
-        infected_sop_uids=tuple(infected_uids),
+        decision=decision,
+        decision_reason=_first_text(qual[0], codes.DECISION_REASON),
+        thresholds=_thresholds(case),
+        out_of_domain_score=_num(case, codes.OUT_OF_DOMAIN_SCORE),
+        out_of_domain_threshold=_num(case, codes.OUT_OF_DOMAIN_THRESHOLD),
+        probabilities=probabilities,
+        tasks=tasks,
+        lung_volume_ml=_num(case, codes.VOLUME),
+        infected_count=len(infected),
+        infected_sop_uids=infected,
+        flagged_sop_uids=flagged,
         key_sop_uid=_roi_sop_uid(case),
         algorithm_name=alg_name,
         algorithm_version=alg_version,
