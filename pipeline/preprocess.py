@@ -11,8 +11,9 @@ Slice classifier / locator input (one lung slice):
 1. the slice's lung bounding box (``lung_box``; the whole slice when it has no lung),
 2. crop HU and mask to that box and resize both to ``input_size`` x ``input_size``
    (``crop_resize``; the mask becomes a soft mask in [0, 1]),
-3. HU window ``hu_window`` mapped to [0, 1] (``normalize_hu``),
-4. three channels ``[mask, mask * HU, HU]`` (``classifier_input``).
+3. three channels ``[mask, mask * HU(hu_window), mask * HU(lung_detail_window)]``, each
+   HU window mapped to [0, 1] (``lung_channels``): nothing outside the lung reaches the
+   network.
 
 Lung U-Net input: HU clipped at ``hu_clip_min`` (and at the top of ``hu_window``),
 scaled to [0, 1], resized to ``unet_input_size`` (``unet_batch``); its foreground
@@ -193,14 +194,10 @@ def uncrop(image: np.ndarray, box: Box, shape_yx: tuple[int, int], fill: float =
 
 # ------------------------------------------------------------------- classifier input
 
-def classifier_input(hu_slice: np.ndarray, mask_slice: np.ndarray, params: ChainParams,
-                     box: Box | None = None) -> np.ndarray:
-    """The (3, S, S) float32 input of one slice: channels [mask, mask*HU, HU].
-
-    HU is windowed to ``params.hu_window`` and scaled to [0, 1]; the mask is resized as
-    a float, so it is a soft mask in [0, 1] at the lung edge. ``box`` defaults to the
-    slice's lung bounding box. S = ``params.input_size``.
-    """
+def crop_pair(hu_slice: np.ndarray, mask_slice: np.ndarray, size: int, box: Box | None = None) -> np.ndarray:
+    """(2, S, S) float32: HU and soft lung mask of one slice, cropped to ``box`` (default:
+    the slice's lung box) and resized to ``size``. What training stores and augments in
+    HU, before ``lung_channels`` makes the network input."""
     hu_slice = np.asarray(hu_slice)
     mask_slice = np.asarray(mask_slice)
     if hu_slice.ndim != 2 or hu_slice.shape != mask_slice.shape:
@@ -208,29 +205,63 @@ def classifier_input(hu_slice: np.ndarray, mask_slice: np.ndarray, params: Chain
                                 f"got {hu_slice.shape} and {mask_slice.shape}")
     if box is None:
         box = lung_box(mask_slice)
-    size = params.input_size
     both = np.stack([hu_slice[box.y0:box.y1, box.x0:box.x1].astype(np.float32),
                      mask_slice[box.y0:box.y1, box.x0:box.x1].astype(np.float32)])
-    hu_r, mask_r = resize_batch(both, size)
-    hu_n = normalize_hu(hu_r, params.hu_window)
-    mask_r = np.clip(mask_r, 0.0, 1.0)
-    return np.stack([mask_r, mask_r * hu_n, hu_n]).astype(np.float32, copy=False)
+    out = resize_batch(both, size)
+    np.clip(out[1], 0.0, 1.0, out=out[1])
+    return out
 
 
-def classifier_batch(volume: np.ndarray | CTVolume, lung_mask: np.ndarray | LungMask,
-                     z_indices: Sequence[int] | np.ndarray, params: ChainParams) -> np.ndarray:
-    """Classifier input of the listed slices: (n, 3, S, S) float32, in z_indices order."""
+def lung_channels(pairs, params: ChainParams):
+    """Network input from (n, 2, S, S) [HU, mask] pairs (numpy or torch, same maths):
+    channels ``[mask, mask * HU in hu_window, mask * HU in lung_detail_window]``.
+
+    Everything outside the lung is zero: the network sees the lung and nothing else, so
+    it cannot learn the mediastinum, the chest wall or the table of one generator (the
+    shortcut that made the first bundle call every unknown CT "CAP" and look outside the
+    lung). The second window spreads ground glass (-750..-450 HU) over the range.
+    """
+    hu, mask = pairs[:, 0], pairs[:, 1]
+    out = []
+    for lo, hi in (params.hu_window, params.lung_detail_window):
+        scale = 1.0 / (float(hi) - float(lo))
+        v = (hu - float(lo)) * scale
+        v = v.clip(0.0, 1.0) if isinstance(v, np.ndarray) else v.clamp(0.0, 1.0)
+        out.append(mask * v)
+    if isinstance(hu, np.ndarray):
+        return np.stack([mask, *out], axis=1).astype(np.float32, copy=False)
+    return torch.stack([mask, *out], dim=1)
+
+
+def classifier_input(hu_slice: np.ndarray, mask_slice: np.ndarray, params: ChainParams,
+                     box: Box | None = None) -> np.ndarray:
+    """The (3, S, S) float32 input of one slice (``crop_pair`` then ``lung_channels``).
+
+    ``box`` defaults to the slice's lung bounding box. S = ``params.input_size``.
+    """
+    return lung_channels(crop_pair(hu_slice, mask_slice, params.input_size, box)[None], params)[0]
+
+
+def pair_batch(volume: np.ndarray | CTVolume, lung_mask: np.ndarray | LungMask,
+               z_indices: Sequence[int] | np.ndarray, size: int) -> np.ndarray:
+    """``crop_pair`` of the listed slices: (n, 2, S, S) float32, in z_indices order."""
     hu = _hu_array(volume)
     mask = _mask_array(lung_mask)
     if hu.shape != mask.shape:
         raise InvalidInputError(f"volume {hu.shape} and lung mask {mask.shape} differ in shape")
     z_list = [int(z) for z in z_indices]
-    out = np.empty((len(z_list), 3, params.input_size, params.input_size), dtype=np.float32)
+    out = np.empty((len(z_list), 2, size, size), dtype=np.float32)
     for i, z in enumerate(z_list):
         if not 0 <= z < hu.shape[0]:
             raise InvalidInputError(f"slice index {z} is outside the volume's {hu.shape[0]} slices")
-        out[i] = classifier_input(hu[z], mask[z], params)
+        out[i] = crop_pair(hu[z], mask[z], size)
     return out
+
+
+def classifier_batch(volume: np.ndarray | CTVolume, lung_mask: np.ndarray | LungMask,
+                     z_indices: Sequence[int] | np.ndarray, params: ChainParams) -> np.ndarray:
+    """Classifier input of the listed slices: (n, 3, S, S) float32, in z_indices order."""
+    return lung_channels(pair_batch(volume, lung_mask, z_indices, params.input_size), params)
 
 
 # ------------------------------------------------------------------------ lung U-Net

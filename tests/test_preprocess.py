@@ -10,6 +10,7 @@ from pipeline.preprocess import (
     Box,
     classifier_batch,
     classifier_input,
+    lung_channels,
     crop_resize,
     lung_box,
     lung_slice_indices,
@@ -59,31 +60,49 @@ def test_sample_slices_uniform_stride_keeps_ends() -> None:
 
 def test_classifier_input_channels_and_values() -> None:
     params = ChainParams(input_size=32)
-    hu = np.full((40, 50), 700.0, np.float32)     # top of the window outside the lung
+    hu = np.full((40, 50), 700.0, np.float32)     # dense tissue outside the lung
     mask = np.zeros((40, 50), bool)
     mask[10:30, 5:45] = True
-    hu[mask] = -1200.0                             # bottom of the window inside
-    hu[15:25, 20:30] = -250.0                      # a lesion at the window's middle
+    hu[mask] = -1200.0                             # bottom of both windows inside
+    hu[15:25, 20:30] = -250.0                      # a lesion at the wide window's middle
     x = classifier_input(hu, mask, params)
     assert x.shape == (3, 32, 32) and x.dtype == np.float32
     # The crop is exactly the lung box, so the mask channel is all ones.
     np.testing.assert_allclose(x[0], 1.0, atol=1e-6)
-    np.testing.assert_allclose(x[1], x[2], atol=1e-6)
-    assert x[2].min() == pytest.approx(0.0, abs=1e-6)
-    assert x[2].max() == pytest.approx(0.5, abs=1e-3)
+    assert x[1].min() == pytest.approx(0.0, abs=1e-6)
+    assert x[1].max() == pytest.approx(0.5, abs=1e-3)
+    lo, hi = params.lung_detail_window
+    assert x[2].max() == pytest.approx(min(1.0, (-250.0 - lo) / (hi - lo)), abs=1e-3)
     assert 0.0 <= x.min() and x.max() <= 1.0
 
 
-def test_classifier_input_soft_mask_zeroes_outside_lung() -> None:
+def test_classifier_input_sees_nothing_outside_the_lung() -> None:
     params = ChainParams(input_size=16)
-    hu = np.zeros((32, 32), np.float32)
+    hu = np.full((32, 32), 300.0, np.float32)  # mediastinum-like tissue everywhere
     mask = np.zeros((32, 32), bool)
     mask[0:32, 0:8] = True
     mask[0:32, 24:32] = True  # two lungs: the box spans the gap between them
     x = classifier_input(hu, mask, params)
     assert x[0, :, 7:9].max() < 0.01          # the gap is outside the lung
-    np.testing.assert_allclose(x[1][x[0] == 0], 0.0)
-    assert np.allclose(x[2], normalize_hu(np.zeros(1), params.hu_window)[0], atol=1e-5)
+    outside = x[0] == 0
+    np.testing.assert_allclose(x[1][outside], 0.0)
+    np.testing.assert_allclose(x[2][outside], 0.0)
+    # Changing what lies outside the lung changes nothing the network sees.
+    hu2 = hu.copy()
+    hu2[~mask] = -1000.0
+    np.testing.assert_allclose(classifier_input(hu2, mask, params), x, atol=1e-6)
+
+
+def test_lung_channels_numpy_and_torch_agree() -> None:
+    import torch
+
+    params = ChainParams(input_size=24)
+    rng = np.random.default_rng(1)
+    pairs = np.stack([rng.uniform(-1100, 800, (3, 24, 24)), rng.uniform(0, 1, (3, 24, 24))], axis=1)
+    pairs = pairs.astype(np.float32)
+    expected = lung_channels(pairs, params)
+    got = lung_channels(torch.from_numpy(pairs), params).numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-6)
 
 
 def test_classifier_batch_order_and_range_checks() -> None:

@@ -20,7 +20,7 @@ from dicomnode.commands import train as train_cmd
 from pipeline.datasets import open_dataset
 from pipeline.models import SYNTHETIC_DISCLAIMER, load_bundle
 from pipeline.params import ChainParams
-from pipeline.preprocess import classifier_batch, lung_slice_indices
+from pipeline.preprocess import classifier_batch, lung_channels, lung_slice_indices, pair_batch
 from pipeline.training import AugmentParams, TrainError
 from pipeline.training.augment import augment_images, augment_pairs, random_erase
 from pipeline.training.data import prepare_case, recipe_for
@@ -146,13 +146,13 @@ def test_bad_spec_is_a_clear_error_with_exit_code_2(tmp_path: Path) -> None:
     assert not (tmp_path / "b" / "model_card.json").exists()
 
 
-def test_locator_needs_covid_cases(tmp_path: Path, capsys) -> None:
-    no_covid = "phantom:count=3,seed=5,mix=1:1:1:0,slices=16,size=64"
-    assert run_train("locator", tmp_path / "b", data=no_covid) == 2
-    assert "no covid19 case" in capsys.readouterr().err
+def test_locator_needs_pneumonia_cases(tmp_path: Path, capsys) -> None:
+    healthy = "phantom:count=3,seed=5,mix=1:0:0:0,slices=16,size=64"
+    assert run_train("locator", tmp_path / "b", data=healthy) == 2
+    assert "no pneumonia case" in capsys.readouterr().err
 
 
-def test_slices_are_the_chains_inputs_with_weak_and_lesion_labels() -> None:
+def test_slices_are_the_chains_inputs_with_lesion_labels() -> None:
     covid = next(c for c in open_dataset("phantom:count=4,seed=3,slices=16,size=64") if c.label == "covid19")
     volume, lung, lesion = covid.load()
     arch = {"input_size": 64}
@@ -160,11 +160,18 @@ def test_slices_are_the_chains_inputs_with_weak_and_lesion_labels() -> None:
     cls = prepare_case(covid, recipe_for("classifier", arch, params, TrainParams(), None))
     z = lung_slice_indices(lung, params)
     np.testing.assert_array_equal(cls.z_indices, z)
-    expected = classifier_batch(volume, lung, z, ChainParams(input_size=64)).astype(np.float16)
-    np.testing.assert_array_equal(cls.inputs, expected)
-    assert set(cls.targets.tolist()) == {CLASS_NAMES.index("covid19")}  # every lung slice: the scan's label
-    loc = prepare_case(covid, recipe_for("locator", arch, params, TrainParams(), None))
+    pairs = pair_batch(volume, lung, z, 64)
+    np.testing.assert_array_equal(cls.inputs, pairs.astype(np.float16))
+    # The network input the loop makes from the stored pairs is the chain's own input.
+    np.testing.assert_allclose(lung_channels(pairs, ChainParams(input_size=64)),
+                               classifier_batch(volume, lung, z, ChainParams(input_size=64)), atol=1e-6)
     infected = np.count_nonzero(lesion.reshape(len(lesion), -1), axis=1)[z] > 50
+    covid_i, non_i = CLASS_NAMES.index("covid19"), CLASS_NAMES.index("non_pneumonia")
+    # Lesion labels: a slice of the COVID-19 scan is COVID-19 only where it has lesions.
+    np.testing.assert_array_equal(cls.targets, np.where(infected, covid_i, non_i))
+    weak = prepare_case(covid, recipe_for("classifier", arch, params, TrainParams(slice_labels="case"), None))
+    assert set(weak.targets.tolist()) == {covid_i}  # weak labels: every lung slice takes the scan's label
+    loc = prepare_case(covid, recipe_for("locator", arch, params, TrainParams(), None))
     np.testing.assert_array_equal(loc.targets, infected.astype(np.int64))
     assert 0 < loc.targets.sum() < len(loc.targets)
 
@@ -204,3 +211,25 @@ def test_settings_are_checked() -> None:
 
     with pytest.raises(TrainError, match="--epochs"):
         TrainSettings(role="classifier", data_specs=(SPEC,), out_dir=Path("x"), architecture={}, epochs=0)
+
+
+def test_overlay_heat_of_a_small_trained_model_lies_inside_the_lung(tmp_path: Path) -> None:
+    """The classifier sees only the lung and its overlays are confined to the lung margin:
+    at least 80% of each overlay's heat lies inside the lung mask itself."""
+    from pipeline.chain import analyze
+    from pipeline.params import ChainParams
+    from pipeline.phantom import make_phantom
+
+    out = tmp_path / "bundle"
+    assert run_train("classifier", out, epochs=2) == 0
+    assert run_train("locator", out) == 0
+    bundle = load_bundle(out, device="cpu")
+    for label, seed in (("covid19", 31), ("cap", 32)):
+        p = make_phantom(label, seed, 16, 64)
+        result = analyze(p.volume, bundle, ChainParams(device="cpu", compute_phenotype=False, input_size=64))
+        assert result.attention, label
+        for att in result.attention:
+            lung = result.lung_mask.mask[att.z_index]
+            assert att.heat.sum() > 0
+            assert att.heat[lung].sum() / att.heat.sum() >= 0.8, (label, att.z_index)
+            assert 0.0 <= att.raw_inside_lung <= 1.0  # where the network looked before confinement

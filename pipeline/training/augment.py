@@ -80,3 +80,114 @@ def augment_pairs(images: torch.Tensor, masks: torch.Tensor, params: AugmentPara
     warped = affine(images, theta)
     warped_masks = affine(masks[:, None].to(images.dtype), theta, mode="nearest")[:, 0]
     return warped, warped_masks.round().to(masks.dtype)
+
+
+# ------------------------------------------------------------------ HU domain randomisation
+
+def _coin(n: int, p: float, generator: torch.Generator) -> torch.Tensor:
+    return torch.rand(n, generator=generator, dtype=torch.float64) < p
+
+
+def _gaussian_kernel(sigma: float) -> torch.Tensor:
+    radius = max(1, int(math.ceil(2.5 * sigma)))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    k = torch.exp(-0.5 * (x / max(sigma, 1e-3)) ** 2)
+    return k / k.sum()
+
+
+def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of an (n, 1, h, w) batch (edges replicated)."""
+    k = _gaussian_kernel(sigma).to(images.dtype)
+    r = (len(k) - 1) // 2
+    x = F.pad(images, (r, r, 0, 0), mode="replicate")
+    x = F.conv2d(x, k.view(1, 1, 1, -1))
+    x = F.pad(x, (0, 0, r, r), mode="replicate")
+    return F.conv2d(x, k.view(1, 1, -1, 1))
+
+
+def elastic_grids(n: int, h: int, w: int, params: AugmentParams, generator: torch.Generator) -> torch.Tensor:
+    """(n, h, w, 2) smooth random displacements (normalised units), zero for the samples
+    that draw no elastic deformation."""
+    g = max(2, int(params.elastic_grid))
+    coarse = torch.randn((n, 2, g, g), generator=generator, dtype=torch.float64).to(torch.float32)
+    on = _coin(n, params.elastic_probability, generator).to(torch.float32).view(n, 1, 1, 1)
+    field = F.interpolate(coarse * on * 2.0 * params.elastic_magnitude, size=(h, w), mode="bicubic",
+                          align_corners=False)
+    return field.permute(0, 2, 3, 1)
+
+
+def warp(images: torch.Tensor, theta: torch.Tensor, displacement: torch.Tensor | None = None,
+         mode: str = "bilinear") -> torch.Tensor:
+    """Affine warp plus an optional displacement field; outside pixels become 0."""
+    grid = F.affine_grid(theta.to(images.dtype), list(images.shape), align_corners=False)
+    if displacement is not None:
+        grid = grid + displacement.to(images.dtype)
+    return F.grid_sample(images, grid, mode=mode, padding_mode="zeros", align_corners=False)
+
+
+def augment_hu(hu: torch.Tensor, params: AugmentParams, generator: torch.Generator,
+               window: tuple[float, float]) -> torch.Tensor:
+    """Intensity domain randomisation of an (n, h, w) batch in HU.
+
+    In order: lower resolution (down- and up-sampled), blur or sharpening (soft or sharp
+    reconstruction kernel), noise (white or correlated, sd per sample), contrast about
+    air, an HU offset, and a gamma on the ``window``-normalised value. Draws the same
+    count of random numbers whatever is applied, so resumed runs stay aligned.
+    """
+    n, h, w = hu.shape
+    d = torch.rand((n, 12), generator=generator, dtype=torch.float64)
+    noise = torch.randn((n, 1, h, w), generator=generator, dtype=torch.float64).to(hu.dtype)
+    out = hu.clone()[:, None]
+    lerp = lambda u, r: float(r[0] + (r[1] - r[0]) * float(u))  # noqa: E731
+    for i in range(n):
+        x = out[i:i + 1]
+        if d[i, 0] < params.lowres_probability:
+            f = lerp(d[i, 1], params.lowres_factor)
+            small = (max(4, int(round(h / f))), max(4, int(round(w / f))))
+            x = F.interpolate(F.interpolate(x, size=small, mode="area"), size=(h, w), mode="bilinear",
+                              align_corners=False)
+        if d[i, 2] < params.blur_probability:
+            x = gaussian_blur(x, lerp(d[i, 3], params.blur_sigma_px))
+        elif d[i, 2] < params.blur_probability + params.sharpen_probability:
+            x = x + lerp(d[i, 3], params.sharpen_amount) * (x - gaussian_blur(x, 1.0))
+        sd = lerp(d[i, 4], params.noise_sd_hu)
+        e = noise[i:i + 1]
+        if d[i, 5] < params.noise_correlated_probability:
+            e = gaussian_blur(e, 0.8)
+            e = e / e.std().clamp_min(1e-6)
+        x = x + sd * e
+        x = -1000.0 + (x + 1000.0) * lerp(d[i, 6], params.contrast_range)
+        x = x + lerp(d[i, 7], (-params.offset_hu, params.offset_hu))
+        lo, hi = float(window[0]), float(window[1])
+        v = ((x - lo) / (hi - lo)).clamp(0.0, 1.0) ** lerp(d[i, 8], params.gamma_range)
+        inside = (x > lo) & (x < hi)
+        x = torch.where(inside, lo + v * (hi - lo), x)
+        out[i:i + 1] = x
+    return out[:, 0]
+
+
+def augment_lung_pairs(pairs: torch.Tensor, params: AugmentParams, generator: torch.Generator,
+                       window: tuple[float, float], intensity: bool = True) -> torch.Tensor:
+    """Classifier / locator augmentation of (n, 2, s, s) [HU, mask] pairs: one affine and
+    elastic warp for both, then HU domain randomisation of the HU (``intensity``).
+
+    Warping pads with 0 in both channels: mask 0 there, so the padding never reaches
+    the network (its input is zero outside the lung).
+    """
+    n, _, h, w = pairs.shape
+    theta = random_affine_matrices(n, params, generator)
+    disp = elastic_grids(n, h, w, params, generator)
+    warped = warp(pairs, theta, disp)
+    hu, mask = warped[:, 0], warped[:, 1].clamp(0.0, 1.0)
+    if intensity:
+        hu = augment_hu(hu, params, generator, window)
+    return torch.stack([hu, mask], dim=1)
+
+
+def augment_unet_inputs(x: torch.Tensor, params: AugmentParams, generator: torch.Generator,
+                        hu_range: tuple[float, float]) -> torch.Tensor:
+    """HU domain randomisation of U-Net inputs (n, 1, h, w) scaled to [0, 1] over
+    ``hu_range``: back to HU, randomised, clipped and scaled again."""
+    lo, hi = float(hu_range[0]), float(hu_range[1])
+    hu = augment_hu(lo + x[:, 0] * (hi - lo), params, generator, hu_range)
+    return ((hu.clamp(lo, hi) - lo) / (hi - lo))[:, None]

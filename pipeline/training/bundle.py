@@ -79,8 +79,9 @@ def _update_bundle(bundle_dir: Path, role: str, model: torch.nn.Module, architec
     card["version"] = version or card.get("version") or DEFAULT_VERSION
     if description or "description" not in card:
         card["description"] = description or (
-            "Lung U-Net, 4-class slice classifier and COVID-infectious slice locator of the "
-            "Jin et al. (2020) chain, trained with 'dicomnode train'.")
+            "Lung U-Net, 4-class slice classifier and infectious-slice locator of the "
+            "Jin et al. (2020) chain, trained with 'dicomnode train'; operating points and the "
+            "out-of-domain reference chosen by 'dicomnode calibrate'.")
     flags = [bool(e.get("training", {}).get("trained_on_synthetic_data", synthetic if r == role else False))
              for r, e in models.items()]
     card["trained_on_synthetic_data"] = any(flags)
@@ -88,6 +89,13 @@ def _update_bundle(bundle_dir: Path, role: str, model: torch.nn.Module, architec
     if card.pop("metrics", None) is not None:
         log.warning("bundle %s: dropped the card's metrics (measured on the previous %s weights); "
                     "run 'dicomnode evaluate' again", bundle_dir, role)
+    # Operating points and the domain reference were chosen on the previous networks'
+    # outputs: they no longer hold. The chain falls back to the paper's 0.5 and no guard
+    # until 'dicomnode calibrate' is run again.
+    for stale in ("operating_points", "domain_reference", "cross_family"):
+        if card.pop(stale, None) is not None:
+            log.warning("bundle %s: dropped the card's %s (chosen with the previous %s weights); "
+                        "run 'dicomnode calibrate' again", bundle_dir, stale, role)
     return write_bundle(bundle_dir, {role: model.cpu()}, {role: architecture}, card)
 
 
@@ -102,6 +110,23 @@ def record_metrics(bundle_dir: Path | str, metrics: Mapping[str, Any]) -> Path:
         if not card.get("models"):
             raise TrainError(f"{bundle_dir} has no model card with models; train the bundle first")
         card["metrics"] = json.loads(json.dumps(dict(metrics), default=str))
+        path = bundle_dir / CARD_FILE
+        path.write_text(json.dumps(card, indent=2, sort_keys=False) + "\n")
+        (bundle_dir / "MODEL_CARD.md").write_text(render_card_markdown(card))
+        return path
+
+
+def record_card_fields(bundle_dir: Path | str, fields: Mapping[str, Any]) -> Path:
+    """Set top-level card fields (e.g. ``operating_points``, ``domain_reference``,
+    ``cross_family``) under the card lock; weights are untouched. Returns the card's path."""
+    from ..models import render_card_markdown
+
+    bundle_dir = Path(bundle_dir)
+    with bundle_lock(bundle_dir):
+        card = read_existing_card(bundle_dir)
+        if not card.get("models"):
+            raise TrainError(f"{bundle_dir} has no model card with models; train the bundle first")
+        card.update(json.loads(json.dumps(dict(fields), default=str)))
         path = bundle_dir / CARD_FILE
         path.write_text(json.dumps(card, indent=2, sort_keys=False) + "\n")
         (bundle_dir / "MODEL_CARD.md").write_text(render_card_markdown(card))

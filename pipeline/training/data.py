@@ -3,10 +3,20 @@
 Each role learns from slices prepared by ``pipeline.preprocess``, the very functions the
 inference chain uses, so training and inference see the same inputs:
 
-- classifier: every lung slice of a scan (more lung than ``min_lung_pixels``) with the
-  scan's label (weak labels), input ``classifier_batch`` = [mask, mask*HU, HU];
-- locator: lung slices of COVID-19 scans only, labelled infected (1) when the slice has
-  more than ``locator_lesion_pixels`` lesion pixels, same input as the classifier;
+- classifier: every lung slice of a scan (more lung than ``min_lung_pixels``). Labels
+  (``TrainParams.slice_labels``): "lesion" (default) gives a slice of a pneumonia scan
+  its scan's class only when it holds more than ``locator_lesion_pixels`` lesion
+  pixels, and non-pneumonia otherwise (a lesion-free slice of a CAP scan looks like
+  healthy lung, and calling it CAP teaches the network that healthy lung is CAP);
+  scans without a lesion mask fall back to "case" (the paper's weak labels: every slice
+  takes the scan's label);
+- locator: lung slices of every scan, labelled infected (1) when the slice has more than
+  ``locator_lesion_pixels`` lesion pixels (non-pneumonia scans: all 0), so it learns
+  what healthy slices look like too (trained on COVID-19 scans only, it flagged most
+  slices of healthy CTs from other generators);
+- classifier and locator store the slice as the pair [HU, soft lung mask] cropped to
+  the lung box (``pair_batch``); the loop augments it in HU and makes the network input
+  with ``lung_channels``, exactly as ``classifier_batch`` does at inference;
 - segmentation: (``unet_batch`` HU slice, lung mask) pairs at the U-Net's input size.
 
 The lung mask is the case's own when the data set has one, else the classical
@@ -27,13 +37,14 @@ import numpy as np
 import torch
 
 from ..params import ChainParams
-from ..preprocess import classifier_batch, lung_slice_indices, resize_batch, sample_slices, unet_batch
+from ..preprocess import lung_slice_indices, pair_batch, resize_batch, sample_slices, unet_batch
 from ..types import CLASS_NAMES, CTVolume
 from .checkpoint import TrainError
 from .params import TrainParams
 
 ROLES = ("segmentation", "classifier", "locator")
 COVID_LABEL = CLASS_NAMES.index("covid19")
+NON_PNEUMONIA_LABEL = CLASS_NAMES.index("non_pneumonia")
 
 
 @dataclass(frozen=True)
@@ -65,7 +76,7 @@ class CaseSlices:
 class SliceSet:
     """All prepared slices of a cohort, with the case each came from."""
 
-    inputs: torch.Tensor  # (n, c, s, s) float16
+    inputs: torch.Tensor  # (n, c, s, s) float16: [HU, mask] pairs, or U-Net inputs
     targets: torch.Tensor  # (n,) int64 labels, or (n, s, s) uint8 masks
     case_index: np.ndarray  # (n,) index into case_ids
     case_ids: tuple[str, ...]
@@ -173,21 +184,27 @@ def prepare_case(case: Any, recipe: SliceRecipe) -> CaseSlices:
         y = resize_batch(mask[z].astype(np.float32), chain.unet_input_size) > 0.5
         return CaseSlices(case_id, x.astype(np.float16), y.astype(np.uint8), z, "dataset")
     mask, source = _lung_mask(loaded, recipe)
-    z = lung_slice_indices(mask, chain)
-    if recipe.role == "locator":
-        lesion = loaded.lesion_mask
-        if lesion is None:
-            raise TrainError(f"case {case_id} (covid19) has no lesion mask: locator training labels slices "
-                             f"from lesion masks (phantoms have them; give a lesion_mask column in a "
-                             f"manifest CSV)")
-        per_slice = np.count_nonzero(lesion.reshape(lesion.shape[0], -1), axis=1)
-        z = _limit(z, recipe.max_slices_per_case)
-        y = (per_slice[z] > recipe.train.locator_lesion_pixels).astype(np.int64)
+    z = _limit(lung_slice_indices(mask, chain), recipe.max_slices_per_case)
+    lesion = loaded.lesion_mask
+    if lesion is not None:
+        with_lesion = np.count_nonzero(lesion.reshape(lesion.shape[0], -1), axis=1)[z] > \
+            recipe.train.locator_lesion_pixels
+    elif label == NON_PNEUMONIA_LABEL:
+        with_lesion = np.zeros(len(z), dtype=bool)  # a scan without pneumonia has no lesion of infection
     else:
-        z = _limit(z, recipe.max_slices_per_case)
+        with_lesion = None
+    if recipe.role == "locator":
+        if with_lesion is None:
+            raise TrainError(f"case {case_id} ({CLASS_NAMES[label]}) has no lesion mask: locator training "
+                             f"labels slices from lesion masks (phantoms have them; give a lesion_mask column "
+                             f"in a manifest CSV)")
+        y = with_lesion.astype(np.int64)
+    elif recipe.train.slice_labels == "lesion" and with_lesion is not None:
+        y = np.where(with_lesion, label, NON_PNEUMONIA_LABEL).astype(np.int64)
+    else:
         y = np.full(len(z), label, dtype=np.int64)
-    x = classifier_batch(hu, mask, z, chain) if len(z) else np.zeros((0, 3, chain.input_size, chain.input_size),
-                                                                    np.float32)
+    x = pair_batch(hu, mask, z, chain.input_size) if len(z) else \
+        np.zeros((0, 2, chain.input_size, chain.input_size), np.float32)
     return CaseSlices(case_id, x.astype(np.float16), y, z, source)
 
 

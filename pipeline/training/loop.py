@@ -28,11 +28,12 @@ from tqdm.auto import tqdm
 from ..device import resolve_device
 from ..nets import build_network
 from ..params import ChainParams
-from .augment import augment_images, augment_pairs
+from .augment import augment_lung_pairs, augment_pairs, augment_unet_inputs, random_erase
+from ..preprocess import lung_channels
 from .bundle import update_bundle
 from .checkpoint import CosineSchedule, TrainError, checkpoint_path, load_checkpoint, restore_rng_states, \
     save_checkpoint
-from .data import COVID_LABEL, ROLES, SliceSet, prepare_cases, recipe_for, stack_slices, case_label_index
+from .data import ROLES, SliceSet, prepare_cases, recipe_for, stack_slices, case_label_index
 from .params import TrainParams
 from .sampling import balanced_order, batches, derived_seed, generator_for, shuffled_order
 from .validation import MONITOR, classifier_metrics, locator_metrics, segmentation_metrics
@@ -245,11 +246,9 @@ class _Run:
             raise TrainError(f"data {list(s.data_specs)} holds no cases")
         for case in cases:
             case_label_index(str(case.label))
-        if s.role == "locator":
-            cases = [c for c in cases if case_label_index(str(c.label)) == COVID_LABEL]
-            if not cases:
-                raise TrainError(f"data {list(s.data_specs)} has no covid19 case: the locator trains on "
-                                 f"COVID-19 scans with lesion masks only")
+        if s.role == "locator" and not any(case_label_index(str(c.label)) != 0 for c in cases):
+            raise TrainError(f"data {list(s.data_specs)} has no pneumonia case: the locator learns "
+                             f"infectious slices from the lesion masks of pneumonia scans")
         train_cases, val_cases = _split(cases, s.val_fraction, s.seed)
         self.n_cases = (len(train_cases), len(val_cases))
         self.train_set = self._prepare(train_cases, "train")
@@ -327,8 +326,13 @@ class _Run:
                 y = self.train_set.targets[idx_t]
                 if s.role == "segmentation":
                     x, y = augment_pairs(x, y, s.train.augment, aug)
+                    if s.train.intensity_augmentation:
+                        x = augment_unet_inputs(x, s.train.augment, aug,
+                                                (s.chain.hu_clip_min, s.chain.hu_window[1]))
                 else:
-                    x = augment_images(x, s.train.augment, aug)
+                    x = augment_lung_pairs(x, s.train.augment, aug, s.chain.hu_window,
+                                           intensity=s.train.intensity_augmentation)
+                    x = random_erase(lung_channels(x, self.recipe.chain), s.train.augment, aug)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss = self._loss(x.to(self.device), y.to(self.device))
                 loss.backward()
@@ -347,7 +351,10 @@ class _Run:
         step = max(2, self.s.batch_size * 2)
         outs, loss_sum = [], 0.0
         for start in range(0, len(vs), step):
-            x = vs.inputs[start:start + step].float().to(self.device)
+            x = vs.inputs[start:start + step].float()
+            if self.s.role != "segmentation":
+                x = lung_channels(x, self.recipe.chain)
+            x = x.to(self.device)
             y = vs.targets[start:start + step].to(self.device)
             logits = self.model(x)
             # Mean over the batch's samples (and pixels, for the U-Net), weighted by samples.
@@ -435,9 +442,17 @@ class _Run:
             "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         if s.role == "locator":
-            entry["slice_label_rule"] = f"infected if > {s.train.locator_lesion_pixels} lesion pixels"
+            entry["slice_label_rule"] = (f"infected if > {s.train.locator_lesion_pixels} lesion pixels; "
+                                         f"slices of every class (non-pneumonia scans: all normal)")
         if s.role == "classifier":
-            entry["slice_label_rule"] = "weak: every lung slice takes its scan's label"
+            entry["slice_label_rule"] = (
+                f"lesion: a slice of a pneumonia scan takes the scan's class when it has > "
+                f"{s.train.locator_lesion_pixels} lesion pixels, else non_pneumonia (scans without a lesion "
+                f"mask: weak, the scan's label)" if s.train.slice_labels == "lesion"
+                else "weak: every lung slice takes its scan's label")
+        if s.role != "segmentation" or s.train.intensity_augmentation:
+            entry["input"] = "lung only: [mask, mask*HU(hu_window), mask*HU(lung_detail_window)] of the lung box"
+        entry["intensity_augmentation"] = s.train.intensity_augmentation
         return update_bundle(self.out, s.role, self.model, s.architecture, entry, synthetic=self.synthetic,
                              name=s.name, version=s.version, description=s.description)
 

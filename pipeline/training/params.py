@@ -7,7 +7,9 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class AugmentParams:
-    """Augmentation as the paper's code did it: small affine transforms, random erasing.
+    """Augmentation: the paper code's small affine transforms and random erasing, plus
+    elastic deformation and HU intensity changes (contrast, offset, gamma, noise, blur,
+    sharpening, lower resolution) that stand for other scanners, kernels and doses.
 
     Rotation, scale and translation are drawn uniformly in the given ranges per sample;
     random erasing blanks one rectangle (area a fraction of the image, aspect ratio
@@ -21,6 +23,24 @@ class AugmentParams:
     erase_area: tuple[float, float] = (0.02, 0.15)
     erase_aspect: tuple[float, float] = (0.3, 3.3)
     erase_value: float = 0.0
+    # Intensity and geometry augmentation in HU (domain randomisation: every batch is
+    # seen through another scanner, kernel and dose). Each is drawn per sample.
+    elastic_probability: float = 0.3
+    elastic_magnitude: float = 0.03  # displacement, fraction of the image (normalised units / 2)
+    elastic_grid: int = 5  # control points per side of the smooth displacement field
+    contrast_range: tuple[float, float] = (0.9, 1.1)  # HU scaled about -1000 (air) by this
+    offset_hu: float = 30.0  # HU shift drawn in [-x, x]
+    #: Gamma on the window-normalised value: gentle, since on the wide window a strong
+    #: gamma moves normal lung (-850 HU) into the ground-glass range.
+    gamma_range: tuple[float, float] = (0.92, 1.08)
+    noise_sd_hu: tuple[float, float] = (0.0, 45.0)  # additive noise, sd drawn per sample
+    noise_correlated_probability: float = 0.5  # noise blurred (like a soft kernel) before adding
+    blur_probability: float = 0.3
+    blur_sigma_px: tuple[float, float] = (0.4, 1.5)
+    sharpen_probability: float = 0.2
+    sharpen_amount: tuple[float, float] = (0.3, 1.0)  # unsharp mask, like a sharp kernel
+    lowres_probability: float = 0.25
+    lowres_factor: tuple[float, float] = (1.3, 2.5)  # down- then up-sampled by this
 
 
 @dataclass(frozen=True)
@@ -35,3 +55,9 @@ class TrainParams:
     #: Threshold on the U-Net's foreground probability when measuring Dice.
     dice_threshold: float = 0.5
     augment: AugmentParams = AugmentParams()
+    #: Classifier slice labels: "lesion" (from lesion masks where a scan has them: a
+    #: lesion-free slice of a pneumonia scan is labelled non-pneumonia) or "case" (the
+    #: paper's weak labels: every slice takes its scan's label).
+    slice_labels: str = "lesion"
+    #: Apply the HU intensity augmentation (AugmentParams) as well as the affine.
+    intensity_augmentation: bool = True
