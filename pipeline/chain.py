@@ -2,9 +2,11 @@
 
 Like an application's ``compose()``: it only wires the stages, in the order of
 METHOD.md, and times each one. Lung segmentation (U-Net when the bundle has one, else
-the classical method) -> lung slices -> at most ``max_slices`` of them classified ->
-task-specific fusion -> every lung slice located -> Guided Grad-CAM of the slices that
-drive the decision -> radiomics phenotype of the attentional regions (pneumonia cases).
+the classical method) -> lung slices (too little lung: not a chest CT) -> at most
+``max_slices`` of them classified -> out-of-domain check (pipeline.domain) ->
+task-specific fusion -> every lung slice located -> the decision from the bundle's
+operating points (pipeline.decision) -> Guided Grad-CAM of the slices that drive it (none
+out of domain) -> radiomics phenotype of the attentional regions (pneumonia decisions).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from typing import Any, Mapping
 import numpy as np
 
 from .classify import classify_slices
+from .decision import decide
+from .domain import check_domain, image_statistics
 from .explain import explain_slices, select_slices
 from .fusion import fuse_slice_scores
 from .locate import locate_infected
@@ -27,7 +31,8 @@ from .preprocess import lung_slice_indices, min_lung_pixels_for, sample_slices
 from .types import AnalysisResult, CTVolume, InvalidInputError
 
 #: Keys of AnalysisResult.timings_s, in chain order.
-STAGES = ("lung_segmentation", "classification", "fusion", "locating", "explanation", "phenotype")
+STAGES = ("lung_segmentation", "classification", "domain_check", "fusion", "locating", "decision",
+          "explanation", "phenotype")
 
 
 def sized_for(params: ChainParams, arch: Mapping[str, Any] | None, field: str = "input_size") -> ChainParams:
@@ -57,19 +62,25 @@ def analyze(volume: CTVolume, models: ModelBundle, params: ChainParams) -> Analy
     seg_params = sized_for(params, cards.get("segmentation", {}).get("architecture"), "unet_input_size")
     cls_params = sized_for(params, cards.get("classifier", {}).get("architecture"))
     loc_params = sized_for(params, cards.get("locator", {}).get("architecture"))
+    op = models.operating_points
+    loc_params = replace(loc_params, locator_threshold=op.locator_threshold)
     lung = segment_lungs(volume, seg_params, models.segmentation, device)
     lap("lung_segmentation")
 
     lung_z = lung_slice_indices(lung, params)
-    if len(lung_z) == 0:
+    lung_ml = float(np.count_nonzero(lung.mask)) * volume.voxel_volume_ml
+    if len(lung_z) == 0 or lung_ml < params.min_chest_lung_ml:
         need = min_lung_pixels_for(volume.shape[1:], params)
         raise InvalidInputError(
-            f"no slice of this {volume.shape[0]}-slice volume has more than {need:.0f} lung pixels "
-            f"({lung.method} segmentation): the series does not look like a chest CT covering the lungs; "
-            f"send a chest CT series")
+            f"not a chest CT: the {volume.shape[0]}-slice volume holds {lung_ml:.0f} ml of lung "
+            f"({lung.method} segmentation; a chest CT holds at least {params.min_chest_lung_ml:.0f} ml, and a slice "
+            f"needs more than {need:.0f} lung pixels); send a chest CT series covering the lungs")
     slice_scores = classify_slices(volume, lung, sample_slices(lung_z, params.max_slices),
                                    models.classifier, cls_params, device)
     lap("classification")
+
+    domain = check_domain(slice_scores.features, image_statistics(volume, lung), models.domain_reference)
+    lap("domain_check")
 
     case = fuse_slice_scores(slice_scores, params)
     lap("fusion")
@@ -77,12 +88,17 @@ def analyze(volume: CTVolume, models: ModelBundle, params: ChainParams) -> Analy
     infected = locate_infected(volume, lung, lung_z, models.locator, loc_params, device)
     lap("locating")
 
-    target, explain_z = select_slices(case, slice_scores, infected, params)
-    attention = explain_slices(volume, lung, explain_z, target, models.classifier, cls_params)
+    decision = decide(case, infected, domain, op)
+    lap("decision")
+
+    attention: tuple = ()
+    if decision.value != "out_of_domain":  # nothing the model can stand behind to explain
+        target, explain_z = select_slices(case, slice_scores, infected, params, decision.value)
+        attention = explain_slices(volume, lung, explain_z, target, models.classifier, cls_params)
     lap("explanation")
 
     phenotype = None
-    if params.compute_phenotype and case.label != "non_pneumonia":
+    if params.compute_phenotype and decision.is_pneumonia:
         phenotype = compute_phenotype(volume, lung, attention, params)
     lap("phenotype")
     timings["total"] = time.perf_counter() - start
@@ -94,7 +110,9 @@ def analyze(volume: CTVolume, models: ModelBundle, params: ChainParams) -> Analy
         infected=infected,
         attention=attention,
         phenotype=phenotype,
-        lung_volume_ml=float(np.count_nonzero(lung.mask)) * volume.voxel_volume_ml,
+        lung_volume_ml=lung_ml,
         model=models.info,
+        decision=decision,
+        domain=domain,
         timings_s=timings,
     )

@@ -8,9 +8,14 @@ little (``attention_sigma_px``: guided gradients are pixel noise otherwise, and 
 regions are meant to be lesions, not pixels), normalised to [0, 1] and mapped from the
 224 x 224 lung-box crop back onto the full slice.
 
+The map is then confined to the lung mask (the paper keeps attention "inside the lung
+margin"; the overlay shows the lung itself) and scaled to [0, 1] again; the share of the raw map that lay
+inside the lung is kept (``AttentionMap.raw_inside_lung``) so evaluation can say where
+the network really looked, not only what the overlay shows.
+
 Attentional regions: the map binarised at ``attention_threshold``, opened then closed
 with a disk of ``attention_morph_radius_px``, kept inside the lung mask dilated by
-``lung_margin_px``, components smaller than ``attention_min_area_px`` (counted on a
+``lung_margin_px`` (counted on a 512-pixel slice, like the minimum area), components smaller than ``attention_min_area_px`` (counted on a
 512 x 512 slice, scaled by area like ``min_lung_pixels``) dropped.
 
 Both MONAI tools change the network they work on (GradCAM registers hooks it never
@@ -119,18 +124,20 @@ def _explainer_for(classifier: torch.nn.Module, layer: str) -> _Explainer:
 # ----------------------------------------------------------------- which slices
 
 def select_slices(case: CaseScores, slices: SliceScores, infected: InfectedSlices,
-                  params: ChainParams) -> tuple[str, list[int]]:
-    """The class to explain (the case label) and the slices that drive the decision.
+                  params: ChainParams, decision: str | None = None) -> tuple[str, list[int]]:
+    """The class to explain and the slices that drive the decision.
 
-    COVID-19 cases with located slices: the highest-scoring infected slices. Otherwise
-    the classified slices with the highest probability of the case's class. At most
+    The class is the decision when it names one, else the 4-class label (an
+    indeterminate case shows what the leading class looked at). Pneumonia decisions
+    with located slices: the highest-scoring infectious slices. Otherwise the
+    classified slices with the highest probability of that class. At most
     ``max_explained_slices``, returned in z order.
     """
     n = max(0, int(params.max_explained_slices))
-    target = case.label
+    target = decision if decision in CLASS_NAMES else case.label
     if n == 0:
         return target, []
-    if target == "covid19" and infected.z_indices:
+    if target != "non_pneumonia" and infected.z_indices:
         z = np.asarray(infected.z_indices, dtype=np.int64)
         ranked = z[np.argsort(-infected.scores[z], kind="stable")]
     else:
@@ -151,10 +158,7 @@ def attention_regions(heat: np.ndarray, lung_slice: np.ndarray, params: ChainPar
         disk = (yy ** 2 + xx ** 2) <= r * r
         binary = ndimage.binary_opening(binary, structure=disk)
         binary = ndimage.binary_closing(binary, structure=disk)
-    lung = np.asarray(lung_slice, dtype=bool)
-    if params.lung_margin_px > 0:
-        lung = ndimage.binary_dilation(lung, iterations=int(params.lung_margin_px))
-    binary &= lung
+    binary &= _lung_with_margin(lung_slice, params)
     labels, n = ndimage.label(binary)
     if n == 0:
         return binary
@@ -188,7 +192,33 @@ def explain_slices(volume: CTVolume, lung_mask: LungMask, z_indices: Sequence[in
     maps = []
     for z, g, box in zip(z_list, ggc, boxes):
         small = _normalise(g, params.attention_sigma_px)
-        heat = np.clip(uncrop(small, box, shape_yx), 0.0, 1.0)
-        regions = attention_regions(heat, lung_mask.mask[z], params)
-        maps.append(AttentionMap(z_index=z, heat=heat, regions=regions, target_class=target_class))
+        raw = np.clip(uncrop(small, box, shape_yx), 0.0, 1.0)
+        lung = lung_mask.mask[z]
+        total = float(raw.sum())
+        inside = float(raw[lung].sum()) / total if total > 0 else float("nan")
+        heat = confine_to_lung(raw, lung, params)
+        regions = attention_regions(heat, lung, params)
+        maps.append(AttentionMap(z_index=z, heat=heat, regions=regions, target_class=target_class,
+                                 raw_inside_lung=inside))
     return tuple(maps)
+
+
+def _lung_with_margin(lung_slice: np.ndarray, params: ChainParams) -> np.ndarray:
+    """The lung dilated by ``lung_margin_px`` (counted on a 512-pixel slice, scaled to this
+    one's width, at least 1 pixel when the margin is not 0)."""
+    lung = np.asarray(lung_slice, dtype=bool)
+    if params.lung_margin_px <= 0:
+        return lung
+    margin = max(1, int(round(params.lung_margin_px * lung.shape[-1] / float(REFERENCE_MATRIX_PX))))
+    return ndimage.binary_dilation(lung, iterations=margin)
+
+
+def confine_to_lung(heat: np.ndarray, lung_slice: np.ndarray, params: ChainParams) -> np.ndarray:
+    """The heat inside the lung mask, scaled to max 1 again.
+
+    Not the margin: the mask's own edge is where a lung-only input changes most, so
+    guided gradients pile up on the pleura, and a ring of even one pixel outside the
+    lung held up to half the heat of an overlay. The radiologist is shown the lung."""
+    out = np.where(np.asarray(lung_slice, dtype=bool), heat, 0.0).astype(np.float32)
+    top = float(out.max())
+    return out / top if top > 0 else out

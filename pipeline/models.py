@@ -8,6 +8,11 @@ A bundle is a folder::
     locator.pt        state_dict of the 2-class COVID-infectious slice locator
     segmentation.pt   state_dict of the lung U-Net (optional: without it the classical
                       HU-threshold method segments the lungs)
+    domain_reference.npz  the out-of-domain guard's reference (pipeline.domain; optional,
+                      written by ``dicomnode calibrate``, pinned by sha256 in the card)
+
+The card's ``operating_points`` (pipeline.decision.OperatingPoints) hold the decision
+thresholds chosen on a validation cohort by ``dicomnode calibrate``.
 
 ``model_card.json`` holds, per model, its file name, sha256 and architecture dict
 (``pipeline.nets``), and for the bundle: name, version, disclaimer, whether it was
@@ -29,11 +34,14 @@ from typing import Any, Mapping
 
 import torch
 
+from .decision import OperatingPoints
 from .device import resolve_device
+from .domain import DomainReference
 from .nets import build_network
 from .types import ModelBundleError, ModelInfo
 
 CARD_FILE = "model_card.json"
+DOMAIN_FILE = "domain_reference.npz"
 MODEL_ROLES = ("segmentation", "classifier", "locator")
 REQUIRED_ROLES = ("classifier", "locator")
 SYNTHETIC_DISCLAIMER = (
@@ -64,6 +72,8 @@ class ModelBundle:
     segmentation: torch.nn.Module | None
     device: torch.device
     sha256: str
+    operating_points: OperatingPoints = OperatingPoints()
+    domain_reference: DomainReference | None = None
 
     @property
     def info(self) -> ModelInfo:
@@ -122,9 +132,33 @@ def load_bundle(bundle_dir: Path | str, device: str = "auto") -> ModelBundle:
     dev = resolve_device(device)
     nets = {role: _load_network(bundle_dir, role, card["models"][role], dev)
             for role in MODEL_ROLES if role in card["models"]}
+    try:
+        op = OperatingPoints.from_card(card)
+    except (TypeError, ValueError) as e:
+        raise ModelBundleError(f"model bundle {bundle_dir}: operating_points in the card are invalid: {e}") from e
     return ModelBundle(path=bundle_dir, card=card, classifier=nets["classifier"], locator=nets["locator"],
                        segmentation=nets.get("segmentation"), device=dev,
-                       sha256=sha256_file(bundle_dir / CARD_FILE))
+                       sha256=sha256_file(bundle_dir / CARD_FILE), operating_points=op,
+                       domain_reference=load_domain_reference(bundle_dir, card))
+
+
+def load_domain_reference(bundle_dir: Path, card: Mapping[str, Any]) -> DomainReference | None:
+    """The bundle's out-of-domain reference (checked against its sha256), or None."""
+    entry = card.get("domain_reference")
+    if not entry:
+        return None
+    import numpy as np
+
+    path = Path(bundle_dir) / str(entry.get("file", DOMAIN_FILE))
+    if not path.is_file():
+        raise ModelBundleError(f"model bundle {bundle_dir}: {path} is missing (the card lists a domain reference)")
+    if entry.get("sha256") and sha256_file(path) != entry["sha256"]:
+        raise ModelBundleError(f"model bundle {bundle_dir}: {path} is corrupt (sha256 differs from the card)")
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            return DomainReference.from_arrays({k: arrays[k] for k in arrays.files})
+    except (OSError, ValueError, KeyError) as e:
+        raise ModelBundleError(f"model bundle {bundle_dir}: {path} cannot be read: {e}") from e
 
 
 _cache: dict[tuple[str, str], ModelBundle] = {}
@@ -172,7 +206,12 @@ def render_card_markdown(card: Mapping[str, Any]) -> str:
         lines += [f"**{card['disclaimer']}**", ""]
     if card.get("description"):
         lines += [str(card["description"]), ""]
-    lines += _headline_markdown(card.get("metrics") or {})
+    metrics = card.get("metrics") or {}
+    if metrics.get("evaluations"):
+        lines += _evaluations_markdown(metrics["evaluations"], card.get("cross_family") or {})
+    else:
+        lines += _headline_markdown(metrics)
+    lines += _operating_points_markdown(card)
     lines += ["## Models", "", "| role | file | sha256 | architecture |", "|---|---|---|---|"]
     for role, entry in card.get("models", {}).items():
         lines.append(f"| {role} | {entry.get('file')} | `{str(entry.get('sha256', ''))[:16]}...` | "
@@ -194,6 +233,96 @@ def _ci(figure: Any) -> str:
     if figure.get("ci_low") is not None and figure.get("ci_high") is not None:
         text += f" ({figure['ci_low']:.3f}-{figure['ci_high']:.3f})"
     return text
+
+
+def _get(record: Mapping[str, Any], path: str) -> Any:
+    for key in path.split("."):
+        if not isinstance(record, Mapping):
+            return None
+        record = record.get(key)  # type: ignore[assignment]
+    return record
+
+
+#: Rows of the measured-performance table: label, path in an evaluation record.
+_ROWS: tuple[tuple[str, str], ...] = (
+    ("cases", "n_cases"),
+    ("4-class AUC, macro", "multiway_auc.macro"),
+    ("4-class AUC, micro", "multiway_auc.micro"),
+    ("accuracy of the stated decision (indeterminate / out of domain count as wrong)", "decision.accuracy"),
+    ("accuracy among stated (class) decisions", "decision.accuracy_of_stated"),
+    ("indeterminate rate", "decision.indeterminate_rate"),
+    ("out-of-domain rate", "decision.out_of_domain_rate"),
+    ("non-pneumonia cases given a pneumonia decision (count)", "decision.non_pneumonia_called_pneumonia"),
+    ("accuracy of the 4-class argmax (label)", "accuracy"),
+    ("pneumonia vs non-pneumonia: AUC", "tasks.pneumonia_vs_non_pneumonia.auc"),
+    ("pneumonia vs non-pneumonia: sensitivity at the stored threshold", "tasks.pneumonia_vs_non_pneumonia.sensitivity"),
+    ("pneumonia vs non-pneumonia: specificity at the stored threshold", "tasks.pneumonia_vs_non_pneumonia.specificity"),
+    ("COVID-19 vs CAP: AUC", "tasks.covid19_vs_cap.auc"),
+    ("COVID-19 vs CAP: sensitivity / specificity", "tasks.covid19_vs_cap.sensitivity|tasks.covid19_vs_cap.specificity"),
+    ("COVID-19 vs influenza: AUC", "tasks.covid19_vs_influenza.auc"),
+    ("COVID-19 vs influenza: sensitivity / specificity",
+     "tasks.covid19_vs_influenza.sensitivity|tasks.covid19_vs_influenza.specificity"),
+    ("lung Dice (chain)", "lung_dice.mean"),
+    ("lesion voxels inside the lung mask (mean; min)", "lesion_inclusion.mean|lesion_inclusion.min"),
+    ("infectious-slice AUC, all classes", "infectious_slices.auc"),
+    ("infectious-slice F1 at the stored threshold", "infectious_slices.f1"),
+    ("COVID-19 infectious-slice AUC (paper's cohort)", "locating.auc"),
+    ("infectious slices flagged per non-pneumonia case (mean; max)",
+     "non_pneumonia_flagged_slices.mean|non_pneumonia_flagged_slices.max"),
+    ("Grad-CAM heat inside the lung, raw (mean; min over overlays)", "heat_inside_lung.mean|heat_inside_lung.min"),
+    ("Grad-CAM heat on lesions, shown (mean)", "heat_on_lesion.mean"),
+)
+
+
+def _cell(record: Mapping[str, Any], path: str) -> str:
+    parts = []
+    for p in path.split("|"):
+        v = _get(record, p)
+        if isinstance(v, Mapping):
+            parts.append(_ci(v))
+        elif isinstance(v, float):
+            parts.append(f"{v:.3f}")
+        elif v is None:
+            parts.append("n/a")
+        else:
+            parts.append(str(v))
+    return " / ".join(parts) if "sensitivity" in path else "; ".join(parts)
+
+
+def _evaluations_markdown(evaluations: Mapping[str, Any], cross: Mapping[str, Any]) -> list[str]:
+    """One table: the shipped bundle on each held-out cohort, and the cross-family runs."""
+    columns = [(name, rec) for name, rec in evaluations.items()] + [(name, rec) for name, rec in cross.items()]
+    lines = ["## Measured performance", "",
+             "Every figure was measured by `dicomnode evaluate` (95% bootstrap intervals over cases in brackets) "
+             "on synthetic phantoms only: it says nothing about patients. Columns:", ""]
+    for name, rec in columns:
+        lines.append(f"- **{name}**: {rec.get('held_out', '')}; data `{rec.get('data_spec', '?')}`; "
+                     f"command `{rec.get('command', '?')}`")
+    lines += ["", "| figure | " + " | ".join(name for name, _ in columns) + " |",
+              "|---|" + "---|" * len(columns)]
+    for label, path in _ROWS:
+        lines.append(f"| {label} | " + " | ".join(_cell(rec, path) for _, rec in columns) + " |")
+    return lines + [""]
+
+
+def _operating_points_markdown(card: Mapping[str, Any]) -> list[str]:
+    op = card.get("operating_points")
+    if not op:
+        return ["## Operating points", "", "Not calibrated: the chain uses the paper's 0.5 thresholds and no "
+                "out-of-domain guard. Run `dicomnode calibrate`.", ""]
+    lines = ["## Operating points", "", f"Chosen by `{op.get('command', 'dicomnode calibrate')}` on "
+             f"{op.get('n_cases', '?')} calibration cases (`{', '.join(op.get('data_specs', []))}`): "
+             f"{op.get('rule', '')}.", "", "| operating point | value |", "|---|---|"]
+    for key in ("pneumonia_vs_non_pneumonia", "covid19_vs_cap", "covid19_vs_influenza", "locator_threshold",
+                "pneumonia_margin", "margin", "min_infected_slices"):
+        if key in op:
+            lines.append(f"| {key} | {op[key]:.3f} |" if isinstance(op[key], float) else f"| {key} | {op[key]} |")
+    ref = card.get("domain_reference")
+    if ref:
+        lines += ["", f"Out-of-domain guard: {ref.get('rule', '')}; thresholds "
+                  + ", ".join(f"{k} {v:.2f}" for k, v in (ref.get("thresholds") or {}).items())
+                  + ". A study whose largest scaled distance exceeds 1 gets the decision `out_of_domain`."]
+    return lines + [""]
 
 
 def _headline_markdown(metrics: Mapping[str, Any]) -> list[str]:

@@ -9,9 +9,16 @@ from dataclasses import dataclass
 class ChainParams:
     # Preprocessing (METHOD.md, module 2)
     hu_window: tuple[float, float] = (-1200.0, 700.0)
+    #: Second input channel's window: the lung's own range, so ground glass and fine
+    #: texture get contrast (the wide window keeps consolidation apart).
+    lung_detail_window: tuple[float, float] = (-1000.0, -200.0)
     input_size: int = 224
     max_slices: int = 35
     min_lung_pixels: int = 500  # slices with less lung are not classified (paper code)
+    #: Less lung than this in the whole series: not a chest CT (head, abdomen only, or a
+    #: scan that misses the lungs); adult lungs hold 3-7 l, the lung bases alone of an
+    #: abdominal CT a few hundred ml at most.
+    min_chest_lung_ml: float = 400.0
     # Lung segmentation
     unet_input_size: int = 128  # U-Net runs at this in-plane size, mask upsampled back
     hu_clip_min: float = -1024.0
@@ -34,7 +41,7 @@ class ChainParams:
     max_explained_slices: int = 5
     attention_min_area_px: int = 200
     attention_threshold: float = 0.5  # of the normalised Guided Grad-CAM
-    lung_margin_px: int = 5  # attention kept inside the lung dilated by this margin
+    lung_margin_px: int = 5  # attention kept inside the lung dilated by this margin (px of a 512 slice)
     attention_sigma_px: float = 2.0  # Gaussian smoothing of Guided Grad-CAM (classifier input pixels) before binarising
     attention_morph_radius_px: int = 2  # disk radius of the opening and closing of the binarised map
     gradcam_layer: str = "layer4"  # the classifier layer Grad-CAM weights (MONAI ResNet's last stage)

@@ -20,6 +20,12 @@ TASK_NAMES: tuple[str, ...] = (
     "covid19_vs_cap",
     "covid19_vs_influenza",
 )
+#: What a report states: one of the classes, or that the model cannot stand behind one.
+#: ``indeterminate``: the evidence is split (scores within the card's margin of a
+#: threshold or of each other, or the classifier and the lesion locator disagree);
+#: ``out_of_domain``: the study differs from the bundle's training data (pipeline.domain).
+DECISIONS: tuple[str, ...] = CLASS_NAMES + ("indeterminate", "out_of_domain")
+PNEUMONIA_CLASSES: tuple[str, ...] = ("cap", "influenza", "covid19")
 
 
 class PipelineError(Exception):
@@ -174,6 +180,9 @@ class AttentionMap:
     heat: np.ndarray
     regions: np.ndarray
     target_class: str
+    #: Share of the raw Guided Grad-CAM (before it is confined to the lung margin for
+    #: display) that lay inside the lung mask: where the network really looked.
+    raw_inside_lung: float = float("nan")
 
     def __post_init__(self) -> None:
         _require(self.heat.ndim == 2 and self.regions.shape == self.heat.shape,
@@ -188,6 +197,53 @@ class Phenotype:
 
     features: Mapping[str, float]
     region_count: int
+
+
+@dataclass(frozen=True)
+class DomainCheck:
+    """How far a study lies from the bundle's training data (pipeline.domain).
+
+    ``score`` is the largest of the component scores, each a distance divided by its
+    threshold chosen on validation data, so ``score > 1`` means out of domain.
+    ``components`` maps each check (e.g. "deep_features", "lung_hu_median", "noise_hu") to
+    its scaled score; ``reasons`` says in plain words which checks failed.
+    """
+
+    score: float
+    in_domain: bool
+    components: Mapping[str, float]
+    reasons: tuple[str, ...] = ()
+    #: The lung's image statistics the check measured (pipeline.domain.IMAGE_STATS).
+    image_stats: Mapping[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _require(np.isfinite(self.score) and self.score >= 0, f"DomainCheck.score must be >= 0, got {self.score}")
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The decision a report states, made once from the bundle's operating points.
+
+    ``value`` is one of DECISIONS; ``reason`` says why in plain words (for an
+    indeterminate or out-of-domain decision, what the model could not stand behind);
+    ``thresholds`` the operating points used (task name -> threshold, and "margin").
+    """
+
+    value: str
+    reason: str
+    thresholds: Mapping[str, float]
+
+    def __post_init__(self) -> None:
+        _require(self.value in DECISIONS, f"Decision.value unknown: {self.value!r}; expected one of {DECISIONS}")
+
+    @property
+    def is_finding(self) -> bool:
+        """True when the decision names a class (not indeterminate, not out of domain)."""
+        return self.value in CLASS_NAMES
+
+    @property
+    def is_pneumonia(self) -> bool:
+        return self.value in PNEUMONIA_CLASSES
 
 
 @dataclass(frozen=True)
@@ -213,11 +269,18 @@ class AnalysisResult:
     phenotype: Phenotype | None
     lung_volume_ml: float
     model: ModelInfo
+    decision: Decision
+    domain: DomainCheck
     timings_s: Mapping[str, float] = field(default_factory=dict)
 
     def summary(self, volume: CTVolume) -> dict:
         """The JSON summary that ``dicomnode analyze`` prints."""
         return {
+            "decision": self.decision.value,
+            "decision_reason": self.decision.reason,
+            "thresholds": {k: float(v) for k, v in self.decision.thresholds.items()},
+            "out_of_domain_score": round(float(self.domain.score), 4),
+            "domain_checks": {k: round(float(v), 4) for k, v in self.domain.components.items()},
             "label": self.case_scores.label,
             "probabilities": {k: float(v) for k, v in self.case_scores.probabilities.items()},
             "tasks": {k: float(v) for k, v in self.case_scores.tasks.items()},

@@ -68,7 +68,7 @@ def test_analyze_is_deterministic(bundle, phantom) -> None:
 
 def test_analyze_refuses_a_volume_without_lungs(bundle) -> None:
     hu = np.zeros((8, 64, 64), np.float32)  # water: nothing below the air threshold
-    with pytest.raises(InvalidInputError, match="does not look like a chest CT"):
+    with pytest.raises(InvalidInputError, match="not a chest CT"):
         analyze(CTVolume(hu=hu, spacing_mm=(2.0, 1.0, 1.0)), bundle, ChainParams())
 
 
@@ -82,7 +82,7 @@ def test_explaining_leaves_the_shared_classifier_untouched(bundle, phantom) -> N
         assert (v == before[k]).all()
 
 
-def test_select_slices_prefers_located_slices_for_covid() -> None:
+def test_select_slices_prefers_located_slices_for_pneumonia() -> None:
     params = ChainParams(max_explained_slices=2)
     probs = np.array([[0.1, 0.1, 0.1, 0.7], [0.1, 0.6, 0.1, 0.2], [0.1, 0.1, 0.1, 0.7], [0.7, 0.1, 0.1, 0.1]])
     slices = SliceScores(z_indices=np.array([2, 4, 6, 8]), probabilities=probs)
@@ -97,8 +97,13 @@ def test_select_slices_prefers_located_slices_for_covid() -> None:
     assert select_slices(case, slices, no_hits, params) == ("covid19", [2, 6])
     cap_case = fuse(probs[[1]], 3)
     assert cap_case.label == "cap"
-    # Highest CAP probability first (z=4), then the first of the tied ones (z=2).
-    assert select_slices(cap_case, slices, infected, params) == ("cap", [2, 4])
+    # A CAP decision with located slices shows the infectious slices too.
+    assert select_slices(cap_case, slices, infected, params) == ("cap", [3, 5])
+    # Without: highest CAP probability first (z=4), then the first of the tied ones (z=2).
+    assert select_slices(cap_case, slices, no_hits, params) == ("cap", [2, 4])
+    # The decision, not the argmax, names the class explained; indeterminate falls back.
+    assert select_slices(case, slices, no_hits, params, "non_pneumonia")[0] == "non_pneumonia"
+    assert select_slices(case, slices, no_hits, params, "indeterminate")[0] == "covid19"
 
 
 def test_locator_median_filter_and_nan_for_unscored() -> None:

@@ -1,0 +1,92 @@
+"""Operating points and the out-of-domain reference, chosen on a validation cohort.
+
+``dicomnode calibrate`` runs the chain of a trained bundle on a calibration cohort (cases
+drawn like the training data, never trained on, never used for the figures of the model
+card) with ``pipeline.evaluate.score_cases`` and hands the records here. Stated rules:
+
+* each binary task's threshold: Youden's J (sensitivity + specificity - 1) maximised over
+  the task's cohort (``TASK_COHORTS`` of pipeline.evaluate), ties to the middle of the
+  tied range;
+* the locator's slice threshold: Youden's J over every scored slice of cases with lesion
+  masks, among thresholds with slice specificity >= ``LOCATOR_MIN_SPECIFICITY`` (a
+  healthy CT must not come back with a list of "infectious" slices);
+* the indeterminate margins: fixed, stated values (``OperatingPoints`` defaults);
+* the domain reference: fitted on the even-numbered cases, its thresholds set on the
+  odd-numbered ones (pipeline.domain.fit_domain_reference).
+
+Pure: records in, ``OperatingPoints`` and ``DomainReference`` out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Sequence
+
+import numpy as np
+
+from .decision import OperatingPoints
+from .domain import DomainReference, fit_domain_reference
+from .types import CLASS_NAMES, TASK_NAMES, InvalidInputError
+
+LOCATOR_MIN_SPECIFICITY = 0.97
+RULE = ("task thresholds: Youden's J on the calibration cohort; locator: Youden's J among thresholds with "
+        f"slice specificity >= {LOCATOR_MIN_SPECIFICITY}; margins: fixed")
+
+
+def youden_threshold(y_true: np.ndarray, score: np.ndarray, min_specificity: float = 0.0) -> float:
+    """The threshold maximising sensitivity + specificity - 1 (``score >= t`` is positive),
+    among thresholds whose specificity is at least ``min_specificity``; midway between
+    neighbouring scores so that a small shift does not flip the calibration cases."""
+    y = np.asarray(y_true, dtype=bool)
+    s = np.asarray(score, dtype=np.float64)
+    if y.all() or not y.any():
+        raise InvalidInputError("a threshold needs positive and negative calibration cases")
+    values = np.unique(s)
+    cuts = np.concatenate([[values[0] - 1e-6], (values[:-1] + values[1:]) / 2.0, [values[-1] + 1e-6]])
+    best, best_j = 0.5, -np.inf
+    for t in cuts:
+        pred = s >= t
+        sens = float(np.mean(pred[y]))
+        spec = float(np.mean(~pred[~y]))
+        if spec + 1e-12 < min_specificity:
+            continue
+        j = sens + spec - 1.0
+        if j > best_j + 1e-12:
+            best, best_j = float(t), j
+    return float(np.clip(best, 0.0, 1.0))
+
+
+def choose_operating_points(records: Sequence, base: OperatingPoints = OperatingPoints()) -> OperatingPoints:
+    """Task and locator thresholds from calibration records (pipeline.evaluate.CaseRecord)."""
+    from .evaluate import TASK_COHORTS
+
+    truth = np.array([r.truth for r in records])
+    tasks = np.stack([r.tasks for r in records])
+    chosen = {}
+    for t_i, task in enumerate(TASK_NAMES):
+        positive, cohort = TASK_COHORTS[task]
+        idx = np.isin(truth, cohort)
+        y = (truth[idx] != "non_pneumonia") if positive == "pneumonia" else (truth[idx] == positive)
+        chosen[task] = youden_threshold(y, tasks[idx, t_i])
+    loc = [r for r in records if r.slice_scores is not None and r.slice_scores.size]
+    if loc:
+        y = np.concatenate([r.slice_truth for r in loc])
+        s = np.concatenate([r.slice_scores for r in loc])
+        chosen["locator_threshold"] = youden_threshold(y, s, LOCATOR_MIN_SPECIFICITY)
+    return replace(base, **chosen, rule=RULE)
+
+
+def fit_reference(records: Sequence) -> DomainReference:
+    """The domain reference from calibration records with slice features and image stats."""
+    usable = [r for r in records if r.slice_features is not None and r.image_stats]
+    if len(usable) < 4:
+        raise InvalidInputError(f"the domain reference needs at least 4 calibration cases with features, "
+                                f"got {len(usable)}")
+    fit, held = usable[0::2], usable[1::2]
+    return fit_domain_reference([r.slice_features for r in fit], [r.image_stats for r in fit],
+                                [r.slice_features for r in held], [r.image_stats for r in held])
+
+
+def class_counts(records: Sequence) -> dict[str, int]:
+    truth = [r.truth for r in records]
+    return {c: truth.count(c) for c in CLASS_NAMES}

@@ -1,0 +1,111 @@
+"""The decision a report states, made once from the bundle's operating points.
+
+Every output (SR, KOS, overlays, ``analyze``, ``status``) renders ``Decision``; none of
+them re-derives it from probabilities. In order:
+
+1. ``out_of_domain`` when the domain guard (pipeline.domain) says the study differs from
+   the training data: no class is claimed.
+2. The pneumonia-vs-non-pneumonia task score against its calibrated threshold; within
+   ``pneumonia_margin`` of it: ``indeterminate``. Below: ``non_pneumonia``.
+3. Above: pneumonia needs lesion evidence: fewer than ``min_infected_slices`` slices
+   flagged by the lesion locator is a contradiction between two networks: ``indeterminate``.
+4. The pneumonia class: the largest of CAP / influenza / COVID-19 (4-class probabilities
+   renormalised over the three); when the top two are within ``margin``: ``indeterminate``.
+
+``OperatingPoints`` come from the model card's ``operating_points`` (chosen on a
+validation cohort by ``pipeline.calibration``); a bundle without them falls back to the
+paper's 0.5 and says so in its rule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Mapping
+
+from .types import PNEUMONIA_CLASSES, TASK_NAMES, CaseScores, Decision, DomainCheck, InfectedSlices
+
+DISPLAY = {"non_pneumonia": "non-pneumonia", "cap": "CAP", "influenza": "influenza", "covid19": "COVID-19"}
+
+
+@dataclass(frozen=True)
+class OperatingPoints:
+    """Thresholds and margins of the decision (fractions in [0, 1])."""
+
+    pneumonia_vs_non_pneumonia: float = 0.5
+    covid19_vs_cap: float = 0.5
+    covid19_vs_influenza: float = 0.5
+    locator_threshold: float = 0.5
+    #: Top two pneumonia classes closer than this: indeterminate.
+    margin: float = 0.10
+    #: Pneumonia score closer than this to its threshold: indeterminate.
+    pneumonia_margin: float = 0.05
+    #: A pneumonia decision needs at least this many slices flagged by the locator.
+    min_infected_slices: int = 1
+    rule: str = "defaults (paper: 0.5); the bundle was not calibrated"
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name != "rule" and not (0.0 <= float(v) <= (1e6 if f.name == "min_infected_slices" else 1.0)):
+                raise ValueError(f"operating point {f.name} must lie in [0, 1], got {v}")
+
+    @classmethod
+    def from_card(cls, card: Mapping[str, Any]) -> "OperatingPoints":
+        given = dict(card.get("operating_points") or {})
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: (int(v) if k == "min_infected_slices" else (str(v) if k == "rule" else float(v)))
+                      for k, v in given.items() if k in known})
+
+    def as_card(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def thresholds(self) -> dict[str, float]:
+        """The operating points a report cites (task thresholds, margins, locator)."""
+        out = {name: float(getattr(self, name)) for name in TASK_NAMES}
+        out.update(margin=self.margin, pneumonia_margin=self.pneumonia_margin,
+                   locator_threshold=self.locator_threshold, out_of_domain=1.0)
+        return out
+
+
+def pneumonia_class_shares(case: CaseScores) -> dict[str, float]:
+    """The 4-class probabilities of CAP, influenza and COVID-19 renormalised over the three."""
+    p = {name: float(case.probabilities[name]) for name in PNEUMONIA_CLASSES}
+    total = sum(p.values())
+    return {k: (v / total if total > 0 else 1.0 / len(p)) for k, v in p.items()}
+
+
+def decide(case: CaseScores, infected: InfectedSlices, domain: DomainCheck, op: OperatingPoints) -> Decision:
+    """The decision of one case (see the module doc for the order of the rules)."""
+    th = op.thresholds()
+    if not domain.in_domain:
+        why = "; ".join(domain.reasons) or "it differs from the model's training data"
+        return Decision("out_of_domain", f"The model cannot assess this study: {why} "
+                                         f"(out-of-domain score {domain.score:.2f}, limit 1.00).", th)
+    p = float(case.tasks["pneumonia_vs_non_pneumonia"])
+    t = op.pneumonia_vs_non_pneumonia
+    if abs(p - t) < op.pneumonia_margin:
+        return Decision("indeterminate", f"Indeterminate: the pneumonia score {100 * p:.1f}% is within "
+                                         f"{100 * op.pneumonia_margin:.0f} points of the model's threshold "
+                                         f"{100 * t:.1f}%; no diagnosis is stated.", th)
+    if p < t:
+        return Decision("non_pneumonia", f"Non-pneumonia: pneumonia score {100 * p:.1f}% is below the "
+                                         f"threshold {100 * t:.1f}%.", th)
+    n_slices = len(infected.z_indices)
+    if n_slices < op.min_infected_slices:
+        return Decision("indeterminate", f"Indeterminate: the pneumonia score {100 * p:.1f}% is above the "
+                                         f"threshold {100 * t:.1f}%, but the lesion locator found "
+                                         f"{n_slices} infectious slice(s) (at least {op.min_infected_slices} "
+                                         f"needed); no diagnosis is stated.", th)
+    shares = pneumonia_class_shares(case)
+    ranked = sorted(shares, key=lambda k: -shares[k])
+    first, second = ranked[0], ranked[1]
+    gap = shares[first] - shares[second]
+    if gap < op.margin:
+        return Decision("indeterminate", f"Indeterminate: pneumonia (score {100 * p:.1f}%), but "
+                                         f"{DISPLAY[first]} {100 * shares[first]:.1f}% vs {DISPLAY[second]} "
+                                         f"{100 * shares[second]:.1f}% are within the model's "
+                                         f"{100 * op.margin:.0f}-point margin; no type is stated.", th)
+    return Decision(first, f"{DISPLAY[first]}: pneumonia score {100 * p:.1f}% (threshold {100 * t:.1f}%), "
+                           f"{DISPLAY[first]} {100 * shares[first]:.1f}% of the pneumonia types, "
+                           f"{n_slices} infectious slice(s).", th)
+

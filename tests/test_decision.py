@@ -1,0 +1,101 @@
+"""The decision rules (pipeline.decision) and the operating points read from a card."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.decision import OperatingPoints, decide
+from pipeline.types import CLASS_NAMES, TASK_NAMES, CaseScores, DomainCheck, InfectedSlices
+
+IN_DOMAIN = DomainCheck(score=0.4, in_domain=True, components={"deep_features": 0.4})
+
+
+def _case(probs: dict[str, float], pneumonia: float) -> CaseScores:
+    p = np.array([probs[c] for c in CLASS_NAMES], dtype=float)
+    p = p / p.sum()
+    return CaseScores(probabilities=dict(zip(CLASS_NAMES, p.tolist())),
+                      tasks={TASK_NAMES[0]: pneumonia, TASK_NAMES[1]: 0.5, TASK_NAMES[2]: 0.5},
+                      label=CLASS_NAMES[int(np.argmax(p))], top_k=3)
+
+
+def _infected(n: int) -> InfectedSlices:
+    return InfectedSlices(scores=np.linspace(0, 1, 40), z_indices=tuple(range(40 - n, 40)), threshold=0.5)
+
+
+def test_confident_covid_is_stated() -> None:
+    d = decide(_case({"non_pneumonia": .05, "cap": .1, "influenza": .05, "covid19": .8}, 0.95), _infected(6),
+               IN_DOMAIN, OperatingPoints())
+    assert d.value == "covid19" and d.is_finding and d.is_pneumonia
+    assert d.thresholds["pneumonia_vs_non_pneumonia"] == 0.5
+
+
+def test_close_split_between_two_pneumonia_types_is_indeterminate() -> None:
+    # 50.2% vs 49.7%: the example of the issue.
+    d = decide(_case({"non_pneumonia": .001, "cap": .502, "influenza": .001, "covid19": .497}, 0.99), _infected(8),
+               IN_DOMAIN, OperatingPoints(margin=0.1))
+    assert d.value == "indeterminate" and not d.is_finding
+    assert "CAP" in d.reason and "COVID-19" in d.reason and "margin" in d.reason
+
+
+def test_score_near_the_pneumonia_threshold_is_indeterminate() -> None:
+    op = OperatingPoints(pneumonia_vs_non_pneumonia=0.7, pneumonia_margin=0.05)
+    assert decide(_case({"non_pneumonia": .3, "cap": .7, "influenza": .0, "covid19": .0}, 0.72), _infected(5),
+                  IN_DOMAIN, op).value == "indeterminate"
+    assert decide(_case({"non_pneumonia": .3, "cap": .7, "influenza": .0, "covid19": .0}, 0.60), _infected(5),
+                  IN_DOMAIN, op).value == "non_pneumonia"
+
+
+def test_pneumonia_without_located_lesions_is_indeterminate() -> None:
+    d = decide(_case({"non_pneumonia": .1, "cap": .8, "influenza": .05, "covid19": .05}, 0.9), _infected(0),
+               IN_DOMAIN, OperatingPoints(min_infected_slices=1))
+    assert d.value == "indeterminate" and "locator" in d.reason
+
+
+def test_out_of_domain_claims_no_class_whatever_the_scores() -> None:
+    shifted = DomainCheck(score=3.2, in_domain=False, components={"noise_hu": 3.2},
+                          reasons=("the image noise (210.0) lies outside the range of its training data",))
+    d = decide(_case({"non_pneumonia": .0, "cap": .99, "influenza": .005, "covid19": .005}, 0.9995), _infected(30),
+               shifted, OperatingPoints())
+    assert d.value == "out_of_domain" and not d.is_finding
+    assert "cannot assess" in d.reason and "noise" in d.reason
+
+
+def test_operating_points_from_card_and_validation() -> None:
+    op = OperatingPoints.from_card({"operating_points": {"pneumonia_vs_non_pneumonia": 0.83, "margin": 0.2,
+                                                         "min_infected_slices": 2, "rule": "Youden",
+                                                         "data_specs": ["ignored"]}})
+    assert (op.pneumonia_vs_non_pneumonia, op.margin, op.min_infected_slices, op.rule) == (0.83, 0.2, 2, "Youden")
+    assert OperatingPoints.from_card({}) == OperatingPoints()
+    with pytest.raises(ValueError):
+        OperatingPoints(locator_threshold=1.5)
+
+
+def test_chain_reads_thresholds_from_the_card(tiny_bundle: Path, tmp_path: Path) -> None:
+    """A bundle whose card sets the pneumonia threshold above every score decides
+    non-pneumonia; one that sets it below every score cannot say non-pneumonia."""
+    import shutil
+
+    from pipeline.chain import analyze
+    from pipeline.models import load_bundle
+    from pipeline.params import ChainParams
+    from pipeline.phantom import make_phantom
+
+    volume = make_phantom("covid19", 11, 16, 64).volume
+    decisions = {}
+    for name, t in (("high", 0.9999), ("low", 0.0001)):
+        b = tmp_path / name
+        shutil.copytree(tiny_bundle, b)
+        card = json.loads((b / "model_card.json").read_text())
+        card["operating_points"] = {"pneumonia_vs_non_pneumonia": t, "locator_threshold": 0.0,
+                                    "pneumonia_margin": 0.0, "margin": 0.0, "rule": "test"}
+        (b / "model_card.json").write_text(json.dumps(card))
+        result = analyze(volume, load_bundle(b, "cpu"), ChainParams(device="cpu", compute_phenotype=False))
+        decisions[name] = result.decision
+        assert result.infected.threshold == 0.0  # the locator threshold came from the card too
+        assert result.decision.thresholds["pneumonia_vs_non_pneumonia"] == t
+    assert decisions["high"].value == "non_pneumonia"
+    assert decisions["low"].value in ("cap", "influenza", "covid19")
