@@ -29,7 +29,8 @@ from .params import ChainParams, EvalParams
 from .types import CLASS_NAMES, TASK_NAMES, PipelineError
 
 #: scores.csv columns, in order.
-SCORE_COLUMNS: tuple[str, ...] = ("case_id", "truth", *(f"p_{c}" for c in CLASS_NAMES), *TASK_NAMES, "predicted")
+SCORE_COLUMNS: tuple[str, ...] = ("case_id", "truth", *(f"p_{c}" for c in CLASS_NAMES), *TASK_NAMES, "predicted",
+                                   "decision", "out_of_domain_score", "flagged_slices")
 
 #: For each binary task: (positive class, classes of the cases it is measured on).
 #: The pneumonia task is measured on all cases; its positives are the three pneumonias.
@@ -62,6 +63,14 @@ class CaseRecord:
     lung_dice_classical: float | None = None  # reference method, when the chain used the U-Net
     slice_scores: np.ndarray | None = None  # locator scores of scored slices only
     slice_truth: np.ndarray | None = None  # bool, same slices
+    decision: str = ""  # what the report states (DECISIONS); "" when not made
+    out_of_domain_score: float = float("nan")
+    n_flagged_slices: int = 0  # slices the locator reported at the bundle's threshold
+    lesion_inclusion: float | None = None  # share of lesion voxels inside the chain's lung mask
+    heat_inside_lung: tuple[float, ...] = ()  # raw Guided Grad-CAM share inside the lung, per overlay
+    heat_on_lesion: tuple[float, ...] = ()  # shown heat share on lesion pixels, per overlay
+    slice_features: np.ndarray | None = None  # (n_slices, f) classified slices' features (calibration)
+    image_stats: Mapping[str, float] | None = None  # pipeline.domain.image_statistics (calibration)
 
     def __post_init__(self) -> None:
         if self.truth not in CLASS_NAMES:
@@ -132,6 +141,7 @@ def record_from_result(case: Any, result: Any, lung_mask: np.ndarray | None, les
         truth = lesion.reshape(lesion.shape[0], -1).sum(axis=1) > eval_params.lesion_min_px
         scored = np.isfinite(scores)
         slice_scores, slice_truth = scores[scored], truth[scored]
+    inclusion, heat_in, heat_les = _mask_figures(result, lung_mask, lesion_mask)
     return CaseRecord(
         case_id=str(case.case_id), truth=str(case.label),
         probabilities=np.array([cs.probabilities[c] for c in CLASS_NAMES], dtype=np.float64),
@@ -141,7 +151,32 @@ def record_from_result(case: Any, result: Any, lung_mask: np.ndarray | None, les
         stage=_text_or_none(getattr(case, "stage", None)),
         lung_dice=lung_dice, lung_method=str(result.lung_mask.method), lung_dice_classical=lung_dice_classical,
         slice_scores=slice_scores, slice_truth=slice_truth,
+        decision=str(getattr(getattr(result, "decision", None), "value", "")),
+        out_of_domain_score=float(getattr(getattr(result, "domain", None), "score", float("nan"))),
+        n_flagged_slices=len(result.infected.z_indices), lesion_inclusion=inclusion,
+        heat_inside_lung=heat_in, heat_on_lesion=heat_les,
+        slice_features=None if feats is None else np.asarray(feats, dtype=np.float32),
+        image_stats=dict(getattr(getattr(result, "domain", None), "image_stats", {}) or {}) or None,
     )
+
+
+def _mask_figures(result: Any, lung_mask: np.ndarray | None, lesion_mask: np.ndarray | None
+                  ) -> tuple[float | None, tuple[float, ...], tuple[float, ...]]:
+    """Lesion inclusion of the chain's lung mask, and per overlay the raw heat share
+    inside the lung and the shown heat share on lesions (when the case has lesions)."""
+    inclusion = None
+    lesion = None if lesion_mask is None else np.asarray(lesion_mask, bool)
+    if lesion is not None and lesion.any():
+        inclusion = float(np.count_nonzero(lesion & result.lung_mask.mask)) / float(np.count_nonzero(lesion))
+    heat_in: list[float] = []
+    heat_les: list[float] = []
+    for att in getattr(result, "attention", ()):
+        if np.isfinite(att.raw_inside_lung):
+            heat_in.append(float(att.raw_inside_lung))
+        total = float(att.heat.sum())
+        if lesion is not None and lesion[att.z_index].any() and total > 0:
+            heat_les.append(float(att.heat[lesion[att.z_index]].sum()) / total)
+    return inclusion, tuple(heat_in), tuple(heat_les)
 
 
 def score_cases(cases: Iterable[Any], models: Any, params: ChainParams,
@@ -183,7 +218,7 @@ def score_cases(cases: Iterable[Any], models: Any, params: ChainParams,
             on_failure(str(case.case_id), message)
             continue
         records.append(record_from_result(case, result, lung_mask, lesion_mask, eval_params, reference))
-        bar.set_postfix(last=records[-1].predicted)
+        bar.set_postfix(last=records[-1].decision or records[-1].predicted)
     if not records:
         raise EvaluationError("no case could be evaluated: check the --data spec" if cases
                               else "the dataset holds no cases: check the --data spec")
@@ -293,8 +328,13 @@ def _subset_order(key: str, eval_params: EvalParams) -> Callable[[str], tuple]:
 def compute_metrics(records: Sequence[CaseRecord], threshold: float = 0.5,
                     eval_params: EvalParams = EvalParams(), locator_threshold: float = 0.5,
                     reader_calls: Sequence[ReaderCall] | None = None,
-                    reader_task_name: str = "auto") -> dict[str, Any]:
-    """Every figure of the protocol, as a JSON-ready dict (see module docstring)."""
+                    reader_task_name: str = "auto",
+                    task_thresholds: Mapping[str, float] | None = None) -> dict[str, Any]:
+    """Every figure of the protocol, as a JSON-ready dict (see module docstring).
+
+    ``task_thresholds``: each binary task's operating point (the bundle's calibrated
+    ones); ``threshold`` for the tasks it does not name and the per-class figures."""
+    task_thresholds = dict(task_thresholds or {})
     if not records:
         raise EvaluationError("no cases to evaluate")
     labels, probs, tasks, predicted = _arrays(records)
@@ -308,12 +348,14 @@ def compute_metrics(records: Sequence[CaseRecord], threshold: float = 0.5,
         idx, y = task_cohort(task, labels)
         entry: dict[str, Any] = {"n_cases": int(idx.size), "n_positive": int(y.sum()),
                                  "positive": TASK_COHORTS[task][0], "cohort": list(TASK_COHORTS[task][1])}
+        t_task = float(task_thresholds.get(task, threshold))
+        entry["threshold"] = t_task
         if idx.size:
             s = tasks[idx, t_i]
             tf = _Figures(idx.size, eval_params, skipped, f"tasks.{task}.")
             entry["auc"] = tf("auc", lambda j, y=y, s=s: M.roc_auc(y[j], s[j]))
-            entry["sensitivity"] = tf("sensitivity", lambda j, y=y, s=s: M.sensitivity(y[j], s[j] >= threshold))
-            entry["specificity"] = tf("specificity", lambda j, y=y, s=s: M.specificity(y[j], s[j] >= threshold))
+            entry["sensitivity"] = tf("sensitivity", lambda j, y=y, s=s, t=t_task: M.sensitivity(y[j], s[j] >= t))
+            entry["specificity"] = tf("specificity", lambda j, y=y, s=s, t=t_task: M.specificity(y[j], s[j] >= t))
         out["tasks"][task] = entry
 
     with_lung = [r for r in records if r.lung_dice is not None]
@@ -346,6 +388,8 @@ def compute_metrics(records: Sequence[CaseRecord], threshold: float = 0.5,
                 M.pooled_slices(tr, j), M.pooled_slices(sc, j) >= locator_threshold)),
         }
 
+    out.update(_truthfulness_figures(records, labels, eval_params, skipped, locator_threshold))
+
     out["subsets"] = {}
     keys: dict[str, Callable[[CaseRecord], str | None]] = {
         "sex": lambda r: r.sex,
@@ -370,6 +414,68 @@ def compute_metrics(records: Sequence[CaseRecord], threshold: float = 0.5,
     out["bootstrap"] = {"n_resamples": eval_params.n_bootstrap, "seed": eval_params.seed,
                         "confidence": eval_params.confidence, "method": "percentile, cases resampled with replacement",
                         "skipped_resamples": dict(sorted(skipped.items()))}
+    return out
+
+
+def _truthfulness_figures(records: Sequence[CaseRecord], labels: np.ndarray, eval_params: EvalParams,
+                          skipped: dict[str, int], locator_threshold: float) -> dict[str, Any]:
+    """What the report states and whether it is true: decision accuracy (indeterminate
+    and out-of-domain count as not correct), how often each non-class decision is made,
+    infectious-slice F1 over every case with lesion masks, slices flagged in
+    non-pneumonia cases, lesion inclusion of the lung mask, Grad-CAM heat inside the
+    lung (raw) and on lesions (shown)."""
+    out: dict[str, Any] = {}
+    decided = [r for r in records if r.decision]
+    if decided:
+        dec = np.array([r.decision for r in decided])
+        truth = np.array([r.truth for r in decided])
+        df = _Figures(len(decided), eval_params, skipped, "decision.")
+        stated = np.isin(dec, CLASS_NAMES)
+        out["decision"] = {
+            "n_cases": len(decided),
+            "counts": {d: int(np.sum(dec == d)) for d in sorted(set(dec.tolist()))},
+            "accuracy": df("accuracy", lambda j: float(np.mean(dec[j] == truth[j]))),
+            "indeterminate_rate": df("indeterminate_rate", lambda j: float(np.mean(dec[j] == "indeterminate"))),
+            "out_of_domain_rate": df("out_of_domain_rate", lambda j: float(np.mean(dec[j] == "out_of_domain"))),
+            "accuracy_of_stated": df("accuracy_of_stated", lambda j: float(np.mean(dec[j][stated[j]] == truth[j][stated[j]]))
+                                     if stated[j].any() else float("nan")),
+            "non_pneumonia_called_pneumonia": int(np.sum((truth == "non_pneumonia")
+                                                         & np.isin(dec, ("cap", "influenza", "covid19")))),
+            "out_of_domain_score_max": float(np.nanmax([r.out_of_domain_score for r in decided]))
+            if any(np.isfinite(r.out_of_domain_score) for r in decided) else None,
+        }
+    loc = [r for r in records if r.slice_scores is not None and r.slice_scores.size]
+    if loc:
+        sc = [r.slice_scores for r in loc]
+        tr = [r.slice_truth for r in loc]
+        lf = _Figures(len(loc), eval_params, skipped, "infectious_slices.")
+        out["infectious_slices"] = {
+            "n_cases": len(loc), "n_slices": int(sum(x.size for x in sc)), "threshold": locator_threshold,
+            "cohort": "every case with lesion masks (all classes)",
+            "auc": lf("auc", lambda j: M.roc_auc(M.pooled_slices(tr, j), M.pooled_slices(sc, j))),
+            "f1": lf("f1", lambda j: M.f1_score(M.pooled_slices(tr, j), M.pooled_slices(sc, j) >= locator_threshold)),
+        }
+    non = [r for r in records if r.truth == "non_pneumonia"]
+    if non:
+        flagged = np.array([r.n_flagged_slices for r in non], dtype=np.float64)
+        nf = _Figures(len(non), eval_params, skipped, "non_pneumonia_flagged.")
+        out["non_pneumonia_flagged_slices"] = {"n_cases": len(non), "max": int(flagged.max()),
+                                               "mean": nf("mean", lambda j: float(np.mean(flagged[j])))}
+    inc = np.array([r.lesion_inclusion for r in records if r.lesion_inclusion is not None], dtype=np.float64)
+    if inc.size:
+        f = _Figures(inc.size, eval_params, skipped, "lesion_inclusion.")
+        out["lesion_inclusion"] = {"n_cases": int(inc.size), "min": float(inc.min()),
+                                   "mean": f("mean", lambda j: float(np.mean(inc[j])))}
+    for key, attr, what in (("heat_inside_lung", "heat_inside_lung", "raw Guided Grad-CAM inside the lung mask"),
+                            ("heat_on_lesion", "heat_on_lesion", "shown heat on lesion pixels")):
+        per_case = [np.asarray(getattr(r, attr), dtype=np.float64) for r in records if getattr(r, attr)]
+        if not per_case:
+            continue
+        every = np.concatenate(per_case)
+        f = _Figures(len(per_case), eval_params, skipped, f"{key}.")
+        out[key] = {"what": what, "n_cases": len(per_case), "n_overlays": int(every.size), "min": float(every.min()),
+                    "share_of_overlays_at_least_0.8": float(np.mean(every >= 0.8)),
+                    "mean": f("mean", lambda j, pc=per_case: float(np.mean(np.concatenate([pc[i] for i in j]))))}
     return out
 
 
@@ -516,7 +622,8 @@ def write_scores_csv(records: Sequence[CaseRecord], path: Path) -> None:
         w.writerow(SCORE_COLUMNS)
         for r in records:
             w.writerow([r.case_id, r.truth, *(f"{x:.6f}" for x in r.probabilities),
-                        *(f"{x:.6f}" for x in r.tasks), r.predicted])
+                        *(f"{x:.6f}" for x in r.tasks), r.predicted, r.decision,
+                        f"{r.out_of_domain_score:.4f}", r.n_flagged_slices])
 
 
 def tsne_embedding(features: np.ndarray, seed: int, max_perplexity: float,
@@ -685,9 +792,10 @@ def write_outputs(records: Sequence[CaseRecord], metrics: dict[str, Any], out_di
 
 
 def scoring_params(params: ChainParams) -> ChainParams:
-    """``params`` without Guided Grad-CAM and the radiomics phenotype: no score depends on
-    them and they cost most of the chain's time on small volumes."""
-    return replace(params, max_explained_slices=0, compute_phenotype=False)
+    """``params`` without the radiomics phenotype (no score depends on it and it costs
+    most of the chain's time on small volumes). Guided Grad-CAM stays: where the
+    classifier looks is measured (heat inside the lung, on lesions)."""
+    return replace(params, compute_phenotype=False)
 
 
 def evaluate_bundle(bundle: Any, dataset: Sequence[Any] | str, params: ChainParams, out_dir: Path | str,
@@ -719,8 +827,11 @@ def evaluate_bundle(bundle: Any, dataset: Sequence[Any] | str, params: ChainPara
     records = score_cases(dataset, bundle, params, ep, progress=progress,
                           on_failure=(lambda cid, err: failed.append({"case_id": cid, "error": err}))
                           if skip_failed else None)
-    metrics = compute_metrics(records, params.decision_threshold, ep, params.locator_threshold, reader_calls,
-                              reader_task)
+    op = getattr(bundle, "operating_points", None)
+    locator_threshold = op.locator_threshold if op is not None else params.locator_threshold
+    task_thresholds = {t: getattr(op, t) for t in TASK_NAMES} if op is not None else None
+    metrics = compute_metrics(records, params.decision_threshold, ep, locator_threshold, reader_calls,
+                              reader_task, task_thresholds)
     describe = dataset.describe() if hasattr(dataset, "describe") else {}
     info = bundle.info
     head: dict[str, Any] = {
@@ -731,7 +842,8 @@ def evaluate_bundle(bundle: Any, dataset: Sequence[Any] | str, params: ChainPara
                    "trained_on_synthetic_data": info.trained_on_synthetic_data, "disclaimer": info.disclaimer},
         "failed_cases": failed,
         "chain_params": {"top_k": params.top_k, "decision_threshold": params.decision_threshold,
-                         "locator_threshold": params.locator_threshold, "max_slices": params.max_slices},
+                         "locator_threshold": locator_threshold, "max_slices": params.max_slices},
+        "operating_points": op.as_card() if op is not None else None,
     }
     return write_outputs(records, {**head, **metrics}, out_dir, ep, params.decision_threshold)
 

@@ -86,6 +86,14 @@ def specificity(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     return float(np.sum(~y & ~p) / n_neg) if n_neg else float("nan")
 
 
+def f1_score(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """F1 of binary predictions (NaN when there is no positive, true or predicted)."""
+    t, p = _as_bool(y_true), _as_bool(y_pred)
+    tp = int(np.count_nonzero(t & p))
+    denom = int(np.count_nonzero(t)) + int(np.count_nonzero(p))
+    return float("nan") if denom == 0 else 2.0 * tp / denom
+
+
 def accuracy(labels: np.ndarray, predicted: np.ndarray) -> float:
     labels, predicted = np.asarray(labels), np.asarray(predicted)
     return float(np.mean(labels == predicted)) if labels.size else float("nan")

@@ -49,6 +49,52 @@ def _class_table(block: Mapping[str, Any]) -> list[str]:
     return _table(header, rows)
 
 
+def _decision_section(m: Mapping[str, Any]) -> list[str]:
+    """What the reports stated (the decision, with indeterminate and out of domain)."""
+    d = m.get("decision")
+    if not d:
+        return []
+    L = ["## The stated decision", "",
+         "What the SR, KOS and overlays say: a class, `indeterminate` or `out_of_domain` "
+         "(operating points from the bundle's card). Indeterminate and out-of-domain count as not correct.", ""]
+    L += _table(["figure", "value (95% CI)"], [
+        ["decisions made", ", ".join(f"{k} {v}" for k, v in d["counts"].items())],
+        ["accuracy of the decision", fmt(d["accuracy"])],
+        ["accuracy among class decisions", fmt(d["accuracy_of_stated"])],
+        ["indeterminate rate", fmt(d["indeterminate_rate"])],
+        ["out-of-domain rate", fmt(d["out_of_domain_rate"])],
+        ["non-pneumonia cases given a pneumonia decision", d["non_pneumonia_called_pneumonia"]],
+        ["largest out-of-domain score", d.get("out_of_domain_score_max")],
+    ])
+    return L
+
+
+def _where_it_looks_section(m: Mapping[str, Any]) -> list[str]:
+    """Infectious slices over all classes, lesion inclusion of the mask, Grad-CAM heat."""
+    rows = []
+    inf = m.get("infectious_slices")
+    if inf:
+        rows += [[f"infectious-slice AUC, {inf['n_slices']} slices of {inf['n_cases']} cases (all classes)",
+                  fmt(inf["auc"])],
+                 [f"infectious-slice F1 at {inf['threshold']:.3f}", fmt(inf["f1"])]]
+    non = m.get("non_pneumonia_flagged_slices")
+    if non:
+        rows.append([f"slices flagged per non-pneumonia case (mean; max {non['max']})", fmt(non["mean"])])
+    inc = m.get("lesion_inclusion")
+    if inc:
+        rows.append([f"lesion voxels inside the chain's lung mask (mean over {inc['n_cases']} cases; "
+                     f"min {inc['min']:.3f})", fmt(inc["mean"])])
+    for key in ("heat_inside_lung", "heat_on_lesion"):
+        h = m.get(key)
+        if h:
+            rows.append([f"{h['what']} (mean over {h['n_overlays']} overlays; min {h['min']:.3f}; "
+                         f"share of overlays >= 0.8: {h['share_of_overlays_at_least_0.8']:.2f})", fmt(h["mean"])])
+    if not rows:
+        return []
+    return ["## Lesions, infectious slices and where the classifier looks", ""] + \
+        _table(["figure", "value (95% CI)"], rows)
+
+
 def render_report(m: Mapping[str, Any]) -> str:
     """Markdown text of the whole evaluation."""
     L: list[str] = ["# Evaluation report", ""]
@@ -75,6 +121,8 @@ def render_report(m: Mapping[str, Any]) -> str:
         L += [f"**{len(failed)} case(s) could not be analysed and are left out of every figure:**", ""]
         L += _table(["case", "error"], [[f["case_id"], str(f["error"]).replace("|", "/")] for f in failed])
 
+    L += _decision_section(m)
+
     L += ["## Multi-way classification", ""]
     L += _table(["figure", "value (95% CI)"], [
         ["multi-way AUC, micro-average", fmt(m["multiway_auc"]["micro"])],
@@ -92,9 +140,9 @@ def render_report(m: Mapping[str, Any]) -> str:
     L += ["## Binary tasks (each on the cases whose truth belongs to the task)", ""]
     rows = []
     for task, t in m["tasks"].items():
-        rows.append([task, f"{t['n_cases']} ({t['n_positive']} {t['positive']})", fmt(t.get("auc")),
-                     fmt(t.get("sensitivity")), fmt(t.get("specificity"))])
-    L += _table(["task", "cases (positives)", "AUC", "sensitivity", "specificity"], rows)
+        rows.append([task, f"{t['n_cases']} ({t['n_positive']} {t['positive']})", t.get("threshold", "?"),
+                     fmt(t.get("auc")), fmt(t.get("sensitivity")), fmt(t.get("specificity"))])
+    L += _table(["task", "cases (positives)", "threshold", "AUC", "sensitivity", "specificity"], rows)
 
     if m.get("lung_dice"):
         L += ["## Lung segmentation", ""]
@@ -113,6 +161,8 @@ def render_report(m: Mapping[str, Any]) -> str:
             [f"sensitivity at {loc['threshold']}", fmt(loc["sensitivity"])],
             [f"specificity at {loc['threshold']}", fmt(loc["specificity"])],
         ])
+
+    L += _where_it_looks_section(m)
 
     if m.get("subsets"):
         L += ["## Subsets", ""]

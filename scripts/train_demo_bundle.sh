@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
-# Rebuild the shipped demo bundle (models/covid-ct-demo) from scratch, on the CPU:
-#   1. train the lung U-Net, the 4-class slice classifier and the COVID-19 slice locator
-#      on synthetic phantoms (training cohort seeds 1000-2300),
-#   2. evaluate the bundle with `dicomnode evaluate` on held-out phantoms (seeds 900000+,
-#      never used in training, and a different matrix size),
-#   3. write those figures, the data spec and the commands into the model card's `metrics`.
+# Rebuild the shipped demo bundle (models/covid-ct-demo) from scratch, on the CPU, and
+# measure it across phantom generators:
+#   1. train the lung U-Net, the 4-class slice classifier and the infectious-slice locator
+#      on phantoms of BOTH families (A: pipeline.phantom, B: pipeline.phantoms, built
+#      independently), with HU domain randomisation (pipeline.training.augment),
+#   2. calibrate: operating points and the out-of-domain reference on a calibration
+#      cohort of both families (seeds never trained on, never evaluated on),
+#   3. evaluate on held-out phantoms of each family (other seeds, another matrix size),
+#   4. cross-family: a bundle trained and calibrated on family A only, evaluated on
+#      family B, and the reverse (XFAMILY=0 skips it),
+#   5. write every figure, its data and its command into the model card.
 #
-# Every number here is deliberate: sizes are chosen so the whole run fits in ~40 minutes of
-# a 2-core CPU. Environment overrides: OUT (bundle folder), REPORT (evaluation folder),
-# THREADS (torch threads per training, default 1: fastest on a shared machine),
-# PARALLEL=1 (train the classifier and the locator at the same time), STAGES (a subset of
-# "seg cls loc eval", default all; e.g. STAGES=eval re-measures a trained bundle), DN (the dicomnode
-# executable), EVAL_COUNT (held-out cases, default 48), BOOTSTRAP (default 1000).
-# DRY_RUN=1 runs every step on a handful of small phantoms for one epoch into /tmp (a
-# check of the script itself, a few minutes; its figures mean nothing).
+# Sizes are chosen to fit ~40 minutes of a 2-core CPU with the two streams in parallel.
+# Environment: OUT, REPORT (evaluation folders' parent), THREADS (torch threads per
+# training, default 1), STAGES (subset of "seg cls loc cal eval xfamily", default all),
+# EVAL_COUNT (held-out cases per family, default 40), BOOTSTRAP (default 1000).
+# DRY_RUN=1 runs every step on a handful of tiny phantoms (a check of the script).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,105 +24,95 @@ PY=${PY:-.venv/bin/python}
 OUT=${OUT:-models/covid-ct-demo}
 REPORT=${REPORT:-/tmp/covid-ct-demo-evaluation}
 THREADS=${THREADS:-1}
-PARALLEL=${PARALLEL:-0}
-STAGES=${STAGES:-seg cls loc eval}
-EVAL_COUNT=${EVAL_COUNT:-48}
+STAGES=${STAGES:-seg cls loc cal eval xfamily}
+EVAL_COUNT=${EVAL_COUNT:-40}
 BOOTSTRAP=${BOOTSTRAP:-1000}
+XOUT=${XOUT:-/tmp/covid-ct-xfamily}
 
-# Training data. The U-Net: 160 phantoms of all four classes at 192 px. The classifier:
-# three cohorts at 160, 192 and 256 px (the slice classifier otherwise learns one matrix
-# size's texture and fails on others); the locator: COVID-19 phantoms only, same three
-# sizes. Each run splits its cases 80/20 into training and validation by patient.
-SEG_DATA=(--data "phantom:count=160,seed=1000,mix=1:1:1:1,slices=48,size=192")
-CLS_DATA=(--data "phantom:count=56,seed=1100,mix=1:1:1:1,slices=48,size=160"
-          --data "phantom:count=56,seed=1200,mix=1:1:1:1,slices=48,size=192"
-          --data "phantom:count=56,seed=1300,mix=1:1:1:1,slices=48,size=256")
-LOC_DATA=(--data "phantom:count=20,seed=2100,mix=0:0:0:1,slices=48,size=160"
-          --data "phantom:count=20,seed=2200,mix=0:0:0:1,slices=48,size=192"
-          --data "phantom:count=20,seed=2300,mix=0:0:0:1,slices=48,size=256")
-# Held-out evaluation data: other seeds, another matrix size.
-EVAL_DATA="phantom:count=${EVAL_COUNT},seed=900000,mix=1:1:1:1,slices=48,size=224"
+# Training data, both families; three matrix sizes (a classifier otherwise learns one
+# matrix size's texture). Slices: every case covers the whole chest.
+SEG_DATA=(--data "phantom:count=48,seed=1000,size=160,slices=40"
+          --data "phantom:count=48,seed=1001,size=192,slices=40,family=b")
+CLS_DATA=(--data "phantom:count=40,seed=1100,size=160,slices=40"
+          --data "phantom:count=40,seed=1200,size=256,slices=40"
+          --data "phantom:count=40,seed=1101,size=160,slices=40,family=b"
+          --data "phantom:count=40,seed=1201,size=256,slices=40,family=b")
+LOC_DATA=("${CLS_DATA[@]}")
+CAL_DATA=(--data "phantom:count=24,seed=5000,size=192,slices=40"
+          --data "phantom:count=24,seed=5001,size=192,slices=40,family=b")
+EVAL_A="phantom:count=${EVAL_COUNT},seed=900000,size=224,slices=48"
+EVAL_B="phantom:count=${EVAL_COUNT},seed=900001,size=224,slices=48,family=b"
+# Cross-family bundles: classifier and locator only (classical lung masks), smaller.
+XA_DATA=(--data "phantom:count=48,seed=3100,size=160,slices=40" --data "phantom:count=48,seed=3200,size=256,slices=40")
+XB_DATA=(--data "phantom:count=48,seed=3101,size=160,slices=40,family=b"
+         --data "phantom:count=48,seed=3201,size=256,slices=40,family=b")
+XA_CAL="phantom:count=32,seed=5100,size=192,slices=40"
+XB_CAL="phantom:count=32,seed=5101,size=192,slices=40,family=b"
 
-EPOCHS_SEG=4 EPOCHS_CLS=16 EPOCHS_LOC=6
+EPOCHS_SEG=3 EPOCHS_CLS=12 EPOCHS_LOC=6 EPOCHS_X=8 SLICES=16
 if [ "${DRY_RUN:-0}" = 1 ]; then
-  OUT=${OUT_DRY:-/tmp/covid-ct-demo-dry-run} REPORT=${REPORT_DRY:-/tmp/covid-ct-demo-dry-run-evaluation}
-  SEG_DATA=(--data "phantom:count=10,seed=1000,slices=20,size=96")
-  CLS_DATA=(--data "phantom:count=6,seed=1100,slices=20,size=80" --data "phantom:count=6,seed=1200,slices=20,size=96")
-  LOC_DATA=(--data "phantom:count=6,seed=2100,mix=0:0:0:1,slices=20,size=96")
-  EVAL_DATA="phantom:count=8,seed=900000,slices=20,size=112"
-  EPOCHS_SEG=1 EPOCHS_CLS=1 EPOCHS_LOC=1 BOOTSTRAP=20
-  rm -rf "$OUT"
+  OUT=/tmp/covid-ct-demo-dry-run REPORT=/tmp/covid-ct-demo-dry-run-evaluation XOUT=/tmp/covid-ct-xfamily-dry
+  SEG_DATA=(--data "phantom:count=6,seed=1000,slices=16,size=64" --data "phantom:count=6,seed=1001,slices=16,size=64,family=b")
+  CLS_DATA=("${SEG_DATA[@]}") LOC_DATA=("${SEG_DATA[@]}")
+  CAL_DATA=(--data "phantom:count=8,seed=5000,slices=16,size=64" --data "phantom:count=8,seed=5001,slices=16,size=64,family=b")
+  EVAL_A="phantom:count=8,seed=900000,slices=16,size=80" EVAL_B="phantom:count=8,seed=900001,slices=16,size=80,family=b"
+  XA_DATA=(--data "phantom:count=8,seed=3100,slices=16,size=64") XB_DATA=(--data "phantom:count=8,seed=3101,slices=16,size=64,family=b")
+  XA_CAL="phantom:count=8,seed=5100,slices=16,size=64" XB_CAL="phantom:count=8,seed=5101,slices=16,size=64,family=b"
+  EPOCHS_SEG=1 EPOCHS_CLS=1 EPOCHS_LOC=1 EPOCHS_X=1 BOOTSTRAP=20 SLICES=6
+  rm -rf "$OUT" "$XOUT"
 fi
 
-COMMON=(--device cpu --seed 0 --threads "$THREADS" --val-fraction 0.2 --no-progress
-        --name covid-ct-demo --bundle-version 0.1.0)
-
-seg() {
-  "$DN" train segmentation "${SEG_DATA[@]}" --out "$OUT" --features 8,16,32,64,64,8 --input-size 128 \
-    --epochs $EPOCHS_SEG --batch-size 16 --lr 3e-3 --max-slices-per-case 8 "${COMMON[@]}"
-}
-cls() {
-  "$DN" train classifier "${CLS_DATA[@]}" --out "$OUT" --block basic --layers 1,1,1,1 \
-    --widths 16,32,64,128 --input-size 224 --epochs $EPOCHS_CLS --batch-size 32 --lr 2e-3 --max-slices-per-case 16 \
-    "${COMMON[@]}"
-}
-loc() {
-  "$DN" train locator "${LOC_DATA[@]}" --out "$OUT" --block basic --layers 1,1,1,1 \
-    --widths 16,32,64,128 --input-size 224 --epochs $EPOCHS_LOC --batch-size 32 --lr 1e-3 --max-slices-per-case 16 \
-    "${COMMON[@]}"
-}
+COMMON=(--device cpu --seed 0 --threads "$THREADS" --val-fraction 0.2 --no-progress --bundle-version 0.2.0)
+NET=(--block basic --layers 1,1,1,1 --widths 16,32,64,128 --input-size 224 --batch-size 32)
 
 want() { [[ " $STAGES " == *" $1 "* ]]; }
+evaluate() {  # bundle, data spec, report folder
+  rm -rf "$3"
+  "$DN" evaluate --bundle "$1" --data "$2" --out "$3" --bootstrap "$BOOTSTRAP" --seed 0 --device cpu --no-progress
+}
 
-echo "== training into $OUT ($(date -u +%FT%TZ)); stages: $STAGES"
-# The classifier and the locator are trained on inputs cut with the lung masks the chain
-# will compute (--lung-masks chain: the U-Net trained first), so the U-Net comes first.
-want seg && seg
-pids=()
-for stage in loc cls; do
-  want "$stage" || continue
-  if [ "$PARALLEL" = 1 ]; then
-    # Independent of each other (each updates the card under a lock).
-    "$stage" & pids+=($!)
-  else
-    "$stage"
+shipped() {
+  want seg && "$DN" train segmentation "${SEG_DATA[@]}" --out "$OUT" --features 8,16,32,64,64,8 --input-size 128 \
+    --epochs $EPOCHS_SEG --batch-size 16 --lr 3e-3 --max-slices-per-case 8 --name covid-ct-demo "${COMMON[@]}"
+  want cls && "$DN" train classifier "${CLS_DATA[@]}" --out "$OUT" "${NET[@]}" --epochs $EPOCHS_CLS --lr 2e-3 \
+    --max-slices-per-case $SLICES --name covid-ct-demo "${COMMON[@]}"
+  want loc && "$DN" train locator "${LOC_DATA[@]}" --out "$OUT" "${NET[@]}" --epochs $EPOCHS_LOC --lr 1e-3 \
+    --max-slices-per-case $SLICES --name covid-ct-demo "${COMMON[@]}"
+  want cal && "$DN" calibrate --bundle "$OUT" "${CAL_DATA[@]}" --device cpu --no-progress
+  if want eval; then
+    evaluate "$OUT" "$EVAL_A" "$REPORT/family_a"
+    evaluate "$OUT" "$EVAL_B" "$REPORT/family_b"
+    rm -rf "$REPORT/pooled"
+    "$DN" evaluate --bundle "$OUT" --data "$EVAL_A" --data "$EVAL_B" --out "$REPORT/pooled" --bootstrap "$BOOTSTRAP" \
+      --seed 0 --device cpu --no-progress
   fi
-done
-for pid in "${pids[@]}"; do wait "$pid"; done
+}
+
+cross_family() {  # train on one family, calibrate on it, evaluate on the other
+  local name=$1 other=$2 cal=$3; shift 3
+  local out="$XOUT/$name"
+  rm -rf "$out"
+  "$DN" train classifier "$@" --out "$out" "${NET[@]}" --epochs $EPOCHS_X --lr 2e-3 --max-slices-per-case $SLICES \
+    --lung-masks classical --name "xfamily-$name" "${COMMON[@]}"
+  "$DN" train locator "$@" --out "$out" "${NET[@]}" --epochs $((EPOCHS_X / 2 > 0 ? EPOCHS_X / 2 : 1)) --lr 1e-3 \
+    --max-slices-per-case $SLICES --lung-masks classical --name "xfamily-$name" "${COMMON[@]}"
+  "$DN" calibrate --bundle "$out" --data "$cal" --device cpu --no-progress
+  evaluate "$out" "$other" "$REPORT/xfamily_${name}"
+}
+
+mkdir -p "$REPORT"
+echo "== $(date -u +%FT%TZ) stages: $STAGES"
+pids=()
+if want xfamily; then
+  ( cross_family trained_on_a "$EVAL_B" "$XA_CAL" "${XA_DATA[@]}"
+    cross_family trained_on_b "$EVAL_A" "$XB_CAL" "${XB_DATA[@]}" ) > "${REPORT%/}-xfamily.log" 2>&1 &
+  pids+=($!)
+fi
+shipped
+for pid in "${pids[@]}"; do wait "$pid" || { echo "cross-family stream failed: see ${REPORT%/}-xfamily.log"; exit 1; }; done
 want eval || exit 0
 
-EVAL_CMD=("$DN" evaluate --bundle "$OUT" --data "$EVAL_DATA" --out "$REPORT" --bootstrap "$BOOTSTRAP" --seed 0
-          --device cpu --no-progress)
-echo "== evaluating on held-out phantoms ($(date -u +%FT%TZ))"
-rm -rf "$REPORT"
-"${EVAL_CMD[@]}"
-
-echo "== writing the evaluation figures into the model card"
-EVAL_CMD_TEXT="$(printf '%q ' "${EVAL_CMD[@]}")" "$PY" - "$OUT" "$REPORT/metrics.json" <<'PYEOF'
-import json, os, sys
-from pipeline.training.bundle import record_metrics
-
-bundle, metrics_path = sys.argv[1], sys.argv[2]
-m = json.load(open(metrics_path))
-card = json.load(open(os.path.join(bundle, "model_card.json")))
-keep = ("n_cases", "class_counts", "decision_threshold", "per_class_auc", "multiway_auc", "accuracy",
-        "per_class_sensitivity", "per_class_specificity", "confusion_matrix", "tasks", "lung_dice", "locating")
-record = {
-    "measured_by": "dicomnode evaluate",
-    "command": os.environ["EVAL_CMD_TEXT"].strip(),
-    "data_spec": m["data_spec"],
-    "data": m["data"],
-    "held_out": "evaluation cohort seed 900000 and matrix size 224 px, never used in training "
-                "(cohort seeds 1000-2300 at 160, 192 and 256 px)",
-    "evaluated_card_sha256": m["bundle_sha256"],
-    "weights_sha256": {r: e["sha256"] for r, e in card["models"].items()},
-    "chain_params": m.get("chain_params"),
-    "bootstrap": {k: m["bootstrap"][k] for k in ("n_resamples", "seed", "confidence", "method")},
-    **{k: m[k] for k in keep if k in m},
-}
-print(record_metrics(bundle, record))
-print(json.dumps({"macro_auc": m["multiway_auc"]["macro"]["value"], "micro_auc": m["multiway_auc"]["micro"]["value"],
-                  "lung_dice": m.get("lung_dice"), "locating_auc": (m.get("locating") or {}).get("auc")}, indent=1))
-PYEOF
+echo "== $(date -u +%FT%TZ) writing the figures into the model card"
+"$PY" scripts/record_card_metrics.py "$OUT" "$REPORT" "$XOUT"
 echo "== done ($(date -u +%FT%TZ)); weights:"
-du -ch "$OUT"/*.pt
+du -ch "$OUT"/*.pt "$OUT"/*.npz

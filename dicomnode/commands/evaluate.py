@@ -24,9 +24,9 @@ _non_negative = whole_number(0)
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bundle", type=Path, default=None, metavar="BUNDLE_DIR",
                    help="model bundle to evaluate (default: the shipped demo bundle)")
-    p.add_argument("--data", required=True, metavar="SPEC",
+    p.add_argument("--data", required=True, action="append", metavar="SPEC",
                    help="evaluation data: 'phantom:count=N,seed=S[,...]', a manifest CSV, a MosMedData or "
-                        "CC-CCII folder (see pipeline.datasets)")
+                        "CC-CCII folder (see pipeline.datasets); repeat to evaluate on several together")
     p.add_argument("--out", required=True, type=Path, metavar="REPORT_DIR",
                    help="folder for scores.csv, metrics.json, report.md and the PNG plots")
     p.add_argument("--bootstrap", type=_non_negative, default=1000, metavar="N",
@@ -48,6 +48,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     bars.add_argument("--no-progress", dest="progress", action="store_false")
 
 
+class _Pooled(list):
+    """Several data sets evaluated together (their cases in order), described as a list."""
+
+    def __init__(self, datasets: list) -> None:
+        super().__init__(c for d in datasets for c in d)
+        self.datasets = datasets
+
+    def describe(self) -> dict:
+        return {"pooled": [d.describe() if hasattr(d, "describe") else {} for d in self.datasets]}
+
+
 def run(args: argparse.Namespace) -> int:
     from pipeline.datasets import open_dataset
     from pipeline.evaluate import EvaluationError, evaluate_bundle
@@ -67,11 +78,13 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.readers is not None and not args.readers.is_file():
             raise EvaluationError(f"readers file {args.readers} does not exist")
-        dataset = open_dataset(args.data)  # first: a bad spec fails before the models load
+        # First: a bad spec fails before the models load.
+        datasets = [open_dataset(spec) for spec in args.data]
+        dataset = datasets[0] if len(datasets) == 1 else _Pooled(datasets)
         bundle = load_bundle(bundle_dir, args.device)
         log.info("evaluating bundle %s (sha256 %s...) on %d cases", bundle_dir, bundle.sha256[:12], len(dataset))
         metrics = evaluate_bundle(bundle, dataset, params, args.out, n_bootstrap=args.bootstrap, seed=args.seed,
-                                  readers=args.readers, data_spec=args.data, progress=progress,
+                                  readers=args.readers, data_spec=" + ".join(args.data), progress=progress,
                                   reader_task=args.reader_task, skip_failed=args.skip_failed)
     except (PipelineError, ValueError, OSError) as e:
         print(f"dicomnode evaluate: error: {e}", file=sys.stderr)
