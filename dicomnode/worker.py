@@ -169,11 +169,15 @@ class Worker:
         from pipeline.chain import analyze
         from pipeline.models import load_bundle_cached
         from pipeline.params import ChainParams
+        from pipeline.types import NotAChestCTError
 
         bundle = load_bundle_cached(self.cfg.bundle_dir, self.cfg.pipeline.device)
         params = ChainParams(top_k=self.cfg.pipeline.top_k, device=self.cfg.pipeline.device)
         t0 = now()
-        result = analyze(volume, bundle, params)
+        try:
+            result = analyze(volume, bundle, params)
+        except NotAChestCTError as e:  # a clear skip with the reason, not a failed job
+            return self._finish(job, JobState.SKIPPED, str(e)[:500])
         steps = ", ".join(f"{k} {v:.1f}" for k, v in result.timings_s.items() if k != "total")
         # The decision is what every object states; the argmax alone would mislead a reader
         # of the log on an indeterminate or out-of-domain case.

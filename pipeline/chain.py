@@ -28,7 +28,7 @@ from .models import ModelBundle
 from .params import ChainParams
 from .phenotype import compute_phenotype
 from .preprocess import lung_slice_indices, min_lung_pixels_for, sample_slices
-from .types import AnalysisResult, CTVolume, InvalidInputError
+from .types import AnalysisResult, CTVolume, NotAChestCTError
 
 #: Keys of AnalysisResult.timings_s, in chain order.
 STAGES = ("lung_segmentation", "classification", "domain_check", "fusion", "locating", "decision",
@@ -45,7 +45,7 @@ def sized_for(params: ChainParams, arch: Mapping[str, Any] | None, field: str = 
 def analyze(volume: CTVolume, models: ModelBundle, params: ChainParams) -> AnalysisResult:
     """Run the whole chain on one CT volume.
 
-    Raises InvalidInputError when no slice holds enough lung to be classified (not a
+    Raises NotAChestCTError (an InvalidInputError) when the series holds too little lung (not a
     chest CT, or a lung window outside the field of view).
     """
     timings: dict[str, float] = {}
@@ -71,7 +71,7 @@ def analyze(volume: CTVolume, models: ModelBundle, params: ChainParams) -> Analy
     lung_ml = float(np.count_nonzero(lung.mask)) * volume.voxel_volume_ml
     if len(lung_z) == 0 or lung_ml < params.min_chest_lung_ml:
         need = min_lung_pixels_for(volume.shape[1:], params)
-        raise InvalidInputError(
+        raise NotAChestCTError(
             f"not a chest CT: the {volume.shape[0]}-slice volume holds {lung_ml:.0f} ml of lung "
             f"({lung.method} segmentation; a chest CT holds at least {params.min_chest_lung_ml:.0f} ml, and a slice "
             f"needs more than {need:.0f} lung pixels); send a chest CT series covering the lungs")

@@ -36,6 +36,11 @@ class InvalidInputError(PipelineError, ValueError):
     """An input to a stage is not what the stage can work on (says what and why)."""
 
 
+class NotAChestCTError(InvalidInputError):
+    """The series holds too little lung to be a chest CT (head, abdomen only...): the node
+    skips it with this reason instead of reporting on it."""
+
+
 class ModelBundleError(PipelineError):
     """A model bundle is missing, unreadable or does not match its model card."""
 

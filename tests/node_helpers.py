@@ -28,6 +28,17 @@ def small_volume(n_slices: int = 20, size: int = 64, seed: int = 0) -> CTVolume:
     return CTVolume(hu=hu, spacing_mm=(2.0, 0.8, 0.8))
 
 
+def head_volume(n_slices: int = 20, size: int = 64) -> CTVolume:
+    """A head-like CT (skull, brain, a little sinus air): no lung anywhere."""
+    z, y, x = np.mgrid[0:n_slices, 0:size, 0:size]
+    hu = np.full((n_slices, size, size), -1000.0, np.float32)
+    r = np.sqrt(((y - size / 2) / (0.4 * size)) ** 2 + ((x - size / 2) / (0.34 * size)) ** 2)
+    hu[r < 1.0] = 900.0
+    hu[r < 0.9] = 35.0
+    hu[(r < 0.15) & (z > 0.8 * n_slices)] = -900.0
+    return CTVolume(hu=hu, spacing_mm=(5.0, 3.5, 3.5))
+
+
 def write_series(out_dir: Path, n_slices: int = 20, size: int = 64, seed: int = 0, **kwargs):
     """A CT series as files (dicomnode.synthetic.write_ct_series)."""
     from dicomnode.synthetic import write_ct_series

@@ -13,7 +13,7 @@ from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLosslessSV1, JPEGLSLossless
 
 from conftest import REPO_ROOT, require_tool, wait_for
-from node_helpers import NodeProcess, StoreSCP, dciodvfy_errors, storescu, write_series
+from node_helpers import NodeProcess, StoreSCP, dciodvfy_errors, head_volume, storescu, write_series
 
 pytestmark = [pytest.mark.peers, pytest.mark.slow]
 
@@ -135,6 +135,8 @@ def test_unusable_series_are_skipped_with_reasons_in_status(tmp_path, node_facto
         del ds.PixelData
         ds.save_as(path, enforce_file_format=True)
     cases["nopix"] = no_pixels
+    from dicomnode.synthetic import write_ct_series
+    cases["head"] = write_ct_series(head_volume(), tmp_path / "head")
     # mixed patients: one series UID, two patient IDs
     a = write_series(tmp_path / "mixa", n_slices=10, seed=1, series_uid="1.2.826.0.1.3680043.10.1.77",
                      study_uid="1.2.826.0.1.3680043.10.1.76", patient_id="A")
@@ -146,16 +148,20 @@ def test_unusable_series_are_skipped_with_reasons_in_status(tmp_path, node_facto
 
     def all_skipped():
         rows = node.status()["series"]
-        return rows if len(rows) == 5 and all(r["state"] == "skipped" for r in rows) else None
+        return rows if len(rows) == 6 and all(r["state"] == "skipped" for r in rows) else None
 
-    rows = {r["series_uid"]: r["reason"] for r in wait_for(all_skipped, 120, what="5 skipped series")}
+    rows = {r["series_uid"]: r["reason"] for r in wait_for(all_skipped, 180, what="6 skipped series")}
     assert "modality MR" in rows[cases["mr"].series_uid]
     assert "too few slices: 5" in rows[cases["few"].series_uid]
     assert "localizer images only" in rows[cases["scout"].series_uid]
     assert "disagree on the patient" in rows[a.series_uid]
     assert "pixel data" in rows[no_pixels.series_uid].lower(), rows[no_pixels.series_uid]
-    (job,) = node.jobs()  # only the header-less series got as far as a job: the loader refused it
-    assert job["state"] == "skipped" and job["series_uid"] == no_pixels.series_uid
+    assert "not a chest CT" in rows[cases["head"].series_uid]
+    # Only the header-less series and the head CT got as far as a job: the loader refused the
+    # one, the chain the other (a clear skip, not a failed job).
+    jobs = {j["series_uid"]: j for j in node.jobs()}
+    assert set(jobs) == {no_pixels.series_uid, cases["head"].series_uid}
+    assert all(j["state"] == "skipped" for j in jobs.values())
     out = subprocess.run([sys.executable, "-m", "dicomnode.cli", "status", "--data-dir", str(node.data_dir)],
                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
