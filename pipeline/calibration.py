@@ -10,6 +10,10 @@ card) with ``pipeline.evaluate.score_cases`` and hands the records here. Stated 
 * the locator's slice threshold: Youden's J over every scored slice of cases with lesion
   masks, among thresholds with slice specificity >= ``LOCATOR_MIN_SPECIFICITY`` (a
   healthy CT must not come back with a list of "infectious" slices);
+* the lesion evidence a pneumonia decision needs (``min_infected_slices``): one more than
+  the ``FLAGGED_QUANTILE`` quantile of the slices flagged (at the chosen locator
+  threshold) in the cohort's non-pneumonia cases, at least 1 and at most
+  ``MAX_MIN_INFECTED_SLICES``;
 * the indeterminate margins: fixed, stated values (``OperatingPoints`` defaults);
 * the domain reference: fitted on the even-numbered cases, its thresholds set on the
   odd-numbered ones (pipeline.domain.fit_domain_reference).
@@ -29,8 +33,12 @@ from .domain import DomainReference, fit_domain_reference
 from .types import CLASS_NAMES, TASK_NAMES, InvalidInputError
 
 LOCATOR_MIN_SPECIFICITY = 0.97
+FLAGGED_QUANTILE = 0.95
+MAX_MIN_INFECTED_SLICES = 5
 RULE = ("task thresholds: Youden's J on the calibration cohort; locator: Youden's J among thresholds with "
-        f"slice specificity >= {LOCATOR_MIN_SPECIFICITY}; margins: fixed")
+        f"slice specificity >= {LOCATOR_MIN_SPECIFICITY}; min_infected_slices: 1 + the {FLAGGED_QUANTILE:.0%} "
+        f"quantile of slices flagged in non-pneumonia calibration cases (1 to {MAX_MIN_INFECTED_SLICES}); "
+        "margins: fixed")
 
 
 def youden_threshold(y_true: np.ndarray, score: np.ndarray, min_specificity: float = 0.0) -> float:
@@ -73,6 +81,11 @@ def choose_operating_points(records: Sequence, base: OperatingPoints = Operating
         y = np.concatenate([r.slice_truth for r in loc])
         s = np.concatenate([r.slice_scores for r in loc])
         chosen["locator_threshold"] = youden_threshold(y, s, LOCATOR_MIN_SPECIFICITY)
+        healthy = [int(np.count_nonzero(r.slice_scores >= chosen["locator_threshold"]))
+                   for r in loc if r.truth == "non_pneumonia"]
+        if healthy:
+            need = int(np.ceil(np.quantile(healthy, FLAGGED_QUANTILE))) + 1
+            chosen["min_infected_slices"] = int(np.clip(need, 1, MAX_MIN_INFECTED_SLICES))
     return replace(base, **chosen, rule=RULE)
 
 

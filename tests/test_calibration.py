@@ -28,3 +28,30 @@ def test_youden_respects_a_minimum_specificity() -> None:
 def test_youden_needs_both_classes() -> None:
     with pytest.raises(InvalidInputError):
         youden_threshold(np.ones(4, bool), np.linspace(0, 1, 4))
+
+
+def test_operating_points_from_records() -> None:
+    from pipeline.calibration import choose_operating_points
+    from pipeline.evaluate import CaseRecord
+
+    rng = np.random.default_rng(1)
+    records = []
+    for i, truth in enumerate(["non_pneumonia", "cap", "influenza", "covid19"] * 6):
+        pneu = truth != "non_pneumonia"
+        lesion = np.zeros(30, bool)
+        if pneu:
+            lesion[10:20] = True
+        scores = np.where(lesion, rng.uniform(0.6, 1.0, 30), rng.uniform(0.0, 0.4, 30))
+        if truth == "non_pneumonia" and i % 3 == 0:
+            scores[3] = 0.95  # one healthy slice the locator gets wrong in some cases
+        tasks = np.array([0.8 if pneu else 0.3, 0.7 if truth == "covid19" else 0.4,
+                          0.7 if truth == "covid19" else 0.4])
+        records.append(CaseRecord(case_id=f"c{i}", truth=truth, probabilities=np.full(4, 0.25), tasks=tasks,
+                                  predicted="cap", slice_scores=scores, slice_truth=lesion))
+    op = choose_operating_points(records)
+    assert 0.3 < op.pneumonia_vs_non_pneumonia < 0.8
+    assert 0.4 < op.covid19_vs_cap < 0.7
+    assert 0.4 <= op.locator_threshold <= 0.6
+    # One wrongly flagged slice in some healthy cases: a pneumonia decision needs two.
+    assert op.min_infected_slices == 2
+    assert "Youden" in op.rule
