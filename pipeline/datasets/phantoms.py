@@ -1,8 +1,12 @@
-"""Synthetic cohorts: ``phantom:count=40,seed=1000,mix=1:1:1:1[,slices=40,size=128,per_patient=1]``.
+"""Synthetic cohorts: ``phantom:count=40,seed=1000,mix=1:1:1:1[,slices=40,size=128,per_patient=1,family=a]``.
 
-Each case is ``pipeline.phantom.make_phantom(label, case_seed, slices, size)``, built when
-loaded. Sex and age are drawn from the case seed so that subset reports have something
-to split on; ``stage`` is the scan's rank for patients with several scans.
+Each case is built when loaded by the generator of its phantom family:
+``family=a`` (default) ``pipeline.phantom.make_phantom(label, case_seed, slices, size)``,
+``family=b`` ``pipeline.phantoms.make_phantom_b`` (independently constructed, with
+randomised anatomy, texture, lesions and scanner, for testing across generators). The
+cohort (case ids, labels and case seeds) is drawn the same way for every family. Sex
+and age are drawn from the case seed so that subset reports have something to split
+on; ``stage`` is the scan's rank for patients with several scans.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from functools import partial
 import numpy as np
 
 from ..phantom import make_phantom, phantom_cohort
+from ..phantoms import make_phantom_b
 from ..types import CLASS_NAMES, InvalidInputError
 from .base import Case, CaseData, Dataset, DatasetError
 
@@ -25,12 +30,19 @@ PHANTOM_KEYS = {
     "slices": "slices per case (default: drawn per case)",
     "size": "matrix size in pixels (default: drawn per case)",
     "per_patient": "scans per patient (default 1)",
+    "family": "phantom family: a (pipeline.phantom.make_phantom, default) or b (pipeline.phantoms.make_phantom_b)",
 }
-_USAGE = "phantom:count=40,seed=1000,mix=1:1:1:1[,slices=40,size=128,per_patient=1]"
+_USAGE = "phantom:count=40,seed=1000,mix=1:1:1:1[,slices=40,size=128,per_patient=1,family=a]"
+
+#: Phantom families: generator function and the name reports give it.
+FAMILIES = {
+    "a": (make_phantom, "pipeline.phantom.make_phantom"),
+    "b": (make_phantom_b, "pipeline.phantoms.make_phantom_b"),
+}
 
 
-def _load(label: str, seed: int, slices: int | None, size: int | None) -> CaseData:
-    p = make_phantom(label, seed, slices, size)
+def _load(family: str, label: str, seed: int, slices: int | None, size: int | None) -> CaseData:
+    p = FAMILIES[family][0](label, seed, slices, size)
     return CaseData(p.volume, p.lung_mask, p.lesion_mask)
 
 
@@ -47,7 +59,8 @@ def _int(key: str, text: str, spec: str, low: int) -> int:
 def parse_phantom_spec(spec: str) -> dict:
     """The options of a phantom spec, checked; DatasetError says what is wrong."""
     body = spec.split(":", 1)[1] if ":" in spec else ""
-    opts: dict = {"seed": 0, "mix": (1.0,) * len(CLASS_NAMES), "slices": None, "size": None, "per_patient": 1}
+    opts: dict = {"seed": 0, "mix": (1.0,) * len(CLASS_NAMES), "slices": None, "size": None, "per_patient": 1,
+                  "family": "a"}
     seen = set()
     for part in filter(None, (p.strip() for p in body.split(","))):
         if "=" not in part:
@@ -75,6 +88,12 @@ def parse_phantom_spec(spec: str) -> dict:
             opts["slices"] = _int(key, value, spec, 8)
         elif key == "size":
             opts["size"] = _int(key, value, spec, 32)
+        elif key == "family":
+            family = value.lower()
+            if family not in FAMILIES:
+                raise DatasetError(f"data spec {spec!r}: family={value!r} is not a phantom family; "
+                                   f"use one of {', '.join(FAMILIES)} ({PHANTOM_KEYS['family']})")
+            opts["family"] = family
         else:
             opts["per_patient"] = _int(key, value, spec, 1)
     if "count" not in opts:
@@ -89,6 +108,8 @@ def open_phantoms(spec: str) -> Dataset:
         cohort = list(phantom_cohort(opts["count"], opts["seed"], opts["mix"], opts["per_patient"]))
     except InvalidInputError as e:
         raise DatasetError(f"data spec {spec!r}: {e}") from e
+    family = opts["family"]
+    name = FAMILIES[family][1].rsplit(".", 1)[1]
     for entry in cohort:
         rng = np.random.default_rng([entry.seed, 0x5E7])
         scan = int(entry.case_id.rsplit("-s", 1)[1])
@@ -96,12 +117,13 @@ def open_phantoms(spec: str) -> Dataset:
             case_id=entry.case_id, patient_id=entry.patient_id, label=entry.label,
             sex="M" if rng.uniform() < 0.55 else "F", age=float(int(rng.uniform(18, 90))),
             stage=str(scan + 1),
-            source=f"make_phantom({entry.label!r}, {entry.seed}, {opts['slices']}, {opts['size']})",
-            extras={"seed": str(entry.seed)},
-            loader=partial(_load, entry.label, entry.seed, opts["slices"], opts["size"]),
+            source=f"{name}({entry.label!r}, {entry.seed}, {opts['slices']}, {opts['size']})",
+            extras={"seed": str(entry.seed), "family": family},
+            loader=partial(_load, family, entry.label, entry.seed, opts["slices"], opts["size"]),
         ))
     details = {
-        "generator": "pipeline.phantom.make_phantom",
+        "generator": FAMILIES[family][1],
+        "family": family,
         "seed": opts["seed"],
         "mix": dict(zip(CLASS_NAMES, opts["mix"])),
         "slices": opts["slices"],
