@@ -31,8 +31,8 @@ XOUT=${XOUT:-/tmp/covid-ct-xfamily}
 
 # Training data, both families; three matrix sizes (a classifier otherwise learns one
 # matrix size's texture). Slices: every case covers the whole chest.
-SEG_DATA=(--data "phantom:count=48,seed=1000,size=160,slices=40"
-          --data "phantom:count=48,seed=1001,size=192,slices=40,family=b")
+SEG_DATA=(--data "phantom:count=64,seed=1000,size=160,slices=40"
+          --data "phantom:count=64,seed=1001,size=192,slices=40,family=b")
 CLS_DATA=(--data "phantom:count=40,seed=1100,size=160,slices=40"
           --data "phantom:count=40,seed=1200,size=256,slices=40"
           --data "phantom:count=40,seed=1101,size=160,slices=40,family=b"
@@ -49,7 +49,7 @@ XB_DATA=(--data "phantom:count=48,seed=3101,size=160,slices=40,family=b"
 XA_CAL="phantom:count=32,seed=5100,size=192,slices=40"
 XB_CAL="phantom:count=32,seed=5101,size=192,slices=40,family=b"
 
-EPOCHS_SEG=3 EPOCHS_CLS=12 EPOCHS_LOC=6 EPOCHS_X=8 SLICES=16
+EPOCHS_SEG=8 EPOCHS_CLS=12 EPOCHS_LOC=6 EPOCHS_X=8 SLICES=16
 if [ "${DRY_RUN:-0}" = 1 ]; then
   OUT=/tmp/covid-ct-demo-dry-run REPORT=/tmp/covid-ct-demo-dry-run-evaluation XOUT=/tmp/covid-ct-xfamily-dry
   SEG_DATA=(--data "phantom:count=6,seed=1000,slices=16,size=64" --data "phantom:count=6,seed=1001,slices=16,size=64,family=b")

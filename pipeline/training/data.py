@@ -17,7 +17,8 @@ inference chain uses, so training and inference see the same inputs:
 - classifier and locator store the slice as the pair [HU, soft lung mask] cropped to
   the lung box (``pair_batch``); the loop augments it in HU and makes the network input
   with ``lung_channels``, exactly as ``classifier_batch`` does at inference;
-- segmentation: (``unet_batch`` HU slice, lung mask) pairs at the U-Net's input size.
+- segmentation: (``unet_batch`` HU slice, lung mask) pairs at the U-Net's input size; the
+  lesion pixels of the lung are marked ``SEG_LESION`` (lung too) so the loss can weigh them.
 
 The lung mask is the case's own when the data set has one, else the classical
 HU-threshold segmentation (what the chain does without U-Net weights).
@@ -45,6 +46,8 @@ from .params import TrainParams
 ROLES = ("segmentation", "classifier", "locator")
 COVID_LABEL = CLASS_NAMES.index("covid19")
 NON_PNEUMONIA_LABEL = CLASS_NAMES.index("non_pneumonia")
+#: Segmentation targets: 0 background, 1 lung, SEG_LESION lung with a lesion of infection.
+SEG_LESION = 2
 
 
 @dataclass(frozen=True)
@@ -181,8 +184,14 @@ def prepare_case(case: Any, recipe: SliceRecipe) -> CaseSlices:
                              f"(phantoms have them; give a lung_mask column in a manifest CSV)")
         z = _limit(np.arange(hu.shape[0], dtype=np.int64), recipe.max_slices_per_case)
         x = unet_batch(hu[z], chain)
-        y = resize_batch(mask[z].astype(np.float32), chain.unet_input_size) > 0.5
-        return CaseSlices(case_id, x.astype(np.float16), y.astype(np.uint8), z, "dataset")
+        y = (resize_batch(mask[z].astype(np.float32), chain.unet_input_size) > 0.5).astype(np.uint8)
+        if loaded.lesion_mask is not None:
+            # Lesion pixels of the lung are marked 2 (still lung): the loss weighs them more,
+            # because dense consolidation looks like the heart or chest wall and a U-Net that
+            # leaves it out hides exactly the disease from the lung-only classifier.
+            lesion = resize_batch(loaded.lesion_mask[z].astype(np.float32), chain.unet_input_size) > 0.5
+            y[lesion & (y > 0)] = SEG_LESION
+        return CaseSlices(case_id, x.astype(np.float16), y, z, "dataset")
     mask, source = _lung_mask(loaded, recipe)
     z = _limit(lung_slice_indices(mask, chain), recipe.max_slices_per_case)
     lesion = loaded.lesion_mask

@@ -33,7 +33,7 @@ from ..preprocess import lung_channels
 from .bundle import update_bundle
 from .checkpoint import CosineSchedule, TrainError, checkpoint_path, load_checkpoint, restore_rng_states, \
     save_checkpoint
-from .data import ROLES, SliceSet, prepare_cases, recipe_for, stack_slices, case_label_index
+from .data import ROLES, SEG_LESION, SliceSet, prepare_cases, recipe_for, stack_slices, case_label_index
 from .params import TrainParams
 from .sampling import balanced_order, batches, derived_seed, generator_for, shuffled_order
 from .validation import MONITOR, classifier_metrics, locator_metrics, segmentation_metrics
@@ -306,10 +306,13 @@ class _Run:
         logits = self.model(x)
         if self.s.role == "segmentation":
             prob = F.softmax(logits, dim=1)[:, 1]
-            yf = y.float()
+            lung = (y > 0).long()
+            yf = lung.float()
             dims = (1, 2)
             soft_dice = (2 * (prob * yf).sum(dims) + 1.0) / (prob.sum(dims) + yf.sum(dims) + 1.0)
-            return F.cross_entropy(logits, y.long()) + (1.0 - soft_dice).mean()
+            weight = 1.0 + (self.s.train.lesion_weight - 1.0) * (y == SEG_LESION).float()
+            ce = (F.cross_entropy(logits, lung, reduction="none") * weight).sum() / weight.sum()
+            return ce + (1.0 - soft_dice).mean()
         return F.cross_entropy(logits, y)
 
     def train_epoch(self, epoch: int) -> float:
@@ -358,7 +361,8 @@ class _Run:
             y = vs.targets[start:start + step].to(self.device)
             logits = self.model(x)
             # Mean over the batch's samples (and pixels, for the U-Net), weighted by samples.
-            loss_sum += float(F.cross_entropy(logits.float(), y.long())) * len(x)
+            target = (y > 0).long() if self.s.role == "segmentation" else y.long()
+            loss_sum += float(F.cross_entropy(logits.float(), target)) * len(x)
             outs.append(F.softmax(logits.float(), dim=1).cpu())
         prob = torch.cat(outs).numpy()
         out = {"val_loss": loss_sum / len(vs)}
@@ -421,7 +425,8 @@ class _Run:
             "lr": s.lr,
             "optimizer": "Adam",
             "lr_schedule": self.schedule.state_dict(),
-            "loss": "cross-entropy + soft Dice" if s.role == "segmentation" else "cross-entropy",
+            "loss": (f"cross-entropy (lesion pixels weighted {s.train.lesion_weight:g}x) + soft Dice"
+                     if s.role == "segmentation" else "cross-entropy"),
             "sampling": "shuffled" if s.role == "segmentation" else "class-balanced",
             "augmentation": asdict(s.train.augment) if s.role != "segmentation"
             else {k: v for k, v in asdict(s.train.augment).items() if not k.startswith("erase")},

@@ -59,5 +59,7 @@ class TrainParams:
     #: lesion-free slice of a pneumonia scan is labelled non-pneumonia) or "case" (the
     #: paper's weak labels: every slice takes its scan's label).
     slice_labels: str = "lesion"
+    #: U-Net loss weight of lung pixels with a lesion (dense disease must stay lung).
+    lesion_weight: float = 5.0
     #: Apply the HU intensity augmentation (AugmentParams) as well as the affine.
     intensity_augmentation: bool = True
