@@ -62,8 +62,11 @@ def scripted_inputs(label: str, seed: int, n_slices: int, size: int):
     return inputs.volume, inputs.sources, inputs.result, what
 
 
-def chain_inputs(bundle_dir: Path, label: str, seed: int, n_slices: int, size: int):
-    """Volume, sources and the AI chain's result with the given model bundle."""
+def chain_inputs(bundle_dir: Path, label: str, seed: int, n_slices: int, size: int, family: str = "a",
+                 noise_hu: float = 0.0):
+    """Volume, sources and the AI chain's result with the given model bundle. ``family``
+    picks the phantom generator; ``noise_hu`` adds white noise of that sd (a scan far
+    noisier than anything the model was trained on: the out-of-domain example)."""
     from pydicom.uid import generate_uid
 
     from dicomnode.synthetic import ct_datasets
@@ -72,14 +75,25 @@ def chain_inputs(bundle_dir: Path, label: str, seed: int, n_slices: int, size: i
     from pipeline.params import ChainParams
     from pipeline.phantom import make_phantom
 
-    phantom = make_phantom(label, seed, n_slices=n_slices, size_px=size)
+    from pipeline.phantoms import make_phantom_b
+
+    make = make_phantom_b if family == "b" else make_phantom
+    phantom = make(label, seed, n_slices=n_slices, size_px=size)
     nz = phantom.volume.shape[0]
-    uids = tuple(str(generate_uid(entropy_srcs=["viewer-docs", str(seed), str(z)])) for z in range(nz))
-    volume = dataclasses.replace(phantom.volume, slice_uids=uids, slice_numbers=tuple(range(1, nz + 1)))
-    sources = ct_datasets(volume, study_uid=str(generate_uid(entropy_srcs=["viewer-docs-study", str(seed)])))
+    uids = tuple(str(generate_uid(entropy_srcs=["viewer-docs", family, str(seed), str(noise_hu), str(z)]))
+                 for z in range(nz))
+    hu = phantom.volume.hu
+    if noise_hu > 0:
+        import numpy as np
+
+        hu = (hu + np.random.default_rng(seed).normal(0.0, noise_hu, hu.shape)).astype(np.float32)
+    volume = dataclasses.replace(phantom.volume, hu=hu, slice_uids=uids, slice_numbers=tuple(range(1, nz + 1)))
+    sources = ct_datasets(volume, study_uid=str(generate_uid(entropy_srcs=["viewer-docs-study", family, str(seed),
+                                                                             str(noise_hu)])))
     result = analyze(volume, load_bundle(bundle_dir, device="cpu"), ChainParams())
-    what = (f"the AI chain with bundle {result.model.name} {result.model.version} on a {label} phantom "
-            f"({n_slices} slices, {size}x{size}, seed {seed})")
+    what = (f"the AI chain with bundle {result.model.name} {result.model.version} on a family-{family.upper()} "
+            f"{label} phantom ({n_slices} slices, {size}x{size}, seed {seed}"
+            + (f", white noise sd {noise_hu:g} HU added" if noise_hu else "") + f"): decision {result.decision.value}")
     return volume, sources, result, what
 
 
@@ -175,6 +189,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--slices", type=int, default=32)
     parser.add_argument("--size", type=int, default=160, help="phantom slice size in pixels")
+    parser.add_argument("--family", choices=("a", "b"), default="a", help="phantom family (default a)")
+    parser.add_argument("--noise-hu", type=float, default=0.0,
+                        help="add white noise of this sd in HU (an out-of-domain example)")
+    parser.add_argument("--expect", default=None,
+                        help="stop unless the chain's decision is this (e.g. indeterminate, out_of_domain)")
+    parser.add_argument("--name", default=None,
+                        help="file names ohif_<name>_{sr,sc,seg}.png, and the doc's dsrdump block is left alone")
     parser.add_argument("--images", type=Path, default=IMAGES, help="where the PNGs go")
     parser.add_argument("--doc", type=Path, default=DOC, help="page whose dsrdump block is replaced")
     args = parser.parse_args(argv)
@@ -187,12 +208,18 @@ def main(argv: list[str] | None = None) -> int:
     from dicomnode.writers import WriterOptions, build_result_objects
 
     if args.bundle:
-        volume, sources, result, what = chain_inputs(args.bundle, args.label, args.seed, args.slices, args.size)
+        volume, sources, result, what = chain_inputs(args.bundle, args.label, args.seed, args.slices, args.size,
+                                                     args.family, args.noise_hu)
     else:
         volume, sources, result, what = scripted_inputs(args.label, args.seed, args.slices, args.size)
+    if args.expect and result.decision.value != args.expect:
+        raise ScreenshotError(f"{what}, not {args.expect}; try another --seed")
     options = WriterOptions()
     objects = build_result_objects(result, volume, sources, options)
-    if not objects["sc"]:
+    out_of_domain = result.decision.value == "out_of_domain"
+    # Out of domain no Grad-CAM overlay is made: there is nothing the model stands behind.
+    sr_text = "Out-of-domain score" if out_of_domain else "probability"
+    if not objects["sc"] and not out_of_domain:
         raise ScreenshotError(f"{what} has no Grad-CAM overlay to show (no infectious or explained slice); "
                               "use another --seed/--label, or leave out --bundle")
 
@@ -203,15 +230,15 @@ def main(argv: list[str] | None = None) -> int:
         with running_orthanc(tmp_path, aet="PACS", dicomweb=True) as pacs:
             upload(pacs, sources)
             for kind in ("sr", "sc", "seg", "kos"):
-                upload(pacs, objects[kind])
+                upload(pacs, objects.get(kind) or [])
             with serving(pacs.dicomweb_url + "/") as base:
                 report = run_driver({
                     "baseUrl": base,
                     "studyUid": str(sources[0].StudyInstanceUID),
                     "outDir": str(tmp_path / "shots"),
                     "srSeries": options.sr_series_number,
-                    "srTexts": ["COVID-19 probability"],
-                    "scSeries": options.sc_series_number,
+                    "srTexts": [sr_text],
+                    "scSeries": None if out_of_domain else options.sc_series_number,
                     "segSeries": options.seg_series_number,
                     "segScroll": len(sources) // 2 - 1,
                 })
@@ -221,20 +248,27 @@ def main(argv: list[str] | None = None) -> int:
         problems = [t for t in report["toasts"] if not any(k in t for k in KNOWN_WARNINGS)]
         problems += report["pageErrors"] + report["httpErrors"]
         steps = report["steps"]
-        if "COVID-19 probability" not in " ".join(steps["sr"]["annotationTexts"]):
+        if sr_text not in " ".join(steps["sr"]["annotationTexts"]):
             problems.append("the SR's findings are not drawn on the key slice "
                             f"(OHIF console warnings: {report.get('consoleWarnings', [])[:5]})")
-        for step in ("sc", "seg"):
+        for step in (("seg",) if out_of_domain else ("sc", "seg")):
             if (steps[step]["canvas"] or {}).get("colouredFraction", 0) <= 0.001:
                 problems.append(f"the {step.upper()} step shows no colour (overlay not displayed)")
         if problems:
             raise ScreenshotError(f"OHIF reported problems: {problems}")
         args.images.mkdir(parents=True, exist_ok=True)
         for step, name in SHOTS.items():
+            if out_of_domain and step == "sc":
+                continue
+            if args.name:
+                name = f"ohif_{args.name}_{step}.png"
             size = small_png(tmp_path / "shots" / f"{step}.png", args.images / name)
             print(f"wrote {args.images / name} ({size // 1024} KiB)")
-        update_doc(args.doc, abridge(dsrdump(sr_path)), what)
-        print(f"updated the dsrdump listing in {args.doc} ({what})")
+        if args.name:
+            print(f"{args.name}: {what}; {result.decision.reason}")
+        else:
+            update_doc(args.doc, abridge(dsrdump(sr_path)), what)
+            print(f"updated the dsrdump listing in {args.doc} ({what})")
         print("OHIF drew on the key slice: " + " | ".join(report["steps"]["sr"]["annotationTexts"]))
     return 0
 

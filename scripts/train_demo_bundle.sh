@@ -14,7 +14,7 @@
 # Sizes are chosen to fit ~40 minutes of a 2-core CPU with the two streams in parallel.
 # Environment: OUT, REPORT (evaluation folders' parent), THREADS (torch threads per
 # training, default 1), STAGES (subset of "seg cls loc cal eval xfamily", default all),
-# EVAL_COUNT (held-out cases per family, default 40), BOOTSTRAP (default 1000).
+# EVAL_COUNT (held-out cases per family, default 32), BOOTSTRAP (default 1000).
 # DRY_RUN=1 runs every step on a handful of tiny phantoms (a check of the script).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,7 +25,7 @@ OUT=${OUT:-models/covid-ct-demo}
 REPORT=${REPORT:-/tmp/covid-ct-demo-evaluation}
 THREADS=${THREADS:-1}
 STAGES=${STAGES:-seg cls loc cal eval xfamily}
-EVAL_COUNT=${EVAL_COUNT:-40}
+EVAL_COUNT=${EVAL_COUNT:-32}
 BOOTSTRAP=${BOOTSTRAP:-1000}
 XOUT=${XOUT:-/tmp/covid-ct-xfamily}
 
@@ -33,10 +33,10 @@ XOUT=${XOUT:-/tmp/covid-ct-xfamily}
 # matrix size's texture). Slices: every case covers the whole chest.
 SEG_DATA=(--data "phantom:count=64,seed=1000,size=160,slices=40"
           --data "phantom:count=64,seed=1001,size=192,slices=40,family=b")
-CLS_DATA=(--data "phantom:count=40,seed=1100,size=160,slices=40"
-          --data "phantom:count=40,seed=1200,size=256,slices=40"
-          --data "phantom:count=40,seed=1101,size=160,slices=40,family=b"
-          --data "phantom:count=40,seed=1201,size=256,slices=40,family=b")
+CLS_DATA=(--data "phantom:count=32,seed=1100,size=160,slices=40"
+          --data "phantom:count=32,seed=1200,size=256,slices=40"
+          --data "phantom:count=32,seed=1101,size=160,slices=40,family=b"
+          --data "phantom:count=32,seed=1201,size=256,slices=40,family=b")
 LOC_DATA=("${CLS_DATA[@]}")
 CAL_DATA=(--data "phantom:count=24,seed=5000,size=192,slices=40"
           --data "phantom:count=24,seed=5001,size=192,slices=40,family=b")
@@ -49,7 +49,7 @@ XB_DATA=(--data "phantom:count=48,seed=3101,size=160,slices=40,family=b"
 XA_CAL="phantom:count=32,seed=5100,size=192,slices=40"
 XB_CAL="phantom:count=32,seed=5101,size=192,slices=40,family=b"
 
-EPOCHS_SEG=8 EPOCHS_CLS=12 EPOCHS_LOC=6 EPOCHS_X=8 SLICES=16
+EPOCHS_SEG=8 EPOCHS_CLS=10 EPOCHS_LOC=5 EPOCHS_X=8 SLICES=16
 if [ "${DRY_RUN:-0}" = 1 ]; then
   OUT=/tmp/covid-ct-demo-dry-run REPORT=/tmp/covid-ct-demo-dry-run-evaluation XOUT=/tmp/covid-ct-xfamily-dry
   SEG_DATA=(--data "phantom:count=6,seed=1000,slices=16,size=64" --data "phantom:count=6,seed=1001,slices=16,size=64,family=b")
@@ -74,14 +74,22 @@ evaluate() {  # bundle, data spec, report folder
 shipped() {
   want seg && "$DN" train segmentation "${SEG_DATA[@]}" --out "$OUT" --features 8,16,32,64,64,8 --input-size 128 \
     --epochs $EPOCHS_SEG --batch-size 16 --lr 3e-3 --max-slices-per-case 8 --name covid-ct-demo "${COMMON[@]}"
-  want cls && "$DN" train classifier "${CLS_DATA[@]}" --out "$OUT" "${NET[@]}" --epochs $EPOCHS_CLS --lr 2e-3 \
-    --max-slices-per-case $SLICES --name covid-ct-demo "${COMMON[@]}"
-  want loc && "$DN" train locator "${LOC_DATA[@]}" --out "$OUT" "${NET[@]}" --epochs $EPOCHS_LOC --lr 1e-3 \
-    --max-slices-per-case $SLICES --name covid-ct-demo "${COMMON[@]}"
+  # The classifier and the locator are independent of each other: trained side by side.
+  local pids=()
+  if want cls; then
+    "$DN" train classifier "${CLS_DATA[@]}" --out "$OUT" "${NET[@]}" --epochs $EPOCHS_CLS --lr 2e-3 \
+      --max-slices-per-case $SLICES --name covid-ct-demo "${COMMON[@]}" & pids+=($!)
+  fi
+  if want loc; then
+    "$DN" train locator "${LOC_DATA[@]}" --out "$OUT" "${NET[@]}" --epochs $EPOCHS_LOC --lr 1e-3 \
+      --max-slices-per-case $SLICES --name covid-ct-demo "${COMMON[@]}" & pids+=($!)
+  fi
+  for pid in "${pids[@]}"; do wait "$pid"; done
   want cal && "$DN" calibrate --bundle "$OUT" "${CAL_DATA[@]}" --device cpu --no-progress
   if want eval; then
-    evaluate "$OUT" "$EVAL_A" "$REPORT/family_a"
+    evaluate "$OUT" "$EVAL_A" "$REPORT/family_a" & local a=$!
     evaluate "$OUT" "$EVAL_B" "$REPORT/family_b"
+    wait $a
     rm -rf "$REPORT/pooled"
     "$DN" evaluate --bundle "$OUT" --data "$EVAL_A" --data "$EVAL_B" --out "$REPORT/pooled" --bootstrap "$BOOTSTRAP" \
       --seed 0 --device cpu --no-progress
