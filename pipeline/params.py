@@ -31,6 +31,23 @@ class ChainParams:
     airway_central_fraction: float = 0.15  # "central": centroid within this fraction of the body width of its middle
     lung_second_min_fraction: float = 0.1  # second air component is a lung when at least this fraction of the first
     classical_closing_mm: float = 10.0  # closing radius per lung: takes juxta-pleural lesions and vessels in
+    # Lung mask refinement, both methods (pipeline.lung.refine_lung_mask): dense disease
+    # touching the pleura or mediastinum is lung, the heart and chest wall are not.
+    # Density of disease that may join the lung (ground glass to tumour); above: bone.
+    lung_dense_hu: tuple[float, float] = (-500.0, 150.0)
+    # 3-D closing ball per lung: takes masses up to ~60 mm in and stays smaller than the
+    # heart, whose outline stays (35 takes more consolidation but rims of heart too).
+    lung_ball_mm: float = 30.0
+    lung_ball_z_mm: float = 5.0  # the ball closing pools thin slices to about this spacing (speed)
+    # A dense region or hole joins only with aerated lung below this share of it: the
+    # diaphragm's dome, an island in the lung's lowest slices, has none.
+    lung_below_min_fraction: float = 0.05
+    # The normal chest-wall band (pleura, ribs): this percentile of the lung edge's depth
+    # inside the rib-cage hull; deeper dense tissue between lung and wall is disease.
+    lung_wall_band_percentile: float = 15.0
+    lung_wall_open_px: int = 1  # opening radius cutting strips along the wall that join a lesion to the mediastinum
+    lung_dense_grow_px: int = 1  # recovered regions grow this far: their edge at wall/mediastinum is invisible
+    lung_envelope_directions: int = 32  # sides of the polygonal convex hull of bone (the rib-cage envelope)
     # Fusion
     top_k: int = 3
     decision_threshold: float = 0.5
