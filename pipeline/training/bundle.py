@@ -102,18 +102,7 @@ def _update_bundle(bundle_dir: Path, role: str, model: torch.nn.Module, architec
 def record_metrics(bundle_dir: Path | str, metrics: Mapping[str, Any]) -> Path:
     """Put evaluation figures (with the data spec and the command that measured them)
     into the card's ``metrics``; weights are untouched. Returns the card's path."""
-    from ..models import render_card_markdown
-
-    bundle_dir = Path(bundle_dir)
-    with bundle_lock(bundle_dir):
-        card = read_existing_card(bundle_dir)
-        if not card.get("models"):
-            raise TrainError(f"{bundle_dir} has no model card with models; train the bundle first")
-        card["metrics"] = json.loads(json.dumps(dict(metrics), default=str))
-        path = bundle_dir / CARD_FILE
-        path.write_text(json.dumps(card, indent=2, sort_keys=False) + "\n")
-        (bundle_dir / "MODEL_CARD.md").write_text(render_card_markdown(card))
-        return path
+    return record_card_fields(bundle_dir, {"metrics": metrics})
 
 
 def record_card_fields(bundle_dir: Path | str, fields: Mapping[str, Any]) -> Path:
