@@ -14,7 +14,12 @@ card) with ``pipeline.evaluate.score_cases`` and hands the records here. Stated 
   the ``FLAGGED_QUANTILE`` quantile of the slices flagged (at the chosen locator
   threshold) in the cohort's non-pneumonia cases, at least 1 and at most
   ``MAX_MIN_INFECTED_SLICES``;
-* the indeterminate margins: fixed, stated values (``OperatingPoints`` defaults);
+* with a lesion map (3-class U-Net): the lesion share of the lung separating pneumonia
+  from non-pneumonia (``lesion_share_threshold``): Youden's J on the logarithm of the
+  share (the geometric middle between neighbouring cases), and the locator's threshold
+  and the healthy flags above are counted on the slices the report would list (locator
+  flag and a lesion of ``lesion_slice_min_mm2``);
+* the indeterminate margins and the lesion band: fixed, stated values (``OperatingPoints`` defaults);
 * the domain reference: fitted on the even-numbered cases, its thresholds set on the
   odd-numbered ones (pipeline.domain.fit_domain_reference).
 
@@ -23,6 +28,7 @@ Pure: records in, ``OperatingPoints`` and ``DomainReference`` out.
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from typing import Sequence
 
@@ -30,6 +36,7 @@ import numpy as np
 
 from .decision import OperatingPoints
 from .domain import DomainReference, fit_domain_reference
+from .params import ChainParams
 from .types import CLASS_NAMES, TASK_NAMES, InvalidInputError
 
 LOCATOR_MIN_SPECIFICITY = 0.97
@@ -39,6 +46,10 @@ RULE = ("task thresholds: Youden's J on the calibration cohort; locator: Youden'
         f"slice specificity >= {LOCATOR_MIN_SPECIFICITY}; min_infected_slices: 1 + the {FLAGGED_QUANTILE:.0%} "
         f"quantile of slices flagged in non-pneumonia calibration cases (1 to {MAX_MIN_INFECTED_SLICES}); "
         "margins: fixed")
+LESION_RULE = ("; lesion_share_threshold: Youden's J on log10 of the U-Net's lesion share of the lung; locator "
+               "threshold and healthy flags counted on slices that also hold a lesion; lesion_band: fixed")
+#: Shares below this count as this (a log needs a floor; 1e-5 of a lung is ~0.05 ml).
+LESION_SHARE_FLOOR = 1e-5
 
 
 def youden_threshold(y_true: np.ndarray, score: np.ndarray, min_specificity: float = 0.0) -> float:
@@ -64,8 +75,17 @@ def youden_threshold(y_true: np.ndarray, score: np.ndarray, min_specificity: flo
     return float(np.clip(best, 0.0, 1.0))
 
 
-def choose_operating_points(records: Sequence, base: OperatingPoints = OperatingPoints()) -> OperatingPoints:
-    """Task and locator thresholds from calibration records (pipeline.evaluate.CaseRecord)."""
+def lesion_share_threshold(is_pneumonia: np.ndarray, share: np.ndarray) -> float:
+    """Youden's J threshold of the lesion share, chosen on its logarithm."""
+    decades = -math.log10(LESION_SHARE_FLOOR)
+    # log10 of shares in [floor, 1] mapped onto [0, 1], the range youden_threshold keeps to
+    unit = (np.log10(np.clip(np.asarray(share, dtype=np.float64), LESION_SHARE_FLOOR, 1.0)) + decades) / decades
+    return float(10.0 ** (youden_threshold(is_pneumonia, unit) * decades - decades))
+
+
+def choose_operating_points(records: Sequence, base: OperatingPoints = OperatingPoints(),
+                            chain: ChainParams = ChainParams()) -> OperatingPoints:
+    """Task, lesion and locator thresholds from calibration records (pipeline.evaluate.CaseRecord)."""
     from .evaluate import TASK_COHORTS
 
     truth = np.array([r.truth for r in records])
@@ -76,17 +96,27 @@ def choose_operating_points(records: Sequence, base: OperatingPoints = Operating
         idx = np.isin(truth, cohort)
         y = (truth[idx] != "non_pneumonia") if positive == "pneumonia" else (truth[idx] == positive)
         chosen[task] = youden_threshold(y, tasks[idx, t_i])
+    rule = RULE
+    lesions = all(r.lesion_share is not None for r in records)
+    if lesions:
+        share = np.array([r.lesion_share for r in records], dtype=np.float64)
+        chosen["lesion_share_threshold"] = lesion_share_threshold(truth != "non_pneumonia", share)
+        rule += LESION_RULE
     loc = [r for r in records if r.slice_scores is not None and r.slice_scores.size]
+    gate = lesions and all(r.slice_lesion_mm2 is not None for r in loc)
+
+    def reported(r) -> np.ndarray:  # the score a slice would be listed with (0: never listed)
+        return r.slice_scores * (r.slice_lesion_mm2 >= chain.lesion_slice_min_mm2) if gate else r.slice_scores
     if loc:
         y = np.concatenate([r.slice_truth for r in loc])
-        s = np.concatenate([r.slice_scores for r in loc])
+        s = np.concatenate([reported(r) for r in loc])
         chosen["locator_threshold"] = youden_threshold(y, s, LOCATOR_MIN_SPECIFICITY)
-        healthy = [int(np.count_nonzero(r.slice_scores >= chosen["locator_threshold"]))
+        healthy = [int(np.count_nonzero(reported(r) >= chosen["locator_threshold"]))
                    for r in loc if r.truth == "non_pneumonia"]
         if healthy:
             need = int(np.ceil(np.quantile(healthy, FLAGGED_QUANTILE))) + 1
             chosen["min_infected_slices"] = int(np.clip(need, 1, MAX_MIN_INFECTED_SLICES))
-    return replace(base, **chosen, rule=RULE)
+    return replace(base, **chosen, rule=rule)
 
 
 def fit_reference(records: Sequence) -> DomainReference:

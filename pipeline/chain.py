@@ -4,7 +4,8 @@ Like an application's ``compose()``: it only wires the stages, in the order of
 METHOD.md, and times each one. Lung segmentation (U-Net when the bundle has one, else
 the classical method) -> lung slices (too little lung: not a chest CT) -> at most
 ``max_slices`` of them classified -> out-of-domain check (pipeline.domain) ->
-task-specific fusion -> every lung slice located -> the decision from the bundle's
+task-specific fusion -> lesion burden (a 3-class U-Net's lesion map) -> every lung slice
+located (a reported slice needs a lesion too, when there is a map) -> the decision from the bundle's
 operating points (pipeline.decision) -> Guided Grad-CAM of the slices that drive it (none
 out of domain) -> radiomics phenotype of the attentional regions (pneumonia decisions).
 """
@@ -23,6 +24,7 @@ from .domain import check_domain, image_statistics
 from .explain import explain_slices, select_slices
 from .fusion import fuse_slice_scores
 from .locate import locate_infected
+from .lesion_burden import measure_lesion_burden
 from .lung import segment_lungs
 from .models import ModelBundle
 from .params import ChainParams
@@ -85,10 +87,12 @@ def analyze(volume: CTVolume, models: ModelBundle, params: ChainParams) -> Analy
     case = fuse_slice_scores(slice_scores, params)
     lap("fusion")
 
-    infected = locate_infected(volume, lung, lung_z, models.locator, loc_params, device)
+    lesion = measure_lesion_burden(volume, lung)
+    infected = locate_infected(volume, lung, lung_z, models.locator, loc_params, device,
+                               None if lesion is None else lesion.slices_with_lesion(params.lesion_slice_min_mm2))
     lap("locating")
 
-    decision = decide(case, infected, domain, op)
+    decision = decide(case, infected, domain, op, lesion)
     lap("decision")
 
     attention: tuple = ()
@@ -115,4 +119,5 @@ def analyze(volume: CTVolume, models: ModelBundle, params: ChainParams) -> Analy
         decision=decision,
         domain=domain,
         timings_s=timings,
+        lesion=lesion,
     )

@@ -5,10 +5,17 @@ them re-derives it from probabilities. In order:
 
 1. ``out_of_domain`` when the domain guard (pipeline.domain) says the study differs from
    the training data: no class is claimed.
-2. The pneumonia-vs-non-pneumonia task score against its calibrated threshold; within
-   ``pneumonia_margin`` of it: ``indeterminate``. Below: ``non_pneumonia``.
-3. Above: pneumonia needs lesion evidence: fewer than ``min_infected_slices`` slices
-   flagged by the lesion locator is a contradiction between two networks: ``indeterminate``.
+2. Pneumonia or not. With lesion evidence (a 3-class U-Net and a calibrated
+   ``lesion_share_threshold``): the share of the lung the U-Net marks as lesion, against
+   that threshold; within a factor ``lesion_band`` of it: ``indeterminate``; below:
+   ``non_pneumonia``. Above, the slice classifier must not contradict it (its pneumonia
+   score at least its threshold minus ``pneumonia_margin``), else ``indeterminate``.
+   Without lesion evidence: the classifier's pneumonia score against its calibrated
+   threshold; within ``pneumonia_margin`` of it: ``indeterminate``; below:
+   ``non_pneumonia``.
+3. A pneumonia decision needs at least ``min_infected_slices`` infectious slices (locator
+   flag, and a lesion on the slice when there is a lesion map): fewer is a contradiction
+   between networks: ``indeterminate``.
 4. The pneumonia class: the largest of CAP / influenza / COVID-19 (4-class probabilities
    renormalised over the three); when the top two are within ``margin``: ``indeterminate``.
 
@@ -22,7 +29,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping
 
-from .types import PNEUMONIA_CLASSES, TASK_NAMES, CaseScores, Decision, DomainCheck, InfectedSlices
+from .types import PNEUMONIA_CLASSES, TASK_NAMES, CaseScores, Decision, DomainCheck, InfectedSlices, LesionBurden
 
 DISPLAY = {"non_pneumonia": "non-pneumonia", "cap": "CAP", "influenza": "influenza", "covid19": "COVID-19"}
 
@@ -41,13 +48,25 @@ class OperatingPoints:
     pneumonia_margin: float = 0.05
     #: A pneumonia decision needs at least this many slices flagged by the locator.
     min_infected_slices: int = 1
+    #: Lesion share of the lung (U-Net lesion map) separating pneumonia from non-pneumonia;
+    #: 0: not calibrated, the classifier's pneumonia score decides.
+    lesion_share_threshold: float = 0.0
+    #: Lesion shares within this factor of the threshold (either side): indeterminate.
+    lesion_band: float = 1.5
     rule: str = "defaults (paper: 0.5); the bundle was not calibrated"
 
     def __post_init__(self) -> None:
+        upper = {"min_infected_slices": 1e6, "lesion_band": 100.0}
         for f in fields(self):
             v = getattr(self, f.name)
-            if f.name != "rule" and not (0.0 <= float(v) <= (1e6 if f.name == "min_infected_slices" else 1.0)):
-                raise ValueError(f"operating point {f.name} must lie in [0, 1], got {v}")
+            if f.name != "rule" and not (0.0 <= float(v) <= upper.get(f.name, 1.0)):
+                raise ValueError(f"operating point {f.name} must lie in [0, {upper.get(f.name, 1)}], got {v}")
+        if self.lesion_band < 1.0:
+            raise ValueError(f"operating point lesion_band is a factor >= 1, got {self.lesion_band}")
+
+    @property
+    def uses_lesions(self) -> bool:
+        return self.lesion_share_threshold > 0.0
 
     @classmethod
     def from_card(cls, card: Mapping[str, Any]) -> "OperatingPoints":
@@ -64,6 +83,8 @@ class OperatingPoints:
         out = {name: float(getattr(self, name)) for name in TASK_NAMES}
         out.update(margin=self.margin, pneumonia_margin=self.pneumonia_margin,
                    locator_threshold=self.locator_threshold, out_of_domain=1.0)
+        if self.uses_lesions:
+            out.update(lesion_share_threshold=self.lesion_share_threshold, lesion_band=self.lesion_band)
         return out
 
 
@@ -74,7 +95,33 @@ def pneumonia_class_shares(case: CaseScores) -> dict[str, float]:
     return {k: (v / total if total > 0 else 1.0 / len(p)) for k, v in p.items()}
 
 
-def decide(case: CaseScores, infected: InfectedSlices, domain: DomainCheck, op: OperatingPoints) -> Decision:
+def _pct(share: float) -> str:
+    """A lesion share in percent, with the digits a small share needs."""
+    v = 100.0 * share
+    return f"{v:.1f}%" if v >= 1 else f"{v:.2f}%" if v >= 0.01 else f"{v:.3f}%"
+
+
+def _pneumonia_by_lesions(p: float, lesion: LesionBurden, op: OperatingPoints,
+                          th: Mapping[str, float]) -> Decision | None:
+    """Step 2 with lesion evidence: a non-pneumonia or indeterminate Decision, or None
+    (pneumonia, go on)."""
+    s, t, band = lesion.lung_share, op.lesion_share_threshold, op.lesion_band
+    burden = f"lesions of infection cover {_pct(s)} of the lung ({lesion.volume_ml:.1f} ml)"
+    classifier = f"slice classifier's pneumonia score {100 * p:.1f}% (threshold {100 * op.pneumonia_vs_non_pneumonia:.1f}%)"
+    if s < t / band:
+        return Decision("non_pneumonia", f"Non-pneumonia: {burden}, below the model's threshold {_pct(t)}; "
+                                         f"{classifier}.", th)
+    if s < t * band:
+        return Decision("indeterminate", f"Indeterminate: {burden}, too close to the model's threshold {_pct(t)} "
+                                         f"to tell pneumonia from non-pneumonia; no diagnosis is stated.", th)
+    if p < op.pneumonia_vs_non_pneumonia - op.pneumonia_margin:
+        return Decision("indeterminate", f"Indeterminate: {burden} (threshold {_pct(t)}), but the {classifier} "
+                                         f"does not support pneumonia; no diagnosis is stated.", th)
+    return None
+
+
+def decide(case: CaseScores, infected: InfectedSlices, domain: DomainCheck, op: OperatingPoints,
+           lesion: LesionBurden | None = None) -> Decision:
     """The decision of one case (see the module doc for the order of the rules)."""
     th = op.thresholds()
     if not domain.in_domain:
@@ -83,29 +130,33 @@ def decide(case: CaseScores, infected: InfectedSlices, domain: DomainCheck, op: 
                                          f"(out-of-domain score {domain.score:.2f}, limit 1.00).", th)
     p = float(case.tasks["pneumonia_vs_non_pneumonia"])
     t = op.pneumonia_vs_non_pneumonia
-    if abs(p - t) < op.pneumonia_margin:
-        return Decision("indeterminate", f"Indeterminate: the pneumonia score {100 * p:.1f}% is within "
-                                         f"{100 * op.pneumonia_margin:.0f} points of the model's threshold "
-                                         f"{100 * t:.1f}%; no diagnosis is stated.", th)
-    if p < t:
-        return Decision("non_pneumonia", f"Non-pneumonia: pneumonia score {100 * p:.1f}% is below the "
-                                         f"threshold {100 * t:.1f}%.", th)
+    if op.uses_lesions and lesion is not None:
+        early = _pneumonia_by_lesions(p, lesion, op, th)
+        if early is not None:
+            return early
+        evidence = f"lesions cover {_pct(lesion.lung_share)} of the lung, pneumonia score {100 * p:.1f}%"
+    else:
+        if abs(p - t) < op.pneumonia_margin:
+            return Decision("indeterminate", f"Indeterminate: the pneumonia score {100 * p:.1f}% is within "
+                                             f"{100 * op.pneumonia_margin:.0f} points of the model's threshold "
+                                             f"{100 * t:.1f}%; no diagnosis is stated.", th)
+        if p < t:
+            return Decision("non_pneumonia", f"Non-pneumonia: pneumonia score {100 * p:.1f}% is below the "
+                                             f"threshold {100 * t:.1f}%.", th)
+        evidence = f"pneumonia score {100 * p:.1f}% (threshold {100 * t:.1f}%)"
     n_slices = len(infected.z_indices)
     if n_slices < op.min_infected_slices:
-        return Decision("indeterminate", f"Indeterminate: the pneumonia score {100 * p:.1f}% is above the "
-                                         f"threshold {100 * t:.1f}%, but the lesion locator found "
-                                         f"{n_slices} infectious slice(s) (at least {op.min_infected_slices} "
-                                         f"needed); no diagnosis is stated.", th)
+        return Decision("indeterminate", f"Indeterminate: pneumonia by the model ({evidence}), but the lesion "
+                                         f"locator found {n_slices} infectious slice(s) (at least "
+                                         f"{op.min_infected_slices} needed); no diagnosis is stated.", th)
     shares = pneumonia_class_shares(case)
     ranked = sorted(shares, key=lambda k: -shares[k])
     first, second = ranked[0], ranked[1]
     gap = shares[first] - shares[second]
     if gap < op.margin:
-        return Decision("indeterminate", f"Indeterminate: pneumonia (score {100 * p:.1f}%), but "
+        return Decision("indeterminate", f"Indeterminate: pneumonia ({evidence}), but "
                                          f"{DISPLAY[first]} {100 * shares[first]:.1f}% vs {DISPLAY[second]} "
                                          f"{100 * shares[second]:.1f}% are within the model's "
                                          f"{100 * op.margin:.0f}-point margin; no type is stated.", th)
-    return Decision(first, f"{DISPLAY[first]}: pneumonia score {100 * p:.1f}% (threshold {100 * t:.1f}%), "
-                           f"{DISPLAY[first]} {100 * shares[first]:.1f}% of the pneumonia types, "
-                           f"{n_slices} infectious slice(s).", th)
-
+    return Decision(first, f"{DISPLAY[first]}: {evidence}, {DISPLAY[first]} {100 * shares[first]:.1f}% of the "
+                           f"pneumonia types, {n_slices} infectious slice(s).", th)

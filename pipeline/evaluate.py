@@ -30,7 +30,7 @@ from .types import CLASS_NAMES, TASK_NAMES, PipelineError
 
 #: scores.csv columns, in order.
 SCORE_COLUMNS: tuple[str, ...] = ("case_id", "truth", *(f"p_{c}" for c in CLASS_NAMES), *TASK_NAMES, "predicted",
-                                   "decision", "out_of_domain_score", "flagged_slices")
+                                   "decision", "out_of_domain_score", "flagged_slices", "lesion_share")
 
 #: For each binary task: (positive class, classes of the cases it is measured on).
 #: The pneumonia task is measured on all cases; its positives are the three pneumonias.
@@ -71,6 +71,10 @@ class CaseRecord:
     heat_on_lesion: tuple[float, ...] = ()  # shown heat share on lesion pixels, per overlay
     slice_features: np.ndarray | None = None  # (n_slices, f) classified slices' features (calibration)
     image_stats: Mapping[str, float] | None = None  # pipeline.domain.image_statistics (calibration)
+    slice_flagged: np.ndarray | None = None  # bool, scored slices: reported infectious (lesion-gated)
+    slice_lesion_mm2: np.ndarray | None = None  # scored slices: lesion area of the U-Net's lesion map
+    lesion_share: float | None = None  # U-Net lesion share of the lung (None: no lesion map)
+    lesion_overlap: tuple[int, int, int] | None = None  # lesion voxels (predicted & truth, predicted, truth)
 
     def __post_init__(self) -> None:
         if self.truth not in CLASS_NAMES:
@@ -131,7 +135,7 @@ def record_from_result(case: Any, result: Any, lung_mask: np.ndarray | None, les
         lung_dice = M.dice(np.asarray(lung_mask, bool), result.lung_mask.mask)
         if classical_mask is not None:
             lung_dice_classical = M.dice(np.asarray(lung_mask, bool), classical_mask)
-    slice_scores = slice_truth = None
+    slice_scores = slice_truth = slice_flagged = slice_lesion_mm2 = lesion_overlap = None
     if lesion_mask is not None:
         lesion = np.asarray(lesion_mask, bool)
         scores = np.asarray(result.infected.scores, dtype=np.float64)
@@ -141,6 +145,17 @@ def record_from_result(case: Any, result: Any, lung_mask: np.ndarray | None, les
         truth = lesion.reshape(lesion.shape[0], -1).sum(axis=1) > eval_params.lesion_min_px
         scored = np.isfinite(scores)
         slice_scores, slice_truth = scores[scored], truth[scored]
+        flagged = np.zeros(scores.shape[0], dtype=bool)
+        flagged[list(result.infected.z_indices)] = True
+        slice_flagged = flagged[scored]
+    burden = getattr(result, "lesion", None)
+    if burden is not None and slice_scores is not None:
+        slice_lesion_mm2 = np.asarray(burden.slice_area_mm2, dtype=np.float64)[scored]
+    predicted_lesion = getattr(result.lung_mask, "lesion", None)
+    if predicted_lesion is not None and lesion_mask is not None:
+        truth_lesion = np.asarray(lesion_mask, bool)
+        lesion_overlap = (int(np.count_nonzero(predicted_lesion & truth_lesion)),
+                          int(np.count_nonzero(predicted_lesion)), int(np.count_nonzero(truth_lesion)))
     inclusion, heat_in, heat_les = _mask_figures(result, lung_mask, lesion_mask)
     return CaseRecord(
         case_id=str(case.case_id), truth=str(case.label),
@@ -157,6 +172,8 @@ def record_from_result(case: Any, result: Any, lung_mask: np.ndarray | None, les
         heat_inside_lung=heat_in, heat_on_lesion=heat_les,
         slice_features=None if feats is None else np.asarray(feats, dtype=np.float32),
         image_stats=dict(getattr(getattr(result, "domain", None), "image_stats", {}) or {}) or None,
+        slice_flagged=slice_flagged, slice_lesion_mm2=slice_lesion_mm2,
+        lesion_share=None if burden is None else float(burden.lung_share), lesion_overlap=lesion_overlap,
     )
 
 
@@ -417,6 +434,32 @@ def compute_metrics(records: Sequence[CaseRecord], threshold: float = 0.5,
     return out
 
 
+def _lesion_figures(records: Sequence[CaseRecord], eval_params: EvalParams, skipped: dict[str, int]) -> dict[str, Any]:
+    """The U-Net's lesion map against the truth: lesion Dice (voxels pooled over the
+    cases with lesions), and the lesion share of the lung as a pneumonia score (AUC)."""
+    out: dict[str, Any] = {}
+    overlap = [r for r in records if r.lesion_overlap is not None and r.lesion_overlap[2] > 0]
+    if overlap:
+        ov = np.array([r.lesion_overlap for r in overlap], dtype=np.float64)
+        f = _Figures(len(overlap), eval_params, skipped, "lesion_dice.")
+        out["lesion_dice"] = {"n_cases": len(overlap), "cohort": "cases with lesion masks holding lesions",
+                              "dice": f("dice", lambda j: float(2 * ov[j, 0].sum() / max(ov[j, 1].sum() + ov[j, 2].sum(), 1)))}
+    shares = [r for r in records if r.lesion_share is not None]
+    if shares:
+        share = np.array([r.lesion_share for r in shares], dtype=np.float64)
+        pneu = np.array([r.truth != "non_pneumonia" for r in shares], dtype=bool)
+        f = _Figures(len(shares), eval_params, skipped, "lesion_share.")
+        entry: dict[str, Any] = {"n_cases": len(shares)}
+        if pneu.any() and (~pneu).any():
+            entry["pneumonia_auc"] = f("pneumonia_auc", lambda j: M.roc_auc(pneu[j], share[j]))
+        for name, sel in (("non_pneumonia", ~pneu), ("pneumonia", pneu)):
+            if sel.any():
+                entry[f"{name}_share"] = {"min": float(share[sel].min()), "median": float(np.median(share[sel])),
+                                          "max": float(share[sel].max())}
+        out["lesion_share"] = entry
+    return out
+
+
 def _truthfulness_figures(records: Sequence[CaseRecord], labels: np.ndarray, eval_params: EvalParams,
                           skipped: dict[str, int], locator_threshold: float) -> dict[str, Any]:
     """What the report states and whether it is true: decision accuracy (indeterminate
@@ -453,8 +496,15 @@ def _truthfulness_figures(records: Sequence[CaseRecord], labels: np.ndarray, eva
             "n_cases": len(loc), "n_slices": int(sum(x.size for x in sc)), "threshold": locator_threshold,
             "cohort": "every case with lesion masks (all classes)",
             "auc": lf("auc", lambda j: M.roc_auc(M.pooled_slices(tr, j), M.pooled_slices(sc, j))),
-            "f1": lf("f1", lambda j: M.f1_score(M.pooled_slices(tr, j), M.pooled_slices(sc, j) >= locator_threshold)),
         }
+        if all(r.slice_flagged is not None for r in loc):
+            fl = [r.slice_flagged for r in loc]
+            out["infectious_slices"]["f1"] = lf("f1", lambda j: M.f1_score(M.pooled_slices(tr, j), M.pooled_slices(fl, j)))
+            out["infectious_slices"]["f1_rule"] = "slices the report lists (locator flag, and a lesion when there is a lesion map)"
+        else:
+            out["infectious_slices"]["f1"] = lf("f1", lambda j: M.f1_score(M.pooled_slices(tr, j),
+                                                                         M.pooled_slices(sc, j) >= locator_threshold))
+    out.update(_lesion_figures(records, eval_params, skipped))
     non = [r for r in records if r.truth == "non_pneumonia"]
     if non:
         flagged = np.array([r.n_flagged_slices for r in non], dtype=np.float64)
@@ -623,7 +673,8 @@ def write_scores_csv(records: Sequence[CaseRecord], path: Path) -> None:
         for r in records:
             w.writerow([r.case_id, r.truth, *(f"{x:.6f}" for x in r.probabilities),
                         *(f"{x:.6f}" for x in r.tasks), r.predicted, r.decision,
-                        f"{r.out_of_domain_score:.4f}", r.n_flagged_slices])
+                        f"{r.out_of_domain_score:.4f}", r.n_flagged_slices,
+                        "" if r.lesion_share is None else f"{r.lesion_share:.6f}"])
 
 
 def tsne_embedding(features: np.ndarray, seed: int, max_perplexity: float,

@@ -51,6 +51,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from .nets import UNET_LESION, UNET_LUNG
 from .params import ChainParams
 from .preprocess import unet_batch, upsample_mask
 from .types import CTVolume, InvalidInputError, LungMask
@@ -97,25 +98,38 @@ def segment_lungs(volume: CTVolume, params: ChainParams, unet: torch.nn.Module |
     """Lung mask of ``volume``: with ``unet`` when given, else the classical method."""
     if unet is None:
         return LungMask(mask=segment_lungs_classical(volume, params), method="classical")
-    return LungMask(mask=segment_lungs_unet(volume, params, unet, device), method="unet")
+    mask, lesion = segment_lungs_and_lesions_unet(volume, params, unet, device)
+    return LungMask(mask=mask, method="unet", lesion=lesion)
 
 
 # ------------------------------------------------------------------------------ U-Net
 
 def segment_lungs_unet(volume: CTVolume, params: ChainParams, unet: torch.nn.Module,
                        device: torch.device | str = "cpu") -> np.ndarray:
-    """Bool z/y/x lung mask from a 2-D U-Net (2 output classes, class 1 = lung)."""
+    """Bool z/y/x lung mask from a 2-D U-Net (class 1 = lung, class 2 if any = lesion, lung too)."""
+    return segment_lungs_and_lesions_unet(volume, params, unet, device)[0]
+
+
+def segment_lungs_and_lesions_unet(volume: CTVolume, params: ChainParams, unet: torch.nn.Module,
+                                   device: torch.device | str = "cpu") -> tuple[np.ndarray, np.ndarray | None]:
+    """(lung mask, lesion mask or None) from a 2-D U-Net: the lung is classes 1 + 2; a
+    3-class U-Net's class 2 is its lesion map, thresholded at full size inside the lung."""
     hu = volume.hu
     nz, ny, nx = hu.shape
     size = int(params.unet_input_size)
     dev = torch.device(device)
     prob = np.empty((nz, size, size), dtype=np.float32)
+    lesion_prob: np.ndarray | None = None
     batch = max(1, int(params.batch_size)) * 4  # the U-Net input is small: larger batches are cheap
     with torch.inference_mode():
         for start in range(0, nz, batch):
             x = torch.from_numpy(unet_batch(hu[start:start + batch], params)).to(dev)
-            logits = unet(x)
-            prob[start:start + batch] = F.softmax(logits.float(), dim=1)[:, 1].cpu().numpy()
+            p = F.softmax(unet(x).float(), dim=1)
+            prob[start:start + batch] = p[:, UNET_LUNG:].sum(dim=1).cpu().numpy()
+            if p.shape[1] > UNET_LESION:
+                if lesion_prob is None:
+                    lesion_prob = np.zeros((nz, size, size), dtype=np.float32)
+                lesion_prob[start:start + batch] = p[:, UNET_LESION].cpu().numpy()
     # Keep the two largest components and refine them at the U-Net's size (cheap), with
     # the HU resampled to that grid: a U-Net trained on phantoms may still cut a real
     # tumour out. Then the probability of everything dropped is set to 0 and that of
@@ -130,7 +144,11 @@ def segment_lungs_unet(volume: CTVolume, params: ChainParams, unet: torch.nn.Mod
                                   superior_up=_superior_up(volume))
     prob[foreground & ~refined] = 0.0
     prob[refined & ~foreground] = 1.0
-    return upsample_mask(prob, hu.shape[1:], threshold=params.unet_threshold)
+    lung = upsample_mask(prob, hu.shape[1:], threshold=params.unet_threshold)
+    if lesion_prob is None:
+        return lung, None
+    lesion_prob[~refined] = 0.0  # lesions of dropped components (outside the lungs) are not lesions
+    return lung, upsample_mask(lesion_prob, hu.shape[1:], threshold=params.lesion_threshold) & lung
 
 
 def _resize_hu(hu: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -264,6 +264,8 @@ _ROWS: tuple[tuple[str, str], ...] = (
      "tasks.covid19_vs_influenza.sensitivity|tasks.covid19_vs_influenza.specificity"),
     ("lung Dice (chain)", "lung_dice.mean"),
     ("lesion voxels inside the lung mask (mean; min)", "lesion_inclusion.mean|lesion_inclusion.min"),
+    ("lesion Dice of the U-Net's lesion map", "lesion_dice.dice"),
+    ("lesion share of the lung as a pneumonia score: AUC", "lesion_share.pneumonia_auc"),
     ("infectious-slice AUC, all classes", "infectious_slices.auc"),
     ("infectious-slice F1 at the stored threshold", "infectious_slices.f1"),
     ("COVID-19 infectious-slice AUC (paper's cohort)", "locating.auc"),

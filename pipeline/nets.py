@@ -28,11 +28,22 @@ def classifier_arch(num_classes: int, layers=(1, 1, 1, 1), block: str = "basic",
             "num_classes": int(num_classes), "input_size": int(input_size)}
 
 
+#: U-Net output classes: background, aerated lung and (3-class U-Nets) lung with a lesion
+#: of infection. The lung mask is classes 1 + 2; class 2 alone is the lesion map.
+UNET_LUNG, UNET_LESION = 1, 2
+
+
 def unet_arch(features=(8, 16, 32, 64, 64, 8), upsample: str = "nontrainable",
-              input_size: int = 128) -> dict[str, Any]:
-    """Architecture dict of the 2-D lung U-Net (1 HU channel in, 2 classes out)."""
+              input_size: int = 128, lesion_head: bool = True) -> dict[str, Any]:
+    """Architecture dict of the 2-D lung U-Net: 1 HU channel in; 3 classes out
+    (background, lung, lesion of infection) with ``lesion_head``, else 2 (background, lung)."""
     return {"kind": "unet", "features": list(features), "upsample": upsample,
-            "in_channels": 1, "num_classes": 2, "input_size": int(input_size)}
+            "in_channels": 1, "num_classes": 3 if lesion_head else 2, "input_size": int(input_size)}
+
+
+def unet_has_lesion_head(arch: Mapping[str, Any] | None) -> bool:
+    """Whether a U-Net architecture dict outputs a lesion class."""
+    return bool(arch) and int(arch.get("num_classes", 2)) > UNET_LESION
 
 
 def build_network(arch: Mapping[str, Any]) -> torch.nn.Module:

@@ -23,6 +23,10 @@ class ChainParams:
     unet_input_size: int = 128  # U-Net runs at this in-plane size, mask upsampled back
     hu_clip_min: float = -1024.0
     unet_threshold: float = 0.5  # on the U-Net's lung probability
+    lesion_threshold: float = 0.5  # on a 3-class U-Net's lesion probability
+    #: A slice "has a lesion" (U-Net lesion map) with at least this area: a reported
+    #: infectious slice needs one (the locator's flag alone is not enough).
+    lesion_slice_min_mm2: float = 30.0
     # Classical HU-threshold lung segmentation (fallback and reference)
     classical_work_px: int = 128  # components/morphology at about this in-plane size; edges refined at full size
     classical_air_hu: float = -320.0  # lung parenchyma and airways are below this

@@ -76,10 +76,21 @@ def _where_it_looks_section(m: Mapping[str, Any]) -> list[str]:
     if inf:
         rows += [[f"infectious-slice AUC, {inf['n_slices']} slices of {inf['n_cases']} cases (all classes)",
                   fmt(inf["auc"])],
-                 [f"infectious-slice F1 at {inf['threshold']:.3f}", fmt(inf["f1"])]]
+                 [f"infectious-slice F1 at {inf['threshold']:.3f}"
+                  + (f" ({inf['f1_rule']})" if inf.get("f1_rule") else ""), fmt(inf["f1"])]]
     non = m.get("non_pneumonia_flagged_slices")
     if non:
         rows.append([f"slices flagged per non-pneumonia case (mean; max {non['max']})", fmt(non["mean"])])
+    ld = m.get("lesion_dice")
+    if ld:
+        rows.append([f"lesion Dice of the U-Net's lesion map (voxels pooled over {ld['n_cases']} cases with lesions)",
+                     fmt(ld["dice"])])
+    ls = m.get("lesion_share")
+    if ls and "pneumonia_auc" in ls:
+        ranges = "; ".join(f"{k.replace('_share', '').replace('_', '-')} median {100 * v['median']:.3g}% "
+                           f"(max {100 * v['max']:.3g}%)" for k, v in ls.items() if k.endswith("_share"))
+        rows.append([f"lesion share of the lung as a pneumonia score, AUC ({ls['n_cases']} cases; {ranges})",
+                     fmt(ls["pneumonia_auc"])])
     inc = m.get("lesion_inclusion")
     if inc:
         rows.append([f"lesion voxels inside the chain's lung mask (mean over {inc['n_cases']} cases; "

@@ -97,15 +97,45 @@ class CTVolume:
 
 @dataclass(frozen=True)
 class LungMask:
-    """Binary lung mask aligned with a CTVolume (bool, z/y/x)."""
+    """Binary lung mask aligned with a CTVolume (bool, z/y/x).
+
+    ``lesion`` (bool, inside ``mask``) is the U-Net's map of lesions of infection when the
+    bundle's U-Net has a lesion head; None otherwise (classical masks, 2-class U-Nets).
+    """
 
     mask: np.ndarray
     method: str  # "unet" or "classical"
+    lesion: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         _require(isinstance(self.mask, np.ndarray) and self.mask.ndim == 3 and self.mask.dtype == bool,
                  "LungMask.mask must be a 3-D bool array")
         _require(self.method in ("unet", "classical"), f"LungMask.method unknown: {self.method!r}")
+        if self.lesion is not None:
+            _require(self.lesion.shape == self.mask.shape and self.lesion.dtype == bool,
+                     "LungMask.lesion must be a bool array of the mask's shape")
+
+
+@dataclass(frozen=True)
+class LesionBurden:
+    """How much of the lung the U-Net's lesion map covers (the chain's lesion evidence).
+
+    ``slice_area_mm2`` has one entry per z slice; ``lung_share`` is lesion volume over
+    lung volume (0 to 1).
+    """
+
+    volume_ml: float
+    lung_share: float
+    slice_area_mm2: np.ndarray
+
+    def __post_init__(self) -> None:
+        _require(self.volume_ml >= 0 and 0.0 <= self.lung_share <= 1.0,
+                 f"LesionBurden out of range: {self.volume_ml} ml, share {self.lung_share}")
+        _require(self.slice_area_mm2.ndim == 1, "LesionBurden.slice_area_mm2 must be 1-D (one per z slice)")
+
+    def slices_with_lesion(self, min_area_mm2: float) -> np.ndarray:
+        """Bool per z slice: at least ``min_area_mm2`` of lesion."""
+        return self.slice_area_mm2 >= float(min_area_mm2)
 
 
 @dataclass(frozen=True)
@@ -277,6 +307,8 @@ class AnalysisResult:
     decision: Decision
     domain: DomainCheck
     timings_s: Mapping[str, float] = field(default_factory=dict)
+    #: The U-Net's lesion evidence; None when the bundle's U-Net has no lesion head.
+    lesion: LesionBurden | None = None
 
     def summary(self, volume: CTVolume) -> dict:
         """The JSON summary that ``dicomnode analyze`` prints."""
@@ -291,6 +323,8 @@ class AnalysisResult:
             "tasks": {k: float(v) for k, v in self.case_scores.tasks.items()},
             "infected_slices": [volume.slice_label(z) for z in self.infected.z_indices],
             "lung_volume_ml": round(float(self.lung_volume_ml), 1),
+            "lesion_volume_ml": None if self.lesion is None else round(float(self.lesion.volume_ml), 1),
+            "lesion_share_of_lung": None if self.lesion is None else round(float(self.lesion.lung_share), 5),
             "lung_segmentation": self.lung_mask.method,
             "model": {"name": self.model.name, "version": self.model.version, "sha256": self.model.sha256},
             "disclaimer": self.model.disclaimer,

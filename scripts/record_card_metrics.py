@@ -20,7 +20,7 @@ from pipeline.training.bundle import record_card_fields
 
 KEEP = ("n_cases", "class_counts", "per_class_auc", "multiway_auc", "accuracy", "confusion_matrix", "tasks",
         "lung_dice", "locating", "decision", "infectious_slices", "non_pneumonia_flagged_slices",
-        "lesion_inclusion", "heat_inside_lung", "heat_on_lesion", "operating_points")
+        "lesion_inclusion", "lesion_dice", "lesion_share", "heat_inside_lung", "heat_on_lesion", "operating_points")
 HELD_OUT = {
     "family_a": "family A (pipeline.phantom) seed 900000 at 224 px: seeds and matrix size never trained on",
     "family_b": "family B (pipeline.phantoms) seed 900001 at 224 px: seeds and matrix size never trained on",

@@ -42,14 +42,14 @@ CAL_DATA=(--data "phantom:count=24,seed=5000,size=192,slices=40"
           --data "phantom:count=24,seed=5001,size=192,slices=40,family=b")
 EVAL_A="phantom:count=${EVAL_COUNT},seed=900000,size=224,slices=48"
 EVAL_B="phantom:count=${EVAL_COUNT},seed=900001,size=224,slices=48,family=b"
-# Cross-family bundles: classifier and locator only (classical lung masks), smaller.
+# Cross-family bundles: smaller; the U-Net is trained on the family's first spec only.
 XA_DATA=(--data "phantom:count=48,seed=3100,size=160,slices=40" --data "phantom:count=48,seed=3200,size=256,slices=40")
 XB_DATA=(--data "phantom:count=48,seed=3101,size=160,slices=40,family=b"
          --data "phantom:count=48,seed=3201,size=256,slices=40,family=b")
 XA_CAL="phantom:count=32,seed=5100,size=192,slices=40"
 XB_CAL="phantom:count=32,seed=5101,size=192,slices=40,family=b"
 
-EPOCHS_SEG=8 EPOCHS_CLS=10 EPOCHS_LOC=5 EPOCHS_X=8 SLICES=16
+EPOCHS_SEG=16 EPOCHS_CLS=10 EPOCHS_LOC=5 EPOCHS_X=8 EPOCHS_XSEG=16 SLICES=16 SEG_SLICES=10
 if [ "${DRY_RUN:-0}" = 1 ]; then
   OUT=/tmp/covid-ct-demo-dry-run REPORT=/tmp/covid-ct-demo-dry-run-evaluation XOUT=/tmp/covid-ct-xfamily-dry
   SEG_DATA=(--data "phantom:count=6,seed=1000,slices=16,size=64" --data "phantom:count=6,seed=1001,slices=16,size=64,family=b")
@@ -58,7 +58,7 @@ if [ "${DRY_RUN:-0}" = 1 ]; then
   EVAL_A="phantom:count=8,seed=900000,slices=16,size=80" EVAL_B="phantom:count=8,seed=900001,slices=16,size=80,family=b"
   XA_DATA=(--data "phantom:count=8,seed=3100,slices=16,size=64") XB_DATA=(--data "phantom:count=8,seed=3101,slices=16,size=64,family=b")
   XA_CAL="phantom:count=8,seed=5100,slices=16,size=64" XB_CAL="phantom:count=8,seed=5101,slices=16,size=64,family=b"
-  EPOCHS_SEG=1 EPOCHS_CLS=1 EPOCHS_LOC=1 EPOCHS_X=1 BOOTSTRAP=20 SLICES=6
+  EPOCHS_SEG=1 EPOCHS_CLS=1 EPOCHS_LOC=1 EPOCHS_X=1 EPOCHS_XSEG=1 BOOTSTRAP=20 SLICES=6 SEG_SLICES=4
   rm -rf "$OUT" "$XOUT"
 fi
 
@@ -73,7 +73,7 @@ evaluate() {  # bundle, data spec, report folder
 
 shipped() {
   want seg && "$DN" train segmentation "${SEG_DATA[@]}" --out "$OUT" --features 8,16,32,64,64,8 --input-size 128 \
-    --epochs $EPOCHS_SEG --batch-size 16 --lr 3e-3 --max-slices-per-case 8 --name covid-ct-demo "${COMMON[@]}"
+    --epochs $EPOCHS_SEG --batch-size 16 --lr 3e-3 --max-slices-per-case $SEG_SLICES --name covid-ct-demo "${COMMON[@]}"
   # The classifier and the locator are independent of each other: trained side by side.
   local pids=()
   if want cls; then
@@ -100,10 +100,13 @@ cross_family() {  # train on one family, calibrate on it, evaluate on the other
   local name=$1 other=$2 cal=$3; shift 3
   local out="$XOUT/$name"
   rm -rf "$out"
+  # U-Net with its lesion head on the first data spec (one matrix size: the U-Net sees 128 px).
+  "$DN" train segmentation "${@:1:2}" --out "$out" --features 8,16,32,64,64,8 --input-size 128 \
+    --epochs $EPOCHS_XSEG --batch-size 16 --lr 3e-3 --max-slices-per-case 10 --name "xfamily-$name" "${COMMON[@]}"
   "$DN" train classifier "$@" --out "$out" "${NET[@]}" --epochs $EPOCHS_X --lr 2e-3 --max-slices-per-case $SLICES \
-    --lung-masks classical --name "xfamily-$name" "${COMMON[@]}"
+    --name "xfamily-$name" "${COMMON[@]}"
   "$DN" train locator "$@" --out "$out" "${NET[@]}" --epochs $((EPOCHS_X / 2 > 0 ? EPOCHS_X / 2 : 1)) --lr 1e-3 \
-    --max-slices-per-case $SLICES --lung-masks classical --name "xfamily-$name" "${COMMON[@]}"
+    --max-slices-per-case $SLICES --name "xfamily-$name" "${COMMON[@]}"
   "$DN" calibrate --bundle "$out" --data "$cal" --device cpu --no-progress
   evaluate "$out" "$other" "$REPORT/xfamily_${name}"
 }

@@ -55,3 +55,40 @@ def test_operating_points_from_records() -> None:
     # One wrongly flagged slice in some healthy cases: a pneumonia decision needs two.
     assert op.min_infected_slices == 2
     assert "Youden" in op.rule
+
+
+def test_lesion_share_threshold_lies_between_the_cohorts_on_a_log_scale() -> None:
+    from pipeline.calibration import lesion_share_threshold
+
+    healthy = np.array([0.0, 1e-4, 3e-4, 5e-4])
+    sick = np.array([0.02, 0.05, 0.1, 0.3])
+    t = lesion_share_threshold(np.r_[np.zeros(4, bool), np.ones(4, bool)], np.r_[healthy, sick])
+    assert 5e-4 < t < 0.02
+    assert t == pytest.approx(np.sqrt(5e-4 * 0.02), rel=1e-6)  # the geometric middle
+
+
+def test_locator_threshold_counts_only_slices_with_a_lesion() -> None:
+    """With a lesion map, a healthy slice the locator flags but the U-Net sees no lesion on
+    is never reported, so it does not raise min_infected_slices."""
+    from pipeline.calibration import choose_operating_points
+    from pipeline.evaluate import CaseRecord
+
+    rng = np.random.default_rng(2)
+    records = []
+    for i, truth in enumerate(["non_pneumonia", "cap", "influenza", "covid19"] * 6):
+        pneu = truth != "non_pneumonia"
+        lesion = np.zeros(30, bool)
+        if pneu:
+            lesion[10:20] = True
+        scores = np.where(lesion, rng.uniform(0.6, 1.0, 30), rng.uniform(0.0, 0.4, 30))
+        if not pneu:
+            scores[3:6] = 0.95  # three healthy slices the locator gets wrong...
+        area = np.where(lesion, 200.0, 0.0)  # ...on which the U-Net finds no lesion
+        records.append(CaseRecord(case_id=f"c{i}", truth=truth, probabilities=np.full(4, 0.25),
+                                  tasks=np.array([0.8 if pneu else 0.3, 0.5, 0.5]), predicted="cap",
+                                  slice_scores=scores, slice_truth=lesion, slice_lesion_mm2=area,
+                                  lesion_share=0.05 if pneu else 1e-4))
+    op = choose_operating_points(records)
+    assert op.min_infected_slices == 1
+    assert 1e-4 < op.lesion_share_threshold < 0.05 and op.uses_lesions
+    assert "lesion" in op.rule

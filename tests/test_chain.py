@@ -92,6 +92,13 @@ def test_select_slices_prefers_located_slices_for_pneumonia() -> None:
     scores[[2, 3, 4, 5, 6, 8]] = [0.6, 0.9, 0.2, 0.8, 0.55, 0.1]
     infected = infected_from_scores(scores[[2, 3, 4, 5, 6, 8]], [2, 3, 4, 5, 6, 8], 10, ChainParams(locator_median_width=1))
     assert infected.z_indices == (2, 3, 5, 6)
+    # With a lesion map, a slice the locator flags without a lesion on it is not reported.
+    lesion_slices = np.zeros(10, bool)
+    lesion_slices[[3, 6, 8]] = True
+    gated = infected_from_scores(scores[[2, 3, 4, 5, 6, 8]], [2, 3, 4, 5, 6, 8], 10,
+                                 ChainParams(locator_median_width=1), lesion_slices)
+    assert gated.z_indices == (3, 6)
+    assert np.array_equal(gated.scores, infected.scores, equal_nan=True)  # the locator's scores are kept
     assert select_slices(case, slices, infected, params) == ("covid19", [3, 5])
     no_hits = infected_from_scores(np.zeros(4), [2, 4, 6, 8], 10, ChainParams())
     assert select_slices(case, slices, no_hits, params) == ("covid19", [2, 6])

@@ -99,3 +99,46 @@ def test_chain_reads_thresholds_from_the_card(tiny_bundle: Path, tmp_path: Path)
         assert result.decision.thresholds["pneumonia_vs_non_pneumonia"] == t
     assert decisions["high"].value == "non_pneumonia"
     assert decisions["low"].value in ("cap", "influenza", "covid19")
+
+
+def _burden(share: float, lung_ml: float = 3000.0) -> "LesionBurden":
+    from pipeline.types import LesionBurden
+
+    return LesionBurden(volume_ml=share * lung_ml, lung_share=share, slice_area_mm2=np.zeros(40))
+
+
+LESION_OP = OperatingPoints(pneumonia_vs_non_pneumonia=0.7, pneumonia_margin=0.05, lesion_share_threshold=0.01,
+                            lesion_band=1.5, min_infected_slices=1)
+COVID_PROBS = {"non_pneumonia": .2, "cap": .1, "influenza": .1, "covid19": .6}
+
+
+def test_lesion_evidence_decides_pneumonia_against_non_pneumonia() -> None:
+    """With a lesion map, a classifier's high pneumonia score does not make a CT without
+    lesions a pneumonia (the shortcut a phantom-trained classifier takes on real CTs)."""
+    healthy = decide(_case(COVID_PROBS, 0.95), _infected(0), IN_DOMAIN, LESION_OP, _burden(0.001))
+    assert healthy.value == "non_pneumonia"
+    assert "0.10% of the lung" in healthy.reason and "1.0%" in healthy.reason
+    sick = decide(_case(COVID_PROBS, 0.9), _infected(6), IN_DOMAIN, LESION_OP, _burden(0.08))
+    assert sick.value == "covid19" and "8.0% of the lung" in sick.reason
+
+
+def test_lesion_share_near_its_threshold_is_indeterminate() -> None:
+    for share in (0.007, 0.012):  # within a factor 1.5 of 1%, either side
+        d = decide(_case(COVID_PROBS, 0.95), _infected(6), IN_DOMAIN, LESION_OP, _burden(share))
+        assert d.value == "indeterminate" and "threshold" in d.reason
+    assert decide(_case(COVID_PROBS, 0.95), _infected(6), IN_DOMAIN, LESION_OP, _burden(0.006)).value == "non_pneumonia"
+    assert decide(_case(COVID_PROBS, 0.95), _infected(6), IN_DOMAIN, LESION_OP, _burden(0.016)).value == "covid19"
+
+
+def test_lesions_the_classifier_contradicts_are_indeterminate() -> None:
+    d = decide(_case(COVID_PROBS, 0.5), _infected(6), IN_DOMAIN, LESION_OP, _burden(0.08))
+    assert d.value == "indeterminate" and "does not support pneumonia" in d.reason
+
+
+def test_uncalibrated_lesion_threshold_falls_back_to_the_classifier() -> None:
+    op = OperatingPoints(pneumonia_vs_non_pneumonia=0.7)
+    assert not op.uses_lesions and "lesion_share_threshold" not in op.thresholds()
+    assert decide(_case(COVID_PROBS, 0.95), _infected(6), IN_DOMAIN, op, _burden(0.0)).value == "covid19"
+    assert LESION_OP.thresholds()["lesion_share_threshold"] == 0.01
+    with pytest.raises(ValueError):
+        OperatingPoints(lesion_band=0.5)

@@ -12,7 +12,7 @@ from pipeline.lung import (dice, fill_holes_per_slice, largest_components, lesio
 from pipeline.nets import build_network, unet_arch
 from pipeline.params import ChainParams
 from pipeline.phantom import make_phantom
-from pipeline.types import CTVolume, InvalidInputError
+from pipeline.types import CTVolume, InvalidInputError, LungMask
 
 
 def test_dice_helper() -> None:
@@ -65,19 +65,37 @@ def test_no_lung_in_a_water_phantom() -> None:
     assert not lung.mask.any()
 
 
-def test_unet_path_returns_full_size_mask() -> None:
+def _constant_unet(bias: list[float]) -> torch.nn.Module:
+    """A tiny U-Net whose output is ``bias`` at every pixel (2 or 3 classes)."""
     torch.manual_seed(0)
-    net = build_network(unet_arch(features=(4, 8, 8, 16, 16, 4))).eval()
-    # Bias the output layer so every pixel is lung: the cleanup keeps one component.
+    net = build_network(unet_arch(features=(4, 8, 8, 16, 16, 4), lesion_head=len(bias) == 3)).eval()
     with torch.no_grad():
         last = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)][-1]
         last.weight.zero_()
-        last.bias.copy_(torch.tensor([-5.0, 5.0]))
+        last.bias.copy_(torch.tensor(bias))
+    return net
+
+
+def test_unet_path_returns_full_size_mask() -> None:
+    # Every pixel is lung: the cleanup keeps one component; a 2-class U-Net has no lesion map.
     hu = np.full((5, 40, 48), -800.0, np.float32)
     lung = segment_lungs(CTVolume(hu=hu, spacing_mm=(2.0, 1.0, 1.0)),
-                         ChainParams(unet_input_size=32, batch_size=2), unet=net)
+                         ChainParams(unet_input_size=32, batch_size=2), unet=_constant_unet([-5.0, 5.0]))
     assert lung.method == "unet"
     assert lung.mask.shape == (5, 40, 48) and lung.mask.all()
+    assert lung.lesion is None
+
+
+def test_three_class_unet_gives_lung_and_lesion_maps() -> None:
+    """Lung = classes 1 + 2: a pixel the U-Net calls lesion is lung too, and is in the lesion map."""
+    hu = np.full((5, 40, 48), -800.0, np.float32)
+    volume = CTVolume(hu=hu, spacing_mm=(2.0, 1.0, 1.0))
+    params = ChainParams(unet_input_size=32, batch_size=2)
+    lesion_everywhere = segment_lungs(volume, params, unet=_constant_unet([-5.0, 0.0, 5.0]))
+    assert lesion_everywhere.mask.all() and lesion_everywhere.lesion is not None
+    assert lesion_everywhere.lesion.all()
+    no_lesion = segment_lungs(volume, params, unet=_constant_unet([-5.0, 5.0, -5.0]))
+    assert no_lesion.mask.all() and no_lesion.lesion is not None and not no_lesion.lesion.any()
 
 
 def test_lesion_inclusion_helper() -> None:
@@ -270,3 +288,21 @@ def test_refinement_reads_head_to_feet_volumes_alike() -> None:
     b = segment_lungs(flipped, ChainParams()).mask
     assert np.array_equal(a, b[::-1])
     assert lesion_inclusion(b[::-1], mass) >= 0.95
+
+
+def test_lesion_burden_of_a_lesion_map() -> None:
+    from pipeline.lesion_burden import measure_lesion_burden
+
+    mask = np.zeros((4, 10, 10), bool)
+    mask[:, 2:8, 2:8] = True  # 4 x 36 lung voxels
+    lesion = np.zeros_like(mask)
+    lesion[1, 2:5, 2:5] = True  # 9 voxels on slice 1
+    volume = CTVolume(hu=np.zeros((4, 10, 10), np.float32), spacing_mm=(2.0, 0.5, 0.5))
+    burden = measure_lesion_burden(volume, LungMask(mask=mask, method="unet", lesion=lesion))
+    assert burden.lung_share == pytest.approx(9 / 144)
+    assert burden.volume_ml == pytest.approx(9 * 0.5 / 1000)
+    assert burden.slice_area_mm2.tolist() == [0.0, 2.25, 0.0, 0.0]
+    assert burden.slices_with_lesion(2.0).tolist() == [False, True, False, False]
+    assert measure_lesion_burden(volume, LungMask(mask=mask, method="classical")) is None
+    with pytest.raises(InvalidInputError):
+        LungMask(mask=mask, method="unet", lesion=lesion[:2])

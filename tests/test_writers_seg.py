@@ -71,3 +71,38 @@ def test_empty_lung_mask_gives_no_seg(inputs):
                                                       method="classical"))
     objects = build_result_objects(empty, inputs.volume, inputs.sources, WriterOptions(enabled={"seg"}))
     assert objects == {"seg": []}
+
+
+@pytest.fixture(scope="module")
+def seg_with_lesions(inputs):
+    """The same result with a lesion map (a 3-class U-Net's): a block of the lung."""
+    from dataclasses import replace
+
+    from pipeline.types import LungMask
+
+    mask = inputs.result.lung_mask.mask
+    lesion = np.zeros_like(mask)
+    z = [z for z in range(mask.shape[0]) if mask[z].any()][len(mask) // 4]
+    lesion[z:z + 3] = mask[z:z + 3] & (np.arange(mask.shape[2]) < mask.shape[2] // 2)[None, None, :]
+    assert lesion.any()
+    result = replace(inputs.result, lung_mask=LungMask(mask=mask, method="unet", lesion=lesion))
+    objects = build_result_objects(result, inputs.volume, inputs.sources, WriterOptions(enabled={"seg"}))
+    return to_bytes_and_back(objects["seg"][0]), lesion
+
+
+@pytest.mark.peers
+def test_seg_with_a_lesion_segment_passes_dciodvfy(seg_with_lesions, tmp_path):
+    result = dciodvfy(seg_with_lesions[0], tmp_path, "seg_lesion.dcm")
+    assert result.errors == [], result.output
+    assert result.unexpected_warnings == [], result.output
+
+
+def test_lesion_map_is_a_second_overlapping_segment(seg_with_lesions, inputs):
+    seg, lesion = seg_with_lesions
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["Lung", "Lesions of infection"]
+    assert seg.SegmentSequence[1].SegmentedPropertyTypeCodeSequence[0].CodeValue == codes.LESION.value
+    parsed = hd.seg.Segmentation.from_dataset(seg)
+    uids = [str(s.SOPInstanceUID) for s in inputs.sources]
+    pixels = parsed.get_pixels_by_source_instance(source_sop_instance_uids=uids, segment_numbers=[1, 2])
+    assert np.array_equal(pixels[..., 0].astype(bool), inputs.result.lung_mask.mask)
+    assert np.array_equal(pixels[..., 1].astype(bool), lesion)

@@ -106,6 +106,9 @@ def format_summary(summary: dict) -> str:
     else:
         lines += _assessed_lines(summary, decision)
     lines.append(f"  lung volume: {summary['lung_volume_ml']:.0f} ml ({summary.get('lung_segmentation', '?')} segmentation)")
+    if summary.get("lesion_volume_ml") is not None and decision != "out_of_domain":
+        lines.append(f"  lesions of infection (lung U-Net): {summary['lesion_volume_ml']:.1f} ml, "
+                     f"{100 * summary['lesion_share_of_lung']:.2f}% of the lung")
     model = summary.get("model", {})
     lines.append(f"  model bundle: {model.get('name')} {model.get('version')} (sha256 {str(model.get('sha256', ''))[:12]}...)")
     if summary.get("disclaimer"):

@@ -52,6 +52,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     unet = p.add_argument_group("architecture (segmentation)")
     unet.add_argument("--features", type=_ints, default=None,
                       help=f"U-Net features (6 values), default {','.join(map(str, DEFAULT_UNET_FEATURES))}")
+    unet.add_argument("--no-lesion-head", dest="lesion_head", action="store_false", default=True,
+                      help="a 2-class U-Net (background, lung); default: 3 classes, the third the lesions of "
+                           "infection, learnt from the data's lesion masks (the chain's lesion evidence)")
     p.add_argument("--input-size", type=int, default=None,
                    help="network input size in pixels (default: the chain's, 224 for ResNets, 128 for the U-Net)")
     p.add_argument("--epochs", type=int, default=10)
@@ -94,7 +97,10 @@ def architecture(args: argparse.Namespace) -> dict:
         features = args.features or DEFAULT_UNET_FEATURES
         if len(features) != 6:
             raise TrainError(f"--features needs 6 values (BasicUNet), got {len(features)}")
-        return unet_arch(features=features, input_size=args.input_size or chain.unet_input_size)
+        return unet_arch(features=features, input_size=args.input_size or chain.unet_input_size,
+                         lesion_head=args.lesion_head)
+    if not args.lesion_head:
+        raise TrainError("--no-lesion-head describes the segmentation U-Net")
     if args.features is not None:
         raise TrainError("--features describes the segmentation U-Net; use --backbone/--layers/--widths here")
     block, layers, widths = BACKBONES[args.backbone or "tiny"]
@@ -114,6 +120,8 @@ def command_line(args: argparse.Namespace) -> str:
     arch = architecture(args)
     if args.role == "segmentation":
         parts += ["--features", ",".join(map(str, arch["features"]))]
+        if arch["num_classes"] == 2:
+            parts += ["--no-lesion-head"]
     else:
         parts += ["--block", arch["block"], "--layers", ",".join(map(str, arch["layers"])),
                   "--widths", ",".join(map(str, arch["block_inplanes"]))]

@@ -20,7 +20,8 @@ from pipeline.types import CLASS_NAMES, DECISIONS, TASK_NAMES
 PRIVATE_SCHEME = "99COVIDNODE"
 PRIVATE_SCHEME_NAME = "COVID-CT-Node private codes"
 #: "2": decision codes, thresholds, out-of-domain score; NINF/PINF lost "COVID-19".
-PRIVATE_SCHEME_VERSION = "2"
+#: "3": lesion volume, lesion share and its threshold.
+PRIVATE_SCHEME_VERSION = "3"
 
 # --- Diagnoses (the four classes of the classifier), SNOMED CT where it exists -------
 COVID19 = Code("840539006", "SCT", "COVID-19")  # Disease caused by SARS-CoV-2 (disorder)
@@ -81,6 +82,10 @@ DECISION_THRESHOLD: Mapping[str, Code] = MappingProxyType({
 INDETERMINATE_MARGIN = Code("DMARGIN", PRIVATE_SCHEME, "Indeterminate margin")
 #: pipeline.types.DomainCheck.score: distance from the training data over its threshold.
 OUT_OF_DOMAIN_SCORE = Code("OODSCORE", PRIVATE_SCHEME, "Out-of-domain score")
+#: The lung U-Net's lesion map (3-class U-Nets): the decision's lesion evidence.
+LESION_VOLUME = Code("LESVOL", PRIVATE_SCHEME, "Volume of lesions of infection")
+LESION_SHARE = Code("LESPCT", PRIVATE_SCHEME, "Lesions of infection, share of lung volume")
+LESION_SHARE_THRESHOLD = Code("LESTHR", PRIVATE_SCHEME, "Lesion share threshold")
 #: The score above which a study is out of domain: 1 by construction of the score.
 OUT_OF_DOMAIN_THRESHOLD = Code("OODTHR", PRIVATE_SCHEME, "Out-of-domain threshold")
 #: Concept name of the text item that says why the decision is what it is (Decision.reason).
@@ -102,6 +107,9 @@ DISCLAIMER = Code("DISCL", PRIVATE_SCHEME, "Disclaimer")
 # --- Standard concepts -----------------------------------------------------------
 LUNG = Code("39607008", "SCT", "Lung")
 ANATOMICAL_STRUCTURE = Code("91723000", "SCT", "Anatomical Structure")
+#: SEG segment of the lesions (CID 7150 category, CID 7151-style property).
+MORPHOLOGICALLY_ALTERED_STRUCTURE = Code("49755003", "SCT", "Morphologically Altered Structure")
+LESION = Code("52988006", "SCT", "Lesion")
 VOLUME = Code("118565006", "SCT", "Volume")
 #: Concept name of the coded diagnosis. Not "Finding" (121071): TID 1410 uses that
 #: name for the finding type of a measurement group.

@@ -1,4 +1,7 @@
-"""The lung segmentation as a DICOM Segmentation (BINARY, one segment "Lung").
+"""The lung segmentation as a DICOM Segmentation (BINARY): segment 1 "Lung"; segment 2
+"Lesions of infection" when the lung U-Net made a lesion map that holds lesions (not out
+of domain: the model cannot stand behind its lesions there). The lesions lie inside the
+lung, so the segments overlap (BINARY allows it).
 
 Frames reference their source CT slices (highdicom derives the Derivation Image and
 plane position of each frame from the source datasets); empty frames are left out to
@@ -23,6 +26,9 @@ SEGMENT_LABEL = "Lung"
 #: Recommended display colour (RGB), the green of the overlays' lung outline; without
 #: one, viewers (OHIF) pick their own and say so.
 SEGMENT_RGB = (0, 200, 0)
+LESION_LABEL = "Lesions of infection"
+#: The overlays' heat is red to yellow: lesions in magenta stay apart from it.
+LESION_RGB = (220, 0, 220)
 
 
 def build_seg(result: AnalysisResult, volume: CTVolume, sources: Sequence[Dataset],
@@ -52,12 +58,27 @@ def build_seg(result: AnalysisResult, volume: CTVolume, sources: Sequence[Datase
         tracking_id="Lung (AI segmentation)",
         display_color=hd.color.CIELabColor.from_rgb(*SEGMENT_RGB),
     )
+    segments, pixels = [segment], mask.astype(np.uint8)
+    lesion = result.lung_mask.lesion
+    if lesion is not None and lesion.any() and result.decision.value != "out_of_domain":
+        segments.append(hd.seg.SegmentDescription(
+            segment_number=2,
+            segment_label=LESION_LABEL,
+            segmented_property_category=codes.MORPHOLOGICALLY_ALTERED_STRUCTURE,
+            segmented_property_type=codes.LESION,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm,
+            tracking_uid=uid("seg-tracking-lesion"),
+            tracking_id="Lesions of infection (AI segmentation)",
+            display_color=hd.color.CIELabColor.from_rgb(*LESION_RGB),
+        ))
+        pixels = np.stack([mask, lesion], axis=-1).astype(np.uint8)
     try:
         seg = hd.seg.Segmentation(
             source_images=list(sources),
-            pixel_array=mask.astype(np.uint8),
+            pixel_array=pixels,
             segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-            segment_descriptions=[segment],
+            segment_descriptions=segments,
             series_instance_uid=uid("seg-series"),
             series_number=options.seg_series_number,
             sop_instance_uid=uid("seg-instance"),

@@ -236,6 +236,7 @@ def _case_measurements(result: AnalysisResult, sources: Sequence[Dataset], z: in
                     for name in _display_order(result)]
     measurements += [_percent(codes.TASK_SCORE[name], case.tasks[name]) for name in TASK_NAMES]
     measurements.append(volume_ml)
+    measurements += _lesion_measurements(result)
     measurements += _located_measurements(result, sources, z)
     measurements += _threshold_measurements(result)
     measurements += _domain_measurements(result)
@@ -259,13 +260,25 @@ def _located_measurements(result: AnalysisResult, sources: Sequence[Dataset], z:
     return out
 
 
+def _lesion_measurements(result: AnalysisResult) -> list[hd.sr.Measurement]:
+    """The lung U-Net's lesion burden (volume, share of the lung), when it made a lesion map."""
+    if result.lesion is None:
+        return []
+    return [hd.sr.Measurement(name=codes.LESION_VOLUME, value=round(float(result.lesion.volume_ml), 1),
+                              unit=codes.MILLILITER, finding_sites=[hd.sr.FindingSite(codes.LUNG)]),
+            _percent(codes.LESION_SHARE, float(result.lesion.lung_share))]
+
+
 def _threshold_measurements(result: AnalysisResult) -> list[hd.sr.Measurement]:
-    """The operating points the decision used (model card): task thresholds and the margin."""
+    """The operating points the decision used (model card): task thresholds, the margin
+    and the lesion share threshold."""
     thresholds = result.decision.thresholds
     out = [_percent(codes.DECISION_THRESHOLD[name], float(thresholds[name]))
            for name in TASK_NAMES if name in thresholds]
     if "margin" in thresholds:
         out.append(_percent(codes.INDETERMINATE_MARGIN, float(thresholds["margin"])))
+    if "lesion_share_threshold" in thresholds:
+        out.append(_percent(codes.LESION_SHARE_THRESHOLD, float(thresholds["lesion_share_threshold"])))
     return out
 
 

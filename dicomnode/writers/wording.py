@@ -129,8 +129,17 @@ def threshold_text(thresholds: Mapping[str, float]) -> str:
     parts = [f"{_task_words(name)} {100 * float(thresholds[name]):g}%" for name in TASK_NAMES if name in thresholds]
     if "margin" in thresholds:
         parts.append(f"indeterminate margin {100 * float(thresholds['margin']):g} points")
-    parts += [f"{name} {float(value):g}" for name, value in extra_thresholds(thresholds).items()]
+    if "lesion_share_threshold" in thresholds:
+        band = float(thresholds.get("lesion_band", 1.0))
+        parts.append(f"lesion share of the lung {100 * float(thresholds['lesion_share_threshold']):.3g}%"
+                     + (f" (indeterminate within a factor {band:g})" if band > 1.0 else ""))
+    parts += [f"{name} {float(value):g}" for name, value in extra_thresholds(thresholds).items()
+              if name not in LESION_KEYS]
     return ", ".join(parts)
+
+
+#: Operating points of the lesion evidence, worded by threshold_text.
+LESION_KEYS = ("lesion_share_threshold", "lesion_band")
 
 
 def extra_thresholds(thresholds: Mapping[str, float]) -> dict[str, float]:

@@ -37,6 +37,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from ..nets import UNET_LESION
 from ..params import ChainParams
 from ..preprocess import lung_slice_indices, pair_batch, resize_batch, sample_slices, unet_batch
 from ..types import CLASS_NAMES, CTVolume
@@ -47,7 +48,7 @@ ROLES = ("segmentation", "classifier", "locator")
 COVID_LABEL = CLASS_NAMES.index("covid19")
 NON_PNEUMONIA_LABEL = CLASS_NAMES.index("non_pneumonia")
 #: Segmentation targets: 0 background, 1 lung, SEG_LESION lung with a lesion of infection.
-SEG_LESION = 2
+SEG_LESION = UNET_LESION
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..device import resolve_device
-from ..nets import build_network
+from ..nets import UNET_LESION, UNET_LUNG, build_network, unet_has_lesion_head
 from ..params import ChainParams
 from .augment import augment_lung_pairs, augment_pairs, augment_unet_inputs, random_erase
 from ..preprocess import lung_channels
@@ -36,7 +36,7 @@ from .checkpoint import CosineSchedule, TrainError, checkpoint_path, load_checkp
 from .data import ROLES, SEG_LESION, SliceSet, prepare_cases, recipe_for, stack_slices, case_label_index
 from .params import TrainParams
 from .sampling import balanced_order, batches, derived_seed, generator_for, shuffled_order
-from .validation import MONITOR, classifier_metrics, locator_metrics, segmentation_metrics
+from .validation import MONITOR, classifier_metrics, dice, locator_metrics, segmentation_metrics
 
 log = logging.getLogger(__name__)
 
@@ -305,14 +305,7 @@ class _Run:
     def _loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         logits = self.model(x)
         if self.s.role == "segmentation":
-            prob = F.softmax(logits, dim=1)[:, 1]
-            lung = (y > 0).long()
-            yf = lung.float()
-            dims = (1, 2)
-            soft_dice = (2 * (prob * yf).sum(dims) + 1.0) / (prob.sum(dims) + yf.sum(dims) + 1.0)
-            weight = 1.0 + (self.s.train.lesion_weight - 1.0) * (y == SEG_LESION).float()
-            ce = (F.cross_entropy(logits, lung, reduction="none") * weight).sum() / weight.sum()
-            return ce + (1.0 - soft_dice).mean()
+            return segmentation_loss(logits, y, self.s.train.lesion_weight)
         return F.cross_entropy(logits, y)
 
     def train_epoch(self, epoch: int) -> float:
@@ -361,8 +354,10 @@ class _Run:
             y = vs.targets[start:start + step].to(self.device)
             logits = self.model(x)
             # Mean over the batch's samples (and pixels, for the U-Net), weighted by samples.
-            target = (y > 0).long() if self.s.role == "segmentation" else y.long()
-            loss_sum += float(F.cross_entropy(logits.float(), target)) * len(x)
+            if self.s.role == "segmentation":
+                loss_sum += float(segmentation_loss(logits.float(), y, self.s.train.lesion_weight)) * len(x)
+            else:
+                loss_sum += float(F.cross_entropy(logits.float(), y.long())) * len(x)
             outs.append(F.softmax(logits.float(), dim=1).cpu())
         prob = torch.cat(outs).numpy()
         out = {"val_loss": loss_sum / len(vs)}
@@ -371,7 +366,12 @@ class _Run:
         elif self.s.role == "locator":
             out.update(locator_metrics(vs.slice_labels, prob))
         else:
-            out.update(segmentation_metrics(prob[:, 1] > self.s.train.dice_threshold, vs.targets.numpy() > 0))
+            truth = vs.targets.numpy()
+            lung_prob = prob[:, UNET_LUNG:].sum(axis=1)
+            out.update(segmentation_metrics(lung_prob > self.s.train.dice_threshold, truth > 0))
+            if prob.shape[1] > UNET_LESION:
+                out["val_lesion_dice"] = dice(prob[:, UNET_LESION] > self.s.train.dice_threshold,
+                                              truth == SEG_LESION)
         return out
 
     def run_epochs(self) -> None:
@@ -425,7 +425,7 @@ class _Run:
             "lr": s.lr,
             "optimizer": "Adam",
             "lr_schedule": self.schedule.state_dict(),
-            "loss": (f"cross-entropy (lesion pixels weighted {s.train.lesion_weight:g}x) + soft Dice"
+            "loss": (segmentation_loss_text(s.architecture, s.train.lesion_weight)
                      if s.role == "segmentation" else "cross-entropy"),
             "sampling": "shuffled" if s.role == "segmentation" else "class-balanced",
             "augmentation": asdict(s.train.augment) if s.role != "segmentation"
@@ -460,6 +460,38 @@ class _Run:
         entry["intensity_augmentation"] = s.train.intensity_augmentation
         return update_bundle(self.out, s.role, self.model, s.architecture, entry, synthetic=self.synthetic,
                              name=s.name, version=s.version, description=s.description)
+
+
+def _soft_dice(prob: torch.Tensor, truth: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    return (2 * (prob * truth).sum(dims) + 1.0) / (prob.sum(dims) + truth.sum(dims) + 1.0)
+
+
+def segmentation_loss(logits: torch.Tensor, y: torch.Tensor, lesion_weight: float) -> torch.Tensor:
+    """Loss of the lung U-Net on (n, h, w) targets 0 / 1 / SEG_LESION.
+
+    Cross-entropy with lesion pixels weighted ``lesion_weight`` (dense disease must stay
+    lung) plus the soft Dice of the lung (classes 1 + 2) per slice. A 3-class U-Net learns
+    the lesion class itself, with a soft Dice of the lesion over the whole batch (most
+    slices hold none, and a per-slice Dice of an empty target rewards predicting nothing);
+    a 2-class U-Net learns lesion pixels as lung.
+    """
+    prob = F.softmax(logits, dim=1)
+    lesion = y == SEG_LESION
+    weight = 1.0 + (lesion_weight - 1.0) * lesion.float()
+    three = logits.shape[1] > UNET_LESION
+    target = y.long() if three else (y > 0).long()
+    ce = (F.cross_entropy(logits, target, reduction="none") * weight).sum() / weight.sum()
+    lung_dice = _soft_dice(prob[:, UNET_LUNG:].sum(dim=1), (y > 0).float(), (1, 2))
+    loss = ce + (1.0 - lung_dice).mean()
+    if three:
+        loss = loss + (1.0 - _soft_dice(prob[:, UNET_LESION], lesion.float(), (0, 1, 2)))
+    return loss
+
+
+def segmentation_loss_text(arch: Mapping[str, Any], lesion_weight: float) -> str:
+    """How ``segmentation_loss`` trained this architecture, for the model card."""
+    text = f"cross-entropy (lesion pixels weighted {lesion_weight:g}x) + soft Dice of the lung"
+    return text + " + soft Dice of the lesion class (whole batch)" if unet_has_lesion_head(arch) else text
 
 
 def train_role(settings: TrainSettings) -> TrainOutcome:
