@@ -80,6 +80,22 @@ class NodeSection(_Frozen):
     #: A job that failed this many times (crash, kill) is marked failed.
     max_job_attempts: int = Field(3, ge=1)
     workers: int = Field(1, ge=1, le=16)
+    # Limits of the listener (fast engine); see docs/admin.md.
+    #: Associations at once, in all.
+    max_associations: int = Field(32, ge=1, le=1024)
+    #: Associations at once from one peer address (0: no limit): idle strangers on one
+    #: host cannot take every slot.
+    max_associations_per_address: int = Field(8, ge=0, le=1024)
+    #: TCP connections that have not (yet) associated, at once; more are closed at once.
+    max_pending_connections: int = Field(64, ge=1, le=4096)
+    #: A peer must complete its A-ASSOCIATE-RQ within this deadline (seconds).
+    association_timeout_s: float = Field(30.0, gt=0)
+    #: Longest wait for the next message of an association (seconds).
+    idle_timeout_s: float = Field(60.0, gt=0)
+    #: Longest time one message (a C-STORE with its dataset) may take to arrive (seconds).
+    message_timeout_s: float = Field(600.0, gt=0)
+    #: Largest dataset accepted in one C-STORE (MB); larger is aborted before it is buffered.
+    max_instance_mb: int = Field(2048, ge=1)
 
     _ae = field_validator("ae_title")(_check_ae)
 

@@ -11,6 +11,14 @@ presentation-context negotiation. P-DATA-TF is parsed here by hand (it is the ho
 the command set (Implicit VR Little Endian, PS3.7 6.3.1) is decoded with pydicom and the
 responses are encoded by hand. Only what a storage SCP needs is implemented: any other
 DIMSE message or an unexpected PDU aborts the association.
+
+Bounded by design (docs/admin.md, "Listener limits"): every PDU length and the dataset
+of one C-STORE are checked against limits before a byte is buffered; timeouts are
+deadlines per phase (the A-ASSOCIATE-RQ, the wait for the next message, one message),
+so a peer that sends one byte at a time cannot hold a connection; buffers are allocated
+after association; connections not yet associated, associations in all and per peer
+address are capped. Refusals are one log line each, rate-limited; peer text in logs is
+escaped (dicomnode.logsafe).
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import socket
 import socketserver
 import struct
 import threading
+import time
 from typing import Callable
 
 from pydicom.filereader import read_dataset
@@ -34,17 +43,20 @@ from pynetdicom.pdu_primitives import (
 from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
 
 from .config import NodeSection
+from .logsafe import RateLimitedLog, peer_text
 from .store import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
 
 log = logging.getLogger(__name__)
 
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
-NETWORK_TIMEOUT_S = 60.0
-ACSE_TIMEOUT_S = 30.0
-MAX_ASSOCIATIONS = 32
+#: Largest A-ASSOCIATE-RQ we read (a request with 128 contexts is ~15 kB).
+MAX_ASSOCIATE_RQ = 1 << 20
+#: First size of the PDU buffer: headers and small PDUs; grows up to the PDU limit.
+INITIAL_BUFFER = 1 << 16
 
 C_STORE_RQ, C_STORE_RSP, C_ECHO_RQ, C_ECHO_RSP = 0x0001, 0x8001, 0x0030, 0x8030
 NO_DATASET = 0x0101
+SOP_CLASS_NOT_SUPPORTED = 0x0122
 
 _PDU_HEADER = struct.Struct(">BBI")
 _PDV_HEADER = struct.Struct(">IBB")
@@ -111,11 +123,15 @@ class _Association:
         self.peer_max = 0          # peer's max PDU length (0 = unlimited)
         self.contexts: dict[int, tuple[str, str]] = {}  # accepted id -> (abstract, transfer syntax)
         self.calling_ae = ""
-        # One buffer for every PDU body: no allocation per PDU on the hot path.
-        self.buf = bytearray(max(self.node.max_pdu, 16384) + 16)
+        self.address = _peer_address(sock)
+        # One buffer for every PDU body, grown on demand: no allocation per PDU on the hot
+        # path, and nothing large for a connection that never associates.
+        self.buf = bytearray(INITIAL_BUFFER)
         self.max_body = (self.node.max_pdu or 64 * 2**20) + 65536
-        self.data = bytearray(1 << 20)  # dataset of the C-STORE being received, reused
+        self.max_data = int(self.node.max_instance_mb) * 2**20
+        self.data = bytearray(0)  # dataset of the C-STORE being received, reused
         self.data_len = 0
+        self.deadline = time.monotonic() + float(self.node.association_timeout_s)
 
     # socket helpers
     def _recv_exact(self, n: int) -> memoryview:
@@ -126,18 +142,22 @@ class _Association:
         return view
 
     def _fill(self, view: memoryview) -> None:
-        """Receive exactly len(view) bytes into ``view``."""
+        """Receive exactly len(view) bytes into ``view`` before ``self.deadline``."""
         got, n = 0, len(view)
         while got < n:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise socket.timeout("deadline passed")
+            self.sock.settimeout(left)
             r = self.sock.recv_into(view[got:], n - got)
             if r == 0:
                 raise ConnectionError("peer closed the connection")
             got += r
 
-    def _read_pdu(self) -> tuple[int, memoryview]:
+    def _read_pdu(self, limit: int) -> tuple[int, memoryview]:
         kind, _, length = _PDU_HEADER.unpack(self._recv_exact(6))
         # A peer that ignores our max PDU must not make us allocate gigabytes.
-        if length > self.max_body:
+        if length > limit:
             raise _Abort(f"PDU of {length} bytes exceeds our limit")
         return kind, self._recv_exact(length)
 
@@ -154,23 +174,26 @@ class _Association:
         self.sock.sendall(b"".join(out))
 
     # phases
+    def _who(self) -> str:
+        return f"{peer_text(self.calling_ae, 16) or 'peer'} ({self.address})"
+
     def run(self) -> None:
         try:
-            self.sock.settimeout(ACSE_TIMEOUT_S)
             if not self._associate():
                 return
-            self.sock.settimeout(NETWORK_TIMEOUT_S)
+            self.server.associated(self)
             self._serve()
         except _Abort as e:
-            log.warning("association with %s aborted: %s", self.calling_ae or "peer", e)
+            self.server.refusals.warning("association with %s aborted: %s", self._who(), peer_text(str(e), 200))
             self._try_send(_abort_pdu())
         except socket.timeout:
-            log.warning("association with %s timed out; aborting", self.calling_ae or "peer")
+            self.server.refusals.warning("association with %s timed out (%s phase); aborting", self._who(),
+                                         "association" if not self.contexts else "message")
             self._try_send(_abort_pdu())
         except (ConnectionError, OSError) as e:
-            log.info("association with %s ended: %s", self.calling_ae or "peer", e)
+            log.info("association with %s ended: %s", self._who(), peer_text(str(e), 200))
         except Exception:  # a bug must not kill the server thread silently
-            log.exception("association with %s failed; aborting", self.calling_ae or "peer")
+            log.exception("association with %s failed; aborting", self._who())
             self._try_send(_abort_pdu())
 
     def _try_send(self, data: bytes) -> None:
@@ -180,7 +203,7 @@ class _Association:
             pass
 
     def _reject(self, result: int, source: int, reason: int, why: str) -> bool:
-        log.warning("association from %s refused: %s", self.sock.getpeername()[0], why)
+        self.server.refusals.warning("association from %s refused: %s", self.address, why)
         prim = A_ASSOCIATE()
         prim.result, prim.result_source, prim.diagnostic = result, source, reason
         rj = A_ASSOCIATE_RJ()
@@ -189,24 +212,28 @@ class _Association:
         return False
 
     def _associate(self) -> bool:
-        kind, body = self._read_pdu()
+        kind, body = self._read_pdu(MAX_ASSOCIATE_RQ)
         if kind != 0x01:
             raise _Abort(f"expected A-ASSOCIATE-RQ, got PDU type 0x{kind:02X}")
         rq = A_ASSOCIATE_RQ()
-        rq.decode(_PDU_HEADER.pack(kind, 0, len(body)) + bytes(body))
-        prim = rq.to_primitive()
-        self.calling_ae = str(prim.calling_ae_title).strip()
-        called = str(prim.called_ae_title).strip()
+        try:
+            rq.decode(_PDU_HEADER.pack(kind, 0, len(body)) + bytes(body))
+            prim = rq.to_primitive()
+            self.calling_ae = str(prim.calling_ae_title).strip()
+            called = str(prim.called_ae_title).strip()
+        except Exception as e:  # pynetdicom raises anything on garbage: one line, no traceback
+            raise _Abort(f"malformed A-ASSOCIATE-RQ ({type(e).__name__})") from None
         allowed = [a.strip() for a in self.node.allowed_calling_ae_titles]
         # Reasons as pynetdicom gives them (PS3.8 9.3.4): permanent, service user, 3 / 7.
         if called != self.node.ae_title.strip():
-            return self._reject(0x01, 0x01, 0x07, f"called AE {called!r} is not ours")
+            return self._reject(0x01, 0x01, 0x07, f"called AE {peer_text(called, 16)} is not ours")
         if allowed and self.calling_ae not in allowed:
-            return self._reject(0x01, 0x01, 0x03, f"calling AE {self.calling_ae!r} is not allowed")
+            return self._reject(0x01, 0x01, 0x03, f"calling AE {peer_text(self.calling_ae, 16)} is not allowed")
         if rq.protocol_version != 0x0001:
             return self._reject(0x01, 0x02, 0x02, f"protocol version {rq.protocol_version}")
-        if not self.server.acquire_slot():
-            return self._reject(0x02, 0x03, 0x02, "too many associations")
+        refused = self.server.acquire_slot(self.address)
+        if refused:  # transient, service provider (presentation), local limit exceeded
+            return self._reject(0x02, 0x03, 0x02, refused)
         self.holds_slot = True
         self.peer_max = int(prim.maximum_length_received or 0)
 
@@ -241,11 +268,19 @@ class _Association:
         cmd: dict[str, object] | None = None
         ctx_id = 0
         self.data_len = 0
+        idle = float(self.node.idle_timeout_s)
+        per_message = float(self.node.message_timeout_s)
+        in_message = False
         while True:
+            if not in_message:  # waiting for the next message: the idle limit
+                self.deadline = time.monotonic() + idle
             kind, _, length = _PDU_HEADER.unpack(self._recv_exact(6))
+            if length > self.max_body:
+                raise _Abort(f"PDU of {length} bytes exceeds our limit")
+            if kind == 0x04 and not in_message:  # a message starts: its whole time is bounded
+                in_message = True
+                self.deadline = time.monotonic() + per_message
             if kind != 0x04:
-                if length > self.max_body:
-                    raise _Abort(f"PDU of {length} bytes exceeds our limit")
                 self._recv_exact(length)
                 if kind == 0x05:  # A-RELEASE-RQ
                     self.sock.sendall(_RELEASE_RP)
@@ -279,6 +314,7 @@ class _Association:
                         if not cmd["has_data"]:
                             self._dispatch(ctx_id, cmd, None)
                             cmd = None
+                            in_message = False
                 else:  # dataset fragment
                     if cmd is None or pdv_ctx != ctx_id:
                         raise _Abort("dataset fragment without its command")
@@ -286,9 +322,12 @@ class _Association:
                     if mch & 0x02:
                         self._dispatch(ctx_id, cmd, memoryview(self.data)[:self.data_len])
                         cmd = None
+                        in_message = False
 
     def _recv_data(self, n: int) -> None:
         end = self.data_len + n
+        if end > self.max_data:  # checked before the buffer grows: nothing is allocated for it
+            raise _Abort(f"dataset larger than {self.node.max_instance_mb} MB")
         if end > len(self.data):
             # A new buffer rather than a resize: a view of the old one may still exist.
             grown = bytearray(max(end, 2 * len(self.data)))
@@ -301,6 +340,16 @@ class _Association:
         field = cmd["field"]
         msg_id = int(cmd["msg_id"])  # type: ignore[arg-type]
         sop_class, sop_uid = str(cmd["sop_class"]), str(cmd["sop_uid"])
+        abstract = self.contexts[ctx_id][0]
+        if field in (C_ECHO_RQ, C_STORE_RQ) and sop_class != abstract:
+            # PS3.7 9.1.1.1.2 / 9.3.1: the SOP class must be the context's abstract syntax.
+            self.server.refusals.warning("%s: %s of SOP class %s on the presentation context of %s refused (0x0122)",
+                                         self._who(), "C-STORE" if field == C_STORE_RQ else "C-ECHO",
+                                         peer_text(sop_class, 64), abstract)
+            reply = C_STORE_RSP if field == C_STORE_RQ else C_ECHO_RSP
+            self._send_command(ctx_id, encode_response(reply, msg_id, SOP_CLASS_NOT_SUPPORTED, sop_class,
+                                                       sop_uid if field == C_STORE_RQ else ""))
+            return
         if field == C_ECHO_RQ and data is None:
             self._send_command(ctx_id, encode_response(C_ECHO_RSP, msg_id, 0x0000, sop_class))
         elif field == C_STORE_RQ and data is not None:
@@ -317,18 +366,32 @@ class _Association:
 
 # -- the server ----------------------------------------------------------------------------------
 
+def _peer_address(sock: socket.socket) -> str:
+    try:
+        return str(sock.getpeername()[0])
+    except OSError:
+        return "?"
+
+
 class _Handler(socketserver.BaseRequestHandler):
     def handle(self) -> None:
         sock: socket.socket = self.request
+        server: FastServer = self.server  # type: ignore[assignment]
+        if not server.admit_pending():
+            server.refusals.warning("connection from %s closed: %d connections are already waiting to "
+                                    "associate", _peer_address(sock), server.node.max_pending_connections)
+            return  # socketserver closes the socket
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # responses are small
-        assoc = _Association(sock, self.server)  # type: ignore[arg-type]
-        self.server.track(sock, True)  # type: ignore[attr-defined]
+        assoc = _Association(sock, server)
+        server.track(sock, True)
         try:
             assoc.run()
         finally:
+            if not getattr(assoc, "counted_associated", False):
+                server.leave_pending()
             if getattr(assoc, "holds_slot", False):
-                self.server.release_slot()  # type: ignore[attr-defined]
-            self.server.track(sock, False)  # type: ignore[attr-defined]
+                server.release_slot(assoc.address)
+            server.track(sock, False)
 
 
 class FastServer(socketserver.ThreadingTCPServer):
@@ -345,18 +408,49 @@ class FastServer(socketserver.ThreadingTCPServer):
         self._open: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._active = 0
+        self._per_address: dict[str, int] = {}
+        self._pending = 0
+        #: Refused and aborted associations: one line each, at most 20 a minute.
+        self.refusals = RateLimitedLog(log, burst=20, window_s=60.0)
         super().__init__((node.bind_address, node.port), _Handler)
 
-    def acquire_slot(self) -> bool:
+    def admit_pending(self) -> bool:
+        """Count a new connection as pending (not associated); False when the cap is reached."""
         with self._lock:
-            if self._active >= MAX_ASSOCIATIONS:
+            if self._pending >= self.node.max_pending_connections:
                 return False
-            self._active += 1
+            self._pending += 1
             return True
 
-    def release_slot(self) -> None:
+    def leave_pending(self) -> None:
+        with self._lock:
+            self._pending -= 1
+
+    def associated(self, assoc: _Association) -> None:
+        """An association is established: it no longer counts as pending."""
+        assoc.counted_associated = True  # type: ignore[attr-defined]
+        self.leave_pending()
+
+    def acquire_slot(self, address: str) -> str:
+        """Take an association slot for ``address``; '' when granted, else why not."""
+        with self._lock:
+            if self._active >= self.node.max_associations:
+                return f"too many associations ({self.node.max_associations})"
+            per = self.node.max_associations_per_address
+            if per and self._per_address.get(address, 0) >= per:
+                return f"too many associations from {address} ({per})"
+            self._active += 1
+            self._per_address[address] = self._per_address.get(address, 0) + 1
+            return ""
+
+    def release_slot(self, address: str) -> None:
         with self._lock:
             self._active -= 1
+            left = self._per_address.get(address, 1) - 1
+            if left > 0:
+                self._per_address[address] = left
+            else:
+                self._per_address.pop(address, None)
 
     def track(self, sock: socket.socket, opened: bool) -> None:
         with self._lock:

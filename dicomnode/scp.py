@@ -41,6 +41,7 @@ from pydicom.uid import (
 from . import fastscp
 from .config import NodeSection
 from .errors import StoreError
+from .logsafe import peer_text
 from .store import STATUS_PROCESSING_FAILURE, InstanceInfo, InstanceStore, encode_file_meta, parse_header
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,8 @@ def store_durably(store: InstanceStore, on_stored: OnStored, ts: str, sop_class:
         header = encode_file_meta(info.sop_class_uid, info.sop_uid, ts, calling_ae)
         path = store.store(info, header, stream.getbuffer())
     except StoreError as e:
-        log.warning("C-STORE %s refused with 0x%04X: %s", _safe(sop_uid), e.status, e)
+        # The reason may quote what the peer sent (UIDs, parse errors): escaped like the UID.
+        log.warning("C-STORE %s refused with 0x%04X: %s", _safe(sop_uid), e.status, peer_text(str(e), 300))
         return e.status, None
     except Exception:  # the handler never raises: any bug becomes a failure status
         log.exception("C-STORE %s failed unexpectedly", _safe(sop_uid))
@@ -100,7 +102,7 @@ def store_durably(store: InstanceStore, on_stored: OnStored, ts: str, sop_class:
             on_stored(info, str(path.relative_to(store.root)))
         except Exception:
             # The file is durable; the start-up rescan records it if this bookkeeping failed.
-            log.exception("instance %s stored but not recorded; a restart will pick it up", info.sop_uid)
+            log.exception("instance %s stored but not recorded; a restart will pick it up", _safe(info.sop_uid))
     return 0x0000, record
 
 
@@ -137,12 +139,12 @@ def handle_echo(event: evt.Event) -> int:
 def handle_rejected(event: evt.Event) -> None:
     """Say in the log why an association was refused (AE titles are not patient data)."""
     req = event.assoc.requestor
-    log.warning("association from %s:%s refused (calling AE %r, called AE %r)", req.address, req.port,
-                req.ae_title, event.assoc.acceptor.ae_title)
+    log.warning("association from %s:%s refused (calling AE %s, called AE %s)", req.address, req.port,
+                peer_text(req.ae_title, 16), peer_text(event.assoc.acceptor.ae_title, 16))
 
 
 def _safe(uid: str) -> str:
-    return uid[:64].encode("ascii", "backslashreplace").decode()
+    return peer_text(uid, 64)
 
 
 def build_ae(node: NodeSection) -> AE:
