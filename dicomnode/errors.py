@@ -54,7 +54,8 @@ class SeriesRejected(NodeError):
     Codes: ``unreadable``, ``no_pixel_data``, ``localizer``, ``mixed_patient``,
     ``mixed_study``, ``mixed_series``, ``inconsistent_size``, ``mixed_orientation``,
     ``duplicate_position``, ``non_uniform_spacing``, ``too_few_slices``,
-    ``unsupported_pixels``, ``no_geometry``.
+    ``unsupported_pixels``, ``no_geometry``, ``implausible_geometry`` (matrix size or
+    volume beyond any CT), ``implausible_rescale``, ``truncated_pixels``.
     """
 
     def __init__(self, reason: str, code: str = "rejected") -> None:

@@ -37,6 +37,17 @@ DUPLICATE_TOLERANCE_MM = 1e-3
 #: spacing is called non-uniform: scanners round positions to a few decimals.
 GAP_RELATIVE_TOLERANCE = 0.05
 GAP_ABSOLUTE_TOLERANCE_MM = 0.05
+#: Plausible CT matrix sizes (Rows, Columns): checked before any pixel is allocated.
+MIN_MATRIX, MAX_MATRIX = 16, 4096
+#: Largest volume the node allocates (float32 HU), bytes.
+MAX_VOLUME_BYTES = 8 * 2**30
+#: Rescale slopes and intercepts a CT can have, and the HU range of real CT values
+#: (air -1000, metal a few thousand; 12-16 bit scanners stay well inside it).
+MAX_ABS_SLOPE, MAX_ABS_INTERCEPT = 100.0, 1e5
+HU_PLAUSIBLE = (-1e4, 1e5)
+#: Transfer syntaxes whose pixel data is stored as it is (its length can be checked).
+NATIVE_TRANSFER_SYNTAXES = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2",
+                            "1.2.840.10008.1.2.1.99")
 
 
 def load_series(paths: Sequence[Path | str], min_slices: int = MIN_SLICES) -> tuple[CTVolume, list[Dataset]]:
@@ -101,13 +112,52 @@ def _check_instances(datasets: list[Dataset], min_slices: int) -> None:
         if len(values) > 1:
             raise SeriesRejected(f"the instances disagree on {keyword} ({len(values)} different values); "
                                  f"pass the files of one series of one patient", code)
-    sizes = {(int(ds.Rows), int(ds.Columns)) for ds in datasets}
+    sizes = {(int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)) for ds in datasets}
     if len(sizes) > 1:
         raise SeriesRejected(f"the slices have different sizes {sorted(sizes)} (Rows x Columns); "
                              f"a CT volume needs one size", "inconsistent_size")
     if len(datasets) < min_slices:
         raise SeriesRejected(f"the series has {len(datasets)} slices, fewer than {min_slices}; "
                              f"send the complete chest CT series", "too_few_slices")
+    rows, cols = next(iter(sizes))
+    if not (MIN_MATRIX <= rows <= MAX_MATRIX and MIN_MATRIX <= cols <= MAX_MATRIX):
+        raise SeriesRejected(f"the slices declare {rows} x {cols} pixels (Rows x Columns); a CT slice has "
+                             f"{MIN_MATRIX} to {MAX_MATRIX} per side", "implausible_geometry")
+    if len(datasets) * rows * cols * 4 > MAX_VOLUME_BYTES:
+        raise SeriesRejected(f"{len(datasets)} slices of {rows} x {cols} would need more than "
+                             f"{MAX_VOLUME_BYTES // 2**30} GiB; send a chest CT series", "implausible_geometry")
+    for ds in datasets:
+        _check_rescale(ds)
+        _check_native_length(ds, rows, cols)
+
+
+def _check_rescale(ds: Dataset) -> None:
+    uid = ds.get("SOPInstanceUID", "?")
+    try:
+        slope = float(ds.get("RescaleSlope", 1) or 1)
+        intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    except (TypeError, ValueError):
+        raise SeriesRejected(f"instance {uid} has a RescaleSlope/RescaleIntercept that is not a number",
+                             "implausible_rescale") from None
+    if not (np.isfinite(slope) and np.isfinite(intercept)) or not (0 < abs(slope) <= MAX_ABS_SLOPE) \
+            or abs(intercept) > MAX_ABS_INTERCEPT:
+        raise SeriesRejected(f"instance {uid} has RescaleSlope {slope:g} and RescaleIntercept {intercept:g}; a CT "
+                             f"has a slope of at most {MAX_ABS_SLOPE:g} and an intercept within "
+                             f"+-{MAX_ABS_INTERCEPT:g}", "implausible_rescale")
+
+
+def _check_native_length(ds: Dataset, rows: int, cols: int) -> None:
+    """Uncompressed pixel data must hold a whole frame: a truncated file says so (not "a codec is missing")."""
+    ts = str(getattr(ds, "file_meta", Dataset()).get("TransferSyntaxUID", ""))
+    if ts not in NATIVE_TRANSFER_SYNTAXES:
+        return
+    bits = int(ds.get("BitsAllocated", 16) or 16)
+    need = rows * cols * int(ds.get("SamplesPerPixel", 1) or 1) * max(1, bits // 8)
+    have = len(ds.PixelData)
+    if have < need:
+        raise SeriesRejected(f"instance {ds.get('SOPInstanceUID', '?')}: its pixel data holds {have} bytes where "
+                             f"{rows} x {cols} pixels of {bits} bits need {need}: the file is truncated or "
+                             f"damaged; send the slice again", "truncated_pixels")
 
 
 def _pixel_spacing(ds: Dataset) -> tuple[float, float]:
@@ -196,6 +246,11 @@ def _pixels_hu(datasets: list[Dataset]) -> np.ndarray:
         intercept = float(ds.get("RescaleIntercept", 0) or 0)
         np.multiply(stored, slope, out=hu[z], casting="unsafe")
         hu[z] += intercept
+        low, high = float(hu[z].min()), float(hu[z].max())
+        if low < HU_PLAUSIBLE[0] or high > HU_PLAUSIBLE[1]:
+            raise SeriesRejected(f"instance {ds.get('SOPInstanceUID', '?')}: its values rescale to {low:g}..{high:g} "
+                                 f"HU, outside any CT's range; check RescaleSlope/RescaleIntercept",
+                                 "implausible_rescale")
 
     # Decoding compressed frames runs in C and releases the GIL: a few threads help.
     workers = max(1, min(4, os.cpu_count() or 1))

@@ -138,6 +138,45 @@ def test_each_rejection_reason(tmp_path: Path, change, code: str, words: str) ->
     assert "PID-123" not in str(err.value) and "SOMEONE-ELSE" not in str(err.value)
 
 
+def _all(keyword: str, value) -> Callable[[list[Dataset]], list[Dataset]]:
+    def change(dss: list[Dataset]) -> list[Dataset]:
+        for ds in dss:
+            setattr(ds, keyword, value)
+        return dss
+    return change
+
+
+def _truncate(dss: list[Dataset]) -> list[Dataset]:
+    dss[5].PixelData = dss[5].PixelData[: len(dss[5].PixelData) // 2]
+    return dss
+
+
+@pytest.mark.parametrize("change,code,words", [
+    # Issue 9, defect 11: checked before a pixel is allocated (65535^2 x 12 slices = 200 GB).
+    (_all("Rows", 65535), "implausible_geometry", "65535 x 48"),
+    (_all("Columns", 65535), "implausible_geometry", "40 x 65535"),
+    (_set("RescaleSlope", 1e30), "implausible_rescale", r"RescaleSlope 1e\+30"),
+    (_set("RescaleIntercept", float("nan")), "implausible_rescale", "RescaleIntercept nan"),
+    # Defect 16: a truncated uncompressed slice is called truncated, not "install a codec".
+    (_truncate, "truncated_pixels", "truncated or damaged"),
+])
+def test_hostile_headers_are_refused_with_a_reason(tmp_path: Path, change, code: str, words: str) -> None:
+    import tracemalloc
+
+    datasets = change(ct_datasets(_volume(), patient_id="PID-123"))
+    paths = _save(datasets, tmp_path)
+    tracemalloc.start()
+    try:
+        with pytest.raises(SeriesRejected, match=words) as err:
+            load_series(paths)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert err.value.code == code
+    assert "install" not in str(err.value)
+    assert peak < 200 * 2**20
+
+
 def test_too_few_slices(tmp_path: Path) -> None:
     paths = _save(ct_datasets(_volume())[:4], tmp_path)
     with pytest.raises(SeriesRejected, match="fewer than 10") as err:
