@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import logging
 import io
 import os
 import re
@@ -41,6 +42,8 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, Imp
 
 from . import __version__
 from .errors import DiskFullError, InvalidUIDError, StoreError
+
+log = logging.getLogger(__name__)
 
 #: A DICOM UID (PS3.5 9.1): components of digits without leading zeros, dot-separated.
 UID_PATTERN = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+")
@@ -337,10 +340,13 @@ class InstanceStore:
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         self.min_free_bytes = int(min_free_mb) * 1024 * 1024
-        self._free_checked = 0.0
-        self._free_ok = True
+        self._free_checked = -1e9
+        self._free_bytes = 0  # at the last statvfs, less what was written since
         self._dirs_known: set[Path] = set()
         self._lock = threading.Lock()
+        #: Instances received again: same content (a re-send) or different content
+        #: (the earlier file is replaced; logged, as the PACS may have sent a correction).
+        self.duplicates = {"identical": 0, "different": 0}
 
     def relative_path(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
         """The path (relative to root) an instance is stored at; validates every UID."""
@@ -356,18 +362,26 @@ class InstanceStore:
                                   STATUS_CANNOT_UNDERSTAND)
         return path
 
-    def check_free_space(self) -> None:
-        """Raise DiskFullError when free space is below the guard (checked at most 1/s)."""
+    def check_free_space(self, need_bytes: int = 0) -> None:
+        """Raise DiskFullError unless ``need_bytes`` fit and leave the guard's reserve free.
+
+        The free space is measured (statvfs) at most once a second and every write since is
+        subtracted from it, so a fast sender cannot overrun the reserve between two
+        measurements; the reserve (``min_free_mb``) stays for the database and results.
+        """
         if self.min_free_bytes <= 0:
             return
-        t = time.monotonic()
-        if t - self._free_checked > 1.0:
-            st = os.statvfs(self.root)
-            self._free_ok = st.f_bavail * st.f_frsize >= self.min_free_bytes
-            self._free_checked = t
-        if not self._free_ok:
-            raise DiskFullError(f"free disk space in {self.root} is below {self.min_free_bytes // 2**20} MB; "
-                                f"free space or lower [node] min_free_mb", STATUS_OUT_OF_RESOURCES)
+        with self._lock:
+            t = time.monotonic()
+            if t - self._free_checked > 1.0 or self._free_bytes - need_bytes < self.min_free_bytes:
+                st = os.statvfs(self.root)
+                self._free_bytes = st.f_bavail * st.f_frsize
+                self._free_checked = t
+            if self._free_bytes - need_bytes < self.min_free_bytes:
+                raise DiskFullError(f"free disk space in {self.root} would fall below the "
+                                    f"{self.min_free_bytes // 2**20} MB reserve; free space or lower [node] "
+                                    f"min_free_mb", STATUS_OUT_OF_RESOURCES)
+            self._free_bytes -= need_bytes
 
     def _ensure_dir(self, folder: Path) -> None:
         if folder in self._dirs_known:
@@ -390,8 +404,10 @@ class InstanceStore:
         Raises DiskFullError (0xA700) when space is short, InvalidUIDError (0xC210) for a
         bad UID, StoreError (0xA700) for other OS errors. Never leaves a partial file.
         """
-        self.check_free_space()
+        self.check_free_space(len(header) + len(dataset))
         target = self.path_for(info.study_uid, info.series_uid, info.sop_uid)
+        if target.exists():
+            self._note_duplicate(info, target, header, dataset)
         tmp = target.parent / f".{info.sop_uid}.{secrets.token_hex(4)}{_TMP_SUFFIX}"
         try:
             self._ensure_dir(target.parent)
@@ -413,10 +429,27 @@ class InstanceStore:
             except OSError:
                 pass
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                self._free_ok = False
+                with self._lock:
+                    self._free_bytes = 0
                 raise DiskFullError(f"disk full while storing {info.sop_uid}", STATUS_OUT_OF_RESOURCES) from e
             raise StoreError(f"cannot write {target.name}: {e.strerror}", STATUS_OUT_OF_RESOURCES) from e
         return target
+
+    def _note_duplicate(self, info: InstanceInfo, target: Path, header: bytes, dataset: bytes | memoryview) -> None:
+        """Count and log an instance received again (it replaces the stored file)."""
+        # The dataset bytes decide (the file meta names the sending AE, which may differ).
+        try:
+            stored = target.read_bytes()
+            same = len(stored) >= len(dataset) and stored[len(stored) - len(dataset):] == bytes(dataset)
+        except OSError:
+            same = False
+        with self._lock:
+            self.duplicates["identical" if same else "different"] += 1
+        if same:
+            log.info("instance %s of series %s received again, identical", info.sop_uid, info.series_uid)
+        else:
+            log.warning("instance %s of series %s received again with different content: the stored file is "
+                        "replaced", info.sop_uid, info.series_uid)
 
     def remove_temp_files(self) -> int:
         """Delete temp files a killed process left behind; returns how many."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 
+import logging
+
 import pytest
 from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -107,15 +109,22 @@ def test_store_writes_a_readable_dicom_file_atomically(ct, tmp_path):
     assert list(store.scan()) == [path.relative_to(store.root)]
 
 
-def test_duplicate_replaces_the_earlier_file(ct, tmp_path):
+def test_duplicate_replaces_the_earlier_file(ct, tmp_path, caplog):
     store = InstanceStore(tmp_path / "storage", 0)
     info = info_of(ct)
     header = encode_file_meta(info.sop_class_uid, info.sop_uid, ExplicitVRLittleEndian)
     store.store(info, header, encoded(ct))
+    store.store(info, encode_file_meta(info.sop_class_uid, info.sop_uid, ExplicitVRLittleEndian, "OTHER"),
+                encoded(ct))  # a re-send, from another AE: the same dataset
+    assert store.duplicates == {"identical": 1, "different": 0}
     ct.SeriesDescription = "corrected"
-    path = store.store(info, header, encoded(ct))
+    with caplog.at_level(logging.WARNING, logger="dicomnode.store"):
+        path = store.store(info, header, encoded(ct))
     assert dcmread(path).SeriesDescription == "corrected"
     assert len(list(store.scan())) == 1
+    # Issue 9, defect 13: a different content under the same UID leaves a trace.
+    assert store.duplicates == {"identical": 1, "different": 1}
+    assert any("different content" in r.getMessage() and info.sop_uid in r.getMessage() for r in caplog.records)
 
 
 def test_failed_write_leaves_no_file(ct, tmp_path, monkeypatch):
@@ -140,6 +149,35 @@ def test_free_disk_guard_refuses_with_out_of_resources(ct, tmp_path):
         store.store(info_of(ct), b"", encoded(ct))
     assert err.value.status == STATUS_OUT_OF_RESOURCES
     assert "min_free_mb" in str(err.value)
+
+
+def test_free_disk_guard_counts_every_write_between_measurements(ct, tmp_path, monkeypatch):
+    """Issue 9, defect 7: a fast sender cannot overrun the reserve between two statvfs
+    calls (they were once a second): each write is counted against the last measurement."""
+    import os
+    from types import SimpleNamespace
+
+    data = encoded(ct)
+    reserve = 1 * 2**20
+    calls = []
+
+    root = tmp_path / "storage"
+
+    def statvfs(path):  # a disk with the reserve plus room for 2.5 instances
+        calls.append(path)
+        used = sum(p.stat().st_size for p in root.rglob("*.dcm"))
+        return SimpleNamespace(f_bavail=reserve + int(2.5 * len(data)) - used, f_frsize=1)
+
+    monkeypatch.setattr(os, "statvfs", statvfs)
+    store = InstanceStore(root, min_free_mb=1)
+    for i in range(2):
+        ct.SOPInstanceUID = f"1.2.826.0.1.3680043.2.1125.{i + 1}"
+        store.store(info_of(ct), b"", encoded(ct))
+    ct.SOPInstanceUID = "1.2.826.0.1.3680043.2.1125.3"
+    with pytest.raises(DiskFullError) as err:
+        store.store(info_of(ct), b"", encoded(ct))
+    assert "reserve" in str(err.value)
+    assert len(list(store.scan())) == 2
 
 
 def test_temp_files_of_a_killed_write_are_removed(tmp_path):
