@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -62,6 +62,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     reason          TEXT,
     attempts        INTEGER NOT NULL DEFAULT 0,
     lease_until     REAL,
+    not_before      REAL,                -- queued: not claimed before (a retry's backoff)
     created         REAL NOT NULL,
     updated         REAL NOT NULL,
     UNIQUE (series_uid, generation)
@@ -101,8 +102,15 @@ class Database:
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.execute("PRAGMA foreign_keys=ON")
         self._conn.executescript(SCHEMA)
-        self._conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
+        self._migrate()
+        self._conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)",
                            (str(SCHEMA_VERSION),))
+
+    def _migrate(self) -> None:
+        """Bring a database of an earlier schema up to date (columns added, never dropped)."""
+        columns = {r["name"] for r in self._conn.execute("PRAGMA table_info(jobs)").fetchall()}
+        if "not_before" not in columns:  # schema 1 -> 2
+            self._conn.execute("ALTER TABLE jobs ADD COLUMN not_before REAL")
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:

@@ -5,7 +5,8 @@ by a late instance gets a new job). States::
 
     queued -> running -> delivering -> done
                   |            '-----> failed      (a destination never took the results)
-                  |--> queued          (lease expired / node restarted: given back)
+                  |--> queued          (lease expired / node restarted: given back;
+                  |                     disk full: retried after a backoff, ``not_before``)
                   |--> failed          (error, or too many attempts)
                   '--> skipped         (not a usable chest CT, with the reason)
     queued -> skipped                  (superseded by a newer generation of the series)
@@ -112,12 +113,12 @@ class JobQueue:
         """Take the oldest queued job (state running, attempts+1, lease set), or None."""
         t = now() if at is None else at
         with self.db.transaction() as conn:
-            row = conn.execute("SELECT id FROM jobs WHERE state=? ORDER BY id LIMIT 1",
-                               (JobState.QUEUED.value,)).fetchone()
+            row = conn.execute("SELECT id FROM jobs WHERE state=? AND (not_before IS NULL OR not_before <= ?) "
+                               "ORDER BY id LIMIT 1", (JobState.QUEUED.value, t)).fetchone()
             if row is None:
                 return None
-            conn.execute("UPDATE jobs SET state=?, attempts=attempts+1, lease_until=?, updated=? WHERE id=?",
-                         (JobState.RUNNING.value, t + self.lease_seconds, t, row["id"]))
+            conn.execute("UPDATE jobs SET state=?, attempts=attempts+1, lease_until=?, not_before=NULL, updated=? "
+                         "WHERE id=?", (JobState.RUNNING.value, t + self.lease_seconds, t, row["id"]))
             job = Job.from_row(conn.execute("SELECT * FROM jobs WHERE id=?", (row["id"],)).fetchone())
         log.info("job %d claimed (series %s, attempt %d)", job.id, job.series_uid, job.attempts)
         return job
@@ -160,6 +161,17 @@ class JobQueue:
         with self.db.transaction() as conn:
             self.transition_in(conn, job_id, new, reason, expect, attempts, at)
         log.info("job %d -> %s%s", job_id, new, f" ({reason})" if reason else "")
+
+    def retry_later(self, job: Job, reason: str, delay_s: float, at: float | None = None) -> float:
+        """Give a claimed job back to the queue, not to be claimed for ``delay_s`` (a
+        transient failure: disk full, ...); returns when it may run again."""
+        t = now() if at is None else at
+        with self.db.transaction() as conn:
+            self.transition_in(conn, job.id, JobState.QUEUED, reason, expect=JobState.RUNNING,
+                               attempts=job.attempts, at=t)
+            conn.execute("UPDATE jobs SET not_before=? WHERE id=?", (t + delay_s, job.id))
+        log.warning("job %d -> queued, retried in %.0f s (%s)", job.id, delay_s, reason)
+        return t + delay_s
 
     # -- recovering -----------------------------------------------------------------
     def _give_back(self, where: str, params: Sequence[object], why: str, at: float | None) -> list[int]:

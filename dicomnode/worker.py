@@ -9,11 +9,14 @@ per process (``pipeline.models.load_bundle_cached``) -> ``pipeline.chain.analyze
 Results are persisted before any delivery starts, and built with UIDs derived from the
 job (``WriterOptions.uid_seed``), so a node killed at any point re-sends the very same
 objects: a destination receives each result once (at worst the same SOP Instance again).
-Every error becomes a recorded job state with a reason; nothing escapes the thread.
+Every error becomes a recorded job state with a reason; nothing escapes the thread. A
+full disk while writing the results is transient: the partial results are removed and
+the job is queued again after a backoff.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -32,6 +35,9 @@ from .series import SeriesAssembler
 from .store import fsync_dir, validate_uid
 
 log = logging.getLogger(__name__)
+
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+DISK_FULL_FIRST_DELAY_S, DISK_FULL_MAX_DELAY_S = 30.0, 900.0
 
 
 def write_dataset_durably(ds, path: Path) -> None:
@@ -195,8 +201,24 @@ class Worker:
         options = WriterOptions(enabled=frozenset(kinds), max_overlays=self.cfg.pipeline.max_overlays,
                                 uid_seed=f"{job.series_uid}/job-{job.id}")
         objects = build_result_objects(result, volume, sources, options)
-        written = persist_results(objects, self.results_root / str(job.id), result.summary(volume))
+        job_dir = self.results_root / str(job.id)
+        try:
+            written = persist_results(objects, job_dir, result.summary(volume))
+        except OSError as e:
+            if e.errno not in DISK_FULL_ERRNOS:
+                raise
+            return self._retry_when_space(job, job_dir, e)
         return self._hand_over(job, written)
+
+    def _retry_when_space(self, job: Job, job_dir: Path, error: OSError) -> JobState:
+        """Out of space is transient: no partial result is left, and the job runs again
+        after a backoff (30 s doubling per attempt, at most 15 min)."""
+        shutil.rmtree(job_dir, ignore_errors=True)
+        delay = min(DISK_FULL_MAX_DELAY_S, DISK_FULL_FIRST_DELAY_S * 2 ** max(0, job.attempts - 1))
+        log.error("job %d: disk full while writing its results (%s); partial results removed, retried in %.0f s: "
+                  "free space in %s", job.id, error.strerror, delay, self.results_root)
+        self.queue.retry_later(job, f"disk full while writing results ({error.strerror}); retried", delay)
+        return JobState.QUEUED
 
     def _nothing_to_send_reason(self, written: Sequence[tuple[str, str, str]]) -> str:
         """Why a job ends with no delivery: no destination at all, or none wants what was
