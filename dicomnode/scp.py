@@ -31,6 +31,7 @@ from pydicom.uid import (
     JPEG2000,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
+    JPEGExtended12Bit,
     JPEGLosslessSV1,
     JPEGLossless,
     JPEGLSLossless,
@@ -49,7 +50,7 @@ log = logging.getLogger(__name__)
 #: Transfer syntaxes accepted for storage, in order of preference.
 ACCEPTED_TRANSFER_SYNTAXES: tuple[str, ...] = (
     ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian,
-    JPEGBaseline8Bit, JPEGLossless, JPEGLosslessSV1, JPEGLSLossless, JPEGLSNearLossless,
+    JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLossless, JPEGLosslessSV1, JPEGLSLossless, JPEGLSNearLossless,
     JPEG2000Lossless, JPEG2000, RLELossless,
 )
 

@@ -64,3 +64,17 @@ def test_unknown_called_ae_gets_a_reject(server):
     ae.add_requested_context(Verification)
     assoc = ae.associate("127.0.0.1", scp.port, ae_title="WRONG")
     assert assoc.is_rejected
+
+
+@pytest.mark.parametrize("syntax", ["1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51"])
+def test_lossy_jpeg_transfer_syntaxes_are_accepted(server, syntax):
+    """Issue 9, defect 15: JPEG baseline (8-bit) and extended (12-bit) are not refused at association."""
+    scp, _ = server
+    ae = AE(ae_title="SCANNER")
+    ae.add_requested_context(CTImageStorage, [syntax])
+    assoc = ae.associate("127.0.0.1", scp.port, ae_title="COVIDNODE")
+    try:
+        assert assoc.is_established
+        assert [str(cx.transfer_syntax[0]) for cx in assoc.accepted_contexts] == [syntax]
+    finally:
+        assoc.release()

@@ -205,3 +205,32 @@ def test_instance_number_order_without_geometry(tmp_path: Path) -> None:
     loaded, _ = load_series(paths)
     np.testing.assert_array_equal(loaded.hu, vol.hu)
     assert loaded.spacing_mm[0] == pytest.approx(2.5)
+
+
+def test_jpeg_baseline_series_decodes_to_hu_within_its_loss(tmp_path: Path) -> None:
+    """Issue 9, defect 15: 8-bit JPEG baseline, as many scanners and PACS send, is decoded
+    (pylibjpeg/Pillow); stored = (HU + 1024) / 8 with slope 8, intercept -1024."""
+    import io
+
+    from PIL import Image
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit
+
+    vol = _volume()
+    # A smooth ramp (JPEG keeps it within a few grey levels), -1000 to 1000 HU across the slice.
+    smooth = np.broadcast_to(np.round(np.linspace(-1000, 1000, NX)), (NZ, NY, NX)).astype(np.float32)
+    datasets = ct_datasets(CTVolume(hu=smooth, spacing_mm=vol.spacing_mm, origin_mm=vol.origin_mm))
+    for z, ds in enumerate(datasets):
+        stored = np.clip(np.round((smooth[z] + 1024) / 8), 0, 255).astype(np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(stored, mode="L").save(buf, format="JPEG", quality=95)
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+        ds.RescaleSlope, ds.RescaleIntercept = 8, -1024
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.PixelData = encapsulate([buf.getvalue()])
+        ds["PixelData"].VR = "OB"
+        ds.LossyImageCompression = "01"
+        ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    loaded, sources = load_series(_save(datasets, tmp_path))
+    assert str(sources[0].file_meta.TransferSyntaxUID) == JPEGBaseline8Bit
+    assert np.abs(loaded.hu - smooth).max() <= 8 * 3  # quantisation and JPEG loss, a few grey levels

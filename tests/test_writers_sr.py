@@ -187,3 +187,23 @@ def test_sources_without_geometry_are_refused_with_a_reason(inputs):
     del broken[3].ImagePositionPatient
     with pytest.raises(WriterError, match="source slice 3 .* has no ImagePositionPatient"):
         build_result_objects(inputs.result, inputs.volume, broken, WriterOptions(enabled={"sr"}))
+
+
+def test_lossy_sources_are_named_in_the_summary_and_the_overlays():
+    """A result drawn from lossy JPEG sources says so; its overlays are marked lossy (PS3.3 C.7.6.1.1.5)."""
+    from pydicom.uid import JPEGBaseline8Bit
+
+    from dicomnode.writers import WriterOptions, build_result_objects
+    from writer_inputs import make_inputs
+
+    inputs = make_inputs(seed=11, n_slices=24, size=96)
+    for ds in inputs.sources:
+        ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    objects = build_result_objects(inputs.result, inputs.volume, inputs.sources, WriterOptions(enabled={"sr", "sc"}))
+    sr = objects["sr"][0]
+    texts = [str(item.TextValue) for item in sr.ContentSequence[-1].ContentSequence if "TextValue" in item]
+    assert any("lossy compressed (JPEG baseline)" in t for t in texts)
+    assert objects["sc"] and all(sc.LossyImageCompression == "01" for sc in objects["sc"])
+    plain = make_inputs(seed=11, n_slices=24, size=96)
+    objects = build_result_objects(plain.result, plain.volume, plain.sources, WriterOptions(enabled={"sr", "sc"}))
+    assert all(sc.LossyImageCompression == "00" for sc in objects["sc"])

@@ -94,6 +94,27 @@ def source_views(sources: Sequence[Dataset], volume: CTVolume) -> list[Dataset]:
     return views
 
 
+#: Transfer syntaxes whose pixel data lost information (JPEG baseline/extended, JPEG-LS
+#: near-lossless, JPEG 2000 irreversible): -> the words a report uses.
+LOSSY_TRANSFER_SYNTAXES = {
+    "1.2.840.10008.1.2.4.50": "JPEG baseline", "1.2.840.10008.1.2.4.51": "JPEG extended",
+    "1.2.840.10008.1.2.4.81": "JPEG-LS near-lossless", "1.2.840.10008.1.2.4.91": "JPEG 2000 (lossy)",
+}
+
+
+def lossy_source(sources: Sequence[Dataset]) -> str | None:
+    """How the source images were lossy compressed (e.g. "JPEG baseline"), or None: from the
+    transfer syntax they arrived in and from Lossy Image Compression (0028,2110)."""
+    for ds in sources:
+        ts = str(getattr(ds, "file_meta", Dataset()).get("TransferSyntaxUID", ""))
+        if ts in LOSSY_TRANSFER_SYNTAXES:
+            return LOSSY_TRANSFER_SYNTAXES[ts]
+        if str(ds.get("LossyImageCompression", "")).strip() == "01":
+            method = ds.get("LossyImageCompressionMethod")
+            return f"lossy ({method if isinstance(method, str) else ', '.join(map(str, method or [])) or 'method unknown'})"
+    return None
+
+
 def uid_maker(options: WriterOptions, sources: Sequence[Dataset]) -> UidMaker:
     """A function name -> UID. With options.uid_seed the UIDs are reproducible: the same
     job and source series give the same UID for the same name."""

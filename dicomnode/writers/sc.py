@@ -27,6 +27,7 @@ from .common import (
     UidMaker,
     disclaimer,
     is_demo,
+    lossy_source,
     model_text,
     overlay_slices,
     series_description,
@@ -44,6 +45,7 @@ def build_sc(result: AnalysisResult, volume: CTVolume, sources: Sequence[Dataset
     attention = {a.z_index: a for a in result.attention}
     chosen = sorted(overlay_slices(result, options.max_overlays))
     series_uid = uid("sc-series")
+    lossy = lossy_source(sources)
     images = []
     for number, z in enumerate(chosen, start=1):
         att = attention[z]
@@ -73,7 +75,8 @@ def build_sc(result: AnalysisResult, volume: CTVolume, sources: Sequence[Dataset
         _reference_source(sc, source)
         _copy_geometry(sc, source)
         sc.BurnedInAnnotation = "YES"
-        sc.LossyImageCompression = "00"
+        # A picture derived from a lossy source is lossy too (PS3.3 C.7.6.1.1.5).
+        sc.LossyImageCompression = "01" if lossy else "00"
         sc.ImageType = ["DERIVED", "SECONDARY", "OTHER"]
         sc.DerivationDescription = (f"Guided Grad-CAM of the {target} class blended on the lung window "
                                     f"(W1500 L-600); lung outline green, attention regions white")[:1024]

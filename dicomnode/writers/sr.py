@@ -51,6 +51,7 @@ from .common import (
     UidMaker,
     disclaimer,
     largest_contour,
+    lossy_source,
     model_text,
     overlay_slices,
     primary_slice,
@@ -95,7 +96,7 @@ def build_sr(result: AnalysisResult, volume: CTVolume, sources: Sequence[Dataset
         # The images the report draws on; every referenced image is in the evidence (header).
         referenced_images=[sources[z] for z in sorted({key_z, *drawn})],
     )
-    report[0].ContentSequence.append(_qualitative_evaluations(result, volume, options))
+    report[0].ContentSequence.append(_qualitative_evaluations(result, volume, options, lossy_source(sources)))
 
     sr = hd.sr.Comprehensive3DSR(
         evidence=list(sources),
@@ -301,8 +302,8 @@ def _display_order(result: AnalysisResult) -> list[str]:
     return sorted(CLASS_NAMES, key=lambda n: (-float(probs[n]), CLASS_NAMES.index(n)))
 
 
-def _qualitative_evaluations(result: AnalysisResult, volume: CTVolume,
-                             options: WriterOptions) -> hd.sr.ContainerContentItem:
+def _qualitative_evaluations(result: AnalysisResult, volume: CTVolume, options: WriterOptions,
+                             lossy: str | None = None) -> hd.sr.ContainerContentItem:
     """TID 1500 row 12: the decision (coded), why, the plain-text summary, the disclaimer."""
     container = hd.sr.ContainerContentItem(
         name=codes.QUALITATIVE_EVALUATIONS,
@@ -313,7 +314,7 @@ def _qualitative_evaluations(result: AnalysisResult, volume: CTVolume,
         hd.sr.CodeContentItem(name=codes.IMPRESSION, value=codes.DECISION[result.decision.value],
                               relationship_type=contains),
         hd.sr.TextContentItem(name=codes.DECISION_REASON, value=decision_reason(result), relationship_type=contains),
-        hd.sr.TextContentItem(name=codes.SUMMARY, value=summary_text(result, volume, options),
+        hd.sr.TextContentItem(name=codes.SUMMARY, value=summary_text(result, volume, options, lossy),
                               relationship_type=contains),
         hd.sr.TextContentItem(name=codes.DISCLAIMER, value=disclaimer(result.model), relationship_type=contains),
     ])
@@ -343,12 +344,15 @@ def slice_ranges(labels: Sequence[int]) -> str:
     return ", ".join(parts)
 
 
-def summary_text(result: AnalysisResult, volume: CTVolume, options: WriterOptions) -> str:
-    """What the report says, in the words a radiologist reads; it leads with the decision."""
+def summary_text(result: AnalysisResult, volume: CTVolume, options: WriterOptions, lossy: str | None = None) -> str:
+    """What the report says, in the words a radiologist reads; it leads with the decision.
+    ``lossy``: how the source images were lossy compressed (common.lossy_source), if they were."""
     method = LUNG_METHOD_DISPLAY.get(result.lung_mask.method, result.lung_mask.method)
     seg_text = (f"Lung segmentation in series {options.seg_series_number}."
                 if "seg" in options.enabled and result.lung_mask.mask.any() else "")
     tail = [
+        f"The source images were lossy compressed ({lossy}): fine texture such as ground glass may be "
+        f"altered." if lossy else "",
         f"Lung volume {result.lung_volume_ml:.0f} ml ({method} lung segmentation).",
         seg_text,
         f"Made by {model_text(result.model, options)}.",
