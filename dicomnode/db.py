@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -63,6 +63,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     attempts        INTEGER NOT NULL DEFAULT 0,
     lease_until     REAL,
     not_before      REAL,                -- queued: not claimed before (a retry's backoff)
+    content_sha256  TEXT,                -- the instances' datasets and the model bundle analysed
     created         REAL NOT NULL,
     updated         REAL NOT NULL,
     UNIQUE (series_uid, generation)
@@ -111,6 +112,8 @@ class Database:
         columns = {r["name"] for r in self._conn.execute("PRAGMA table_info(jobs)").fetchall()}
         if "not_before" not in columns:  # schema 1 -> 2
             self._conn.execute("ALTER TABLE jobs ADD COLUMN not_before REAL")
+        if "content_sha256" not in columns:  # schema 2 -> 3
+            self._conn.execute("ALTER TABLE jobs ADD COLUMN content_sha256 TEXT")
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:

@@ -173,6 +173,17 @@ class JobQueue:
         log.warning("job %d -> queued, retried in %.0f s (%s)", job.id, delay_s, reason)
         return t + delay_s
 
+    def record_content(self, job: Job, content_sha256: str) -> int | None:
+        """Note what a claimed job analyses; returns an earlier job of the same series that
+        analysed the very same content and delivered (or is delivering) it, else None."""
+        with self.db.transaction() as conn:
+            conn.execute("UPDATE jobs SET content_sha256=? WHERE id=?", (content_sha256, job.id))
+            row = conn.execute("SELECT id FROM jobs WHERE series_uid=? AND id<>? AND content_sha256=? AND state IN "
+                               "(?, ?) ORDER BY id DESC LIMIT 1",
+                               (job.series_uid, job.id, content_sha256, JobState.DONE.value,
+                                JobState.DELIVERING.value)).fetchone()
+        return None if row is None else int(row["id"])
+
     # -- recovering -----------------------------------------------------------------
     def _give_back(self, where: str, params: Sequence[object], why: str, at: float | None) -> list[int]:
         t = now() if at is None else at

@@ -333,6 +333,16 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def dataset_sha256(path: Path) -> str:
+    """sha256 of a stored instance's dataset bytes, without the preamble and file meta
+    (which name the sending AE): the same instance sent twice, by any sender, hashes the same."""
+    raw = Path(path).read_bytes()
+    start = 0
+    if raw[128:132] == b"DICM" and raw[132:136] == b"\x02\x00\x00\x00":  # (0002,0000) group length, UL
+        start = 132 + 12 + struct.unpack("<I", raw[140:144])[0]
+    return hashlib.sha256(memoryview(raw)[start:]).hexdigest()
+
+
 class InstanceStore:
     """Durable, atomic storage of received instances under ``root``."""
 

@@ -17,6 +17,7 @@ the job is queued again after a backoff.
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import logging
 import os
@@ -32,7 +33,7 @@ from .delivery import Delivery
 from .errors import QueueError
 from .queue import Job, JobQueue, JobState
 from .series import SeriesAssembler
-from .store import fsync_dir, validate_uid
+from .store import dataset_sha256, fsync_dir, validate_uid
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,15 @@ def persist_results(objects: Mapping[str, Sequence], job_dir: Path, summary: dic
     fsync_dir(job_dir)
     fsync_dir(job_dir.parent)
     return written
+
+
+def content_fingerprint(paths: Sequence[Path], bundle_sha256: str) -> str:
+    """sha256 over the datasets of a series' files and the model bundle: equal for an
+    identical re-send analysed with the same bundle, whatever the order or the sender."""
+    h = hashlib.sha256(f"bundle {bundle_sha256}\n".encode())
+    for digest in sorted(dataset_sha256(p) for p in paths):
+        h.update(digest.encode() + b"\n")
+    return h.hexdigest()
 
 
 class Worker:
@@ -178,6 +188,10 @@ class Worker:
         from pipeline.types import NotAChestCTError
 
         bundle = load_bundle_cached(self.cfg.bundle_dir, self.cfg.pipeline.device)
+        earlier = self.queue.record_content(job, content_fingerprint(present, bundle.info.sha256))
+        if earlier is not None:  # a PACS re-sent the same series: one result set per content
+            return self._finish(job, JobState.DONE, f"identical to job {earlier} (same instances, same model "
+                                                    f"bundle): its results stand, none made again")
         params = ChainParams(top_k=self.cfg.pipeline.top_k, device=self.cfg.pipeline.device)
         t0 = now()
         try:
