@@ -213,7 +213,8 @@ class Worker:
         # Build what some destination wants; with none, build everything (kept in results/).
         kinds = {k for d in self.cfg.destinations for k in d.objects} or set(OBJECT_KINDS)
         options = WriterOptions(enabled=frozenset(kinds), max_overlays=self.cfg.pipeline.max_overlays,
-                                uid_seed=f"{job.series_uid}/job-{job.id}")
+                                uid_seed=f"{job.series_uid}/job-{job.id}",
+                                previous_reports=tuple(self._earlier_reports(job)))
         objects = build_result_objects(result, volume, sources, options)
         job_dir = self.results_root / str(job.id)
         try:
@@ -233,6 +234,22 @@ class Worker:
                   "free space in %s", job.id, error.strerror, delay, self.results_root)
         self.queue.retry_later(job, f"disk full while writing results ({error.strerror}); retried", delay)
         return JobState.QUEUED
+
+    def _earlier_reports(self, job: Job) -> list:
+        """The SRs of earlier analyses of this series (before late instances arrived): the
+        new report replaces them and says so (Predecessor Documents Sequence)."""
+        import pydicom
+
+        reports = []
+        for row in self.queue.db.query("SELECT id FROM jobs WHERE series_uid=? AND id<? AND state IN (?, ?) "
+                                       "ORDER BY id", (job.series_uid, job.id, JobState.DONE.value,
+                                                       JobState.DELIVERING.value)):
+            for path in sorted((self.results_root / str(row["id"]) / "sr").glob("*.dcm")):
+                try:
+                    reports.append(pydicom.dcmread(path))
+                except (OSError, ValueError) as e:
+                    log.warning("job %d: earlier report %s unreadable (%s); not referenced", job.id, path.name, e)
+        return reports
 
     def _nothing_to_send_reason(self, written: Sequence[tuple[str, str, str]]) -> str:
         """Why a job ends with no delivery: no destination at all, or none wants what was

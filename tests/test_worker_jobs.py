@@ -24,6 +24,7 @@ from dicomnode.synthetic import write_ct_series
 from dicomnode import worker as worker_module
 from dicomnode.worker import Worker
 from pipeline.phantom import make_phantom
+from writer_inputs import dciodvfy
 
 
 class Harness:
@@ -132,3 +133,31 @@ def _dataset_bytes(raw: bytes) -> bytes:
     import struct
 
     return raw[132 + 12 + struct.unpack("<I", raw[140:144])[0]:]
+
+
+@pytest.mark.peers
+def test_a_series_cut_short_is_flagged_and_its_completion_replaces_the_report(harness, series, tmp_path) -> None:
+    """Defect 9: a transfer interrupted after 14 of 24 slices is analysed after the quiet
+    period; its report says the series may be incomplete. When the rest arrives, the new
+    report references the earlier one as its predecessor and says it replaces it."""
+    first = harness.receive(series.paths[:14])
+    assert harness.worker.run_job(harness.queue.claim()) == JobState.DONE
+    sr1 = pydicom.dcmread(next((harness.results / str(first) / "sr").glob("*.dcm")))
+    assert "may be incomplete" in _summary(sr1) and "cut off at the last image" in _summary(sr1)
+    assert "PredecessorDocumentsSequence" not in sr1
+    second = harness.receive(series.paths, generation=2)
+    assert harness.worker.run_job(harness.queue.claim()) == JobState.DONE
+    sr2 = pydicom.dcmread(next((harness.results / str(second) / "sr").glob("*.dcm")))
+    assert "may be incomplete" not in _summary(sr2)
+    assert "replaces 1 earlier report" in _summary(sr2)
+    referenced = sr2.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
+    assert referenced.ReferencedSOPInstanceUID == sr1.SOPInstanceUID
+    assert sr2.SOPInstanceUID != sr1.SOPInstanceUID
+    checked = dciodvfy(sr2, tmp_path, "sr_with_predecessor.dcm")
+    assert checked.errors == [], checked.output
+
+
+def _summary(sr) -> str:
+    """The SR's summary text (TID 1500 qualitative evaluations, written by dicomnode.writers.sr)."""
+    items = sr.ContentSequence[-1].ContentSequence
+    return " ".join(str(i.TextValue) for i in items if i.ConceptNameCodeSequence[0].CodeMeaning == "Summary")

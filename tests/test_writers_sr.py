@@ -207,3 +207,18 @@ def test_lossy_sources_are_named_in_the_summary_and_the_overlays():
     plain = make_inputs(seed=11, n_slices=24, size=96)
     objects = build_result_objects(plain.result, plain.volume, plain.sources, WriterOptions(enabled={"sr", "sc"}))
     assert all(sc.LossyImageCompression == "00" for sc in objects["sc"])
+
+
+def test_fewer_images_than_the_scanner_declared_is_flagged():
+    from dicomnode.writers import WriterOptions, build_result_objects
+    from dicomnode.writers.common import completeness_note
+    from writer_inputs import make_inputs
+
+    inputs = make_inputs(seed=12, n_slices=24, size=96)
+    assert completeness_note(inputs.result, inputs.sources) is None
+    for ds in inputs.sources:
+        ds.ImagesInAcquisition = 100
+    assert completeness_note(inputs.result, inputs.sources) == "24 of 100 images (Images in Acquisition)"
+    sr = build_result_objects(inputs.result, inputs.volume, inputs.sources, WriterOptions(enabled={"sr"}))["sr"][0]
+    texts = " ".join(str(i.TextValue) for i in sr.ContentSequence[-1].ContentSequence if "TextValue" in i)
+    assert "may be incomplete (24 of 100 images" in texts

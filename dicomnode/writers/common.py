@@ -115,6 +115,26 @@ def lossy_source(sources: Sequence[Dataset]) -> str | None:
     return None
 
 
+#: The lung in the first or last slice larger than this share of the largest lung slice:
+#: the lungs run on past the end of the series (a transfer cut short, a scan too short).
+LUNG_AT_END_FRACTION = 0.35
+
+
+def completeness_note(result: AnalysisResult, sources: Sequence[Dataset]) -> str | None:
+    """Why the series looks incomplete, or None: fewer images than the scanner declared
+    (Images in Acquisition), or lungs cut off by the first or last slice."""
+    declared = [int(ds.ImagesInAcquisition) for ds in sources
+                if str(ds.get("ImagesInAcquisition", "")).strip().isdigit()]
+    if declared and max(declared) > len(sources):
+        return f"{len(sources)} of {max(declared)} images (Images in Acquisition)"
+    area = result.lung_mask.mask.reshape(result.lung_mask.mask.shape[0], -1).sum(axis=1)
+    if area.size >= 3 and area.max() > 0:
+        ends = [name for name, a in (("first", area[0]), ("last", area[-1])) if a > LUNG_AT_END_FRACTION * area.max()]
+        if ends:
+            return f"the lungs are cut off at the {' and '.join(ends)} image{'s' if len(ends) > 1 else ''}"
+    return None
+
+
 def uid_maker(options: WriterOptions, sources: Sequence[Dataset]) -> UidMaker:
     """A function name -> UID. With options.uid_seed the UIDs are reproducible: the same
     job and source series give the same UID for the same name."""

@@ -26,6 +26,8 @@ class WriterOptions:
     ``uid_seed``: when set (e.g. the job id), every UID is derived from it and the source
     series, so a rebuild after a crash makes the very same objects (PACS then see a
     duplicate, not a second report). None: fresh random UIDs.
+    ``previous_reports``: SRs this one replaces (an earlier analysis of the same series,
+    made before more of its instances arrived): referenced as Predecessor Documents.
     """
 
     enabled: frozenset[str] = frozenset(OBJECT_KINDS)
@@ -39,6 +41,7 @@ class WriterOptions:
     manufacturer: str = "COVID-CT-Node project"
     institution_name: str | None = None
     uid_seed: str | None = None
+    previous_reports: tuple = ()
 
     def __post_init__(self) -> None:
         enabled = frozenset(self.enabled if not isinstance(self.enabled, str) else [self.enabled])

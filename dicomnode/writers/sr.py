@@ -50,6 +50,7 @@ from .common import (
     CLASS_DISPLAY,
     UidMaker,
     disclaimer,
+    completeness_note,
     largest_contour,
     lossy_source,
     model_text,
@@ -96,7 +97,7 @@ def build_sr(result: AnalysisResult, volume: CTVolume, sources: Sequence[Dataset
         # The images the report draws on; every referenced image is in the evidence (header).
         referenced_images=[sources[z] for z in sorted({key_z, *drawn})],
     )
-    report[0].ContentSequence.append(_qualitative_evaluations(result, volume, options, lossy_source(sources)))
+    report[0].ContentSequence.append(_qualitative_evaluations(result, volume, options, sources))
 
     sr = hd.sr.Comprehensive3DSR(
         evidence=list(sources),
@@ -114,6 +115,7 @@ def build_sr(result: AnalysisResult, volume: CTVolume, sources: Sequence[Dataset
         manufacturer_model_name=options.product_name,
         software_versions=[options.product_version, f"{model.name} {model.version}"],
         coding_schemes=[private_coding_scheme()],
+        previous_versions=list(options.previous_reports) or None,
     )
     return sr
 
@@ -303,18 +305,19 @@ def _display_order(result: AnalysisResult) -> list[str]:
 
 
 def _qualitative_evaluations(result: AnalysisResult, volume: CTVolume, options: WriterOptions,
-                             lossy: str | None = None) -> hd.sr.ContainerContentItem:
+                             sources: Sequence[Dataset]) -> hd.sr.ContainerContentItem:
     """TID 1500 row 12: the decision (coded), why, the plain-text summary, the disclaimer."""
     container = hd.sr.ContainerContentItem(
         name=codes.QUALITATIVE_EVALUATIONS,
         relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
     )
     contains = hd.sr.RelationshipTypeValues.CONTAINS
+    lossy = lossy_source(sources)
     container.ContentSequence = hd.sr.ContentSequence([
         hd.sr.CodeContentItem(name=codes.IMPRESSION, value=codes.DECISION[result.decision.value],
                               relationship_type=contains),
         hd.sr.TextContentItem(name=codes.DECISION_REASON, value=decision_reason(result), relationship_type=contains),
-        hd.sr.TextContentItem(name=codes.SUMMARY, value=summary_text(result, volume, options, lossy),
+        hd.sr.TextContentItem(name=codes.SUMMARY, value=summary_text(result, volume, options, lossy, sources),
                               relationship_type=contains),
         hd.sr.TextContentItem(name=codes.DISCLAIMER, value=disclaimer(result.model), relationship_type=contains),
     ])
@@ -344,13 +347,19 @@ def slice_ranges(labels: Sequence[int]) -> str:
     return ", ".join(parts)
 
 
-def summary_text(result: AnalysisResult, volume: CTVolume, options: WriterOptions, lossy: str | None = None) -> str:
+def summary_text(result: AnalysisResult, volume: CTVolume, options: WriterOptions, lossy: str | None = None,
+                 sources: Sequence[Dataset] | None = None) -> str:
     """What the report says, in the words a radiologist reads; it leads with the decision.
     ``lossy``: how the source images were lossy compressed (common.lossy_source), if they were."""
     method = LUNG_METHOD_DISPLAY.get(result.lung_mask.method, result.lung_mask.method)
     seg_text = (f"Lung segmentation in series {options.seg_series_number}."
                 if "seg" in options.enabled and result.lung_mask.mask.any() else "")
+    incomplete = completeness_note(result, sources) if sources is not None else None
     tail = [
+        f"Warning: the series may be incomplete ({incomplete}); the lung volume and the result may be "
+        f"wrong." if incomplete else "",
+        f"This report replaces {len(options.previous_reports)} earlier report(s) of this series, made before "
+        f"all of its images had arrived." if options.previous_reports else "",
         f"The source images were lossy compressed ({lossy}): fine texture such as ground glass may be "
         f"altered." if lossy else "",
         f"Lung volume {result.lung_volume_ml:.0f} ml ({method} lung segmentation).",
