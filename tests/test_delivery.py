@@ -122,3 +122,38 @@ def test_retry_window_ends_loudly_and_fails_the_job(setup, caplog):
     assert any("DELIVERY FAILED" in r.message and r.levelno == logging.ERROR for r in caplog.records)
     job = queue.get(job_id)
     assert job.state == JobState.FAILED and "deliveries failed" in job.reason
+
+
+def test_a_destination_that_aborts_mid_transfer_does_not_stall_delivery(setup):
+    """Issue 9, defect 14: a destination that aborts the association during a C-STORE was
+    followed by a 60 s stall (waiting for a response that cannot come). The run must end
+    promptly and leave the rest pending for the next try."""
+    from pynetdicom import AE, evt
+    from pynetdicom.presentation import AllStoragePresentationContexts
+
+    from conftest import free_port
+
+    db, queue, results_root = setup
+
+    def abort(event):
+        event.assoc.abort()
+        return 0x0000
+
+    port = free_port()
+    ae = AE(ae_title="FLAKY")
+    for cx in AllStoragePresentationContexts:
+        ae.add_supported_context(cx.abstract_syntax)
+    server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, abort)])
+    try:
+        dest = Destination(name="flaky", ae_title="FLAKY", host="127.0.0.1", port=port)
+        delivery = Delivery(db, [dest], DeliverySection(backoff_base_seconds=1, connect_timeout_seconds=5),
+                            results_root, "COVIDNODE")
+        job_id = make_job(db, queue, results_root, delivery)
+        start = time.monotonic()
+        assert delivery.deliver_due() == 0
+        took = time.monotonic() - start
+    finally:
+        server.shutdown()
+    assert took < 15, f"delivery stalled {took:.0f} s after the destination aborted"
+    rows = db.query("SELECT state, last_error FROM deliveries WHERE job_id=?", (job_id,))
+    assert rows and all(r["state"] == "pending" for r in rows)
