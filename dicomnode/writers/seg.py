@@ -47,31 +47,19 @@ def build_seg(result: AnalysisResult, volume: CTVolume, sources: Sequence[Datase
         source=options.product_name,
         parameters={"method": result.lung_mask.method, "bundle_sha256": model.sha256},
     )
-    segment = hd.seg.SegmentDescription(
-        segment_number=1,
-        segment_label=SEGMENT_LABEL,
-        segmented_property_category=codes.ANATOMICAL_STRUCTURE,
-        segmented_property_type=codes.LUNG,
-        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-        algorithm_identification=algorithm,
-        tracking_uid=uid("seg-tracking-lung"),
-        tracking_id="Lung (AI segmentation)",
-        display_color=hd.color.CIELabColor.from_rgb(*SEGMENT_RGB),
-    )
-    segments, pixels = [segment], mask.astype(np.uint8)
+    def segment(number: int, label: str, category, kind, name: str, rgb: tuple[int, int, int]):
+        return hd.seg.SegmentDescription(
+            segment_number=number, segment_label=label, segmented_property_category=category,
+            segmented_property_type=kind, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm, tracking_uid=uid(f"seg-tracking-{name}"),
+            tracking_id=f"{label} (AI segmentation)", display_color=hd.color.CIELabColor.from_rgb(*rgb))
+
+    segments = [segment(1, SEGMENT_LABEL, codes.ANATOMICAL_STRUCTURE, codes.LUNG, "lung", SEGMENT_RGB)]
+    pixels = mask.astype(np.uint8)
     lesion = result.lung_mask.lesion
     if lesion is not None and lesion.any() and result.decision.value != "out_of_domain":
-        segments.append(hd.seg.SegmentDescription(
-            segment_number=2,
-            segment_label=LESION_LABEL,
-            segmented_property_category=codes.MORPHOLOGICALLY_ALTERED_STRUCTURE,
-            segmented_property_type=codes.LESION,
-            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-            algorithm_identification=algorithm,
-            tracking_uid=uid("seg-tracking-lesion"),
-            tracking_id="Lesions of infection (AI segmentation)",
-            display_color=hd.color.CIELabColor.from_rgb(*LESION_RGB),
-        ))
+        segments.append(segment(2, LESION_LABEL, codes.MORPHOLOGICALLY_ALTERED_STRUCTURE, codes.LESION, "lesion",
+                                LESION_RGB))
         pixels = np.stack([mask, lesion], axis=-1).astype(np.uint8)
     try:
         seg = hd.seg.Segmentation(
