@@ -149,6 +149,27 @@ class DeliverySection(_Frozen):
     connect_timeout_seconds: float = Field(10.0, gt=0)
 
 
+class HttpSection(_Frozen):
+    """``[http]``: the admin API, metrics and health checks (dicomnode.admin_api)."""
+
+    #: TCP port of the admin API; 0 switches it off.
+    port: int = Field(0, ge=0, le=65535)
+    #: Loopback by default: the API can retry and cancel jobs. Any other address needs a token.
+    bind_address: str = "127.0.0.1"
+    #: Environment variable holding the bearer token (the token itself never goes in a file
+    #: of the repository or in the logs). Required when bind_address is not loopback.
+    token_env: str = "DICOMNODE_HTTP_TOKEN"
+
+    @property
+    def is_loopback(self) -> bool:
+        import ipaddress
+
+        try:
+            return ipaddress.ip_address(self.bind_address).is_loopback
+        except ValueError:
+            return self.bind_address == "localhost"
+
+
 class Destination(_Frozen):
     """``[[destinations]]``: a PACS or viewer the results are sent to."""
 
@@ -171,6 +192,7 @@ class NodeConfig(_Frozen):
     selection: SelectionSection = SelectionSection()
     pipeline: PipelineSection = PipelineSection()
     delivery: DeliverySection = DeliverySection()
+    http: HttpSection = HttpSection()
     destinations: tuple[Destination, ...] = ()
     #: The file this came from (None: built in code).
     source: Path | None = None
@@ -196,7 +218,7 @@ class NodeConfig(_Frozen):
 
 _SECTIONS: Mapping[str, type[_Frozen]] = {
     "node": NodeSection, "selection": SelectionSection, "pipeline": PipelineSection,
-    "delivery": DeliverySection,
+    "delivery": DeliverySection, "http": HttpSection,
 }
 
 
@@ -367,9 +389,14 @@ def parse_destination(text: str) -> Destination:
 def with_overrides(cfg: NodeConfig, *, ae_title: str | None = None, port: int | None = None,
                    data_dir: Path | None = None, quiet_seconds: float | None = None,
                    bind_address: str | None = None, bundle: Path | None = None,
-                   destinations: Iterable[Destination] | None = None) -> NodeConfig:
+                   destinations: Iterable[Destination] | None = None, http_port: int | None = None,
+                   http_bind: str | None = None) -> NodeConfig:
     """A copy with command-line overrides applied and re-validated."""
     node = cfg.node.model_dump()
+    http = cfg.http.model_dump()
+    for key, value in (("port", http_port), ("bind_address", http_bind)):
+        if value is not None:
+            http[key] = value
     for key, value in (("ae_title", ae_title), ("port", port), ("quiet_seconds", quiet_seconds),
                        ("bind_address", bind_address)):
         if value is not None:
@@ -380,7 +407,7 @@ def with_overrides(cfg: NodeConfig, *, ae_title: str | None = None, port: int | 
     if bundle is not None:
         pipe["bundle"] = Path(bundle).resolve()
     data = cfg.model_dump()
-    data.update(node=node, pipeline=pipe)
+    data.update(node=node, pipeline=pipe, http=http)
     if destinations is not None:
         data["destinations"] = [d.model_dump() for d in destinations]
     try:

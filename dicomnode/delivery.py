@@ -204,6 +204,18 @@ class Delivery:
             log.error("DELIVERY FAILED: job %d object %s to %s: %s", row["job_id"], row["sop_uid"],
                       row["destination"], error)
 
+    def retry_failed(self, job_id: int) -> int:
+        """An admin's retry of a job's failed deliveries: pending again with a new retry
+        window, the job back to delivering; returns how many."""
+        t = now()
+        with self.db.transaction() as conn:
+            n = conn.execute("UPDATE deliveries SET state=?, next_try=?, created=?, updated=? WHERE job_id=? AND "
+                             "state=?", (PENDING, t, t, t, job_id, FAILED)).rowcount
+            if n:
+                conn.execute("UPDATE jobs SET state='delivering', reason=?, updated=? WHERE id=? AND state='failed'",
+                             ("deliveries retried by an admin", t, job_id))
+        return n
+
     def _settle_jobs(self) -> None:
         """Jobs in 'delivering' with nothing pending become done, or failed if any failed."""
         t = now()

@@ -21,10 +21,12 @@ import datetime as dt
 import fcntl
 import logging
 import os
+import threading
 from pathlib import Path
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from .admin_api import HttpServer, build_app, token_for
 from .config import NodeConfig
 from .db import Database
 from .delivery import Delivery
@@ -33,6 +35,7 @@ from .queue import JobQueue
 from .scp import StorageSCP
 from .series import SeriesAssembler
 from .store import InstanceStore, read_file_header
+from .telemetry import NodeCollector, NodeMetrics
 from .worker import Worker
 
 log = logging.getLogger(__name__)
@@ -55,6 +58,12 @@ class Node:
         self.stop_timeout_s = stop_timeout_s
         self.paths = data_paths(Path(cfg.node.data_dir))
         self._lock_fd: int | None = None
+        self.metrics = NodeMetrics()
+        self.metrics.add_collector(NodeCollector(self))
+        self.http: HttpServer | None = None
+        #: The loaded, warmed-up bundle's identity (None until the warm-up finished).
+        self.bundle_info = None
+        self.bundle_error: str | None = None
         self.db: Database | None = None
         self.scp: StorageSCP | None = None
         self.scheduler: BackgroundScheduler | None = None
@@ -87,19 +96,38 @@ class Node:
             self.assembler = SeriesAssembler(self.db, self.queue, cfg.selection, cfg.node.quiet_seconds,
                                              on_enqueued=self._job_enqueued)
             self.workers = [Worker(cfg, self.queue, self.assembler, self.delivery, self.store.root,
-                                   self.paths["results"], name=f"worker-{i + 1}") for i in range(cfg.node.workers)]
+                                   self.paths["results"], name=f"worker-{i + 1}", metrics=self.metrics)
+                            for i in range(cfg.node.workers)]
+            token = token_for(cfg.http) if cfg.http.port else None
             self._recover()
             self._start_timers()
+            threading.Thread(target=self._warm_up, name="bundle-warm-up", daemon=True).start()
             for w in self.workers:
                 w.start()
-            self.scp = StorageSCP(cfg.node, self.store, self.assembler.record_instance)
+            self.scp = StorageSCP(cfg.node, self.store, self.assembler.record_instance, observe=self.metrics.stored)
             self.scp.start()
+            if cfg.http.port:
+                self.http = HttpServer(build_app(self, token), cfg.http.bind_address, cfg.http.port).start()
         except BaseException:
             self.stop()
             raise
         log.info("node started: AE %s on %s:%d, data in %s", cfg.node.ae_title, cfg.node.bind_address,
                  self.scp.port, cfg.node.data_dir)
         return self
+
+    def _warm_up(self) -> None:
+        """Load the bundle and run each network once, so that the first case is not cold;
+        /readyz turns green after it."""
+        try:
+            from pipeline.models import load_bundle_cached, warm_up
+
+            bundle = load_bundle_cached(self.cfg.bundle_dir, self.cfg.pipeline.device)
+            warm_up(bundle)
+            self.bundle_info = bundle.info
+            log.info("model bundle %s %s loaded and warmed up", bundle.info.name, bundle.info.version)
+        except Exception as e:  # the node still receives; jobs fail with the reason
+            self.bundle_error = f"{type(e).__name__}: {e}"
+            log.error("model bundle %s cannot be loaded: %s", self.cfg.bundle_dir, self.bundle_error)
 
     def _recover(self) -> None:
         removed = self.store.remove_temp_files()
@@ -152,6 +180,9 @@ class Node:
     # -- stop -----------------------------------------------------------------------
     def stop(self) -> None:
         """Stop accepting, finish or give back the running job, stop timers, close the DB."""
+        if self.http is not None:
+            self.http.stop()
+            self.http = None
         if self.scp is not None:
             self.scp.stop()
             self.scp = None

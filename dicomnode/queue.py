@@ -9,7 +9,10 @@ by a late instance gets a new job). States::
                   |                     disk full: retried after a backoff, ``not_before``)
                   |--> failed          (error, or too many attempts)
                   '--> skipped         (not a usable chest CT, with the reason)
-    queued -> skipped                  (superseded by a newer generation of the series)
+    queued -> skipped                  (superseded by a newer generation of the series;
+                                        cancelled by an admin)
+    failed, skipped -> queued          (retried by an admin: dicomnode.admin_api)
+    failed -> delivering               (an admin sends its failed deliveries again)
 
 A claim takes a lease (``lease_until``); the worker renews it while it works. The reaper
 gives jobs whose lease expired back to the queue, or marks them failed after
@@ -54,6 +57,8 @@ ALLOWED: dict[JobState, frozenset[JobState]] = {
     JobState.FAILED: frozenset(),
     JobState.SKIPPED: frozenset(),
 }
+#: Final states only an admin's retry leaves (``requeue``; deliveries: Delivery.retry_failed).
+ADMIN_RETRYABLE = frozenset({JobState.FAILED, JobState.SKIPPED})
 FINAL = frozenset({JobState.DONE, JobState.FAILED, JobState.SKIPPED})
 
 
@@ -172,6 +177,21 @@ class JobQueue:
             conn.execute("UPDATE jobs SET not_before=? WHERE id=?", (t + delay_s, job.id))
         log.warning("job %d -> queued, retried in %.0f s (%s)", job.id, delay_s, reason)
         return t + delay_s
+
+    def requeue(self, job_id: int, reason: str) -> None:
+        """An admin's retry: a failed or skipped job is queued again, its attempts reset."""
+        with self.db.transaction() as conn:
+            row = conn.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
+            if row is None or JobState(row["state"]) not in ADMIN_RETRYABLE:
+                raise QueueError(f"job {job_id} is {row['state'] if row else 'unknown'}: only a failed or skipped "
+                                 f"job can be retried")
+            conn.execute("UPDATE jobs SET state=?, reason=?, attempts=0, lease_until=NULL, not_before=NULL, "
+                         "content_sha256=NULL, updated=? WHERE id=?", (JobState.QUEUED.value, reason, now(), job_id))
+
+    def cancel(self, job_id: int, reason: str) -> None:
+        """An admin's cancel: a queued job is skipped (a running one finishes)."""
+        with self.db.transaction() as conn:
+            self.transition_in(conn, job_id, JobState.SKIPPED, reason, expect=JobState.QUEUED)
 
     def record_content(self, job: Job, content_sha256: str) -> int | None:
         """Note what a claimed job analyses; returns an earlier job of the same series that

@@ -233,13 +233,15 @@ class StorageSCP:
     """
 
     def __init__(self, node: NodeSection, store: InstanceStore, on_stored: OnStored,
-                 engine: str = "fast") -> None:
+                 engine: str = "fast", observe: Callable[[str, int, int], None] | None = None) -> None:
         if engine not in ("fast", "pynetdicom"):
             raise ValueError(f"unknown listener engine {engine!r}")
         self.node = node
         self.store = store
         self.on_stored = on_stored
         self.engine = engine
+        #: Told (calling AE, dataset bytes, DICOM status) of every C-STORE (metrics).
+        self.observe = observe
         self.ae = build_ae(node)
         self._server: Any = None
 
@@ -249,14 +251,35 @@ class StorageSCP:
 
     def _store_fast(self, ts: str, sop_class: str, sop_uid: str, data: memoryview,
                     calling_ae: str) -> tuple[int, Callable[[], None] | None]:
-        return store_durably(self.store, self.on_stored, ts, sop_class, sop_uid, ViewStream(data), calling_ae)
+        status, after = store_durably(self.store, self.on_stored, ts, sop_class, sop_uid, ViewStream(data), calling_ae)
+        if self.observe is not None:
+            self.observe(calling_ae, len(data), status)
+        return status, after
+
+    def _store_event(self, event: evt.Event) -> int:
+        status = handle_store(event, self.store, self.on_stored)
+        if self.observe is not None:
+            try:
+                calling, size = event.assoc.requestor.ae_title, len(event.request.DataSet.getbuffer())
+            except Exception:
+                calling, size = "?", 0
+            self.observe(calling, size, status)
+        return status
+
+    def stats(self) -> dict[str, int]:
+        """Associations open now and refused/aborted so far (the fast engine counts both)."""
+        server = self._server
+        if isinstance(server, fastscp.FastServer):
+            return server.stats()
+        return {"active": len(getattr(server, "active_associations", []) or []) if server is not None else 0,
+                "refused": 0}
 
     def start(self) -> None:
         if self.engine == "fast":
             server = fastscp.FastServer(self.node, self._store_fast, self.ae.supported_contexts)
         else:
             handlers = [
-                (evt.EVT_C_STORE, handle_store, [self.store, self.on_stored]),
+                (evt.EVT_C_STORE, self._store_event),
                 (evt.EVT_C_ECHO, handle_echo),
                 (evt.EVT_REJECTED, handle_rejected),
             ]

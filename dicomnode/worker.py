@@ -91,7 +91,7 @@ class Worker:
     """Runs jobs from the queue in a background thread (``start``/``stop``)."""
 
     def __init__(self, cfg: NodeConfig, queue: JobQueue, assembler: SeriesAssembler, delivery: Delivery,
-                 storage_root: Path, results_root: Path, name: str = "worker-1") -> None:
+                 storage_root: Path, results_root: Path, name: str = "worker-1", metrics=None) -> None:
         self.cfg = cfg
         self.queue = queue
         self.assembler = assembler
@@ -99,6 +99,7 @@ class Worker:
         self.storage_root = storage_root
         self.results_root = results_root
         self.name = name
+        self.metrics = metrics  # dicomnode.telemetry.NodeMetrics, or None
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -198,6 +199,8 @@ class Worker:
             result = analyze(volume, bundle, params)
         except NotAChestCTError as e:  # a clear skip with the reason, not a failed job
             return self._finish(job, JobState.SKIPPED, str(e)[:500])
+        if self.metrics is not None:
+            self.metrics.chain_timings(dict(result.timings_s))
         steps = ", ".join(f"{k} {v:.1f}" for k, v in result.timings_s.items() if k != "total")
         # The decision is what every object states; the argmax alone would mislead a reader
         # of the log on an indeterminate or out-of-domain case.

@@ -174,6 +174,18 @@ def load_bundle_cached(bundle_dir: Path | str, device: str = "auto") -> ModelBun
         return _cache[key]
 
 
+def warm_up(bundle: ModelBundle, size: int = 64) -> None:
+    """One tiny forward pass of each network, and a backward pass of the classifier (the
+    Grad-CAM path): kernels are chosen and memory is allocated before the first real case."""
+    dev = bundle.device
+    with torch.inference_mode():
+        if bundle.segmentation is not None:
+            bundle.segmentation(torch.zeros((1, 1, size, size), device=dev))
+        bundle.locator(torch.zeros((1, 3, size, size), device=dev))
+    x = torch.zeros((1, 3, size, size), device=dev, requires_grad=True)
+    bundle.classifier(x).sum().backward()
+
+
 def write_bundle(out_dir: Path | str, networks: Mapping[str, torch.nn.Module],
                  architectures: Mapping[str, Mapping[str, Any]], card: Mapping[str, Any]) -> Path:
     """Write weights and the model card. ``card`` holds the bundle-level fields

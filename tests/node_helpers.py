@@ -139,7 +139,8 @@ class NodeProcess:
     """``dicomnode serve`` as a subprocess, waited for by its 'listening on' line."""
 
     def __init__(self, data_dir: Path, bundle: Path | None, destinations: Sequence[str] = (),
-                 quiet_seconds: float = 1.0, config: Path | None = None, port: int | None = None) -> None:
+                 quiet_seconds: float = 1.0, config: Path | None = None, port: int | None = None,
+                 extra_args: Sequence[str] = (), env: dict[str, str] | None = None) -> None:
         self.data_dir = data_dir
         self.port = port or free_port()
         self.config = config if config is not None else write_test_config(data_dir.parent / "config")
@@ -150,13 +151,15 @@ class NodeProcess:
             self.args += ["--bundle", str(bundle)]
         for d in destinations:
             self.args += ["--destination", d]
+        self.args += list(extra_args)
+        self.env = dict(env or {})
         self.proc: subprocess.Popen | None = None
         self.log: list[str] = []
 
     def start(self, timeout: float = 60.0) -> "NodeProcess":
         self.log = []
         self.proc = subprocess.Popen(self.args, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                     text=True, env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env})
         threading.Thread(target=self._drain, daemon=True).start()
         wait_for(lambda: any("listening on" in line for line in self.log) or self.proc.poll() is not None,
                  timeout, what="the node to listen")

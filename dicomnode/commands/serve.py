@@ -24,6 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bundle", type=Path, help="model bundle folder (overrides [pipeline] bundle)")
     parser.add_argument("--destination", action="append", metavar="AE@HOST:PORT",
                         help="send results here (repeatable; replaces the file's destinations)")
+    parser.add_argument("--http-port", type=int, help="admin API / metrics port, 0 = off (overrides [http] port)")
+    parser.add_argument("--http-bind", help="admin API address (overrides [http] bind_address; not loopback "
+                                            "needs a token in $DICOMNODE_HTTP_TOKEN)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -37,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
             dests = [parse_destination(d) for d in args.destination]
         cfg = with_overrides(cfg, ae_title=args.ae_title, port=args.port, data_dir=args.data_dir,
                              quiet_seconds=args.quiet_seconds, bind_address=args.bind, bundle=args.bundle,
-                             destinations=dests)
+                             destinations=dests, http_port=args.http_port, http_bind=args.http_bind)
     except (ConfigError, ValueError) as e:
         print(f"dicomnode serve: {e}")
         return 2
@@ -63,6 +66,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"dicomnode serve: cannot start: {e}")
         return 1
     print(f"listening on {cfg.node.bind_address}:{node.port} as AE {cfg.node.ae_title}", flush=True)
+    if node.http is not None:
+        print(f"admin API and metrics on {node.http.url} (health {node.http.url}/readyz, metrics "
+              f"{node.http.url}/metrics, API docs {node.http.url}/docs)", flush=True)
     try:
         while not stop.wait(0.5):
             pass

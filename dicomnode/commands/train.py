@@ -52,6 +52,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     unet = p.add_argument_group("architecture (segmentation)")
     unet.add_argument("--features", type=_ints, default=None,
                       help=f"U-Net features (6 values), default {','.join(map(str, DEFAULT_UNET_FEATURES))}")
+    unet.add_argument("--lesion-weight", type=float, default=None, metavar="W",
+                      help="loss weight of lesion pixels (dense disease must stay lung; default 5)")
     unet.add_argument("--no-lesion-head", dest="lesion_head", action="store_false", default=True,
                       help="a 2-class U-Net (background, lung); default: 3 classes, the third the lesions of "
                            "infection, learnt from the data's lesion masks (the chain's lesion evidence)")
@@ -122,6 +124,8 @@ def command_line(args: argparse.Namespace) -> str:
         parts += ["--features", ",".join(map(str, arch["features"]))]
         if arch["num_classes"] == 2:
             parts += ["--no-lesion-head"]
+        if args.lesion_weight is not None:
+            parts += ["--lesion-weight", repr(args.lesion_weight)]
     else:
         parts += ["--block", arch["block"], "--layers", ",".join(map(str, arch["layers"])),
                   "--widths", ",".join(map(str, arch["block_inplanes"]))]
@@ -136,7 +140,10 @@ def command_line(args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from pipeline.training import TrainError, TrainSettings, train_role
+    from pipeline.training.params import TrainParams
     from pipeline.types import PipelineError
 
     try:
@@ -145,7 +152,9 @@ def run(args: argparse.Namespace) -> int:
             epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, device=args.device, seed=args.seed,
             resume=args.resume, val_fraction=args.val_fraction, workers=args.workers, threads=args.threads,
             max_slices_per_case=args.max_slices_per_case, lung_masks=args.lung_masks, command=command_line(args), name=args.name,
-            version=args.bundle_version, description=args.description, progress=args.progress)
+            version=args.bundle_version, description=args.description, progress=args.progress,
+            **({"train": replace(TrainParams(), lesion_weight=args.lesion_weight)}
+               if args.lesion_weight is not None else {}))
         outcome = train_role(settings)
     except (PipelineError, TrainError, ValueError, OSError) as e:
         # Data set readers name the file that failed; one line is what a user needs

@@ -1,0 +1,127 @@
+"""The admin HTTP API and /metrics of a running node (issue 10, items 1, 2 and 4): a real
+`dicomnode serve` process, a real DCMTK storescu, plain HTTP over loopback."""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import free_port, wait_for
+from node_helpers import NodeProcess, storescu, write_series
+
+pytestmark = pytest.mark.peers
+
+
+def _get(url: str, token: str | None = None) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def _post(url: str, token: str | None = None) -> tuple[int, dict]:
+    request = urllib.request.Request(url, method="POST", data=b"",
+                                     headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def _metric(text: str, name: str, labels: str = "") -> float:
+    """The value of one sample of the Prometheus text (0 when absent)."""
+    pattern = re.escape(name) + (r"\{" + re.escape(labels) + r"\}" if labels else r"(\{[^}]*\})?") + r" ([0-9.e+-]+)"
+    m = re.search(r"^" + pattern + "$", text, re.M)
+    return float(m.group(m.lastindex)) if m else 0.0
+
+
+@pytest.fixture
+def node(tmp_path, tiny_bundle):
+    http_port = free_port()
+    n = NodeProcess(tmp_path / "data", tiny_bundle, quiet_seconds=1.0,
+                    extra_args=["--http-port", str(http_port), "--http-bind", "127.0.0.1"]).start()
+    n.url = f"http://127.0.0.1:{http_port}"
+    yield n
+    n.stop()
+
+
+def test_health_readiness_tables_metrics_and_actions(node, tmp_path: Path):
+    assert any(f"admin API and metrics on {node.url}" in line for line in node.log)
+    assert _get(node.url + "/healthz") == (200, b'{"status":"alive"}')
+    # Ready only once the bundle is loaded and warmed up (and the rest is fine).
+    status, body = wait_for(lambda: (lambda r: r if r[0] == 200 else None)(_get(node.url + "/readyz")), 60,
+                            what="/readyz to turn green")
+    checks = json.loads(body)["checks"]
+    assert set(checks) == {"database", "storage", "model_bundle", "listener"}
+    assert checks["model_bundle"]["name"] and len(checks["model_bundle"]["sha256"]) == 64
+    _, spec = _get(node.url + "/openapi.json")
+    paths = json.loads(spec)["paths"]
+    assert {"/api/series", "/api/jobs", "/api/deliveries", "/api/jobs/{job_id}/retry", "/metrics"} <= set(paths)
+
+    _, before = _get(node.url + "/metrics")
+    assert _metric(before.decode(), "dicomnode_instances_received_total", 'calling_ae="SCANNER"') == 0
+    assert 'dicomnode_model_bundle_info{' in before.decode()
+
+    series = write_series(tmp_path / "in", n_slices=20, size=64)  # noise, not a chest CT: skipped
+    sent = storescu(node.port, series.paths)
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+
+    def skipped_job():
+        _, body = _get(node.url + "/api/jobs?state=skipped")
+        items = json.loads(body)["items"]
+        return items[0] if items else None
+
+    job = wait_for(skipped_job, 120, interval=0.3, what="the job to be skipped")
+    assert "not a chest CT" in job["reason"]
+    _, text = _get(node.url + "/metrics")
+    text = text.decode()
+    assert _metric(text, "dicomnode_instances_received_total", 'calling_ae="SCANNER"') == 20
+    assert _metric(text, "dicomnode_bytes_received_total", 'calling_ae="SCANNER"') > 20 * 64 * 64
+    assert _metric(text, "dicomnode_jobs", 'state="skipped"') == 1
+    assert _metric(text, "dicomnode_disk_free_bytes") > 0
+    _, series_page = _get(node.url + "/api/series?limit=5")
+    page = json.loads(series_page)
+    assert page["total"] == 1 and page["items"][0]["series_uid"] == series.series_uid
+    assert page["items"][0]["instance_count"] == 20
+    assert _get(node.url + "/api/jobs?state=bogus")[0] == 422
+
+    # Actions: a skipped job can be retried; cancelling a job that is not queued is refused.
+    assert _post(f"{node.url}/api/jobs/{job['id']}/cancel")[0] == 409
+    code, answer = _post(f"{node.url}/api/jobs/{job['id']}/retry")
+    assert code == 200 and answer["state"] == "queued"
+    wait_for(lambda: (lambda j: j if j and j["attempts"] == 1 else None)(skipped_job()), 120, interval=0.3,
+             what="the retried job to run again")
+    assert _post(f"{node.url}/api/jobs/999/retry")[0] == 409
+    # No patient identity anywhere in what the API says.
+    for path in ("/api/series", "/api/jobs", "/api/deliveries", "/metrics"):
+        body = _get(node.url + path)[1].decode()
+        assert "PHANTOM" not in body and "Patient" not in body
+
+
+def test_token_is_required_when_configured_and_off_loopback(tmp_path, tiny_bundle):
+    http_port = free_port()
+    node = NodeProcess(tmp_path / "data", tiny_bundle, extra_args=["--http-port", str(http_port)],
+                       env={"DICOMNODE_HTTP_TOKEN": "s3cret-token"}).start()
+    try:
+        url = f"http://127.0.0.1:{http_port}"
+        assert _get(url + "/healthz")[0] == 200  # the process probe stays open
+        assert _get(url + "/api/jobs")[0] == 401
+        assert _get(url + "/metrics", token="wrong")[0] == 401
+        assert _get(url + "/api/jobs", token="s3cret-token")[0] == 200
+        assert "s3cret-token" not in "\n".join(node.log)
+    finally:
+        node.stop()
+    # Bound beyond loopback without a token: the node refuses to start, and says why.
+    refused = NodeProcess(tmp_path / "data2", tiny_bundle,
+                          extra_args=["--http-port", str(free_port()), "--http-bind", "0.0.0.0"],
+                          env={"DICOMNODE_HTTP_TOKEN": ""})
+    with pytest.raises(AssertionError, match="DICOMNODE_HTTP_TOKEN"):
+        refused.start()
