@@ -21,6 +21,7 @@ import logging
 import os
 import socket
 import threading
+from pathlib import Path
 from typing import Any, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
@@ -34,6 +35,7 @@ JOB_STATES = Literal["queued", "running", "delivering", "done", "failed", "skipp
 SERIES_STATES = Literal["receiving", "complete", "skipped"]
 DELIVERY_STATES = Literal["pending", "sent", "failed"]
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
+DASHBOARD = Path(__file__).with_name("dashboard.html")
 
 
 def token_for(http: Any) -> str | None:
@@ -103,6 +105,14 @@ def build_app(node: Any, token: str | None) -> FastAPI:
                            "last_error, updated FROM deliveries", "state", state, "job_id DESC, kind", limit,
                      offset, where)
 
+    @app.get("/api/jobs/{job_id}/timeline", summary="What happened to one job, in order", dependencies=guarded)
+    def timeline(job_id: int) -> dict:
+        return job_timeline(node, job_id)
+
+    @app.get("/dashboard", summary="The web dashboard (its data comes from this API)", include_in_schema=False)
+    def dashboard() -> Response:
+        return Response(DASHBOARD.read_bytes(), media_type="text/html; charset=utf-8")
+
     @app.post("/api/jobs/{job_id}/retry", summary="Queue a failed or skipped job again", dependencies=guarded)
     def retry_job(job_id: int) -> dict:
         return _action(lambda: node.queue.requeue(job_id, "retried by an admin"), job_id, "queued")
@@ -121,6 +131,43 @@ def build_app(node: Any, token: str | None) -> FastAPI:
         return _action(run, job_id, "delivering")
 
     return app
+
+
+def job_timeline(node: Any, job_id: int) -> dict:
+    """Received, complete, queued, analysed (with stage seconds), delivered per destination."""
+    import json
+
+    rows = node.db.query("SELECT * FROM jobs WHERE id=?", (job_id,))
+    if not rows:
+        raise HTTPException(status_code=404, detail=f"job {job_id} does not exist")
+    job = dict(rows[0])
+    job.pop("instances", None)
+    events: list[dict[str, Any]] = []
+    series = node.db.query("SELECT first_received, last_received, completed, instance_count FROM series "
+                           "WHERE series_uid=?", (job["series_uid"],))
+    if series:
+        s = series[0]
+        events.append({"at": s["first_received"], "what": "first instance received"})
+        events.append({"at": s["last_received"], "what": f"last instance received ({s['instance_count']} in all)"})
+        if s["completed"]:
+            events.append({"at": s["completed"], "what": "series complete (quiet period over)"})
+    events.append({"at": job["created"], "what": f"job queued (generation {job['generation']})"})
+    stage_seconds = None
+    try:
+        summary = json.loads((node.paths["results"] / str(job_id) / "summary.json").read_text())
+        stage_seconds = {k: v for k, v in summary.get("timings_s", {}).items() if k != "total"}
+        events.append({"at": (node.paths["results"] / str(job_id) / "summary.json").stat().st_mtime,
+                       "what": f"analysed: decision {summary.get('decision')}"})
+    except (OSError, ValueError, AttributeError):
+        pass
+    for d in node.db.query("SELECT destination, state, COUNT(*) AS n, MIN(first_try) AS first_try, "
+                           "MAX(updated) AS updated, MAX(last_error) AS last_error FROM deliveries WHERE job_id=? "
+                           "GROUP BY destination, state", (job_id,)):
+        what = f"{d['n']} object(s) {d['state']} to {d['destination']}"
+        events.append({"at": d["updated"], "what": what + (f" ({d['last_error']})" if d["last_error"] else "")})
+    events.append({"at": job["updated"], "what": f"job {job['state']}" + (f": {job['reason']}" if job["reason"] else "")})
+    events.sort(key=lambda e: e["at"] or 0)
+    return {"job": job, "events": events, "stage_seconds": stage_seconds}
 
 
 def _version() -> str:

@@ -327,5 +327,6 @@ class AnalysisResult:
             "lesion_share_of_lung": None if self.lesion is None else round(float(self.lesion.lung_share), 5),
             "lung_segmentation": self.lung_mask.method,
             "model": {"name": self.model.name, "version": self.model.version, "sha256": self.model.sha256},
+            "timings_s": {k: round(float(v), 3) for k, v in self.timings_s.items()},
             "disclaimer": self.model.disclaimer,
         }

@@ -125,3 +125,57 @@ def test_token_is_required_when_configured_and_off_loopback(tmp_path, tiny_bundl
                           env={"DICOMNODE_HTTP_TOKEN": ""})
     with pytest.raises(AssertionError, match="DICOMNODE_HTTP_TOKEN"):
         refused.start()
+
+
+def _dashboard_driver_missing() -> str | None:
+    import shutil
+
+    from ohif.harness import CHROMIUM, PLAYWRIGHT
+
+    if not Path(CHROMIUM).is_file():
+        return f"chromium not found at {CHROMIUM}"
+    if shutil.which("node") is None:
+        return "node not found"
+    if not PLAYWRIGHT.is_file():
+        return "playwright-core missing: run tests/ohif/setup.sh"
+    return None
+
+
+def test_dashboard_shows_what_an_admin_needs_and_its_retry_button_works(node, tmp_path: Path):
+    """The page in headless chromium: readiness and model, the failed/skipped job with its
+    reason and a retry button that works, the job's timeline, the series; no patient identity."""
+    import subprocess
+
+    missing = _dashboard_driver_missing()
+    if missing:
+        pytest.skip(missing)
+    from ohif.harness import CHROMIUM
+
+    wait_for(lambda: _get(node.url + "/readyz")[0] == 200, 60, what="/readyz to turn green")
+    series = write_series(tmp_path / "in", n_slices=20, size=64)
+    assert storescu(node.port, series.paths).returncode == 0
+
+    def skipped():
+        items = json.loads(_get(node.url + "/api/jobs?state=skipped")[1])["items"]
+        return items[0] if items else None
+
+    job = wait_for(skipped, 120, interval=0.3, what="the job to be skipped")
+    driver = Path(__file__).with_name("dashboard_driver.js")
+    options = {"url": node.url + "/dashboard", "outDir": str(tmp_path), "clickRetryOfJob": job["id"],
+               "timelineOfJob": job["id"], "chromium": CHROMIUM}
+    proc = subprocess.run(["node", str(driver), json.dumps(options)], capture_output=True, text=True, timeout=120)
+    report = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
+    assert report["ok"], report
+    before = report["before"]
+    assert "node ready" in before["summary"] and "model" in before["summary"]
+    (failure,) = [r for r in before["failures"] if r[0] == str(job["id"])]
+    assert failure[2] == "skipped" and "not a chest CT" in failure[3] and failure[4] == "retry"
+    assert any(r[0] == series.series_uid and r[2] == "skipped" and r[3] == "20" for r in before["series"])
+    timeline = report["timeline"]
+    assert "first instance received" in timeline and "series complete" in timeline and "job skipped" in timeline
+    wait_for(lambda: any(f"admin: job {job['id']} -> queued" in line for line in node.log), 10,
+             what="the retry to reach the node")
+    assert report["errors"] == []
+    page_text = json.dumps(report)
+    assert "PHANTOM" not in page_text and "Patient" not in page_text
+    assert Path(report["screenshot"]).stat().st_size > 10_000

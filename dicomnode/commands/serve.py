@@ -67,8 +67,8 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print(f"listening on {cfg.node.bind_address}:{node.port} as AE {cfg.node.ae_title}", flush=True)
     if node.http is not None:
-        print(f"admin API and metrics on {node.http.url} (health {node.http.url}/readyz, metrics "
-              f"{node.http.url}/metrics, API docs {node.http.url}/docs)", flush=True)
+        print(f"admin API and metrics on {node.http.url} (dashboard {node.http.url}/dashboard, health "
+              f"{node.http.url}/readyz, metrics {node.http.url}/metrics, API docs {node.http.url}/docs)", flush=True)
     try:
         while not stop.wait(0.5):
             pass
