@@ -13,9 +13,11 @@ them re-derives it from probabilities. In order:
    Without lesion evidence: the classifier's pneumonia score against its calibrated
    threshold; within ``pneumonia_margin`` of it: ``indeterminate``; below:
    ``non_pneumonia``.
-3. A pneumonia decision needs at least ``min_infected_slices`` infectious slices (locator
-   flag, and a lesion on the slice when there is a lesion map): fewer is a contradiction
-   between networks: ``indeterminate``.
+3. Without lesion evidence, a pneumonia decision needs at least ``min_infected_slices``
+   slices flagged by the locator: fewer is a contradiction between two networks that both
+   read texture: ``indeterminate``. With lesion evidence the lesions were measured, not
+   inferred: the infectious slices (locator flag and a lesion on the slice) are reported,
+   not required.
 4. The pneumonia class: the largest of CAP / influenza / COVID-19 (4-class probabilities
    renormalised over the three); when the top two are within ``margin``: ``indeterminate``.
 
@@ -145,7 +147,8 @@ def decide(case: CaseScores, infected: InfectedSlices, domain: DomainCheck, op: 
                                              f"threshold {100 * t:.1f}%.", th)
         evidence = f"pneumonia score {100 * p:.1f}% (threshold {100 * t:.1f}%)"
     n_slices = len(infected.z_indices)
-    if n_slices < op.min_infected_slices:
+    by_lesions = op.uses_lesions and lesion is not None
+    if not by_lesions and n_slices < op.min_infected_slices:
         return Decision("indeterminate", f"Indeterminate: pneumonia by the model ({evidence}), but the lesion "
                                          f"locator found {n_slices} infectious slice(s) (at least "
                                          f"{op.min_infected_slices} needed); no diagnosis is stated.", th)

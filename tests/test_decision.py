@@ -142,3 +142,13 @@ def test_uncalibrated_lesion_threshold_falls_back_to_the_classifier() -> None:
     assert LESION_OP.thresholds()["lesion_share_threshold"] == 0.01
     with pytest.raises(ValueError):
         OperatingPoints(lesion_band=0.5)
+
+
+def test_measured_lesions_need_no_locator_slices_but_a_classifier_score_does() -> None:
+    """With a lesion map the lesions are measured: a CAP whose consolidation the locator
+    misses is still CAP. Without one, a pneumonia score with no located slice stays
+    indeterminate."""
+    cap = {"non_pneumonia": .1, "cap": .6, "influenza": .15, "covid19": .15}
+    op = OperatingPoints(pneumonia_vs_non_pneumonia=0.7, lesion_share_threshold=0.01, min_infected_slices=4)
+    assert decide(_case(cap, 0.9), _infected(0), IN_DOMAIN, op, _burden(0.05)).value == "cap"
+    assert decide(_case(cap, 0.9), _infected(0), IN_DOMAIN, op, None).value == "indeterminate"
