@@ -328,9 +328,14 @@ def _operating_points_markdown(card: Mapping[str, Any]) -> list[str]:
              f"{op.get('n_cases', '?')} calibration cases (`{', '.join(op.get('data_specs', []))}`): "
              f"{op.get('rule', '')}.", "", "| operating point | value |", "|---|---|"]
     for key in ("pneumonia_vs_non_pneumonia", "covid19_vs_cap", "covid19_vs_influenza", "locator_threshold",
-                "pneumonia_margin", "margin", "min_infected_slices"):
+                "pneumonia_margin", "margin", "min_infected_slices", "lesion_share_threshold", "lesion_band"):
         if key in op:
-            lines.append(f"| {key} | {op[key]:.3f} |" if isinstance(op[key], float) else f"| {key} | {op[key]} |")
+            lines.append(f"| {key} | {op[key]:.4g} |" if isinstance(op[key], float) else f"| {key} | {op[key]} |")
+    if float(op.get("lesion_share_threshold") or 0) > 0:
+        lines += ["", "Pneumonia against non-pneumonia is decided on the U-Net's lesion share of the lung "
+                      "(`lesion_share_threshold`, indeterminate within a factor `lesion_band` of it), the slice "
+                      "classifier's pneumonia score as a check; `min_infected_slices` applies only without a "
+                      "lesion map (pipeline.decision)."]
     ref = card.get("domain_reference")
     if ref:
         lines += ["", f"Out-of-domain guard: {ref.get('rule', '')}; thresholds "

@@ -26,6 +26,6 @@ done
 echo
 echo "The node is running: AE COVIDNODE on port 11112, data in ./data."
 echo "Send it chest CT from your PACS or with: storescu -aec COVIDNODE 127.0.0.1 11112 FILES..."
-echo "Status: .venv/bin/dicomnode status.  Ctrl-C stops the node."
+echo "Status: .venv/bin/dicomnode status, or the dashboard at http://127.0.0.1:11180/dashboard.  Ctrl-C stops the node."
 if [ "${QUICKSTART_EXIT:-0}" = 1 ]; then exit 0; fi
 wait "$node_pid"
