@@ -64,6 +64,8 @@ class Node:
         #: The loaded, warmed-up bundle's identity (None until the warm-up finished).
         self.bundle_info = None
         self.bundle_error: str | None = None
+        #: Set when the warm-up ended (loaded or failed): the workers start then.
+        self.warmed = threading.Event()
         self.db: Database | None = None
         self.scp: StorageSCP | None = None
         self.scheduler: BackgroundScheduler | None = None
@@ -96,7 +98,8 @@ class Node:
             self.assembler = SeriesAssembler(self.db, self.queue, cfg.selection, cfg.node.quiet_seconds,
                                              on_enqueued=self._job_enqueued)
             self.workers = [Worker(cfg, self.queue, self.assembler, self.delivery, self.store.root,
-                                   self.paths["results"], name=f"worker-{i + 1}", metrics=self.metrics)
+                                   self.paths["results"], name=f"worker-{i + 1}", metrics=self.metrics,
+                                   ready=self.warmed)
                             for i in range(cfg.node.workers)]
             token = token_for(cfg.http) if cfg.http.port else None
             self._recover()
@@ -128,6 +131,8 @@ class Node:
         except Exception as e:  # the node still receives; jobs fail with the reason
             self.bundle_error = f"{type(e).__name__}: {e}"
             log.error("model bundle %s cannot be loaded: %s", self.cfg.bundle_dir, self.bundle_error)
+        finally:
+            self.warmed.set()
 
     def _recover(self) -> None:
         removed = self.store.remove_temp_files()

@@ -91,7 +91,8 @@ class Worker:
     """Runs jobs from the queue in a background thread (``start``/``stop``)."""
 
     def __init__(self, cfg: NodeConfig, queue: JobQueue, assembler: SeriesAssembler, delivery: Delivery,
-                 storage_root: Path, results_root: Path, name: str = "worker-1", metrics=None) -> None:
+                 storage_root: Path, results_root: Path, name: str = "worker-1", metrics=None,
+                 ready: threading.Event | None = None) -> None:
         self.cfg = cfg
         self.queue = queue
         self.assembler = assembler
@@ -100,6 +101,9 @@ class Worker:
         self.results_root = results_root
         self.name = name
         self.metrics = metrics  # dicomnode.telemetry.NodeMetrics, or None
+        #: Set once the node has loaded the bundle: jobs wait for it (no cold first job, and
+        #: no second thread importing torch/MONAI at the same time, which MONAI does not survive).
+        self.ready = ready
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -129,6 +133,9 @@ class Worker:
                     pass  # it finished or moved on meanwhile
 
     def _loop(self) -> None:
+        while self.ready is not None and not self.ready.wait(0.5):
+            if self._stop.is_set():
+                return
         while not self._stop.is_set():
             try:
                 job = self.queue.claim()
