@@ -19,8 +19,9 @@ import logging
 import sqlite3
 import threading
 from collections import defaultdict
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -43,6 +44,38 @@ def destination_key(d: Destination) -> str:
 def backoff_seconds(attempts: int, base: float, maximum: float) -> float:
     """Wait before try ``attempts + 1`` (attempts >= 1)."""
     return min(maximum, base * (2 ** max(0, attempts - 1)))
+
+
+@contextmanager
+def _wake_on_abort(assoc, poll_s: float = 0.1) -> Iterator[None]:
+    """While a C-STORE waits for its response, end the wait when the peer aborts or the
+    connection drops (issue 9, defect 14).
+
+    pynetdicom pauses the association's reactor during a send and waits on the DIMSE
+    queue for up to ``dimse_timeout``; an A-ABORT that arrives meanwhile is left in the
+    DUL's queue unread, so the wait ran its full 60 s. Here a watcher peeks at the DUL (as
+    the ACSE does) and hands the waiter "no response", which pynetdicom treats as a
+    missing response: the association is aborted and the object stays pending.
+    """
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(poll_s):
+            try:
+                gone = assoc.acse.is_aborted() or not assoc.dul.is_alive()
+            except Exception:  # the association is being torn down: nothing to wake
+                return
+            if gone:
+                assoc.dimse.msg_queue.put((None, None))
+                return
+
+    watcher = threading.Thread(target=watch, name="delivery-abort-watch", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        watcher.join(1.0)
 
 
 class Delivery:
@@ -137,7 +170,8 @@ class Delivery:
         try:
             for row, ds in datasets:
                 try:
-                    status = assoc.send_c_store(ds)
+                    with _wake_on_abort(assoc):
+                        status = assoc.send_c_store(ds)
                 except Exception as e:
                     self._retry([row], f"C-STORE error: {type(e).__name__}: {e}")
                     if not assoc.is_established:
