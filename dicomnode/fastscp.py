@@ -366,20 +366,6 @@ class _Association:
 
 # -- the server ----------------------------------------------------------------------------------
 
-class _CountingLog:
-    """A RateLimitedLog that also counts every refusal (held back or not), for the metrics."""
-
-    def __init__(self, inner: RateLimitedLog) -> None:
-        self.inner = inner
-        self.count = 0
-        self._lock = threading.Lock()
-
-    def warning(self, msg: str, *args: object) -> None:
-        with self._lock:
-            self.count += 1
-        self.inner.warning(msg, *args)
-
-
 def _peer_address(sock: socket.socket) -> str:
     try:
         return str(sock.getpeername()[0])
@@ -425,13 +411,13 @@ class FastServer(socketserver.ThreadingTCPServer):
         self._per_address: dict[str, int] = {}
         self._pending = 0
         #: Refused and aborted associations: one line each, at most 20 a minute.
-        self.refusals = _CountingLog(RateLimitedLog(log, burst=20, window_s=60.0))
+        self.refusals = RateLimitedLog(log, burst=20, window_s=60.0)
         super().__init__((node.bind_address, node.port), _Handler)
 
     def stats(self) -> dict[str, int]:
         """Associations open now, connections waiting to associate, refusals and aborts so far."""
         with self._lock:
-            return {"active": self._active, "pending": self._pending, "refused": self.refusals.count}
+            return {"active": self._active, "pending": self._pending, "refused": self.refusals.total}
 
     def admit_pending(self) -> bool:
         """Count a new connection as pending (not associated); False when the cap is reached."""

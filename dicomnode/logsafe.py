@@ -47,6 +47,8 @@ class RateLimitedLog:
         self._start = time.monotonic()
         self._count = 0
         self._held = 0
+        #: Every message asked for since the start, let through or held back (for metrics).
+        self.total = 0
 
     def warning(self, msg: str, *args: object) -> None:
         with self._lock:
@@ -56,6 +58,7 @@ class RateLimitedLog:
                 held, self._held = self._held, 0
                 self._start, self._count = now, 0
             self._count += 1
+            self.total += 1
             emit = self._count <= self.burst
             if not emit:
                 self._held += 1

@@ -204,6 +204,13 @@ class JobQueue:
                                 JobState.DELIVERING.value)).fetchone()
         return None if row is None else int(row["id"])
 
+    def analysed_before(self, job: Job) -> list[int]:
+        """Ids of the earlier jobs of ``job``'s series whose results were made (done or
+        delivering), oldest first: the reports a new one replaces."""
+        rows = self.db.query("SELECT id FROM jobs WHERE series_uid=? AND id<? AND state IN (?, ?) ORDER BY id",
+                             (job.series_uid, job.id, JobState.DONE.value, JobState.DELIVERING.value))
+        return [int(r["id"]) for r in rows]
+
     # -- recovering -----------------------------------------------------------------
     def _give_back(self, where: str, params: Sequence[object], why: str, at: float | None) -> list[int]:
         t = now() if at is None else at

@@ -251,10 +251,8 @@ class Worker:
         import pydicom
 
         reports = []
-        for row in self.queue.db.query("SELECT id FROM jobs WHERE series_uid=? AND id<? AND state IN (?, ?) "
-                                       "ORDER BY id", (job.series_uid, job.id, JobState.DONE.value,
-                                                       JobState.DELIVERING.value)):
-            for path in sorted((self.results_root / str(row["id"]) / "sr").glob("*.dcm")):
+        for earlier in self.queue.analysed_before(job):
+            for path in sorted((self.results_root / str(earlier) / "sr").glob("*.dcm")):
                 try:
                     reports.append(pydicom.dcmread(path))
                 except (OSError, ValueError) as e:

@@ -28,7 +28,6 @@ Pure: records in, ``OperatingPoints`` and ``DomainReference`` out.
 
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 from typing import Sequence
 
@@ -55,7 +54,8 @@ LESION_SHARE_FLOOR = 1e-5
 def youden_threshold(y_true: np.ndarray, score: np.ndarray, min_specificity: float = 0.0) -> float:
     """The threshold maximising sensitivity + specificity - 1 (``score >= t`` is positive),
     among thresholds whose specificity is at least ``min_specificity``; midway between
-    neighbouring scores so that a small shift does not flip the calibration cases."""
+    neighbouring scores so that a small shift does not flip the calibration cases. The
+    score may be on any scale (probabilities, log shares)."""
     y = np.asarray(y_true, dtype=bool)
     s = np.asarray(score, dtype=np.float64)
     if y.all() or not y.any():
@@ -72,15 +72,19 @@ def youden_threshold(y_true: np.ndarray, score: np.ndarray, min_specificity: flo
         j = sens + spec - 1.0
         if j > best_j + 1e-12:
             best, best_j = float(t), j
-    return float(np.clip(best, 0.0, 1.0))
+    return best
+
+
+def _probability_threshold(y_true: np.ndarray, score: np.ndarray, min_specificity: float = 0.0) -> float:
+    """``youden_threshold`` of a probability, kept in [0, 1] (the cut below the lowest
+    score may fall just under 0)."""
+    return float(np.clip(youden_threshold(y_true, score, min_specificity), 0.0, 1.0))
 
 
 def lesion_share_threshold(is_pneumonia: np.ndarray, share: np.ndarray) -> float:
     """Youden's J threshold of the lesion share, chosen on its logarithm."""
-    decades = -math.log10(LESION_SHARE_FLOOR)
-    # log10 of shares in [floor, 1] mapped onto [0, 1], the range youden_threshold keeps to
-    unit = (np.log10(np.clip(np.asarray(share, dtype=np.float64), LESION_SHARE_FLOOR, 1.0)) + decades) / decades
-    return float(10.0 ** (youden_threshold(is_pneumonia, unit) * decades - decades))
+    log_share = np.log10(np.clip(np.asarray(share, dtype=np.float64), LESION_SHARE_FLOOR, 1.0))
+    return float(min(1.0, 10.0 ** youden_threshold(is_pneumonia, log_share)))
 
 
 def choose_operating_points(records: Sequence, base: OperatingPoints = OperatingPoints(),
@@ -95,7 +99,7 @@ def choose_operating_points(records: Sequence, base: OperatingPoints = Operating
         positive, cohort = TASK_COHORTS[task]
         idx = np.isin(truth, cohort)
         y = (truth[idx] != "non_pneumonia") if positive == "pneumonia" else (truth[idx] == positive)
-        chosen[task] = youden_threshold(y, tasks[idx, t_i])
+        chosen[task] = _probability_threshold(y, tasks[idx, t_i])
     rule = RULE
     lesions = all(r.lesion_share is not None for r in records)
     if lesions:
@@ -110,7 +114,7 @@ def choose_operating_points(records: Sequence, base: OperatingPoints = Operating
     if loc:
         y = np.concatenate([r.slice_truth for r in loc])
         s = np.concatenate([reported(r) for r in loc])
-        chosen["locator_threshold"] = youden_threshold(y, s, LOCATOR_MIN_SPECIFICITY)
+        chosen["locator_threshold"] = _probability_threshold(y, s, LOCATOR_MIN_SPECIFICITY)
         healthy = [int(np.count_nonzero(reported(r) >= chosen["locator_threshold"]))
                    for r in loc if r.truth == "non_pneumonia"]
         if healthy:

@@ -98,20 +98,14 @@ def segment_lungs(volume: CTVolume, params: ChainParams, unet: torch.nn.Module |
     """Lung mask of ``volume``: with ``unet`` when given, else the classical method."""
     if unet is None:
         return LungMask(mask=segment_lungs_classical(volume, params), method="classical")
-    mask, lesion = segment_lungs_and_lesions_unet(volume, params, unet, device)
+    mask, lesion = segment_lungs_unet(volume, params, unet, device)
     return LungMask(mask=mask, method="unet", lesion=lesion)
 
 
 # ------------------------------------------------------------------------------ U-Net
 
 def segment_lungs_unet(volume: CTVolume, params: ChainParams, unet: torch.nn.Module,
-                       device: torch.device | str = "cpu") -> np.ndarray:
-    """Bool z/y/x lung mask from a 2-D U-Net (class 1 = lung, class 2 if any = lesion, lung too)."""
-    return segment_lungs_and_lesions_unet(volume, params, unet, device)[0]
-
-
-def segment_lungs_and_lesions_unet(volume: CTVolume, params: ChainParams, unet: torch.nn.Module,
-                                   device: torch.device | str = "cpu") -> tuple[np.ndarray, np.ndarray | None]:
+                       device: torch.device | str = "cpu") -> tuple[np.ndarray, np.ndarray | None]:
     """(lung mask, lesion mask or None) from a 2-D U-Net: the lung is classes 1 + 2; a
     3-class U-Net's class 2 is its lesion map, thresholded at full size inside the lung."""
     hu = volume.hu
