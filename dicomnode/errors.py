@@ -48,6 +48,12 @@ class QueueError(NodeError):
     """A job state change that the state machine does not allow."""
 
 
+class WriterError(NodeError, ValueError):
+    """The inputs cannot make valid result objects (says which input and what to do).
+
+    A ValueError too: the writers' callers that catch bad values keep working."""
+
+
 class SeriesRejected(NodeError):
     """A series that cannot be made into a CT volume; ``code`` is a short machine name.
 

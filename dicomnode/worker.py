@@ -23,7 +23,6 @@ import logging
 import os
 import shutil
 import threading
-import traceback
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -164,7 +163,7 @@ class Worker:
             return self.queue.get(job.id).state
         except Exception as e:
             reason = f"{type(e).__name__}: {e}"
-            log.error("job %d failed: %s\n%s", job.id, reason, traceback.format_exc())
+            log.exception("job %d failed: %s", job.id, reason)
             return self._finish(job, JobState.FAILED, reason[:500])
 
     def _finish(self, job: Job, state: JobState, reason: str | None) -> JobState:

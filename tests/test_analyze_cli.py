@@ -148,3 +148,21 @@ def test_missing_bundle_is_a_clear_error(tmp_path: Path, phantom, capsys) -> Non
                                 "--bundle", str(tmp_path / "no-bundle")], capsys)
     assert code == 2
     assert "model_card.json" in err and len(err.strip().splitlines()) == 1
+
+
+def test_result_objects_that_cannot_be_built_exit_2(tmp_path: Path, tiny_bundle: Path, phantom, capsys,
+                                                     monkeypatch) -> None:
+    # Issue 14, item 1: a WriterError once escaped as a traceback. The writers' refusal is
+    # simulated (a unit test of the command's error mapping); the rest is the real chain.
+    import dicomnode.writers as writers
+
+    def refuse(*_args, **_kwargs):
+        raise writers.WriterError("source slice 3 has no ImagePositionPatient; resend the series")
+
+    monkeypatch.setattr(writers, "build_result_objects", refuse)
+    _, volume = phantom
+    write_ct_series(volume, tmp_path / "series")
+    code, stdout, err = run_analyze([str(tmp_path / "series"), "--out", str(tmp_path / "o"),
+                                     "--bundle", str(tiny_bundle), "--device", "cpu"], capsys)
+    assert code == 2 and stdout == ""
+    assert len(err.strip().splitlines()) == 1 and "cannot be built" in err and "ImagePositionPatient" in err

@@ -6,13 +6,10 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from .. import PRODUCT_NAME, __version__
+from ..errors import WriterError
 
 #: The kinds of result object, in the order they are built and sent.
 OBJECT_KINDS: tuple[str, ...] = ("sr", "sc", "seg", "kos")
-
-
-class WriterError(ValueError):
-    """The inputs cannot make valid result objects (says which input and what to do)."""
 
 
 @dataclass(frozen=True)
