@@ -90,7 +90,7 @@ def build_app(node: Any, token: str | None) -> FastAPI:
     def jobs(state: JOB_STATES | None = None, limit: int = Query(50, ge=1, le=1000),
              offset: int = Query(0, ge=0)) -> dict:
         page = _page(node, "SELECT id, series_uid, study_uid, generation, state, reason, attempts, lease_until, "
-                           "not_before, created, updated FROM jobs", "state", state, "id DESC", limit, offset)
+                           "not_before, urgent, created, updated FROM jobs", "state", state, "id DESC", limit, offset)
         from .commands.status import job_decision
 
         for item in page["items"]:
@@ -151,7 +151,8 @@ def job_timeline(node: Any, job_id: int) -> dict:
         events.append({"at": s["last_received"], "what": f"last instance received ({s['instance_count']} in all)"})
         if s["completed"]:
             events.append({"at": s["completed"], "what": "series complete (quiet period over)"})
-    events.append({"at": job["created"], "what": f"job queued (generation {job['generation']})"})
+    events.append({"at": job["created"], "what": f"job queued (generation {job['generation']}"
+                                                 + (f", urgent: {job['urgent']})" if job.get("urgent") else ")")})
     stage_seconds = None
     try:
         summary = json.loads((node.paths["results"] / str(job_id) / "summary.json").read_text())

@@ -107,6 +107,50 @@ class NodeSection(_Frozen):
         return v
 
 
+def _check_keyword(keyword: str) -> str:
+    from pydicom.datadict import tag_for_keyword
+
+    if tag_for_keyword(keyword) is None:
+        raise ValueError(f"{keyword!r} is not a DICOM attribute keyword (e.g. RequestedProcedurePriority, "
+                         "InstitutionalDepartmentName)")
+    return keyword
+
+
+class UrgentRules(_Frozen):
+    """``[selection.urgent]``: a series that matches any rule is urgent; its job is
+    claimed before every routine one. Empty (the default): every series is routine."""
+
+    #: The sending AE (Source Application Entity Title of the stored files).
+    calling_ae_titles: tuple[str, ...] = ()
+    modalities: tuple[str, ...] = ()
+    #: BodyPartExamined values (upper case).
+    body_parts: tuple[str, ...] = ()
+    #: DICOM keyword -> values that make a series urgent (compared stripped, upper case);
+    #: a TOML table ``tags = { RequestedProcedurePriority = ["STAT"] }``, kept as pairs.
+    tags: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    @field_validator("calling_ae_titles")
+    @classmethod
+    def _titles(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for title in v:
+            _check_ae(title)
+        return v
+
+    @field_validator("tags", mode="before")
+    @classmethod
+    def _tags(cls, v: Any) -> Any:
+        if isinstance(v, Mapping):
+            v = tuple((k, tuple(values) if isinstance(values, (list, tuple)) else (values,))
+                      for k, values in v.items())
+        for keyword, _values in v:
+            _check_keyword(keyword)
+        return v
+
+    @property
+    def active(self) -> bool:
+        return bool(self.calling_ae_titles or self.modalities or self.body_parts or self.tags)
+
+
 class SelectionSection(_Frozen):
     """``[selection]``: which completed series are analysed; rules are data."""
 
@@ -119,6 +163,7 @@ class SelectionSection(_Frozen):
     body_parts: tuple[str, ...] = ()
     #: Thicker slices than this are refused; 0 switches the rule off.
     max_slice_thickness_mm: float = Field(10.0, ge=0)
+    urgent: UrgentRules = UrgentRules()
 
 
 class PipelineSection(_Frozen):

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -64,6 +64,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     lease_until     REAL,
     not_before      REAL,                -- queued: not claimed before (a retry's backoff)
     content_sha256  TEXT,                -- the instances' datasets and the model bundle analysed
+    urgent          TEXT,                -- why the series is urgent ([selection.urgent]); NULL: routine
     created         REAL NOT NULL,
     updated         REAL NOT NULL,
     UNIQUE (series_uid, generation)
@@ -114,6 +115,8 @@ class Database:
             self._conn.execute("ALTER TABLE jobs ADD COLUMN not_before REAL")
         if "content_sha256" not in columns:  # schema 2 -> 3
             self._conn.execute("ALTER TABLE jobs ADD COLUMN content_sha256 TEXT")
+        if "urgent" not in columns:  # schema 3 -> 4
+            self._conn.execute("ALTER TABLE jobs ADD COLUMN urgent TEXT")
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:

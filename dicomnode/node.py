@@ -85,6 +85,12 @@ class Node:
         os.write(fd, f"{os.getpid()}\n".encode())
         self._lock_fd = fd
 
+    def _read_header(self, rel_path: str):
+        """A stored instance's header with its file meta (the urgent rules read it)."""
+        import pydicom
+
+        return pydicom.dcmread(self.store.root / rel_path, stop_before_pixels=True)
+
     def start(self) -> "Node":
         cfg = self.cfg
         self._lock()
@@ -96,7 +102,7 @@ class Node:
             self.delivery = Delivery(self.db, cfg.destinations, cfg.delivery, self.paths["results"],
                                      cfg.node.ae_title)
             self.assembler = SeriesAssembler(self.db, self.queue, cfg.selection, cfg.node.quiet_seconds,
-                                             on_enqueued=self._job_enqueued)
+                                             on_enqueued=self._job_enqueued, read_header=self._read_header)
             self.workers = [Worker(cfg, self.queue, self.assembler, self.delivery, self.store.root,
                                    self.paths["results"], name=f"worker-{i + 1}", metrics=self.metrics,
                                    ready=self.warmed)

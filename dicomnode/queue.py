@@ -73,13 +73,15 @@ class Job:
     reason: str | None
     attempts: int
     lease_until: float | None
+    #: Why the series is urgent ([selection.urgent]); None: routine.
+    urgent: str | None = None
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> "Job":
         return cls(id=row["id"], series_uid=row["series_uid"], study_uid=row["study_uid"],
                    generation=row["generation"], instances=tuple(json.loads(row["instances"])),
                    state=JobState(row["state"]), reason=row["reason"], attempts=row["attempts"],
-                   lease_until=row["lease_until"])
+                   lease_until=row["lease_until"], urgent=row["urgent"])
 
 
 class JobQueue:
@@ -92,40 +94,42 @@ class JobQueue:
 
     # -- creating -------------------------------------------------------------------
     def enqueue_in(self, conn: sqlite3.Connection, series_uid: str, study_uid: str, generation: int,
-                   instances: Sequence[str], at: float | None = None) -> int:
+                   instances: Sequence[str], at: float | None = None, urgent: str | None = None) -> int:
         """Insert a queued job inside the caller's transaction; returns its id.
 
         Queued jobs of earlier generations of the same series are skipped: the new job
-        covers every instance they had and more.
+        covers every instance they had and more. ``urgent``: why the job goes first.
         """
         t = now() if at is None else at
         conn.execute("UPDATE jobs SET state=?, reason=?, updated=? WHERE series_uid=? AND state=? AND generation<?",
                      (JobState.SKIPPED.value, f"superseded by generation {generation} (late instances)", t,
                       series_uid, JobState.QUEUED.value, generation))
         cur = conn.execute(
-            "INSERT INTO jobs(series_uid, study_uid, generation, instances, state, attempts, created, updated) "
-            "VALUES (?,?,?,?,?,0,?,?)",
-            (series_uid, study_uid, generation, json.dumps(list(instances)), JobState.QUEUED.value, t, t))
+            "INSERT INTO jobs(series_uid, study_uid, generation, instances, state, attempts, urgent, created, updated) "
+            "VALUES (?,?,?,?,?,0,?,?,?)",
+            (series_uid, study_uid, generation, json.dumps(list(instances)), JobState.QUEUED.value, urgent, t, t))
         return int(cur.lastrowid)
 
     def enqueue(self, series_uid: str, study_uid: str, instances: Sequence[str], generation: int = 1,
-                at: float | None = None) -> int:
+                at: float | None = None, urgent: str | None = None) -> int:
         with self.db.transaction() as conn:
-            return self.enqueue_in(conn, series_uid, study_uid, generation, instances, at)
+            return self.enqueue_in(conn, series_uid, study_uid, generation, instances, at, urgent)
 
     # -- working --------------------------------------------------------------------
     def claim(self, at: float | None = None) -> Job | None:
-        """Take the oldest queued job (state running, attempts+1, lease set), or None."""
+        """Take the oldest urgent queued job, else the oldest routine one (state running,
+        attempts+1, lease set), or None."""
         t = now() if at is None else at
         with self.db.transaction() as conn:
             row = conn.execute("SELECT id FROM jobs WHERE state=? AND (not_before IS NULL OR not_before <= ?) "
-                               "ORDER BY id LIMIT 1", (JobState.QUEUED.value, t)).fetchone()
+                               "ORDER BY urgent IS NULL, id LIMIT 1", (JobState.QUEUED.value, t)).fetchone()
             if row is None:
                 return None
             conn.execute("UPDATE jobs SET state=?, attempts=attempts+1, lease_until=?, not_before=NULL, updated=? "
                          "WHERE id=?", (JobState.RUNNING.value, t + self.lease_seconds, t, row["id"]))
             job = Job.from_row(conn.execute("SELECT * FROM jobs WHERE id=?", (row["id"],)).fetchone())
-        log.info("job %d claimed (series %s, attempt %d)", job.id, job.series_uid, job.attempts)
+        log.info("job %d claimed (series %s, attempt %d%s)", job.id, job.series_uid, job.attempts,
+                 ", urgent" if job.urgent else "")
         return job
 
     def still_mine(self, job: Job) -> bool:

@@ -7,6 +7,11 @@ not code) choose the instances to analyse, and the series is either queued as a 
 recorded as skipped with the reason. Because the quiet timer is derived from the
 database, a node restarted during the quiet period completes the series all the same.
 
+Urgent series (``[selection.urgent]``): once a series is accepted, the first selected
+instance's stored header is read and matched against the rules (sending AE, modality,
+body part, configured tags); a match makes the job urgent, claimed before every routine
+job, with the rule that matched recorded as the reason. No rules: nothing is read.
+
 Late instances: an instance that arrives after its series was completed re-opens the
 series (state ``receiving`` again); after a new quiet period the whole series, old and
 new instances, becomes a new job (generation + 1). A still-queued job of the earlier
@@ -19,9 +24,9 @@ import logging
 import threading
 from collections import Counter
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
-from .config import SelectionSection
+from .config import SelectionSection, UrgentRules
 from .db import Database, now
 from .queue import JobQueue
 from .store import InstanceInfo
@@ -81,13 +86,46 @@ def select_instances(rows: Sequence[dict], rules: SelectionSection) -> Selection
     return Selection(tuple(r["path"] for r in kept), None)
 
 
+def _values(ds: Any, keyword: str) -> set[str]:
+    value = ds.get(keyword) if ds is not None else None
+    if value is None:
+        return set()
+    items = value if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue" else [value]
+    return {str(v).strip().upper() for v in items if str(v).strip()}
+
+
+def urgent_reason(rules: UrgentRules, header: Any) -> str | None:
+    """Why a series whose first instance has this header (a pydicom Dataset with its
+    ``file_meta``) is urgent, or None. Pure: the rule that matched, in plain words."""
+    if not rules.active:
+        return None
+    meta = getattr(header, "file_meta", None)
+    sender = _values(meta, "SourceApplicationEntityTitle")
+    titles = {t.upper() for t in rules.calling_ae_titles}
+    if sender & titles:
+        return f"sent by {sorted(sender & titles)[0]}"
+    for keyword, wanted in (("Modality", rules.modalities), ("BodyPartExamined", rules.body_parts)):
+        hit = _values(header, keyword) & {w.upper() for w in wanted}
+        if hit:
+            return f"{keyword} {sorted(hit)[0]}"
+    for keyword, wanted in rules.tags:
+        hit = _values(header, keyword) & {str(w).strip().upper() for w in wanted}
+        if hit:
+            return f"{keyword} {sorted(hit)[0]}"
+    return None
+
+
 class SeriesAssembler:
     """Records instances, completes quiet series, enqueues jobs or records skips."""
 
     def __init__(self, db: Database, queue: JobQueue, rules: SelectionSection, quiet_seconds: float,
-                 on_enqueued: Callable[[int], None] | None = None) -> None:
+                 on_enqueued: Callable[[int], None] | None = None,
+                 read_header: Callable[[str], Any] | None = None) -> None:
+        """``read_header``: a stored instance's path -> its header (pydicom, file meta
+        included), for the urgent rules; None: every series is routine."""
         self.db = db
         self.queue = queue
+        self.read_header = read_header
         self.rules = rules
         self.quiet_seconds = quiet_seconds
         self.on_enqueued = on_enqueued
@@ -144,8 +182,9 @@ class SeriesAssembler:
             selection = select_instances(rows, self.rules)
             generation = series["generation"] + 1
             if selection.accepted:
+                urgent = self._urgency(series_uid, selection.paths[0])
                 job_id = self.queue.enqueue_in(conn, series_uid, series["study_uid"], generation,
-                                               selection.paths, t)
+                                               selection.paths, t, urgent)
                 conn.execute("UPDATE series SET state=?, reason=NULL, completed=?, generation=?, "
                              "instance_count=? WHERE series_uid=?",
                              (QUEUED, t, generation, len(rows), series_uid))
@@ -157,9 +196,21 @@ class SeriesAssembler:
         if job_id is None:
             log.info("series %s skipped: %s", series_uid, selection.reason)
         else:
-            log.info("series %s complete (%d instances, %d selected): job %d", series_uid, len(rows),
-                     len(selection.paths), job_id)
+            log.info("series %s complete (%d instances, %d selected): job %d%s", series_uid, len(rows),
+                     len(selection.paths), job_id, f", urgent ({urgent})" if urgent else "")
         return job_id
+
+    def _urgency(self, series_uid: str, first_path: str) -> str | None:
+        """The urgent rules on the series' first selected instance; a header that cannot
+        be read makes the series routine (logged), never a lost series."""
+        if self.read_header is None or not self.rules.urgent.active:
+            return None
+        try:
+            return urgent_reason(self.rules.urgent, self.read_header(first_path))
+        except Exception as e:  # a damaged file is the volume loader's to reject
+            log.warning("series %s: header of %s not readable for the urgent rules (%s); routine",
+                        series_uid, first_path, type(e).__name__)
+            return None
 
     def mark_skipped(self, series_uid: str, reason: str) -> None:
         """Record a series as skipped after the fact (e.g. the volume loader rejected it)."""

@@ -81,6 +81,9 @@ class NodeCollector(Collector):
             yield _by_state("dicomnode_jobs", "Jobs by state", jobs)
             queued = sum(r["n"] for r in jobs if r["state"] == "queued")
             yield GaugeMetricFamily("dicomnode_queue_depth", "Jobs waiting for a worker", value=queued)
+            urgent = db.query("SELECT COUNT(*) AS n FROM jobs WHERE state='queued' AND urgent IS NOT NULL")[0]["n"]
+            yield GaugeMetricFamily("dicomnode_queue_urgent", "Urgent jobs waiting for a worker ([selection.urgent])",
+                                    value=urgent)
             yield _by_state("dicomnode_deliveries", "Object deliveries by state", db.query(
                 "SELECT state, COUNT(*) AS n FROM deliveries GROUP BY state"))
             retries = db.query("SELECT COALESCE(SUM(MAX(attempts - 1, 0)), 0) AS n FROM deliveries")[0]["n"]

@@ -179,3 +179,36 @@ def test_dashboard_shows_what_an_admin_needs_and_its_retry_button_works(node, tm
     page_text = json.dumps(report)
     assert "PHANTOM" not in page_text and "Patient" not in page_text
     assert Path(report["screenshot"]).stat().st_size > 10_000
+
+
+def test_urgent_series_are_marked_and_counted(tmp_path, tiny_bundle):
+    """Issue 10, item 5: a series from a calling AE the rules name is urgent; the API, the
+    timeline and the metrics say so, a routine one stays routine (real storescu senders)."""
+    from node_helpers import TEST_CONFIG, write_test_config
+
+    config = write_test_config(tmp_path / "config", TEST_CONFIG.replace(
+        "[pipeline]", '[selection.urgent]\ncalling_ae_titles = ["ER_CT"]\n[pipeline]'))
+    http_port = free_port()
+    node = NodeProcess(tmp_path / "data", tiny_bundle, quiet_seconds=1.0, config=config,
+                       extra_args=["--http-port", str(http_port), "--http-bind", "127.0.0.1"]).start()
+    try:
+        url = f"http://127.0.0.1:{http_port}"
+        routine = write_series(tmp_path / "routine", n_slices=16, size=48, seed=1)
+        urgent = write_series(tmp_path / "urgent", n_slices=16, size=48, seed=2)
+        for series, sender in ((routine, "CT_WARD"), (urgent, "ER_CT")):
+            sent = storescu(node.port, series.paths, calling_ae=sender)
+            assert sent.returncode == 0, sent.stdout + sent.stderr
+
+        def both_jobs():
+            items = json.loads(_get(url + "/api/jobs")[1])["items"]
+            return {j["series_uid"]: j for j in items} if len(items) == 2 else None
+
+        jobs = wait_for(both_jobs, 60, interval=0.3, what="two jobs")
+        assert jobs[urgent.series_uid]["urgent"] == "sent by ER_CT"
+        assert jobs[routine.series_uid]["urgent"] is None
+        timeline = json.loads(_get(f"{url}/api/jobs/{jobs[urgent.series_uid]['id']}/timeline")[1])
+        assert any("urgent: sent by ER_CT" in e["what"] for e in timeline["events"])
+        assert "dicomnode_queue_urgent " in _get(url + "/metrics")[1].decode()
+        assert any("urgent (sent by ER_CT)" in line for line in node.log)
+    finally:
+        node.stop()

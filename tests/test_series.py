@@ -130,3 +130,72 @@ def test_quiet_timer_survives_a_restart(tmp_path):
     asm2 = SeriesAssembler(db2, JobQueue(db2), SelectionSection(min_slices=2), quiet_seconds=10)
     assert asm2.complete_due(at=T0 + 30) == ["1.2.3"]
     db2.close()
+
+
+def _header(sender: str = "", **elements):
+    """A stored instance's header as the node reads it back (pydicom, file meta included)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+
+    ds = Dataset()
+    for keyword, value in elements.items():
+        setattr(ds, keyword, value)
+    ds.file_meta = FileMetaDataset()
+    if sender:
+        ds.file_meta.SourceApplicationEntityTitle = sender
+    return ds
+
+
+def test_urgent_rules_name_the_rule_that_matched():
+    from dicomnode.config import UrgentRules
+    from dicomnode.series import urgent_reason
+
+    rules = UrgentRules(calling_ae_titles=("ER_CT",), body_parts=("CHEST",),
+                        tags={"RequestedProcedurePriority": ["STAT"]})
+    assert urgent_reason(rules, _header("ER_CT", BodyPartExamined="ABDOMEN")) == "sent by ER_CT"
+    assert urgent_reason(rules, _header("CT1", BodyPartExamined="chest")) == "BodyPartExamined CHEST"
+    assert urgent_reason(rules, _header("CT1", RequestedProcedurePriority="stat ")) == "RequestedProcedurePriority STAT"
+    assert urgent_reason(rules, _header("CT1", RequestedProcedurePriority="ROUTINE")) is None
+    assert urgent_reason(UrgentRules(), _header("ER_CT")) is None  # no rules: routine
+
+
+def test_urgent_series_are_claimed_before_older_routine_ones(tmp_path):
+    db = Database(tmp_path / "node.sqlite3")
+    queue = JobQueue(db)
+    headers = {"1.2.3": _header("CT_ROUTINE"), "1.2.4": _header("ER_CT"), "1.2.5": _header("ER_CT")}
+    read = []
+
+    def read_header(rel_path: str):
+        read.append(rel_path)
+        if "1.2.5" in rel_path:
+            raise OSError("unreadable")  # a damaged file: routine, logged, not lost
+        return headers[rel_path.split("/")[1]]
+
+    rules = SelectionSection(min_slices=4, urgent={"calling_ae_titles": ["ER_CT"]})
+    asm = SeriesAssembler(db, queue, rules, quiet_seconds=10, read_header=read_header)
+    feed(asm, [inst(i, series="1.2.3") for i in range(4)], t=T0)
+    feed(asm, [inst(i, series="1.2.4") for i in range(4)], t=T0 + 1)
+    feed(asm, [inst(i, series="1.2.5") for i in range(4)], t=T0 + 2)
+    assert asm.complete_due(at=T0 + 100) == ["1.2.3", "1.2.4", "1.2.5"]
+    assert len(read) == 3  # one header per series, not per instance
+    first, second, third = queue.claim(at=T0 + 101), queue.claim(at=T0 + 102), queue.claim(at=T0 + 103)
+    assert (first.series_uid, first.urgent) == ("1.2.4", "sent by ER_CT")
+    assert (second.series_uid, second.urgent) == ("1.2.3", None)
+    assert (third.series_uid, third.urgent) == ("1.2.5", None)
+    db.close()
+
+
+def test_a_schema_3_database_gains_the_urgent_column(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "old.sqlite3"
+    Database(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute("ALTER TABLE jobs DROP COLUMN urgent")  # what a schema-3 node left behind
+    conn.execute("INSERT INTO jobs(series_uid, study_uid, generation, instances, state, created, updated) "
+                 "VALUES ('1.2.9', '1.2', 1, '[]', 'queued', 0, 0)")
+    conn.commit()
+    conn.close()
+    db = Database(path)
+    job = JobQueue(db).claim(at=1.0)
+    assert job.series_uid == "1.2.9" and job.urgent is None
+    db.close()

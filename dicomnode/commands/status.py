@@ -42,9 +42,11 @@ def collect(db_path: Path, limit: int) -> dict[str, Any]:
             "s.generation, j.id AS job_id, j.state AS job_state FROM series s LEFT JOIN jobs j "
             "ON j.id=(SELECT MAX(id) FROM jobs WHERE series_uid=s.series_uid) "
             "ORDER BY s.last_received DESC LIMIT ?", (limit,))]
+        # A database of a node older than schema 4 has no urgent column (read-only here: not migrated).
+        has_urgent = any(r["name"] == "urgent" for r in conn.execute("PRAGMA table_info(jobs)"))
         jobs = [dict(r) for r in conn.execute(
-            "SELECT id, series_uid, generation, state, reason, attempts, lease_until, created, updated "
-            "FROM jobs ORDER BY id DESC LIMIT ?", (limit,))]
+            "SELECT id, series_uid, generation, state, reason, attempts, lease_until, created, updated"
+            + (", urgent" if has_urgent else ", NULL AS urgent") + " FROM jobs ORDER BY id DESC LIMIT ?", (limit,))]
         deliveries = [dict(r) for r in conn.execute(
             "SELECT job_id, destination, state, COUNT(*) AS objects, MAX(attempts) AS attempts, "
             "MIN(CASE WHEN state='pending' THEN next_try END) AS next_try, MAX(last_error) AS last_error, "
@@ -95,8 +97,9 @@ def render(data: dict[str, Any]) -> str:
                         [[s["series_uid"], s["instance_count"], s["state"],
                           f"{s['job_id']} {s['job_state']}" if s["job_id"] else None, s["reason"]]
                          for s in data["series"]]))
-    parts.append(_table("jobs", ["job", "series UID", "state", "decision", "attempts", "reason"],
-                        [[j["id"], j["series_uid"], j["state"], j.get("decision"), j["attempts"], j["reason"]]
+    parts.append(_table("jobs", ["job", "series UID", "state", "priority", "decision", "attempts", "reason"],
+                        [[j["id"], j["series_uid"], j["state"], f"urgent ({j['urgent']})" if j.get("urgent") else "routine",
+                          j.get("decision"), j["attempts"], j["reason"]]
                          for j in data["jobs"]]))
     parts.append(_table("deliveries", ["job", "destination", "state", "objects", "attempts", "next try", "last error"],
                         [[d["job_id"], d["destination"], d["state"], d["objects"], d["attempts"],
