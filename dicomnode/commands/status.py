@@ -97,9 +97,9 @@ def render(data: dict[str, Any]) -> str:
                         [[s["series_uid"], s["instance_count"], s["state"],
                           f"{s['job_id']} {s['job_state']}" if s["job_id"] else None, s["reason"]]
                          for s in data["series"]]))
-    parts.append(_table("jobs", ["job", "series UID", "state", "priority", "decision", "attempts", "reason"],
-                        [[j["id"], j["series_uid"], j["state"], f"urgent ({j['urgent']})" if j.get("urgent") else "routine",
-                          j.get("decision"), j["attempts"], j["reason"]]
+    parts.append(_table("jobs", ["job", "series UID", "state", "decision", "attempts", "priority", "reason"],
+                        [[j["id"], j["series_uid"], j["state"], j.get("decision"), j["attempts"],
+                          f"urgent ({j['urgent']})" if j.get("urgent") else "routine", j["reason"]]
                          for j in data["jobs"]]))
     parts.append(_table("deliveries", ["job", "destination", "state", "objects", "attempts", "next try", "last error"],
                         [[d["job_id"], d["destination"], d["state"], d["objects"], d["attempts"],
