@@ -19,6 +19,12 @@ card) with ``pipeline.evaluate.score_cases`` and hands the records here. Stated 
   share (the geometric middle between neighbouring cases), and the locator's threshold
   and the healthy flags above are counted on the slices the report would list (locator
   flag and a lesion of ``lesion_slice_min_mm2``);
+* with a lesion pattern model (pipeline.lesion_pattern): its weight in the pneumonia type
+  (``pattern_weight``) is fixed at ``PATTERN_WEIGHT``, not chosen here: a calibration
+  cohort is drawn like the training data, where the slice classifier reads its own
+  generators' texture well; what the weight must serve is a CT of another generator, and
+  across phantom families the classifier's type was no better than chance (model card,
+  cross-family columns) while the pattern's held;
 * the indeterminate margins and the lesion band: fixed, stated values (``OperatingPoints`` defaults);
 * the domain reference: fitted on the even-numbered cases, its thresholds set on the
   odd-numbered ones (pipeline.domain.fit_domain_reference).
@@ -47,6 +53,9 @@ RULE = ("task thresholds: Youden's J on the calibration cohort; locator: Youden'
         "margins: fixed")
 LESION_RULE = ("; lesion_share_threshold: Youden's J on log10 of the U-Net's lesion share of the lung; locator "
                "threshold and healthy flags counted on slices that also hold a lesion; lesion_band: fixed")
+PATTERN_WEIGHT = 1.0
+PATTERN_RULE = (f"; pattern_weight: fixed {PATTERN_WEIGHT} (the pneumonia type is read from the lesion pattern "
+                "model; the slice classifier's type is reported beside it)")
 #: Shares below this count as this (a log needs a floor; 1e-5 of a lung is ~0.05 ml).
 LESION_SHARE_FLOOR = 1e-5
 
@@ -106,6 +115,9 @@ def choose_operating_points(records: Sequence, base: OperatingPoints = Operating
         share = np.array([r.lesion_share for r in records], dtype=np.float64)
         chosen["lesion_share_threshold"] = lesion_share_threshold(truth != "non_pneumonia", share)
         rule += LESION_RULE
+    if records and all(getattr(r, "pattern_probabilities", None) is not None for r in records):
+        chosen["pattern_weight"] = PATTERN_WEIGHT
+        rule += PATTERN_RULE
     loc = [r for r in records if r.slice_scores is not None and r.slice_scores.size]
     gate = lesions and all(r.slice_lesion_mm2 is not None for r in loc)
 

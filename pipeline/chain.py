@@ -5,7 +5,8 @@ METHOD.md, and times each one. Lung segmentation (U-Net when the bundle has one,
 the classical method) -> lung slices (too little lung: not a chest CT) -> at most
 ``max_slices`` of them classified -> out-of-domain check (pipeline.domain) ->
 task-specific fusion -> lesion burden (a 3-class U-Net's lesion map) -> every lung slice
-located (a reported slice needs a lesion too, when there is a map) -> the decision from the bundle's
+located (a reported slice needs a lesion too, when there is a map) -> the lesion pattern
+and the type it points to (pipeline.lesion_pattern) -> the decision from the bundle's
 operating points (pipeline.decision) -> Guided Grad-CAM of the slices that drive it (none
 out of domain) -> radiomics phenotype of the attentional regions (pneumonia decisions).
 """
@@ -25,15 +26,16 @@ from .explain import explain_slices, select_slices
 from .fusion import fuse_slice_scores
 from .locate import locate_infected
 from .lesion_burden import measure_lesion_burden
+from .lesion_pattern import lesion_pattern_features
 from .lung import segment_lungs
 from .models import ModelBundle
 from .params import ChainParams
 from .phenotype import compute_phenotype
 from .preprocess import lung_slice_indices, min_lung_pixels_for, sample_slices
-from .types import AnalysisResult, CTVolume, NotAChestCTError
+from .types import AnalysisResult, CTVolume, LesionPattern, NotAChestCTError
 
 #: Keys of AnalysisResult.timings_s, in chain order.
-STAGES = ("lung_segmentation", "classification", "domain_check", "fusion", "locating", "decision",
+STAGES = ("lung_segmentation", "classification", "domain_check", "fusion", "locating", "lesion_pattern", "decision",
           "explanation", "phenotype")
 
 
@@ -92,7 +94,14 @@ def analyze(volume: CTVolume, models: ModelBundle, params: ChainParams) -> Analy
                                None if lesion is None else lesion.slices_with_lesion(params.lesion_slice_min_mm2))
     lap("locating")
 
-    decision = decide(case, infected, domain, op, lesion)
+    pattern = None
+    features = lesion_pattern_features(volume, lung)
+    if features is not None:
+        pattern = LesionPattern(features=features, probabilities=(
+            None if models.lesion_pattern is None else models.lesion_pattern.probabilities(features)))
+    lap("lesion_pattern")
+
+    decision = decide(case, infected, domain, op, lesion, pattern)
     lap("decision")
 
     attention: tuple = ()
@@ -120,4 +129,5 @@ def analyze(volume: CTVolume, models: ModelBundle, params: ChainParams) -> Analy
         domain=domain,
         timings_s=timings,
         lesion=lesion,
+        lesion_pattern=pattern,
     )

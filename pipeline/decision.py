@@ -19,7 +19,10 @@ them re-derives it from probabilities. In order:
    inferred: the infectious slices (locator flag and a lesion on the slice) are reported,
    not required.
 4. The pneumonia class: the largest of CAP / influenza / COVID-19 (4-class probabilities
-   renormalised over the three); when the top two are within ``margin``: ``indeterminate``.
+   renormalised over the three); with a lesion pattern model (pipeline.lesion_pattern)
+   and ``pattern_weight`` > 0, the blend ``pattern_weight`` x the pattern's shares +
+   (1 - ``pattern_weight``) x the classifier's; when the top two are within ``margin``:
+   ``indeterminate``.
 
 ``OperatingPoints`` come from the model card's ``operating_points`` (chosen on a
 validation cohort by ``pipeline.calibration``); a bundle without them falls back to the
@@ -31,7 +34,16 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping
 
-from .types import PNEUMONIA_CLASSES, TASK_NAMES, CaseScores, Decision, DomainCheck, InfectedSlices, LesionBurden
+from .types import (
+    PNEUMONIA_CLASSES,
+    TASK_NAMES,
+    CaseScores,
+    Decision,
+    DomainCheck,
+    InfectedSlices,
+    LesionBurden,
+    LesionPattern,
+)
 
 DISPLAY = {"non_pneumonia": "non-pneumonia", "cap": "CAP", "influenza": "influenza", "covid19": "COVID-19"}
 
@@ -55,6 +67,8 @@ class OperatingPoints:
     lesion_share_threshold: float = 0.0
     #: Lesion shares within this factor of the threshold (either side): indeterminate.
     lesion_band: float = 1.5
+    #: Weight of the lesion pattern model in the pneumonia type (0: the classifier alone).
+    pattern_weight: float = 0.0
     rule: str = "defaults (paper: 0.5); the bundle was not calibrated"
 
     def __post_init__(self) -> None:
@@ -87,14 +101,35 @@ class OperatingPoints:
                    locator_threshold=self.locator_threshold, out_of_domain=1.0)
         if self.uses_lesions:
             out.update(lesion_share_threshold=self.lesion_share_threshold, lesion_band=self.lesion_band)
+        if self.pattern_weight > 0:
+            out.update(pattern_weight=self.pattern_weight)
         return out
 
 
-def pneumonia_class_shares(case: CaseScores) -> dict[str, float]:
-    """The 4-class probabilities of CAP, influenza and COVID-19 renormalised over the three."""
-    p = {name: float(case.probabilities[name]) for name in PNEUMONIA_CLASSES}
+def _renormalised(probabilities: Mapping[str, float]) -> dict[str, float]:
+    p = {name: float(probabilities.get(name, 0.0)) for name in PNEUMONIA_CLASSES}
     total = sum(p.values())
     return {k: (v / total if total > 0 else 1.0 / len(p)) for k, v in p.items()}
+
+
+def pattern_type_shares(pattern: LesionPattern | None) -> dict[str, float] | None:
+    """The lesion pattern model's CAP / influenza / COVID-19 renormalised over the three;
+    None without a pattern model."""
+    if pattern is None or pattern.probabilities is None:
+        return None
+    return _renormalised(pattern.probabilities)
+
+
+def pneumonia_class_shares(case: CaseScores, pattern: LesionPattern | None = None,
+                           pattern_weight: float = 0.0) -> dict[str, float]:
+    """The probabilities of CAP, influenza and COVID-19 renormalised over the three: the
+    classifier's, blended with the lesion pattern model's when it is given a weight."""
+    shares = _renormalised(case.probabilities)
+    by_pattern = pattern_type_shares(pattern)
+    if by_pattern is None or pattern_weight <= 0:
+        return shares
+    w = float(pattern_weight)
+    return {k: w * by_pattern[k] + (1.0 - w) * shares[k] for k in PNEUMONIA_CLASSES}
 
 
 def _pct(share: float) -> str:
@@ -123,7 +158,7 @@ def _pneumonia_by_lesions(p: float, lesion: LesionBurden, op: OperatingPoints,
 
 
 def decide(case: CaseScores, infected: InfectedSlices, domain: DomainCheck, op: OperatingPoints,
-           lesion: LesionBurden | None = None) -> Decision:
+           lesion: LesionBurden | None = None, pattern: LesionPattern | None = None) -> Decision:
     """The decision of one case (see the module doc for the order of the rules)."""
     th = op.thresholds()
     if not domain.in_domain:
@@ -152,14 +187,17 @@ def decide(case: CaseScores, infected: InfectedSlices, domain: DomainCheck, op: 
         return Decision("indeterminate", f"Indeterminate: pneumonia by the model ({evidence}), but the lesion "
                                          f"locator found {n_slices} infectious slice(s) (at least "
                                          f"{op.min_infected_slices} needed); no diagnosis is stated.", th)
-    shares = pneumonia_class_shares(case)
+    shares = pneumonia_class_shares(case, pattern, op.pattern_weight)
+    blended = pattern is not None and pattern.probabilities is not None and op.pattern_weight > 0
+    source = (f"the lesion pattern and the slice classifier ({100 * op.pattern_weight:.0f}% / "
+              f"{100 * (1 - op.pattern_weight):.0f}%)" if blended else "the slice classifier")
     ranked = sorted(shares, key=lambda k: -shares[k])
     first, second = ranked[0], ranked[1]
     gap = shares[first] - shares[second]
     if gap < op.margin:
         return Decision("indeterminate", f"Indeterminate: pneumonia ({evidence}), but "
                                          f"{DISPLAY[first]} {100 * shares[first]:.1f}% vs {DISPLAY[second]} "
-                                         f"{100 * shares[second]:.1f}% are within the model's "
+                                         f"{100 * shares[second]:.1f}% ({source}) are within the model's "
                                          f"{100 * op.margin:.0f}-point margin; no type is stated.", th)
     return Decision(first, f"{DISPLAY[first]}: {evidence}, {DISPLAY[first]} {100 * shares[first]:.1f}% of the "
-                           f"pneumonia types, {n_slices} infectious slice(s).", th)
+                           f"pneumonia types by {source}, {n_slices} infectious slice(s).", th)

@@ -26,11 +26,12 @@ import numpy as np
 
 from . import metrics as M
 from .params import ChainParams, EvalParams
-from .types import CLASS_NAMES, TASK_NAMES, PipelineError
+from .types import CLASS_NAMES, PNEUMONIA_CLASSES, TASK_NAMES, PipelineError
 
 #: scores.csv columns, in order.
 SCORE_COLUMNS: tuple[str, ...] = ("case_id", "truth", *(f"p_{c}" for c in CLASS_NAMES), *TASK_NAMES, "predicted",
-                                   "decision", "out_of_domain_score", "flagged_slices", "lesion_share")
+                                   "decision", "out_of_domain_score", "flagged_slices", "lesion_share",
+                                   *(f"pattern_p_{c}" for c in CLASS_NAMES))
 
 #: For each binary task: (positive class, classes of the cases it is measured on).
 #: The pneumonia task is measured on all cases; its positives are the three pneumonias.
@@ -75,6 +76,7 @@ class CaseRecord:
     slice_lesion_mm2: np.ndarray | None = None  # scored slices: lesion area of the U-Net's lesion map
     lesion_share: float | None = None  # U-Net lesion share of the lung (None: no lesion map)
     lesion_overlap: tuple[int, int, int] | None = None  # lesion voxels (predicted & truth, predicted, truth)
+    pattern_probabilities: np.ndarray | None = None  # (4,) the lesion pattern model's, CLASS_NAMES order
 
     def __post_init__(self) -> None:
         if self.truth not in CLASS_NAMES:
@@ -157,6 +159,10 @@ def record_from_result(case: Any, result: Any, lung_mask: np.ndarray | None, les
         lesion_overlap = (int(np.count_nonzero(predicted_lesion & truth_lesion)),
                           int(np.count_nonzero(predicted_lesion)), int(np.count_nonzero(truth_lesion)))
     inclusion, heat_in, heat_les = _mask_figures(result, lung_mask, lesion_mask)
+    pattern = getattr(result, "lesion_pattern", None)
+    pattern_probs = None
+    if pattern is not None and pattern.probabilities is not None:
+        pattern_probs = np.array([pattern.probabilities.get(c, 0.0) for c in CLASS_NAMES], dtype=np.float64)
     return CaseRecord(
         case_id=str(case.case_id), truth=str(case.label),
         probabilities=np.array([cs.probabilities[c] for c in CLASS_NAMES], dtype=np.float64),
@@ -174,6 +180,7 @@ def record_from_result(case: Any, result: Any, lung_mask: np.ndarray | None, les
         image_stats=dict(getattr(getattr(result, "domain", None), "image_stats", {}) or {}) or None,
         slice_flagged=slice_flagged, slice_lesion_mm2=slice_lesion_mm2,
         lesion_share=None if burden is None else float(burden.lung_share), lesion_overlap=lesion_overlap,
+        pattern_probabilities=pattern_probs,
     )
 
 
@@ -457,7 +464,39 @@ def _lesion_figures(records: Sequence[CaseRecord], eval_params: EvalParams, skip
                 entry[f"{name}_share"] = {"min": float(share[sel].min()), "median": float(np.median(share[sel])),
                                           "max": float(share[sel].max())}
         out["lesion_share"] = entry
+    out.update(_pattern_figures(records, eval_params, skipped))
     return out
+
+
+def pneumonia_type(probabilities: np.ndarray) -> np.ndarray:
+    """Index (into CLASS_NAMES) of the most probable pneumonia class of each row."""
+    p = np.atleast_2d(np.asarray(probabilities, dtype=np.float64))
+    return 1 + np.argmax(p[:, 1:], axis=1)
+
+
+def _pattern_figures(records: Sequence[CaseRecord], eval_params: EvalParams, skipped: dict[str, int]) -> dict[str, Any]:
+    """The lesion pattern model on its own: 4-class AUC, and the pneumonia type (the most
+    probable of the three pneumonia classes) on the pneumonia cases, beside the slice
+    classifier's type on the same cases."""
+    with_pattern = [r for r in records if r.pattern_probabilities is not None]
+    if not with_pattern:
+        return {}
+    labels = np.array([CLASS_NAMES.index(r.truth) for r in with_pattern])
+    pattern = np.stack([r.pattern_probabilities for r in with_pattern])
+    classifier = np.stack([r.probabilities for r in with_pattern])
+    f = _Figures(len(with_pattern), eval_params, skipped, "lesion_pattern.")
+    entry: dict[str, Any] = {"n_cases": len(with_pattern),
+                             "multiway_auc_macro": f("multiway_auc_macro", lambda j: M.macro_auc(labels[j], pattern[j]))}
+    pneu = np.flatnonzero(labels > 0)
+    if pneu.size:
+        g = _Figures(int(pneu.size), eval_params, skipped, "lesion_pattern.")
+        lab = labels[pneu]
+        by_pattern, by_classifier = pneumonia_type(pattern[pneu]), pneumonia_type(classifier[pneu])
+        entry["pneumonia_cases"] = int(pneu.size)
+        entry["type_accuracy"] = g("type_accuracy", lambda j: M.accuracy(lab[j], by_pattern[j]))
+        entry["type_accuracy_classifier"] = g("type_accuracy_classifier",
+                                              lambda j: M.accuracy(lab[j], by_classifier[j]))
+    return {"lesion_pattern": entry}
 
 
 def _truthfulness_figures(records: Sequence[CaseRecord], labels: np.ndarray, eval_params: EvalParams,
@@ -511,6 +550,12 @@ def _truthfulness_figures(records: Sequence[CaseRecord], labels: np.ndarray, eva
         nf = _Figures(len(non), eval_params, skipped, "non_pneumonia_flagged.")
         out["non_pneumonia_flagged_slices"] = {"n_cases": len(non), "max": int(flagged.max()),
                                                "mean": nf("mean", lambda j: float(np.mean(flagged[j])))}
+        # What the report lists as infectious slices: only a pneumonia decision lists them
+        # (dicomnode.writers.wording); a healthy case wrongly called pneumonia counts here.
+        stated = np.array([r.n_flagged_slices if r.decision in PNEUMONIA_CLASSES else 0 for r in non],
+                          dtype=np.float64)
+        out["non_pneumonia_stated_slices"] = {"n_cases": len(non), "max": int(stated.max()),
+                                              "mean": nf("stated_mean", lambda j: float(np.mean(stated[j])))}
     inc = np.array([r.lesion_inclusion for r in records if r.lesion_inclusion is not None], dtype=np.float64)
     if inc.size:
         f = _Figures(inc.size, eval_params, skipped, "lesion_inclusion.")
@@ -674,7 +719,9 @@ def write_scores_csv(records: Sequence[CaseRecord], path: Path) -> None:
             w.writerow([r.case_id, r.truth, *(f"{x:.6f}" for x in r.probabilities),
                         *(f"{x:.6f}" for x in r.tasks), r.predicted, r.decision,
                         f"{r.out_of_domain_score:.4f}", r.n_flagged_slices,
-                        "" if r.lesion_share is None else f"{r.lesion_share:.6f}"])
+                        "" if r.lesion_share is None else f"{r.lesion_share:.6f}",
+                        *(("",) * len(CLASS_NAMES) if r.pattern_probabilities is None
+                          else (f"{x:.6f}" for x in r.pattern_probabilities))])
 
 
 def tsne_embedding(features: np.ndarray, seed: int, max_perplexity: float,

@@ -37,8 +37,9 @@ import torch
 from .decision import OperatingPoints
 from .device import resolve_device
 from .domain import DomainReference
+from .lesion_pattern import LesionPatternModel
 from .nets import build_network
-from .types import ModelBundleError, ModelInfo
+from .types import InvalidInputError, ModelBundleError, ModelInfo
 
 CARD_FILE = "model_card.json"
 DOMAIN_FILE = "domain_reference.npz"
@@ -74,6 +75,8 @@ class ModelBundle:
     sha256: str
     operating_points: OperatingPoints = OperatingPoints()
     domain_reference: DomainReference | None = None
+    #: The lesion pattern model (pipeline.lesion_pattern), kept in the card; None: none.
+    lesion_pattern: LesionPatternModel | None = None
 
     @property
     def info(self) -> ModelInfo:
@@ -136,10 +139,16 @@ def load_bundle(bundle_dir: Path | str, device: str = "auto") -> ModelBundle:
         op = OperatingPoints.from_card(card)
     except (TypeError, ValueError) as e:
         raise ModelBundleError(f"model bundle {bundle_dir}: operating_points in the card are invalid: {e}") from e
+    pattern = None
+    if card.get("lesion_pattern"):
+        try:
+            pattern = LesionPatternModel.from_card(card["lesion_pattern"])
+        except InvalidInputError as e:
+            raise ModelBundleError(f"model bundle {bundle_dir}: {e}") from e
     return ModelBundle(path=bundle_dir, card=card, classifier=nets["classifier"], locator=nets["locator"],
                        segmentation=nets.get("segmentation"), device=dev,
                        sha256=sha256_file(bundle_dir / CARD_FILE), operating_points=op,
-                       domain_reference=load_domain_reference(bundle_dir, card))
+                       domain_reference=load_domain_reference(bundle_dir, card), lesion_pattern=pattern)
 
 
 def load_domain_reference(bundle_dir: Path, card: Mapping[str, Any]) -> DomainReference | None:
@@ -224,6 +233,7 @@ def render_card_markdown(card: Mapping[str, Any]) -> str:
     else:
         lines += _headline_markdown(metrics)
     lines += _operating_points_markdown(card)
+    lines += _pattern_markdown(card.get("lesion_pattern"))
     lines += ["## Models", "", "| role | file | sha256 | architecture |", "|---|---|---|---|"]
     for role, entry in card.get("models", {}).items():
         lines.append(f"| {role} | {entry.get('file')} | `{str(entry.get('sha256', ''))[:16]}...` | "
@@ -235,6 +245,24 @@ def render_card_markdown(card: Mapping[str, Any]) -> str:
         lines += ["", "## Metrics as measured", "", "```json", json.dumps(card["metrics"], indent=2), "```"]
     lines.append("")
     return "\n".join(lines)
+
+
+def _pattern_markdown(entry: Mapping[str, Any] | None) -> list[str]:
+    """The lesion pattern model: what it reads, how it was fitted, its weights."""
+    if not entry:
+        return []
+    training = entry.get("training") or {}
+    lines = ["## Lesion pattern", "",
+             "Pneumonia type from where the U-Net's lesions lie and how dense they are (pipeline.lesion_pattern): "
+             f"{training.get('rule', 'a logistic model')}; fitted by `{training.get('command', '?')}` on "
+             f"{training.get('n_cases', '?')} cases ({', '.join(f'{k} {v}' for k, v in (training.get('class_counts') or {}).items())}).",
+             "", "| feature | mean | sd | " + " | ".join(f"weight {c}" for c in entry.get("classes", [])) + " |",
+             "|---|---|---|" + "---|" * len(entry.get("classes", []))]
+    coef = entry.get("coef") or []
+    for j, name in enumerate(entry.get("feature_names", [])):
+        weights = " | ".join(f"{row[j]:+.2f}" for row in coef)
+        lines.append(f"| {name} | {entry['mean'][j]:.3g} | {entry['scale'][j]:.3g} | {weights} |")
+    return lines + [""]
 
 
 def _ci(figure: Any) -> str:
@@ -278,11 +306,16 @@ _ROWS: tuple[tuple[str, str], ...] = (
     ("lesion voxels inside the lung mask (mean; min)", "lesion_inclusion.mean|lesion_inclusion.min"),
     ("lesion Dice of the U-Net's lesion map", "lesion_dice.dice"),
     ("lesion share of the lung as a pneumonia score: AUC", "lesion_share.pneumonia_auc"),
+    ("lesion pattern model: 4-class AUC, macro", "lesion_pattern.multiway_auc_macro"),
+    ("pneumonia type right, pneumonia cases: lesion pattern / slice classifier",
+     "lesion_pattern.type_accuracy|lesion_pattern.type_accuracy_classifier"),
     ("infectious-slice AUC, all classes", "infectious_slices.auc"),
     ("infectious-slice F1 at the stored threshold", "infectious_slices.f1"),
     ("COVID-19 infectious-slice AUC (paper's cohort)", "locating.auc"),
-    ("infectious slices flagged per non-pneumonia case (mean; max)",
+    ("infectious slices flagged by the locator per non-pneumonia case (mean; max)",
      "non_pneumonia_flagged_slices.mean|non_pneumonia_flagged_slices.max"),
+    ("infectious slices the report lists per non-pneumonia case (mean; max)",
+     "non_pneumonia_stated_slices.mean|non_pneumonia_stated_slices.max"),
     ("Grad-CAM heat inside the lung, raw (mean; min over overlays)", "heat_inside_lung.mean|heat_inside_lung.min"),
     ("Grad-CAM heat on lesions, shown (mean)", "heat_on_lesion.mean"),
 )
@@ -300,7 +333,7 @@ def _cell(record: Mapping[str, Any], path: str) -> str:
             parts.append("n/a")
         else:
             parts.append(str(v))
-    return " / ".join(parts) if "sensitivity" in path else "; ".join(parts)
+    return " / ".join(parts) if ("sensitivity" in path or "type_accuracy" in path) else "; ".join(parts)
 
 
 def _evaluations_markdown(evaluations: Mapping[str, Any], cross: Mapping[str, Any]) -> list[str]:
@@ -328,7 +361,8 @@ def _operating_points_markdown(card: Mapping[str, Any]) -> list[str]:
              f"{op.get('n_cases', '?')} calibration cases (`{', '.join(op.get('data_specs', []))}`): "
              f"{op.get('rule', '')}.", "", "| operating point | value |", "|---|---|"]
     for key in ("pneumonia_vs_non_pneumonia", "covid19_vs_cap", "covid19_vs_influenza", "locator_threshold",
-                "pneumonia_margin", "margin", "min_infected_slices", "lesion_share_threshold", "lesion_band"):
+                "pneumonia_margin", "margin", "min_infected_slices", "lesion_share_threshold", "lesion_band",
+                "pattern_weight"):
         if key in op:
             lines.append(f"| {key} | {op[key]:.4g} |" if isinstance(op[key], float) else f"| {key} | {op[key]} |")
     if float(op.get("lesion_share_threshold") or 0) > 0:
@@ -336,6 +370,13 @@ def _operating_points_markdown(card: Mapping[str, Any]) -> list[str]:
                       "(`lesion_share_threshold`, indeterminate within a factor `lesion_band` of it), the slice "
                       "classifier's pneumonia score as a check; `min_infected_slices` applies only without a "
                       "lesion map (pipeline.decision)."]
+    weight = float(op.get("pattern_weight") or 0)
+    if weight >= 1:
+        lines += ["", "The pneumonia type is read from the lesion pattern model (`pattern_weight` 1, section "
+                      "'Lesion pattern'); the slice classifier's type is reported beside it, not used."]
+    elif weight > 0:
+        lines += ["", f"The pneumonia type is the blend of the lesion pattern model (weight `pattern_weight` = "
+                      f"{weight:.2f}) and the slice classifier (the rest)."]
     ref = card.get("domain_reference")
     if ref:
         lines += ["", f"Out-of-domain guard: {ref.get('rule', '')}; thresholds "

@@ -139,6 +139,21 @@ class LesionBurden:
 
 
 @dataclass(frozen=True)
+class LesionPattern:
+    """The lesion map's pattern (pipeline.lesion_pattern): named features and the class
+    probabilities the bundle's lesion pattern model gives them (None: no such model)."""
+
+    features: Mapping[str, float]
+    probabilities: Mapping[str, float] | None = None
+
+    def __post_init__(self) -> None:
+        _require(all(np.isfinite(float(v)) for v in self.features.values()), "LesionPattern.features must be finite")
+        if self.probabilities is not None:
+            _require(set(self.probabilities) <= set(CLASS_NAMES), "LesionPattern.probabilities keys must be classes")
+            _require(abs(sum(self.probabilities.values()) - 1.0) < 1e-4, "LesionPattern.probabilities must sum to 1")
+
+
+@dataclass(frozen=True)
 class SliceScores:
     """Per-slice class probabilities of the slice classifier.
 
@@ -309,6 +324,8 @@ class AnalysisResult:
     timings_s: Mapping[str, float] = field(default_factory=dict)
     #: The U-Net's lesion evidence; None when the bundle's U-Net has no lesion head.
     lesion: LesionBurden | None = None
+    #: Where the lesions lie and what type that points to; None without a lesion map.
+    lesion_pattern: LesionPattern | None = None
 
     def summary(self, volume: CTVolume) -> dict:
         """The JSON summary that ``dicomnode analyze`` prints."""
@@ -325,6 +342,9 @@ class AnalysisResult:
             "lung_volume_ml": round(float(self.lung_volume_ml), 1),
             "lesion_volume_ml": None if self.lesion is None else round(float(self.lesion.volume_ml), 1),
             "lesion_share_of_lung": None if self.lesion is None else round(float(self.lesion.lung_share), 5),
+            "lesion_pattern_probabilities": (
+                None if self.lesion_pattern is None or self.lesion_pattern.probabilities is None
+                else {k: round(float(v), 4) for k, v in self.lesion_pattern.probabilities.items()}),
             "lung_segmentation": self.lung_mask.method,
             "model": {"name": self.model.name, "version": self.model.version, "sha256": self.model.sha256},
             "timings_s": {k: round(float(v), 3) for k, v in self.timings_s.items()},

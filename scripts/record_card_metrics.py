@@ -19,8 +19,8 @@ from pathlib import Path
 from pipeline.training.bundle import record_card_fields
 
 KEEP = ("n_cases", "class_counts", "per_class_auc", "multiway_auc", "accuracy", "confusion_matrix", "tasks",
-        "lung_dice", "locating", "decision", "infectious_slices", "non_pneumonia_flagged_slices",
-        "lesion_inclusion", "lesion_dice", "lesion_share", "heat_inside_lung", "heat_on_lesion", "operating_points")
+        "lung_dice", "locating", "decision", "infectious_slices", "non_pneumonia_flagged_slices", "non_pneumonia_stated_slices",
+        "lesion_inclusion", "lesion_dice", "lesion_share", "heat_inside_lung", "heat_on_lesion", "lesion_pattern", "operating_points")
 HELD_OUT = {
     "family_a": "family A (pipeline.phantom) seed 900000 at 224 px: seeds and matrix size never trained on",
     "family_b": "family B (pipeline.phantoms) seed 900001 at 224 px: seeds and matrix size never trained on",
@@ -56,6 +56,8 @@ def main(bundle: str, report: str, xfamily: str) -> None:
                       f"trained and calibrated on family {trained.upper()} only, evaluated on held-out "
                       f"family {evaluated.upper()}")
         rec["trained_on"] = {role: e["training"]["data_specs"] for role, e in card["models"].items()}
+        if card.get("lesion_pattern"):
+            rec["trained_on"]["lesion_pattern"] = card["lesion_pattern"]["training"]["data_specs"]
         rec["calibrated_on"] = card.get("operating_points", {}).get("data_specs")
         cross[f"trained_on_{trained}_evaluated_on_{evaluated}"] = rec
     print(record_card_fields(bundle, {"metrics": {"headline": "pooled", "evaluations": evaluations},

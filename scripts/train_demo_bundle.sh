@@ -3,7 +3,8 @@
 # measure it across phantom generators:
 #   1. train the lung U-Net, the 4-class slice classifier and the infectious-slice locator
 #      on phantoms of BOTH families (A: pipeline.phantom, B: pipeline.phantoms, built
-#      independently), with HU domain randomisation (pipeline.training.augment),
+#      independently), with HU domain randomisation (pipeline.training.augment), and fit
+#      the lesion pattern model on the U-Net's lesion maps (pipeline.lesion_pattern),
 #   2. calibrate: operating points and the out-of-domain reference on a calibration
 #      cohort of both families (seeds never trained on, never evaluated on),
 #   3. evaluate on held-out phantoms of each family (other seeds, another matrix size),
@@ -13,7 +14,7 @@
 #
 # Sizes are chosen to fit ~40 minutes of a 2-core CPU with the two streams in parallel.
 # Environment: OUT, REPORT (evaluation folders' parent), THREADS (torch threads per
-# training, default 1), STAGES (subset of "seg cls loc cal eval xfamily", default all),
+# training, default 1), STAGES (subset of "seg cls loc pat cal eval xfamily", default all),
 # EVAL_COUNT (held-out cases per family, default 32), BOOTSTRAP (default 1000).
 # DRY_RUN=1 runs every step on a handful of tiny phantoms (a check of the script).
 set -euo pipefail
@@ -24,7 +25,7 @@ PY=${PY:-.venv/bin/python}
 OUT=${OUT:-models/covid-ct-demo}
 REPORT=${REPORT:-/tmp/covid-ct-demo-evaluation}
 THREADS=${THREADS:-1}
-STAGES=${STAGES:-seg cls loc cal eval xfamily}
+STAGES=${STAGES:-seg cls loc pat cal eval xfamily}
 EVAL_COUNT=${EVAL_COUNT:-32}
 BOOTSTRAP=${BOOTSTRAP:-1000}
 XOUT=${XOUT:-/tmp/covid-ct-xfamily}
@@ -62,7 +63,7 @@ if [ "${DRY_RUN:-0}" = 1 ]; then
   rm -rf "$OUT" "$XOUT"
 fi
 
-COMMON=(--device cpu --seed 0 --threads "$THREADS" --val-fraction 0.2 --no-progress --bundle-version 0.2.0)
+COMMON=(--device cpu --seed 0 --threads "$THREADS" --val-fraction 0.2 --no-progress --bundle-version 0.4.0)
 NET=(--block basic --layers 1,1,1,1 --widths 16,32,64,128 --input-size 224 --batch-size 32)
 
 want() { [[ " $STAGES " == *" $1 "* ]]; }
@@ -83,6 +84,10 @@ shipped() {
   if want loc; then
     "$DN" train locator "${LOC_DATA[@]}" --out "$OUT" "${NET[@]}" --epochs $EPOCHS_LOC --lr 1e-3 \
       --max-slices-per-case $SLICES --name covid-ct-demo "${COMMON[@]}" & pids+=($!)
+  fi
+  # The lesion pattern needs only the U-Net: fitted beside the two trainings.
+  if want pat; then
+    "$DN" train lesion-pattern "${CLS_DATA[@]}" --out "$OUT" --device cpu --no-progress & pids+=($!)
   fi
   for pid in "${pids[@]}"; do wait "$pid"; done
   want cal && "$DN" calibrate --bundle "$OUT" "${CAL_DATA[@]}" --device cpu --no-progress
@@ -107,6 +112,7 @@ cross_family() {  # train on one family, calibrate on it, evaluate on the other
     --name "xfamily-$name" "${COMMON[@]}"
   "$DN" train locator "$@" --out "$out" "${NET[@]}" --epochs $((EPOCHS_X / 2 > 0 ? EPOCHS_X / 2 : 1)) --lr 1e-3 \
     --max-slices-per-case $SLICES --name "xfamily-$name" "${COMMON[@]}"
+  "$DN" train lesion-pattern "$@" --out "$out" --device cpu --no-progress
   "$DN" calibrate --bundle "$out" --data "$cal" --device cpu --no-progress
   evaluate "$out" "$other" "$REPORT/xfamily_${name}"
 }

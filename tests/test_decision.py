@@ -101,7 +101,7 @@ def test_chain_reads_thresholds_from_the_card(tiny_bundle: Path, tmp_path: Path)
     assert decisions["low"].value in ("cap", "influenza", "covid19")
 
 
-def _burden(share: float, lung_ml: float = 3000.0) -> "LesionBurden":
+def _burden(share: float, lung_ml: float = 3000.0):
     from pipeline.types import LesionBurden
 
     return LesionBurden(volume_ml=share * lung_ml, lung_share=share, slice_area_mm2=np.zeros(40))

@@ -293,7 +293,8 @@ def test_cli_end_to_end(tmp_path: Path, tiny_bundle: Path) -> None:
         rows = list(csv.reader(f))
     assert tuple(rows[0]) == ("case_id", "truth", "p_non_pneumonia", "p_cap", "p_influenza", "p_covid19",
                               "pneumonia_vs_non_pneumonia", "covid19_vs_cap", "covid19_vs_influenza", "predicted",
-                                  "decision", "out_of_domain_score", "flagged_slices", "lesion_share")
+                                  "decision", "out_of_domain_score", "flagged_slices", "lesion_share",
+                              "pattern_p_non_pneumonia", "pattern_p_cap", "pattern_p_influenza", "pattern_p_covid19")
     assert [r[0] for r in rows[1:]] == [c.case_id for c in cases]
     assert [r[1] for r in rows[1:]] == [c.label for c in cases]
     m = json.loads((out / "metrics.json").read_text())

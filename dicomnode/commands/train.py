@@ -1,6 +1,8 @@
-"""``dicomnode train {segmentation,classifier,locator} --data SPEC --out BUNDLE_DIR``.
+"""``dicomnode train {segmentation,classifier,locator,lesion-pattern} --data SPEC --out BUNDLE_DIR``.
 
-Parses the command line into ``pipeline.training.TrainSettings`` and runs it. A bad
+Parses the command line into ``pipeline.training.TrainSettings`` and runs it;
+``lesion-pattern`` fits the lesion pattern model on the lesion maps of the U-Net already
+in BUNDLE_DIR (pipeline.training.pattern). A bad
 data spec, bad option or unusable checkpoint ends with a one-line error and exit code 2.
 """
 
@@ -36,8 +38,9 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("role", choices=("segmentation", "classifier", "locator"),
-                   help="which network of the chain to train")
+    p.add_argument("role", choices=("segmentation", "classifier", "locator", "lesion-pattern"),
+                   help="which network of the chain to train; lesion-pattern: the pneumonia-type model on the "
+                        "lesion maps of the bundle's U-Net (train the segmentation first)")
     p.add_argument("--data", required=True, metavar="SPEC", action="append",
                    help="training data: 'phantom:count=N,seed=S[,...]', a manifest CSV, a MosMedData or "
                         "CC-CCII folder (see pipeline.datasets); repeat to train on several together")
@@ -76,6 +79,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="lung masks that cut the classifier/locator inputs: 'chain' (default) = what "
                         "inference computes (the U-Net already in BUNDLE_DIR, else classical); 'dataset' = "
                         "the data set's own masks")
+    p.add_argument("--pattern-c", type=float, default=0.3, metavar="C",
+                   help="lesion-pattern: inverse L2 regularisation of the logistic model (default 0.3)")
     p.add_argument("--name", default=None, help="bundle name in the model card (default: folder name)")
     p.add_argument("--bundle-version", default=None, help="bundle version in the model card")
     p.add_argument("--description", default=None, help="bundle description in the model card")
@@ -139,6 +144,26 @@ def command_line(args: argparse.Namespace) -> str:
     return shlex.join(parts)
 
 
+def _run_lesion_pattern(args: argparse.Namespace) -> int:
+    from pipeline.training import TrainError
+    from pipeline.training.pattern import fit_bundle_pattern
+    from pipeline.types import PipelineError
+
+    command = shlex.join(["dicomnode", "train", "lesion-pattern", *[a for spec in args.data for a in ("--data", spec)],
+                          "--out", str(args.out), "--pattern-c", repr(args.pattern_c), "--device", args.device])
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    try:
+        if not args.pattern_c > 0:
+            raise TrainError(f"--pattern-c must be positive, got {args.pattern_c}")
+        model = fit_bundle_pattern(args.out, args.data, args.device, args.pattern_c, progress, command)
+    except (PipelineError, TrainError, ValueError, OSError) as e:
+        print(f"dicomnode train lesion-pattern: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"lesion-pattern: fitted on {model.training['n_cases']} case(s) "
+          f"({', '.join(f'{k} {v}' for k, v in model.training['class_counts'].items())}); bundle {args.out}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
@@ -146,6 +171,8 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.training.params import TrainParams
     from pipeline.types import PipelineError
 
+    if args.role == "lesion-pattern":
+        return _run_lesion_pattern(args)
     try:
         settings = TrainSettings(
             role=args.role, data_specs=tuple(args.data), out_dir=args.out, architecture=architecture(args),
