@@ -3,7 +3,14 @@
 Guided Grad-CAM of a slice = MONAI ``GradCAM`` on the classifier's last stage (upsampled
 to the input, divided by its maximum: MONAI's default post-processing would flip it)
 times MONAI ``GuidedBackpropGrad`` (the input gradient with negative gradients stopped at
-every ReLU), for the explained class. The product is taken as the largest absolute value over the three input channels, smoothed a
+every ReLU), for the explained class. The guided gradient is taken with respect to the CT
+slice itself (its HU, cropped to the lung box), through the lung masking and windowing of
+``pipeline.preprocess.lung_channels``, not with respect to the network's three input
+channels: those are the mask and the masked HU, and a gradient on a pixel the mask set to
+zero, or on the mask channel, says how the output would change if the lung had another
+outline, not what in the CT the network read. Outside the lung the CT does not reach the
+network, so its gradient there is zero; what heat lies outside comes from the smoothing
+below and the resampling back to the slice. The product is smoothed a
 little (``attention_sigma_px``: guided gradients are pixel noise otherwise, and the
 regions are meant to be lesions, not pixels), normalised to [0, 1] and mapped from the
 224 x 224 lung-box crop back onto the full slice.
@@ -40,7 +47,7 @@ from monai.visualize import GradCAM, GuidedBackpropGrad
 from scipy import ndimage
 
 from .params import ChainParams
-from .preprocess import REFERENCE_MATRIX_PX, classifier_batch, lung_boxes, uncrop
+from .preprocess import REFERENCE_MATRIX_PX, lung_boxes, lung_channels, pair_batch, uncrop
 from .types import (
     CLASS_NAMES,
     AttentionMap,
@@ -63,10 +70,24 @@ def _scale_to_unit(cam: torch.Tensor) -> torch.Tensor:
     return cam / top.view(-1, *([1] * (cam.dim() - 1)))
 
 
+class _FromCT(torch.nn.Module):
+    """The classifier as a function of the cropped CT: (n, 2, S, S) [HU, mask] pairs in,
+    logits out; the masking and windowing are part of the graph, so the input gradient
+    is the CT's."""
+
+    def __init__(self, net: torch.nn.Module, params: ChainParams) -> None:
+        super().__init__()
+        self.net = net
+        self.params = params
+
+    def forward(self, pairs: torch.Tensor) -> torch.Tensor:
+        return self.net(lung_channels(pairs, self.params))
+
+
 class _Explainer:
     """A private, hook-carrying copy of one classifier with its MONAI explainers."""
 
-    def __init__(self, classifier: torch.nn.Module, layer: str) -> None:
+    def __init__(self, classifier: torch.nn.Module, layer: str, params: ChainParams) -> None:
         net = copy.deepcopy(classifier).eval()
         for p in net.parameters():
             p.requires_grad_(False)  # only the input gradient is wanted
@@ -74,21 +95,22 @@ class _Explainer:
         if layer not in dict(net.named_modules()):
             raise InvalidInputError(f"the classifier has no layer {layer!r} for Grad-CAM; "
                                     f"set ChainParams.gradcam_layer to one of its stages")
-        self.net = net
-        self.cam = GradCAM(nn_module=net, target_layers=layer, postprocessing=_scale_to_unit)
-        self.guided = GuidedBackpropGrad(net)
+        self.net = _FromCT(net, params)
+        self.cam = GradCAM(nn_module=self.net, target_layers=f"net.{layer}", postprocessing=_scale_to_unit)
+        self.guided = GuidedBackpropGrad(self.net)
         self.lock = threading.Lock()
 
-    def guided_gradcam(self, x: np.ndarray, class_index: int) -> np.ndarray:
-        """(n, S, S) Guided Grad-CAM of an (n, 3, S, S) input for ``class_index``
-        (Grad-CAM scaled to [0, 1] per slice times the guided gradient magnitude)."""
+    def guided_gradcam(self, pairs: np.ndarray, class_index: int) -> np.ndarray:
+        """(n, S, S) Guided Grad-CAM of (n, 2, S, S) [HU, mask] crops for ``class_index``
+        (Grad-CAM scaled to [0, 1] per slice times the magnitude of the guided gradient
+        with respect to the HU)."""
         dev = next(self.net.parameters()).device
         with self.lock, torch.inference_mode(False), torch.enable_grad():
-            t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(dev)
+            t = torch.from_numpy(np.ascontiguousarray(pairs, dtype=np.float32)).to(dev)
             # Grad-CAM takes the batch at once; MONAI's guided backprop one slice at a time.
             cam = self.cam(x=t.clone().requires_grad_(True), class_idx=class_index)
             grad = torch.cat([self.guided(t[i:i + 1].clone(), index=class_index) for i in range(len(t))])
-            ggc = grad.abs().amax(dim=1, keepdim=True) * cam
+            ggc = grad[:, :1].abs() * cam
         return ggc[:, 0].detach().float().cpu().numpy()
 
 
@@ -111,12 +133,12 @@ def _weights_version(net: torch.nn.Module) -> tuple:
     return tuple(t._version for t in (*net.parameters(), *net.buffers()))
 
 
-def _explainer_for(classifier: torch.nn.Module, layer: str) -> _Explainer:
-    version = (_weights_version(classifier), layer)
+def _explainer_for(classifier: torch.nn.Module, layer: str, params: ChainParams) -> _Explainer:
+    version = (_weights_version(classifier), layer, params.hu_window, params.lung_detail_window)
     with _explainers_lock:
         cached = _explainers.get(classifier)
         if cached is None or cached[0] != version:
-            cached = (version, _Explainer(classifier, layer))
+            cached = (version, _Explainer(classifier, layer, params))
             _explainers[classifier] = cached
         return cached[1]
 
@@ -183,15 +205,16 @@ def explain_slices(volume: CTVolume, lung_mask: LungMask, z_indices: Sequence[in
     z_list = [int(z) for z in z_indices]
     if not z_list:
         return ()
-    explainer = _explainer_for(classifier, params.gradcam_layer)
+    explainer = _explainer_for(classifier, params.gradcam_layer, params)
     class_index = CLASS_NAMES.index(target_class)
-    inputs = classifier_batch(volume, lung_mask, z_list, params)
+    inputs = pair_batch(volume, lung_mask, z_list, params.input_size)
     boxes = lung_boxes(lung_mask, z_list)
     shape_yx = volume.shape[1:]
     ggc = explainer.guided_gradcam(inputs, class_index)
     maps = []
     for z, g, box in zip(z_list, ggc, boxes):
-        small = _normalise(g, params.attention_sigma_px)
+        # The same smoothing relative to the lung box whatever the network's input size.
+        small = _normalise(g, params.attention_sigma_px * params.input_size / 224.0)
         raw = np.clip(uncrop(small, box, shape_yx), 0.0, 1.0)
         lung = lung_mask.mask[z]
         total = float(raw.sum())

@@ -16,7 +16,9 @@ from pipeline.locate import infected_from_scores, smooth_scores
 from pipeline.models import load_bundle
 from pipeline.params import ChainParams
 from pipeline.phantom import make_phantom
+from pipeline.lung import segment_lungs
 from pipeline.phenotype import compute_phenotype, contour, fractal_dimension, pleura_distances_mm
+from pipeline.preprocess import lung_slice_indices
 from pipeline.types import CLASS_NAMES, TASK_NAMES, AttentionMap, CTVolume, InvalidInputError, LungMask, SliceScores
 
 
@@ -164,14 +166,32 @@ def test_fractal_dimension_of_a_line_and_an_area() -> None:
 
 
 def test_explainer_copy_follows_weight_changes(bundle) -> None:
-    first = _explainer_for(bundle.classifier, "layer4")
-    assert _explainer_for(bundle.classifier, "layer4") is first  # made once per classifier
+    params = ChainParams()
+    first = _explainer_for(bundle.classifier, "layer4", params)
+    assert _explainer_for(bundle.classifier, "layer4", params) is first  # made once per classifier
     net = copy.deepcopy(bundle.classifier)
-    old = _explainer_for(net, "layer4")
+    old = _explainer_for(net, "layer4", params)
     with torch.no_grad():
         net.fc.bias.add_(1.0)  # as an optimizer step would
-    new = _explainer_for(net, "layer4")
-    assert new is not old and torch.equal(new.net.fc.bias, net.fc.bias)
+    new = _explainer_for(net, "layer4", params)
+    assert new is not old and torch.equal(new.net.net.fc.bias, net.fc.bias)
+
+
+def test_guided_gradient_is_the_cts_and_zero_outside_the_lung(bundle, phantom) -> None:
+    """The guided gradient is taken with respect to the HU through the lung masking: a
+    pixel the mask sets to zero does not reach the network and gets no gradient."""
+    from pipeline.preprocess import pair_batch
+
+    params = ChainParams()
+    lung = segment_lungs(phantom.volume, params)
+    z = [int(lung_slice_indices(lung, params)[len(lung_slice_indices(lung, params)) // 2])]
+    pairs = torch.from_numpy(pair_batch(phantom.volume, lung, z, params.input_size))
+    explainer = _explainer_for(bundle.classifier, "layer4", params)
+    grad = explainer.guided(pairs.clone(), index=3)[:, 0]
+    outside = pairs[:, 1] == 0
+    assert outside.any() and (~outside).any()
+    assert float(grad[outside].abs().max()) == 0.0
+    assert float(grad[~outside].abs().max()) > 0.0
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (the CPU path is tested above)")

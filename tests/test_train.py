@@ -224,6 +224,7 @@ def test_overlay_heat_of_a_small_trained_model_lies_inside_the_lung(tmp_path: Pa
     assert run_train("classifier", out, epochs=2) == 0
     assert run_train("locator", out) == 0
     bundle = load_bundle(out, device="cpu")
+    raw = []
     for label, seed in (("covid19", 31), ("cap", 32)):
         p = make_phantom(label, seed, 16, 64)
         result = analyze(p.volume, bundle, ChainParams(device="cpu", compute_phenotype=False, input_size=64))
@@ -232,4 +233,8 @@ def test_overlay_heat_of_a_small_trained_model_lies_inside_the_lung(tmp_path: Pa
             lung = result.lung_mask.mask[att.z_index]
             assert att.heat.sum() > 0
             assert att.heat[lung].sum() / att.heat.sum() >= 0.8, (label, att.z_index)
-            assert 0.0 <= att.raw_inside_lung <= 1.0  # where the network looked before confinement
+            raw.append(att.raw_inside_lung)
+    # Where the network looked, before confinement: the guided gradient is the CT's, through
+    # the lung masking, so only the smoothing and the resampling of a 64-pixel slice's lung
+    # box put heat outside the lung (most at its thin top and bottom slices).
+    assert np.mean(raw) >= 0.8 and min(raw) >= 0.6, raw
