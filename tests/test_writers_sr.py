@@ -222,3 +222,39 @@ def test_fewer_images_than_the_scanner_declared_is_flagged():
     sr = build_result_objects(inputs.result, inputs.volume, inputs.sources, WriterOptions(enabled={"sr"}))["sr"][0]
     texts = " ".join(str(i.TextValue) for i in sr.ContentSequence[-1].ContentSequence if "TextValue" in i)
     assert "may be incomplete (24 of 100 images" in texts
+
+
+def test_lesion_pattern_leads_the_case_group_and_reads_back(tmp_path):
+    """With a lesion pattern model the case group leads with what the decision rests on
+    (lesion share, the pattern's type shares, the decided type first); OHIF draws the
+    first five numbers. Out of domain, no type share is reported."""
+    from dataclasses import replace
+
+    from writer_inputs import make_out_of_domain_inputs
+
+    from pipeline.lesion_pattern import FEATURE_NAMES
+    from pipeline.types import LesionBurden, LesionPattern
+
+    def with_pattern(inp):
+        nz = inp.volume.shape[0]
+        pattern = LesionPattern(features={k: 0.0 for k in FEATURE_NAMES},
+                                probabilities={"non_pneumonia": 0.1, "cap": 0.18, "influenza": 0.09, "covid19": 0.63})
+        burden = LesionBurden(volume_ml=120.0, lung_share=0.04, slice_area_mm2=np.zeros(nz))
+        return replace(inp, result=replace(inp.result, lesion_pattern=pattern, lesion=burden))
+
+    inp = with_pattern(make_inputs(seed=2))
+    sr = build_result_objects(inp.result, inp.volume, inp.sources, WriterOptions(enabled=("sr",)))["sr"][0]
+    assert dciodvfy(sr, tmp_path).errors == []
+    case = [g for g in hd.sr.Comprehensive3DSR.from_dataset(sr).content.get_planar_roi_measurement_groups()
+            if g.tracking_identifier.startswith("AI case result")][0]
+    names = [m.name.value for m in case.get_measurements()]
+    assert names[:4] == [codes.LESION_SHARE.value, codes.PATTERN_TYPE_SHARE["covid19"].value,
+                         codes.PATTERN_TYPE_SHARE["cap"].value, codes.PATTERN_TYPE_SHARE["influenza"].value]
+    assert names.count(codes.LESION_SHARE.value) == 1
+    found = read_findings(to_bytes_and_back(sr))
+    assert found.pattern_shares == pytest.approx({"cap": 0.2, "influenza": 0.1, "covid19": 0.7}, abs=1e-3)
+    assert "COVID-19 70.0%, Community-acquired pneumonia 20.0%" in found.summary
+
+    ood = with_pattern(make_out_of_domain_inputs(seed=2))
+    sr = build_result_objects(ood.result, ood.volume, ood.sources, WriterOptions(enabled=("sr",)))["sr"][0]
+    assert read_findings(to_bytes_and_back(sr)).pattern_shares == {}

@@ -13,7 +13,7 @@ from typing import Mapping
 
 from pydicom.sr.coding import Code
 
-from pipeline.types import CLASS_NAMES, DECISIONS, TASK_NAMES
+from pipeline.types import CLASS_NAMES, DECISIONS, PNEUMONIA_CLASSES, TASK_NAMES
 
 #: Designator of our private coding scheme (declared in each SR's Coding Scheme
 #: Identification Sequence).
@@ -21,7 +21,7 @@ PRIVATE_SCHEME = "99COVIDNODE"
 PRIVATE_SCHEME_NAME = "COVID-CT-Node private codes"
 #: "2": decision codes, thresholds, out-of-domain score; NINF/PINF lost "COVID-19".
 #: "3": lesion volume, lesion share and its threshold.
-PRIVATE_SCHEME_VERSION = "3"
+PRIVATE_SCHEME_VERSION = "4"
 
 # --- Diagnoses (the four classes of the classifier), SNOMED CT where it exists -------
 COVID19 = Code("840539006", "SCT", "COVID-19")  # Disease caused by SARS-CoV-2 (disorder)
@@ -63,6 +63,14 @@ CLASS_PROBABILITY: Mapping[str, Code] = MappingProxyType({
     "cap": Code("PCAP", PRIVATE_SCHEME, "CAP probability"),
     "influenza": Code("PFLU", PRIVATE_SCHEME, "Influenza probability"),
     "covid19": Code("PCOVID", PRIVATE_SCHEME, "COVID-19 probability"),
+})
+
+#: pneumonia class -> its share of the pneumonia types by the lesion pattern model
+#: (pipeline.lesion_pattern): where the lesions lie and how dense they are.
+PATTERN_TYPE_SHARE: Mapping[str, Code] = MappingProxyType({
+    "cap": Code("LPCAP", PRIVATE_SCHEME, "CAP share by lesion pattern"),
+    "influenza": Code("LPFLU", PRIVATE_SCHEME, "Influenza share by lesion pattern"),
+    "covid19": Code("LPCOVID", PRIVATE_SCHEME, "COVID-19 share by lesion pattern"),
 })
 
 #: task name (pipeline.types.TASK_NAMES) -> measurement name of its fused score
@@ -143,6 +151,8 @@ def _check_tables() -> None:
         raise RuntimeError(f"dicomnode.writers.codes: class codes do not cover {CLASS_NAMES}")
     if tuple(DECISION) != DECISIONS:
         raise RuntimeError(f"dicomnode.writers.codes: decision codes do not cover {DECISIONS}")
+    if tuple(PATTERN_TYPE_SHARE) != PNEUMONIA_CLASSES:
+        raise RuntimeError(f"dicomnode.writers.codes: lesion pattern codes do not cover {PNEUMONIA_CLASSES}")
     if tuple(TASK_SCORE) != TASK_NAMES or tuple(DECISION_THRESHOLD) != TASK_NAMES:
         raise RuntimeError(f"dicomnode.writers.codes: task codes do not cover {TASK_NAMES}")
 

@@ -32,7 +32,7 @@ so the case-level numbers ride on a region of the key slice, where OHIF draws th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 import highdicom as hd
@@ -43,6 +43,7 @@ from pydicom.sr.codedict import codes as dcm_codes
 from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
+from pipeline.decision import pattern_type_shares
 from pipeline.types import CLASS_NAMES, PNEUMONIA_CLASSES, TASK_NAMES, AnalysisResult, AttentionMap, CTVolume
 
 from . import codes, wording
@@ -235,11 +236,20 @@ def _case_measurements(result: AnalysisResult, sources: Sequence[Dataset], z: in
     if not wording.shows_probabilities(result):
         return [*_domain_measurements(result), volume_ml]
     case = result.case_scores
-    measurements = [_percent(codes.CLASS_PROBABILITY[name], case.probabilities[name])
-                    for name in _display_order(result)]
+    # With a lesion pattern model the decision rests on the lesions: their share of the
+    # lung and the types their pattern points to lead; the classifier's probabilities follow.
+    shares = pattern_type_shares(result.lesion_pattern)
+    lesions = _lesion_measurements(result)
+    measurements = []
+    if shares is not None:
+        measurements = lesions[1:] + [_percent(codes.PATTERN_TYPE_SHARE[name], shares[name])
+                                      for name in _pattern_order(result, shares)]
+        lesions = lesions[:1]
+    measurements += [_percent(codes.CLASS_PROBABILITY[name], case.probabilities[name])
+                     for name in _display_order(result)]
     measurements += [_percent(codes.TASK_SCORE[name], case.tasks[name]) for name in TASK_NAMES]
     measurements.append(volume_ml)
-    measurements += _lesion_measurements(result)
+    measurements += lesions
     measurements += _located_measurements(result, sources, z)
     measurements += _threshold_measurements(result)
     measurements += _domain_measurements(result)
@@ -383,7 +393,8 @@ def summary_text(result: AnalysisResult, volume: CTVolume, options: WriterOption
         f"{wording.decision_line(result)}.",
         wording.indeterminate_text(result) if result.decision.value == "indeterminate" else "",
         _reason_sentence(result),
-        f"Class probabilities: {probs}.",
+        f"Class probabilities (slice classifier): {probs}.",
+        _pattern_sentence(result),
         f"Task-specific fused scores: {tasks}.",
         f"Operating points: {operating}." if operating else "",
         f"Out-of-domain score {result.domain.score:.2f} (threshold {OUT_OF_DOMAIN_THRESHOLD:.2f}: "
@@ -392,6 +403,22 @@ def summary_text(result: AnalysisResult, volume: CTVolume, options: WriterOption
         overlay_text,
     ]
     return _join(head + tail)
+
+
+def _pattern_order(result: AnalysisResult, shares: Mapping[str, float]) -> list[str]:
+    """The decided type first, then the others by share (most probable first)."""
+    ranked = sorted(PNEUMONIA_CLASSES, key=lambda n: (-float(shares[n]), PNEUMONIA_CLASSES.index(n)))
+    decided = result.decision.value
+    return [decided] + [n for n in ranked if n != decided] if decided in PNEUMONIA_CLASSES else ranked
+
+
+def _pattern_sentence(result: AnalysisResult) -> str:
+    """The lesion pattern model's pneumonia types, when the bundle has one."""
+    shares = pattern_type_shares(result.lesion_pattern)
+    if shares is None:
+        return ""
+    text = ", ".join(f"{CLASS_DISPLAY[k]} {100 * shares[k]:.1f}%" for k in _pattern_order(result, shares))
+    return f"Pneumonia type by the lesion pattern (where the lesions lie and how dense they are): {text}."
 
 
 def _reason_sentence(result: AnalysisResult) -> str:
@@ -432,6 +459,8 @@ class SRFindings:
     bundle_sha256: str
     summary: str
     disclaimer: str
+    #: The lesion pattern's share of each pneumonia type (0..1); empty without a pattern model.
+    pattern_shares: Mapping[str, float] = field(default_factory=dict)
 
 
 def _code_matches(concept, code) -> bool:
@@ -487,7 +516,8 @@ def _thresholds(case) -> dict[str, float]:
 def _probabilities(case, decision: str) -> tuple[dict[str, float], dict[str, float]]:
     """Class probabilities and task scores (0..1); none, and none allowed, out of domain."""
     if decision == "out_of_domain":
-        claimed = [c.meaning for c in (*codes.CLASS_PROBABILITY.values(), *codes.TASK_SCORE.values())
+        claimed = [c.meaning for c in (*codes.CLASS_PROBABILITY.values(), *codes.TASK_SCORE.values(),
+                                       *codes.PATTERN_TYPE_SHARE.values())
                    if case.get_measurements(name=c)]
         if claimed:
             raise WriterError(f"SR under an out-of-domain decision reports {claimed}: it must claim no class")
@@ -541,6 +571,8 @@ def read_findings(dataset: Dataset) -> SRFindings:
         bundle_sha256=sha,
         summary=_first_text(qual[0], codes.SUMMARY),
         disclaimer=_first_text(qual[0], codes.DISCLAIMER),
+        pattern_shares={n: v / 100.0 for n, code in codes.PATTERN_TYPE_SHARE.items()
+                        if (v := _num(case, code, required=False)) is not None},
     )
 
 

@@ -61,21 +61,19 @@ def upper_first(text: str) -> str:
     return text[:1].upper() + text[1:]
 
 
-def decided_probability(result: AnalysisResult) -> float | None:
-    """The probability of the decided class, or None when the decision names no class."""
-    if not result.decision.is_finding:
-        return None
-    return float(result.case_scores.probabilities[result.decision.value])
-
-
 def decision_line(result: AnalysisResult) -> str:
-    """'AI decision: COVID-19 (probability 87.3%)', 'AI decision: indeterminate', ..."""
+    """'AI decision: COVID-19', 'AI decision: indeterminate', ...
+
+    No single probability: the decision weighs the lesion burden, the lesion pattern and
+    the slice classifier (pipeline.decision), and the classifier's probability of the
+    decided class can be low when the lesions decided; the reason sentence gives the
+    evidence in numbers."""
     value = result.decision.value
     if value == "out_of_domain":
         return "AI decision: cannot assess this study (out of domain)"
     if value == "indeterminate":
         return "AI decision: indeterminate"
-    return f"AI decision: {CLASS_DISPLAY[value]} (probability {100 * decided_probability(result):.1f}%)"
+    return f"AI decision: {CLASS_DISPLAY[value]}"
 
 
 def caption_line(result: AnalysisResult) -> str:
@@ -133,13 +131,16 @@ def threshold_text(thresholds: Mapping[str, float]) -> str:
         band = float(thresholds.get("lesion_band", 1.0))
         parts.append(f"lesion share of the lung {100 * float(thresholds['lesion_share_threshold']):.3g}%"
                      + (f" (indeterminate within a factor {band:g})" if band > 1.0 else ""))
+    if "pattern_weight" in thresholds:
+        parts.append(f"pneumonia type from the lesion pattern at {100 * float(thresholds['pattern_weight']):g}% "
+                     "weight (the slice classifier the rest)")
     parts += [f"{name} {float(value):g}" for name, value in extra_thresholds(thresholds).items()
               if name not in LESION_KEYS]
     return ", ".join(parts)
 
 
 #: Operating points of the lesion evidence, worded by threshold_text.
-LESION_KEYS = ("lesion_share_threshold", "lesion_band")
+LESION_KEYS = ("lesion_share_threshold", "lesion_band", "pattern_weight")
 
 
 def extra_thresholds(thresholds: Mapping[str, float]) -> dict[str, float]:
