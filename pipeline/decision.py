@@ -189,8 +189,13 @@ def decide(case: CaseScores, infected: InfectedSlices, domain: DomainCheck, op: 
                                          f"{op.min_infected_slices} needed); no diagnosis is stated.", th)
     shares = pneumonia_class_shares(case, pattern, op.pattern_weight)
     blended = pattern is not None and pattern.probabilities is not None and op.pattern_weight > 0
-    source = (f"the lesion pattern and the slice classifier ({100 * op.pattern_weight:.0f}% / "
-              f"{100 * (1 - op.pattern_weight):.0f}%)" if blended else "the slice classifier")
+    if not blended:
+        source = "the slice classifier"
+    elif op.pattern_weight >= 1:
+        source = "the lesion pattern"
+    else:
+        source = (f"the lesion pattern and the slice classifier ({100 * op.pattern_weight:.0f}% / "
+                  f"{100 * (1 - op.pattern_weight):.0f}%)")
     ranked = sorted(shares, key=lambda k: -shares[k])
     first, second = ranked[0], ranked[1]
     gap = shares[first] - shares[second]
