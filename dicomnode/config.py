@@ -71,6 +71,9 @@ class NodeSection(_Frozen):
     data_dir: Path = Path("data")
     #: A series is complete after this many seconds without a new instance.
     quiet_seconds: float = Field(10.0, gt=0)
+    #: A series is complete at once when its last sender releases and its slices are whole
+    #: (one orientation, evenly spaced, no gap); the quiet period stays the rule for the rest.
+    complete_on_release: bool = True
     #: Largest PDU we accept (bytes); large PDUs mean fewer reads per image.
     max_pdu: int = Field(1048576, ge=0)
     #: C-STORE is refused with 0xA700 below this much free disk space (MB).

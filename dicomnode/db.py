@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -34,6 +34,7 @@ CREATE TABLE IF NOT EXISTS instances (
     body_part       TEXT,
     slice_thickness REAL,
     orientation     TEXT,                -- rounded ImageOrientationPatient
+    position        TEXT,                -- rounded ImagePositionPatient (completion on release)
     patient_key     TEXT,                -- sha256 prefix of patient ID+name: compares, reveals nothing
     received        REAL NOT NULL
 );
@@ -117,6 +118,8 @@ class Database:
             self._conn.execute("ALTER TABLE jobs ADD COLUMN content_sha256 TEXT")
         if "urgent" not in columns:  # schema 3 -> 4
             self._conn.execute("ALTER TABLE jobs ADD COLUMN urgent TEXT")
+        if "position" not in {r["name"] for r in self._conn.execute("PRAGMA table_info(instances)").fetchall()}:
+            self._conn.execute("ALTER TABLE instances ADD COLUMN position TEXT")  # schema 4 -> 5
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:

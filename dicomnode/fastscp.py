@@ -64,7 +64,10 @@ _RELEASE_RP = b"\x06\x00\x00\x00\x00\x04\x00\x00\x00\x00"
 
 #: (transfer syntax UID, SOP class, SOP instance, dataset bytes, calling AE) ->
 #: (DICOM status, bookkeeping to run after the response is sent, or None).
-StoreFn = Callable[[str, str, str, memoryview, str], "tuple[int, Callable[[], None] | None]"]
+#: (transfer syntax, SOP class, SOP instance, dataset, calling AE, the association) -> (status, bookkeeping)
+StoreFn = Callable[[str, str, str, memoryview, str, object], "tuple[int, Callable[[], None] | None]"]
+#: Told when an association ends: (the association, whether the peer released it normally).
+EndFn = Callable[[object, bool], None]
 
 
 class _Abort(Exception):
@@ -284,6 +287,7 @@ class _Association:
                 self._recv_exact(length)
                 if kind == 0x05:  # A-RELEASE-RQ
                     self.sock.sendall(_RELEASE_RP)
+                    self.released = True
                     return
                 if kind == 0x07:  # A-ABORT from the peer
                     log.info("association with %s aborted by the peer", self.calling_ae)
@@ -354,7 +358,7 @@ class _Association:
             self._send_command(ctx_id, encode_response(C_ECHO_RSP, msg_id, 0x0000, sop_class))
         elif field == C_STORE_RQ and data is not None:
             ts = self.contexts[ctx_id][1]
-            status, after = self.server.store_fn(ts, sop_class, sop_uid, data, self.calling_ae)
+            status, after = self.server.store_fn(ts, sop_class, sop_uid, data, self.calling_ae, self)
             self._send_command(ctx_id, encode_response(C_STORE_RSP, msg_id, status, sop_class, sop_uid))
             # Bookkeeping (the database record) runs once the answer is on its way, while
             # the peer already sends the next image; the file was durable before it.
@@ -387,6 +391,11 @@ class _Handler(socketserver.BaseRequestHandler):
         try:
             assoc.run()
         finally:
+            if server.end_fn is not None:
+                try:
+                    server.end_fn(assoc, bool(getattr(assoc, "released", False)))
+                except Exception:  # bookkeeping: the quiet period completes the series anyway
+                    log.exception("association end handling failed")
             if not getattr(assoc, "counted_associated", False):
                 server.leave_pending()
             if getattr(assoc, "holds_slot", False):
@@ -401,9 +410,11 @@ class FastServer(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
     request_queue_size = 64
 
-    def __init__(self, node: NodeSection, store_fn: StoreFn, storage_contexts: list[PresentationContext]) -> None:
+    def __init__(self, node: NodeSection, store_fn: StoreFn, storage_contexts: list[PresentationContext],
+                 end_fn: EndFn | None = None) -> None:
         self.node = node
         self.store_fn = store_fn
+        self.end_fn = end_fn
         self.supported_contexts = storage_contexts
         self._open: set[socket.socket] = set()
         self._lock = threading.Lock()

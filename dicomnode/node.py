@@ -113,7 +113,8 @@ class Node:
             threading.Thread(target=self._warm_up, name="bundle-warm-up", daemon=True).start()
             for w in self.workers:
                 w.start()
-            self.scp = StorageSCP(cfg.node, self.store, self.assembler.record_instance, observe=self.metrics.stored)
+            self.scp = StorageSCP(cfg.node, self.store, self.assembler.record_instance, observe=self.metrics.stored,
+                                  on_released=self.assembler.complete_released if cfg.node.complete_on_release else None)
             self.scp.start()
             if cfg.http.port:
                 self.http = HttpServer(build_app(self, token), cfg.http.bind_address, cfg.http.port).start()

@@ -224,6 +224,38 @@ class _ResponsiveRequestHandler(RequestHandler):
         return assoc
 
 
+class SeriesSenders:
+    """Which open associations sent instances of which series, so that the end of the last
+    one can complete a series at once (``[node] complete_on_release``)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_assoc: dict[int, set[str]] = {}
+        self._open: dict[str, int] = {}
+
+    def sent(self, assoc: object, series_uid: str) -> None:
+        with self._lock:
+            mine = self._by_assoc.setdefault(id(assoc), set())
+            if series_uid not in mine:
+                mine.add(series_uid)
+                self._open[series_uid] = self._open.get(series_uid, 0) + 1
+
+    def ended(self, assoc: object, released: bool) -> list[str]:
+        """The series whose last open sender this was; [] unless it released normally (an
+        aborted sender may not have sent everything: the quiet period decides)."""
+        done = []
+        with self._lock:
+            for series_uid in self._by_assoc.pop(id(assoc), set()):
+                left = self._open.get(series_uid, 1) - 1
+                if left > 0:
+                    self._open[series_uid] = left
+                    continue
+                self._open.pop(series_uid, None)
+                if released:
+                    done.append(series_uid)
+        return done
+
+
 class StorageSCP:
     """The listening server; ``start`` binds, ``stop`` refuses new associations and closes.
 
@@ -233,12 +265,17 @@ class StorageSCP:
     """
 
     def __init__(self, node: NodeSection, store: InstanceStore, on_stored: OnStored,
-                 engine: str = "fast", observe: Callable[[str, int, int], None] | None = None) -> None:
+                 engine: str = "fast", observe: Callable[[str, int, int], None] | None = None,
+                 on_released: Callable[[str], None] | None = None) -> None:
+        """``on_released``: called with a series UID when the last association that sent it
+        released normally (None: the quiet period alone completes series)."""
         if engine not in ("fast", "pynetdicom"):
             raise ValueError(f"unknown listener engine {engine!r}")
         self.node = node
         self.store = store
         self.on_stored = on_stored
+        self.on_released = on_released
+        self.senders = SeriesSenders()
         self.engine = engine
         #: Told (calling AE, dataset bytes, DICOM status) of every C-STORE (metrics).
         self.observe = observe
@@ -249,15 +286,35 @@ class StorageSCP:
     def port(self) -> int:
         return int(self._server.server_address[1]) if self._server is not None else self.node.port
 
+    def _recorder(self, assoc: object) -> OnStored:
+        """``on_stored`` that also notes which association sent which series."""
+        if self.on_released is None:
+            return self.on_stored
+
+        def record(info: InstanceInfo, rel_path: str) -> None:
+            self.on_stored(info, rel_path)
+            self.senders.sent(assoc, info.series_uid)
+        return record
+
+    def _ended(self, assoc: object, released: bool) -> None:
+        if self.on_released is None:
+            return
+        for series_uid in self.senders.ended(assoc, released):
+            try:
+                self.on_released(series_uid)
+            except Exception:  # the quiet period still completes it
+                log.exception("series %s: completion on release failed", _safe(series_uid))
+
     def _store_fast(self, ts: str, sop_class: str, sop_uid: str, data: memoryview,
-                    calling_ae: str) -> tuple[int, Callable[[], None] | None]:
-        status, after = store_durably(self.store, self.on_stored, ts, sop_class, sop_uid, ViewStream(data), calling_ae)
+                    calling_ae: str, assoc: object = None) -> tuple[int, Callable[[], None] | None]:
+        status, after = store_durably(self.store, self._recorder(assoc), ts, sop_class, sop_uid, ViewStream(data),
+                                      calling_ae)
         if self.observe is not None:
             self.observe(calling_ae, len(data), status)
         return status, after
 
     def _store_event(self, event: evt.Event) -> int:
-        status = handle_store(event, self.store, self.on_stored)
+        status = handle_store(event, self.store, self._recorder(event.assoc))
         if self.observe is not None:
             try:
                 calling, size = event.assoc.requestor.ae_title, len(event.request.DataSet.getbuffer())
@@ -276,12 +333,15 @@ class StorageSCP:
 
     def start(self) -> None:
         if self.engine == "fast":
-            server = fastscp.FastServer(self.node, self._store_fast, self.ae.supported_contexts)
+            server = fastscp.FastServer(self.node, self._store_fast, self.ae.supported_contexts, self._ended)
         else:
             handlers = [
                 (evt.EVT_C_STORE, self._store_event),
                 (evt.EVT_C_ECHO, handle_echo),
                 (evt.EVT_REJECTED, handle_rejected),
+                (evt.EVT_RELEASED, lambda event: self._ended(event.assoc, True)),
+                (evt.EVT_ABORTED, lambda event: self._ended(event.assoc, False)),
+                (evt.EVT_CONN_CLOSE, lambda event: self._ended(event.assoc, False)),  # after a release: no-op
             ]
             server = self.ae.make_server((self.node.bind_address, self.node.port), evt_handlers=handlers,
                                          server_class=ThreadedAssociationServer,

@@ -12,6 +12,12 @@ instance's stored header is read and matched against the rules (sending AE, moda
 body part, configured tags); a match makes the job urgent, claimed before every routine
 job, with the rule that matched recorded as the reason. No rules: nothing is read.
 
+Completion on release (``[node] complete_on_release``, on by default): when the last
+association that sent instances of a series releases normally, the series is complete at
+once, without the quiet period, if its slices are whole: one orientation, every instance
+with a position, positions along the slice normal distinct and evenly spaced (no gap). A
+series that is not whole, or whose sender aborted, waits for the quiet period as before.
+
 Late instances: an instance that arrives after its series was completed re-opens the
 series (state ``receiving`` again); after a new quiet period the whole series, old and
 new instances, becomes a new job (generation + 1). A still-queued job of the earlier
@@ -115,6 +121,36 @@ def urgent_reason(rules: UrgentRules, header: Any) -> str | None:
     return None
 
 
+#: Slice spacing may vary this much (fraction of the median step) and still be "even".
+SPACING_TOLERANCE = 0.05
+
+
+def slices_are_whole(rows: Sequence[dict]) -> str | None:
+    """None when the instance rows form gap-free, evenly spaced slices of one orientation;
+    else why not, in words. Pure."""
+    orientations = {r.get("orientation") or "" for r in rows}
+    if len(orientations) != 1 or "" in orientations:
+        return "no single orientation"
+    try:
+        o = [float(v) for v in next(iter(orientations)).split("\\")]
+        points = [[float(v) for v in (r.get("position") or "").split("\\")] for r in rows]
+    except ValueError:
+        return "an instance has no position"
+    if len(o) != 6 or any(len(p) != 3 for p in points):
+        return "an instance has no position"
+    normal = (o[1] * o[5] - o[2] * o[4], o[2] * o[3] - o[0] * o[5], o[0] * o[4] - o[1] * o[3])
+    along = sorted(sum(a * b for a, b in zip(p, normal)) for p in points)
+    steps = [b - a for a, b in zip(along, along[1:])]
+    if not steps:
+        return "a single slice"
+    median = sorted(steps)[len(steps) // 2]
+    if median <= 1e-3:
+        return "slices share a position"
+    if any(abs(step - median) > SPACING_TOLERANCE * median for step in steps):
+        return f"uneven slice spacing (steps {min(steps):.2f} to {max(steps):.2f} mm: a gap or extra slices)"
+    return None
+
+
 class SeriesAssembler:
     """Records instances, completes quiet series, enqueues jobs or records skips."""
 
@@ -137,11 +173,11 @@ class SeriesAssembler:
         with self.db.transaction() as conn:
             conn.execute(
                 "INSERT OR REPLACE INTO instances(sop_uid, series_uid, study_uid, sop_class_uid, transfer_syntax, "
-                "path, modality, image_type, body_part, slice_thickness, orientation, patient_key, received) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "path, modality, image_type, body_part, slice_thickness, orientation, position, patient_key, "
+                "received) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (info.sop_uid, info.series_uid, info.study_uid, info.sop_class_uid, info.transfer_syntax,
                  rel_path, info.modality, info.image_type, info.body_part, info.slice_thickness,
-                 info.orientation, info.patient_key, t))
+                 info.orientation, info.position, info.patient_key, t))
             row = conn.execute("SELECT state FROM series WHERE series_uid=?", (info.series_uid,)).fetchone()
             if row is None:
                 conn.execute("INSERT INTO series(series_uid, study_uid, state, instance_count, first_received, "
@@ -172,14 +208,35 @@ class SeriesAssembler:
                 self.on_enqueued(job_id)
         return done
 
-    def _complete(self, series_uid: str, t: float) -> int | None:
+    def complete_released(self, series_uid: str, at: float | None = None) -> int | None:
+        """The last association that sent ``series_uid`` released: complete it now when its
+        slices are whole (module doc); returns the job id, or None (it waits for the quiet
+        period, or was skipped, or is not receiving)."""
+        t = now() if at is None else at
+        with self._tick_lock:
+            job_id = self._complete(series_uid, t, on_release=True)
+        if job_id is not None and self.on_enqueued is not None:
+            self.on_enqueued(job_id)
+        return job_id
+
+    def _complete(self, series_uid: str, t: float, on_release: bool = False) -> int | None:
         with self.db.transaction() as conn:
             series = conn.execute("SELECT * FROM series WHERE series_uid=?", (series_uid,)).fetchone()
-            if series is None or series["state"] != RECEIVING or series["last_received"] > t - self.quiet_seconds:
+            if series is None or series["state"] != RECEIVING:
+                return None
+            if not on_release and series["last_received"] > t - self.quiet_seconds:
                 return None  # an instance arrived meanwhile: the timer starts again
             rows = [dict(r) for r in conn.execute("SELECT * FROM instances WHERE series_uid=? ORDER BY path",
                                                   (series_uid,)).fetchall()]
             selection = select_instances(rows, self.rules)
+            if on_release:
+                kept = set(selection.paths)
+                why = slices_are_whole([r for r in rows if r["path"] in kept]) if selection.accepted else None
+                if why is not None:
+                    log.info("series %s: sender released, but it waits for the quiet period: %s", series_uid, why)
+                    return None
+                if not selection.accepted:
+                    return None  # the quiet period gives the sender time to send the rest
             generation = series["generation"] + 1
             if selection.accepted:
                 urgent = self._urgency(series_uid, selection.paths[0])
@@ -196,8 +253,9 @@ class SeriesAssembler:
         if job_id is None:
             log.info("series %s skipped: %s", series_uid, selection.reason)
         else:
-            log.info("series %s complete (%d instances, %d selected): job %d%s", series_uid, len(rows),
-                     len(selection.paths), job_id, f", urgent ({urgent})" if urgent else "")
+            log.info("series %s complete%s (%d instances, %d selected): job %d%s", series_uid,
+                     " on release" if on_release else "", len(rows), len(selection.paths), job_id,
+                     f", urgent ({urgent})" if urgent else "")
         return job_id
 
     def _urgency(self, series_uid: str, first_path: str) -> str | None:

@@ -87,6 +87,8 @@ class InstanceInfo:
     slice_thickness: float | None = None
     orientation: str = ""
     patient_key: str = ""
+    #: ImagePositionPatient, "x\\y\\z" in mm rounded to 0.01 ("" when missing or not 3 numbers).
+    position: str = ""
 
 
 def _text(ds: Dataset, keyword: str) -> str:
@@ -153,6 +155,11 @@ def _info_from(ds: "Dataset | dict[str, object]", transfer_syntax: str) -> Insta
         iop = [] if isinstance(raw_iop, str) else [round(float(v), 3) + 0.0 for v in raw_iop or []]  # type: ignore[union-attr]
     except (TypeError, ValueError):
         iop = []
+    try:
+        raw_ipp = ds.get("ImagePositionPatient")
+        ipp = [] if isinstance(raw_ipp, str) else [round(float(v), 2) + 0.0 for v in raw_ipp or []]  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        ipp = []
     return InstanceInfo(
         sop_uid=validate_uid(ds.get("SOPInstanceUID"), "SOP Instance UID"),
         series_uid=validate_uid(ds.get("SeriesInstanceUID"), "Series Instance UID"),
@@ -165,6 +172,7 @@ def _info_from(ds: "Dataset | dict[str, object]", transfer_syntax: str) -> Insta
         slice_thickness=thickness,
         orientation="\\".join(f"{v:g}" for v in iop),
         patient_key=patient_key(_text(ds, "PatientID"), _text(ds, "PatientName")),
+        position="\\".join(f"{v:g}" for v in ipp) if len(ipp) == 3 else "",
     )
 
 
@@ -180,7 +188,8 @@ _WANTED = {
     0x00080005: "SpecificCharacterSet", 0x00080008: "ImageType", 0x00080016: "SOPClassUID",
     0x00080018: "SOPInstanceUID", 0x00080060: "Modality", 0x00100010: "PatientName",
     0x00100020: "PatientID", 0x00180015: "BodyPartExamined", 0x00180050: "SliceThickness",
-    0x0020000D: "StudyInstanceUID", 0x0020000E: "SeriesInstanceUID", 0x00200037: "ImageOrientationPatient",
+    0x0020000D: "StudyInstanceUID", 0x0020000E: "SeriesInstanceUID", 0x00200032: "ImagePositionPatient",
+    0x00200037: "ImageOrientationPatient",
 }
 _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT", b"SV", b"UV"}
 _SHORT_VRS = {b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"IS", b"LO", b"LT", b"PN",

@@ -173,3 +173,27 @@ def test_sigterm_stops_cleanly(tmp_path, node_factory):
     assert node.stop() == 0
     assert any(line.strip() == "stopped" for line in node.log), node.tail()
     assert not list((node.data_dir / "storage").rglob("*.tmp"))
+
+
+def test_a_whole_series_is_complete_when_its_sender_releases(tmp_path, node_factory):
+    """Issue 13: no quiet period for a series whose sender released and whose slices are
+    whole; a series with a gap still waits for it (real storescu, a 120 s quiet period)."""
+    import time
+
+    node = node_factory(quiet=120.0)
+    whole = write_series(tmp_path / "whole", n_slices=20, seed=3)
+    with_gap = write_series(tmp_path / "gap", n_slices=20, seed=4)
+    start = time.monotonic()
+    assert storescu(node.port, whole.paths).returncode == 0
+    assert storescu(node.port, [p for i, p in enumerate(with_gap.paths) if i != 10]).returncode == 0
+
+    def queued():
+        rows = {s["series_uid"]: s for s in node.status()["series"]}
+        row = rows.get(whole.series_uid)
+        return rows if row is not None and row["state"] != "receiving" else None
+
+    rows = wait_for(queued, 30, interval=0.2, what="the whole series to complete on release")
+    assert time.monotonic() - start < 60  # far inside the 120 s quiet period
+    assert rows[with_gap.series_uid]["state"] == "receiving"
+    assert any("complete on release" in line for line in node.log)
+    assert any("waits for the quiet period: uneven slice spacing" in line for line in node.log)

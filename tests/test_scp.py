@@ -20,7 +20,7 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from conftest import free_port, require_tool
+from conftest import free_port, require_tool, wait_for
 from dicomnode.config import NodeSection
 from dicomnode.scp import StorageSCP
 from dicomnode.store import InstanceStore
@@ -187,3 +187,20 @@ def test_handler_never_raises_and_answers_a_status(tmp_path):
     ds.StudyInstanceUID = "1.2.3"
     fine = _FakeEvent(_encoded(ds), ds.SOPInstanceUID, ds.SOPClassUID, ExplicitVRLittleEndian)
     assert handle_store(fine, None, Recorder()) == 0xC211
+
+
+@pytest.mark.parametrize("engine", ["fast", "pynetdicom"])
+def test_the_senders_release_is_reported_per_series(tmp_path, engine):
+    """Both listener engines tell the node when the last sender of a series released."""
+    node = NodeSection(ae_title="COVIDNODE", port=free_port(), bind_address="127.0.0.1", min_free_mb=0)
+    released: list[str] = []
+    server = StorageSCP(node, InstanceStore(tmp_path / "storage", 0), Recorder(), engine=engine,
+                        on_released=released.append)
+    server.start()
+    try:
+        series = write_series(tmp_path / "in", n_slices=3, size=32)
+        assert storescu(server.port, series.paths).returncode == 0
+        wait_for(lambda: released or None, 10, what="the release to be reported")
+        assert released == [series.series_uid]
+    finally:
+        server.stop()

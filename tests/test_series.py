@@ -199,3 +199,54 @@ def test_a_schema_3_database_gains_the_urgent_column(tmp_path):
     job = JobQueue(db).claim(at=1.0)
     assert job.series_uid == "1.2.9" and job.urgent is None
     db.close()
+
+
+def _rows(zs, orientation="1\\0\\0\\0\\1\\0"):
+    return [{"orientation": orientation, "position": "" if z is None else f"-100\\-120\\{z:g}"} for z in zs]
+
+
+def test_whole_slices_are_evenly_spaced_without_gaps():
+    from dicomnode.series import slices_are_whole
+
+    assert slices_are_whole(_rows([0, 2.5, 5, 7.5, 10])) is None
+    assert slices_are_whole(_rows([10, 0, 5, 7.5, 2.5])) is None  # order of arrival does not matter
+    assert "uneven" in slices_are_whole(_rows([0, 2.5, 7.5, 10]))  # a missing slice
+    assert "share a position" in slices_are_whole(_rows([0, 0, 0]))
+    assert "no position" in slices_are_whole(_rows([0, None, 5]))
+    assert "orientation" in slices_are_whole(_rows([0, 1]) + _rows([2], "0\\1\\0\\0\\0\\-1"))
+    # Sagittal slices: the spacing is measured along their own normal (x).
+    sagittal = [{"orientation": "0\\1\\0\\0\\0\\-1", "position": f"{x:g}\\0\\0"} for x in (0, 1, 2, 3)]
+    assert slices_are_whole(sagittal) is None
+
+
+def test_the_last_sender_to_release_completes_a_series():
+    from dicomnode.scp import SeriesSenders
+
+    senders, a, b = SeriesSenders(), object(), object()
+    senders.sent(a, "1.2.3")
+    senders.sent(a, "1.2.3")
+    senders.sent(b, "1.2.3")
+    senders.sent(b, "1.2.4")
+    assert senders.ended(a, released=True) == []  # b still sends 1.2.3
+    assert sorted(senders.ended(b, released=True)) == ["1.2.3", "1.2.4"]
+    senders.sent(a, "1.2.5")
+    assert senders.ended(a, released=False) == []  # an abort: the quiet period decides
+
+
+def test_complete_released_needs_whole_slices(env):
+    db, queue, asm, enqueued = env
+    whole = [replace_position(inst(i, series="1.2.3"), i * 2.0) for i in range(5)]
+    gap = [replace_position(inst(i, series="1.2.4"), z) for i, z in enumerate((0, 2, 4, 8, 10))]
+    feed(asm, whole)
+    feed(asm, gap)
+    assert asm.complete_released("1.2.3", at=T0 + 1) is not None  # no quiet period needed
+    assert series_row(db, "1.2.3")["state"] == QUEUED and len(enqueued) == 1
+    assert asm.complete_released("1.2.4", at=T0 + 1) is None  # a gap: waits for the quiet period
+    assert series_row(db, "1.2.4")["state"] == RECEIVING
+    assert asm.complete_due(at=T0 + 20) == ["1.2.4"]
+
+
+def replace_position(info, z: float):
+    from dataclasses import replace
+
+    return replace(info, position=f"-100\\-120\\{z:g}")
