@@ -286,14 +286,14 @@ def _get(record: Mapping[str, Any], path: str) -> Any:
 #: Rows of the measured-performance table: label, path in an evaluation record.
 _ROWS: tuple[tuple[str, str], ...] = (
     ("cases", "n_cases"),
-    ("4-class AUC, macro", "multiway_auc.macro"),
-    ("4-class AUC, micro", "multiway_auc.micro"),
+    ("4-class AUC of the slice classifier, macro", "multiway_auc.macro"),
+    ("4-class AUC of the slice classifier, micro", "multiway_auc.micro"),
     ("accuracy of the stated decision (indeterminate / out of domain count as wrong)", "decision.accuracy"),
     ("accuracy among stated (class) decisions", "decision.accuracy_of_stated"),
     ("indeterminate rate", "decision.indeterminate_rate"),
     ("out-of-domain rate", "decision.out_of_domain_rate"),
     ("non-pneumonia cases given a pneumonia decision (count)", "decision.non_pneumonia_called_pneumonia"),
-    ("accuracy of the 4-class argmax (label)", "accuracy"),
+    ("accuracy of the slice classifier's 4-class argmax (label)", "accuracy"),
     ("pneumonia vs non-pneumonia: AUC", "tasks.pneumonia_vs_non_pneumonia.auc"),
     ("pneumonia vs non-pneumonia: sensitivity at the stored threshold", "tasks.pneumonia_vs_non_pneumonia.sensitivity"),
     ("pneumonia vs non-pneumonia: specificity at the stored threshold", "tasks.pneumonia_vs_non_pneumonia.specificity"),
