@@ -6,7 +6,7 @@ with a did-you-mean, bad ports, illegal AE titles, duplicate destinations, an un
 data folder) and raised together in one ``ConfigError`` so that an admin fixes them in
 one go; ``dicomnode config check`` prints the same list.
 
-Relative paths in the file (``data_dir``, ``bundle``) resolve against the folder of the
+Relative paths in the file (``data_dir``, ``bundle``, the ``tls_*_file`` keys) resolve against the folder of the
 config file, so a config works whatever the current directory is; paths given on the
 command line resolve against the current directory, like any command-line path.
 """
@@ -20,7 +20,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Iterable, Literal, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
 
@@ -99,8 +99,22 @@ class NodeSection(_Frozen):
     message_timeout_s: float = Field(600.0, gt=0)
     #: Largest dataset accepted in one C-STORE (MB); larger is aborted before it is buffered.
     max_instance_mb: int = Field(2048, ge=1)
+    # DICOM TLS (PS3.15 B.1, BCP 195): the listener speaks TLS only when a certificate is set.
+    #: The node's certificate (PEM, chain first) and its private key.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    #: CA certificates (PEM): when set, every peer must present a certificate they signed.
+    tls_ca_file: Path | None = None
 
     _ae = field_validator("ae_title")(_check_ae)
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> "NodeSection":
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together: set both for DICOM TLS, or neither")
+        if self.tls_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("tls_ca_file (client certificates) needs tls_cert_file and tls_key_file")
+        return self
 
     @field_validator("allowed_calling_ae_titles")
     @classmethod
@@ -226,8 +240,24 @@ class Destination(_Frozen):
     host: str
     port: int = Field(ge=1, le=65535)
     objects: tuple[Literal["sr", "sc", "seg", "kos"], ...] = OBJECT_KINDS
+    #: DICOM TLS to this destination; its certificate is checked against ``tls_ca_file``
+    #: (else the system's CAs) and its host name; ``tls_cert_file``/``tls_key_file``: ours,
+    #: for a destination that requires client certificates.
+    tls: bool = False
+    tls_ca_file: Path | None = None
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
 
     _ae = field_validator("ae_title")(_check_ae)
+
+    @model_validator(mode="after")
+    def _tls_files(self) -> "Destination":
+        given = [f for f in (self.tls_ca_file, self.tls_cert_file, self.tls_key_file) if f is not None]
+        if given and not self.tls:
+            raise ValueError("tls_* files are set but tls is false; set tls = true")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together")
+        return self
 
     @property
     def label(self) -> str:
@@ -373,6 +403,9 @@ def _semantic_problems(cfg: NodeConfig) -> list[str]:
     if cfg.pipeline.bundle is not None and not (cfg.pipeline.bundle / "model_card.json").is_file():
         problems.append(f"[pipeline] bundle: {cfg.pipeline.bundle} has no model_card.json "
                         f"(point it at a model bundle folder, or leave it out for the shipped demo bundle)")
+    from .tls import tls_problems  # late: tls imports this module
+
+    problems += tls_problems(cfg.node, cfg.destinations)
     return problems
 
 
@@ -384,7 +417,23 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     pipe = raw.get("pipeline")
     if isinstance(pipe, dict) and isinstance(pipe.get("bundle"), str):
         pipe["bundle"] = str((base / pipe["bundle"]).resolve())
+    tables = [node] + (list(raw["destinations"]) if isinstance(raw.get("destinations"), list) else [])
+    resolved_tables = []
+    for table in tables:
+        if isinstance(table, dict):
+            table = dict(table)
+            for key in TLS_FILE_KEYS:
+                if isinstance(table.get(key), str):
+                    table[key] = str((base / table[key]).resolve())
+        resolved_tables.append(table)
+    if isinstance(node, dict):
+        raw["node"] = resolved_tables[0]
+    if isinstance(raw.get("destinations"), list):
+        raw["destinations"] = resolved_tables[1:]
     return raw
+
+
+TLS_FILE_KEYS = ("tls_cert_file", "tls_key_file", "tls_ca_file")
 
 
 def config_from_dict(raw: Mapping[str, Any], base_dir: Path, source: str = "<dict>",

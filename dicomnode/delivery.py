@@ -29,6 +29,7 @@ from pynetdicom import AE
 
 from .config import DeliverySection, Destination
 from .db import Database, now
+from .tls import client_context
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +162,13 @@ class Delivery:
             tss = sorted({str(ds.file_meta.TransferSyntaxUID) for _, ds in datasets if str(ds.SOPClassUID) == sop_class}
                          | {ExplicitVRLittleEndian, ImplicitVRLittleEndian})
             ae.add_requested_context(sop_class, tss)
-        assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
+        try:
+            tls = client_context(dest)
+        except ValueError as e:  # config check names this too; retried until the files are fixed
+            self._retry([r for r, _ in datasets], str(e))
+            return 0
+        assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title,
+                             tls_args=(tls, dest.host) if tls is not None else None)
         if not assoc.is_established:
             why = "association rejected" if assoc.is_rejected else "cannot connect"
             self._retry([r for r, _ in datasets], f"{why} ({dest.label})")

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import io
 import logging
+import ssl
 import socket
 import socketserver
 import struct
@@ -386,6 +387,18 @@ class _Handler(socketserver.BaseRequestHandler):
                                     "associate", _peer_address(sock), server.node.max_pending_connections)
             return  # socketserver closes the socket
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # responses are small
+        if server.ssl_context is not None:
+            # DICOM TLS: the handshake (and the client certificate check) before any DICOM,
+            # within the association deadline. The TLS socket takes over the descriptor.
+            peer = _peer_address(sock)
+            try:
+                sock.settimeout(float(server.node.association_timeout_s))
+                sock = server.ssl_context.wrap_socket(sock, server_side=True)
+            except (OSError, ValueError) as e:
+                server.leave_pending()
+                server.refusals.warning("TLS handshake with %s failed: %s", peer,
+                                        peer_text(str(getattr(e, "reason", None) or e), 120))
+                return
         assoc = _Association(sock, server)
         server.track(sock, True)
         try:
@@ -401,6 +414,11 @@ class _Handler(socketserver.BaseRequestHandler):
             if getattr(assoc, "holds_slot", False):
                 server.release_slot(assoc.address)
             server.track(sock, False)
+            if sock is not self.request:  # the TLS socket: socketserver only closes the raw one
+                try:
+                    sock.close()
+                except OSError:
+                    pass
 
 
 class FastServer(socketserver.ThreadingTCPServer):
@@ -411,10 +429,12 @@ class FastServer(socketserver.ThreadingTCPServer):
     request_queue_size = 64
 
     def __init__(self, node: NodeSection, store_fn: StoreFn, storage_contexts: list[PresentationContext],
-                 end_fn: EndFn | None = None) -> None:
+                 end_fn: EndFn | None = None, ssl_context: "ssl.SSLContext | None" = None) -> None:
         self.node = node
         self.store_fn = store_fn
         self.end_fn = end_fn
+        #: DICOM TLS (dicomnode.tls): every connection is wrapped before it associates.
+        self.ssl_context = ssl_context
         self.supported_contexts = storage_contexts
         self._open: set[socket.socket] = set()
         self._lock = threading.Lock()

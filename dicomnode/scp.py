@@ -44,6 +44,7 @@ from .config import NodeSection
 from .errors import StoreError
 from .logsafe import peer_text
 from .store import STATUS_PROCESSING_FAILURE, InstanceInfo, InstanceStore, encode_file_meta, parse_header
+from .tls import server_context
 
 log = logging.getLogger(__name__)
 
@@ -333,7 +334,8 @@ class StorageSCP:
 
     def start(self) -> None:
         if self.engine == "fast":
-            server = fastscp.FastServer(self.node, self._store_fast, self.ae.supported_contexts, self._ended)
+            server = fastscp.FastServer(self.node, self._store_fast, self.ae.supported_contexts, self._ended,
+                                        ssl_context=server_context(self.node))
         else:
             handlers = [
                 (evt.EVT_C_STORE, self._store_event),
@@ -344,6 +346,7 @@ class StorageSCP:
                 (evt.EVT_CONN_CLOSE, lambda event: self._ended(event.assoc, False)),  # after a release: no-op
             ]
             server = self.ae.make_server((self.node.bind_address, self.node.port), evt_handlers=handlers,
+                                         ssl_context=server_context(self.node),
                                          server_class=ThreadedAssociationServer,
                                          request_handler=_ResponsiveRequestHandler)
             self.ae._servers.append(server)  # as start_server does: shutdown() removes it again

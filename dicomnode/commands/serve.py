@@ -65,7 +65,9 @@ def run(args: argparse.Namespace) -> int:
     except (NodeError, OSError) as e:
         print(f"dicomnode serve: cannot start: {e}")
         return 1
-    print(f"listening on {cfg.node.bind_address}:{node.port} as AE {cfg.node.ae_title}", flush=True)
+    tls = ("" if cfg.node.tls_cert_file is None else
+           ", DICOM TLS" + (" with client certificates" if cfg.node.tls_ca_file is not None else ""))
+    print(f"listening on {cfg.node.bind_address}:{node.port} as AE {cfg.node.ae_title}{tls}", flush=True)
     if node.http is not None:
         print(f"admin API and metrics on {node.http.url} (dashboard {node.http.url}/dashboard, health "
               f"{node.http.url}/readyz, metrics {node.http.url}/metrics, API docs {node.http.url}/docs)", flush=True)
