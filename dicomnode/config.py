@@ -64,7 +64,8 @@ class NodeSection(_Frozen):
     """``[node]``: who we are on the network and where we keep data."""
 
     ae_title: str = "COVIDNODE"
-    port: int = Field(11112, ge=1, le=65535)
+    #: The plain DICOM port; 0 switches it off (then ``tls_port`` must be set).
+    port: int = Field(11112, ge=0, le=65535)
     bind_address: str = "0.0.0.0"
     #: Calling AE titles allowed to associate; empty means any.
     allowed_calling_ae_titles: tuple[str, ...] = ()
@@ -99,21 +100,46 @@ class NodeSection(_Frozen):
     message_timeout_s: float = Field(600.0, gt=0)
     #: Largest dataset accepted in one C-STORE (MB); larger is aborted before it is buffered.
     max_instance_mb: int = Field(2048, ge=1)
-    # DICOM TLS (PS3.15 B.1, BCP 195): the listener speaks TLS only when a certificate is set.
+    # DICOM TLS (PS3.15 B.1, BCP 195): a second listener on ``tls_port`` (0: none).
+    tls_port: int = Field(0, ge=0, le=65535)
     #: The node's certificate (PEM, chain first) and its private key.
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
-    #: CA certificates (PEM): when set, every peer must present a certificate they signed.
+    #: CA certificates (PEM) that client certificates are checked against.
     tls_ca_file: Path | None = None
+    #: Refuse a TLS peer that shows no certificate signed by ``tls_ca_file``.
+    tls_require_client_cert: bool = False
+    #: Client certificate subject (its common name) -> the calling AE titles it may use;
+    #: empty: any. A TLS association whose certificate is not listed, or that claims
+    #: another AE title, is refused.
+    tls_client_subjects: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     _ae = field_validator("ae_title")(_check_ae)
+
+    @field_validator("tls_client_subjects", mode="before")
+    @classmethod
+    def _subjects(cls, v: Any) -> Any:
+        if isinstance(v, Mapping):
+            v = tuple((k, tuple(t) if isinstance(t, (list, tuple)) else (t,)) for k, t in v.items())
+        for _subject, titles in v:
+            for title in titles:
+                _check_ae(title)
+        return v
 
     @model_validator(mode="after")
     def _tls_pair(self) -> "NodeSection":
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("tls_cert_file and tls_key_file go together: set both for DICOM TLS, or neither")
-        if self.tls_ca_file is not None and self.tls_cert_file is None:
-            raise ValueError("tls_ca_file (client certificates) needs tls_cert_file and tls_key_file")
+        if self.tls_port and self.tls_cert_file is None:
+            raise ValueError("tls_port needs tls_cert_file and tls_key_file")
+        if self.tls_cert_file is not None and not self.tls_port:
+            raise ValueError("tls_cert_file is set but tls_port is 0: give the TLS listener a port")
+        if (self.tls_require_client_cert or self.tls_client_subjects) and self.tls_ca_file is None:
+            raise ValueError("client certificates (tls_require_client_cert, tls_client_subjects) need tls_ca_file")
+        if self.port == 0 and not self.tls_port:
+            raise ValueError("port 0 switches the plain listener off: set tls_port, or the node listens nowhere")
+        if self.port and self.port == self.tls_port:
+            raise ValueError(f"port and tls_port are both {self.port}; use two ports")
         return self
 
     @field_validator("allowed_calling_ae_titles")
@@ -487,9 +513,14 @@ def with_overrides(cfg: NodeConfig, *, ae_title: str | None = None, port: int | 
                    data_dir: Path | None = None, quiet_seconds: float | None = None,
                    bind_address: str | None = None, bundle: Path | None = None,
                    destinations: Iterable[Destination] | None = None, http_port: int | None = None,
-                   http_bind: str | None = None) -> NodeConfig:
-    """A copy with command-line overrides applied and re-validated."""
+                   http_bind: str | None = None, tls: Mapping[str, Any] | None = None) -> NodeConfig:
+    """A copy with command-line overrides applied and re-validated. ``tls``: [node] tls_*
+    keys (``tls_port``, ``tls_cert_file``...) with their values; files resolve against
+    the current directory."""
     node = cfg.node.model_dump()
+    for key, value in (tls or {}).items():
+        if value is not None:
+            node[key] = Path(value).resolve() if key in TLS_FILE_KEYS else value
     http = cfg.http.model_dump()
     for key, value in (("port", http_port), ("bind_address", http_bind)):
         if value is not None:

@@ -45,6 +45,7 @@ from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
 
 from .config import NodeSection
 from .logsafe import RateLimitedLog, peer_text
+from .tls import subject_problem
 from .store import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
 
 log = logging.getLogger(__name__)
@@ -233,6 +234,9 @@ class _Association:
             return self._reject(0x01, 0x01, 0x07, f"called AE {peer_text(called, 16)} is not ours")
         if allowed and self.calling_ae not in allowed:
             return self._reject(0x01, 0x01, 0x03, f"calling AE {peer_text(self.calling_ae, 16)} is not allowed")
+        mismatch = subject_problem(self.node, self.sock, self.calling_ae)
+        if mismatch:
+            return self._reject(0x01, 0x01, 0x03, peer_text(mismatch, 120))
         if rq.protocol_version != 0x0001:
             return self._reject(0x01, 0x02, 0x02, f"protocol version {rq.protocol_version}")
         refused = self.server.acquire_slot(self.address)
@@ -429,7 +433,9 @@ class FastServer(socketserver.ThreadingTCPServer):
     request_queue_size = 64
 
     def __init__(self, node: NodeSection, store_fn: StoreFn, storage_contexts: list[PresentationContext],
-                 end_fn: EndFn | None = None, ssl_context: "ssl.SSLContext | None" = None) -> None:
+                 end_fn: EndFn | None = None, ssl_context: "ssl.SSLContext | None" = None,
+                 port: int | None = None) -> None:
+        """``port``: where to listen (default ``node.port``; the TLS listener passes ``tls_port``)."""
         self.node = node
         self.store_fn = store_fn
         self.end_fn = end_fn
@@ -443,7 +449,7 @@ class FastServer(socketserver.ThreadingTCPServer):
         self._pending = 0
         #: Refused and aborted associations: one line each, at most 20 a minute.
         self.refusals = RateLimitedLog(log, burst=20, window_s=60.0)
-        super().__init__((node.bind_address, node.port), _Handler)
+        super().__init__((node.bind_address, node.port if port is None else port), _Handler)
 
     def stats(self) -> dict[str, int]:
         """Associations open now, connections waiting to associate, refusals and aborts so far."""

@@ -189,6 +189,11 @@ class Node:
     def port(self) -> int:
         return self.scp.port if self.scp is not None else self.cfg.node.port
 
+    @property
+    def tls_port(self) -> int | None:
+        """The DICOM TLS listener's port, None without one."""
+        return self.scp.tls_port if self.scp is not None else (self.cfg.node.tls_port or None)
+
     # -- stop -----------------------------------------------------------------------
     def stop(self) -> None:
         """Stop accepting, finish or give back the running job, stop timers, close the DB."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import queue
 import select
+import ssl
 import threading
 import time
 from typing import Any, Callable
@@ -281,11 +282,18 @@ class StorageSCP:
         #: Told (calling AE, dataset bytes, DICOM status) of every C-STORE (metrics).
         self.observe = observe
         self.ae = build_ae(node)
-        self._server: Any = None
+        self._servers: dict[str, Any] = {}
 
     @property
     def port(self) -> int:
-        return int(self._server.server_address[1]) if self._server is not None else self.node.port
+        """The plain listener's port (the TLS one's when the plain port is off)."""
+        server = self._servers.get("plain") or self._servers.get("tls")
+        return int(server.server_address[1]) if server is not None else (self.node.port or self.node.tls_port)
+
+    @property
+    def tls_port(self) -> int | None:
+        server = self._servers.get("tls")
+        return int(server.server_address[1]) if server is not None else None
 
     def _recorder(self, assoc: object) -> OnStored:
         """``on_stored`` that also notes which association sent which series."""
@@ -325,38 +333,55 @@ class StorageSCP:
         return status
 
     def stats(self) -> dict[str, int]:
-        """Associations open now and refused/aborted so far (the fast engine counts both)."""
-        server = self._server
-        if isinstance(server, fastscp.FastServer):
-            return server.stats()
-        return {"active": len(getattr(server, "active_associations", []) or []) if server is not None else 0,
-                "refused": 0}
+        """Associations open now and refused/aborted so far, over both listeners (the fast
+        engine counts both)."""
+        total = {"active": 0, "refused": 0}
+        for server in self._servers.values():
+            if isinstance(server, fastscp.FastServer):
+                counts = server.stats()
+                total["active"] += counts["active"]
+                total["refused"] += counts["refused"]
+            else:
+                total["active"] += len(getattr(server, "active_associations", []) or [])
+        return total
+
+    def _make_server(self, port: int, tls: "ssl.SSLContext | None") -> Any:
+        if self.engine == "fast":
+            return fastscp.FastServer(self.node, self._store_fast, self.ae.supported_contexts, self._ended,
+                                      ssl_context=tls, port=port)
+        handlers = [
+            (evt.EVT_C_STORE, self._store_event),
+            (evt.EVT_C_ECHO, handle_echo),
+            (evt.EVT_REJECTED, handle_rejected),
+            (evt.EVT_RELEASED, lambda event: self._ended(event.assoc, True)),
+            (evt.EVT_ABORTED, lambda event: self._ended(event.assoc, False)),
+            (evt.EVT_CONN_CLOSE, lambda event: self._ended(event.assoc, False)),  # after a release: no-op
+        ]
+        server = self.ae.make_server((self.node.bind_address, port), evt_handlers=handlers, ssl_context=tls,
+                                     server_class=ThreadedAssociationServer,
+                                     request_handler=_ResponsiveRequestHandler)
+        self.ae._servers.append(server)  # as start_server does: shutdown() removes it again
+        return server
 
     def start(self) -> None:
-        if self.engine == "fast":
-            server = fastscp.FastServer(self.node, self._store_fast, self.ae.supported_contexts, self._ended,
-                                        ssl_context=server_context(self.node))
-        else:
-            handlers = [
-                (evt.EVT_C_STORE, self._store_event),
-                (evt.EVT_C_ECHO, handle_echo),
-                (evt.EVT_REJECTED, handle_rejected),
-                (evt.EVT_RELEASED, lambda event: self._ended(event.assoc, True)),
-                (evt.EVT_ABORTED, lambda event: self._ended(event.assoc, False)),
-                (evt.EVT_CONN_CLOSE, lambda event: self._ended(event.assoc, False)),  # after a release: no-op
-            ]
-            server = self.ae.make_server((self.node.bind_address, self.node.port), evt_handlers=handlers,
-                                         ssl_context=server_context(self.node),
-                                         server_class=ThreadedAssociationServer,
-                                         request_handler=_ResponsiveRequestHandler)
-            self.ae._servers.append(server)  # as start_server does: shutdown() removes it again
-        self._thread = threading.Thread(target=server.serve_forever, name="dicom-listener", daemon=True)
-        self._thread.start()
-        self._server = server
+        """The plain listener on ``port`` (unless 0) and the TLS one on ``tls_port`` (unless 0)."""
+        wanted = []
+        if self.node.port:
+            wanted.append(("plain", self.node.port, None))
+        if self.node.tls_port:
+            wanted.append(("tls", self.node.tls_port, server_context(self.node)))
+        try:
+            for name, port, tls in wanted:
+                server = self._make_server(port, tls)
+                threading.Thread(target=server.serve_forever, name=f"dicom-listener-{name}", daemon=True).start()
+                self._servers[name] = server
+        except BaseException:
+            self.stop()
+            raise
 
     def stop(self) -> None:
-        if self._server is not None:
-            server, self._server = self._server, None
+        servers, self._servers = self._servers, {}
+        for server in servers.values():
             server.shutdown()  # stops accepting (pynetdicom's also closes its associations)
             if isinstance(server, fastscp.FastServer):
                 server.server_close()

@@ -37,8 +37,36 @@ def server_context(node: NodeSection) -> ssl.SSLContext | None:
             ctx.load_verify_locations(cafile=str(node.tls_ca_file))
         except (OSError, ssl.SSLError) as e:
             raise _problem("[node] tls_ca_file cannot be loaded:", node.tls_ca_file, e) from e
-        ctx.verify_mode = ssl.CERT_REQUIRED
+        required = node.tls_require_client_cert or bool(node.tls_client_subjects)
+        ctx.verify_mode = ssl.CERT_REQUIRED if required else ssl.CERT_OPTIONAL
     return ctx
+
+
+def peer_subject(sock: object) -> str | None:
+    """The common name of a TLS peer's verified certificate; None for plain TCP or none."""
+    getpeercert = getattr(sock, "getpeercert", None)
+    if getpeercert is None:
+        return None
+    cert = getpeercert() or {}
+    for rdn in cert.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return str(value)
+    return None
+
+
+def subject_problem(node: NodeSection, sock: object, calling_ae: str) -> str | None:
+    """Why a TLS association's certificate may not use ``calling_ae`` (``tls_client_subjects``),
+    or None when it may (or no mapping is configured, or the connection is plain)."""
+    if not node.tls_client_subjects or getattr(sock, "getpeercert", None) is None:
+        return None
+    subject = peer_subject(sock)
+    allowed = dict(node.tls_client_subjects).get(subject or "")
+    if allowed is None:
+        return f"client certificate {subject!r} is not in tls_client_subjects"
+    if calling_ae not in {a.strip() for a in allowed}:
+        return f"client certificate {subject!r} may not call as {calling_ae!r}"
+    return None
 
 
 def client_context(dest: Destination) -> ssl.SSLContext | None:

@@ -53,10 +53,15 @@ def test_unknown_section(tmp_path):
     assert any("unknown key 'nodes'" in p and "'node'" in p for p in found)
 
 
-@pytest.mark.parametrize("port", [0, 70000, -1])
+@pytest.mark.parametrize("port", [70000, -1])
 def test_bad_port(tmp_path, port):
     found = problems(tmp_path, f"[node]\nport = {port}\n")
     assert any("port" in p and "1-65535" in p for p in found)
+
+
+def test_port_0_needs_the_tls_listener(tmp_path):
+    found = problems(tmp_path, "[node]\nport = 0\n")
+    assert any("switches the plain listener off" in p and "tls_port" in p for p in found)
 
 
 @pytest.mark.parametrize("title,words", [
@@ -80,7 +85,7 @@ def test_duplicate_destination_and_every_problem_at_once(tmp_path):
     found = problems(tmp_path, """
 [node]
 ae_titel = "X"
-port = 0
+port = 70000
 [[destinations]]
 ae_title = "PACS"
 host = "10.0.0.5"

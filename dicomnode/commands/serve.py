@@ -24,6 +24,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bundle", type=Path, help="model bundle folder (overrides [pipeline] bundle)")
     parser.add_argument("--destination", action="append", metavar="AE@HOST:PORT",
                         help="send results here (repeatable; replaces the file's destinations)")
+    tls = parser.add_argument_group("DICOM TLS (overrides [node] tls_*)")
+    tls.add_argument("--tls-port", type=int, help="TLS listener port, 0 = none")
+    tls.add_argument("--tls-cert", type=Path, help="our certificate (PEM)")
+    tls.add_argument("--tls-key", type=Path, help="its private key (PEM)")
+    tls.add_argument("--tls-ca", type=Path, help="CA certificates that client certificates are checked against")
+    tls.add_argument("--tls-require-client-cert", action="store_true", default=None,
+                     help="refuse TLS peers without a certificate signed by --tls-ca")
     parser.add_argument("--http-port", type=int, help="admin API / metrics port, 0 = off (overrides [http] port)")
     parser.add_argument("--http-bind", help="admin API address (overrides [http] bind_address; not loopback "
                                             "needs a token in $DICOMNODE_HTTP_TOKEN)")
@@ -40,7 +47,9 @@ def run(args: argparse.Namespace) -> int:
             dests = [parse_destination(d) for d in args.destination]
         cfg = with_overrides(cfg, ae_title=args.ae_title, port=args.port, data_dir=args.data_dir,
                              quiet_seconds=args.quiet_seconds, bind_address=args.bind, bundle=args.bundle,
-                             destinations=dests, http_port=args.http_port, http_bind=args.http_bind)
+                             destinations=dests, http_port=args.http_port, http_bind=args.http_bind,
+                             tls={"tls_port": args.tls_port, "tls_cert_file": args.tls_cert, "tls_key_file": args.tls_key,
+                                  "tls_ca_file": args.tls_ca, "tls_require_client_cert": args.tls_require_client_cert})
     except (ConfigError, ValueError) as e:
         print(f"dicomnode serve: {e}")
         return 2
@@ -65,9 +74,13 @@ def run(args: argparse.Namespace) -> int:
     except (NodeError, OSError) as e:
         print(f"dicomnode serve: cannot start: {e}")
         return 1
-    tls = ("" if cfg.node.tls_cert_file is None else
-           ", DICOM TLS" + (" with client certificates" if cfg.node.tls_ca_file is not None else ""))
-    print(f"listening on {cfg.node.bind_address}:{node.port} as AE {cfg.node.ae_title}{tls}", flush=True)
+    where = f"{cfg.node.bind_address}:{node.port}" if cfg.node.port else "no plain port"
+    tls = ""
+    if node.tls_port:
+        checks = ("client certificates required" if cfg.node.tls_require_client_cert or cfg.node.tls_client_subjects
+                  else "client certificates checked" if cfg.node.tls_ca_file else "no client certificates")
+        tls = f", DICOM TLS on {cfg.node.bind_address}:{node.tls_port} ({checks})"
+    print(f"listening on {where} as AE {cfg.node.ae_title}{tls}", flush=True)
     if node.http is not None:
         print(f"admin API and metrics on {node.http.url} (dashboard {node.http.url}/dashboard, health "
               f"{node.http.url}/readyz, metrics {node.http.url}/metrics, API docs {node.http.url}/docs)", flush=True)
