@@ -60,6 +60,41 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+class AllowedPeer(_Frozen):
+    """``[[node.allowed_peers]]``: a sender, by its AE title and the networks it calls from."""
+
+    ae_title: str
+    #: Addresses or networks (CIDR), IPv4 or IPv6, e.g. ["10.1.2.0/24", "10.1.9.17"].
+    addresses: tuple[str, ...]
+
+    _ae = field_validator("ae_title")(_check_ae)
+
+    @field_validator("addresses")
+    @classmethod
+    def _networks(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        import ipaddress
+
+        if not v:
+            raise ValueError("addresses must list at least one address or network")
+        for text in v:
+            try:
+                ipaddress.ip_network(text, strict=False)
+            except ValueError:
+                raise ValueError(f"{text!r} is not an IP address or network (CIDR)") from None
+        return v
+
+    def admits(self, calling_ae: str, address: str) -> bool:
+        import ipaddress
+
+        if calling_ae != self.ae_title:
+            return False
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in ipaddress.ip_network(n, strict=False) for n in self.addresses)
+
+
 class NodeSection(_Frozen):
     """``[node]``: who we are on the network and where we keep data."""
 
@@ -90,6 +125,15 @@ class NodeSection(_Frozen):
     #: Associations at once from one peer address (0: no limit): idle strangers on one
     #: host cannot take every slot.
     max_associations_per_address: int = Field(8, ge=0, le=1024)
+    #: Associations at once with one calling AE title (0: no limit).
+    max_associations_per_ae: int = Field(0, ge=0, le=1024)
+    #: Senders by AE title and network; set: only they may associate (an AE title alone
+    #: is a claim anyone can make).
+    allowed_peers: tuple[AllowedPeer, ...] = ()
+    #: Of ``max_associations``, this many are kept for the senders ``reserved_for`` names
+    #: (calling AE titles, e.g. the scanners): idle strangers cannot take them.
+    reserved_associations: int = Field(0, ge=0, le=1024)
+    reserved_for: tuple[str, ...] = ()
     #: TCP connections that have not (yet) associated, at once; more are closed at once.
     max_pending_connections: int = Field(64, ge=1, le=4096)
     #: A peer must complete its A-ASSOCIATE-RQ within this deadline (seconds).
@@ -140,7 +184,24 @@ class NodeSection(_Frozen):
             raise ValueError("port 0 switches the plain listener off: set tls_port, or the node listens nowhere")
         if self.port and self.port == self.tls_port:
             raise ValueError(f"port and tls_port are both {self.port}; use two ports")
+        if self.reserved_associations >= self.max_associations:
+            raise ValueError(f"reserved_associations ({self.reserved_associations}) must be smaller than "
+                             f"max_associations ({self.max_associations})")
+        if self.reserved_associations and not self.reserved_for:
+            raise ValueError("reserved_associations needs reserved_for: the AE titles the slots are kept for")
+        for title in self.reserved_for:
+            _check_ae(title)
         return self
+
+    def reserved_sender(self, calling_ae: str) -> bool:
+        """Whether this sender may use the reserved slots."""
+        return calling_ae in {a.strip() for a in self.reserved_for}
+
+    def peer_refusal(self, calling_ae: str, address: str) -> str | None:
+        """Why ``allowed_peers`` refuses this sender, or None."""
+        if not self.allowed_peers or any(p.admits(calling_ae, address) for p in self.allowed_peers):
+            return None
+        return f"calling AE {calling_ae!r} from {address} is not in allowed_peers"
 
     @field_validator("allowed_calling_ae_titles")
     @classmethod

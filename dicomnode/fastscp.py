@@ -234,12 +234,13 @@ class _Association:
             return self._reject(0x01, 0x01, 0x07, f"called AE {peer_text(called, 16)} is not ours")
         if allowed and self.calling_ae not in allowed:
             return self._reject(0x01, 0x01, 0x03, f"calling AE {peer_text(self.calling_ae, 16)} is not allowed")
-        mismatch = subject_problem(self.node, self.sock, self.calling_ae)
+        mismatch = subject_problem(self.node, self.sock, self.calling_ae) or self.node.peer_refusal(
+            self.calling_ae, self.address)
         if mismatch:
             return self._reject(0x01, 0x01, 0x03, peer_text(mismatch, 120))
         if rq.protocol_version != 0x0001:
             return self._reject(0x01, 0x02, 0x02, f"protocol version {rq.protocol_version}")
-        refused = self.server.acquire_slot(self.address)
+        refused = self.server.acquire_slot(self.address, self.calling_ae)
         if refused:  # transient, service provider (presentation), local limit exceeded
             return self._reject(0x02, 0x03, 0x02, refused)
         self.holds_slot = True
@@ -416,7 +417,7 @@ class _Handler(socketserver.BaseRequestHandler):
             if not getattr(assoc, "counted_associated", False):
                 server.leave_pending()
             if getattr(assoc, "holds_slot", False):
-                server.release_slot(assoc.address)
+                server.release_slot(assoc.address, assoc.calling_ae)
             server.track(sock, False)
             if sock is not self.request:  # the TLS socket: socketserver only closes the raw one
                 try:
@@ -446,6 +447,7 @@ class FastServer(socketserver.ThreadingTCPServer):
         self._lock = threading.Lock()
         self._active = 0
         self._per_address: dict[str, int] = {}
+        self._per_ae: dict[str, int] = {}
         self._pending = 0
         #: Refused and aborted associations: one line each, at most 20 a minute.
         self.refusals = RateLimitedLog(log, burst=20, window_s=60.0)
@@ -473,26 +475,38 @@ class FastServer(socketserver.ThreadingTCPServer):
         assoc.counted_associated = True  # type: ignore[attr-defined]
         self.leave_pending()
 
-    def acquire_slot(self, address: str) -> str:
-        """Take an association slot for ``address``; '' when granted, else why not."""
+    def acquire_slot(self, address: str, calling_ae: str = "") -> str:
+        """Take an association slot for ``address`` and ``calling_ae``; '' when granted,
+        else why not. Senders the configuration names may use the reserved slots too."""
+        node = self.node
         with self._lock:
-            if self._active >= self.node.max_associations:
-                return f"too many associations ({self.node.max_associations})"
-            per = self.node.max_associations_per_address
+            limit = node.max_associations
+            if node.reserved_associations and not node.reserved_sender(calling_ae):
+                limit -= node.reserved_associations
+            if self._active >= limit:
+                return (f"too many associations ({self._active} open; {node.reserved_associations} of "
+                        f"{node.max_associations} kept for reserved_for)"
+                        if limit < node.max_associations else f"too many associations ({node.max_associations})")
+            per = node.max_associations_per_address
             if per and self._per_address.get(address, 0) >= per:
                 return f"too many associations from {address} ({per})"
+            per_ae = node.max_associations_per_ae
+            if per_ae and self._per_ae.get(calling_ae, 0) >= per_ae:
+                return f"too many associations as {peer_text(calling_ae, 16)} ({per_ae})"
             self._active += 1
             self._per_address[address] = self._per_address.get(address, 0) + 1
+            self._per_ae[calling_ae] = self._per_ae.get(calling_ae, 0) + 1
             return ""
 
-    def release_slot(self, address: str) -> None:
+    def release_slot(self, address: str, calling_ae: str = "") -> None:
         with self._lock:
             self._active -= 1
-            left = self._per_address.get(address, 1) - 1
-            if left > 0:
-                self._per_address[address] = left
-            else:
-                self._per_address.pop(address, None)
+            for counts, key in ((self._per_address, address), (self._per_ae, calling_ae)):
+                left = counts.get(key, 1) - 1
+                if left > 0:
+                    counts[key] = left
+                else:
+                    counts.pop(key, None)
 
     def track(self, sock: socket.socket, opened: bool) -> None:
         with self._lock:

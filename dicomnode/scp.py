@@ -273,6 +273,9 @@ class StorageSCP:
         released normally (None: the quiet period alone completes series)."""
         if engine not in ("fast", "pynetdicom"):
             raise ValueError(f"unknown listener engine {engine!r}")
+        if engine == "pynetdicom" and (node.allowed_peers or node.tls_client_subjects or node.reserved_associations):
+            # Never a silently ignored allow list: these rules live in the fast engine only.
+            raise ValueError("allowed_peers, tls_client_subjects and reserved_associations need the fast engine")
         self.node = node
         self.store = store
         self.on_stored = on_stored

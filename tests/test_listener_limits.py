@@ -296,3 +296,67 @@ def test_rate_limited_log_holds_back_and_says_so(caplog):
     messages = [r.getMessage() for r in caplog.records if r.name == "test.ratelimit"]
     assert messages == ["refused 0", "refused 1", "refused 2", "7 similar message(s) held back in the last 0 s",
                         "refused again"]
+
+
+def _try_associate(port: int, calling: str) -> tuple[int, bytes, socket.socket]:
+    """(PDU type of the answer, its body, the open socket): 0x02 accepted, 0x03 rejected."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(_associate_rq(((1, Verification),), calling=calling))
+    kind, body = _read_pdu(sock)
+    return kind, body, sock
+
+
+@pytest.mark.parametrize("listener", [{"allowed_peers": [{"ae_title": "SCANNER", "addresses": ["127.0.0.0/8"]},
+                                                         {"ae_title": "FAR", "addresses": ["10.0.0.0/8"]}]}],
+                         indirect=True)
+def test_allowed_peers_check_the_ae_title_and_the_address(listener, caplog):
+    scp, _ = listener
+    results = {}
+    for calling in ("SCANNER", "FAR", "OTHER"):
+        kind, body, sock = _try_associate(scp.port, calling)
+        sock.close()
+        results[calling] = (kind, body[2:4] if kind == 0x03 else b"")
+    assert results["SCANNER"][0] == 0x02
+    # FAR is a known AE title but calls from the wrong network: refused like a stranger
+    # (permanent, service user, calling AE title not recognised).
+    assert results["FAR"] == (0x03, b"\x01\x03") and results["OTHER"] == (0x03, b"\x01\x03")
+    assert any("'FAR' from 127.0.0.1 is not in allowed_peers" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("listener", [{"max_associations": 3, "reserved_associations": 1,
+                                       "reserved_for": ["SCANNER"], "max_associations_per_address": 0}],
+                         indirect=True)
+def test_idle_strangers_cannot_take_the_reserved_slot(listener):
+    scp, _ = listener
+    held = []
+    try:
+        for _ in range(2):
+            kind, _, sock = _try_associate(scp.port, "IDLER")
+            held.append(sock)
+            assert kind == 0x02
+        kind, body, sock = _try_associate(scp.port, "IDLER")
+        held.append(sock)
+        assert kind == 0x03 and body[1] == 0x02  # the third stranger: transient refusal
+        kind, _, sock = _try_associate(scp.port, "SCANNER")
+        held.append(sock)
+        assert kind == 0x02  # the scanner gets the slot kept for it
+    finally:
+        for s in held:
+            s.close()
+
+
+@pytest.mark.parametrize("listener", [{"max_associations_per_ae": 1}], indirect=True)
+def test_one_calling_ae_title_has_its_own_limit(listener):
+    scp, _ = listener
+    held = []
+    try:
+        first, _, sock = _try_associate(scp.port, "SCANNER")
+        held.append(sock)
+        second, _, sock = _try_associate(scp.port, "SCANNER")
+        held.append(sock)
+        other, _, sock = _try_associate(scp.port, "CT2")
+        held.append(sock)
+        assert (first, second, other) == (0x02, 0x03, 0x02)
+    finally:
+        for s in held:
+            s.close()
