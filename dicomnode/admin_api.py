@@ -50,6 +50,7 @@ def token_for(http: Any) -> str | None:
 
 def build_app(node: Any, token: str | None) -> FastAPI:
     """The API over a started ``dicomnode.node.Node``."""
+    audit = getattr(node, "audit_record", None)  # admin actions go to the audit trail
     app = FastAPI(title="COVID-CT-Node admin API", version=_version(),
                   description="Health, queue and delivery state, retry/cancel, Prometheus metrics. "
                               "UIDs and states only: no patient data.")
@@ -115,11 +116,11 @@ def build_app(node: Any, token: str | None) -> FastAPI:
 
     @app.post("/api/jobs/{job_id}/retry", summary="Queue a failed or skipped job again", dependencies=guarded)
     def retry_job(job_id: int) -> dict:
-        return _action(lambda: node.queue.requeue(job_id, "retried by an admin"), job_id, "queued")
+        return _action(lambda: node.queue.requeue(job_id, "retried by an admin"), job_id, "queued", audit)
 
     @app.post("/api/jobs/{job_id}/cancel", summary="Cancel a queued job", dependencies=guarded)
     def cancel_job(job_id: int) -> dict:
-        return _action(lambda: node.queue.cancel(job_id, "cancelled by an admin"), job_id, "skipped")
+        return _action(lambda: node.queue.cancel(job_id, "cancelled by an admin"), job_id, "skipped", audit)
 
     @app.post("/api/jobs/{job_id}/deliveries/retry", summary="Send a job's failed deliveries again",
               dependencies=guarded)
@@ -128,7 +129,7 @@ def build_app(node: Any, token: str | None) -> FastAPI:
             if node.delivery.retry_failed(job_id) == 0:
                 raise QueueError(f"job {job_id} has no failed delivery")
             node.delivery.kick()
-        return _action(run, job_id, "delivering")
+        return _action(run, job_id, "delivering", audit)
 
     return app
 
@@ -189,12 +190,16 @@ def _page(node: Any, select: str, state_column: str, state: str | None, order: s
     return {"total": total, "limit": limit, "offset": offset, "items": [dict(r) for r in rows]}
 
 
-def _action(run: Any, job_id: int, new_state: str) -> dict:
+def _action(run: Any, job_id: int, new_state: str, audit: Any = None) -> dict:
     try:
         run()
     except QueueError as e:
+        if audit is not None:
+            audit("admin", "refused", action=f"job -> {new_state}", job_id=job_id, reason=str(e))
         raise HTTPException(status_code=409, detail=str(e)) from None
     log.info("admin: job %d -> %s", job_id, new_state)
+    if audit is not None:
+        audit("admin", "success", action=f"job -> {new_state}", job_id=job_id)
     return {"job_id": job_id, "state": new_state}
 
 

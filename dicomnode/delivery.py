@@ -83,8 +83,10 @@ class Delivery:
     """Records, sends and retries result deliveries."""
 
     def __init__(self, db: Database, destinations: Sequence[Destination], settings: DeliverySection,
-                 results_root: Path, calling_ae: str) -> None:
+                 results_root: Path, calling_ae: str, audit: Callable[..., None] | None = None) -> None:
+        """``audit``: told of each run's outcome per destination (dicomnode.audit)."""
         self.db = db
+        self.audit = audit
         self.destinations = {destination_key(d): d for d in destinations}
         self.settings = settings
         self.results_root = results_root
@@ -131,11 +133,18 @@ class Delivery:
                 by_dest[row["destination"]].append(row)
             sent = 0
             for key, items in by_dest.items():
+                done = 0
                 try:
-                    sent += self._send_to(key, items)
+                    done = self._send_to(key, items)
                 except Exception as e:  # a bug must not stop the timer
                     log.exception("delivery to %s failed unexpectedly", key)
                     self._retry(items, f"internal error: {type(e).__name__}: {e}")
+                sent += done
+                if self.audit is not None:
+                    self.audit("delivery", "success" if done == len(items) else "failure" if done == 0 else "partial",
+                               destination=key, objects=len(items), sent=done,
+                               job_ids=sorted({int(r["job_id"]) for r in items}),
+                               sop_uids=[str(r["sop_uid"]) for r in items])
             self._settle_jobs()
             return sent
         finally:

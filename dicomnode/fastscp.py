@@ -187,6 +187,8 @@ class _Association:
             if not self._associate():
                 return
             self.server.associated(self)
+            self.server.audit("association", "accepted", calling_ae=self.calling_ae, address=self.address,
+                              tls=self.server.ssl_context is not None)
             self._serve()
         except _Abort as e:
             self.server.refusals.warning("association with %s aborted: %s", self._who(), peer_text(str(e), 200))
@@ -209,6 +211,8 @@ class _Association:
 
     def _reject(self, result: int, source: int, reason: int, why: str) -> bool:
         self.server.refusals.warning("association from %s refused: %s", self.address, why)
+        self.server.audit("association", "refused", calling_ae=self.calling_ae, address=self.address,
+                          tls=self.server.ssl_context is not None, reason=why)
         prim = A_ASSOCIATE()
         prim.result, prim.result_source, prim.diagnostic = result, source, reason
         rj = A_ASSOCIATE_RJ()
@@ -401,8 +405,9 @@ class _Handler(socketserver.BaseRequestHandler):
                 sock = server.ssl_context.wrap_socket(sock, server_side=True)
             except (OSError, ValueError) as e:
                 server.leave_pending()
-                server.refusals.warning("TLS handshake with %s failed: %s", peer,
-                                        peer_text(str(getattr(e, "reason", None) or e), 120))
+                why = peer_text(str(getattr(e, "reason", None) or e), 120)
+                server.refusals.warning("TLS handshake with %s failed: %s", peer, why)
+                server.audit("association", "refused", address=peer, tls=True, reason=f"TLS handshake failed: {why}")
                 return
         assoc = _Association(sock, server)
         server.track(sock, True)
@@ -435,9 +440,11 @@ class FastServer(socketserver.ThreadingTCPServer):
 
     def __init__(self, node: NodeSection, store_fn: StoreFn, storage_contexts: list[PresentationContext],
                  end_fn: EndFn | None = None, ssl_context: "ssl.SSLContext | None" = None,
-                 port: int | None = None) -> None:
-        """``port``: where to listen (default ``node.port``; the TLS listener passes ``tls_port``)."""
+                 port: int | None = None, audit: "Callable[..., None] | None" = None) -> None:
+        """``port``: where to listen (default ``node.port``; the TLS listener passes ``tls_port``);
+        ``audit``: told of every association accepted or refused (dicomnode.audit)."""
         self.node = node
+        self.audit = audit or (lambda *args, **kwargs: None)
         self.store_fn = store_fn
         self.end_fn = end_fn
         #: DICOM TLS (dicomnode.tls): every connection is wrapped before it associates.

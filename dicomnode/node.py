@@ -27,6 +27,7 @@ from pathlib import Path
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from .admin_api import HttpServer, build_app, token_for
+from .audit import AuditLog
 from .config import NodeConfig
 from .db import Database
 from .delivery import Delivery
@@ -70,6 +71,13 @@ class Node:
         self.scp: StorageSCP | None = None
         self.scheduler: BackgroundScheduler | None = None
         self.workers: list[Worker] = []
+        #: The audit trail (dicomnode.audit), opened at start.
+        self.audit: AuditLog | None = None
+
+    def audit_record(self, event: str, outcome: str = "success", **fields) -> None:
+        """An audit event (no-op before start): the admin API's actions come here."""
+        if self.audit is not None:
+            self.audit.record(event, outcome, **fields)
 
     # -- start ----------------------------------------------------------------------
     def _lock(self) -> None:
@@ -99,13 +107,14 @@ class Node:
             self.store = InstanceStore(self.paths["storage"], cfg.node.min_free_mb)
             self.paths["results"].mkdir(parents=True, exist_ok=True)
             self.queue = JobQueue(self.db, cfg.node.job_lease_seconds, cfg.node.max_job_attempts)
+            self.audit = AuditLog(cfg.node.data_dir / "audit")
             self.delivery = Delivery(self.db, cfg.destinations, cfg.delivery, self.paths["results"],
-                                     cfg.node.ae_title)
+                                     cfg.node.ae_title, audit=self.audit.record)
             self.assembler = SeriesAssembler(self.db, self.queue, cfg.selection, cfg.node.quiet_seconds,
                                              on_enqueued=self._job_enqueued, read_header=self._read_header)
             self.workers = [Worker(cfg, self.queue, self.assembler, self.delivery, self.store.root,
                                    self.paths["results"], name=f"worker-{i + 1}", metrics=self.metrics,
-                                   ready=self.warmed)
+                                   ready=self.warmed, audit=self.audit.record)
                             for i in range(cfg.node.workers)]
             token = token_for(cfg.http) if cfg.http.port else None
             self._recover()
@@ -114,7 +123,8 @@ class Node:
             for w in self.workers:
                 w.start()
             self.scp = StorageSCP(cfg.node, self.store, self.assembler.record_instance, observe=self.metrics.stored,
-                                  on_released=self.assembler.complete_released if cfg.node.complete_on_release else None)
+                                  on_released=self.assembler.complete_released if cfg.node.complete_on_release else None,
+                                  audit=self.audit.record)
             self.scp.start()
             if cfg.http.port:
                 self.http = HttpServer(build_app(self, token), cfg.http.bind_address, cfg.http.port).start()
@@ -215,6 +225,9 @@ class Node:
         if self.db is not None:
             self.db.close()
             self.db = None
+        if self.audit is not None:
+            self.audit.close()
+            self.audit = None
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None

@@ -232,22 +232,28 @@ class SeriesSenders:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._by_assoc: dict[int, set[str]] = {}
+        self._by_assoc: dict[int, dict[str, int]] = {}  # association -> series -> instances
         self._open: dict[str, int] = {}
 
     def sent(self, assoc: object, series_uid: str) -> None:
         with self._lock:
-            mine = self._by_assoc.setdefault(id(assoc), set())
+            mine = self._by_assoc.setdefault(id(assoc), {})
             if series_uid not in mine:
-                mine.add(series_uid)
+                mine[series_uid] = 0
                 self._open[series_uid] = self._open.get(series_uid, 0) + 1
+            mine[series_uid] += 1
+
+    def counts(self, assoc: object) -> dict[str, int]:
+        """Instances this association stored, per series (so far)."""
+        with self._lock:
+            return dict(self._by_assoc.get(id(assoc), {}))
 
     def ended(self, assoc: object, released: bool) -> list[str]:
         """The series whose last open sender this was; [] unless it released normally (an
         aborted sender may not have sent everything: the quiet period decides)."""
         done = []
         with self._lock:
-            for series_uid in self._by_assoc.pop(id(assoc), set()):
+            for series_uid in self._by_assoc.pop(id(assoc), {}):
                 left = self._open.get(series_uid, 1) - 1
                 if left > 0:
                     self._open[series_uid] = left
@@ -268,9 +274,11 @@ class StorageSCP:
 
     def __init__(self, node: NodeSection, store: InstanceStore, on_stored: OnStored,
                  engine: str = "fast", observe: Callable[[str, int, int], None] | None = None,
-                 on_released: Callable[[str], None] | None = None) -> None:
+                 on_released: Callable[[str], None] | None = None,
+                 audit: Callable[..., None] | None = None) -> None:
         """``on_released``: called with a series UID when the last association that sent it
-        released normally (None: the quiet period alone completes series)."""
+        released normally (None: the quiet period alone completes series); ``audit``:
+        told of associations and of the instances each stored (dicomnode.audit)."""
         if engine not in ("fast", "pynetdicom"):
             raise ValueError(f"unknown listener engine {engine!r}")
         if engine == "pynetdicom" and (node.allowed_peers or node.tls_client_subjects or node.reserved_associations):
@@ -280,6 +288,7 @@ class StorageSCP:
         self.store = store
         self.on_stored = on_stored
         self.on_released = on_released
+        self.audit = audit
         self.senders = SeriesSenders()
         self.engine = engine
         #: Told (calling AE, dataset bytes, DICOM status) of every C-STORE (metrics).
@@ -300,7 +309,7 @@ class StorageSCP:
 
     def _recorder(self, assoc: object) -> OnStored:
         """``on_stored`` that also notes which association sent which series."""
-        if self.on_released is None:
+        if self.on_released is None and self.audit is None:
             return self.on_stored
 
         def record(info: InstanceInfo, rel_path: str) -> None:
@@ -309,9 +318,15 @@ class StorageSCP:
         return record
 
     def _ended(self, assoc: object, released: bool) -> None:
+        if self.audit is not None:
+            calling = str(getattr(assoc, "calling_ae", "") or getattr(getattr(assoc, "requestor", None), "ae_title", ""))
+            for series_uid, count in self.senders.counts(assoc).items():
+                self.audit("instances_received", "success" if released else "aborted", calling_ae=calling,
+                           series_uid=series_uid, instances=count)
+        done = self.senders.ended(assoc, released)
         if self.on_released is None:
             return
-        for series_uid in self.senders.ended(assoc, released):
+        for series_uid in done:
             try:
                 self.on_released(series_uid)
             except Exception:  # the quiet period still completes it
@@ -351,7 +366,7 @@ class StorageSCP:
     def _make_server(self, port: int, tls: "ssl.SSLContext | None") -> Any:
         if self.engine == "fast":
             return fastscp.FastServer(self.node, self._store_fast, self.ae.supported_contexts, self._ended,
-                                      ssl_context=tls, port=port)
+                                      ssl_context=tls, port=port, audit=self.audit)
         handlers = [
             (evt.EVT_C_STORE, self._store_event),
             (evt.EVT_C_ECHO, handle_echo),

@@ -91,8 +91,9 @@ class Worker:
 
     def __init__(self, cfg: NodeConfig, queue: JobQueue, assembler: SeriesAssembler, delivery: Delivery,
                  storage_root: Path, results_root: Path, name: str = "worker-1", metrics=None,
-                 ready: threading.Event | None = None) -> None:
+                 ready: threading.Event | None = None, audit=None) -> None:
         self.cfg = cfg
+        self.audit = audit  # dicomnode.audit.AuditLog.record, or None
         self.queue = queue
         self.assembler = assembler
         self.delivery = delivery
@@ -174,6 +175,9 @@ class Worker:
             return self.queue.get(job.id).state
         if state == JobState.SKIPPED and reason:
             self.assembler.mark_skipped(job.series_uid, reason)
+        if self.audit is not None:
+            self.audit("job", "success" if state == JobState.DONE else str(state.value), job_id=job.id,
+                       series_uid=job.series_uid, study_uid=job.study_uid, attempt=job.attempts, reason=reason or "")
         return state
 
     def _run(self, job: Job) -> JobState:

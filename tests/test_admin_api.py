@@ -212,3 +212,43 @@ def test_urgent_series_are_marked_and_counted(tmp_path, tiny_bundle):
         assert any("urgent (sent by ER_CT)" in line for line in node.log)
     finally:
         node.stop()
+
+
+def test_the_audit_trail_records_who_sent_what_and_what_admins_did(node, tmp_path: Path):
+    """Issue 9: associations (accepted, refused), instances per series, jobs, admin actions
+    as JSON lines with UIDs only; `status --audit` shows them."""
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+
+    series = write_series(tmp_path / "in", n_slices=20, size=64)  # noise: its job is skipped
+    assert storescu(node.port, series.paths).returncode == 0
+    assert storescu(node.port, series.paths[:1], called_ae="SOMEONE").returncode != 0
+
+    def skipped_job():
+        items = json.loads(_get(node.url + "/api/jobs?state=skipped")[1])["items"]
+        return items[0] if items else None
+
+    job = wait_for(skipped_job, 120, interval=0.3, what="the job to be skipped")
+    assert _post(f"{node.url}/api/jobs/{job['id']}/retry")[0] == 200
+    audit_file = node.data_dir / "audit" / "audit.jsonl"
+
+    def events():
+        lines = [json.loads(line) for line in audit_file.read_text().splitlines()] if audit_file.is_file() else []
+        return lines if any(e["event"] == "admin" for e in lines) else None
+
+    lines = wait_for(events, 30, what="the admin action in the audit trail")
+    kinds = {(e["event"], e["outcome"]) for e in lines}
+    assert {("association", "accepted"), ("association", "refused"), ("instances_received", "success"),
+            ("job", "skipped"), ("admin", "success")} <= kinds, kinds
+    received = [e for e in lines if e["event"] == "instances_received"][0]
+    assert received["series_uid"] == series.series_uid and received["instances"] == 20
+    assert received["calling_ae"] == "SCANNER" and received["event_id"].startswith("DCM 110104")
+    refused = [e for e in lines if e["outcome"] == "refused"][0]
+    assert "SOMEONE" in refused["reason"] and refused["address"] == "127.0.0.1"
+    text = audit_file.read_text()
+    assert "PHANTOM" not in text and "PatientName" not in text  # UIDs only
+    out = subprocess.run([sys.executable, "-m", "dicomnode.cli", "status", "--data-dir", str(node.data_dir),
+                          "--audit", "50"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "audit trail" in out.stdout and "instances_received" in out.stdout

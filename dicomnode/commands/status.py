@@ -24,6 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     where.add_argument("--data-dir", type=Path, help="data folder of the node")
     parser.add_argument("--limit", type=int, default=20, help="rows per table (default 20)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument("--audit", type=int, default=0, metavar="N",
+                        help="also show the last N events of the audit trail (dicomnode.audit)")
 
 
 def _when(t: float | None) -> str:
@@ -105,6 +107,11 @@ def render(data: dict[str, Any]) -> str:
                         [[d["job_id"], d["destination"], d["state"], d["objects"], d["attempts"],
                           _when(d["next_try"]), d["last_error"]] for d in data["deliveries"]]))
     parts.append(f"pending deliveries: {data['pending_deliveries']}")
+    if "audit" in data:
+        lines = [f"  {e.get('time', '?')}  {e.get('event', '?')}  {e.get('outcome', '')}  "
+                 + "  ".join(f"{k}={v}" for k, v in e.items() if k not in ("time", "event", "outcome", "event_id"))
+                 for e in data["audit"]]
+        parts.append("audit trail (oldest first):\n" + ("\n".join(lines) if lines else "  none"))
     return "\n\n".join(parts)
 
 
@@ -127,5 +134,9 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     data = collect(db_path, args.limit)
+    if getattr(args, "audit", 0) > 0:
+        from dicomnode.audit import read_tail
+
+        data["audit"] = read_tail(Path(data_dir) / "audit", args.audit)
     print(json.dumps(data, indent=2) if args.json else render(data))
     return 0
