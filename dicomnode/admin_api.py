@@ -32,7 +32,7 @@ from .errors import ConfigError, QueueError
 log = logging.getLogger(__name__)
 
 JOB_STATES = Literal["queued", "running", "delivering", "done", "failed", "skipped"]
-SERIES_STATES = Literal["receiving", "complete", "skipped"]
+SERIES_STATES = Literal["receiving", "complete", "skipped", "purged"]
 DELIVERY_STATES = Literal["pending", "sent", "failed"]
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 DASHBOARD = Path(__file__).with_name("dashboard.html")

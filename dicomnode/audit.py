@@ -11,7 +11,8 @@ in the logs.
 
 Events: ``association`` (accepted or refused, and why), ``instances_received`` (a series
 complete: how many instances, from which senders), ``job`` (a job's final state),
-``delivery`` (objects sent to or failed at a destination), ``admin`` (retry, cancel).
+``delivery`` (objects sent to or failed at a destination), ``admin`` (retry, cancel),
+``purge`` (a delivered series deleted by housekeeping).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ EVENT_IDS: dict[str, tuple[str, str]] = {
     "job": ("110100", "Application Activity"),
     "delivery": ("110104", "DICOM Instances Transferred"),
     "admin": ("110100", "Application Activity"),
+    "purge": ("110103", "DICOM Instances Accessed (deleted)"),
 }
 MAX_BYTES = 10 * 1024 * 1024
 BACKUPS = 5

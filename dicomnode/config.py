@@ -114,6 +114,9 @@ class NodeSection(_Frozen):
     max_pdu: int = Field(1048576, ge=0)
     #: C-STORE is refused with 0xA700 below this much free disk space (MB).
     min_free_mb: int = Field(500, ge=0)
+    #: New associations are refused (transient) below this much free space (MB; 0: off):
+    #: a sender is turned away before a series, not in the middle of one.
+    refuse_associations_below_mb: int = Field(0, ge=0)
     #: Jobs not acknowledged within this many seconds are given back to the queue.
     job_lease_seconds: float = Field(3600.0, gt=0)
     #: A job that failed this many times (crash, kill) is marked failed.
@@ -352,12 +355,24 @@ class Destination(_Frozen):
         return self.name or f"{self.ae_title}@{self.host}:{self.port}"
 
 
+class HousekeepingSection(_Frozen):
+    """``[housekeeping]``: when delivered series and their results are deleted
+    (dicomnode.housekeeping); both rules off by default: nothing is deleted."""
+
+    #: Purge delivered series this many days after they were completed (0: never by age).
+    retention_days: float = Field(0.0, ge=0)
+    #: Purge the oldest delivered series while storage and results exceed this (0: no limit).
+    max_storage_gb: float = Field(0.0, ge=0)
+    interval_minutes: float = Field(60.0, gt=0)
+
+
 class NodeConfig(_Frozen):
     node: NodeSection = NodeSection()
     selection: SelectionSection = SelectionSection()
     pipeline: PipelineSection = PipelineSection()
     delivery: DeliverySection = DeliverySection()
     http: HttpSection = HttpSection()
+    housekeeping: HousekeepingSection = HousekeepingSection()
     destinations: tuple[Destination, ...] = ()
     #: The file this came from (None: built in code).
     source: Path | None = None
@@ -383,7 +398,7 @@ class NodeConfig(_Frozen):
 
 _SECTIONS: Mapping[str, type[_Frozen]] = {
     "node": NodeSection, "selection": SelectionSection, "pipeline": PipelineSection,
-    "delivery": DeliverySection, "http": HttpSection,
+    "delivery": DeliverySection, "http": HttpSection, "housekeeping": HousekeepingSection,
 }
 
 

@@ -244,6 +244,9 @@ class _Association:
             return self._reject(0x01, 0x01, 0x03, peer_text(mismatch, 120))
         if rq.protocol_version != 0x0001:
             return self._reject(0x01, 0x02, 0x02, f"protocol version {rq.protocol_version}")
+        low = self.server.space_problem()
+        if low:  # transient, service provider (presentation), local limit exceeded
+            return self._reject(0x02, 0x03, 0x02, low)
         refused = self.server.acquire_slot(self.address, self.calling_ae)
         if refused:  # transient, service provider (presentation), local limit exceeded
             return self._reject(0x02, 0x03, 0x02, refused)
@@ -445,6 +448,8 @@ class FastServer(socketserver.ThreadingTCPServer):
         ``audit``: told of every association accepted or refused (dicomnode.audit)."""
         self.node = node
         self.audit = audit or (lambda *args, **kwargs: None)
+        #: Why new associations are refused now (the disk watermark), '' when they are not.
+        self.space_problem: Callable[[], str] = lambda: ""
         self.store_fn = store_fn
         self.end_fn = end_fn
         #: DICOM TLS (dicomnode.tls): every connection is wrapped before it associates.

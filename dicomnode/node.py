@@ -31,6 +31,7 @@ from .audit import AuditLog
 from .config import NodeConfig
 from .db import Database
 from .delivery import Delivery
+from .housekeeping import Housekeeper
 from .errors import DataDirLockedError, StoreError
 from .queue import JobQueue
 from .scp import StorageSCP
@@ -181,6 +182,11 @@ class Node:
         tick = max(0.1, min(1.0, cfg.node.quiet_seconds / 4))
         sched.add_job(self.assembler.complete_due, "interval", seconds=tick, id="series-quiet-period")
         sched.add_job(self.queue.reap, "interval", seconds=REAP_INTERVAL_S, id="lease-reaper")
+        keeper = Housekeeper(self.db, self.store.root, self.paths["results"], cfg.housekeeping.retention_days,
+                             cfg.housekeeping.max_storage_gb, audit=self.audit.record)
+        if keeper.active:
+            sched.add_job(keeper.run, "interval", minutes=cfg.housekeeping.interval_minutes, id="housekeeping",
+                          max_instances=1, coalesce=True)
         sched.add_job(self.delivery.deliver_due, "interval", seconds=cfg.delivery.poll_seconds, id="delivery",
                       next_run_time=dt.datetime.now(dt.timezone.utc))
         self.delivery.on_kick = self._kick_delivery

@@ -363,10 +363,21 @@ class StorageSCP:
                 total["active"] += len(getattr(server, "active_associations", []) or [])
         return total
 
+    def _space_problem(self) -> str:
+        """The disk watermark ([node] refuse_associations_below_mb): '' above it."""
+        floor = int(self.node.refuse_associations_below_mb) * 1024 * 1024
+        if floor <= 0:
+            return ""
+        free = self.store.free_bytes()
+        return "" if free >= floor else (f"free disk space {free // 2**20} MB is below the "
+                                         f"{floor // 2**20} MB watermark")
+
     def _make_server(self, port: int, tls: "ssl.SSLContext | None") -> Any:
         if self.engine == "fast":
-            return fastscp.FastServer(self.node, self._store_fast, self.ae.supported_contexts, self._ended,
-                                      ssl_context=tls, port=port, audit=self.audit)
+            server = fastscp.FastServer(self.node, self._store_fast, self.ae.supported_contexts, self._ended,
+                                        ssl_context=tls, port=port, audit=self.audit)
+            server.space_problem = self._space_problem
+            return server
         handlers = [
             (evt.EVT_C_STORE, self._store_event),
             (evt.EVT_C_ECHO, handle_echo),

@@ -381,6 +381,11 @@ class InstanceStore:
                                   STATUS_CANNOT_UNDERSTAND)
         return path
 
+    def free_bytes(self) -> int:
+        """Free space of the storage folder's file system now (statvfs)."""
+        st = os.statvfs(self.root)
+        return int(st.f_bavail * st.f_frsize)
+
     def check_free_space(self, need_bytes: int = 0) -> None:
         """Raise DiskFullError unless ``need_bytes`` fit and leave the guard's reserve free.
 
