@@ -197,3 +197,29 @@ def test_a_whole_series_is_complete_when_its_sender_releases(tmp_path, node_fact
     assert rows[with_gap.series_uid]["state"] == "receiving"
     assert any("complete on release" in line for line in node.log)
     assert any("waits for the quiet period: uneven slice spacing" in line for line in node.log)
+
+
+def test_a_bundle_upgrade_loses_no_waiting_series(tmp_path, tiny_bundle):
+    """docs/admin.md, 'Upgrading the model bundle': stop the node with a series still
+    waiting, start it with another bundle: the series is analysed by the new one."""
+    import json
+
+    from conftest import make_tiny_bundle
+    from node_helpers import TEST_CONFIG, write_test_config
+
+    config = write_test_config(tmp_path / "config", TEST_CONFIG.replace("min_free_mb = 0\n",
+                                                                        "min_free_mb = 0\ncomplete_on_release = false\n"))
+    old = NodeProcess(tmp_path / "data", tiny_bundle, quiet_seconds=600.0, config=config).start()
+    series = phantom_series(tmp_path / "ct", seed=9)
+    assert storescu(old.port, series.paths).returncode == 0
+    assert old.stop() == 0  # the series is still in its quiet period: no job yet
+    new_bundle = make_tiny_bundle(tmp_path / "bundle-v2", seed=7)
+    new = NodeProcess(tmp_path / "data", new_bundle, quiet_seconds=1.0, config=config).start()
+    try:
+        (job,) = final(new, 1)
+        summary = json.loads((new.data_dir / "results" / str(job["id"]) / "summary.json").read_text())
+        from pipeline.models import load_bundle
+
+        assert summary["model"]["sha256"] == load_bundle(new_bundle, "cpu").sha256
+    finally:
+        new.stop()
