@@ -147,7 +147,7 @@ def test_a_running_node_purges_what_it_delivered(tmp_path, tiny_bundle):
     import json
 
     from conftest import wait_for
-    from node_helpers import TEST_CONFIG, NodeProcess, StoreSCP, storescu, write_series, write_test_config
+    from node_helpers import TEST_CONFIG, NodeProcess, StoreSCP, storescu, write_test_config
 
     pacs = StoreSCP(tmp_path / "pacs", "PACS").start()
     config = write_test_config(tmp_path / "config", TEST_CONFIG + "[housekeeping]\nmax_storage_gb = 0.000001\n"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from pydicom import dcmread
-from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLosslessSV1, JPEGLSLossless
+from pydicom.uid import JPEG2000Lossless, JPEGLosslessSV1, JPEGLSLossless
 
 from conftest import REPO_ROOT, require_tool, wait_for
 from node_helpers import NodeProcess, StoreSCP, dciodvfy_errors, head_volume, storescu, write_series
