@@ -218,7 +218,10 @@ def main(argv: list[str] | None = None) -> int:
     objects = build_result_objects(result, volume, sources, options)
     out_of_domain = result.decision.value == "out_of_domain"
     # Out of domain no Grad-CAM overlay is made: there is nothing the model stands behind.
-    sr_text = "Out-of-domain score" if out_of_domain else "probability"
+    # What OHIF must draw first: out of domain the score; with a lesion map the lesions'
+    # share of the lung (the report leads with it); else the class probabilities.
+    sr_text = ("Out-of-domain score" if out_of_domain else "share of lung volume" if result.lesion is not None
+               else "probability")
     if not objects["sc"] and not out_of_domain:
         raise ScreenshotError(f"{what} has no Grad-CAM overlay to show (no infectious or explained slice); "
                               "use another --seed/--label, or leave out --bundle")
@@ -249,8 +252,8 @@ def main(argv: list[str] | None = None) -> int:
         problems += report["pageErrors"] + report["httpErrors"]
         steps = report["steps"]
         if sr_text not in " ".join(steps["sr"]["annotationTexts"]):
-            problems.append("the SR's findings are not drawn on the key slice "
-                            f"(OHIF console warnings: {report.get('consoleWarnings', [])[:5]})")
+            problems.append(f"the SR's findings are not drawn on the key slice (drawn: {steps['sr']['annotationTexts']}; "
+                            f"OHIF console warnings: {report.get('consoleWarnings', [])[:5]})")
         for step in (("seg",) if out_of_domain else ("sc", "seg")):
             if (steps[step]["canvas"] or {}).get("colouredFraction", 0) <= 0.001:
                 problems.append(f"the {step.upper()} step shows no colour (overlay not displayed)")
