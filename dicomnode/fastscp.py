@@ -199,6 +199,10 @@ class _Association:
             self._try_send(_abort_pdu())
         except (ConnectionError, OSError) as e:
             log.info("association with %s ended: %s", self._who(), peer_text(str(e), 200))
+        except UnicodeError as e:  # non-ASCII text in a UID or AE title the peer sent (found by the fuzz test)
+            self.server.refusals.warning("association with %s aborted: malformed text (%s)", self._who(),
+                                         peer_text(str(e), 120))
+            self._try_send(_abort_pdu())
         except Exception:  # a bug must not kill the server thread silently
             log.exception("association with %s failed; aborting", self._who())
             self._try_send(_abort_pdu())

@@ -135,4 +135,7 @@ def test_the_node_is_whole_after_the_fuzzing(listener):
     wait_for(lambda: threading.active_count() <= baseline_threads + 2 or None, 10, what="threads to end")
     assert _rss_mb() - rss < 100
     # Bad input is a refusal or an abort with one line, never an unexpected error.
-    assert [r.getMessage() for r in listener.tracebacks] == []
+    import traceback
+
+    assert [r.getMessage() + "\n" + "".join(traceback.format_exception(*r.exc_info))
+            for r in listener.tracebacks] == []
