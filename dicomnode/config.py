@@ -56,6 +56,19 @@ def _check_ae(value: str) -> str:
     return value
 
 
+def _check_ae_titles(values: tuple[str, ...]) -> tuple[str, ...]:
+    for title in values:
+        _check_ae(title)
+    return values
+
+
+def _pairs(value: Any) -> Any:
+    """A TOML table of lists (``{ key = ["a", "b"] }``) as hashable (key, values) pairs."""
+    if isinstance(value, Mapping):
+        return tuple((k, tuple(v) if isinstance(v, (list, tuple)) else (v,)) for k, v in value.items())
+    return value
+
+
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -166,12 +179,12 @@ class NodeSection(_Frozen):
     @field_validator("tls_client_subjects", mode="before")
     @classmethod
     def _subjects(cls, v: Any) -> Any:
-        if isinstance(v, Mapping):
-            v = tuple((k, tuple(t) if isinstance(t, (list, tuple)) else (t,)) for k, t in v.items())
+        v = _pairs(v)
         for _subject, titles in v:
-            for title in titles:
-                _check_ae(title)
+            _check_ae_titles(titles)
         return v
+
+    _titles = field_validator("allowed_calling_ae_titles", "reserved_for")(_check_ae_titles)
 
     @model_validator(mode="after")
     def _tls_pair(self) -> "NodeSection":
@@ -192,8 +205,6 @@ class NodeSection(_Frozen):
                              f"max_associations ({self.max_associations})")
         if self.reserved_associations and not self.reserved_for:
             raise ValueError("reserved_associations needs reserved_for: the AE titles the slots are kept for")
-        for title in self.reserved_for:
-            _check_ae(title)
         return self
 
     def reserved_sender(self, calling_ae: str) -> bool:
@@ -206,12 +217,6 @@ class NodeSection(_Frozen):
             return None
         return f"calling AE {calling_ae!r} from {address} is not in allowed_peers"
 
-    @field_validator("allowed_calling_ae_titles")
-    @classmethod
-    def _allowed(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        for title in v:
-            _check_ae(title)
-        return v
 
 
 def _check_keyword(keyword: str) -> str:
@@ -236,19 +241,12 @@ class UrgentRules(_Frozen):
     #: a TOML table ``tags = { RequestedProcedurePriority = ["STAT"] }``, kept as pairs.
     tags: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
-    @field_validator("calling_ae_titles")
-    @classmethod
-    def _titles(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        for title in v:
-            _check_ae(title)
-        return v
+    _titles = field_validator("calling_ae_titles")(_check_ae_titles)
 
     @field_validator("tags", mode="before")
     @classmethod
     def _tags(cls, v: Any) -> Any:
-        if isinstance(v, Mapping):
-            v = tuple((k, tuple(values) if isinstance(values, (list, tuple)) else (values,))
-                      for k, values in v.items())
+        v = _pairs(v)
         for keyword, _values in v:
             _check_keyword(keyword)
         return v
@@ -519,23 +517,18 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     pipe = raw.get("pipeline")
     if isinstance(pipe, dict) and isinstance(pipe.get("bundle"), str):
         pipe["bundle"] = str((base / pipe["bundle"]).resolve())
-    tables = [node] + (list(raw["destinations"]) if isinstance(raw.get("destinations"), list) else [])
-    resolved_tables = []
-    for table in tables:
-        if isinstance(table, dict):
-            table = dict(table)
-            for key in TLS_FILE_KEYS:
-                if isinstance(table.get(key), str):
-                    table[key] = str((base / table[key]).resolve())
-        resolved_tables.append(table)
     if isinstance(node, dict):
-        raw["node"] = resolved_tables[0]
+        raw["node"] = _resolve_tls_files(node, base)
     if isinstance(raw.get("destinations"), list):
-        raw["destinations"] = resolved_tables[1:]
+        raw["destinations"] = [_resolve_tls_files(d, base) if isinstance(d, dict) else d for d in raw["destinations"]]
     return raw
 
 
 TLS_FILE_KEYS = ("tls_cert_file", "tls_key_file", "tls_ca_file")
+
+
+def _resolve_tls_files(table: Mapping[str, Any], base: Path) -> dict[str, Any]:
+    return {k: str((base / v).resolve()) if k in TLS_FILE_KEYS and isinstance(v, str) else v for k, v in table.items()}
 
 
 def config_from_dict(raw: Mapping[str, Any], base_dir: Path, source: str = "<dict>",
