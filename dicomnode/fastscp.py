@@ -451,13 +451,14 @@ class FastServer(socketserver.ThreadingTCPServer):
 
     def __init__(self, node: NodeSection, store_fn: StoreFn, storage_contexts: list[PresentationContext],
                  end_fn: EndFn | None = None, ssl_context: "ssl.SSLContext | None" = None,
-                 port: int | None = None, audit: "Callable[..., None] | None" = None) -> None:
+                 port: int | None = None, audit: "Callable[..., None] | None" = None,
+                 space_problem: "Callable[[], str] | None" = None) -> None:
         """``port``: where to listen (default ``node.port``; the TLS listener passes ``tls_port``);
-        ``audit``: told of every association accepted or refused (dicomnode.audit)."""
+        ``audit``: told of every association accepted or refused (dicomnode.audit);
+        ``space_problem``: why new associations are refused now (the disk watermark), '' if not."""
         self.node = node
         self.audit = audit or (lambda *args, **kwargs: None)
-        #: Why new associations are refused now (the disk watermark), '' when they are not.
-        self.space_problem: Callable[[], str] = lambda: ""
+        self.space_problem: Callable[[], str] = space_problem or (lambda: "")
         self.store_fn = store_fn
         self.end_fn = end_fn
         #: DICOM TLS (dicomnode.tls): every connection is wrapped before it associates.

@@ -374,10 +374,8 @@ class StorageSCP:
 
     def _make_server(self, port: int, tls: "ssl.SSLContext | None") -> Any:
         if self.engine == "fast":
-            server = fastscp.FastServer(self.node, self._store_fast, self.ae.supported_contexts, self._ended,
-                                        ssl_context=tls, port=port, audit=self.audit)
-            server.space_problem = self._space_problem
-            return server
+            return fastscp.FastServer(self.node, self._store_fast, self.ae.supported_contexts, self._ended,
+                                      ssl_context=tls, port=port, audit=self.audit, space_problem=self._space_problem)
         handlers = [
             (evt.EVT_C_STORE, self._store_event),
             (evt.EVT_C_ECHO, handle_echo),
