@@ -36,6 +36,8 @@ from .config import SelectionSection, UrgentRules
 from .db import Database, now
 from .queue import JobQueue
 from .store import InstanceInfo
+from .errors import SeriesRejected
+from .volume import along_normal, spacing_problem
 
 log = logging.getLogger(__name__)
 
@@ -121,34 +123,32 @@ def urgent_reason(rules: UrgentRules, header: Any) -> str | None:
     return None
 
 
-#: Slice spacing may vary this much (fraction of the median step) and still be "even".
-SPACING_TOLERANCE = 0.05
-
-
 def slices_are_whole(rows: Sequence[dict]) -> str | None:
-    """None when the instance rows form gap-free, evenly spaced slices of one orientation;
-    else why not, in words. Pure."""
+    """None when the instance rows form gap-free, evenly spaced slices of one orientation
+    (the volume loader's rule, dicomnode.volume.spacing_problem); else why not, in words."""
     orientations = {r.get("orientation") or "" for r in rows}
     if len(orientations) != 1 or "" in orientations:
         return "no single orientation"
     try:
-        o = [float(v) for v in next(iter(orientations)).split("\\")]
+        orientation = [float(v) for v in next(iter(orientations)).split("\\")]
         points = [[float(v) for v in (r.get("position") or "").split("\\")] for r in rows]
     except ValueError:
         return "an instance has no position"
-    if len(o) != 6 or any(len(p) != 3 for p in points):
+    if len(orientation) != 6 or any(len(p) != 3 for p in points):
         return "an instance has no position"
-    normal = (o[1] * o[5] - o[2] * o[4], o[2] * o[3] - o[0] * o[5], o[0] * o[4] - o[1] * o[3])
-    along = sorted(sum(a * b for a, b in zip(p, normal)) for p in points)
-    steps = [b - a for a, b in zip(along, along[1:])]
-    if not steps:
+    if len(points) < 2:
         return "a single slice"
-    median = sorted(steps)[len(steps) // 2]
-    if median <= 1e-3:
+    try:
+        _order, along, _normal = along_normal(orientation, points)
+    except SeriesRejected as e:
+        return e.reason
+    problem = spacing_problem(along)
+    if problem is None:
+        return None
+    if problem[0] == "duplicate_position":
         return "slices share a position"
-    if any(abs(step - median) > SPACING_TOLERANCE * median for step in steps):
-        return f"uneven slice spacing (steps {min(steps):.2f} to {max(steps):.2f} mm: a gap or extra slices)"
-    return None
+    steps = [b - a for a, b in zip(along, along[1:])]
+    return f"uneven slice spacing (steps {min(steps):.2f} to {max(steps):.2f} mm: a gap or extra slices)"
 
 
 class SeriesAssembler:

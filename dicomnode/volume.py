@@ -168,6 +168,36 @@ def _pixel_spacing(ds: Dataset) -> tuple[float, float]:
     return float(ps[0]), float(ps[1])
 
 
+def along_normal(orientation, positions: np.ndarray) -> tuple[list[int], np.ndarray, np.ndarray]:
+    """(slice order, sorted positions along the slice normal in mm, the unit normal) of
+    slices with one ImageOrientationPatient (6 values) and their ImagePositionPatient rows."""
+    row_dir, col_dir = np.asarray(orientation[:3], dtype=float), np.asarray(orientation[3:], dtype=float)
+    normal = np.cross(row_dir, col_dir)
+    norm = float(np.linalg.norm(normal))
+    if norm < 0.5:
+        raise SeriesRejected("ImageOrientationPatient has parallel row and column directions", "no_geometry")
+    normal /= norm
+    along = np.asarray(positions, dtype=float) @ normal
+    order = [int(i) for i in np.argsort(along, kind="stable")]
+    return order, along[order], normal
+
+
+def spacing_problem(sorted_along: np.ndarray) -> tuple[str, int] | None:
+    """The first break of even slice spacing, as (code, index of the gap), or None: two
+    slices at one position (``duplicate_position``) or a gap off the median spacing
+    (``non_uniform_spacing``, a missing slice). The one rule of a whole series, used by the
+    volume loader and by completion on release (dicomnode.series)."""
+    gaps = np.diff(np.asarray(sorted_along, dtype=float))
+    if gaps.size == 0:
+        return None
+    if np.any(gaps < DUPLICATE_TOLERANCE_MM):
+        return "duplicate_position", int(np.argmax(gaps < DUPLICATE_TOLERANCE_MM))
+    spacing = float(np.median(gaps))
+    tolerance = max(GAP_ABSOLUTE_TOLERANCE_MM, GAP_RELATIVE_TOLERANCE * spacing)
+    bad = np.flatnonzero(np.abs(gaps - spacing) > tolerance)
+    return ("non_uniform_spacing", int(bad[0])) if bad.size else None
+
+
 def _geometry(datasets: list[Dataset]) -> tuple[list[int], float, tuple[float, float, float], tuple[float, ...]]:
     """Slice order, slice spacing (mm), origin and direction (SimpleITK convention)."""
     have_geometry = all("ImageOrientationPatient" in ds and "ImagePositionPatient" in ds for ds in datasets)
@@ -180,27 +210,19 @@ def _geometry(datasets: list[Dataset]) -> tuple[list[int], float, tuple[float, f
         raise SeriesRejected("the slices have different orientations (ImageOrientationPatient): the "
                              "series mixes planes or stacks; send one axial series", "mixed_orientation")
     row_dir, col_dir = orientations[0, :3], orientations[0, 3:]
-    normal = np.cross(row_dir, col_dir)
-    norm = float(np.linalg.norm(normal))
-    if norm < 0.5:
-        raise SeriesRejected("ImageOrientationPatient has parallel row and column directions", "no_geometry")
-    normal /= norm
     positions = np.array([[float(v) for v in ds.ImagePositionPatient] for ds in datasets])
-    along = positions @ normal
-    order = [int(i) for i in np.argsort(along, kind="stable")]
-    sorted_along = along[order]
+    order, sorted_along, normal = along_normal(orientations[0], positions)
     gaps = np.diff(sorted_along)
-    if np.any(gaps < DUPLICATE_TOLERANCE_MM):
-        i = int(np.argmax(gaps < DUPLICATE_TOLERANCE_MM))
+    problem = spacing_problem(sorted_along)
+    if problem is not None and problem[0] == "duplicate_position":
+        i = problem[1]
         raise SeriesRejected(f"two slices share the position {sorted_along[i]:.3f} mm along the slice normal "
                              f"(instances {datasets[order[i]].get('SOPInstanceUID', '?')} and "
                              f"{datasets[order[i + 1]].get('SOPInstanceUID', '?')}); the series holds a "
                              f"duplicate or two acquisitions", "duplicate_position")
     spacing = float(np.median(gaps))
-    tolerance = max(GAP_ABSOLUTE_TOLERANCE_MM, GAP_RELATIVE_TOLERANCE * spacing)
-    bad = np.flatnonzero(np.abs(gaps - spacing) > tolerance)
-    if bad.size:
-        i = int(bad[0])
+    if problem is not None:
+        i = problem[1]
         raise SeriesRejected(f"non-uniform slice spacing: a gap of {gaps[i]:.3f} mm after {sorted_along[i]:.3f} mm "
                              f"where the series spacing is {spacing:.3f} mm (a missing slice?); send the "
                              f"complete series", "non_uniform_spacing")
