@@ -21,7 +21,6 @@ import datetime as dt
 import json
 import logging
 import logging.handlers
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +49,6 @@ class AuditLog:
         self._handler = logging.handlers.RotatingFileHandler(self.path, maxBytes=max_bytes, backupCount=backups,
                                                              encoding="utf-8")
         self._handler.setFormatter(logging.Formatter("%(message)s"))
-        self._lock = threading.Lock()
 
     def record(self, event: str, outcome: str = "success", **fields: Any) -> None:
         code, meaning = EVENT_IDS.get(event, ("110100", "Application Activity"))
@@ -59,14 +57,13 @@ class AuditLog:
         line.update({k: (peer_text(v, 200) if isinstance(v, str) else v) for k, v in fields.items()})
         try:
             text = json.dumps(line, sort_keys=False, default=str)
-            with self._lock:
-                self._handler.emit(logging.makeLogRecord({"msg": text, "levelno": logging.INFO}))
+            # handle() takes the handler's own lock: one whole line per event, any thread.
+            self._handler.handle(logging.makeLogRecord({"msg": text, "levelno": logging.INFO}))
         except Exception:  # the audit must not stop the node
             logging.getLogger(__name__).exception("audit line not written (%s)", event)
 
     def close(self) -> None:
-        with self._lock:
-            self._handler.close()
+        self._handler.close()
 
 
 def read_tail(folder: Path, count: int) -> list[dict[str, Any]]:

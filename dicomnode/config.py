@@ -160,7 +160,7 @@ class NodeSection(_Frozen):
     message_timeout_s: float = Field(600.0, gt=0)
     #: Largest dataset accepted in one C-STORE (MB); larger is aborted before it is buffered.
     max_instance_mb: int = Field(2048, ge=1)
-    # DICOM TLS (PS3.15 B.1, BCP 195): a second listener on ``tls_port`` (0: none).
+    # DICOM TLS (PS3.15 B.1): a second listener on ``tls_port`` (0: none).
     tls_port: int = Field(0, ge=0, le=65535)
     #: The node's certificate (PEM, chain first) and its private key.
     tls_cert_file: Path | None = None

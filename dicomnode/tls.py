@@ -1,12 +1,15 @@
-"""DICOM TLS (PS3.15 Annex B.1, the BCP 195 profile): the SSL contexts of the listener and
-of the deliveries, built once from the configuration with Python's ``ssl``.
+"""DICOM TLS (PS3.15 Annex B.1): the SSL contexts of the listener and of the deliveries,
+built once from the configuration with Python's ``ssl``.
 
-Both sides: TLS 1.2 or newer, the default (strong) cipher suites of OpenSSL. The
-listener presents ``[node] tls_cert_file`` and, with ``tls_ca_file``, requires and checks
-a client certificate (a scanner or PACS that cannot show one signed by that CA is
-refused during the handshake, before any DICOM is read). A destination with ``tls =
-true`` is checked against ``tls_ca_file`` (else the system's CAs) and its host name, and
-can present our own certificate. Nothing here logs key material or passwords.
+Both sides: TLS 1.2 or newer with OpenSSL's default cipher suites; DCMTK's default
+profile (non-downgrading BCP 195) and Orthanc's DICOM TLS connect to them
+(tests/test_tls.py). The TLS listener (``[node] tls_port``) presents ``tls_cert_file``;
+with ``tls_ca_file`` it checks client certificates, and with ``tls_require_client_cert``
+(or a ``tls_client_subjects`` map) it requires one: a peer without a certificate signed
+by that CA is refused in the handshake, before any DICOM is read. The map ties a
+certificate's subject to the calling AE titles it may claim. A destination with ``tls =
+true`` is checked against its ``tls_ca_file`` (else the system's CAs) and its host name,
+and can present our own certificate. Nothing here logs key material or passwords.
 """
 
 from __future__ import annotations
