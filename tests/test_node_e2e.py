@@ -195,8 +195,12 @@ def test_a_whole_series_is_complete_when_its_sender_releases(tmp_path, node_fact
     rows = wait_for(queued, 30, interval=0.2, what="the whole series to complete on release")
     assert time.monotonic() - start < 60  # far inside the 120 s quiet period
     assert rows[with_gap.series_uid]["state"] == "receiving"
-    assert any("complete on release" in line for line in node.log)
-    assert any("waits for the quiet period: uneven slice spacing" in line for line in node.log)
+    # Logged just after the transaction that status already sees: wait for the line too.
+    wait_for(lambda: any("complete on release" in line for line in node.log) or None, 10, interval=0.2,
+             what="the completion on release in the log")
+    # The node logs this after it answered the release, so storescu may have exited first.
+    wait_for(lambda: any("waits for the quiet period: uneven slice spacing" in line for line in node.log) or None,
+             10, interval=0.2, what="the gap series to be kept waiting")
 
 
 def test_a_bundle_upgrade_loses_no_waiting_series(tmp_path, tiny_bundle):
