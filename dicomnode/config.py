@@ -135,7 +135,7 @@ class NodeSection(_Frozen):
     #: A job that failed this many times (crash, kill) is marked failed.
     max_job_attempts: int = Field(3, ge=1)
     workers: int = Field(1, ge=1, le=16)
-    # Limits of the listener (fast engine); see docs/admin.md.
+    # Limits of the listener; see docs/admin.md.
     #: Associations at once, in all.
     max_associations: int = Field(32, ge=1, le=1024)
     #: Associations at once from one peer address (0: no limit): idle strangers on one

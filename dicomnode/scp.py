@@ -1,4 +1,4 @@
-"""The DICOM listener: C-ECHO and C-STORE (our fast upper layer by default, see fastscp).
+"""The DICOM listener: C-ECHO and C-STORE over our own upper layer (fastscp).
 
 Association: the called AE title must be ours, and with a non-empty allow list only the
 listed calling AE titles are accepted (the others are rejected during A-ASSOCIATE).
@@ -12,18 +12,12 @@ DICOM status and a log line with UIDs only; the handler never raises.
 from __future__ import annotations
 
 import logging
-import queue
-import select
 import ssl
 import threading
-import time
 from typing import Any, Callable
 
-from pynetdicom import AE, evt
-from pynetdicom.dimse import DIMSEServiceProvider
-from pynetdicom.dul import DULServiceProvider
-from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
-from pynetdicom.presentation import AllStoragePresentationContexts
+from pynetdicom import AE
+from pynetdicom.presentation import AllStoragePresentationContexts, PresentationContext
 from pynetdicom.sop_class import Verification
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
@@ -58,20 +52,6 @@ ACCEPTED_TRANSFER_SYNTAXES: tuple[str, ...] = (
 
 #: Called after an instance is durable: (header info, path relative to the storage root).
 OnStored = Callable[[InstanceInfo, str], None]
-
-
-def handle_store(event: evt.Event, store: InstanceStore, on_stored: OnStored) -> int:
-    """C-STORE through pynetdicom: the same as ``store_instance``."""
-    request = event.request
-    try:
-        stream = request.DataSet
-        ts = str(event.context.transfer_syntax)
-        calling = event.assoc.requestor.ae_title
-    except Exception:
-        log.exception("C-STORE event is malformed")
-        return STATUS_PROCESSING_FAILURE
-    return store_instance(store, on_stored, ts, str(request.AffectedSOPClassUID or ""),
-                          str(request.AffectedSOPInstanceUID or ""), stream, calling)
 
 
 def store_instance(store: InstanceStore, on_stored: OnStored, ts: str, sop_class: str, sop_uid: str,
@@ -135,95 +115,18 @@ class ViewStream:
         return self._view
 
 
-def handle_echo(event: evt.Event) -> int:
-    return 0x0000
-
-
-def handle_rejected(event: evt.Event) -> None:
-    """Say in the log why an association was refused (AE titles are not patient data)."""
-    req = event.assoc.requestor
-    log.warning("association from %s:%s refused (calling AE %s, called AE %s)", req.address, req.port,
-                peer_text(req.ae_title, 16), peer_text(event.assoc.acceptor.ae_title, 16))
-
-
 def _safe(uid: str) -> str:
     return peer_text(uid, 64)
 
 
-def build_ae(node: NodeSection) -> AE:
-    """An AE that accepts Verification and every storage SOP class in our transfer syntaxes."""
+def storage_contexts(node: NodeSection) -> list[PresentationContext]:
+    """Verification and every storage SOP class in our transfer syntaxes (what the
+    listener accepts; fastscp negotiates with these)."""
     ae = AE(ae_title=node.ae_title)
-    ae.maximum_pdu_size = node.max_pdu
-    ae.require_called_aet = True
-    ae.require_calling_aet = list(node.allowed_calling_ae_titles)
     ae.add_supported_context(Verification)
     for cx in AllStoragePresentationContexts:
         ae.add_supported_context(cx.abstract_syntax, list(ACCEPTED_TRANSFER_SYNTAXES))
-    ae.maximum_associations = 32
-    ae.network_timeout = 60
-    ae.acse_timeout = 30
-    ae.dimse_timeout = 60
-    return ae
-
-
-class _ResponsiveDUL(DULServiceProvider):
-    """pynetdicom's DUL reactor polls the socket without waiting (select timeout 0) and
-    sleeps 1 ms whenever a loop had nothing to do, so every PDU and every C-STORE response
-    waits for a sleep (several ms on a busy machine), which caps one association at a few
-    hundred images/s. This one, while nothing is waiting to be sent, waits on the socket
-    itself for up to ``SOCKET_WAIT_S``: it wakes the moment data arrives. While the peer is
-    active (a PDU in the last 50 ms) it then skips the sleep; an idle association still
-    sleeps 1 ms per loop, as before."""
-
-    SOCKET_WAIT_S = 0.0005
-    IDLE_DELAY_S = 0.001
-    ACTIVE_WINDOW_S = 0.05
-
-    @property  # type: ignore[override]
-    def _run_loop_delay(self) -> float:
-        started = getattr(self._idle_timer, "_start_time", None)
-        if started is not None and time.time() - started < self.ACTIVE_WINDOW_S:
-            return 0.0
-        return self.IDLE_DELAY_S
-
-    @_run_loop_delay.setter
-    def _run_loop_delay(self, value: float) -> None:
-        pass  # the base class assigns a fixed delay; ours is adaptive
-
-    def _is_transport_event(self) -> bool:
-        raw = getattr(self.socket, "socket", None)
-        if raw is not None and self.to_provider_queue.empty():
-            try:
-                select.select([raw], [], [], self.SOCKET_WAIT_S)
-            except (OSError, ValueError):
-                pass  # closed meanwhile: the base class reports it
-        return super()._is_transport_event()
-
-
-class _WaitingDIMSE(DIMSEServiceProvider):
-    """The acceptor reactor polls ``get_msg(block=False)`` after a fixed 1 ms sleep; waiting
-    briefly on the queue instead hands a message over as soon as it is complete."""
-
-    POLL_WAIT_S = 0.005
-
-    def get_msg(self, block: bool = False) -> Any:
-        if block:
-            return super().get_msg(block)
-        try:
-            return self.msg_queue.get(timeout=self.POLL_WAIT_S)
-        except queue.Empty:
-            return None, None
-
-
-class _ResponsiveRequestHandler(RequestHandler):
-    """Creates acceptor associations with the responsive DUL and DIMSE providers above
-    (class swap: they only override polling, never state)."""
-
-    def _create_association(self) -> Any:
-        assoc = super()._create_association()
-        assoc.dul.__class__ = _ResponsiveDUL
-        assoc.dimse.__class__ = _WaitingDIMSE
-        return assoc
+    return list(ae.supported_contexts)
 
 
 class SeriesSenders:
@@ -267,34 +170,27 @@ class SeriesSenders:
 class StorageSCP:
     """The listening server; ``start`` binds, ``stop`` refuses new associations and closes.
 
-    ``engine="fast"`` (default) is our own one-thread-per-association upper layer
-    (``fastscp``), ~2x faster per association; ``engine="pynetdicom"`` is the earlier
-    listener on pynetdicom's reactors, kept for comparison and as a fallback.
+    The upper layer is our own one-thread-per-association ``fastscp`` (~2x faster per
+    association than pynetdicom's reactors, which the listener no longer uses).
     """
 
     def __init__(self, node: NodeSection, store: InstanceStore, on_stored: OnStored,
-                 engine: str = "fast", observe: Callable[[str, int, int], None] | None = None,
+                 observe: Callable[[str, int, int], None] | None = None,
                  on_released: Callable[[str], None] | None = None,
                  audit: Callable[..., None] | None = None) -> None:
         """``on_released``: called with a series UID when the last association that sent it
         released normally (None: the quiet period alone completes series); ``audit``:
         told of associations and of the instances each stored (dicomnode.audit)."""
-        if engine not in ("fast", "pynetdicom"):
-            raise ValueError(f"unknown listener engine {engine!r}")
-        if engine == "pynetdicom" and (node.allowed_peers or node.tls_client_subjects or node.reserved_associations):
-            # Never a silently ignored allow list: these rules live in the fast engine only.
-            raise ValueError("allowed_peers, tls_client_subjects and reserved_associations need the fast engine")
         self.node = node
         self.store = store
         self.on_stored = on_stored
         self.on_released = on_released
         self.audit = audit
         self.senders = SeriesSenders()
-        self.engine = engine
         #: Told (calling AE, dataset bytes, DICOM status) of every C-STORE (metrics).
         self.observe = observe
-        self.ae = build_ae(node)
-        self._servers: dict[str, Any] = {}
+        self.contexts = storage_contexts(node)
+        self._servers: dict[str, fastscp.FastServer] = {}
 
     @property
     def port(self) -> int:
@@ -340,27 +236,13 @@ class StorageSCP:
             self.observe(calling_ae, len(data), status)
         return status, after
 
-    def _store_event(self, event: evt.Event) -> int:
-        status = handle_store(event, self.store, self._recorder(event.assoc))
-        if self.observe is not None:
-            try:
-                calling, size = event.assoc.requestor.ae_title, len(event.request.DataSet.getbuffer())
-            except Exception:
-                calling, size = "?", 0
-            self.observe(calling, size, status)
-        return status
-
     def stats(self) -> dict[str, int]:
-        """Associations open now and refused/aborted so far, over both listeners (the fast
-        engine counts both)."""
+        """Associations open now and refused/aborted so far, over both listeners."""
         total = {"active": 0, "refused": 0}
         for server in self._servers.values():
-            if isinstance(server, fastscp.FastServer):
-                counts = server.stats()
-                total["active"] += counts["active"]
-                total["refused"] += counts["refused"]
-            else:
-                total["active"] += len(getattr(server, "active_associations", []) or [])
+            counts = server.stats()
+            total["active"] += counts["active"]
+            total["refused"] += counts["refused"]
         return total
 
     def _space_problem(self) -> str:
@@ -372,23 +254,9 @@ class StorageSCP:
         return "" if free >= floor else (f"free disk space {free // 2**20} MB is below the "
                                          f"{floor // 2**20} MB watermark")
 
-    def _make_server(self, port: int, tls: "ssl.SSLContext | None") -> Any:
-        if self.engine == "fast":
-            return fastscp.FastServer(self.node, self._store_fast, self.ae.supported_contexts, self._ended,
-                                      ssl_context=tls, port=port, audit=self.audit, space_problem=self._space_problem)
-        handlers = [
-            (evt.EVT_C_STORE, self._store_event),
-            (evt.EVT_C_ECHO, handle_echo),
-            (evt.EVT_REJECTED, handle_rejected),
-            (evt.EVT_RELEASED, lambda event: self._ended(event.assoc, True)),
-            (evt.EVT_ABORTED, lambda event: self._ended(event.assoc, False)),
-            (evt.EVT_CONN_CLOSE, lambda event: self._ended(event.assoc, False)),  # after a release: no-op
-        ]
-        server = self.ae.make_server((self.node.bind_address, port), evt_handlers=handlers, ssl_context=tls,
-                                     server_class=ThreadedAssociationServer,
-                                     request_handler=_ResponsiveRequestHandler)
-        self.ae._servers.append(server)  # as start_server does: shutdown() removes it again
-        return server
+    def _make_server(self, port: int, tls: ssl.SSLContext | None) -> fastscp.FastServer:
+        return fastscp.FastServer(self.node, self._store_fast, self.contexts, self._ended,
+                                  ssl_context=tls, port=port, audit=self.audit, space_problem=self._space_problem)
 
     def start(self) -> None:
         """The plain listener on ``port`` (unless 0) and the TLS one on ``tls_port`` (unless 0)."""
@@ -409,7 +277,6 @@ class StorageSCP:
     def stop(self) -> None:
         servers, self._servers = self._servers, {}
         for server in servers.values():
-            server.shutdown()  # stops accepting (pynetdicom's also closes its associations)
-            if isinstance(server, fastscp.FastServer):
-                server.server_close()
-                server.close_associations()
+            server.shutdown()  # stops accepting
+            server.server_close()
+            server.close_associations()

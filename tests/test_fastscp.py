@@ -1,5 +1,5 @@
 """Our upper layer (fastscp) against pynetdicom as the peer and against raw bytes:
-negotiation, max PDU, release, abort, malformed input, and the pynetdicom engine fallback."""
+negotiation, max PDU, release, abort, malformed input."""
 
 from __future__ import annotations
 
@@ -16,12 +16,11 @@ from dicomnode.scp import StorageSCP
 from dicomnode.store import InstanceStore
 
 
-@pytest.fixture(params=["fast", "pynetdicom"])
-def server(request, tmp_path):
+@pytest.fixture()
+def server(tmp_path):
     node = NodeSection(ae_title="COVIDNODE", port=free_port(), bind_address="127.0.0.1", min_free_mb=0)
     stored: list[str] = []
-    scp = StorageSCP(node, InstanceStore(tmp_path / "storage", 0), lambda info, rel: stored.append(info.sop_uid),
-                     engine=request.param)
+    scp = StorageSCP(node, InstanceStore(tmp_path / "storage", 0), lambda info, rel: stored.append(info.sop_uid))
     scp.start()
     yield scp, stored
     scp.stop()
@@ -50,8 +49,6 @@ def test_pynetdicom_peer_echo_store_and_unaccepted_context(server):
 
 def test_garbage_is_aborted(server):
     scp, _ = server
-    if scp.engine != "fast":
-        pytest.skip("pynetdicom logs an unknown PDU type and waits for the network timeout")
     with socket.create_connection(("127.0.0.1", scp.port), timeout=10) as s:
         s.sendall(struct.pack(">BBI", 0x09, 0, 4) + b"abcd")  # not a PDU type we know
         reply = s.recv(64)

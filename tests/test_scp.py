@@ -133,17 +133,20 @@ def test_many_associations_at_once(scp, tmp_path):
     assert sorted(u for u, _ in rec.items) == sorted(u for s in series for u in s.sop_uids)
 
 
-class _FakeEvent:
-    """Just enough of a pynetdicom C-STORE event for the handler (no network)."""
+class _Request:
+    """What a C-STORE request hands the handler: the dataset bytes, the request's UIDs
+    and the accepted transfer syntax (no network)."""
 
     def __init__(self, dataset_bytes: bytes, sop_uid: str, sop_class: str, ts: str) -> None:
         import io
-        from types import SimpleNamespace
 
-        self.request = SimpleNamespace(DataSet=io.BytesIO(dataset_bytes), AffectedSOPInstanceUID=sop_uid,
-                                       AffectedSOPClassUID=sop_class)
-        self.context = SimpleNamespace(transfer_syntax=ts)
-        self.assoc = SimpleNamespace(requestor=SimpleNamespace(ae_title="SCANNER"))
+        self.stream, self.sop_uid, self.sop_class, self.ts = io.BytesIO(dataset_bytes), sop_uid, sop_class, ts
+
+
+def _handle(request: _Request, store, on_stored) -> int:
+    from dicomnode.scp import store_instance
+
+    return store_instance(store, on_stored, request.ts, request.sop_class, request.sop_uid, request.stream, "SCANNER")
 
 
 def _encoded(ds) -> bytes:
@@ -158,43 +161,41 @@ def _encoded(ds) -> bytes:
 
 @pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
 def test_handler_never_raises_and_answers_a_status(tmp_path):
-    from dicomnode.scp import handle_store
     from dicomnode.synthetic import ct_datasets
     from node_helpers import small_volume
 
     ds = ct_datasets(small_volume(1, 16))[0]
     store = InstanceStore(tmp_path / "storage", 0)
-    good = _FakeEvent(_encoded(ds), ds.SOPInstanceUID, ds.SOPClassUID, ExplicitVRLittleEndian)
+    good = _Request(_encoded(ds), ds.SOPInstanceUID, ds.SOPClassUID, ExplicitVRLittleEndian)
 
     def broken_bookkeeping(info, rel):
         raise RuntimeError("database gone")
 
     # durable file, bookkeeping failed: still success (the start-up rescan records it)
-    assert handle_store(good, store, broken_bookkeeping) == 0x0000
+    assert _handle(good, store, broken_bookkeeping) == 0x0000
     assert len(list(store.scan())) == 1
     # a request that names another instance than the dataset: 0xA900
-    other = _FakeEvent(_encoded(ds), "1.2.3.4", ds.SOPClassUID, ExplicitVRLittleEndian)
-    assert handle_store(other, store, Recorder()) == 0xA900
+    other = _Request(_encoded(ds), "1.2.3.4", ds.SOPClassUID, ExplicitVRLittleEndian)
+    assert _handle(other, store, Recorder()) == 0xA900
     # garbage bytes: 0xC210
-    junk = _FakeEvent(b"\x08\x00\x18\x00UI\x04\x00abcd", "1.2.3.4", ds.SOPClassUID, ExplicitVRLittleEndian)
-    assert handle_store(junk, store, Recorder()) == 0xC210
+    junk = _Request(b"\x08\x00\x18\x00UI\x04\x00abcd", "1.2.3.4", ds.SOPClassUID, ExplicitVRLittleEndian)
+    assert _handle(junk, store, Recorder()) == 0xC210
     # path traversal in the dataset's Study UID: 0xC210, nothing written outside storage
     ds.StudyInstanceUID = "../../outside"
-    evil = _FakeEvent(_encoded(ds), ds.SOPInstanceUID, ds.SOPClassUID, ExplicitVRLittleEndian)
-    assert handle_store(evil, store, Recorder()) == 0xC210
+    evil = _Request(_encoded(ds), ds.SOPInstanceUID, ds.SOPClassUID, ExplicitVRLittleEndian)
+    assert _handle(evil, store, Recorder()) == 0xC210
     assert sorted(p.name for p in tmp_path.iterdir()) == ["storage"]
     # an unexpected bug inside (here: no store object at all): 0xC211, no exception
     ds.StudyInstanceUID = "1.2.3"
-    fine = _FakeEvent(_encoded(ds), ds.SOPInstanceUID, ds.SOPClassUID, ExplicitVRLittleEndian)
-    assert handle_store(fine, None, Recorder()) == 0xC211
+    fine = _Request(_encoded(ds), ds.SOPInstanceUID, ds.SOPClassUID, ExplicitVRLittleEndian)
+    assert _handle(fine, None, Recorder()) == 0xC211
 
 
-@pytest.mark.parametrize("engine", ["fast", "pynetdicom"])
-def test_the_senders_release_is_reported_per_series(tmp_path, engine):
-    """Both listener engines tell the node when the last sender of a series released."""
+def test_the_senders_release_is_reported_per_series(tmp_path):
+    """The listener tells the node when the last sender of a series released."""
     node = NodeSection(ae_title="COVIDNODE", port=free_port(), bind_address="127.0.0.1", min_free_mb=0)
     released: list[str] = []
-    server = StorageSCP(node, InstanceStore(tmp_path / "storage", 0), Recorder(), engine=engine,
+    server = StorageSCP(node, InstanceStore(tmp_path / "storage", 0), Recorder(),
                         on_released=released.append)
     server.start()
     try:
