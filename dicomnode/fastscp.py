@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import io
 import logging
-import ssl
 import socket
 import socketserver
+import ssl
 import struct
 import threading
 import time
@@ -45,8 +45,8 @@ from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
 
 from .config import NodeSection
 from .logsafe import RateLimitedLog, peer_text
-from .tls import subject_problem
 from .store import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
+from .tls import subject_problem
 
 log = logging.getLogger(__name__)
 

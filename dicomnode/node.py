@@ -31,8 +31,8 @@ from .audit import AuditLog
 from .config import NodeConfig
 from .db import Database
 from .delivery import Delivery
-from .housekeeping import Housekeeper
 from .errors import DataDirLockedError, StoreError
+from .housekeeping import Housekeeper
 from .queue import JobQueue
 from .scp import StorageSCP
 from .series import SeriesAssembler

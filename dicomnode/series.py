@@ -34,9 +34,9 @@ from typing import Any, Callable, Sequence
 
 from .config import SelectionSection, UrgentRules
 from .db import Database, now
+from .errors import SeriesRejected
 from .queue import JobQueue
 from .store import InstanceInfo
-from .errors import SeriesRejected
 from .volume import along_normal, spacing_problem
 
 log = logging.getLogger(__name__)

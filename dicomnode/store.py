@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import logging
 import io
+import logging
 import os
 import re
 import secrets
@@ -35,10 +35,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-from pydicom.dataset import Dataset
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
-from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian, UID
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
 
 from . import __version__
 from .errors import DiskFullError, InvalidUIDError, StoreError

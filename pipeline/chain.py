@@ -24,9 +24,9 @@ from .decision import decide
 from .domain import check_domain, image_statistics
 from .explain import explain_slices, select_slices
 from .fusion import fuse_slice_scores
-from .locate import locate_infected
 from .lesion_burden import measure_lesion_burden
 from .lesion_pattern import lesion_pattern_features
+from .locate import locate_infected
 from .lung import segment_lungs
 from .models import ModelBundle
 from .params import ChainParams

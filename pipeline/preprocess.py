@@ -31,6 +31,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+
 from .params import ChainParams
 from .types import CTVolume, InvalidInputError, LungMask
 

@@ -34,8 +34,9 @@ REPO = Path(__file__).resolve().parent.parent
 # The Orthanc launcher, the proxy and the viewer harness live with the tests that use them.
 sys.path.insert(0, str(REPO / "tests"))
 
-from dicomweb_proxy import serving  # noqa: E402
 from ohif.harness import ViewerError, run_driver, upload, viewer_missing_reason  # noqa: E402
+
+from dicomweb_proxy import serving  # noqa: E402
 from orthanc import orthanc_missing_reason, running_orthanc  # noqa: E402
 
 DOC = REPO / "docs" / "radiologist.md"
@@ -74,7 +75,6 @@ def chain_inputs(bundle_dir: Path, label: str, seed: int, n_slices: int, size: i
     from pipeline.models import load_bundle
     from pipeline.params import ChainParams
     from pipeline.phantom import make_phantom
-
     from pipeline.phantoms import make_phantom_b
 
     make = make_phantom_b if family == "b" else make_phantom

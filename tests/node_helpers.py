@@ -16,6 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from pipeline.types import CTVolume
+
 from conftest import REPO_ROOT, free_port, require_tool, wait_for
 
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}

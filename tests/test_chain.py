@@ -13,10 +13,10 @@ from pipeline.chain import STAGES, analyze
 from pipeline.explain import _explainer_for, attention_regions, explain_slices, select_slices
 from pipeline.fusion import fuse
 from pipeline.locate import infected_from_scores, smooth_scores
+from pipeline.lung import segment_lungs
 from pipeline.models import load_bundle
 from pipeline.params import ChainParams
 from pipeline.phantom import make_phantom
-from pipeline.lung import segment_lungs
 from pipeline.phenotype import compute_phenotype, contour, fractal_dimension, pleura_distances_mm
 from pipeline.preprocess import lung_slice_indices
 from pipeline.types import CLASS_NAMES, TASK_NAMES, AttentionMap, CTVolume, InvalidInputError, LungMask, SliceScores

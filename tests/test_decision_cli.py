@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from writer_inputs import make_indeterminate_inputs, make_inputs, make_out_of_domain_inputs
 
 from dicomnode.commands import analyze as analyze_cmd
 from dicomnode.commands import status as status_cmd
 from dicomnode.commands.demo import format_summary
+
+from writer_inputs import make_indeterminate_inputs, make_inputs, make_out_of_domain_inputs
 
 CASES = {
     "covid19": lambda: make_inputs(seed=3, n_slices=20, size=64, label="covid19"),

@@ -11,13 +11,14 @@ import time
 
 import pytest
 
-from conftest import free_port, wait_for
 from dicomnode.commands import status as status_cmd
 from dicomnode.config import DeliverySection, Destination
 from dicomnode.db import Database
 from dicomnode.delivery import FAILED, PENDING, SENT, Delivery, backoff_seconds
 from dicomnode.queue import JobQueue, JobState
 from dicomnode.worker import persist_results
+
+from conftest import free_port, wait_for
 from node_helpers import StoreSCP, small_volume
 
 pytestmark = pytest.mark.peers

@@ -6,8 +6,9 @@ import json
 import subprocess
 import sys
 
-from conftest import REPO_ROOT
 from dicomnode.commands.demo import _ranges, format_summary
+
+from conftest import REPO_ROOT
 from node_helpers import NodeProcess
 
 

@@ -11,13 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import dicomnode_exe, make_tiny_bundle
 from pipeline.chain import analyze
 from pipeline.domain import IMAGE_STATS, image_statistics
 from pipeline.models import load_bundle
 from pipeline.params import ChainParams
 from pipeline.phantom import make_phantom
 from pipeline.types import CTVolume, InvalidInputError, LungMask
+
+from conftest import dicomnode_exe, make_tiny_bundle
 
 PARAMS = ChainParams(device="cpu", compute_phenotype=False, max_explained_slices=1)
 CALIBRATION = "phantom:count=10,seed=4242,slices=16,size=64"

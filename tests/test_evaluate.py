@@ -13,8 +13,19 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from pipeline import evaluate as E
-from pipeline.types import (CLASS_NAMES, TASK_NAMES, AnalysisResult, CaseScores, CTVolume, Decision, DomainCheck,
-                            InfectedSlices, LungMask, ModelInfo, SliceScores)
+from pipeline.types import (
+    CLASS_NAMES,
+    TASK_NAMES,
+    AnalysisResult,
+    CaseScores,
+    CTVolume,
+    Decision,
+    DomainCheck,
+    InfectedSlices,
+    LungMask,
+    ModelInfo,
+    SliceScores,
+)
 
 from conftest import dicomnode_exe
 

@@ -10,10 +10,11 @@ import pytest
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, PatientRootQueryRetrieveInformationModelFind, Verification
 
-from conftest import free_port
 from dicomnode.config import NodeSection
 from dicomnode.scp import StorageSCP
 from dicomnode.store import InstanceStore
+
+from conftest import free_port
 
 
 @pytest.fixture()
@@ -28,6 +29,7 @@ def server(tmp_path):
 
 def test_pynetdicom_peer_echo_store_and_unaccepted_context(server):
     from dicomnode.synthetic import ct_datasets
+
     from node_helpers import small_volume
 
     scp, stored = server

@@ -21,12 +21,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pynetdicom.sop_class import CTImageStorage
+from test_listener_limits import _associate_rq, _command, _rss_mb
 
-from conftest import free_port, wait_for
 from dicomnode.config import NodeSection
 from dicomnode.scp import StorageSCP
 from dicomnode.store import InstanceStore
-from test_listener_limits import _associate_rq, _command, _rss_mb
+
+from conftest import free_port, wait_for
 from node_helpers import echoscu
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "60"))

@@ -118,10 +118,11 @@ def test_a_late_instance_opens_a_purged_series_again(env):
 def test_the_disk_watermark_refuses_associations_before_a_series(tmp_path):
     """Below [node] refuse_associations_below_mb the listener refuses new associations
     (transient, so senders retry later) instead of failing in the middle of a series."""
-    from conftest import free_port
     from dicomnode.config import NodeSection
     from dicomnode.scp import StorageSCP
     from dicomnode.store import InstanceStore
+
+    from conftest import free_port
     from node_helpers import storescu, write_series
 
     store = InstanceStore(tmp_path / "storage", 0)

@@ -160,12 +160,13 @@ def test_the_decision_weighs_the_pattern_as_the_card_says(weight: float, expecte
 def test_train_lesion_pattern_writes_the_card_and_the_chain_uses_it(tmp_path: Path, capsys) -> None:
     """The command on a tiny bundle with a 3-class U-Net: the card gains the model, the
     loaded bundle carries it, the chain reports its probabilities."""
-    from conftest import make_tiny_bundle
     from dicomnode.commands import train as train_cmd
     from pipeline.chain import analyze
     from pipeline.models import load_bundle
     from pipeline.params import ChainParams
     from pipeline.phantom import make_phantom
+
+    from conftest import make_tiny_bundle
 
     bundle = make_tiny_bundle(tmp_path / "b", with_unet=True, seed=3)
     # Random U-Net weights draw lesions anywhere: the lowered threshold makes sure some are drawn.

@@ -25,11 +25,12 @@ from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
 from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage, Verification
 
-from conftest import free_port
 from dicomnode.config import NodeSection
 from dicomnode.logsafe import RateLimitedLog, peer_text
 from dicomnode.scp import StorageSCP
 from dicomnode.store import InstanceStore
+
+from conftest import free_port
 
 PDU = struct.Struct(">BBI")
 PDV = struct.Struct(">IBB")

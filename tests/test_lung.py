@@ -7,8 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.lung import (dice, fill_holes_per_slice, largest_components, lesion_inclusion, refine_lung_mask,
-                           segment_lungs)
+from pipeline.lung import (
+    dice,
+    fill_holes_per_slice,
+    largest_components,
+    lesion_inclusion,
+    refine_lung_mask,
+    segment_lungs,
+)
 from pipeline.nets import build_network, unet_arch
 from pipeline.params import ChainParams
 from pipeline.phantom import make_phantom

@@ -16,11 +16,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from ohif.harness import run_driver, upload, viewer_missing_reason
 
 from dicomweb_proxy import serving, split_includefield
-from ohif.harness import run_driver, upload, viewer_missing_reason
 from orthanc import orthanc_missing_reason, running_orthanc
-
 
 # --- the proxy, against a stand-in upstream -------------------------------------------
 
@@ -149,6 +148,7 @@ def test_ohif_shows_report_on_key_slice_gradcam_overlay_and_lung_seg(tmp_path):
     if reason:
         pytest.skip(reason)
     from dicomnode.writers import WriterOptions, build_result_objects, read_findings
+
     from writer_inputs import make_inputs
 
     inputs = make_inputs(seed=0, n_slices=24, size=96, label="covid19")

@@ -15,12 +15,13 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from conftest import wait_for
-from orthanc import OrthancServer, orthanc_missing_reason, running_orthanc
-from writer_inputs import dciodvfy, make_inputs
 
 from dicomnode.writers import WriterOptions, build_result_objects, read_findings
 from pipeline.types import CLASS_NAMES, TASK_NAMES
+
+from conftest import wait_for
+from orthanc import OrthancServer, orthanc_missing_reason, running_orthanc
+from writer_inputs import dciodvfy, make_inputs
 
 pytestmark = [
     pytest.mark.peers,
@@ -97,10 +98,10 @@ def _summary(data_dir: Path) -> dict:
 
 
 def test_node_sends_every_result_object_to_orthanc(tmp_path, tiny_bundle):
-    from node_helpers import NodeProcess, storescu
-
     from dicomnode.synthetic import write_ct_series
     from pipeline.phantom import make_phantom
+
+    from node_helpers import NodeProcess, storescu
 
     phantom = make_phantom("covid19", seed=21, n_slices=24, size_px=96)
     series = write_ct_series(phantom.volume, tmp_path / "ct")

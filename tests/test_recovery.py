@@ -7,10 +7,10 @@ from __future__ import annotations
 import sqlite3
 
 import pytest
+from test_node_e2e import phantom_series
 
 from conftest import wait_for
 from node_helpers import NodeProcess, StoreSCP, storescu
-from test_node_e2e import phantom_series
 
 pytestmark = [pytest.mark.peers, pytest.mark.slow]
 
@@ -93,11 +93,13 @@ def test_sigterm_during_a_job_leaves_it_finished_or_given_back(tmp_path, tiny_bu
 def test_restart_records_instances_stored_but_not_recorded(tmp_path):
     """A file durable on disk but missing from the database (e.g. power loss after the
     answer) is found by the start-up rescan and becomes part of its series."""
+    import io
+
     from pydicom.uid import ExplicitVRLittleEndian
 
     from dicomnode.store import InstanceStore, encode_file_meta, parse_header
+
     from node_helpers import write_series
-    import io
 
     series = write_series(tmp_path / "in", n_slices=3, size=32)
     store = InstanceStore(tmp_path / "data" / "storage", 0)

@@ -3,13 +3,12 @@ syntaxes scanners send, refusal of unknown AE titles, failure statuses."""
 
 from __future__ import annotations
 
+import subprocess
 import threading
 from pathlib import Path
 
 import pytest
 from pydicom import dcmread
-import subprocess
-
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
@@ -20,10 +19,11 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from conftest import free_port, require_tool, wait_for
 from dicomnode.config import NodeSection
 from dicomnode.scp import StorageSCP
 from dicomnode.store import InstanceStore
+
+from conftest import free_port, require_tool, wait_for
 from node_helpers import echoscu, storescu, write_series
 
 pytestmark = pytest.mark.peers
@@ -162,6 +162,7 @@ def _encoded(ds) -> bytes:
 @pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
 def test_handler_never_raises_and_answers_a_status(tmp_path):
     from dicomnode.synthetic import ct_datasets
+
     from node_helpers import small_volume
 
     ds = ct_datasets(small_volume(1, 16))[0]

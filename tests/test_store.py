@@ -4,7 +4,6 @@ the free-disk guard, header parsing without decoding pixels."""
 from __future__ import annotations
 
 import io
-
 import logging
 
 import pytest
@@ -23,13 +22,14 @@ from dicomnode.store import (
     read_file_header,
     validate_uid,
 )
+
 from node_helpers import small_volume
 
 
 def encoded(ds, implicit: bool = False) -> bytes:
     """The dataset bytes as a C-STORE carries them (no file meta)."""
-    from pydicom.filewriter import write_dataset
     from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
 
     buf = DicomBytesIO()
     buf.is_little_endian = True
@@ -191,6 +191,7 @@ def test_temp_files_of_a_killed_write_are_removed(tmp_path):
 
 def _pydicom_info(raw: bytes, implicit: bool, ts: str) -> InstanceInfo:
     from pydicom.filereader import read_dataset
+
     from dicomnode.store import _info_from
 
     return _info_from(read_dataset(io.BytesIO(raw), implicit, True), ts)
@@ -202,6 +203,7 @@ def test_fast_header_reader_agrees_with_pydicom(ct, implicit, ts, undefined_leng
     """The hand-written reader gives what pydicom gives, sequences before the identifiers included."""
     from pydicom.dataset import Dataset
     from pydicom.sequence import Sequence
+
     from dicomnode.store import fast_header_values
 
     item = Dataset()

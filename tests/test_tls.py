@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port, require_tool, wait_for
 from dicomnode.config import Destination, NodeSection
 from dicomnode.scp import StorageSCP
 from dicomnode.store import InstanceStore
+
+from conftest import free_port, require_tool, wait_for
 from node_helpers import DCMTK_ENV, TEST_CONFIG, NodeProcess, write_series, write_test_config
 
 pytestmark = pytest.mark.peers
@@ -153,8 +154,8 @@ def test_results_are_delivered_over_tls(tmp_path, pki, tiny_bundle):
         "--tls-ca", str(pki / "ca.pem"), "--tls-require-client-cert"]).start()
     try:
         assert any(f"DICOM TLS on 127.0.0.1:{tls_port} (client certificates required)" in line for line in node.log)
-        from pipeline.phantom import make_phantom
         from dicomnode.synthetic import write_ct_series
+        from pipeline.phantom import make_phantom
 
         series = write_ct_series(make_phantom("covid19", 5, n_slices=20, size_px=64).volume, tmp_path / "ct")
         sent = _storescu_tls(tls_port, series.paths, pki, "client.key", "client.pem")
@@ -172,10 +173,10 @@ def test_results_are_delivered_over_tls(tmp_path, pki, tiny_bundle):
 def test_orthanc_routes_over_dicom_tls_both_ways(tmp_path, pki, tiny_bundle):
     """Orthanc as a TLS-only PACS (its own DICOM TLS, client certificates required): it
     sends a CT to the node's TLS port, the node sends its results back over TLS."""
-    from orthanc import orthanc_missing_reason, running_orthanc
-
     from dicomnode.synthetic import write_ct_series
     from pipeline.phantom import make_phantom
+
+    from orthanc import orthanc_missing_reason, running_orthanc
 
     reason = orthanc_missing_reason(dicomweb=False)
     if reason:

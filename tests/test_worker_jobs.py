@@ -14,6 +14,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
+from dicomnode import worker as worker_module
 from dicomnode.config import NodeConfig, NodeSection, PipelineSection
 from dicomnode.db import Database, now
 from dicomnode.delivery import Delivery
@@ -21,9 +22,9 @@ from dicomnode.queue import JobQueue, JobState
 from dicomnode.series import SeriesAssembler
 from dicomnode.store import read_file_header
 from dicomnode.synthetic import write_ct_series
-from dicomnode import worker as worker_module
 from dicomnode.worker import Worker
 from pipeline.phantom import make_phantom
+
 from writer_inputs import dciodvfy
 
 

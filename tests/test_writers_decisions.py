@@ -8,6 +8,10 @@ from functools import lru_cache
 
 import highdicom as hd
 import pytest
+
+from dicomnode.writers import WriterError, WriterOptions, build_result_objects, codes, read_findings
+from dicomnode.writers.sc import overlay_caption
+
 from writer_inputs import (
     TEST_THRESHOLDS,
     dciodvfy,
@@ -16,10 +20,6 @@ from writer_inputs import (
     make_out_of_domain_inputs,
     to_bytes_and_back,
 )
-
-from dicomnode.writers import WriterError, WriterOptions, build_result_objects, read_findings
-from dicomnode.writers import codes
-from dicomnode.writers.sc import overlay_caption
 
 CASES = {
     "covid19": lambda: make_inputs(seed=3, n_slices=24, size=96, label="covid19"),

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import highdicom as hd
 import pytest
-from writer_inputs import dciodvfy, make_inputs, to_bytes_and_back
 
-from dicomnode.writers import WriterOptions, build_result_objects
-from dicomnode.writers import codes
+from dicomnode.writers import WriterOptions, build_result_objects, codes
+
+from writer_inputs import dciodvfy, make_inputs, to_bytes_and_back
 
 
 def _kos(inputs):

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from writer_inputs import dciodvfy, make_inputs, to_bytes_and_back
 
 from dicomnode.writers import WriterOptions, build_result_objects
 from dicomnode.writers.render import LUNG_OUTLINE_RGB, outline, render_overlay, window_to_gray
 from dicomnode.writers.sc import patient_orientation
+
+from writer_inputs import dciodvfy, make_inputs, to_bytes_and_back
 
 
 @pytest.fixture(scope="module")

@@ -8,11 +8,11 @@ import subprocess
 import highdicom as hd
 import numpy as np
 import pytest
-from writer_inputs import dciodvfy, make_inputs, to_bytes_and_back
 
-from dicomnode.writers import WriterError, WriterOptions, build_result_objects, read_findings
-from dicomnode.writers import codes
+from dicomnode.writers import WriterError, WriterOptions, build_result_objects, codes, read_findings
 from pipeline.types import CLASS_NAMES, TASK_NAMES
+
+from writer_inputs import dciodvfy, make_inputs, to_bytes_and_back
 
 
 @pytest.fixture(scope="module")
@@ -194,6 +194,7 @@ def test_lossy_sources_are_named_in_the_summary_and_the_overlays():
     from pydicom.uid import JPEGBaseline8Bit
 
     from dicomnode.writers import WriterOptions, build_result_objects
+
     from writer_inputs import make_inputs
 
     inputs = make_inputs(seed=11, n_slices=24, size=96)
@@ -212,6 +213,7 @@ def test_lossy_sources_are_named_in_the_summary_and_the_overlays():
 def test_fewer_images_than_the_scanner_declared_is_flagged():
     from dicomnode.writers import WriterOptions, build_result_objects
     from dicomnode.writers.common import completeness_note
+
     from writer_inputs import make_inputs
 
     inputs = make_inputs(seed=12, n_slices=24, size=96)
@@ -230,10 +232,10 @@ def test_lesion_pattern_leads_the_case_group_and_reads_back(tmp_path):
     first five numbers. Out of domain, no type share is reported."""
     from dataclasses import replace
 
-    from writer_inputs import make_out_of_domain_inputs
-
     from pipeline.lesion_pattern import FEATURE_NAMES
     from pipeline.types import LesionBurden, LesionPattern
+
+    from writer_inputs import make_out_of_domain_inputs
 
     def with_pattern(inp):
         nz = inp.volume.shape[0]

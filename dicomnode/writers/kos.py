@@ -18,8 +18,7 @@ from pydicom.uid import generate_uid
 
 from pipeline.types import AnalysisResult, CTVolume
 
-from . import codes
-from . import wording
+from . import codes, wording
 from .common import UidMaker, disclaimer, key_slices, series_description
 from .options import WriterOptions
 from .sr import slice_ranges

@@ -36,8 +36,8 @@ from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 import highdicom as hd
-from highdicom.coding_schemes import CodingSchemeIdentificationItem
 import numpy as np
+from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes as dcm_codes
 from pydicom.sr.coding import Code
@@ -50,8 +50,8 @@ from . import codes, wording
 from .common import (
     CLASS_DISPLAY,
     UidMaker,
-    disclaimer,
     completeness_note,
+    disclaimer,
     largest_contour,
     lossy_source,
     model_text,
