@@ -167,7 +167,8 @@ def job_timeline(node: Any, job_id: int) -> dict:
                            "GROUP BY destination, state", (job_id,)):
         what = f"{d['n']} object(s) {d['state']} to {d['destination']}"
         events.append({"at": d["updated"], "what": what + (f" ({d['last_error']})" if d["last_error"] else "")})
-    events.append({"at": job["updated"], "what": f"job {job['state']}" + (f": {job['reason']}" if job["reason"] else "")})
+    reason = f": {job['reason']}" if job["reason"] else ""
+    events.append({"at": job["updated"], "what": f"job {job['state']}{reason}"})
     events.sort(key=lambda e: e["at"] or 0)
     return {"job": job, "events": events, "stage_seconds": stage_seconds}
 

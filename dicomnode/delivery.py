@@ -4,7 +4,8 @@ Every (job, destination, SOP instance) is a row of ``deliveries``: ``pending`` w
 ``next_try`` time, ``sent`` once the destination answered success, or ``failed`` when the
 retry window ran out. Because the rows live in SQLite, retries survive restarts: the
 scheduler's timer (``deliver_due``) only looks for due rows, so a restarted node simply
-picks them up. The retry window runs from when the delivery was recorded. Backoff is exponential: base * 2^(attempts-1), capped at the maximum.
+picks them up. The retry window runs from when the delivery was recorded. Backoff is
+exponential: base * 2^(attempts-1), capped at the maximum.
 A row is marked sent right after its C-STORE succeeded, so a restart re-sends at most the
 one object that was in flight (same SOP Instance UID: the destination sees a duplicate,
 not a second result).
@@ -221,8 +222,9 @@ class Delivery:
         window = self.settings.retry_window_hours * 3600.0
         with self.db.transaction() as conn:
             for row in rows:
-                current = conn.execute("SELECT attempts, first_try, created FROM deliveries WHERE job_id=? AND destination=? "
-                                       "AND sop_uid=?", (row["job_id"], row["destination"], row["sop_uid"])).fetchone()
+                current = conn.execute("SELECT attempts, first_try, created FROM deliveries "
+                                       "WHERE job_id=? AND destination=? AND sop_uid=?",
+                                       (row["job_id"], row["destination"], row["sop_uid"])).fetchone()
                 attempts = current["attempts"] + 1
                 first = current["first_try"] if current["first_try"] is not None else t
                 if t - current["created"] >= window:

@@ -114,7 +114,8 @@ class Housekeeper:
         purged, freed = [], 0
         for c in chosen:
             by_age = self.retention_s > 0 and c["completed"] <= t - self.retention_s
-            freed += self.purge(c["series_uid"], "older than retention_days" if by_age else "storage over max_storage_gb")
+            why = "older than retention_days" if by_age else "storage over max_storage_gb"
+            freed += self.purge(c["series_uid"], why)
             purged.append(c["series_uid"])
         if purged:
             log.info("housekeeping: %d series purged, %.1f MB freed", len(purged), freed / 2 ** 20)

@@ -124,7 +124,8 @@ class Node:
             for w in self.workers:
                 w.start()
             self.scp = StorageSCP(cfg.node, self.store, self.assembler.record_instance, observe=self.metrics.stored,
-                                  on_released=self.assembler.complete_released if cfg.node.complete_on_release else None,
+                                  on_released=(self.assembler.complete_released
+                                               if cfg.node.complete_on_release else None),
                                   audit=self.audit.record)
             self.scp.start()
             if cfg.http.port:

@@ -215,7 +215,7 @@ class StorageSCP:
 
     def _ended(self, assoc: object, released: bool) -> None:
         if self.audit is not None:
-            calling = str(getattr(assoc, "calling_ae", "") or getattr(getattr(assoc, "requestor", None), "ae_title", ""))
+            calling = str(getattr(assoc, "calling_ae", "") or "")
             for series_uid, count in self.senders.counts(assoc).items():
                 self.audit("instances_received", "success" if released else "aborted", calling_ae=calling,
                            series_uid=series_uid, instances=count)

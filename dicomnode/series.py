@@ -30,6 +30,7 @@ import logging
 import threading
 from collections import Counter
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any, Callable, Sequence
 
 from .config import SelectionSection, UrgentRules
@@ -147,7 +148,7 @@ def slices_are_whole(rows: Sequence[dict]) -> str | None:
         return None
     if problem[0] == "duplicate_position":
         return "slices share a position"
-    steps = [b - a for a, b in zip(along, along[1:])]
+    steps = [b - a for a, b in pairwise(along)]
     return f"uneven slice spacing (steps {min(steps):.2f} to {max(steps):.2f} mm: a gap or extra slices)"
 
 

@@ -86,7 +86,7 @@ class DomainReference:
                    stat_center=np.asarray(arrays["stat_center"], dtype=np.float64),
                    stat_scale=np.asarray(arrays["stat_scale"], dtype=np.float64),
                    thresholds={str(n): float(v) for n, v in zip(arrays["threshold_names"],
-                                                                arrays["threshold_values"])},
+                                                                arrays["threshold_values"], strict=True)},
                    n_cases=int(arrays["n_cases"]))
 
 
@@ -135,7 +135,7 @@ def feature_distance(features: np.ndarray, reference: DomainReference) -> float:
 def stat_distances(stats: Mapping[str, float], reference: DomainReference) -> dict[str, float]:
     """|robust z-score| of each image statistic (NaN statistics count as 0: not measured)."""
     z = np.abs(_stat_vector(stats) - reference.stat_center) / reference.stat_scale
-    return {name: (0.0 if not np.isfinite(v) else float(v)) for name, v in zip(IMAGE_STATS, z)}
+    return {name: (0.0 if not np.isfinite(v) else float(v)) for name, v in zip(IMAGE_STATS, z, strict=True)}
 
 
 def raw_distances(features: np.ndarray | None, stats: Mapping[str, float],
@@ -190,7 +190,7 @@ def fit_domain_reference(fit_features: Sequence[np.ndarray], fit_stats: Sequence
     scale = np.maximum(np.nan_to_num(mad, nan=0.0), floors)
     provisional = DomainReference(feature_mean=lw.location_, feature_precision=lw.precision_,
                                   stat_center=center, stat_scale=scale, thresholds={}, n_cases=len(fit_features))
-    held = [raw_distances(f, s, provisional) for f, s in zip(held_features, held_stats)]
+    held = [raw_distances(f, s, provisional) for f, s in zip(held_features, held_stats, strict=True)]
     thresholds = {}
     for name in (*IMAGE_STATS, FEATURES):
         values = np.asarray([h[name] for h in held], dtype=np.float64)

@@ -19,6 +19,7 @@ import csv
 import json
 import math
 from dataclasses import dataclass, replace
+from itertools import pairwise
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -328,7 +329,7 @@ def _age_band(age: float | None, edges: Sequence[int]) -> str | None:
         return None
     if age < edges[0]:
         return f"<{edges[0]}"
-    for lo, hi in zip(edges[:-1], edges[1:]):
+    for lo, hi in pairwise(edges):
         if lo <= age < hi:
             return f"{lo}-{hi - 1}"
     return f">={edges[-1]}"
@@ -450,7 +451,8 @@ def _lesion_figures(records: Sequence[CaseRecord], eval_params: EvalParams, skip
         ov = np.array([r.lesion_overlap for r in overlap], dtype=np.float64)
         f = _Figures(len(overlap), eval_params, skipped, "lesion_dice.")
         out["lesion_dice"] = {"n_cases": len(overlap), "cohort": "cases with lesion masks holding lesions",
-                              "dice": f("dice", lambda j: float(2 * ov[j, 0].sum() / max(ov[j, 1].sum() + ov[j, 2].sum(), 1)))}
+                              "dice": f("dice", lambda j: float(2 * ov[j, 0].sum()
+                                                                / max(ov[j, 1].sum() + ov[j, 2].sum(), 1)))}
     shares = [r for r in records if r.lesion_share is not None]
     if shares:
         share = np.array([r.lesion_share for r in shares], dtype=np.float64)
@@ -486,7 +488,8 @@ def _pattern_figures(records: Sequence[CaseRecord], eval_params: EvalParams, ski
     classifier = np.stack([r.probabilities for r in with_pattern])
     f = _Figures(len(with_pattern), eval_params, skipped, "lesion_pattern.")
     entry: dict[str, Any] = {"n_cases": len(with_pattern),
-                             "multiway_auc_macro": f("multiway_auc_macro", lambda j: M.macro_auc(labels[j], pattern[j]))}
+                             "multiway_auc_macro": f("multiway_auc_macro",
+                                                     lambda j: M.macro_auc(labels[j], pattern[j]))}
     pneu = np.flatnonzero(labels > 0)
     if pneu.size:
         g = _Figures(int(pneu.size), eval_params, skipped, "lesion_pattern.")
@@ -519,7 +522,8 @@ def _truthfulness_figures(records: Sequence[CaseRecord], labels: np.ndarray, eva
             "accuracy": df("accuracy", lambda j: float(np.mean(dec[j] == truth[j]))),
             "indeterminate_rate": df("indeterminate_rate", lambda j: float(np.mean(dec[j] == "indeterminate"))),
             "out_of_domain_rate": df("out_of_domain_rate", lambda j: float(np.mean(dec[j] == "out_of_domain"))),
-            "accuracy_of_stated": df("accuracy_of_stated", lambda j: float(np.mean(dec[j][stated[j]] == truth[j][stated[j]]))
+            "accuracy_of_stated": df("accuracy_of_stated",
+                                     lambda j: float(np.mean(dec[j][stated[j]] == truth[j][stated[j]]))
                                      if stated[j].any() else float("nan")),
             "non_pneumonia_called_pneumonia": int(np.sum((truth == "non_pneumonia")
                                                          & np.isin(dec, ("cap", "influenza", "covid19")))),
@@ -538,8 +542,10 @@ def _truthfulness_figures(records: Sequence[CaseRecord], labels: np.ndarray, eva
         }
         if all(r.slice_flagged is not None for r in loc):
             fl = [r.slice_flagged for r in loc]
-            out["infectious_slices"]["f1"] = lf("f1", lambda j: M.f1_score(M.pooled_slices(tr, j), M.pooled_slices(fl, j)))
-            out["infectious_slices"]["f1_rule"] = "slices the report lists (locator flag, and a lesion when there is a lesion map)"
+            out["infectious_slices"]["f1"] = lf("f1", lambda j: M.f1_score(M.pooled_slices(tr, j),
+                                                                           M.pooled_slices(fl, j)))
+            out["infectious_slices"]["f1_rule"] = ("slices the report lists (locator flag, and a lesion when there "
+                                                   "is a lesion map)")
         else:
             out["infectious_slices"]["f1"] = lf("f1", lambda j: M.f1_score(M.pooled_slices(tr, j),
                                                                          M.pooled_slices(sc, j) >= locator_threshold))
@@ -920,7 +926,10 @@ def evaluate_bundle(bundle: Any, dataset: Sequence[Any] | str, params: ChainPara
         dataset = open_dataset(dataset)
     ep = replace(eval_params or EvalParams(), n_bootstrap=n_bootstrap, seed=seed)
     params = scoring_params(params)
-    reader_calls = read_readers_csv(readers) if isinstance(readers, (str, Path)) else (list(readers) if readers else None)
+    if isinstance(readers, (str, Path)):
+        reader_calls = read_readers_csv(readers)
+    else:
+        reader_calls = list(readers) if readers else None
     failed: list[dict[str, str]] = []
     records = score_cases(dataset, bundle, params, ep, progress=progress,
                           on_failure=(lambda cid, err: failed.append({"case_id": cid, "error": err}))

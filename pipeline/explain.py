@@ -22,8 +22,9 @@ the network really looked, not only what the overlay shows.
 
 Attentional regions: the map binarised at ``attention_threshold``, opened then closed
 with a disk of ``attention_morph_radius_px``, kept inside the lung mask dilated by
-``lung_margin_px`` (counted on a 512-pixel slice, like the minimum area), components smaller than ``attention_min_area_px`` (counted on a
-512 x 512 slice, scaled by area like ``min_lung_pixels``) dropped.
+``lung_margin_px`` (counted on a 512-pixel slice, like the minimum area), components
+smaller than ``attention_min_area_px`` (counted on a 512 x 512 slice, scaled by area like
+``min_lung_pixels``) dropped.
 
 Both MONAI tools change the network they work on (GradCAM registers hooks it never
 removes; guided backprop swaps ReLUs while it runs), so they work on a private copy of
@@ -212,7 +213,7 @@ def explain_slices(volume: CTVolume, lung_mask: LungMask, z_indices: Sequence[in
     shape_yx = volume.shape[1:]
     ggc = explainer.guided_gradcam(inputs, class_index)
     maps = []
-    for z, g, box in zip(z_list, ggc, boxes):
+    for z, g, box in zip(z_list, ggc, boxes, strict=True):
         # The same smoothing relative to the lung box whatever the network's input size.
         small = _normalise(g, params.attention_sigma_px * params.input_size / 224.0)
         raw = np.clip(uncrop(small, box, shape_yx), 0.0, 1.0)

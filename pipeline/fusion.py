@@ -81,7 +81,7 @@ def fuse(probabilities: np.ndarray, top_k: int) -> CaseScores:
         TASK_NAMES[2]: covid_vs(p, FLU, k),
     }
     return CaseScores(
-        probabilities={name: float(v) for name, v in zip(CLASS_NAMES, multi)},
+        probabilities={name: float(v) for name, v in zip(CLASS_NAMES, multi, strict=True)},
         tasks={name: float(tasks[name]) for name in TASK_NAMES},
         label=CLASS_NAMES[int(np.argmax(multi))],
         top_k=k,

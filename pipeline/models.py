@@ -252,10 +252,11 @@ def _pattern_markdown(entry: Mapping[str, Any] | None) -> list[str]:
     if not entry:
         return []
     training = entry.get("training") or {}
+    counts = ", ".join(f"{k} {v}" for k, v in (training.get("class_counts") or {}).items())
     lines = ["## Lesion pattern", "",
              "Pneumonia type from where the U-Net's lesions lie and how dense they are (pipeline.lesion_pattern): "
              f"{training.get('rule', 'a logistic model')}; fitted by `{training.get('command', '?')}` on "
-             f"{training.get('n_cases', '?')} cases ({', '.join(f'{k} {v}' for k, v in (training.get('class_counts') or {}).items())}).",
+             f"{training.get('n_cases', '?')} cases ({counts}).",
              "", "| feature | mean | sd | " + " | ".join(f"weight {c}" for c in entry.get("classes", [])) + " |",
              "|---|---|---|" + "---|" * len(entry.get("classes", []))]
     coef = entry.get("coef") or []

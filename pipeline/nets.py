@@ -22,7 +22,8 @@ UNET_PAPER = {"kind": "unet", "features": [64, 128, 256, 512, 512, 64], "upsampl
 
 def classifier_arch(num_classes: int, layers=(1, 1, 1, 1), block: str = "basic",
                     block_inplanes=(16, 32, 64, 128), input_size: int = 224) -> dict[str, Any]:
-    """Architecture dict of a 2-D ResNet slice classifier on the lung-only input of pipeline.preprocess.lung_channels."""
+    """Architecture dict of a 2-D ResNet slice classifier on the lung-only input of
+    pipeline.preprocess.lung_channels."""
     return {"kind": "resnet", "block": block, "layers": list(layers),
             "block_inplanes": list(block_inplanes), "in_channels": 3,
             "num_classes": int(num_classes), "input_size": int(input_size)}

@@ -63,7 +63,9 @@ class ChainParams:
     attention_min_area_px: int = 200
     attention_threshold: float = 0.5  # of the normalised Guided Grad-CAM
     lung_margin_px: int = 5  # attention kept inside the lung dilated by this margin (px of a 512 slice)
-    attention_sigma_px: float = 2.0  # Gaussian smoothing of Guided Grad-CAM before binarising (pixels of a 224-px input, scaled to input_size)
+    #: Gaussian smoothing of Guided Grad-CAM before binarising (pixels of a 224-px input,
+    #: scaled to input_size).
+    attention_sigma_px: float = 2.0
     attention_morph_radius_px: int = 2  # disk radius of the opening and closing of the binarised map
     gradcam_layer: str = "layer4"  # the classifier layer Grad-CAM weights (MONAI ResNet's last stage)
     # Compute

@@ -579,7 +579,7 @@ def _intersect(a: tuple[slice, ...], b: tuple[slice, ...]
                ) -> tuple[tuple[slice, ...], tuple[slice, ...]] | None:
     """Index slices of the overlap of boxes ``a`` and ``b``, relative to each box."""
     ra, rb = [], []
-    for sa, sb in zip(a, b):
+    for sa, sb in zip(a, b, strict=True):
         lo, hi = max(sa.start, sb.start), min(sa.stop, sb.stop)
         if lo >= hi:
             return None
@@ -644,7 +644,7 @@ def _render_lesion(grid: _Grid, les: _Lesion, rng: np.random.Generator, hu: np.n
         pz = zz[kk, 0, 0] - les.centre[0]
         pv = v[0, jj, 0] - les.centre[1]
         pu = u[0, 0, ii] - les.centre[2]
-        q = [(pz * f[0] + pv * f[1] + pu * f[2]) / a for f, a in zip(les.frame, les.axes)]
+        q = [(pz * f[0] + pv * f[1] + pu * f[2]) / a for f, a in zip(les.frame, les.axes, strict=True)]
         rho = np.sqrt(q[0] ** 2 + q[1] ** 2 + q[2] ** 2) + 1e-6
         # Irregular outline: smooth lobulation as a function of direction.
         wob = np.ones_like(rho)
@@ -828,7 +828,7 @@ def _cap_lesions(rng, body, grid, lung, an, sides: Sequence[int],
     one-sided, with air bronchograms and sometimes a ground-glass halo."""
     out = []
     for side in sides:
-        for n in range(1 if rng.uniform() < 0.7 else 2):
+        for _ in range(1 if rng.uniform() < 0.7 else 2):
             lobar = rng.uniform() < 0.5
             lower = rng.uniform() < 0.65
             t_range = (0.55, 0.95) if lower else (0.12, 0.5)
@@ -1105,7 +1105,7 @@ def phantom_cohort(count: int, seed: int, mix: Sequence[float] = (1, 1, 1, 1),
     counts = np.floor(exact).astype(int)
     for idx in np.argsort(-(exact - counts), kind="stable")[: n_patients - counts.sum()]:
         counts[idx] += 1
-    labels = [name for name, n in zip(CLASS_NAMES, counts) for _ in range(n)]
+    labels = [name for name, n in zip(CLASS_NAMES, counts, strict=True) for _ in range(n)]
     rng = np.random.default_rng([int(seed), 0xC0407])
     rng.shuffle(labels)
     seeds = np.random.SeedSequence([int(seed), 0xC0407]).generate_state(count, dtype=np.uint32)

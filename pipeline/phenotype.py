@@ -196,7 +196,8 @@ def fractal_dimension(points: np.ndarray) -> float:
         padded = np.zeros((ny * s, nx * s), dtype=bool)
         padded[:p.shape[0], :p.shape[1]] = p
         counts.append(int(padded.reshape(ny, s, nx, s).any(axis=(1, 3)).sum()))
-    slope = np.polyfit(np.log(1.0 / np.asarray(sizes, dtype=np.float64)), np.log(np.asarray(counts, dtype=np.float64)), 1)[0]
+    log_inv_size = np.log(1.0 / np.asarray(sizes, dtype=np.float64))
+    slope = np.polyfit(log_inv_size, np.log(np.asarray(counts, dtype=np.float64)), 1)[0]
     return float(slope)
 
 

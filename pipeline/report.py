@@ -146,7 +146,7 @@ def render_report(m: Mapping[str, Any]) -> str:
     cm = m["confusion_matrix"]
     L += ["### Confusion matrix (rows: truth, columns: predicted)", ""]
     L += _table(["truth \\ predicted", *cm["labels"]],
-                [[lab, *row] for lab, row in zip(cm["labels"], cm["counts"])])
+                [[lab, *row] for lab, row in zip(cm["labels"], cm["counts"], strict=True)])
 
     L += ["## Binary tasks (each on the cases whose truth belongs to the task)", ""]
     rows = []

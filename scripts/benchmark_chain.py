@@ -8,8 +8,8 @@
 
 Prints one line per stage: wall seconds, CPU seconds (all threads), and the peak
 resident memory of the process during the stage (sampled every few ms from /proc, so
-torch's allocations count too), then the total. The phantom is built first and not timed; anything written goes to a temporary
-folder that is removed at the end. The first run in a process pays one-off costs
+torch's allocations count too), then the total. The phantom is built first and not timed;
+anything written goes to a temporary folder that is removed at the end. The first run in a process pays one-off costs
 (allocator, kernels, the explainer's copy of the classifier), so ``--repeat 2`` reports
 the warm run too.
 """

@@ -252,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
         problems += report["pageErrors"] + report["httpErrors"]
         steps = report["steps"]
         if sr_text not in " ".join(steps["sr"]["annotationTexts"]):
-            problems.append(f"the SR's findings are not drawn on the key slice (drawn: {steps['sr']['annotationTexts']}; "
+            problems.append("the SR's findings are not drawn on the key slice "
+                            f"(drawn: {steps['sr']['annotationTexts']}; "
                             f"OHIF console warnings: {report.get('consoleWarnings', [])[:5]})")
         for step in (("seg",) if out_of_domain else ("sc", "seg")):
             if (steps[step]["canvas"] or {}).get("colouredFraction", 0) <= 0.001:
@@ -281,4 +282,4 @@ if __name__ == "__main__":
         raise SystemExit(main())
     except (ScreenshotError, ViewerError) as exc:
         print(f"make_viewer_screenshots: {exc}", file=sys.stderr)
-        raise SystemExit(1)
+        raise SystemExit(1) from None  # the one-line message says it all

@@ -19,8 +19,9 @@ from pathlib import Path
 from pipeline.training.bundle import record_card_fields
 
 KEEP = ("n_cases", "class_counts", "per_class_auc", "multiway_auc", "accuracy", "confusion_matrix", "tasks",
-        "lung_dice", "locating", "decision", "infectious_slices", "non_pneumonia_flagged_slices", "non_pneumonia_stated_slices",
-        "lesion_inclusion", "lesion_dice", "lesion_share", "heat_inside_lung", "heat_on_lesion", "lesion_pattern", "operating_points")
+        "lung_dice", "locating", "decision", "infectious_slices", "non_pneumonia_flagged_slices",
+        "non_pneumonia_stated_slices", "lesion_inclusion", "lesion_dice", "lesion_share", "heat_inside_lung",
+        "heat_on_lesion", "lesion_pattern", "operating_points")
 HELD_OUT = {
     "family_a": "family A (pipeline.phantom) seed 900000 at 224 px: seeds and matrix size never trained on",
     "family_b": "family B (pipeline.phantoms) seed 900001 at 224 px: seeds and matrix size never trained on",

@@ -92,7 +92,8 @@ def test_select_slices_prefers_located_slices_for_pneumonia() -> None:
     assert case.label == "covid19"
     scores = np.full(10, np.nan)
     scores[[2, 3, 4, 5, 6, 8]] = [0.6, 0.9, 0.2, 0.8, 0.55, 0.1]
-    infected = infected_from_scores(scores[[2, 3, 4, 5, 6, 8]], [2, 3, 4, 5, 6, 8], 10, ChainParams(locator_median_width=1))
+    infected = infected_from_scores(scores[[2, 3, 4, 5, 6, 8]], [2, 3, 4, 5, 6, 8], 10,
+                                    ChainParams(locator_median_width=1))
     assert infected.z_indices == (2, 3, 5, 6)
     # With a lesion map, a slice the locator flags without a lesion on it is not reported.
     lesion_slices = np.zeros(10, bool)
@@ -203,7 +204,7 @@ def test_cuda_gives_the_cpu_results(tiny_bundle, phantom) -> None:
     np.testing.assert_allclose(cpu.slice_scores.probabilities, gpu.slice_scores.probabilities, atol=1e-3)
     np.testing.assert_allclose(cpu.infected.scores, gpu.infected.scores, atol=1e-3)
     assert cpu.case_scores.label == gpu.case_scores.label
-    for a, b in zip(cpu.attention, gpu.attention):
+    for a, b in zip(cpu.attention, gpu.attention, strict=True):
         assert a.z_index == b.z_index
         np.testing.assert_allclose(a.heat, b.heat, atol=2e-2)
 

@@ -17,7 +17,7 @@ IN_DOMAIN = DomainCheck(score=0.4, in_domain=True, components={"deep_features": 
 def _case(probs: dict[str, float], pneumonia: float) -> CaseScores:
     p = np.array([probs[c] for c in CLASS_NAMES], dtype=float)
     p = p / p.sum()
-    return CaseScores(probabilities=dict(zip(CLASS_NAMES, p.tolist())),
+    return CaseScores(probabilities=dict(zip(CLASS_NAMES, p.tolist(), strict=True)),
                       tasks={TASK_NAMES[0]: pneumonia, TASK_NAMES[1]: 0.5, TASK_NAMES[2]: 0.5},
                       label=CLASS_NAMES[int(np.argmax(p))], top_k=3)
 

@@ -249,8 +249,8 @@ def test_score_cases_records_masks_and_features(method: str) -> None:
         return AnalysisResult(
             lung_mask=LungMask(lung.copy(), method),
             slice_scores=SliceScores(np.array([1, 2, 3]), probs, feats),
-            case_scores=CaseScores(dict(zip(CLASS_NAMES, (0.1, 0.2, 0.3, 0.4))),
-                                   dict(zip(TASK_NAMES, (0.9, 0.7, 0.6))), "covid19", 3),
+            case_scores=CaseScores(dict(zip(CLASS_NAMES, (0.1, 0.2, 0.3, 0.4), strict=True)),
+                                   dict(zip(TASK_NAMES, (0.9, 0.7, 0.6), strict=True)), "covid19", 3),
             infected=InfectedSlices(scores, (2, 3), 0.5), attention=(), phenotype=None, lung_volume_ml=1.0,
             model=ModelInfo("m", "0", "x", "", True),
             decision=Decision("covid19", "stand-in", {"pneumonia_vs_non_pneumonia": 0.5, "margin": 0.1}),

@@ -113,7 +113,8 @@ def _pdata(context: int, header: int, body: bytes, pdv_len: int | None = None) -
        command=st.sampled_from(["store", "echo", "random"]), flips=st.lists(
            st.tuples(st.integers(0, 300), st.integers(0, 255)), max_size=8),
        pdv_len=st.none() | st.integers(0, 2**32 - 1), data=st.binary(max_size=2048),
-       then=st.sampled_from([b"", b"\x05\x00\x00\x00\x00\x04\x00\x00\x00\x00", b"\x07\x00\x00\x00\x00\x04\x00\x00\x00\x00"]))
+       then=st.sampled_from([b"", b"\x05\x00\x00\x00\x00\x04\x00\x00\x00\x00",
+                             b"\x07\x00\x00\x00\x00\x04\x00\x00\x00\x00"]))
 def test_random_messages_on_an_association(listener, context, header, command, flips, pdv_len, data, then):
     if command == "store":
         cmd = _command(0x0001, CTImageStorage, "1.2.3.4")

@@ -26,7 +26,8 @@ def _series(db, asm, storage: Path, results: Path, uid: str, t: float, n: int = 
         (storage / rel).parent.mkdir(parents=True, exist_ok=True)
         (storage / rel).write_bytes(b"x" * size)
         asm.record_instance(InstanceInfo(sop_uid=f"{uid}.{i}", series_uid=uid, study_uid="1.2",
-                                         sop_class_uid="1.2.840.10008.5.1.4.1.1.2", transfer_syntax="1.2.840.10008.1.2.1",
+                                         sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+                                         transfer_syntax="1.2.840.10008.1.2.1",
                                          modality="CT", orientation="1\\0\\0\\0\\1\\0", patient_key="p"), rel,
                             received=t)
     asm.complete_due(at=t + 20)
@@ -51,8 +52,8 @@ def env(tmp_path):
 def _finish(db, job: int, delivery_state: str | None = "sent") -> None:
     db.execute("UPDATE jobs SET state='done' WHERE id=?", (job,))
     if delivery_state:
-        db.execute("INSERT INTO deliveries(job_id, destination, sop_uid, kind, path, state, created, next_try, updated) "
-                   "VALUES (?, 'PACS@h:104', ?, 'sr', 'x', ?, 0, 0, 0)", (job, f"9.{job}", delivery_state))
+        db.execute("INSERT INTO deliveries(job_id, destination, sop_uid, kind, path, state, created, next_try, "
+                   "updated) VALUES (?, 'PACS@h:104', ?, 'sr', 'x', ?, 0, 0, 0)", (job, f"9.{job}", delivery_state))
 
 
 def test_only_delivered_series_are_purged_and_only_when_old(env):
@@ -136,7 +137,8 @@ def test_the_disk_watermark_refuses_associations_before_a_series(tmp_path):
         series = write_series(tmp_path / "in", n_slices=2, size=32)
         refused = storescu(scp.port, series.paths)
         assert refused.returncode != 0 and stored == []
-        assert "Local Limit Exceeded" in refused.stdout + refused.stderr or "Rejected" in refused.stdout + refused.stderr
+        said = refused.stdout + refused.stderr
+        assert "Local Limit Exceeded" in said or "Rejected" in said
     finally:
         scp.stop()
 

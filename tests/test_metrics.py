@@ -100,7 +100,7 @@ def test_bootstrap_contains_estimate_and_narrows() -> None:
         labels, probs = _scores(n, 7)
         y, s = labels == 3, probs[:, 3]
         res = M.resample_indices(n, 300, seed=0)
-        est = M.bootstrap(lambda idx: M.roc_auc(y[idx], s[idx]), res)
+        est = M.bootstrap(lambda idx, y=y, s=s: M.roc_auc(y[idx], s[idx]), res)
         assert est.value == pytest.approx(roc_auc_score(y, s))
         assert est.ci_low <= est.value <= est.ci_high
         assert est.n_resamples == 300 and est.n_skipped == 0
@@ -151,7 +151,7 @@ def test_reader_rows_hand_example() -> None:
     row = M.reader_row("R1", r1 == truth, truth == "covid19", r1 == "covid19")
     assert (row.correct, row.wrong, row.n_cases) == (3, 2, 5)
     assert row.sensitivity == pytest.approx(2 / 3) and row.specificity == pytest.approx(1 / 2)
-    marks = [list(r1 == truth), [None if c is None else c == t for c, t in zip(r2, truth)]]
+    marks = [list(r1 == truth), [None if c is None else c == t for c, t in zip(r2, truth, strict=True)]]
     any_row, all_row = M.pooled_reader_rows(marks)
     assert (any_row.correct, any_row.wrong, any_row.n_cases) == (5, 0, 5)  # every case: someone right
     assert (all_row.correct, all_row.wrong) == (3, 2)  # cases 1 and 3: R1 wrong

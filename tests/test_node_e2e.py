@@ -104,7 +104,7 @@ def test_compressed_transfer_syntaxes_are_analysed(tmp_path, node_factory):
     flags = {JPEGLSLossless: "-xt", JPEG2000Lossless: "-xv", JPEGLosslessSV1: "-xs"}
     plain = phantom_series(tmp_path / "in", seed=10)
     parts = [plain.paths[i::3] for i in range(3)]
-    for part, ts in zip(parts, flags):
+    for part, ts in zip(parts, flags, strict=True):
         for path in part:
             if ts == JPEGLosslessSV1:  # pydicom cannot encode it: DCMTK's dcmcjpeg does
                 subprocess.run([require_tool("dcmcjpeg"), "+e1", str(path), str(path) + ".j"], check=True)
@@ -211,8 +211,8 @@ def test_a_bundle_upgrade_loses_no_waiting_series(tmp_path, tiny_bundle):
     from conftest import make_tiny_bundle
     from node_helpers import TEST_CONFIG, write_test_config
 
-    config = write_test_config(tmp_path / "config", TEST_CONFIG.replace("min_free_mb = 0\n",
-                                                                        "min_free_mb = 0\ncomplete_on_release = false\n"))
+    no_release = TEST_CONFIG.replace("min_free_mb = 0\n", "min_free_mb = 0\ncomplete_on_release = false\n")
+    config = write_test_config(tmp_path / "config", no_release)
     old = NodeProcess(tmp_path / "data", tiny_bundle, quiet_seconds=600.0, config=config).start()
     series = phantom_series(tmp_path / "ct", seed=9)
     assert storescu(old.port, series.paths).returncode == 0

@@ -133,7 +133,7 @@ def test_node_sends_every_result_object_to_orthanc(tmp_path, tiny_bundle):
                 assert findings.tasks[name] == pytest.approx(summary["tasks"][name], abs=1e-4)
         assert findings.lung_volume_ml == pytest.approx(summary["lung_volume_ml"], abs=0.051)
         by_number = {int(pydicom.dcmread(p, stop_before_pixels=True).InstanceNumber): str(uid)
-                     for p, uid in zip(series.paths, series.sop_uids)}
+                     for p, uid in zip(series.paths, series.sop_uids, strict=True)}
         # The locator's slices: stated as infectious under a pneumonia decision, else flagged
         # as no finding, and not reported at all out of domain.
         located = findings.infected_sop_uids + findings.flagged_sop_uids

@@ -176,7 +176,7 @@ def test_drawn_grid_varies_with_the_seed():
     sizes = {g[0][1] for g in grids}
     assert min(thickness) >= 1.0 and max(thickness) <= 5.0 and max(thickness) - min(thickness) > 2
     assert len(sizes) >= 3
-    for (nz, ny, nx), (dz, dy, dx) in grids:
+    for (_, ny, nx), (_, dy, _) in grids:
         assert ny == nx and 0.6 * 512 / nx <= dy <= 0.9 * 512 / nx + 1e-9
     # Fixed counts are honoured and keep the anatomy's coverage.
     (nz, ny, nx), (dz, _, _) = phantom_grid(3, 40, 96)
@@ -235,8 +235,8 @@ def test_one_seed_same_anatomy_and_lesions_at_every_matrix_size():
     for label in ("covid19", "cap"):
         small, large = ph(label, 12, 24, 80), ph(label, 12, 48, 160)
         ml = [p.volume.voxel_volume_ml for p in (small, large)]
-        lung = [p.lung_mask.sum() * m for p, m in zip((small, large), ml)]
-        lesion = [p.lesion_mask.sum() * m for p, m in zip((small, large), ml)]
+        lung = [p.lung_mask.sum() * m for p, m in zip((small, large), ml, strict=True)]
+        lesion = [p.lesion_mask.sum() * m for p, m in zip((small, large), ml, strict=True)]
         assert lung[0] == pytest.approx(lung[1], rel=0.03)
         assert lesion[0] == pytest.approx(lesion[1], rel=0.1)
         centres = []

@@ -44,7 +44,8 @@ def test_sigkill_during_the_job_then_restart_delivers_exactly_once(tmp_path, tin
         assert len(per_dest) == 2
         for scp in (pacs, viewer):
             want = next(v for k, v in per_dest.items() if k.startswith(scp.ae_title + "@"))
-            wait_for(lambda: len(scp.received_sop_uids()) >= len(want), 30, what=f"{scp.ae_title} to store")
+            wait_for(lambda scp=scp, want=want: len(scp.received_sop_uids()) >= len(want), 30,
+                     what=f"{scp.ae_title} to store")
             assert sorted(scp.received_sop_uids()) == want  # each result exactly once
     finally:
         node.stop()

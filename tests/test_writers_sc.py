@@ -41,7 +41,7 @@ def test_one_overlay_per_explained_infectious_slice_in_one_series(overlays, inpu
     assert {ds.StudyInstanceUID for ds in overlays} == {inputs.sources[0].StudyInstanceUID}
     assert overlays[0].SeriesInstanceUID != inputs.sources[0].SeriesInstanceUID
     assert [int(ds.InstanceNumber) for ds in overlays] == list(range(1, len(overlays) + 1))
-    for ds, z in zip(overlays, expected_z):
+    for ds, z in zip(overlays, expected_z, strict=True):
         source = inputs.sources[z]
         assert ds.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
         assert ds.SourceImageSequence[0].ReferencedSOPClassUID == source.SOPClassUID

@@ -168,8 +168,8 @@ def _details(result, volume, summary: dict, files: list[str]) -> dict[str, Any]:
     return {
         **summary,
         "slice_scores": [
-            {"slice": volume.slice_label(int(z)), **{c: float(p) for c, p in zip(CLASS_NAMES, row)}}
-            for z, row in zip(scores.z_indices, scores.probabilities)
+            {"slice": volume.slice_label(int(z)), **{c: float(p) for c, p in zip(CLASS_NAMES, row, strict=True)}}
+            for z, row in zip(scores.z_indices, scores.probabilities, strict=True)
         ],
         "locator_scores": [
             {"slice": volume.slice_label(z), "score": float(located[z])}

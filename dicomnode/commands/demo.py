@@ -105,12 +105,14 @@ def format_summary(summary: dict) -> str:
         lines += _out_of_domain_lines(summary)
     else:
         lines += _assessed_lines(summary, decision)
-    lines.append(f"  lung volume: {summary['lung_volume_ml']:.0f} ml ({summary.get('lung_segmentation', '?')} segmentation)")
+    lines.append(f"  lung volume: {summary['lung_volume_ml']:.0f} ml "
+                 f"({summary.get('lung_segmentation', '?')} segmentation)")
     if summary.get("lesion_volume_ml") is not None and decision != "out_of_domain":
         lines.append(f"  lesions of infection (lung U-Net): {summary['lesion_volume_ml']:.1f} ml, "
                      f"{100 * summary['lesion_share_of_lung']:.2f}% of the lung")
     model = summary.get("model", {})
-    lines.append(f"  model bundle: {model.get('name')} {model.get('version')} (sha256 {str(model.get('sha256', ''))[:12]}...)")
+    lines.append(f"  model bundle: {model.get('name')} {model.get('version')} "
+                 f"(sha256 {str(model.get('sha256', ''))[:12]}...)")
     if summary.get("disclaimer"):
         lines.append(f"  {summary['disclaimer']}")
     return "\n".join(lines)

@@ -48,8 +48,9 @@ def run(args: argparse.Namespace) -> int:
         cfg = with_overrides(cfg, ae_title=args.ae_title, port=args.port, data_dir=args.data_dir,
                              quiet_seconds=args.quiet_seconds, bind_address=args.bind, bundle=args.bundle,
                              destinations=dests, http_port=args.http_port, http_bind=args.http_bind,
-                             tls={"tls_port": args.tls_port, "tls_cert_file": args.tls_cert, "tls_key_file": args.tls_key,
-                                  "tls_ca_file": args.tls_ca, "tls_require_client_cert": args.tls_require_client_cert})
+                             tls={"tls_port": args.tls_port, "tls_cert_file": args.tls_cert,
+                                  "tls_key_file": args.tls_key, "tls_ca_file": args.tls_ca,
+                                  "tls_require_client_cert": args.tls_require_client_cert})
     except (ConfigError, ValueError) as e:
         print(f"dicomnode serve: {e}")
         return 2

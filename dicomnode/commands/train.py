@@ -30,8 +30,8 @@ EXIT_USAGE = 2
 def _ints(text: str) -> tuple[int, ...]:
     try:
         values = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 1,1,1,1, got {text!r}")
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 1,1,1,1, got {text!r}") from e
     if not values or any(v < 1 for v in values):
         raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
     return values
@@ -178,7 +178,8 @@ def run(args: argparse.Namespace) -> int:
             role=args.role, data_specs=tuple(args.data), out_dir=args.out, architecture=architecture(args),
             epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, device=args.device, seed=args.seed,
             resume=args.resume, val_fraction=args.val_fraction, workers=args.workers, threads=args.threads,
-            max_slices_per_case=args.max_slices_per_case, lung_masks=args.lung_masks, command=command_line(args), name=args.name,
+            max_slices_per_case=args.max_slices_per_case, lung_masks=args.lung_masks, command=command_line(args),
+            name=args.name,
             version=args.bundle_version, description=args.description, progress=args.progress,
             **({"train": replace(TrainParams(), lesion_weight=args.lesion_weight)}
                if args.lesion_weight is not None else {}))

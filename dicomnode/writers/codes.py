@@ -125,9 +125,11 @@ IMPRESSION = Code("121073", "DCM", "Impression")
 SUMMARY = Code("121111", "DCM", "Summary")
 #: TID 1500 row 12: the container of case-level qualitative evaluations.
 QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")
-#: Procedure reported: LOINC "CT Chest" (the LOINC/RSNA Radiology Playbook term that
-#: CID 100's LOINC entries come from).
-CT_CHEST = Code("24627-2", "LN", "CT Chest")
+#: Procedure reported: TID 1500 takes it from CID 100, whose CT entry is LOINC "CT
+#: unspecified body region". "CT Chest" (24627-2) is the more specific Playbook term, but it is
+#: not in CID 100 and PixelMed's TID 1500 validator rejects it; the region is in every
+#: measurement group's Finding Site (lung).
+CT_PROCEDURE = Code("25045-6", "LN", "CT unspecified body region")
 OF_INTEREST = Code("113000", "DCM", "Of Interest")
 SOURCE_IMAGE_FOR_PROCESSING = Code("121322", "DCM", "Source image for image processing operation")
 ARTIFICIAL_INTELLIGENCE = Code("123110", "DCM", "Artificial Intelligence")

@@ -111,7 +111,8 @@ def lossy_source(sources: Sequence[Dataset]) -> str | None:
             return LOSSY_TRANSFER_SYNTAXES[ts]
         if str(ds.get("LossyImageCompression", "")).strip() == "01":
             method = ds.get("LossyImageCompressionMethod")
-            return f"lossy ({method if isinstance(method, str) else ', '.join(map(str, method or [])) or 'method unknown'})"
+            named = method if isinstance(method, str) else ", ".join(map(str, method or []))
+            return f"lossy ({named or 'method unknown'})"
     return None
 
 

@@ -59,7 +59,20 @@ def build_kos(result: AnalysisResult, volume: CTVolume, sources: Sequence[Datase
         institution_name=options.institution_name,
         series_description=series_description("key images", result.model),
     )
+    _drop_reference_names(kos)
     return kos
+
+
+def _drop_reference_names(kos: Dataset) -> None:
+    """Remove the concept name highdicom gives each referenced image ("Source").
+
+    PS3.3 C.17.3 permits such a generic name, but TID 2010 (row 8) gives the IMAGE and
+    COMPOSITE items no purpose of reference, and PixelMed's template validator, the one
+    IHE AI Results testing names, rejects it; unnamed items are valid for dciodvfy too.
+    """
+    for item in kos.ContentSequence:
+        if item.ValueType in ("IMAGE", "COMPOSITE") and "ConceptNameCodeSequence" in item:
+            del item.ConceptNameCodeSequence
 
 
 def kos_description(result: AnalysisResult, labels: str) -> str:

@@ -83,6 +83,9 @@ def build_seg(result: AnalysisResult, volume: CTVolume, sources: Sequence[Datase
     except ValueError as e:
         raise WriterError(f"lung SEG cannot be built from these source slices: {e}") from e
     seg.ImageComments = disclaimer(model)[:10240]
+    # The body part of the series is the chest, not a paired organ, so General Series'
+    # Laterality stays absent (PS3.3 C.7.3.1); said explicitly for readers and validators.
+    seg.BodyPartExamined = "CHEST"
     if options.institution_name:
         seg.InstitutionName = options.institution_name
     return seg

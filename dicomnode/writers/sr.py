@@ -4,7 +4,7 @@ The report states ``result.decision`` (one of pipeline.types.DECISIONS), never t
 argmax of the probabilities. Layout (docs/objects.md shows it as ``dsrdump`` prints it)::
 
     Imaging Measurement Report (TID 1500)
-      language, device observer (product, bundle name/version), procedure "CT Chest",
+      language, device observer (product, bundle name/version), procedure "CT unspecified body region" (CID 100),
       image library (the source slices the report draws on; the whole series is the
       evidence in the header)
       Imaging Measurements
@@ -93,7 +93,7 @@ def build_sr(result: AnalysisResult, volume: CTVolume, sources: Sequence[Dataset
         ))
     report = hd.sr.MeasurementReport(
         observation_context=observation_context,
-        procedure_reported=codes.CT_CHEST,
+        procedure_reported=codes.CT_PROCEDURE,
         imaging_measurements=groups,
         # The images the report draws on; every referenced image is in the evidence (header).
         referenced_images=[sources[z] for z in sorted({key_z, *drawn})],

@@ -125,7 +125,7 @@ def open_phantoms(spec: str) -> Dataset:
         "generator": FAMILIES[family][1],
         "family": family,
         "seed": opts["seed"],
-        "mix": dict(zip(CLASS_NAMES, opts["mix"])),
+        "mix": dict(zip(CLASS_NAMES, opts["mix"], strict=True)),
         "slices": opts["slices"],
         "size_px": opts["size"],
         "scans_per_patient": opts["per_patient"],

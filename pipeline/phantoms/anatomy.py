@@ -193,7 +193,7 @@ class Anatomy:
         z = c + 1j * s
         zk = z * z
         pert = 1.0
-        for k, (cc, cs, sc, ss) in zip(CAVITY_HARMONICS, self.cav_coef):
+        for k, (cc, cs, sc, ss) in zip(CAVITY_HARMONICS, self.cav_coef, strict=True):
             if k > 2:
                 zk = zk * z
             pert = pert + (cc + cs * t) * zk.real + (sc + ss * t) * zk.imag
@@ -204,7 +204,7 @@ class Anatomy:
         t = np.clip(self.t_of(h), -0.5, 1.3)
         _, s_ap = self.cavity_scale(t)
         pert = 1.0
-        for k, (cc, cs, sc, ss) in zip(CAVITY_HARMONICS, self.cav_coef):
+        for k, (cc, cs, sc, ss) in zip(CAVITY_HARMONICS, self.cav_coef, strict=True):
             pert = pert + (cc + cs * t) * round(math.cos(k * math.pi / 2)) + (sc + ss * t) * round(
                 math.sin(k * math.pi / 2))
         return self.cav_b * s_ap * pert

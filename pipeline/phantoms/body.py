@@ -212,9 +212,9 @@ def paint_slices(grid: Grid, an: Anatomy, look: Look, effusions: Sequence[Effusi
     cx_lo, cx_hi = (lut_c * cos_a[None]).min(axis=1) - 2, (lut_c * cos_a[None]).max(axis=1) + 2
     cy_lo, cy_hi = (lut_c * sin_a[None]).min(axis=1) - 2, (lut_c * sin_a[None]).max(axis=1) + 2
     cav_rows = [slice(int(np.searchsorted(Y[:, 0], a)), int(np.searchsorted(Y[:, 0], b, "right")))
-                for a, b in zip(cy_lo, cy_hi)]
+                for a, b in zip(cy_lo, cy_hi, strict=True)]
     cav_cols = [slice(int(np.searchsorted(X[0], a)), int(np.searchsorted(X[0], b, "right")))
-                for a, b in zip(cx_lo, cx_hi)]
+                for a, b in zip(cx_lo, cx_hi, strict=True)]
 
     for k, h in enumerate(grid.h):
         h = float(h)
@@ -318,7 +318,7 @@ def _fill_lungs(hb: np.ndarray, sb: np.ndarray, eff: np.ndarray | None, lung: np
             fis = np.exp(-((h - obl[1][sub]) / fis_w) ** 2)
         val += fis_amp * fis
         hs = hb[sub]
-        for e, wy in zip(effusions, eff_wy):
+        for e, wy in zip(effusions, eff_wy, strict=True):
             t_eff = e.thickness * smoothstep(e.h_top, e.h_top - 60.0, h)
             if e.side != side_id or t_eff <= 0:
                 continue
@@ -382,7 +382,7 @@ def _heart(hb: np.ndarray, lung: np.ndarray, thorax: np.ndarray, h: float, Y: np
     heart = th & (an.heart_rho(p, q, s) < 1.0)
     hs[heart] = con.myocardium
     # Blood pools: right heart, left heart (contrast phase), the rest is myocardium.
-    for (pc, qc, sc, pa, qa, sa), value in zip(an.chambers, (con.aorta, con.pa, con.aorta, con.pa)):
+    for (pc, qc, sc, pa, qa, sa), value in zip(an.chambers, (con.aorta, con.pa, con.aorta, con.pa), strict=True):
         pool = heart & (((p - pc) / pa) ** 2 + ((q - qc) / qa) ** 2 + ((s - sc) / sa) ** 2 < 1.0)
         hs[pool] = value
 
@@ -440,7 +440,7 @@ def _arms(hb: np.ndarray, h: float, Y: np.ndarray, X: np.ndarray, ysurf: np.ndar
     fat = 0.5 * an.fat + 3.0
     centres = []
     cy = an.arm_y
-    for lat, sign in zip(lateral, (1.0, -1.0)):
+    for lat, sign in zip(lateral, (1.0, -1.0), strict=True):
         cx = (lat + an.arm_gap + ax) * sign
         # The arm rests on the table: never below its surface.
         col = min(int(np.searchsorted(X[0], cx)), X.shape[1] - 1)

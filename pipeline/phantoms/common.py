@@ -130,7 +130,7 @@ class Grid:
         """Fine-voxel slices covering the mm box [lo, hi] in (h, y, x), or None if empty."""
         a, b = self.frac_index(np.asarray(lo)), self.frac_index(np.asarray(hi))
         out = []
-        for lo_i, hi_i, n in zip(np.minimum(a, b), np.maximum(a, b), self.shape_fine):
+        for lo_i, hi_i, n in zip(np.minimum(a, b), np.maximum(a, b), self.shape_fine, strict=True):
             s, e = max(int(math.floor(lo_i)), 0), min(int(math.ceil(hi_i)) + 1, n)
             if s >= e:
                 return None
@@ -160,7 +160,7 @@ class Waves:
     def on_box(self, h: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
         """The field on the grid h (nz,) x y (ny,) x x (nx,), float32 (nz, ny, nx)."""
         out = np.zeros((len(h), len(y), len(x)), dtype=np.float32)
-        for (kh, ky, kx), ph, a in zip(self.k, self.phase, self.amp):
+        for (kh, ky, kx), ph, a in zip(self.k, self.phase, self.amp, strict=True):
             ezy = (np.exp(1j * (kh * h + ph))[:, None] * np.exp(1j * ky * y)[None, :])[..., None]
             ex = np.exp(1j * kx * x)[None, None, :]
             # Im(ezy * ex) = Re(ezy) Im(ex) + Im(ezy) Re(ex)

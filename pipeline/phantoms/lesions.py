@@ -372,7 +372,7 @@ def _masses(rng, pl: _Placer, an: Anatomy, plan: LesionPlan, allow_tumour: bool)
 
 
 def _intersect(a: tuple[slice, ...], b: tuple[slice, ...]) -> tuple[slice, ...] | None:
-    out = tuple(slice(max(x.start, y.start), min(x.stop, y.stop)) for x, y in zip(a, b))
+    out = tuple(slice(max(x.start, y.start), min(x.stop, y.stop)) for x, y in zip(a, b, strict=True))
     return None if any(s.start >= s.stop for s in out) else out
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
 
@@ -150,7 +151,7 @@ def _hila(an: Anatomy, rng: np.random.Generator) -> Hila:
 def _line(*pts: np.ndarray, n: int = 12) -> np.ndarray:
     """A polyline through the given points, each leg sampled n times."""
     out = [np.asarray(pts[0], dtype=float)[None]]
-    for a, b in zip(pts[:-1], pts[1:]):
+    for a, b in pairwise(pts):
         t = np.linspace(0, 1, n + 1)[1:, None]
         out.append(np.asarray(a) + (np.asarray(b) - np.asarray(a)) * t)
     return np.concatenate(out)
