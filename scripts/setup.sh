@@ -10,6 +10,9 @@ command -v dciodvfy >/dev/null || need_apt+=(dicom3tools)
 command -v Orthanc >/dev/null || need_apt+=(orthanc)
 [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need_apt+=(orthanc-dicomweb)
 command -v openssl >/dev/null || need_apt+=(openssl)  # the TLS tests make their certificates
+# PixelMed's DICOM and SR validators, the second validator of our objects (tests/test_pixelmed.py).
+[ -e /usr/share/java/pixelmed.jar ] || need_apt+=(libpixelmed-java)
+command -v java >/dev/null || need_apt+=(default-jre-headless)
 if [ "${WITH_BROWSER:-0}" = 1 ]; then command -v chromium >/dev/null || need_apt+=(chromium); fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
