@@ -238,3 +238,16 @@ def test_overlay_heat_of_a_small_trained_model_lies_inside_the_lung(tmp_path: Pa
     # the lung masking, so only the smoothing and the resampling of a 64-pixel slice's lung
     # box put heat outside the lung (most at its thin top and bottom slices).
     assert np.mean(raw) >= 0.8 and min(raw) >= 0.6, raw
+
+
+def test_segmentation_slices_favour_lesions_and_cover_the_scan():
+    from pipeline.training.data import segmentation_slices
+    lesion = np.zeros((40, 8, 8), dtype=bool)
+    lesion[30:34] = True  # four slices with a lesion, far from the evenly spaced picks
+    z = segmentation_slices(40, lesion, 6, 0.5, min_pixels=10)
+    assert len(z) == 6 and list(z) == sorted(set(z))
+    assert len(set(z) & set(range(30, 34))) >= 3  # half of the picks among the lesion slices
+    assert z[0] == 0 and z.max() >= 39 - 1  # and the rest still spans the scan
+    assert list(segmentation_slices(40, None, 6, 0.5, 10)) == [0, 8, 16, 23, 31, 39]
+    assert len(segmentation_slices(40, lesion, None, 0.5, 10)) == 40
+    assert len(segmentation_slices(4, lesion[:4], 6, 0.5, 10)) == 4

@@ -166,6 +166,25 @@ def _limit(z: np.ndarray, limit: int | None) -> np.ndarray:
     return z if limit is None else sample_slices(z, limit)
 
 
+def segmentation_slices(n_slices: int, lesion: np.ndarray | None, limit: int | None,
+                        lesion_share: float, min_pixels: int) -> np.ndarray:
+    """The slices a case gives the U-Net: all of them without ``limit``; else about
+    ``lesion_share`` of ``limit`` evenly among the slices with more than ``min_pixels``
+    lesion pixels and the rest evenly over the whole scan (sorted, unique)."""
+    every = np.arange(n_slices, dtype=np.int64)
+    if limit is None or n_slices <= limit:
+        return every
+    with_lesion = np.zeros(0, dtype=np.int64) if lesion is None else \
+        np.flatnonzero(np.count_nonzero(lesion.reshape(n_slices, -1), axis=1) > min_pixels)
+    n_lesion = min(len(with_lesion), int(round(limit * float(lesion_share))))
+    chosen = sample_slices(every, limit - n_lesion) if limit - n_lesion > 0 else np.zeros(0, dtype=np.int64)
+    if n_lesion:
+        rest = np.setdiff1d(with_lesion, chosen)
+        if len(rest):
+            chosen = np.union1d(chosen, sample_slices(rest, n_lesion))
+    return chosen
+
+
 def prepare_case(case: Any, recipe: SliceRecipe) -> CaseSlices:
     """Load one case and extract the slices its role trains on."""
     case_id = str(case.case_id)
@@ -183,7 +202,8 @@ def prepare_case(case: Any, recipe: SliceRecipe) -> CaseSlices:
         if mask is None:
             raise TrainError(f"case {case_id} has no lung mask: segmentation training needs lung masks "
                              f"(phantoms have them; give a lung_mask column in a manifest CSV)")
-        z = _limit(np.arange(hu.shape[0], dtype=np.int64), recipe.max_slices_per_case)
+        z = segmentation_slices(hu.shape[0], loaded.lesion_mask, recipe.max_slices_per_case,
+                                recipe.train.seg_lesion_slice_share, recipe.train.locator_lesion_pixels)
         x = unet_batch(hu[z], chain)
         y = (resize_batch(mask[z].astype(np.float32), chain.unet_input_size) > 0.5).astype(np.uint8)
         if loaded.lesion_mask is not None:

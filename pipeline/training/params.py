@@ -61,5 +61,10 @@ class TrainParams:
     slice_labels: str = "lesion"
     #: U-Net loss weight of lung pixels with a lesion (dense disease must stay lung).
     lesion_weight: float = 5.0
+    #: Share of a case's U-Net training slices (``max_slices_per_case``) taken among the
+    #: slices that hold a lesion, the rest evenly over the whole scan: evenly spaced slices
+    #: alone show a lobar consolidation against the heart a few times per case, too rarely
+    #: for the U-Net to learn that it is lung.
+    seg_lesion_slice_share: float = 0.5
     #: Apply the HU intensity augmentation (AugmentParams) as well as the affine.
     intensity_augmentation: bool = True
