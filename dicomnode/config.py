@@ -18,13 +18,16 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Iterable, Literal, Mapping
+from typing import Any, Iterable, Literal, Mapping, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
 
-OBJECT_KINDS: tuple[str, ...] = ("sr", "sc", "seg", "kos")
+#: A kind of result object (dicomnode.writers builds each).
+ObjectKind = Literal["sr", "sc", "seg", "kos"]
+#: The kinds of result object, in the order they are built and sent (the one list).
+OBJECT_KINDS: tuple[ObjectKind, ...] = get_args(ObjectKind)
 AE_TITLE_MAX = 16
 #: The repository's embedded default configuration.
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "config" / "node.toml"
@@ -158,6 +161,9 @@ class NodeSection(_Frozen):
     idle_timeout_s: float = Field(60.0, gt=0)
     #: Longest time one message (a C-STORE with its dataset) may take to arrive (seconds).
     message_timeout_s: float = Field(600.0, gt=0)
+    #: Longest wait for a peer's answer when the node sends (a DIMSE response, network
+    #: data; seconds): deliveries use it, the listener has the three timeouts above.
+    network_timeout_s: float = Field(60.0, gt=0)
     #: Largest dataset accepted in one C-STORE (MB); larger is aborted before it is buffered.
     max_instance_mb: int = Field(2048, ge=1)
     # DICOM TLS (PS3.15 B.1): a second listener on ``tls_port`` (0: none).
@@ -327,7 +333,7 @@ class Destination(_Frozen):
     ae_title: str
     host: str
     port: int = Field(ge=1, le=65535)
-    objects: tuple[Literal["sr", "sc", "seg", "kos"], ...] = OBJECT_KINDS
+    objects: tuple[ObjectKind, ...] = OBJECT_KINDS
     #: DICOM TLS to this destination; its certificate is checked against ``tls_ca_file``
     #: (else the system's CAs) and its host name; ``tls_cert_file``/``tls_key_file``: ours,
     #: for a destination that requires client certificates.

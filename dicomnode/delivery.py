@@ -21,6 +21,7 @@ import sqlite3
 import threading
 from collections import defaultdict
 from contextlib import contextmanager
+from enum import Enum
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -28,15 +29,31 @@ from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 
-from .config import DeliverySection, Destination
+from .config import DeliverySection, Destination, NodeSection
 from .db import Database, now
+from .queue import JobQueue, JobState
 from .tls import client_context
 
 log = logging.getLogger(__name__)
 
-PENDING = "pending"
-SENT = "sent"
-FAILED = "failed"
+DEFAULT_NETWORK_TIMEOUT_S: float = NodeSection.model_fields["network_timeout_s"].default
+
+class DeliveryState(str, Enum):
+    """One (job, destination, object) row of ``deliveries`` (the stored strings never change)::
+
+        pending -> sent | failed      (success, or the retry window ran out)
+        failed -> pending             (an admin's retry: ``retry_failed``)
+    """
+
+    PENDING = "pending"
+    SENT = "sent"
+    FAILED = "failed"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+PENDING, SENT, FAILED = DeliveryState.PENDING.value, DeliveryState.SENT.value, DeliveryState.FAILED.value
 
 
 def destination_key(d: Destination) -> str:
@@ -84,9 +101,14 @@ class Delivery:
     """Records, sends and retries result deliveries."""
 
     def __init__(self, db: Database, destinations: Sequence[Destination], settings: DeliverySection,
-                 results_root: Path, calling_ae: str, audit: Callable[..., None] | None = None) -> None:
-        """``audit``: told of each run's outcome per destination (dicomnode.audit)."""
+                 results_root: Path, calling_ae: str, audit: Callable[..., None] | None = None,
+                 queue: JobQueue | None = None, network_timeout_s: float = DEFAULT_NETWORK_TIMEOUT_S) -> None:
+        """``audit``: told of each run's outcome per destination (dicomnode.audit); ``queue``:
+        the owner of job states (a job's state follows its deliveries); ``network_timeout_s``:
+        ``[node] network_timeout_s``, the longest wait for a destination's answer."""
         self.db = db
+        self.queue = queue if queue is not None else JobQueue(db)
+        self.network_timeout_s = network_timeout_s
         self.audit = audit
         self.destinations = {destination_key(d): d for d in destinations}
         self.settings = settings
@@ -167,7 +189,7 @@ class Delivery:
             return 0
         ae = AE(ae_title=self.calling_ae)
         ae.acse_timeout = ae.connection_timeout = self.settings.connect_timeout_seconds
-        ae.dimse_timeout = ae.network_timeout = 60
+        ae.dimse_timeout = ae.network_timeout = self.network_timeout_s
         for sop_class in sorted({str(ds.SOPClassUID) for _, ds in datasets}):
             tss = sorted({str(ds.file_meta.TransferSyntaxUID) for _, ds in datasets if str(ds.SOPClassUID) == sop_class}
                          | {ExplicitVRLittleEndian, ImplicitVRLittleEndian})
@@ -264,25 +286,18 @@ class Delivery:
             n = conn.execute("UPDATE deliveries SET state=?, next_try=?, created=?, updated=? WHERE job_id=? AND "
                              "state=?", (PENDING, t, t, t, job_id, FAILED)).rowcount
             if n:
-                conn.execute("UPDATE jobs SET state='delivering', reason=?, updated=? WHERE id=? AND state='failed'",
-                             ("deliveries retried by an admin", t, job_id))
+                self.queue.redeliver_in(conn, job_id, "deliveries retried by an admin", t)
         return n
 
     def _settle_jobs(self) -> None:
-        """Jobs in 'delivering' with nothing pending become done, or failed if any failed."""
+        """Jobs in 'delivering' with nothing pending become done, or failed if any failed
+        (the queue changes the state; this only counts the deliveries)."""
         t = now()
         with self.db.transaction() as conn:
             rows = conn.execute(
                 "SELECT j.id, SUM(d.state=?) AS pending, SUM(d.state=?) AS failed, COUNT(d.sop_uid) AS total "
-                "FROM jobs j LEFT JOIN deliveries d ON d.job_id=j.id WHERE j.state='delivering' GROUP BY j.id",
-                (PENDING, FAILED)).fetchall()
+                "FROM jobs j LEFT JOIN deliveries d ON d.job_id=j.id WHERE j.state=? GROUP BY j.id",
+                (PENDING, FAILED, JobState.DELIVERING.value)).fetchall()
             for row in rows:
-                if row["pending"]:
-                    continue
-                if row["failed"]:
-                    conn.execute("UPDATE jobs SET state='failed', reason=?, updated=? WHERE id=?",
-                                 (f"{row['failed']} of {row['total']} deliveries failed", t, row["id"]))
-                    log.error("job %d failed: %d of %d deliveries failed", row["id"], row["failed"], row["total"])
-                else:
-                    conn.execute("UPDATE jobs SET state='done', reason=NULL, updated=? WHERE id=?", (t, row["id"]))
-                    log.info("job %d done: %d object deliveries sent", row["id"], row["total"])
+                if not row["pending"]:
+                    self.queue.delivered_in(conn, int(row["id"]), int(row["failed"] or 0), int(row["total"]), t)

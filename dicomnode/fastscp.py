@@ -31,7 +31,7 @@ import ssl
 import struct
 import threading
 import time
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from pydicom.filereader import read_dataset
 from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ASSOCIATE_RQ
@@ -44,8 +44,8 @@ from pynetdicom.pdu_primitives import (
 from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
 
 from .config import NodeSection
+from .header import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
 from .logsafe import RateLimitedLog, peer_text
-from .store import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
 from .tls import subject_problem
 
 log = logging.getLogger(__name__)
@@ -104,22 +104,32 @@ def encode_response(command: int, msg_id: int, status: int, sop_class: str, sop_
     return _element(0x0000, struct.pack("<I", len(body))) + body
 
 
-def decode_command(raw: bytes) -> dict[str, object]:
+class Command(NamedTuple):
+    """The command elements we use of one DIMSE request."""
+
+    field: int
+    msg_id: int
+    sop_class: str
+    sop_uid: str
+    has_data: bool
+
+
+def decode_command(raw: bytes) -> Command:
     """The command elements we use, from an Implicit VR Little Endian command set.
     Raises _Abort for a command set that cannot be read or whose UIDs are not ASCII (a UID
     we could not even echo back in the response; found by the fuzz test)."""
     try:
         ds = read_dataset(io.BytesIO(raw), True, True)
-        cmd = {
-            "field": int(ds.get("CommandField", -1)),
-            "msg_id": int(ds.get("MessageID", 0)),
-            "sop_class": str(ds.get("AffectedSOPClassUID", "") or "").rstrip("\x00 "),
-            "sop_uid": str(ds.get("AffectedSOPInstanceUID", "") or "").rstrip("\x00 "),
-            "has_data": int(ds.get("CommandDataSetType", NO_DATASET)) != NO_DATASET,
-        }
+        cmd = Command(
+            field=int(ds.get("CommandField", -1)),
+            msg_id=int(ds.get("MessageID", 0)),
+            sop_class=str(ds.get("AffectedSOPClassUID", "") or "").rstrip("\x00 "),
+            sop_uid=str(ds.get("AffectedSOPInstanceUID", "") or "").rstrip("\x00 "),
+            has_data=int(ds.get("CommandDataSetType", NO_DATASET)) != NO_DATASET,
+        )
     except Exception as e:  # pydicom raises many types on garbage: one line, no traceback
         raise _Abort(f"malformed command set ({type(e).__name__})") from None
-    if not (str(cmd["sop_class"]).isascii() and str(cmd["sop_uid"]).isascii()):
+    if not (cmd.sop_class.isascii() and cmd.sop_uid.isascii()):
         raise _Abort("malformed command set (a UID that is not ASCII)")
     return cmd
 
@@ -264,7 +274,7 @@ class _Association:
         accepted, _roles = negotiate_as_acceptor(prim.presentation_context_definition_list,
                                                  self.server.supported_contexts)
         for cx in accepted:
-            if cx.result == 0x00:
+            if cx.result == 0x00 and cx.context_id is not None:
                 self.contexts[int(cx.context_id)] = (str(cx.abstract_syntax), str(cx.transfer_syntax[0]))
 
         ac = A_ASSOCIATE()
@@ -289,7 +299,7 @@ class _Association:
         # PDVs are received straight into their destination (command or dataset buffer):
         # a 0.5 MB image is copied once, by the kernel, and never again before the write.
         command = bytearray()
-        cmd: dict[str, object] | None = None
+        cmd: Command | None = None
         ctx_id = 0
         self.data_len = 0
         idle = float(self.node.idle_timeout_s)
@@ -336,7 +346,7 @@ class _Association:
                         command.clear()
                         ctx_id = pdv_ctx
                         self.data_len = 0
-                        if not cmd["has_data"]:
+                        if not cmd.has_data:
                             self._dispatch(ctx_id, cmd, None)
                             cmd = None
                             in_message = False
@@ -361,10 +371,8 @@ class _Association:
         self._fill(memoryview(self.data)[self.data_len:end])
         self.data_len = end
 
-    def _dispatch(self, ctx_id: int, cmd: dict[str, object], data: memoryview | None) -> None:
-        field = cmd["field"]
-        msg_id = int(cmd["msg_id"])  # type: ignore[arg-type]
-        sop_class, sop_uid = str(cmd["sop_class"]), str(cmd["sop_uid"])
+    def _dispatch(self, ctx_id: int, cmd: Command, data: memoryview | None) -> None:
+        field, msg_id, sop_class, sop_uid = cmd.field, cmd.msg_id, cmd.sop_class, cmd.sop_uid
         abstract = self.contexts[ctx_id][0]
         if field in (C_ECHO_RQ, C_STORE_RQ) and sop_class != abstract:
             # PS3.7 9.1.1.1.2 / 9.3.1: the SOP class must be the context's abstract syntax.
@@ -386,7 +394,7 @@ class _Association:
             if after is not None:
                 after()
         else:
-            raise _Abort(f"unsupported DIMSE message 0x{int(field):04X}")  # type: ignore[call-overload]
+            raise _Abort(f"unsupported DIMSE message 0x{field:04X}")
 
 
 # -- the server ----------------------------------------------------------------------------------

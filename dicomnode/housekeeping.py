@@ -25,11 +25,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .db import Database, now
+from .delivery import DeliveryState
+from .queue import FINAL
+from .series import SeriesState, mark_purged_in
 
 log = logging.getLogger(__name__)
 
-PURGED = "purged"
-FINAL_JOB_STATES = ("done", "failed", "skipped")
+FINAL_JOB_STATES = tuple(sorted(s.value for s in FINAL))
 
 
 @dataclass(frozen=True)
@@ -63,13 +65,14 @@ def purgeable(db: Database) -> list[dict[str, Any]]:
     """Series that may be purged, oldest completion first: complete or skipped, every job
     final, no result object pending or failed."""
     rows = db.query(
-        "SELECT s.series_uid, s.completed FROM series s WHERE s.state IN ('complete', 'skipped') "
+        "SELECT s.series_uid, s.completed FROM series s WHERE s.state IN (?, ?) "
         "AND s.completed IS NOT NULL "
         "AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.series_uid = s.series_uid "
         f"  AND j.state NOT IN ({', '.join('?' * len(FINAL_JOB_STATES))})) "
         "AND NOT EXISTS (SELECT 1 FROM deliveries d JOIN jobs j ON d.job_id = j.id "
-        "  WHERE j.series_uid = s.series_uid AND d.state <> 'sent') "
-        "ORDER BY s.completed", FINAL_JOB_STATES)
+        "  WHERE j.series_uid = s.series_uid AND d.state <> ?) "
+        "ORDER BY s.completed",
+        (SeriesState.COMPLETE.value, SeriesState.SKIPPED.value, *FINAL_JOB_STATES, DeliveryState.SENT.value))
     return [dict(r) for r in rows]
 
 
@@ -158,8 +161,7 @@ class Housekeeper:
                 shutil.rmtree(folder, ignore_errors=True)
         with self.db.transaction() as conn:
             conn.execute("DELETE FROM instances WHERE series_uid=?", (series_uid,))
-            conn.execute("UPDATE series SET state=?, reason=? WHERE series_uid=?",
-                         (PURGED, f"purged ({why})", series_uid))
+            mark_purged_in(conn, series_uid, why)
         if self.audit is not None:
             self.audit("purge", "success", series_uid=series_uid, files=len(instances), bytes_freed=freed, reason=why)
         return freed

@@ -23,6 +23,7 @@ import logging
 import os
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
@@ -32,13 +33,17 @@ from .config import NodeConfig
 from .db import Database
 from .delivery import Delivery
 from .errors import DataDirLockedError, StoreError
+from .header import read_file_header
 from .housekeeping import Housekeeper
 from .queue import JobQueue
 from .scp import StorageSCP
 from .series import SeriesAssembler
-from .store import InstanceStore, read_file_header
+from .store import InstanceStore
 from .telemetry import NodeCollector, NodeMetrics
 from .worker import Worker
+
+if TYPE_CHECKING:
+    from pipeline.types import ModelInfo
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +69,7 @@ class Node:
         self.metrics.add_collector(NodeCollector(self))
         self.http: HttpServer | None = None
         #: The loaded, warmed-up bundle's identity (None until the warm-up finished).
-        self.bundle_info = None
+        self.bundle_info: ModelInfo | None = None
         self.bundle_error: str | None = None
         #: Set when the warm-up ended (loaded or failed): the workers start then.
         self.warmed = threading.Event()
@@ -110,7 +115,8 @@ class Node:
             self.queue = JobQueue(self.db, cfg.node.job_lease_seconds, cfg.node.max_job_attempts)
             self.audit = AuditLog(cfg.node.data_dir / "audit")
             self.delivery = Delivery(self.db, cfg.destinations, cfg.delivery, self.paths["results"],
-                                     cfg.node.ae_title, audit=self.audit.record)
+                                     cfg.node.ae_title, audit=self.audit.record, queue=self.queue,
+                                     network_timeout_s=cfg.node.network_timeout_s)
             self.assembler = SeriesAssembler(self.db, self.queue, cfg.selection, cfg.node.quiet_seconds,
                                              on_enqueued=self._job_enqueued, read_header=self._read_header)
             self.workers = [Worker(cfg, self.queue, self.assembler, self.delivery, self.store.root,
@@ -178,6 +184,8 @@ class Node:
 
     def _start_timers(self) -> None:
         cfg = self.cfg
+        if self.db is None or self.audit is None:
+            raise RuntimeError("the timers start after the database and the audit log are open")
         sched = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
                                     timezone=dt.timezone.utc)
         tick = max(0.1, min(1.0, cfg.node.quiet_seconds / 4))

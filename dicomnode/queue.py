@@ -57,8 +57,14 @@ ALLOWED: dict[JobState, frozenset[JobState]] = {
     JobState.FAILED: frozenset(),
     JobState.SKIPPED: frozenset(),
 }
-#: Final states only an admin's retry leaves (``requeue``; deliveries: Delivery.retry_failed).
-ADMIN_RETRYABLE = frozenset({JobState.FAILED, JobState.SKIPPED})
+#: Changes only an admin asks for: a retry (``requeue``), or sending a failed job's failed
+#: deliveries again (``redeliver_in``, from Delivery.retry_failed).
+ADMIN_ALLOWED: dict[JobState, frozenset[JobState]] = {
+    JobState.FAILED: frozenset({JobState.QUEUED, JobState.DELIVERING}),
+    JobState.SKIPPED: frozenset({JobState.QUEUED}),
+}
+#: Final states only an admin's retry leaves.
+ADMIN_RETRYABLE = frozenset(s for s, to in ADMIN_ALLOWED.items() if JobState.QUEUED in to)
 FINAL = frozenset({JobState.DONE, JobState.FAILED, JobState.SKIPPED})
 
 
@@ -108,7 +114,9 @@ class JobQueue:
             "INSERT INTO jobs(series_uid, study_uid, generation, instances, state, attempts, urgent, created, updated) "
             "VALUES (?,?,?,?,?,0,?,?,?)",
             (series_uid, study_uid, generation, json.dumps(list(instances)), JobState.QUEUED.value, urgent, t, t))
-        return int(cur.lastrowid)
+        if cur.lastrowid is None:  # sqlite3 always sets it after an INSERT
+            raise QueueError(f"series {series_uid}: the new job has no row id")
+        return cur.lastrowid
 
     def enqueue(self, series_uid: str, study_uid: str, instances: Sequence[str], generation: int = 1,
                 at: float | None = None, urgent: str | None = None) -> int:
@@ -170,6 +178,29 @@ class JobQueue:
         with self.db.transaction() as conn:
             self.transition_in(conn, job_id, new, reason, expect, attempts, at)
         log.info("job %d -> %s%s", job_id, new, f" ({reason})" if reason else "")
+
+    def delivered_in(self, conn: sqlite3.Connection, job_id: int, failed: int, total: int,
+                     at: float | None = None) -> None:
+        """A delivering job's deliveries all ended (inside the caller's transaction): done,
+        or failed when ``failed`` of the ``total`` objects never reached a destination."""
+        if failed:
+            reason = f"{failed} of {total} deliveries failed"
+            self.transition_in(conn, job_id, JobState.FAILED, reason, expect=JobState.DELIVERING, at=at)
+            log.error("job %d failed: %s", job_id, reason)
+        else:
+            self.transition_in(conn, job_id, JobState.DONE, None, expect=JobState.DELIVERING, at=at)
+            log.info("job %d done: %d object deliveries sent", job_id, total)
+
+    def redeliver_in(self, conn: sqlite3.Connection, job_id: int, reason: str, at: float | None = None) -> bool:
+        """An admin sends a failed job's failed deliveries again (inside the caller's
+        transaction): failed -> delivering; False when the job is not failed."""
+        row = conn.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
+        if row is None or JobState(row["state"]) != JobState.FAILED:
+            return False
+        t = now() if at is None else at
+        conn.execute("UPDATE jobs SET state=?, reason=?, lease_until=NULL, updated=? WHERE id=?",
+                     (JobState.DELIVERING.value, reason, t, job_id))
+        return True
 
     def retry_later(self, job: Job, reason: str, delay_s: float, at: float | None = None) -> float:
         """Give a claimed job back to the queue, not to be claimed for ``delay_s`` (a

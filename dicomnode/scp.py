@@ -32,13 +32,14 @@ from pydicom.uid import (
 )
 from pynetdicom import AE
 from pynetdicom.presentation import AllStoragePresentationContexts, PresentationContext
-from pynetdicom.sop_class import Verification
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # made at import time
 
 from . import fastscp
 from .config import NodeSection
 from .errors import StoreError
+from .header import STATUS_PROCESSING_FAILURE, InstanceInfo, encode_file_meta, parse_header
 from .logsafe import peer_text
-from .store import STATUS_PROCESSING_FAILURE, InstanceInfo, InstanceStore, encode_file_meta, parse_header
+from .store import InstanceStore
 from .tls import server_context
 
 log = logging.getLogger(__name__)
@@ -125,7 +126,7 @@ def storage_contexts(node: NodeSection) -> list[PresentationContext]:
     ae = AE(ae_title=node.ae_title)
     ae.add_supported_context(Verification)
     for cx in AllStoragePresentationContexts:
-        ae.add_supported_context(cx.abstract_syntax, list(ACCEPTED_TRANSFER_SYNTAXES))
+        ae.add_supported_context(str(cx.abstract_syntax), list(ACCEPTED_TRANSFER_SYNTAXES))
     return list(ae.supported_contexts)
 
 
@@ -176,7 +177,7 @@ class StorageSCP:
 
     def __init__(self, node: NodeSection, store: InstanceStore, on_stored: OnStored,
                  observe: Callable[[str, int, int], None] | None = None,
-                 on_released: Callable[[str], None] | None = None,
+                 on_released: Callable[[str], object] | None = None,
                  audit: Callable[..., None] | None = None) -> None:
         """``on_released``: called with a series UID when the last association that sent it
         released normally (None: the quiet period alone completes series); ``audit``:
@@ -260,7 +261,7 @@ class StorageSCP:
 
     def start(self) -> None:
         """The plain listener on ``port`` (unless 0) and the TLS one on ``tls_port`` (unless 0)."""
-        wanted = []
+        wanted: list[tuple[str, int, ssl.SSLContext | None]] = []
         if self.node.port:
             wanted.append(("plain", self.node.port, None))
         if self.node.tls_port:

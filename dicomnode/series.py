@@ -27,24 +27,41 @@ generation is skipped as superseded; a running one finishes and delivers its res
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 from collections import Counter
 from dataclasses import dataclass
+from enum import Enum
 from itertools import pairwise
 from typing import Any, Callable, Sequence
 
 from .config import SelectionSection, UrgentRules
 from .db import Database, now
 from .errors import SeriesRejected
+from .header import InstanceInfo
 from .queue import JobQueue
-from .store import InstanceInfo
 from .volume import along_normal, spacing_problem
 
 log = logging.getLogger(__name__)
 
-RECEIVING = "receiving"
-QUEUED = "complete"  # complete and handed to a job (the job has its own state)
-SKIPPED = "skipped"
+class SeriesState(str, Enum):
+    """A series' state in the ``series`` table (the stored strings never change)::
+
+        receiving -> complete | skipped -> purged     (housekeeping, dicomnode.housekeeping)
+        complete | skipped -> receiving               (a late instance re-opens the series)
+    """
+
+    #: Instances arrive; the quiet period runs.
+    RECEIVING = "receiving"
+    #: Complete, selected and handed to a job (the job has its own state, dicomnode.queue).
+    COMPLETE = "complete"
+    #: Complete but not analysable, or rejected later by the volume loader (``reason``).
+    SKIPPED = "skipped"
+    #: Housekeeping removed its files; the rows stay for ``status`` and the audit trail.
+    PURGED = "purged"
+
+    def __str__(self) -> str:
+        return self.value
 
 
 @dataclass(frozen=True)
@@ -183,13 +200,13 @@ class SeriesAssembler:
             if row is None:
                 conn.execute("INSERT INTO series(series_uid, study_uid, state, instance_count, first_received, "
                              "last_received) VALUES (?,?,?,1,?,?)",
-                             (info.series_uid, info.study_uid, RECEIVING, t, t))
+                             (info.series_uid, info.study_uid, SeriesState.RECEIVING.value, t, t))
             else:
-                if row["state"] != RECEIVING:
+                if row["state"] != SeriesState.RECEIVING:
                     log.info("series %s re-opened by late instance %s", info.series_uid, info.sop_uid)
                 conn.execute("UPDATE series SET state=?, reason=NULL, last_received=MAX(last_received, ?), "
                              "instance_count=(SELECT COUNT(*) FROM instances WHERE series_uid=?) "
-                             "WHERE series_uid=?", (RECEIVING, t, info.series_uid, info.series_uid))
+                             "WHERE series_uid=?", (SeriesState.RECEIVING.value, t, info.series_uid, info.series_uid))
 
     def complete_due(self, at: float | None = None) -> list[str]:
         """Complete every series quiet for ``quiet_seconds``; returns their UIDs."""
@@ -198,7 +215,7 @@ class SeriesAssembler:
         enqueued: list[int] = []
         with self._tick_lock:
             due = self.db.query("SELECT series_uid FROM series WHERE state=? AND last_received <= ?",
-                                (RECEIVING, t - self.quiet_seconds))
+                                (SeriesState.RECEIVING.value, t - self.quiet_seconds))
             for row in due:
                 job_id = self._complete(row["series_uid"], t)
                 done.append(row["series_uid"])
@@ -223,7 +240,7 @@ class SeriesAssembler:
     def _complete(self, series_uid: str, t: float, on_release: bool = False) -> int | None:
         with self.db.transaction() as conn:
             series = conn.execute("SELECT * FROM series WHERE series_uid=?", (series_uid,)).fetchone()
-            if series is None or series["state"] != RECEIVING:
+            if series is None or series["state"] != SeriesState.RECEIVING:
                 return None
             if not on_release and series["last_received"] > t - self.quiet_seconds:
                 return None  # an instance arrived meanwhile: the timer starts again
@@ -245,12 +262,12 @@ class SeriesAssembler:
                                                selection.paths, t, urgent)
                 conn.execute("UPDATE series SET state=?, reason=NULL, completed=?, generation=?, "
                              "instance_count=? WHERE series_uid=?",
-                             (QUEUED, t, generation, len(rows), series_uid))
+                             (SeriesState.COMPLETE.value, t, generation, len(rows), series_uid))
             else:
                 job_id = None
                 conn.execute("UPDATE series SET state=?, reason=?, completed=?, generation=?, instance_count=? "
-                             "WHERE series_uid=?", (SKIPPED, selection.reason, t, generation, len(rows),
-                                                    series_uid))
+                             "WHERE series_uid=?",
+                             (SeriesState.SKIPPED.value, selection.reason, t, generation, len(rows), series_uid))
         if job_id is None:
             log.info("series %s skipped: %s", series_uid, selection.reason)
         else:
@@ -274,8 +291,24 @@ class SeriesAssembler:
     def mark_skipped(self, series_uid: str, reason: str) -> None:
         """Record a series as skipped after the fact (e.g. the volume loader rejected it)."""
         self.db.execute("UPDATE series SET state=?, reason=? WHERE series_uid=? AND state<>?",
-                        (SKIPPED, reason, series_uid, RECEIVING))
+                        (SeriesState.SKIPPED.value, reason, series_uid, SeriesState.RECEIVING.value))
         log.info("series %s skipped: %s", series_uid, reason)
+
+    def state(self, series_uid: str) -> SeriesState | None:
+        """The series' state, or None for a series never received."""
+        return series_state(self.db, series_uid)
 
     def known_paths(self) -> set[str]:
         return {r["path"] for r in self.db.query("SELECT path FROM instances")}
+
+
+def series_state(db: Database, series_uid: str) -> SeriesState | None:
+    """The state of a series in the database, or None for one never received."""
+    rows = db.query("SELECT state FROM series WHERE series_uid=?", (series_uid,))
+    return SeriesState(rows[0]["state"]) if rows else None
+
+
+def mark_purged_in(conn: sqlite3.Connection, series_uid: str, why: str) -> None:
+    """Housekeeping removed the series' files (inside its transaction): state ``purged``."""
+    conn.execute("UPDATE series SET state=?, reason=? WHERE series_uid=?",
+                 (SeriesState.PURGED.value, f"purged ({why})", series_uid))

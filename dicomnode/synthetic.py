@@ -77,7 +77,7 @@ def ct_datasets(
     rows, cols = volume.shape[1:]
     out: list[Dataset] = []
     for z in range(volume.shape[0]):
-        sop_uid = volume.slice_uids[z] if volume.slice_uids else generate_uid()
+        sop_uid = UID(volume.slice_uids[z]) if volume.slice_uids else generate_uid()
         ds = Dataset()
         ds.file_meta = FileMetaDataset()
         ds.file_meta.MediaStorageSOPClassUID = CTImageStorage

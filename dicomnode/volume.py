@@ -52,10 +52,10 @@ NATIVE_TRANSFER_SYNTAXES = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840
 
 def load_series(paths: Sequence[Path | str], min_slices: int = MIN_SLICES) -> tuple[CTVolume, list[Dataset]]:
     """Read one CT series: the volume in HU (z/y/x) and the datasets in the same z order."""
-    paths = [Path(p) for p in paths]
-    if not paths:
+    files = [Path(p) for p in paths]
+    if not files:
         raise SeriesRejected("the series has no files; pass the files of one CT series", "too_few_slices")
-    datasets = [_read(p) for p in paths]
+    datasets = [_read(p) for p in files]
     _check_instances(datasets, min_slices)
     order, spacing_z, origin, direction = _geometry(datasets)
     datasets = [datasets[i] for i in order]
@@ -168,7 +168,8 @@ def _pixel_spacing(ds: Dataset) -> tuple[float, float]:
     return float(ps[0]), float(ps[1])
 
 
-def along_normal(orientation, positions: np.ndarray) -> tuple[list[int], np.ndarray, np.ndarray]:
+def along_normal(orientation: Sequence[float], positions: Sequence[Sequence[float]] | np.ndarray,
+                 ) -> tuple[list[int], np.ndarray, np.ndarray]:
     """(slice order, sorted positions along the slice normal in mm, the unit normal) of
     slices with one ImageOrientationPatient (6 values) and their ImagePositionPatient rows."""
     row_dir, col_dir = np.asarray(orientation[:3], dtype=float), np.asarray(orientation[3:], dtype=float)

@@ -30,9 +30,10 @@ from .config import OBJECT_KINDS, NodeConfig
 from .db import now
 from .delivery import Delivery
 from .errors import QueueError
+from .header import dataset_sha256, validate_uid
 from .queue import Job, JobQueue, JobState
 from .series import SeriesAssembler
-from .store import dataset_sha256, fsync_dir, validate_uid
+from .store import fsync_dir
 
 log = logging.getLogger(__name__)
 

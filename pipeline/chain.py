@@ -43,7 +43,8 @@ def sized_for(params: ChainParams, arch: Mapping[str, Any] | None, field: str = 
     """``params`` with the input size a network was trained at (its architecture dict says
     it); a bundle trained at another size than the default is then fed what it expects."""
     size = (arch or {}).get("input_size")
-    return replace(params, **{field: int(size)}) if size else params
+    # ``field`` names an int field of ChainParams; mypy cannot check a keyword made at run time.
+    return replace(params, **{field: int(size)}) if size else params  # type: ignore[arg-type]
 
 
 def analyze(volume: CTVolume, models: ModelBundle, params: ChainParams) -> AnalysisResult:

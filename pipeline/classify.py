@@ -10,7 +10,7 @@ cached bundle at once). A network without that layout still gets probabilities, 
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -31,12 +31,13 @@ def _forward_with_features(net: torch.nn.Module, x: torch.Tensor) -> tuple[torch
     """Logits and penultimate features of one batch (features None for other networks)."""
     if not _is_monai_resnet(net):
         return net(x), None
-    h = net.act(net.bn1(net.conv1(x)))
-    if not getattr(net, "no_max_pool", False):
-        h = net.maxpool(h)
-    h = net.layer4(net.layer3(net.layer2(net.layer1(h))))
-    features = net.avgpool(h).flatten(1)
-    return net.fc(features), features
+    resnet: Any = net  # MONAI's ResNet: its layers are attributes that nn.Module types as Tensor | Module
+    h = resnet.act(resnet.bn1(resnet.conv1(x)))
+    if not getattr(resnet, "no_max_pool", False):
+        h = resnet.maxpool(h)
+    h = resnet.layer4(resnet.layer3(resnet.layer2(resnet.layer1(h))))
+    features = resnet.avgpool(h).flatten(1)
+    return resnet.fc(features), features
 
 
 def predict(net: torch.nn.Module, inputs: np.ndarray, device: torch.device | str = "cpu",

@@ -253,12 +253,50 @@ def score_cases(cases: Iterable[Any], models: Any, params: ChainParams,
 # ----------------------------------------------------------------------- metrics
 
 
-def _arrays(records: Sequence[CaseRecord]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def case_arrays(records: Sequence[CaseRecord]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     labels = np.array([CLASS_NAMES.index(r.truth) for r in records], dtype=np.int64)
     probs = np.stack([r.probabilities for r in records])
     tasks = np.stack([r.tasks for r in records])
     predicted = np.array([CLASS_NAMES.index(r.predicted) for r in records], dtype=np.int64)
     return labels, probs, tasks, predicted
+
+
+Statistic = Callable[[np.ndarray], float]
+
+
+def _one_vs_rest_auc(labels: np.ndarray, probs: np.ndarray, i: int) -> Statistic:
+    """AUC of class ``i`` against the rest, on the cases an index array picks."""
+    return lambda idx: M.roc_auc(labels[idx] == i, probs[idx, i])
+
+
+def _one_vs_rest_rate(rate: Callable[[np.ndarray, np.ndarray], float], labels: np.ndarray, probs: np.ndarray,
+                      i: int, threshold: float) -> Statistic:
+    """Sensitivity or specificity of class ``i`` at ``threshold`` on the picked cases."""
+    return lambda idx: rate(labels[idx] == i, probs[idx, i] >= threshold)
+
+
+def _task_auc(y: np.ndarray, s: np.ndarray) -> Statistic:
+    return lambda j: M.roc_auc(y[j], s[j])
+
+
+def _task_rate(rate: Callable[[np.ndarray, np.ndarray], float], y: np.ndarray, s: np.ndarray,
+               threshold: float) -> Statistic:
+    return lambda j: rate(y[j], s[j] >= threshold)
+
+
+def _pooled_mean(per_case: Sequence[np.ndarray]) -> Statistic:
+    """Mean over every value of the picked cases pooled."""
+    return lambda j: float(np.mean(np.concatenate([per_case[i] for i in j])))
+
+
+def given_arrays(values: Iterable[np.ndarray | None], what: str) -> list[np.ndarray]:
+    """The arrays of records already filtered to have them (PipelineError if one is missing)."""
+    out = []
+    for v in values:
+        if v is None:
+            raise PipelineError(f"evaluation: a case selected for {what} has none")
+        out.append(v)
+    return out
 
 
 class _Figures:
@@ -289,7 +327,7 @@ def _class_block(labels: np.ndarray, probs: np.ndarray, predicted: np.ndarray, f
     out: dict[str, Any] = {
         "n_cases": int(labels.size),
         "class_counts": {c: int(np.sum(labels == i)) for i, c in enumerate(CLASS_NAMES)},
-        "per_class_auc": {c: fig(f"per_class_auc.{c}", lambda idx, i=i: M.roc_auc(labels[idx] == i, probs[idx, i]))
+        "per_class_auc": {c: fig(f"per_class_auc.{c}", _one_vs_rest_auc(labels, probs, i))
                           for i, c in enumerate(CLASS_NAMES)},
         "multiway_auc": {
             "micro": fig("multiway_auc.micro", lambda idx: M.micro_auc(labels[idx], probs[idx])),
@@ -299,12 +337,10 @@ def _class_block(labels: np.ndarray, probs: np.ndarray, predicted: np.ndarray, f
     }
     if full:
         out["per_class_sensitivity"] = {
-            c: fig(f"per_class_sensitivity.{c}",
-                   lambda idx, i=i: M.sensitivity(labels[idx] == i, probs[idx, i] >= threshold))
+            c: fig(f"per_class_sensitivity.{c}", _one_vs_rest_rate(M.sensitivity, labels, probs, i, threshold))
             for i, c in enumerate(CLASS_NAMES)}
         out["per_class_specificity"] = {
-            c: fig(f"per_class_specificity.{c}",
-                   lambda idx, i=i: M.specificity(labels[idx] == i, probs[idx, i] >= threshold))
+            c: fig(f"per_class_specificity.{c}", _one_vs_rest_rate(M.specificity, labels, probs, i, threshold))
             for i, c in enumerate(CLASS_NAMES)}
         out["confusion_matrix"] = {
             "labels": list(CLASS_NAMES), "rows": "truth", "columns": "predicted",
@@ -362,7 +398,7 @@ def compute_metrics(records: Sequence[CaseRecord], threshold: float = 0.5,
     task_thresholds = dict(task_thresholds or {})
     if not records:
         raise EvaluationError("no cases to evaluate")
-    labels, probs, tasks, predicted = _arrays(records)
+    labels, probs, tasks, predicted = case_arrays(records)
     skipped: dict[str, int] = {}
     fig = _Figures(len(records), eval_params, skipped, "")
     out: dict[str, Any] = {"n_cases": len(records), "decision_threshold": threshold}
@@ -378,9 +414,9 @@ def compute_metrics(records: Sequence[CaseRecord], threshold: float = 0.5,
         if idx.size:
             s = tasks[idx, t_i]
             tf = _Figures(idx.size, eval_params, skipped, f"tasks.{task}.")
-            entry["auc"] = tf("auc", lambda j, y=y, s=s: M.roc_auc(y[j], s[j]))
-            entry["sensitivity"] = tf("sensitivity", lambda j, y=y, s=s, t=t_task: M.sensitivity(y[j], s[j] >= t))
-            entry["specificity"] = tf("specificity", lambda j, y=y, s=s, t=t_task: M.specificity(y[j], s[j] >= t))
+            entry["auc"] = tf("auc", _task_auc(y, s))
+            entry["sensitivity"] = tf("sensitivity", _task_rate(M.sensitivity, y, s, t_task))
+            entry["specificity"] = tf("specificity", _task_rate(M.specificity, y, s, t_task))
         out["tasks"][task] = entry
 
     with_lung = [r for r in records if r.lung_dice is not None]
@@ -400,8 +436,8 @@ def compute_metrics(records: Sequence[CaseRecord], threshold: float = 0.5,
     if loc:
         # The paper measures the locator on COVID-19 cases with marked lesions; slices are
         # resampled with their case (they are not independent).
-        sc = [r.slice_scores for r in loc]
-        tr = [r.slice_truth for r in loc]
+        sc = given_arrays((r.slice_scores for r in loc), "slice scores")
+        tr = given_arrays((r.slice_truth for r in loc), "slice truth")
         lf = _Figures(len(loc), eval_params, skipped, "locating.")
         out["locating"] = {
             "n_cases": len(loc), "n_slices": int(sum(s.size for s in sc)),
@@ -484,7 +520,7 @@ def _pattern_figures(records: Sequence[CaseRecord], eval_params: EvalParams, ski
     if not with_pattern:
         return {}
     labels = np.array([CLASS_NAMES.index(r.truth) for r in with_pattern])
-    pattern = np.stack([r.pattern_probabilities for r in with_pattern])
+    pattern = np.stack(given_arrays((r.pattern_probabilities for r in with_pattern), "the lesion pattern"))
     classifier = np.stack([r.probabilities for r in with_pattern])
     f = _Figures(len(with_pattern), eval_params, skipped, "lesion_pattern.")
     entry: dict[str, Any] = {"n_cases": len(with_pattern),
@@ -532,8 +568,8 @@ def _truthfulness_figures(records: Sequence[CaseRecord], labels: np.ndarray, eva
         }
     loc = [r for r in records if r.slice_scores is not None and r.slice_scores.size]
     if loc:
-        sc = [r.slice_scores for r in loc]
-        tr = [r.slice_truth for r in loc]
+        sc = given_arrays((r.slice_scores for r in loc), "slice scores")
+        tr = given_arrays((r.slice_truth for r in loc), "slice truth")
         lf = _Figures(len(loc), eval_params, skipped, "infectious_slices.")
         out["infectious_slices"] = {
             "n_cases": len(loc), "n_slices": int(sum(x.size for x in sc)), "threshold": locator_threshold,
@@ -541,7 +577,7 @@ def _truthfulness_figures(records: Sequence[CaseRecord], labels: np.ndarray, eva
             "auc": lf("auc", lambda j: M.roc_auc(M.pooled_slices(tr, j), M.pooled_slices(sc, j))),
         }
         if all(r.slice_flagged is not None for r in loc):
-            fl = [r.slice_flagged for r in loc]
+            fl = given_arrays((r.slice_flagged for r in loc), "flagged slices")
             out["infectious_slices"]["f1"] = lf("f1", lambda j: M.f1_score(M.pooled_slices(tr, j),
                                                                            M.pooled_slices(fl, j)))
             out["infectious_slices"]["f1_rule"] = ("slices the report lists (locator flag, and a lesion when there "
@@ -576,7 +612,7 @@ def _truthfulness_figures(records: Sequence[CaseRecord], labels: np.ndarray, eva
         f = _Figures(len(per_case), eval_params, skipped, f"{key}.")
         out[key] = {"what": what, "n_cases": len(per_case), "n_overlays": int(every.size), "min": float(every.min()),
                     "share_of_overlays_at_least_0.8": float(np.mean(every >= 0.8)),
-                    "mean": f("mean", lambda j, pc=per_case: float(np.mean(np.concatenate([pc[i] for i in j]))))}
+                    "mean": f("mean", _pooled_mean(per_case))}
     return out
 
 
@@ -745,119 +781,6 @@ def tsne_embedding(features: np.ndarray, seed: int, max_perplexity: float,
     return tsne.fit_transform(np.asarray(features, dtype=np.float64))
 
 
-def _readers_points(metrics: Mapping[str, Any]) -> list[tuple[str, float, float]]:
-    readers = metrics.get("readers")
-    if not readers:
-        return []
-    pts = []
-    for row in readers["rows"]:
-        if row["name"] in ("AI", "any reader", "all readers"):
-            continue
-        sens, spec = row["sensitivity"]["value"], row["specificity"]["value"]
-        if sens is not None and spec is not None:
-            pts.append((row["name"], 1.0 - spec, sens))
-    return pts
-
-
-def make_plots(records: Sequence[CaseRecord], metrics: Mapping[str, Any], out_dir: Path,
-               eval_params: EvalParams = EvalParams(),
-               threshold: float = 0.5) -> dict[str, str]:
-    """Write every PNG plot; returns {what: file name} for the report."""
-    from . import plots as P
-
-    labels, probs, tasks, _ = _arrays(records)
-    onehot = M.one_hot(labels, len(CLASS_NAMES))
-    files: dict[str, str] = {}
-
-    curves = {}
-    for i, c in enumerate(CLASS_NAMES):
-        if 0 < onehot[:, i].sum() < len(records):
-            curves[c] = (*M.roc_curve_points(onehot[:, i], probs[:, i]), M.roc_auc(onehot[:, i], probs[:, i]))
-    if 0 < onehot.sum() < onehot.size:
-        curves["micro-average"] = (*M.roc_curve_points(onehot.ravel(), probs.ravel()),
-                                   M.micro_auc(labels, probs))
-    P.plot_roc(curves, out_dir / "roc.png", "ROC, one-vs-rest per class and micro-average")
-    files["roc"] = "roc.png"
-
-    # COVID-19 ROC, with the readers' operating points (Fig. 2f-h of the paper) and the
-    # AI's curve on the reader cohort, for the task the readers read.
-    ci = CLASS_NAMES.index("covid19")
-    covid_curves = {}
-    if 0 < onehot[:, ci].sum() < len(records):
-        covid_curves["AI, all cases (p_covid19)"] = (*M.roc_curve_points(onehot[:, ci], probs[:, ci]),
-                                                    M.roc_auc(onehot[:, ci], probs[:, ci]))
-    rc = metrics.get("readers")
-    reader_curves, points = {}, _readers_points(metrics)
-    if rc:
-        by_id = {r.case_id: r for r in records}
-        sub = [by_id[i] for i in rc["case_ids"]]
-        task = rc["task"]
-        y = np.array([is_positive(task, r.truth) for r in sub], bool)
-        if task == "multi_way":
-            s = np.array([r.probabilities[ci] for r in sub])
-        else:
-            s = np.array([r.tasks[TASK_NAMES.index(task)] for r in sub])
-        if 0 < y.sum() < y.size:
-            reader_curves[f"AI, reader cohort ({task})"] = (*M.roc_curve_points(y, s), M.roc_auc(y, s))
-    if rc and rc["positive_class"] != "covid19":
-        P.plot_roc(reader_curves, out_dir / "roc_readers.png",
-                   f"ROC with readers: {rc['task']}", points=points)
-        files["roc_readers"] = "roc_readers.png"
-        reader_curves, points = {}, []
-    P.plot_roc({**covid_curves, **reader_curves}, out_dir / "roc_covid19.png",
-               "COVID-19 ROC" + (" with readers" if points else ""), points=points)
-    files["roc_covid19"] = "roc_covid19.png"
-
-    task_curves = {}
-    for t_i, task in enumerate(TASK_NAMES):
-        idx, y = task_cohort(task, labels)
-        if 0 < y.sum() < y.size:
-            task_curves[task] = (*M.roc_curve_points(y, tasks[idx, t_i]), M.roc_auc(y, tasks[idx, t_i]))
-    P.plot_roc(task_curves, out_dir / "roc_tasks.png", "ROC of the binary tasks (each on its cohort)")
-    files["roc_tasks"] = "roc_tasks.png"
-
-    pr = {}
-    for i, c in enumerate(CLASS_NAMES):
-        if onehot[:, i].any():
-            rec, prec = M.pr_curve_points(onehot[:, i], probs[:, i])
-            pr[c] = (rec, prec, float(onehot[:, i].mean()), M.average_precision(onehot[:, i], probs[:, i]))
-    P.plot_pr(pr, out_dir / "pr.png", "Precision-recall, one-vs-rest per class")
-    files["pr"] = "pr.png"
-
-    P.plot_confusion(np.array(metrics["confusion_matrix"]["counts"]), CLASS_NAMES, out_dir / "confusion_matrix.png")
-    files["confusion_matrix"] = "confusion_matrix.png"
-
-    thr = np.array(eval_params.dca_thresholds, dtype=np.float64)
-    dca = {"covid19": (onehot[:, ci], probs[:, ci])}
-    for t_i, task in enumerate(TASK_NAMES):
-        idx, y = task_cohort(task, labels)
-        if idx.size:
-            dca[task] = (y, tasks[idx, t_i])
-    for name, (y, s) in dca.items():
-        fname = f"decision_curve_{name}.png"
-        P.plot_decision_curve(thr, M.net_benefit(y, s, thr), M.net_benefit_treat_all(y, thr),
-                              out_dir / fname, f"Decision curve: {name} (n={len(y)})")
-        files[f"decision_curve_{name}"] = fname
-
-    have = [r for r in records if r.features is not None]
-    if len(have) == len(records):
-        emb = tsne_embedding(np.stack([r.features for r in records]), eval_params.seed, eval_params.tsne_max_perplexity,
-                             eval_params.tsne_exact_max_cases)
-        if emb is not None:
-            P.plot_tsne(emb, [r.truth for r in records], CLASS_NAMES, out_dir / "tsne.png")
-            files["tsne"] = "tsne.png"
-
-    loc = [r for r in records if r.slice_scores is not None and r.truth == "covid19" and r.slice_scores.size]
-    if loc:
-        y = np.concatenate([r.slice_truth for r in loc])
-        s = np.concatenate([r.slice_scores for r in loc])
-        if 0 < y.sum() < y.size:
-            P.plot_roc({"infected slices": (*M.roc_curve_points(y, s), M.roc_auc(y, s))},
-                       out_dir / "roc_locating.png", "COVID-infectious slice locating (COVID-19 cases)")
-            files["roc_locating"] = "roc_locating.png"
-    return files
-
-
 def _json_ready(obj: Any) -> Any:
     """NaN/inf -> None and numpy scalars -> Python, so metrics.json is strict JSON."""
     if isinstance(obj, dict):
@@ -888,7 +811,12 @@ def write_outputs(records: Sequence[CaseRecord], metrics: dict[str, Any], out_di
     out.mkdir(parents=True, exist_ok=True)
     write_scores_csv(records, out / "scores.csv")
     metrics = dict(metrics)
-    metrics["plots"] = make_plots(records, metrics, out, eval_params, threshold) if plots else {}
+    if plots:
+        from .plots import make_plots
+
+        metrics["plots"] = make_plots(records, metrics, out, eval_params, threshold)
+    else:
+        metrics["plots"] = {}
     metrics = _json_ready(metrics)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n")
     (out / "report.md").write_text(render_report(metrics))
@@ -926,6 +854,7 @@ def evaluate_bundle(bundle: Any, dataset: Sequence[Any] | str, params: ChainPara
         dataset = open_dataset(dataset)
     ep = replace(eval_params or EvalParams(), n_bootstrap=n_bootstrap, seed=seed)
     params = scoring_params(params)
+    reader_calls: list[ReaderCall] | None
     if isinstance(readers, (str, Path)):
         reader_calls = read_readers_csv(readers)
     else:

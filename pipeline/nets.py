@@ -44,7 +44,7 @@ def unet_arch(features=(8, 16, 32, 64, 64, 8), upsample: str = "nontrainable",
 
 def unet_has_lesion_head(arch: Mapping[str, Any] | None) -> bool:
     """Whether a U-Net architecture dict outputs a lesion class."""
-    return bool(arch) and int(arch.get("num_classes", 2)) > UNET_LESION
+    return arch is not None and int(arch.get("num_classes", 2)) > UNET_LESION
 
 
 def build_network(arch: Mapping[str, Any]) -> torch.nn.Module:

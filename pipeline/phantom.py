@@ -627,10 +627,12 @@ def _render_lesion(grid: _Grid, les: _Lesion, rng: np.random.Generator, hu: np.n
         bronch = np.zeros(tuple(x.stop - x.start for x in sl), dtype=np.uint8)
         for seg in tubes:
             got = _segment_fraction(grid, seg)
-            ov = _intersect(got[0], sl) if got is not None else None
+            if got is None:
+                continue
+            ov = _intersect(got[0], sl)
             if ov is not None:
-                q = (got[1][ov[0]] * 255.0 + 0.5).astype(np.uint8)
-                np.maximum(bronch[ov[1]], q, out=bronch[ov[1]])
+                occupancy = (got[1][ov[0]] * 255.0 + 0.5).astype(np.uint8)
+                np.maximum(bronch[ov[1]], occupancy, out=bronch[ov[1]])
     mean_axis = float(les.axes.mean())
     plane = (sl[1].stop - sl[1].start) * (sl[2].stop - sl[2].start)
     step = max(1, _CHUNK_VOXELS // max(plane, 1))
@@ -998,10 +1000,10 @@ def make_phantom(label: str, seed: int, n_slices: int | None = None,
         _render_lesion(grid, les, lr, hu, lung, lesion_mask)
     if label == "non_pneumonia" and lr.uniform() < 0.35:
         # One small solid nodule: not infection, so not in the lesion mask.
-        got = _lung_point(lr, ref_body, ref_grid, ref_lung, int(lr.integers(1, 3)), (0.1, 0.9), (0.2, 0.9), False,
-                          False, an)
-        if got is not None:
-            nod = _Lesion(got[0], np.full(3, lr.uniform(2.5, 5.0)), np.eye(3), float(lr.uniform(20, 60)),
+        point = _lung_point(lr, ref_body, ref_grid, ref_lung, int(lr.integers(1, 3)), (0.1, 0.9), (0.2, 0.9), False,
+                            False, an)
+        if point is not None:
+            nod = _Lesion(point[0], np.full(3, lr.uniform(2.5, 5.0)), np.eye(3), float(lr.uniform(20, 60)),
                           1.0, 0.05, 0.0, None, None, False)
             _render_lesion(grid, nod, lr, hu, lung, np.zeros(shape, dtype=bool))
 

@@ -1,13 +1,14 @@
 """PNG plots of an evaluation (matplotlib, Agg backend: no display needed).
 
-Each function takes plain arrays and a path, draws one figure and closes it, so a long
-evaluation does not accumulate open figures.
+Each ``plot_*`` function takes plain arrays and a path, draws one figure and closes it, so
+a long evaluation does not accumulate open figures. ``make_plots`` draws an evaluation's
+whole set from its case records and metrics (pipeline.evaluate calls it).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import matplotlib
 
@@ -15,6 +16,16 @@ matplotlib.use("Agg")  # headless: servers and CI have no display
 
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend choice)
 import numpy as np  # noqa: E402
+
+from . import metrics as M  # noqa: E402
+from .params import EvalParams  # noqa: E402
+from .types import CLASS_NAMES, TASK_NAMES  # noqa: E402
+
+if TYPE_CHECKING:
+    from .evaluate import CaseRecord
+
+#: ROC curves by name: (false positive rates, true positive rates, AUC).
+Curves = dict[str, tuple[np.ndarray, np.ndarray, float]]
 
 #: Figure size (inches) and resolution of every plot.
 FIG_SIZE = (6.0, 5.0)
@@ -116,3 +127,163 @@ def plot_tsne(embedding: np.ndarray, truth: Sequence[str], class_names: Sequence
     ax.set_yticks([])
     ax.legend(fontsize=8)
     _save(fig, path)
+
+
+# -- an evaluation's set of plots ------------------------------------------------------------
+
+def make_plots(records: Sequence[CaseRecord], metrics: Mapping[str, Any], out_dir: Path,
+               eval_params: EvalParams = EvalParams(),
+               threshold: float = 0.5) -> dict[str, str]:
+    """Write every PNG plot; returns {what: file name} for the report."""
+    from .evaluate import case_arrays
+
+    labels, probs, tasks, _ = case_arrays(records)
+    onehot = M.one_hot(labels, len(CLASS_NAMES))
+    files: dict[str, str] = {}
+    files.update(_class_rocs(onehot, labels, probs, out_dir))
+    files.update(_covid_rocs(records, metrics, onehot, probs, out_dir))
+    files.update(_task_rocs(labels, tasks, out_dir))
+    files.update(_precision_recall(onehot, probs, out_dir))
+    plot_confusion(np.array(metrics["confusion_matrix"]["counts"]), CLASS_NAMES, out_dir / "confusion_matrix.png")
+    files["confusion_matrix"] = "confusion_matrix.png"
+    files.update(_decision_curves(onehot, labels, probs, tasks, eval_params, out_dir))
+    files.update(_tsne(records, eval_params, out_dir))
+    files.update(_locating_roc(records, out_dir))
+    return files
+
+
+def _class_rocs(onehot: np.ndarray, labels: np.ndarray, probs: np.ndarray, out_dir: Path) -> dict[str, str]:
+    curves: Curves = {}
+    for i, c in enumerate(CLASS_NAMES):
+        if 0 < onehot[:, i].sum() < len(labels):
+            curves[c] = (*M.roc_curve_points(onehot[:, i], probs[:, i]), M.roc_auc(onehot[:, i], probs[:, i]))
+    if 0 < onehot.sum() < onehot.size:
+        curves["micro-average"] = (*M.roc_curve_points(onehot.ravel(), probs.ravel()),
+                                   M.micro_auc(labels, probs))
+    plot_roc(curves, out_dir / "roc.png", "ROC, one-vs-rest per class and micro-average")
+    return {"roc": "roc.png"}
+
+
+def _readers_points(metrics: Mapping[str, Any]) -> list[tuple[str, float, float]]:
+    readers = metrics.get("readers")
+    if not readers:
+        return []
+    pts = []
+    for row in readers["rows"]:
+        if row["name"] in ("AI", "any reader", "all readers"):
+            continue
+        sens, spec = row["sensitivity"]["value"], row["specificity"]["value"]
+        if sens is not None and spec is not None:
+            pts.append((row["name"], 1.0 - spec, sens))
+    return pts
+
+
+def _reader_cohort_curve(records: Sequence[CaseRecord], rc: Mapping[str, Any]) -> Curves:
+    """The AI's curve on the cases the readers read, for the task they read."""
+    from .evaluate import is_positive
+
+    by_id = {r.case_id: r for r in records}
+    sub = [by_id[i] for i in rc["case_ids"]]
+    task = rc["task"]
+    y = np.array([is_positive(task, r.truth) for r in sub], bool)
+    if task == "multi_way":
+        s = np.array([r.probabilities[CLASS_NAMES.index("covid19")] for r in sub])
+    else:
+        s = np.array([r.tasks[TASK_NAMES.index(task)] for r in sub])
+    if 0 < y.sum() < y.size:
+        return {f"AI, reader cohort ({task})": (*M.roc_curve_points(y, s), M.roc_auc(y, s))}
+    return {}
+
+
+def _covid_rocs(records: Sequence[CaseRecord], metrics: Mapping[str, Any], onehot: np.ndarray, probs: np.ndarray,
+                out_dir: Path) -> dict[str, str]:
+    """COVID-19 ROC, with the readers' operating points (Fig. 2f-h of the paper) and the
+    AI's curve on the reader cohort, for the task the readers read."""
+    files: dict[str, str] = {}
+    ci = CLASS_NAMES.index("covid19")
+    covid_curves: Curves = {}
+    if 0 < onehot[:, ci].sum() < len(records):
+        covid_curves["AI, all cases (p_covid19)"] = (*M.roc_curve_points(onehot[:, ci], probs[:, ci]),
+                                                    M.roc_auc(onehot[:, ci], probs[:, ci]))
+    rc = metrics.get("readers")
+    reader_curves, points = (_reader_cohort_curve(records, rc) if rc else {}), _readers_points(metrics)
+    if rc and rc["positive_class"] != "covid19":
+        plot_roc(reader_curves, out_dir / "roc_readers.png", f"ROC with readers: {rc['task']}", points=points)
+        files["roc_readers"] = "roc_readers.png"
+        reader_curves, points = {}, []
+    plot_roc({**covid_curves, **reader_curves}, out_dir / "roc_covid19.png",
+             "COVID-19 ROC" + (" with readers" if points else ""), points=points)
+    files["roc_covid19"] = "roc_covid19.png"
+    return files
+
+
+def _task_rocs(labels: np.ndarray, tasks: np.ndarray, out_dir: Path) -> dict[str, str]:
+    from .evaluate import task_cohort
+
+    task_curves: Curves = {}
+    for t_i, task in enumerate(TASK_NAMES):
+        idx, y = task_cohort(task, labels)
+        if 0 < y.sum() < y.size:
+            task_curves[task] = (*M.roc_curve_points(y, tasks[idx, t_i]), M.roc_auc(y, tasks[idx, t_i]))
+    plot_roc(task_curves, out_dir / "roc_tasks.png", "ROC of the binary tasks (each on its cohort)")
+    return {"roc_tasks": "roc_tasks.png"}
+
+
+def _precision_recall(onehot: np.ndarray, probs: np.ndarray, out_dir: Path) -> dict[str, str]:
+    pr = {}
+    for i, c in enumerate(CLASS_NAMES):
+        if onehot[:, i].any():
+            rec, prec = M.pr_curve_points(onehot[:, i], probs[:, i])
+            pr[c] = (rec, prec, float(onehot[:, i].mean()), M.average_precision(onehot[:, i], probs[:, i]))
+    plot_pr(pr, out_dir / "pr.png", "Precision-recall, one-vs-rest per class")
+    return {"pr": "pr.png"}
+
+
+def _decision_curves(onehot: np.ndarray, labels: np.ndarray, probs: np.ndarray, tasks: np.ndarray,
+                     eval_params: EvalParams, out_dir: Path) -> dict[str, str]:
+    from .evaluate import task_cohort
+
+    files: dict[str, str] = {}
+    thr = np.array(eval_params.dca_thresholds, dtype=np.float64)
+    ci = CLASS_NAMES.index("covid19")
+    dca = {"covid19": (onehot[:, ci], probs[:, ci])}
+    for t_i, task in enumerate(TASK_NAMES):
+        idx, y = task_cohort(task, labels)
+        if idx.size:
+            dca[task] = (y, tasks[idx, t_i])
+    for name, (y, s) in dca.items():
+        fname = f"decision_curve_{name}.png"
+        plot_decision_curve(thr, M.net_benefit(y, s, thr), M.net_benefit_treat_all(y, thr),
+                            out_dir / fname, f"Decision curve: {name} (n={len(y)})")
+        files[f"decision_curve_{name}"] = fname
+    return files
+
+
+def _tsne(records: Sequence[CaseRecord], eval_params: EvalParams, out_dir: Path) -> dict[str, str]:
+    from .evaluate import given_arrays, tsne_embedding
+
+    have = [r for r in records if r.features is not None]
+    if len(have) != len(records):
+        return {}
+    features = np.stack(given_arrays((r.features for r in records), "t-SNE"))
+    emb = tsne_embedding(features, eval_params.seed, eval_params.tsne_max_perplexity,
+                         eval_params.tsne_exact_max_cases)
+    if emb is None:
+        return {}
+    plot_tsne(emb, [r.truth for r in records], CLASS_NAMES, out_dir / "tsne.png")
+    return {"tsne": "tsne.png"}
+
+
+def _locating_roc(records: Sequence[CaseRecord], out_dir: Path) -> dict[str, str]:
+    from .evaluate import given_arrays
+
+    loc = [r for r in records if r.slice_scores is not None and r.truth == "covid19" and r.slice_scores.size]
+    if not loc:
+        return {}
+    y = np.concatenate(given_arrays((r.slice_truth for r in loc), "slice truth"))
+    s = np.concatenate(given_arrays((r.slice_scores for r in loc), "slice scores"))
+    if not 0 < y.sum() < y.size:
+        return {}
+    plot_roc({"infected slices": (*M.roc_curve_points(y, s), M.roc_auc(y, s))},
+             out_dir / "roc_locating.png", "COVID-infectious slice locating (COVID-19 cases)")
+    return {"roc_locating": "roc_locating.png"}

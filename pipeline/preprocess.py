@@ -159,7 +159,7 @@ def resize_batch(images: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
     arr = np.asarray(images, dtype=np.float32)
     if arr.ndim != 3:
         raise InvalidInputError(f"resize_batch needs an (n, y, x) stack, got shape {arr.shape}")
-    oh, ow = (int(size), int(size)) if np.isscalar(size) else (int(size[0]), int(size[1]))
+    oh, ow = (int(size[0]), int(size[1])) if isinstance(size, (tuple, list, np.ndarray)) else (int(size), int(size))
     if oh < 1 or ow < 1:
         raise InvalidInputError(f"resize_batch needs a positive size, got {(oh, ow)}")
     ky, kx = max(1, arr.shape[1] // oh), max(1, arr.shape[2] // ow)

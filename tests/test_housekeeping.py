@@ -10,10 +10,10 @@ import pytest
 
 from dicomnode.config import SelectionSection
 from dicomnode.db import Database
-from dicomnode.housekeeping import PURGED, Housekeeper, purgeable
+from dicomnode.header import InstanceInfo
+from dicomnode.housekeeping import Housekeeper, purgeable
 from dicomnode.queue import JobQueue, JobState
-from dicomnode.series import SeriesAssembler
-from dicomnode.store import InstanceInfo
+from dicomnode.series import SeriesAssembler, SeriesState
 
 T0 = 1_000_000.0
 DAY = 86400.0
@@ -78,7 +78,7 @@ def test_only_delivered_series_are_purged_and_only_when_old(env):
     for uid, job in (("1.2.4", pending), ("1.2.5", failed), ("1.2.6", young), ("1.2.7", running)):
         assert (storage / "1.2" / uid).is_dir() and (results / str(job)).is_dir(), uid
     row = db.query("SELECT state, reason FROM series WHERE series_uid='1.2.3'")[0]
-    assert row["state"] == PURGED and "retention_days" in row["reason"]
+    assert row["state"] == SeriesState.PURGED and "retention_days" in row["reason"]
     assert audit[0][0] == ("purge", "success") and audit[0][1]["series_uid"] == "1.2.3"
 
 

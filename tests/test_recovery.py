@@ -98,7 +98,8 @@ def test_restart_records_instances_stored_but_not_recorded(tmp_path):
 
     from pydicom.uid import ExplicitVRLittleEndian
 
-    from dicomnode.store import InstanceStore, encode_file_meta, parse_header
+    from dicomnode.header import encode_file_meta, parse_header
+    from dicomnode.store import InstanceStore
 
     from node_helpers import write_series
 

@@ -6,9 +6,9 @@ import pytest
 
 from dicomnode.config import SelectionSection
 from dicomnode.db import Database
+from dicomnode.header import InstanceInfo
 from dicomnode.queue import JobQueue, JobState
-from dicomnode.series import QUEUED, RECEIVING, SKIPPED, SeriesAssembler, select_instances
-from dicomnode.store import InstanceInfo
+from dicomnode.series import SeriesAssembler, SeriesState, select_instances, series_state
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 MR = "1.2.840.10008.5.1.4.1.1.4"
@@ -48,12 +48,12 @@ def test_quiet_period_completes_a_series_into_one_job(env):
     db, queue, asm, enqueued = env
     feed(asm, [inst(i) for i in range(5)])
     assert asm.complete_due(at=T0 + 5) == []  # not quiet long enough
-    assert series_row(db)["state"] == RECEIVING
+    assert series_state(db, "1.2.3") == SeriesState.RECEIVING
     asm.record_instance(inst(5), "1.2/1.2.3/1.2.3.5.dcm", received=T0 + 9)  # resets the timer
     assert asm.complete_due(at=T0 + 15) == []
     assert asm.complete_due(at=T0 + 19.5) == ["1.2.3"]
     row = series_row(db)
-    assert row["state"] == QUEUED and row["instance_count"] == 6
+    assert row["state"] == SeriesState.COMPLETE and row["instance_count"] == 6
     job = queue.get(enqueued[0])
     assert job.state == JobState.QUEUED and len(job.instances) == 6 and job.generation == 1
     assert asm.complete_due(at=T0 + 100) == []  # completed once only
@@ -72,7 +72,7 @@ def test_late_instance_reopens_and_makes_a_new_generation(env):
     feed(asm, [inst(i) for i in range(4)])
     asm.complete_due(at=T0 + 20)
     asm.record_instance(inst(9), "1.2/1.2.3/1.2.3.9.dcm", received=T0 + 21)
-    assert series_row(db)["state"] == RECEIVING
+    assert series_state(db, "1.2.3") == SeriesState.RECEIVING
     asm.complete_due(at=T0 + 40)
     assert len(enqueued) == 2
     first, second = queue.get(enqueued[0]), queue.get(enqueued[1])
@@ -95,7 +95,7 @@ def test_unusable_series_are_skipped_with_the_reason(env, infos, words):
     feed(asm, infos)
     asm.complete_due(at=T0 + 20)
     row = series_row(db)
-    assert row["state"] == SKIPPED and words in row["reason"], row["reason"]
+    assert row["state"] == SeriesState.SKIPPED and words in row["reason"], row["reason"]
     assert enqueued == []
 
 
@@ -118,7 +118,7 @@ def test_rejection_after_the_fact_is_recorded(env):
     asm.complete_due(at=T0 + 20)
     asm.mark_skipped("1.2.3", "slices are not equally spaced")
     row = series_row(db)
-    assert row["state"] == SKIPPED and row["reason"] == "slices are not equally spaced"
+    assert row["state"] == SeriesState.SKIPPED and row["reason"] == "slices are not equally spaced"
 
 
 def test_quiet_timer_survives_a_restart(tmp_path):
@@ -240,9 +240,9 @@ def test_complete_released_needs_whole_slices(env):
     feed(asm, whole)
     feed(asm, gap)
     assert asm.complete_released("1.2.3", at=T0 + 1) is not None  # no quiet period needed
-    assert series_row(db, "1.2.3")["state"] == QUEUED and len(enqueued) == 1
+    assert series_state(db, "1.2.3") == SeriesState.COMPLETE and len(enqueued) == 1
     assert asm.complete_released("1.2.4", at=T0 + 1) is None  # a gap: waits for the quiet period
-    assert series_row(db, "1.2.4")["state"] == RECEIVING
+    assert series_state(db, "1.2.4") == SeriesState.RECEIVING
     assert asm.complete_due(at=T0 + 20) == ["1.2.4"]
 
 

@@ -11,17 +11,17 @@ from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from dicomnode.errors import DiskFullError, InvalidUIDError, StoreError
-from dicomnode.store import (
+from dicomnode.header import (
     STATUS_CANNOT_UNDERSTAND,
     STATUS_DATASET_MISMATCH,
     STATUS_OUT_OF_RESOURCES,
     InstanceInfo,
-    InstanceStore,
     encode_file_meta,
     parse_header,
     read_file_header,
     validate_uid,
 )
+from dicomnode.store import InstanceStore
 
 from node_helpers import small_volume
 
@@ -192,7 +192,7 @@ def test_temp_files_of_a_killed_write_are_removed(tmp_path):
 def _pydicom_info(raw: bytes, implicit: bool, ts: str) -> InstanceInfo:
     from pydicom.filereader import read_dataset
 
-    from dicomnode.store import _info_from
+    from dicomnode.header import _info_from
 
     return _info_from(read_dataset(io.BytesIO(raw), implicit, True), ts)
 
@@ -204,7 +204,7 @@ def test_fast_header_reader_agrees_with_pydicom(ct, implicit, ts, undefined_leng
     from pydicom.dataset import Dataset
     from pydicom.sequence import Sequence
 
-    from dicomnode.store import fast_header_values
+    from dicomnode.header import fast_header_values
 
     item = Dataset()
     item.ReferencedSOPInstanceUID = "1.2.3"
@@ -223,7 +223,7 @@ def test_fast_header_reader_agrees_with_pydicom(ct, implicit, ts, undefined_leng
 
 
 def test_fast_header_reader_leaves_other_character_sets_to_pydicom(ct):
-    from dicomnode.store import fast_header_values
+    from dicomnode.header import fast_header_values
 
     ct.SpecificCharacterSet = "ISO_IR 100"
     ct.PatientName = "Müller^Jörg"

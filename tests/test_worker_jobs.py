@@ -18,9 +18,9 @@ from dicomnode import worker as worker_module
 from dicomnode.config import NodeConfig, NodeSection, PipelineSection
 from dicomnode.db import Database, now
 from dicomnode.delivery import Delivery
+from dicomnode.header import read_file_header
 from dicomnode.queue import JobQueue, JobState
 from dicomnode.series import SeriesAssembler
-from dicomnode.store import read_file_header
 from dicomnode.synthetic import write_ct_series
 from dicomnode.worker import Worker
 from pipeline.phantom import make_phantom
@@ -116,7 +116,7 @@ def test_an_identical_resend_makes_no_second_result_set(harness, series) -> None
 
 
 def test_dataset_hash_ignores_the_sender_in_the_file_meta(tmp_path: Path) -> None:
-    from dicomnode.store import dataset_sha256, encode_file_meta
+    from dicomnode.header import dataset_sha256, encode_file_meta
 
     ds = pydicom.dcmread(write_ct_series(make_phantom("cap", 1, n_slices=12, size_px=32).volume,
                                          tmp_path / "s").paths[0])

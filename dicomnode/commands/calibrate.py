@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"dicomnode calibrate: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     buf = io.BytesIO()
-    np.savez(buf, **reference.to_arrays())
+    np.savez(buf, **reference.to_arrays())  # type: ignore[arg-type]  # numpy's stub takes **kwds for allow_pickle
     (args.bundle / DOMAIN_FILE).write_bytes(buf.getvalue())
     command = "dicomnode calibrate " + " ".join(shlex.quote(a) for a in sys.argv[2:])
     measured_on = {"data_specs": list(args.data), "n_cases": len(records), "class_counts": class_counts(records),

@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _send(files: list[Path], host: str, port: int, called_ae: str) -> None:
     from pydicom import dcmread
     from pynetdicom import AE
-    from pynetdicom.sop_class import CTImageStorage
+    from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]  # made at import time
 
     ae = AE(ae_title="DEMOSCU")
     ae.add_requested_context(CTImageStorage)
@@ -73,14 +73,10 @@ def _job_of(db_path: Path, series_uid: str) -> dict | None:
 
 
 def _ranges(numbers: list[int]) -> str:
-    """[1, 2, 3, 7, 9, 10] -> "1-3, 7, 9-10": how a reader names slices."""
-    parts: list[str] = []
-    for n in sorted(numbers):
-        if parts and n == parts[-1][1] + 1:
-            parts[-1] = (parts[-1][0], n)
-        else:
-            parts.append((n, n))
-    return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in parts) or "none"
+    """[1, 2, 3, 7, 9, 10] -> "1-3, 7, 9-10": how a reader names slices (as the SR does)."""
+    from ..writers.sr import slice_ranges
+
+    return slice_ranges(numbers) or "none"
 
 
 #: How the readable summary names each decision.

@@ -159,8 +159,9 @@ def _run_lesion_pattern(args: argparse.Namespace) -> int:
     except (PipelineError, TrainError, ValueError, OSError) as e:
         print(f"dicomnode train lesion-pattern: error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    print(f"lesion-pattern: fitted on {model.training['n_cases']} case(s) "
-          f"({', '.join(f'{k} {v}' for k, v in model.training['class_counts'].items())}); bundle {args.out}")
+    training = model.training or {}
+    counts = ", ".join(f"{k} {v}" for k, v in training["class_counts"].items())
+    print(f"lesion-pattern: fitted on {training['n_cases']} case(s) ({counts}); bundle {args.out}")
     return 0
 
 
@@ -181,8 +182,8 @@ def run(args: argparse.Namespace) -> int:
             max_slices_per_case=args.max_slices_per_case, lung_masks=args.lung_masks, command=command_line(args),
             name=args.name,
             version=args.bundle_version, description=args.description, progress=args.progress,
-            **({"train": replace(TrainParams(), lesion_weight=args.lesion_weight)}
-               if args.lesion_weight is not None else {}))
+            train=(replace(TrainParams(), lesion_weight=args.lesion_weight)
+                   if args.lesion_weight is not None else TrainParams()))
         outcome = train_role(settings)
     except (PipelineError, TrainError, ValueError, OSError) as e:
         # Data set readers name the file that failed; one line is what a user needs

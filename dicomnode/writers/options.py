@@ -6,10 +6,8 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from .. import PRODUCT_NAME, __version__
+from ..config import OBJECT_KINDS
 from ..errors import WriterError
-
-#: The kinds of result object, in the order they are built and sent.
-OBJECT_KINDS: tuple[str, ...] = ("sr", "sc", "seg", "kos")
 
 
 @dataclass(frozen=True)

@@ -81,7 +81,7 @@ def burn_text(rgb: np.ndarray, lines: list[str]) -> np.ndarray:
         font = ImageFont.load_default()
     image = Image.fromarray(rgb, mode="RGB")
     draw = ImageDraw.Draw(image)
-    y = 2
+    y: float = 2
     for line in lines:
         box = draw.textbbox((3, y), line, font=font)
         draw.rectangle((box[0] - 2, box[1] - 1, box[2] + 2, box[3] + 1), fill=(0, 0, 0))

@@ -46,7 +46,7 @@ def build_sc(result: AnalysisResult, volume: CTVolume, sources: Sequence[Dataset
     chosen = sorted(overlay_slices(result, options.max_overlays))
     series_uid = uid("sc-series")
     lossy = lossy_source(sources)
-    images = []
+    images: list[Dataset] = []
     for number, z in enumerate(chosen, start=1):
         att = attention[z]
         source = sources[z]
@@ -64,7 +64,7 @@ def build_sc(result: AnalysisResult, volume: CTVolume, sources: Sequence[Dataset
             sop_instance_uid=uid(f"sc-instance-{z}"),
             instance_number=number,
             manufacturer=options.manufacturer,
-            pixel_spacing=_pixel_spacing(source),
+            pixel_spacing=_pixel_spacing(source),  # type: ignore[arg-type]  # highdicom's hint says int; mm are float
             patient_orientation=patient_orientation(source),
             series_description=series_description("Grad-CAM", result.model),
             manufacturer_model_name=options.product_name,

@@ -341,20 +341,13 @@ def decision_reason(result: AnalysisResult) -> str:
 
 def slice_ranges(labels: Sequence[int]) -> str:
     """[3, 4, 5, 9] -> '3-5, 9' (how a reader names runs of images)."""
-    labels = sorted(set(int(v) for v in labels))
-    parts: list[str] = []
-    start = prev = None
-    for v in labels:
-        if start is None:
-            start = prev = v
-        elif v == prev + 1:
-            prev = v
+    runs: list[tuple[int, int]] = []
+    for v in sorted({int(v) for v in labels}):
+        if runs and v == runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], v)
         else:
-            parts.append(f"{start}-{prev}" if prev != start else f"{start}")
-            start = prev = v
-    if start is not None:
-        parts.append(f"{start}-{prev}" if prev != start else f"{start}")
-    return ", ".join(parts)
+            runs.append((v, v))
+    return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in runs)
 
 
 def summary_text(result: AnalysisResult, volume: CTVolume, options: WriterOptions, lossy: str | None = None,
@@ -467,11 +460,20 @@ def _code_matches(concept, code) -> bool:
     return concept.value == code.value and concept.scheme_designator == code.scheme_designator
 
 
-def _num(group, code, required: bool = True) -> float | None:
+def _optional_num(group, code) -> float | None:
+    """The one value of a measurement, or None without one (WriterError for two)."""
     found = group.get_measurements(name=code)
-    if len(found) > 1 or (required and not found):
+    if len(found) > 1:
         raise WriterError(f"SR group '{group.tracking_identifier}' has {len(found)} '{code.meaning}' values")
     return float(found[0].value) if found else None
+
+
+def _num(group, code) -> float:
+    """The one value of a measurement the report must have (WriterError otherwise)."""
+    value = _optional_num(group, code)
+    if value is None:
+        raise WriterError(f"SR group '{group.tracking_identifier}' has 0 '{code.meaning}' values")
+    return value
 
 
 def _impression(items, where: str) -> str:
@@ -508,8 +510,8 @@ def _located(case, decision: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
 
 
 def _thresholds(case) -> dict[str, float]:
-    out = {name: _num(case, code, required=False) for name, code in codes.DECISION_THRESHOLD.items()}
-    out["margin"] = _num(case, codes.INDETERMINATE_MARGIN, required=False)
+    out = {name: _optional_num(case, code) for name, code in codes.DECISION_THRESHOLD.items()}
+    out["margin"] = _optional_num(case, codes.INDETERMINATE_MARGIN)
     return {k: v / 100.0 for k, v in out.items() if v is not None}
 
 
@@ -572,7 +574,7 @@ def read_findings(dataset: Dataset) -> SRFindings:
         summary=_first_text(qual[0], codes.SUMMARY),
         disclaimer=_first_text(qual[0], codes.DISCLAIMER),
         pattern_shares={n: v / 100.0 for n, code in codes.PATTERN_TYPE_SHARE.items()
-                        if (v := _num(case, code, required=False)) is not None},
+                        if (v := _optional_num(case, code)) is not None},
     )
 
 

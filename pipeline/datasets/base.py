@@ -100,7 +100,7 @@ class Dataset(Sequence[Case]):
     @overload
     def __getitem__(self, index: slice) -> Sequence[Case]: ...
 
-    def __getitem__(self, index):  # type: ignore[override]
+    def __getitem__(self, index):
         return self.cases[index]
 
     def __len__(self) -> int:

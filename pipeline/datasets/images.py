@@ -69,11 +69,12 @@ def image_to_volume(image, path: Path, slice_uids: Sequence[str] = (), slice_num
     check_ct_image(image, path)
     hu = sitk.GetArrayFromImage(image).astype(np.float32, copy=False)  # z, y, x
     sx, sy, sz = image.GetSpacing()
+    ox, oy, oz = image.GetOrigin()
     try:
         return CTVolume(
             hu=np.ascontiguousarray(hu),
             spacing_mm=(float(sz), float(sy), float(sx)),
-            origin_mm=tuple(float(v) for v in image.GetOrigin()),
+            origin_mm=(float(ox), float(oy), float(oz)),
             direction=tuple(float(v) for v in image.GetDirection()),
             slice_uids=tuple(slice_uids),
             slice_numbers=tuple(slice_numbers),
@@ -110,7 +111,9 @@ def _read_dicom_folder(folder: Path) -> CTVolume:
         uids.append(uid)
         numbers.append(int(num) if re.fullmatch(r"[+-]?\d+", num) else None)
     keep_uids = uids if all(uids) else []
-    keep_numbers = [int(n) for n in numbers] if all(n is not None for n in numbers) else []
+    keep_numbers = [n for n in numbers if n is not None]
+    if len(keep_numbers) != len(numbers):
+        keep_numbers = []
     return image_to_volume(image, folder, keep_uids, keep_numbers)
 
 
@@ -179,7 +182,7 @@ def read_slice_stack(files: Sequence[Path], where: Path) -> np.ndarray:
     """Grey values (float32 z/y/x, 0..255) of 2-D images, in the given order."""
     from PIL import Image, UnidentifiedImageError
 
-    slices = []
+    slices: list[np.ndarray] = []
     for f in files:
         try:
             with Image.open(f) as im:

@@ -173,7 +173,7 @@ class Anatomy:
         """Height fraction: 0 at the lowest lung point, 1 at the highest apex."""
         return (h - self.h_low) / self.lung_height
 
-    def cavity_scale(self, t: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
+    def cavity_scale(self, t: np.ndarray | float) -> tuple[np.ndarray | float, np.ndarray | float]:
         up = smoothstep(self.t_narrow, 1.15, t)
         low = 1.0 - 0.08 * smoothstep(0.0, -0.25, t)  # the abdomen is a little narrower
         return (1.0 - (1.0 - self.inlet_lr) * up) * low, (1.0 - (1.0 - self.inlet_ap) * up) * low
@@ -199,7 +199,7 @@ class Anatomy:
             pert = pert + (cc + cs * t) * zk.real + (sc + ss * t) * zk.imag
         return r * pert
 
-    def cavity_posterior(self, h: np.ndarray | float) -> np.ndarray:
+    def cavity_posterior(self, h: np.ndarray | float) -> np.ndarray | float:
         """``cavity_radius`` on the posterior midline (theta = pi / 2), closed form."""
         t = np.clip(self.t_of(h), -0.5, 1.3)
         _, s_ap = self.cavity_scale(t)
@@ -244,7 +244,8 @@ class Anatomy:
         dt = (h - (self.h_low + self.breast_t * self.lung_height)) / self.breast_half_h
         return low, (np.exp(-dt * dt) if self.breast > 0 else 0.0)
 
-    def band(self, h: np.ndarray | float, y: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def band(self, h: np.ndarray | float, y: np.ndarray | None = None
+             ) -> tuple[np.ndarray | float, np.ndarray | float]:
         """Mediastinal midline x and half width at height h (and, given y, across the
         chest: narrow at the anterior junction, wider behind, gently wavy)."""
         t = self.t_of(h)
@@ -297,11 +298,13 @@ class Anatomy:
                         self.apex_top[1] - self.apex_k * self.apex_q(1, x, y))
 
     # ------------------------------------------------------------------ heart
-    def heart_local(self, h: np.ndarray, y: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, ...]:
+    def heart_local(self, h: np.ndarray | float | np.floating, y: np.ndarray, x: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Coordinates along the heart's frame (long axis, posterior, third)."""
         dh, dy, dx = h - self.heart_c[0], y - self.heart_c[1], x - self.heart_c[2]
         f = self.heart_frame
-        return tuple(f[i, 0] * dh + f[i, 1] * dy + f[i, 2] * dx for i in range(3))
+        p, q, s = (f[i, 0] * dh + f[i, 1] * dy + f[i, 2] * dx for i in range(3))
+        return p, q, s
 
     def heart_rho(self, p: np.ndarray, q: np.ndarray, s: np.ndarray, grow: float = 0.0) -> np.ndarray:
         """Normalised ellipsoid radius (1 on the surface grown by ``grow`` mm)."""

@@ -466,4 +466,4 @@ def _arms(hb: np.ndarray, h: float, Y: np.ndarray, X: np.ndarray, ysurf: np.ndar
         c0, c1 = np.searchsorted(X[0], lo), np.searchsorted(X[0], hi, "right")
         if r0 < r1 and c0 < c1:
             band = np.exp(-((Y[r0:r1] - cy) / look.streak_w) ** 2)
-            hb[r0:r1, c0:c1] -= np.broadcast_to((look.streak * band).astype(np.float32), (r1 - r0, c1 - c0))
+            hb[r0:r1, c0:c1] -= np.broadcast_to((look.streak * band).astype(np.float32), (int(r1 - r0), int(c1 - c0)))

@@ -21,6 +21,7 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass
+from typing import Protocol, overload
 
 import numpy as np
 
@@ -54,6 +55,18 @@ def rng_for(seed: int, stream: Stream, extra: int = 0) -> np.random.Generator:
     ss = np.random.SeedSequence(entropy=[seed & 0xFFFFFFFF, seed >> 32, FAMILY_B_TAG],
                                 spawn_key=(int(stream), int(extra)))
     return np.random.default_rng(ss)
+
+
+@overload
+def smoothstep(e0: float, e1: float, x: float) -> float: ...
+
+
+@overload
+def smoothstep(e0: float, e1: float, x: np.ndarray) -> np.ndarray: ...
+
+
+@overload
+def smoothstep(e0: float, e1: float, x: np.ndarray | float) -> np.ndarray | float: ...
 
 
 def smoothstep(e0: float, e1: float, x: np.ndarray | float) -> np.ndarray | float:
@@ -173,7 +186,17 @@ class Waves:
         return (self.amp * np.sin(pts @ self.k.T + self.phase)).sum(axis=-1)
 
 
-def segment_balls(p0: np.ndarray, p1: np.ndarray, r0: np.ndarray, r1: np.ndarray, grid: Grid,
+class BallSpacing(Protocol):
+    """What ball spacing needs of a grid: its fine z and in-plane spacing (mm)."""
+
+    @property
+    def dzf(self) -> float: ...
+
+    @property
+    def dxy(self) -> float: ...
+
+
+def segment_balls(p0: np.ndarray, p1: np.ndarray, r0: np.ndarray, r1: np.ndarray, grid: BallSpacing,
                   spacing: float = 0.6) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Balls along straight segments (N, 3) -> (centres (M, 3), radii (M,), segment id).
 

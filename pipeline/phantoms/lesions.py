@@ -158,7 +158,8 @@ def _peribronchovascular(rng, tree: Tree, n: int, hu_fn) -> list[Blob]:
 
 
 def _centrilobular(rng, tree: Tree, n: int, hu: tuple[float, float], r: tuple[float, float],
-                   near: np.ndarray | None = None, within_mm: float = 0.0) -> tuple[np.ndarray, ...] | None:
+                   near: np.ndarray | None = None, within_mm: float = 0.0
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     tips = tree.tips
     if near is not None:
         tips = tips[np.linalg.norm(tips - near, axis=1) < within_mm]
@@ -168,7 +169,8 @@ def _centrilobular(rng, tree: Tree, n: int, hu: tuple[float, float], r: tuple[fl
     return c, rng.uniform(*r, n), rng.uniform(*hu, n)
 
 
-def _tree_in_bud(rng, tree: Tree, near: np.ndarray, within_mm: float) -> tuple[np.ndarray, ...] | None:
+def _tree_in_bud(rng, tree: Tree, near: np.ndarray, within_mm: float
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """Thickened, filled last-generation branches (V and Y shapes) near ``near``."""
     mid = (tree.p0 + tree.p1) / 2
     sel = np.flatnonzero((tree.r0 < 1.3) & (np.linalg.norm(mid - near, axis=1) < within_mm))
@@ -371,9 +373,9 @@ def _masses(rng, pl: _Placer, an: Anatomy, plan: LesionPlan, allow_tumour: bool)
         f["tumour_diameter_mm"] = round(2 * r, 1)
 
 
-def _intersect(a: tuple[slice, ...], b: tuple[slice, ...]) -> tuple[slice, ...] | None:
-    out = tuple(slice(max(x.start, y.start), min(x.stop, y.stop)) for x, y in zip(a, b, strict=True))
-    return None if any(s.start >= s.stop for s in out) else out
+def _intersect(a: tuple[slice, slice, slice], b: tuple[slice, slice, slice]) -> tuple[slice, slice, slice] | None:
+    z, y, x = (slice(max(p.start, q.start), min(p.stop, q.stop)) for p, q in zip(a, b, strict=True))
+    return None if any(s.start >= s.stop for s in (z, y, x)) else (z, y, x)
 
 
 def _render_blob(vol: np.ndarray, side: np.ndarray, mark: np.ndarray, grid: Grid, an: Anatomy, b: Blob,
