@@ -35,7 +35,7 @@ Pure: records in, ``OperatingPoints`` and ``DomainReference`` out.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -103,7 +103,7 @@ def choose_operating_points(records: Sequence, base: OperatingPoints = Operating
 
     truth = np.array([r.truth for r in records])
     tasks = np.stack([r.tasks for r in records])
-    chosen = {}
+    chosen: dict[str, Any] = {}
     for t_i, task in enumerate(TASK_NAMES):
         positive, cohort = TASK_COHORTS[task]
         idx = np.isin(truth, cohort)

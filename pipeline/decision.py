@@ -88,8 +88,9 @@ class OperatingPoints:
     def from_card(cls, card: Mapping[str, Any]) -> "OperatingPoints":
         given = dict(card.get("operating_points") or {})
         known = {f.name for f in fields(cls)}
-        return cls(**{k: (int(v) if k == "min_infected_slices" else (str(v) if k == "rule" else float(v)))
-                      for k, v in given.items() if k in known})
+        values: dict[str, Any] = {k: (int(v) if k == "min_infected_slices" else (str(v) if k == "rule" else float(v)))
+                                  for k, v in given.items() if k in known}
+        return cls(**values)
 
     def as_card(self) -> dict[str, Any]:
         return asdict(self)
@@ -144,7 +145,8 @@ def _pneumonia_by_lesions(p: float, lesion: LesionBurden, op: OperatingPoints,
     (pneumonia, go on)."""
     s, t, band = lesion.lung_share, op.lesion_share_threshold, op.lesion_band
     burden = f"lesions of infection cover {_pct(s)} of the lung ({lesion.volume_ml:.1f} ml)"
-    classifier = f"slice classifier's pneumonia score {100 * p:.1f}% (threshold {100 * op.pneumonia_vs_non_pneumonia:.1f}%)"
+    classifier = (f"slice classifier's pneumonia score {100 * p:.1f}% "
+                  f"(threshold {100 * op.pneumonia_vs_non_pneumonia:.1f}%)")
     if s < t / band:
         return Decision("non_pneumonia", f"Non-pneumonia: {burden}, below the model's threshold {_pct(t)}; "
                                          f"{classifier}.", th)

@@ -93,8 +93,8 @@ def lesion_pattern_features(volume: CTVolume, lung: LungMask) -> dict[str, float
     # The lungs are told apart by the lung mask's centre: robust to lungs that touch.
     on_left = float(lesion_x[: int(math.ceil(centre_x))].sum())
     out["bilateral_share"] = min(on_left, n - on_left) / n
-    z_lo, z_hi = _span(mask.any(axis=(1, 2)))
-    y_lo, y_hi = _span(mask.any(axis=(0, 2)))
+    z_lo, z_hi = _span(np.asarray(mask.any(axis=(1, 2))))
+    y_lo, y_hi = _span(np.asarray(mask.any(axis=(0, 2))))
     cc = (lesion_z * (np.arange(lesion_z.size) - z_lo) / max(z_hi - z_lo, 1.0)).sum() / n
     superior_up = float(volume.direction[8]) >= 0.0  # z index grows to the head: the base is at 0
     out["craniocaudal_position"] = float(1.0 - cc if superior_up else cc)
@@ -136,9 +136,11 @@ class LesionPatternModel:
     def __post_init__(self) -> None:
         f, c = len(self.feature_names), len(self.classes)
         if not set(self.classes) <= set(CLASS_NAMES) or len(set(self.classes)) != c or c < 2:
-            raise InvalidInputError(f"lesion pattern classes must be distinct names of {CLASS_NAMES}, got {self.classes}")
-        if set(self.feature_names) - set(FEATURE_NAMES):
-            raise InvalidInputError(f"lesion pattern features unknown: {sorted(set(self.feature_names) - set(FEATURE_NAMES))}")
+            raise InvalidInputError(f"lesion pattern classes must be distinct names of {CLASS_NAMES}, "
+                                    f"got {self.classes}")
+        unknown = set(self.feature_names) - set(FEATURE_NAMES)
+        if unknown:
+            raise InvalidInputError(f"lesion pattern features unknown: {sorted(unknown)}")
         shapes = {"mean": (f,), "scale": (f,), "coef": (c, f), "intercept": (c,)}
         for name, shape in shapes.items():
             a = getattr(self, name)
@@ -153,7 +155,7 @@ class LesionPatternModel:
         logits = self.coef @ ((x - self.mean) / self.scale) + self.intercept
         e = np.exp(logits - logits.max())
         p = e / e.sum()
-        return {c: float(v) for c, v in zip(self.classes, p)}
+        return {c: float(v) for c, v in zip(self.classes, p, strict=True)}
 
     def as_card(self) -> dict[str, Any]:
         return {"feature_names": list(self.feature_names), "classes": list(self.classes),

@@ -318,7 +318,7 @@ def _airway_regions(air: np.ndarray, body: np.ndarray, params: ChainParams,
 
 def _body_columns(body: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per slice, the first and last column (x) the body occupies (whole width if none)."""
-    cols = body.any(axis=1)  # (nz, nx)
+    cols = np.asarray(body.any(axis=1))  # (nz, nx)
     has = cols.any(axis=1)
     nx = body.shape[2]
     first = np.where(has, cols.argmax(axis=1), 0)
@@ -351,7 +351,7 @@ def refine_lung_mask(lungs: np.ndarray, hu: np.ndarray, body: np.ndarray,
     # Everything happens in the lungs' slices and the box of the body (and lungs) there:
     # a large share of a series is neck, abdomen or air around the body.
     zbox = slice(int(zs[0]), int(zs[-1]) + 1)
-    in_body = body[zbox].any(axis=0) | lungs[zbox].any(axis=0)
+    in_body = np.asarray(body[zbox].any(axis=0) | lungs[zbox].any(axis=0))
     rows, cols = np.flatnonzero(in_body.any(axis=1)), np.flatnonzero(in_body.any(axis=0))
     box = (zbox, slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1))
     disk_mm = params.classical_closing_mm if closing_mm is None else float(closing_mm)
@@ -381,7 +381,7 @@ def _refine_box(lungs: np.ndarray, hu: np.ndarray, body: np.ndarray, spacing_mm:
     below = _lung_below(closed)
     extra = _recover_dense(sides, lungs, closed, dense_hu, below, right_half, hu, body, spacing_mm, params)
     out = np.zeros(lungs.shape, dtype=bool)
-    for side, more in zip(sides, extra):
+    for side, more in zip(sides, extra, strict=True):
         out |= _fill_holes_with_lung_below(side | more, below, params)
     return out, out & ~lungs & (hu >= params.classical_air_hu)
 

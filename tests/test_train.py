@@ -48,7 +48,8 @@ def run_train(role: str, out: Path, *extra: str, data: str | None = None, epochs
     parser = argparse.ArgumentParser()
     train_cmd.add_arguments(parser)
     data = data or (COVID_SPEC if role == "locator" else SPEC)
-    args = parser.parse_args([role, "--data", data, *[a for d in extra_data for a in ("--data", d)], "--out", str(out), "--epochs", str(epochs),
+    more = [a for d in extra_data for a in ("--data", d)]
+    args = parser.parse_args([role, "--data", data, *more, "--out", str(out), "--epochs", str(epochs),
                               "--batch-size", "8", "--device", "cpu", "--seed", "7", "--threads", "1",
                               "--val-fraction", "0.5", "--no-progress", *TINY[role],
                               *(DATASET_MASKS if role != "segmentation" and "--lung-masks" not in extra else ()),

@@ -62,7 +62,7 @@ class CosineSchedule:
 def rng_states() -> dict[str, Any]:
     """Global RNG states (torch, numpy, python), saved for completeness: the loops draw
     from per-epoch generators, but a layer or library might use the global ones."""
-    np_state = np.random.get_state()
+    np_state: Any = np.random.get_state()  # the legacy tuple form (legacy=True, the default)
     return {"torch": torch.get_rng_state(),
             "numpy": {"key": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
                       "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},

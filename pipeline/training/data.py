@@ -215,9 +215,9 @@ def prepare_case(case: Any, recipe: SliceRecipe) -> CaseSlices:
         return CaseSlices(case_id, x.astype(np.float16), y, z, "dataset")
     mask, source = _lung_mask(loaded, recipe)
     z = _limit(lung_slice_indices(mask, chain), recipe.max_slices_per_case)
-    lesion = loaded.lesion_mask
-    if lesion is not None:
-        with_lesion = np.count_nonzero(lesion.reshape(lesion.shape[0], -1), axis=1)[z] > \
+    lesion_mask = loaded.lesion_mask
+    if lesion_mask is not None:
+        with_lesion = np.count_nonzero(lesion_mask.reshape(lesion_mask.shape[0], -1), axis=1)[z] > \
             recipe.train.locator_lesion_pixels
     elif label == NON_PNEUMONIA_LABEL:
         with_lesion = np.zeros(len(z), dtype=bool)  # a scan without pneumonia has no lesion of infection

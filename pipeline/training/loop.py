@@ -28,12 +28,18 @@ from tqdm.auto import tqdm
 from ..device import resolve_device
 from ..nets import UNET_LESION, UNET_LUNG, build_network, unet_has_lesion_head
 from ..params import ChainParams
-from .augment import augment_lung_pairs, augment_pairs, augment_unet_inputs, random_erase
 from ..preprocess import lung_channels
+from .augment import augment_lung_pairs, augment_pairs, augment_unet_inputs, random_erase
 from .bundle import update_bundle
-from .checkpoint import CosineSchedule, TrainError, checkpoint_path, load_checkpoint, restore_rng_states, \
-    save_checkpoint
-from .data import ROLES, SEG_LESION, SliceSet, prepare_cases, recipe_for, stack_slices, case_label_index
+from .checkpoint import (
+    CosineSchedule,
+    TrainError,
+    checkpoint_path,
+    load_checkpoint,
+    restore_rng_states,
+    save_checkpoint,
+)
+from .data import ROLES, SEG_LESION, SliceSet, case_label_index, prepare_cases, recipe_for, stack_slices
 from .params import TrainParams
 from .sampling import balanced_order, batches, derived_seed, generator_for, shuffled_order
 from .validation import MONITOR, classifier_metrics, dice, locator_metrics, segmentation_metrics
@@ -239,9 +245,9 @@ class _Run:
     def load_data(self) -> None:
         s = self.s
         datasets, cases = _open_cases(s.data_specs)
-        self.described = [_describe(d, spec) for d, spec in zip(datasets, s.data_specs)]
+        self.described = [_describe(d, spec) for d, spec in zip(datasets, s.data_specs, strict=True)]
         self.synthetic = any(_is_synthetic(d, spec, desc)
-                             for d, spec, desc in zip(datasets, s.data_specs, self.described))
+                             for d, spec, desc in zip(datasets, s.data_specs, self.described, strict=True))
         if not cases:
             raise TrainError(f"data {list(s.data_specs)} holds no cases")
         for case in cases:
