@@ -56,6 +56,10 @@ class DeliveryState(str, Enum):
 PENDING, SENT, FAILED = DeliveryState.PENDING.value, DeliveryState.SENT.value, DeliveryState.FAILED.value
 
 
+#: Transfer syntaxes proposed for every object, besides the one it was written in.
+PROPOSED_TRANSFER_SYNTAXES: tuple[str, ...] = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+
+
 def destination_key(d: Destination) -> str:
     return f"{d.ae_title}@{d.host}:{d.port}"
 
@@ -192,7 +196,7 @@ class Delivery:
         ae.dimse_timeout = ae.network_timeout = self.network_timeout_s
         for sop_class in sorted({str(ds.SOPClassUID) for _, ds in datasets}):
             tss = sorted({str(ds.file_meta.TransferSyntaxUID) for _, ds in datasets if str(ds.SOPClassUID) == sop_class}
-                         | {ExplicitVRLittleEndian, ImplicitVRLittleEndian})
+                         | set(PROPOSED_TRANSFER_SYNTAXES))
             ae.add_requested_context(sop_class, tss)
         try:
             tls = client_context(dest)
