@@ -21,19 +21,20 @@ import logging
 import os
 import socket
 import threading
+from enum import Enum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response
 
+from .delivery import DeliveryState
 from .errors import ConfigError, QueueError
+from .queue import JobState
+from .series import SeriesState
 
 log = logging.getLogger(__name__)
 
-JOB_STATES = Literal["queued", "running", "delivering", "done", "failed", "skipped"]
-SERIES_STATES = Literal["receiving", "complete", "skipped", "purged"]
-DELIVERY_STATES = Literal["pending", "sent", "failed"]
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 DASHBOARD = Path(__file__).with_name("dashboard.html")
 
@@ -64,7 +65,13 @@ def build_app(node: Any, token: str | None) -> FastAPI:
                                 headers={"WWW-Authenticate": "Bearer"})
 
     guarded = [Depends(authorised)]
+    _add_health_routes(app, node, guarded)
+    _add_state_routes(app, node, guarded)
+    _add_action_routes(app, node, guarded, audit)
+    return app
 
+
+def _add_health_routes(app: FastAPI, node: Any, guarded: list[Any]) -> None:
     @app.get("/healthz", summary="The process is alive")
     def healthz() -> dict:
         return {"status": "alive"}
@@ -79,19 +86,24 @@ def build_app(node: Any, token: str | None) -> FastAPI:
     def metrics() -> Response:
         return Response(node.metrics.render(), media_type=PROMETHEUS_TEXT)
 
+
+def _add_state_routes(app: FastAPI, node: Any, guarded: list[Any]) -> None:
+    """Series, jobs, deliveries and a job's timeline (states are the modules' enums)."""
+
     @app.get("/api/series", summary="Series, newest first", dependencies=guarded)
-    def series(state: SERIES_STATES | None = None, limit: int = Query(50, ge=1, le=1000),
+    def series(state: SeriesState | None = None, limit: int = Query(50, ge=1, le=1000),
                offset: int = Query(0, ge=0)) -> dict:
         return _page(node, "SELECT s.series_uid, s.study_uid, s.state, s.reason, s.instance_count, s.generation, "
                            "s.first_received, s.last_received, s.completed, (SELECT MAX(id) FROM jobs j WHERE "
-                           "j.series_uid=s.series_uid) AS job_id FROM series s", "s.state", state,
+                           "j.series_uid=s.series_uid) AS job_id FROM series s", "s.state", _value(state),
                      "s.last_received DESC", limit, offset)
 
     @app.get("/api/jobs", summary="Jobs, newest first", dependencies=guarded)
-    def jobs(state: JOB_STATES | None = None, limit: int = Query(50, ge=1, le=1000),
+    def jobs(state: JobState | None = None, limit: int = Query(50, ge=1, le=1000),
              offset: int = Query(0, ge=0)) -> dict:
         page = _page(node, "SELECT id, series_uid, study_uid, generation, state, reason, attempts, lease_until, "
-                           "not_before, urgent, created, updated FROM jobs", "state", state, "id DESC", limit, offset)
+                           "not_before, urgent, created, updated FROM jobs", "state", _value(state), "id DESC", limit,
+                     offset)
         from .commands.status import job_decision
 
         for item in page["items"]:
@@ -99,11 +111,11 @@ def build_app(node: Any, token: str | None) -> FastAPI:
         return page
 
     @app.get("/api/deliveries", summary="Object deliveries, newest first", dependencies=guarded)
-    def deliveries(state: DELIVERY_STATES | None = None, job_id: int | None = None,
+    def deliveries(state: DeliveryState | None = None, job_id: int | None = None,
                    limit: int = Query(50, ge=1, le=1000), offset: int = Query(0, ge=0)) -> dict:
         where = [] if job_id is None else [("job_id", job_id)]
         return _page(node, "SELECT job_id, destination, sop_uid, kind, state, attempts, first_try, next_try, "
-                           "last_error, updated FROM deliveries", "state", state, "job_id DESC, kind", limit,
+                           "last_error, updated FROM deliveries", "state", _value(state), "job_id DESC, kind", limit,
                      offset, where)
 
     @app.get("/api/jobs/{job_id}/timeline", summary="What happened to one job, in order", dependencies=guarded)
@@ -113,6 +125,10 @@ def build_app(node: Any, token: str | None) -> FastAPI:
     @app.get("/dashboard", summary="The web dashboard (its data comes from this API)", include_in_schema=False)
     def dashboard() -> Response:
         return Response(DASHBOARD.read_bytes(), media_type="text/html; charset=utf-8")
+
+
+def _add_action_routes(app: FastAPI, node: Any, guarded: list[Any], audit: Any) -> None:
+    """An admin's retry and cancel (the queue and delivery check what is allowed)."""
 
     @app.post("/api/jobs/{job_id}/retry", summary="Queue a failed or skipped job again", dependencies=guarded)
     def retry_job(job_id: int) -> dict:
@@ -131,7 +147,9 @@ def build_app(node: Any, token: str | None) -> FastAPI:
             node.delivery.kick()
         return _action(run, job_id, "delivering", audit)
 
-    return app
+
+def _value(state: Enum | None) -> str | None:
+    return None if state is None else str(state.value)
 
 
 def job_timeline(node: Any, job_id: int) -> dict:

@@ -48,6 +48,24 @@ def _slice_positions(volume: CTVolume) -> np.ndarray:
     return origin[None, :] + np.arange(volume.shape[0])[:, None] * volume.spacing_mm[0] * normal[None, :]
 
 
+def _set_pixels(ds: Dataset, stored: np.ndarray) -> None:
+    """The image pixel and CT image elements of one slice's stored values (12 bits, HU
+    after the rescale) and its lung window."""
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = int(stored.shape[0]), int(stored.shape[1])
+    ds.BitsAllocated = 16
+    ds.BitsStored = 12
+    ds.HighBit = 11
+    ds.PixelRepresentation = 0
+    ds.RescaleIntercept = f"{RESCALE_INTERCEPT:.0f}"
+    ds.RescaleSlope = "1"
+    ds.RescaleType = "HU"
+    ds.WindowCenter = "-600"
+    ds.WindowWidth = "1500"
+    ds.PixelData = stored.tobytes()
+
+
 def ct_datasets(
     volume: CTVolume,
     *,
@@ -74,7 +92,6 @@ def ct_datasets(
     orientation = [float(v) for v in (*direction[:, 0], *direction[:, 1])]
     positions = _slice_positions(volume)
     stored = np.clip(np.rint(volume.hu - RESCALE_INTERCEPT), 0, _MAX_STORED).astype(np.uint16)
-    rows, cols = volume.shape[1:]
     out: list[Dataset] = []
     for z in range(volume.shape[0]):
         sop_uid = UID(volume.slice_uids[z]) if volume.slice_uids else generate_uid()
@@ -117,19 +134,7 @@ def ct_datasets(
         ds.ImageOrientationPatient = orientation
         ds.SliceLocation = round(float(positions[z][2]), 4)
         ds.PixelSpacing = [f"{volume.spacing_mm[1]:.4f}", f"{volume.spacing_mm[2]:.4f}"]
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.Rows, ds.Columns = int(rows), int(cols)
-        ds.BitsAllocated = 16
-        ds.BitsStored = 12
-        ds.HighBit = 11
-        ds.PixelRepresentation = 0
-        ds.RescaleIntercept = f"{RESCALE_INTERCEPT:.0f}"
-        ds.RescaleSlope = "1"
-        ds.RescaleType = "HU"
-        ds.WindowCenter = "-600"
-        ds.WindowWidth = "1500"
-        ds.PixelData = stored[z].tobytes()
+        _set_pixels(ds, stored[z])
         if transfer_syntax == ImplicitVRLittleEndian:
             ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
         elif transfer_syntax not in UNCOMPRESSED:

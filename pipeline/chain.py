@@ -32,7 +32,7 @@ from .models import ModelBundle
 from .params import ChainParams
 from .phenotype import compute_phenotype
 from .preprocess import lung_slice_indices, min_lung_pixels_for, sample_slices
-from .types import AnalysisResult, CTVolume, LesionPattern, NotAChestCTError
+from .types import AnalysisResult, CTVolume, LesionPattern, LungMask, NotAChestCTError
 
 #: Keys of AnalysisResult.timings_s, in chain order.
 STAGES = ("lung_segmentation", "classification", "domain_check", "fusion", "locating", "lesion_pattern", "decision",
@@ -45,6 +45,28 @@ def sized_for(params: ChainParams, arch: Mapping[str, Any] | None, field: str = 
     size = (arch or {}).get("input_size")
     # ``field`` names an int field of ChainParams; mypy cannot check a keyword made at run time.
     return replace(params, **{field: int(size)}) if size else params  # type: ignore[arg-type]
+
+
+def _chest_lung_ml(volume: CTVolume, lung: LungMask, lung_z: np.ndarray, params: ChainParams) -> float:
+    """The lung volume (ml); NotAChestCTError when it is too little for a chest CT."""
+    lung_ml = float(np.count_nonzero(lung.mask)) * volume.voxel_volume_ml
+    if len(lung_z) == 0 or lung_ml < params.min_chest_lung_ml:
+        need = min_lung_pixels_for(volume.shape[1:], params)
+        raise NotAChestCTError(
+            f"not a chest CT: the {volume.shape[0]}-slice volume holds {lung_ml:.0f} ml of lung "
+            f"({lung.method} segmentation; a chest CT holds at least {params.min_chest_lung_ml:.0f} ml, and a slice "
+            f"needs more than {need:.0f} lung pixels); send a chest CT series covering the lungs")
+    return lung_ml
+
+
+def _lesion_pattern(volume: CTVolume, lung: LungMask, models: ModelBundle) -> LesionPattern | None:
+    """Where the lesions lie and how dense they are, with the bundle's pattern model's
+    probabilities when it has one (None without lesion features)."""
+    features = lesion_pattern_features(volume, lung)
+    if features is None:
+        return None
+    return LesionPattern(features=features, probabilities=(
+        None if models.lesion_pattern is None else models.lesion_pattern.probabilities(features)))
 
 
 def analyze(volume: CTVolume, models: ModelBundle, params: ChainParams) -> AnalysisResult:
@@ -73,13 +95,7 @@ def analyze(volume: CTVolume, models: ModelBundle, params: ChainParams) -> Analy
     lap("lung_segmentation")
 
     lung_z = lung_slice_indices(lung, params)
-    lung_ml = float(np.count_nonzero(lung.mask)) * volume.voxel_volume_ml
-    if len(lung_z) == 0 or lung_ml < params.min_chest_lung_ml:
-        need = min_lung_pixels_for(volume.shape[1:], params)
-        raise NotAChestCTError(
-            f"not a chest CT: the {volume.shape[0]}-slice volume holds {lung_ml:.0f} ml of lung "
-            f"({lung.method} segmentation; a chest CT holds at least {params.min_chest_lung_ml:.0f} ml, and a slice "
-            f"needs more than {need:.0f} lung pixels); send a chest CT series covering the lungs")
+    lung_ml = _chest_lung_ml(volume, lung, lung_z, params)
     slice_scores = classify_slices(volume, lung, sample_slices(lung_z, params.max_slices),
                                    models.classifier, cls_params, device)
     lap("classification")
@@ -95,11 +111,7 @@ def analyze(volume: CTVolume, models: ModelBundle, params: ChainParams) -> Analy
                                None if lesion is None else lesion.slices_with_lesion(params.lesion_slice_min_mm2))
     lap("locating")
 
-    pattern = None
-    features = lesion_pattern_features(volume, lung)
-    if features is not None:
-        pattern = LesionPattern(features=features, probabilities=(
-            None if models.lesion_pattern is None else models.lesion_pattern.probabilities(features)))
+    pattern = _lesion_pattern(volume, lung, models)
     lap("lesion_pattern")
 
     decision = decide(case, infected, domain, op, lesion, pattern)

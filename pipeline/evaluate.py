@@ -386,6 +386,86 @@ def _subset_order(key: str, eval_params: EvalParams) -> Callable[[str], tuple]:
     return natural
 
 
+def _task_figures(labels: np.ndarray, tasks: np.ndarray, threshold: float, task_thresholds: Mapping[str, float],
+                  eval_params: EvalParams, skipped: dict[str, int]) -> dict[str, Any]:
+    """Each binary task on its cohort: AUC, and sensitivity/specificity at its threshold."""
+    out: dict[str, Any] = {}
+    for t_i, task in enumerate(TASK_NAMES):
+        idx, y = task_cohort(task, labels)
+        entry: dict[str, Any] = {"n_cases": int(idx.size), "n_positive": int(y.sum()),
+                                 "positive": TASK_COHORTS[task][0], "cohort": list(TASK_COHORTS[task][1])}
+        t_task = float(task_thresholds.get(task, threshold))
+        entry["threshold"] = t_task
+        if idx.size:
+            s = tasks[idx, t_i]
+            tf = _Figures(idx.size, eval_params, skipped, f"tasks.{task}.")
+            entry["auc"] = tf("auc", _task_auc(y, s))
+            entry["sensitivity"] = tf("sensitivity", _task_rate(M.sensitivity, y, s, t_task))
+            entry["specificity"] = tf("specificity", _task_rate(M.specificity, y, s, t_task))
+        out[task] = entry
+    return out
+
+
+def _lung_dice_figures(records: Sequence[CaseRecord], eval_params: EvalParams,
+                       skipped: dict[str, int]) -> dict[str, Any] | None:
+    """Mean lung Dice of the chain's segmentation (and of the classical reference)."""
+    with_lung = [r for r in records if r.lung_dice is not None]
+    if not with_lung:
+        return None
+    dices = np.array([r.lung_dice for r in with_lung], dtype=np.float64)
+    methods = sorted({r.lung_method or "unknown" for r in with_lung})
+    lf = _Figures(dices.size, eval_params, skipped, "lung_dice.")
+    out: dict[str, Any] = {"n_cases": int(dices.size), "method": "+".join(methods),
+                           "mean": lf("mean", lambda j: float(np.mean(dices[j]))), "classical_mean": None}
+    ref = np.array([np.nan if r.lung_dice_classical is None else r.lung_dice_classical for r in with_lung])
+    if np.all(np.isfinite(ref)):
+        out["classical_mean"] = lf("classical_mean", lambda j: float(np.mean(ref[j])))
+    return out
+
+
+def _locating_figures(records: Sequence[CaseRecord], eval_params: EvalParams, skipped: dict[str, int],
+                      locator_threshold: float) -> dict[str, Any] | None:
+    """The paper measures the locator on COVID-19 cases with marked lesions; slices are
+    resampled with their case (they are not independent)."""
+    loc = [r for r in records if r.slice_scores is not None and r.truth == "covid19" and r.slice_scores.size]
+    if not loc:
+        return None
+    sc = given_arrays((r.slice_scores for r in loc), "slice scores")
+    tr = given_arrays((r.slice_truth for r in loc), "slice truth")
+    lf = _Figures(len(loc), eval_params, skipped, "locating.")
+    return {
+        "n_cases": len(loc), "n_slices": int(sum(s.size for s in sc)),
+        "n_infected_slices": int(sum(t.sum() for t in tr)), "threshold": locator_threshold,
+        "auc": lf("auc", lambda j: M.roc_auc(M.pooled_slices(tr, j), M.pooled_slices(sc, j))),
+        "sensitivity": lf("sensitivity", lambda j: M.sensitivity(
+            M.pooled_slices(tr, j), M.pooled_slices(sc, j) >= locator_threshold)),
+        "specificity": lf("specificity", lambda j: M.specificity(
+            M.pooled_slices(tr, j), M.pooled_slices(sc, j) >= locator_threshold)),
+    }
+
+
+def _subset_figures(records: Sequence[CaseRecord], labels: np.ndarray, probs: np.ndarray, predicted: np.ndarray,
+                    threshold: float, eval_params: EvalParams, skipped: dict[str, int]) -> dict[str, Any]:
+    """The class block by sex, age band and stage (where the data say them)."""
+    out: dict[str, Any] = {}
+    keys: dict[str, Callable[[CaseRecord], str | None]] = {
+        "sex": lambda r: r.sex,
+        "age_band": lambda r: _age_band(r.age, eval_params.age_band_edges),
+        "stage": lambda r: r.stage,
+    }
+    for key, get in keys.items():
+        values = [get(r) for r in records]
+        present = sorted({v for v in values if v is not None}, key=_subset_order(key, eval_params))
+        if not present:
+            continue
+        out[key] = {}
+        for v in present:
+            idx = np.array([i for i, x in enumerate(values) if x == v], dtype=np.int64)
+            sf = _Figures(idx.size, eval_params, skipped, f"subsets.{key}.{v}.")
+            out[key][v] = _class_block(labels[idx], probs[idx], predicted[idx], sf, threshold, full=False)
+    return out
+
+
 def compute_metrics(records: Sequence[CaseRecord], threshold: float = 0.5,
                     eval_params: EvalParams = EvalParams(), locator_threshold: float = 0.5,
                     reader_calls: Sequence[ReaderCall] | None = None,
@@ -404,69 +484,11 @@ def compute_metrics(records: Sequence[CaseRecord], threshold: float = 0.5,
     out: dict[str, Any] = {"n_cases": len(records), "decision_threshold": threshold}
     out.update(_class_block(labels, probs, predicted, fig, threshold, full=True))
 
-    out["tasks"] = {}
-    for t_i, task in enumerate(TASK_NAMES):
-        idx, y = task_cohort(task, labels)
-        entry: dict[str, Any] = {"n_cases": int(idx.size), "n_positive": int(y.sum()),
-                                 "positive": TASK_COHORTS[task][0], "cohort": list(TASK_COHORTS[task][1])}
-        t_task = float(task_thresholds.get(task, threshold))
-        entry["threshold"] = t_task
-        if idx.size:
-            s = tasks[idx, t_i]
-            tf = _Figures(idx.size, eval_params, skipped, f"tasks.{task}.")
-            entry["auc"] = tf("auc", _task_auc(y, s))
-            entry["sensitivity"] = tf("sensitivity", _task_rate(M.sensitivity, y, s, t_task))
-            entry["specificity"] = tf("specificity", _task_rate(M.specificity, y, s, t_task))
-        out["tasks"][task] = entry
-
-    with_lung = [r for r in records if r.lung_dice is not None]
-    out["lung_dice"] = None
-    if with_lung:
-        dices = np.array([r.lung_dice for r in with_lung], dtype=np.float64)
-        methods = sorted({r.lung_method or "unknown" for r in with_lung})
-        lf = _Figures(dices.size, eval_params, skipped, "lung_dice.")
-        out["lung_dice"] = {"n_cases": int(dices.size), "method": "+".join(methods),
-                            "mean": lf("mean", lambda j: float(np.mean(dices[j]))), "classical_mean": None}
-        ref = np.array([np.nan if r.lung_dice_classical is None else r.lung_dice_classical for r in with_lung])
-        if np.all(np.isfinite(ref)):
-            out["lung_dice"]["classical_mean"] = lf("classical_mean", lambda j: float(np.mean(ref[j])))
-
-    out["locating"] = None
-    loc = [r for r in records if r.slice_scores is not None and r.truth == "covid19" and r.slice_scores.size]
-    if loc:
-        # The paper measures the locator on COVID-19 cases with marked lesions; slices are
-        # resampled with their case (they are not independent).
-        sc = given_arrays((r.slice_scores for r in loc), "slice scores")
-        tr = given_arrays((r.slice_truth for r in loc), "slice truth")
-        lf = _Figures(len(loc), eval_params, skipped, "locating.")
-        out["locating"] = {
-            "n_cases": len(loc), "n_slices": int(sum(s.size for s in sc)),
-            "n_infected_slices": int(sum(t.sum() for t in tr)), "threshold": locator_threshold,
-            "auc": lf("auc", lambda j: M.roc_auc(M.pooled_slices(tr, j), M.pooled_slices(sc, j))),
-            "sensitivity": lf("sensitivity", lambda j: M.sensitivity(
-                M.pooled_slices(tr, j), M.pooled_slices(sc, j) >= locator_threshold)),
-            "specificity": lf("specificity", lambda j: M.specificity(
-                M.pooled_slices(tr, j), M.pooled_slices(sc, j) >= locator_threshold)),
-        }
-
+    out["tasks"] = _task_figures(labels, tasks, threshold, task_thresholds, eval_params, skipped)
+    out["lung_dice"] = _lung_dice_figures(records, eval_params, skipped)
+    out["locating"] = _locating_figures(records, eval_params, skipped, locator_threshold)
     out.update(_truthfulness_figures(records, labels, eval_params, skipped, locator_threshold))
-
-    out["subsets"] = {}
-    keys: dict[str, Callable[[CaseRecord], str | None]] = {
-        "sex": lambda r: r.sex,
-        "age_band": lambda r: _age_band(r.age, eval_params.age_band_edges),
-        "stage": lambda r: r.stage,
-    }
-    for key, get in keys.items():
-        values = [get(r) for r in records]
-        present = sorted({v for v in values if v is not None}, key=_subset_order(key, eval_params))
-        if not present:
-            continue
-        out["subsets"][key] = {}
-        for v in present:
-            idx = np.array([i for i, x in enumerate(values) if x == v], dtype=np.int64)
-            sf = _Figures(idx.size, eval_params, skipped, f"subsets.{key}.{v}.")
-            out["subsets"][key][v] = _class_block(labels[idx], probs[idx], predicted[idx], sf, threshold, full=False)
+    out["subsets"] = _subset_figures(records, labels, probs, predicted, threshold, eval_params, skipped)
 
     out["readers"] = None
     if reader_calls:

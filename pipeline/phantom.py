@@ -405,6 +405,22 @@ def _index_range(coord: np.ndarray, lo: float, hi: float) -> slice:
     return slice(int(np.searchsorted(coord, lo, "left")), int(np.searchsorted(coord, hi, "right")))
 
 
+class _Plane(NamedTuple):
+    """Height-independent 2-D coordinates of the body's box (rows, cols of a slice)."""
+
+    box: tuple[slice, slice]
+    u: np.ndarray  # (1, nx')
+    v: np.ndarray  # (ny', 1)
+    u2: np.ndarray
+    v2: np.ndarray
+    abs_u: np.ndarray
+    vb2: np.ndarray  # squared v with the back flatter than the front
+    ant: np.ndarray  # +1 at the front, -1 at the back
+    spine_cols: slice
+    us: np.ndarray
+    us2: np.ndarray
+
+
 def _build_body(grid: _Grid, an: _Anatomy) -> _Body:
     """Body, fat, muscle, ribs, spine, sternum, mediastinum, heart, aorta, lungs.
 
@@ -416,24 +432,37 @@ def _build_body(grid: _Grid, an: _Anatomy) -> _Body:
     t_all = ((grid.zz[:, 0, 0] - an.margin_top) / an.lung_height).astype(f32)
     hu = np.empty((grid.nz, grid.ny, grid.nx), dtype=f32)
     lung_side = np.zeros(hu.shape, dtype=np.int8)
+    pl = _body_plane(grid, an)
+    sides, centres = _lung_outlines(an, pl.u, pl.v)
+    for k in range(grid.nz):
+        t = float(t_all[k])
+        zz = float(grid.zz[k, 0, 0])
+        hu[k].fill(HU_AIR)
+        _paint_slice(hu[k][pl.box], lung_side[k][pl.box], t, zz, pl, sides, an)
+    return _Body(hu, lung_side, t_all, tuple(centres))
+
+
+def _body_plane(grid: _Grid, an: _Anatomy) -> _Plane:
     # The body's largest outline bounds everything drawn below.
     ba_max = an.thorax_a + an.rib_w + an.muscle + an.fat
     bb_max = an.thorax_b + an.rib_w + an.muscle * 1.6 + an.fat
     rows = _index_range(grid.v[0, :, 0], -bb_max - 1, bb_max / 1.12 + 1)
     cols = _index_range(grid.u[0, 0, :], -ba_max - 1, ba_max + 1)
-    box = (rows, cols)
     u = grid.u[0][:, cols]  # (1, nx')
     v = grid.v[0][rows]  # (ny', 1)
-    u2, v2 = u * u, v * v
-    abs_u = np.abs(u)
-    vb = np.where(v > 0, v * 1.12, v).astype(f32)  # the back is flatter than the front
-    vb2 = vb * vb
+    u2 = u * u
+    vb = np.where(v > 0, v * 1.12, v).astype(np.float32)  # the back is flatter than the front
     # The spine's neighbourhood (vertebra, canal, arch, spinous process).
     spine_cols = _index_range(u[0], -an.spine_r - 6.0, an.spine_r + 6.0)
-    us, us2 = u[:, spine_cols], u2[:, spine_cols]
+    return _Plane((rows, cols), u, v, u2, v * v, np.abs(u), vb * vb, np.clip(-v / an.thorax_b, -1.0, 1.0),
+                  spine_cols, u[:, spine_cols], u2[:, spine_cols])
 
-    # Per-side lung outline (2-D, height independent): a few Fourier terms of the angle,
-    # and the height of the diaphragm dome under each pixel.
+
+def _lung_outlines(an: _Anatomy, u: np.ndarray, v: np.ndarray) -> tuple[list, list]:
+    """Per-side lung outline (2-D, height independent): a few Fourier terms of the angle,
+    and the height of the diaphragm dome under each pixel; with each lung's centre and
+    semi-axes."""
+    f32 = np.float32
     sides = []
     centres = []
     for side, sign in ((1, -1.0), (2, 1.0)):
@@ -456,104 +485,121 @@ def _build_body(grid: _Grid, an: _Anatomy) -> _Body:
         lbox = (slice(lr_[0], lr_[-1] + 1), slice(lc_[0], lc_[-1] + 1)) if lr_.size else None
         if lbox is not None:
             sides.append((side, q2[lbox], t_dia[lbox], lbox))
+    return sides, centres
 
-    ant_all = np.clip(-v / an.thorax_b, -1.0, 1.0)  # +1 at the front, -1 at the back
+
+def _paint_slice(h: np.ndarray, ls: np.ndarray, t: float, zz: float, pl: _Plane, sides: list,
+                 an: _Anatomy) -> None:
+    """One cross-section (``h``: its HU in the body's box, ``ls``: its lung sides)."""
+    u, v, u2, v2 = pl.u, pl.v, pl.u2, pl.v2
+    # The chest widens from the apex down to the lower third.
+    upper = math.sqrt(min(max((t + 0.15) / 0.9, 0.0), 1.0))
+    ta = an.thorax_a * (0.70 + 0.30 * upper)
+    tb = an.thorax_b * (0.85 + 0.15 * upper)
+    rho_thorax = u2 / (ta * ta) + v2 / (tb * tb)
+    oa, ob = ta + an.rib_w, tb + an.rib_w
+    rho_ribs = u2 / (oa * oa) + v2 / (ob * ob)
+    ma, mb = oa + an.muscle, ob + an.muscle * 1.6
+    rho_muscle = u2 / (ma * ma) + v2 / (mb * mb)
+    ba, bb = ma + an.fat, mb + an.fat
+    rho_body = u2 / (ba * ba) + pl.vb2 / (bb * bb)
+
+    in_body = rho_body <= 1.0
+    h[in_body] = HU_FAT
+    h[rho_muscle <= 1.0] = HU_MUSCLE
+    inside = rho_thorax <= 1.0
+    h[inside] = HU_SOFT
+    if t > 0.85:  # below the diaphragm the liver fills the right side
+        h[inside & (u < 25.0)] = HU_LIVER
+
+    # Ribs: bands just outside the pleura, sloping down towards the front.
+    if t > -0.1:
+        rib_frac_max = an.rib_height / an.rib_pitch
+        phase = (zz + an.rib_drop * (pl.ant + 1.0) / 2.0) / an.rib_pitch + an.rib_phase
+        frac = phase - np.floor(phase)  # (ny', 1)
+        in_rib = (rho_ribs <= 1.0) & ~inside & (frac < rib_frac_max) & (pl.abs_u > 22.0)
+        h[in_rib] = HU_MARROW
+        # Cortex bright at the band's upper and lower edges, marrow inside.
+        edge = (frac < 0.25 * rib_frac_max) | (frac > 0.75 * rib_frac_max)
+        h[in_rib & edge] = HU_CORTEX
+
+    spine = _paint_spine(h, in_body, tb, zz, pl, an)
+    if 0.05 < t < 0.85:  # sternum
+        h[(u / 16.0) ** 2 + ((v + tb + 4.0) / 7.0) ** 2 <= 1.0] = 450.0
+    heart_zone, aorta = _paint_heart_aorta(h, inside, t, tb, spine[0], pl, an)
+    if t > 0.0:
+        _cut_lungs(ls, t, tb, rho_thorax, heart_zone, aorta, spine, pl, sides, an)
+
+
+def _paint_spine(h: np.ndarray, in_body: np.ndarray, tb: float, zz: float, pl: _Plane,
+                 an: _Anatomy) -> tuple[float, slice, np.ndarray, np.ndarray]:
+    """Vertebral body in the posterior midline, canal and spinous process behind; returns
+    (the vertebra's centre v, its rows, squared distances to the vertebra and the canal)."""
+    us, us2, spine_cols = pl.us, pl.us2, pl.spine_cols
+    v_sp = tb - 0.55 * an.spine_r
+    v_canal = v_sp + an.spine_r + 8.0
+    srows = _index_range(pl.v[:, 0], v_sp - an.spine_r - 4.0, v_canal + 40.0)
+    hs = h[srows, spine_cols]
+    vs = pl.v[srows]
+    d_sp2 = us2 + (vs - v_sp) ** 2
+    vert = d_sp2 <= an.spine_r ** 2
+    disc = ((zz / 27.0 + an.rib_phase) % 1.0) < 0.18
+    hs[vert] = HU_CORTEX
+    hs[vert & (d_sp2 <= (an.spine_r - 2.2) ** 2)] = 80.0 if disc else HU_MARROW
+    d_canal2 = us2 + (vs - v_canal) ** 2
+    hs[(d_canal2 <= 12.5 ** 2) & ~vert] = 600.0
+    hs[d_canal2 <= 7.5 ** 2] = HU_FLUID
+    spinous = (np.abs(us) < 4.0) & (vs > v_canal + 10.0) & (vs < v_canal + 38.0)
+    hs[spinous & in_body[srows, spine_cols]] = 550.0
+    return v_sp, srows, d_sp2, d_canal2
+
+
+def _paint_heart_aorta(h: np.ndarray, inside: np.ndarray, t: float, tb: float, v_sp: float, pl: _Plane,
+                       an: _Anatomy) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Heart (with a fat layer around it) and descending aorta left of the spine. The
+    heart rests on the diaphragm: it narrows over the last few centimetres above the
+    left dome and ends just below it. Returns the heart zone and aorta masks (or None)."""
+    u, v = pl.u, pl.v
+    heart_end = an.t_dome_left + 0.12
+    hprof = math.sqrt(min(max((t - an.heart_t0) / 0.22, 0.0), 1.0)) * math.sqrt(
+        min(max((heart_end - t) / 0.12, 0.0), 1.0))
+    heart_zone = None
+    if hprof > 0:
+        ha, hb = an.heart_a * hprof, an.heart_b * hprof
+        rho_heart = ((u - an.heart_u) / ha) ** 2 + ((v - an.heart_v * tb) / hb) ** 2
+        heart_zone = rho_heart <= 1.12
+        h[heart_zone & inside] = HU_FAT + 20.0
+        h[(rho_heart <= 1.0) & inside] = HU_SOFT
+    aorta = None
+    if t > 0.22:
+        ao_u, ao_v = 0.55 * an.spine_r + an.aorta_r, v_sp - 0.9 * an.spine_r
+        aorta = (u - ao_u) ** 2 + (v - ao_v) ** 2 <= an.aorta_r ** 2
+        h[aorta & inside] = HU_SOFT
+    return heart_zone, aorta
+
+
+def _cut_lungs(ls: np.ndarray, t: float, tb: float, rho_thorax: np.ndarray, heart_zone: np.ndarray | None,
+               aorta: np.ndarray | None, spine: tuple[float, slice, np.ndarray, np.ndarray], pl: _Plane,
+               sides: list, an: _Anatomy) -> None:
+    """Lungs: the outline scaled up from the apex, cut by the diaphragm dome, the
+    mediastinum, heart, spine and aorta."""
+    v_sp, srows, d_sp2, d_canal2 = spine
+    # Lung outline: a dome at the apex, then widening slowly towards the base.
+    prof2 = min(t / 0.3, 1.0) * (0.84 + 0.16 * min(t / 0.8, 1.0)) ** 2
+    for side, q2, t_dia, lbox in sides:
+        sub = (q2 <= prof2) & (t < t_dia) & (rho_thorax[lbox] <= 0.97)
+        ls[lbox][sub] = side
+    # The mediastinum is wider at the front (great vessels, thymus) than at the back,
+    # so the lungs' medial borders curve instead of running straight.
     med_width = an.med_half * 0.85
-    rib_frac_max = an.rib_height / an.rib_pitch
-    for k in range(grid.nz):
-        t = float(t_all[k])
-        zz = float(grid.zz[k, 0, 0])
-        # The chest widens from the apex down to the lower third.
-        upper = math.sqrt(min(max((t + 0.15) / 0.9, 0.0), 1.0))
-        ta = an.thorax_a * (0.70 + 0.30 * upper)
-        tb = an.thorax_b * (0.85 + 0.15 * upper)
-        rho_thorax = u2 / (ta * ta) + v2 / (tb * tb)
-        oa, ob = ta + an.rib_w, tb + an.rib_w
-        rho_ribs = u2 / (oa * oa) + v2 / (ob * ob)
-        ma, mb = oa + an.muscle, ob + an.muscle * 1.6
-        rho_muscle = u2 / (ma * ma) + v2 / (mb * mb)
-        ba, bb = ma + an.fat, mb + an.fat
-        rho_body = u2 / (ba * ba) + vb2 / (bb * bb)
-
-        hu[k].fill(HU_AIR)
-        h = hu[k][box]
-        in_body = rho_body <= 1.0
-        h[in_body] = HU_FAT
-        h[rho_muscle <= 1.0] = HU_MUSCLE
-        inside = rho_thorax <= 1.0
-        h[inside] = HU_SOFT
-        if t > 0.85:  # below the diaphragm the liver fills the right side
-            h[inside & (u < 25.0)] = HU_LIVER
-
-        # Ribs: bands just outside the pleura, sloping down towards the front.
-        if t > -0.1:
-            phase = (zz + an.rib_drop * (ant_all + 1.0) / 2.0) / an.rib_pitch + an.rib_phase
-            frac = phase - np.floor(phase)  # (ny', 1)
-            in_rib = (rho_ribs <= 1.0) & ~inside & (frac < rib_frac_max) & (abs_u > 22.0)
-            h[in_rib] = HU_MARROW
-            # Cortex bright at the band's upper and lower edges, marrow inside.
-            edge = (frac < 0.25 * rib_frac_max) | (frac > 0.75 * rib_frac_max)
-            h[in_rib & edge] = HU_CORTEX
-
-        # Spine: vertebral body in the posterior midline, canal and spinous process behind.
-        v_sp = tb - 0.55 * an.spine_r
-        v_canal = v_sp + an.spine_r + 8.0
-        srows = _index_range(v[:, 0], v_sp - an.spine_r - 4.0, v_canal + 40.0)
-        hs = h[srows, spine_cols]
-        vs = v[srows]
-        d_sp2 = us2 + (vs - v_sp) ** 2
-        vert = d_sp2 <= an.spine_r ** 2
-        disc = ((zz / 27.0 + an.rib_phase) % 1.0) < 0.18
-        hs[vert] = HU_CORTEX
-        hs[vert & (d_sp2 <= (an.spine_r - 2.2) ** 2)] = 80.0 if disc else HU_MARROW
-        d_canal2 = us2 + (vs - v_canal) ** 2
-        hs[(d_canal2 <= 12.5 ** 2) & ~vert] = 600.0
-        hs[d_canal2 <= 7.5 ** 2] = HU_FLUID
-        spinous = (np.abs(us) < 4.0) & (vs > v_canal + 10.0) & (vs < v_canal + 38.0)
-        hs[spinous & in_body[srows, spine_cols]] = 550.0
-        if 0.05 < t < 0.85:  # sternum
-            h[(u / 16.0) ** 2 + ((v + tb + 4.0) / 7.0) ** 2 <= 1.0] = 450.0
-
-        # Heart (with a fat layer around it) and descending aorta left of the spine.
-        # The heart rests on the diaphragm: it narrows over the last few centimetres
-        # above the left dome and ends just below it.
-        heart_end = an.t_dome_left + 0.12
-        hprof = math.sqrt(min(max((t - an.heart_t0) / 0.22, 0.0), 1.0)) * math.sqrt(
-            min(max((heart_end - t) / 0.12, 0.0), 1.0))
-        heart_zone = None
-        if hprof > 0:
-            ha, hb = an.heart_a * hprof, an.heart_b * hprof
-            rho_heart = ((u - an.heart_u) / ha) ** 2 + ((v - an.heart_v * tb) / hb) ** 2
-            heart_zone = rho_heart <= 1.12
-            h[heart_zone & inside] = HU_FAT + 20.0
-            h[(rho_heart <= 1.0) & inside] = HU_SOFT
-        aorta = None
-        if t > 0.22:
-            ao_u, ao_v = 0.55 * an.spine_r + an.aorta_r, v_sp - 0.9 * an.spine_r
-            aorta = (u - ao_u) ** 2 + (v - ao_v) ** 2 <= an.aorta_r ** 2
-            h[aorta & inside] = HU_SOFT
-
-        # Lungs: the outline scaled up from the apex, cut by the diaphragm dome, the
-        # mediastinum, heart, spine and aorta.
-        if t <= 0.0:
-            continue
-        # Lung outline: a dome at the apex, then widening slowly towards the base.
-        prof2 = min(t / 0.3, 1.0) * (0.84 + 0.16 * min(t / 0.8, 1.0)) ** 2
-        ls = lung_side[k][box]
-        for side, q2, t_dia, lbox in sides:
-            sub = (q2 <= prof2) & (t < t_dia) & (rho_thorax[lbox] <= 0.97)
-            ls[lbox][sub] = side
-        # The mediastinum is wider at the front (great vessels, thymus) than at the back,
-        # so the lungs' medial borders curve instead of running straight.
-        block = (abs_u <= med_width * (1.0 + 0.45 * np.clip(-v / tb, 0.0, 1.0))) & (v < v_sp)
-        if heart_zone is not None:
-            block |= heart_zone
-        if aorta is not None:
-            block |= aorta
-        ls[block] = 0
-        ls_s = ls[srows, spine_cols]
-        ls_s[(d_sp2 <= (an.spine_r + 3.0) ** 2) | (d_canal2 <= 14.0 ** 2)] = 0
-    return _Body(hu, lung_side, t_all, tuple(centres))
+    block = (pl.abs_u <= med_width * (1.0 + 0.45 * np.clip(-pl.v / tb, 0.0, 1.0))) & (pl.v < v_sp)
+    if heart_zone is not None:
+        block |= heart_zone
+    if aorta is not None:
+        block |= aorta
+    ls[block] = 0
+    ls_s = ls[srows, pl.spine_cols]
+    ls_s[(d_sp2 <= (an.spine_r + 3.0) ** 2) | (d_canal2 <= 14.0 ** 2)] = 0
 
 
 # --- Lesions ---------------------------------------------------------------------------
@@ -592,17 +638,9 @@ def _intersect(a: tuple[slice, ...], b: tuple[slice, ...]
 _CHUNK_VOXELS = 1 << 20
 
 
-def _render_lesion(grid: _Grid, les: _Lesion, rng: np.random.Generator, hu: np.ndarray,
-                   lung: np.ndarray, lesion_mask: np.ndarray) -> None:
-    """Raise the HU inside the lesion (ground glass keeps vessels visible) and mark it."""
-    halo_mm = 6.0 if les.halo_hu is not None else 0.0
-    # Half-extent of the oriented, lobulated ellipsoid along each world axis.
-    reach = np.sqrt(((les.axes[:, None] * les.frame) ** 2).sum(axis=0)) * (1.0 + 3.0 * les.irregularity)
-    reach = reach + les.edge_mm + halo_mm
-    reach[0] += grid.dz
-    sl = grid.box(les.centre - reach, les.centre + reach)
-    # Draw every random number first: the result must not depend on the grid or the
-    # chunking (the same seed gives the same lesion at every matrix size).
+def _lesion_draws(rng: np.random.Generator, les: _Lesion) -> tuple[list, list, list, list[_Segment]]:
+    """Every random number of one lesion, in a fixed order: lobulation, texture waves,
+    septa of crazy paving and the air bronchogram tubes."""
     lobes = [(rng.normal(size=3) * 2.2, rng.uniform(0, 2 * np.pi)) for _ in range(3)]
     # Heterogeneity: several weak waves of random direction and 10-30 mm wavelength sum
     # to a mottled texture (one strong wave would look like stripes).
@@ -619,20 +657,51 @@ def _render_lesion(grid: _Grid, les: _Lesion, rng: np.random.Generator, hu: np.n
             start = les.centre - out_dir * float(les.axes.max()) * 0.9 + rng.normal(size=3) * 5.0
             d = _unit(out_dir + rng.normal(size=3) * 0.35)
             tubes.extend(_grow_tree(rng, start, d, rng.uniform(1.4, 2.6), 0.9, 1.6, start - d * 10.0))
+    return lobes, waves, septa, tubes
+
+
+def _bronchograms(grid: _Grid, tubes: Sequence[_Segment], sl: tuple[slice, slice, slice]) -> np.ndarray:
+    """Occupancy (0..255) of the air tubes in the lesion's box."""
+    bronch = np.zeros(tuple(x.stop - x.start for x in sl), dtype=np.uint8)
+    for seg in tubes:
+        got = _segment_fraction(grid, seg)
+        if got is None:
+            continue
+        ov = _intersect(got[0], sl)
+        if ov is not None:
+            occupancy = (got[1][ov[0]] * 255.0 + 0.5).astype(np.uint8)
+            np.maximum(bronch[ov[1]], occupancy, out=bronch[ov[1]])
+    return bronch
+
+
+def _septal_lines(pv: np.ndarray, pu: np.ndarray, septa: Sequence[tuple], width: float) -> np.ndarray:
+    """Crazy paving: thickened interlobular septa, wavy sheets containing the z axis
+    (lines on every axial slice), forming polygons of 6-12 mm; 0..1 per voxel."""
+    lines = np.zeros(pv.shape)
+    for ang, period, amp, ph, off in septa:
+        s = pv * math.sin(ang) + pu * math.cos(ang)
+        s = s + amp * np.sin((pv * math.cos(ang) - pu * math.sin(ang)) / 5.0 + ph)
+        dist = np.abs(((s / period + off) % 1.0) - 0.5) * period
+        np.maximum(lines, np.exp(-(dist / width) ** 2), out=lines)
+    return lines
+
+
+def _render_lesion(grid: _Grid, les: _Lesion, rng: np.random.Generator, hu: np.ndarray,
+                   lung: np.ndarray, lesion_mask: np.ndarray) -> None:
+    """Raise the HU inside the lesion (ground glass keeps vessels visible) and mark it."""
+    halo_mm = 6.0 if les.halo_hu is not None else 0.0
+    # Half-extent of the oriented, lobulated ellipsoid along each world axis.
+    reach = np.sqrt(((les.axes[:, None] * les.frame) ** 2).sum(axis=0)) * (1.0 + 3.0 * les.irregularity)
+    reach = reach + les.edge_mm + halo_mm
+    reach[0] += grid.dz
+    sl = grid.box(les.centre - reach, les.centre + reach)
+    # Draw every random number first: the result must not depend on the grid or the
+    # chunking (the same seed gives the same lesion at every matrix size).
+    lobes, waves, septa, tubes = _lesion_draws(rng, les)
     if sl is None or not lung[sl].any():
         return
     width = max(0.7, 0.45 * grid.dxy)
-    bronch = None
-    if tubes:
-        bronch = np.zeros(tuple(x.stop - x.start for x in sl), dtype=np.uint8)
-        for seg in tubes:
-            got = _segment_fraction(grid, seg)
-            if got is None:
-                continue
-            ov = _intersect(got[0], sl)
-            if ov is not None:
-                occupancy = (got[1][ov[0]] * 255.0 + 0.5).astype(np.uint8)
-                np.maximum(bronch[ov[1]], occupancy, out=bronch[ov[1]])
+    bronch = _bronchograms(grid, tubes, sl) if tubes else None
     mean_axis = float(les.axes.mean())
     plane = (sl[1].stop - sl[1].start) * (sl[2].stop - sl[2].start)
     step = max(1, _CHUNK_VOXELS // max(plane, 1))
@@ -674,15 +743,7 @@ def _render_lesion(grid: _Grid, les: _Lesion, rng: np.random.Generator, hu: np.n
             core = np.clip((0.55 * wob - rho) * mean_axis / 3.0 + 0.5, 0.0, 1.0)
             value += core * (les.core_hu - value)
         if les.paving:
-            # Crazy paving: thickened interlobular septa, wavy sheets containing the z
-            # axis (lines on every axial slice), forming polygons of 6-12 mm.
-            lines = np.zeros_like(value)
-            for ang, period, amp, ph, off in septa:
-                s = pv * math.sin(ang) + pu * math.cos(ang)
-                s = s + amp * np.sin((pv * math.cos(ang) - pu * math.sin(ang)) / 5.0 + ph)
-                dist = np.abs(((s / period + off) % 1.0) - 0.5) * period
-                np.maximum(lines, np.exp(-(dist / width) ** 2), out=lines)
-            value += les.paving * lines
+            value += les.paving * _septal_lines(pv, pu, septa, width)
         if les.halo_hu is not None:
             value = np.where(w > 0.5, value, les.halo_hu)
         hb = hu[csl]
@@ -871,6 +932,27 @@ def _effusion_level(rng: np.random.Generator, body: _Body, side: int) -> np.ndar
 # --- Public API ------------------------------------------------------------------------
 
 
+class _Trees(NamedTuple):
+    """The tubes of one phantom: vessels, small airways, trachea and main bronchi, and
+    the two hila."""
+
+    vessels: list[_Segment]
+    airways: list[_Segment]
+    central: list[_Segment]
+    hila: list[np.ndarray]
+
+
+def _check_phantom_args(label: str, seed: int, n_slices: int | None, size_px: int | None) -> None:
+    if label not in CLASS_NAMES:
+        raise InvalidInputError(f"Phantom label {label!r} is not one of {CLASS_NAMES}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise InvalidInputError(f"Phantom seed must be a non-negative integer, got {seed!r}")
+    if n_slices is not None and not (8 <= int(n_slices) <= 2000):
+        raise InvalidInputError(f"n_slices must be between 8 and 2000, got {n_slices}")
+    if size_px is not None and not (32 <= int(size_px) <= 1024):
+        raise InvalidInputError(f"size_px must be between 32 and 1024, got {size_px}")
+
+
 def make_phantom(label: str, seed: int, n_slices: int | None = None,
                  size_px: int | None = None) -> Phantom:
     """Build a synthetic chest CT of class ``label`` (one of CLASS_NAMES).
@@ -880,14 +962,7 @@ def make_phantom(label: str, seed: int, n_slices: int | None = None,
     sets the slice spacing; a drawn one follows from a drawn thickness of 1-5 mm. Pixel
     spacing is 0.6-0.9 mm on a 512 matrix, scaled by 512 / ``size_px``.
     """
-    if label not in CLASS_NAMES:
-        raise InvalidInputError(f"Phantom label {label!r} is not one of {CLASS_NAMES}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise InvalidInputError(f"Phantom seed must be a non-negative integer, got {seed!r}")
-    if n_slices is not None and not (8 <= int(n_slices) <= 2000):
-        raise InvalidInputError(f"n_slices must be between 8 and 2000, got {n_slices}")
-    if size_px is not None and not (32 <= int(size_px) <= 1024):
-        raise InvalidInputError(f"size_px must be between 32 and 1024, got {size_px}")
+    _check_phantom_args(label, seed, n_slices, size_px)
     seed = int(seed)
     an = _draw_anatomy(seed)
     grid = _make_grid(seed, an, n_slices, size_px)
@@ -900,15 +975,37 @@ def make_phantom(label: str, seed: int, n_slices: int | None = None,
     ref_grid = _make_grid(seed, an, max(int(round(coverage / REF_SLICE_MM)), 8), REF_SIZE_PX)
     ref_body = _build_body(ref_grid, an)
     ref_lung = ref_body.lung_side > 0
-    f32 = np.float32
-    shape = hu.shape
+    trees = _grow_trees(seed, an, body, ref_grid, ref_body)
+    # Class plan that shapes the lung mask (CAP effusion), then the lung mask itself.
+    lr = _rng(seed, _STREAM_LESIONS, CLASS_NAMES.index(label))
+    levels = np.full((grid.nz, 2), np.inf)
+    cap_sides: list[int] = []
+    if label == "cap":
+        cap_sides = [int(lr.integers(1, 3))] if lr.uniform() >= 0.3 else [1, 2]
+        if lr.uniform() < 0.35:
+            for side in cap_sides:
+                levels[:, side - 1] = _effusion_level(lr, body, side)
+    lung, effusion = _lung_parenchyma_vessels(grid, an, body, hu, trees, levels)
+    lesion_mask = _infection(label, lr, grid, an, hu, lung, trees, cap_sides, ref_body, ref_grid, ref_lung)
+    _draw_airways(grid, body, hu, trees)
+    _effusion_and_noise(seed, an, grid, hu, effusion if np.isfinite(levels).any() else None)
+    lesion_mask &= lung
+    infected = np.flatnonzero(lesion_mask.sum(axis=(1, 2)) > INFECTED_MIN_PIXELS)
+    fov = grid.nx * grid.dxy
+    volume = CTVolume(
+        hu=hu,
+        spacing_mm=(float(grid.dz), float(grid.dxy), float(grid.dxy)),
+        origin_mm=(-fov / 2 + grid.dxy / 2, -fov / 2 + grid.dxy / 2, -float(grid.nz - 1) * grid.dz),
+        slice_numbers=tuple(range(1, grid.nz + 1)),
+    )
+    return Phantom(volume=volume, lung_mask=lung, lesion_mask=lesion_mask, label=label,
+                   infected_z=tuple(int(z) for z in infected), seed=seed)
 
-    # Trees: pulmonary arteries and veins, bronchi beside the arteries, trachea and main
-    # bronchi, as tapered tubes (segments) drawn below in their bounding boxes.
+
+def _grow_trees(seed: int, an: _Anatomy, body: _Body, ref_grid: _Grid, ref_body: _Body) -> _Trees:
+    """Pulmonary arteries and veins, bronchi beside the arteries, trachea and main
+    bronchi, as tapered tubes (segments) drawn later in their bounding boxes."""
     tr = _rng(seed, _STREAM_TREES)
-    # Thinnest vessel drawn: the anatomy stops at VESSEL_MIN_RADIUS_MM on every grid;
-    # coarse grids draw the thinnest ones a little thicker so they stay faintly visible.
-    min_r = max(VESSEL_MIN_RADIUS_MM, MIN_VESSEL_RADIUS_PX * grid.dxy)
     vessels: list[_Segment] = []
     airways: list[_Segment] = []
     central: list[_Segment] = []
@@ -939,23 +1036,21 @@ def make_phantom(label: str, seed: int, n_slices: int | None = None,
             ref = np.array([0.0, 0.0, 1.0]) if abs(dirn[0]) > 0.9 else np.array([1.0, 0.0, 0.0])
             shift = _unit(np.cross(dirn, ref)) * (s.r0 * 1.8 + 0.5)
             airways.append(_Segment(s.p0 + shift, s.p1 + shift, s.r0 * 0.8, s.r1 * 0.8, s.generation))
+    return _Trees(vessels, airways, central, hila)
 
-    # Class plan that shapes the lung mask (CAP effusion), then the lung mask itself:
-    # the lung shapes less the trachea and main bronchi (with wall) and any effusion.
-    lr = _rng(seed, _STREAM_LESIONS, CLASS_NAMES.index(label))
-    levels = np.full((grid.nz, 2), np.inf)
-    cap_sides: list[int] = []
-    if label == "cap":
-        cap_sides = [int(lr.integers(1, 3))] if lr.uniform() >= 0.3 else [1, 2]
-        if lr.uniform() < 0.35:
-            for side in cap_sides:
-                levels[:, side - 1] = _effusion_level(lr, body, side)
+
+def _lung_parenchyma_vessels(grid: _Grid, an: _Anatomy, body: _Body, hu: np.ndarray, trees: _Trees,
+                             levels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The lung mask (the lung shapes less the trachea and main bronchi with their wall
+    and any effusion below its ``levels``), the parenchyma and the vessels painted in;
+    returns (lung mask, effusion mask)."""
+    f32 = np.float32
     lung = body.lung_side > 0
-    for seg in central:
+    for seg in trees.central:
         got = _segment_fraction(grid, seg, extra_mm=_airway_wall_mm(seg.r0))
         if got:
             lung[got[0]] &= got[1] < 0.5
-    effusion = np.zeros(shape, dtype=bool)
+    effusion = np.zeros(hu.shape, dtype=bool)
     has_effusion = bool(np.isfinite(levels).any())
     parenchyma = (an.parenchyma_hu + an.gravity_hu * np.clip(grid.v[0] / an.thorax_b, -1, 1)).astype(f32)
     for k in range(grid.nz):
@@ -968,9 +1063,12 @@ def make_phantom(label: str, seed: int, n_slices: int | None = None,
             lung[k] &= ~ek
         # Parenchyma, denser towards the back (gravity).
         np.copyto(hu[k], parenchyma, where=ls > 0)
+    # Thinnest vessel drawn: the anatomy stops at VESSEL_MIN_RADIUS_MM on every grid;
+    # coarse grids draw the thinnest ones a little thicker so they stay faintly visible.
+    min_r = max(VESSEL_MIN_RADIUS_MM, MIN_VESSEL_RADIUS_PX * grid.dxy)
     # Vessels in partial volume: blending towards soft tissue is monotone in the
     # occupancy, so the max over overlapping tubes is the blend of the max occupancy.
-    for seg in vessels:
+    for seg in trees.vessels:
         got = _segment_fraction(grid, seg._replace(r0=max(seg.r0, min_r), r1=max(seg.r1, min_r)))
         if not got:
             continue
@@ -979,23 +1077,29 @@ def make_phantom(label: str, seed: int, n_slices: int | None = None,
         blend = par + f * (f32(HU_SOFT) - par)
         hb = hu[sl]
         np.copyto(hb, np.maximum(hb, blend), where=body.lung_side[sl] > 0)
+    return lung, effusion
 
-    # Lesions of infection.
-    lesion_mask = np.zeros(shape, dtype=bool)
+
+def _infection(label: str, lr: np.random.Generator, grid: _Grid, an: _Anatomy, hu: np.ndarray, lung: np.ndarray,
+               trees: _Trees, cap_sides: list[int], ref_body: _Body, ref_grid: _Grid,
+               ref_lung: np.ndarray) -> np.ndarray:
+    """The class's lesions painted into ``hu``; returns their mask (a non-pneumonia
+    nodule is painted but is not infection, so not in the mask)."""
+    lesion_mask = np.zeros(hu.shape, dtype=bool)
     lesions: list[_Lesion] = []
     if label == "covid19":
         lesions = _covid_lesions(lr, ref_body, ref_grid, ref_lung, an)
         if lr.uniform() < 0.25:  # overlap with influenza: a few peribronchovascular patches
-            pool = _generations(vessels, 1, 4)
+            pool = _generations(trees.vessels, 1, 4)
             for _ in range(int(lr.integers(1, 5))):
                 p = _peribronchovascular_point(lr, pool, ref_grid, ref_lung)
                 if p is not None:
                     lesions.append(_Lesion(p, np.full(3, lr.uniform(4.0, 10.0)), _random_frame(lr),
                                            float(lr.uniform(-560, -320)), 2.0, 0.1, 0.0, None, None, False))
     elif label == "influenza":
-        lesions = _influenza_lesions(lr, ref_body, ref_grid, ref_lung, an, vessels)
+        lesions = _influenza_lesions(lr, ref_body, ref_grid, ref_lung, an, trees.vessels)
     elif label == "cap":
-        lesions = _cap_lesions(lr, ref_body, ref_grid, ref_lung, an, cap_sides, hila)
+        lesions = _cap_lesions(lr, ref_body, ref_grid, ref_lung, an, cap_sides, trees.hila)
     for les in lesions:
         _render_lesion(grid, les, lr, hu, lung, lesion_mask)
     if label == "non_pneumonia" and lr.uniform() < 0.35:
@@ -1005,12 +1109,16 @@ def make_phantom(label: str, seed: int, n_slices: int | None = None,
         if point is not None:
             nod = _Lesion(point[0], np.full(3, lr.uniform(2.5, 5.0)), np.eye(3), float(lr.uniform(20, 60)),
                           1.0, 0.05, 0.0, None, None, False)
-            _render_lesion(grid, nod, lr, hu, lung, np.zeros(shape, dtype=bool))
+            _render_lesion(grid, nod, lr, hu, lung, np.zeros(hu.shape, dtype=bool))
+    return lesion_mask
 
-    # Airways: all walls, then all lumens (a lumen wins over a neighbour's wall at the
-    # junctions). Small airways inside the lungs only; trachea and main bronchi anywhere.
+
+def _draw_airways(grid: _Grid, body: _Body, hu: np.ndarray, trees: _Trees) -> None:
+    """All walls, then all lumens (a lumen wins over a neighbour's wall at the
+    junctions). Small airways inside the lungs only; trachea and main bronchi anywhere."""
+    f32 = np.float32
     wall_hu = f32(HU_SOFT - 10.0)
-    for segs, lung_only in ((airways, True), (central, False)):
+    for segs, lung_only in ((trees.airways, True), (trees.central, False)):
         for seg in segs:
             got = _segment_fraction(grid, seg, extra_mm=_airway_wall_mm(seg.r0))
             if got:
@@ -1019,7 +1127,7 @@ def make_phantom(label: str, seed: int, n_slices: int | None = None,
                     f = f * (body.lung_side[sl] > 0)
                 hb = hu[sl]
                 hb += f * (wall_hu - hb) * (hb < wall_hu)  # walls, where darker than them
-    for segs, lung_only in ((airways, True), (central, False)):
+    for segs, lung_only in ((trees.airways, True), (trees.central, False)):
         for seg in segs:
             got = _segment_fraction(grid, seg)
             if got:
@@ -1029,14 +1137,18 @@ def make_phantom(label: str, seed: int, n_slices: int | None = None,
                 hb = hu[sl]
                 hb += f * (f32(HU_AIRWAY_LUMEN) - hb)
 
-    # Effusion and noise. Noise comes from a small bank of correlated noise slices,
-    # shifted and flipped per slice: CT-like texture at little cost.
+
+def _effusion_and_noise(seed: int, an: _Anatomy, grid: _Grid, hu: np.ndarray, effusion: np.ndarray | None) -> None:
+    """Effusion (``effusion``: its mask, None without one) and noise. Noise comes from a
+    small bank of correlated noise slices, shifted and flipped per slice: CT-like texture
+    at little cost."""
+    f32 = np.float32
     nr = _rng(seed, _STREAM_NOISE)
     sd = f32(min(an.noise_sd * math.sqrt(2.5 / max(grid.dz, 0.5)), 45.0))  # thin slices: noisier
     bank = _noise_bank(nr, grid.ny, grid.nx)
     for k in range(grid.nz):
         h = hu[k]
-        if has_effusion:
+        if effusion is not None:
             h[effusion[k]] = HU_FLUID
         noise = bank[int(nr.integers(len(bank)))]
         noise = np.roll(noise, (int(nr.integers(grid.ny)), int(nr.integers(grid.nx))), axis=(0, 1))
@@ -1044,18 +1156,6 @@ def make_phantom(label: str, seed: int, n_slices: int | None = None,
             noise = noise[:, ::-1]
         h += sd * noise
         np.clip(h, HU_MIN, HU_MAX, out=h)
-
-    lesion_mask &= lung
-    infected = np.flatnonzero(lesion_mask.sum(axis=(1, 2)) > INFECTED_MIN_PIXELS)
-    fov = grid.nx * grid.dxy
-    volume = CTVolume(
-        hu=hu,
-        spacing_mm=(float(grid.dz), float(grid.dxy), float(grid.dxy)),
-        origin_mm=(-fov / 2 + grid.dxy / 2, -fov / 2 + grid.dxy / 2, -float(grid.nz - 1) * grid.dz),
-        slice_numbers=tuple(range(1, grid.nz + 1)),
-    )
-    return Phantom(volume=volume, lung_mask=lung, lesion_mask=lesion_mask, label=label,
-                   infected_z=tuple(int(z) for z in infected), seed=seed)
 
 
 def _airway_wall_mm(radius_mm: float) -> float:

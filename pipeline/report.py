@@ -109,6 +109,23 @@ def _where_it_looks_section(m: Mapping[str, Any]) -> list[str]:
 def render_report(m: Mapping[str, Any]) -> str:
     """Markdown text of the whole evaluation."""
     L: list[str] = ["# Evaluation report", ""]
+    L += _header_section(m)
+    L += _failed_section(m)
+    L += _decision_section(m)
+    L += _multiway_section(m)
+    L += _tasks_section(m)
+    L += _lung_and_locating_section(m)
+    L += _where_it_looks_section(m)
+    L += _subsets_section(m)
+    L += _readers_section(m)
+    L += _plots_section(m)
+    L += _skipped_section(m)
+    return "\n".join(L)
+
+
+def _header_section(m: Mapping[str, Any]) -> list[str]:
+    """The bundle's disclaimer and what was evaluated, with which intervals."""
+    L: list[str] = []
     bundle = m.get("bundle") or {}
     if bundle.get("disclaimer"):
         L += [f"**{bundle['disclaimer']}**", ""]
@@ -126,15 +143,19 @@ def render_report(m: Mapping[str, Any]) -> str:
                                  f"{boot.get('n_resamples', '?')} resamples ({boot.get('method', '')}), "
                                  f"seed {boot.get('seed', '?')}"],
     ])
+    return L
 
+
+def _failed_section(m: Mapping[str, Any]) -> list[str]:
     failed = m.get("failed_cases") or []
-    if failed:
-        L += [f"**{len(failed)} case(s) could not be analysed and are left out of every figure:**", ""]
-        L += _table(["case", "error"], [[f["case_id"], str(f["error"]).replace("|", "/")] for f in failed])
+    if not failed:
+        return []
+    return ([f"**{len(failed)} case(s) could not be analysed and are left out of every figure:**", ""]
+            + _table(["case", "error"], [[f["case_id"], str(f["error"]).replace("|", "/")] for f in failed]))
 
-    L += _decision_section(m)
 
-    L += ["## Multi-way classification", ""]
+def _multiway_section(m: Mapping[str, Any]) -> list[str]:
+    L = ["## Multi-way classification", ""]
     L += _table(["figure", "value (95% CI)"], [
         ["multi-way AUC, micro-average", fmt(m["multiway_auc"]["micro"])],
         ["multi-way AUC, macro-average", fmt(m["multiway_auc"]["macro"])],
@@ -142,19 +163,25 @@ def render_report(m: Mapping[str, Any]) -> str:
     ])
     L += ["### Per class (one-vs-rest; sensitivity and specificity of the class probability at the threshold)", ""]
     L += _class_table(m)
-
     cm = m["confusion_matrix"]
     L += ["### Confusion matrix (rows: truth, columns: predicted)", ""]
     L += _table(["truth \\ predicted", *cm["labels"]],
                 [[lab, *row] for lab, row in zip(cm["labels"], cm["counts"], strict=True)])
+    return L
 
-    L += ["## Binary tasks (each on the cases whose truth belongs to the task)", ""]
+
+def _tasks_section(m: Mapping[str, Any]) -> list[str]:
+    L = ["## Binary tasks (each on the cases whose truth belongs to the task)", ""]
     rows = []
     for task, t in m["tasks"].items():
         rows.append([task, f"{t['n_cases']} ({t['n_positive']} {t['positive']})", t.get("threshold", "?"),
                      fmt(t.get("auc")), fmt(t.get("sensitivity")), fmt(t.get("specificity"))])
     L += _table(["task", "cases (positives)", "threshold", "AUC", "sensitivity", "specificity"], rows)
+    return L
 
+
+def _lung_and_locating_section(m: Mapping[str, Any]) -> list[str]:
+    L: list[str] = []
     if m.get("lung_dice"):
         L += ["## Lung segmentation", ""]
         ld = m["lung_dice"]
@@ -172,50 +199,63 @@ def render_report(m: Mapping[str, Any]) -> str:
             [f"sensitivity at {loc['threshold']}", fmt(loc["sensitivity"])],
             [f"specificity at {loc['threshold']}", fmt(loc["specificity"])],
         ])
+    return L
 
-    L += _where_it_looks_section(m)
 
-    if m.get("subsets"):
-        L += ["## Subsets", ""]
-        for key, groups in m["subsets"].items():
-            L += [f"### By {key.replace('_', ' ')}", ""]
-            rows = []
-            for value, b in groups.items():
-                rows.append([value, b["n_cases"], *(fmt(b["per_class_auc"][c], 3) for c in b["per_class_auc"]),
-                             fmt(b["multiway_auc"]["micro"], 3), fmt(b["accuracy"], 3)])
-            classes = list(next(iter(groups.values()))["per_class_auc"])
-            L += _table([key, "cases", *(f"AUC {c}" for c in classes), "micro AUC", "accuracy"], rows)
-
-    readers = m.get("readers")
-    if readers:
-        L += ["## Reader comparison", "",
-              f"Task: `{readers['task']}` on {readers['n_cases']} cases read; sensitivity and specificity "
-              f"for {readers['positive_class']}. The AI's call is "
-              + ("the multi-way label." if readers["task"] == "multi_way"
-                 else f"the `{readers['task']}` score at the decision threshold."), ""]
+def _subsets_section(m: Mapping[str, Any]) -> list[str]:
+    if not m.get("subsets"):
+        return []
+    L = ["## Subsets", ""]
+    for key, groups in m["subsets"].items():
+        L += [f"### By {key.replace('_', ' ')}", ""]
         rows = []
-        for r in readers["rows"]:
-            rows.append([r["name"], r["n_cases"], r["correct"], r["wrong"],
-                         fmt(r.get("sensitivity")), fmt(r.get("specificity"))])
-        L += _table(["reader", "cases", "correct", "wrong", "sensitivity", "specificity"], rows)
-        L += ["\"any reader\": a case counts as correct when at least one reader was right; "
-              "\"all readers\": only when every reader who read it was right. (The paper's Table 3 "
-              "labels these columns the other way round: its \"Any reader\" is wrong if anyone is "
-              "wrong.)", ""]
-        if readers.get("unmatched_case_ids"):
-            L += [f"Readers' case ids not among the evaluated cases (left out): "
-                  f"{', '.join(readers['unmatched_case_ids'])}", ""]
+        for value, b in groups.items():
+            rows.append([value, b["n_cases"], *(fmt(b["per_class_auc"][c], 3) for c in b["per_class_auc"]),
+                         fmt(b["multiway_auc"]["micro"], 3), fmt(b["accuracy"], 3)])
+        classes = list(next(iter(groups.values()))["per_class_auc"])
+        L += _table([key, "cases", *(f"AUC {c}" for c in classes), "micro AUC", "accuracy"], rows)
+    return L
 
+
+def _readers_section(m: Mapping[str, Any]) -> list[str]:
+    readers = m.get("readers")
+    if not readers:
+        return []
+    L = ["## Reader comparison", "",
+         f"Task: `{readers['task']}` on {readers['n_cases']} cases read; sensitivity and specificity "
+         f"for {readers['positive_class']}. The AI's call is "
+         + ("the multi-way label." if readers["task"] == "multi_way"
+            else f"the `{readers['task']}` score at the decision threshold."), ""]
+    rows = []
+    for r in readers["rows"]:
+        rows.append([r["name"], r["n_cases"], r["correct"], r["wrong"],
+                     fmt(r.get("sensitivity")), fmt(r.get("specificity"))])
+    L += _table(["reader", "cases", "correct", "wrong", "sensitivity", "specificity"], rows)
+    L += ["\"any reader\": a case counts as correct when at least one reader was right; "
+          "\"all readers\": only when every reader who read it was right. (The paper's Table 3 "
+          "labels these columns the other way round: its \"Any reader\" is wrong if anyone is "
+          "wrong.)", ""]
+    if readers.get("unmatched_case_ids"):
+        L += [f"Readers' case ids not among the evaluated cases (left out): "
+              f"{', '.join(readers['unmatched_case_ids'])}", ""]
+    return L
+
+
+def _plots_section(m: Mapping[str, Any]) -> list[str]:
     plots = m.get("plots") or {}
-    if plots:
-        L += ["## Plots", ""]
-        for key, fname in plots.items():
-            title = PLOT_TITLES.get(key) or key.replace("_", " ").replace("decision curve", "Decision curve:")
-            L += [f"### {title}", "", f"![{title}]({fname})", ""]
+    if not plots:
+        return []
+    L = ["## Plots", ""]
+    for key, fname in plots.items():
+        title = PLOT_TITLES.get(key) or key.replace("_", " ").replace("decision curve", "Decision curve:")
+        L += [f"### {title}", "", f"![{title}]({fname})", ""]
+    return L
 
-    skipped = boot.get("skipped_resamples") or {}
-    if skipped:
-        L += ["## Bootstrap resamples skipped", "",
-              "Resamples on which a figure was undefined (a class absent) are left out of its interval:", ""]
-        L += _table(["figure", "skipped"], [[k, v] for k, v in skipped.items()])
-    return "\n".join(L)
+
+def _skipped_section(m: Mapping[str, Any]) -> list[str]:
+    skipped = m.get("bootstrap", {}).get("skipped_resamples") or {}
+    if not skipped:
+        return []
+    return (["## Bootstrap resamples skipped", "",
+             "Resamples on which a figure was undefined (a class absent) are left out of its interval:", ""]
+            + _table(["figure", "skipped"], [[k, v] for k, v in skipped.items()]))

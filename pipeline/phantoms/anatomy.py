@@ -432,6 +432,17 @@ def _wrap(a: np.ndarray) -> np.ndarray:
     return (a + math.pi) % (2 * math.pi) - math.pi
 
 
+def _heart_frame(yaw_deg: float, tilt_deg: float) -> np.ndarray:
+    """Rows: the heart's long axis (towards the apex: left, anterior, inferior), the
+    posterior direction made orthogonal to it, and their cross product."""
+    yaw, tilt = math.radians(yaw_deg), math.radians(tilt_deg)
+    e1 = np.array([-math.sin(tilt), -math.cos(tilt) * math.sin(yaw), math.cos(tilt) * math.cos(yaw)])
+    post = np.array([0.0, 1.0, 0.0])
+    e2 = post - e1 * float(e1 @ post)
+    e2 /= np.linalg.norm(e2)
+    return np.stack([e1, e2, np.cross(e1, e2)])
+
+
 def draw_anatomy(seed: int) -> Anatomy:
     """The patient of ``seed`` (independent of the class label)."""
     r = rng_for(seed, Stream.ANATOMY)
@@ -450,13 +461,7 @@ def draw_anatomy(seed: int) -> Anatomy:
     # spine and mediastinum
     r_vb = u(13, 19)
     band_top, band_low = u(16, 26), u(18, 30)
-    # heart: the long axis points to the apex: left, anterior, inferior
-    yaw, tilt = math.radians(u(25, 50)), math.radians(u(15, 35))
-    e1 = np.array([-math.sin(tilt), -math.cos(tilt) * math.sin(yaw), math.cos(tilt) * math.cos(yaw)])
-    post = np.array([0.0, 1.0, 0.0])
-    e2 = post - e1 * float(e1 @ post)
-    e2 /= np.linalg.norm(e2)
-    frame = np.stack([e1, e2, np.cross(e1, e2)])
+    frame = _heart_frame(u(25, 50), u(15, 35))
     axes = np.array([u(52, 68), u(40, 52), u(38, 50)])
     # domes: the right is higher than the left
     d_right = u(55, 90)

@@ -231,6 +231,27 @@ def _stencil(ez: int, exy: int, reach_z: float, reach_xy: float, grid: Grid) -> 
     return off[keep]
 
 
+def _stencil_voxels(centres: np.ndarray, stencil: np.ndarray, shape: np.ndarray, spacing: np.ndarray,
+                    semi: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """For balls at fractional indices ``centres`` and each stencil offset: the true squared
+    distance (mm), the squared distance in units of the ball's (z, in-plane) semi-axes, the
+    flat voxel index and whether the voxel lies inside the grid."""
+    base = np.rint(centres).astype(np.int64)
+    frac = (centres - base).astype(np.float32)
+    d2 = np.zeros((len(centres), len(stencil)), dtype=np.float32)  # true squared distance
+    q2 = np.zeros((len(centres), len(stencil)), dtype=np.float32)  # in units of the ellipsoid
+    idx = np.zeros((len(centres), len(stencil)), dtype=np.int64)
+    ok = np.ones((len(centres), len(stencil)), dtype=bool)
+    for ax in range(3):
+        pos = base[:, ax:ax + 1] + stencil[None, :, ax]
+        ok &= (pos >= 0) & (pos < shape[ax])
+        idx = idx * shape[ax] + pos
+        d = (stencil[None, :, ax] - frac[:, ax:ax + 1]) * spacing[ax]
+        d2 += d * d
+        q2 += (d / semi[0 if ax == 0 else 1]) ** 2
+    return d2, q2, idx, ok
+
+
 def splat_balls(vol: np.ndarray, grid: Grid, centres: np.ndarray, radii: np.ndarray,
                 values: np.ndarray | float, mode: str = "max", within: np.ndarray | None = None,
                 mark: np.ndarray | None = None, clear: np.ndarray | None = None,
@@ -288,20 +309,8 @@ def splat_balls(vol: np.ndarray, grid: Grid, centres: np.ndarray, radii: np.ndar
         per = max(1, _SPLAT_CHUNK // len(stencil))
         for s0 in range(0, len(sel), per):
             b = sel[s0:s0 + per]
-            base = np.rint(c[b]).astype(np.int64)
-            frac = (c[b] - base).astype(np.float32)
-            d2 = np.zeros((len(b), len(stencil)), dtype=np.float32)  # true squared distance
-            q2 = np.zeros((len(b), len(stencil)), dtype=np.float32)  # in units of the ellipsoid
-            idx = np.zeros((len(b), len(stencil)), dtype=np.int64)
-            ok = np.ones((len(b), len(stencil)), dtype=bool)
             semi = (a_z[b, None].astype(np.float32), a_xy[b, None].astype(np.float32))
-            for ax in range(3):
-                pos = base[:, ax:ax + 1] + stencil[None, :, ax]
-                ok &= (pos >= 0) & (pos < shape[ax])
-                idx = idx * shape[ax] + pos
-                d = (stencil[None, :, ax] - frac[:, ax:ax + 1]) * spacing[ax]
-                d2 += d * d
-                q2 += (d / semi[0 if ax == 0 else 1]) ** 2
+            d2, q2, idx, ok = _stencil_voxels(c[b], stencil, shape, spacing, semi)
             dist = np.sqrt(d2)
             if clear_f is not None:
                 clear_f[idx[ok & (dist <= radii[b, None].astype(np.float32) + clear_grow)]] = 0

@@ -190,6 +190,48 @@ class _FreeGrid:
     dxy = 0.8
 
 
+def _plan_covid19(rng: np.random.Generator, pl: _Placer, arteries: Tree, plan: LesionPlan) -> None:
+    """COVID-19: peripheral ground glass, mostly on both sides, some with crazy paving, a
+    reversed halo or a denser core; sometimes confluent or peribronchovascular patches."""
+    u = rng.uniform
+    f = plan.findings
+    sides = (RIGHT, LEFT)
+
+    def ggo() -> float:
+        return float(u(*HU_GGO))
+
+    n = int(u(3, 15))
+    both = u() < 0.88
+    lesion_sides = list(rng.choice(sides, n)) if not both else [RIGHT, LEFT] + list(rng.choice(sides, n - 2))
+    paving_case = u() < 0.45
+    for s in lesion_sides:
+        kw: dict = {}
+        if paving_case and u() < 0.6:
+            kw.update(paving=float(u(80, 220)), paving_waves=Waves.draw(rng, 5, (12.0, 25.0)))
+        roll = u()
+        if roll < 0.08:
+            kw.update(ring=True, hu_inner=float(u(-760, -600)), inner=float(u(0.55, 0.75)))
+            hu = float(u(-150, 20))
+        elif roll < 0.28:
+            kw.update(hu_inner=float(u(-250, 20)), inner=float(u(0.3, 0.5)))
+            hu = ggo()
+        else:
+            hu = ggo()
+        plan.blobs.append(_peripheral(rng, pl, int(s), float(np.clip(rng.lognormal(math.log(20), 0.45), 10, 45)),
+                                      hu, 1.5, 1.5, **kw))
+    f["ggo"] = n
+    if u() < 0.3:
+        k = int(u(1, 4))
+        for s in rng.choice(sides, k):
+            plan.blobs.append(_peripheral(rng, pl, int(s), float(u(35, 60)), ggo(), 3.0, 2.5))
+        f["confluent"] = k
+    if u() < 0.25:
+        extra = _peribronchovascular(rng, arteries, int(u(1, 4)), ggo)
+        plan.blobs += extra
+        f["peribronchovascular"] = len(extra)
+    f["crazy_paving"] = bool(paving_case)
+
+
 def plan_lesions(label: str, seed: int, an: Anatomy, arteries: Tree) -> LesionPlan:
     rng = rng_for(seed, Stream.LESIONS, CLASSES.index(label))
     u = rng.uniform
@@ -219,36 +261,7 @@ def plan_lesions(label: str, seed: int, an: Anatomy, arteries: Tree) -> LesionPl
         return float(u(*HU_GGO))
 
     if label == "covid19":
-        n = int(u(3, 15))
-        both = u() < 0.88
-        lesion_sides = list(rng.choice(sides, n)) if not both else [RIGHT, LEFT] + list(rng.choice(sides, n - 2))
-        paving_case = u() < 0.45
-        for s in lesion_sides:
-            kw: dict = {}
-            if paving_case and u() < 0.6:
-                kw.update(paving=float(u(80, 220)), paving_waves=Waves.draw(rng, 5, (12.0, 25.0)))
-            roll = u()
-            if roll < 0.08:
-                kw.update(ring=True, hu_inner=float(u(-760, -600)), inner=float(u(0.55, 0.75)))
-                hu = float(u(-150, 20))
-            elif roll < 0.28:
-                kw.update(hu_inner=float(u(-250, 20)), inner=float(u(0.3, 0.5)))
-                hu = ggo()
-            else:
-                hu = ggo()
-            plan.blobs.append(_peripheral(rng, pl, int(s), float(np.clip(rng.lognormal(math.log(20), 0.45), 10, 45)),
-                                          hu, 1.5, 1.5, **kw))
-        f["ggo"] = n
-        if u() < 0.3:
-            k = int(u(1, 4))
-            for s in rng.choice(sides, k):
-                plan.blobs.append(_peripheral(rng, pl, int(s), float(u(35, 60)), ggo(), 3.0, 2.5))
-            f["confluent"] = k
-        if u() < 0.25:
-            extra = _peribronchovascular(rng, arteries, int(u(1, 4)), ggo)
-            plan.blobs += extra
-            f["peribronchovascular"] = len(extra)
-        f["crazy_paving"] = bool(paving_case)
+        _plan_covid19(rng, pl, arteries, plan)
 
     elif label == "cap":
         pattern = rng.choice(["lobar", "segmental", "broncho"], p=(0.45, 0.35, 0.2))
