@@ -18,7 +18,7 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Iterable, Literal, Mapping, get_args
+from typing import Any, Iterable, Literal, Mapping, Sequence, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -359,6 +359,38 @@ class Destination(_Frozen):
         return self.name or f"{self.ae_title}@{self.host}:{self.port}"
 
 
+class FhirDestination(_Frozen):
+    """``[[fhir_destinations]]``: a FHIR R4 server that gets each analysis as a transaction
+    Bundle (DiagnosticReport, Observations, ImagingStudy; dicomnode.fhir), with the same
+    durable retries as DICOM deliveries."""
+
+    name: str = ""
+    #: The server's base URL (the Bundle is POSTed to it); http:// or https://.
+    url: str
+    #: Name of the environment variable holding a bearer token (the token itself is kept
+    #: out of the config file and the logs); empty: no Authorization header.
+    token_env: str = ""
+    #: CA certificates (PEM) the server's certificate is checked against (else the system's).
+    ca_file: Path | None = None
+    timeout_s: float = Field(30.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", v):
+            raise ValueError(f"url {v!r} must be an http:// or https:// base URL without query or fragment")
+        return v.rstrip("/")
+
+    @property
+    def key(self) -> str:
+        """How deliveries and ``status`` name this destination."""
+        return f"FHIR@{self.url}"
+
+    @property
+    def label(self) -> str:
+        return self.name or self.key
+
+
 class HousekeepingSection(_Frozen):
     """``[housekeeping]``: when delivered series and their results are deleted
     (dicomnode.housekeeping); both rules off by default: nothing is deleted."""
@@ -378,6 +410,7 @@ class NodeConfig(_Frozen):
     http: HttpSection = HttpSection()
     housekeeping: HousekeepingSection = HousekeepingSection()
     destinations: tuple[Destination, ...] = ()
+    fhir_destinations: tuple[FhirDestination, ...] = ()
     #: The file this came from (None: built in code).
     source: Path | None = None
 
@@ -420,7 +453,7 @@ def _unknown_keys(where: str, given: Iterable[str], known: Iterable[str]) -> lis
 
 def _structure_problems(raw: Mapping[str, Any]) -> list[str]:
     """Unknown sections/keys, with suggestions (pydantic would only say 'extra')."""
-    top_known = [*_SECTIONS, "destinations"]
+    top_known = [*_SECTIONS, "destinations", "fhir_destinations"]
     problems = _unknown_keys("top level", raw, top_known)
     for name, model in _SECTIONS.items():
         if isinstance(raw.get(name), dict):
@@ -434,13 +467,20 @@ def _structure_problems(raw: Mapping[str, Any]) -> list[str]:
         for i, d in enumerate(dests):
             if isinstance(d, dict):
                 problems += _unknown_keys(f"[[destinations]] #{i + 1}", d, Destination.model_fields)
+    fhir = raw.get("fhir_destinations", [])
+    if not isinstance(fhir, list):
+        problems.append("'fhir_destinations' must be a list of tables ([[fhir_destinations]])")
+    else:
+        for i, d in enumerate(fhir):
+            if isinstance(d, dict):
+                problems += _unknown_keys(f"[[fhir_destinations]] #{i + 1}", d, FhirDestination.model_fields)
     return problems
 
 
 def _plain(err: Mapping[str, Any]) -> str:
     loc = [str(p) for p in err["loc"]]
-    if len(loc) >= 2 and loc[0] == "destinations" and loc[1].isdigit():
-        where = f"[[destinations]] #{int(loc[1]) + 1}" + (f" {'.'.join(loc[2:])}" if loc[2:] else "")
+    if len(loc) >= 2 and loc[0] in ("destinations", "fhir_destinations") and loc[1].isdigit():
+        where = f"[[{loc[0]}]] #{int(loc[1]) + 1}" + (f" {'.'.join(loc[2:])}" if loc[2:] else "")
     elif loc:
         where = f"[{loc[0]}] {'.'.join(loc[1:])}" if len(loc) > 1 else loc[0]
     else:
@@ -512,6 +552,24 @@ def _semantic_problems(cfg: NodeConfig) -> list[str]:
     from .tls import tls_problems  # late: tls imports this module
 
     problems += tls_problems(cfg.node, cfg.destinations)
+    problems += _fhir_problems(cfg.fhir_destinations)
+    return problems
+
+
+def _fhir_problems(fhir: Sequence[FhirDestination]) -> list[str]:
+    problems = []
+    seen: dict[str, int] = {}
+    for i, d in enumerate(fhir):
+        where = f"[[fhir_destinations]] #{i + 1}"
+        if d.url in seen:
+            problems.append(f"{where}: duplicate of #{seen[d.url] + 1} ({d.url}); reports would be sent twice")
+        seen.setdefault(d.url, i)
+        if d.token_env and not os.environ.get(d.token_env):
+            problems.append(f"{where}: token_env names {d.token_env}, which is not set in this environment")
+        if d.ca_file is not None and not d.ca_file.is_file():
+            problems.append(f"{where}: ca_file {d.ca_file} does not exist")
+        if d.url.startswith("http://") and d.token_env:
+            problems.append(f"{where}: a bearer token over plain http:// would travel in clear text; use https://")
     return problems
 
 
@@ -527,6 +585,10 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
         raw["node"] = _resolve_tls_files(node, base)
     if isinstance(raw.get("destinations"), list):
         raw["destinations"] = [_resolve_tls_files(d, base) if isinstance(d, dict) else d for d in raw["destinations"]]
+    if isinstance(raw.get("fhir_destinations"), list):
+        raw["fhir_destinations"] = [
+            {**d, "ca_file": str((base / d["ca_file"]).resolve())} if isinstance(d, dict)
+            and isinstance(d.get("ca_file"), str) else d for d in raw["fhir_destinations"]]
     return raw
 
 

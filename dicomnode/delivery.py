@@ -17,6 +17,7 @@ are recorded for it.
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 from collections import defaultdict
@@ -29,7 +30,7 @@ from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 
-from .config import DeliverySection, Destination, NodeSection
+from .config import DeliverySection, Destination, FhirDestination, NodeSection
 from .db import Database, now
 from .queue import JobQueue, JobState
 from .tls import client_context
@@ -56,6 +57,8 @@ class DeliveryState(str, Enum):
 PENDING, SENT, FAILED = DeliveryState.PENDING.value, DeliveryState.SENT.value, DeliveryState.FAILED.value
 
 
+#: The kind of a job's FHIR Bundle among its written objects (dicomnode.fhir).
+FHIR_KIND = "fhir"
 #: Transfer syntaxes proposed for every object, besides the one it was written in.
 PROPOSED_TRANSFER_SYNTAXES: tuple[str, ...] = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 
@@ -106,15 +109,18 @@ class Delivery:
 
     def __init__(self, db: Database, destinations: Sequence[Destination], settings: DeliverySection,
                  results_root: Path, calling_ae: str, audit: Callable[..., None] | None = None,
-                 queue: JobQueue | None = None, network_timeout_s: float = DEFAULT_NETWORK_TIMEOUT_S) -> None:
+                 queue: JobQueue | None = None, network_timeout_s: float = DEFAULT_NETWORK_TIMEOUT_S,
+                 fhir_destinations: Sequence[FhirDestination] = ()) -> None:
         """``audit``: told of each run's outcome per destination (dicomnode.audit); ``queue``:
         the owner of job states (a job's state follows its deliveries); ``network_timeout_s``:
-        ``[node] network_timeout_s``, the longest wait for a destination's answer."""
+        ``[node] network_timeout_s``, the longest wait for a destination's answer;
+        ``fhir_destinations``: FHIR servers, sent the jobs' ``fhir`` objects (Bundles)."""
         self.db = db
         self.queue = queue if queue is not None else JobQueue(db)
         self.network_timeout_s = network_timeout_s
         self.audit = audit
         self.destinations = {destination_key(d): d for d in destinations}
+        self.fhir_destinations = {d.key: d for d in fhir_destinations}
         self.settings = settings
         self.results_root = results_root
         self.calling_ae = calling_ae
@@ -132,9 +138,9 @@ class Delivery:
         """
         count = 0
         for kind, sop_uid, path in written:
-            for key, dest in self.destinations.items():
-                if kind not in dest.objects:
-                    continue
+            wanted = list(self.fhir_destinations) if kind == FHIR_KIND else \
+                [key for key, dest in self.destinations.items() if kind in dest.objects]
+            for key in wanted:
                 conn.execute("INSERT OR IGNORE INTO deliveries(job_id, destination, sop_uid, kind, path, state, "
                              "attempts, created, next_try, updated) VALUES (?,?,?,?,?,?,0,?,?,?)",
                              (job_id, key, sop_uid, kind, path, PENDING, at, at, at))
@@ -178,6 +184,8 @@ class Delivery:
             self._run_lock.release()
 
     def _send_to(self, key: str, rows: Sequence[sqlite3.Row]) -> int:
+        if key in self.fhir_destinations:
+            return self._send_fhir(self.fhir_destinations[key], rows)
         dest = self.destinations.get(key)
         if dest is None:
             self._fail(rows, f"destination {key} is no longer configured")
@@ -235,6 +243,30 @@ class Delivery:
         # Rows not attempted (association lost) stay pending and are due again next run.
         if sent:
             log.info("sent %d object(s) to %s", sent, dest.label)
+        return sent
+
+    def _send_fhir(self, dest: FhirDestination, rows: Sequence[sqlite3.Row]) -> int:
+        """POST each Bundle; a failure is retried like a refused C-STORE."""
+        from .fhir import FhirSendError, post_bundle  # late: fhir.resources only when used
+
+        token = os.environ.get(dest.token_env, "") if dest.token_env else ""
+        sent = 0
+        for row in rows:
+            try:
+                body = (self.results_root / row["path"]).read_bytes()
+            except OSError as e:
+                self._fail([row], f"result file {row['path']} cannot be read: {e.strerror}")
+                continue
+            try:
+                post_bundle(dest.url, body, dest.timeout_s, token,
+                            str(dest.ca_file) if dest.ca_file is not None else None)
+            except FhirSendError as e:
+                self._retry([row], str(e))
+                continue
+            self._mark_sent(row)
+            sent += 1
+        if sent:
+            log.info("sent %d FHIR report(s) to %s", sent, dest.label)
         return sent
 
     def _mark_sent(self, row: sqlite3.Row) -> None:

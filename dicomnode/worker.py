@@ -24,7 +24,7 @@ import os
 import shutil
 import threading
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from .config import OBJECT_KINDS, NodeConfig
 from .db import now
@@ -49,6 +49,29 @@ def write_dataset_durably(ds, path: Path) -> None:
         f.flush()
         os.fsync(f.fileno())
     tmp.replace(path)
+
+
+def persist_fhir_bundle(summary: dict, result: Any, sources: Sequence[Any], job_dir: Path,
+                        job_id: int) -> tuple[str, str, str]:
+    """Write the job's FHIR transaction Bundle (dicomnode.fhir) durably; returns its
+    written-object row (kind ``fhir``)."""
+    from dicomnode.fhir import build_report_bundle, refs_from_sources
+    from dicomnode.writers import wording
+    from dicomnode.writers.common import key_slices
+
+    keys = [sources[z] for z in key_slices(result)] if wording.shows_explanations(result) else []
+    first = sources[0]
+    bundle = build_report_bundle(summary, refs_from_sources(first, keys), f"{first.SeriesInstanceUID}/job-{job_id}")
+    path = job_dir / "fhir" / "report.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(bundle.model_dump_json(indent=1))
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+    fsync_dir(path.parent)
+    return "fhir", f"fhir-job-{job_id}", str(path.relative_to(job_dir.parent))
 
 
 def persist_results(objects: Mapping[str, Sequence], job_dir: Path, summary: dict | None) -> list[tuple[str, str, str]]:
@@ -189,7 +212,7 @@ class Worker:
         if not present:
             return self._finish(job, JobState.SKIPPED, "the series' files are no longer in storage")
         try:
-            volume, sources = load_series(present)
+            volume, sources = load_series(present, refuse_image_types=self.cfg.selection.refuse_image_types)
         except SeriesRejected as e:
             return self._finish(job, JobState.SKIPPED, str(getattr(e, "reason", e)))
         self.queue.renew(job)
@@ -231,8 +254,11 @@ class Worker:
                                 previous_reports=tuple(self._earlier_reports(job)))
         objects = build_result_objects(result, volume, sources, options)
         job_dir = self.results_root / str(job.id)
+        summary = result.summary(volume)
         try:
-            written = persist_results(objects, job_dir, result.summary(volume))
+            written = persist_results(objects, job_dir, summary)
+            if self.cfg.fhir_destinations:
+                written.append(persist_fhir_bundle(summary, result, sources, job_dir, job.id))
         except OSError as e:
             if e.errno not in DISK_FULL_ERRNOS:
                 raise
