@@ -187,3 +187,44 @@ url = "http://ehr.example/fhir/"
     assert any("duplicate" in p for p in meaning), meaning
     ok = NodeConfig(fhir_destinations=[FhirDestination(url="https://ehr.example/fhir/")])
     assert ok.fhir_destinations[0].url == "https://ehr.example/fhir"
+
+
+def test_the_worker_sends_an_analysed_series_to_the_ehr(tmp_path, tiny_bundle):
+    """A real worker and bundle: a CT series is analysed, its Bundle written with the
+    results and delivered; the receiver holds the report of that study."""
+    from dicomnode.config import NodeSection, PipelineSection
+    from dicomnode.header import read_file_header
+    from dicomnode.series import SeriesAssembler
+    from dicomnode.synthetic import write_ct_series
+    from dicomnode.worker import Worker
+    from pipeline.phantom import make_phantom
+
+    fhir = FhirReceiver().start()
+    try:
+        dest = FhirDestination(url=fhir.url)
+        cfg = NodeConfig(node=NodeSection(data_dir=tmp_path), pipeline=PipelineSection(bundle=tiny_bundle),
+                         fhir_destinations=[dest])
+        db = Database(tmp_path / "node.sqlite3")
+        queue = JobQueue(db)
+        assembler = SeriesAssembler(db, queue, cfg.selection, cfg.node.quiet_seconds)
+        (tmp_path / "results").mkdir()
+        delivery = Delivery(db, (), cfg.delivery, tmp_path / "results", "COVIDNODE", queue=queue,
+                            fhir_destinations=cfg.fhir_destinations)
+        worker = Worker(cfg, queue, assembler, delivery, tmp_path / "storage", tmp_path / "results")
+        series = write_ct_series(make_phantom("covid19", 5, n_slices=24, size_px=96).volume, tmp_path / "storage" / "s")
+        for path in series.paths:
+            assembler.record_instance(read_file_header(path), str(path.relative_to(tmp_path / "storage")))
+        info = read_file_header(series.paths[0])
+        job_id = queue.enqueue(info.series_uid, info.study_uid,
+                               [str(p.relative_to(tmp_path / "storage")) for p in series.paths])
+        assert worker.run_job(queue.claim()) == JobState.DELIVERING
+        assert delivery.deliver_due() == 1
+        assert queue.get(job_id).state == JobState.DONE
+        [study] = fhir.resources["ImagingStudy"]
+        assert study["identifier"][0]["value"] == f"urn:oid:{info.study_uid}"
+        [report] = fhir.resources["DiagnosticReport"]
+        summary = json.loads((tmp_path / "results" / str(job_id) / "summary.json").read_text())
+        assert summary["disclaimer"] in report["conclusion"]
+        db.close()
+    finally:
+        fhir.stop()
