@@ -25,10 +25,13 @@ from pydicom.errors import InvalidDicomError
 
 from pipeline.types import CTVolume
 
+from .config import SelectionSection
 from .errors import SeriesRejected  # re-exported: callers import it from here too
 
-#: Fewer slices than this is not a chest CT the chain can read.
+#: Fewer slices than this is not a chest CT the chain can read (without a [selection]).
 MIN_SLICES = 10
+#: Instances of these image types are refused: the configuration's default.
+DEFAULT_REFUSED_IMAGE_TYPES: tuple[str, ...] = SelectionSection().refuse_image_types
 #: Direction cosines of two slices agree within this.
 ORIENTATION_TOLERANCE = 1e-3
 #: Two slice positions closer than this (mm) are the same position.
@@ -50,13 +53,19 @@ NATIVE_TRANSFER_SYNTAXES = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840
                             "1.2.840.10008.1.2.1.99")
 
 
-def load_series(paths: Sequence[Path | str], min_slices: int = MIN_SLICES) -> tuple[CTVolume, list[Dataset]]:
-    """Read one CT series: the volume in HU (z/y/x) and the datasets in the same z order."""
+def load_series(paths: Sequence[Path | str], min_slices: int = MIN_SLICES,
+                refuse_image_types: Sequence[str] = DEFAULT_REFUSED_IMAGE_TYPES) -> tuple[CTVolume, list[Dataset]]:
+    """Read one CT series: the volume in HU (z/y/x) and the datasets in the same z order.
+
+    ``refuse_image_types``: ``[selection] refuse_image_types`` (the localizer rule; the
+    worker passes the node's). ``min_slices``: fewer slices is not a volume the chain can
+    read; which series are worth a job is ``[selection] min_slices``, applied when a
+    series completes (dicomnode.series), so a job of a series cut short still runs."""
     files = [Path(p) for p in paths]
     if not files:
         raise SeriesRejected("the series has no files; pass the files of one CT series", "too_few_slices")
     datasets = [_read(p) for p in files]
-    _check_instances(datasets, min_slices)
+    _check_instances(datasets, min_slices, refuse_image_types)
     order, spacing_z, origin, direction = _geometry(datasets)
     datasets = [datasets[i] for i in order]
     hu = _pixels_hu(datasets)
@@ -92,7 +101,8 @@ def _instance_number(ds: Dataset, default_index: int) -> int:
 
 # -------------------------------------------------------------------------- checks
 
-def _check_instances(datasets: list[Dataset], min_slices: int) -> None:
+def _check_instances(datasets: list[Dataset], min_slices: int, refused_types: Sequence[str]) -> None:
+    refused = {t.upper() for t in refused_types}
     for ds in datasets:
         uid = ds.get("SOPInstanceUID", "?")
         if "PixelData" not in ds:
@@ -100,9 +110,10 @@ def _check_instances(datasets: list[Dataset], min_slices: int) -> None:
                                  f"not reports or presentation states", "no_pixel_data")
         raw_type = ds.get("ImageType") or []
         image_type = [str(raw_type).upper()] if isinstance(raw_type, str) else [str(v).upper() for v in raw_type]
-        if "LOCALIZER" in image_type:
-            raise SeriesRejected(f"instance {uid} is a localizer (scout) image; send the axial "
-                                 f"CT series instead", "localizer")
+        hit = refused.intersection(image_type)
+        if hit:
+            what = "a localizer (scout) image" if "LOCALIZER" in hit else f"of image type {'/'.join(sorted(hit))}"
+            raise SeriesRejected(f"instance {uid} is {what}; send the axial CT series instead", "localizer")
         if int(ds.get("SamplesPerPixel", 1)) != 1:
             raise SeriesRejected(f"instance {uid} has {ds.SamplesPerPixel} samples per pixel; a CT "
                                  f"series has one (grey values)", "unsupported_pixels")

@@ -509,8 +509,8 @@ def _lesion_figures(records: Sequence[CaseRecord], eval_params: EvalParams, skip
         ov = np.array([r.lesion_overlap for r in overlap], dtype=np.float64)
         f = _Figures(len(overlap), eval_params, skipped, "lesion_dice.")
         out["lesion_dice"] = {"n_cases": len(overlap), "cohort": "cases with lesion masks holding lesions",
-                              "dice": f("dice", lambda j: float(2 * ov[j, 0].sum()
-                                                                / max(ov[j, 1].sum() + ov[j, 2].sum(), 1)))}
+                              "dice": f("dice", lambda j: M.dice_from_counts(ov[j, 0].sum(), ov[j, 1].sum(),
+                                                                             ov[j, 2].sum()))}
     shares = [r for r in records if r.lesion_share is not None]
     if shares:
         share = np.array([r.lesion_share for r in shares], dtype=np.float64)

@@ -111,8 +111,14 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     a, b = _as_bool(a), _as_bool(b)
     if a.shape != b.shape:
         raise ValueError(f"dice: mask shapes differ {a.shape} vs {b.shape}")
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else float(2.0 * np.sum(a & b) / total)
+    return dice_from_counts(int(np.sum(a & b)), int(a.sum()), int(b.sum()))
+
+
+def dice_from_counts(overlap: float, a: float, b: float) -> float:
+    """Dice from voxel counts: 2 * overlap / (a + b); 1.0 when both are empty. Pooled
+    over cases, the counts are sums (what the lesion Dice of an evaluation reports)."""
+    total = a + b
+    return 1.0 if total == 0 else float(2.0 * overlap / total)
 
 
 # ------------------------------------------------------------------ curves for plots

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+#: A slice is "infected" when it holds more than this many lesion pixels (the paper's
+#: code: > 50). The one rule: phantom truth (``infected_z``), evaluation truth
+#: (``EvalParams.lesion_min_px``) and the locator's training labels.
+INFECTED_SLICE_MIN_PIXELS = 50
+
 
 @dataclass(frozen=True)
 class ChainParams:
@@ -87,9 +92,8 @@ class EvalParams:
     confidence: float = 0.95
     #: Age band edges in years: (40, 60) gives "<40", "40-59", ">=60".
     age_band_edges: tuple[int, ...] = (40, 60)
-    #: A slice is infected (locating truth) when it holds more lesion pixels than this
-    #: (the paper's code: > 50), as for the locator's training labels.
-    lesion_min_px: int = 50
+    #: A slice is infected (locating truth) when it holds more lesion pixels than this.
+    lesion_min_px: int = INFECTED_SLICE_MIN_PIXELS
     #: Thresholds of the decision curves (net benefit), in [0, 1).
     dca_thresholds: tuple[float, ...] = tuple(round(0.01 * i, 2) for i in range(1, 100))
     #: t-SNE perplexity: at most this, and below the number of cases for small sets.

@@ -41,6 +41,7 @@ from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
 
+from .params import INFECTED_SLICE_MIN_PIXELS
 from .types import CLASS_NAMES, CTVolume, InvalidInputError
 
 __all__ = [
@@ -52,8 +53,8 @@ __all__ = [
     "INFECTED_MIN_PIXELS",
 ]
 
-#: A slice is "infected" when it holds more than this many lesion pixels (paper code).
-INFECTED_MIN_PIXELS = 50
+#: A slice is "infected" when it holds more than this many lesion pixels (the one rule).
+INFECTED_MIN_PIXELS = INFECTED_SLICE_MIN_PIXELS
 
 # --- Named constants (HU values and anatomical proportions) --------------------------
 HU_AIR = -1000.0

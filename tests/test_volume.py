@@ -234,3 +234,23 @@ def test_jpeg_baseline_series_decodes_to_hu_within_its_loss(tmp_path: Path) -> N
     loaded, sources = load_series(_save(datasets, tmp_path))
     assert str(sources[0].file_meta.TransferSyntaxUID) == JPEGBaseline8Bit
     assert np.abs(loaded.hu - smooth).max() <= 8 * 3  # quantisation and JPEG loss, a few grey levels
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_the_node_and_the_data_set_readers_agree_on_one_series(tmp_path, reverse):
+    """dicomnode.volume.load_series (pydicom) and pipeline.datasets.images (SimpleITK) read
+    the same files into the same volume: HU, z order, spacing, origin, direction, UIDs."""
+    from pipeline.datasets.images import read_volume
+    from pipeline.phantom import make_phantom
+
+    phantom = make_phantom("covid19", 7, 20, 64)
+    series = write_ct_series(phantom.volume, tmp_path / "series")
+    paths = list(series.paths)[::-1] if reverse else list(series.paths)
+    node, _ = load_series(paths)
+    sets = read_volume(tmp_path / "series")
+    assert node.shape == sets.shape
+    np.testing.assert_allclose(node.hu, sets.hu, atol=0.5)
+    np.testing.assert_allclose(node.spacing_mm, sets.spacing_mm, atol=1e-3)
+    np.testing.assert_allclose(node.origin_mm, sets.origin_mm, atol=1e-3)
+    np.testing.assert_allclose(node.direction, sets.direction, atol=1e-6)
+    assert node.slice_uids == sets.slice_uids

@@ -1,9 +1,13 @@
-"""Argument types shared by the sub-commands."""
+"""Argument types and the exit code shared by the sub-commands."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Callable
+
+#: Exit code of an error the user can fix (a NodeError or PipelineError, said in one
+#: line): bad arguments, a bad input, a bad configuration. A bug ends in a traceback (1).
+EXIT_USAGE = 2
 
 
 def whole_number(minimum: int) -> Callable[[str], int]:

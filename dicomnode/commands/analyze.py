@@ -24,14 +24,16 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._args import whole_number
+from ._args import EXIT_USAGE, whole_number
+
+if TYPE_CHECKING:
+    from pipeline.datasets.images import VoxelGrid
 
 log = logging.getLogger(__name__)
-EXIT_BAD_INPUT = 2
 
 
 _positive = whole_number(1)
@@ -54,7 +56,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _fail(message: str) -> int:
     first_line = " ".join(str(message).split())
     print(f"dicomnode analyze: error: {first_line}", file=sys.stderr)
-    return EXIT_BAD_INPUT
+    return EXIT_USAGE
 
 
 def _series_files(folder: Path) -> list[Path]:
@@ -69,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
     from dicomnode.errors import NodeError
     from dicomnode.volume import SeriesRejected, load_series
     from pipeline.chain import analyze
+    from pipeline.datasets.images import is_nifti, read_nifti_lps
     from pipeline.models import DEFAULT_BUNDLE_DIR, load_bundle
     from pipeline.params import ChainParams
     from pipeline.types import InvalidInputError, ModelBundleError
@@ -82,8 +85,11 @@ def run(args: argparse.Namespace) -> int:
             if not files:
                 return _fail(f"{source} holds no files; pass a folder with one DICOM CT series")
             volume, sources = load_series(files)
-        elif source.is_file() and _is_nifti(source):
-            volume, nifti_grid = read_nifti(source)
+        elif source.is_file() and is_nifti(source):
+            volume, nifti_grid = read_nifti_lps(source)
+            if not nifti_grid.axial:
+                log.warning("the NIfTI file's slice axis is not axial; slices are reported as z indices of "
+                            "the LPS-oriented volume")
         else:
             return _fail(f"{source} is neither a DICOM series folder nor a NIfTI file (.nii, .nii.gz)")
     except SeriesRejected as e:
@@ -185,51 +191,7 @@ def _details(result, volume, summary: dict, files: list[str]) -> dict[str, Any]:
     }
 
 
-def _is_nifti(path: Path) -> bool:
-    return path.name.lower().endswith((".nii", ".nii.gz"))
-
-
-def read_nifti(path: Path):
-    """A NIfTI volume reoriented to LPS axes, as DICOM series and the training data are
-    (NIfTI files are often stored flipped, RAS), and the file's own grid for saving the
-    mask back onto it.
-
-    When the file's slice axis is the volume's z axis (possibly reversed), each z slice
-    is labelled with the file's slice index (``slice_numbers``), so the reported slices
-    are the file's own.
-    """
-    from pipeline.datasets.images import check_ct_image, image_to_volume, read_nifti_image, reorient_to_lps
-
-    image = read_nifti_image(path)
-    check_ct_image(image, path)  # before reorienting, which needs a 3-D image
-    grid = _Grid(image.GetSize(), image.GetSpacing(), image.GetOrigin(), image.GetDirection())
-    oriented = reorient_to_lps(image, path)
-    del image
-    nz = oriented.GetSize()[2]
-    file_axes = np.asarray(grid.direction, dtype=float).reshape(3, 3)
-    z_axis = np.asarray(oriented.GetDirection(), dtype=float).reshape(3, 3)[:, 2]
-    along = file_axes.T @ z_axis  # the volume's z axis in the file's index axes
-    numbers: tuple[int, ...] = ()
-    if abs(abs(along[2]) - 1.0) < 1e-3 and along[2] < 0:
-        numbers = tuple(range(nz - 1, -1, -1))  # the file stores slices top to bottom
-    elif abs(abs(along[2]) - 1.0) >= 1e-3:
-        log.warning("the NIfTI file's slice axis is not axial; slices are reported as z indices of "
-                    "the LPS-oriented volume")
-    volume = image_to_volume(oriented, path, slice_numbers=numbers)
-    return volume, grid
-
-
-class _Grid:
-    """The voxel grid of an input file (SimpleITK x/y/z convention)."""
-
-    def __init__(self, size, spacing, origin, direction) -> None:
-        self.size = tuple(int(v) for v in size)
-        self.spacing = tuple(float(v) for v in spacing)
-        self.origin = tuple(float(v) for v in origin)
-        self.direction = tuple(float(v) for v in direction)
-
-
-def _save_mask(mask: np.ndarray, volume, path: Path, grid: "_Grid | None" = None) -> None:
+def _save_mask(mask: np.ndarray, volume, path: Path, grid: VoxelGrid | None = None) -> None:
     """The lung mask as uint8 NIfTI on the input's grid (SimpleITK x/y/z convention).
 
     ``grid``: the input file's own grid when the volume was reoriented on reading; the

@@ -15,8 +15,9 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from ._args import EXIT_USAGE
+
 log = logging.getLogger(__name__)
-EXIT_USAGE = 2
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -16,6 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from ._args import EXIT_USAGE
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from dicomnode.config import DEFAULT_CONFIG_PATH
@@ -169,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
         cfg = load_config(args.config, check_filesystem=False)
     except ConfigError as e:
         print(f"dicomnode demo: {e}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     port = args.port or cfg.node.port
     paths = data_paths(args.data_dir or cfg.data_dir)
 

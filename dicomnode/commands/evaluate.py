@@ -12,10 +12,9 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from ._args import whole_number
+from ._args import EXIT_USAGE, whole_number
 
 log = logging.getLogger(__name__)
-EXIT_USAGE = 2
 
 
 _non_negative = whole_number(0)

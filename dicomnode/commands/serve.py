@@ -8,6 +8,8 @@ import signal
 import threading
 from pathlib import Path
 
+from ._args import EXIT_USAGE
+
 log = logging.getLogger("dicomnode.serve")
 
 
@@ -53,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
                                   "tls_require_client_cert": args.tls_require_client_cert})
     except (ConfigError, ValueError) as e:
         print(f"dicomnode serve: {e}")
-        return 2
+        return EXIT_USAGE
 
     from dicomnode.node import Node
 

@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ._args import EXIT_USAGE
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from dicomnode.config import DEFAULT_CONFIG_PATH
@@ -127,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
             data_dir = load_config(args.config or DEFAULT_CONFIG_PATH, check_filesystem=False).node.data_dir
         except ConfigError as e:
             print(f"dicomnode status: {e}", file=sys.stderr)
-            return 2
+            return EXIT_USAGE
     db_path = Path(data_dir) / DB_FILE
     if not db_path.is_file():
         print(f"dicomnode status: no node database at {db_path} (has the node run with this data folder?)",

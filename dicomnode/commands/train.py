@@ -14,6 +14,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from ._args import EXIT_USAGE
+
 log = logging.getLogger(__name__)
 
 #: ``--backbone`` presets: (block, layers, widths). resnet152 is the paper's layout.
@@ -24,7 +26,6 @@ BACKBONES: dict[str, tuple[str, tuple[int, ...], tuple[int, ...]]] = {
     "tiny": ("basic", (1, 1, 1, 1), (16, 32, 64, 128)),
 }
 DEFAULT_UNET_FEATURES = (8, 16, 32, 64, 64, 8)
-EXIT_USAGE = 2
 
 
 def _ints(text: str) -> tuple[int, ...]:

@@ -11,6 +11,7 @@ order SimpleITK sorts them in, so that ``slice_uids`` stay with their slices.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -24,6 +25,8 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "is_nifti",
     "read_volume",
+    "read_nifti_lps",
+    "VoxelGrid",
     "read_mask",
     "read_slice_stack",
     "slice_number",
@@ -115,6 +118,46 @@ def _read_dicom_folder(folder: Path) -> CTVolume:
     if len(keep_numbers) != len(numbers):
         keep_numbers = []
     return image_to_volume(image, folder, keep_uids, keep_numbers)
+
+
+@dataclass(frozen=True)
+class VoxelGrid:
+    """The voxel grid of an input file (SimpleITK x/y/z convention)."""
+
+    size: tuple[int, ...]
+    spacing: tuple[float, ...]
+    origin: tuple[float, ...]
+    direction: tuple[float, ...]
+    #: The file's slice axis is the LPS volume's z axis (possibly reversed): the volume's
+    #: slices carry the file's own slice indices. False: an oblique or non-axial file.
+    axial: bool = True
+
+
+def read_nifti_lps(path: Path) -> tuple[CTVolume, VoxelGrid]:
+    """A NIfTI volume reoriented to LPS axes, as DICOM series and the training data are
+    (NIfTI files are often stored flipped, RAS), and the file's own grid for saving a
+    mask back onto it.
+
+    When the file's slice axis is the volume's z axis (possibly reversed), each z slice
+    is labelled with the file's slice index (``slice_numbers``), so the reported slices
+    are the file's own; otherwise ``VoxelGrid.axial`` is False and slices are z indices.
+    """
+    image = read_nifti_image(path)
+    check_ct_image(image, path)  # before reorienting, which needs a 3-D image
+    size, spacing, origin, direction = image.GetSize(), image.GetSpacing(), image.GetOrigin(), image.GetDirection()
+    oriented = reorient_to_lps(image, path)
+    del image
+    nz = oriented.GetSize()[2]
+    file_axes = np.asarray(direction, dtype=float).reshape(3, 3)
+    z_axis = np.asarray(oriented.GetDirection(), dtype=float).reshape(3, 3)[:, 2]
+    along = file_axes.T @ z_axis  # the volume's z axis in the file's index axes
+    axial = abs(abs(along[2]) - 1.0) < 1e-3
+    numbers: tuple[int, ...] = ()
+    if axial and along[2] < 0:
+        numbers = tuple(range(nz - 1, -1, -1))  # the file stores slices top to bottom
+    grid = VoxelGrid(tuple(int(v) for v in size), tuple(float(v) for v in spacing),
+                     tuple(float(v) for v in origin), tuple(float(v) for v in direction), axial)
+    return image_to_volume(oriented, path, slice_numbers=numbers), grid
 
 
 def read_volume(path: Path, orient_lps: bool = False) -> CTVolume:
