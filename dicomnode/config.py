@@ -391,6 +391,33 @@ class FhirDestination(_Frozen):
         return self.name or self.key
 
 
+class Hl7Destination(_Frozen):
+    """``[[hl7_destinations]]``: a RIS/EHR interface engine that gets each analysis as an
+    HL7 v2.5 ORU^R01 over MLLP (dicomnode.hl7), with the DICOM deliveries' durable retries."""
+
+    name: str = ""
+    host: str
+    port: int = Field(ge=1, le=65535)
+    #: MSH-5 and MSH-6 of the messages (as the interface engine expects them).
+    receiving_application: str = ""
+    receiving_facility: str = ""
+    #: MSH-4: our facility.
+    sending_facility: str = ""
+    #: MLLP over TLS, the server checked against ``tls_ca_file`` (else the system's CAs).
+    tls: bool = False
+    tls_ca_file: Path | None = None
+    timeout_s: float = Field(30.0, gt=0)
+
+    @property
+    def key(self) -> str:
+        """How deliveries and ``status`` name this destination."""
+        return f"HL7@{self.host}:{self.port}"
+
+    @property
+    def label(self) -> str:
+        return self.name or self.key
+
+
 class HousekeepingSection(_Frozen):
     """``[housekeeping]``: when delivered series and their results are deleted
     (dicomnode.housekeeping); both rules off by default: nothing is deleted."""
@@ -411,6 +438,7 @@ class NodeConfig(_Frozen):
     housekeeping: HousekeepingSection = HousekeepingSection()
     destinations: tuple[Destination, ...] = ()
     fhir_destinations: tuple[FhirDestination, ...] = ()
+    hl7_destinations: tuple[Hl7Destination, ...] = ()
     #: The file this came from (None: built in code).
     source: Path | None = None
 
@@ -453,7 +481,7 @@ def _unknown_keys(where: str, given: Iterable[str], known: Iterable[str]) -> lis
 
 def _structure_problems(raw: Mapping[str, Any]) -> list[str]:
     """Unknown sections/keys, with suggestions (pydantic would only say 'extra')."""
-    top_known = [*_SECTIONS, "destinations", "fhir_destinations"]
+    top_known = [*_SECTIONS, "destinations", "fhir_destinations", "hl7_destinations"]
     problems = _unknown_keys("top level", raw, top_known)
     for name, model in _SECTIONS.items():
         if isinstance(raw.get(name), dict):
@@ -467,19 +495,20 @@ def _structure_problems(raw: Mapping[str, Any]) -> list[str]:
         for i, d in enumerate(dests):
             if isinstance(d, dict):
                 problems += _unknown_keys(f"[[destinations]] #{i + 1}", d, Destination.model_fields)
-    fhir = raw.get("fhir_destinations", [])
-    if not isinstance(fhir, list):
-        problems.append("'fhir_destinations' must be a list of tables ([[fhir_destinations]])")
-    else:
-        for i, d in enumerate(fhir):
+    for table, model in (("fhir_destinations", FhirDestination), ("hl7_destinations", Hl7Destination)):
+        given = raw.get(table, [])
+        if not isinstance(given, list):
+            problems.append(f"'{table}' must be a list of tables ([[{table}]])")
+            continue
+        for i, d in enumerate(given):
             if isinstance(d, dict):
-                problems += _unknown_keys(f"[[fhir_destinations]] #{i + 1}", d, FhirDestination.model_fields)
+                problems += _unknown_keys(f"[[{table}]] #{i + 1}", d, model.model_fields)
     return problems
 
 
 def _plain(err: Mapping[str, Any]) -> str:
     loc = [str(p) for p in err["loc"]]
-    if len(loc) >= 2 and loc[0] in ("destinations", "fhir_destinations") and loc[1].isdigit():
+    if len(loc) >= 2 and loc[0] in ("destinations", "fhir_destinations", "hl7_destinations") and loc[1].isdigit():
         where = f"[[{loc[0]}]] #{int(loc[1]) + 1}" + (f" {'.'.join(loc[2:])}" if loc[2:] else "")
     elif loc:
         where = f"[{loc[0]}] {'.'.join(loc[1:])}" if len(loc) > 1 else loc[0]
@@ -553,6 +582,16 @@ def _semantic_problems(cfg: NodeConfig) -> list[str]:
 
     problems += tls_problems(cfg.node, cfg.destinations)
     problems += _fhir_problems(cfg.fhir_destinations)
+    seen: dict[str, int] = {}
+    for i, h in enumerate(cfg.hl7_destinations):
+        if h.key in seen:
+            problems.append(f"[[hl7_destinations]] #{i + 1}: duplicate of #{seen[h.key] + 1} ({h.key}); "
+                            f"messages would be sent twice")
+        seen.setdefault(h.key, i)
+        if h.tls_ca_file is not None and not h.tls_ca_file.is_file():
+            problems.append(f"[[hl7_destinations]] #{i + 1}: tls_ca_file {h.tls_ca_file} does not exist")
+        if h.tls_ca_file is not None and not h.tls:
+            problems.append(f"[[hl7_destinations]] #{i + 1}: tls_ca_file is set but tls is false; set tls = true")
     return problems
 
 
@@ -585,10 +624,10 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
         raw["node"] = _resolve_tls_files(node, base)
     if isinstance(raw.get("destinations"), list):
         raw["destinations"] = [_resolve_tls_files(d, base) if isinstance(d, dict) else d for d in raw["destinations"]]
-    if isinstance(raw.get("fhir_destinations"), list):
-        raw["fhir_destinations"] = [
-            {**d, "ca_file": str((base / d["ca_file"]).resolve())} if isinstance(d, dict)
-            and isinstance(d.get("ca_file"), str) else d for d in raw["fhir_destinations"]]
+    for table, key in (("fhir_destinations", "ca_file"), ("hl7_destinations", "tls_ca_file")):
+        if isinstance(raw.get(table), list):
+            raw[table] = [{**d, key: str((base / d[key]).resolve())} if isinstance(d, dict)
+                          and isinstance(d.get(key), str) else d for d in raw[table]]
     return raw
 
 

@@ -30,7 +30,7 @@ from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 
-from .config import DeliverySection, Destination, FhirDestination, NodeSection
+from .config import DeliverySection, Destination, FhirDestination, Hl7Destination, NodeSection
 from .db import Database, now
 from .queue import JobQueue, JobState
 from .tls import client_context
@@ -59,6 +59,8 @@ PENDING, SENT, FAILED = DeliveryState.PENDING.value, DeliveryState.SENT.value, D
 
 #: The kind of a job's FHIR Bundle among its written objects (dicomnode.fhir).
 FHIR_KIND = "fhir"
+#: The kind of a job's HL7 v2 ORU^R01 message (dicomnode.hl7).
+HL7_KIND = "hl7"
 #: Transfer syntaxes proposed for every object, besides the one it was written in.
 PROPOSED_TRANSFER_SYNTAXES: tuple[str, ...] = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 
@@ -110,17 +112,20 @@ class Delivery:
     def __init__(self, db: Database, destinations: Sequence[Destination], settings: DeliverySection,
                  results_root: Path, calling_ae: str, audit: Callable[..., None] | None = None,
                  queue: JobQueue | None = None, network_timeout_s: float = DEFAULT_NETWORK_TIMEOUT_S,
-                 fhir_destinations: Sequence[FhirDestination] = ()) -> None:
+                 fhir_destinations: Sequence[FhirDestination] = (),
+                 hl7_destinations: Sequence[Hl7Destination] = ()) -> None:
         """``audit``: told of each run's outcome per destination (dicomnode.audit); ``queue``:
         the owner of job states (a job's state follows its deliveries); ``network_timeout_s``:
         ``[node] network_timeout_s``, the longest wait for a destination's answer;
-        ``fhir_destinations``: FHIR servers, sent the jobs' ``fhir`` objects (Bundles)."""
+        ``fhir_destinations``: FHIR servers, sent the jobs' ``fhir`` objects (Bundles);
+        ``hl7_destinations``: MLLP receivers, sent the jobs' ``hl7`` objects (ORU^R01)."""
         self.db = db
         self.queue = queue if queue is not None else JobQueue(db)
         self.network_timeout_s = network_timeout_s
         self.audit = audit
         self.destinations = {destination_key(d): d for d in destinations}
         self.fhir_destinations = {d.key: d for d in fhir_destinations}
+        self.hl7_destinations = {d.key: d for d in hl7_destinations}
         self.settings = settings
         self.results_root = results_root
         self.calling_ae = calling_ae
@@ -138,8 +143,14 @@ class Delivery:
         """
         count = 0
         for kind, sop_uid, path in written:
-            wanted = list(self.fhir_destinations) if kind == FHIR_KIND else \
-                [key for key, dest in self.destinations.items() if kind in dest.objects]
+            if kind == FHIR_KIND:
+                wanted = list(self.fhir_destinations)
+            elif kind == HL7_KIND:  # one message per destination, tagged with it (dicomnode.hl7)
+                from .hl7 import destination_tag
+
+                wanted = [k for k in self.hl7_destinations if sop_uid.endswith(f"-{destination_tag(k)}")]
+            else:
+                wanted = [key for key, dest in self.destinations.items() if kind in dest.objects]
             for key in wanted:
                 conn.execute("INSERT OR IGNORE INTO deliveries(job_id, destination, sop_uid, kind, path, state, "
                              "attempts, created, next_try, updated) VALUES (?,?,?,?,?,?,0,?,?,?)",
@@ -186,6 +197,8 @@ class Delivery:
     def _send_to(self, key: str, rows: Sequence[sqlite3.Row]) -> int:
         if key in self.fhir_destinations:
             return self._send_fhir(self.fhir_destinations[key], rows)
+        if key in self.hl7_destinations:
+            return self._send_hl7(self.hl7_destinations[key], rows)
         dest = self.destinations.get(key)
         if dest is None:
             self._fail(rows, f"destination {key} is no longer configured")
@@ -267,6 +280,34 @@ class Delivery:
             sent += 1
         if sent:
             log.info("sent %d FHIR report(s) to %s", sent, dest.label)
+        return sent
+
+    def _send_hl7(self, dest: Hl7Destination, rows: Sequence[sqlite3.Row]) -> int:
+        """Send each ORU^R01 over MLLP; anything but an AA acknowledgement is retried."""
+        import ssl
+
+        from .hl7 import Hl7Error, message_control_id, send_mllp
+
+        tls = ssl.create_default_context(cafile=str(dest.tls_ca_file) if dest.tls_ca_file else None) \
+            if dest.tls else None
+        sent = 0
+        for row in rows:
+            try:
+                # Bytes, decoded: read_text would turn the CR segment separators into LF.
+                message = (self.results_root / row["path"]).read_bytes().decode("utf-8")
+                control_id = message_control_id(message)
+            except (OSError, Hl7Error) as e:
+                self._fail([row], f"result file {row['path']} cannot be read: {e}")
+                continue
+            try:
+                send_mllp(dest.host, dest.port, message, control_id, dest.timeout_s, tls)
+            except Hl7Error as e:
+                self._retry([row], str(e))
+                continue
+            self._mark_sent(row)
+            sent += 1
+        if sent:
+            log.info("sent %d HL7 message(s) to %s", sent, dest.label)
         return sent
 
     def _mark_sent(self, row: sqlite3.Row) -> None:

@@ -117,7 +117,8 @@ class Node:
             self.delivery = Delivery(self.db, cfg.destinations, cfg.delivery, self.paths["results"],
                                      cfg.node.ae_title, audit=self.audit.record, queue=self.queue,
                                      network_timeout_s=cfg.node.network_timeout_s,
-                                     fhir_destinations=cfg.fhir_destinations)
+                                     fhir_destinations=cfg.fhir_destinations,
+                                     hl7_destinations=cfg.hl7_destinations)
             self.assembler = SeriesAssembler(self.db, self.queue, cfg.selection, cfg.node.quiet_seconds,
                                              on_enqueued=self._job_enqueued, read_header=self._read_header)
             self.workers = [Worker(cfg, self.queue, self.assembler, self.delivery, self.store.root,

@@ -63,15 +63,36 @@ def persist_fhir_bundle(summary: dict, result: Any, sources: Sequence[Any], job_
     first = sources[0]
     bundle = build_report_bundle(summary, refs_from_sources(first, keys), f"{first.SeriesInstanceUID}/job-{job_id}")
     path = job_dir / "fhir" / "report.json"
+    _write_text_durably(path, bundle.model_dump_json(indent=1))
+    return "fhir", f"fhir-job-{job_id}", str(path.relative_to(job_dir.parent))
+
+
+def _write_text_durably(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(bundle.model_dump_json(indent=1))
+    with open(tmp, "w", encoding="utf-8", newline="") as f:
+        f.write(text)
         f.flush()
         os.fsync(f.fileno())
     tmp.replace(path)
     fsync_dir(path.parent)
-    return "fhir", f"fhir-job-{job_id}", str(path.relative_to(job_dir.parent))
+
+
+def persist_hl7_message(summary: dict, result: Any, sources: Sequence[Any], job_dir: Path, job_id: int,
+                        dest: Any) -> tuple[str, str, str]:
+    """Write the job's ORU^R01 for one HL7 destination (its MSH-5/6) durably; returns its
+    written-object row (kind ``hl7``, one per destination: each has its own header)."""
+    from dicomnode.fhir import refs_from_sources
+    from dicomnode.hl7 import build_oru, destination_tag
+
+    first = sources[0]
+    tag = destination_tag(dest.key)
+    control_id = f"{job_id}-{tag}"  # MSH-10: unique per job and destination, <= 20 characters
+    message = build_oru(summary, refs_from_sources(first, []), str(getattr(first, "PatientName", "") or ""),
+                        control_id, dest.receiving_application, dest.receiving_facility, dest.sending_facility)
+    path = job_dir / "hl7" / f"oru-{tag}.hl7"
+    _write_text_durably(path, message)
+    return "hl7", f"hl7-{job_id}-{tag}", str(path.relative_to(job_dir.parent))
 
 
 def persist_results(objects: Mapping[str, Sequence], job_dir: Path, summary: dict | None) -> list[tuple[str, str, str]]:
@@ -259,6 +280,8 @@ class Worker:
             written = persist_results(objects, job_dir, summary)
             if self.cfg.fhir_destinations:
                 written.append(persist_fhir_bundle(summary, result, sources, job_dir, job.id))
+            for dest in self.cfg.hl7_destinations:
+                written.append(persist_hl7_message(summary, result, sources, job_dir, job.id, dest))
         except OSError as e:
             if e.errno not in DISK_FULL_ERRNOS:
                 raise
