@@ -148,15 +148,77 @@ def _posterior_limits(an: Anatomy, look: Look) -> float:
     return max(wall + 3.0, body - look.compress)
 
 
+@dataclass
+class _Frame:
+    """What every slice of the painter shares: the body's box (``rows``, ``cols``), its
+    pixel coordinates and per-pixel profiles, and the height-only look-up tables (one
+    row per fine slice)."""
+
+    rows: slice
+    cols: slice
+    X: np.ndarray
+    Y: np.ndarray
+    R: np.ndarray
+    TI: np.ndarray
+    qd: list[np.ndarray]
+    qa: list[np.ndarray]
+    obl: list[np.ndarray]
+    hor: np.ndarray
+    ynorm: np.ndarray
+    ysurf: np.ndarray
+    levels: np.ndarray
+    lev_dz: float
+    parenchyma0: float
+    fis_w: float
+    fis_amp: float
+    scap_dist: list[np.ndarray]
+    liver_hu: float
+    spleen_hu: float
+    eff_wy: list[np.ndarray]
+    lut_c: np.ndarray
+    lut_w: np.ndarray
+    lut_b: np.ndarray
+    band_x0: np.ndarray
+    band_w0: np.ndarray
+    band_f: np.ndarray
+    band_wave: np.ndarray
+    spine_all: np.ndarray
+    cav_rows: list[slice]
+    cav_cols: list[slice]
+
+
 def paint_slices(grid: Grid, an: Anatomy, look: Look, effusions: Sequence[Effusion], seed: int) -> Painted:
-    f32 = np.float32
-    con: Contrast = look.contrast
-    hu = np.empty(grid.shape_fine, dtype=f32)
+    hu = np.empty(grid.shape_fine, dtype=np.float32)
     side = np.zeros(grid.shape_fine, dtype=np.int8)
     eff_mask = np.zeros(grid.shape_fine, dtype=bool) if effusions else None
     ysurf0 = _posterior_limits(an, look)
     template = _table(grid, look, ysurf0)
+    fr = _frame(grid, an, look, effusions, seed, ysurf0)
+    if fr is None:
+        for k in range(grid.nzf):
+            hu[k] = template
+        return Painted(hu, side, eff_mask)
+    boxes = {RIGHT: [np.inf, -np.inf] * 3, LEFT: [np.inf, -np.inf] * 3}
+    for k, h in enumerate(grid.h):
+        hu[k] = template
+        eff_k = None if eff_mask is None else eff_mask[k, fr.rows, fr.cols]
+        got = _paint_slice_b(hu[k, fr.rows, fr.cols], side[k, fr.rows, fr.cols], eff_k, k, float(h), fr, an, look,
+                             effusions)
+        for side_id, (r0, r1, c0, c1) in got.items():
+            b = boxes[side_id]
+            r_off, c_off = fr.rows.start + fr.cav_rows[k].start, fr.cols.start + fr.cav_cols[k].start
+            b[:] = [min(b[0], k), max(b[1], k + 1), min(b[2], r0 + r_off), max(b[3], r1 + r_off),
+                    min(b[4], c0 + c_off), max(b[5], c1 + c_off)]
+    lung_boxes = {sd: (slice(int(b[0]), int(b[1])), slice(int(b[2]), int(b[3])), slice(int(b[4]), int(b[5])))
+                  for sd, b in boxes.items() if np.isfinite(b[0])}
+    return Painted(hu, side, eff_mask, lung_boxes)
 
+
+def _frame(grid: Grid, an: Anatomy, look: Look, effusions: Sequence[Effusion], seed: int,
+           ysurf0: float) -> _Frame | None:
+    """The painter's shared frame; None when the body's box is empty."""
+    f32 = np.float32
+    con: Contrast = look.contrast
     # Bounding box of everything but the table.
     ext_x = body_extent(an) + 4.0
     ext_ant = float(_outline_samples(an, lambda th, h: an.cavity_radius(th, h) + an.wall_thickness(th, h)
@@ -167,10 +229,7 @@ def paint_slices(grid: Grid, an: Anatomy, look: Look, effusions: Sequence[Effusi
     X = xs[cols][None, :].astype(f32)
     Y = ys[rows][:, None].astype(f32)
     if X.size == 0 or Y.size == 0:
-        for k in range(grid.nzf):
-            hu[k] = template
-        return Painted(hu, side, eff_mask)
-    boxes = {RIGHT: [np.inf, -np.inf] * 3, LEFT: [np.inf, -np.inf] * 3}
+        return None
     R = np.hypot(X, Y).astype(f32)
     TH = np.arctan2(Y, X)
     TI = (((TH + math.pi) / (2 * math.pi) * N_ANGLES).astype(np.intp)) % N_ANGLES
@@ -186,16 +245,10 @@ def paint_slices(grid: Grid, an: Anatomy, look: Look, effusions: Sequence[Effusi
     # The back rests on the mattress, following the table's curve.
     ysurf = (ysurf0 - _table_curve(grid, look)[:, cols]).astype(f32)
     levels, lev_dz = _texture_levels(grid, an, seed, R.shape)
-    parenchyma0 = an.lung_median - 0.5 * an.gravity
     fis_w = max(FISSURE_W_MM, 0.5 * grid.dzf)
-    fis_amp = an.fissure_hu * FISSURE_W_MM / fis_w  # partial volume: wider, fainter
     # Scapulae: angular distance of each pixel from each scapula's centre line.
     scap_dist = [np.abs((TH - c + math.pi) % (2 * math.pi) - math.pi).astype(f32)
                  for c in (math.pi / 2 + SCAPULA_OFFSET, math.pi / 2 - SCAPULA_OFFSET)]
-    liver_hu = con.liver if con.liver is not None else an.hu_liver
-    spleen_hu = con.spleen if con.spleen is not None else an.hu_spleen
-    eff_wy = [np.clip((Y / an.cav_b - 0.1) / 0.8, 0.0, 1.0).astype(f32) ** 0.7 for _ in effusions]
-
     # Everything that depends on the height only, for all slices at once.
     hs_all = grid.h
     lut_c = an.cavity_radius_cs(cos_a[None], sin_a[None], hs_all[:, None]).astype(f32)
@@ -207,7 +260,6 @@ def paint_slices(grid: Grid, an: Anatomy, look: Look, effusions: Sequence[Effusi
     band_x0, band_w0 = (np.broadcast_to(v, hs_all.shape) for v in an.band(hs_all))
     band_f, band_wave = (np.asarray(v, dtype=f32) for v in an.band_across(Y))
     spine_all = np.stack(np.broadcast_arrays(*an.spine_at(hs_all)), axis=1)
-    i_ant, i_left, i_right = N_ANGLES // 4, N_ANGLES // 2, 0  # angle -pi/2, 0, -pi
     # The cavity's box on each slice (rows, cols of the painter's box), 2 mm margin.
     cx_lo, cx_hi = (lut_c * cos_a[None]).min(axis=1) - 2, (lut_c * cos_a[None]).max(axis=1) + 2
     cy_lo, cy_hi = (lut_c * sin_a[None]).min(axis=1) - 2, (lut_c * sin_a[None]).max(axis=1) + 2
@@ -215,75 +267,89 @@ def paint_slices(grid: Grid, an: Anatomy, look: Look, effusions: Sequence[Effusi
                 for a, b in zip(cy_lo, cy_hi, strict=True)]
     cav_cols = [slice(int(np.searchsorted(X[0], a)), int(np.searchsorted(X[0], b, "right")))
                 for a, b in zip(cx_lo, cx_hi, strict=True)]
+    return _Frame(
+        rows=rows, cols=cols, X=X, Y=Y, R=R, TI=TI, qd=qd, qa=qa, obl=obl, hor=hor, ynorm=ynorm, ysurf=ysurf,
+        levels=levels, lev_dz=lev_dz, parenchyma0=an.lung_median - 0.5 * an.gravity, fis_w=fis_w,
+        fis_amp=an.fissure_hu * FISSURE_W_MM / fis_w,  # partial volume: wider, fainter
+        scap_dist=scap_dist, liver_hu=con.liver if con.liver is not None else an.hu_liver,
+        spleen_hu=con.spleen if con.spleen is not None else an.hu_spleen,
+        eff_wy=[np.clip((Y / an.cav_b - 0.1) / 0.8, 0.0, 1.0).astype(f32) ** 0.7 for _ in effusions],
+        lut_c=lut_c, lut_w=lut_w, lut_b=lut_b, band_x0=band_x0, band_w0=band_w0, band_f=band_f,
+        band_wave=band_wave, spine_all=spine_all, cav_rows=cav_rows, cav_cols=cav_cols)
 
-    for k, h in enumerate(grid.h):
-        h = float(h)
-        t = float(an.t_of(h))
-        hu[k] = template
-        hb = hu[k, rows, cols]
-        sb = side[k, rows, cols]
-        lc, lw, lb = lut_c[k], lut_w[k], lut_b[k]
-        Rc = lc[TI]
-        W = lw[TI]
-        Rb = lb[TI]
-        body = (R < Rb) & (Y < ysurf)
-        hb[body] = an.hu_fat
-        hb[body & ((R > Rb - an.skin) | (Y > ysurf - an.skin))] = an.hu_skin
-        wall = body & (R < Rc + W)
-        hb[wall] = an.hu_muscle
-        hb[wall & (np.abs(R - (Rc + an.fat_plane * W)) < FAT_PLANE_HALF_MM)] = an.hu_fat
-        if t > SCAPULA_T0:
-            half = SCAPULA_HALF_ANGLE * math.sqrt(smoothstep(SCAPULA_T0, SCAPULA_T0 + 0.25, t))
-            plate = np.abs(R - (Rc + 0.62 * W)) < SCAPULA_THICK_MM / 2
-            hb[plate & ((scap_dist[0] < half) | (scap_dist[1] < half))] = HU_SCAPULA
-        # From here on, work in the cavity's own box (a third of the body's box).
-        cr, cc = cav_rows[k], cav_cols[k]
-        hc, Rk, Rck, Xk, Yk = hb[cr, cc], R[cr, cc], Rc[cr, cc], X[:, cc], Y[cr]
-        qdk, qak = [q[cr, cc] for q in qd], [q[cr, cc] for q in qa]
-        cav = Rk < Rck
-        hc[cav] = an.hu_med_fat + (an.hu_soft + 10.0 - an.hu_med_fat) * smoothstep(0.88, 1.05, t)
-        thr = [an.dome_threshold(i, h) for i in (0, 1)]
-        thr_m = [an.dome_threshold(i, h + an.dia_t) for i in (0, 1)]
-        above = (qdk[0] > thr[0]) & (qdk[1] > thr[1])
-        above_m = (qdk[0] > thr_m[0]) & (qdk[1] > thr_m[1])
-        thorax = cav & above
-        hc[cav & above_m & ~above] = an.hu_muscle
-        abdomen = cav & ~above_m
-        if abdomen.any():
-            hc[abdomen] = an.hu_soft
-            hc[abdomen & (Xk < an.liver_x - an.liver_slope * Yk / an.cav_b)] = liver_hu
-            _ellipsoid_organ(hc, abdomen, h, Yk, Xk, an.spleen_c, an.spleen_axes, spleen_hu)
-            _stomach(hc, abdomen, h, Yk, Xk, an)
-        xm, wb = float(band_x0[k]), band_w0[k] * band_f[cr] + band_wave[cr]
-        lung = thorax & (np.abs(Xk - xm) > wb)
-        _heart(hc, lung, thorax, h, Yk, Xk, an, con)
-        sx, sy, sr = (float(v) for v in spine_all[k])
-        lung &= (Xk - sx) ** 2 + (Yk - sy) ** 2 > (sr + an.paravertebral) ** 2
-        right = Xk < xm
-        gap_r, gap_l = an.apex_top[0] - h, an.apex_top[1] - h
-        if gap_r <= 0 and gap_l <= 0:
-            lung[:] = False
-        else:
-            lung &= np.where(right, qak[0] < gap_r / an.apex_k, qak[1] < gap_l / an.apex_k)
-        if lung.any():
-            got = _fill_lungs(hc, sb[cr, cc], None if eff_mask is None else eff_mask[k, rows, cols][cr, cc], lung, h,
-                              xm, Xk, Rk, Rck, levels[:, cr, cc], lev_dz, parenchyma0, ynorm[cr],
-                              [o[cr, cc] for o in obl], hor[cr, cc], fis_w, fis_amp, effusions,
-                              [wy[cr] for wy in eff_wy], an)
-            for side_id, (r0, r1, c0, c1) in got.items():
-                b = boxes[side_id]
-                r_off, c_off = rows.start + cr.start, cols.start + cc.start
-                b[:] = [min(b[0], k), max(b[1], k + 1), min(b[2], r0 + r_off), max(b[3], r1 + r_off),
-                        min(b[4], c0 + c_off), max(b[5], c1 + c_off)]
-        _spine(hb, h, Y, X, sx, sy, sr, an)
-        _sternum(hb, h, Y, X, xm, float(lc[i_ant]), an)
-        if an.arms_down:
-            _arms(hb, h, Y, X, ysurf, (float(lb[i_left]), float(lb[i_right])), an, look)
-        if look.cupping > 0:
-            hb[body] -= (look.cupping * (1.0 - (R / Rb) ** 2))[body]
-    lung_boxes = {sd: (slice(int(b[0]), int(b[1])), slice(int(b[2]), int(b[3])), slice(int(b[4]), int(b[5])))
-                  for sd, b in boxes.items() if np.isfinite(b[0])}
-    return Painted(hu, side, eff_mask, lung_boxes)
+
+def _paint_slice_b(hb: np.ndarray, sb: np.ndarray, eff_b: np.ndarray | None, k: int, h: float, fr: _Frame,
+                   an: Anatomy, look: Look, effusions: Sequence[Effusion]) -> dict:
+    """One fine slice in the body's box (``hb`` HU, ``sb`` lung sides, ``eff_b``
+    effusion); returns the lung boxes ``_fill_lungs`` found, relative to the cavity's box."""
+    X, Y, R = fr.X, fr.Y, fr.R
+    t = float(an.t_of(h))
+    lc, lw, lb = fr.lut_c[k], fr.lut_w[k], fr.lut_b[k]
+    Rc = lc[fr.TI]
+    W = lw[fr.TI]
+    Rb = lb[fr.TI]
+    body = (R < Rb) & (Y < fr.ysurf)
+    hb[body] = an.hu_fat
+    hb[body & ((R > Rb - an.skin) | (Y > fr.ysurf - an.skin))] = an.hu_skin
+    wall = body & (R < Rc + W)
+    hb[wall] = an.hu_muscle
+    hb[wall & (np.abs(R - (Rc + an.fat_plane * W)) < FAT_PLANE_HALF_MM)] = an.hu_fat
+    if t > SCAPULA_T0:
+        half = SCAPULA_HALF_ANGLE * math.sqrt(smoothstep(SCAPULA_T0, SCAPULA_T0 + 0.25, t))
+        plate = np.abs(R - (Rc + 0.62 * W)) < SCAPULA_THICK_MM / 2
+        hb[plate & ((fr.scap_dist[0] < half) | (fr.scap_dist[1] < half))] = HU_SCAPULA
+    got, xm, (sx, sy, sr) = _paint_cavity(hb, sb, eff_b, k, h, t, Rc, fr, an, look, effusions)
+    i_ant, i_left, i_right = N_ANGLES // 4, N_ANGLES // 2, 0  # angle -pi/2, 0, -pi
+    _spine(hb, h, Y, X, sx, sy, sr, an)
+    _sternum(hb, h, Y, X, xm, float(lc[i_ant]), an)
+    if an.arms_down:
+        _arms(hb, h, Y, X, fr.ysurf, (float(lb[i_left]), float(lb[i_right])), an, look)
+    if look.cupping > 0:
+        hb[body] -= (look.cupping * (1.0 - (R / Rb) ** 2))[body]
+    return got
+
+
+def _paint_cavity(hb: np.ndarray, sb: np.ndarray, eff_b: np.ndarray | None, k: int, h: float, t: float,
+                  Rc: np.ndarray, fr: _Frame, an: Anatomy, look: Look, effusions: Sequence[Effusion],
+                  ) -> tuple[dict, float, tuple[float, float, float]]:
+    """The thoracic cavity of one slice, in its own box (a third of the body's box):
+    mediastinal fat, diaphragm, abdomen, heart, lungs. Returns the lung boxes, the
+    mediastinal band's centre and the spine (x, y, radius)."""
+    cr, cc = fr.cav_rows[k], fr.cav_cols[k]
+    hc, Rk, Rck, Xk, Yk = hb[cr, cc], fr.R[cr, cc], Rc[cr, cc], fr.X[:, cc], fr.Y[cr]
+    qdk, qak = [q[cr, cc] for q in fr.qd], [q[cr, cc] for q in fr.qa]
+    cav = Rk < Rck
+    hc[cav] = an.hu_med_fat + (an.hu_soft + 10.0 - an.hu_med_fat) * smoothstep(0.88, 1.05, t)
+    thr = [an.dome_threshold(i, h) for i in (0, 1)]
+    thr_m = [an.dome_threshold(i, h + an.dia_t) for i in (0, 1)]
+    above = (qdk[0] > thr[0]) & (qdk[1] > thr[1])
+    above_m = (qdk[0] > thr_m[0]) & (qdk[1] > thr_m[1])
+    thorax = cav & above
+    hc[cav & above_m & ~above] = an.hu_muscle
+    abdomen = cav & ~above_m
+    if abdomen.any():
+        hc[abdomen] = an.hu_soft
+        hc[abdomen & (Xk < an.liver_x - an.liver_slope * Yk / an.cav_b)] = fr.liver_hu
+        _ellipsoid_organ(hc, abdomen, h, Yk, Xk, an.spleen_c, an.spleen_axes, fr.spleen_hu)
+        _stomach(hc, abdomen, h, Yk, Xk, an)
+    xm, wb = float(fr.band_x0[k]), fr.band_w0[k] * fr.band_f[cr] + fr.band_wave[cr]
+    lung = thorax & (np.abs(Xk - xm) > wb)
+    _heart(hc, lung, thorax, h, Yk, Xk, an, look.contrast)
+    sx, sy, sr = (float(v) for v in fr.spine_all[k])
+    lung &= (Xk - sx) ** 2 + (Yk - sy) ** 2 > (sr + an.paravertebral) ** 2
+    right = Xk < xm
+    gap_r, gap_l = an.apex_top[0] - h, an.apex_top[1] - h
+    if gap_r <= 0 and gap_l <= 0:
+        lung[:] = False
+    else:
+        lung &= np.where(right, qak[0] < gap_r / an.apex_k, qak[1] < gap_l / an.apex_k)
+    got: dict = {}
+    if lung.any():
+        got = _fill_lungs(hc, sb[cr, cc], None if eff_b is None else eff_b[cr, cc], lung, h,
+                          xm, Xk, Rk, Rck, fr.levels[:, cr, cc], fr.lev_dz, fr.parenchyma0, fr.ynorm[cr],
+                          [o[cr, cc] for o in fr.obl], fr.hor[cr, cc], fr.fis_w, fr.fis_amp, effusions,
+                          [wy[cr] for wy in fr.eff_wy], an)
+    return got, xm, (sx, sy, sr)
 
 
 def _fill_lungs(hb: np.ndarray, sb: np.ndarray, eff: np.ndarray | None, lung: np.ndarray, h: float, xm: float,
