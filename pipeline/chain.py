@@ -32,11 +32,12 @@ from .models import ModelBundle
 from .params import ChainParams
 from .phenotype import compute_phenotype
 from .preprocess import lung_slice_indices, min_lung_pixels_for, sample_slices
+from .severity import quantify_severity
 from .types import AnalysisResult, CTVolume, LesionPattern, LungMask, NotAChestCTError
 
 #: Keys of AnalysisResult.timings_s, in chain order.
 STAGES = ("lung_segmentation", "classification", "domain_check", "fusion", "locating", "lesion_pattern", "decision",
-          "explanation", "phenotype")
+          "severity", "explanation", "phenotype")
 
 
 def sized_for(params: ChainParams, arch: Mapping[str, Any] | None, field: str = "input_size") -> ChainParams:
@@ -117,6 +118,11 @@ def analyze(volume: CTVolume, models: ModelBundle, params: ChainParams) -> Analy
     decision = decide(case, infected, domain, op, lesion, pattern)
     lap("decision")
 
+    severity = None
+    if lung.lesion is not None and decision.value != "out_of_domain":
+        severity = quantify_severity(lung.mask, lung.lesion, volume.voxel_volume_ml, volume.hu)
+    lap("severity")
+
     attention: tuple = ()
     if decision.value != "out_of_domain":  # nothing the model can stand behind to explain
         target, explain_z = select_slices(case, slice_scores, infected, params, decision.value)
@@ -143,4 +149,5 @@ def analyze(volume: CTVolume, models: ModelBundle, params: ChainParams) -> Analy
         timings_s=timings,
         lesion=lesion,
         lesion_pattern=pattern,
+        severity=severity,
     )

@@ -20,11 +20,9 @@ stray voxel of a lesion map is not an involved lobe.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
-from .types import InvalidInputError
+from .types import InvalidInputError, Involvement, Severity
 
 #: Lobe labels of a lobe map (0 = not lung), in the order reports list them.
 LOBES: tuple[str, ...] = ("right_upper", "right_middle", "right_lower", "left_upper", "left_lower")
@@ -40,42 +38,6 @@ MOSMED_GRADE_BOUNDS: tuple[float, ...] = (25.0, 50.0, 75.0)
 
 class SeverityError(InvalidInputError):
     """Masks that cannot be quantified together (shapes, labels)."""
-
-
-@dataclass(frozen=True)
-class Involvement:
-    """One region's lesion volumes and share (``name``: a lobe name or "lungs")."""
-
-    name: str
-    volume_ml: float
-    lesion_ml: float
-    ggo_ml: float
-    consolidation_ml: float
-    involvement_percent: float
-    score: int  # 0-5 for a lobe; for the lungs the MosMedData grade 0-4
-
-    def __post_init__(self) -> None:
-        if not (self.volume_ml >= 0 and self.lesion_ml >= 0 and 0.0 <= self.involvement_percent <= 100.0):
-            raise SeverityError(f"{self.name}: volumes or share out of range")
-
-
-@dataclass(frozen=True)
-class Severity:
-    """Whole-lung involvement, the MosMedData grade and, with lobes, each lobe and the
-    CT severity score (None without all five lobes)."""
-
-    lungs: Involvement
-    lobes: tuple[Involvement, ...]
-    ct_severity_score: int | None
-    consolidation_hu: float
-
-    @property
-    def mosmed_grade(self) -> int:
-        return self.lungs.score
-
-    @property
-    def mosmed_label(self) -> str:
-        return f"CT-{self.lungs.score}"
 
 
 def lobe_score(percent: float) -> int:

@@ -139,6 +139,42 @@ class LesionBurden:
 
 
 @dataclass(frozen=True)
+class Involvement:
+    """Severity (pipeline.severity): one region's lesion volumes and share (``name``: a lobe name or "lungs")."""
+
+    name: str
+    volume_ml: float
+    lesion_ml: float
+    ggo_ml: float
+    consolidation_ml: float
+    involvement_percent: float
+    score: int  # 0-5 for a lobe; for the lungs the MosMedData grade 0-4
+
+    def __post_init__(self) -> None:
+        _require(self.volume_ml >= 0 and self.lesion_ml >= 0 and 0.0 <= self.involvement_percent <= 100.0,
+                 f"Involvement {self.name}: volumes or share out of range")
+
+
+@dataclass(frozen=True)
+class Severity:
+    """Whole-lung involvement, the MosMedData grade and, with lobes, each lobe and the
+    CT severity score (None without all five lobes)."""
+
+    lungs: Involvement
+    lobes: tuple[Involvement, ...]
+    ct_severity_score: int | None
+    consolidation_hu: float
+
+    @property
+    def mosmed_grade(self) -> int:
+        return self.lungs.score
+
+    @property
+    def mosmed_label(self) -> str:
+        return f"CT-{self.lungs.score}"
+
+
+@dataclass(frozen=True)
 class LesionPattern:
     """The lesion map's pattern (pipeline.lesion_pattern): named features and the class
     probabilities the bundle's lesion pattern model gives them (None: no such model)."""
@@ -326,6 +362,22 @@ class AnalysisResult:
     lesion: LesionBurden | None = None
     #: Where the lesions lie and what type that points to; None without a lesion map.
     lesion_pattern: LesionPattern | None = None
+    #: How much of the lungs (and lobes) the lesions involve; None without a lesion map or
+    #: out of domain (the map of a study unlike the training data is not measured).
+    severity: Severity | None = None
+
+    def _severity_summary(self) -> dict:
+        s = self.severity
+        return {
+            "lung_involvement_percent": None if s is None else round(s.lungs.involvement_percent, 2),
+            "mosmed_grade": None if s is None else s.mosmed_label,
+            "ct_severity_score": None if s is None else s.ct_severity_score,
+            "ggo_volume_ml": None if s is None else round(s.lungs.ggo_ml, 1),
+            "consolidation_volume_ml": None if s is None else round(s.lungs.consolidation_ml, 1),
+            "lobes": [] if s is None else [
+                {"name": lobe.name, "involvement_percent": round(lobe.involvement_percent, 2), "score": lobe.score}
+                for lobe in s.lobes],
+        }
 
     def summary(self, volume: CTVolume) -> dict:
         """The JSON summary that ``dicomnode analyze`` prints."""
@@ -345,6 +397,7 @@ class AnalysisResult:
             "lesion_pattern_probabilities": (
                 None if self.lesion_pattern is None or self.lesion_pattern.probabilities is None
                 else {k: round(float(v), 4) for k, v in self.lesion_pattern.probabilities.items()}),
+            **self._severity_summary(),
             "lung_segmentation": self.lung_mask.method,
             "model": {"name": self.model.name, "version": self.model.version, "sha256": self.model.sha256},
             "timings_s": {k: round(float(v), 3) for k, v in self.timings_s.items()},

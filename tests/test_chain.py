@@ -57,6 +57,15 @@ def test_analyze_end_to_end_on_a_phantom(bundle, phantom) -> None:
     assert set(summary["probabilities"]) == set(CLASS_NAMES)
     assert set(summary["tasks"]) == set(TASK_NAMES)
     assert summary["infected_slices"] == [phantom.volume.slice_label(z) for z in r.infected.z_indices]
+    if r.lung_mask.lesion is not None and r.decision.value != "out_of_domain":  # severity of its lesion map
+        lesion_in_lung = np.count_nonzero(r.lung_mask.lesion & r.lung_mask.mask)
+        assert summary["lung_involvement_percent"] == pytest.approx(
+            100 * lesion_in_lung / np.count_nonzero(r.lung_mask.mask), abs=0.01) or lesion_in_lung * \
+            phantom.volume.voxel_volume_ml < 0.1
+        assert summary["mosmed_grade"].startswith("CT-") and summary["lobes"] == []
+        assert summary["ct_severity_score"] is None  # no lobe map yet
+    else:
+        assert summary["lung_involvement_percent"] is None and summary["mosmed_grade"] is None
 
 
 def test_analyze_is_deterministic(bundle, phantom) -> None:
