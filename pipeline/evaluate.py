@@ -78,6 +78,8 @@ class CaseRecord:
     lesion_share: float | None = None  # U-Net lesion share of the lung (None: no lesion map)
     lesion_overlap: tuple[int, int, int] | None = None  # lesion voxels (predicted & truth, predicted, truth)
     pattern_probabilities: np.ndarray | None = None  # (4,) the lesion pattern model's, CLASS_NAMES order
+    involvement_percent: float | None = None  # pipeline.severity: the lesion map's share of the lung mask
+    involvement_truth_percent: float | None = None  # the truth lesion mask's share of the truth lung mask
 
     def __post_init__(self) -> None:
         if self.truth not in CLASS_NAMES:
@@ -160,6 +162,12 @@ def record_from_result(case: Any, result: Any, lung_mask: np.ndarray | None, les
         lesion_overlap = (int(np.count_nonzero(predicted_lesion & truth_lesion)),
                           int(np.count_nonzero(predicted_lesion)), int(np.count_nonzero(truth_lesion)))
     inclusion, heat_in, heat_les = _mask_figures(result, lung_mask, lesion_mask)
+    severity = getattr(result, "severity", None)
+    truth_involvement = None
+    if lesion_mask is not None and lung_mask is not None and np.any(lung_mask):
+        truth_lung = np.asarray(lung_mask, bool)
+        truth_involvement = 100.0 * np.count_nonzero(np.asarray(lesion_mask, bool) & truth_lung) / \
+            np.count_nonzero(truth_lung)
     pattern = getattr(result, "lesion_pattern", None)
     pattern_probs = None
     if pattern is not None and pattern.probabilities is not None:
@@ -182,6 +190,8 @@ def record_from_result(case: Any, result: Any, lung_mask: np.ndarray | None, les
         slice_flagged=slice_flagged, slice_lesion_mm2=slice_lesion_mm2,
         lesion_share=None if burden is None else float(burden.lung_share), lesion_overlap=lesion_overlap,
         pattern_probabilities=pattern_probs,
+        involvement_percent=None if severity is None else float(severity.lungs.involvement_percent),
+        involvement_truth_percent=truth_involvement,
     )
 
 
@@ -525,7 +535,37 @@ def _lesion_figures(records: Sequence[CaseRecord], eval_params: EvalParams, skip
                                           "max": float(share[sel].max())}
         out["lesion_share"] = entry
     out.update(_pattern_figures(records, eval_params, skipped))
+    out.update(_severity_figures(records, eval_params, skipped))
     return out
+
+
+def _severity_figures(records: Sequence[CaseRecord], eval_params: EvalParams,
+                      skipped: dict[str, int]) -> dict[str, Any]:
+    """Whole-lung involvement (pipeline.severity) against the truth masks: mean absolute
+    and mean signed error in percentage points, the involvement given to non-pneumonia
+    cases, and agreement of the MosMedData grades the two involvements fall in."""
+    from .severity import mosmed_grade
+
+    rows = [r for r in records if r.involvement_percent is not None and r.involvement_truth_percent is not None]
+    if not rows:
+        return {}
+    pred = np.array([r.involvement_percent for r in rows], dtype=np.float64)
+    true = np.array([r.involvement_truth_percent for r in rows], dtype=np.float64)
+    healthy = np.array([r.truth == "non_pneumonia" for r in rows], dtype=bool)
+    f = _Figures(len(rows), eval_params, skipped, "severity.")
+    entry: dict[str, Any] = {
+        "n_cases": len(rows),
+        "cohort": "cases with truth lung and lesion masks and a stated severity (not out of domain)",
+        "involvement_mae_points": f("involvement_mae_points", lambda j: float(np.mean(np.abs(pred[j] - true[j])))),
+        "involvement_bias_points": f("involvement_bias_points", lambda j: float(np.mean(pred[j] - true[j]))),
+        "grade_agreement": f("grade_agreement", lambda j: float(np.mean(
+            [mosmed_grade(a) == mosmed_grade(b) for a, b in zip(pred[j], true[j], strict=True)]))),
+    }
+    if healthy.any():
+        entry["non_pneumonia_involvement_percent"] = {"mean": float(pred[healthy].mean()),
+                                                      "max": float(pred[healthy].max()),
+                                                      "n_cases": int(healthy.sum())}
+    return {"severity": entry}
 
 
 def pneumonia_type(probabilities: np.ndarray) -> np.ndarray:

@@ -319,6 +319,11 @@ _ROWS: tuple[tuple[str, str], ...] = (
      "non_pneumonia_stated_slices.mean|non_pneumonia_stated_slices.max"),
     ("Grad-CAM heat inside the lung, raw (mean; min over overlays)", "heat_inside_lung.mean|heat_inside_lung.min"),
     ("Grad-CAM heat on lesions, shown (mean)", "heat_on_lesion.mean"),
+    ("whole-lung involvement vs truth, percentage points (mean absolute error; bias)",
+     "severity.involvement_mae_points|severity.involvement_bias_points"),
+    ("MosMedData grade from the involvement, agreement with truth", "severity.grade_agreement"),
+    ("involvement given to non-pneumonia cases, % of the lung (mean; max)",
+     "severity.non_pneumonia_involvement_percent.mean|severity.non_pneumonia_involvement_percent.max"),
 )
 
 

@@ -95,6 +95,7 @@ def _where_it_looks_section(m: Mapping[str, Any]) -> list[str]:
     if inc:
         rows.append([f"lesion voxels inside the chain's lung mask (mean over {inc['n_cases']} cases; "
                      f"min {inc['min']:.3f})", fmt(inc["mean"])])
+    rows += _severity_rows(m.get("severity"))
     for key in ("heat_inside_lung", "heat_on_lesion"):
         h = m.get(key)
         if h:
@@ -104,6 +105,20 @@ def _where_it_looks_section(m: Mapping[str, Any]) -> list[str]:
         return []
     return ["## Lesions, infectious slices and where the classifier looks", ""] + \
         _table(["figure", "value (95% CI)"], rows)
+
+
+def _severity_rows(sev: Mapping[str, Any] | None) -> list[list[str]]:
+    if not sev:
+        return []
+    rows = [[f"whole-lung involvement, mean absolute error vs truth, points ({sev['n_cases']} cases)",
+             fmt(sev["involvement_mae_points"])],
+            ["whole-lung involvement, mean signed error (bias), points", fmt(sev["involvement_bias_points"])],
+            ["MosMedData grade (CT-0..CT-4) from the involvement, agreement with truth", fmt(sev["grade_agreement"])]]
+    healthy = sev.get("non_pneumonia_involvement_percent")
+    if healthy:
+        rows.append([f"involvement given to non-pneumonia cases, % of the lung (mean; max {healthy['max']:.2f})",
+                     f"{healthy['mean']:.3f}"])
+    return rows
 
 
 def render_report(m: Mapping[str, Any]) -> str:

@@ -13,6 +13,7 @@ files; nothing is typed in here.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from pipeline.training.bundle import record_card_fields
 KEEP = ("n_cases", "class_counts", "per_class_auc", "multiway_auc", "accuracy", "confusion_matrix", "tasks",
         "lung_dice", "locating", "decision", "infectious_slices", "non_pneumonia_flagged_slices",
         "non_pneumonia_stated_slices", "lesion_inclusion", "lesion_dice", "lesion_share", "heat_inside_lung",
-        "heat_on_lesion", "lesion_pattern", "operating_points")
+        "heat_on_lesion", "lesion_pattern", "severity", "operating_points")
 HELD_OUT = {
     "family_a": "family A (pipeline.phantom) seed 900000 at 224 px: seeds and matrix size never trained on",
     "family_b": "family B (pipeline.phantoms) seed 900001 at 224 px: seeds and matrix size never trained on",
@@ -44,6 +45,23 @@ def _record(metrics_path: Path, bundle_dir: str, held_out: str) -> dict:
     }
 
 
+def _earlier_cross_family(bundle: Path) -> dict:
+    """The cross-family figures when this run made none (XFAMILY=0): those of the card in
+    XFAMILY_FROM_CARD (retraining a network drops them from the bundle's own card), else
+    the bundle's; each says which bundle version's recipe measured it
+    (XFAMILY_RECIPE_VERSION), since they were not rerun."""
+    source = Path(os.environ.get("XFAMILY_FROM_CARD") or bundle / "model_card.json")
+    card = json.loads(source.read_text())
+    kept = {}
+    for name, rec in (card.get("cross_family") or {}).items():
+        rec = dict(rec)
+        version = rec.setdefault("recipe_version", os.environ.get("XFAMILY_RECIPE_VERSION", "an earlier"))
+        if "not rerun" not in rec["held_out"]:
+            rec["held_out"] += f" (bundles of the {version} recipe, not rerun since)"
+        kept[name] = rec
+    return kept
+
+
 def main(bundle: str, report: str, xfamily: str) -> None:
     rep = Path(report)
     evaluations = {name: _record(rep / name / "metrics.json", bundle, text) for name, text in HELD_OUT.items()}
@@ -61,6 +79,8 @@ def main(bundle: str, report: str, xfamily: str) -> None:
             rec["trained_on"]["lesion_pattern"] = card["lesion_pattern"]["training"]["data_specs"]
         rec["calibrated_on"] = card.get("operating_points", {}).get("data_specs")
         cross[f"trained_on_{trained}_evaluated_on_{evaluated}"] = rec
+    if not cross:
+        cross = _earlier_cross_family(Path(bundle))
     print(record_card_fields(bundle, {"metrics": {"headline": "pooled", "evaluations": evaluations},
                                       "cross_family": cross}))
 

@@ -346,3 +346,19 @@ def test_cli_bad_spec_is_one_line_error(tmp_path: Path, tiny_bundle: Path, capsy
     assert rc == 2
     assert "missing.csv" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "r").exists()
+
+
+def test_severity_figures_compare_involvement_with_truth():
+    def rec(cid, truth, pred, true):
+        return E.CaseRecord(cid, truth, np.full(4, 0.25), np.full(3, 0.5), "covid19",
+                            involvement_percent=pred, involvement_truth_percent=true)
+
+    records = [rec("a", "covid19", 12.0, 10.0), rec("b", "cap", 30.0, 34.0), rec("c", "non_pneumonia", 0.5, 0.0),
+               rec("d", "covid19", None, 5.0)]  # out of domain: no severity stated, left out
+    m = E.compute_metrics(records, eval_params=E.EvalParams(n_bootstrap=0))
+    sev = m["severity"]
+    assert sev["n_cases"] == 3
+    assert sev["involvement_mae_points"]["value"] == pytest.approx((2 + 4 + 0.5) / 3)
+    assert sev["involvement_bias_points"]["value"] == pytest.approx((2 - 4 + 0.5) / 3)
+    assert sev["grade_agreement"]["value"] == pytest.approx(2 / 3)  # 30% is CT-2, 34% too; 0.5% CT-1 vs CT-0
+    assert sev["non_pneumonia_involvement_percent"]["max"] == 0.5
