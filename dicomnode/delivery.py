@@ -355,6 +355,14 @@ class Delivery:
             log.error("DELIVERY FAILED: job %d object %s to %s: %s", row["job_id"], row["sop_uid"],
                       row["destination"], error)
 
+    def states(self, job_id: int | None = None) -> list[DeliveryState]:
+        """The state of every delivery (of one job), in row order."""
+        if job_id is None:
+            rows = self.db.query("SELECT state FROM deliveries ORDER BY rowid")
+        else:
+            rows = self.db.query("SELECT state FROM deliveries WHERE job_id=? ORDER BY rowid", (job_id,))
+        return [DeliveryState(r["state"]) for r in rows]
+
     def retry_failed(self, job_id: int) -> int:
         """An admin's retry of a job's failed deliveries: pending again with a new retry
         window, the job back to delivering; returns how many."""

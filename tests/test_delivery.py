@@ -99,11 +99,11 @@ def test_destination_down_then_up_gets_results_later_across_a_restart(setup, tmp
     pacs = StoreSCP(tmp_path / "pacs", "PACS", port=port).start()
     try:
         again = Delivery(db, [dest], settings, results_root, "COVIDNODE")
-        wait_for(lambda: again.deliver_due() or not db.query("SELECT 1 FROM deliveries WHERE state=?", (PENDING,)),
+        wait_for(lambda: again.deliver_due() or PENDING not in again.states(),
                  20, interval=0.2, what="the retry to send")
-        wait_for(lambda: not db.query("SELECT 1 FROM deliveries WHERE state=?", (PENDING,)) and
-                 again.deliver_due() == 0, 20, interval=0.2, what="all deliveries sent")
-        assert {r["state"] for r in db.query("SELECT state FROM deliveries")} == {SENT}
+        wait_for(lambda: PENDING not in again.states() and again.deliver_due() == 0, 20, interval=0.2,
+                 what="all deliveries sent")
+        assert set(again.states()) == {SENT}
         wait_for(lambda: len(pacs.received_sop_uids()) == 3, 20, what="storescp to store 3 objects")
         assert len(set(pacs.received_sop_uids())) == 3
         assert queue.get(job_id).state == JobState.DONE
@@ -119,7 +119,7 @@ def test_retry_window_ends_loudly_and_fails_the_job(setup, caplog):
     job_id = make_job(db, queue, results_root, delivery, at=time.time() - 3601)  # recorded over an hour ago
     with caplog.at_level(logging.ERROR, logger="dicomnode.delivery"):
         delivery.deliver_due()
-    assert {r["state"] for r in db.query("SELECT state FROM deliveries")} == {FAILED}
+    assert set(delivery.states()) == {FAILED}
     assert any("DELIVERY FAILED" in r.message and r.levelno == logging.ERROR for r in caplog.records)
     job = queue.get(job_id)
     assert job.state == JobState.FAILED and "deliveries failed" in job.reason

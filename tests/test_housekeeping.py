@@ -13,7 +13,7 @@ from dicomnode.db import Database
 from dicomnode.header import InstanceInfo
 from dicomnode.housekeeping import Housekeeper, purgeable
 from dicomnode.queue import JobQueue, JobState
-from dicomnode.series import SeriesAssembler, SeriesState
+from dicomnode.series import SeriesAssembler, SeriesState, series_state
 
 T0 = 1_000_000.0
 DAY = 86400.0
@@ -112,7 +112,7 @@ def test_a_late_instance_opens_a_purged_series_again(env):
     asm.record_instance(InstanceInfo(sop_uid="1.5.1.9", series_uid="1.5.1", study_uid="1.2",
                                      sop_class_uid="1.2.840.10008.5.1.4.1.1.2", transfer_syntax="1.2.840.10008.1.2.1"),
                         "1.2/1.5.1/1.5.1.9.dcm", received=T0 + 3 * DAY)
-    assert db.query("SELECT state FROM series WHERE series_uid='1.5.1'")[0]["state"] == "receiving"
+    assert series_state(db, "1.5.1") == SeriesState.RECEIVING
 
 
 @pytest.mark.peers

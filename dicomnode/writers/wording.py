@@ -68,22 +68,21 @@ def decision_line(result: AnalysisResult) -> str:
     the slice classifier (pipeline.decision), and the classifier's probability of the
     decided class can be low when the lesions decided; the reason sentence gives the
     evidence in numbers."""
-    value = result.decision.value
-    if value == "out_of_domain":
-        return "AI decision: cannot assess this study (out of domain)"
-    if value == "indeterminate":
-        return "AI decision: indeterminate"
-    return f"AI decision: {CLASS_DISPLAY[value]}"
+    return _decision_words(result, CLASS_DISPLAY, "cannot assess this study (out of domain)")
 
 
 def caption_line(result: AnalysisResult) -> str:
     """The decision as a short burned-in caption line."""
+    return _decision_words(result, CLASS_SHORT, "cannot assess (out of domain)")
+
+
+def _decision_words(result: AnalysisResult, class_names: Mapping[str, str], out_of_domain: str) -> str:
     value = result.decision.value
     if value == "out_of_domain":
-        return "AI decision: cannot assess (out of domain)"
+        return f"AI decision: {out_of_domain}"
     if value == "indeterminate":
         return "AI decision: indeterminate"
-    return f"AI decision: {CLASS_SHORT[value]}"
+    return f"AI decision: {class_names[value]}"
 
 
 def top_two(probabilities: Mapping[str, float]) -> tuple[str, str]:
