@@ -37,12 +37,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the result summary as JSON")
 
 
-def _send(files: list[Path], host: str, port: int, called_ae: str) -> None:
+def _send(files: list[Path], host: str, port: int, called_ae: str, network_timeout_s: float) -> None:
     from pydicom import dcmread
     from pynetdicom import AE
     from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]  # made at import time
 
     ae = AE(ae_title="DEMOSCU")
+    ae.dimse_timeout = ae.network_timeout = network_timeout_s  # [node] network_timeout_s, as deliveries
     ae.add_requested_context(CTImageStorage)
     assoc = ae.associate(host, port, ae_title=called_ae)
     if not assoc.is_established:
@@ -182,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"sending a synthetic {args.label} chest CT ({len(series.paths)} slices, "
               f"series {series.series_uid}) to {cfg.node.ae_title}@{args.host}:{port}", flush=True)
         try:
-            _send(list(series.paths), args.host, port, cfg.node.ae_title)
+            _send(list(series.paths), args.host, port, cfg.node.ae_title, cfg.node.network_timeout_s)
         except (RuntimeError, OSError) as e:
             print(f"dicomnode demo: {e}. Is 'dicomnode serve' running?", file=sys.stderr)
             return 1
