@@ -70,6 +70,16 @@ def _lesion_pattern(volume: CTVolume, lung: LungMask, models: ModelBundle) -> Le
         None if models.lesion_pattern is None else models.lesion_pattern.probabilities(features)))
 
 
+def _stage_params(params: ChainParams, models: ModelBundle) -> tuple[ChainParams, ChainParams, ChainParams]:
+    """The parameters of the segmentation, classifier and locator stages: each network's
+    input size from its card, the locator's threshold from the operating points."""
+    cards = models.card.get("models", {})
+    seg_params = sized_for(params, cards.get("segmentation", {}).get("architecture"), "unet_input_size")
+    cls_params = sized_for(params, cards.get("classifier", {}).get("architecture"))
+    loc_params = sized_for(params, cards.get("locator", {}).get("architecture"))
+    return seg_params, cls_params, replace(loc_params, locator_threshold=models.operating_points.locator_threshold)
+
+
 def analyze(volume: CTVolume, models: ModelBundle, params: ChainParams) -> AnalysisResult:
     """Run the whole chain on one CT volume.
 
@@ -86,12 +96,8 @@ def analyze(volume: CTVolume, models: ModelBundle, params: ChainParams) -> Analy
         last = now
 
     device = models.device
-    cards = models.card.get("models", {})
-    seg_params = sized_for(params, cards.get("segmentation", {}).get("architecture"), "unet_input_size")
-    cls_params = sized_for(params, cards.get("classifier", {}).get("architecture"))
-    loc_params = sized_for(params, cards.get("locator", {}).get("architecture"))
     op = models.operating_points
-    loc_params = replace(loc_params, locator_threshold=op.locator_threshold)
+    seg_params, cls_params, loc_params = _stage_params(params, models)
     lung = segment_lungs(volume, seg_params, models.segmentation, device)
     lap("lung_segmentation")
 
