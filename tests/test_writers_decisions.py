@@ -250,3 +250,17 @@ def test_read_findings_refuses_a_class_claim_out_of_domain():
     container.ContentSequence.append(copy.deepcopy(probability))
     with pytest.raises(WriterError, match="must claim no class"):
         read_findings(tampered)
+
+
+def test_sr_grades_severity_except_out_of_domain(case):
+    """The MosMedData-style grade and the GGO / consolidation volumes of the lesion map are
+    in the case group, never out of domain (the map is not measured there)."""
+    meanings = [str(seq[0].CodeMeaning) for item in _walk(case.sr.ContentSequence)
+                for seq in (getattr(item, "ConceptNameCodeSequence", None), getattr(item, "ConceptCodeSequence", None))
+                if seq]
+    has_grade = any(m.startswith("CT severity grade") for m in meanings)
+    has_ggo = any(m == "Volume of ground-glass opacity" for m in meanings)
+    assert has_grade == has_ggo == (case.name != "out_of_domain"), meanings
+    if case.name != "out_of_domain":
+        grade = case.inputs.result.severity.mosmed_grade
+        assert any(m.startswith(f"CT-{grade}:") for m in meanings)

@@ -19,6 +19,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from dicomnode.synthetic import ct_datasets
+from pipeline.severity import quantify_severity
 from pipeline.types import (
     CLASS_NAMES,
     TASK_NAMES,
@@ -148,6 +149,9 @@ def make_inputs(seed: int = 0, n_slices: int = 24, size: int = 96, label: str = 
             regions = (heat > 0.5) & lungs[z]
             attention.append(AttentionMap(z_index=z, heat=heat, regions=regions, target_class=top))
 
+    decision = decision or confident_decision(probs_by_class)
+    severity = None if decision.value == "out_of_domain" else \
+        quantify_severity(lungs, lesion, volume.voxel_volume_ml, hu)
     result = AnalysisResult(
         lung_mask=LungMask(mask=lungs.astype(bool), method="classical"),
         slice_scores=slice_scores,
@@ -157,8 +161,9 @@ def make_inputs(seed: int = 0, n_slices: int = 24, size: int = 96, label: str = 
         phenotype=None,
         lung_volume_ml=float(lungs.sum() * volume.voxel_volume_ml),
         model=TEST_MODEL,
-        decision=decision or confident_decision(probs_by_class),
+        decision=decision,
         domain=domain or IN_DOMAIN,
+        severity=severity,
     )
     return WriterInputs(volume=volume, sources=sources, result=result, lesion=lesion.astype(bool))
 

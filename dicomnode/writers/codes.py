@@ -94,6 +94,18 @@ OUT_OF_DOMAIN_SCORE = Code("OODSCORE", PRIVATE_SCHEME, "Out-of-domain score")
 LESION_VOLUME = Code("LESVOL", PRIVATE_SCHEME, "Volume of lesions of infection")
 LESION_SHARE = Code("LESPCT", PRIVATE_SCHEME, "Lesions of infection, share of lung volume")
 LESION_SHARE_THRESHOLD = Code("LESTHR", PRIVATE_SCHEME, "Lesion share threshold")
+#: Severity of the lesion map (pipeline.severity): ground glass and consolidation volumes
+#: and the MosMedData-style grade of the whole-lung involvement (LESPCT).
+GGO_VOLUME = Code("GGOVOL", PRIVATE_SCHEME, "Volume of ground-glass opacity")
+CONSOLIDATION_VOLUME = Code("CONSVOL", PRIVATE_SCHEME, "Volume of consolidation")
+SEVERITY_GRADE = Code("CTGRADE", PRIVATE_SCHEME, "CT severity grade (MosMedData CT-0 to CT-4)")
+SEVERITY_GRADES: tuple[Code, ...] = (
+    Code("CT0", PRIVATE_SCHEME, "CT-0: no lung involvement"),
+    Code("CT1", PRIVATE_SCHEME, "CT-1: under 25% of the lungs involved"),
+    Code("CT2", PRIVATE_SCHEME, "CT-2: 25-50% of the lungs involved"),
+    Code("CT3", PRIVATE_SCHEME, "CT-3: 50-75% of the lungs involved"),
+    Code("CT4", PRIVATE_SCHEME, "CT-4: 75% of the lungs or more involved"),
+)
 #: The score above which a study is out of domain: 1 by construction of the score.
 OUT_OF_DOMAIN_THRESHOLD = Code("OODTHR", PRIVATE_SCHEME, "Out-of-domain threshold")
 #: Concept name of the text item that says why the decision is what it is (Decision.reason).

@@ -222,8 +222,26 @@ def _case_group(result: AnalysisResult, volume: CTVolume, sources: Sequence[Data
         finding_sites=[hd.sr.FindingSite(codes.LUNG)],
         algorithm_id=algorithm,
         measurements=_case_measurements(result, sources, z),
-        qualitative_evaluations=[hd.sr.QualitativeEvaluation(codes.IMPRESSION, codes.DECISION[result.decision.value])],
+        qualitative_evaluations=[hd.sr.QualitativeEvaluation(codes.IMPRESSION, codes.DECISION[result.decision.value]),
+                                 *_severity_grade(result)],
     )
+
+
+def _severity_grade(result: AnalysisResult) -> list[hd.sr.QualitativeEvaluation]:
+    """The MosMedData-style grade of the lesion map's involvement (none out of domain)."""
+    if result.severity is None or not wording.shows_probabilities(result):
+        return []
+    return [hd.sr.QualitativeEvaluation(codes.SEVERITY_GRADE, codes.SEVERITY_GRADES[result.severity.mosmed_grade])]
+
+
+def _severity_measurements(result: AnalysisResult) -> list[hd.sr.Measurement]:
+    """Ground glass and consolidation volumes of the lesion map (pipeline.severity)."""
+    if result.severity is None:
+        return []
+    lungs = result.severity.lungs
+    return [hd.sr.Measurement(name=code, value=round(float(ml), 1), unit=codes.MILLILITER,
+                              finding_sites=[hd.sr.FindingSite(codes.LUNG)])
+            for code, ml in ((codes.GGO_VOLUME, lungs.ggo_ml), (codes.CONSOLIDATION_VOLUME, lungs.consolidation_ml))]
 
 
 def _case_measurements(result: AnalysisResult, sources: Sequence[Dataset], z: int) -> list[hd.sr.Measurement]:
@@ -250,6 +268,7 @@ def _case_measurements(result: AnalysisResult, sources: Sequence[Dataset], z: in
     measurements += [_percent(codes.TASK_SCORE[name], case.tasks[name]) for name in TASK_NAMES]
     measurements.append(volume_ml)
     measurements += lesions
+    measurements += _severity_measurements(result)
     measurements += _located_measurements(result, sources, z)
     measurements += _threshold_measurements(result)
     measurements += _domain_measurements(result)
