@@ -112,6 +112,10 @@ def _observations(summary: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]
     if summary.get("lesion_share_of_lung") is not None:
         obs.append(("lesion_share", {"code": _code(CODE_SYSTEM, "LESPCT", "Lesion share of the lung"),
                                      "valueQuantity": _percent(summary["lesion_share_of_lung"])}))
+    if summary.get("mosmed_grade"):
+        grade = str(summary["mosmed_grade"])
+        obs.append(("severity_grade", {"code": _code(CODE_SYSTEM, "CTGRADE", "CT severity grade (MosMedData)"),
+                                       "valueCodeableConcept": _code(CODE_SYSTEM, grade.replace("-", ""), grade)}))
     obs.append(("infected_slices", {"code": _code(CODE_SYSTEM, "NINFECTED", "Infectious slices reported"),
                                     "valueInteger": len(summary.get("infected_slices") or [])}))
     obs.append(("out_of_domain_score", {"code": _code(CODE_SYSTEM, "OODSCORE", "Out-of-domain score (1 = threshold)"),

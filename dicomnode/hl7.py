@@ -76,6 +76,10 @@ def _obx_rows(summary: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
     if summary.get("lesion_share_of_lung") is not None:
         rows.append(("NM", f"LESPCT^Lesion share of the lung^{OUR_CODES}",
                      f"{100 * float(summary['lesion_share_of_lung']):.3f}", f"%^percent^{UCUM}"))
+    if summary.get("mosmed_grade"):
+        grade = str(summary["mosmed_grade"])
+        rows.append(("CE", f"CTGRADE^CT severity grade (MosMedData)^{OUR_CODES}",
+                     f"{grade.replace('-', '')}^{grade}^{OUR_CODES}", ""))
     rows.append(("NM", f"NINFECTED^Infectious slices reported^{OUR_CODES}",
                  str(len(summary.get("infected_slices") or [])), ""))
     rows.append(("NM", f"OODSCORE^Out-of-domain score (1 = threshold)^{OUR_CODES}",

@@ -69,6 +69,7 @@ def test_the_probabilities_are_observations_in_percent(tmp_path):
         assert by_code[f"P_{cls.upper()}"]["valueQuantity"]["value"] == pytest.approx(100 * p, abs=1e-3)
     assert by_code["LUNG_VOLUME_ML"]["valueQuantity"]["unit"] == "mL"
     assert by_code["NINFECTED"]["valueInteger"] == len(summary["infected_slices"])
+    assert by_code["CTGRADE"]["valueCodeableConcept"]["text"] == summary["mosmed_grade"]
 
 
 @pytest.fixture()

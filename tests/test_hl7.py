@@ -49,6 +49,7 @@ def test_oru_validates_and_carries_the_results(tmp_path, name):
     for cls, p in summary["probabilities"].items():
         assert float(values[f"P_{cls.upper()}"][5]) == pytest.approx(100 * p, abs=1e-3)
     assert values["110180"][5] == str(inputs.sources[0].StudyInstanceUID)
+    assert values["CTGRADE"][5].split("^")[1] == summary["mosmed_grade"]
     assert all(f[11] == "P" for f in values.values())  # preliminary: no radiologist confirmed it
     assert "\\F\\" not in summary["disclaimer"] and summary["disclaimer"][:40] in message.replace("\\F\\", "|")
     assert message.split("\r")[1].split("|")[3].startswith(str(inputs.sources[0].PatientID))
