@@ -452,7 +452,7 @@ class _Run:
             "torch": torch.__version__,
             "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
-        if s.role == "segmentation" and s.max_slices_per_case is not None:
+        if s.role == "segmentation" and s.max_slices_per_case is not None and s.train.seg_lesion_slice_share > 0:
             entry["slice_sampling"] = (f"{s.max_slices_per_case} slices per case: {s.train.seg_lesion_slice_share:.0%} "
                                        f"evenly among slices with > {s.train.locator_lesion_pixels} lesion pixels, "
                                        f"the rest evenly over the scan")
