@@ -71,15 +71,6 @@ def _check_pair(name: str, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np
     return a, b
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice overlap of two binary masks (1.0 when both are empty)."""
-    a, b = _check_pair("dice", a, b)
-    total = int(np.count_nonzero(a)) + int(np.count_nonzero(b))
-    if total == 0:
-        return 1.0
-    return 2.0 * int(np.count_nonzero(a & b)) / total
-
-
 def lesion_inclusion(lung_mask: np.ndarray, lesion_mask: np.ndarray) -> float:
     """Share of the lesion voxels that lie inside the lung mask (1.0 without lesion voxels).
 

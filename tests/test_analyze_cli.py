@@ -14,7 +14,7 @@ import SimpleITK as sitk
 
 from dicomnode.commands import analyze as analyze_cmd
 from dicomnode.synthetic import write_ct_series
-from pipeline.lung import dice
+from pipeline.metrics import dice
 from pipeline.params import ChainParams
 from pipeline.phantom import make_phantom
 from pipeline.preprocess import lung_slice_indices

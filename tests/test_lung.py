@@ -8,13 +8,13 @@ import pytest
 import torch
 
 from pipeline.lung import (
-    dice,
     fill_holes_per_slice,
     largest_components,
     lesion_inclusion,
     refine_lung_mask,
     segment_lungs,
 )
+from pipeline.metrics import dice
 from pipeline.nets import build_network, unet_arch
 from pipeline.params import ChainParams
 from pipeline.phantom import make_phantom
@@ -28,7 +28,7 @@ def test_dice_helper() -> None:
     a[0, :2] = True  # 8 pixels
     b[0, :1] = True  # 4 pixels, all inside a
     assert dice(a, b) == pytest.approx(2 * 4 / 12)
-    with pytest.raises(InvalidInputError):
+    with pytest.raises(ValueError):
         dice(a, b[:1])
 
 

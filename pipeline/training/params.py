@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..params import INFECTED_SLICE_MIN_PIXELS
+
 
 @dataclass(frozen=True)
 class AugmentParams:
@@ -48,7 +50,7 @@ class TrainParams:
     """Loss, schedule and labelling constants of the training loops."""
 
     #: A COVID-19 slice is "infected" when it holds more lesion pixels than this (paper code).
-    locator_lesion_pixels: int = 50
+    locator_lesion_pixels: int = INFECTED_SLICE_MIN_PIXELS
     #: Cosine learning-rate decay ends at this fraction of the base rate.
     min_lr_fraction: float = 0.02
     weight_decay: float = 1e-4

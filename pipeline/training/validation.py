@@ -7,26 +7,19 @@ written as ``null`` in the logs, rather than an error: tiny sets in tests hit th
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
 from ..fusion import multiway
+from ..metrics import dice, roc_auc
 from ..types import CLASS_NAMES
 
 #: The figure shown in the progress bar and used as "the" validation metric per role.
 MONITOR = {"classifier": "val_case_macro_auc", "locator": "val_auc", "segmentation": "val_dice"}
 
 
-def _auc(y_true: np.ndarray, score: np.ndarray) -> float:
-    y_true = np.asarray(y_true)
-    if y_true.size == 0 or np.unique(y_true).size < 2:
-        return float("nan")
-    return float(roc_auc_score(y_true, score))
-
-
-def macro_auc(labels: np.ndarray, probs: np.ndarray) -> float:
+def macroroc_auc(labels: np.ndarray, probs: np.ndarray) -> float:
     """Mean one-vs-rest AUC over the classes; NaN unless every class is present."""
     labels = np.asarray(labels)
-    aucs = [_auc(labels == c, probs[:, c]) for c in range(probs.shape[1])]
+    aucs = [roc_auc(labels == c, probs[:, c]) for c in range(probs.shape[1])]
     return float(np.mean(aucs)) if all(np.isfinite(aucs)) else float("nan")
 
 
@@ -46,13 +39,13 @@ def classifier_metrics(labels: np.ndarray, probs: np.ndarray, case_index: np.nda
                        case_labels: np.ndarray, top_k: int) -> dict[str, float]:
     """Slice-level and case-level (fused) figures of the 4-class slice classifier."""
     out = {"val_slice_accuracy": float(np.mean(probs.argmax(1) == labels)) if len(labels) else float("nan"),
-           "val_slice_macro_auc": macro_auc(labels, probs)}
+           "val_slice_macro_auc": macroroc_auc(labels, probs)}
     cases = case_probabilities(probs, case_index, len(case_labels), top_k)
     ok = np.all(np.isfinite(cases), axis=1)
-    out["val_case_macro_auc"] = macro_auc(case_labels[ok], cases[ok])
+    out["val_case_macro_auc"] = macroroc_auc(case_labels[ok], cases[ok])
     out["val_case_accuracy"] = float(np.mean(cases[ok].argmax(1) == case_labels[ok])) if ok.any() else float("nan")
     for c, name in enumerate(CLASS_NAMES):
-        out[f"val_case_auc_{name}"] = _auc(case_labels[ok] == c, cases[ok][:, c])
+        out[f"val_case_auc_{name}"] = roc_auc(case_labels[ok] == c, cases[ok][:, c])
     return out
 
 
@@ -60,16 +53,9 @@ def locator_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
     """Slice AUC, sensitivity and specificity at 0.5 of the infected-slice locator."""
     pred = probs[:, 1] >= 0.5
     pos, neg = labels == 1, labels == 0
-    return {"val_auc": _auc(labels, probs[:, 1]),
+    return {"val_auc": roc_auc(labels, probs[:, 1]),
             "val_sensitivity": float(np.mean(pred[pos])) if pos.any() else float("nan"),
             "val_specificity": float(np.mean(~pred[neg])) if neg.any() else float("nan")}
-
-
-def dice(pred: np.ndarray, truth: np.ndarray) -> float:
-    """Dice of two boolean arrays (1.0 when both are empty)."""
-    inter = np.count_nonzero(pred & truth)
-    total = np.count_nonzero(pred) + np.count_nonzero(truth)
-    return 1.0 if total == 0 else float(2.0 * inter / total)
 
 
 def segmentation_metrics(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
