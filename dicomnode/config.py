@@ -267,6 +267,9 @@ class SelectionSection(_Frozen):
 
     modalities: tuple[str, ...] = ("CT",)
     min_slices: int = Field(16, ge=1)
+    #: Fewest slices a job's series may have when it is read for analysis: lower than
+    #: ``min_slices`` so that a series cut short (flagged, then completed) still runs.
+    min_slices_readable: int = Field(10, ge=2)
     #: Instances whose ImageType contains one of these are left out of the volume;
     #: a series with nothing left is skipped (e.g. "localizer only").
     refuse_image_types: tuple[str, ...] = ("LOCALIZER",)

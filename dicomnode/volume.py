@@ -28,8 +28,9 @@ from pipeline.types import CTVolume
 from .config import SelectionSection
 from .errors import SeriesRejected  # re-exported: callers import it from here too
 
-#: Fewer slices than this is not a chest CT the chain can read (without a [selection]).
-MIN_SLICES = 10
+#: Fewer slices than this is not a chest CT the chain can read: the configuration's default
+#: (``[selection] min_slices_readable``), for callers without a configuration.
+MIN_SLICES: int = SelectionSection().min_slices_readable
 #: Instances of these image types are refused: the configuration's default.
 DEFAULT_REFUSED_IMAGE_TYPES: tuple[str, ...] = SelectionSection().refuse_image_types
 #: Direction cosines of two slices agree within this.

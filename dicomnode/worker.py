@@ -233,7 +233,8 @@ class Worker:
         if not present:
             return self._finish(job, JobState.SKIPPED, "the series' files are no longer in storage")
         try:
-            volume, sources = load_series(present, refuse_image_types=self.cfg.selection.refuse_image_types)
+            volume, sources = load_series(present, min_slices=self.cfg.selection.min_slices_readable,
+                                          refuse_image_types=self.cfg.selection.refuse_image_types)
         except SeriesRejected as e:
             return self._finish(job, JobState.SKIPPED, str(getattr(e, "reason", e)))
         self.queue.renew(job)
