@@ -261,6 +261,8 @@ def test_sr_grades_severity_except_out_of_domain(case):
     has_grade = any(m.startswith("CT severity grade") for m in meanings)
     has_ggo = any(m == "Volume of ground-glass opacity" for m in meanings)
     assert has_grade == has_ggo == (case.name != "out_of_domain"), meanings
+    summary = " ".join(_texts(case.sr))
+    assert ("Severity: lesions involve" in summary) == (case.name != "out_of_domain")
     if case.name != "out_of_domain":
         grade = case.inputs.result.severity.mosmed_grade
         assert any(m.startswith(f"CT-{grade}:") for m in meanings)

@@ -413,8 +413,20 @@ def summary_text(result: AnalysisResult, volume: CTVolume, options: WriterOption
         f"{'in domain' if result.domain.in_domain else 'out of domain'}).",
         wording.located_text(result, labels, slice_ranges(labels)),
         overlay_text,
+        _severity_sentence(result),
     ]
     return _join(head + tail)
+
+
+def _severity_sentence(result: AnalysisResult) -> str:
+    """The severity as the summary states it (pipeline.severity); empty without one."""
+    s = result.severity
+    if s is None:
+        return ""
+    grade = codes.SEVERITY_GRADES[s.mosmed_grade].meaning
+    return (f"Severity: lesions involve {s.lungs.involvement_percent:.1f}% of the lungs, grade {grade}; "
+            f"ground glass {s.lungs.ggo_ml:.1f} ml, consolidation {s.lungs.consolidation_ml:.1f} ml "
+            f"(no lobe scores: no lobe segmentation).")
 
 
 def _pattern_order(result: AnalysisResult, shares: Mapping[str, float]) -> list[str]:
