@@ -258,11 +258,10 @@ class Delivery:
             log.info("sent %d object(s) to %s", sent, dest.label)
         return sent
 
-    def _send_fhir(self, dest: FhirDestination, rows: Sequence[sqlite3.Row]) -> int:
-        """POST each Bundle; a failure is retried like a refused C-STORE."""
-        from .fhir import FhirSendError, post_bundle  # late: fhir.resources only when used
-
-        token = os.environ.get(dest.token_env, "") if dest.token_env else ""
+    def _send_each(self, rows: Sequence[sqlite3.Row], send: Callable[[bytes], object], what: str,
+                   label: str, error: type[Exception]) -> int:
+        """Send each row's result file with ``send``; ``error`` (a refusal, no answer)
+        is retried like a refused C-STORE, an unreadable file fails the row."""
         sent = 0
         for row in rows:
             try:
@@ -271,16 +270,24 @@ class Delivery:
                 self._fail([row], f"result file {row['path']} cannot be read: {e.strerror}")
                 continue
             try:
-                post_bundle(dest.url, body, dest.timeout_s, token,
-                            str(dest.ca_file) if dest.ca_file is not None else None)
-            except FhirSendError as e:
+                send(body)
+            except error as e:
                 self._retry([row], str(e))
                 continue
             self._mark_sent(row)
             sent += 1
         if sent:
-            log.info("sent %d FHIR report(s) to %s", sent, dest.label)
+            log.info("sent %d %s to %s", sent, what, label)
         return sent
+
+    def _send_fhir(self, dest: FhirDestination, rows: Sequence[sqlite3.Row]) -> int:
+        """POST each Bundle to the FHIR server."""
+        from .fhir import FhirSendError, post_bundle  # late: fhir.resources only when used
+
+        token = os.environ.get(dest.token_env, "") if dest.token_env else ""
+        ca = str(dest.ca_file) if dest.ca_file is not None else None
+        return self._send_each(rows, lambda body: post_bundle(dest.url, body, dest.timeout_s, token, ca),
+                               "FHIR report(s)", dest.label, FhirSendError)
 
     def _send_hl7(self, dest: Hl7Destination, rows: Sequence[sqlite3.Row]) -> int:
         """Send each ORU^R01 over MLLP; anything but an AA acknowledgement is retried."""
@@ -290,25 +297,13 @@ class Delivery:
 
         tls = ssl.create_default_context(cafile=str(dest.tls_ca_file) if dest.tls_ca_file else None) \
             if dest.tls else None
-        sent = 0
-        for row in rows:
-            try:
-                # Bytes, decoded: read_text would turn the CR segment separators into LF.
-                message = (self.results_root / row["path"]).read_bytes().decode("utf-8")
-                control_id = message_control_id(message)
-            except (OSError, Hl7Error) as e:
-                self._fail([row], f"result file {row['path']} cannot be read: {e}")
-                continue
-            try:
-                send_mllp(dest.host, dest.port, message, control_id, dest.timeout_s, tls)
-            except Hl7Error as e:
-                self._retry([row], str(e))
-                continue
-            self._mark_sent(row)
-            sent += 1
-        if sent:
-            log.info("sent %d HL7 message(s) to %s", sent, dest.label)
-        return sent
+
+        def send(body: bytes) -> None:
+            # Bytes, decoded: read_text would turn the CR segment separators into LF.
+            message = body.decode("utf-8", "replace")
+            send_mllp(dest.host, dest.port, message, message_control_id(message), dest.timeout_s, tls)
+
+        return self._send_each(rows, send, "HL7 message(s)", dest.label, Hl7Error)
 
     def _mark_sent(self, row: sqlite3.Row) -> None:
         t = now()
