@@ -358,6 +358,14 @@ class Delivery:
             rows = self.db.query("SELECT state FROM deliveries WHERE job_id=? ORDER BY rowid", (job_id,))
         return [DeliveryState(r["state"]) for r in rows]
 
+    def records(self, job_id: int | None = None) -> list[dict]:
+        """Every delivery (of one job) as a dict: job, destination, object, state (a
+        DeliveryState), attempts and the last error; in row order."""
+        where, args = ("", ()) if job_id is None else (" WHERE job_id=?", (job_id,))
+        rows = self.db.query("SELECT job_id, destination, sop_uid, kind, state, attempts, last_error FROM deliveries"
+                             f"{where} ORDER BY rowid", args)
+        return [dict(r, state=DeliveryState(r["state"])) for r in rows]
+
     def retry_failed(self, job_id: int) -> int:
         """An admin's retry of a job's failed deliveries: pending again with a new retry
         window, the job back to delivering; returns how many."""

@@ -89,10 +89,6 @@ def _job_with_bundle(db, queue, delivery, tmp_path):
     return job_id
 
 
-def _rows(db):
-    return db.query("SELECT * FROM deliveries")
-
-
 def test_a_receiver_gets_the_report(node_db, tmp_path, monkeypatch):
     db, queue = node_db
     monkeypatch.setenv("TEST_FHIR_TOKEN", "s3cret")
@@ -103,7 +99,7 @@ def test_a_receiver_gets_the_report(node_db, tmp_path, monkeypatch):
                             fhir_destinations=[dest])
         job_id = _job_with_bundle(db, queue, delivery, tmp_path)
         assert delivery.deliver_due() == 1
-        [row] = _rows(db)
+        [row] = delivery.records()
         assert row["state"] == SENT and row["destination"] == f"FHIR@{fhir.url}"
         assert queue.get(job_id).state == JobState.DONE
         [report] = fhir.resources["DiagnosticReport"]
@@ -121,13 +117,13 @@ def test_a_receiver_that_is_down_gets_the_report_later_once(node_db, tmp_path):
                         queue=queue, fhir_destinations=[dest])
     job_id = _job_with_bundle(db, queue, delivery, tmp_path)
     assert delivery.deliver_due() == 0  # nothing listens
-    [row] = _rows(db)
+    [row] = delivery.records()
     assert row["state"] == PENDING and row["attempts"] == 1 and "cannot reach" in row["last_error"]
     fhir = FhirReceiver(port=port).start()
     try:
         fhir.failing = True  # up, but answering 503
         assert delivery.deliver_due(at=time.time() + 60) == 0
-        [row] = _rows(db)
+        [row] = delivery.records()
         assert row["state"] == PENDING and row["attempts"] == 2 and "HTTP 503" in row["last_error"]
         fhir.failing = False
         assert delivery.deliver_due(at=time.time() + 600) == 1
@@ -149,7 +145,7 @@ def test_the_retry_window_ends_in_failed(node_db, tmp_path):
     job_id = _job_with_bundle(db, queue, delivery, tmp_path)
     time.sleep(0.5)  # past the 0.36 s window
     delivery.deliver_due()
-    [row] = _rows(db)
+    [row] = delivery.records()
     assert row["state"] == FAILED and "gave up" in row["last_error"]
     assert queue.get(job_id).state == JobState.FAILED
 

@@ -82,7 +82,7 @@ def test_acknowledged_message_is_sent_once(node_db, tmp_path):
                             hl7_destinations=[dest, other])
         job_id = _job(db, queue, delivery, tmp_path, dest)
         assert delivery.deliver_due() == 1 and delivery.deliver_due() == 0
-        [row] = db.query("SELECT * FROM deliveries")
+        [row] = delivery.records()
         assert row["state"] == SENT and row["destination"] == dest.key
         assert queue.get(job_id).state == JobState.DONE
         assert len(ris.messages) == 1 and "\n" not in ris.messages[0]  # CR-separated, as sent
@@ -99,17 +99,17 @@ def test_nak_hangup_and_down_are_retried(node_db, tmp_path):
                         queue=queue, hl7_destinations=[dest])
     job_id = _job(db, queue, delivery, tmp_path, dest)
     assert delivery.deliver_due() == 0
-    [row] = db.query("SELECT * FROM deliveries")
+    [row] = delivery.records()
     assert row["state"] == PENDING and "cannot reach" in row["last_error"]
     ris = MllpReceiver(port=port).start()
     try:
         ris.answer = "AE"
         assert delivery.deliver_due(at=time.time() + 60) == 0
-        [row] = db.query("SELECT * FROM deliveries")
+        [row] = delivery.records()
         assert row["attempts"] == 2 and "answered AE" in row["last_error"]
         ris.answer = None  # hangs up without an acknowledgement
         assert delivery.deliver_due(at=time.time() + 600) == 0
-        [row] = db.query("SELECT * FROM deliveries")
+        [row] = delivery.records()
         assert row["attempts"] == 3 and "closed the connection" in row["last_error"]
         ris.answer = "AA"
         assert delivery.deliver_due(at=time.time() + 6000) == 1
