@@ -461,7 +461,11 @@ class NodeConfig(_Frozen):
         dests = ", ".join(d.label for d in self.destinations) or "none"
         return (f"AE {self.node.ae_title} on {self.node.bind_address}:{self.node.port}, "
                 f"data in {self.node.data_dir}, quiet period {self.node.quiet_seconds:g} s, "
-                f"{len(self.destinations)} destination(s): {dests}")
+                f"{len(self.destinations)} destination(s): {dests}"
+                + (f", {len(self.fhir_destinations)} FHIR: {', '.join(d.label for d in self.fhir_destinations)}"
+                   if self.fhir_destinations else "")
+                + (f", {len(self.hl7_destinations)} HL7: {', '.join(d.label for d in self.hl7_destinations)}"
+                   if self.hl7_destinations else ""))
 
 
 _SECTIONS: Mapping[str, type[_Frozen]] = {
