@@ -22,7 +22,7 @@ import sqlite3
 import threading
 from collections import defaultdict
 from contextlib import contextmanager
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_NETWORK_TIMEOUT_S: float = NodeSection.model_fields["network_timeout_s"].default
 
-class DeliveryState(str, Enum):
+class DeliveryState(StrEnum):
     """One (job, destination, object) row of ``deliveries`` (the stored strings never change)::
 
         pending -> sent | failed      (success, or the retry window ran out)
@@ -49,9 +49,6 @@ class DeliveryState(str, Enum):
     PENDING = "pending"
     SENT = "sent"
     FAILED = "failed"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 PENDING, SENT, FAILED = DeliveryState.PENDING.value, DeliveryState.SENT.value, DeliveryState.FAILED.value

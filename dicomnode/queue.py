@@ -27,7 +27,7 @@ import json
 import logging
 import sqlite3
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Sequence
 
 from .db import Database, now
@@ -36,16 +36,13 @@ from .errors import QueueError
 log = logging.getLogger(__name__)
 
 
-class JobState(str, Enum):
+class JobState(StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
     DELIVERING = "delivering"
     DONE = "done"
     FAILED = "failed"
     SKIPPED = "skipped"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 ALLOWED: dict[JobState, frozenset[JobState]] = {

@@ -31,7 +31,7 @@ import sqlite3
 import threading
 from collections import Counter
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from itertools import pairwise
 from typing import Any, Callable, Sequence
 
@@ -44,7 +44,7 @@ from .volume import along_normal, spacing_problem
 
 log = logging.getLogger(__name__)
 
-class SeriesState(str, Enum):
+class SeriesState(StrEnum):
     """A series' state in the ``series`` table (the stored strings never change)::
 
         receiving -> complete | skipped -> purged     (housekeeping, dicomnode.housekeeping)
@@ -59,9 +59,6 @@ class SeriesState(str, Enum):
     SKIPPED = "skipped"
     #: Housekeeping removed its files; the rows stay for ``status`` and the audit trail.
     PURGED = "purged"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclass(frozen=True)
