@@ -13,24 +13,12 @@ import pytest
 
 from dicomnode.writers import WriterOptions, build_result_objects
 
-from writer_inputs import (
-    PIXELMED_KNOWN_ERRORS,
-    make_indeterminate_inputs,
-    make_inputs,
-    make_out_of_domain_inputs,
-    pixelmed,
-)
-
-CASES = {
-    "covid19": lambda: make_inputs(seed=3, n_slices=24, size=96, label="covid19"),
-    "indeterminate": lambda: make_indeterminate_inputs(seed=3, n_slices=24, size=96),
-    "out_of_domain": lambda: make_out_of_domain_inputs(seed=3, n_slices=24, size=96),
-}
+from writer_inputs import DECISION_CASES, PIXELMED_KNOWN_ERRORS, pixelmed
 
 
 @lru_cache(maxsize=None)
 def objects(name: str) -> dict:
-    inputs = CASES[name]()
+    inputs = DECISION_CASES[name]()
     return build_result_objects(inputs.result, inputs.volume, inputs.sources,
                                 WriterOptions(uid_seed=f"pixelmed-{name}"))
 

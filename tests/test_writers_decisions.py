@@ -13,20 +13,13 @@ from dicomnode.writers import WriterError, WriterOptions, build_result_objects, 
 from dicomnode.writers.sc import overlay_caption
 
 from writer_inputs import (
+    DECISION_CASES,
     TEST_THRESHOLDS,
     dciodvfy,
-    make_indeterminate_inputs,
-    make_inputs,
-    make_out_of_domain_inputs,
     to_bytes_and_back,
 )
 
-CASES = {
-    "covid19": lambda: make_inputs(seed=3, n_slices=24, size=96, label="covid19"),
-    "cap": lambda: make_inputs(seed=3, n_slices=24, size=96, label="cap"),
-    "indeterminate": lambda: make_indeterminate_inputs(seed=3, n_slices=24, size=96),
-    "out_of_domain": lambda: make_out_of_domain_inputs(seed=3, n_slices=24, size=96),
-}
+CASES = DECISION_CASES
 #: What no object may say under a decision that names no class.
 CLASS_CLAIMS = ("AI result", "AI decision: COVID-19", "AI decision: Community", "COVID-19 infectious",
                 "Infectious slices (", "infectious slices found")

@@ -192,6 +192,16 @@ def make_out_of_domain_inputs(seed: int = 0, n_slices: int = 24, size: int = 96,
                        probabilities=(0.004, 0.99, 0.003, 0.003), **kwargs)
 
 
+#: One result per kind of decision (what every object must state): a confident COVID-19, a
+#: confident CAP, an indeterminate split and an out-of-domain study.
+DECISION_CASES = {
+    "covid19": lambda: make_inputs(seed=3, n_slices=24, size=96, label="covid19"),
+    "cap": lambda: make_inputs(seed=3, n_slices=24, size=96, label="cap"),
+    "indeterminate": lambda: make_indeterminate_inputs(seed=3, n_slices=24, size=96),
+    "out_of_domain": lambda: make_out_of_domain_inputs(seed=3, n_slices=24, size=96),
+}
+
+
 # --- dciodvfy ------------------------------------------------------------------------
 
 #: Warnings dciodvfy gives for our objects on purpose (docs/objects.md says why).
