@@ -27,6 +27,7 @@ import numpy as np
 
 from . import metrics as M
 from .params import ChainParams, EvalParams
+from .severity import mosmed_grade
 from .types import CLASS_NAMES, PNEUMONIA_CLASSES, TASK_NAMES, PipelineError
 
 #: scores.csv columns, in order.
@@ -544,8 +545,6 @@ def _severity_figures(records: Sequence[CaseRecord], eval_params: EvalParams,
     """Whole-lung involvement (pipeline.severity) against the truth masks: mean absolute
     and mean signed error in percentage points, the involvement given to non-pneumonia
     cases, and agreement of the MosMedData grades the two involvements fall in."""
-    from .severity import mosmed_grade
-
     rows = [r for r in records if r.involvement_percent is not None and r.involvement_truth_percent is not None]
     if not rows:
         return {}
