@@ -68,8 +68,9 @@ def persist_fhir_bundle(summary: dict, result: Any, sources: Sequence[Any], job_
 
 
 def _write_text_durably(path: Path, text: str) -> None:
+    """Write ``text`` as ``path`` through a fsynced temporary file and a rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w", encoding="utf-8", newline="") as f:
         f.write(text)
         f.flush()
@@ -114,9 +115,7 @@ def persist_results(objects: Mapping[str, Sequence], job_dir: Path, summary: dic
             written.append((kind, uid, str(path.relative_to(job_dir.parent))))
         fsync_dir(kind_dir)
     if summary is not None:
-        tmp = job_dir / ".summary.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=2) + "\n")
-        tmp.replace(job_dir / "summary.json")
+        _write_text_durably(job_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     fsync_dir(job_dir)
     fsync_dir(job_dir.parent)
     return written
