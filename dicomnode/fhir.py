@@ -2,7 +2,8 @@
 
 Built from a job's JSON summary (``AnalysisResult.summary``) and the study it came from,
 with the ``fhir.resources`` models (R4B, the R4 technical correction; every resource
-is validated as it is built). Following the IHE Radiology IDR guide where it fits:
+is validated as it is built). Laid out after the IHE Radiology IDR guide's resources, not
+checked against its profiles:
 
 * ``DiagnosticReport`` (status ``preliminary``: an AI result no radiologist has
   confirmed), category Radiology, code LOINC "CT Chest", the decision's reason and the
