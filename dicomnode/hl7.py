@@ -31,9 +31,11 @@ class Hl7Error(Exception):
 
 
 def _escape(text: str) -> str:
-    """ER7 escaping of the delimiters |^~\\& in free text (and no segment breaks)."""
-    out = text.replace("\\", "\\E\\").replace("|", "\\F\\").replace("^", "\\S\\").replace("~", "\\R\\")
-    return out.replace("&", "\\T\\").replace("\r", " ").replace("\n", " ")
+    """ER7 escaping of the delimiters |^~\\& in free text, by hl7apy's TX data type (and no
+    segment breaks: CR and LF become spaces)."""
+    from hl7apy.v2_5 import TX
+
+    return str(TX(text.replace("\r", " ").replace("\n", " ")).to_er7())
 
 
 def _person_name(dicom_name: str) -> str:
