@@ -26,13 +26,13 @@ resolves it; no name is sent. Our own concepts use the code system
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 from fhir.resources.R4B.bundle import Bundle
 
 from .header import IMPLEMENTATION_CLASS_UID
+from .study_refs import DECISION_TEXT, StudyRefs
 
 CODE_SYSTEM = f"urn:oid:{IMPLEMENTATION_CLASS_UID}.1"
 LOINC = "http://loinc.org"
@@ -52,26 +52,6 @@ DECISION_SNOMED: dict[str, dict[str, str]] = {
     "cap": {"system": SNOMED, "code": "385093006", "display": "Community acquired pneumonia"},
     "influenza": {"system": SNOMED, "code": "6142004", "display": "Influenza"},
 }
-DECISION_TEXT = {"covid19": "COVID-19", "cap": "Community-acquired pneumonia", "influenza": "Influenza",
-                 "non_pneumonia": "No pneumonia", "indeterminate": "Indeterminate: no diagnosis stated",
-                 "out_of_domain": "Out of domain: the model cannot assess this study"}
-
-
-@dataclass(frozen=True)
-class StudyRefs:
-    """What the report points at: the DICOM study and series, the key images, the patient."""
-
-    study_uid: str
-    series_uid: str
-    patient_id: str
-    patient_id_issuer: str = ""
-    accession_number: str = ""
-    study_datetime: str = ""  # FHIR date or dateTime (with a zone), when known
-    modality: str = "CT"
-    #: (SOP Class UID, SOP Instance UID) of the key images.
-    key_images: Sequence[tuple[str, str]] = field(default_factory=tuple)
-
-
 def _uuid(seed: str) -> str:
     """A stable urn:uuid for a resource of this report (the same job gives the same ids)."""
     return f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_OID, seed)}"
@@ -210,16 +190,3 @@ def post_bundle(url: str, body: bytes, timeout_s: float, token: str = "", ca_fil
         reason = getattr(e, "reason", e)
         raise FhirSendError(f"cannot reach {url}: {reason}") from e
 
-
-def refs_from_sources(first: Any, key_images: Sequence[Any]) -> StudyRefs:
-    """StudyRefs from a source slice's header and the key images' datasets."""
-    def text(keyword: str) -> str:
-        return str(getattr(first, keyword, "") or "")
-
-    # The date only: a FHIR dateTime with a time needs a time zone, which DICOM rarely gives.
-    date = text("StudyDate")
-    when = f"{date[:4]}-{date[4:6]}-{date[6:]}" if len(date) == 8 and date.isdigit() else ""
-    return StudyRefs(study_uid=text("StudyInstanceUID"), series_uid=text("SeriesInstanceUID"),
-                     patient_id=text("PatientID") or "unknown", patient_id_issuer=text("IssuerOfPatientID"),
-                     accession_number=text("AccessionNumber"), study_datetime=when, modality=text("Modality") or "CT",
-                     key_images=tuple((str(ds.SOPClassUID), str(ds.SOPInstanceUID)) for ds in key_images))

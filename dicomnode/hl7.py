@@ -18,7 +18,7 @@ import ssl
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
-from .fhir import DECISION_TEXT, StudyRefs
+from .study_refs import DECISION_TEXT, StudyRefs
 
 #: MLLP framing (HL7 v2 Minimal Lower Layer Protocol).
 START, END = b"\x0b", b"\x1c\x0d"

@@ -55,7 +55,8 @@ def persist_fhir_bundle(summary: dict, result: Any, sources: Sequence[Any], job_
                         job_id: int) -> tuple[str, str, str]:
     """Write the job's FHIR transaction Bundle (dicomnode.fhir) durably; returns its
     written-object row (kind ``fhir``)."""
-    from dicomnode.fhir import build_report_bundle, refs_from_sources
+    from dicomnode.fhir import build_report_bundle
+    from dicomnode.study_refs import refs_from_sources
     from dicomnode.writers import wording
     from dicomnode.writers.common import key_slices
 
@@ -83,8 +84,8 @@ def persist_hl7_message(summary: dict, result: Any, sources: Sequence[Any], job_
                         dest: Any) -> tuple[str, str, str]:
     """Write the job's ORU^R01 for one HL7 destination (its MSH-5/6) durably; returns its
     written-object row (kind ``hl7``, one per destination: each has its own header)."""
-    from dicomnode.fhir import refs_from_sources
     from dicomnode.hl7 import build_oru, destination_tag
+    from dicomnode.study_refs import refs_from_sources
 
     first = sources[0]
     tag = destination_tag(dest.key)
