@@ -126,7 +126,9 @@ def analyze(volume: CTVolume, models: ModelBundle, params: ChainParams) -> Analy
 
     severity = None
     if lung.lesion is not None and decision.value != "out_of_domain":
-        severity = quantify_severity(lung.mask, lung.lesion, volume.voxel_volume_ml, volume.hu)
+        severity = quantify_severity(lung.mask, lung.lesion, volume.voxel_volume_ml, volume.hu,
+                                     consolidation_hu=params.severity_consolidation_hu,
+                                     min_involved_ml=params.severity_min_involved_ml)
     lap("severity")
 
     attention: tuple = ()

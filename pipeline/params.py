@@ -32,6 +32,11 @@ class ChainParams:
     #: A slice "has a lesion" (U-Net lesion map) with at least this area: a reported
     #: infectious slice needs one (the locator's flag alone is not enough).
     lesion_slice_min_mm2: float = 30.0
+    #: Severity (pipeline.severity): lesion voxels at or above this HU are consolidation,
+    #: below it ground glass; a lesion smaller than ``severity_min_involved_ml`` in a lobe
+    #: (or the lungs) counts as none (stray voxels of a lesion map are no involvement).
+    severity_consolidation_hu: float = -300.0
+    severity_min_involved_ml: float = 0.1
     # Classical HU-threshold lung segmentation (fallback and reference)
     classical_work_px: int = 128  # components/morphology at about this in-plane size; edges refined at full size
     classical_air_hu: float = -320.0  # lung parenchyma and airways are below this
