@@ -15,7 +15,13 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from pydicom.uid import UID
+from pydicom.uid import (
+    UID,
+    Comprehensive3DSRStorage,
+    KeyObjectSelectionDocumentStorage,
+    SecondaryCaptureImageStorage,
+    SegmentationStorage,
+)
 
 from .config import NodeSection
 from .delivery import PROPOSED_TRANSFER_SYNTAXES
@@ -23,10 +29,10 @@ from .scp import ACCEPTED_TRANSFER_SYNTAXES, storage_contexts
 
 #: SOP classes the node creates and sends (C-STORE SCU), by object kind of the config.
 CREATED_SOP_CLASSES: dict[str, str] = {
-    "sr": "1.2.840.10008.5.1.4.1.1.88.34",  # Comprehensive 3D SR (TID 1500)
-    "sc": "1.2.840.10008.5.1.4.1.1.7",  # Secondary Capture Image (Grad-CAM overlays)
-    "seg": "1.2.840.10008.5.1.4.1.1.66.4",  # Segmentation (lung, lesions)
-    "kos": "1.2.840.10008.5.1.4.1.1.88.59",  # Key Object Selection Document
+    "sr": Comprehensive3DSRStorage,  # TID 1500
+    "sc": SecondaryCaptureImageStorage,  # Grad-CAM overlays
+    "seg": SegmentationStorage,  # the lung
+    "kos": KeyObjectSelectionDocumentStorage,
 }
 #: Listener limits of ``[node]`` that the statement quotes, with what each means.
 LIMITS: tuple[tuple[str, str], ...] = (
