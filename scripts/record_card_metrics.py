@@ -46,12 +46,10 @@ def _record(metrics_path: Path, bundle_dir: str, held_out: str) -> dict:
 
 
 def _earlier_cross_family(bundle: Path) -> dict:
-    """The cross-family figures when this run made none (XFAMILY=0): those of the card in
-    XFAMILY_FROM_CARD (retraining a network drops them from the bundle's own card), else
-    the bundle's; each says which bundle version's recipe measured it
-    (XFAMILY_RECIPE_VERSION), since they were not rerun."""
-    source = Path(os.environ.get("XFAMILY_FROM_CARD") or bundle / "model_card.json")
-    card = json.loads(source.read_text())
+    """The card's cross-family figures when this run made none (the xfamily stage skipped,
+    networks not retrained: retraining drops them from the card); each says which bundle
+    version's recipe measured it (XFAMILY_RECIPE_VERSION), since they were not rerun."""
+    card = json.loads((bundle / "model_card.json").read_text())
     kept = {}
     for name, rec in (card.get("cross_family") or {}).items():
         rec = dict(rec)
