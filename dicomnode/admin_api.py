@@ -43,26 +43,35 @@ def token_for(http: Any) -> str | None:
     """The bearer token the API requires (None: none needed, on loopback without one)."""
     token = os.environ.get(http.token_env) or None
     if token is None and not http.is_loopback:
-        raise ConfigError("[http]", [f"bind_address {http.bind_address!r} is not loopback: set a token in the "
-                                     f"environment variable {http.token_env} (the admin API can retry and "
-                                     f"cancel jobs)"])
+        raise ConfigError(
+            "[http]",
+            [
+                f"bind_address {http.bind_address!r} is not loopback: set a token in the "
+                f"environment variable {http.token_env} (the admin API can retry and "
+                f"cancel jobs)"
+            ],
+        )
     return token
 
 
 def build_app(node: Any, token: str | None) -> FastAPI:
     """The API over a started ``dicomnode.node.Node``."""
     audit = getattr(node, "audit_record", None)  # admin actions go to the audit trail
-    app = FastAPI(title="COVID-CT-Node admin API", version=_version(),
-                  description="Health, queue and delivery state, retry/cancel, Prometheus metrics. "
-                              "UIDs and states only: no patient data.")
+    app = FastAPI(
+        title="COVID-CT-Node admin API",
+        version=_version(),
+        description="Health, queue and delivery state, retry/cancel, Prometheus metrics. "
+        "UIDs and states only: no patient data.",
+    )
 
     def authorised(request: Request) -> None:
         if token is None:
             return
         given = request.headers.get("authorization", "")
         if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-            raise HTTPException(status_code=401, detail="missing or wrong bearer token",
-                                headers={"WWW-Authenticate": "Bearer"})
+            raise HTTPException(
+                status_code=401, detail="missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"}
+            )
 
     guarded = [Depends(authorised)]
     _add_health_routes(app, node, guarded)
@@ -91,19 +100,35 @@ def _add_state_routes(app: FastAPI, node: Any, guarded: list[Any]) -> None:
     """Series, jobs, deliveries and a job's timeline (states are the modules' enums)."""
 
     @app.get("/api/series", summary="Series, newest first", dependencies=guarded)
-    def series(state: SeriesState | None = None, limit: int = Query(50, ge=1, le=1000),
-               offset: int = Query(0, ge=0)) -> dict:
-        return _page(node, "SELECT s.series_uid, s.study_uid, s.state, s.reason, s.instance_count, s.generation, "
-                           "s.first_received, s.last_received, s.completed, (SELECT MAX(id) FROM jobs j WHERE "
-                           "j.series_uid=s.series_uid) AS job_id FROM series s", "s.state", _value(state),
-                     "s.last_received DESC", limit, offset)
+    def series(
+        state: SeriesState | None = None, limit: int = Query(50, ge=1, le=1000), offset: int = Query(0, ge=0)
+    ) -> dict:
+        return _page(
+            node,
+            "SELECT s.series_uid, s.study_uid, s.state, s.reason, s.instance_count, s.generation, "
+            "s.first_received, s.last_received, s.completed, (SELECT MAX(id) FROM jobs j WHERE "
+            "j.series_uid=s.series_uid) AS job_id FROM series s",
+            "s.state",
+            _value(state),
+            "s.last_received DESC",
+            limit,
+            offset,
+        )
 
     @app.get("/api/jobs", summary="Jobs, newest first", dependencies=guarded)
-    def jobs(state: JobState | None = None, limit: int = Query(50, ge=1, le=1000),
-             offset: int = Query(0, ge=0)) -> dict:
-        page = _page(node, "SELECT id, series_uid, study_uid, generation, state, reason, attempts, lease_until, "
-                           "not_before, urgent, created, updated FROM jobs", "state", _value(state), "id DESC", limit,
-                     offset)
+    def jobs(
+        state: JobState | None = None, limit: int = Query(50, ge=1, le=1000), offset: int = Query(0, ge=0)
+    ) -> dict:
+        page = _page(
+            node,
+            "SELECT id, series_uid, study_uid, generation, state, reason, attempts, lease_until, "
+            "not_before, urgent, created, updated FROM jobs",
+            "state",
+            _value(state),
+            "id DESC",
+            limit,
+            offset,
+        )
         from .commands.status import job_decision
 
         for item in page["items"]:
@@ -111,12 +136,24 @@ def _add_state_routes(app: FastAPI, node: Any, guarded: list[Any]) -> None:
         return page
 
     @app.get("/api/deliveries", summary="Object deliveries, newest first", dependencies=guarded)
-    def deliveries(state: DeliveryState | None = None, job_id: int | None = None,
-                   limit: int = Query(50, ge=1, le=1000), offset: int = Query(0, ge=0)) -> dict:
+    def deliveries(
+        state: DeliveryState | None = None,
+        job_id: int | None = None,
+        limit: int = Query(50, ge=1, le=1000),
+        offset: int = Query(0, ge=0),
+    ) -> dict:
         where = [] if job_id is None else [("job_id", job_id)]
-        return _page(node, "SELECT job_id, destination, sop_uid, kind, state, attempts, first_try, next_try, "
-                           "last_error, updated FROM deliveries", "state", _value(state), "job_id DESC, kind", limit,
-                     offset, where)
+        return _page(
+            node,
+            "SELECT job_id, destination, sop_uid, kind, state, attempts, first_try, next_try, "
+            "last_error, updated FROM deliveries",
+            "state",
+            _value(state),
+            "job_id DESC, kind",
+            limit,
+            offset,
+            where,
+        )
 
     @app.get("/api/jobs/{job_id}/timeline", summary="What happened to one job, in order", dependencies=guarded)
     def timeline(job_id: int) -> dict:
@@ -138,13 +175,15 @@ def _add_action_routes(app: FastAPI, node: Any, guarded: list[Any], audit: Any) 
     def cancel_job(job_id: int) -> dict:
         return _action(lambda: node.queue.cancel(job_id, "cancelled by an admin"), job_id, "skipped", audit)
 
-    @app.post("/api/jobs/{job_id}/deliveries/retry", summary="Send a job's failed deliveries again",
-              dependencies=guarded)
+    @app.post(
+        "/api/jobs/{job_id}/deliveries/retry", summary="Send a job's failed deliveries again", dependencies=guarded
+    )
     def retry_deliveries(job_id: int) -> dict:
         def run() -> None:
             if node.delivery.retry_failed(job_id) == 0:
                 raise QueueError(f"job {job_id} has no failed delivery")
             node.delivery.kick()
+
         return _action(run, job_id, "delivering", audit)
 
 
@@ -162,27 +201,41 @@ def job_timeline(node: Any, job_id: int) -> dict:
     job = dict(rows[0])
     job.pop("instances", None)
     events: list[dict[str, Any]] = []
-    series = node.db.query("SELECT first_received, last_received, completed, instance_count FROM series "
-                           "WHERE series_uid=?", (job["series_uid"],))
+    series = node.db.query(
+        "SELECT first_received, last_received, completed, instance_count FROM series WHERE series_uid=?",
+        (job["series_uid"],),
+    )
     if series:
         s = series[0]
         events.append({"at": s["first_received"], "what": "first instance received"})
         events.append({"at": s["last_received"], "what": f"last instance received ({s['instance_count']} in all)"})
         if s["completed"]:
             events.append({"at": s["completed"], "what": "series complete (quiet period over)"})
-    events.append({"at": job["created"], "what": f"job queued (generation {job['generation']}"
-                                                 + (f", urgent: {job['urgent']})" if job.get("urgent") else ")")})
+    events.append(
+        {
+            "at": job["created"],
+            "what": f"job queued (generation {job['generation']}"
+            + (f", urgent: {job['urgent']})" if job.get("urgent") else ")"),
+        }
+    )
     stage_seconds = None
     try:
         summary = json.loads((node.paths["results"] / str(job_id) / "summary.json").read_text())
         stage_seconds = {k: v for k, v in summary.get("timings_s", {}).items() if k != "total"}
-        events.append({"at": (node.paths["results"] / str(job_id) / "summary.json").stat().st_mtime,
-                       "what": f"analysed: decision {summary.get('decision')}"})
+        events.append(
+            {
+                "at": (node.paths["results"] / str(job_id) / "summary.json").stat().st_mtime,
+                "what": f"analysed: decision {summary.get('decision')}",
+            }
+        )
     except (OSError, ValueError, AttributeError):
         pass
-    for d in node.db.query("SELECT destination, state, COUNT(*) AS n, MIN(first_try) AS first_try, "
-                           "MAX(updated) AS updated, MAX(last_error) AS last_error FROM deliveries WHERE job_id=? "
-                           "GROUP BY destination, state", (job_id,)):
+    for d in node.db.query(
+        "SELECT destination, state, COUNT(*) AS n, MIN(first_try) AS first_try, "
+        "MAX(updated) AS updated, MAX(last_error) AS last_error FROM deliveries WHERE job_id=? "
+        "GROUP BY destination, state",
+        (job_id,),
+    ):
         what = f"{d['n']} object(s) {d['state']} to {d['destination']}"
         events.append({"at": d["updated"], "what": what + (f" ({d['last_error']})" if d["last_error"] else "")})
     reason = f": {job['reason']}" if job["reason"] else ""
@@ -197,8 +250,16 @@ def _version() -> str:
     return __version__
 
 
-def _page(node: Any, select: str, state_column: str, state: str | None, order: str, limit: int, offset: int,
-          where: list[tuple[str, Any]] | None = None) -> dict:
+def _page(
+    node: Any,
+    select: str,
+    state_column: str,
+    state: str | None,
+    order: str,
+    limit: int,
+    offset: int,
+    where: list[tuple[str, Any]] | None = None,
+) -> dict:
     conditions = list(where or [])
     if state is not None:
         conditions.append((state_column, state))
@@ -234,14 +295,22 @@ def readiness(node: Any) -> dict[str, dict[str, Any]]:
         checks["database"] = {"ok": False, "why": f"{type(e).__name__}: {e}"}
     st = os.statvfs(node.store.root)
     free = st.f_bavail * st.f_frsize
-    checks["storage"] = {"ok": free >= node.store.min_free_bytes, "free_bytes": free,
-                         "reserve_bytes": node.store.min_free_bytes}
+    checks["storage"] = {
+        "ok": free >= node.store.min_free_bytes,
+        "free_bytes": free,
+        "reserve_bytes": node.store.min_free_bytes,
+    }
     info = node.bundle_info
-    checks["model_bundle"] = ({"ok": True, "name": info.name, "version": info.version, "sha256": info.sha256}
-                              if info is not None else {"ok": False, "why": node.bundle_error or "warming up"})
+    checks["model_bundle"] = (
+        {"ok": True, "name": info.name, "version": info.version, "sha256": info.sha256}
+        if info is not None
+        else {"ok": False, "why": node.bundle_error or "warming up"}
+    )
     try:
-        with socket.create_connection(("127.0.0.1" if node.cfg.node.bind_address in ("0.0.0.0", "::")
-                                       else node.cfg.node.bind_address, node.port), timeout=2):
+        with socket.create_connection(
+            ("127.0.0.1" if node.cfg.node.bind_address in ("0.0.0.0", "::") else node.cfg.node.bind_address, node.port),
+            timeout=2,
+        ):
             pass
         checks["listener"] = {"ok": True, "port": node.port}
     except OSError as e:
@@ -255,8 +324,9 @@ class HttpServer:
     def __init__(self, app: FastAPI, host: str, port: int) -> None:
         import uvicorn
 
-        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
-                                                    access_log=False, lifespan="off"))
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="off")
+        )
         self.host, self.port = host, port
         self.thread = threading.Thread(target=self.server.run, name="admin-http", daemon=True)
 

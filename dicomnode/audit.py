@@ -46,14 +46,19 @@ class AuditLog:
     def __init__(self, folder: Path, max_bytes: int = MAX_BYTES, backups: int = BACKUPS) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         self.path = folder / "audit.jsonl"
-        self._handler = logging.handlers.RotatingFileHandler(self.path, maxBytes=max_bytes, backupCount=backups,
-                                                             encoding="utf-8")
+        self._handler = logging.handlers.RotatingFileHandler(
+            self.path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8"
+        )
         self._handler.setFormatter(logging.Formatter("%(message)s"))
 
     def record(self, event: str, outcome: str = "success", **fields: Any) -> None:
         code, meaning = EVENT_IDS.get(event, ("110100", "Application Activity"))
-        line = {"time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"), "event": event,
-                "event_id": f"DCM {code} {meaning}", "outcome": outcome}
+        line = {
+            "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"),
+            "event": event,
+            "event_id": f"DCM {code} {meaning}",
+            "outcome": outcome,
+        }
         line.update({k: (peer_text(v, 200) if isinstance(v, str) else v) for k, v in fields.items()})
         try:
             text = json.dumps(line, sort_keys=False, default=str)

@@ -36,7 +36,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     chosen = _chosen_command(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(
         prog="dicomnode",
-        description="COVID-CT-Node: a DICOM node that runs the COVID-19 chest CT chain of Jin et al. 2020.")
+        description="COVID-CT-Node: a DICOM node that runs the COVID-19 chest CT chain of Jin et al. 2020.",
+    )
     parser.add_argument("--version", action="version", version=f"dicomnode {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

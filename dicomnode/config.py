@@ -207,8 +207,10 @@ class NodeSection(_Frozen):
         if self.port and self.port == self.tls_port:
             raise ValueError(f"port and tls_port are both {self.port}; use two ports")
         if self.reserved_associations >= self.max_associations:
-            raise ValueError(f"reserved_associations ({self.reserved_associations}) must be smaller than "
-                             f"max_associations ({self.max_associations})")
+            raise ValueError(
+                f"reserved_associations ({self.reserved_associations}) must be smaller than "
+                f"max_associations ({self.max_associations})"
+            )
         if self.reserved_associations and not self.reserved_for:
             raise ValueError("reserved_associations needs reserved_for: the AE titles the slots are kept for")
         return self
@@ -224,13 +226,14 @@ class NodeSection(_Frozen):
         return f"calling AE {calling_ae!r} from {address} is not in allowed_peers"
 
 
-
 def _check_keyword(keyword: str) -> str:
     from pydicom.datadict import tag_for_keyword
 
     if tag_for_keyword(keyword) is None:
-        raise ValueError(f"{keyword!r} is not a DICOM attribute keyword (e.g. RequestedProcedurePriority, "
-                         "InstitutionalDepartmentName)")
+        raise ValueError(
+            f"{keyword!r} is not a DICOM attribute keyword (e.g. RequestedProcedurePriority, "
+            "InstitutionalDepartmentName)"
+        )
     return keyword
 
 
@@ -459,18 +462,30 @@ class NodeConfig(_Frozen):
 
     def summary(self) -> str:
         dests = ", ".join(d.label for d in self.destinations) or "none"
-        return (f"AE {self.node.ae_title} on {self.node.bind_address}:{self.node.port}, "
-                f"data in {self.node.data_dir}, quiet period {self.node.quiet_seconds:g} s, "
-                f"{len(self.destinations)} destination(s): {dests}"
-                + (f", {len(self.fhir_destinations)} FHIR: {', '.join(d.label for d in self.fhir_destinations)}"
-                   if self.fhir_destinations else "")
-                + (f", {len(self.hl7_destinations)} HL7: {', '.join(d.label for d in self.hl7_destinations)}"
-                   if self.hl7_destinations else ""))
+        return (
+            f"AE {self.node.ae_title} on {self.node.bind_address}:{self.node.port}, "
+            f"data in {self.node.data_dir}, quiet period {self.node.quiet_seconds:g} s, "
+            f"{len(self.destinations)} destination(s): {dests}"
+            + (
+                f", {len(self.fhir_destinations)} FHIR: {', '.join(d.label for d in self.fhir_destinations)}"
+                if self.fhir_destinations
+                else ""
+            )
+            + (
+                f", {len(self.hl7_destinations)} HL7: {', '.join(d.label for d in self.hl7_destinations)}"
+                if self.hl7_destinations
+                else ""
+            )
+        )
 
 
 _SECTIONS: Mapping[str, type[_Frozen]] = {
-    "node": NodeSection, "selection": SelectionSection, "pipeline": PipelineSection,
-    "delivery": DeliverySection, "http": HttpSection, "housekeeping": HousekeepingSection,
+    "node": NodeSection,
+    "selection": SelectionSection,
+    "pipeline": PipelineSection,
+    "delivery": DeliverySection,
+    "http": HttpSection,
+    "housekeeping": HousekeepingSection,
 }
 
 
@@ -559,14 +574,18 @@ def _duplicate_problems(raw_dests: Any) -> list[str]:
             continue
         key = (str(d.get("ae_title")), str(d.get("host", "")).lower(), str(d.get("port")))
         if key in seen:
-            problems.append(f"[[destinations]] #{i + 1}: duplicate of destination #{seen[key] + 1} "
-                            f"({key[0]}@{d.get('host')}:{key[2]}); results would be sent twice, remove one")
+            problems.append(
+                f"[[destinations]] #{i + 1}: duplicate of destination #{seen[key] + 1} "
+                f"({key[0]}@{d.get('host')}:{key[2]}); results would be sent twice, remove one"
+            )
         else:
             seen[key] = i
         name = d.get("name")
         if name and name in names:
-            problems.append(f"[[destinations]] #{i + 1}: name '{name}' is already used by destination "
-                            f"#{names[name] + 1}; names must be unique")
+            problems.append(
+                f"[[destinations]] #{i + 1}: name '{name}' is already used by destination "
+                f"#{names[name] + 1}; names must be unique"
+            )
         elif name:
             names[name] = i
     return problems
@@ -583,8 +602,10 @@ def _semantic_problems(cfg: NodeConfig) -> list[str]:
     if writable:
         problems.append(writable)
     if cfg.pipeline.bundle is not None and not (cfg.pipeline.bundle / "model_card.json").is_file():
-        problems.append(f"[pipeline] bundle: {cfg.pipeline.bundle} has no model_card.json "
-                        f"(point it at a model bundle folder, or leave it out for the shipped demo bundle)")
+        problems.append(
+            f"[pipeline] bundle: {cfg.pipeline.bundle} has no model_card.json "
+            f"(point it at a model bundle folder, or leave it out for the shipped demo bundle)"
+        )
     from .tls import tls_problems  # late: tls imports this module
 
     problems += tls_problems(cfg.node, cfg.destinations)
@@ -592,8 +613,10 @@ def _semantic_problems(cfg: NodeConfig) -> list[str]:
     seen: dict[str, int] = {}
     for i, h in enumerate(cfg.hl7_destinations):
         if h.key in seen:
-            problems.append(f"[[hl7_destinations]] #{i + 1}: duplicate of #{seen[h.key] + 1} ({h.key}); "
-                            f"messages would be sent twice")
+            problems.append(
+                f"[[hl7_destinations]] #{i + 1}: duplicate of #{seen[h.key] + 1} ({h.key}); "
+                f"messages would be sent twice"
+            )
         seen.setdefault(h.key, i)
         if h.tls_ca_file is not None and not h.tls_ca_file.is_file():
             problems.append(f"[[hl7_destinations]] #{i + 1}: tls_ca_file {h.tls_ca_file} does not exist")
@@ -633,8 +656,10 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
         raw["destinations"] = [_resolve_tls_files(d, base) if isinstance(d, dict) else d for d in raw["destinations"]]
     for table, key in (("fhir_destinations", "ca_file"), ("hl7_destinations", "tls_ca_file")):
         if isinstance(raw.get(table), list):
-            raw[table] = [{**d, key: str((base / d[key]).resolve())} if isinstance(d, dict)
-                          and isinstance(d.get(key), str) else d for d in raw[table]]
+            raw[table] = [
+                {**d, key: str((base / d[key]).resolve())} if isinstance(d, dict) and isinstance(d.get(key), str) else d
+                for d in raw[table]
+            ]
     return raw
 
 
@@ -645,8 +670,9 @@ def _resolve_tls_files(table: Mapping[str, Any], base: Path) -> dict[str, Any]:
     return {k: str((base / v).resolve()) if k in TLS_FILE_KEYS and isinstance(v, str) else v for k, v in table.items()}
 
 
-def config_from_dict(raw: Mapping[str, Any], base_dir: Path, source: str = "<dict>",
-                     check_filesystem: bool = True) -> NodeConfig:
+def config_from_dict(
+    raw: Mapping[str, Any], base_dir: Path, source: str = "<dict>", check_filesystem: bool = True
+) -> NodeConfig:
     """Build a NodeConfig from parsed TOML; raise ConfigError listing every problem."""
     problems = _structure_problems(raw) + _duplicate_problems(raw.get("destinations"))
     resolved = _resolve_paths(dict(raw), base_dir)
@@ -692,11 +718,20 @@ def parse_destination(text: str) -> Destination:
         raise ValueError(f"destination {text!r}: " + "; ".join(_plain(x) for x in e.errors())) from None
 
 
-def with_overrides(cfg: NodeConfig, *, ae_title: str | None = None, port: int | None = None,
-                   data_dir: Path | None = None, quiet_seconds: float | None = None,
-                   bind_address: str | None = None, bundle: Path | None = None,
-                   destinations: Iterable[Destination] | None = None, http_port: int | None = None,
-                   http_bind: str | None = None, tls: Mapping[str, Any] | None = None) -> NodeConfig:
+def with_overrides(
+    cfg: NodeConfig,
+    *,
+    ae_title: str | None = None,
+    port: int | None = None,
+    data_dir: Path | None = None,
+    quiet_seconds: float | None = None,
+    bind_address: str | None = None,
+    bundle: Path | None = None,
+    destinations: Iterable[Destination] | None = None,
+    http_port: int | None = None,
+    http_bind: str | None = None,
+    tls: Mapping[str, Any] | None = None,
+) -> NodeConfig:
     """A copy with command-line overrides applied and re-validated. ``tls``: [node] tls_*
     keys (``tls_port``, ``tls_cert_file``...) with their values; files resolve against
     the current directory."""
@@ -708,8 +743,12 @@ def with_overrides(cfg: NodeConfig, *, ae_title: str | None = None, port: int | 
     for key, value in (("port", http_port), ("bind_address", http_bind)):
         if value is not None:
             http[key] = value
-    for key, value in (("ae_title", ae_title), ("port", port), ("quiet_seconds", quiet_seconds),
-                       ("bind_address", bind_address)):
+    for key, value in (
+        ("ae_title", ae_title),
+        ("port", port),
+        ("quiet_seconds", quiet_seconds),
+        ("bind_address", bind_address),
+    ):
         if value is not None:
             node[key] = value
     if data_dir is not None:

@@ -68,21 +68,27 @@ def tables() -> dict[str, str]:
     defaults = node.model_dump()
     return {
         "scp-sop-classes": _table(("SOP class", "UID"), scp_rows),
-        "scp-transfer-syntaxes": _table(("Transfer syntax", "UID"),
-                                        [(_name(ts), f"`{ts}`") for ts in ACCEPTED_TRANSFER_SYNTAXES]),
-        "scu-sop-classes": _table(("Object (config kind)", "SOP class", "UID", "Transfer syntaxes proposed"),
-                                  [(kind, _name(uid), f"`{uid}`",
-                                    ", ".join(_name(ts) for ts in PROPOSED_TRANSFER_SYNTAXES))
-                                   for kind, uid in CREATED_SOP_CLASSES.items()]),
-        "limits": _table(("`[node]` setting", "default", "meaning"),
-                         [(f"`{key}`", f"{defaults[key]}", text) for key, text in LIMITS]),
+        "scp-transfer-syntaxes": _table(
+            ("Transfer syntax", "UID"), [(_name(ts), f"`{ts}`") for ts in ACCEPTED_TRANSFER_SYNTAXES]
+        ),
+        "scu-sop-classes": _table(
+            ("Object (config kind)", "SOP class", "UID", "Transfer syntaxes proposed"),
+            [
+                (kind, _name(uid), f"`{uid}`", ", ".join(_name(ts) for ts in PROPOSED_TRANSFER_SYNTAXES))
+                for kind, uid in CREATED_SOP_CLASSES.items()
+            ],
+        ),
+        "limits": _table(
+            ("`[node]` setting", "default", "meaning"), [(f"`{key}`", f"{defaults[key]}", text) for key, text in LIMITS]
+        ),
         "counts": f"The listener accepts {len(scp_rows)} SOP classes (Verification and every storage SOP class "
-                  f"pynetdicom lists) in {len(ACCEPTED_TRANSFER_SYNTAXES)} transfer syntaxes.",
+        f"pynetdicom lists) in {len(ACCEPTED_TRANSFER_SYNTAXES)} transfer syntaxes.",
     }
 
 
-_BLOCK = re.compile(r"(<!-- conformance:(?P<name>[a-z-]+) -->)\n(?P<body>.*?)\n?(<!-- /conformance:(?P=name) -->)",
-                    re.S)
+_BLOCK = re.compile(
+    r"(<!-- conformance:(?P<name>[a-z-]+) -->)\n(?P<body>.*?)\n?(<!-- /conformance:(?P=name) -->)", re.S
+)
 
 
 def blocks(text: str) -> dict[str, str]:

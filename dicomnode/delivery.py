@@ -39,11 +39,12 @@ log = logging.getLogger(__name__)
 
 DEFAULT_NETWORK_TIMEOUT_S: float = NodeSection.model_fields["network_timeout_s"].default
 
+
 class DeliveryState(StrEnum):
     """One (job, destination, object) row of ``deliveries`` (the stored strings never change)::
 
-        pending -> sent | failed      (success, or the retry window ran out)
-        failed -> pending             (an admin's retry: ``retry_failed``)
+    pending -> sent | failed      (success, or the retry window ran out)
+    failed -> pending             (an admin's retry: ``retry_failed``)
     """
 
     PENDING = "pending"
@@ -106,11 +107,19 @@ def _wake_on_abort(assoc, poll_s: float = 0.1) -> Iterator[None]:
 class Delivery:
     """Records, sends and retries result deliveries."""
 
-    def __init__(self, db: Database, destinations: Sequence[Destination], settings: DeliverySection,
-                 results_root: Path, calling_ae: str, audit: Callable[..., None] | None = None,
-                 queue: JobQueue | None = None, network_timeout_s: float = DEFAULT_NETWORK_TIMEOUT_S,
-                 fhir_destinations: Sequence[FhirDestination] = (),
-                 hl7_destinations: Sequence[Hl7Destination] = ()) -> None:
+    def __init__(
+        self,
+        db: Database,
+        destinations: Sequence[Destination],
+        settings: DeliverySection,
+        results_root: Path,
+        calling_ae: str,
+        audit: Callable[..., None] | None = None,
+        queue: JobQueue | None = None,
+        network_timeout_s: float = DEFAULT_NETWORK_TIMEOUT_S,
+        fhir_destinations: Sequence[FhirDestination] = (),
+        hl7_destinations: Sequence[Hl7Destination] = (),
+    ) -> None:
         """``audit``: told of each run's outcome per destination (dicomnode.audit); ``queue``:
         the owner of job states (a job's state follows its deliveries); ``network_timeout_s``:
         ``[node] network_timeout_s``, the longest wait for a destination's answer;
@@ -131,8 +140,9 @@ class Delivery:
         self.on_kick: Callable[[], None] | None = None
 
     # -- recording ------------------------------------------------------------------
-    def record_in(self, conn: sqlite3.Connection, job_id: int, written: Iterable[tuple[str, str, str]],
-                  at: float) -> int:
+    def record_in(
+        self, conn: sqlite3.Connection, job_id: int, written: Iterable[tuple[str, str, str]], at: float
+    ) -> int:
         """Insert one pending row per (destination, object) the destination wants.
 
         Inside the worker's transaction; returns how many rows. Existing rows (a rebuilt
@@ -149,9 +159,11 @@ class Delivery:
             else:
                 wanted = [key for key, dest in self.destinations.items() if kind in dest.objects]
             for key in wanted:
-                conn.execute("INSERT OR IGNORE INTO deliveries(job_id, destination, sop_uid, kind, path, state, "
-                             "attempts, created, next_try, updated) VALUES (?,?,?,?,?,?,0,?,?,?)",
-                             (job_id, key, sop_uid, kind, path, PENDING, at, at, at))
+                conn.execute(
+                    "INSERT OR IGNORE INTO deliveries(job_id, destination, sop_uid, kind, path, state, "
+                    "attempts, created, next_try, updated) VALUES (?,?,?,?,?,?,0,?,?,?)",
+                    (job_id, key, sop_uid, kind, path, PENDING, at, at, at),
+                )
                 count += 1
         return count
 
@@ -167,8 +179,9 @@ class Delivery:
             return 0  # another run is in progress
         try:
             t = now() if at is None else at
-            rows = self.db.query("SELECT * FROM deliveries WHERE state=? AND next_try<=? ORDER BY job_id, kind",
-                                 (PENDING, t))
+            rows = self.db.query(
+                "SELECT * FROM deliveries WHERE state=? AND next_try<=? ORDER BY job_id, kind", (PENDING, t)
+            )
             by_dest: dict[str, list[sqlite3.Row]] = defaultdict(list)
             for row in rows:
                 by_dest[row["destination"]].append(row)
@@ -182,10 +195,15 @@ class Delivery:
                     self._retry(items, f"internal error: {type(e).__name__}: {e}")
                 sent += done
                 if self.audit is not None:
-                    self.audit("delivery", "success" if done == len(items) else "failure" if done == 0 else "partial",
-                               destination=key, objects=len(items), sent=done,
-                               job_ids=sorted({int(r["job_id"]) for r in items}),
-                               sop_uids=[str(r["sop_uid"]) for r in items])
+                    self.audit(
+                        "delivery",
+                        "success" if done == len(items) else "failure" if done == 0 else "partial",
+                        destination=key,
+                        objects=len(items),
+                        sent=done,
+                        job_ids=sorted({int(r["job_id"]) for r in items}),
+                        sop_uids=[str(r["sop_uid"]) for r in items],
+                    )
             self._settle_jobs()
             return sent
         finally:
@@ -213,16 +231,19 @@ class Delivery:
         ae.acse_timeout = ae.connection_timeout = self.settings.connect_timeout_seconds
         ae.dimse_timeout = ae.network_timeout = self.network_timeout_s
         for sop_class in sorted({str(ds.SOPClassUID) for _, ds in datasets}):
-            tss = sorted({str(ds.file_meta.TransferSyntaxUID) for _, ds in datasets if str(ds.SOPClassUID) == sop_class}
-                         | set(PROPOSED_TRANSFER_SYNTAXES))
+            tss = sorted(
+                {str(ds.file_meta.TransferSyntaxUID) for _, ds in datasets if str(ds.SOPClassUID) == sop_class}
+                | set(PROPOSED_TRANSFER_SYNTAXES)
+            )
             ae.add_requested_context(sop_class, tss)
         try:
             tls = client_context(dest)
         except ValueError as e:  # config check names this too; retried until the files are fixed
             self._retry([r for r, _ in datasets], str(e))
             return 0
-        assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title,
-                             tls_args=(tls, dest.host) if tls is not None else None)
+        assoc = ae.associate(
+            dest.host, dest.port, ae_title=dest.ae_title, tls_args=(tls, dest.host) if tls is not None else None
+        )
         if not assoc.is_established:
             why = "association rejected" if assoc.is_rejected else "cannot connect"
             self._retry([r for r, _ in datasets], f"{why} ({dest.label})")
@@ -255,8 +276,14 @@ class Delivery:
             log.info("sent %d object(s) to %s", sent, dest.label)
         return sent
 
-    def _send_each(self, rows: Sequence[sqlite3.Row], send: Callable[[bytes], object], what: str,
-                   label: str, error: type[Exception]) -> int:
+    def _send_each(
+        self,
+        rows: Sequence[sqlite3.Row],
+        send: Callable[[bytes], object],
+        what: str,
+        label: str,
+        error: type[Exception],
+    ) -> int:
         """Send each row's result file with ``send``; ``error`` (a refusal, no answer)
         is retried like a refused C-STORE, an unreadable file fails the row."""
         sent = 0
@@ -283,8 +310,13 @@ class Delivery:
 
         token = os.environ.get(dest.token_env, "") if dest.token_env else ""
         ca = str(dest.ca_file) if dest.ca_file is not None else None
-        return self._send_each(rows, lambda body: post_bundle(dest.url, body, dest.timeout_s, token, ca),
-                               "FHIR report(s)", dest.label, FhirSendError)
+        return self._send_each(
+            rows,
+            lambda body: post_bundle(dest.url, body, dest.timeout_s, token, ca),
+            "FHIR report(s)",
+            dest.label,
+            FhirSendError,
+        )
 
     def _send_hl7(self, dest: Hl7Destination, rows: Sequence[sqlite3.Row]) -> int:
         """Send each ORU^R01 over MLLP; anything but an AA acknowledgement is retried."""
@@ -292,8 +324,9 @@ class Delivery:
 
         from .hl7 import Hl7Error, message_control_id, send_mllp
 
-        tls = ssl.create_default_context(cafile=str(dest.tls_ca_file) if dest.tls_ca_file else None) \
-            if dest.tls else None
+        tls = (
+            ssl.create_default_context(cafile=str(dest.tls_ca_file) if dest.tls_ca_file else None) if dest.tls else None
+        )
 
         def send(body: bytes) -> None:
             # Bytes, decoded: read_text would turn the CR segment separators into LF.
@@ -304,48 +337,78 @@ class Delivery:
 
     def _mark_sent(self, row: sqlite3.Row) -> None:
         t = now()
-        self.db.execute("UPDATE deliveries SET state=?, attempts=attempts+1, first_try=COALESCE(first_try, ?), "
-                        "last_error=NULL, updated=? WHERE job_id=? AND destination=? AND sop_uid=?",
-                        (SENT, t, t, row["job_id"], row["destination"], row["sop_uid"]))
+        self.db.execute(
+            "UPDATE deliveries SET state=?, attempts=attempts+1, first_try=COALESCE(first_try, ?), "
+            "last_error=NULL, updated=? WHERE job_id=? AND destination=? AND sop_uid=?",
+            (SENT, t, t, row["job_id"], row["destination"], row["sop_uid"]),
+        )
 
     def _retry(self, rows: Sequence[sqlite3.Row], error: str) -> None:
         t = now()
         window = self.settings.retry_window_hours * 3600.0
         with self.db.transaction() as conn:
             for row in rows:
-                current = conn.execute("SELECT attempts, first_try, created FROM deliveries "
-                                       "WHERE job_id=? AND destination=? AND sop_uid=?",
-                                       (row["job_id"], row["destination"], row["sop_uid"])).fetchone()
+                current = conn.execute(
+                    "SELECT attempts, first_try, created FROM deliveries "
+                    "WHERE job_id=? AND destination=? AND sop_uid=?",
+                    (row["job_id"], row["destination"], row["sop_uid"]),
+                ).fetchone()
                 attempts = current["attempts"] + 1
                 first = current["first_try"] if current["first_try"] is not None else t
                 if t - current["created"] >= window:
-                    conn.execute("UPDATE deliveries SET state=?, attempts=?, first_try=?, last_error=?, updated=? "
-                                 "WHERE job_id=? AND destination=? AND sop_uid=?",
-                                 (FAILED, attempts, first, f"gave up after {attempts} tries: {error}", t,
-                                  row["job_id"], row["destination"], row["sop_uid"]))
-                    log.error("DELIVERY FAILED: job %d object %s to %s: gave up after %d tries over %.1f h (%s)",
-                              row["job_id"], row["sop_uid"], row["destination"], attempts,
-                              (t - current["created"]) / 3600, error)
+                    conn.execute(
+                        "UPDATE deliveries SET state=?, attempts=?, first_try=?, last_error=?, updated=? "
+                        "WHERE job_id=? AND destination=? AND sop_uid=?",
+                        (
+                            FAILED,
+                            attempts,
+                            first,
+                            f"gave up after {attempts} tries: {error}",
+                            t,
+                            row["job_id"],
+                            row["destination"],
+                            row["sop_uid"],
+                        ),
+                    )
+                    log.error(
+                        "DELIVERY FAILED: job %d object %s to %s: gave up after %d tries over %.1f h (%s)",
+                        row["job_id"],
+                        row["sop_uid"],
+                        row["destination"],
+                        attempts,
+                        (t - current["created"]) / 3600,
+                        error,
+                    )
                 else:
-                    wait = backoff_seconds(attempts, self.settings.backoff_base_seconds,
-                                           self.settings.backoff_max_seconds)
-                    conn.execute("UPDATE deliveries SET attempts=?, first_try=?, next_try=?, last_error=?, updated=? "
-                                 "WHERE job_id=? AND destination=? AND sop_uid=?",
-                                 (attempts, first, t + wait, error, t, row["job_id"], row["destination"],
-                                  row["sop_uid"]))
+                    wait = backoff_seconds(
+                        attempts, self.settings.backoff_base_seconds, self.settings.backoff_max_seconds
+                    )
+                    conn.execute(
+                        "UPDATE deliveries SET attempts=?, first_try=?, next_try=?, last_error=?, updated=? "
+                        "WHERE job_id=? AND destination=? AND sop_uid=?",
+                        (attempts, first, t + wait, error, t, row["job_id"], row["destination"], row["sop_uid"]),
+                    )
         if rows:
-            log.warning("delivery of %d object(s) to %s failed (%s); next try in %.0f s", len(rows),
-                        rows[0]["destination"], error,
-                        backoff_seconds(rows[0]["attempts"] + 1, self.settings.backoff_base_seconds,
-                                        self.settings.backoff_max_seconds))
+            log.warning(
+                "delivery of %d object(s) to %s failed (%s); next try in %.0f s",
+                len(rows),
+                rows[0]["destination"],
+                error,
+                backoff_seconds(
+                    rows[0]["attempts"] + 1, self.settings.backoff_base_seconds, self.settings.backoff_max_seconds
+                ),
+            )
 
     def _fail(self, rows: Sequence[sqlite3.Row], error: str) -> None:
         t = now()
         for row in rows:
-            self.db.execute("UPDATE deliveries SET state=?, last_error=?, updated=? WHERE job_id=? AND destination=? "
-                            "AND sop_uid=?", (FAILED, error, t, row["job_id"], row["destination"], row["sop_uid"]))
-            log.error("DELIVERY FAILED: job %d object %s to %s: %s", row["job_id"], row["sop_uid"],
-                      row["destination"], error)
+            self.db.execute(
+                "UPDATE deliveries SET state=?, last_error=?, updated=? WHERE job_id=? AND destination=? AND sop_uid=?",
+                (FAILED, error, t, row["job_id"], row["destination"], row["sop_uid"]),
+            )
+            log.error(
+                "DELIVERY FAILED: job %d object %s to %s: %s", row["job_id"], row["sop_uid"], row["destination"], error
+            )
 
     def states(self, job_id: int | None = None) -> list[DeliveryState]:
         """The state of every delivery (of one job), in row order."""
@@ -359,8 +422,11 @@ class Delivery:
         """Every delivery (of one job) as a dict: job, destination, object, state (a
         DeliveryState), attempts and the last error; in row order."""
         where, args = ("", ()) if job_id is None else (" WHERE job_id=?", (job_id,))
-        rows = self.db.query("SELECT job_id, destination, sop_uid, kind, state, attempts, last_error FROM deliveries"
-                             f"{where} ORDER BY rowid", args)
+        rows = self.db.query(
+            "SELECT job_id, destination, sop_uid, kind, state, attempts, last_error FROM deliveries"
+            f"{where} ORDER BY rowid",
+            args,
+        )
         return [dict(r, state=DeliveryState(r["state"])) for r in rows]
 
     def retry_failed(self, job_id: int) -> int:
@@ -368,8 +434,10 @@ class Delivery:
         window, the job back to delivering; returns how many."""
         t = now()
         with self.db.transaction() as conn:
-            n = conn.execute("UPDATE deliveries SET state=?, next_try=?, created=?, updated=? WHERE job_id=? AND "
-                             "state=?", (PENDING, t, t, t, job_id, FAILED)).rowcount
+            n = conn.execute(
+                "UPDATE deliveries SET state=?, next_try=?, created=?, updated=? WHERE job_id=? AND state=?",
+                (PENDING, t, t, t, job_id, FAILED),
+            ).rowcount
             if n:
                 self.queue.redeliver_in(conn, job_id, "deliveries retried by an admin", t)
         return n
@@ -382,7 +450,8 @@ class Delivery:
             rows = conn.execute(
                 "SELECT j.id, SUM(d.state=?) AS pending, SUM(d.state=?) AS failed, COUNT(d.sop_uid) AS total "
                 "FROM jobs j LEFT JOIN deliveries d ON d.job_id=j.id WHERE j.state=? GROUP BY j.id",
-                (PENDING, FAILED, JobState.DELIVERING.value)).fetchall()
+                (PENDING, FAILED, JobState.DELIVERING.value),
+            ).fetchall()
             for row in rows:
                 if not row["pending"]:
                     self.queue.delivered_in(conn, int(row["id"]), int(row["failed"] or 0), int(row["total"]), t)

@@ -20,8 +20,10 @@ class ConfigError(NodeError):
         self.source = source
         self.problems: tuple[str, ...] = tuple(problems)
         listed = "\n".join(f"  - {p}" for p in self.problems)
-        super().__init__(f"configuration {source} has {len(self.problems)} problem(s):\n{listed}\n"
-                         f"Fix them and run 'dicomnode config check {source}'.")
+        super().__init__(
+            f"configuration {source} has {len(self.problems)} problem(s):\n{listed}\n"
+            f"Fix them and run 'dicomnode config check {source}'."
+        )
 
 
 class StoreError(NodeError):

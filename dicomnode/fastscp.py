@@ -82,6 +82,7 @@ def _abort_pdu(source: int = 0x02, reason: int = 0x00) -> bytes:
 
 # -- command set (Implicit VR Little Endian) -------------------------------------------------------
 
+
 def _element(elem: int, value: bytes) -> bytes:
     return struct.pack("<HHI", 0x0000, elem, len(value)) + value
 
@@ -93,14 +94,16 @@ def _uid(text: str) -> bytes:
 
 def encode_response(command: int, msg_id: int, status: int, sop_class: str, sop_uid: str = "") -> bytes:
     """A C-ECHO-RSP or C-STORE-RSP command set, group length first (PS3.7 E.1)."""
-    body = b"".join((
-        _element(0x0002, _uid(sop_class)),
-        _element(0x0100, struct.pack("<H", command)),
-        _element(0x0120, struct.pack("<H", msg_id)),
-        _element(0x0800, struct.pack("<H", NO_DATASET)),
-        _element(0x0900, struct.pack("<H", status)),
-        _element(0x1000, _uid(sop_uid)) if sop_uid else b"",
-    ))
+    body = b"".join(
+        (
+            _element(0x0002, _uid(sop_class)),
+            _element(0x0100, struct.pack("<H", command)),
+            _element(0x0120, struct.pack("<H", msg_id)),
+            _element(0x0800, struct.pack("<H", NO_DATASET)),
+            _element(0x0900, struct.pack("<H", status)),
+            _element(0x1000, _uid(sop_uid)) if sop_uid else b"",
+        )
+    )
     return _element(0x0000, struct.pack("<I", len(body))) + body
 
 
@@ -136,6 +139,7 @@ def decode_command(raw: bytes) -> Command:
 
 # -- one association -----------------------------------------------------------------------------
 
+
 class _Association:
     """Reads PDUs from one socket and answers them; never raises out of ``run``."""
 
@@ -143,7 +147,7 @@ class _Association:
         self.sock = sock
         self.server = server
         self.node = server.node
-        self.peer_max = 0          # peer's max PDU length (0 = unlimited)
+        self.peer_max = 0  # peer's max PDU length (0 = unlimited)
         self.contexts: dict[int, tuple[str, str]] = {}  # accepted id -> (abstract, transfer syntax)
         self.calling_ae = ""
         self.address = _peer_address(sock)
@@ -190,7 +194,7 @@ class _Association:
         room = max(room, 1)
         out = []
         for start in range(0, len(command), room):
-            frag = command[start:start + room]
+            frag = command[start : start + room]
             last = start + room >= len(command)
             pdv = _PDV_HEADER.pack(len(frag) + 2, ctx_id, 0x03 if last else 0x01) + frag
             out.append(_PDU_HEADER.pack(0x04, 0, len(pdv)) + pdv)
@@ -205,15 +209,23 @@ class _Association:
             if not self._associate():
                 return
             self.server.associated(self)
-            self.server.audit("association", "accepted", calling_ae=self.calling_ae, address=self.address,
-                              tls=self.server.ssl_context is not None)
+            self.server.audit(
+                "association",
+                "accepted",
+                calling_ae=self.calling_ae,
+                address=self.address,
+                tls=self.server.ssl_context is not None,
+            )
             self._serve()
         except _Abort as e:
             self.server.refusals.warning("association with %s aborted: %s", self._who(), peer_text(str(e), 200))
             self._try_send(_abort_pdu())
         except socket.timeout:
-            self.server.refusals.warning("association with %s timed out (%s phase); aborting", self._who(),
-                                         "association" if not self.contexts else "message")
+            self.server.refusals.warning(
+                "association with %s timed out (%s phase); aborting",
+                self._who(),
+                "association" if not self.contexts else "message",
+            )
             self._try_send(_abort_pdu())
         except (ConnectionError, OSError) as e:
             log.info("association with %s ended: %s", self._who(), peer_text(str(e), 200))
@@ -229,8 +241,14 @@ class _Association:
 
     def _reject(self, result: int, source: int, reason: int, why: str) -> bool:
         self.server.refusals.warning("association from %s refused: %s", self.address, why)
-        self.server.audit("association", "refused", calling_ae=self.calling_ae, address=self.address,
-                          tls=self.server.ssl_context is not None, reason=why)
+        self.server.audit(
+            "association",
+            "refused",
+            calling_ae=self.calling_ae,
+            address=self.address,
+            tls=self.server.ssl_context is not None,
+            reason=why,
+        )
         prim = A_ASSOCIATE()
         prim.result, prim.result_source, prim.diagnostic = result, source, reason
         rj = A_ASSOCIATE_RJ()
@@ -257,7 +275,8 @@ class _Association:
         if allowed and self.calling_ae not in allowed:
             return self._reject(0x01, 0x01, 0x03, f"calling AE {peer_text(self.calling_ae, 16)} is not allowed")
         mismatch = subject_problem(self.node, self.sock, self.calling_ae) or self.node.peer_refusal(
-            self.calling_ae, self.address)
+            self.calling_ae, self.address
+        )
         if mismatch:
             return self._reject(0x01, 0x01, 0x03, peer_text(mismatch, 120))
         if rq.protocol_version != 0x0001:
@@ -271,8 +290,9 @@ class _Association:
         self.holds_slot = True
         self.peer_max = int(prim.maximum_length_received or 0)
 
-        accepted, _roles = negotiate_as_acceptor(prim.presentation_context_definition_list,
-                                                 self.server.supported_contexts)
+        accepted, _roles = negotiate_as_acceptor(
+            prim.presentation_context_definition_list, self.server.supported_contexts
+        )
         for cx in accepted:
             if cx.result == 0x00 and cx.context_id is not None:
                 self.contexts[int(cx.context_id)] = (str(cx.abstract_syntax), str(cx.transfer_syntax[0]))
@@ -355,7 +375,7 @@ class _Association:
                         raise _Abort("dataset fragment without its command")
                     self._recv_data(size)
                     if mch & 0x02:
-                        self._dispatch(ctx_id, cmd, memoryview(self.data)[:self.data_len])
+                        self._dispatch(ctx_id, cmd, memoryview(self.data)[: self.data_len])
                         cmd = None
                         in_message = False
 
@@ -366,9 +386,9 @@ class _Association:
         if end > len(self.data):
             # A new buffer rather than a resize: a view of the old one may still exist.
             grown = bytearray(max(end, 2 * len(self.data)))
-            grown[:self.data_len] = memoryview(self.data)[:self.data_len]
+            grown[: self.data_len] = memoryview(self.data)[: self.data_len]
             self.data = grown
-        self._fill(memoryview(self.data)[self.data_len:end])
+        self._fill(memoryview(self.data)[self.data_len : end])
         self.data_len = end
 
     def _dispatch(self, ctx_id: int, cmd: Command, data: memoryview | None) -> None:
@@ -376,12 +396,20 @@ class _Association:
         abstract = self.contexts[ctx_id][0]
         if field in (C_ECHO_RQ, C_STORE_RQ) and sop_class != abstract:
             # PS3.7 9.1.1.1.2 / 9.3.1: the SOP class must be the context's abstract syntax.
-            self.server.refusals.warning("%s: %s of SOP class %s on the presentation context of %s refused (0x0122)",
-                                         self._who(), "C-STORE" if field == C_STORE_RQ else "C-ECHO",
-                                         peer_text(sop_class, 64), abstract)
+            self.server.refusals.warning(
+                "%s: %s of SOP class %s on the presentation context of %s refused (0x0122)",
+                self._who(),
+                "C-STORE" if field == C_STORE_RQ else "C-ECHO",
+                peer_text(sop_class, 64),
+                abstract,
+            )
             reply = C_STORE_RSP if field == C_STORE_RQ else C_ECHO_RSP
-            self._send_command(ctx_id, encode_response(reply, msg_id, SOP_CLASS_NOT_SUPPORTED, sop_class,
-                                                       sop_uid if field == C_STORE_RQ else ""))
+            self._send_command(
+                ctx_id,
+                encode_response(
+                    reply, msg_id, SOP_CLASS_NOT_SUPPORTED, sop_class, sop_uid if field == C_STORE_RQ else ""
+                ),
+            )
             return
         if field == C_ECHO_RQ and data is None:
             self._send_command(ctx_id, encode_response(C_ECHO_RSP, msg_id, 0x0000, sop_class))
@@ -399,6 +427,7 @@ class _Association:
 
 # -- the server ----------------------------------------------------------------------------------
 
+
 def _peer_address(sock: socket.socket) -> str:
     try:
         return str(sock.getpeername()[0])
@@ -411,8 +440,11 @@ class _Handler(socketserver.BaseRequestHandler):
         sock: socket.socket = self.request
         server: FastServer = self.server  # type: ignore[assignment]
         if not server.admit_pending():
-            server.refusals.warning("connection from %s closed: %d connections are already waiting to "
-                                    "associate", _peer_address(sock), server.node.max_pending_connections)
+            server.refusals.warning(
+                "connection from %s closed: %d connections are already waiting to associate",
+                _peer_address(sock),
+                server.node.max_pending_connections,
+            )
             return  # socketserver closes the socket
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # responses are small
         if server.ssl_context is not None:
@@ -457,10 +489,17 @@ class FastServer(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
     request_queue_size = 64
 
-    def __init__(self, node: NodeSection, store_fn: StoreFn, storage_contexts: list[PresentationContext],
-                 end_fn: EndFn | None = None, ssl_context: "ssl.SSLContext | None" = None,
-                 port: int | None = None, audit: "Callable[..., None] | None" = None,
-                 space_problem: "Callable[[], str] | None" = None) -> None:
+    def __init__(
+        self,
+        node: NodeSection,
+        store_fn: StoreFn,
+        storage_contexts: list[PresentationContext],
+        end_fn: EndFn | None = None,
+        ssl_context: "ssl.SSLContext | None" = None,
+        port: int | None = None,
+        audit: "Callable[..., None] | None" = None,
+        space_problem: "Callable[[], str] | None" = None,
+    ) -> None:
         """``port``: where to listen (default ``node.port``; the TLS listener passes ``tls_port``);
         ``audit``: told of every association accepted or refused (dicomnode.audit);
         ``space_problem``: why new associations are refused now (the disk watermark), '' if not."""
@@ -513,9 +552,12 @@ class FastServer(socketserver.ThreadingTCPServer):
             if node.reserved_associations and not node.reserved_sender(calling_ae):
                 limit -= node.reserved_associations
             if self._active >= limit:
-                return (f"too many associations ({self._active} open; {node.reserved_associations} of "
-                        f"{node.max_associations} kept for reserved_for)"
-                        if limit < node.max_associations else f"too many associations ({node.max_associations})")
+                return (
+                    f"too many associations ({self._active} open; {node.reserved_associations} of "
+                    f"{node.max_associations} kept for reserved_for)"
+                    if limit < node.max_associations
+                    else f"too many associations ({node.max_associations})"
+                )
             per = node.max_associations_per_address
             if per and self._per_address.get(address, 0) >= per:
                 return f"too many associations from {address} ({per})"

@@ -52,6 +52,8 @@ DECISION_SNOMED: dict[str, dict[str, str]] = {
     "cap": {"system": SNOMED, "code": "385093006", "display": "Community acquired pneumonia"},
     "influenza": {"system": SNOMED, "code": "6142004", "display": "Influenza"},
 }
+
+
 def _uuid(seed: str) -> str:
     """A stable urn:uuid for a resource of this report (the same job gives the same ids)."""
     return f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_OID, seed)}"
@@ -80,33 +82,83 @@ def _observations(summary: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]
     value = {"coding": [coding], "text": DECISION_TEXT[decision]} if coding else {"text": DECISION_TEXT[decision]}
     obs.append(("decision", {"code": _code(CODE_SYSTEM, "DECISION", "AI decision"), "valueCodeableConcept": value}))
     for cls, p in sorted((summary.get("probabilities") or {}).items()):
-        obs.append((f"p_{cls}", {"code": _code(CODE_SYSTEM, f"P_{cls.upper()}", f"AI probability of {cls}"),
-                                 "valueQuantity": _percent(p)}))
+        obs.append(
+            (
+                f"p_{cls}",
+                {
+                    "code": _code(CODE_SYSTEM, f"P_{cls.upper()}", f"AI probability of {cls}"),
+                    "valueQuantity": _percent(p),
+                },
+            )
+        )
     for task, p in sorted((summary.get("tasks") or {}).items()):
-        obs.append((f"task_{task}", {"code": _code(CODE_SYSTEM, f"TASK_{task.upper()}", f"AI score: {task}"),
-                                     "valueQuantity": _percent(p)}))
+        obs.append(
+            (
+                f"task_{task}",
+                {"code": _code(CODE_SYSTEM, f"TASK_{task.upper()}", f"AI score: {task}"), "valueQuantity": _percent(p)},
+            )
+        )
     for key, name in (("lung_volume_ml", "Lung volume"), ("lesion_volume_ml", "Lesion volume")):
         if summary.get(key) is not None:
-            obs.append((key, {"code": _code(CODE_SYSTEM, key.upper(), name),
-                              "valueQuantity": {"value": float(summary[key]), "unit": "mL", "system": UCUM,
-                                                "code": "mL"}}))
+            obs.append(
+                (
+                    key,
+                    {
+                        "code": _code(CODE_SYSTEM, key.upper(), name),
+                        "valueQuantity": {"value": float(summary[key]), "unit": "mL", "system": UCUM, "code": "mL"},
+                    },
+                )
+            )
     if summary.get("lesion_share_of_lung") is not None:
-        obs.append(("lesion_share", {"code": _code(CODE_SYSTEM, "LESPCT", "Lesion share of the lung"),
-                                     "valueQuantity": _percent(summary["lesion_share_of_lung"])}))
+        obs.append(
+            (
+                "lesion_share",
+                {
+                    "code": _code(CODE_SYSTEM, "LESPCT", "Lesion share of the lung"),
+                    "valueQuantity": _percent(summary["lesion_share_of_lung"]),
+                },
+            )
+        )
     if summary.get("mosmed_grade"):
         grade = str(summary["mosmed_grade"])
-        obs.append(("severity_grade", {"code": _code(CODE_SYSTEM, "CTGRADE", "CT severity grade (MosMedData)"),
-                                       "valueCodeableConcept": _code(CODE_SYSTEM, grade.replace("-", ""), grade)}))
-    obs.append(("infected_slices", {"code": _code(CODE_SYSTEM, "NINFECTED", "Infectious slices reported"),
-                                    "valueInteger": len(summary.get("infected_slices") or [])}))
-    obs.append(("out_of_domain_score", {"code": _code(CODE_SYSTEM, "OODSCORE", "Out-of-domain score (1 = threshold)"),
-                                        "valueQuantity": {"value": float(summary["out_of_domain_score"]),
-                                                          "unit": "1", "system": UCUM, "code": "1"}}))
+        obs.append(
+            (
+                "severity_grade",
+                {
+                    "code": _code(CODE_SYSTEM, "CTGRADE", "CT severity grade (MosMedData)"),
+                    "valueCodeableConcept": _code(CODE_SYSTEM, grade.replace("-", ""), grade),
+                },
+            )
+        )
+    obs.append(
+        (
+            "infected_slices",
+            {
+                "code": _code(CODE_SYSTEM, "NINFECTED", "Infectious slices reported"),
+                "valueInteger": len(summary.get("infected_slices") or []),
+            },
+        )
+    )
+    obs.append(
+        (
+            "out_of_domain_score",
+            {
+                "code": _code(CODE_SYSTEM, "OODSCORE", "Out-of-domain score (1 = threshold)"),
+                "valueQuantity": {
+                    "value": float(summary["out_of_domain_score"]),
+                    "unit": "1",
+                    "system": UCUM,
+                    "code": "1",
+                },
+            },
+        )
+    )
     return obs
 
 
-def build_report_bundle(summary: Mapping[str, Any], refs: StudyRefs, job_key: str,
-                        issued: datetime | None = None) -> Bundle:
+def build_report_bundle(
+    summary: Mapping[str, Any], refs: StudyRefs, job_key: str, issued: datetime | None = None
+) -> Bundle:
     """The transaction Bundle of one analysed series (validated by fhir.resources).
 
     ``job_key`` makes the resource ids stable: sending the same job again creates the
@@ -118,45 +170,97 @@ def build_report_bundle(summary: Mapping[str, Any], refs: StudyRefs, job_key: st
     subject = _patient(refs)
     ids = {name: _uuid(f"{job_key}/{name}") for name in ("report", "study", "device")}
     study_ref = {"reference": ids["study"]}
-    device = {"resourceType": "Device", "identifier": [{"system": URI, "value": f"urn:sha256:{model['sha256']}"}],
-              "deviceName": [{"name": f"{model['name']} {model['version']}", "type": "model-name"}],
-              "version": [{"value": str(model["version"])}],
-              "note": [{"text": str(summary.get("disclaimer") or "")}] if summary.get("disclaimer") else []}
+    device = {
+        "resourceType": "Device",
+        "identifier": [{"system": URI, "value": f"urn:sha256:{model['sha256']}"}],
+        "deviceName": [{"name": f"{model['name']} {model['version']}", "type": "model-name"}],
+        "version": [{"value": str(model["version"])}],
+        "note": [{"text": str(summary.get("disclaimer") or "")}] if summary.get("disclaimer") else [],
+    }
     series: dict[str, Any] = {"uid": refs.series_uid, "modality": {"system": DCM, "code": refs.modality}}
     if refs.key_images:
-        series["instance"] = [{"uid": sop_uid, "sopClass": {"system": URI, "code": f"urn:oid:{sop_class}"}}
-                              for sop_class, sop_uid in refs.key_images]
-    study = {"resourceType": "ImagingStudy", "status": "available", "subject": subject,
-             "identifier": [{"system": URI, "value": f"urn:oid:{refs.study_uid}"}]
-             + ([{"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "ACSN"}]},
-                  "value": refs.accession_number}] if refs.accession_number else []),
-             "series": [series]}
+        series["instance"] = [
+            {"uid": sop_uid, "sopClass": {"system": URI, "code": f"urn:oid:{sop_class}"}}
+            for sop_class, sop_uid in refs.key_images
+        ]
+    study = {
+        "resourceType": "ImagingStudy",
+        "status": "available",
+        "subject": subject,
+        "identifier": [{"system": URI, "value": f"urn:oid:{refs.study_uid}"}]
+        + (
+            [
+                {
+                    "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "ACSN"}]},
+                    "value": refs.accession_number,
+                }
+            ]
+            if refs.accession_number
+            else []
+        ),
+        "series": [series],
+    }
     when = {"effectiveDateTime": refs.study_datetime} if refs.study_datetime else {}
     observations = []
     for key, part in _observations(summary):
-        observations.append((_uuid(f"{job_key}/obs/{key}"), {
-            "resourceType": "Observation", "status": "preliminary",
-            "category": [{"coding": [{"system": OBSERVATION_CATEGORY, "code": "imaging"}]}],
-            "subject": subject, "derivedFrom": [study_ref], "device": {"reference": ids["device"]},
-            **when, **part}))
+        observations.append(
+            (
+                _uuid(f"{job_key}/obs/{key}"),
+                {
+                    "resourceType": "Observation",
+                    "status": "preliminary",
+                    "category": [{"coding": [{"system": OBSERVATION_CATEGORY, "code": "imaging"}]}],
+                    "subject": subject,
+                    "derivedFrom": [study_ref],
+                    "device": {"reference": ids["device"]},
+                    **when,
+                    **part,
+                },
+            )
+        )
     decision = str(summary["decision"])
-    report: dict[str, Any] = {"resourceType": "DiagnosticReport", "status": "preliminary",
-              "identifier": [{"system": CODE_SYSTEM, "value": job_key}],
-              "category": [{"coding": [RADIOLOGY]}], "code": {"coding": [CT_CHEST], "text": "CT Chest (AI analysis)"},
-              "subject": subject, "issued": issued.isoformat(timespec="seconds"), **when,
-              "imagingStudy": [study_ref], "result": [{"reference": u} for u, _ in observations],
-              "conclusion": f"{summary.get('decision_reason', DECISION_TEXT[decision])} "
-                            f"{summary.get('disclaimer', '')}".strip()}
+    report: dict[str, Any] = {
+        "resourceType": "DiagnosticReport",
+        "status": "preliminary",
+        "identifier": [{"system": CODE_SYSTEM, "value": job_key}],
+        "category": [{"coding": [RADIOLOGY]}],
+        "code": {"coding": [CT_CHEST], "text": "CT Chest (AI analysis)"},
+        "subject": subject,
+        "issued": issued.isoformat(timespec="seconds"),
+        **when,
+        "imagingStudy": [study_ref],
+        "result": [{"reference": u} for u, _ in observations],
+        "conclusion": f"{summary.get('decision_reason', DECISION_TEXT[decision])} "
+        f"{summary.get('disclaimer', '')}".strip(),
+    }
     if decision in DECISION_SNOMED:
         report["conclusionCode"] = [{"coding": [DECISION_SNOMED[decision]]}]
-    entries: list[tuple[str, dict[str, Any]]] = [(ids["device"], device), (ids["study"], study), *observations,
-                                                 (ids["report"], report)]
-    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
-        {"fullUrl": url, "resource": res,
-         "request": {"method": "POST", "url": res["resourceType"],
-                     **({"ifNoneExist": f"identifier={CODE_SYSTEM}|{job_key}"}
-                        if res["resourceType"] == "DiagnosticReport" else {})}}
-        for url, res in entries]}
+    entries: list[tuple[str, dict[str, Any]]] = [
+        (ids["device"], device),
+        (ids["study"], study),
+        *observations,
+        (ids["report"], report),
+    ]
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "fullUrl": url,
+                "resource": res,
+                "request": {
+                    "method": "POST",
+                    "url": res["resourceType"],
+                    **(
+                        {"ifNoneExist": f"identifier={CODE_SYSTEM}|{job_key}"}
+                        if res["resourceType"] == "DiagnosticReport"
+                        else {}
+                    ),
+                },
+            }
+            for url, res in entries
+        ],
+    }
     return Bundle.model_validate(bundle)
 
 
@@ -189,4 +293,3 @@ def post_bundle(url: str, body: bytes, timeout_s: float, token: str = "", ca_fil
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
         raise FhirSendError(f"cannot reach {url}: {reason}") from e
-

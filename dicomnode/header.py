@@ -52,8 +52,10 @@ def validate_uid(uid: object, what: str) -> str:
     text = str(uid).rstrip("\x00 ") if uid is not None else ""
     if not text or len(text) > UID_MAX_LEN or not UID_PATTERN.fullmatch(text):
         shown = text[:80].encode("ascii", "backslashreplace").decode()
-        raise InvalidUIDError(f"{what} {shown!r} is not a valid DICOM UID (digits and dots, "
-                              f"at most {UID_MAX_LEN} characters)", STATUS_CANNOT_UNDERSTAND)
+        raise InvalidUIDError(
+            f"{what} {shown!r} is not a valid DICOM UID (digits and dots, at most {UID_MAX_LEN} characters)",
+            STATUS_CANNOT_UNDERSTAND,
+        )
     return text
 
 
@@ -90,8 +92,9 @@ def patient_key(patient_id: str, patient_name: str) -> str:
     return hashlib.sha256(f"{patient_id}\x00{patient_name}".encode("utf-8", "replace")).hexdigest()[:16]
 
 
-def parse_header(dataset_stream: BinaryIO, transfer_syntax: str, sop_class_uid: str = "",
-                 sop_uid: str = "") -> InstanceInfo:
+def parse_header(
+    dataset_stream: BinaryIO, transfer_syntax: str, sop_class_uid: str = "", sop_uid: str = ""
+) -> InstanceInfo:
     """Read the identifying elements of a dataset (no file meta) up to group 0x0028.
 
     Raises StoreError with 0xC210 when the bytes cannot be parsed or a UID is invalid,
@@ -118,11 +121,14 @@ def parse_header(dataset_stream: BinaryIO, transfer_syntax: str, sop_class_uid: 
     except Exception as e:  # pydicom raises many types on malformed data
         raise StoreError(f"dataset cannot be parsed ({type(e).__name__}: {e})", STATUS_CANNOT_UNDERSTAND) from e
     if sop_uid and info.sop_uid != sop_uid:
-        raise StoreError(f"dataset SOP Instance UID {info.sop_uid} differs from the request's {sop_uid}",
-                         STATUS_DATASET_MISMATCH)
+        raise StoreError(
+            f"dataset SOP Instance UID {info.sop_uid} differs from the request's {sop_uid}", STATUS_DATASET_MISMATCH
+        )
     if sop_class_uid and info.sop_class_uid != sop_class_uid:
-        raise StoreError(f"dataset SOP Class UID {info.sop_class_uid} differs from the request's "
-                         f"{sop_class_uid}", STATUS_DATASET_MISMATCH)
+        raise StoreError(
+            f"dataset SOP Class UID {info.sop_class_uid} differs from the request's {sop_class_uid}",
+            STATUS_DATASET_MISMATCH,
+        )
     return info
 
 
@@ -170,15 +176,44 @@ def _info_from(ds: Dataset | Mapping[str, object], transfer_syntax: str) -> Inst
 # error messages for unusual data stay pydicom's.
 
 _WANTED = {
-    0x00080005: "SpecificCharacterSet", 0x00080008: "ImageType", 0x00080016: "SOPClassUID",
-    0x00080018: "SOPInstanceUID", 0x00080060: "Modality", 0x00100010: "PatientName",
-    0x00100020: "PatientID", 0x00180015: "BodyPartExamined", 0x00180050: "SliceThickness",
-    0x0020000D: "StudyInstanceUID", 0x0020000E: "SeriesInstanceUID", 0x00200032: "ImagePositionPatient",
+    0x00080005: "SpecificCharacterSet",
+    0x00080008: "ImageType",
+    0x00080016: "SOPClassUID",
+    0x00080018: "SOPInstanceUID",
+    0x00080060: "Modality",
+    0x00100010: "PatientName",
+    0x00100020: "PatientID",
+    0x00180015: "BodyPartExamined",
+    0x00180050: "SliceThickness",
+    0x0020000D: "StudyInstanceUID",
+    0x0020000E: "SeriesInstanceUID",
+    0x00200032: "ImagePositionPatient",
     0x00200037: "ImageOrientationPatient",
 }
 _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT", b"SV", b"UV"}
-_SHORT_VRS = {b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"IS", b"LO", b"LT", b"PN",
-              b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US"}
+_SHORT_VRS = {
+    b"AE",
+    b"AS",
+    b"AT",
+    b"CS",
+    b"DA",
+    b"DS",
+    b"DT",
+    b"FL",
+    b"FD",
+    b"IS",
+    b"LO",
+    b"LT",
+    b"PN",
+    b"SH",
+    b"SL",
+    b"SS",
+    b"ST",
+    b"TM",
+    b"UI",
+    b"UL",
+    b"US",
+}
 _PLAIN_CHARSETS = {"", "ISO_IR 6", "ISO_IR 100", "ISO_IR 192"}
 _UNDEFINED = 0xFFFFFFFF
 _U16 = struct.Struct("<H")
@@ -190,8 +225,9 @@ class _NotPlain(Exception):
     pass
 
 
-def _walk(buf: memoryview, pos: int, implicit: bool, out: dict[int, bytes] | None, stop_tag: int,
-          item_end: bool) -> int:
+def _walk(
+    buf: memoryview, pos: int, implicit: bool, out: dict[int, bytes] | None, stop_tag: int, item_end: bool
+) -> int:
     """Walk elements from ``pos``; collect wanted ones into ``out`` (top level only).
     Ends at ``stop_tag``, at the end of ``buf``, or (``item_end``) after an item delimiter."""
     n = len(buf)
@@ -207,7 +243,7 @@ def _walk(buf: memoryview, pos: int, implicit: bool, out: dict[int, bytes] | Non
         if implicit or group == 0xFFFE:
             hdr, vr = 8, b""
         else:
-            vr = bytes(buf[pos + 4:pos + 6])
+            vr = bytes(buf[pos + 4 : pos + 6])
             if vr in _SHORT_VRS:
                 hdr, length = 8, _U16.unpack_from(buf, pos + 6)[0]
             elif vr in _LONG_VRS:
@@ -224,7 +260,7 @@ def _walk(buf: memoryview, pos: int, implicit: bool, out: dict[int, bytes] | Non
         if pos + hdr + length > n:
             raise _NotPlain
         if out is not None and tag in _WANTED:
-            out[tag] = bytes(buf[pos + hdr:pos + hdr + length])
+            out[tag] = bytes(buf[pos + hdr : pos + hdr + length])
         pos += hdr + length
     if item_end:
         raise _NotPlain
@@ -305,15 +341,17 @@ def encode_file_meta(sop_class_uid: str, sop_uid: str, transfer_syntax: str, sou
     Encoded by hand (PS3.10 7.1: explicit VR little endian, group length first): pydicom's
     writer costs about as much per image as the write itself, for seven elements.
     """
-    body = b"".join((
-        _meta_element(0x0001, b"OB", b"\x00\x01"),
-        _meta_element(0x0002, b"UI", _padded(sop_class_uid, b"\x00")),
-        _meta_element(0x0003, b"UI", _padded(sop_uid, b"\x00")),
-        _meta_element(0x0010, b"UI", _padded(transfer_syntax, b"\x00")),
-        _meta_element(0x0012, b"UI", _padded(IMPLEMENTATION_CLASS_UID, b"\x00")),
-        _meta_element(0x0013, b"SH", _padded(IMPLEMENTATION_VERSION, b" ")),
-        _meta_element(0x0016, b"AE", _padded(source_ae.strip(), b" ")) if source_ae.strip() else b"",
-    ))
+    body = b"".join(
+        (
+            _meta_element(0x0001, b"OB", b"\x00\x01"),
+            _meta_element(0x0002, b"UI", _padded(sop_class_uid, b"\x00")),
+            _meta_element(0x0003, b"UI", _padded(sop_uid, b"\x00")),
+            _meta_element(0x0010, b"UI", _padded(transfer_syntax, b"\x00")),
+            _meta_element(0x0012, b"UI", _padded(IMPLEMENTATION_CLASS_UID, b"\x00")),
+            _meta_element(0x0013, b"SH", _padded(IMPLEMENTATION_VERSION, b" ")),
+            _meta_element(0x0016, b"AE", _padded(source_ae.strip(), b" ")) if source_ae.strip() else b"",
+        )
+    )
     group_length = struct.pack("<HH2sHI", 0x0002, 0x0000, b"UL", 4, len(body))
     return b"\x00" * 128 + b"DICM" + group_length + body
 

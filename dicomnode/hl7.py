@@ -63,37 +63,67 @@ def message_control_id(message: str) -> str:
 def _obx_rows(summary: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
     """(value type, observation id, value, units) per OBX, in the FHIR report's order."""
     decision = str(summary["decision"])
-    rows = [("CE", f"DECISION^AI decision^{OUR_CODES}",
-             f"{decision}^{_escape(DECISION_TEXT[decision])}^{OUR_CODES}", "")]
+    rows = [
+        ("CE", f"DECISION^AI decision^{OUR_CODES}", f"{decision}^{_escape(DECISION_TEXT[decision])}^{OUR_CODES}", "")
+    ]
     for cls, p in sorted((summary.get("probabilities") or {}).items()):
-        rows.append(("NM", f"P_{cls.upper()}^AI probability of {cls}^{OUR_CODES}", f"{100 * float(p):.3f}",
-                     f"%^percent^{UCUM}"))
+        rows.append(
+            ("NM", f"P_{cls.upper()}^AI probability of {cls}^{OUR_CODES}", f"{100 * float(p):.3f}", f"%^percent^{UCUM}")
+        )
     for task, p in sorted((summary.get("tasks") or {}).items()):
-        rows.append(("NM", f"TASK_{task.upper()}^AI score {task}^{OUR_CODES}", f"{100 * float(p):.3f}",
-                     f"%^percent^{UCUM}"))
+        rows.append(
+            ("NM", f"TASK_{task.upper()}^AI score {task}^{OUR_CODES}", f"{100 * float(p):.3f}", f"%^percent^{UCUM}")
+        )
     for key, name in (("lung_volume_ml", "Lung volume"), ("lesion_volume_ml", "Lesion volume")):
         if summary.get(key) is not None:
-            rows.append(("NM", f"{key.upper()}^{name}^{OUR_CODES}", f"{float(summary[key]):.1f}",
-                         f"mL^milliliter^{UCUM}"))
+            rows.append(
+                ("NM", f"{key.upper()}^{name}^{OUR_CODES}", f"{float(summary[key]):.1f}", f"mL^milliliter^{UCUM}")
+            )
     if summary.get("lesion_share_of_lung") is not None:
-        rows.append(("NM", f"LESPCT^Lesion share of the lung^{OUR_CODES}",
-                     f"{100 * float(summary['lesion_share_of_lung']):.3f}", f"%^percent^{UCUM}"))
+        rows.append(
+            (
+                "NM",
+                f"LESPCT^Lesion share of the lung^{OUR_CODES}",
+                f"{100 * float(summary['lesion_share_of_lung']):.3f}",
+                f"%^percent^{UCUM}",
+            )
+        )
     if summary.get("mosmed_grade"):
         grade = str(summary["mosmed_grade"])
-        rows.append(("CE", f"CTGRADE^CT severity grade (MosMedData)^{OUR_CODES}",
-                     f"{grade.replace('-', '')}^{grade}^{OUR_CODES}", ""))
-    rows.append(("NM", f"NINFECTED^Infectious slices reported^{OUR_CODES}",
-                 str(len(summary.get("infected_slices") or [])), ""))
-    rows.append(("NM", f"OODSCORE^Out-of-domain score (1 = threshold)^{OUR_CODES}",
-                 f"{float(summary['out_of_domain_score']):.4f}", f"1^unity^{UCUM}"))
+        rows.append(
+            (
+                "CE",
+                f"CTGRADE^CT severity grade (MosMedData)^{OUR_CODES}",
+                f"{grade.replace('-', '')}^{grade}^{OUR_CODES}",
+                "",
+            )
+        )
+    rows.append(
+        ("NM", f"NINFECTED^Infectious slices reported^{OUR_CODES}", str(len(summary.get("infected_slices") or [])), "")
+    )
+    rows.append(
+        (
+            "NM",
+            f"OODSCORE^Out-of-domain score (1 = threshold)^{OUR_CODES}",
+            f"{float(summary['out_of_domain_score']):.4f}",
+            f"1^unity^{UCUM}",
+        )
+    )
     text = f"{summary.get('decision_reason') or DECISION_TEXT[decision]} {summary.get('disclaimer') or ''}".strip()
     rows.append(("TX", f"REPORT^AI report text^{OUR_CODES}", _escape(text), ""))
     return rows
 
 
-def build_oru(summary: Mapping[str, Any], refs: StudyRefs, patient_name: str, control_id: str,
-              receiving_application: str = "", receiving_facility: str = "",
-              sending_facility: str = "", at: datetime | None = None) -> str:
+def build_oru(
+    summary: Mapping[str, Any],
+    refs: StudyRefs,
+    patient_name: str,
+    control_id: str,
+    receiving_application: str = "",
+    receiving_facility: str = "",
+    sending_facility: str = "",
+    at: datetime | None = None,
+) -> str:
     """The ORU^R01 message (ER7, segments separated by CR), validated by hl7apy."""
     from hl7apy.exceptions import HL7apyException
     from hl7apy.parser import parse_message
@@ -137,7 +167,7 @@ def read_frame(sock: socket.socket, limit: int = 1 << 20) -> str:
             raise Hl7Error("the receiver's answer is not an MLLP frame (too long)")
     if not data.startswith(START):
         raise Hl7Error("the receiver's answer does not start an MLLP frame")
-    return data[1:data.index(END)].decode("utf-8", "replace")
+    return data[1 : data.index(END)].decode("utf-8", "replace")
 
 
 def acknowledgement_code(ack: str, control_id: str) -> str:
@@ -156,8 +186,9 @@ def acknowledgement_code(ack: str, control_id: str) -> str:
     return code
 
 
-def send_mllp(host: str, port: int, message: str, control_id: str, timeout_s: float,
-              tls: ssl.SSLContext | None = None) -> None:
+def send_mllp(
+    host: str, port: int, message: str, control_id: str, timeout_s: float, tls: ssl.SSLContext | None = None
+) -> None:
     """Send one message and wait for its ACK; Hl7Error unless it is AA or CA."""
     try:
         with socket.create_connection((host, port), timeout=timeout_s) as raw:

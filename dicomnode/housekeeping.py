@@ -72,20 +72,28 @@ def purgeable(db: Database) -> list[dict[str, Any]]:
         "AND NOT EXISTS (SELECT 1 FROM deliveries d JOIN jobs j ON d.job_id = j.id "
         "  WHERE j.series_uid = s.series_uid AND d.state <> ?) "
         "ORDER BY s.completed",
-        (SeriesState.COMPLETE.value, SeriesState.SKIPPED.value, *FINAL_JOB_STATES, DeliveryState.SENT.value))
+        (SeriesState.COMPLETE.value, SeriesState.SKIPPED.value, *FINAL_JOB_STATES, DeliveryState.SENT.value),
+    )
     return [dict(r) for r in rows]
 
 
 class Housekeeper:
     """Purges series by the retention rules (module doc). ``audit``: told of each purge."""
 
-    def __init__(self, db: Database, storage_root: Path, results_root: Path, retention_days: float,
-                 max_storage_gb: float, audit: Callable[..., None] | None = None) -> None:
+    def __init__(
+        self,
+        db: Database,
+        storage_root: Path,
+        results_root: Path,
+        retention_days: float,
+        max_storage_gb: float,
+        audit: Callable[..., None] | None = None,
+    ) -> None:
         self.db = db
         self.storage_root = storage_root
         self.results_root = results_root
         self.retention_s = float(retention_days) * 86400.0
-        self.max_bytes = int(float(max_storage_gb) * 1024 ** 3)
+        self.max_bytes = int(float(max_storage_gb) * 1024**3)
         self.audit = audit
 
     @property
@@ -121,14 +129,18 @@ class Housekeeper:
             freed += self.purge(c["series_uid"], why)
             purged.append(c["series_uid"])
         if purged:
-            log.info("housekeeping: %d series purged, %.1f MB freed", len(purged), freed / 2 ** 20)
+            log.info("housekeeping: %d series purged, %.1f MB freed", len(purged), freed / 2**20)
         return PurgeReport(tuple(purged), freed)
 
     def _paths(self, series_uid: str) -> tuple[list[Path], list[Path]]:
-        instances = [self.storage_root / r["path"] for r in
-                     self.db.query("SELECT path FROM instances WHERE series_uid=?", (series_uid,))]
-        results = [self.results_root / str(r["id"]) for r in
-                   self.db.query("SELECT id FROM jobs WHERE series_uid=?", (series_uid,))]
+        instances = [
+            self.storage_root / r["path"]
+            for r in self.db.query("SELECT path FROM instances WHERE series_uid=?", (series_uid,))
+        ]
+        results = [
+            self.results_root / str(r["id"])
+            for r in self.db.query("SELECT id FROM jobs WHERE series_uid=?", (series_uid,))
+        ]
         return instances, results
 
     def _series_bytes(self, series_uid: str) -> int:

@@ -53,8 +53,12 @@ REAP_INTERVAL_S = 30.0
 
 
 def data_paths(data_dir: Path) -> dict[str, Path]:
-    return {"db": data_dir / DB_FILE, "storage": data_dir / "storage", "results": data_dir / "results",
-            "lock": data_dir / LOCK_FILE}
+    return {
+        "db": data_dir / DB_FILE,
+        "storage": data_dir / "storage",
+        "results": data_dir / "results",
+        "lock": data_dir / LOCK_FILE,
+    }
 
 
 class Node:
@@ -93,8 +97,9 @@ class Node:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise DataDirLockedError(f"another node is running on {self.paths['lock'].parent}; stop it or use "
-                                     f"another --data-dir") from None
+            raise DataDirLockedError(
+                f"another node is running on {self.paths['lock'].parent}; stop it or use another --data-dir"
+            ) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._lock_fd = fd
@@ -114,35 +119,68 @@ class Node:
             self.paths["results"].mkdir(parents=True, exist_ok=True)
             self.queue = JobQueue(self.db, cfg.node.job_lease_seconds, cfg.node.max_job_attempts)
             self.audit = AuditLog(cfg.node.data_dir / "audit")
-            self.delivery = Delivery(self.db, cfg.destinations, cfg.delivery, self.paths["results"],
-                                     cfg.node.ae_title, audit=self.audit.record, queue=self.queue,
-                                     network_timeout_s=cfg.node.network_timeout_s,
-                                     fhir_destinations=cfg.fhir_destinations,
-                                     hl7_destinations=cfg.hl7_destinations)
-            self.assembler = SeriesAssembler(self.db, self.queue, cfg.selection, cfg.node.quiet_seconds,
-                                             on_enqueued=self._job_enqueued, read_header=self._read_header)
-            self.workers = [Worker(cfg, self.queue, self.assembler, self.delivery, self.store.root,
-                                   self.paths["results"], name=f"worker-{i + 1}", metrics=self.metrics,
-                                   ready=self.warmed, audit=self.audit.record)
-                            for i in range(cfg.node.workers)]
+            self.delivery = Delivery(
+                self.db,
+                cfg.destinations,
+                cfg.delivery,
+                self.paths["results"],
+                cfg.node.ae_title,
+                audit=self.audit.record,
+                queue=self.queue,
+                network_timeout_s=cfg.node.network_timeout_s,
+                fhir_destinations=cfg.fhir_destinations,
+                hl7_destinations=cfg.hl7_destinations,
+            )
+            self.assembler = SeriesAssembler(
+                self.db,
+                self.queue,
+                cfg.selection,
+                cfg.node.quiet_seconds,
+                on_enqueued=self._job_enqueued,
+                read_header=self._read_header,
+            )
+            self.workers = [
+                Worker(
+                    cfg,
+                    self.queue,
+                    self.assembler,
+                    self.delivery,
+                    self.store.root,
+                    self.paths["results"],
+                    name=f"worker-{i + 1}",
+                    metrics=self.metrics,
+                    ready=self.warmed,
+                    audit=self.audit.record,
+                )
+                for i in range(cfg.node.workers)
+            ]
             token = token_for(cfg.http) if cfg.http.port else None
             self._recover()
             self._start_timers()
             threading.Thread(target=self._warm_up, name="bundle-warm-up", daemon=True).start()
             for w in self.workers:
                 w.start()
-            self.scp = StorageSCP(cfg.node, self.store, self.assembler.record_instance, observe=self.metrics.stored,
-                                  on_released=(self.assembler.complete_released
-                                               if cfg.node.complete_on_release else None),
-                                  audit=self.audit.record)
+            self.scp = StorageSCP(
+                cfg.node,
+                self.store,
+                self.assembler.record_instance,
+                observe=self.metrics.stored,
+                on_released=(self.assembler.complete_released if cfg.node.complete_on_release else None),
+                audit=self.audit.record,
+            )
             self.scp.start()
             if cfg.http.port:
                 self.http = HttpServer(build_app(self, token), cfg.http.bind_address, cfg.http.port).start()
         except BaseException:
             self.stop()
             raise
-        log.info("node started: AE %s on %s:%d, data in %s", cfg.node.ae_title, cfg.node.bind_address,
-                 self.scp.port, cfg.node.data_dir)
+        log.info(
+            "node started: AE %s on %s:%d, data in %s",
+            cfg.node.ae_title,
+            cfg.node.bind_address,
+            self.scp.port,
+            cfg.node.data_dir,
+        )
         return self
 
     def _warm_up(self) -> None:
@@ -188,18 +226,36 @@ class Node:
         cfg = self.cfg
         if self.db is None or self.audit is None:
             raise RuntimeError("the timers start after the database and the audit log are open")
-        sched = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
-                                    timezone=dt.timezone.utc)
+        sched = BackgroundScheduler(
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None}, timezone=dt.timezone.utc
+        )
         tick = max(0.1, min(1.0, cfg.node.quiet_seconds / 4))
         sched.add_job(self.assembler.complete_due, "interval", seconds=tick, id="series-quiet-period")
         sched.add_job(self.queue.reap, "interval", seconds=REAP_INTERVAL_S, id="lease-reaper")
-        keeper = Housekeeper(self.db, self.store.root, self.paths["results"], cfg.housekeeping.retention_days,
-                             cfg.housekeeping.max_storage_gb, audit=self.audit.record)
+        keeper = Housekeeper(
+            self.db,
+            self.store.root,
+            self.paths["results"],
+            cfg.housekeeping.retention_days,
+            cfg.housekeeping.max_storage_gb,
+            audit=self.audit.record,
+        )
         if keeper.active:
-            sched.add_job(keeper.run, "interval", minutes=cfg.housekeeping.interval_minutes, id="housekeeping",
-                          max_instances=1, coalesce=True)
-        sched.add_job(self.delivery.deliver_due, "interval", seconds=cfg.delivery.poll_seconds, id="delivery",
-                      next_run_time=dt.datetime.now(dt.timezone.utc))
+            sched.add_job(
+                keeper.run,
+                "interval",
+                minutes=cfg.housekeeping.interval_minutes,
+                id="housekeeping",
+                max_instances=1,
+                coalesce=True,
+            )
+        sched.add_job(
+            self.delivery.deliver_due,
+            "interval",
+            seconds=cfg.delivery.poll_seconds,
+            id="delivery",
+            next_run_time=dt.datetime.now(dt.timezone.utc),
+        )
         self.delivery.on_kick = self._kick_delivery
         sched.start()
         self.scheduler = sched

@@ -47,8 +47,9 @@ class JobState(StrEnum):
 
 ALLOWED: dict[JobState, frozenset[JobState]] = {
     JobState.QUEUED: frozenset({JobState.RUNNING, JobState.SKIPPED}),
-    JobState.RUNNING: frozenset({JobState.QUEUED, JobState.DELIVERING, JobState.DONE, JobState.FAILED,
-                                 JobState.SKIPPED}),
+    JobState.RUNNING: frozenset(
+        {JobState.QUEUED, JobState.DELIVERING, JobState.DONE, JobState.FAILED, JobState.SKIPPED}
+    ),
     JobState.DELIVERING: frozenset({JobState.DONE, JobState.FAILED}),
     JobState.DONE: frozenset(),
     JobState.FAILED: frozenset(),
@@ -81,10 +82,18 @@ class Job:
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> "Job":
-        return cls(id=row["id"], series_uid=row["series_uid"], study_uid=row["study_uid"],
-                   generation=row["generation"], instances=tuple(json.loads(row["instances"])),
-                   state=JobState(row["state"]), reason=row["reason"], attempts=row["attempts"],
-                   lease_until=row["lease_until"], urgent=row["urgent"])
+        return cls(
+            id=row["id"],
+            series_uid=row["series_uid"],
+            study_uid=row["study_uid"],
+            generation=row["generation"],
+            instances=tuple(json.loads(row["instances"])),
+            state=JobState(row["state"]),
+            reason=row["reason"],
+            attempts=row["attempts"],
+            lease_until=row["lease_until"],
+            urgent=row["urgent"],
+        )
 
 
 class JobQueue:
@@ -96,27 +105,51 @@ class JobQueue:
         self.max_attempts = max_attempts
 
     # -- creating -------------------------------------------------------------------
-    def enqueue_in(self, conn: sqlite3.Connection, series_uid: str, study_uid: str, generation: int,
-                   instances: Sequence[str], at: float | None = None, urgent: str | None = None) -> int:
+    def enqueue_in(
+        self,
+        conn: sqlite3.Connection,
+        series_uid: str,
+        study_uid: str,
+        generation: int,
+        instances: Sequence[str],
+        at: float | None = None,
+        urgent: str | None = None,
+    ) -> int:
         """Insert a queued job inside the caller's transaction; returns its id.
 
         Queued jobs of earlier generations of the same series are skipped: the new job
         covers every instance they had and more. ``urgent``: why the job goes first.
         """
         t = now() if at is None else at
-        conn.execute("UPDATE jobs SET state=?, reason=?, updated=? WHERE series_uid=? AND state=? AND generation<?",
-                     (JobState.SKIPPED.value, f"superseded by generation {generation} (late instances)", t,
-                      series_uid, JobState.QUEUED.value, generation))
+        conn.execute(
+            "UPDATE jobs SET state=?, reason=?, updated=? WHERE series_uid=? AND state=? AND generation<?",
+            (
+                JobState.SKIPPED.value,
+                f"superseded by generation {generation} (late instances)",
+                t,
+                series_uid,
+                JobState.QUEUED.value,
+                generation,
+            ),
+        )
         cur = conn.execute(
             "INSERT INTO jobs(series_uid, study_uid, generation, instances, state, attempts, urgent, created, updated) "
             "VALUES (?,?,?,?,?,0,?,?,?)",
-            (series_uid, study_uid, generation, json.dumps(list(instances)), JobState.QUEUED.value, urgent, t, t))
+            (series_uid, study_uid, generation, json.dumps(list(instances)), JobState.QUEUED.value, urgent, t, t),
+        )
         if cur.lastrowid is None:  # sqlite3 always sets it after an INSERT
             raise QueueError(f"series {series_uid}: the new job has no row id")
         return cur.lastrowid
 
-    def enqueue(self, series_uid: str, study_uid: str, instances: Sequence[str], generation: int = 1,
-                at: float | None = None, urgent: str | None = None) -> int:
+    def enqueue(
+        self,
+        series_uid: str,
+        study_uid: str,
+        instances: Sequence[str],
+        generation: int = 1,
+        at: float | None = None,
+        urgent: str | None = None,
+    ) -> int:
         with self.db.transaction() as conn:
             return self.enqueue_in(conn, series_uid, study_uid, generation, instances, at, urgent)
 
@@ -126,15 +159,25 @@ class JobQueue:
         attempts+1, lease set), or None."""
         t = now() if at is None else at
         with self.db.transaction() as conn:
-            row = conn.execute("SELECT id FROM jobs WHERE state=? AND (not_before IS NULL OR not_before <= ?) "
-                               "ORDER BY urgent IS NULL, id LIMIT 1", (JobState.QUEUED.value, t)).fetchone()
+            row = conn.execute(
+                "SELECT id FROM jobs WHERE state=? AND (not_before IS NULL OR not_before <= ?) "
+                "ORDER BY urgent IS NULL, id LIMIT 1",
+                (JobState.QUEUED.value, t),
+            ).fetchone()
             if row is None:
                 return None
-            conn.execute("UPDATE jobs SET state=?, attempts=attempts+1, lease_until=?, not_before=NULL, updated=? "
-                         "WHERE id=?", (JobState.RUNNING.value, t + self.lease_seconds, t, row["id"]))
+            conn.execute(
+                "UPDATE jobs SET state=?, attempts=attempts+1, lease_until=?, not_before=NULL, updated=? WHERE id=?",
+                (JobState.RUNNING.value, t + self.lease_seconds, t, row["id"]),
+            )
             job = Job.from_row(conn.execute("SELECT * FROM jobs WHERE id=?", (row["id"],)).fetchone())
-        log.info("job %d claimed (series %s, attempt %d%s)", job.id, job.series_uid, job.attempts,
-                 ", urgent" if job.urgent else "")
+        log.info(
+            "job %d claimed (series %s, attempt %d%s)",
+            job.id,
+            job.series_uid,
+            job.attempts,
+            ", urgent" if job.urgent else "",
+        )
         return job
 
     def still_mine(self, job: Job) -> bool:
@@ -145,11 +188,24 @@ class JobQueue:
     def renew(self, job: Job, at: float | None = None) -> bool:
         """Extend the lease of a claimed job; False when the claim was lost."""
         t = now() if at is None else at
-        return self.db.execute("UPDATE jobs SET lease_until=?, updated=? WHERE id=? AND state=? AND attempts=?",
-                               (t + self.lease_seconds, t, job.id, JobState.RUNNING.value, job.attempts)) == 1
+        return (
+            self.db.execute(
+                "UPDATE jobs SET lease_until=?, updated=? WHERE id=? AND state=? AND attempts=?",
+                (t + self.lease_seconds, t, job.id, JobState.RUNNING.value, job.attempts),
+            )
+            == 1
+        )
 
-    def transition_in(self, conn: sqlite3.Connection, job_id: int, new: JobState, reason: str | None = None,
-                      expect: JobState | None = None, attempts: int | None = None, at: float | None = None) -> None:
+    def transition_in(
+        self,
+        conn: sqlite3.Connection,
+        job_id: int,
+        new: JobState,
+        reason: str | None = None,
+        expect: JobState | None = None,
+        attempts: int | None = None,
+        at: float | None = None,
+    ) -> None:
         """Change a job's state inside the caller's transaction, checking the state machine.
 
         ``expect``/``attempts`` make the change conditional on the claim still holding;
@@ -167,17 +223,27 @@ class JobQueue:
             raise QueueError(f"job {job_id}: {current} -> {new} is not an allowed state change")
         t = now() if at is None else at
         lease = None if new != JobState.RUNNING else t + self.lease_seconds
-        conn.execute("UPDATE jobs SET state=?, reason=?, lease_until=?, updated=? WHERE id=?",
-                     (new.value, reason, lease, t, job_id))
+        conn.execute(
+            "UPDATE jobs SET state=?, reason=?, lease_until=?, updated=? WHERE id=?",
+            (new.value, reason, lease, t, job_id),
+        )
 
-    def transition(self, job_id: int, new: JobState, reason: str | None = None, expect: JobState | None = None,
-                   attempts: int | None = None, at: float | None = None) -> None:
+    def transition(
+        self,
+        job_id: int,
+        new: JobState,
+        reason: str | None = None,
+        expect: JobState | None = None,
+        attempts: int | None = None,
+        at: float | None = None,
+    ) -> None:
         with self.db.transaction() as conn:
             self.transition_in(conn, job_id, new, reason, expect, attempts, at)
         log.info("job %d -> %s%s", job_id, new, f" ({reason})" if reason else "")
 
-    def delivered_in(self, conn: sqlite3.Connection, job_id: int, failed: int, total: int,
-                     at: float | None = None) -> None:
+    def delivered_in(
+        self, conn: sqlite3.Connection, job_id: int, failed: int, total: int, at: float | None = None
+    ) -> None:
         """A delivering job's deliveries all ended (inside the caller's transaction): done,
         or failed when ``failed`` of the ``total`` objects never reached a destination."""
         if failed:
@@ -195,8 +261,10 @@ class JobQueue:
         if row is None or JobState(row["state"]) != JobState.FAILED:
             return False
         t = now() if at is None else at
-        conn.execute("UPDATE jobs SET state=?, reason=?, lease_until=NULL, updated=? WHERE id=?",
-                     (JobState.DELIVERING.value, reason, t, job_id))
+        conn.execute(
+            "UPDATE jobs SET state=?, reason=?, lease_until=NULL, updated=? WHERE id=?",
+            (JobState.DELIVERING.value, reason, t, job_id),
+        )
         return True
 
     def retry_later(self, job: Job, reason: str, delay_s: float, at: float | None = None) -> float:
@@ -204,8 +272,9 @@ class JobQueue:
         transient failure: disk full, ...); returns when it may run again."""
         t = now() if at is None else at
         with self.db.transaction() as conn:
-            self.transition_in(conn, job.id, JobState.QUEUED, reason, expect=JobState.RUNNING,
-                               attempts=job.attempts, at=t)
+            self.transition_in(
+                conn, job.id, JobState.QUEUED, reason, expect=JobState.RUNNING, attempts=job.attempts, at=t
+            )
             conn.execute("UPDATE jobs SET not_before=? WHERE id=?", (t + delay_s, job.id))
         log.warning("job %d -> queued, retried in %.0f s (%s)", job.id, delay_s, reason)
         return t + delay_s
@@ -215,10 +284,14 @@ class JobQueue:
         with self.db.transaction() as conn:
             row = conn.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
             if row is None or JobState(row["state"]) not in ADMIN_RETRYABLE:
-                raise QueueError(f"job {job_id} is {row['state'] if row else 'unknown'}: only a failed or skipped "
-                                 f"job can be retried")
-            conn.execute("UPDATE jobs SET state=?, reason=?, attempts=0, lease_until=NULL, not_before=NULL, "
-                         "content_sha256=NULL, updated=? WHERE id=?", (JobState.QUEUED.value, reason, now(), job_id))
+                raise QueueError(
+                    f"job {job_id} is {row['state'] if row else 'unknown'}: only a failed or skipped job can be retried"
+                )
+            conn.execute(
+                "UPDATE jobs SET state=?, reason=?, attempts=0, lease_until=NULL, not_before=NULL, "
+                "content_sha256=NULL, updated=? WHERE id=?",
+                (JobState.QUEUED.value, reason, now(), job_id),
+            )
 
     def cancel(self, job_id: int, reason: str) -> None:
         """An admin's cancel: a queued job is skipped (a running one finishes)."""
@@ -230,17 +303,20 @@ class JobQueue:
         analysed the very same content and delivered (or is delivering) it, else None."""
         with self.db.transaction() as conn:
             conn.execute("UPDATE jobs SET content_sha256=? WHERE id=?", (content_sha256, job.id))
-            row = conn.execute("SELECT id FROM jobs WHERE series_uid=? AND id<>? AND content_sha256=? AND state IN "
-                               "(?, ?) ORDER BY id DESC LIMIT 1",
-                               (job.series_uid, job.id, content_sha256, JobState.DONE.value,
-                                JobState.DELIVERING.value)).fetchone()
+            row = conn.execute(
+                "SELECT id FROM jobs WHERE series_uid=? AND id<>? AND content_sha256=? AND state IN "
+                "(?, ?) ORDER BY id DESC LIMIT 1",
+                (job.series_uid, job.id, content_sha256, JobState.DONE.value, JobState.DELIVERING.value),
+            ).fetchone()
         return None if row is None else int(row["id"])
 
     def analysed_before(self, job: Job) -> list[int]:
         """Ids of the earlier jobs of ``job``'s series whose results were made (done or
         delivering), oldest first: the reports a new one replaces."""
-        rows = self.db.query("SELECT id FROM jobs WHERE series_uid=? AND id<? AND state IN (?, ?) ORDER BY id",
-                             (job.series_uid, job.id, JobState.DONE.value, JobState.DELIVERING.value))
+        rows = self.db.query(
+            "SELECT id FROM jobs WHERE series_uid=? AND id<? AND state IN (?, ?) ORDER BY id",
+            (job.series_uid, job.id, JobState.DONE.value, JobState.DELIVERING.value),
+        )
         return [int(r["id"]) for r in rows]
 
     # -- recovering -----------------------------------------------------------------
@@ -248,17 +324,21 @@ class JobQueue:
         t = now() if at is None else at
         changed: list[int] = []
         with self.db.transaction() as conn:
-            rows = conn.execute(f"SELECT id, attempts FROM jobs WHERE state=? AND {where}",
-                                (JobState.RUNNING.value, *params)).fetchall()
+            rows = conn.execute(
+                f"SELECT id, attempts FROM jobs WHERE state=? AND {where}", (JobState.RUNNING.value, *params)
+            ).fetchall()
             for row in rows:
                 if row["attempts"] >= self.max_attempts:
-                    conn.execute("UPDATE jobs SET state=?, reason=?, lease_until=NULL, updated=? WHERE id=?",
-                                 (JobState.FAILED.value, f"gave up after {row['attempts']} attempts ({why})",
-                                  t, row["id"]))
+                    conn.execute(
+                        "UPDATE jobs SET state=?, reason=?, lease_until=NULL, updated=? WHERE id=?",
+                        (JobState.FAILED.value, f"gave up after {row['attempts']} attempts ({why})", t, row["id"]),
+                    )
                     log.error("job %d failed: gave up after %d attempts (%s)", row["id"], row["attempts"], why)
                 else:
-                    conn.execute("UPDATE jobs SET state=?, reason=?, lease_until=NULL, updated=? WHERE id=?",
-                                 (JobState.QUEUED.value, f"given back: {why}", t, row["id"]))
+                    conn.execute(
+                        "UPDATE jobs SET state=?, reason=?, lease_until=NULL, updated=? WHERE id=?",
+                        (JobState.QUEUED.value, f"given back: {why}", t, row["id"]),
+                    )
                     log.warning("job %d given back to the queue (%s)", row["id"], why)
                 changed.append(row["id"])
         return changed

@@ -46,17 +46,27 @@ log = logging.getLogger(__name__)
 
 #: Transfer syntaxes accepted for storage, in order of preference.
 ACCEPTED_TRANSFER_SYNTAXES: tuple[str, ...] = (
-    ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian,
-    JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLossless, JPEGLosslessSV1, JPEGLSLossless, JPEGLSNearLossless,
-    JPEG2000Lossless, JPEG2000, RLELossless,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    JPEG2000Lossless,
+    JPEG2000,
+    RLELossless,
 )
 
 #: Called after an instance is durable: (header info, path relative to the storage root).
 OnStored = Callable[[InstanceInfo, str], None]
 
 
-def store_instance(store: InstanceStore, on_stored: OnStored, ts: str, sop_class: str, sop_uid: str,
-                   stream: Any, calling_ae: str) -> int:
+def store_instance(
+    store: InstanceStore, on_stored: OnStored, ts: str, sop_class: str, sop_uid: str, stream: Any, calling_ae: str
+) -> int:
     """C-STORE: parse the header, store durably, record; return a DICOM status (never raises)."""
     status, record = store_durably(store, on_stored, ts, sop_class, sop_uid, stream, calling_ae)
     if record is not None:
@@ -64,8 +74,9 @@ def store_instance(store: InstanceStore, on_stored: OnStored, ts: str, sop_class
     return status
 
 
-def store_durably(store: InstanceStore, on_stored: OnStored, ts: str, sop_class: str, sop_uid: str,
-                  stream: Any, calling_ae: str) -> tuple[int, Callable[[], None] | None]:
+def store_durably(
+    store: InstanceStore, on_stored: OnStored, ts: str, sop_class: str, sop_uid: str, stream: Any, calling_ae: str
+) -> tuple[int, Callable[[], None] | None]:
     """Parse the header and store durably; return the status and the bookkeeping still to
     do (``None`` after a failure). Split so a listener can answer before it records."""
     try:
@@ -87,6 +98,7 @@ def store_durably(store: InstanceStore, on_stored: OnStored, ts: str, sop_class:
         except Exception:
             # The file is durable; the start-up rescan records it if this bookkeeping failed.
             log.exception("instance %s stored but not recorded; a restart will pick it up", _safe(info.sop_uid))
+
     return 0x0000, record
 
 
@@ -100,7 +112,7 @@ class ViewStream:
 
     def read(self, size: int = -1) -> bytes:
         end = len(self._view) if size is None or size < 0 else min(len(self._view), self._pos + size)
-        chunk = bytes(self._view[self._pos:end])
+        chunk = bytes(self._view[self._pos : end])
         self._pos = max(self._pos, end)
         return chunk
 
@@ -175,10 +187,15 @@ class StorageSCP:
     association than pynetdicom's reactors, which the listener no longer uses).
     """
 
-    def __init__(self, node: NodeSection, store: InstanceStore, on_stored: OnStored,
-                 observe: Callable[[str, int, int], None] | None = None,
-                 on_released: Callable[[str], object] | None = None,
-                 audit: Callable[..., None] | None = None) -> None:
+    def __init__(
+        self,
+        node: NodeSection,
+        store: InstanceStore,
+        on_stored: OnStored,
+        observe: Callable[[str, int, int], None] | None = None,
+        on_released: Callable[[str], object] | None = None,
+        audit: Callable[..., None] | None = None,
+    ) -> None:
         """``on_released``: called with a series UID when the last association that sent it
         released normally (None: the quiet period alone completes series); ``audit``:
         told of associations and of the instances each stored (dicomnode.audit)."""
@@ -212,14 +229,20 @@ class StorageSCP:
         def record(info: InstanceInfo, rel_path: str) -> None:
             self.on_stored(info, rel_path)
             self.senders.sent(assoc, info.series_uid)
+
         return record
 
     def _ended(self, assoc: object, released: bool) -> None:
         if self.audit is not None:
             calling = str(getattr(assoc, "calling_ae", "") or "")
             for series_uid, count in self.senders.counts(assoc).items():
-                self.audit("instances_received", "success" if released else "aborted", calling_ae=calling,
-                           series_uid=series_uid, instances=count)
+                self.audit(
+                    "instances_received",
+                    "success" if released else "aborted",
+                    calling_ae=calling,
+                    series_uid=series_uid,
+                    instances=count,
+                )
         done = self.senders.ended(assoc, released)
         if self.on_released is None:
             return
@@ -229,10 +252,12 @@ class StorageSCP:
             except Exception:  # the quiet period still completes it
                 log.exception("series %s: completion on release failed", _safe(series_uid))
 
-    def _store_fast(self, ts: str, sop_class: str, sop_uid: str, data: memoryview,
-                    calling_ae: str, assoc: object = None) -> tuple[int, Callable[[], None] | None]:
-        status, after = store_durably(self.store, self._recorder(assoc), ts, sop_class, sop_uid, ViewStream(data),
-                                      calling_ae)
+    def _store_fast(
+        self, ts: str, sop_class: str, sop_uid: str, data: memoryview, calling_ae: str, assoc: object = None
+    ) -> tuple[int, Callable[[], None] | None]:
+        status, after = store_durably(
+            self.store, self._recorder(assoc), ts, sop_class, sop_uid, ViewStream(data), calling_ae
+        )
         if self.observe is not None:
             self.observe(calling_ae, len(data), status)
         return status, after
@@ -252,12 +277,21 @@ class StorageSCP:
         if floor <= 0:
             return ""
         free = self.store.free_bytes()
-        return "" if free >= floor else (f"free disk space {free // 2**20} MB is below the "
-                                         f"{floor // 2**20} MB watermark")
+        return (
+            "" if free >= floor else (f"free disk space {free // 2**20} MB is below the {floor // 2**20} MB watermark")
+        )
 
     def _make_server(self, port: int, tls: ssl.SSLContext | None) -> fastscp.FastServer:
-        return fastscp.FastServer(self.node, self._store_fast, self.contexts, self._ended,
-                                  ssl_context=tls, port=port, audit=self.audit, space_problem=self._space_problem)
+        return fastscp.FastServer(
+            self.node,
+            self._store_fast,
+            self.contexts,
+            self._ended,
+            ssl_context=tls,
+            port=port,
+            audit=self.audit,
+            space_problem=self._space_problem,
+        )
 
     def start(self) -> None:
         """The plain listener on ``port`` (unless 0) and the TLS one on ``tls_port`` (unless 0)."""

@@ -44,11 +44,12 @@ from .volume import along_normal, spacing_problem
 
 log = logging.getLogger(__name__)
 
+
 class SeriesState(StrEnum):
     """A series' state in the ``series`` table (the stored strings never change)::
 
-        receiving -> complete | skipped -> purged     (housekeeping, dicomnode.housekeeping)
-        complete | skipped -> receiving               (a late instance re-opens the series)
+    receiving -> complete | skipped -> purged     (housekeeping, dicomnode.housekeeping)
+    complete | skipped -> receiving               (a late instance re-opens the series)
     """
 
     #: Instances arrive; the quiet period runs.
@@ -102,8 +103,9 @@ def select_instances(rows: Sequence[dict], rules: SelectionSection) -> Selection
     if rules.max_slice_thickness_mm > 0:
         thick = [r["slice_thickness"] for r in kept if r["slice_thickness"] is not None]
         if thick and max(thick) > rules.max_slice_thickness_mm:
-            return Selection((), f"slice thickness {max(thick):g} mm is above the "
-                                 f"{rules.max_slice_thickness_mm:g} mm limit")
+            return Selection(
+                (), f"slice thickness {max(thick):g} mm is above the {rules.max_slice_thickness_mm:g} mm limit"
+            )
     if len(kept) < rules.min_slices:
         return Selection((), f"too few slices: {len(kept)} (at least {rules.min_slices} needed)")
     return Selection(tuple(r["path"] for r in kept), None)
@@ -169,9 +171,15 @@ def slices_are_whole(rows: Sequence[dict]) -> str | None:
 class SeriesAssembler:
     """Records instances, completes quiet series, enqueues jobs or records skips."""
 
-    def __init__(self, db: Database, queue: JobQueue, rules: SelectionSection, quiet_seconds: float,
-                 on_enqueued: Callable[[int], None] | None = None,
-                 read_header: Callable[[str], Any] | None = None) -> None:
+    def __init__(
+        self,
+        db: Database,
+        queue: JobQueue,
+        rules: SelectionSection,
+        quiet_seconds: float,
+        on_enqueued: Callable[[int], None] | None = None,
+        read_header: Callable[[str], Any] | None = None,
+    ) -> None:
         """``read_header``: a stored instance's path -> its header (pydicom, file meta
         included), for the urgent rules; None: every series is routine."""
         self.db = db
@@ -190,20 +198,39 @@ class SeriesAssembler:
                 "INSERT OR REPLACE INTO instances(sop_uid, series_uid, study_uid, sop_class_uid, transfer_syntax, "
                 "path, modality, image_type, body_part, slice_thickness, orientation, position, patient_key, "
                 "received) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (info.sop_uid, info.series_uid, info.study_uid, info.sop_class_uid, info.transfer_syntax,
-                 rel_path, info.modality, info.image_type, info.body_part, info.slice_thickness,
-                 info.orientation, info.position, info.patient_key, t))
+                (
+                    info.sop_uid,
+                    info.series_uid,
+                    info.study_uid,
+                    info.sop_class_uid,
+                    info.transfer_syntax,
+                    rel_path,
+                    info.modality,
+                    info.image_type,
+                    info.body_part,
+                    info.slice_thickness,
+                    info.orientation,
+                    info.position,
+                    info.patient_key,
+                    t,
+                ),
+            )
             row = conn.execute("SELECT state FROM series WHERE series_uid=?", (info.series_uid,)).fetchone()
             if row is None:
-                conn.execute("INSERT INTO series(series_uid, study_uid, state, instance_count, first_received, "
-                             "last_received) VALUES (?,?,?,1,?,?)",
-                             (info.series_uid, info.study_uid, SeriesState.RECEIVING.value, t, t))
+                conn.execute(
+                    "INSERT INTO series(series_uid, study_uid, state, instance_count, first_received, "
+                    "last_received) VALUES (?,?,?,1,?,?)",
+                    (info.series_uid, info.study_uid, SeriesState.RECEIVING.value, t, t),
+                )
             else:
                 if row["state"] != SeriesState.RECEIVING:
                     log.info("series %s re-opened by late instance %s", info.series_uid, info.sop_uid)
-                conn.execute("UPDATE series SET state=?, reason=NULL, last_received=MAX(last_received, ?), "
-                             "instance_count=(SELECT COUNT(*) FROM instances WHERE series_uid=?) "
-                             "WHERE series_uid=?", (SeriesState.RECEIVING.value, t, info.series_uid, info.series_uid))
+                conn.execute(
+                    "UPDATE series SET state=?, reason=NULL, last_received=MAX(last_received, ?), "
+                    "instance_count=(SELECT COUNT(*) FROM instances WHERE series_uid=?) "
+                    "WHERE series_uid=?",
+                    (SeriesState.RECEIVING.value, t, info.series_uid, info.series_uid),
+                )
 
     def complete_due(self, at: float | None = None) -> list[str]:
         """Complete every series quiet for ``quiet_seconds``; returns their UIDs."""
@@ -211,8 +238,10 @@ class SeriesAssembler:
         done: list[str] = []
         enqueued: list[int] = []
         with self._tick_lock:
-            due = self.db.query("SELECT series_uid FROM series WHERE state=? AND last_received <= ?",
-                                (SeriesState.RECEIVING.value, t - self.quiet_seconds))
+            due = self.db.query(
+                "SELECT series_uid FROM series WHERE state=? AND last_received <= ?",
+                (SeriesState.RECEIVING.value, t - self.quiet_seconds),
+            )
             for row in due:
                 job_id = self._complete(row["series_uid"], t)
                 done.append(row["series_uid"])
@@ -241,8 +270,12 @@ class SeriesAssembler:
                 return None
             if not on_release and series["last_received"] > t - self.quiet_seconds:
                 return None  # an instance arrived meanwhile: the timer starts again
-            rows = [dict(r) for r in conn.execute("SELECT * FROM instances WHERE series_uid=? ORDER BY path",
-                                                  (series_uid,)).fetchall()]
+            rows = [
+                dict(r)
+                for r in conn.execute(
+                    "SELECT * FROM instances WHERE series_uid=? ORDER BY path", (series_uid,)
+                ).fetchall()
+            ]
             selection = select_instances(rows, self.rules)
             if on_release:
                 kept = set(selection.paths)
@@ -255,22 +288,33 @@ class SeriesAssembler:
             generation = series["generation"] + 1
             if selection.accepted:
                 urgent = self._urgency(series_uid, selection.paths[0])
-                job_id = self.queue.enqueue_in(conn, series_uid, series["study_uid"], generation,
-                                               selection.paths, t, urgent)
-                conn.execute("UPDATE series SET state=?, reason=NULL, completed=?, generation=?, "
-                             "instance_count=? WHERE series_uid=?",
-                             (SeriesState.COMPLETE.value, t, generation, len(rows), series_uid))
+                job_id = self.queue.enqueue_in(
+                    conn, series_uid, series["study_uid"], generation, selection.paths, t, urgent
+                )
+                conn.execute(
+                    "UPDATE series SET state=?, reason=NULL, completed=?, generation=?, "
+                    "instance_count=? WHERE series_uid=?",
+                    (SeriesState.COMPLETE.value, t, generation, len(rows), series_uid),
+                )
             else:
                 job_id = None
-                conn.execute("UPDATE series SET state=?, reason=?, completed=?, generation=?, instance_count=? "
-                             "WHERE series_uid=?",
-                             (SeriesState.SKIPPED.value, selection.reason, t, generation, len(rows), series_uid))
+                conn.execute(
+                    "UPDATE series SET state=?, reason=?, completed=?, generation=?, instance_count=? "
+                    "WHERE series_uid=?",
+                    (SeriesState.SKIPPED.value, selection.reason, t, generation, len(rows), series_uid),
+                )
         if job_id is None:
             log.info("series %s skipped: %s", series_uid, selection.reason)
         else:
-            log.info("series %s complete%s (%d instances, %d selected): job %d%s", series_uid,
-                     " on release" if on_release else "", len(rows), len(selection.paths), job_id,
-                     f", urgent ({urgent})" if urgent else "")
+            log.info(
+                "series %s complete%s (%d instances, %d selected): job %d%s",
+                series_uid,
+                " on release" if on_release else "",
+                len(rows),
+                len(selection.paths),
+                job_id,
+                f", urgent ({urgent})" if urgent else "",
+            )
         return job_id
 
     def _urgency(self, series_uid: str, first_path: str) -> str | None:
@@ -281,14 +325,20 @@ class SeriesAssembler:
         try:
             return urgent_reason(self.rules.urgent, self.read_header(first_path))
         except Exception as e:  # a damaged file is the volume loader's to reject
-            log.warning("series %s: header of %s not readable for the urgent rules (%s); routine",
-                        series_uid, first_path, type(e).__name__)
+            log.warning(
+                "series %s: header of %s not readable for the urgent rules (%s); routine",
+                series_uid,
+                first_path,
+                type(e).__name__,
+            )
             return None
 
     def mark_skipped(self, series_uid: str, reason: str) -> None:
         """Record a series as skipped after the fact (e.g. the volume loader rejected it)."""
-        self.db.execute("UPDATE series SET state=?, reason=? WHERE series_uid=? AND state<>?",
-                        (SeriesState.SKIPPED.value, reason, series_uid, SeriesState.RECEIVING.value))
+        self.db.execute(
+            "UPDATE series SET state=?, reason=? WHERE series_uid=? AND state<>?",
+            (SeriesState.SKIPPED.value, reason, series_uid, SeriesState.RECEIVING.value),
+        )
         log.info("series %s skipped: %s", series_uid, reason)
 
     def state(self, series_uid: str) -> SeriesState | None:
@@ -307,5 +357,7 @@ def series_state(db: Database, series_uid: str) -> SeriesState | None:
 
 def mark_purged_in(conn: sqlite3.Connection, series_uid: str, why: str) -> None:
     """Housekeeping removed the series' files (inside its transaction): state ``purged``."""
-    conn.execute("UPDATE series SET state=?, reason=? WHERE series_uid=?",
-                 (SeriesState.PURGED.value, f"purged ({why})", series_uid))
+    conn.execute(
+        "UPDATE series SET state=?, reason=? WHERE series_uid=?",
+        (SeriesState.PURGED.value, f"purged ({why})", series_uid),
+    )

@@ -63,16 +63,17 @@ class InstanceStore:
 
     def relative_path(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
         """The path (relative to root) an instance is stored at; validates every UID."""
-        return Path(validate_uid(study_uid, "Study Instance UID"),
-                    validate_uid(series_uid, "Series Instance UID"),
-                    validate_uid(sop_uid, "SOP Instance UID") + ".dcm")
+        return Path(
+            validate_uid(study_uid, "Study Instance UID"),
+            validate_uid(series_uid, "Series Instance UID"),
+            validate_uid(sop_uid, "SOP Instance UID") + ".dcm",
+        )
 
     def path_for(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
         path = (self.root / self.relative_path(study_uid, series_uid, sop_uid)).resolve()
         # Belt and braces: the UID grammar already excludes separators and '..'.
         if self.root not in path.parents:
-            raise InvalidUIDError(f"refusing to write outside the storage folder: {path}",
-                                  STATUS_CANNOT_UNDERSTAND)
+            raise InvalidUIDError(f"refusing to write outside the storage folder: {path}", STATUS_CANNOT_UNDERSTAND)
         return path
 
     def free_bytes(self) -> int:
@@ -96,9 +97,12 @@ class InstanceStore:
                 self._free_bytes = st.f_bavail * st.f_frsize
                 self._free_checked = t
             if self._free_bytes - need_bytes < self.min_free_bytes:
-                raise DiskFullError(f"free disk space in {self.root} would fall below the "
-                                    f"{self.min_free_bytes // 2**20} MB reserve; free space or lower [node] "
-                                    f"min_free_mb", STATUS_OUT_OF_RESOURCES)
+                raise DiskFullError(
+                    f"free disk space in {self.root} would fall below the "
+                    f"{self.min_free_bytes // 2**20} MB reserve; free space or lower [node] "
+                    f"min_free_mb",
+                    STATUS_OUT_OF_RESOURCES,
+                )
             self._free_bytes -= need_bytes
 
     def _ensure_dir(self, folder: Path) -> None:
@@ -158,7 +162,7 @@ class InstanceStore:
         # The dataset bytes decide (the file meta names the sending AE, which may differ).
         try:
             stored = target.read_bytes()
-            same = len(stored) >= len(dataset) and stored[len(stored) - len(dataset):] == bytes(dataset)
+            same = len(stored) >= len(dataset) and stored[len(stored) - len(dataset) :] == bytes(dataset)
         except OSError:
             same = False
         with self._lock:
@@ -166,8 +170,11 @@ class InstanceStore:
         if same:
             log.info("instance %s of series %s received again, identical", info.sop_uid, info.series_uid)
         else:
-            log.warning("instance %s of series %s received again with different content: the stored file is "
-                        "replaced", info.sop_uid, info.series_uid)
+            log.warning(
+                "instance %s of series %s received again with different content: the stored file is replaced",
+                info.sop_uid,
+                info.series_uid,
+            )
 
     def remove_temp_files(self) -> int:
         """Delete temp files a killed process left behind; returns how many."""

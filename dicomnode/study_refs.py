@@ -7,9 +7,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-DECISION_TEXT = {"covid19": "COVID-19", "cap": "Community-acquired pneumonia", "influenza": "Influenza",
-                 "non_pneumonia": "No pneumonia", "indeterminate": "Indeterminate: no diagnosis stated",
-                 "out_of_domain": "Out of domain: the model cannot assess this study"}
+DECISION_TEXT = {
+    "covid19": "COVID-19",
+    "cap": "Community-acquired pneumonia",
+    "influenza": "Influenza",
+    "non_pneumonia": "No pneumonia",
+    "indeterminate": "Indeterminate: no diagnosis stated",
+    "out_of_domain": "Out of domain: the model cannot assess this study",
+}
 
 
 @dataclass(frozen=True)
@@ -29,13 +34,20 @@ class StudyRefs:
 
 def refs_from_sources(first: Any, key_images: Sequence[Any]) -> StudyRefs:
     """StudyRefs from a source slice's header and the key images' datasets."""
+
     def text(keyword: str) -> str:
         return str(getattr(first, keyword, "") or "")
 
     # The date only: a FHIR dateTime with a time needs a time zone, which DICOM rarely gives.
     date = text("StudyDate")
     when = f"{date[:4]}-{date[4:6]}-{date[6:]}" if len(date) == 8 and date.isdigit() else ""
-    return StudyRefs(study_uid=text("StudyInstanceUID"), series_uid=text("SeriesInstanceUID"),
-                     patient_id=text("PatientID") or "unknown", patient_id_issuer=text("IssuerOfPatientID"),
-                     accession_number=text("AccessionNumber"), study_datetime=when, modality=text("Modality") or "CT",
-                     key_images=tuple((str(ds.SOPClassUID), str(ds.SOPInstanceUID)) for ds in key_images))
+    return StudyRefs(
+        study_uid=text("StudyInstanceUID"),
+        series_uid=text("SeriesInstanceUID"),
+        patient_id=text("PatientID") or "unknown",
+        patient_id_issuer=text("IssuerOfPatientID"),
+        accession_number=text("AccessionNumber"),
+        study_datetime=when,
+        modality=text("Modality") or "CT",
+        key_images=tuple((str(ds.SOPClassUID), str(ds.SOPInstanceUID)) for ds in key_images),
+    )

@@ -33,14 +33,23 @@ class NodeMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.instances = Counter("dicomnode_instances_received", "Instances stored (C-STORE success)",
-                                 ["calling_ae"], registry=self.registry)
-        self.bytes = Counter("dicomnode_bytes_received", "Dataset bytes stored", ["calling_ae"],
-                             registry=self.registry)
-        self.refused = Counter("dicomnode_cstore_refused", "C-STOREs answered with a failure status",
-                               ["calling_ae", "status"], registry=self.registry)
-        self.stage_seconds = Histogram("dicomnode_chain_stage_seconds", "AI chain seconds per stage",
-                                       ["stage"], buckets=STAGE_BUCKETS, registry=self.registry)
+        self.instances = Counter(
+            "dicomnode_instances_received", "Instances stored (C-STORE success)", ["calling_ae"], registry=self.registry
+        )
+        self.bytes = Counter("dicomnode_bytes_received", "Dataset bytes stored", ["calling_ae"], registry=self.registry)
+        self.refused = Counter(
+            "dicomnode_cstore_refused",
+            "C-STOREs answered with a failure status",
+            ["calling_ae", "status"],
+            registry=self.registry,
+        )
+        self.stage_seconds = Histogram(
+            "dicomnode_chain_stage_seconds",
+            "AI chain seconds per stage",
+            ["stage"],
+            buckets=STAGE_BUCKETS,
+            registry=self.registry,
+        )
 
     def stored(self, calling_ae: str, n_bytes: int, status: int) -> None:
         ae = peer_text(calling_ae, 16) or "?"
@@ -75,25 +84,36 @@ class NodeCollector(Collector):
         node = self.node
         db = node.db
         if db is not None:
-            yield _by_state("dicomnode_series", "Series by state", db.query(
-                "SELECT state, COUNT(*) AS n FROM series GROUP BY state"))
+            yield _by_state(
+                "dicomnode_series",
+                "Series by state",
+                db.query("SELECT state, COUNT(*) AS n FROM series GROUP BY state"),
+            )
             jobs = db.query("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")
             yield _by_state("dicomnode_jobs", "Jobs by state", jobs)
             queued = sum(r["n"] for r in jobs if r["state"] == "queued")
             yield GaugeMetricFamily("dicomnode_queue_depth", "Jobs waiting for a worker", value=queued)
             urgent = db.query("SELECT COUNT(*) AS n FROM jobs WHERE state='queued' AND urgent IS NOT NULL")[0]["n"]
-            yield GaugeMetricFamily("dicomnode_queue_urgent", "Urgent jobs waiting for a worker ([selection.urgent])",
-                                    value=urgent)
-            yield _by_state("dicomnode_deliveries", "Object deliveries by state", db.query(
-                "SELECT state, COUNT(*) AS n FROM deliveries GROUP BY state"))
+            yield GaugeMetricFamily(
+                "dicomnode_queue_urgent", "Urgent jobs waiting for a worker ([selection.urgent])", value=urgent
+            )
+            yield _by_state(
+                "dicomnode_deliveries",
+                "Object deliveries by state",
+                db.query("SELECT state, COUNT(*) AS n FROM deliveries GROUP BY state"),
+            )
             retries = db.query("SELECT COALESCE(SUM(MAX(attempts - 1, 0)), 0) AS n FROM deliveries")[0]["n"]
             yield CounterMetricFamily("dicomnode_delivery_retries", "C-STORE retries of deliveries", value=retries)
         scp = getattr(node, "scp", None)
         stats = scp.stats() if scp is not None else {}
-        yield GaugeMetricFamily("dicomnode_associations_active", "DICOM associations open",
-                                value=stats.get("active", 0))
-        yield CounterMetricFamily("dicomnode_associations_refused", "Associations refused or aborted by the node",
-                                  value=stats.get("refused", 0))
+        yield GaugeMetricFamily(
+            "dicomnode_associations_active", "DICOM associations open", value=stats.get("active", 0)
+        )
+        yield CounterMetricFamily(
+            "dicomnode_associations_refused",
+            "Associations refused or aborted by the node",
+            value=stats.get("refused", 0),
+        )
         store = getattr(node, "store", None)
         if store is not None:
             dup = CounterMetricFamily("dicomnode_duplicate_instances", "Instances received again", labels=["content"])
@@ -101,12 +121,16 @@ class NodeCollector(Collector):
                 dup.add_metric([kind], n)
             yield dup
             st = os.statvfs(store.root)
-            yield GaugeMetricFamily("dicomnode_disk_free_bytes", "Free space of the storage folder",
-                                    value=st.f_bavail * st.f_frsize)
+            yield GaugeMetricFamily(
+                "dicomnode_disk_free_bytes", "Free space of the storage folder", value=st.f_bavail * st.f_frsize
+            )
         info = getattr(node, "bundle_info", None)
         if info is not None:
-            yield InfoMetricFamily("dicomnode_model_bundle", "Model bundle loaded by the workers",
-                                   value={"name": info.name, "version": info.version, "sha256": info.sha256})
+            yield InfoMetricFamily(
+                "dicomnode_model_bundle",
+                "Model bundle loaded by the workers",
+                value={"name": info.name, "version": info.version, "sha256": info.sha256},
+            )
 
 
 def _by_state(name: str, doc: str, rows: list) -> GaugeMetricFamily:
@@ -114,4 +138,3 @@ def _by_state(name: str, doc: str, rows: list) -> GaugeMetricFamily:
     for row in rows:
         family.add_metric([str(row["state"])], row["n"])
     return family
-

@@ -84,8 +84,9 @@ def client_context(dest: Destination) -> ssl.SSLContext | None:
         if dest.tls_cert_file is not None and dest.tls_key_file is not None:
             ctx.load_cert_chain(str(dest.tls_cert_file), str(dest.tls_key_file))
     except (OSError, ssl.SSLError) as e:
-        raise _problem(f"destination {dest.label}: TLS files cannot be loaded:",
-                       dest.tls_ca_file or dest.tls_cert_file, e) from e
+        raise _problem(
+            f"destination {dest.label}: TLS files cannot be loaded:", dest.tls_ca_file or dest.tls_cert_file, e
+        ) from e
     return ctx
 
 

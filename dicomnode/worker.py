@@ -51,8 +51,9 @@ def write_dataset_durably(ds, path: Path) -> None:
     tmp.replace(path)
 
 
-def persist_fhir_bundle(summary: dict, result: Any, sources: Sequence[Any], job_dir: Path,
-                        job_id: int) -> tuple[str, str, str]:
+def persist_fhir_bundle(
+    summary: dict, result: Any, sources: Sequence[Any], job_dir: Path, job_id: int
+) -> tuple[str, str, str]:
     """Write the job's FHIR transaction Bundle (dicomnode.fhir) durably; returns its
     written-object row (kind ``fhir``)."""
     from dicomnode.fhir import build_report_bundle
@@ -80,8 +81,9 @@ def _write_text_durably(path: Path, text: str) -> None:
     fsync_dir(path.parent)
 
 
-def persist_hl7_message(summary: dict, result: Any, sources: Sequence[Any], job_dir: Path, job_id: int,
-                        dest: Any) -> tuple[str, str, str]:
+def persist_hl7_message(
+    summary: dict, result: Any, sources: Sequence[Any], job_dir: Path, job_id: int, dest: Any
+) -> tuple[str, str, str]:
     """Write the job's ORU^R01 for one HL7 destination (its MSH-5/6) durably; returns its
     written-object row (kind ``hl7``, one per destination: each has its own header)."""
     from dicomnode.hl7 import build_oru, destination_tag
@@ -90,8 +92,15 @@ def persist_hl7_message(summary: dict, result: Any, sources: Sequence[Any], job_
     first = sources[0]
     tag = destination_tag(dest.key)
     control_id = f"{job_id}-{tag}"  # MSH-10: unique per job and destination, <= 20 characters
-    message = build_oru(summary, refs_from_sources(first, []), str(getattr(first, "PatientName", "") or ""),
-                        control_id, dest.receiving_application, dest.receiving_facility, dest.sending_facility)
+    message = build_oru(
+        summary,
+        refs_from_sources(first, []),
+        str(getattr(first, "PatientName", "") or ""),
+        control_id,
+        dest.receiving_application,
+        dest.receiving_facility,
+        dest.sending_facility,
+    )
     path = job_dir / "hl7" / f"oru-{tag}.hl7"
     _write_text_durably(path, message)
     return "hl7", f"hl7-{job_id}-{tag}", str(path.relative_to(job_dir.parent))
@@ -134,9 +143,19 @@ def content_fingerprint(paths: Sequence[Path], bundle_sha256: str) -> str:
 class Worker:
     """Runs jobs from the queue in a background thread (``start``/``stop``)."""
 
-    def __init__(self, cfg: NodeConfig, queue: JobQueue, assembler: SeriesAssembler, delivery: Delivery,
-                 storage_root: Path, results_root: Path, name: str = "worker-1", metrics=None,
-                 ready: threading.Event | None = None, audit=None) -> None:
+    def __init__(
+        self,
+        cfg: NodeConfig,
+        queue: JobQueue,
+        assembler: SeriesAssembler,
+        delivery: Delivery,
+        storage_root: Path,
+        results_root: Path,
+        name: str = "worker-1",
+        metrics=None,
+        ready: threading.Event | None = None,
+        audit=None,
+    ) -> None:
         self.cfg = cfg
         self.audit = audit  # dicomnode.audit.AuditLog.record, or None
         self.queue = queue
@@ -172,8 +191,13 @@ class Worker:
             job = self.current
             if self._thread.is_alive() and job is not None:
                 try:
-                    self.queue.transition(job.id, JobState.QUEUED, "given back: node stopped during the job",
-                                          expect=JobState.RUNNING, attempts=job.attempts)
+                    self.queue.transition(
+                        job.id,
+                        JobState.QUEUED,
+                        "given back: node stopped during the job",
+                        expect=JobState.RUNNING,
+                        attempts=job.attempts,
+                    )
                 except QueueError:
                     pass  # it finished or moved on meanwhile
 
@@ -221,8 +245,15 @@ class Worker:
         if state == JobState.SKIPPED and reason:
             self.assembler.mark_skipped(job.series_uid, reason)
         if self.audit is not None:
-            self.audit("job", "success" if state == JobState.DONE else str(state.value), job_id=job.id,
-                       series_uid=job.series_uid, study_uid=job.study_uid, attempt=job.attempts, reason=reason or "")
+            self.audit(
+                "job",
+                "success" if state == JobState.DONE else str(state.value),
+                job_id=job.id,
+                series_uid=job.series_uid,
+                study_uid=job.study_uid,
+                attempt=job.attempts,
+                reason=reason or "",
+            )
         return state
 
     def _run(self, job: Job) -> JobState:
@@ -233,8 +264,11 @@ class Worker:
         if not present:
             return self._finish(job, JobState.SKIPPED, "the series' files are no longer in storage")
         try:
-            volume, sources = load_series(present, min_slices=self.cfg.selection.min_slices_readable,
-                                          refuse_image_types=self.cfg.selection.refuse_image_types)
+            volume, sources = load_series(
+                present,
+                min_slices=self.cfg.selection.min_slices_readable,
+                refuse_image_types=self.cfg.selection.refuse_image_types,
+            )
         except SeriesRejected as e:
             return self._finish(job, JobState.SKIPPED, str(getattr(e, "reason", e)))
         self.queue.renew(job)
@@ -247,8 +281,11 @@ class Worker:
         bundle = load_bundle_cached(self.cfg.bundle_dir, self.cfg.pipeline.device)
         earlier = self.queue.record_content(job, content_fingerprint(present, bundle.info.sha256))
         if earlier is not None:  # a PACS re-sent the same series: one result set per content
-            return self._finish(job, JobState.DONE, f"identical to job {earlier} (same instances, same model "
-                                                    f"bundle): its results stand, none made again")
+            return self._finish(
+                job,
+                JobState.DONE,
+                f"identical to job {earlier} (same instances, same model bundle): its results stand, none made again",
+            )
         params = ChainParams(top_k=self.cfg.pipeline.top_k, device=self.cfg.pipeline.device)
         t0 = now()
         try:
@@ -260,9 +297,18 @@ class Worker:
         steps = ", ".join(f"{k} {v:.1f}" for k, v in result.timings_s.items() if k != "total")
         # The decision is what every object states; the argmax alone would mislead a reader
         # of the log on an indeterminate or out-of-domain case.
-        log.info("job %d: analysed series %s in %.1f s (%s): decision %s (%s; most probable class %s, "
-                 "out-of-domain score %.2f)", job.id, job.series_uid, now() - t0, steps, result.decision.value,
-                 result.decision.reason or "no reason given", result.case_scores.label, result.domain.score)
+        log.info(
+            "job %d: analysed series %s in %.1f s (%s): decision %s (%s; most probable class %s, "
+            "out-of-domain score %.2f)",
+            job.id,
+            job.series_uid,
+            now() - t0,
+            steps,
+            result.decision.value,
+            result.decision.reason or "no reason given",
+            result.case_scores.label,
+            result.domain.score,
+        )
         if not self.queue.renew(job):
             raise QueueError(f"job {job.id}: lease lost during analysis")
 
@@ -271,9 +317,12 @@ class Worker:
 
         # Build what some destination wants; with none, build everything (kept in results/).
         kinds = {k for d in self.cfg.destinations for k in d.objects} or set(OBJECT_KINDS)
-        options = WriterOptions(enabled=frozenset(kinds), max_overlays=self.cfg.pipeline.max_overlays,
-                                uid_seed=f"{job.series_uid}/job-{job.id}",
-                                previous_reports=tuple(self._earlier_reports(job)))
+        options = WriterOptions(
+            enabled=frozenset(kinds),
+            max_overlays=self.cfg.pipeline.max_overlays,
+            uid_seed=f"{job.series_uid}/job-{job.id}",
+            previous_reports=tuple(self._earlier_reports(job)),
+        )
         objects = build_result_objects(result, volume, sources, options)
         job_dir = self.results_root / str(job.id)
         summary = result.summary(volume)
@@ -294,8 +343,14 @@ class Worker:
         after a backoff (30 s doubling per attempt, at most 15 min)."""
         shutil.rmtree(job_dir, ignore_errors=True)
         delay = min(DISK_FULL_MAX_DELAY_S, DISK_FULL_FIRST_DELAY_S * 2 ** max(0, job.attempts - 1))
-        log.error("job %d: disk full while writing its results (%s); partial results removed, retried in %.0f s: "
-                  "free space in %s", job.id, error.strerror, delay, self.results_root)
+        log.error(
+            "job %d: disk full while writing its results (%s); partial results removed, retried in %.0f s: "
+            "free space in %s",
+            job.id,
+            error.strerror,
+            delay,
+            self.results_root,
+        )
         self.queue.retry_later(job, f"disk full while writing results ({error.strerror}); retried", delay)
         return JobState.QUEUED
 
@@ -320,8 +375,9 @@ class Worker:
         if not self.cfg.destinations:
             return "no destination configured: results kept in the results folder"
         made = sorted({kind for kind, _, _ in written})
-        return (f"no destination wants the objects made ({', '.join(made) or 'none'}): results kept in the "
-                f"results folder")
+        return (
+            f"no destination wants the objects made ({', '.join(made) or 'none'}): results kept in the results folder"
+        )
 
     def _hand_over(self, job: Job, written: Sequence[tuple[str, str, str]]) -> JobState:
         """Record the deliveries and move the job on, in one transaction."""

@@ -47,15 +47,21 @@ from .types import CLASS_NAMES, TASK_NAMES, InvalidInputError
 LOCATOR_MIN_SPECIFICITY = 0.97
 FLAGGED_QUANTILE = 0.95
 MAX_MIN_INFECTED_SLICES = 5
-RULE = ("task thresholds: Youden's J on the calibration cohort; locator: Youden's J among thresholds with "
-        f"slice specificity >= {LOCATOR_MIN_SPECIFICITY}; min_infected_slices: 1 + the {FLAGGED_QUANTILE:.0%} "
-        f"quantile of slices flagged in non-pneumonia calibration cases (1 to {MAX_MIN_INFECTED_SLICES}); "
-        "margins: fixed")
-LESION_RULE = ("; lesion_share_threshold: Youden's J on log10 of the U-Net's lesion share of the lung; locator "
-               "threshold and healthy flags counted on slices that also hold a lesion; lesion_band: fixed")
+RULE = (
+    "task thresholds: Youden's J on the calibration cohort; locator: Youden's J among thresholds with "
+    f"slice specificity >= {LOCATOR_MIN_SPECIFICITY}; min_infected_slices: 1 + the {FLAGGED_QUANTILE:.0%} "
+    f"quantile of slices flagged in non-pneumonia calibration cases (1 to {MAX_MIN_INFECTED_SLICES}); "
+    "margins: fixed"
+)
+LESION_RULE = (
+    "; lesion_share_threshold: Youden's J on log10 of the U-Net's lesion share of the lung; locator "
+    "threshold and healthy flags counted on slices that also hold a lesion; lesion_band: fixed"
+)
 PATTERN_WEIGHT = 1.0
-PATTERN_RULE = (f"; pattern_weight: fixed {PATTERN_WEIGHT} (the pneumonia type is read from the lesion pattern "
-                "model; the slice classifier's type is reported beside it)")
+PATTERN_RULE = (
+    f"; pattern_weight: fixed {PATTERN_WEIGHT} (the pneumonia type is read from the lesion pattern "
+    "model; the slice classifier's type is reported beside it)"
+)
 #: Shares below this count as this (a log needs a floor; 1e-5 of a lung is ~0.05 ml).
 LESION_SHARE_FLOOR = 1e-5
 
@@ -96,8 +102,9 @@ def lesion_share_threshold(is_pneumonia: np.ndarray, share: np.ndarray) -> float
     return float(min(1.0, 10.0 ** youden_threshold(is_pneumonia, log_share)))
 
 
-def choose_operating_points(records: Sequence, base: OperatingPoints = OperatingPoints(),
-                            chain: ChainParams = ChainParams()) -> OperatingPoints:
+def choose_operating_points(
+    records: Sequence, base: OperatingPoints = OperatingPoints(), chain: ChainParams = ChainParams()
+) -> OperatingPoints:
     """Task, lesion and locator thresholds from calibration records (pipeline.evaluate.CaseRecord)."""
     from .evaluate import TASK_COHORTS
 
@@ -123,12 +130,14 @@ def choose_operating_points(records: Sequence, base: OperatingPoints = Operating
 
     def reported(r) -> np.ndarray:  # the score a slice would be listed with (0: never listed)
         return r.slice_scores * (r.slice_lesion_mm2 >= chain.lesion_slice_min_mm2) if gate else r.slice_scores
+
     if loc:
         y = np.concatenate([r.slice_truth for r in loc])
         s = np.concatenate([reported(r) for r in loc])
         chosen["locator_threshold"] = _probability_threshold(y, s, LOCATOR_MIN_SPECIFICITY)
-        healthy = [int(np.count_nonzero(reported(r) >= chosen["locator_threshold"]))
-                   for r in loc if r.truth == "non_pneumonia"]
+        healthy = [
+            int(np.count_nonzero(reported(r) >= chosen["locator_threshold"])) for r in loc if r.truth == "non_pneumonia"
+        ]
         if healthy:
             need = int(np.ceil(np.quantile(healthy, FLAGGED_QUANTILE))) + 1
             chosen["min_infected_slices"] = int(np.clip(need, 1, MAX_MIN_INFECTED_SLICES))
@@ -139,11 +148,16 @@ def fit_reference(records: Sequence) -> DomainReference:
     """The domain reference from calibration records with slice features and image stats."""
     usable = [r for r in records if r.slice_features is not None and r.image_stats]
     if len(usable) < 4:
-        raise InvalidInputError(f"the domain reference needs at least 4 calibration cases with features, "
-                                f"got {len(usable)}")
+        raise InvalidInputError(
+            f"the domain reference needs at least 4 calibration cases with features, got {len(usable)}"
+        )
     fit, held = usable[0::2], usable[1::2]
-    return fit_domain_reference([r.slice_features for r in fit], [r.image_stats for r in fit],
-                                [r.slice_features for r in held], [r.image_stats for r in held])
+    return fit_domain_reference(
+        [r.slice_features for r in fit],
+        [r.image_stats for r in fit],
+        [r.slice_features for r in held],
+        [r.image_stats for r in held],
+    )
 
 
 def class_counts(records: Sequence) -> dict[str, int]:

@@ -36,8 +36,18 @@ from .severity import quantify_severity
 from .types import AnalysisResult, CTVolume, LesionPattern, LungMask, NotAChestCTError
 
 #: Keys of AnalysisResult.timings_s, in chain order.
-STAGES = ("lung_segmentation", "classification", "domain_check", "fusion", "locating", "lesion_pattern", "decision",
-          "severity", "explanation", "phenotype")
+STAGES = (
+    "lung_segmentation",
+    "classification",
+    "domain_check",
+    "fusion",
+    "locating",
+    "lesion_pattern",
+    "decision",
+    "severity",
+    "explanation",
+    "phenotype",
+)
 
 
 def sized_for(params: ChainParams, arch: Mapping[str, Any] | None, field: str = "input_size") -> ChainParams:
@@ -56,7 +66,8 @@ def _chest_lung_ml(volume: CTVolume, lung: LungMask, lung_z: np.ndarray, params:
         raise NotAChestCTError(
             f"not a chest CT: the {volume.shape[0]}-slice volume holds {lung_ml:.0f} ml of lung "
             f"({lung.method} segmentation; a chest CT holds at least {params.min_chest_lung_ml:.0f} ml, and a slice "
-            f"needs more than {need:.0f} lung pixels); send a chest CT series covering the lungs")
+            f"needs more than {need:.0f} lung pixels); send a chest CT series covering the lungs"
+        )
     return lung_ml
 
 
@@ -66,8 +77,10 @@ def _lesion_pattern(volume: CTVolume, lung: LungMask, models: ModelBundle) -> Le
     features = lesion_pattern_features(volume, lung)
     if features is None:
         return None
-    return LesionPattern(features=features, probabilities=(
-        None if models.lesion_pattern is None else models.lesion_pattern.probabilities(features)))
+    return LesionPattern(
+        features=features,
+        probabilities=(None if models.lesion_pattern is None else models.lesion_pattern.probabilities(features)),
+    )
 
 
 def _stage_params(params: ChainParams, models: ModelBundle) -> tuple[ChainParams, ChainParams, ChainParams]:
@@ -103,8 +116,9 @@ def analyze(volume: CTVolume, models: ModelBundle, params: ChainParams) -> Analy
 
     lung_z = lung_slice_indices(lung, params)
     lung_ml = _chest_lung_ml(volume, lung, lung_z, params)
-    slice_scores = classify_slices(volume, lung, sample_slices(lung_z, params.max_slices),
-                                   models.classifier, cls_params, device)
+    slice_scores = classify_slices(
+        volume, lung, sample_slices(lung_z, params.max_slices), models.classifier, cls_params, device
+    )
     lap("classification")
 
     domain = check_domain(slice_scores.features, image_statistics(volume, lung), models.domain_reference)
@@ -114,8 +128,15 @@ def analyze(volume: CTVolume, models: ModelBundle, params: ChainParams) -> Analy
     lap("fusion")
 
     lesion = measure_lesion_burden(volume, lung)
-    infected = locate_infected(volume, lung, lung_z, models.locator, loc_params, device,
-                               None if lesion is None else lesion.slices_with_lesion(params.lesion_slice_min_mm2))
+    infected = locate_infected(
+        volume,
+        lung,
+        lung_z,
+        models.locator,
+        loc_params,
+        device,
+        None if lesion is None else lesion.slices_with_lesion(params.lesion_slice_min_mm2),
+    )
     lap("locating")
 
     pattern = _lesion_pattern(volume, lung, models)
@@ -126,9 +147,14 @@ def analyze(volume: CTVolume, models: ModelBundle, params: ChainParams) -> Analy
 
     severity = None
     if lung.lesion is not None and decision.value != "out_of_domain":
-        severity = quantify_severity(lung.mask, lung.lesion, volume.voxel_volume_ml, volume.hu,
-                                     consolidation_hu=params.severity_consolidation_hu,
-                                     min_involved_ml=params.severity_min_involved_ml)
+        severity = quantify_severity(
+            lung.mask,
+            lung.lesion,
+            volume.voxel_volume_ml,
+            volume.hu,
+            consolidation_hu=params.severity_consolidation_hu,
+            min_involved_ml=params.severity_min_involved_ml,
+        )
     lap("severity")
 
     attention: tuple = ()

@@ -40,8 +40,13 @@ def _forward_with_features(net: torch.nn.Module, x: torch.Tensor) -> tuple[torch
     return resnet.fc(features), features
 
 
-def predict(net: torch.nn.Module, inputs: np.ndarray, device: torch.device | str = "cpu",
-            batch_size: int = 16, with_features: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+def predict(
+    net: torch.nn.Module,
+    inputs: np.ndarray,
+    device: torch.device | str = "cpu",
+    batch_size: int = 16,
+    with_features: bool = False,
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Softmax probabilities (n, classes) of an (n, 3, S, S) input stack, and optionally
     the penultimate features (n, f), in batches under ``torch.inference_mode``."""
     x_all = np.asarray(inputs, dtype=np.float32)
@@ -53,7 +58,7 @@ def predict(net: torch.nn.Module, inputs: np.ndarray, device: torch.device | str
     step = max(1, int(batch_size))
     with torch.inference_mode():
         for start in range(0, len(x_all), step):
-            x = torch.from_numpy(x_all[start:start + step]).to(dev)
+            x = torch.from_numpy(x_all[start : start + step]).to(dev)
             if with_features:
                 logits, f = _forward_with_features(net, x)
             else:
@@ -65,9 +70,14 @@ def predict(net: torch.nn.Module, inputs: np.ndarray, device: torch.device | str
     return np.concatenate(probs).astype(np.float64), features
 
 
-def classify_slices(volume: CTVolume, lung_mask: LungMask, z_indices: Sequence[int] | np.ndarray,
-                    classifier: torch.nn.Module, params: ChainParams,
-                    device: torch.device | str = "cpu") -> SliceScores:
+def classify_slices(
+    volume: CTVolume,
+    lung_mask: LungMask,
+    z_indices: Sequence[int] | np.ndarray,
+    classifier: torch.nn.Module,
+    params: ChainParams,
+    device: torch.device | str = "cpu",
+) -> SliceScores:
     """Class probabilities (CLASS_NAMES order) and features of the listed slices."""
     z = np.asarray(sorted({int(i) for i in z_indices}), dtype=np.int64)
     if len(z) == 0:
@@ -75,8 +85,10 @@ def classify_slices(volume: CTVolume, lung_mask: LungMask, z_indices: Sequence[i
     inputs = classifier_batch(volume, lung_mask, z, params)
     probs, features = predict(classifier, inputs, device, params.batch_size, with_features=True)
     if probs.shape[1] != len(CLASS_NAMES):
-        raise InvalidInputError(f"the classifier has {probs.shape[1]} outputs; the chain needs "
-                                f"{len(CLASS_NAMES)} ({', '.join(CLASS_NAMES)}): check the bundle")
+        raise InvalidInputError(
+            f"the classifier has {probs.shape[1]} outputs; the chain needs "
+            f"{len(CLASS_NAMES)} ({', '.join(CLASS_NAMES)}): check the bundle"
+        )
     return SliceScores(z_indices=z, probabilities=probs, features=features)
 
 

@@ -88,8 +88,11 @@ class OperatingPoints:
     def from_card(cls, card: Mapping[str, Any]) -> "OperatingPoints":
         given = dict(card.get("operating_points") or {})
         known = {f.name for f in fields(cls)}
-        values: dict[str, Any] = {k: (int(v) if k == "min_infected_slices" else (str(v) if k == "rule" else float(v)))
-                                  for k, v in given.items() if k in known}
+        values: dict[str, Any] = {
+            k: (int(v) if k == "min_infected_slices" else (str(v) if k == "rule" else float(v)))
+            for k, v in given.items()
+            if k in known
+        }
         return cls(**values)
 
     def as_card(self) -> dict[str, Any]:
@@ -98,8 +101,12 @@ class OperatingPoints:
     def thresholds(self) -> dict[str, float]:
         """The operating points a report cites (task thresholds, margins, locator)."""
         out = {name: float(getattr(self, name)) for name in TASK_NAMES}
-        out.update(margin=self.margin, pneumonia_margin=self.pneumonia_margin,
-                   locator_threshold=self.locator_threshold, out_of_domain=1.0)
+        out.update(
+            margin=self.margin,
+            pneumonia_margin=self.pneumonia_margin,
+            locator_threshold=self.locator_threshold,
+            out_of_domain=1.0,
+        )
         if self.uses_lesions:
             out.update(lesion_share_threshold=self.lesion_share_threshold, lesion_band=self.lesion_band)
         if self.pattern_weight > 0:
@@ -121,8 +128,9 @@ def pattern_type_shares(pattern: LesionPattern | None) -> dict[str, float] | Non
     return _renormalised(pattern.probabilities)
 
 
-def pneumonia_class_shares(case: CaseScores, pattern: LesionPattern | None = None,
-                           pattern_weight: float = 0.0) -> dict[str, float]:
+def pneumonia_class_shares(
+    case: CaseScores, pattern: LesionPattern | None = None, pattern_weight: float = 0.0
+) -> dict[str, float]:
     """The probabilities of CAP, influenza and COVID-19 renormalised over the three: the
     classifier's, blended with the lesion pattern model's when it is given a weight."""
     shares = _renormalised(case.probabilities)
@@ -139,34 +147,54 @@ def _pct(share: float) -> str:
     return f"{v:.1f}%" if v >= 1 else f"{v:.2f}%" if v >= 0.01 else f"{v:.3f}%"
 
 
-def _pneumonia_by_lesions(p: float, lesion: LesionBurden, op: OperatingPoints,
-                          th: Mapping[str, float]) -> Decision | None:
+def _pneumonia_by_lesions(
+    p: float, lesion: LesionBurden, op: OperatingPoints, th: Mapping[str, float]
+) -> Decision | None:
     """Step 2 with lesion evidence: a non-pneumonia or indeterminate Decision, or None
     (pneumonia, go on)."""
     s, t, band = lesion.lung_share, op.lesion_share_threshold, op.lesion_band
     burden = f"lesions of infection cover {_pct(s)} of the lung ({lesion.volume_ml:.1f} ml)"
-    classifier = (f"slice classifier's pneumonia score {100 * p:.1f}% "
-                  f"(threshold {100 * op.pneumonia_vs_non_pneumonia:.1f}%)")
+    classifier = (
+        f"slice classifier's pneumonia score {100 * p:.1f}% (threshold {100 * op.pneumonia_vs_non_pneumonia:.1f}%)"
+    )
     if s < t / band:
-        return Decision("non_pneumonia", f"Non-pneumonia: {burden}, below the model's threshold {_pct(t)}; "
-                                         f"{classifier}.", th)
+        return Decision(
+            "non_pneumonia", f"Non-pneumonia: {burden}, below the model's threshold {_pct(t)}; {classifier}.", th
+        )
     if s < t * band:
-        return Decision("indeterminate", f"Indeterminate: {burden}, too close to the model's threshold {_pct(t)} "
-                                         f"to tell pneumonia from non-pneumonia; no diagnosis is stated.", th)
+        return Decision(
+            "indeterminate",
+            f"Indeterminate: {burden}, too close to the model's threshold {_pct(t)} "
+            f"to tell pneumonia from non-pneumonia; no diagnosis is stated.",
+            th,
+        )
     if p < op.pneumonia_vs_non_pneumonia - op.pneumonia_margin:
-        return Decision("indeterminate", f"Indeterminate: {burden} (threshold {_pct(t)}), but the {classifier} "
-                                         f"does not support pneumonia; no diagnosis is stated.", th)
+        return Decision(
+            "indeterminate",
+            f"Indeterminate: {burden} (threshold {_pct(t)}), but the {classifier} "
+            f"does not support pneumonia; no diagnosis is stated.",
+            th,
+        )
     return None
 
 
-def decide(case: CaseScores, infected: InfectedSlices, domain: DomainCheck, op: OperatingPoints,
-           lesion: LesionBurden | None = None, pattern: LesionPattern | None = None) -> Decision:
+def decide(
+    case: CaseScores,
+    infected: InfectedSlices,
+    domain: DomainCheck,
+    op: OperatingPoints,
+    lesion: LesionBurden | None = None,
+    pattern: LesionPattern | None = None,
+) -> Decision:
     """The decision of one case (see the module doc for the order of the rules)."""
     th = op.thresholds()
     if not domain.in_domain:
         why = "; ".join(domain.reasons) or "it differs from the model's training data"
-        return Decision("out_of_domain", f"The model cannot assess this study: {why} "
-                                         f"(out-of-domain score {domain.score:.2f}, limit 1.00).", th)
+        return Decision(
+            "out_of_domain",
+            f"The model cannot assess this study: {why} (out-of-domain score {domain.score:.2f}, limit 1.00).",
+            th,
+        )
     p = float(case.tasks["pneumonia_vs_non_pneumonia"])
     t = op.pneumonia_vs_non_pneumonia
     if op.uses_lesions and lesion is not None:
@@ -176,19 +204,30 @@ def decide(case: CaseScores, infected: InfectedSlices, domain: DomainCheck, op: 
         evidence = f"lesions cover {_pct(lesion.lung_share)} of the lung, pneumonia score {100 * p:.1f}%"
     else:
         if abs(p - t) < op.pneumonia_margin:
-            return Decision("indeterminate", f"Indeterminate: the pneumonia score {100 * p:.1f}% is within "
-                                             f"{100 * op.pneumonia_margin:.0f} points of the model's threshold "
-                                             f"{100 * t:.1f}%; no diagnosis is stated.", th)
+            return Decision(
+                "indeterminate",
+                f"Indeterminate: the pneumonia score {100 * p:.1f}% is within "
+                f"{100 * op.pneumonia_margin:.0f} points of the model's threshold "
+                f"{100 * t:.1f}%; no diagnosis is stated.",
+                th,
+            )
         if p < t:
-            return Decision("non_pneumonia", f"Non-pneumonia: pneumonia score {100 * p:.1f}% is below the "
-                                             f"threshold {100 * t:.1f}%.", th)
+            return Decision(
+                "non_pneumonia",
+                f"Non-pneumonia: pneumonia score {100 * p:.1f}% is below the threshold {100 * t:.1f}%.",
+                th,
+            )
         evidence = f"pneumonia score {100 * p:.1f}% (threshold {100 * t:.1f}%)"
     n_slices = len(infected.z_indices)
     by_lesions = op.uses_lesions and lesion is not None
     if not by_lesions and n_slices < op.min_infected_slices:
-        return Decision("indeterminate", f"Indeterminate: pneumonia by the model ({evidence}), but the lesion "
-                                         f"locator found {n_slices} infectious slice(s) (at least "
-                                         f"{op.min_infected_slices} needed); no diagnosis is stated.", th)
+        return Decision(
+            "indeterminate",
+            f"Indeterminate: pneumonia by the model ({evidence}), but the lesion "
+            f"locator found {n_slices} infectious slice(s) (at least "
+            f"{op.min_infected_slices} needed); no diagnosis is stated.",
+            th,
+        )
     shares = pneumonia_class_shares(case, pattern, op.pattern_weight)
     blended = pattern is not None and pattern.probabilities is not None and op.pattern_weight > 0
     if not blended:
@@ -196,15 +235,25 @@ def decide(case: CaseScores, infected: InfectedSlices, domain: DomainCheck, op: 
     elif op.pattern_weight >= 1:
         source = "the lesion pattern"
     else:
-        source = (f"the lesion pattern and the slice classifier ({100 * op.pattern_weight:.0f}% / "
-                  f"{100 * (1 - op.pattern_weight):.0f}%)")
+        source = (
+            f"the lesion pattern and the slice classifier ({100 * op.pattern_weight:.0f}% / "
+            f"{100 * (1 - op.pattern_weight):.0f}%)"
+        )
     ranked = sorted(shares, key=lambda k: -shares[k])
     first, second = ranked[0], ranked[1]
     gap = shares[first] - shares[second]
     if gap < op.margin:
-        return Decision("indeterminate", f"Indeterminate: pneumonia ({evidence}), but "
-                                         f"{DISPLAY[first]} {100 * shares[first]:.1f}% vs {DISPLAY[second]} "
-                                         f"{100 * shares[second]:.1f}% ({source}) are within the model's "
-                                         f"{100 * op.margin:.0f}-point margin; no type is stated.", th)
-    return Decision(first, f"{DISPLAY[first]}: {evidence}, {DISPLAY[first]} {100 * shares[first]:.1f}% of the "
-                           f"pneumonia types by {source}, {n_slices} infectious slice(s).", th)
+        return Decision(
+            "indeterminate",
+            f"Indeterminate: pneumonia ({evidence}), but "
+            f"{DISPLAY[first]} {100 * shares[first]:.1f}% vs {DISPLAY[second]} "
+            f"{100 * shares[second]:.1f}% ({source}) are within the model's "
+            f"{100 * op.margin:.0f}-point margin; no type is stated.",
+            th,
+        )
+    return Decision(
+        first,
+        f"{DISPLAY[first]}: {evidence}, {DISPLAY[first]} {100 * shares[first]:.1f}% of the "
+        f"pneumonia types by {source}, {n_slices} infectious slice(s).",
+        th,
+    )

@@ -6,7 +6,7 @@ import torch
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """"auto" takes CUDA when present, else the CPU; anything else is passed to torch."""
+    """ "auto" takes CUDA when present, else the CPU; anything else is passed to torch."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)

@@ -49,8 +49,13 @@ THRESHOLD_SLACK = 1.25
 #: statistic's spread look tiny).
 MIN_Z_THRESHOLD = 4.0
 #: Scale floors of the robust z-scores (in the statistic's unit), for the same reason.
-SCALE_FLOOR = {"lung_hu_median": 10.0, "lung_hu_p10": 10.0, "lung_hu_p90": 15.0, "noise_hu": 3.0,
-               "lung_volume_ml": 250.0}
+SCALE_FLOOR = {
+    "lung_hu_median": 10.0,
+    "lung_hu_p10": 10.0,
+    "lung_hu_p90": 15.0,
+    "noise_hu": 3.0,
+    "lung_volume_ml": 250.0,
+}
 #: Lung voxels sampled for the HU statistics and slices for the noise (cheap on 512^3).
 _MAX_LUNG_SAMPLES = 200_000
 _NOISE_SLICES = 8
@@ -69,25 +74,35 @@ class DomainReference:
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         names = sorted(self.thresholds)
-        return {"feature_mean": self.feature_mean, "feature_precision": self.feature_precision,
-                "stat_center": self.stat_center, "stat_scale": self.stat_scale,
-                "threshold_names": np.asarray(names), "threshold_values":
-                    np.asarray([self.thresholds[n] for n in names], dtype=np.float64),
-                "n_cases": np.asarray(self.n_cases), "stat_names": np.asarray(list(IMAGE_STATS))}
+        return {
+            "feature_mean": self.feature_mean,
+            "feature_precision": self.feature_precision,
+            "stat_center": self.stat_center,
+            "stat_scale": self.stat_scale,
+            "threshold_names": np.asarray(names),
+            "threshold_values": np.asarray([self.thresholds[n] for n in names], dtype=np.float64),
+            "n_cases": np.asarray(self.n_cases),
+            "stat_names": np.asarray(list(IMAGE_STATS)),
+        }
 
     @classmethod
     def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> "DomainReference":
         stat_names = [str(s) for s in arrays["stat_names"]]
         if stat_names != list(IMAGE_STATS):
-            raise InvalidInputError(f"domain reference has statistics {stat_names}, this code expects "
-                                    f"{list(IMAGE_STATS)}: recalibrate the bundle")
-        return cls(feature_mean=np.asarray(arrays["feature_mean"], dtype=np.float64),
-                   feature_precision=np.asarray(arrays["feature_precision"], dtype=np.float64),
-                   stat_center=np.asarray(arrays["stat_center"], dtype=np.float64),
-                   stat_scale=np.asarray(arrays["stat_scale"], dtype=np.float64),
-                   thresholds={str(n): float(v) for n, v in zip(arrays["threshold_names"],
-                                                                arrays["threshold_values"], strict=True)},
-                   n_cases=int(arrays["n_cases"]))
+            raise InvalidInputError(
+                f"domain reference has statistics {stat_names}, this code expects "
+                f"{list(IMAGE_STATS)}: recalibrate the bundle"
+            )
+        return cls(
+            feature_mean=np.asarray(arrays["feature_mean"], dtype=np.float64),
+            feature_precision=np.asarray(arrays["feature_precision"], dtype=np.float64),
+            stat_center=np.asarray(arrays["stat_center"], dtype=np.float64),
+            stat_scale=np.asarray(arrays["stat_scale"], dtype=np.float64),
+            thresholds={
+                str(n): float(v) for n, v in zip(arrays["threshold_names"], arrays["threshold_values"], strict=True)
+            },
+            n_cases=int(arrays["n_cases"]),
+        )
 
 
 def image_statistics(volume: CTVolume, lung: LungMask) -> dict[str, float]:
@@ -125,8 +140,10 @@ def feature_distance(features: np.ndarray, reference: DomainReference) -> float:
     """Mean Mahalanobis distance of a case's slice features to the reference."""
     f = np.asarray(features, dtype=np.float64)
     if f.ndim != 2 or f.shape[1] != reference.feature_mean.shape[0]:
-        raise InvalidInputError(f"slice features of shape {f.shape} do not match the domain reference's "
-                                f"{reference.feature_mean.shape[0]} features")
+        raise InvalidInputError(
+            f"slice features of shape {f.shape} do not match the domain reference's "
+            f"{reference.feature_mean.shape[0]} features"
+        )
     d = f - reference.feature_mean
     m = np.einsum("ij,jk,ik->i", d, reference.feature_precision, d)
     return float(np.mean(np.sqrt(np.maximum(m, 0.0))))
@@ -138,27 +155,37 @@ def stat_distances(stats: Mapping[str, float], reference: DomainReference) -> di
     return {name: (0.0 if not np.isfinite(v) else float(v)) for name, v in zip(IMAGE_STATS, z, strict=True)}
 
 
-def raw_distances(features: np.ndarray | None, stats: Mapping[str, float],
-                  reference: DomainReference) -> dict[str, float]:
+def raw_distances(
+    features: np.ndarray | None, stats: Mapping[str, float], reference: DomainReference
+) -> dict[str, float]:
     out = stat_distances(stats, reference)
     if features is not None:
         out[FEATURES] = feature_distance(features, reference)
     return out
 
 
-def check_domain(features: np.ndarray | None, stats: Mapping[str, float],
-                 reference: DomainReference | None) -> DomainCheck:
+def check_domain(
+    features: np.ndarray | None, stats: Mapping[str, float], reference: DomainReference | None
+) -> DomainCheck:
     """DomainCheck of one case: each distance over its threshold; the largest is the score."""
     if reference is None:
-        return DomainCheck(score=0.0, in_domain=True, components={},
-                           reasons=("the model bundle carries no domain reference: not checked",),
-                           image_stats=dict(stats))
-    scaled = {name: d / reference.thresholds[name] for name, d in raw_distances(features, stats, reference).items()
-              if name in reference.thresholds}
+        return DomainCheck(
+            score=0.0,
+            in_domain=True,
+            components={},
+            reasons=("the model bundle carries no domain reference: not checked",),
+            image_stats=dict(stats),
+        )
+    scaled = {
+        name: d / reference.thresholds[name]
+        for name, d in raw_distances(features, stats, reference).items()
+        if name in reference.thresholds
+    }
     score = max(scaled.values()) if scaled else 0.0
     reasons = tuple(_reason(name, stats) for name, v in sorted(scaled.items(), key=lambda kv: -kv[1]) if v > 1.0)
-    return DomainCheck(score=float(score), in_domain=score <= 1.0, components=scaled, reasons=reasons,
-                       image_stats=dict(stats))
+    return DomainCheck(
+        score=float(score), in_domain=score <= 1.0, components=scaled, reasons=reasons, image_stats=dict(stats)
+    )
 
 
 def _reason(name: str, stats: Mapping[str, float]) -> str:
@@ -169,9 +196,12 @@ def _reason(name: str, stats: Mapping[str, float]) -> str:
     return f"{IMAGE_STATS[name]}{shown} lies outside the range of its training data"
 
 
-def fit_domain_reference(fit_features: Sequence[np.ndarray], fit_stats: Sequence[Mapping[str, float]],
-                         held_features: Sequence[np.ndarray], held_stats: Sequence[Mapping[str, float]]
-                         ) -> DomainReference:
+def fit_domain_reference(
+    fit_features: Sequence[np.ndarray],
+    fit_stats: Sequence[Mapping[str, float]],
+    held_features: Sequence[np.ndarray],
+    held_stats: Sequence[Mapping[str, float]],
+) -> DomainReference:
     """Fit the reference on one half of a calibration cohort, thresholds on the other.
 
     ``*_features``: per case, its classified slices' penultimate features (n_slices, f);
@@ -188,13 +218,25 @@ def fit_domain_reference(fit_features: Sequence[np.ndarray], fit_stats: Sequence
     mad = 1.4826 * np.nanmedian(np.abs(stat_rows - center), axis=0)
     floors = np.asarray([SCALE_FLOOR[n] for n in IMAGE_STATS])
     scale = np.maximum(np.nan_to_num(mad, nan=0.0), floors)
-    provisional = DomainReference(feature_mean=lw.location_, feature_precision=lw.precision_,
-                                  stat_center=center, stat_scale=scale, thresholds={}, n_cases=len(fit_features))
+    provisional = DomainReference(
+        feature_mean=lw.location_,
+        feature_precision=lw.precision_,
+        stat_center=center,
+        stat_scale=scale,
+        thresholds={},
+        n_cases=len(fit_features),
+    )
     held = [raw_distances(f, s, provisional) for f, s in zip(held_features, held_stats, strict=True)]
     thresholds = {}
     for name in (*IMAGE_STATS, FEATURES):
         values = np.asarray([h[name] for h in held], dtype=np.float64)
         t = THRESHOLD_SLACK * float(np.quantile(values, THRESHOLD_QUANTILE))
         thresholds[name] = t if name == FEATURES else max(t, MIN_Z_THRESHOLD)
-    return DomainReference(feature_mean=lw.location_, feature_precision=lw.precision_, stat_center=center,
-                           stat_scale=scale, thresholds=thresholds, n_cases=len(fit_features))
+    return DomainReference(
+        feature_mean=lw.location_,
+        feature_precision=lw.precision_,
+        stat_center=center,
+        stat_scale=scale,
+        thresholds=thresholds,
+        n_cases=len(fit_features),
+    )

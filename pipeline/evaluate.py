@@ -31,9 +31,18 @@ from .severity import mosmed_grade
 from .types import CLASS_NAMES, PNEUMONIA_CLASSES, TASK_NAMES, PipelineError
 
 #: scores.csv columns, in order.
-SCORE_COLUMNS: tuple[str, ...] = ("case_id", "truth", *(f"p_{c}" for c in CLASS_NAMES), *TASK_NAMES, "predicted",
-                                   "decision", "out_of_domain_score", "flagged_slices", "lesion_share",
-                                   *(f"pattern_p_{c}" for c in CLASS_NAMES))
+SCORE_COLUMNS: tuple[str, ...] = (
+    "case_id",
+    "truth",
+    *(f"p_{c}" for c in CLASS_NAMES),
+    *TASK_NAMES,
+    "predicted",
+    "decision",
+    "out_of_domain_score",
+    "flagged_slices",
+    "lesion_share",
+    *(f"pattern_p_{c}" for c in CLASS_NAMES),
+)
 
 #: For each binary task: (positive class, classes of the cases it is measured on).
 #: The pneumonia task is measured on all cases; its positives are the three pneumonias.
@@ -128,9 +137,14 @@ def _age_or_none(value: Any) -> float | None:
     return age if math.isfinite(age) else None
 
 
-def record_from_result(case: Any, result: Any, lung_mask: np.ndarray | None, lesion_mask: np.ndarray | None,
-                       eval_params: EvalParams = EvalParams(),
-                       classical_mask: np.ndarray | None = None) -> CaseRecord:
+def record_from_result(
+    case: Any,
+    result: Any,
+    lung_mask: np.ndarray | None,
+    lesion_mask: np.ndarray | None,
+    eval_params: EvalParams = EvalParams(),
+    classical_mask: np.ndarray | None = None,
+) -> CaseRecord:
     """Turn one AnalysisResult (and the case's truth masks, if any) into a CaseRecord.
     ``classical_mask``: the reference segmentation, when one was made."""
     cs = result.case_scores
@@ -146,8 +160,10 @@ def record_from_result(case: Any, result: Any, lung_mask: np.ndarray | None, les
         lesion = np.asarray(lesion_mask, bool)
         scores = np.asarray(result.infected.scores, dtype=np.float64)
         if lesion.shape[0] != scores.shape[0]:
-            raise EvaluationError(f"case {case.case_id}: lesion mask has {lesion.shape[0]} slices, "
-                                  f"the volume {scores.shape[0]}; the masks must be aligned with the volume")
+            raise EvaluationError(
+                f"case {case.case_id}: lesion mask has {lesion.shape[0]} slices, "
+                f"the volume {scores.shape[0]}; the masks must be aligned with the volume"
+            )
         truth = lesion.reshape(lesion.shape[0], -1).sum(axis=1) > eval_params.lesion_min_px
         scored = np.isfinite(scores)
         slice_scores, slice_truth = scores[scored], truth[scored]
@@ -160,44 +176,59 @@ def record_from_result(case: Any, result: Any, lung_mask: np.ndarray | None, les
     predicted_lesion = getattr(result.lung_mask, "lesion", None)
     if predicted_lesion is not None and lesion_mask is not None:
         truth_lesion = np.asarray(lesion_mask, bool)
-        lesion_overlap = (int(np.count_nonzero(predicted_lesion & truth_lesion)),
-                          int(np.count_nonzero(predicted_lesion)), int(np.count_nonzero(truth_lesion)))
+        lesion_overlap = (
+            int(np.count_nonzero(predicted_lesion & truth_lesion)),
+            int(np.count_nonzero(predicted_lesion)),
+            int(np.count_nonzero(truth_lesion)),
+        )
     inclusion, heat_in, heat_les = _mask_figures(result, lung_mask, lesion_mask)
     severity = getattr(result, "severity", None)
     truth_involvement = None
     if lesion_mask is not None and lung_mask is not None and np.any(lung_mask):
         truth_lung = np.asarray(lung_mask, bool)
-        truth_involvement = 100.0 * np.count_nonzero(np.asarray(lesion_mask, bool) & truth_lung) / \
-            np.count_nonzero(truth_lung)
+        truth_involvement = (
+            100.0 * np.count_nonzero(np.asarray(lesion_mask, bool) & truth_lung) / np.count_nonzero(truth_lung)
+        )
     pattern = getattr(result, "lesion_pattern", None)
     pattern_probs = None
     if pattern is not None and pattern.probabilities is not None:
         pattern_probs = np.array([pattern.probabilities.get(c, 0.0) for c in CLASS_NAMES], dtype=np.float64)
     return CaseRecord(
-        case_id=str(case.case_id), truth=str(case.label),
+        case_id=str(case.case_id),
+        truth=str(case.label),
         probabilities=np.array([cs.probabilities[c] for c in CLASS_NAMES], dtype=np.float64),
         tasks=np.array([cs.tasks[t] for t in TASK_NAMES], dtype=np.float64),
-        predicted=str(cs.label), features=pooled,
-        sex=_text_or_none(getattr(case, "sex", None)), age=_age_or_none(getattr(case, "age", None)),
+        predicted=str(cs.label),
+        features=pooled,
+        sex=_text_or_none(getattr(case, "sex", None)),
+        age=_age_or_none(getattr(case, "age", None)),
         stage=_text_or_none(getattr(case, "stage", None)),
-        lung_dice=lung_dice, lung_method=str(result.lung_mask.method), lung_dice_classical=lung_dice_classical,
-        slice_scores=slice_scores, slice_truth=slice_truth,
+        lung_dice=lung_dice,
+        lung_method=str(result.lung_mask.method),
+        lung_dice_classical=lung_dice_classical,
+        slice_scores=slice_scores,
+        slice_truth=slice_truth,
         decision=str(getattr(getattr(result, "decision", None), "value", "")),
         out_of_domain_score=float(getattr(getattr(result, "domain", None), "score", float("nan"))),
-        n_flagged_slices=len(result.infected.z_indices), lesion_inclusion=inclusion,
-        heat_inside_lung=heat_in, heat_on_lesion=heat_les,
+        n_flagged_slices=len(result.infected.z_indices),
+        lesion_inclusion=inclusion,
+        heat_inside_lung=heat_in,
+        heat_on_lesion=heat_les,
         slice_features=None if feats is None else np.asarray(feats, dtype=np.float32),
         image_stats=dict(getattr(getattr(result, "domain", None), "image_stats", {}) or {}) or None,
-        slice_flagged=slice_flagged, slice_lesion_mm2=slice_lesion_mm2,
-        lesion_share=None if burden is None else float(burden.lung_share), lesion_overlap=lesion_overlap,
+        slice_flagged=slice_flagged,
+        slice_lesion_mm2=slice_lesion_mm2,
+        lesion_share=None if burden is None else float(burden.lung_share),
+        lesion_overlap=lesion_overlap,
         pattern_probabilities=pattern_probs,
         involvement_percent=None if severity is None else float(severity.lungs.involvement_percent),
         involvement_truth_percent=truth_involvement,
     )
 
 
-def _mask_figures(result: Any, lung_mask: np.ndarray | None, lesion_mask: np.ndarray | None
-                  ) -> tuple[float | None, tuple[float, ...], tuple[float, ...]]:
+def _mask_figures(
+    result: Any, lung_mask: np.ndarray | None, lesion_mask: np.ndarray | None
+) -> tuple[float | None, tuple[float, ...], tuple[float, ...]]:
     """Lesion inclusion of the chain's lung mask, and per overlay the raw heat share
     inside the lung and the shown heat share on lesions (when the case has lesions)."""
     inclusion = None
@@ -215,11 +246,16 @@ def _mask_figures(result: Any, lung_mask: np.ndarray | None, lesion_mask: np.nda
     return inclusion, tuple(heat_in), tuple(heat_les)
 
 
-def score_cases(cases: Iterable[Any], models: Any, params: ChainParams,
-                eval_params: EvalParams = EvalParams(), progress: bool = True,
-                analyze: Callable[..., Any] | None = None,
-                classical: Callable[[Any, ChainParams], np.ndarray] | None = None,
-                on_failure: Callable[[str, str], None] | None = None) -> list[CaseRecord]:
+def score_cases(
+    cases: Iterable[Any],
+    models: Any,
+    params: ChainParams,
+    eval_params: EvalParams = EvalParams(),
+    progress: bool = True,
+    analyze: Callable[..., Any] | None = None,
+    classical: Callable[[Any, ChainParams], np.ndarray] | None = None,
+    on_failure: Callable[[str, str], None] | None = None,
+) -> list[CaseRecord]:
     """Load and analyse every case (tqdm progress bar). A case that fails stops the
     evaluation with an EvaluationError naming it (leaving it out silently would bias the
     figures), unless ``on_failure(case_id, message)`` is given: then it is told and the
@@ -232,9 +268,11 @@ def score_cases(cases: Iterable[Any], models: Any, params: ChainParams,
 
     if analyze is None:
         from .chain import analyze as chain_analyze
+
         analyze = chain_analyze
     if classical is None:
         from .lung import segment_lungs_classical
+
         classical = segment_lungs_classical
     cases = list(cases)
     records: list[CaseRecord] = []
@@ -249,15 +287,20 @@ def score_cases(cases: Iterable[Any], models: Any, params: ChainParams,
         except (PipelineError, OSError, ValueError, RuntimeError) as e:
             message = str(e) if isinstance(e, PipelineError) else f"{type(e).__name__}: {e}"
             if on_failure is None:
-                raise EvaluationError(f"case {case.case_id} could not be analysed: {message} "
-                                      f"(--skip-failed leaves such cases out and lists them)") from e
+                raise EvaluationError(
+                    f"case {case.case_id} could not be analysed: {message} "
+                    f"(--skip-failed leaves such cases out and lists them)"
+                ) from e
             on_failure(str(case.case_id), message)
             continue
         records.append(record_from_result(case, result, lung_mask, lesion_mask, eval_params, reference))
         bar.set_postfix(last=records[-1].decision or records[-1].predicted)
     if not records:
-        raise EvaluationError("no case could be evaluated: check the --data spec" if cases
-                              else "the dataset holds no cases: check the --data spec")
+        raise EvaluationError(
+            "no case could be evaluated: check the --data spec"
+            if cases
+            else "the dataset holds no cases: check the --data spec"
+        )
     return records
 
 
@@ -280,8 +323,9 @@ def _one_vs_rest_auc(labels: np.ndarray, probs: np.ndarray, i: int) -> Statistic
     return lambda idx: M.roc_auc(labels[idx] == i, probs[idx, i])
 
 
-def _one_vs_rest_rate(rate: Callable[[np.ndarray, np.ndarray], float], labels: np.ndarray, probs: np.ndarray,
-                      i: int, threshold: float) -> Statistic:
+def _one_vs_rest_rate(
+    rate: Callable[[np.ndarray, np.ndarray], float], labels: np.ndarray, probs: np.ndarray, i: int, threshold: float
+) -> Statistic:
     """Sensitivity or specificity of class ``i`` at ``threshold`` on the picked cases."""
     return lambda idx: rate(labels[idx] == i, probs[idx, i] >= threshold)
 
@@ -290,8 +334,9 @@ def _task_auc(y: np.ndarray, s: np.ndarray) -> Statistic:
     return lambda j: M.roc_auc(y[j], s[j])
 
 
-def _task_rate(rate: Callable[[np.ndarray, np.ndarray], float], y: np.ndarray, s: np.ndarray,
-               threshold: float) -> Statistic:
+def _task_rate(
+    rate: Callable[[np.ndarray, np.ndarray], float], y: np.ndarray, s: np.ndarray, threshold: float
+) -> Statistic:
     return lambda j: rate(y[j], s[j] >= threshold)
 
 
@@ -316,8 +361,9 @@ class _Figures:
     def __init__(self, n: int, eval_params: EvalParams, skipped: dict[str, int], prefix: str) -> None:
         self.n = n
         self.conf = eval_params.confidence
-        self.resamples = (M.resample_indices(n, eval_params.n_bootstrap, eval_params.seed)
-                          if eval_params.n_bootstrap else None)
+        self.resamples = (
+            M.resample_indices(n, eval_params.n_bootstrap, eval_params.seed) if eval_params.n_bootstrap else None
+        )
         self.skipped = skipped
         self.prefix = prefix
 
@@ -331,15 +377,17 @@ class _Figures:
         return est.as_dict()
 
 
-def _class_block(labels: np.ndarray, probs: np.ndarray, predicted: np.ndarray, fig: _Figures,
-                 threshold: float, full: bool) -> dict[str, Any]:
+def _class_block(
+    labels: np.ndarray, probs: np.ndarray, predicted: np.ndarray, fig: _Figures, threshold: float, full: bool
+) -> dict[str, Any]:
     """Per-class AUC, multi-way AUC, accuracy (and, when ``full``, sens/spec at the
     threshold and the confusion matrix) for one set of cases."""
     out: dict[str, Any] = {
         "n_cases": int(labels.size),
         "class_counts": {c: int(np.sum(labels == i)) for i, c in enumerate(CLASS_NAMES)},
-        "per_class_auc": {c: fig(f"per_class_auc.{c}", _one_vs_rest_auc(labels, probs, i))
-                          for i, c in enumerate(CLASS_NAMES)},
+        "per_class_auc": {
+            c: fig(f"per_class_auc.{c}", _one_vs_rest_auc(labels, probs, i)) for i, c in enumerate(CLASS_NAMES)
+        },
         "multiway_auc": {
             "micro": fig("multiway_auc.micro", lambda idx: M.micro_auc(labels[idx], probs[idx])),
             "macro": fig("multiway_auc.macro", lambda idx: M.macro_auc(labels[idx], probs[idx])),
@@ -349,13 +397,18 @@ def _class_block(labels: np.ndarray, probs: np.ndarray, predicted: np.ndarray, f
     if full:
         out["per_class_sensitivity"] = {
             c: fig(f"per_class_sensitivity.{c}", _one_vs_rest_rate(M.sensitivity, labels, probs, i, threshold))
-            for i, c in enumerate(CLASS_NAMES)}
+            for i, c in enumerate(CLASS_NAMES)
+        }
         out["per_class_specificity"] = {
             c: fig(f"per_class_specificity.{c}", _one_vs_rest_rate(M.specificity, labels, probs, i, threshold))
-            for i, c in enumerate(CLASS_NAMES)}
+            for i, c in enumerate(CLASS_NAMES)
+        }
         out["confusion_matrix"] = {
-            "labels": list(CLASS_NAMES), "rows": "truth", "columns": "predicted",
-            "counts": M.confusion_counts(labels, predicted, len(CLASS_NAMES)).tolist()}
+            "labels": list(CLASS_NAMES),
+            "rows": "truth",
+            "columns": "predicted",
+            "counts": M.confusion_counts(labels, predicted, len(CLASS_NAMES)).tolist(),
+        }
     return out
 
 
@@ -394,17 +447,28 @@ def _subset_order(key: str, eval_params: EvalParams) -> Callable[[str], tuple]:
             return (0, float(v), v)
         except ValueError:
             return (1, 0.0, v)
+
     return natural
 
 
-def _task_figures(labels: np.ndarray, tasks: np.ndarray, threshold: float, task_thresholds: Mapping[str, float],
-                  eval_params: EvalParams, skipped: dict[str, int]) -> dict[str, Any]:
+def _task_figures(
+    labels: np.ndarray,
+    tasks: np.ndarray,
+    threshold: float,
+    task_thresholds: Mapping[str, float],
+    eval_params: EvalParams,
+    skipped: dict[str, int],
+) -> dict[str, Any]:
     """Each binary task on its cohort: AUC, and sensitivity/specificity at its threshold."""
     out: dict[str, Any] = {}
     for t_i, task in enumerate(TASK_NAMES):
         idx, y = task_cohort(task, labels)
-        entry: dict[str, Any] = {"n_cases": int(idx.size), "n_positive": int(y.sum()),
-                                 "positive": TASK_COHORTS[task][0], "cohort": list(TASK_COHORTS[task][1])}
+        entry: dict[str, Any] = {
+            "n_cases": int(idx.size),
+            "n_positive": int(y.sum()),
+            "positive": TASK_COHORTS[task][0],
+            "cohort": list(TASK_COHORTS[task][1]),
+        }
         t_task = float(task_thresholds.get(task, threshold))
         entry["threshold"] = t_task
         if idx.size:
@@ -417,8 +481,9 @@ def _task_figures(labels: np.ndarray, tasks: np.ndarray, threshold: float, task_
     return out
 
 
-def _lung_dice_figures(records: Sequence[CaseRecord], eval_params: EvalParams,
-                       skipped: dict[str, int]) -> dict[str, Any] | None:
+def _lung_dice_figures(
+    records: Sequence[CaseRecord], eval_params: EvalParams, skipped: dict[str, int]
+) -> dict[str, Any] | None:
     """Mean lung Dice of the chain's segmentation (and of the classical reference)."""
     with_lung = [r for r in records if r.lung_dice is not None]
     if not with_lung:
@@ -426,16 +491,21 @@ def _lung_dice_figures(records: Sequence[CaseRecord], eval_params: EvalParams,
     dices = np.array([r.lung_dice for r in with_lung], dtype=np.float64)
     methods = sorted({r.lung_method or "unknown" for r in with_lung})
     lf = _Figures(dices.size, eval_params, skipped, "lung_dice.")
-    out: dict[str, Any] = {"n_cases": int(dices.size), "method": "+".join(methods),
-                           "mean": lf("mean", lambda j: float(np.mean(dices[j]))), "classical_mean": None}
+    out: dict[str, Any] = {
+        "n_cases": int(dices.size),
+        "method": "+".join(methods),
+        "mean": lf("mean", lambda j: float(np.mean(dices[j]))),
+        "classical_mean": None,
+    }
     ref = np.array([np.nan if r.lung_dice_classical is None else r.lung_dice_classical for r in with_lung])
     if np.all(np.isfinite(ref)):
         out["classical_mean"] = lf("classical_mean", lambda j: float(np.mean(ref[j])))
     return out
 
 
-def _locating_figures(records: Sequence[CaseRecord], eval_params: EvalParams, skipped: dict[str, int],
-                      locator_threshold: float) -> dict[str, Any] | None:
+def _locating_figures(
+    records: Sequence[CaseRecord], eval_params: EvalParams, skipped: dict[str, int], locator_threshold: float
+) -> dict[str, Any] | None:
     """The paper measures the locator on COVID-19 cases with marked lesions; slices are
     resampled with their case (they are not independent)."""
     loc = [r for r in records if r.slice_scores is not None and r.truth == "covid19" and r.slice_scores.size]
@@ -445,18 +515,29 @@ def _locating_figures(records: Sequence[CaseRecord], eval_params: EvalParams, sk
     tr = given_arrays((r.slice_truth for r in loc), "slice truth")
     lf = _Figures(len(loc), eval_params, skipped, "locating.")
     return {
-        "n_cases": len(loc), "n_slices": int(sum(s.size for s in sc)),
-        "n_infected_slices": int(sum(t.sum() for t in tr)), "threshold": locator_threshold,
+        "n_cases": len(loc),
+        "n_slices": int(sum(s.size for s in sc)),
+        "n_infected_slices": int(sum(t.sum() for t in tr)),
+        "threshold": locator_threshold,
         "auc": lf("auc", lambda j: M.roc_auc(M.pooled_slices(tr, j), M.pooled_slices(sc, j))),
-        "sensitivity": lf("sensitivity", lambda j: M.sensitivity(
-            M.pooled_slices(tr, j), M.pooled_slices(sc, j) >= locator_threshold)),
-        "specificity": lf("specificity", lambda j: M.specificity(
-            M.pooled_slices(tr, j), M.pooled_slices(sc, j) >= locator_threshold)),
+        "sensitivity": lf(
+            "sensitivity", lambda j: M.sensitivity(M.pooled_slices(tr, j), M.pooled_slices(sc, j) >= locator_threshold)
+        ),
+        "specificity": lf(
+            "specificity", lambda j: M.specificity(M.pooled_slices(tr, j), M.pooled_slices(sc, j) >= locator_threshold)
+        ),
     }
 
 
-def _subset_figures(records: Sequence[CaseRecord], labels: np.ndarray, probs: np.ndarray, predicted: np.ndarray,
-                    threshold: float, eval_params: EvalParams, skipped: dict[str, int]) -> dict[str, Any]:
+def _subset_figures(
+    records: Sequence[CaseRecord],
+    labels: np.ndarray,
+    probs: np.ndarray,
+    predicted: np.ndarray,
+    threshold: float,
+    eval_params: EvalParams,
+    skipped: dict[str, int],
+) -> dict[str, Any]:
     """The class block by sex, age band and stage (where the data say them)."""
     out: dict[str, Any] = {}
     keys: dict[str, Callable[[CaseRecord], str | None]] = {
@@ -477,11 +558,15 @@ def _subset_figures(records: Sequence[CaseRecord], labels: np.ndarray, probs: np
     return out
 
 
-def compute_metrics(records: Sequence[CaseRecord], threshold: float = 0.5,
-                    eval_params: EvalParams = EvalParams(), locator_threshold: float = 0.5,
-                    reader_calls: Sequence[ReaderCall] | None = None,
-                    reader_task_name: str = "auto",
-                    task_thresholds: Mapping[str, float] | None = None) -> dict[str, Any]:
+def compute_metrics(
+    records: Sequence[CaseRecord],
+    threshold: float = 0.5,
+    eval_params: EvalParams = EvalParams(),
+    locator_threshold: float = 0.5,
+    reader_calls: Sequence[ReaderCall] | None = None,
+    reader_task_name: str = "auto",
+    task_thresholds: Mapping[str, float] | None = None,
+) -> dict[str, Any]:
     """Every figure of the protocol, as a JSON-ready dict (see module docstring).
 
     ``task_thresholds``: each binary task's operating point (the bundle's calibrated
@@ -505,9 +590,13 @@ def compute_metrics(records: Sequence[CaseRecord], threshold: float = 0.5,
     if reader_calls:
         out["readers"] = reader_comparison(records, reader_calls, threshold, eval_params, skipped, reader_task_name)
 
-    out["bootstrap"] = {"n_resamples": eval_params.n_bootstrap, "seed": eval_params.seed,
-                        "confidence": eval_params.confidence, "method": "percentile, cases resampled with replacement",
-                        "skipped_resamples": dict(sorted(skipped.items()))}
+    out["bootstrap"] = {
+        "n_resamples": eval_params.n_bootstrap,
+        "seed": eval_params.seed,
+        "confidence": eval_params.confidence,
+        "method": "percentile, cases resampled with replacement",
+        "skipped_resamples": dict(sorted(skipped.items())),
+    }
     return out
 
 
@@ -519,9 +608,11 @@ def _lesion_figures(records: Sequence[CaseRecord], eval_params: EvalParams, skip
     if overlap:
         ov = np.array([r.lesion_overlap for r in overlap], dtype=np.float64)
         f = _Figures(len(overlap), eval_params, skipped, "lesion_dice.")
-        out["lesion_dice"] = {"n_cases": len(overlap), "cohort": "cases with lesion masks holding lesions",
-                              "dice": f("dice", lambda j: M.dice_from_counts(ov[j, 0].sum(), ov[j, 1].sum(),
-                                                                             ov[j, 2].sum()))}
+        out["lesion_dice"] = {
+            "n_cases": len(overlap),
+            "cohort": "cases with lesion masks holding lesions",
+            "dice": f("dice", lambda j: M.dice_from_counts(ov[j, 0].sum(), ov[j, 1].sum(), ov[j, 2].sum())),
+        }
     shares = [r for r in records if r.lesion_share is not None]
     if shares:
         share = np.array([r.lesion_share for r in shares], dtype=np.float64)
@@ -532,16 +623,20 @@ def _lesion_figures(records: Sequence[CaseRecord], eval_params: EvalParams, skip
             entry["pneumonia_auc"] = f("pneumonia_auc", lambda j: M.roc_auc(pneu[j], share[j]))
         for name, sel in (("non_pneumonia", ~pneu), ("pneumonia", pneu)):
             if sel.any():
-                entry[f"{name}_share"] = {"min": float(share[sel].min()), "median": float(np.median(share[sel])),
-                                          "max": float(share[sel].max())}
+                entry[f"{name}_share"] = {
+                    "min": float(share[sel].min()),
+                    "median": float(np.median(share[sel])),
+                    "max": float(share[sel].max()),
+                }
         out["lesion_share"] = entry
     out.update(_pattern_figures(records, eval_params, skipped))
     out.update(_severity_figures(records, eval_params, skipped))
     return out
 
 
-def _severity_figures(records: Sequence[CaseRecord], eval_params: EvalParams,
-                      skipped: dict[str, int]) -> dict[str, Any]:
+def _severity_figures(
+    records: Sequence[CaseRecord], eval_params: EvalParams, skipped: dict[str, int]
+) -> dict[str, Any]:
     """Whole-lung involvement (pipeline.severity) against the truth masks: mean absolute
     and mean signed error in percentage points, the involvement given to non-pneumonia
     cases, and agreement of the MosMedData grades the two involvements fall in."""
@@ -557,13 +652,19 @@ def _severity_figures(records: Sequence[CaseRecord], eval_params: EvalParams,
         "cohort": "cases with truth lung and lesion masks and a stated severity (not out of domain)",
         "involvement_mae_points": f("involvement_mae_points", lambda j: float(np.mean(np.abs(pred[j] - true[j])))),
         "involvement_bias_points": f("involvement_bias_points", lambda j: float(np.mean(pred[j] - true[j]))),
-        "grade_agreement": f("grade_agreement", lambda j: float(np.mean(
-            [mosmed_grade(a) == mosmed_grade(b) for a, b in zip(pred[j], true[j], strict=True)]))),
+        "grade_agreement": f(
+            "grade_agreement",
+            lambda j: float(
+                np.mean([mosmed_grade(a) == mosmed_grade(b) for a, b in zip(pred[j], true[j], strict=True)])
+            ),
+        ),
     }
     if healthy.any():
-        entry["non_pneumonia_involvement_percent"] = {"mean": float(pred[healthy].mean()),
-                                                      "max": float(pred[healthy].max()),
-                                                      "n_cases": int(healthy.sum())}
+        entry["non_pneumonia_involvement_percent"] = {
+            "mean": float(pred[healthy].mean()),
+            "max": float(pred[healthy].max()),
+            "n_cases": int(healthy.sum()),
+        }
     return {"severity": entry}
 
 
@@ -584,9 +685,10 @@ def _pattern_figures(records: Sequence[CaseRecord], eval_params: EvalParams, ski
     pattern = np.stack(given_arrays((r.pattern_probabilities for r in with_pattern), "the lesion pattern"))
     classifier = np.stack([r.probabilities for r in with_pattern])
     f = _Figures(len(with_pattern), eval_params, skipped, "lesion_pattern.")
-    entry: dict[str, Any] = {"n_cases": len(with_pattern),
-                             "multiway_auc_macro": f("multiway_auc_macro",
-                                                     lambda j: M.macro_auc(labels[j], pattern[j]))}
+    entry: dict[str, Any] = {
+        "n_cases": len(with_pattern),
+        "multiway_auc_macro": f("multiway_auc_macro", lambda j: M.macro_auc(labels[j], pattern[j])),
+    }
     pneu = np.flatnonzero(labels > 0)
     if pneu.size:
         g = _Figures(int(pneu.size), eval_params, skipped, "lesion_pattern.")
@@ -594,13 +696,19 @@ def _pattern_figures(records: Sequence[CaseRecord], eval_params: EvalParams, ski
         by_pattern, by_classifier = pneumonia_type(pattern[pneu]), pneumonia_type(classifier[pneu])
         entry["pneumonia_cases"] = int(pneu.size)
         entry["type_accuracy"] = g("type_accuracy", lambda j: M.accuracy(lab[j], by_pattern[j]))
-        entry["type_accuracy_classifier"] = g("type_accuracy_classifier",
-                                              lambda j: M.accuracy(lab[j], by_classifier[j]))
+        entry["type_accuracy_classifier"] = g(
+            "type_accuracy_classifier", lambda j: M.accuracy(lab[j], by_classifier[j])
+        )
     return {"lesion_pattern": entry}
 
 
-def _truthfulness_figures(records: Sequence[CaseRecord], labels: np.ndarray, eval_params: EvalParams,
-                          skipped: dict[str, int], locator_threshold: float) -> dict[str, Any]:
+def _truthfulness_figures(
+    records: Sequence[CaseRecord],
+    labels: np.ndarray,
+    eval_params: EvalParams,
+    skipped: dict[str, int],
+    locator_threshold: float,
+) -> dict[str, Any]:
     """What the report states and whether it is true: decision accuracy (indeterminate
     and out-of-domain count as not correct), how often each non-class decision is made,
     infectious-slice F1 over every case with lesion masks, slices flagged in
@@ -619,13 +727,16 @@ def _truthfulness_figures(records: Sequence[CaseRecord], labels: np.ndarray, eva
             "accuracy": df("accuracy", lambda j: float(np.mean(dec[j] == truth[j]))),
             "indeterminate_rate": df("indeterminate_rate", lambda j: float(np.mean(dec[j] == "indeterminate"))),
             "out_of_domain_rate": df("out_of_domain_rate", lambda j: float(np.mean(dec[j] == "out_of_domain"))),
-            "accuracy_of_stated": df("accuracy_of_stated",
-                                     lambda j: float(np.mean(dec[j][stated[j]] == truth[j][stated[j]]))
-                                     if stated[j].any() else float("nan")),
-            "non_pneumonia_called_pneumonia": int(np.sum((truth == "non_pneumonia")
-                                                         & np.isin(dec, ("cap", "influenza", "covid19")))),
+            "accuracy_of_stated": df(
+                "accuracy_of_stated",
+                lambda j: float(np.mean(dec[j][stated[j]] == truth[j][stated[j]])) if stated[j].any() else float("nan"),
+            ),
+            "non_pneumonia_called_pneumonia": int(
+                np.sum((truth == "non_pneumonia") & np.isin(dec, ("cap", "influenza", "covid19")))
+            ),
             "out_of_domain_score_max": float(np.nanmax([r.out_of_domain_score for r in decided]))
-            if any(np.isfinite(r.out_of_domain_score) for r in decided) else None,
+            if any(np.isfinite(r.out_of_domain_score) for r in decided)
+            else None,
         }
     loc = [r for r in records if r.slice_scores is not None and r.slice_scores.size]
     if loc:
@@ -633,47 +744,67 @@ def _truthfulness_figures(records: Sequence[CaseRecord], labels: np.ndarray, eva
         tr = given_arrays((r.slice_truth for r in loc), "slice truth")
         lf = _Figures(len(loc), eval_params, skipped, "infectious_slices.")
         out["infectious_slices"] = {
-            "n_cases": len(loc), "n_slices": int(sum(x.size for x in sc)), "threshold": locator_threshold,
+            "n_cases": len(loc),
+            "n_slices": int(sum(x.size for x in sc)),
+            "threshold": locator_threshold,
             "cohort": "every case with lesion masks (all classes)",
             "auc": lf("auc", lambda j: M.roc_auc(M.pooled_slices(tr, j), M.pooled_slices(sc, j))),
         }
         if all(r.slice_flagged is not None for r in loc):
             fl = given_arrays((r.slice_flagged for r in loc), "flagged slices")
-            out["infectious_slices"]["f1"] = lf("f1", lambda j: M.f1_score(M.pooled_slices(tr, j),
-                                                                           M.pooled_slices(fl, j)))
-            out["infectious_slices"]["f1_rule"] = ("slices the report lists (locator flag, and a lesion when there "
-                                                   "is a lesion map)")
+            out["infectious_slices"]["f1"] = lf(
+                "f1", lambda j: M.f1_score(M.pooled_slices(tr, j), M.pooled_slices(fl, j))
+            )
+            out["infectious_slices"]["f1_rule"] = (
+                "slices the report lists (locator flag, and a lesion when there is a lesion map)"
+            )
         else:
-            out["infectious_slices"]["f1"] = lf("f1", lambda j: M.f1_score(M.pooled_slices(tr, j),
-                                                                         M.pooled_slices(sc, j) >= locator_threshold))
+            out["infectious_slices"]["f1"] = lf(
+                "f1", lambda j: M.f1_score(M.pooled_slices(tr, j), M.pooled_slices(sc, j) >= locator_threshold)
+            )
     out.update(_lesion_figures(records, eval_params, skipped))
     non = [r for r in records if r.truth == "non_pneumonia"]
     if non:
         flagged = np.array([r.n_flagged_slices for r in non], dtype=np.float64)
         nf = _Figures(len(non), eval_params, skipped, "non_pneumonia_flagged.")
-        out["non_pneumonia_flagged_slices"] = {"n_cases": len(non), "max": int(flagged.max()),
-                                               "mean": nf("mean", lambda j: float(np.mean(flagged[j])))}
+        out["non_pneumonia_flagged_slices"] = {
+            "n_cases": len(non),
+            "max": int(flagged.max()),
+            "mean": nf("mean", lambda j: float(np.mean(flagged[j]))),
+        }
         # What the report lists as infectious slices: only a pneumonia decision lists them
         # (dicomnode.writers.wording); a healthy case wrongly called pneumonia counts here.
-        stated = np.array([r.n_flagged_slices if r.decision in PNEUMONIA_CLASSES else 0 for r in non],
-                          dtype=np.float64)
-        out["non_pneumonia_stated_slices"] = {"n_cases": len(non), "max": int(stated.max()),
-                                              "mean": nf("stated_mean", lambda j: float(np.mean(stated[j])))}
+        stated = np.array([r.n_flagged_slices if r.decision in PNEUMONIA_CLASSES else 0 for r in non], dtype=np.float64)
+        out["non_pneumonia_stated_slices"] = {
+            "n_cases": len(non),
+            "max": int(stated.max()),
+            "mean": nf("stated_mean", lambda j: float(np.mean(stated[j]))),
+        }
     inc = np.array([r.lesion_inclusion for r in records if r.lesion_inclusion is not None], dtype=np.float64)
     if inc.size:
         f = _Figures(inc.size, eval_params, skipped, "lesion_inclusion.")
-        out["lesion_inclusion"] = {"n_cases": int(inc.size), "min": float(inc.min()),
-                                   "mean": f("mean", lambda j: float(np.mean(inc[j])))}
-    for key, attr, what in (("heat_inside_lung", "heat_inside_lung", "raw Guided Grad-CAM inside the lung mask"),
-                            ("heat_on_lesion", "heat_on_lesion", "shown heat on lesion pixels")):
+        out["lesion_inclusion"] = {
+            "n_cases": int(inc.size),
+            "min": float(inc.min()),
+            "mean": f("mean", lambda j: float(np.mean(inc[j]))),
+        }
+    for key, attr, what in (
+        ("heat_inside_lung", "heat_inside_lung", "raw Guided Grad-CAM inside the lung mask"),
+        ("heat_on_lesion", "heat_on_lesion", "shown heat on lesion pixels"),
+    ):
         per_case = [np.asarray(getattr(r, attr), dtype=np.float64) for r in records if getattr(r, attr)]
         if not per_case:
             continue
         every = np.concatenate(per_case)
         f = _Figures(len(per_case), eval_params, skipped, f"{key}.")
-        out[key] = {"what": what, "n_cases": len(per_case), "n_overlays": int(every.size), "min": float(every.min()),
-                    "share_of_overlays_at_least_0.8": float(np.mean(every >= 0.8)),
-                    "mean": f("mean", _pooled_mean(per_case))}
+        out[key] = {
+            "what": what,
+            "n_cases": len(per_case),
+            "n_overlays": int(every.size),
+            "min": float(every.min()),
+            "share_of_overlays_at_least_0.8": float(np.mean(every >= 0.8)),
+            "mean": f("mean", _pooled_mean(per_case)),
+        }
     return out
 
 
@@ -688,14 +819,16 @@ def read_readers_csv(path: Path | str) -> list[ReaderCall]:
             reader = csv.DictReader(f)
             missing = {"case_id", "reader", "call"} - set(reader.fieldnames or ())
             if missing:
-                raise EvaluationError(f"readers file {path}: header lacks {sorted(missing)}; "
-                                      f"it needs the columns case_id,reader,call")
+                raise EvaluationError(
+                    f"readers file {path}: header lacks {sorted(missing)}; it needs the columns case_id,reader,call"
+                )
             calls = []
             for line, row in enumerate(reader, start=2):
                 call = (row.get("call") or "").strip()
                 if call not in CLASS_NAMES:
-                    raise EvaluationError(f"readers file {path} line {line}: call {call!r} is not one of "
-                                          f"{', '.join(CLASS_NAMES)}")
+                    raise EvaluationError(
+                        f"readers file {path} line {line}: call {call!r} is not one of {', '.join(CLASS_NAMES)}"
+                    )
                 case_id, name = (row.get("case_id") or "").strip(), (row.get("reader") or "").strip()
                 if not case_id or not name:
                     raise EvaluationError(f"readers file {path} line {line}: case_id and reader must not be empty")
@@ -761,9 +894,14 @@ def ai_decisions(records: Sequence[CaseRecord], task: str, threshold: float) -> 
     return positive == truth, positive
 
 
-def reader_comparison(records: Sequence[CaseRecord], reader_calls: Sequence[ReaderCall], threshold: float,
-                      eval_params: EvalParams = EvalParams(), skipped: dict[str, int] | None = None,
-                      task: str = "auto") -> dict[str, Any]:
+def reader_comparison(
+    records: Sequence[CaseRecord],
+    reader_calls: Sequence[ReaderCall],
+    threshold: float,
+    eval_params: EvalParams = EvalParams(),
+    skipped: dict[str, int] | None = None,
+    task: str = "auto",
+) -> dict[str, Any]:
     """Table 3: the AI against each reader on the cases the readers read."""
     skipped = {} if skipped is None else skipped
     by_id = {r.case_id: r for r in records}
@@ -771,8 +909,10 @@ def reader_comparison(records: Sequence[CaseRecord], reader_calls: Sequence[Read
     unmatched = sorted({c.case_id for c in reader_calls if c.case_id not in by_id})
     calls = [c for c in reader_calls if c.case_id in by_id]
     if not calls:
-        raise EvaluationError("none of the readers' case_ids is among the evaluated cases; "
-                              "check that the readers file uses the dataset's case ids")
+        raise EvaluationError(
+            "none of the readers' case_ids is among the evaluated cases; "
+            "check that the readers file uses the dataset's case ids"
+        )
     cohort_ids = sorted({c.case_id for c in calls}, key=order.__getitem__)
     cohort = [by_id[i] for i in cohort_ids]
     task = reader_task([r.truth for r in cohort], task)
@@ -782,17 +922,23 @@ def reader_comparison(records: Sequence[CaseRecord], reader_calls: Sequence[Read
     for c in calls:
         prior = table[c.reader].get(c.case_id)
         if prior is not None and prior != c.call:
-            raise EvaluationError(f"readers file: reader {c.reader!r} has two different calls for case "
-                                  f"{c.case_id!r}; keep one")
+            raise EvaluationError(
+                f"readers file: reader {c.reader!r} has two different calls for case {c.case_id!r}; keep one"
+            )
         table[c.reader][c.case_id] = c.call
 
     def row(name: str, ids: list[str], correct: np.ndarray, called: np.ndarray) -> dict[str, Any]:
         y = np.array([is_positive(task, by_id[i].truth) for i in ids], bool)
         base = M.reader_row(name, correct, y, called)
         f = _Figures(len(ids), eval_params, skipped, f"readers.{name}.")
-        return {"name": name, "n_cases": base.n_cases, "correct": base.correct, "wrong": base.wrong,
-                "sensitivity": f("sensitivity", lambda j: M.sensitivity(y[j], called[j])),
-                "specificity": f("specificity", lambda j: M.specificity(y[j], called[j]))}
+        return {
+            "name": name,
+            "n_cases": base.n_cases,
+            "correct": base.correct,
+            "wrong": base.wrong,
+            "sensitivity": f("sensitivity", lambda j: M.sensitivity(y[j], called[j])),
+            "specificity": f("specificity", lambda j: M.specificity(y[j], called[j])),
+        }
 
     rows = [row("AI", cohort_ids, *ai_decisions(cohort, task, threshold))]
     for name in readers:
@@ -800,15 +946,33 @@ def reader_comparison(records: Sequence[CaseRecord], reader_calls: Sequence[Read
         correct = np.array([is_correct(task, by_id[i].truth, table[name][i]) for i in ids], bool)
         called = np.array([is_positive(task, table[name][i]) for i in ids], bool)
         rows.append(row(name, ids, correct, called))
-    marks = [[None if i not in table[name] else is_correct(task, by_id[i].truth, table[name][i])
-              for i in cohort_ids] for name in readers]
+    marks = [
+        [None if i not in table[name] else is_correct(task, by_id[i].truth, table[name][i]) for i in cohort_ids]
+        for name in readers
+    ]
     any_row, all_row = M.pooled_reader_rows(marks)
-    for pooled, meaning in ((any_row, "correct when at least one reader was right"),
-                            (all_row, "correct only when every reader was right")):
-        rows.append({"name": pooled.name, "n_cases": pooled.n_cases, "correct": pooled.correct,
-                     "wrong": pooled.wrong, "meaning": meaning})
-    return {"task": task, "positive_class": positive, "n_cases": len(cohort_ids), "readers": readers,
-            "case_ids": cohort_ids, "unmatched_case_ids": unmatched, "rows": rows}
+    for pooled, meaning in (
+        (any_row, "correct when at least one reader was right"),
+        (all_row, "correct only when every reader was right"),
+    ):
+        rows.append(
+            {
+                "name": pooled.name,
+                "n_cases": pooled.n_cases,
+                "correct": pooled.correct,
+                "wrong": pooled.wrong,
+                "meaning": meaning,
+            }
+        )
+    return {
+        "task": task,
+        "positive_class": positive,
+        "n_cases": len(cohort_ids),
+        "readers": readers,
+        "case_ids": cohort_ids,
+        "unmatched_case_ids": unmatched,
+        "rows": rows,
+    }
 
 
 # ------------------------------------------------------------------------- outputs
@@ -819,16 +983,29 @@ def write_scores_csv(records: Sequence[CaseRecord], path: Path) -> None:
         w = csv.writer(f)
         w.writerow(SCORE_COLUMNS)
         for r in records:
-            w.writerow([r.case_id, r.truth, *(f"{x:.6f}" for x in r.probabilities),
-                        *(f"{x:.6f}" for x in r.tasks), r.predicted, r.decision,
-                        f"{r.out_of_domain_score:.4f}", r.n_flagged_slices,
-                        "" if r.lesion_share is None else f"{r.lesion_share:.6f}",
-                        *(("",) * len(CLASS_NAMES) if r.pattern_probabilities is None
-                          else (f"{x:.6f}" for x in r.pattern_probabilities))])
+            w.writerow(
+                [
+                    r.case_id,
+                    r.truth,
+                    *(f"{x:.6f}" for x in r.probabilities),
+                    *(f"{x:.6f}" for x in r.tasks),
+                    r.predicted,
+                    r.decision,
+                    f"{r.out_of_domain_score:.4f}",
+                    r.n_flagged_slices,
+                    "" if r.lesion_share is None else f"{r.lesion_share:.6f}",
+                    *(
+                        ("",) * len(CLASS_NAMES)
+                        if r.pattern_probabilities is None
+                        else (f"{x:.6f}" for x in r.pattern_probabilities)
+                    ),
+                ]
+            )
 
 
-def tsne_embedding(features: np.ndarray, seed: int, max_perplexity: float,
-                   exact_max_cases: int = 500) -> np.ndarray | None:
+def tsne_embedding(
+    features: np.ndarray, seed: int, max_perplexity: float, exact_max_cases: int = 500
+) -> np.ndarray | None:
     """2-D t-SNE of the case features; None with fewer than 3 cases (nothing to show).
     The perplexity must stay below the number of cases: (n - 1) / 3, at most the cap."""
     from sklearn.manifold import TSNE
@@ -861,9 +1038,14 @@ def _json_ready(obj: Any) -> Any:
     return str(obj)  # paths and the like in a data set's description
 
 
-def write_outputs(records: Sequence[CaseRecord], metrics: dict[str, Any], out_dir: Path | str,
-                  eval_params: EvalParams = EvalParams(), threshold: float = 0.5,
-                  plots: bool = True) -> dict[str, Any]:
+def write_outputs(
+    records: Sequence[CaseRecord],
+    metrics: dict[str, Any],
+    out_dir: Path | str,
+    eval_params: EvalParams = EvalParams(),
+    threshold: float = 0.5,
+    plots: bool = True,
+) -> dict[str, Any]:
     """scores.csv, the PNG plots, metrics.json and report.md in ``out_dir``; returns
     the metrics (with the plot file names under "plots")."""
     from .report import render_report
@@ -891,12 +1073,20 @@ def scoring_params(params: ChainParams) -> ChainParams:
     return replace(params, compute_phenotype=False)
 
 
-def evaluate_bundle(bundle: Any, dataset: Sequence[Any] | str, params: ChainParams, out_dir: Path | str,
-                    n_bootstrap: int = 1000, seed: int = 0,
-                    readers: Path | str | Sequence[ReaderCall] | None = None,
-                    data_spec: str | None = None, progress: bool = True,
-                    eval_params: EvalParams | None = None, reader_task: str = "auto",
-                    skip_failed: bool = False) -> dict[str, Any]:
+def evaluate_bundle(
+    bundle: Any,
+    dataset: Sequence[Any] | str,
+    params: ChainParams,
+    out_dir: Path | str,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    readers: Path | str | Sequence[ReaderCall] | None = None,
+    data_spec: str | None = None,
+    progress: bool = True,
+    eval_params: EvalParams | None = None,
+    reader_task: str = "auto",
+    skip_failed: bool = False,
+) -> dict[str, Any]:
     """Evaluate a loaded ``pipeline.models.ModelBundle`` on a dataset and write the
     report folder. Returns the metrics dict (as written to metrics.json). The chain
     runs with ``scoring_params(params)``.
@@ -908,9 +1098,11 @@ def evaluate_bundle(bundle: Any, dataset: Sequence[Any] | str, params: ChainPara
     """
     if isinstance(bundle, (str, Path)):
         from .models import load_bundle
+
         bundle = load_bundle(bundle, params.device)
     if isinstance(dataset, str):
         from .datasets import open_dataset
+
         data_spec = dataset if data_spec is None else data_spec
         dataset = open_dataset(dataset)
     ep = replace(eval_params or EvalParams(), n_bootstrap=n_bootstrap, seed=seed)
@@ -921,25 +1113,40 @@ def evaluate_bundle(bundle: Any, dataset: Sequence[Any] | str, params: ChainPara
     else:
         reader_calls = list(readers) if readers else None
     failed: list[dict[str, str]] = []
-    records = score_cases(dataset, bundle, params, ep, progress=progress,
-                          on_failure=(lambda cid, err: failed.append({"case_id": cid, "error": err}))
-                          if skip_failed else None)
+    records = score_cases(
+        dataset,
+        bundle,
+        params,
+        ep,
+        progress=progress,
+        on_failure=(lambda cid, err: failed.append({"case_id": cid, "error": err})) if skip_failed else None,
+    )
     op = getattr(bundle, "operating_points", None)
     locator_threshold = op.locator_threshold if op is not None else params.locator_threshold
     task_thresholds = {t: getattr(op, t) for t in TASK_NAMES} if op is not None else None
-    metrics = compute_metrics(records, params.decision_threshold, ep, locator_threshold, reader_calls,
-                              reader_task, task_thresholds)
+    metrics = compute_metrics(
+        records, params.decision_threshold, ep, locator_threshold, reader_calls, reader_task, task_thresholds
+    )
     describe = dataset.describe() if hasattr(dataset, "describe") else {}
     info = bundle.info
     head: dict[str, Any] = {
         "data_spec": data_spec if data_spec is not None else str(describe.get("spec", "")),
         "data": describe,
         "bundle_sha256": bundle.sha256,
-        "bundle": {"path": str(bundle.path), "name": info.name, "version": info.version,
-                   "trained_on_synthetic_data": info.trained_on_synthetic_data, "disclaimer": info.disclaimer},
+        "bundle": {
+            "path": str(bundle.path),
+            "name": info.name,
+            "version": info.version,
+            "trained_on_synthetic_data": info.trained_on_synthetic_data,
+            "disclaimer": info.disclaimer,
+        },
         "failed_cases": failed,
-        "chain_params": {"top_k": params.top_k, "decision_threshold": params.decision_threshold,
-                         "locator_threshold": locator_threshold, "max_slices": params.max_slices},
+        "chain_params": {
+            "top_k": params.top_k,
+            "decision_threshold": params.decision_threshold,
+            "locator_threshold": locator_threshold,
+            "max_slices": params.max_slices,
+        },
         "operating_points": op.as_card() if op is not None else None,
     }
     return write_outputs(records, {**head, **metrics}, out_dir, ep, params.decision_threshold)
@@ -948,18 +1155,24 @@ def evaluate_bundle(bundle: Any, dataset: Sequence[Any] | str, params: ChainPara
 def headline(metrics: Mapping[str, Any]) -> dict[str, Any]:
     """The figures a model card quotes (values only, CIs kept), from a metrics dict."""
     out: dict[str, Any] = {
-        "data_spec": metrics.get("data_spec"), "n_cases": metrics.get("n_cases"),
+        "data_spec": metrics.get("data_spec"),
+        "n_cases": metrics.get("n_cases"),
         "bundle_sha256": metrics.get("bundle_sha256"),
-        "multiway_auc_micro": metrics["multiway_auc"]["micro"], "multiway_auc_macro": metrics["multiway_auc"]["macro"],
-        "per_class_auc": metrics["per_class_auc"], "accuracy": metrics["accuracy"],
+        "multiway_auc_micro": metrics["multiway_auc"]["micro"],
+        "multiway_auc_macro": metrics["multiway_auc"]["macro"],
+        "per_class_auc": metrics["per_class_auc"],
+        "accuracy": metrics["accuracy"],
         "covid19_sensitivity": metrics["per_class_sensitivity"]["covid19"],
         "covid19_specificity": metrics["per_class_specificity"]["covid19"],
         "task_auc": {t: v.get("auc") for t, v in metrics["tasks"].items()},
         "bootstrap_resamples": metrics.get("bootstrap", {}).get("n_resamples"),
     }
     if metrics.get("lung_dice"):
-        out["lung_dice"] = {"method": metrics["lung_dice"].get("method"), "mean": metrics["lung_dice"]["mean"],
-                            "classical_mean": metrics["lung_dice"].get("classical_mean")}
+        out["lung_dice"] = {
+            "method": metrics["lung_dice"].get("method"),
+            "mean": metrics["lung_dice"]["mean"],
+            "classical_mean": metrics["lung_dice"].get("classical_mean"),
+        }
     if metrics.get("locating"):
         out["locating_auc"] = metrics["locating"]["auc"]
     return out

@@ -94,8 +94,10 @@ class _Explainer:
             p.requires_grad_(False)  # only the input gradient is wanted
         _wrap_relus(net)
         if layer not in dict(net.named_modules()):
-            raise InvalidInputError(f"the classifier has no layer {layer!r} for Grad-CAM; "
-                                    f"set ChainParams.gradcam_layer to one of its stages")
+            raise InvalidInputError(
+                f"the classifier has no layer {layer!r} for Grad-CAM; "
+                f"set ChainParams.gradcam_layer to one of its stages"
+            )
         self.net = _FromCT(net, params)
         self.cam = GradCAM(nn_module=self.net, target_layers=f"net.{layer}", postprocessing=_scale_to_unit)
         self.guided = GuidedBackpropGrad(self.net)
@@ -110,7 +112,7 @@ class _Explainer:
             t = torch.from_numpy(np.ascontiguousarray(pairs, dtype=np.float32)).to(dev)
             # Grad-CAM takes the batch at once; MONAI's guided backprop one slice at a time.
             cam = self.cam(x=t.clone().requires_grad_(True), class_idx=class_index)
-            grad = torch.cat([self.guided(t[i:i + 1].clone(), index=class_index) for i in range(len(t))])
+            grad = torch.cat([self.guided(t[i : i + 1].clone(), index=class_index) for i in range(len(t))])
             ggc = grad[:, :1].abs() * cam
         return ggc[:, 0].detach().float().cpu().numpy()
 
@@ -146,8 +148,10 @@ def _explainer_for(classifier: torch.nn.Module, layer: str, params: ChainParams)
 
 # ----------------------------------------------------------------- which slices
 
-def select_slices(case: CaseScores, slices: SliceScores, infected: InfectedSlices,
-                  params: ChainParams, decision: str | None = None) -> tuple[str, list[int]]:
+
+def select_slices(
+    case: CaseScores, slices: SliceScores, infected: InfectedSlices, params: ChainParams, decision: str | None = None
+) -> tuple[str, list[int]]:
     """The class to explain and the slices that drive the decision.
 
     The class is the decision when it names one, else the 4-class label (an
@@ -171,21 +175,22 @@ def select_slices(case: CaseScores, slices: SliceScores, infected: InfectedSlice
 
 # ------------------------------------------------------------------- heat maps
 
+
 def attention_regions(heat: np.ndarray, lung_slice: np.ndarray, params: ChainParams) -> np.ndarray:
     """Attentional regions of one full-size heat map (see the module doc)."""
     heat = np.asarray(heat)
     binary = heat >= params.attention_threshold
     r = int(params.attention_morph_radius_px)
     if r > 0:
-        yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
-        disk = (yy ** 2 + xx ** 2) <= r * r
+        yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
+        disk = (yy**2 + xx**2) <= r * r
         binary = ndimage.binary_opening(binary, structure=disk)
         binary = ndimage.binary_closing(binary, structure=disk)
     binary &= _lung_with_margin(lung_slice, params)
     labels, n = ndimage.label(binary)
     if n == 0:
         return binary
-    min_area = params.attention_min_area_px * heat.size / float(REFERENCE_MATRIX_PX ** 2)
+    min_area = params.attention_min_area_px * heat.size / float(REFERENCE_MATRIX_PX**2)
     sizes = np.bincount(labels.ravel())
     keep = sizes >= min_area
     keep[0] = False
@@ -198,8 +203,14 @@ def _normalise(ggc: np.ndarray, sigma: float) -> np.ndarray:
     return (m / top).astype(np.float32) if top > 0 else np.zeros_like(m, dtype=np.float32)
 
 
-def explain_slices(volume: CTVolume, lung_mask: LungMask, z_indices: Sequence[int], target_class: str,
-                   classifier: torch.nn.Module, params: ChainParams) -> tuple[AttentionMap, ...]:
+def explain_slices(
+    volume: CTVolume,
+    lung_mask: LungMask,
+    z_indices: Sequence[int],
+    target_class: str,
+    classifier: torch.nn.Module,
+    params: ChainParams,
+) -> tuple[AttentionMap, ...]:
     """Guided Grad-CAM and attentional regions of the listed slices for ``target_class``."""
     if target_class not in CLASS_NAMES:
         raise InvalidInputError(f"unknown class {target_class!r}; expected one of {CLASS_NAMES}")
@@ -222,8 +233,9 @@ def explain_slices(volume: CTVolume, lung_mask: LungMask, z_indices: Sequence[in
         inside = float(raw[lung].sum()) / total if total > 0 else float("nan")
         heat = confine_to_lung(raw, lung, params)
         regions = attention_regions(heat, lung, params)
-        maps.append(AttentionMap(z_index=z, heat=heat, regions=regions, target_class=target_class,
-                                 raw_inside_lung=inside))
+        maps.append(
+            AttentionMap(z_index=z, heat=heat, regions=regions, target_class=target_class, raw_inside_lung=inside)
+        )
     return tuple(maps)
 
 

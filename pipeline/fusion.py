@@ -34,7 +34,7 @@ def top_k_mean(values: np.ndarray, k: int) -> float:
     if k < 1:
         raise InvalidInputError(f"top-K needs K >= 1, got {k}")
     k = min(int(k), v.size)
-    return float(np.mean(np.partition(v, v.size - k)[v.size - k:]))
+    return float(np.mean(np.partition(v, v.size - k)[v.size - k :]))
 
 
 def _share(first: float, second: float) -> float:
@@ -96,8 +96,9 @@ def fuse_slice_scores(scores: SliceScores, params: ChainParams) -> CaseScores:
 def _check(probabilities: np.ndarray) -> np.ndarray:
     p = np.asarray(probabilities, dtype=np.float64)
     if p.ndim != 2 or p.shape[1] != len(CLASS_NAMES) or p.shape[0] == 0:
-        raise InvalidInputError(f"fusion needs an (n_slices >= 1, {len(CLASS_NAMES)}) score matrix, "
-                                f"got shape {p.shape}")
+        raise InvalidInputError(
+            f"fusion needs an (n_slices >= 1, {len(CLASS_NAMES)}) score matrix, got shape {p.shape}"
+        )
     if not np.all(np.isfinite(p)) or p.min() < 0:
         raise InvalidInputError("fusion needs finite, non-negative slice scores")
     return p

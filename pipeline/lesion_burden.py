@@ -24,6 +24,8 @@ def measure_lesion_burden(volume: CTVolume, lung: LungMask) -> LesionBurden | No
     per_slice = np.count_nonzero(lung.lesion.reshape(lung.lesion.shape[0], -1), axis=1)
     lesion_voxels = int(per_slice.sum())
     lung_voxels = int(np.count_nonzero(lung.mask))
-    return LesionBurden(volume_ml=lesion_voxels * volume.voxel_volume_ml,
-                        lung_share=lesion_voxels / lung_voxels if lung_voxels else 0.0,
-                        slice_area_mm2=per_slice.astype(np.float64) * pixel_mm2)
+    return LesionBurden(
+        volume_ml=lesion_voxels * volume.voxel_volume_ml,
+        lung_share=lesion_voxels / lung_voxels if lung_voxels else 0.0,
+        slice_area_mm2=per_slice.astype(np.float64) * pixel_mm2,
+    )

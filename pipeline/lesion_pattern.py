@@ -43,18 +43,36 @@ from scipy import ndimage
 from .types import CLASS_NAMES, CTVolume, InvalidInputError, LungMask
 
 FEATURE_NAMES: tuple[str, ...] = (
-    "log_lesion_share", "bilateral_share", "mean_depth", "subpleural_share", "median_hu",
-    "consolidation_share", "hu_spread", "log_focus_count", "largest_focus_share",
-    "craniocaudal_position", "dorsal_position")
+    "log_lesion_share",
+    "bilateral_share",
+    "mean_depth",
+    "subpleural_share",
+    "median_hu",
+    "consolidation_share",
+    "hu_spread",
+    "log_focus_count",
+    "largest_focus_share",
+    "craniocaudal_position",
+    "dorsal_position",
+)
 #: Fewer lesion voxels than this: no pattern to measure, the "no lesion" values below.
 MIN_LESION_VOXELS = 10
 MIN_FOCUS_MM3 = 20.0
 SUBPLEURAL_DEPTH = 0.25
 CONSOLIDATION_HU = -300.0
 #: A lung without lesions: what an empty map measures (neutral positions, lung HU).
-NO_LESION = {"bilateral_share": 0.0, "mean_depth": 0.5, "subpleural_share": 0.0, "median_hu": -850.0,
-             "consolidation_share": 0.0, "hu_spread": 0.0, "log_focus_count": 0.0, "largest_focus_share": 1.0,
-             "craniocaudal_position": 0.5, "dorsal_position": 0.5}
+NO_LESION = {
+    "bilateral_share": 0.0,
+    "mean_depth": 0.5,
+    "subpleural_share": 0.0,
+    "median_hu": -850.0,
+    "consolidation_share": 0.0,
+    "hu_spread": 0.0,
+    "log_focus_count": 0.0,
+    "largest_focus_share": 1.0,
+    "craniocaudal_position": 0.5,
+    "dorsal_position": 0.5,
+}
 
 
 #: The depth and focus features are measured on a grid of at most this many pixels a
@@ -136,8 +154,9 @@ class LesionPatternModel:
     def __post_init__(self) -> None:
         f, c = len(self.feature_names), len(self.classes)
         if not set(self.classes) <= set(CLASS_NAMES) or len(set(self.classes)) != c or c < 2:
-            raise InvalidInputError(f"lesion pattern classes must be distinct names of {CLASS_NAMES}, "
-                                    f"got {self.classes}")
+            raise InvalidInputError(
+                f"lesion pattern classes must be distinct names of {CLASS_NAMES}, got {self.classes}"
+            )
         unknown = set(self.feature_names) - set(FEATURE_NAMES)
         if unknown:
             raise InvalidInputError(f"lesion pattern features unknown: {sorted(unknown)}")
@@ -158,31 +177,45 @@ class LesionPatternModel:
         return {c: float(v) for c, v in zip(self.classes, p, strict=True)}
 
     def as_card(self) -> dict[str, Any]:
-        return {"feature_names": list(self.feature_names), "classes": list(self.classes),
-                "mean": self.mean.tolist(), "scale": self.scale.tolist(), "coef": self.coef.tolist(),
-                "intercept": self.intercept.tolist(), "training": dict(self.training or {})}
+        return {
+            "feature_names": list(self.feature_names),
+            "classes": list(self.classes),
+            "mean": self.mean.tolist(),
+            "scale": self.scale.tolist(),
+            "coef": self.coef.tolist(),
+            "intercept": self.intercept.tolist(),
+            "training": dict(self.training or {}),
+        }
 
     @classmethod
     def from_card(cls, entry: Mapping[str, Any]) -> "LesionPatternModel":
         try:
-            return cls(feature_names=tuple(entry["feature_names"]), classes=tuple(entry["classes"]),
-                       mean=np.asarray(entry["mean"], dtype=np.float64),
-                       scale=np.asarray(entry["scale"], dtype=np.float64),
-                       coef=np.asarray(entry["coef"], dtype=np.float64),
-                       intercept=np.asarray(entry["intercept"], dtype=np.float64),
-                       training=entry.get("training"))
+            return cls(
+                feature_names=tuple(entry["feature_names"]),
+                classes=tuple(entry["classes"]),
+                mean=np.asarray(entry["mean"], dtype=np.float64),
+                scale=np.asarray(entry["scale"], dtype=np.float64),
+                coef=np.asarray(entry["coef"], dtype=np.float64),
+                intercept=np.asarray(entry["intercept"], dtype=np.float64),
+                training=entry.get("training"),
+            )
         except (KeyError, TypeError, ValueError) as e:
             raise InvalidInputError(f"lesion pattern model in the card is incomplete: {e}") from e
 
 
-def fit_lesion_pattern(features: Sequence[Mapping[str, float]], labels: Sequence[str], c: float = 0.3,
-                       training: Mapping[str, Any] | None = None) -> LesionPatternModel:
+def fit_lesion_pattern(
+    features: Sequence[Mapping[str, float]],
+    labels: Sequence[str],
+    c: float = 0.3,
+    training: Mapping[str, Any] | None = None,
+) -> LesionPatternModel:
     """Fit the model (L2-regularised, inverse strength ``c``, balanced class weights)."""
     from sklearn.linear_model import LogisticRegression
 
     if len(features) != len(labels) or not features:
-        raise InvalidInputError(f"lesion pattern fit needs one label per case, got {len(features)} cases "
-                                f"and {len(labels)} labels")
+        raise InvalidInputError(
+            f"lesion pattern fit needs one label per case, got {len(features)} cases and {len(labels)} labels"
+        )
     classes = tuple(c_ for c_ in CLASS_NAMES if c_ in set(labels))
     if len(classes) < 2:
         raise InvalidInputError(f"lesion pattern fit needs cases of at least two classes, got {classes}")
@@ -196,6 +229,12 @@ def fit_lesion_pattern(features: Sequence[Mapping[str, float]], labels: Sequence
     if len(classes) == 2:  # scikit-learn keeps one row for two classes: make it softmax-shaped
         coef = np.vstack([-coef[0] / 2, coef[0] / 2])
         intercept = np.array([-intercept[0] / 2, intercept[0] / 2])
-    return LesionPatternModel(feature_names=FEATURE_NAMES, classes=classes, mean=mean, scale=scale,
-                              coef=np.asarray(coef, dtype=np.float64),
-                              intercept=np.asarray(intercept, dtype=np.float64), training=training)
+    return LesionPatternModel(
+        feature_names=FEATURE_NAMES,
+        classes=classes,
+        mean=mean,
+        scale=scale,
+        coef=np.asarray(coef, dtype=np.float64),
+        intercept=np.asarray(intercept, dtype=np.float64),
+        training=training,
+    )

@@ -32,8 +32,13 @@ def smooth_scores(scores: np.ndarray, width: int) -> np.ndarray:
     return ndimage.median_filter(s, size=int(width), mode="nearest")
 
 
-def infected_from_scores(raw: np.ndarray, z_indices: Sequence[int] | np.ndarray, n_slices: int,
-                         params: ChainParams, lesion_slices: np.ndarray | None = None) -> InfectedSlices:
+def infected_from_scores(
+    raw: np.ndarray,
+    z_indices: Sequence[int] | np.ndarray,
+    n_slices: int,
+    params: ChainParams,
+    lesion_slices: np.ndarray | None = None,
+) -> InfectedSlices:
     """InfectedSlices from raw locator probabilities of the scored slices ``z_indices``;
     ``lesion_slices`` (bool per z slice), when given, is required of a reported slice."""
     z = np.asarray(z_indices, dtype=np.int64)
@@ -52,9 +57,15 @@ def infected_from_scores(raw: np.ndarray, z_indices: Sequence[int] | np.ndarray,
     return InfectedSlices(scores=scores, z_indices=hits, threshold=float(params.locator_threshold))
 
 
-def locate_infected(volume: CTVolume, lung_mask: LungMask, z_indices: Sequence[int] | np.ndarray,
-                    locator: torch.nn.Module, params: ChainParams,
-                    device: torch.device | str = "cpu", lesion_slices: np.ndarray | None = None) -> InfectedSlices:
+def locate_infected(
+    volume: CTVolume,
+    lung_mask: LungMask,
+    z_indices: Sequence[int] | np.ndarray,
+    locator: torch.nn.Module,
+    params: ChainParams,
+    device: torch.device | str = "cpu",
+    lesion_slices: np.ndarray | None = None,
+) -> InfectedSlices:
     """Score the lung slices ``z_indices`` with the locator and pick the infected ones.
 
     Inputs are prepared chunk by chunk so that a 300-slice case never holds all of its
@@ -64,10 +75,11 @@ def locate_infected(volume: CTVolume, lung_mask: LungMask, z_indices: Sequence[i
     raw = np.empty(len(z), dtype=np.float64)
     chunk = max(1, int(params.batch_size)) * 4
     for start in range(0, len(z), chunk):
-        part = z[start:start + chunk]
+        part = z[start : start + chunk]
         probs, _ = predict(locator, classifier_batch(volume, lung_mask, part, params), device, params.batch_size)
         if probs.shape[1] != 2:
-            raise InvalidInputError(f"the locator has {probs.shape[1]} outputs; it needs 2 "
-                                    f"(normal, infected): check the bundle")
-        raw[start:start + len(part)] = probs[:, 1]
+            raise InvalidInputError(
+                f"the locator has {probs.shape[1]} outputs; it needs 2 (normal, infected): check the bundle"
+            )
+        raw[start : start + len(part)] = probs[:, 1]
     return infected_from_scores(raw, z, volume.shape[0], params, lesion_slices)

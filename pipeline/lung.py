@@ -84,8 +84,9 @@ def lesion_inclusion(lung_mask: np.ndarray, lesion_mask: np.ndarray) -> float:
     return int(np.count_nonzero(lung & lesion)) / n
 
 
-def segment_lungs(volume: CTVolume, params: ChainParams, unet: torch.nn.Module | None = None,
-                  device: torch.device | str = "cpu") -> LungMask:
+def segment_lungs(
+    volume: CTVolume, params: ChainParams, unet: torch.nn.Module | None = None, device: torch.device | str = "cpu"
+) -> LungMask:
     """Lung mask of ``volume``: with ``unet`` when given, else the classical method."""
     if unet is None:
         return LungMask(mask=segment_lungs_classical(volume, params), method="classical")
@@ -95,8 +96,10 @@ def segment_lungs(volume: CTVolume, params: ChainParams, unet: torch.nn.Module |
 
 # ------------------------------------------------------------------------------ U-Net
 
-def segment_lungs_unet(volume: CTVolume, params: ChainParams, unet: torch.nn.Module,
-                       device: torch.device | str = "cpu") -> tuple[np.ndarray, np.ndarray | None]:
+
+def segment_lungs_unet(
+    volume: CTVolume, params: ChainParams, unet: torch.nn.Module, device: torch.device | str = "cpu"
+) -> tuple[np.ndarray, np.ndarray | None]:
     """(lung mask, lesion mask or None) from a 2-D U-Net: the lung is classes 1 + 2; a
     3-class U-Net's class 2 is its lesion map, thresholded at full size inside the lung."""
     hu = volume.hu
@@ -108,13 +111,13 @@ def segment_lungs_unet(volume: CTVolume, params: ChainParams, unet: torch.nn.Mod
     batch = max(1, int(params.batch_size)) * 4  # the U-Net input is small: larger batches are cheap
     with torch.inference_mode():
         for start in range(0, nz, batch):
-            x = torch.from_numpy(unet_batch(hu[start:start + batch], params)).to(dev)
+            x = torch.from_numpy(unet_batch(hu[start : start + batch], params)).to(dev)
             p = F.softmax(unet(x).float(), dim=1)
-            prob[start:start + batch] = p[:, UNET_LUNG:].sum(dim=1).cpu().numpy()
+            prob[start : start + batch] = p[:, UNET_LUNG:].sum(dim=1).cpu().numpy()
             if p.shape[1] > UNET_LESION:
                 if lesion_prob is None:
                     lesion_prob = np.zeros((nz, size, size), dtype=np.float32)
-                lesion_prob[start:start + batch] = p[:, UNET_LESION].cpu().numpy()
+                lesion_prob[start : start + batch] = p[:, UNET_LESION].cpu().numpy()
     # Keep the two largest components and refine them at the U-Net's size (cheap), with
     # the HU resampled to that grid: a U-Net trained on phantoms may still cut a real
     # tumour out. Then the probability of everything dropped is set to 0 and that of
@@ -123,10 +126,14 @@ def segment_lungs_unet(volume: CTVolume, params: ChainParams, unet: torch.nn.Mod
     foreground = prob > params.unet_threshold
     keep = largest_components(foreground, max_count=2, min_fraction=params.lung_second_min_fraction)
     small_hu = _resize_hu(hu, (size, size))
-    spacing = (float(volume.spacing_mm[0]), float(volume.spacing_mm[1]) * ny / size,
-               float(volume.spacing_mm[2]) * nx / size)
-    refined, _ = refine_lung_mask(keep, small_hu, _body_mask(small_hu, params), spacing, params, closing_mm=0.0,
-                                  superior_up=_superior_up(volume))
+    spacing = (
+        float(volume.spacing_mm[0]),
+        float(volume.spacing_mm[1]) * ny / size,
+        float(volume.spacing_mm[2]) * nx / size,
+    )
+    refined, _ = refine_lung_mask(
+        keep, small_hu, _body_mask(small_hu, params), spacing, params, closing_mm=0.0, superior_up=_superior_up(volume)
+    )
     prob[foreground & ~refined] = 0.0
     prob[refined & ~foreground] = 1.0
     lung = upsample_mask(prob, hu.shape[1:], threshold=params.unet_threshold)
@@ -141,12 +148,16 @@ def _resize_hu(hu: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     t = torch.from_numpy(np.ascontiguousarray(hu, dtype=np.float32))[:, None]
     shrink = t.shape[2] >= size[0] and t.shape[3] >= size[1]
     with torch.inference_mode():
-        out = F.interpolate(t, size=size, mode="area") if shrink else \
-            F.interpolate(t, size=size, mode="bilinear", align_corners=False)
+        out = (
+            F.interpolate(t, size=size, mode="area")
+            if shrink
+            else F.interpolate(t, size=size, mode="bilinear", align_corners=False)
+        )
     return out[:, 0].numpy()
 
 
 # -------------------------------------------------------------------------- classical
+
 
 def segment_lungs_classical(volume: CTVolume, params: ChainParams) -> np.ndarray:
     """Bool z/y/x lung mask from HU thresholds and morphology (see the module doc)."""
@@ -154,15 +165,13 @@ def segment_lungs_classical(volume: CTVolume, params: ChainParams) -> np.ndarray
     nz, ny, nx = hu.shape
     factor = max(1, int(round(max(ny, nx) / float(params.classical_work_px))))
     small = _block_mean(hu, factor)
-    spacing = (float(volume.spacing_mm[0]), float(volume.spacing_mm[1]) * factor,
-               float(volume.spacing_mm[2]) * factor)
+    spacing = (float(volume.spacing_mm[0]), float(volume.spacing_mm[1]) * factor, float(volume.spacing_mm[2]) * factor)
     pixel_mm = spacing[1:]
 
     body = _body_mask(small, params)
     air = (small < params.classical_air_hu) & body
     air &= ~_airway_regions(air, body, params, pixel_mm)
-    lungs = largest_components(air, max_count=2, min_fraction=params.lung_second_min_fraction,
-                               structure=_FACE_3D)
+    lungs = largest_components(air, max_count=2, min_fraction=params.lung_second_min_fraction, structure=_FACE_3D)
     if not lungs.any():
         return np.zeros(hu.shape, dtype=bool)
     lungs, dense = refine_lung_mask(lungs, small, body, spacing, params, superior_up=_superior_up(volume))
@@ -191,7 +200,7 @@ def _block_mean(hu: np.ndarray, factor: int) -> np.ndarray:
 def _repeat_up(small: np.ndarray, factor: int, shape: tuple[int, ...]) -> np.ndarray:
     """Nearest-neighbour upsampling of a coarse mask back to ``shape``."""
     big = np.repeat(np.repeat(small, factor, axis=1), factor, axis=2)
-    return big[:, :shape[1], :shape[2]]
+    return big[:, : shape[1], : shape[2]]
 
 
 #: In-plane offsets of the 3 x 3 square (the in-plane part of _PER_SLICE).
@@ -223,11 +232,11 @@ def _shift_slices(mask: np.ndarray, offsets: list[tuple[int, int]], erode: bool)
             out[:, ys_out, xs_out] &= mask[:, ys_in, xs_in]
             # Pixels whose neighbour falls outside the array erode away.
             if dy > 0:
-                out[:, ny - dy:, :] = False
+                out[:, ny - dy :, :] = False
             elif dy < 0:
                 out[:, :-dy, :] = False
             if dx > 0:
-                out[:, :, nx - dx:] = False
+                out[:, :, nx - dx :] = False
             elif dx < 0:
                 out[:, :, :-dx] = False
         else:
@@ -248,16 +257,23 @@ def _erode8(mask: np.ndarray) -> np.ndarray:
 def fill_holes_per_slice(mask: np.ndarray) -> np.ndarray:
     """Fill the holes of every z slice: background not connected to the slice's border."""
     background, n = ndimage.label(~mask, structure=_PER_SLICE)
-    border = np.concatenate([background[:, 0, :].ravel(), background[:, -1, :].ravel(),
-                             background[:, :, 0].ravel(), background[:, :, -1].ravel()])
+    border = np.concatenate(
+        [
+            background[:, 0, :].ravel(),
+            background[:, -1, :].ravel(),
+            background[:, :, 0].ravel(),
+            background[:, :, -1].ravel(),
+        ]
+    )
     outside = np.zeros(n + 1, dtype=bool)
     outside[border] = True
     outside[0] = False  # label 0 is the mask itself
     return ~outside[background]
 
 
-def largest_components(mask: np.ndarray, max_count: int, min_fraction: float = 0.0,
-                       structure: np.ndarray | None = None) -> np.ndarray:
+def largest_components(
+    mask: np.ndarray, max_count: int, min_fraction: float = 0.0, structure: np.ndarray | None = None
+) -> np.ndarray:
     """The largest connected component of ``mask`` and up to ``max_count - 1`` more, each
     kept only when at least ``min_fraction`` of the largest one's size."""
     labels, n = ndimage.label(mask, structure=structure if structure is not None else _FACE_3D)
@@ -278,8 +294,9 @@ def _body_mask(hu: np.ndarray, params: ChainParams) -> np.ndarray:
     return fill_holes_per_slice(body)
 
 
-def _airway_regions(air: np.ndarray, body: np.ndarray, params: ChainParams,
-                    pixel_mm: tuple[float, float]) -> np.ndarray:
+def _airway_regions(
+    air: np.ndarray, body: np.ndarray, params: ChainParams, pixel_mm: tuple[float, float]
+) -> np.ndarray:
     """Small air regions near the middle of the body in each slice: trachea, main bronchi.
 
     A lung's cross-section near the apex is also small, but it lies lateral to the
@@ -319,9 +336,16 @@ def _body_columns(body: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 # --------------------------------------------------------------------- refinement
 
-def refine_lung_mask(lungs: np.ndarray, hu: np.ndarray, body: np.ndarray,
-                     spacing_mm: tuple[float, float, float], params: ChainParams,
-                     closing_mm: float | None = None, superior_up: bool = True) -> tuple[np.ndarray, np.ndarray]:
+
+def refine_lung_mask(
+    lungs: np.ndarray,
+    hu: np.ndarray,
+    body: np.ndarray,
+    spacing_mm: tuple[float, float, float],
+    params: ChainParams,
+    closing_mm: float | None = None,
+    superior_up: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
     """The shared post-processing of a lung mask (module doc, steps 1-4).
 
     ``lungs``, ``hu`` and ``body`` are z/y/x on one grid (the working size of the
@@ -359,8 +383,14 @@ def _superior_up(volume: CTVolume) -> bool:
     return float(volume.direction[8]) >= 0.0
 
 
-def _refine_box(lungs: np.ndarray, hu: np.ndarray, body: np.ndarray, spacing_mm: tuple[float, float, float],
-                params: ChainParams, disk_mm: float) -> tuple[np.ndarray, np.ndarray]:
+def _refine_box(
+    lungs: np.ndarray,
+    hu: np.ndarray,
+    body: np.ndarray,
+    spacing_mm: tuple[float, float, float],
+    params: ChainParams,
+    disk_mm: float,
+) -> tuple[np.ndarray, np.ndarray]:
     """``refine_lung_mask`` inside the box that holds the lungs and the body around them."""
     lo, hi = params.lung_dense_hu
     dense_hu = (hu > lo) & (hu < hi) & body
@@ -400,8 +430,9 @@ def _split_at_midline(lungs: np.ndarray, right_half: np.ndarray) -> tuple[np.nda
     return right, left
 
 
-def _close_side(side: np.ndarray, dense_hu: np.ndarray, spacing_mm: tuple[float, float, float],
-                params: ChainParams, disk_mm: float) -> np.ndarray:
+def _close_side(
+    side: np.ndarray, dense_hu: np.ndarray, spacing_mm: tuple[float, float, float], params: ChainParams, disk_mm: float
+) -> np.ndarray:
     """One lung closed per slice with a disk of ``disk_mm`` (anything: vessels), then with
     a 3-D ball that adds only disease-density voxels with lung above them (tumours,
     nodules).
@@ -423,8 +454,8 @@ def _close_side(side: np.ndarray, dense_hu: np.ndarray, spacing_mm: tuple[float,
     part = side[zs, ys, xs]
     closed = part.copy()
     if r_disk > 0:
-        yy, xx = np.mgrid[-r_disk:r_disk + 1, -r_disk:r_disk + 1]
-        disk = ((yy ** 2 + xx ** 2) <= r_disk ** 2)[None]
+        yy, xx = np.mgrid[-r_disk : r_disk + 1, -r_disk : r_disk + 1]
+        disk = ((yy**2 + xx**2) <= r_disk**2)[None]
         padded = np.pad(part, ((0, 0), (r_disk, r_disk), (r_disk, r_disk)))
         closed |= ndimage.binary_closing(padded, structure=disk)[:, r_disk:-r_disk, r_disk:-r_disk]
     if r_ball > 0:
@@ -438,8 +469,9 @@ def _close_side(side: np.ndarray, dense_hu: np.ndarray, spacing_mm: tuple[float,
     return out
 
 
-def _ball_closing(mask: np.ndarray, radius_mm: float, spacing_mm: tuple[float, float, float],
-                  pool_z_mm: float) -> np.ndarray:
+def _ball_closing(
+    mask: np.ndarray, radius_mm: float, spacing_mm: tuple[float, float, float], pool_z_mm: float
+) -> np.ndarray:
     """Closing with a ball of ``radius_mm`` (anisotropic spacing), by two distance maps.
 
     Thin slices are first pooled along z (any voxel of ``pool_z_mm`` of slices) so that a
@@ -462,7 +494,7 @@ def _ball_closing(mask: np.ndarray, radius_mm: float, spacing_mm: tuple[float, f
     # The erosion's threshold is half a pixel above the dilation's: a digital ball
     # closing otherwise leaves one-pixel rims along smooth convex outlines (the heart).
     closed = ndimage.distance_transform_edt(grown, sampling=sampling) > radius_mm + 0.5 * max(sampling[1:])
-    closed = closed[pads[0]:-pads[0], pads[1]:-pads[1], pads[2]:-pads[2]]
+    closed = closed[pads[0] : -pads[0], pads[1] : -pads[1], pads[2] : -pads[2]]
     if fz > 1:
         closed = np.repeat(closed, fz, axis=0)[:nz]
     return closed
@@ -539,9 +571,18 @@ def _envelope_depth(bone: np.ndarray, pixel_mm: tuple[float, float], directions:
     return depth
 
 
-def _recover_dense(sides: list[np.ndarray], lungs: np.ndarray, closed: np.ndarray, dense_hu: np.ndarray,
-                   below: np.ndarray, right_half: np.ndarray, hu: np.ndarray, body: np.ndarray,
-                   spacing_mm: tuple[float, float, float], params: ChainParams) -> list[np.ndarray]:
+def _recover_dense(
+    sides: list[np.ndarray],
+    lungs: np.ndarray,
+    closed: np.ndarray,
+    dense_hu: np.ndarray,
+    below: np.ndarray,
+    right_half: np.ndarray,
+    hu: np.ndarray,
+    body: np.ndarray,
+    spacing_mm: tuple[float, float, float],
+    params: ChainParams,
+) -> list[np.ndarray]:
     """Per lung, the dense regions that join it (module doc, step 3).
 
     Candidates: disease-density pixels inside the rib-cage envelope, deeper than the
@@ -576,8 +617,7 @@ def _recover_dense(sides: list[np.ndarray], lungs: np.ndarray, closed: np.ndarra
     area = np.bincount(labels.ravel(), minlength=n + 1)
     with_below = np.bincount(labels[below & opened], minlength=n + 1)
     on_right = np.bincount(labels[right_half & opened], minlength=n + 1)
-    touch = [np.bincount(labels[_dilate8(s) & opened], minlength=n + 1) > 0
-             for s in sides]
+    touch = [np.bincount(labels[_dilate8(s) & opened], minlength=n + 1) > 0 for s in sides]
     enough_below = with_below >= params.lung_below_min_fraction * area
     # Where a recovered region may grow: dense tissue inside the rib cage, not lung yet.
     growable = dense_hu & (depth > 0) & ~closed

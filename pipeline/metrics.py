@@ -202,8 +202,11 @@ class Estimate:
 
     def as_dict(self) -> dict[str, float | None]:
         """The JSON shape of every figure: {"value", "ci_low", "ci_high"} (NaN -> None)."""
-        return {"value": _finite_or_none(self.value), "ci_low": _finite_or_none(self.ci_low),
-                "ci_high": _finite_or_none(self.ci_high)}
+        return {
+            "value": _finite_or_none(self.value),
+            "ci_low": _finite_or_none(self.ci_low),
+            "ci_high": _finite_or_none(self.ci_high),
+        }
 
 
 def _finite_or_none(x: float) -> float | None:
@@ -221,8 +224,7 @@ def resample_indices(n: int, n_resamples: int, seed: int) -> np.ndarray:
     return rng.integers(0, n, size=(n_resamples, n), dtype=np.int64)
 
 
-def bootstrap(statistic: Callable[[np.ndarray], float], resamples: np.ndarray,
-              confidence: float = 0.95) -> Estimate:
+def bootstrap(statistic: Callable[[np.ndarray], float], resamples: np.ndarray, confidence: float = 0.95) -> Estimate:
     """Point estimate on all cases plus the percentile interval over ``resamples``.
 
     ``statistic`` takes an index array into the cases and returns a float (NaN when
@@ -232,8 +234,10 @@ def bootstrap(statistic: Callable[[np.ndarray], float], resamples: np.ndarray,
         raise ValueError(f"bootstrap: confidence must lie in (0, 1), got {confidence}")
     n = resamples.shape[1] if resamples.ndim == 2 and resamples.shape[0] else None
     if n is None:
-        raise ValueError("bootstrap: resamples must be a non-empty (n_resamples, n) array; "
-                         "use resample_indices(n, n_resamples, seed)")
+        raise ValueError(
+            "bootstrap: resamples must be a non-empty (n_resamples, n) array; "
+            "use resample_indices(n, n_resamples, seed)"
+        )
     value = float(statistic(np.arange(n)))
     values = np.array([statistic(idx) for idx in resamples], dtype=np.float64)
     ok = np.isfinite(values)
@@ -243,8 +247,9 @@ def bootstrap(statistic: Callable[[np.ndarray], float], resamples: np.ndarray,
         lo, hi = np.percentile(values[ok], [100.0 * alpha, 100.0 * (1.0 - alpha)])
     else:
         lo = hi = float("nan")
-    return Estimate(value=value, ci_low=float(lo), ci_high=float(hi),
-                    n_resamples=int(resamples.shape[0]), n_skipped=n_skipped)
+    return Estimate(
+        value=value, ci_low=float(lo), ci_high=float(hi), n_resamples=int(resamples.shape[0]), n_skipped=n_skipped
+    )
 
 
 def point_only(value: float) -> Estimate:
@@ -282,12 +287,18 @@ def reader_row(name: str, correct: np.ndarray, y_true: np.ndarray, y_pred: np.nd
     if not correct.shape == y.shape == p.shape:
         raise ValueError(f"reader_row: {name!r} needs one correct/truth/call per case read")
     n_ok = int(correct.sum())
-    return ReaderRow(name=name, n_cases=int(correct.size), correct=n_ok, wrong=int(correct.size) - n_ok,
-                     sensitivity=sensitivity(y, p), specificity=specificity(y, p))
+    return ReaderRow(
+        name=name,
+        n_cases=int(correct.size),
+        correct=n_ok,
+        wrong=int(correct.size) - n_ok,
+        sensitivity=sensitivity(y, p),
+        specificity=specificity(y, p),
+    )
 
 
 def pooled_reader_rows(correct_by_reader: Sequence[Sequence[bool | None]]) -> tuple[ReaderRow, ReaderRow]:
-    """"any reader" (a case is correct when at least one reader got it right) and
+    """ "any reader" (a case is correct when at least one reader got it right) and
     "all readers" (correct only when every reader who read it got it right).
 
     ``correct_by_reader[r][i]`` says whether reader r was right on case i, None when r
@@ -309,5 +320,7 @@ def pooled_reader_rows(correct_by_reader: Sequence[Sequence[bool | None]]) -> tu
             all_ok[i] &= bool(ok)
     m = int(read.sum())
     nan = float("nan")
-    return (ReaderRow("any reader", m, int(any_ok[read].sum()), m - int(any_ok[read].sum()), nan, nan),
-            ReaderRow("all readers", m, int(all_ok[read].sum()), m - int(all_ok[read].sum()), nan, nan))
+    return (
+        ReaderRow("any reader", m, int(any_ok[read].sum()), m - int(any_ok[read].sum()), nan, nan),
+        ReaderRow("all readers", m, int(all_ok[read].sum()), m - int(all_ok[read].sum()), nan, nan),
+    )

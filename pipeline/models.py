@@ -46,8 +46,7 @@ DOMAIN_FILE = "domain_reference.npz"
 MODEL_ROLES = ("segmentation", "classifier", "locator")
 REQUIRED_ROLES = ("classifier", "locator")
 SYNTHETIC_DISCLAIMER = (
-    "DEMO MODEL trained on synthetic phantoms only. Not validated on patient data. "
-    "Not for clinical use."
+    "DEMO MODEL trained on synthetic phantoms only. Not validated on patient data. Not for clinical use."
 )
 
 #: Where the shipped demo bundle lies (the node's default).
@@ -96,8 +95,10 @@ def read_card(bundle_dir: Path | str) -> dict[str, Any]:
     bundle_dir = Path(bundle_dir)
     card_path = bundle_dir / CARD_FILE
     if not card_path.is_file():
-        raise ModelBundleError(f"model bundle {bundle_dir}: {card_path} is missing "
-                               f"(train one with 'dicomnode train' or point the config at a bundle folder)")
+        raise ModelBundleError(
+            f"model bundle {bundle_dir}: {card_path} is missing "
+            f"(train one with 'dicomnode train' or point the config at a bundle folder)"
+        )
     try:
         card = json.loads(card_path.read_text())
     except (OSError, ValueError) as e:
@@ -117,8 +118,10 @@ def _load_network(bundle_dir: Path, role: str, entry: Mapping[str, Any], device:
     expected = entry.get("sha256")
     actual = sha256_file(weights)
     if expected and expected != actual:
-        raise ModelBundleError(f"model bundle {bundle_dir}: {weights} is corrupt "
-                               f"(sha256 {actual[:12]}..., model card says {str(expected)[:12]}...)")
+        raise ModelBundleError(
+            f"model bundle {bundle_dir}: {weights} is corrupt "
+            f"(sha256 {actual[:12]}..., model card says {str(expected)[:12]}...)"
+        )
     net = build_network(entry["architecture"])
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
@@ -133,8 +136,11 @@ def load_bundle(bundle_dir: Path | str, device: str = "auto") -> ModelBundle:
     bundle_dir = Path(bundle_dir)
     card = read_card(bundle_dir)
     dev = resolve_device(device)
-    nets = {role: _load_network(bundle_dir, role, card["models"][role], dev)
-            for role in MODEL_ROLES if role in card["models"]}
+    nets = {
+        role: _load_network(bundle_dir, role, card["models"][role], dev)
+        for role in MODEL_ROLES
+        if role in card["models"]
+    }
     try:
         op = OperatingPoints.from_card(card)
     except (TypeError, ValueError) as e:
@@ -145,10 +151,18 @@ def load_bundle(bundle_dir: Path | str, device: str = "auto") -> ModelBundle:
             pattern = LesionPatternModel.from_card(card["lesion_pattern"])
         except InvalidInputError as e:
             raise ModelBundleError(f"model bundle {bundle_dir}: {e}") from e
-    return ModelBundle(path=bundle_dir, card=card, classifier=nets["classifier"], locator=nets["locator"],
-                       segmentation=nets.get("segmentation"), device=dev,
-                       sha256=sha256_file(bundle_dir / CARD_FILE), operating_points=op,
-                       domain_reference=load_domain_reference(bundle_dir, card), lesion_pattern=pattern)
+    return ModelBundle(
+        path=bundle_dir,
+        card=card,
+        classifier=nets["classifier"],
+        locator=nets["locator"],
+        segmentation=nets.get("segmentation"),
+        device=dev,
+        sha256=sha256_file(bundle_dir / CARD_FILE),
+        operating_points=op,
+        domain_reference=load_domain_reference(bundle_dir, card),
+        lesion_pattern=pattern,
+    )
 
 
 def load_domain_reference(bundle_dir: Path, card: Mapping[str, Any]) -> DomainReference | None:
@@ -195,8 +209,12 @@ def warm_up(bundle: ModelBundle, size: int = 64) -> None:
     bundle.classifier(x).sum().backward()
 
 
-def write_bundle(out_dir: Path | str, networks: Mapping[str, torch.nn.Module],
-                 architectures: Mapping[str, Mapping[str, Any]], card: Mapping[str, Any]) -> Path:
+def write_bundle(
+    out_dir: Path | str,
+    networks: Mapping[str, torch.nn.Module],
+    architectures: Mapping[str, Mapping[str, Any]],
+    card: Mapping[str, Any],
+) -> Path:
     """Write weights and the model card. ``card`` holds the bundle-level fields
     (name, version, disclaimer, trained_on_synthetic_data, training, metrics...);
     per-model entries (file, sha256, architecture) are filled in here, keeping any
@@ -236,8 +254,10 @@ def render_card_markdown(card: Mapping[str, Any]) -> str:
     lines += _pattern_markdown(card.get("lesion_pattern"))
     lines += ["## Models", "", "| role | file | sha256 | architecture |", "|---|---|---|---|"]
     for role, entry in card.get("models", {}).items():
-        lines.append(f"| {role} | {entry.get('file')} | `{str(entry.get('sha256', ''))[:16]}...` | "
-                     f"`{json.dumps(entry.get('architecture', {}))}` |")
+        lines.append(
+            f"| {role} | {entry.get('file')} | `{str(entry.get('sha256', ''))[:16]}...` | "
+            f"`{json.dumps(entry.get('architecture', {}))}` |"
+        )
     for role, entry in card.get("models", {}).items():
         if entry.get("training"):
             lines += ["", f"## Training: {role}", "", "```json", json.dumps(entry["training"], indent=2), "```"]
@@ -253,12 +273,16 @@ def _pattern_markdown(entry: Mapping[str, Any] | None) -> list[str]:
         return []
     training = entry.get("training") or {}
     counts = ", ".join(f"{k} {v}" for k, v in (training.get("class_counts") or {}).items())
-    lines = ["## Lesion pattern", "",
-             "Pneumonia type from where the U-Net's lesions lie and how dense they are (pipeline.lesion_pattern): "
-             f"{training.get('rule', 'a logistic model')}; fitted by `{training.get('command', '?')}` on "
-             f"{training.get('n_cases', '?')} cases ({counts}).",
-             "", "| feature | mean | sd | " + " | ".join(f"weight {c}" for c in entry.get("classes", [])) + " |",
-             "|---|---|---|" + "---|" * len(entry.get("classes", []))]
+    lines = [
+        "## Lesion pattern",
+        "",
+        "Pneumonia type from where the U-Net's lesions lie and how dense they are (pipeline.lesion_pattern): "
+        f"{training.get('rule', 'a logistic model')}; fitted by `{training.get('command', '?')}` on "
+        f"{training.get('n_cases', '?')} cases ({counts}).",
+        "",
+        "| feature | mean | sd | " + " | ".join(f"weight {c}" for c in entry.get("classes", [])) + " |",
+        "|---|---|---|" + "---|" * len(entry.get("classes", [])),
+    ]
     coef = entry.get("coef") or []
     for j, name in enumerate(entry.get("feature_names", [])):
         weights = " | ".join(f"{row[j]:+.2f}" for row in coef)
@@ -301,29 +325,41 @@ _ROWS: tuple[tuple[str, str], ...] = (
     ("COVID-19 vs CAP: AUC", "tasks.covid19_vs_cap.auc"),
     ("COVID-19 vs CAP: sensitivity / specificity", "tasks.covid19_vs_cap.sensitivity|tasks.covid19_vs_cap.specificity"),
     ("COVID-19 vs influenza: AUC", "tasks.covid19_vs_influenza.auc"),
-    ("COVID-19 vs influenza: sensitivity / specificity",
-     "tasks.covid19_vs_influenza.sensitivity|tasks.covid19_vs_influenza.specificity"),
+    (
+        "COVID-19 vs influenza: sensitivity / specificity",
+        "tasks.covid19_vs_influenza.sensitivity|tasks.covid19_vs_influenza.specificity",
+    ),
     ("lung Dice (chain)", "lung_dice.mean"),
     ("lesion voxels inside the lung mask (mean; min)", "lesion_inclusion.mean|lesion_inclusion.min"),
     ("lesion Dice of the U-Net's lesion map", "lesion_dice.dice"),
     ("lesion share of the lung as a pneumonia score: AUC", "lesion_share.pneumonia_auc"),
     ("lesion pattern model: 4-class AUC, macro", "lesion_pattern.multiway_auc_macro"),
-    ("pneumonia type right, pneumonia cases: lesion pattern / slice classifier",
-     "lesion_pattern.type_accuracy|lesion_pattern.type_accuracy_classifier"),
+    (
+        "pneumonia type right, pneumonia cases: lesion pattern / slice classifier",
+        "lesion_pattern.type_accuracy|lesion_pattern.type_accuracy_classifier",
+    ),
     ("infectious-slice AUC, all classes", "infectious_slices.auc"),
     ("infectious-slice F1 at the stored threshold", "infectious_slices.f1"),
     ("COVID-19 infectious-slice AUC (paper's cohort)", "locating.auc"),
-    ("infectious slices flagged by the locator per non-pneumonia case (mean; max)",
-     "non_pneumonia_flagged_slices.mean|non_pneumonia_flagged_slices.max"),
-    ("infectious slices the report lists per non-pneumonia case (mean; max)",
-     "non_pneumonia_stated_slices.mean|non_pneumonia_stated_slices.max"),
+    (
+        "infectious slices flagged by the locator per non-pneumonia case (mean; max)",
+        "non_pneumonia_flagged_slices.mean|non_pneumonia_flagged_slices.max",
+    ),
+    (
+        "infectious slices the report lists per non-pneumonia case (mean; max)",
+        "non_pneumonia_stated_slices.mean|non_pneumonia_stated_slices.max",
+    ),
     ("Grad-CAM heat inside the lung, raw (mean; min over overlays)", "heat_inside_lung.mean|heat_inside_lung.min"),
     ("Grad-CAM heat on lesions, shown (mean)", "heat_on_lesion.mean"),
-    ("whole-lung involvement vs truth, percentage points (mean absolute error; bias)",
-     "severity.involvement_mae_points|severity.involvement_bias_points"),
+    (
+        "whole-lung involvement vs truth, percentage points (mean absolute error; bias)",
+        "severity.involvement_mae_points|severity.involvement_bias_points",
+    ),
     ("MosMedData grade from the involvement, agreement with truth", "severity.grade_agreement"),
-    ("involvement given to non-pneumonia cases, % of the lung (mean; max)",
-     "severity.non_pneumonia_involvement_percent.mean|severity.non_pneumonia_involvement_percent.max"),
+    (
+        "involvement given to non-pneumonia cases, % of the lung (mean; max)",
+        "severity.non_pneumonia_involvement_percent.mean|severity.non_pneumonia_involvement_percent.max",
+    ),
 )
 
 
@@ -345,14 +381,19 @@ def _cell(record: Mapping[str, Any], path: str) -> str:
 def _evaluations_markdown(evaluations: Mapping[str, Any], cross: Mapping[str, Any]) -> list[str]:
     """One table: the shipped bundle on each held-out cohort, and the cross-family runs."""
     columns = [(name, rec) for name, rec in evaluations.items()] + [(name, rec) for name, rec in cross.items()]
-    lines = ["## Measured performance", "",
-             "Every figure was measured by `dicomnode evaluate` (95% bootstrap intervals over cases in brackets) "
-             "on synthetic phantoms only: it says nothing about patients. Columns:", ""]
+    lines = [
+        "## Measured performance",
+        "",
+        "Every figure was measured by `dicomnode evaluate` (95% bootstrap intervals over cases in brackets) "
+        "on synthetic phantoms only: it says nothing about patients. Columns:",
+        "",
+    ]
     for name, rec in columns:
-        lines.append(f"- **{name}**: {rec.get('held_out', '')}; data `{rec.get('data_spec', '?')}`; "
-                     f"command `{rec.get('command', '?')}`")
-    lines += ["", "| figure | " + " | ".join(name for name, _ in columns) + " |",
-              "|---|" + "---|" * len(columns)]
+        lines.append(
+            f"- **{name}**: {rec.get('held_out', '')}; data `{rec.get('data_spec', '?')}`; "
+            f"command `{rec.get('command', '?')}`"
+        )
+    lines += ["", "| figure | " + " | ".join(name for name, _ in columns) + " |", "|---|" + "---|" * len(columns)]
     for label, path in _ROWS:
         lines.append(f"| {label} | " + " | ".join(_cell(rec, path) for _, rec in columns) + " |")
     return lines + [""]
@@ -361,33 +402,66 @@ def _evaluations_markdown(evaluations: Mapping[str, Any], cross: Mapping[str, An
 def _operating_points_markdown(card: Mapping[str, Any]) -> list[str]:
     op = card.get("operating_points")
     if not op:
-        return ["## Operating points", "", "Not calibrated: the chain uses the paper's 0.5 thresholds and no "
-                "out-of-domain guard. Run `dicomnode calibrate`.", ""]
-    lines = ["## Operating points", "", f"Chosen by `{op.get('command', 'dicomnode calibrate')}` on "
-             f"{op.get('n_cases', '?')} calibration cases (`{', '.join(op.get('data_specs', []))}`): "
-             f"{op.get('rule', '')}.", "", "| operating point | value |", "|---|---|"]
-    for key in ("pneumonia_vs_non_pneumonia", "covid19_vs_cap", "covid19_vs_influenza", "locator_threshold",
-                "pneumonia_margin", "margin", "min_infected_slices", "lesion_share_threshold", "lesion_band",
-                "pattern_weight"):
+        return [
+            "## Operating points",
+            "",
+            "Not calibrated: the chain uses the paper's 0.5 thresholds and no "
+            "out-of-domain guard. Run `dicomnode calibrate`.",
+            "",
+        ]
+    lines = [
+        "## Operating points",
+        "",
+        f"Chosen by `{op.get('command', 'dicomnode calibrate')}` on "
+        f"{op.get('n_cases', '?')} calibration cases (`{', '.join(op.get('data_specs', []))}`): "
+        f"{op.get('rule', '')}.",
+        "",
+        "| operating point | value |",
+        "|---|---|",
+    ]
+    for key in (
+        "pneumonia_vs_non_pneumonia",
+        "covid19_vs_cap",
+        "covid19_vs_influenza",
+        "locator_threshold",
+        "pneumonia_margin",
+        "margin",
+        "min_infected_slices",
+        "lesion_share_threshold",
+        "lesion_band",
+        "pattern_weight",
+    ):
         if key in op:
             lines.append(f"| {key} | {op[key]:.4g} |" if isinstance(op[key], float) else f"| {key} | {op[key]} |")
     if float(op.get("lesion_share_threshold") or 0) > 0:
-        lines += ["", "Pneumonia against non-pneumonia is decided on the U-Net's lesion share of the lung "
-                      "(`lesion_share_threshold`, indeterminate within a factor `lesion_band` of it), the slice "
-                      "classifier's pneumonia score as a check; `min_infected_slices` applies only without a "
-                      "lesion map (pipeline.decision)."]
+        lines += [
+            "",
+            "Pneumonia against non-pneumonia is decided on the U-Net's lesion share of the lung "
+            "(`lesion_share_threshold`, indeterminate within a factor `lesion_band` of it), the slice "
+            "classifier's pneumonia score as a check; `min_infected_slices` applies only without a "
+            "lesion map (pipeline.decision).",
+        ]
     weight = float(op.get("pattern_weight") or 0)
     if weight >= 1:
-        lines += ["", "The pneumonia type is read from the lesion pattern model (`pattern_weight` 1, section "
-                      "'Lesion pattern'); the slice classifier's type is reported beside it, not used."]
+        lines += [
+            "",
+            "The pneumonia type is read from the lesion pattern model (`pattern_weight` 1, section "
+            "'Lesion pattern'); the slice classifier's type is reported beside it, not used.",
+        ]
     elif weight > 0:
-        lines += ["", f"The pneumonia type is the blend of the lesion pattern model (weight `pattern_weight` = "
-                      f"{weight:.2f}) and the slice classifier (the rest)."]
+        lines += [
+            "",
+            f"The pneumonia type is the blend of the lesion pattern model (weight `pattern_weight` = "
+            f"{weight:.2f}) and the slice classifier (the rest).",
+        ]
     ref = card.get("domain_reference")
     if ref:
-        lines += ["", f"Out-of-domain guard: {ref.get('rule', '')}; thresholds "
-                  + ", ".join(f"{k} {v:.2f}" for k, v in (ref.get("thresholds") or {}).items())
-                  + ". A study whose largest scaled distance exceeds 1 gets the decision `out_of_domain`."]
+        lines += [
+            "",
+            f"Out-of-domain guard: {ref.get('rule', '')}; thresholds "
+            + ", ".join(f"{k} {v:.2f}" for k, v in (ref.get("thresholds") or {}).items())
+            + ". A study whose largest scaled distance exceeds 1 gets the decision `out_of_domain`.",
+        ]
     return lines + [""]
 
 
@@ -395,12 +469,18 @@ def _headline_markdown(metrics: Mapping[str, Any]) -> list[str]:
     """The figures people look for first, as measured by the evaluation run in the card."""
     if not metrics.get("per_class_auc"):
         return []
-    lines = ["## Measured performance", "",
-             f"Measured by `{metrics.get('measured_by', 'an evaluation run')}` on "
-             f"`{metrics.get('data_spec', '?')}` ({metrics.get('n_cases', '?')} cases"
-             + (f"; {metrics['held_out']}" if metrics.get("held_out") else "") + "), "
-             "95% bootstrap intervals in brackets:", "",
-             "| figure | value (95% CI) |", "|---|---|"]
+    lines = [
+        "## Measured performance",
+        "",
+        f"Measured by `{metrics.get('measured_by', 'an evaluation run')}` on "
+        f"`{metrics.get('data_spec', '?')}` ({metrics.get('n_cases', '?')} cases"
+        + (f"; {metrics['held_out']}" if metrics.get("held_out") else "")
+        + "), "
+        "95% bootstrap intervals in brackets:",
+        "",
+        "| figure | value (95% CI) |",
+        "|---|---|",
+    ]
     multi = metrics.get("multiway_auc", {})
     lines.append(f"| 4-class AUC, macro | {_ci(multi.get('macro'))} |")
     lines.append(f"| 4-class AUC, micro | {_ci(multi.get('micro'))} |")
@@ -409,9 +489,11 @@ def _headline_markdown(metrics: Mapping[str, Any]) -> list[str]:
     if metrics.get("accuracy"):
         lines.append(f"| accuracy (multi-way label) | {_ci(metrics['accuracy'])} |")
     for name, task in (metrics.get("tasks") or {}).items():
-        lines.append(f"| task {name}: AUC / sensitivity / specificity at "
-                     f"{metrics.get('decision_threshold', 0.5)} | {_ci(task.get('auc'))} / "
-                     f"{_ci(task.get('sensitivity'))} / {_ci(task.get('specificity'))} |")
+        lines.append(
+            f"| task {name}: AUC / sensitivity / specificity at "
+            f"{metrics.get('decision_threshold', 0.5)} | {_ci(task.get('auc'))} / "
+            f"{_ci(task.get('sensitivity'))} / {_ci(task.get('specificity'))} |"
+        )
     dice = metrics.get("lung_dice") or {}
     if dice.get("mean"):
         lines.append(f"| lung Dice, {dice.get('method', 'chain')} | {_ci(dice['mean'])} |")

@@ -14,19 +14,25 @@ from monai.networks.nets import BasicUNet, ResNet
 from .types import ModelBundleError
 
 #: The paper's backbone: ResNet152 = bottleneck blocks [3, 8, 36, 3].
-RESNET152 = {"kind": "resnet", "block": "bottleneck", "layers": [3, 8, 36, 3],
-             "block_inplanes": [64, 128, 256, 512]}
+RESNET152 = {"kind": "resnet", "block": "bottleneck", "layers": [3, 8, 36, 3], "block_inplanes": [64, 128, 256, 512]}
 #: The paper code's U-Net: channels 64-128-256-512-512, bilinear upsampling.
 UNET_PAPER = {"kind": "unet", "features": [64, 128, 256, 512, 512, 64], "upsample": "nontrainable"}
 
 
-def classifier_arch(num_classes: int, layers=(1, 1, 1, 1), block: str = "basic",
-                    block_inplanes=(16, 32, 64, 128), input_size: int = 224) -> dict[str, Any]:
+def classifier_arch(
+    num_classes: int, layers=(1, 1, 1, 1), block: str = "basic", block_inplanes=(16, 32, 64, 128), input_size: int = 224
+) -> dict[str, Any]:
     """Architecture dict of a 2-D ResNet slice classifier on the lung-only input of
     pipeline.preprocess.lung_channels."""
-    return {"kind": "resnet", "block": block, "layers": list(layers),
-            "block_inplanes": list(block_inplanes), "in_channels": 3,
-            "num_classes": int(num_classes), "input_size": int(input_size)}
+    return {
+        "kind": "resnet",
+        "block": block,
+        "layers": list(layers),
+        "block_inplanes": list(block_inplanes),
+        "in_channels": 3,
+        "num_classes": int(num_classes),
+        "input_size": int(input_size),
+    }
 
 
 #: U-Net output classes: background, aerated lung and (3-class U-Nets) lung with a lesion
@@ -34,12 +40,19 @@ def classifier_arch(num_classes: int, layers=(1, 1, 1, 1), block: str = "basic",
 UNET_LUNG, UNET_LESION = 1, 2
 
 
-def unet_arch(features=(8, 16, 32, 64, 64, 8), upsample: str = "nontrainable",
-              input_size: int = 128, lesion_head: bool = True) -> dict[str, Any]:
+def unet_arch(
+    features=(8, 16, 32, 64, 64, 8), upsample: str = "nontrainable", input_size: int = 128, lesion_head: bool = True
+) -> dict[str, Any]:
     """Architecture dict of the 2-D lung U-Net: 1 HU channel in; 3 classes out
     (background, lung, lesion of infection) with ``lesion_head``, else 2 (background, lung)."""
-    return {"kind": "unet", "features": list(features), "upsample": upsample,
-            "in_channels": 1, "num_classes": 3 if lesion_head else 2, "input_size": int(input_size)}
+    return {
+        "kind": "unet",
+        "features": list(features),
+        "upsample": upsample,
+        "in_channels": 1,
+        "num_classes": 3 if lesion_head else 2,
+        "input_size": int(input_size),
+    }
 
 
 def unet_has_lesion_head(arch: Mapping[str, Any] | None) -> bool:

@@ -107,7 +107,8 @@ class Phantom:
         shape = self.volume.shape
         if self.lung_mask.shape != shape or self.lesion_mask.shape != shape:
             raise InvalidInputError(
-                f"Phantom masks {self.lung_mask.shape}/{self.lesion_mask.shape} do not match volume {shape}")
+                f"Phantom masks {self.lung_mask.shape}/{self.lesion_mask.shape} do not match volume {shape}"
+            )
         if self.label not in CLASS_NAMES:
             raise InvalidInputError(f"Phantom label {self.label!r} is not one of {CLASS_NAMES}")
 
@@ -199,8 +200,9 @@ class _Segment(NamedTuple):
     generation: int
 
 
-def _segment_fraction(grid: _Grid, seg: _Segment, extra_mm: float = 0.0
-                      ) -> tuple[tuple[slice, slice, slice], np.ndarray] | None:
+def _segment_fraction(
+    grid: _Grid, seg: _Segment, extra_mm: float = 0.0
+) -> tuple[tuple[slice, slice, slice], np.ndarray] | None:
     """Partial-volume occupancy (0..1) of a tapered tube in its bounding box."""
     p0, p1 = seg.p0, seg.p1
     rmax = max(seg.r0, seg.r1) + extra_mm + grid.dxy
@@ -229,9 +231,17 @@ def _segment_fraction(grid: _Grid, seg: _Segment, extra_mm: float = 0.0
     return (slice(k0, k1), slice(j0, j1), slice(i0, i1)), frac
 
 
-def _grow_tree(rng: np.random.Generator, root: np.ndarray, direction: np.ndarray,
-               radius: float, min_radius: float, length_scale: float, origin: np.ndarray,
-               generation: int = 0, out: list[_Segment] | None = None) -> list[_Segment]:
+def _grow_tree(
+    rng: np.random.Generator,
+    root: np.ndarray,
+    direction: np.ndarray,
+    radius: float,
+    min_radius: float,
+    length_scale: float,
+    origin: np.ndarray,
+    generation: int = 0,
+    out: list[_Segment] | None = None,
+) -> list[_Segment]:
     """An asymmetric branching tree of tapered tubes, as pulmonary vessels branch.
 
     Each node continues with a major child (slightly thinner, small turn) and gives off
@@ -249,8 +259,10 @@ def _grow_tree(rng: np.random.Generator, root: np.ndarray, direction: np.ndarray
         if g >= 14:
             continue
         axis = _perpendicular(d, rng)
-        for ratio, angle in ((rng.uniform(0.8, 0.9), rng.uniform(0.1, 0.35)),
-                             (rng.uniform(0.45, 0.7), -rng.uniform(0.6, 1.1))):
+        for ratio, angle in (
+            (rng.uniform(0.8, 0.9), rng.uniform(0.1, 0.35)),
+            (rng.uniform(0.45, 0.7), -rng.uniform(0.6, 1.1)),
+        ):
             r_child = r_end * ratio
             if r_child < min_radius:
                 continue
@@ -261,8 +273,9 @@ def _grow_tree(rng: np.random.Generator, root: np.ndarray, direction: np.ndarray
     return out
 
 
-def _target_tree(rng: np.random.Generator, root: np.ndarray, targets: np.ndarray,
-                 root_radius: float, min_radius: float) -> list[_Segment]:
+def _target_tree(
+    rng: np.random.Generator, root: np.ndarray, targets: np.ndarray, root_radius: float, min_radius: float
+) -> list[_Segment]:
     """A vessel tree from ``root`` that reaches every target point (zz, v, u mm).
 
     Recursive bisection of the target set: each node heads part way towards the
@@ -294,8 +307,7 @@ def _target_tree(rng: np.random.Generator, root: np.ndarray, targets: np.ndarray
     return out
 
 
-def _lung_targets(rng: np.random.Generator, grid: _Grid, lung_side: np.ndarray, side: int,
-                  count: int) -> np.ndarray:
+def _lung_targets(rng: np.random.Generator, grid: _Grid, lung_side: np.ndarray, side: int, count: int) -> np.ndarray:
     """``count`` random points (zz, v, u mm) inside one lung, from a coarse sample."""
     step = max(1, int(round(4.0 / grid.dxy)))
     zstep = max(1, int(round(4.0 / grid.dz)))
@@ -352,19 +364,36 @@ class _Anatomy:
 def _draw_anatomy(seed: int) -> _Anatomy:
     r = _rng(seed, _STREAM_ANATOMY)
     return _Anatomy(
-        thorax_a=r.uniform(112, 148), thorax_b=r.uniform(78, 108), rib_w=r.uniform(8, 12),
-        muscle=r.uniform(8, 22), fat=r.uniform(4, 28), med_half=r.uniform(14, 24),
-        lung_height=r.uniform(195, 280), margin_top=r.uniform(8, 30),
+        thorax_a=r.uniform(112, 148),
+        thorax_b=r.uniform(78, 108),
+        rib_w=r.uniform(8, 12),
+        muscle=r.uniform(8, 22),
+        fat=r.uniform(4, 28),
+        med_half=r.uniform(14, 24),
+        lung_height=r.uniform(195, 280),
+        margin_top=r.uniform(8, 30),
         margin_bottom=r.uniform(18, 50),
-        t_dome_right=r.uniform(0.58, 0.70), t_dome_left=r.uniform(0.68, 0.78),
-        heart_u=r.uniform(8, 30), heart_v=r.uniform(-0.45, -0.2), heart_a=r.uniform(48, 66),
-        heart_b=r.uniform(40, 54), heart_t0=r.uniform(0.38, 0.48), spine_r=r.uniform(14, 20),
-        aorta_r=r.uniform(10, 14), trachea_r=r.uniform(7.5, 10.5), carina_t=r.uniform(0.28, 0.36),
-        hilum_t=r.uniform(0.40, 0.48), rib_pitch=r.uniform(21, 28), rib_height=r.uniform(8, 12),
-        rib_drop=r.uniform(35, 60), rib_phase=r.uniform(0, 1),
+        t_dome_right=r.uniform(0.58, 0.70),
+        t_dome_left=r.uniform(0.68, 0.78),
+        heart_u=r.uniform(8, 30),
+        heart_v=r.uniform(-0.45, -0.2),
+        heart_a=r.uniform(48, 66),
+        heart_b=r.uniform(40, 54),
+        heart_t0=r.uniform(0.38, 0.48),
+        spine_r=r.uniform(14, 20),
+        aorta_r=r.uniform(10, 14),
+        trachea_r=r.uniform(7.5, 10.5),
+        carina_t=r.uniform(0.28, 0.36),
+        hilum_t=r.uniform(0.40, 0.48),
+        rib_pitch=r.uniform(21, 28),
+        rib_height=r.uniform(8, 12),
+        rib_drop=r.uniform(35, 60),
+        rib_phase=r.uniform(0, 1),
         lung_shape=r.normal(0, 0.035, size=(2, 4, 2)),
-        parenchyma_hu=r.uniform(-885, -820), gravity_hu=r.uniform(10, 55),
-        noise_sd=r.uniform(8, 28), pixel_mm_512=r.uniform(*PIXEL_MM_AT_512),
+        parenchyma_hu=r.uniform(-885, -820),
+        gravity_hu=r.uniform(10, 55),
+        noise_sd=r.uniform(8, 28),
+        pixel_mm_512=r.uniform(*PIXEL_MM_AT_512),
     )
 
 
@@ -390,8 +419,18 @@ def _make_grid(seed: int, anat: _Anatomy, n_slices: int | None, size_px: int | N
     j = np.arange(size, dtype=np.float32)
     v = ((j - (size - 1) / 2.0) * pixel_mm - off_v).reshape(1, size, 1)
     u = ((j - (size - 1) / 2.0) * pixel_mm - off_u).reshape(1, 1, size)
-    return _Grid(nz, size, size, float(dz), float(pixel_mm), float(off_u), float(off_v),
-                 zz.astype(np.float32), v.astype(np.float32), u.astype(np.float32))
+    return _Grid(
+        nz,
+        size,
+        size,
+        float(dz),
+        float(pixel_mm),
+        float(off_u),
+        float(off_v),
+        zz.astype(np.float32),
+        v.astype(np.float32),
+        u.astype(np.float32),
+    )
 
 
 class _Body(NamedTuple):
@@ -455,8 +494,19 @@ def _body_plane(grid: _Grid, an: _Anatomy) -> _Plane:
     vb = np.where(v > 0, v * 1.12, v).astype(np.float32)  # the back is flatter than the front
     # The spine's neighbourhood (vertebra, canal, arch, spinous process).
     spine_cols = _index_range(u[0], -an.spine_r - 6.0, an.spine_r + 6.0)
-    return _Plane((rows, cols), u, v, u2, v * v, np.abs(u), vb * vb, np.clip(-v / an.thorax_b, -1.0, 1.0),
-                  spine_cols, u[:, spine_cols], u2[:, spine_cols])
+    return _Plane(
+        (rows, cols),
+        u,
+        v,
+        u2,
+        v * v,
+        np.abs(u),
+        vb * vb,
+        np.clip(-v / an.thorax_b, -1.0, 1.0),
+        spine_cols,
+        u[:, spine_cols],
+        u2[:, spine_cols],
+    )
 
 
 def _lung_outlines(an: _Anatomy, u: np.ndarray, v: np.ndarray) -> tuple[list, list]:
@@ -474,8 +524,9 @@ def _lung_outlines(an: _Anatomy, u: np.ndarray, v: np.ndarray) -> tuple[list, li
         du, dv = (u - uc) / a0, (v - vc) / b0
         theta = np.arctan2(dv, du)
         coef = an.lung_shape[side - 1]
-        wobble = 1.0 + sum(coef[k, 0] * np.cos((k + 1) * theta) + coef[k, 1] * np.sin((k + 1) * theta)
-                           for k in range(4))
+        wobble = 1.0 + sum(
+            coef[k, 0] * np.cos((k + 1) * theta) + coef[k, 1] * np.sin((k + 1) * theta) for k in range(4)
+        )
         q2 = ((du * du + dv * dv) / (wobble * wobble)).astype(f32)
         dome = an.t_dome_right if side == 1 else an.t_dome_left
         rd2 = np.clip(du * du + ((v - vc + 0.25 * b0) / (1.1 * b0)) ** 2, 0.0, 1.0)
@@ -489,8 +540,7 @@ def _lung_outlines(an: _Anatomy, u: np.ndarray, v: np.ndarray) -> tuple[list, li
     return sides, centres
 
 
-def _paint_slice(h: np.ndarray, ls: np.ndarray, t: float, zz: float, pl: _Plane, sides: list,
-                 an: _Anatomy) -> None:
+def _paint_slice(h: np.ndarray, ls: np.ndarray, t: float, zz: float, pl: _Plane, sides: list, an: _Anatomy) -> None:
     """One cross-section (``h``: its HU in the body's box, ``ls``: its lung sides)."""
     u, v, u2, v2 = pl.u, pl.v, pl.u2, pl.v2
     # The chest widens from the apex down to the lower third.
@@ -532,8 +582,9 @@ def _paint_slice(h: np.ndarray, ls: np.ndarray, t: float, zz: float, pl: _Plane,
         _cut_lungs(ls, t, tb, rho_thorax, heart_zone, aorta, spine, pl, sides, an)
 
 
-def _paint_spine(h: np.ndarray, in_body: np.ndarray, tb: float, zz: float, pl: _Plane,
-                 an: _Anatomy) -> tuple[float, slice, np.ndarray, np.ndarray]:
+def _paint_spine(
+    h: np.ndarray, in_body: np.ndarray, tb: float, zz: float, pl: _Plane, an: _Anatomy
+) -> tuple[float, slice, np.ndarray, np.ndarray]:
     """Vertebral body in the posterior midline, canal and spinous process behind; returns
     (the vertebra's centre v, its rows, squared distances to the vertebra and the canal)."""
     us, us2, spine_cols = pl.us, pl.us2, pl.spine_cols
@@ -543,27 +594,29 @@ def _paint_spine(h: np.ndarray, in_body: np.ndarray, tb: float, zz: float, pl: _
     hs = h[srows, spine_cols]
     vs = pl.v[srows]
     d_sp2 = us2 + (vs - v_sp) ** 2
-    vert = d_sp2 <= an.spine_r ** 2
+    vert = d_sp2 <= an.spine_r**2
     disc = ((zz / 27.0 + an.rib_phase) % 1.0) < 0.18
     hs[vert] = HU_CORTEX
     hs[vert & (d_sp2 <= (an.spine_r - 2.2) ** 2)] = 80.0 if disc else HU_MARROW
     d_canal2 = us2 + (vs - v_canal) ** 2
-    hs[(d_canal2 <= 12.5 ** 2) & ~vert] = 600.0
-    hs[d_canal2 <= 7.5 ** 2] = HU_FLUID
+    hs[(d_canal2 <= 12.5**2) & ~vert] = 600.0
+    hs[d_canal2 <= 7.5**2] = HU_FLUID
     spinous = (np.abs(us) < 4.0) & (vs > v_canal + 10.0) & (vs < v_canal + 38.0)
     hs[spinous & in_body[srows, spine_cols]] = 550.0
     return v_sp, srows, d_sp2, d_canal2
 
 
-def _paint_heart_aorta(h: np.ndarray, inside: np.ndarray, t: float, tb: float, v_sp: float, pl: _Plane,
-                       an: _Anatomy) -> tuple[np.ndarray | None, np.ndarray | None]:
+def _paint_heart_aorta(
+    h: np.ndarray, inside: np.ndarray, t: float, tb: float, v_sp: float, pl: _Plane, an: _Anatomy
+) -> tuple[np.ndarray | None, np.ndarray | None]:
     """Heart (with a fat layer around it) and descending aorta left of the spine. The
     heart rests on the diaphragm: it narrows over the last few centimetres above the
     left dome and ends just below it. Returns the heart zone and aorta masks (or None)."""
     u, v = pl.u, pl.v
     heart_end = an.t_dome_left + 0.12
     hprof = math.sqrt(min(max((t - an.heart_t0) / 0.22, 0.0), 1.0)) * math.sqrt(
-        min(max((heart_end - t) / 0.12, 0.0), 1.0))
+        min(max((heart_end - t) / 0.12, 0.0), 1.0)
+    )
     heart_zone = None
     if hprof > 0:
         ha, hb = an.heart_a * hprof, an.heart_b * hprof
@@ -574,14 +627,23 @@ def _paint_heart_aorta(h: np.ndarray, inside: np.ndarray, t: float, tb: float, v
     aorta = None
     if t > 0.22:
         ao_u, ao_v = 0.55 * an.spine_r + an.aorta_r, v_sp - 0.9 * an.spine_r
-        aorta = (u - ao_u) ** 2 + (v - ao_v) ** 2 <= an.aorta_r ** 2
+        aorta = (u - ao_u) ** 2 + (v - ao_v) ** 2 <= an.aorta_r**2
         h[aorta & inside] = HU_SOFT
     return heart_zone, aorta
 
 
-def _cut_lungs(ls: np.ndarray, t: float, tb: float, rho_thorax: np.ndarray, heart_zone: np.ndarray | None,
-               aorta: np.ndarray | None, spine: tuple[float, slice, np.ndarray, np.ndarray], pl: _Plane,
-               sides: list, an: _Anatomy) -> None:
+def _cut_lungs(
+    ls: np.ndarray,
+    t: float,
+    tb: float,
+    rho_thorax: np.ndarray,
+    heart_zone: np.ndarray | None,
+    aorta: np.ndarray | None,
+    spine: tuple[float, slice, np.ndarray, np.ndarray],
+    pl: _Plane,
+    sides: list,
+    an: _Anatomy,
+) -> None:
     """Lungs: the outline scaled up from the apex, cut by the diaphragm dome, the
     mediastinum, heart, spine and aorta."""
     v_sp, srows, d_sp2, d_canal2 = spine
@@ -600,7 +662,7 @@ def _cut_lungs(ls: np.ndarray, t: float, tb: float, rho_thorax: np.ndarray, hear
         block |= aorta
     ls[block] = 0
     ls_s = ls[srows, pl.spine_cols]
-    ls_s[(d_sp2 <= (an.spine_r + 3.0) ** 2) | (d_canal2 <= 14.0 ** 2)] = 0
+    ls_s[(d_sp2 <= (an.spine_r + 3.0) ** 2) | (d_canal2 <= 14.0**2)] = 0
 
 
 # --- Lesions ---------------------------------------------------------------------------
@@ -622,8 +684,7 @@ class _Lesion(NamedTuple):
     fissure: tuple[np.ndarray, np.ndarray] | None = None
 
 
-def _intersect(a: tuple[slice, ...], b: tuple[slice, ...]
-               ) -> tuple[tuple[slice, ...], tuple[slice, ...]] | None:
+def _intersect(a: tuple[slice, ...], b: tuple[slice, ...]) -> tuple[tuple[slice, ...], tuple[slice, ...]] | None:
     """Index slices of the overlap of boxes ``a`` and ``b``, relative to each box."""
     ra, rb = [], []
     for sa, sb in zip(a, b, strict=True):
@@ -645,11 +706,21 @@ def _lesion_draws(rng: np.random.Generator, les: _Lesion) -> tuple[list, list, l
     lobes = [(rng.normal(size=3) * 2.2, rng.uniform(0, 2 * np.pi)) for _ in range(3)]
     # Heterogeneity: several weak waves of random direction and 10-30 mm wavelength sum
     # to a mottled texture (one strong wave would look like stripes).
-    waves = [(_unit(rng.normal(size=3)) * (2 * np.pi / rng.uniform(10.0, 30.0)), rng.uniform(4, 14),
-              rng.uniform(0, 6.3)) for _ in range(5)]
+    waves = [
+        (_unit(rng.normal(size=3)) * (2 * np.pi / rng.uniform(10.0, 30.0)), rng.uniform(4, 14), rng.uniform(0, 6.3))
+        for _ in range(5)
+    ]
     base = rng.uniform(0, np.pi)
-    septa = [(base + j * np.pi / 3 + rng.uniform(-0.25, 0.25), rng.uniform(6.0, 12.0),
-              rng.uniform(0.8, 2.0), rng.uniform(0, 6.3), rng.uniform()) for j in range(3)]
+    septa = [
+        (
+            base + j * np.pi / 3 + rng.uniform(-0.25, 0.25),
+            rng.uniform(6.0, 12.0),
+            rng.uniform(0.8, 2.0),
+            rng.uniform(0, 6.3),
+            rng.uniform(),
+        )
+        for j in range(3)
+    ]
     tubes: list[_Segment] = []
     if les.bronchograms:
         # Air bronchograms: a few branching air tubes through the consolidation.
@@ -683,12 +754,13 @@ def _septal_lines(pv: np.ndarray, pu: np.ndarray, septa: Sequence[tuple], width:
         s = pv * math.sin(ang) + pu * math.cos(ang)
         s = s + amp * np.sin((pv * math.cos(ang) - pu * math.sin(ang)) / 5.0 + ph)
         dist = np.abs(((s / period + off) % 1.0) - 0.5) * period
-        np.maximum(lines, np.exp(-(dist / width) ** 2), out=lines)
+        np.maximum(lines, np.exp(-((dist / width) ** 2)), out=lines)
     return lines
 
 
-def _render_lesion(grid: _Grid, les: _Lesion, rng: np.random.Generator, hu: np.ndarray,
-                   lung: np.ndarray, lesion_mask: np.ndarray) -> None:
+def _render_lesion(
+    grid: _Grid, les: _Lesion, rng: np.random.Generator, hu: np.ndarray, lung: np.ndarray, lesion_mask: np.ndarray
+) -> None:
     """Raise the HU inside the lesion (ground glass keeps vessels visible) and mark it."""
     halo_mm = 6.0 if les.halo_hu is not None else 0.0
     # Half-extent of the oriented, lobulated ellipsoid along each world axis.
@@ -758,9 +830,19 @@ def _render_lesion(grid: _Grid, les: _Lesion, rng: np.random.Generator, hu: np.n
         lesion_mask[csl][kk[inside], jj[inside], ii[inside]] = True
 
 
-def _lung_point(rng: np.random.Generator, body: _Body, grid: _Grid, lung: np.ndarray, side: int,
-                t_range: tuple[float, float], rho_range: tuple[float, float], lower_bias: bool,
-                posterior_bias: bool, an: _Anatomy, tries: int = 40) -> tuple[np.ndarray, np.ndarray] | None:
+def _lung_point(
+    rng: np.random.Generator,
+    body: _Body,
+    grid: _Grid,
+    lung: np.ndarray,
+    side: int,
+    t_range: tuple[float, float],
+    rho_range: tuple[float, float],
+    lower_bias: bool,
+    posterior_bias: bool,
+    an: _Anatomy,
+    tries: int = 40,
+) -> tuple[np.ndarray, np.ndarray] | None:
     """A point inside the given lung (zz, v, u) and the outward in-plane normal there."""
     uc, vc, a0, b0 = body.lung_centres[side - 1]
     sign = -1.0 if side == 1 else 1.0
@@ -773,8 +855,9 @@ def _lung_point(rng: np.random.Generator, body: _Body, grid: _Grid, lung: np.nda
             theta = math.pi - theta  # medial surface is rarely involved: go lateral
         prof = math.sqrt(min(max(tt / 0.3, 0.0), 1.0)) * (0.84 + 0.16 * min(tt / 0.8, 1.0))
         rr = rng.uniform(*rho_range) * prof
-        p = np.array([an.margin_top + tt * an.lung_height, vc + rr * b0 * math.sin(theta),
-                      uc + rr * a0 * math.cos(theta)])
+        p = np.array(
+            [an.margin_top + tt * an.lung_height, vc + rr * b0 * math.sin(theta), uc + rr * a0 * math.cos(theta)]
+        )
         k, j, i = (int(round(x)) for x in grid.index_of(*p))
         if 0 <= k < grid.nz and 0 <= j < grid.ny and 0 <= i < grid.nx and lung[k, j, i]:
             normal = _unit(np.array([0.0, math.sin(theta) / b0, math.cos(theta) / a0]))
@@ -800,8 +883,9 @@ def _generations(vessels: Sequence[_Segment], low: int, high: int) -> list[_Segm
     return [s for s in vessels if low <= s.generation <= high]
 
 
-def _peribronchovascular_point(rng: np.random.Generator, pool: Sequence[_Segment], grid: _Grid,
-                               lung: np.ndarray) -> np.ndarray | None:
+def _peribronchovascular_point(
+    rng: np.random.Generator, pool: Sequence[_Segment], grid: _Grid, lung: np.ndarray
+) -> np.ndarray | None:
     """A point beside one of the ``pool`` vessels (peribronchovascular), in the lung."""
     for _ in range(30):
         if not pool:
@@ -834,13 +918,20 @@ def _covid_lesions(rng, body, grid, lung, an) -> list[_Lesion]:
         axes = np.array([rng.uniform(0.35, 0.6) * tangential, tangential, tangential * rng.uniform(0.8, 1.5)])
         p = p - normal * axes[0] * rng.uniform(0.2, 0.7)  # hug the pleura
         has_core = rng.uniform() < 0.3
-        out.append(_Lesion(
-            centre=p, axes=axes, frame=_frame_from_normal(normal, rng),
-            value_hu=float(rng.uniform(-660, -380)), edge_mm=float(rng.uniform(2.5, 6.0)),
-            irregularity=float(rng.uniform(0.05, 0.16)),
-            paving=float(rng.uniform(120, 260)) if (paving_case and rng.uniform() < 0.8) else 0.0,
-            core_hu=float(rng.uniform(-180, 20)) if has_core else None, halo_hu=None,
-            bronchograms=False))
+        out.append(
+            _Lesion(
+                centre=p,
+                axes=axes,
+                frame=_frame_from_normal(normal, rng),
+                value_hu=float(rng.uniform(-660, -380)),
+                edge_mm=float(rng.uniform(2.5, 6.0)),
+                irregularity=float(rng.uniform(0.05, 0.16)),
+                paving=float(rng.uniform(120, 260)) if (paving_case and rng.uniform() < 0.8) else 0.0,
+                core_hu=float(rng.uniform(-180, 20)) if has_core else None,
+                halo_hu=None,
+                bronchograms=False,
+            )
+        )
     return out
 
 
@@ -856,38 +947,65 @@ def _influenza_lesions(rng, body, grid, lung, an, vessels) -> list[_Lesion]:
             continue
         r = rng.uniform(4.0, 13.0) if rng.uniform() < 0.8 else rng.uniform(12.0, 18.0)
         consolidative = rng.uniform() < 0.35
-        out.append(_Lesion(
-            centre=p, axes=r * rng.uniform(0.7, 1.3, size=3), frame=_random_frame(rng),
-            value_hu=float(rng.uniform(-220, 10) if consolidative else rng.uniform(-560, -300)),
-            edge_mm=float(rng.uniform(1.2, 3.0)), irregularity=float(rng.uniform(0.05, 0.2)),
-            paving=0.0, core_hu=None, halo_hu=None, bronchograms=False))
+        out.append(
+            _Lesion(
+                centre=p,
+                axes=r * rng.uniform(0.7, 1.3, size=3),
+                frame=_random_frame(rng),
+                value_hu=float(rng.uniform(-220, 10) if consolidative else rng.uniform(-560, -300)),
+                edge_mm=float(rng.uniform(1.2, 3.0)),
+                irregularity=float(rng.uniform(0.05, 0.2)),
+                paving=0.0,
+                core_hu=None,
+                halo_hu=None,
+                bronchograms=False,
+            )
+        )
     for _ in range(int(rng.integers(3, 11))):  # small (centrilobular) nodules
         p = _peribronchovascular_point(rng, small, grid, lung)
         if p is None:
             continue
-        out.append(_Lesion(
-            centre=p, axes=np.full(3, rng.uniform(2.0, 5.0)), frame=np.eye(3),
-            value_hu=float(rng.uniform(-120, 40)), edge_mm=1.0, irregularity=0.05,
-            paving=0.0, core_hu=None, halo_hu=None, bronchograms=False))
+        out.append(
+            _Lesion(
+                centre=p,
+                axes=np.full(3, rng.uniform(2.0, 5.0)),
+                frame=np.eye(3),
+                value_hu=float(rng.uniform(-120, 40)),
+                edge_mm=1.0,
+                irregularity=0.05,
+                paving=0.0,
+                core_hu=None,
+                halo_hu=None,
+                bronchograms=False,
+            )
+        )
     if rng.uniform() < 0.3:  # overlap with COVID-19: a few peripheral patches
         for _ in range(int(rng.integers(1, 4))):
-            got = _lung_point(rng, body, grid, lung, int(rng.integers(1, 3)), (0.1, 0.95),
-                              (0.72, 1.0), False, False, an)
+            got = _lung_point(
+                rng, body, grid, lung, int(rng.integers(1, 3)), (0.1, 0.95), (0.72, 1.0), False, False, an
+            )
             if got is None:
                 continue
             p, normal = got
             tang = rng.uniform(8, 20)
-            out.append(_Lesion(
-                centre=p - normal * 3.0, axes=np.array([0.5 * tang, tang, tang]),
-                frame=_frame_from_normal(normal, rng), value_hu=float(rng.uniform(-600, -400)),
-                edge_mm=3.0, irregularity=0.1,
-                paving=float(rng.uniform(80, 180)) if rng.uniform() < 0.15 else 0.0,
-                core_hu=None, halo_hu=None, bronchograms=False))
+            out.append(
+                _Lesion(
+                    centre=p - normal * 3.0,
+                    axes=np.array([0.5 * tang, tang, tang]),
+                    frame=_frame_from_normal(normal, rng),
+                    value_hu=float(rng.uniform(-600, -400)),
+                    edge_mm=3.0,
+                    irregularity=0.1,
+                    paving=float(rng.uniform(80, 180)) if rng.uniform() < 0.15 else 0.0,
+                    core_hu=None,
+                    halo_hu=None,
+                    bronchograms=False,
+                )
+            )
     return out
 
 
-def _cap_lesions(rng, body, grid, lung, an, sides: Sequence[int],
-                 hila: Sequence[np.ndarray]) -> list[_Lesion]:
+def _cap_lesions(rng, body, grid, lung, an, sides: Sequence[int], hila: Sequence[np.ndarray]) -> list[_Lesion]:
     """Lobar (bounded by the oblique fissure) or segmental consolidations, mostly
     one-sided, with air bronchograms and sometimes a ground-glass halo."""
     out = []
@@ -896,8 +1014,9 @@ def _cap_lesions(rng, body, grid, lung, an, sides: Sequence[int],
             lobar = rng.uniform() < 0.5
             lower = rng.uniform() < 0.65
             t_range = (0.55, 0.95) if lower else (0.12, 0.5)
-            got = _lung_point(rng, body, grid, lung, side, t_range,
-                              (0.35, 0.7) if lobar else (0.6, 0.95), False, lower, an)
+            got = _lung_point(
+                rng, body, grid, lung, side, t_range, (0.35, 0.7) if lobar else (0.6, 0.95), False, lower, an
+            )
             if got is None:
                 continue
             p, normal = got
@@ -909,12 +1028,21 @@ def _cap_lesions(rng, body, grid, lung, an, sides: Sequence[int],
                 # lobe lies behind and below it, the upper lobe in front and above.
                 normal = _unit(np.array([1.0, rng.uniform(0.6, 1.3), 0.0]))
                 fissure = (hila[side - 1], normal if lower else -normal)
-            out.append(_Lesion(
-                centre=p, axes=axes, frame=_frame_from_normal(normal, rng),
-                value_hu=float(rng.uniform(-40, 40)), edge_mm=float(rng.uniform(1.0, 2.5)),
-                irregularity=float(rng.uniform(0.08, 0.2)), paving=0.0, core_hu=None,
-                halo_hu=float(rng.uniform(-520, -300)) if rng.uniform() < 0.5 else None,
-                bronchograms=rng.uniform() < 0.85, fissure=fissure))
+            out.append(
+                _Lesion(
+                    centre=p,
+                    axes=axes,
+                    frame=_frame_from_normal(normal, rng),
+                    value_hu=float(rng.uniform(-40, 40)),
+                    edge_mm=float(rng.uniform(1.0, 2.5)),
+                    irregularity=float(rng.uniform(0.08, 0.2)),
+                    paving=0.0,
+                    core_hu=None,
+                    halo_hu=float(rng.uniform(-520, -300)) if rng.uniform() < 0.5 else None,
+                    bronchograms=rng.uniform() < 0.85,
+                    fissure=fissure,
+                )
+            )
     return out
 
 
@@ -954,8 +1082,7 @@ def _check_phantom_args(label: str, seed: int, n_slices: int | None, size_px: in
         raise InvalidInputError(f"size_px must be between 32 and 1024, got {size_px}")
 
 
-def make_phantom(label: str, seed: int, n_slices: int | None = None,
-                 size_px: int | None = None) -> Phantom:
+def make_phantom(label: str, seed: int, n_slices: int | None = None, size_px: int | None = None) -> Phantom:
     """Build a synthetic chest CT of class ``label`` (one of CLASS_NAMES).
 
     ``n_slices`` and ``size_px`` (matrix ``size_px`` x ``size_px``) are drawn from the
@@ -999,8 +1126,14 @@ def make_phantom(label: str, seed: int, n_slices: int | None = None,
         origin_mm=(-fov / 2 + grid.dxy / 2, -fov / 2 + grid.dxy / 2, -float(grid.nz - 1) * grid.dz),
         slice_numbers=tuple(range(1, grid.nz + 1)),
     )
-    return Phantom(volume=volume, lung_mask=lung, lesion_mask=lesion_mask, label=label,
-                   infected_z=tuple(int(z) for z in infected), seed=seed)
+    return Phantom(
+        volume=volume,
+        lung_mask=lung,
+        lesion_mask=lesion_mask,
+        label=label,
+        infected_z=tuple(int(z) for z in infected),
+        seed=seed,
+    )
 
 
 def _grow_trees(seed: int, an: _Anatomy, body: _Body, ref_grid: _Grid, ref_body: _Body) -> _Trees:
@@ -1024,10 +1157,20 @@ def _grow_trees(seed: int, an: _Anatomy, body: _Body, ref_grid: _Grid, ref_body:
         central.append(_Segment(carina, hilum, r_main, r_main * 0.9, 0))
         # Arteries from the hilum, veins from lower down (towards the left atrium).
         vein_root = np.array([zz_hilum + 0.18 * an.lung_height, vc - 0.3 * b0, sign * (an.med_half + 6.0)])
-        arteries = _target_tree(tr, hilum, _lung_targets(tr, ref_grid, ref_body.lung_side, side, VESSEL_TARGETS),
-                                tr.uniform(5.5, 7.5), VESSEL_MIN_RADIUS_MM)
-        veins = _target_tree(tr, vein_root, _lung_targets(tr, ref_grid, ref_body.lung_side, side, VESSEL_TARGETS),
-                             tr.uniform(5.0, 7.0), VESSEL_MIN_RADIUS_MM)
+        arteries = _target_tree(
+            tr,
+            hilum,
+            _lung_targets(tr, ref_grid, ref_body.lung_side, side, VESSEL_TARGETS),
+            tr.uniform(5.5, 7.5),
+            VESSEL_MIN_RADIUS_MM,
+        )
+        veins = _target_tree(
+            tr,
+            vein_root,
+            _lung_targets(tr, ref_grid, ref_body.lung_side, side, VESSEL_TARGETS),
+            tr.uniform(5.0, 7.0),
+            VESSEL_MIN_RADIUS_MM,
+        )
         vessels.extend(arteries)
         vessels.extend(veins)
         for s in arteries:  # bronchi run beside the arteries: shift thick branches sideways
@@ -1040,8 +1183,9 @@ def _grow_trees(seed: int, an: _Anatomy, body: _Body, ref_grid: _Grid, ref_body:
     return _Trees(vessels, airways, central, hila)
 
 
-def _lung_parenchyma_vessels(grid: _Grid, an: _Anatomy, body: _Body, hu: np.ndarray, trees: _Trees,
-                             levels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _lung_parenchyma_vessels(
+    grid: _Grid, an: _Anatomy, body: _Body, hu: np.ndarray, trees: _Trees, levels: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """The lung mask (the lung shapes less the trachea and main bronchi with their wall
     and any effusion below its ``levels``), the parenchyma and the vessels painted in;
     returns (lung mask, effusion mask)."""
@@ -1081,9 +1225,19 @@ def _lung_parenchyma_vessels(grid: _Grid, an: _Anatomy, body: _Body, hu: np.ndar
     return lung, effusion
 
 
-def _infection(label: str, lr: np.random.Generator, grid: _Grid, an: _Anatomy, hu: np.ndarray, lung: np.ndarray,
-               trees: _Trees, cap_sides: list[int], ref_body: _Body, ref_grid: _Grid,
-               ref_lung: np.ndarray) -> np.ndarray:
+def _infection(
+    label: str,
+    lr: np.random.Generator,
+    grid: _Grid,
+    an: _Anatomy,
+    hu: np.ndarray,
+    lung: np.ndarray,
+    trees: _Trees,
+    cap_sides: list[int],
+    ref_body: _Body,
+    ref_grid: _Grid,
+    ref_lung: np.ndarray,
+) -> np.ndarray:
     """The class's lesions painted into ``hu``; returns their mask (a non-pneumonia
     nodule is painted but is not infection, so not in the mask)."""
     lesion_mask = np.zeros(hu.shape, dtype=bool)
@@ -1095,8 +1249,20 @@ def _infection(label: str, lr: np.random.Generator, grid: _Grid, an: _Anatomy, h
             for _ in range(int(lr.integers(1, 5))):
                 p = _peribronchovascular_point(lr, pool, ref_grid, ref_lung)
                 if p is not None:
-                    lesions.append(_Lesion(p, np.full(3, lr.uniform(4.0, 10.0)), _random_frame(lr),
-                                           float(lr.uniform(-560, -320)), 2.0, 0.1, 0.0, None, None, False))
+                    lesions.append(
+                        _Lesion(
+                            p,
+                            np.full(3, lr.uniform(4.0, 10.0)),
+                            _random_frame(lr),
+                            float(lr.uniform(-560, -320)),
+                            2.0,
+                            0.1,
+                            0.0,
+                            None,
+                            None,
+                            False,
+                        )
+                    )
     elif label == "influenza":
         lesions = _influenza_lesions(lr, ref_body, ref_grid, ref_lung, an, trees.vessels)
     elif label == "cap":
@@ -1105,11 +1271,22 @@ def _infection(label: str, lr: np.random.Generator, grid: _Grid, an: _Anatomy, h
         _render_lesion(grid, les, lr, hu, lung, lesion_mask)
     if label == "non_pneumonia" and lr.uniform() < 0.35:
         # One small solid nodule: not infection, so not in the lesion mask.
-        point = _lung_point(lr, ref_body, ref_grid, ref_lung, int(lr.integers(1, 3)), (0.1, 0.9), (0.2, 0.9), False,
-                            False, an)
+        point = _lung_point(
+            lr, ref_body, ref_grid, ref_lung, int(lr.integers(1, 3)), (0.1, 0.9), (0.2, 0.9), False, False, an
+        )
         if point is not None:
-            nod = _Lesion(point[0], np.full(3, lr.uniform(2.5, 5.0)), np.eye(3), float(lr.uniform(20, 60)),
-                          1.0, 0.05, 0.0, None, None, False)
+            nod = _Lesion(
+                point[0],
+                np.full(3, lr.uniform(2.5, 5.0)),
+                np.eye(3),
+                float(lr.uniform(20, 60)),
+                1.0,
+                0.05,
+                0.0,
+                None,
+                None,
+                False,
+            )
             _render_lesion(grid, nod, lr, hu, lung, np.zeros(hu.shape, dtype=bool))
     return lesion_mask
 
@@ -1175,8 +1352,9 @@ def _noise_bank(rng: np.random.Generator, ny: int, nx: int, count: int = 6) -> n
     return bank.astype(np.float32)
 
 
-def phantom_grid(seed: int, n_slices: int | None = None, size_px: int | None = None
-                 ) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
+def phantom_grid(
+    seed: int, n_slices: int | None = None, size_px: int | None = None
+) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
     """Shape (z, y, x) and spacing_mm (z, y, x) that ``make_phantom`` would use, cheaply.
 
     The grid depends on the seed only (not the label); None means drawn from the seed.
@@ -1186,8 +1364,9 @@ def phantom_grid(seed: int, n_slices: int | None = None, size_px: int | None = N
     return (grid.nz, grid.ny, grid.nx), (float(grid.dz), float(grid.dxy), float(grid.dxy))
 
 
-def phantom_cohort(count: int, seed: int, mix: Sequence[float] = (1, 1, 1, 1),
-                   cases_per_patient: int = 1) -> Iterator[CohortCase]:
+def phantom_cohort(
+    count: int, seed: int, mix: Sequence[float] = (1, 1, 1, 1), cases_per_patient: int = 1
+) -> Iterator[CohortCase]:
     """Yield ``count`` cases (case_id, label, seed) of a synthetic cohort, deterministically.
 
     ``mix`` weighs CLASS_NAMES (in order); class counts follow it by largest remainder.
@@ -1199,7 +1378,8 @@ def phantom_cohort(count: int, seed: int, mix: Sequence[float] = (1, 1, 1, 1),
         raise InvalidInputError(f"phantom cohort count must be >= 0, got {count}")
     if len(mix) != len(CLASS_NAMES) or any(m < 0 for m in mix) or sum(mix) <= 0:
         raise InvalidInputError(
-            f"phantom mix must be {len(CLASS_NAMES)} non-negative weights for {CLASS_NAMES}, got {tuple(mix)}")
+            f"phantom mix must be {len(CLASS_NAMES)} non-negative weights for {CLASS_NAMES}, got {tuple(mix)}"
+        )
     if cases_per_patient < 1:
         raise InvalidInputError(f"cases_per_patient must be >= 1, got {cases_per_patient}")
     n_patients = -(-count // cases_per_patient)

@@ -41,8 +41,9 @@ _REDUNDANT = {"glcm": {"SumAverage"}}
 _MIN_BOXES_FOR_FIT = 2
 
 
-def compute_phenotype(volume: CTVolume, lung_mask: LungMask, attention: Sequence[AttentionMap],
-                      params: ChainParams) -> Phenotype | None:
+def compute_phenotype(
+    volume: CTVolume, lung_mask: LungMask, attention: Sequence[AttentionMap], params: ChainParams
+) -> Phenotype | None:
     """Phenotype of the case's attentional regions; None when there are none."""
     slices = [a for a in attention if a.regions.any()]
     if not slices:
@@ -73,11 +74,16 @@ def compute_phenotype(volume: CTVolume, lung_mask: LungMask, attention: Sequence
 
 # ------------------------------------------------------------------------- radiomics
 
-def radiomics_features(hu_slice: np.ndarray, region: np.ndarray, spacing_yx: tuple[float, float],
-                       params: ChainParams) -> dict[str, float]:
+
+def radiomics_features(
+    hu_slice: np.ndarray, region: np.ndarray, spacing_yx: tuple[float, float], params: ChainParams
+) -> dict[str, float]:
     """2-D radiomics features of ``hu_slice`` inside ``region`` (name -> value)."""
-    extractor = _extractor(float(params.radiomics_bin_width), tuple(float(s) for s in params.radiomics_log_sigma_mm),
-                           bool(params.radiomics_wavelet))
+    extractor = _extractor(
+        float(params.radiomics_bin_width),
+        tuple(float(s) for s in params.radiomics_log_sigma_mm),
+        bool(params.radiomics_wavelet),
+    )
     if extractor is None:
         return first_order_numpy(np.asarray(hu_slice)[np.asarray(region, dtype=bool)])
     import SimpleITK as sitk
@@ -107,7 +113,8 @@ def _extractor(bin_width: float, log_sigma_mm: tuple[float, ...], wavelet: bool)
     except ImportError:
         return None
     ext = featureextractor.RadiomicsFeatureExtractor(
-        binWidth=bin_width, force2D=True, force2Ddimension=0, additionalInfo=False)
+        binWidth=bin_width, force2D=True, force2Ddimension=0, additionalInfo=False
+    )
     ext.disableAllImageTypes()
     ext.enableImageTypeByName("Original")
     if log_sigma_mm:
@@ -116,11 +123,16 @@ def _extractor(bin_width: float, log_sigma_mm: tuple[float, ...], wavelet: bool)
         ext.enableImageTypeByName("Wavelet")
     ext.disableAllFeatures()
     classes = radiomics.getFeatureClasses()
-    ext.enableFeaturesByName(**{
-        c: [name for name, deprecated in classes[c].getFeatureNames().items()
-            if not deprecated and name not in _REDUNDANT.get(c, ())]
-        for c in FEATURE_CLASSES
-    })
+    ext.enableFeaturesByName(
+        **{
+            c: [
+                name
+                for name, deprecated in classes[c].getFeatureNames().items()
+                if not deprecated and name not in _REDUNDANT.get(c, ())
+            ]
+            for c in FEATURE_CLASSES
+        }
+    )
     return ext
 
 
@@ -141,15 +153,16 @@ def first_order_numpy(values: np.ndarray) -> dict[str, float]:
         "original_firstorder_Maximum": float(v.max()),
         "original_firstorder_10Percentile": float(np.percentile(v, 10)),
         "original_firstorder_90Percentile": float(np.percentile(v, 90)),
-        "original_firstorder_Variance": std ** 2,
-        "original_firstorder_Skewness": float((centred ** 3).mean() / std ** 3) if std > 0 else 0.0,
-        "original_firstorder_Kurtosis": float((centred ** 4).mean() / std ** 4) if std > 0 else 0.0,
+        "original_firstorder_Variance": std**2,
+        "original_firstorder_Skewness": float((centred**3).mean() / std**3) if std > 0 else 0.0,
+        "original_firstorder_Kurtosis": float((centred**4).mean() / std**4) if std > 0 else 0.0,
         "original_firstorder_Entropy": float(-(p * np.log2(p)).sum()),
-        "original_firstorder_Energy": float((v ** 2).sum()),
+        "original_firstorder_Energy": float((v**2).sum()),
     }
 
 
 # ------------------------------------------------------------------------ shape
+
 
 def pleura_distances_mm(regions: np.ndarray, lung_slice: np.ndarray, spacing_yx: tuple[float, float]) -> list[float]:
     """Distance (mm) from each region component's centroid to the nearest non-lung pixel."""
@@ -184,17 +197,17 @@ def fractal_dimension(points: np.ndarray) -> float:
         return float("nan")
     rows = np.flatnonzero(p.any(axis=1))
     cols = np.flatnonzero(p.any(axis=0))
-    p = p[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    p = p[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
     # Boxes larger than a quarter of the shape all touch it and flatten the slope.
     extent = max(p.shape) // 4
-    sizes = [2 ** k for k in range(0, int(np.log2(extent)) + 1)] if extent >= 2 else []
+    sizes = [2**k for k in range(0, int(np.log2(extent)) + 1)] if extent >= 2 else []
     if len(sizes) < _MIN_BOXES_FOR_FIT:
         return float("nan")
     counts = []
     for s in sizes:
         ny, nx = -(-p.shape[0] // s), -(-p.shape[1] // s)
         padded = np.zeros((ny * s, nx * s), dtype=bool)
-        padded[:p.shape[0], :p.shape[1]] = p
+        padded[: p.shape[0], : p.shape[1]] = p
         counts.append(int(padded.reshape(ny, s, nx, s).any(axis=(1, 3)).sum()))
     log_inv_size = np.log(1.0 / np.asarray(sizes, dtype=np.float64))
     slope = np.polyfit(log_inv_size, np.log(np.asarray(counts, dtype=np.float64)), 1)[0]

@@ -41,12 +41,23 @@ def _save(fig: plt.Figure, path: Path) -> None:
 
 
 def _no_data(ax: plt.Axes, what: str) -> None:
-    ax.text(0.5, 0.5, f"no {what}: a class is missing from these cases",
-            ha="center", va="center", transform=ax.transAxes, fontsize=9)
+    ax.text(
+        0.5,
+        0.5,
+        f"no {what}: a class is missing from these cases",
+        ha="center",
+        va="center",
+        transform=ax.transAxes,
+        fontsize=9,
+    )
 
 
-def plot_roc(curves: Mapping[str, tuple[np.ndarray, np.ndarray, float]], path: Path, title: str,
-             points: Sequence[tuple[str, float, float]] = ()) -> None:
+def plot_roc(
+    curves: Mapping[str, tuple[np.ndarray, np.ndarray, float]],
+    path: Path,
+    title: str,
+    points: Sequence[tuple[str, float, float]] = (),
+) -> None:
     """ROC curves {name: (fpr, tpr, auc)}, plus operating points (name, 1-spec, sens)
     such as the readers' of the reader study."""
     fig, ax = plt.subplots(figsize=FIG_SIZE)
@@ -59,8 +70,13 @@ def plot_roc(curves: Mapping[str, tuple[np.ndarray, np.ndarray, float]], path: P
     if not curves and not points:
         _no_data(ax, "ROC curve")
     ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
-    ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), xlabel="1 - specificity (false positive rate)",
-           ylabel="sensitivity (true positive rate)", title=title)
+    ax.set(
+        xlim=(-0.01, 1.01),
+        ylim=(-0.01, 1.01),
+        xlabel="1 - specificity (false positive rate)",
+        ylabel="sensitivity (true positive rate)",
+        title=title,
+    )
     if curves or points:
         ax.legend(loc="lower right", fontsize=8)
     _save(fig, path)
@@ -72,7 +88,7 @@ def plot_pr(curves: Mapping[str, tuple[np.ndarray, np.ndarray, float, float]], p
     fig, ax = plt.subplots(figsize=FIG_SIZE)
     for name, (recall, precision, prevalence, ap) in curves.items():
         # precision[k] holds for recalls in (recall[k-1], recall[k]]: a "pre" step
-        line, = ax.step(recall, precision, where="pre", lw=1.6, label=f"{name} (AP {ap:.3f})")
+        (line,) = ax.step(recall, precision, where="pre", lw=1.6, label=f"{name} (AP {ap:.3f})")
         ax.axhline(prevalence, color=line.get_color(), lw=0.7, ls=":")
     if not curves:
         _no_data(ax, "precision-recall curve")
@@ -91,16 +107,23 @@ def plot_confusion(counts: np.ndarray, labels: Sequence[str], path: Path) -> Non
     top = counts.max() if counts.size else 0
     for i in range(counts.shape[0]):
         for j in range(counts.shape[1]):
-            ax.text(j, i, str(int(counts[i, j])), ha="center", va="center",
-                    color="white" if top and counts[i, j] > top / 2 else "black")
+            ax.text(
+                j,
+                i,
+                str(int(counts[i, j])),
+                ha="center",
+                va="center",
+                color="white" if top and counts[i, j] > top / 2 else "black",
+            )
     ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
     ax.set_yticks(range(len(labels)), labels)
     ax.set(xlabel="predicted", ylabel="truth", title="Confusion matrix (multi-way label)")
     _save(fig, path)
 
 
-def plot_decision_curve(thresholds: np.ndarray, model: np.ndarray, treat_all: np.ndarray, path: Path,
-                        title: str) -> None:
+def plot_decision_curve(
+    thresholds: np.ndarray, model: np.ndarray, treat_all: np.ndarray, path: Path, title: str
+) -> None:
     """Net benefit against threshold probability: the model, treat-all and treat-none."""
     fig, ax = plt.subplots(figsize=FIG_SIZE)
     ax.plot(thresholds, model, lw=1.8, label="AI model")
@@ -108,8 +131,13 @@ def plot_decision_curve(thresholds: np.ndarray, model: np.ndarray, treat_all: np
     ax.plot(thresholds, np.zeros_like(thresholds), lw=1.0, color="black", ls="--", label="treat none")
     finite = np.concatenate([model[np.isfinite(model)], [0.0]])
     top = max(float(finite.max()), float(np.nanmax(treat_all[:1])) if treat_all.size else 0.0, 0.05)
-    ax.set(xlim=(0, 1), ylim=(-0.05 - 0.1 * top, top * 1.15), xlabel="threshold probability",
-           ylabel="net benefit", title=title)
+    ax.set(
+        xlim=(0, 1),
+        ylim=(-0.05 - 0.1 * top, top * 1.15),
+        xlabel="threshold probability",
+        ylabel="net benefit",
+        title=title,
+    )
     ax.legend(loc="upper right", fontsize=8)
     _save(fig, path)
 
@@ -131,9 +159,14 @@ def plot_tsne(embedding: np.ndarray, truth: Sequence[str], class_names: Sequence
 
 # -- an evaluation's set of plots ------------------------------------------------------------
 
-def make_plots(records: Sequence[CaseRecord], metrics: Mapping[str, Any], out_dir: Path,
-               eval_params: EvalParams = EvalParams(),
-               threshold: float = 0.5) -> dict[str, str]:
+
+def make_plots(
+    records: Sequence[CaseRecord],
+    metrics: Mapping[str, Any],
+    out_dir: Path,
+    eval_params: EvalParams = EvalParams(),
+    threshold: float = 0.5,
+) -> dict[str, str]:
     """Write every PNG plot; returns {what: file name} for the report."""
     from .evaluate import case_arrays
 
@@ -158,8 +191,7 @@ def _class_rocs(onehot: np.ndarray, labels: np.ndarray, probs: np.ndarray, out_d
         if 0 < onehot[:, i].sum() < len(labels):
             curves[c] = (*M.roc_curve_points(onehot[:, i], probs[:, i]), M.roc_auc(onehot[:, i], probs[:, i]))
     if 0 < onehot.sum() < onehot.size:
-        curves["micro-average"] = (*M.roc_curve_points(onehot.ravel(), probs.ravel()),
-                                   M.micro_auc(labels, probs))
+        curves["micro-average"] = (*M.roc_curve_points(onehot.ravel(), probs.ravel()), M.micro_auc(labels, probs))
     plot_roc(curves, out_dir / "roc.png", "ROC, one-vs-rest per class and micro-average")
     return {"roc": "roc.png"}
 
@@ -195,24 +227,31 @@ def _reader_cohort_curve(records: Sequence[CaseRecord], rc: Mapping[str, Any]) -
     return {}
 
 
-def _covid_rocs(records: Sequence[CaseRecord], metrics: Mapping[str, Any], onehot: np.ndarray, probs: np.ndarray,
-                out_dir: Path) -> dict[str, str]:
+def _covid_rocs(
+    records: Sequence[CaseRecord], metrics: Mapping[str, Any], onehot: np.ndarray, probs: np.ndarray, out_dir: Path
+) -> dict[str, str]:
     """COVID-19 ROC, with the readers' operating points (Fig. 2f-h of the paper) and the
     AI's curve on the reader cohort, for the task the readers read."""
     files: dict[str, str] = {}
     ci = CLASS_NAMES.index("covid19")
     covid_curves: Curves = {}
     if 0 < onehot[:, ci].sum() < len(records):
-        covid_curves["AI, all cases (p_covid19)"] = (*M.roc_curve_points(onehot[:, ci], probs[:, ci]),
-                                                    M.roc_auc(onehot[:, ci], probs[:, ci]))
+        covid_curves["AI, all cases (p_covid19)"] = (
+            *M.roc_curve_points(onehot[:, ci], probs[:, ci]),
+            M.roc_auc(onehot[:, ci], probs[:, ci]),
+        )
     rc = metrics.get("readers")
     reader_curves, points = (_reader_cohort_curve(records, rc) if rc else {}), _readers_points(metrics)
     if rc and rc["positive_class"] != "covid19":
         plot_roc(reader_curves, out_dir / "roc_readers.png", f"ROC with readers: {rc['task']}", points=points)
         files["roc_readers"] = "roc_readers.png"
         reader_curves, points = {}, []
-    plot_roc({**covid_curves, **reader_curves}, out_dir / "roc_covid19.png",
-             "COVID-19 ROC" + (" with readers" if points else ""), points=points)
+    plot_roc(
+        {**covid_curves, **reader_curves},
+        out_dir / "roc_covid19.png",
+        "COVID-19 ROC" + (" with readers" if points else ""),
+        points=points,
+    )
     files["roc_covid19"] = "roc_covid19.png"
     return files
 
@@ -239,8 +278,9 @@ def _precision_recall(onehot: np.ndarray, probs: np.ndarray, out_dir: Path) -> d
     return {"pr": "pr.png"}
 
 
-def _decision_curves(onehot: np.ndarray, labels: np.ndarray, probs: np.ndarray, tasks: np.ndarray,
-                     eval_params: EvalParams, out_dir: Path) -> dict[str, str]:
+def _decision_curves(
+    onehot: np.ndarray, labels: np.ndarray, probs: np.ndarray, tasks: np.ndarray, eval_params: EvalParams, out_dir: Path
+) -> dict[str, str]:
     from .evaluate import task_cohort
 
     files: dict[str, str] = {}
@@ -253,8 +293,13 @@ def _decision_curves(onehot: np.ndarray, labels: np.ndarray, probs: np.ndarray, 
             dca[task] = (y, tasks[idx, t_i])
     for name, (y, s) in dca.items():
         fname = f"decision_curve_{name}.png"
-        plot_decision_curve(thr, M.net_benefit(y, s, thr), M.net_benefit_treat_all(y, thr),
-                            out_dir / fname, f"Decision curve: {name} (n={len(y)})")
+        plot_decision_curve(
+            thr,
+            M.net_benefit(y, s, thr),
+            M.net_benefit_treat_all(y, thr),
+            out_dir / fname,
+            f"Decision curve: {name} (n={len(y)})",
+        )
         files[f"decision_curve_{name}"] = fname
     return files
 
@@ -266,8 +311,7 @@ def _tsne(records: Sequence[CaseRecord], eval_params: EvalParams, out_dir: Path)
     if len(have) != len(records):
         return {}
     features = np.stack(given_arrays((r.features for r in records), "t-SNE"))
-    emb = tsne_embedding(features, eval_params.seed, eval_params.tsne_max_perplexity,
-                         eval_params.tsne_exact_max_cases)
+    emb = tsne_embedding(features, eval_params.seed, eval_params.tsne_max_perplexity, eval_params.tsne_exact_max_cases)
     if emb is None:
         return {}
     plot_tsne(emb, [r.truth for r in records], CLASS_NAMES, out_dir / "tsne.png")
@@ -284,6 +328,9 @@ def _locating_roc(records: Sequence[CaseRecord], out_dir: Path) -> dict[str, str
     s = np.concatenate(given_arrays((r.slice_scores for r in loc), "slice scores"))
     if not 0 < y.sum() < y.size:
         return {}
-    plot_roc({"infected slices": (*M.roc_curve_points(y, s), M.roc_auc(y, s))},
-             out_dir / "roc_locating.png", "COVID-infectious slice locating (COVID-19 cases)")
+    plot_roc(
+        {"infected slices": (*M.roc_curve_points(y, s), M.roc_auc(y, s))},
+        out_dir / "roc_locating.png",
+        "COVID-infectious slice locating (COVID-19 cases)",
+    )
     return {"roc_locating": "roc_locating.png"}

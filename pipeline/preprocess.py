@@ -59,6 +59,7 @@ class Box(NamedTuple):
 
 # --------------------------------------------------------------------------- HU values
 
+
 def normalize_hu(hu: np.ndarray, window: tuple[float, float]) -> np.ndarray:
     """Clip HU to ``window`` = (low, high) and map it linearly to [0, 1] (float32)."""
     lo, hi = float(window[0]), float(window[1])
@@ -72,10 +73,11 @@ def normalize_hu(hu: np.ndarray, window: tuple[float, float]) -> np.ndarray:
 
 # --------------------------------------------------------------------- slice selection
 
+
 def min_lung_pixels_for(shape_yx: tuple[int, int], params: ChainParams) -> float:
     """``params.min_lung_pixels`` scaled from a 512 x 512 slice to this slice's area."""
     ny, nx = int(shape_yx[0]), int(shape_yx[1])
-    return params.min_lung_pixels * (ny * nx) / float(REFERENCE_MATRIX_PX ** 2)
+    return params.min_lung_pixels * (ny * nx) / float(REFERENCE_MATRIX_PX**2)
 
 
 def lung_pixel_counts(mask: np.ndarray) -> np.ndarray:
@@ -112,6 +114,7 @@ def sample_slices(z_indices: Sequence[int] | np.ndarray, max_slices: int) -> np.
 
 
 # ----------------------------------------------------------------- crop to the lung box
+
 
 def lung_box(mask_slice: np.ndarray) -> Box:
     """Bounding box of the lung pixels of one y/x slice; the whole slice if it has none."""
@@ -177,7 +180,7 @@ def resize_batch(images: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
 
 def crop_resize(image: np.ndarray, box: Box, size: int) -> np.ndarray:
     """Crop one y/x slice to ``box`` and resize it to ``size`` x ``size`` (float32)."""
-    crop = np.asarray(image, dtype=np.float32)[box.y0:box.y1, box.x0:box.x1]
+    crop = np.asarray(image, dtype=np.float32)[box.y0 : box.y1, box.x0 : box.x1]
     return resize_batch(crop[None], size)[0]
 
 
@@ -188,12 +191,14 @@ def uncrop(image: np.ndarray, box: Box, shape_yx: tuple[int, int], fill: float =
     pixels outside the box get ``fill``.
     """
     out = np.full(tuple(int(s) for s in shape_yx), fill, dtype=np.float32)
-    out[box.y0:box.y1, box.x0:box.x1] = resize_batch(np.asarray(image, dtype=np.float32)[None],
-                                                     (box.height, box.width))[0]
+    out[box.y0 : box.y1, box.x0 : box.x1] = resize_batch(
+        np.asarray(image, dtype=np.float32)[None], (box.height, box.width)
+    )[0]
     return out
 
 
 # ------------------------------------------------------------------- classifier input
+
 
 def crop_pair(hu_slice: np.ndarray, mask_slice: np.ndarray, size: int, box: Box | None = None) -> np.ndarray:
     """(2, S, S) float32: HU and soft lung mask of one slice, cropped to ``box`` (default:
@@ -202,12 +207,18 @@ def crop_pair(hu_slice: np.ndarray, mask_slice: np.ndarray, size: int, box: Box 
     hu_slice = np.asarray(hu_slice)
     mask_slice = np.asarray(mask_slice)
     if hu_slice.ndim != 2 or hu_slice.shape != mask_slice.shape:
-        raise InvalidInputError(f"classifier_input needs a 2-D HU slice and a mask of the same shape, "
-                                f"got {hu_slice.shape} and {mask_slice.shape}")
+        raise InvalidInputError(
+            f"classifier_input needs a 2-D HU slice and a mask of the same shape, "
+            f"got {hu_slice.shape} and {mask_slice.shape}"
+        )
     if box is None:
         box = lung_box(mask_slice)
-    both = np.stack([hu_slice[box.y0:box.y1, box.x0:box.x1].astype(np.float32),
-                     mask_slice[box.y0:box.y1, box.x0:box.x1].astype(np.float32)])
+    both = np.stack(
+        [
+            hu_slice[box.y0 : box.y1, box.x0 : box.x1].astype(np.float32),
+            mask_slice[box.y0 : box.y1, box.x0 : box.x1].astype(np.float32),
+        ]
+    )
     out = resize_batch(both, size)
     np.clip(out[1], 0.0, 1.0, out=out[1])
     return out
@@ -234,8 +245,9 @@ def lung_channels(pairs, params: ChainParams):
     return torch.stack([mask, *out], dim=1)
 
 
-def classifier_input(hu_slice: np.ndarray, mask_slice: np.ndarray, params: ChainParams,
-                     box: Box | None = None) -> np.ndarray:
+def classifier_input(
+    hu_slice: np.ndarray, mask_slice: np.ndarray, params: ChainParams, box: Box | None = None
+) -> np.ndarray:
     """The (3, S, S) float32 input of one slice (``crop_pair`` then ``lung_channels``).
 
     ``box`` defaults to the slice's lung bounding box. S = ``params.input_size``.
@@ -243,8 +255,9 @@ def classifier_input(hu_slice: np.ndarray, mask_slice: np.ndarray, params: Chain
     return lung_channels(crop_pair(hu_slice, mask_slice, params.input_size, box)[None], params)[0]
 
 
-def pair_batch(volume: np.ndarray | CTVolume, lung_mask: np.ndarray | LungMask,
-               z_indices: Sequence[int] | np.ndarray, size: int) -> np.ndarray:
+def pair_batch(
+    volume: np.ndarray | CTVolume, lung_mask: np.ndarray | LungMask, z_indices: Sequence[int] | np.ndarray, size: int
+) -> np.ndarray:
     """``crop_pair`` of the listed slices: (n, 2, S, S) float32, in z_indices order."""
     hu = _hu_array(volume)
     mask = _mask_array(lung_mask)
@@ -259,13 +272,18 @@ def pair_batch(volume: np.ndarray | CTVolume, lung_mask: np.ndarray | LungMask,
     return out
 
 
-def classifier_batch(volume: np.ndarray | CTVolume, lung_mask: np.ndarray | LungMask,
-                     z_indices: Sequence[int] | np.ndarray, params: ChainParams) -> np.ndarray:
+def classifier_batch(
+    volume: np.ndarray | CTVolume,
+    lung_mask: np.ndarray | LungMask,
+    z_indices: Sequence[int] | np.ndarray,
+    params: ChainParams,
+) -> np.ndarray:
     """Classifier input of the listed slices: (n, 3, S, S) float32, in z_indices order."""
     return lung_channels(pair_batch(volume, lung_mask, z_indices, params.input_size), params)
 
 
 # ------------------------------------------------------------------------ lung U-Net
+
 
 def _torch_resize(stack: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Whole-volume resize in torch (one large call, where its threads pay off): integer
@@ -299,8 +317,9 @@ def unet_batch(hu: np.ndarray, params: ChainParams) -> np.ndarray:
     return normalize_hu(small, (lo, hi))[:, None]
 
 
-def upsample_mask(foreground_prob: np.ndarray, shape_yx: tuple[int, int], threshold: float = 0.5,
-                  chunk: int = 32) -> np.ndarray:
+def upsample_mask(
+    foreground_prob: np.ndarray, shape_yx: tuple[int, int], threshold: float = 0.5, chunk: int = 32
+) -> np.ndarray:
     """Resize (n, U, U) foreground probabilities to (n, y, x) and threshold them (bool).
 
     Interpolating the probability and thresholding afterwards gives smoother lung edges
@@ -313,11 +332,12 @@ def upsample_mask(foreground_prob: np.ndarray, shape_yx: tuple[int, int], thresh
     size = (int(shape_yx[0]), int(shape_yx[1]))
     out = np.empty((prob.shape[0], *size), dtype=bool)
     for start in range(0, prob.shape[0], max(1, int(chunk))):
-        out[start:start + chunk] = _torch_resize(prob[start:start + chunk], size) > threshold
+        out[start : start + chunk] = _torch_resize(prob[start : start + chunk], size) > threshold
     return out
 
 
 # --------------------------------------------------------------------------- helpers
+
 
 def _hu_array(volume: np.ndarray | CTVolume) -> np.ndarray:
     hu = volume.hu if isinstance(volume, CTVolume) else np.asarray(volume)

@@ -27,8 +27,11 @@ from .types import InvalidInputError, Involvement, Severity
 #: Lobe labels of a lobe map (0 = not lung), in the order reports list them.
 LOBES: tuple[str, ...] = ("right_upper", "right_middle", "right_lower", "left_upper", "left_lower")
 LOBE_TITLES: dict[str, str] = {
-    "right_upper": "Right upper lobe", "right_middle": "Right middle lobe", "right_lower": "Right lower lobe",
-    "left_upper": "Left upper lobe", "left_lower": "Left lower lobe",
+    "right_upper": "Right upper lobe",
+    "right_middle": "Right middle lobe",
+    "right_lower": "Right lower lobe",
+    "left_upper": "Left upper lobe",
+    "left_lower": "Left lower lobe",
 }
 #: Lobe score bands (percent): under 5 scores 1; up to 25, 50, 75 (inclusive) 2, 3, 4; above: 5.
 LOBE_SCORE_BOUNDS: tuple[float, ...] = (5.0, 25.0, 50.0, 75.0)
@@ -57,8 +60,16 @@ def mosmed_grade(percent: float) -> int:
     return 1 + sum(percent >= b for b in MOSMED_GRADE_BOUNDS)
 
 
-def _region(name: str, region: np.ndarray, lesion: np.ndarray, hu: np.ndarray | None, voxel_ml: float,
-            consolidation_hu: float, min_involved_ml: float, lobe: bool) -> Involvement:
+def _region(
+    name: str,
+    region: np.ndarray,
+    lesion: np.ndarray,
+    hu: np.ndarray | None,
+    voxel_ml: float,
+    consolidation_hu: float,
+    min_involved_ml: float,
+    lobe: bool,
+) -> Involvement:
     n = int(np.count_nonzero(region))
     inside = lesion & region
     n_lesion = int(np.count_nonzero(inside))
@@ -68,14 +79,26 @@ def _region(name: str, region: np.ndarray, lesion: np.ndarray, hu: np.ndarray | 
         n_dense = int(np.count_nonzero(hu[inside] >= consolidation_hu)) if hu is not None else 0
     percent = 100.0 * n_lesion / n if n else 0.0
     ggo = (n_lesion - n_dense) * voxel_ml if hu is not None else 0.0
-    return Involvement(name=name, volume_ml=n * voxel_ml, lesion_ml=n_lesion * voxel_ml, ggo_ml=ggo,
-                       consolidation_ml=n_dense * voxel_ml, involvement_percent=min(100.0, percent),
-                       score=lobe_score(percent) if lobe else mosmed_grade(percent))
+    return Involvement(
+        name=name,
+        volume_ml=n * voxel_ml,
+        lesion_ml=n_lesion * voxel_ml,
+        ggo_ml=ggo,
+        consolidation_ml=n_dense * voxel_ml,
+        involvement_percent=min(100.0, percent),
+        score=lobe_score(percent) if lobe else mosmed_grade(percent),
+    )
 
 
-def quantify_severity(lung: np.ndarray, lesion: np.ndarray, voxel_ml: float, hu: np.ndarray | None = None,
-                      lobes: np.ndarray | None = None, consolidation_hu: float = -300.0,
-                      min_involved_ml: float = 0.1) -> Severity:
+def quantify_severity(
+    lung: np.ndarray,
+    lesion: np.ndarray,
+    voxel_ml: float,
+    hu: np.ndarray | None = None,
+    lobes: np.ndarray | None = None,
+    consolidation_hu: float = -300.0,
+    min_involved_ml: float = 0.1,
+) -> Severity:
     """Severity of ``lesion`` (bool z/y/x) in ``lung`` (bool), with ``lobes`` (int labels
     1-5 in LOBES order, 0 elsewhere) when a lobe map exists; ``hu`` splits ground glass
     from consolidation (without it both are reported as 0 ml).
@@ -99,8 +122,10 @@ def quantify_severity(lung: np.ndarray, lesion: np.ndarray, voxel_ml: float, hu:
     labels = set(np.unique(lobes).tolist()) - {0}
     if not labels <= set(range(1, len(LOBES) + 1)):
         raise SeverityError(f"lobe labels must be 1-{len(LOBES)}, got {sorted(labels)}")
-    parts = tuple(_region(name, (lobes == i) & lung, lesion, hu, voxel_ml, consolidation_hu, min_involved_ml,
-                          lobe=True)
-                  for i, name in enumerate(LOBES, start=1) if np.any((lobes == i) & lung))
+    parts = tuple(
+        _region(name, (lobes == i) & lung, lesion, hu, voxel_ml, consolidation_hu, min_involved_ml, lobe=True)
+        for i, name in enumerate(LOBES, start=1)
+        if np.any((lobes == i) & lung)
+    )
     total = sum(p.score for p in parts) if len(parts) == len(LOBES) else None
     return Severity(lungs=whole, lobes=parts, ct_severity_score=total, consolidation_hu=consolidation_hu)

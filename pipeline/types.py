@@ -69,17 +69,24 @@ class CTVolume:
     slice_numbers: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
-        _require(isinstance(self.hu, np.ndarray) and self.hu.ndim == 3,
-                 f"CTVolume.hu must be a 3-D array (z, y, x), got {getattr(self.hu, 'shape', type(self.hu))}")
+        _require(
+            isinstance(self.hu, np.ndarray) and self.hu.ndim == 3,
+            f"CTVolume.hu must be a 3-D array (z, y, x), got {getattr(self.hu, 'shape', type(self.hu))}",
+        )
         _require(self.hu.dtype == np.float32, f"CTVolume.hu must be float32, got {self.hu.dtype}")
-        _require(len(self.spacing_mm) == 3 and all(s > 0 for s in self.spacing_mm),
-                 f"CTVolume.spacing_mm must be three positive numbers, got {self.spacing_mm}")
+        _require(
+            len(self.spacing_mm) == 3 and all(s > 0 for s in self.spacing_mm),
+            f"CTVolume.spacing_mm must be three positive numbers, got {self.spacing_mm}",
+        )
         _require(len(self.direction) == 9, "CTVolume.direction must have 9 values")
         nz = self.hu.shape[0]
-        _require(len(self.slice_uids) in (0, nz),
-                 f"CTVolume.slice_uids has {len(self.slice_uids)} entries for {nz} slices")
-        _require(len(self.slice_numbers) in (0, nz),
-                 f"CTVolume.slice_numbers has {len(self.slice_numbers)} entries for {nz} slices")
+        _require(
+            len(self.slice_uids) in (0, nz), f"CTVolume.slice_uids has {len(self.slice_uids)} entries for {nz} slices"
+        )
+        _require(
+            len(self.slice_numbers) in (0, nz),
+            f"CTVolume.slice_numbers has {len(self.slice_numbers)} entries for {nz} slices",
+        )
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -108,12 +115,16 @@ class LungMask:
     lesion: np.ndarray | None = None
 
     def __post_init__(self) -> None:
-        _require(isinstance(self.mask, np.ndarray) and self.mask.ndim == 3 and self.mask.dtype == bool,
-                 "LungMask.mask must be a 3-D bool array")
+        _require(
+            isinstance(self.mask, np.ndarray) and self.mask.ndim == 3 and self.mask.dtype == bool,
+            "LungMask.mask must be a 3-D bool array",
+        )
         _require(self.method in ("unet", "classical"), f"LungMask.method unknown: {self.method!r}")
         if self.lesion is not None:
-            _require(self.lesion.shape == self.mask.shape and self.lesion.dtype == bool,
-                     "LungMask.lesion must be a bool array of the mask's shape")
+            _require(
+                self.lesion.shape == self.mask.shape and self.lesion.dtype == bool,
+                "LungMask.lesion must be a bool array of the mask's shape",
+            )
 
 
 @dataclass(frozen=True)
@@ -129,8 +140,10 @@ class LesionBurden:
     slice_area_mm2: np.ndarray
 
     def __post_init__(self) -> None:
-        _require(self.volume_ml >= 0 and 0.0 <= self.lung_share <= 1.0,
-                 f"LesionBurden out of range: {self.volume_ml} ml, share {self.lung_share}")
+        _require(
+            self.volume_ml >= 0 and 0.0 <= self.lung_share <= 1.0,
+            f"LesionBurden out of range: {self.volume_ml} ml, share {self.lung_share}",
+        )
         _require(self.slice_area_mm2.ndim == 1, "LesionBurden.slice_area_mm2 must be 1-D (one per z slice)")
 
     def slices_with_lesion(self, min_area_mm2: float) -> np.ndarray:
@@ -151,8 +164,10 @@ class Involvement:
     score: int  # 0-5 for a lobe; for the lungs the MosMedData grade 0-4
 
     def __post_init__(self) -> None:
-        _require(self.volume_ml >= 0 and self.lesion_ml >= 0 and 0.0 <= self.involvement_percent <= 100.0,
-                 f"Involvement {self.name}: volumes or share out of range")
+        _require(
+            self.volume_ml >= 0 and self.lesion_ml >= 0 and 0.0 <= self.involvement_percent <= 100.0,
+            f"Involvement {self.name}: volumes or share out of range",
+        )
 
 
 @dataclass(frozen=True)
@@ -204,14 +219,18 @@ class SliceScores:
 
     def __post_init__(self) -> None:
         _require(self.z_indices.ndim == 1, "SliceScores.z_indices must be 1-D")
-        _require(self.probabilities.shape == (len(self.z_indices), len(CLASS_NAMES)),
-                 f"SliceScores.probabilities must be ({len(self.z_indices)}, {len(CLASS_NAMES)}), "
-                 f"got {self.probabilities.shape}")
+        _require(
+            self.probabilities.shape == (len(self.z_indices), len(CLASS_NAMES)),
+            f"SliceScores.probabilities must be ({len(self.z_indices)}, {len(CLASS_NAMES)}), "
+            f"got {self.probabilities.shape}",
+        )
         _require(len(self.z_indices) > 0, "SliceScores needs at least one classified slice")
         _require(bool(np.all(np.diff(self.z_indices) > 0)), "SliceScores.z_indices must be sorted and unique")
         if self.features is not None:
-            _require(self.features.shape[0] == len(self.z_indices),
-                     "SliceScores.features must have one row per classified slice")
+            _require(
+                self.features.shape[0] == len(self.z_indices),
+                "SliceScores.features must have one row per classified slice",
+            )
 
 
 @dataclass(frozen=True)
@@ -229,8 +248,7 @@ class CaseScores:
     top_k: int
 
     def __post_init__(self) -> None:
-        _require(tuple(self.probabilities) == CLASS_NAMES,
-                 f"CaseScores.probabilities keys must be {CLASS_NAMES}")
+        _require(tuple(self.probabilities) == CLASS_NAMES, f"CaseScores.probabilities keys must be {CLASS_NAMES}")
         _require(tuple(self.tasks) == TASK_NAMES, f"CaseScores.tasks keys must be {TASK_NAMES}")
         _require(abs(sum(self.probabilities.values()) - 1.0) < 1e-4, "CaseScores.probabilities must sum to 1")
         _require(self.label in CLASS_NAMES, f"CaseScores.label unknown: {self.label!r}")
@@ -271,8 +289,10 @@ class AttentionMap:
     raw_inside_lung: float = float("nan")
 
     def __post_init__(self) -> None:
-        _require(self.heat.ndim == 2 and self.regions.shape == self.heat.shape,
-                 "AttentionMap.heat and .regions must be 2-D arrays of one shape")
+        _require(
+            self.heat.ndim == 2 and self.regions.shape == self.heat.shape,
+            "AttentionMap.heat and .regions must be 2-D arrays of one shape",
+        )
         _require(self.regions.dtype == bool, "AttentionMap.regions must be bool")
         _require(self.target_class in CLASS_NAMES, f"AttentionMap.target_class unknown: {self.target_class!r}")
 
@@ -374,9 +394,12 @@ class AnalysisResult:
             "ct_severity_score": None if s is None else s.ct_severity_score,
             "ggo_volume_ml": None if s is None else round(s.lungs.ggo_ml, 1),
             "consolidation_volume_ml": None if s is None else round(s.lungs.consolidation_ml, 1),
-            "lobes": [] if s is None else [
+            "lobes": []
+            if s is None
+            else [
                 {"name": lobe.name, "involvement_percent": round(lobe.involvement_percent, 2), "score": lobe.score}
-                for lobe in s.lobes],
+                for lobe in s.lobes
+            ],
         }
 
     def summary(self, volume: CTVolume) -> dict:
@@ -395,8 +418,10 @@ class AnalysisResult:
             "lesion_volume_ml": None if self.lesion is None else round(float(self.lesion.volume_ml), 1),
             "lesion_share_of_lung": None if self.lesion is None else round(float(self.lesion.lung_share), 5),
             "lesion_pattern_probabilities": (
-                None if self.lesion_pattern is None or self.lesion_pattern.probabilities is None
-                else {k: round(float(v), 4) for k, v in self.lesion_pattern.probabilities.items()}),
+                None
+                if self.lesion_pattern is None or self.lesion_pattern.probabilities is None
+                else {k: round(float(v), 4) for k, v in self.lesion_pattern.probabilities.items()}
+            ),
             **self._severity_summary(),
             "lung_segmentation": self.lung_mask.method,
             "model": {"name": self.model.name, "version": self.model.version, "sha256": self.model.sha256},

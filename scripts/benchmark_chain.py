@@ -66,8 +66,10 @@ class RssSampler:
 
     def cpu(self, start: float, end: float) -> float:
         """CPU seconds (all threads) spent between two instants, from the nearest samples."""
+
         def at(when: float) -> float:
             return min(self.samples, key=lambda s: abs(s[0] - when))[2]
+
         return at(end) - at(start) if self.samples else float("nan")
 
 
@@ -84,16 +86,21 @@ def make_random_bundle(out: Path) -> Path:
         "locator": classifier_arch(2, layers=(1, 1, 1, 1), block_inplanes=RANDOM_RESNET_INPLANES),
     }
     nets = {role: build_network(a) for role, a in archs.items()}
-    card = {"name": "benchmark-random", "version": "0", "trained_on_synthetic_data": True,
-            "disclaimer": "RANDOM WEIGHTS for timing only. Not for clinical use."}
+    card = {
+        "name": "benchmark-random",
+        "version": "0",
+        "trained_on_synthetic_data": True,
+        "disclaimer": "RANDOM WEIGHTS for timing only. Not for clinical use.",
+    }
     return write_bundle(out, nets, archs, card)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bundle", type=Path, default=None, help="model bundle (default: the shipped one)")
-    p.add_argument("--random-bundle", action="store_true",
-                   help="time a random-weight bundle of the shipped sizes (U-Net included)")
+    p.add_argument(
+        "--random-bundle", action="store_true", help="time a random-weight bundle of the shipped sizes (U-Net included)"
+    )
     p.add_argument("--no-unet", action="store_true", help="with --random-bundle: classical lung segmentation")
     p.add_argument("--device", default="cpu", help="cpu (default), auto, cuda, cuda:N")
     p.add_argument("--slices", type=int, default=300)
@@ -120,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             bundle_dir = make_random_bundle(tmp_dir / "bundle")
             if args.no_unet:
                 import json
+
                 card = json.loads((bundle_dir / "model_card.json").read_text())
                 del card["models"]["segmentation"]
                 (bundle_dir / "model_card.json").write_text(json.dumps(card))
@@ -127,17 +135,22 @@ def main(argv: list[str] | None = None) -> int:
             bundle_dir = args.bundle or DEFAULT_BUNDLE_DIR
         t0 = time.perf_counter()
         phantom = make_phantom(args.label, args.seed, n_slices=args.slices, size_px=args.size)
-        print(f"phantom {args.label} seed {args.seed}: {phantom.volume.shape} built in "
-              f"{time.perf_counter() - t0:.1f} s (not counted)")
+        print(
+            f"phantom {args.label} seed {args.seed}: {phantom.volume.shape} built in "
+            f"{time.perf_counter() - t0:.1f} s (not counted)"
+        )
         volume = phantom.volume
         t0 = time.perf_counter()
         models = load_bundle(bundle_dir, device=args.device)
-        print(f"bundle {models.info.name} {models.info.version} on {models.device}: loaded in "
-              f"{time.perf_counter() - t0:.2f} s; torch threads {torch.get_num_threads()}, "
-              f"CPU cores {os.cpu_count()}")
+        print(
+            f"bundle {models.info.name} {models.info.version} on {models.device}: loaded in "
+            f"{time.perf_counter() - t0:.2f} s; torch threads {torch.get_num_threads()}, "
+            f"CPU cores {os.cpu_count()}"
+        )
         if args.dicom:
             from dicomnode.synthetic import write_ct_series
             from dicomnode.volume import load_series
+
             series = write_ct_series(volume, tmp_dir / "series")
             t0 = time.perf_counter()
             volume, _ = load_series(series.paths)
@@ -150,21 +163,27 @@ def main(argv: list[str] | None = None) -> int:
                 start = time.perf_counter()
                 result = analyze(volume, models, params)
                 end = time.perf_counter()
-            print(f"\nrun {run}{' (cold)' if run == 1 else ''}: label {result.case_scores.label}, "
-                  f"lung {result.lung_mask.method} {result.lung_volume_ml:.0f} ml, "
-                  f"{len(result.slice_scores.z_indices)} slices classified, "
-                  f"{int((~_isnan(result.infected.scores)).sum())} located, {len(result.attention)} explained")
+            print(
+                f"\nrun {run}{' (cold)' if run == 1 else ''}: label {result.case_scores.label}, "
+                f"lung {result.lung_mask.method} {result.lung_volume_ml:.0f} ml, "
+                f"{len(result.slice_scores.z_indices)} slices classified, "
+                f"{int((~_isnan(result.infected.scores)).sum())} located, {len(result.attention)} explained"
+            )
             print(f"{'stage':<20}{'seconds':>9}{'CPU s':>8}{'peak RSS MiB':>14}{'+MiB vs start':>15}")
             t = start
             for stage in STAGES:
                 dt = result.timings_s[stage]
                 peak = rss.peak(t, t + dt)
-                print(f"{stage:<20}{dt:>9.2f}{rss.cpu(t, t + dt):>8.2f}{peak / 2**20:>14.0f}"
-                      f"{(peak - base) / 2**20:>15.0f}")
+                print(
+                    f"{stage:<20}{dt:>9.2f}{rss.cpu(t, t + dt):>8.2f}{peak / 2**20:>14.0f}"
+                    f"{(peak - base) / 2**20:>15.0f}"
+                )
                 t += dt
             peak = rss.peak(start, end)
-            print(f"{'total':<20}{result.timings_s['total']:>9.2f}{rss.cpu(start, end):>8.2f}"
-                  f"{peak / 2**20:>14.0f}{(peak - base) / 2**20:>15.0f}")
+            print(
+                f"{'total':<20}{result.timings_s['total']:>9.2f}{rss.cpu(start, end):>8.2f}"
+                f"{peak / 2**20:>14.0f}{(peak - base) / 2**20:>15.0f}"
+            )
             print(f"load average now: {os.getloadavg()[0]:.1f} (other work on the machine inflates the seconds)")
     return 0
 

@@ -65,8 +65,9 @@ def wait_port(port: int, timeout: float = 60.0) -> None:
 def send(port: int, aec: str, files: list[Path]) -> float:
     """Images/s of one storescu association."""
     t0 = time.perf_counter()
-    out = subprocess.run(["storescu", "-aec", aec, "127.0.0.1", str(port), *map(str, files)], env=ENV,
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        ["storescu", "-aec", aec, "127.0.0.1", str(port), *map(str, files)], env=ENV, capture_output=True, text=True
+    )
     dt = time.perf_counter() - t0
     if out.returncode != 0:
         raise SystemExit(f"storescu failed:\n{out.stdout}{out.stderr}")
@@ -93,6 +94,7 @@ def breakdown(files: list[Path], tmp: Path) -> None:
             finally:
                 with lock:
                     spent[name] += time.perf_counter() - t
+
         return wrapper
 
     real_fsync = os.fsync
@@ -106,8 +108,11 @@ def breakdown(files: list[Path], tmp: Path) -> None:
     store = store_mod.InstanceStore(tmp / "bd" / "storage", 0)
     store.store = timed("store total", store.store)
     port = free_port()
-    server = scp_mod.StorageSCP(NodeSection(ae_title="BENCH", port=port, bind_address="127.0.0.1"), store,
-                                timed("database record", asm.record_instance))
+    server = scp_mod.StorageSCP(
+        NodeSection(ae_title="BENCH", port=port, bind_address="127.0.0.1"),
+        store,
+        timed("database record", asm.record_instance),
+    )
     server.start()
     try:
         rate = send(port, "BENCH", files)
@@ -137,13 +142,35 @@ def main() -> int:
         files = make_series(tmp / "series", args.slices, args.size)
         mb = sum(f.stat().st_size for f in files) / 2**20
         ours_port, dcmtk_port = free_port(), free_port()
-        node = subprocess.Popen([sys.executable, "-m", "dicomnode.cli", "serve", "--port", str(ours_port),
-                                 "--bind", "127.0.0.1", "--data-dir", str(tmp / "node"), "--quiet-seconds",
-                                 "86400", "--ae-title", "COVIDNODE"], cwd=REPO, env=ENV,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        node = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "dicomnode.cli",
+                "serve",
+                "--port",
+                str(ours_port),
+                "--bind",
+                "127.0.0.1",
+                "--data-dir",
+                str(tmp / "node"),
+                "--quiet-seconds",
+                "86400",
+                "--ae-title",
+                "COVIDNODE",
+            ],
+            cwd=REPO,
+            env=ENV,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         (tmp / "storescp").mkdir()
-        dcmtk = subprocess.Popen(["storescp", "-od", str(tmp / "storescp"), str(dcmtk_port)], env=ENV,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        dcmtk = subprocess.Popen(
+            ["storescp", "-od", str(tmp / "storescp"), str(dcmtk_port)],
+            env=ENV,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             wait_port(ours_port)
             wait_port(dcmtk_port)
@@ -157,10 +184,14 @@ def main() -> int:
             node.wait(60)
             dcmtk.wait(10)
         o, t = statistics.median(ours), statistics.median(theirs)
-        print(f"series: {len(files)} images of {args.size}x{args.size}, {mb:.0f} MB; one association each; "
-              f"TCP_NODELAY=1; median of {args.repeat}")
-        print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, load average "
-              f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+        print(
+            f"series: {len(files)} images of {args.size}x{args.size}, {mb:.0f} MB; one association each; "
+            f"TCP_NODELAY=1; median of {args.repeat}"
+        )
+        print(
+            f"machine: {platform.machine()}, {os.cpu_count()} CPUs, load average "
+            f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}"
+        )
         print(f"storescp (DCMTK, no fsync):      {t:7.1f} images/s   runs: {', '.join(f'{x:.0f}' for x in theirs)}")
         print(f"dicomnode (fsync file + folder): {o:7.1f} images/s   runs: {', '.join(f'{x:.0f}' for x in ours)}")
         print(f"ratio dicomnode / storescp:      {o / t:7.2f}")

@@ -15,6 +15,8 @@ from pathlib import Path
 
 MAX_LINES = 80
 ROOTS = ("dicomnode", "pipeline")
+
+
 def long_functions(path: Path, max_lines: int) -> list[tuple[int, str, int]]:
     """(line, qualified name, length) of each function in ``path`` over ``max_lines``."""
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
@@ -30,6 +32,7 @@ def long_functions(path: Path, max_lines: int) -> list[tuple[int, str, int]]:
                 visit(child, f"{name}.")
             elif isinstance(child, ast.ClassDef):
                 visit(child, f"{prefix}{child.name}.")
+
     visit(tree, "")
     return found
 

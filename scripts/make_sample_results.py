@@ -33,15 +33,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE_DIR, help="model bundle folder")
-    p.add_argument("--out", type=Path, default=REPO_ROOT / "data" / "sample_results",
-                   help="output folder (replaced)")
+    p.add_argument("--out", type=Path, default=REPO_ROOT / "data" / "sample_results", help="output folder (replaced)")
     p.add_argument("--label", default="covid19", help="phantom class (non_pneumonia, cap, influenza, covid19)")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--slices", type=int, default=64)
     p.add_argument("--size", type=int, default=256, help="matrix size in pixels")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--dsrdump", type=Path, default=REPO_ROOT / "docs" / "sr_dsrdump.txt",
-                   help="where to write dsrdump's text of the SR ('-' for standard output only)")
+    p.add_argument(
+        "--dsrdump",
+        type=Path,
+        default=REPO_ROOT / "docs" / "sr_dsrdump.txt",
+        help="where to write dsrdump's text of the SR ('-' for standard output only)",
+    )
     return p.parse_args(argv)
 
 
@@ -73,8 +76,11 @@ def main(argv: list[str] | None = None) -> int:
     series = write_ct_series(phantom.volume, args.out / "ct")
     volume, sources = load_volume(series.paths)
     if volume is None:  # without dicomnode.volume: the phantom volume, tagged with the written UIDs
-        volume = replace(phantom.volume, slice_uids=tuple(series.sop_uids),
-                         slice_numbers=tuple(int(ds.InstanceNumber) for ds in sources))
+        volume = replace(
+            phantom.volume,
+            slice_uids=tuple(series.sop_uids),
+            slice_numbers=tuple(int(ds.InstanceNumber) for ds in sources),
+        )
     bundle = load_bundle(args.bundle, args.device)
     result = analyze(volume, bundle, ChainParams(device=args.device))
     objects = build_result_objects(result, volume, sources, WriterOptions(uid_seed=f"sample-{args.seed}"))
@@ -94,9 +100,11 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({"out": str(args.out), "objects": written, "summary": summary}, indent=2))
     if findings is not None:
         print(f"\nSR summary text: {findings.summary}")
-        how = (f"Made by scripts/make_sample_results.py: phantom {args.label}, seed {args.seed}, "
-               f"{args.slices} slices of {args.size}x{args.size}, bundle {result.model.name} "
-               f"{result.model.version}; printed by DCMTK 'dsrdump +Pl +Pu +Pt'.")
+        how = (
+            f"Made by scripts/make_sample_results.py: phantom {args.label}, seed {args.seed}, "
+            f"{args.slices} slices of {args.size}x{args.size}, bundle {result.model.name} "
+            f"{result.model.version}; printed by DCMTK 'dsrdump +Pl +Pu +Pt'."
+        )
         _dsrdump(args.out / written["sr"][0], args.dsrdump, how)
     return 0
 
@@ -106,8 +114,7 @@ def _dsrdump(sr_path: Path, target: Path, how: str) -> None:
     if exe is None:
         print("dsrdump not installed (Debian package dcmtk): no SR dump written", file=sys.stderr)
         return
-    text = subprocess.run([exe, "+Pl", "+Pu", "+Pt", str(sr_path)], capture_output=True, text=True,
-                          check=True).stdout
+    text = subprocess.run([exe, "+Pl", "+Pu", "+Pt", str(sr_path)], capture_output=True, text=True, check=True).stdout
     if str(target) != "-":
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(f"{how}\n\n{text}")

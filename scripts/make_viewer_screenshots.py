@@ -58,13 +58,15 @@ def scripted_inputs(label: str, seed: int, n_slices: int, size: int):
     from writer_inputs import make_inputs
 
     inputs = make_inputs(seed=seed, n_slices=n_slices, size=size, label=label)
-    what = (f"a scripted {label} result (tests/writer_inputs.py) on a {n_slices}-slice "
-            f"{size}x{size} phantom, seed {seed}")
+    what = (
+        f"a scripted {label} result (tests/writer_inputs.py) on a {n_slices}-slice {size}x{size} phantom, seed {seed}"
+    )
     return inputs.volume, inputs.sources, inputs.result, what
 
 
-def chain_inputs(bundle_dir: Path, label: str, seed: int, n_slices: int, size: int, family: str = "a",
-                 noise_hu: float = 0.0):
+def chain_inputs(
+    bundle_dir: Path, label: str, seed: int, n_slices: int, size: int, family: str = "a", noise_hu: float = 0.0
+):
     """Volume, sources and the AI chain's result with the given model bundle. ``family``
     picks the phantom generator; ``noise_hu`` adds white noise of that sd (a scan far
     noisier than anything the model was trained on: the out-of-domain example)."""
@@ -80,20 +82,25 @@ def chain_inputs(bundle_dir: Path, label: str, seed: int, n_slices: int, size: i
     make = make_phantom_b if family == "b" else make_phantom
     phantom = make(label, seed, n_slices=n_slices, size_px=size)
     nz = phantom.volume.shape[0]
-    uids = tuple(str(generate_uid(entropy_srcs=["viewer-docs", family, str(seed), str(noise_hu), str(z)]))
-                 for z in range(nz))
+    uids = tuple(
+        str(generate_uid(entropy_srcs=["viewer-docs", family, str(seed), str(noise_hu), str(z)])) for z in range(nz)
+    )
     hu = phantom.volume.hu
     if noise_hu > 0:
         import numpy as np
 
         hu = (hu + np.random.default_rng(seed).normal(0.0, noise_hu, hu.shape)).astype(np.float32)
     volume = dataclasses.replace(phantom.volume, hu=hu, slice_uids=uids, slice_numbers=tuple(range(1, nz + 1)))
-    sources = ct_datasets(volume, study_uid=str(generate_uid(entropy_srcs=["viewer-docs-study", family, str(seed),
-                                                                             str(noise_hu)])))
+    sources = ct_datasets(
+        volume, study_uid=str(generate_uid(entropy_srcs=["viewer-docs-study", family, str(seed), str(noise_hu)]))
+    )
     result = analyze(volume, load_bundle(bundle_dir, device="cpu"), ChainParams())
-    what = (f"the AI chain with bundle {result.model.name} {result.model.version} on a family-{family.upper()} "
-            f"{label} phantom ({n_slices} slices, {size}x{size}, seed {seed}"
-            + (f", white noise sd {noise_hu:g} HU added" if noise_hu else "") + f"): decision {result.decision.value}")
+    what = (
+        f"the AI chain with bundle {result.model.name} {result.model.version} on a family-{family.upper()} "
+        f"{label} phantom ({n_slices} slices, {size}x{size}, seed {seed}"
+        + (f", white noise sd {noise_hu:g} HU added" if noise_hu else "")
+        + f"): decision {result.decision.value}"
+    )
     return volume, sources, result, what
 
 
@@ -102,8 +109,7 @@ def small_png(src: Path, dst: Path) -> int:
     from PIL import Image
 
     with Image.open(src) as im:
-        palette = im.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT,
-                                             dither=Image.Dither.NONE)
+        palette = im.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
         palette.save(dst, optimize=True)
     return dst.stat().st_size
 
@@ -160,12 +166,21 @@ def abridge(listing: str) -> str:
     one image behind the infectious-slice count, two infectious-slice groups, the first
     points of each outline."""
     lines = listing.splitlines()
-    lines = _elide_blocks(lines, r'<contains IMAGE:\(,,"Source"\)', "Image Position", 1,
-                          "source images")
-    lines = _elide_blocks(lines, r'<contains CONTAINER:\(,,"Measurement Group"\)',
-                          "COVID-19 infectious slice, image", 2, "infectious-slice groups (one per slice)")
-    lines = _elide_blocks(lines, r'<inferred from IMAGE:\(,,"Source of Measurement"\)', "Source of Measurement", 1,
-                          "infectious slices referenced")
+    lines = _elide_blocks(lines, r'<contains IMAGE:\(,,"Source"\)', "Image Position", 1, "source images")
+    lines = _elide_blocks(
+        lines,
+        r'<contains CONTAINER:\(,,"Measurement Group"\)',
+        "COVID-19 infectious slice, image",
+        2,
+        "infectious-slice groups (one per slice)",
+    )
+    lines = _elide_blocks(
+        lines,
+        r'<inferred from IMAGE:\(,,"Source of Measurement"\)',
+        "Source of Measurement",
+        1,
+        "infectious slices referenced",
+    )
     lines = [re.sub(r"\((POLYLINE|POLYGON),((?:[^,)]+,){4})[^)]*\)", r"(\1,\2...)", line) for line in lines]
     return "\n".join(lines)
 
@@ -173,29 +188,33 @@ def abridge(listing: str) -> str:
 def update_doc(doc: Path, listing: str, what: str) -> None:
     text = doc.read_text()
     if BEGIN not in text or END not in text:
-        raise ScreenshotError(f"{doc} lacks the markers {BEGIN!r} ... {END!r}; put them back where the "
-                              "dsrdump listing belongs")
-    block = (f"{BEGIN}\nMade from {what}; abridged where marked [... left out ...].\n\n"
-             f"```text\n{listing}\n```\n{END}")
+        raise ScreenshotError(
+            f"{doc} lacks the markers {BEGIN!r} ... {END!r}; put them back where the dsrdump listing belongs"
+        )
+    block = f"{BEGIN}\nMade from {what}; abridged where marked [... left out ...].\n\n```text\n{listing}\n```\n{END}"
     text = re.sub(re.escape(BEGIN) + r".*?" + re.escape(END), lambda _: block, text, flags=re.S)
     doc.write_text(text)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--bundle", type=Path, help="run the AI chain with this model bundle "
-                        "(default: a scripted result, see above)")
+    parser.add_argument(
+        "--bundle", type=Path, help="run the AI chain with this model bundle (default: a scripted result, see above)"
+    )
     parser.add_argument("--label", default="covid19", help="phantom class (default covid19)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--slices", type=int, default=32)
     parser.add_argument("--size", type=int, default=160, help="phantom slice size in pixels")
     parser.add_argument("--family", choices=("a", "b"), default="a", help="phantom family (default a)")
-    parser.add_argument("--noise-hu", type=float, default=0.0,
-                        help="add white noise of this sd in HU (an out-of-domain example)")
-    parser.add_argument("--expect", default=None,
-                        help="stop unless the chain's decision is this (e.g. indeterminate, out_of_domain)")
-    parser.add_argument("--name", default=None,
-                        help="file names ohif_<name>_{sr,sc,seg}.png, and the doc's dsrdump block is left alone")
+    parser.add_argument(
+        "--noise-hu", type=float, default=0.0, help="add white noise of this sd in HU (an out-of-domain example)"
+    )
+    parser.add_argument(
+        "--expect", default=None, help="stop unless the chain's decision is this (e.g. indeterminate, out_of_domain)"
+    )
+    parser.add_argument(
+        "--name", default=None, help="file names ohif_<name>_{sr,sc,seg}.png, and the doc's dsrdump block is left alone"
+    )
     parser.add_argument("--images", type=Path, default=IMAGES, help="where the PNGs go")
     parser.add_argument("--doc", type=Path, default=DOC, help="page whose dsrdump block is replaced")
     args = parser.parse_args(argv)
@@ -208,8 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     from dicomnode.writers import WriterOptions, build_result_objects
 
     if args.bundle:
-        volume, sources, result, what = chain_inputs(args.bundle, args.label, args.seed, args.slices, args.size,
-                                                     args.family, args.noise_hu)
+        volume, sources, result, what = chain_inputs(
+            args.bundle, args.label, args.seed, args.slices, args.size, args.family, args.noise_hu
+        )
     else:
         volume, sources, result, what = scripted_inputs(args.label, args.seed, args.slices, args.size)
     if args.expect and result.decision.value != args.expect:
@@ -220,11 +240,18 @@ def main(argv: list[str] | None = None) -> int:
     # Out of domain no Grad-CAM overlay is made: there is nothing the model stands behind.
     # What OHIF must draw first: out of domain the score; with a lesion map the lesions'
     # share of the lung (the report leads with it); else the class probabilities.
-    sr_text = ("Out-of-domain score" if out_of_domain else "share of lung volume" if result.lesion is not None
-               else "probability")
+    sr_text = (
+        "Out-of-domain score"
+        if out_of_domain
+        else "share of lung volume"
+        if result.lesion is not None
+        else "probability"
+    )
     if not objects["sc"] and not out_of_domain:
-        raise ScreenshotError(f"{what} has no Grad-CAM overlay to show (no infectious or explained slice); "
-                              "use another --seed/--label, or leave out --bundle")
+        raise ScreenshotError(
+            f"{what} has no Grad-CAM overlay to show (no infectious or explained slice); "
+            "use another --seed/--label, or leave out --bundle"
+        )
 
     with tempfile.TemporaryDirectory(prefix="viewer-docs-") as tmp:
         tmp_path = Path(tmp)
@@ -235,27 +262,33 @@ def main(argv: list[str] | None = None) -> int:
             for kind in ("sr", "sc", "seg", "kos"):
                 upload(pacs, objects.get(kind) or [])
             with serving(pacs.dicomweb_url + "/") as base:
-                report = run_driver({
-                    "baseUrl": base,
-                    "studyUid": str(sources[0].StudyInstanceUID),
-                    "outDir": str(tmp_path / "shots"),
-                    "srSeries": options.sr_series_number,
-                    "srTexts": [sr_text],
-                    "scSeries": None if out_of_domain else options.sc_series_number,
-                    "segSeries": options.seg_series_number,
-                    "segScroll": len(sources) // 2 - 1,
-                })
+                report = run_driver(
+                    {
+                        "baseUrl": base,
+                        "studyUid": str(sources[0].StudyInstanceUID),
+                        "outDir": str(tmp_path / "shots"),
+                        "srSeries": options.sr_series_number,
+                        "srTexts": [sr_text],
+                        "scSeries": None if out_of_domain else options.sc_series_number,
+                        "segSeries": options.seg_series_number,
+                        "segScroll": len(sources) // 2 - 1,
+                    }
+                )
         if not report.get("ok"):
-            raise ScreenshotError(f"OHIF did not show the results: {report.get('error')}; "
-                                  f"screenshots of the failure in {report.get('screenshots')}")
+            raise ScreenshotError(
+                f"OHIF did not show the results: {report.get('error')}; "
+                f"screenshots of the failure in {report.get('screenshots')}"
+            )
         problems = [t for t in report["toasts"] if not any(k in t for k in KNOWN_WARNINGS)]
         problems += report["pageErrors"] + report["httpErrors"]
         steps = report["steps"]
         if sr_text not in " ".join(steps["sr"]["annotationTexts"]):
-            problems.append("the SR's findings are not drawn on the key slice "
-                            f"(drawn: {steps['sr']['annotationTexts']}; "
-                            f"OHIF console warnings: {report.get('consoleWarnings', [])[:5]})")
-        for step in (("seg",) if out_of_domain else ("sc", "seg")):
+            problems.append(
+                "the SR's findings are not drawn on the key slice "
+                f"(drawn: {steps['sr']['annotationTexts']}; "
+                f"OHIF console warnings: {report.get('consoleWarnings', [])[:5]})"
+            )
+        for step in ("seg",) if out_of_domain else ("sc", "seg"):
             if (steps[step]["canvas"] or {}).get("colouredFraction", 0) <= 0.001:
                 problems.append(f"the {step.upper()} step shows no colour (overlay not displayed)")
         if problems:

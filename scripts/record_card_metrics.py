@@ -19,10 +19,29 @@ from pathlib import Path
 
 from pipeline.training.bundle import record_card_fields
 
-KEEP = ("n_cases", "class_counts", "per_class_auc", "multiway_auc", "accuracy", "confusion_matrix", "tasks",
-        "lung_dice", "locating", "decision", "infectious_slices", "non_pneumonia_flagged_slices",
-        "non_pneumonia_stated_slices", "lesion_inclusion", "lesion_dice", "lesion_share", "heat_inside_lung",
-        "heat_on_lesion", "lesion_pattern", "severity", "operating_points")
+KEEP = (
+    "n_cases",
+    "class_counts",
+    "per_class_auc",
+    "multiway_auc",
+    "accuracy",
+    "confusion_matrix",
+    "tasks",
+    "lung_dice",
+    "locating",
+    "decision",
+    "infectious_slices",
+    "non_pneumonia_flagged_slices",
+    "non_pneumonia_stated_slices",
+    "lesion_inclusion",
+    "lesion_dice",
+    "lesion_share",
+    "heat_inside_lung",
+    "heat_on_lesion",
+    "lesion_pattern",
+    "severity",
+    "operating_points",
+)
 HELD_OUT = {
     "family_a": "family A (pipeline.phantom) seed 900000 at 224 px: seeds and matrix size never trained on",
     "family_b": "family B (pipeline.phantoms) seed 900001 at 224 px: seeds and matrix size never trained on",
@@ -34,9 +53,11 @@ def _record(metrics_path: Path, bundle_dir: str, held_out: str) -> dict:
     m = json.loads(metrics_path.read_text())
     return {
         "measured_by": "dicomnode evaluate",
-        "command": (f"dicomnode evaluate --bundle {bundle_dir} "
-                    + " ".join(f"--data {s.strip()}" for s in m["data_spec"].split(" + "))
-                    + f" --bootstrap {m['bootstrap']['n_resamples']} --seed {m['bootstrap']['seed']}"),
+        "command": (
+            f"dicomnode evaluate --bundle {bundle_dir} "
+            + " ".join(f"--data {s.strip()}" for s in m["data_spec"].split(" + "))
+            + f" --bootstrap {m['bootstrap']['n_resamples']} --seed {m['bootstrap']['seed']}"
+        ),
         "data_spec": m["data_spec"],
         "held_out": held_out,
         "evaluated_card_sha256": m["bundle_sha256"],
@@ -69,9 +90,12 @@ def main(bundle: str, report: str, xfamily: str) -> None:
         if not path.is_file():
             continue
         card = json.loads((Path(xfamily) / f"trained_on_{trained}" / "model_card.json").read_text())
-        rec = _record(path, f"{xfamily}/trained_on_{trained}",
-                      f"trained and calibrated on family {trained.upper()} only, evaluated on held-out "
-                      f"family {evaluated.upper()}")
+        rec = _record(
+            path,
+            f"{xfamily}/trained_on_{trained}",
+            f"trained and calibrated on family {trained.upper()} only, evaluated on held-out "
+            f"family {evaluated.upper()}",
+        )
         rec["trained_on"] = {role: e["training"]["data_specs"] for role, e in card["models"].items()}
         if card.get("lesion_pattern"):
             rec["trained_on"]["lesion_pattern"] = card["lesion_pattern"]["training"]["data_specs"]
@@ -79,8 +103,11 @@ def main(bundle: str, report: str, xfamily: str) -> None:
         cross[f"trained_on_{trained}_evaluated_on_{evaluated}"] = rec
     if not cross:
         cross = _earlier_cross_family(Path(bundle))
-    print(record_card_fields(bundle, {"metrics": {"headline": "pooled", "evaluations": evaluations},
-                                      "cross_family": cross}))
+    print(
+        record_card_fields(
+            bundle, {"metrics": {"headline": "pooled", "evaluations": evaluations}, "cross_family": cross}
+        )
+    )
 
 
 if __name__ == "__main__":

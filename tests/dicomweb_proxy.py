@@ -100,16 +100,13 @@ class ProxyConfig:
     upstream_root: str  # path of Orthanc's DICOMweb root, without a trailing slash
 
     @classmethod
-    def create(
-        cls, dist_dir: Path, app_config: Path, orthanc_dicomweb_url: str
-    ) -> ProxyConfig:
+    def create(cls, dist_dir: Path, app_config: Path, orthanc_dicomweb_url: str) -> ProxyConfig:
         """Check the arguments and build a config; ``orthanc_dicomweb_url`` like
         ``http://127.0.0.1:8042/dicom-web/``."""
         dist_dir = Path(dist_dir).resolve()
         if not (dist_dir / "index.html").is_file():
             raise FileNotFoundError(
-                f'Argument "dist_dir": no index.html in {dist_dir}; '
-                "run tests/ohif/setup.sh to unpack the OHIF build"
+                f'Argument "dist_dir": no index.html in {dist_dir}; run tests/ohif/setup.sh to unpack the OHIF build'
             )
         app_config = Path(app_config).resolve()
         if not app_config.is_file():
@@ -227,8 +224,9 @@ class ProxyHandler(BaseHTTPRequestHandler):
             response = upstream.getresponse()
         except OSError as exc:
             upstream.close()
-            LOG.warning("DICOMweb upstream %s:%s unreachable: %s",
-                        self.config.upstream_host, self.config.upstream_port, exc)
+            LOG.warning(
+                "DICOMweb upstream %s:%s unreachable: %s", self.config.upstream_host, self.config.upstream_port, exc
+            )
             self._send_error(502, f"Orthanc DICOMweb unreachable: {exc}")
             return
 

@@ -52,8 +52,15 @@ class FhirReceiver:
                 kind = self.path.strip("/").split("?")[0]
                 with receiver._lock:
                     found = list(receiver.resources.get(kind, []))
-                self._send(200, {"resourceType": "Bundle", "type": "searchset", "total": len(found),
-                                 "entry": [{"resource": r} for r in found]})
+                self._send(
+                    200,
+                    {
+                        "resourceType": "Bundle",
+                        "type": "searchset",
+                        "total": len(found),
+                        "entry": [{"resource": r} for r in found],
+                    },
+                )
 
         self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.port = self.server.server_address[1]
@@ -67,8 +74,9 @@ class FhirReceiver:
                 res, req = entry["resource"], entry.get("request", {})
                 existing = self._match(res["resourceType"], req.get("ifNoneExist"))
                 if existing is not None:
-                    answers.append({"response": {"status": "200 OK",
-                                                 "location": f"{res['resourceType']}/{existing['id']}"}})
+                    answers.append(
+                        {"response": {"status": "200 OK", "location": f"{res['resourceType']}/{existing['id']}"}}
+                    )
                     continue
                 res = dict(res, id=str(uuid.uuid4()))
                 self.resources.setdefault(res["resourceType"], []).append(res)
@@ -95,5 +103,7 @@ class FhirReceiver:
 
 
 def _outcome(text: str) -> dict:
-    return {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "processing",
-                                                          "diagnostics": text}]}
+    return {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": "processing", "diagnostics": text}],
+    }

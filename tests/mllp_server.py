@@ -40,8 +40,10 @@ class MllpReceiver:
     def ack(self, message: str) -> str:
         msh = message.split("\r", 1)[0].split("|")
         control_id = msh[9] if len(msh) > 9 else ""
-        return (f"MSH|^~\\&|RIS||{msh[2] if len(msh) > 2 else ''}||20260101000000||ACK^R01^ACK|A{control_id}|P|2.5\r"
-                f"MSA|{self.answer}|{control_id}")
+        return (
+            f"MSH|^~\\&|RIS||{msh[2] if len(msh) > 2 else ''}||20260101000000||ACK^R01^ACK|A{control_id}|P|2.5\r"
+            f"MSA|{self.answer}|{control_id}"
+        )
 
     def start(self) -> "MllpReceiver":
         self._thread.start()

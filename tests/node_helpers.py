@@ -47,17 +47,32 @@ def write_series(out_dir: Path, n_slices: int = 20, size: int = 64, seed: int = 
     return write_ct_series(small_volume(n_slices, size, seed), out_dir, **kwargs)
 
 
-def storescu(port: int, files: Sequence[Path], called_ae: str = "COVIDNODE", calling_ae: str = "SCANNER",
-             extra: Sequence[str] = ()) -> subprocess.CompletedProcess:
+def storescu(
+    port: int,
+    files: Sequence[Path],
+    called_ae: str = "COVIDNODE",
+    calling_ae: str = "SCANNER",
+    extra: Sequence[str] = (),
+) -> subprocess.CompletedProcess:
     exe = require_tool("storescu")
-    return subprocess.run([exe, "-aet", calling_ae, "-aec", called_ae, *extra, "127.0.0.1", str(port),
-                           *[str(f) for f in files]], env=DCMTK_ENV, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [exe, "-aet", calling_ae, "-aec", called_ae, *extra, "127.0.0.1", str(port), *[str(f) for f in files]],
+        env=DCMTK_ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def echoscu(port: int, called_ae: str = "COVIDNODE", calling_ae: str = "SCANNER") -> subprocess.CompletedProcess:
     exe = require_tool("echoscu")
-    return subprocess.run([exe, "-aet", calling_ae, "-aec", called_ae, "127.0.0.1", str(port)],
-                          env=DCMTK_ENV, capture_output=True, text=True, timeout=30)
+    return subprocess.run(
+        [exe, "-aet", calling_ae, "-aec", called_ae, "127.0.0.1", str(port)],
+        env=DCMTK_ENV,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
 
 
 class StoreSCP:
@@ -73,13 +88,18 @@ class StoreSCP:
     def start(self) -> "StoreSCP":
         exe = require_tool("storescp")
         # -uf: file names from SOP Instance UIDs, so a re-sent object lands on the same file.
-        self.proc = subprocess.Popen([exe, "-aet", self.ae_title, "-od", str(self.out_dir), "-uf",
-                                      "-v", str(self.port)], env=DCMTK_ENV,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.proc = subprocess.Popen(
+            [exe, "-aet", self.ae_title, "-od", str(self.out_dir), "-uf", "-v", str(self.port)],
+            env=DCMTK_ENV,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         self._log: list[str] = []
         threading.Thread(target=self._drain, daemon=True).start()
-        wait_for(lambda: echoscu(self.port, called_ae=self.ae_title).returncode == 0, 20,
-                 what="storescp to answer C-ECHO")
+        wait_for(
+            lambda: echoscu(self.port, called_ae=self.ae_title).returncode == 0, 20, what="storescp to answer C-ECHO"
+        )
         return self
 
     def _drain(self) -> None:
@@ -139,14 +159,34 @@ def write_test_config(folder: Path, text: str = TEST_CONFIG) -> Path:
 class NodeProcess:
     """``dicomnode serve`` as a subprocess, waited for by its 'listening on' line."""
 
-    def __init__(self, data_dir: Path, bundle: Path | None, destinations: Sequence[str] = (),
-                 quiet_seconds: float = 1.0, config: Path | None = None, port: int | None = None,
-                 extra_args: Sequence[str] = (), env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        bundle: Path | None,
+        destinations: Sequence[str] = (),
+        quiet_seconds: float = 1.0,
+        config: Path | None = None,
+        port: int | None = None,
+        extra_args: Sequence[str] = (),
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.data_dir = data_dir
         self.port = port or free_port()
         self.config = config if config is not None else write_test_config(data_dir.parent / "config")
-        self.args = [sys.executable, "-m", "dicomnode.cli", "serve", "--port", str(self.port), "--bind", "127.0.0.1",
-                     "--data-dir", str(data_dir), "--quiet-seconds", str(quiet_seconds)]
+        self.args = [
+            sys.executable,
+            "-m",
+            "dicomnode.cli",
+            "serve",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--data-dir",
+            str(data_dir),
+            "--quiet-seconds",
+            str(quiet_seconds),
+        ]
         self.args += ["--config", str(self.config)]
         if bundle is not None:
             self.args += ["--bundle", str(bundle)]
@@ -159,11 +199,20 @@ class NodeProcess:
 
     def start(self, timeout: float = 60.0) -> "NodeProcess":
         self.log = []
-        self.proc = subprocess.Popen(self.args, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True, env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env})
+        self.proc = subprocess.Popen(
+            self.args,
+            cwd=REPO_ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
+        )
         threading.Thread(target=self._drain, daemon=True).start()
-        wait_for(lambda: any("listening on" in line for line in self.log) or self.proc.poll() is not None,
-                 timeout, what="the node to listen")
+        wait_for(
+            lambda: any("listening on" in line for line in self.log) or self.proc.poll() is not None,
+            timeout,
+            what="the node to listen",
+        )
         if self.proc.poll() is not None:
             raise AssertionError("node exited at start-up:\n" + "\n".join(self.log[-40:]))
         return self

@@ -75,8 +75,10 @@ def orthanc_missing_reason(dicomweb: bool = False) -> str | None:
     if find_orthanc_binary() is None:
         return "Orthanc is not installed (Debian package 'orthanc'; .ci/run installs it)"
     if dicomweb and find_dicomweb_plugin() is None:
-        return ("Orthanc's DICOMweb plugin is not installed (Debian package 'orthanc-dicomweb'; "
-                "or set ORTHANC_DICOMWEB_PLUGIN to the .so)")
+        return (
+            "Orthanc's DICOMweb plugin is not installed (Debian package 'orthanc-dicomweb'; "
+            "or set ORTHANC_DICOMWEB_PLUGIN to the .so)"
+        )
     return None
 
 
@@ -113,8 +115,14 @@ class OrthancServer:
             raise OrthancError("this Orthanc was started without the DICOMweb plugin (dicomweb=False)")
         return f"{self.http_url}/dicom-web"
 
-    def request(self, method: str, path: str, body: bytes | None = None,
-                headers: Mapping[str, str] | None = None, timeout: float = 30.0) -> bytes:
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float = 30.0,
+    ) -> bytes:
         """One HTTP call to ``http_url + path``; raises OrthancError with Orthanc's answer."""
         url = path if path.startswith("http") else f"{self.http_url}{path}"
         req = urllib.request.Request(url, data=body, method=method, headers=dict(headers or {}))
@@ -125,8 +133,9 @@ class OrthancServer:
             detail = e.read()[:500].decode("utf-8", "replace")
             raise OrthancError(f"Orthanc {method} {path} answered HTTP {e.code}: {detail}") from e
         except urllib.error.URLError as e:
-            raise OrthancError(f"Orthanc {method} {path} failed: {e.reason} "
-                               f"(is it running? log: {self.log_path})") from e
+            raise OrthancError(
+                f"Orthanc {method} {path} failed: {e.reason} (is it running? log: {self.log_path})"
+            ) from e
 
     def get_json(self, path: str) -> Any:
         return json.loads(self.request("GET", path))
@@ -165,8 +174,15 @@ class OrthancServer:
         return self.get_bytes(f"/instances/{instance_id}/file")
 
 
-def _write_config(work_dir: Path, aet: str, http_port: int, dicom_port: int, dicomweb: bool,
-                  modalities: Mapping[str, tuple[str, str, int]], extra: Mapping[str, Any]) -> Path:
+def _write_config(
+    work_dir: Path,
+    aet: str,
+    http_port: int,
+    dicom_port: int,
+    dicomweb: bool,
+    modalities: Mapping[str, tuple[str, str, int]],
+    extra: Mapping[str, Any],
+) -> Path:
     plugin = find_dicomweb_plugin() if dicomweb else None
     config: dict[str, Any] = {
         "Name": f"test-{aet}",
@@ -193,8 +209,14 @@ def _write_config(work_dir: Path, aet: str, http_port: int, dicom_port: int, dic
         "Plugins": [plugin] if plugin else [],
     }
     if plugin:
-        config["DicomWeb"] = {"Enable": True, "Root": "/dicom-web/", "EnableWado": True,
-                              "Ssl": False, "StudiesMetadata": "Full", "SeriesMetadata": "Full"}
+        config["DicomWeb"] = {
+            "Enable": True,
+            "Root": "/dicom-web/",
+            "EnableWado": True,
+            "Ssl": False,
+            "StudiesMetadata": "Full",
+            "SeriesMetadata": "Full",
+        }
     config.update(extra)
     path = work_dir / "orthanc.json"
     path.write_text(json.dumps(config, indent=2))
@@ -213,10 +235,14 @@ def _stop(proc: subprocess.Popen, timeout: float = 15.0) -> None:
 
 
 @contextlib.contextmanager
-def running_orthanc(tmp_path: Path, aet: str = "ORTHANC", dicomweb: bool = True,
-                    modalities: Mapping[str, tuple[str, str, int]] | None = None,
-                    extra_config: Mapping[str, Any] | None = None,
-                    start_timeout_s: float = 60.0) -> Iterator[OrthancServer]:
+def running_orthanc(
+    tmp_path: Path,
+    aet: str = "ORTHANC",
+    dicomweb: bool = True,
+    modalities: Mapping[str, tuple[str, str, int]] | None = None,
+    extra_config: Mapping[str, Any] | None = None,
+    start_timeout_s: float = 60.0,
+) -> Iterator[OrthancServer]:
     """Start Orthanc on free loopback ports, yield an OrthancServer, stop it afterwards.
 
     ``modalities`` maps a name to (AE title, host, port) of peers Orthanc may send to
@@ -237,14 +263,21 @@ def running_orthanc(tmp_path: Path, aet: str = "ORTHANC", dicomweb: bool = True,
         http_port, dicom_port = _free_port(), _free_port()
         while dicom_port == http_port:
             dicom_port = _free_port()
-        config = _write_config(attempt_dir, aet, http_port, dicom_port, dicomweb,
-                               modalities or {}, extra_config or {})
+        config = _write_config(attempt_dir, aet, http_port, dicom_port, dicomweb, modalities or {}, extra_config or {})
         log_path = attempt_dir / "logs" / "orthanc.log"
         with open(log_path, "wb") as log:
-            proc = subprocess.Popen([binary, "--no-jobs", str(config)], stdout=log, stderr=subprocess.STDOUT,
-                                    cwd=attempt_dir)
-        server = OrthancServer(http_url=f"http://{LOOPBACK}:{http_port}", dicom_port=dicom_port, aet=aet,
-                               host=LOOPBACK, work_dir=attempt_dir, log_path=log_path, dicomweb=dicomweb)
+            proc = subprocess.Popen(
+                [binary, "--no-jobs", str(config)], stdout=log, stderr=subprocess.STDOUT, cwd=attempt_dir
+            )
+        server = OrthancServer(
+            http_url=f"http://{LOOPBACK}:{http_port}",
+            dicom_port=dicom_port,
+            aet=aet,
+            host=LOOPBACK,
+            work_dir=attempt_dir,
+            log_path=log_path,
+            dicomweb=dicomweb,
+        )
         try:
             if _wait_ready(server, proc, start_timeout_s):
                 try:

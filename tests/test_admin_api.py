@@ -27,8 +27,9 @@ def _get(url: str, token: str | None = None) -> tuple[int, bytes]:
 
 
 def _post(url: str, token: str | None = None) -> tuple[int, dict]:
-    request = urllib.request.Request(url, method="POST", data=b"",
-                                     headers={"Authorization": f"Bearer {token}"} if token else {})
+    request = urllib.request.Request(
+        url, method="POST", data=b"", headers={"Authorization": f"Bearer {token}"} if token else {}
+    )
     try:
         with urllib.request.urlopen(request, timeout=10) as r:
             return r.status, json.loads(r.read())
@@ -46,8 +47,12 @@ def _metric(text: str, name: str, labels: str = "") -> float:
 @pytest.fixture
 def node(tmp_path, tiny_bundle):
     http_port = free_port()
-    n = NodeProcess(tmp_path / "data", tiny_bundle, quiet_seconds=1.0,
-                    extra_args=["--http-port", str(http_port), "--http-bind", "127.0.0.1"]).start()
+    n = NodeProcess(
+        tmp_path / "data",
+        tiny_bundle,
+        quiet_seconds=1.0,
+        extra_args=["--http-port", str(http_port), "--http-bind", "127.0.0.1"],
+    ).start()
     n.url = f"http://127.0.0.1:{http_port}"
     yield n
     n.stop()
@@ -57,8 +62,9 @@ def test_health_readiness_tables_metrics_and_actions(node, tmp_path: Path):
     assert any(f"admin API and metrics on {node.url}" in line for line in node.log)
     assert _get(node.url + "/healthz") == (200, b'{"status":"alive"}')
     # Ready only once the bundle is loaded and warmed up (and the rest is fine).
-    status, body = wait_for(lambda: (lambda r: r if r[0] == 200 else None)(_get(node.url + "/readyz")), 60,
-                            what="/readyz to turn green")
+    status, body = wait_for(
+        lambda: (lambda r: r if r[0] == 200 else None)(_get(node.url + "/readyz")), 60, what="/readyz to turn green"
+    )
     checks = json.loads(body)["checks"]
     assert set(checks) == {"database", "storage", "model_bundle", "listener"}
     assert checks["model_bundle"]["name"] and len(checks["model_bundle"]["sha256"]) == 64
@@ -68,7 +74,7 @@ def test_health_readiness_tables_metrics_and_actions(node, tmp_path: Path):
 
     _, before = _get(node.url + "/metrics")
     assert _metric(before.decode(), "dicomnode_instances_received_total", 'calling_ae="SCANNER"') == 0
-    assert 'dicomnode_model_bundle_info{' in before.decode()
+    assert "dicomnode_model_bundle_info{" in before.decode()
 
     series = write_series(tmp_path / "in", n_slices=20, size=64)  # noise, not a chest CT: skipped
     sent = storescu(node.port, series.paths)
@@ -97,8 +103,12 @@ def test_health_readiness_tables_metrics_and_actions(node, tmp_path: Path):
     assert _post(f"{node.url}/api/jobs/{job['id']}/cancel")[0] == 409
     code, answer = _post(f"{node.url}/api/jobs/{job['id']}/retry")
     assert code == 200 and answer["state"] == "queued"
-    wait_for(lambda: (lambda j: j if j and j["attempts"] == 1 else None)(skipped_job()), 120, interval=0.3,
-             what="the retried job to run again")
+    wait_for(
+        lambda: (lambda j: j if j and j["attempts"] == 1 else None)(skipped_job()),
+        120,
+        interval=0.3,
+        what="the retried job to run again",
+    )
     assert _post(f"{node.url}/api/jobs/999/retry")[0] == 409
     # No patient identity anywhere in what the API says.
     for path in ("/api/series", "/api/jobs", "/api/deliveries", "/metrics"):
@@ -108,8 +118,12 @@ def test_health_readiness_tables_metrics_and_actions(node, tmp_path: Path):
 
 def test_token_is_required_when_configured_and_off_loopback(tmp_path, tiny_bundle):
     http_port = free_port()
-    node = NodeProcess(tmp_path / "data", tiny_bundle, extra_args=["--http-port", str(http_port)],
-                       env={"DICOMNODE_HTTP_TOKEN": "s3cret-token"}).start()
+    node = NodeProcess(
+        tmp_path / "data",
+        tiny_bundle,
+        extra_args=["--http-port", str(http_port)],
+        env={"DICOMNODE_HTTP_TOKEN": "s3cret-token"},
+    ).start()
     try:
         url = f"http://127.0.0.1:{http_port}"
         assert _get(url + "/healthz")[0] == 200  # the process probe stays open
@@ -120,9 +134,12 @@ def test_token_is_required_when_configured_and_off_loopback(tmp_path, tiny_bundl
     finally:
         node.stop()
     # Bound beyond loopback without a token: the node refuses to start, and says why.
-    refused = NodeProcess(tmp_path / "data2", tiny_bundle,
-                          extra_args=["--http-port", str(free_port()), "--http-bind", "0.0.0.0"],
-                          env={"DICOMNODE_HTTP_TOKEN": ""})
+    refused = NodeProcess(
+        tmp_path / "data2",
+        tiny_bundle,
+        extra_args=["--http-port", str(free_port()), "--http-bind", "0.0.0.0"],
+        env={"DICOMNODE_HTTP_TOKEN": ""},
+    )
     with pytest.raises(AssertionError, match="DICOMNODE_HTTP_TOKEN"):
         refused.start()
 
@@ -161,8 +178,13 @@ def test_dashboard_shows_what_an_admin_needs_and_its_retry_button_works(node, tm
 
     job = wait_for(skipped, 120, interval=0.3, what="the job to be skipped")
     driver = Path(__file__).with_name("dashboard_driver.js")
-    options = {"url": node.url + "/dashboard", "outDir": str(tmp_path), "clickRetryOfJob": job["id"],
-               "timelineOfJob": job["id"], "chromium": CHROMIUM}
+    options = {
+        "url": node.url + "/dashboard",
+        "outDir": str(tmp_path),
+        "clickRetryOfJob": job["id"],
+        "timelineOfJob": job["id"],
+        "chromium": CHROMIUM,
+    }
     proc = subprocess.run(["node", str(driver), json.dumps(options)], capture_output=True, text=True, timeout=120)
     report = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
     assert report["ok"], report
@@ -173,8 +195,11 @@ def test_dashboard_shows_what_an_admin_needs_and_its_retry_button_works(node, tm
     assert any(r[0] == series.series_uid and r[2] == "skipped" and r[3] == "20" for r in before["series"])
     timeline = report["timeline"]
     assert "first instance received" in timeline and "series complete" in timeline and "job skipped" in timeline
-    wait_for(lambda: any(f"admin: job {job['id']} -> queued" in line for line in node.log), 10,
-             what="the retry to reach the node")
+    wait_for(
+        lambda: any(f"admin: job {job['id']} -> queued" in line for line in node.log),
+        10,
+        what="the retry to reach the node",
+    )
     assert report["errors"] == []
     page_text = json.dumps(report)
     assert "PHANTOM" not in page_text and "Patient" not in page_text
@@ -186,11 +211,18 @@ def test_urgent_series_are_marked_and_counted(tmp_path, tiny_bundle):
     timeline and the metrics say so, a routine one stays routine (real storescu senders)."""
     from node_helpers import TEST_CONFIG, write_test_config
 
-    config = write_test_config(tmp_path / "config", TEST_CONFIG.replace(
-        "[pipeline]", '[selection.urgent]\ncalling_ae_titles = ["ER_CT"]\n[pipeline]'))
+    config = write_test_config(
+        tmp_path / "config",
+        TEST_CONFIG.replace("[pipeline]", '[selection.urgent]\ncalling_ae_titles = ["ER_CT"]\n[pipeline]'),
+    )
     http_port = free_port()
-    node = NodeProcess(tmp_path / "data", tiny_bundle, quiet_seconds=1.0, config=config,
-                       extra_args=["--http-port", str(http_port), "--http-bind", "127.0.0.1"]).start()
+    node = NodeProcess(
+        tmp_path / "data",
+        tiny_bundle,
+        quiet_seconds=1.0,
+        config=config,
+        extra_args=["--http-port", str(http_port), "--http-bind", "127.0.0.1"],
+    ).start()
     try:
         url = f"http://127.0.0.1:{http_port}"
         routine = write_series(tmp_path / "routine", n_slices=16, size=48, seed=1)
@@ -240,8 +272,13 @@ def test_the_audit_trail_records_who_sent_what_and_what_admins_did(node, tmp_pat
 
     lines = wait_for(events, 30, what="the admin action in the audit trail")
     kinds = {(e["event"], e["outcome"]) for e in lines}
-    assert {("association", "accepted"), ("association", "refused"), ("instances_received", "success"),
-            ("job", "skipped"), ("admin", "success")} <= kinds, kinds
+    assert {
+        ("association", "accepted"),
+        ("association", "refused"),
+        ("instances_received", "success"),
+        ("job", "skipped"),
+        ("admin", "success"),
+    } <= kinds, kinds
     received = [e for e in lines if e["event"] == "instances_received"][0]
     assert received["series_uid"] == series.series_uid and received["instances"] == 20
     assert received["calling_ae"] == "SCANNER" and received["event_id"].startswith("DCM 110104")
@@ -249,6 +286,11 @@ def test_the_audit_trail_records_who_sent_what_and_what_admins_did(node, tmp_pat
     assert "SOMEONE" in refused["reason"] and refused["address"] == "127.0.0.1"
     text = audit_file.read_text()
     assert "PHANTOM" not in text and "PatientName" not in text  # UIDs only
-    out = subprocess.run([sys.executable, "-m", "dicomnode.cli", "status", "--data-dir", str(node.data_dir),
-                          "--audit", "50"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "dicomnode.cli", "status", "--data-dir", str(node.data_dir), "--audit", "50"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0 and "audit trail" in out.stdout and "instances_received" in out.stdout

@@ -21,8 +21,17 @@ from pipeline.preprocess import lung_slice_indices
 from pipeline.types import CLASS_NAMES, DECISIONS, TASK_NAMES
 
 FIRST_INSTANCE = 101  # InstanceNumbers start here, so they cannot be mistaken for z indices
-SUMMARY_KEYS = {"decision", "decision_reason", "thresholds", "out_of_domain_score", "label", "probabilities",
-                "tasks", "infected_slices", "lung_volume_ml"}
+SUMMARY_KEYS = {
+    "decision",
+    "decision_reason",
+    "thresholds",
+    "out_of_domain_score",
+    "label",
+    "probabilities",
+    "tasks",
+    "infected_slices",
+    "lung_volume_ml",
+}
 
 
 def run_analyze(argv: list[str], capsys) -> tuple[int, str, str]:
@@ -40,8 +49,9 @@ def phantom():
     # numbering would show.
     ph = make_phantom("covid19", 31, n_slices=26, size_px=96)
     nz = ph.volume.shape[0]
-    volume = replace(ph.volume, origin_mm=(-150.0, -160.0, -300.0),
-                     slice_numbers=tuple(range(FIRST_INSTANCE, FIRST_INSTANCE + nz)))
+    volume = replace(
+        ph.volume, origin_mm=(-150.0, -160.0, -300.0), slice_numbers=tuple(range(FIRST_INSTANCE, FIRST_INSTANCE + nz))
+    )
     return ph, volume
 
 
@@ -68,9 +78,22 @@ def test_dicom_folder(tmp_path: Path, tiny_bundle: Path, phantom, capsys) -> Non
     ph, volume = phantom
     series = write_ct_series(volume, tmp_path / "series")
     out = tmp_path / "out"
-    code, stdout, _ = run_analyze([str(tmp_path / "series"), "--out", str(out), "--bundle", str(tiny_bundle),
-                                   "--device", "cpu", "--save-mask", str(tmp_path / "lung.nii.gz"),
-                                   "--top-k", "2"], capsys)
+    code, stdout, _ = run_analyze(
+        [
+            str(tmp_path / "series"),
+            "--out",
+            str(out),
+            "--bundle",
+            str(tiny_bundle),
+            "--device",
+            "cpu",
+            "--save-mask",
+            str(tmp_path / "lung.nii.gz"),
+            "--top-k",
+            "2",
+        ],
+        capsys,
+    )
     assert code == 0
     summary = json.loads(stdout)
     _check_summary(summary)
@@ -95,10 +118,14 @@ def test_dicom_folder(tmp_path: Path, tiny_bundle: Path, phantom, capsys) -> Non
     _check_mask_alignment(tmp_path / "lung.nii.gz", reader.Execute(), ph.lung_mask)
 
 
-@pytest.mark.parametrize("direction", [
-    (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0),  # stored RAS, as many NIfTI files are
-    (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, -1.0),   # slices stored top to bottom
-], ids=["ras", "z-reversed"])
+@pytest.mark.parametrize(
+    "direction",
+    [
+        (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0),  # stored RAS, as many NIfTI files are
+        (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, -1.0),  # slices stored top to bottom
+    ],
+    ids=["ras", "z-reversed"],
+)
 def test_nifti_file(tmp_path: Path, tiny_bundle: Path, phantom, capsys, direction) -> None:
     ph, volume = phantom
     image = sitk.GetImageFromArray(volume.hu)
@@ -108,8 +135,20 @@ def test_nifti_file(tmp_path: Path, tiny_bundle: Path, phantom, capsys, directio
     nifti = tmp_path / "ct.nii.gz"
     sitk.WriteImage(image, str(nifti))
     out = tmp_path / "out"
-    code, stdout, _ = run_analyze([str(nifti), "--out", str(out), "--bundle", str(tiny_bundle),
-                                   "--device", "cpu", "--save-mask", str(tmp_path / "lung.nii.gz")], capsys)
+    code, stdout, _ = run_analyze(
+        [
+            str(nifti),
+            "--out",
+            str(out),
+            "--bundle",
+            str(tiny_bundle),
+            "--device",
+            "cpu",
+            "--save-mask",
+            str(tmp_path / "lung.nii.gz"),
+        ],
+        capsys,
+    )
     assert code == 0
     summary = json.loads(stdout)
     _check_summary(summary)
@@ -144,14 +183,16 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path: Path, tiny_bundle: Path, caps
 def test_missing_bundle_is_a_clear_error(tmp_path: Path, phantom, capsys) -> None:
     _, volume = phantom
     write_ct_series(volume, tmp_path / "series")
-    code, _, err = run_analyze([str(tmp_path / "series"), "--out", str(tmp_path / "o"),
-                                "--bundle", str(tmp_path / "no-bundle")], capsys)
+    code, _, err = run_analyze(
+        [str(tmp_path / "series"), "--out", str(tmp_path / "o"), "--bundle", str(tmp_path / "no-bundle")], capsys
+    )
     assert code == 2
     assert "model_card.json" in err and len(err.strip().splitlines()) == 1
 
 
-def test_result_objects_that_cannot_be_built_exit_2(tmp_path: Path, tiny_bundle: Path, phantom, capsys,
-                                                     monkeypatch) -> None:
+def test_result_objects_that_cannot_be_built_exit_2(
+    tmp_path: Path, tiny_bundle: Path, phantom, capsys, monkeypatch
+) -> None:
     # Issue 14, item 1: a WriterError once escaped as a traceback. The writers' refusal is
     # simulated (a unit test of the command's error mapping); the rest is the real chain.
     import dicomnode.writers as writers
@@ -162,7 +203,9 @@ def test_result_objects_that_cannot_be_built_exit_2(tmp_path: Path, tiny_bundle:
     monkeypatch.setattr(writers, "build_result_objects", refuse)
     _, volume = phantom
     write_ct_series(volume, tmp_path / "series")
-    code, stdout, err = run_analyze([str(tmp_path / "series"), "--out", str(tmp_path / "o"),
-                                     "--bundle", str(tiny_bundle), "--device", "cpu"], capsys)
+    code, stdout, err = run_analyze(
+        [str(tmp_path / "series"), "--out", str(tmp_path / "o"), "--bundle", str(tiny_bundle), "--device", "cpu"],
+        capsys,
+    )
     assert code == 2 and stdout == ""
     assert len(err.strip().splitlines()) == 1 and "cannot be built" in err and "ImagePositionPatient" in err

@@ -50,12 +50,24 @@ def _calibration_records(seed: int, healthy_false_flags, lesion_map: bool):
         scores = np.where(lesion, rng.uniform(0.6, 1.0, 30), rng.uniform(0.0, 0.4, 30))
         if not pneu:
             scores[list(healthy_false_flags(i))] = 0.95
-        tasks = np.array([0.8 if pneu else 0.3, 0.7 if truth == "covid19" else 0.4,
-                          0.7 if truth == "covid19" else 0.4])
-        extra = dict(slice_lesion_mm2=np.where(lesion, 200.0, 0.0), lesion_share=0.05 if pneu else 1e-4) \
-            if lesion_map else {}
-        records.append(CaseRecord(case_id=f"c{i}", truth=truth, probabilities=np.full(4, 0.25), tasks=tasks,
-                                  predicted="cap", slice_scores=scores, slice_truth=lesion, **extra))
+        tasks = np.array([0.8 if pneu else 0.3, 0.7 if truth == "covid19" else 0.4, 0.7 if truth == "covid19" else 0.4])
+        extra = (
+            dict(slice_lesion_mm2=np.where(lesion, 200.0, 0.0), lesion_share=0.05 if pneu else 1e-4)
+            if lesion_map
+            else {}
+        )
+        records.append(
+            CaseRecord(
+                case_id=f"c{i}",
+                truth=truth,
+                probabilities=np.full(4, 0.25),
+                tasks=tasks,
+                predicted="cap",
+                slice_scores=scores,
+                slice_truth=lesion,
+                **extra,
+            )
+        )
     return records
 
 

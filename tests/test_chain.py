@@ -59,9 +59,11 @@ def test_analyze_end_to_end_on_a_phantom(bundle, phantom) -> None:
     assert summary["infected_slices"] == [phantom.volume.slice_label(z) for z in r.infected.z_indices]
     if r.lung_mask.lesion is not None and r.decision.value != "out_of_domain":  # severity of its lesion map
         lesion_in_lung = np.count_nonzero(r.lung_mask.lesion & r.lung_mask.mask)
-        assert summary["lung_involvement_percent"] == pytest.approx(
-            100 * lesion_in_lung / np.count_nonzero(r.lung_mask.mask), abs=0.01) or lesion_in_lung * \
-            phantom.volume.voxel_volume_ml < 0.1
+        assert (
+            summary["lung_involvement_percent"]
+            == pytest.approx(100 * lesion_in_lung / np.count_nonzero(r.lung_mask.mask), abs=0.01)
+            or lesion_in_lung * phantom.volume.voxel_volume_ml < 0.1
+        )
         assert summary["mosmed_grade"].startswith("CT-") and summary["lobes"] == []
         assert summary["ct_severity_score"] is None  # no lobe map yet
     else:
@@ -101,14 +103,16 @@ def test_select_slices_prefers_located_slices_for_pneumonia() -> None:
     assert case.label == "covid19"
     scores = np.full(10, np.nan)
     scores[[2, 3, 4, 5, 6, 8]] = [0.6, 0.9, 0.2, 0.8, 0.55, 0.1]
-    infected = infected_from_scores(scores[[2, 3, 4, 5, 6, 8]], [2, 3, 4, 5, 6, 8], 10,
-                                    ChainParams(locator_median_width=1))
+    infected = infected_from_scores(
+        scores[[2, 3, 4, 5, 6, 8]], [2, 3, 4, 5, 6, 8], 10, ChainParams(locator_median_width=1)
+    )
     assert infected.z_indices == (2, 3, 5, 6)
     # With a lesion map, a slice the locator flags without a lesion on it is not reported.
     lesion_slices = np.zeros(10, bool)
     lesion_slices[[3, 6, 8]] = True
-    gated = infected_from_scores(scores[[2, 3, 4, 5, 6, 8]], [2, 3, 4, 5, 6, 8], 10,
-                                 ChainParams(locator_median_width=1), lesion_slices)
+    gated = infected_from_scores(
+        scores[[2, 3, 4, 5, 6, 8]], [2, 3, 4, 5, 6, 8], 10, ChainParams(locator_median_width=1), lesion_slices
+    )
     assert gated.z_indices == (3, 6)
     assert np.array_equal(gated.scores, infected.scores, equal_nan=True)  # the locator's scores are kept
     assert select_slices(case, slices, infected, params) == ("covid19", [3, 5])
@@ -134,12 +138,13 @@ def test_locator_median_filter_and_nan_for_unscored() -> None:
 
 
 def test_attention_regions_keep_inside_lung_margin_and_drop_small() -> None:
-    params = ChainParams(attention_threshold=0.5, lung_margin_px=2, attention_min_area_px=200,
-                         attention_morph_radius_px=1)
+    params = ChainParams(
+        attention_threshold=0.5, lung_margin_px=2, attention_min_area_px=200, attention_morph_radius_px=1
+    )
     heat = np.zeros((128, 128), np.float32)
-    heat[20:40, 20:40] = 1.0      # 400 px inside the lung: kept
+    heat[20:40, 20:40] = 1.0  # 400 px inside the lung: kept
     heat[100:103, 100:103] = 1.0  # 9 px (< 200 * 128^2 / 512^2 = 12.5): dropped
-    heat[60:80, 110:128] = 1.0    # outside the lung margin: dropped
+    heat[60:80, 110:128] = 1.0  # outside the lung margin: dropped
     lung = np.zeros((128, 128), bool)
     lung[10:105, 10:105] = True
     regions = attention_regions(heat, lung, params)
@@ -164,8 +169,11 @@ def test_phenotype_features_pleura_distance_and_fractal_dimension() -> None:
     assert any(k.startswith("original_glcm_") for k in ph.features)
     assert np.isfinite(ph.features["fractal_dimension_2d"])
     assert pleura_distances_mm(np.zeros((4, 4), bool), lung[0, :4, :4], (1.0, 1.0)) == []
-    none = (AttentionMap(z_index=0, heat=np.zeros((64, 64), np.float32), regions=np.zeros((64, 64), bool),
-                         target_class="cap"),)
+    none = (
+        AttentionMap(
+            z_index=0, heat=np.zeros((64, 64), np.float32), regions=np.zeros((64, 64), bool), target_class="cap"
+        ),
+    )
     assert compute_phenotype(volume, LungMask(lung, "classical"), none, ChainParams()) is None
 
 

@@ -49,7 +49,7 @@ def test_unknown_key_gets_a_did_you_mean(tmp_path):
 
 
 def test_unknown_section(tmp_path):
-    found = problems(tmp_path, '[nodes]\nport = 1\n')
+    found = problems(tmp_path, "[nodes]\nport = 1\n")
     assert any("unknown key 'nodes'" in p and "'node'" in p for p in found)
 
 
@@ -64,13 +64,16 @@ def test_port_0_needs_the_tls_listener(tmp_path):
     assert any("switches the plain listener off" in p and "tls_port" in p for p in found)
 
 
-@pytest.mark.parametrize("title,words", [
-    ("ABCDEFGHIJKLMNOPQ", "at most 16"),
-    ("A\\\\B", "backslash"),
-    ("A\\tB", "control character"),
-    ("   ", "empty"),
-    (" PACS", "leading or trailing spaces"),
-])
+@pytest.mark.parametrize(
+    "title,words",
+    [
+        ("ABCDEFGHIJKLMNOPQ", "at most 16"),
+        ("A\\\\B", "backslash"),
+        ("A\\tB", "control character"),
+        ("   ", "empty"),
+        (" PACS", "leading or trailing spaces"),
+    ],
+)
 def test_bad_ae_titles(tmp_path, title, words):
     found = problems(tmp_path, f'[node]\nae_title = "{title}"\n')
     assert any(words in p for p in found), found
@@ -82,7 +85,9 @@ def test_ae_title_rules_directly():
 
 
 def test_duplicate_destination_and_every_problem_at_once(tmp_path):
-    found = problems(tmp_path, """
+    found = problems(
+        tmp_path,
+        """
 [node]
 ae_titel = "X"
 port = 70000
@@ -99,7 +104,8 @@ ae_title = "VIEWER"
 host = "h"
 port = 11112
 objects = ["sr", "pdf"]
-""")
+""",
+    )
     assert any("duplicate of destination #1" in p for p in found)
     assert any("ae_titel" in p for p in found)
     assert any("1-65535" in p for p in found)
@@ -147,8 +153,9 @@ def test_overrides_and_destination_parsing(tmp_path):
     cfg = load_config(write(tmp_path, '[[destinations]]\nae_title = "OLD"\nhost = "h"\nport = 1\n'))
     d = parse_destination("PACS@127.0.0.1:4242")
     assert (d.ae_title, d.host, d.port, d.objects) == ("PACS", "127.0.0.1", 4242, ("sr", "sc", "seg", "kos"))
-    cfg2 = with_overrides(cfg, ae_title="NEWAE", port=4000, data_dir=tmp_path / "d", quiet_seconds=0.5,
-                          destinations=[d])
+    cfg2 = with_overrides(
+        cfg, ae_title="NEWAE", port=4000, data_dir=tmp_path / "d", quiet_seconds=0.5, destinations=[d]
+    )
     assert cfg2.node.ae_title == "NEWAE" and cfg2.node.port == 4000 and cfg2.node.quiet_seconds == 0.5
     assert [x.ae_title for x in cfg2.destinations] == ["PACS"]
     with pytest.raises(ValueError, match="AE@HOST:PORT"):
@@ -160,11 +167,11 @@ def test_overrides_and_destination_parsing(tmp_path):
 def test_config_check_command(tmp_path, capsys):
     import argparse
 
-    good = write(tmp_path, '[node]\nport = 4104\n')
+    good = write(tmp_path, "[node]\nport = 4104\n")
     assert config_cmd.run(argparse.Namespace(action="check", file=good)) == 0
     assert "config OK" in capsys.readouterr().out
     bad = tmp_path / "bad.toml"
-    bad.write_text('[node]\nprot = 1\n')
+    bad.write_text("[node]\nprot = 1\n")
     assert config_cmd.run(argparse.Namespace(action="check", file=bad)) == 1
     out = capsys.readouterr().out
     assert "did you mean 'port'" in out

@@ -20,8 +20,9 @@ def test_generated_tables_match_the_code():
     fresh = conformance.tables()
     assert set(found) == set(fresh), "docs/conformance.md lacks or has extra generated blocks"
     stale = [name for name in fresh if found[name].strip() != fresh[name].strip()]
-    assert not stale, (f"docs/conformance.md is stale in {stale}: "
-                       f"run python -m dicomnode.conformance docs/conformance.md")
+    assert not stale, (
+        f"docs/conformance.md is stale in {stale}: run python -m dicomnode.conformance docs/conformance.md"
+    )
 
 
 def test_a_changed_fact_makes_the_document_stale():
@@ -40,7 +41,12 @@ def test_prose_names_the_codes_uids_and_statuses():
     text = DOC.read_text()
     assert str(header.IMPLEMENTATION_CLASS_UID) in text
     assert header.IMPLEMENTATION_VERSION.startswith("COVIDNODE")
-    statuses = {header.STATUS_OUT_OF_RESOURCES, header.STATUS_DATASET_MISMATCH, header.STATUS_CANNOT_UNDERSTAND,
-                header.STATUS_PROCESSING_FAILURE, fastscp.SOP_CLASS_NOT_SUPPORTED}
+    statuses = {
+        header.STATUS_OUT_OF_RESOURCES,
+        header.STATUS_DATASET_MISMATCH,
+        header.STATUS_CANNOT_UNDERSTAND,
+        header.STATUS_PROCESSING_FAILURE,
+        fastscp.SOP_CLASS_NOT_SUPPORTED,
+    }
     named = {int(m, 16) for m in re.findall(r"`0x([0-9A-F]{4})`", text)} - {0}
     assert named == statuses

@@ -67,16 +67,19 @@ def test_phantom_spec_mix_and_patients():
     assert sorted({c.stage for c in ds}) == ["1", "2"]
 
 
-@pytest.mark.parametrize("spec, words", [
-    ("phantom:seed=1", "count is required"),
-    ("phantom:count=4,colour=red", "unknown key 'colour'"),
-    ("phantom:count=four", "not a whole number"),
-    ("phantom:count=4,mix=1:1", "mix"),
-    ("phantom:count=4,mix=1:1:x:1", "mix"),
-    ("phantom:count=4,slices=2", "slices must be at least 8"),
-    ("phantom:count=4,seed", "not key=value"),
-    ("phantom:count=4,count=5", "given twice"),
-])
+@pytest.mark.parametrize(
+    "spec, words",
+    [
+        ("phantom:seed=1", "count is required"),
+        ("phantom:count=4,colour=red", "unknown key 'colour'"),
+        ("phantom:count=four", "not a whole number"),
+        ("phantom:count=4,mix=1:1", "mix"),
+        ("phantom:count=4,mix=1:1:x:1", "mix"),
+        ("phantom:count=4,slices=2", "slices must be at least 8"),
+        ("phantom:count=4,seed", "not key=value"),
+        ("phantom:count=4,count=5", "given twice"),
+    ],
+)
 def test_bad_phantom_specs(spec, words):
     with pytest.raises(DatasetError, match=words):
         open_dataset(spec)
@@ -113,7 +116,8 @@ def test_manifest_with_nifti_and_masks(tmp_path):
         "path,label,patient_id,sex,age,stage,lung_mask,lesion_mask\n"
         "../vol/a.nii.gz,covid19,P1,female,61,2,../masks/a_lung.nii.gz,../masks/a_lesion.nii.gz\n"
         "\n"
-        "../vol/b.nii,cap,,M,,,,\n")
+        "../vol/b.nii,cap,,M,,,,\n"
+    )
     ds = open_dataset(str(csv))
     assert ds.kind == "manifest" and not ds.synthetic and len(ds) == 2
     first, second = ds
@@ -159,8 +163,9 @@ def test_nifti_stored_flipped_is_read_in_lps_with_its_mask(tmp_path):
 def test_manifest_with_dicom_series(tmp_path):
     synthetic = pytest.importorskip("dicomnode.synthetic")
     hu = RNG.integers(-1000, 500, size=(6, 16, 12)).astype(np.float32)
-    volume = CTVolume(hu=hu, spacing_mm=(2.0, 0.75, 0.75), origin_mm=(-5.0, -6.0, 100.0),
-                      slice_numbers=tuple(range(1, 7)))
+    volume = CTVolume(
+        hu=hu, spacing_mm=(2.0, 0.75, 0.75), origin_mm=(-5.0, -6.0, 100.0), slice_numbers=tuple(range(1, 7))
+    )
     series = synthetic.write_ct_series(volume, tmp_path / "series1")
     (tmp_path / "m.csv").write_text("path,label,case_id\nseries1,influenza,S1\n")
     case = open_dataset(str(tmp_path / "m.csv"))[0]
@@ -180,26 +185,28 @@ def _manifest(tmp_path: Path, text: str) -> Path:
 
 
 def test_manifest_dicom_style_age_and_unknown_sex(tmp_path):
-    path = _manifest(tmp_path, "path,label,case_id,sex,age\n"
-                               "a.nii.gz,cap,1,O,045Y\n"
-                               "a.nii.gz,cap,2,,18M\n"
-                               "a.nii.gz,cap,3,u,70.5\n")
+    path = _manifest(
+        tmp_path, "path,label,case_id,sex,age\na.nii.gz,cap,1,O,045Y\na.nii.gz,cap,2,,18M\na.nii.gz,cap,3,u,70.5\n"
+    )
     ages = [(c.sex, c.age) for c in open_dataset(str(path))]
     assert ages == [(None, 45.0), (None, 1.5), (None, 70.5)]
 
 
-@pytest.mark.parametrize("text, words", [
-    ("file,label\na.nii.gz,cap\n", "lacks column"),
-    ("path,label,colour\na.nii.gz,cap,red\n", "unknown column"),
-    ("path,label\na.nii.gz,pneumonia\n", r"m.csv line 2: label 'pneumonia'"),
-    ("path,label\na.nii.gz,cap\nmissing.nii.gz,cap\n", r"line 3: .*missing.nii.gz does not exist"),
-    ("path,label,case_id\na.nii.gz,cap,X\na.nii.gz,cap,X\n", "case_id 'X' already used on line 2"),
-    ("path,label,age\na.nii.gz,cap,old\n", "age 'old'"),
-    ("path,label,sex\na.nii.gz,cap,Q\n", "sex 'Q'"),
-    ("path,label,lung_mask\na.nii.gz,cap,nomask.nii.gz\n", "lung_mask .*nomask.nii.gz does not exist"),
-    ("path,label\n", "no rows"),
-    ("", "empty manifest"),
-])
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("file,label\na.nii.gz,cap\n", "lacks column"),
+        ("path,label,colour\na.nii.gz,cap,red\n", "unknown column"),
+        ("path,label\na.nii.gz,pneumonia\n", r"m.csv line 2: label 'pneumonia'"),
+        ("path,label\na.nii.gz,cap\nmissing.nii.gz,cap\n", r"line 3: .*missing.nii.gz does not exist"),
+        ("path,label,case_id\na.nii.gz,cap,X\na.nii.gz,cap,X\n", "case_id 'X' already used on line 2"),
+        ("path,label,age\na.nii.gz,cap,old\n", "age 'old'"),
+        ("path,label,sex\na.nii.gz,cap,Q\n", "sex 'Q'"),
+        ("path,label,lung_mask\na.nii.gz,cap,nomask.nii.gz\n", "lung_mask .*nomask.nii.gz does not exist"),
+        ("path,label\n", "no rows"),
+        ("", "empty manifest"),
+    ],
+)
 def test_manifest_errors_name_the_row(tmp_path, text, words):
     with pytest.raises(DatasetError, match=words):
         open_dataset(str(_manifest(tmp_path, text)))
@@ -210,10 +217,9 @@ def test_unreadable_files_fail_on_load_naming_the_file(tmp_path):
     write_nifti(tmp_path / "a.nii.gz", small_ct())
     write_nifti(tmp_path / "small_mask.nii.gz", np.zeros((2, 6, 7), np.uint8))
     (tmp_path / "empty_dir").mkdir()
-    (tmp_path / "m.csv").write_text("path,label,case_id,lung_mask\n"
-                                    "broken.nii.gz,cap,1,\n"
-                                    "a.nii.gz,cap,2,small_mask.nii.gz\n"
-                                    "empty_dir,cap,3,\n")
+    (tmp_path / "m.csv").write_text(
+        "path,label,case_id,lung_mask\nbroken.nii.gz,cap,1,\na.nii.gz,cap,2,small_mask.nii.gz\nempty_dir,cap,3,\n"
+    )
     broken, mismatch, empty = open_dataset(str(tmp_path / "m.csv"))
     with pytest.raises(DatasetError, match="broken.nii.gz: cannot read"):
         broken.load()

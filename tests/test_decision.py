@@ -17,9 +17,12 @@ IN_DOMAIN = DomainCheck(score=0.4, in_domain=True, components={"deep_features": 
 def _case(probs: dict[str, float], pneumonia: float) -> CaseScores:
     p = np.array([probs[c] for c in CLASS_NAMES], dtype=float)
     p = p / p.sum()
-    return CaseScores(probabilities=dict(zip(CLASS_NAMES, p.tolist(), strict=True)),
-                      tasks={TASK_NAMES[0]: pneumonia, TASK_NAMES[1]: 0.5, TASK_NAMES[2]: 0.5},
-                      label=CLASS_NAMES[int(np.argmax(p))], top_k=3)
+    return CaseScores(
+        probabilities=dict(zip(CLASS_NAMES, p.tolist(), strict=True)),
+        tasks={TASK_NAMES[0]: pneumonia, TASK_NAMES[1]: 0.5, TASK_NAMES[2]: 0.5},
+        label=CLASS_NAMES[int(np.argmax(p))],
+        top_k=3,
+    )
 
 
 def _infected(n: int) -> InfectedSlices:
@@ -27,47 +30,89 @@ def _infected(n: int) -> InfectedSlices:
 
 
 def test_confident_covid_is_stated() -> None:
-    d = decide(_case({"non_pneumonia": .05, "cap": .1, "influenza": .05, "covid19": .8}, 0.95), _infected(6),
-               IN_DOMAIN, OperatingPoints())
+    d = decide(
+        _case({"non_pneumonia": 0.05, "cap": 0.1, "influenza": 0.05, "covid19": 0.8}, 0.95),
+        _infected(6),
+        IN_DOMAIN,
+        OperatingPoints(),
+    )
     assert d.value == "covid19" and d.is_finding and d.is_pneumonia
     assert d.thresholds["pneumonia_vs_non_pneumonia"] == 0.5
 
 
 def test_close_split_between_two_pneumonia_types_is_indeterminate() -> None:
     # 50.2% vs 49.7%: the example of the issue.
-    d = decide(_case({"non_pneumonia": .001, "cap": .502, "influenza": .001, "covid19": .497}, 0.99), _infected(8),
-               IN_DOMAIN, OperatingPoints(margin=0.1))
+    d = decide(
+        _case({"non_pneumonia": 0.001, "cap": 0.502, "influenza": 0.001, "covid19": 0.497}, 0.99),
+        _infected(8),
+        IN_DOMAIN,
+        OperatingPoints(margin=0.1),
+    )
     assert d.value == "indeterminate" and not d.is_finding
     assert "CAP" in d.reason and "COVID-19" in d.reason and "margin" in d.reason
 
 
 def test_score_near_the_pneumonia_threshold_is_indeterminate() -> None:
     op = OperatingPoints(pneumonia_vs_non_pneumonia=0.7, pneumonia_margin=0.05)
-    assert decide(_case({"non_pneumonia": .3, "cap": .7, "influenza": .0, "covid19": .0}, 0.72), _infected(5),
-                  IN_DOMAIN, op).value == "indeterminate"
-    assert decide(_case({"non_pneumonia": .3, "cap": .7, "influenza": .0, "covid19": .0}, 0.60), _infected(5),
-                  IN_DOMAIN, op).value == "non_pneumonia"
+    assert (
+        decide(
+            _case({"non_pneumonia": 0.3, "cap": 0.7, "influenza": 0.0, "covid19": 0.0}, 0.72),
+            _infected(5),
+            IN_DOMAIN,
+            op,
+        ).value
+        == "indeterminate"
+    )
+    assert (
+        decide(
+            _case({"non_pneumonia": 0.3, "cap": 0.7, "influenza": 0.0, "covid19": 0.0}, 0.60),
+            _infected(5),
+            IN_DOMAIN,
+            op,
+        ).value
+        == "non_pneumonia"
+    )
 
 
 def test_pneumonia_without_located_lesions_is_indeterminate() -> None:
-    d = decide(_case({"non_pneumonia": .1, "cap": .8, "influenza": .05, "covid19": .05}, 0.9), _infected(0),
-               IN_DOMAIN, OperatingPoints(min_infected_slices=1))
+    d = decide(
+        _case({"non_pneumonia": 0.1, "cap": 0.8, "influenza": 0.05, "covid19": 0.05}, 0.9),
+        _infected(0),
+        IN_DOMAIN,
+        OperatingPoints(min_infected_slices=1),
+    )
     assert d.value == "indeterminate" and "locator" in d.reason
 
 
 def test_out_of_domain_claims_no_class_whatever_the_scores() -> None:
-    shifted = DomainCheck(score=3.2, in_domain=False, components={"noise_hu": 3.2},
-                          reasons=("the image noise (210.0) lies outside the range of its training data",))
-    d = decide(_case({"non_pneumonia": .0, "cap": .99, "influenza": .005, "covid19": .005}, 0.9995), _infected(30),
-               shifted, OperatingPoints())
+    shifted = DomainCheck(
+        score=3.2,
+        in_domain=False,
+        components={"noise_hu": 3.2},
+        reasons=("the image noise (210.0) lies outside the range of its training data",),
+    )
+    d = decide(
+        _case({"non_pneumonia": 0.0, "cap": 0.99, "influenza": 0.005, "covid19": 0.005}, 0.9995),
+        _infected(30),
+        shifted,
+        OperatingPoints(),
+    )
     assert d.value == "out_of_domain" and not d.is_finding
     assert "cannot assess" in d.reason and "noise" in d.reason
 
 
 def test_operating_points_from_card_and_validation() -> None:
-    op = OperatingPoints.from_card({"operating_points": {"pneumonia_vs_non_pneumonia": 0.83, "margin": 0.2,
-                                                         "min_infected_slices": 2, "rule": "Youden",
-                                                         "data_specs": ["ignored"]}})
+    op = OperatingPoints.from_card(
+        {
+            "operating_points": {
+                "pneumonia_vs_non_pneumonia": 0.83,
+                "margin": 0.2,
+                "min_infected_slices": 2,
+                "rule": "Youden",
+                "data_specs": ["ignored"],
+            }
+        }
+    )
     assert (op.pneumonia_vs_non_pneumonia, op.margin, op.min_infected_slices, op.rule) == (0.83, 0.2, 2, "Youden")
     assert OperatingPoints.from_card({}) == OperatingPoints()
     with pytest.raises(ValueError):
@@ -90,8 +135,13 @@ def test_chain_reads_thresholds_from_the_card(tiny_bundle: Path, tmp_path: Path)
         b = tmp_path / name
         shutil.copytree(tiny_bundle, b)
         card = json.loads((b / "model_card.json").read_text())
-        card["operating_points"] = {"pneumonia_vs_non_pneumonia": t, "locator_threshold": 0.0,
-                                    "pneumonia_margin": 0.0, "margin": 0.0, "rule": "test"}
+        card["operating_points"] = {
+            "pneumonia_vs_non_pneumonia": t,
+            "locator_threshold": 0.0,
+            "pneumonia_margin": 0.0,
+            "margin": 0.0,
+            "rule": "test",
+        }
         (b / "model_card.json").write_text(json.dumps(card))
         result = analyze(volume, load_bundle(b, "cpu"), ChainParams(device="cpu", compute_phenotype=False))
         decisions[name] = result.decision
@@ -107,9 +157,14 @@ def _burden(share: float, lung_ml: float = 3000.0):
     return LesionBurden(volume_ml=share * lung_ml, lung_share=share, slice_area_mm2=np.zeros(40))
 
 
-LESION_OP = OperatingPoints(pneumonia_vs_non_pneumonia=0.7, pneumonia_margin=0.05, lesion_share_threshold=0.01,
-                            lesion_band=1.5, min_infected_slices=1)
-COVID_PROBS = {"non_pneumonia": .2, "cap": .1, "influenza": .1, "covid19": .6}
+LESION_OP = OperatingPoints(
+    pneumonia_vs_non_pneumonia=0.7,
+    pneumonia_margin=0.05,
+    lesion_share_threshold=0.01,
+    lesion_band=1.5,
+    min_infected_slices=1,
+)
+COVID_PROBS = {"non_pneumonia": 0.2, "cap": 0.1, "influenza": 0.1, "covid19": 0.6}
 
 
 def test_lesion_evidence_decides_pneumonia_against_non_pneumonia() -> None:
@@ -148,7 +203,7 @@ def test_measured_lesions_need_no_locator_slices_but_a_classifier_score_does() -
     """With a lesion map the lesions are measured: a CAP whose consolidation the locator
     misses is still CAP. Without one, a pneumonia score with no located slice stays
     indeterminate."""
-    cap = {"non_pneumonia": .1, "cap": .6, "influenza": .15, "covid19": .15}
+    cap = {"non_pneumonia": 0.1, "cap": 0.6, "influenza": 0.15, "covid19": 0.15}
     op = OperatingPoints(pneumonia_vs_non_pneumonia=0.7, lesion_share_threshold=0.01, min_infected_slices=4)
     assert decide(_case(cap, 0.9), _infected(0), IN_DOMAIN, op, _burden(0.05)).value == "cap"
     assert decide(_case(cap, 0.9), _infected(0), IN_DOMAIN, op, None).value == "indeterminate"

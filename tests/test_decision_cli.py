@@ -31,9 +31,15 @@ def test_demo_summary_leads_with_the_decision(case):
     name, inputs, summary = case
     text = format_summary(summary)
     first = text.splitlines()[0]
-    assert first == {"covid19": "AI decision: COVID-19", "cap": "AI decision: community-acquired pneumonia (CAP)",
-                     "indeterminate": "AI decision: indeterminate (no diagnosis is stated)",
-                     "out_of_domain": "AI decision: cannot assess this study (out of domain)"}[name]
+    assert (
+        first
+        == {
+            "covid19": "AI decision: COVID-19",
+            "cap": "AI decision: community-acquired pneumonia (CAP)",
+            "indeterminate": "AI decision: indeterminate (no diagnosis is stated)",
+            "out_of_domain": "AI decision: cannot assess this study (out of domain)",
+        }[name]
+    )
     assert f"why: {inputs.result.decision.reason}" in text
     assert "Not for clinical use" in text and "lung volume" in text
     if name == "covid19":
@@ -55,9 +61,13 @@ def test_status_shows_each_jobs_decision(case, tmp_path):
     (job_dir / "summary.json").write_text(json.dumps(summary))
     assert status_cmd.job_decision(job_dir) == name
     assert status_cmd.job_decision(tmp_path / "results" / "8") is None  # not analysed (yet)
-    data = {"database": "db", "series": [], "deliveries": [], "pending_deliveries": 0,
-            "jobs": [{"id": 7, "series_uid": "1.2.3", "state": "done", "decision": name, "attempts": 1,
-                      "reason": None}]}
+    data = {
+        "database": "db",
+        "series": [],
+        "deliveries": [],
+        "pending_deliveries": 0,
+        "jobs": [{"id": 7, "series_uid": "1.2.3", "state": "done", "decision": name, "attempts": 1, "reason": None}],
+    }
     table = status_cmd.render(data)
     assert "decision" in table and f"done   {name}" in table
 

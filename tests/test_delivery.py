@@ -62,14 +62,19 @@ def test_each_destination_gets_its_objects_once(setup, tmp_path):
     pacs = StoreSCP(tmp_path / "pacs", "PACS").start()
     viewer = StoreSCP(tmp_path / "viewer", "VIEWER").start()
     try:
-        dests = [Destination(ae_title="PACS", host="127.0.0.1", port=pacs.port),
-                 Destination(ae_title="VIEWER", host="127.0.0.1", port=viewer.port, objects=("sr",))]
+        dests = [
+            Destination(ae_title="PACS", host="127.0.0.1", port=pacs.port),
+            Destination(ae_title="VIEWER", host="127.0.0.1", port=viewer.port, objects=("sr",)),
+        ]
         delivery = Delivery(db, dests, DeliverySection(), results_root, "COVIDNODE")
         job_id = make_job(db, queue, results_root, delivery)
         assert delivery.deliver_due() == 5
         assert delivery.deliver_due() == 0  # nothing left: nothing sent twice
-        wait_for(lambda: len(pacs.received_sop_uids()) == 3 and len(viewer.received_sop_uids()) == 2, 20,
-                 what="both destinations to store")
+        wait_for(
+            lambda: len(pacs.received_sop_uids()) == 3 and len(viewer.received_sop_uids()) == 2,
+            20,
+            what="both destinations to store",
+        )
         assert len(set(pacs.received_sop_uids())) == 3
         assert queue.get(job_id).state == JobState.DONE
     finally:
@@ -99,10 +104,15 @@ def test_destination_down_then_up_gets_results_later_across_a_restart(setup, tmp
     pacs = StoreSCP(tmp_path / "pacs", "PACS", port=port).start()
     try:
         again = Delivery(db, [dest], settings, results_root, "COVIDNODE")
-        wait_for(lambda: again.deliver_due() or PENDING not in again.states(),
-                 20, interval=0.2, what="the retry to send")
-        wait_for(lambda: PENDING not in again.states() and again.deliver_due() == 0, 20, interval=0.2,
-                 what="all deliveries sent")
+        wait_for(
+            lambda: again.deliver_due() or PENDING not in again.states(), 20, interval=0.2, what="the retry to send"
+        )
+        wait_for(
+            lambda: PENDING not in again.states() and again.deliver_due() == 0,
+            20,
+            interval=0.2,
+            what="all deliveries sent",
+        )
         assert set(again.states()) == {SENT}
         wait_for(lambda: len(pacs.received_sop_uids()) == 3, 20, what="storescp to store 3 objects")
         assert len(set(pacs.received_sop_uids())) == 3
@@ -148,8 +158,9 @@ def test_a_destination_that_aborts_mid_transfer_does_not_stall_delivery(setup):
     server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, abort)])
     try:
         dest = Destination(name="flaky", ae_title="FLAKY", host="127.0.0.1", port=port)
-        delivery = Delivery(db, [dest], DeliverySection(backoff_base_seconds=1, connect_timeout_seconds=5),
-                            results_root, "COVIDNODE")
+        delivery = Delivery(
+            db, [dest], DeliverySection(backoff_base_seconds=1, connect_timeout_seconds=5), results_root, "COVIDNODE"
+        )
         job_id = make_job(db, queue, results_root, delivery)
         start = time.monotonic()
         assert delivery.deliver_due() == 0

@@ -21,15 +21,35 @@ def test_demo_sends_a_phantom_and_prints_the_report(tmp_path, tiny_bundle) -> No
     node = NodeProcess(tmp_path / "data", tiny_bundle, quiet_seconds=1.0).start()
     try:
         done = subprocess.run(
-            [sys.executable, "-m", "dicomnode.cli", "demo", "--config", str(node.config),
-             "--port", str(node.port), "--data-dir", str(node.data_dir),
-             "--slices", "24", "--size", "96", "--timeout", "240", "--json"],
-            cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+            [
+                sys.executable,
+                "-m",
+                "dicomnode.cli",
+                "demo",
+                "--config",
+                str(node.config),
+                "--port",
+                str(node.port),
+                "--data-dir",
+                str(node.data_dir),
+                "--slices",
+                "24",
+                "--size",
+                "96",
+                "--timeout",
+                "240",
+                "--json",
+            ],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
     finally:
         node.stop()
     assert done.returncode == 0, done.stdout + done.stderr + node.tail()
     start = done.stdout.index("{")
-    summary = json.loads(done.stdout[start:done.stdout.index("\n}", start) + 2])
+    summary = json.loads(done.stdout[start : done.stdout.index("\n}", start) + 2])
     assert set(summary["probabilities"]) == {"non_pneumonia", "cap", "influenza", "covid19"}
     assert summary["model"]["name"] == "tiny-random-test"
     assert "Structured report:" in done.stdout
@@ -43,8 +63,26 @@ def test_demo_without_a_node_says_so(tmp_path) -> None:
 
     config = write_test_config(tmp_path)
     done = subprocess.run(
-        [sys.executable, "-m", "dicomnode.cli", "demo", "--config", str(config), "--port", str(free_port()),
-         "--data-dir", str(tmp_path / "data"), "--slices", "20", "--size", "64"],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "dicomnode.cli",
+            "demo",
+            "--config",
+            str(config),
+            "--port",
+            str(free_port()),
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--slices",
+            "20",
+            "--size",
+            "64",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 1
     assert "Is 'dicomnode serve' running?" in done.stderr

@@ -28,8 +28,22 @@ CALIBRATION = "phantom:count=10,seed=4242,slices=16,size=64"
 def calibrated(tmp_path_factory) -> Path:
     """A tiny bundle calibrated by the real command on small phantoms."""
     bundle = make_tiny_bundle(tmp_path_factory.mktemp("calibrated"), seed=3)
-    proc = subprocess.run([dicomnode_exe(), "calibrate", "--bundle", str(bundle), "--data", CALIBRATION,
-                           "--device", "cpu", "--no-progress"], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            dicomnode_exe(),
+            "calibrate",
+            "--bundle",
+            str(bundle),
+            "--data",
+            CALIBRATION,
+            "--device",
+            "cpu",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "calibrated" in proc.stdout
     return bundle

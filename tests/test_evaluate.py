@@ -44,13 +44,22 @@ def _records(n: int, seed: int = 0, with_extras: bool = True) -> list[E.CaseReco
         p = np.exp(logits) / np.exp(logits).sum()
         truth = CLASS_NAMES[k]
         covid = truth == "covid19"
-        out.append(E.CaseRecord(
-            case_id=f"case-{i:03d}", truth=truth, probabilities=p, tasks=rng.uniform(size=3),
-            predicted=CLASS_NAMES[int(np.argmax(p))], features=rng.normal(size=6).astype(np.float32),
-            sex=("F", "M")[i % 2] if with_extras else None, age=float(25 + 2 * i) if with_extras else None,
-            stage=str(i % 2 + 1) if with_extras else None, lung_dice=0.95 if with_extras else None,
-            slice_scores=rng.uniform(size=8) if with_extras and covid else None,
-            slice_truth=np.arange(8) < 4 if with_extras and covid else None))
+        out.append(
+            E.CaseRecord(
+                case_id=f"case-{i:03d}",
+                truth=truth,
+                probabilities=p,
+                tasks=rng.uniform(size=3),
+                predicted=CLASS_NAMES[int(np.argmax(p))],
+                features=rng.normal(size=6).astype(np.float32),
+                sex=("F", "M")[i % 2] if with_extras else None,
+                age=float(25 + 2 * i) if with_extras else None,
+                stage=str(i % 2 + 1) if with_extras else None,
+                lung_dice=0.95 if with_extras else None,
+                slice_scores=rng.uniform(size=8) if with_extras and covid else None,
+                slice_truth=np.arange(8) < 4 if with_extras and covid else None,
+            )
+        )
     return out
 
 
@@ -79,19 +88,21 @@ def test_compute_metrics_shape_and_values_equal_sklearn() -> None:
         assert set(m["per_class_auc"][c]) == FIGURE_KEYS
         assert m["per_class_auc"][c]["value"] == pytest.approx(roc_auc_score(labels == i, probs[:, i]))
     assert m["multiway_auc"]["micro"]["value"] == pytest.approx(
-        roc_auc_score(labels, probs, multi_class="ovr", average="micro"))
+        roc_auc_score(labels, probs, multi_class="ovr", average="micro")
+    )
     assert m["multiway_auc"]["macro"]["value"] == pytest.approx(
-        roc_auc_score(labels, probs, multi_class="ovr", average="macro"))
+        roc_auc_score(labels, probs, multi_class="ovr", average="macro")
+    )
     # covid19 vs CAP is measured on covid19 + CAP cases only
     sel = np.isin(labels, [1, 3])
     t = TASK_NAMES.index("covid19_vs_cap")
     assert m["tasks"]["covid19_vs_cap"]["n_cases"] == int(sel.sum())
-    assert m["tasks"]["covid19_vs_cap"]["auc"]["value"] == pytest.approx(
-        roc_auc_score(labels[sel] == 3, tasks[sel, t]))
+    assert m["tasks"]["covid19_vs_cap"]["auc"]["value"] == pytest.approx(roc_auc_score(labels[sel] == 3, tasks[sel, t]))
     t = TASK_NAMES.index("pneumonia_vs_non_pneumonia")
     assert m["tasks"]["pneumonia_vs_non_pneumonia"]["n_cases"] == len(recs)
     assert m["tasks"]["pneumonia_vs_non_pneumonia"]["auc"]["value"] == pytest.approx(
-        roc_auc_score(labels != 0, tasks[:, t]))
+        roc_auc_score(labels != 0, tasks[:, t])
+    )
     assert sum(map(sum, m["confusion_matrix"]["counts"])) == len(recs)
     assert m["lung_dice"]["mean"]["value"] == pytest.approx(0.95)
     assert m["locating"]["n_cases"] == 12 and m["locating"]["n_slices"] == 96
@@ -139,12 +150,23 @@ def test_reader_comparison_hand_example() -> None:
         tasks[t] = covid_vs_cap
         return E.CaseRecord(cid, truth, np.full(4, 0.25), tasks, "non_pneumonia")
 
-    recs = [rec("a", "covid19", 0.9), rec("b", "covid19", 0.2), rec("c", "cap", 0.1), rec("d", "cap", 0.6),
-            rec("e", "non_pneumonia", 0.5)]
-    calls = [E.ReaderCall("a", "R1", "covid19"), E.ReaderCall("b", "R1", "covid19"),
-             E.ReaderCall("c", "R1", "covid19"), E.ReaderCall("d", "R1", "cap"),
-             E.ReaderCall("a", "R2", "cap"), E.ReaderCall("b", "R2", "cap"), E.ReaderCall("c", "R2", "cap"),
-             E.ReaderCall("zz", "R2", "cap")]
+    recs = [
+        rec("a", "covid19", 0.9),
+        rec("b", "covid19", 0.2),
+        rec("c", "cap", 0.1),
+        rec("d", "cap", 0.6),
+        rec("e", "non_pneumonia", 0.5),
+    ]
+    calls = [
+        E.ReaderCall("a", "R1", "covid19"),
+        E.ReaderCall("b", "R1", "covid19"),
+        E.ReaderCall("c", "R1", "covid19"),
+        E.ReaderCall("d", "R1", "cap"),
+        E.ReaderCall("a", "R2", "cap"),
+        E.ReaderCall("b", "R2", "cap"),
+        E.ReaderCall("c", "R2", "cap"),
+        E.ReaderCall("zz", "R2", "cap"),
+    ]
     out = E.reader_comparison(recs, calls, 0.5, E.EvalParams(n_bootstrap=20))
     assert out["task"] == "covid19_vs_cap" and out["n_cases"] == 4 and out["unmatched_case_ids"] == ["zz"]
     rows = {r["name"]: r for r in out["rows"]}
@@ -167,10 +189,18 @@ def test_reader_comparison_pneumonia_task(tmp_path: Path) -> None:
         tasks[t] = pneumonia
         return E.CaseRecord(cid, truth, np.full(4, 0.25), tasks, "covid19")
 
-    recs = [rec("a", "influenza", 0.8), rec("b", "covid19", 0.3), rec("c", "non_pneumonia", 0.2),
-            rec("d", "non_pneumonia", 0.7)]
-    calls = [E.ReaderCall("a", "R1", "cap"), E.ReaderCall("b", "R1", "covid19"),
-             E.ReaderCall("c", "R1", "influenza"), E.ReaderCall("d", "R1", "non_pneumonia")]
+    recs = [
+        rec("a", "influenza", 0.8),
+        rec("b", "covid19", 0.3),
+        rec("c", "non_pneumonia", 0.2),
+        rec("d", "non_pneumonia", 0.7),
+    ]
+    calls = [
+        E.ReaderCall("a", "R1", "cap"),
+        E.ReaderCall("b", "R1", "covid19"),
+        E.ReaderCall("c", "R1", "influenza"),
+        E.ReaderCall("d", "R1", "non_pneumonia"),
+    ]
     ep = E.EvalParams(n_bootstrap=10)
     out = E.reader_comparison(recs, calls, 0.5, ep, task="pneumonia_vs_non_pneumonia")
     assert out["positive_class"] == "pneumonia"
@@ -181,8 +211,12 @@ def test_reader_comparison_pneumonia_task(tmp_path: Path) -> None:
     assert E.reader_comparison(recs, calls, 0.5, ep)["task"] == "multi_way"  # not guessed from truths
     with pytest.raises(E.EvaluationError, match="unknown reader task"):
         E.reader_comparison(recs, calls, 0.5, ep, task="covid")
-    m = E.write_outputs(recs, E.compute_metrics(recs, 0.5, ep, reader_calls=calls,
-                                                reader_task_name="pneumonia_vs_non_pneumonia"), tmp_path, ep)
+    m = E.write_outputs(
+        recs,
+        E.compute_metrics(recs, 0.5, ep, reader_calls=calls, reader_task_name="pneumonia_vs_non_pneumonia"),
+        tmp_path,
+        ep,
+    )
     assert (tmp_path / m["plots"]["roc_readers"]).read_bytes()[:8] == PNG_MAGIC
 
 
@@ -198,14 +232,18 @@ def test_readers_csv_errors_name_the_line(tmp_path: Path) -> None:
 
 def test_write_outputs_folder(tmp_path: Path) -> None:
     recs = _records(24)
-    calls = [E.ReaderCall(r.case_id, f"R{k}", r.truth if (i + k) % 5 else CLASS_NAMES[0])
-             for i, r in enumerate(recs) for k in (1, 2)]
+    calls = [
+        E.ReaderCall(r.case_id, f"R{k}", r.truth if (i + k) % 5 else CLASS_NAMES[0])
+        for i, r in enumerate(recs)
+        for k in (1, 2)
+    ]
     ep = E.EvalParams(n_bootstrap=30)
     m = E.write_outputs(recs, E.compute_metrics(recs, 0.5, ep, reader_calls=calls), tmp_path, ep)
     for name in m["plots"].values():
         assert (tmp_path / name).read_bytes()[:8] == PNG_MAGIC
-    assert {"roc", "roc_covid19", "pr", "confusion_matrix", "decision_curve_covid19", "tsne",
-            "roc_locating"} <= set(m["plots"])
+    assert {"roc", "roc_covid19", "pr", "confusion_matrix", "decision_curve_covid19", "tsne", "roc_locating"} <= set(
+        m["plots"]
+    )
     assert all(f"decision_curve_{t}" in m["plots"] for t in TASK_NAMES)
     on_disk = json.loads((tmp_path / "metrics.json").read_text())
     assert on_disk == m
@@ -249,17 +287,31 @@ def test_score_cases_records_masks_and_features(method: str) -> None:
         return AnalysisResult(
             lung_mask=LungMask(lung.copy(), method),
             slice_scores=SliceScores(np.array([1, 2, 3]), probs, feats),
-            case_scores=CaseScores(dict(zip(CLASS_NAMES, (0.1, 0.2, 0.3, 0.4), strict=True)),
-                                   dict(zip(TASK_NAMES, (0.9, 0.7, 0.6), strict=True)), "covid19", 3),
-            infected=InfectedSlices(scores, (2, 3), 0.5), attention=(), phenotype=None, lung_volume_ml=1.0,
+            case_scores=CaseScores(
+                dict(zip(CLASS_NAMES, (0.1, 0.2, 0.3, 0.4), strict=True)),
+                dict(zip(TASK_NAMES, (0.9, 0.7, 0.6), strict=True)),
+                "covid19",
+                3,
+            ),
+            infected=InfectedSlices(scores, (2, 3), 0.5),
+            attention=(),
+            phenotype=None,
+            lung_volume_ml=1.0,
             model=ModelInfo("m", "0", "x", "", True),
             decision=Decision("covid19", "stand-in", {"pneumonia_vs_non_pneumonia": 0.5, "margin": 0.1}),
-            domain=DomainCheck(0.3, True, {}))
+            domain=DomainCheck(0.3, True, {}),
+        )
 
     half = lung.copy()
     half[:, :, 16:] = False  # Dice with the truth: 2 * 1/2 / (1 + 1/2) = 2/3
-    recs = E.score_cases([_Case("c1", "covid19", vol, lung, lesion)], None, None, progress=False,
-                         analyze=fake_analyze, classical=lambda volume, params: half)
+    recs = E.score_cases(
+        [_Case("c1", "covid19", vol, lung, lesion)],
+        None,
+        None,
+        progress=False,
+        analyze=fake_analyze,
+        classical=lambda volume, params: half,
+    )
     r = recs[0]
     assert r.lung_dice == 1.0 and r.lung_method == method and r.age == 63.0 and r.sex == "F" and r.stage is None
     if method == "unet":
@@ -278,8 +330,14 @@ def test_score_cases_records_masks_and_features(method: str) -> None:
         E.score_cases([_Case("c1", "covid19", vol, None, None)], None, None, progress=False, analyze=failing)
     failed = []
     with pytest.raises(E.EvaluationError, match="no case could be evaluated"):
-        E.score_cases([_Case("c1", "covid19", vol, None, None)], None, None, progress=False, analyze=failing,
-                      on_failure=lambda cid, err: failed.append((cid, err)))
+        E.score_cases(
+            [_Case("c1", "covid19", vol, None, None)],
+            None,
+            None,
+            progress=False,
+            analyze=failing,
+            on_failure=lambda cid, err: failed.append((cid, err)),
+        )
     assert failed == [("c1", "ValueError: no lung")]
 
 
@@ -292,20 +350,57 @@ def test_cli_end_to_end(tmp_path: Path, tiny_bundle: Path) -> None:
     cases = list(open_dataset(spec))  # ids and truths only: nothing is loaded yet
     # R1 reads every case right; R2 calls everything COVID-19 (right on the COVID-19 cases only).
     readers = tmp_path / "readers.csv"
-    readers.write_text("case_id,reader,call\n" + "".join(
-        f"{c.case_id},R1,{c.label}\n{c.case_id},R2,covid19\n" for c in cases))
+    readers.write_text(
+        "case_id,reader,call\n" + "".join(f"{c.case_id},R1,{c.label}\n{c.case_id},R2,covid19\n" for c in cases)
+    )
     proc = subprocess.run(
-        [dicomnode_exe(), "evaluate", "--bundle", str(tiny_bundle), "--data", spec, "--out", str(out),
-         "--bootstrap", "50", "--seed", "3", "--device", "cpu", "--readers", str(readers), "--no-progress"],
-        capture_output=True, text=True, timeout=600)
+        [
+            dicomnode_exe(),
+            "evaluate",
+            "--bundle",
+            str(tiny_bundle),
+            "--data",
+            spec,
+            "--out",
+            str(out),
+            "--bootstrap",
+            "50",
+            "--seed",
+            "3",
+            "--device",
+            "cpu",
+            "--readers",
+            str(readers),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "report.md" in proc.stdout
     with open(out / "scores.csv", newline="") as f:
         rows = list(csv.reader(f))
-    assert tuple(rows[0]) == ("case_id", "truth", "p_non_pneumonia", "p_cap", "p_influenza", "p_covid19",
-                              "pneumonia_vs_non_pneumonia", "covid19_vs_cap", "covid19_vs_influenza", "predicted",
-                                  "decision", "out_of_domain_score", "flagged_slices", "lesion_share",
-                              "pattern_p_non_pneumonia", "pattern_p_cap", "pattern_p_influenza", "pattern_p_covid19")
+    assert tuple(rows[0]) == (
+        "case_id",
+        "truth",
+        "p_non_pneumonia",
+        "p_cap",
+        "p_influenza",
+        "p_covid19",
+        "pneumonia_vs_non_pneumonia",
+        "covid19_vs_cap",
+        "covid19_vs_influenza",
+        "predicted",
+        "decision",
+        "out_of_domain_score",
+        "flagged_slices",
+        "lesion_share",
+        "pattern_p_non_pneumonia",
+        "pattern_p_cap",
+        "pattern_p_influenza",
+        "pattern_p_covid19",
+    )
     assert [r[0] for r in rows[1:]] == [c.case_id for c in cases]
     assert [r[1] for r in rows[1:]] == [c.label for c in cases]
     m = json.loads((out / "metrics.json").read_text())
@@ -340,8 +435,18 @@ def test_cli_end_to_end(tmp_path: Path, tiny_bundle: Path) -> None:
 def test_cli_bad_spec_is_one_line_error(tmp_path: Path, tiny_bundle: Path, capsys) -> None:
     from dicomnode.cli import main  # in-process: the subprocess start costs more than the check
 
-    rc = main(["evaluate", "--bundle", str(tiny_bundle), "--data", str(tmp_path / "missing.csv"),
-               "--out", str(tmp_path / "r"), "--no-progress"])
+    rc = main(
+        [
+            "evaluate",
+            "--bundle",
+            str(tiny_bundle),
+            "--data",
+            str(tmp_path / "missing.csv"),
+            "--out",
+            str(tmp_path / "r"),
+            "--no-progress",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2
     assert "missing.csv" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
@@ -350,11 +455,22 @@ def test_cli_bad_spec_is_one_line_error(tmp_path: Path, tiny_bundle: Path, capsy
 
 def test_severity_figures_compare_involvement_with_truth():
     def rec(cid, truth, pred, true):
-        return E.CaseRecord(cid, truth, np.full(4, 0.25), np.full(3, 0.5), "covid19",
-                            involvement_percent=pred, involvement_truth_percent=true)
+        return E.CaseRecord(
+            cid,
+            truth,
+            np.full(4, 0.25),
+            np.full(3, 0.5),
+            "covid19",
+            involvement_percent=pred,
+            involvement_truth_percent=true,
+        )
 
-    records = [rec("a", "covid19", 12.0, 10.0), rec("b", "cap", 30.0, 34.0), rec("c", "non_pneumonia", 0.5, 0.0),
-               rec("d", "covid19", None, 5.0)]  # out of domain: no severity stated, left out
+    records = [
+        rec("a", "covid19", 12.0, 10.0),
+        rec("b", "cap", 30.0, 34.0),
+        rec("c", "non_pneumonia", 0.5, 0.0),
+        rec("d", "covid19", None, 5.0),
+    ]  # out of domain: no severity stated, left out
     m = E.compute_metrics(records, eval_params=E.EvalParams(n_bootstrap=0))
     sev = m["severity"]
     assert sev["n_cases"] == 3

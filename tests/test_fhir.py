@@ -50,8 +50,11 @@ def test_bundle_is_valid_and_states_the_decision_only(tmp_path, name):
     assert summary["disclaimer"] in report["conclusion"]
     assert ("conclusionCode" in report) == (name == "covid19")  # no coded finding unless a pneumonia is stated
     [decision] = [o for o in resources(bundle, "Observation") if o["code"]["coding"][0]["code"] == "DECISION"]
-    assert decision["valueCodeableConcept"]["text"].lower().startswith(
-        {"covid19": "covid", "indeterminate": "indeterminate", "out_of_domain": "out of domain"}[name])
+    assert (
+        decision["valueCodeableConcept"]["text"]
+        .lower()
+        .startswith({"covid19": "covid", "indeterminate": "indeterminate", "out_of_domain": "out of domain"}[name])
+    )
     [study] = resources(bundle, "ImagingStudy")
     assert study["identifier"][0]["value"] == f"urn:oid:{inputs.sources[0].StudyInstanceUID}"
     assert study["series"][0]["uid"] == str(inputs.sources[0].SeriesInstanceUID)
@@ -95,8 +98,9 @@ def test_a_receiver_gets_the_report(node_db, tmp_path, monkeypatch):
     fhir = FhirReceiver(token="s3cret").start()
     try:
         dest = FhirDestination(url=fhir.url, token_env="TEST_FHIR_TOKEN")
-        delivery = Delivery(db, (), DeliverySection(), tmp_path / "results", "COVIDNODE", queue=queue,
-                            fhir_destinations=[dest])
+        delivery = Delivery(
+            db, (), DeliverySection(), tmp_path / "results", "COVIDNODE", queue=queue, fhir_destinations=[dest]
+        )
         job_id = _job_with_bundle(db, queue, delivery, tmp_path)
         assert delivery.deliver_due() == 1
         [row] = delivery.records()
@@ -113,8 +117,15 @@ def test_a_receiver_that_is_down_gets_the_report_later_once(node_db, tmp_path):
     db, queue = node_db
     port = free_port()
     dest = FhirDestination(url=f"http://127.0.0.1:{port}/fhir")
-    delivery = Delivery(db, (), DeliverySection(backoff_base_seconds=1), tmp_path / "results", "COVIDNODE",
-                        queue=queue, fhir_destinations=[dest])
+    delivery = Delivery(
+        db,
+        (),
+        DeliverySection(backoff_base_seconds=1),
+        tmp_path / "results",
+        "COVIDNODE",
+        queue=queue,
+        fhir_destinations=[dest],
+    )
     job_id = _job_with_bundle(db, queue, delivery, tmp_path)
     assert delivery.deliver_due() == 0  # nothing listens
     [row] = delivery.records()
@@ -140,8 +151,15 @@ def test_a_receiver_that_is_down_gets_the_report_later_once(node_db, tmp_path):
 def test_the_retry_window_ends_in_failed(node_db, tmp_path):
     db, queue = node_db
     dest = FhirDestination(url=f"http://127.0.0.1:{free_port()}/fhir", timeout_s=2)
-    delivery = Delivery(db, (), DeliverySection(retry_window_hours=0.0001), tmp_path / "results", "COVIDNODE",
-                        queue=queue, fhir_destinations=[dest])
+    delivery = Delivery(
+        db,
+        (),
+        DeliverySection(retry_window_hours=0.0001),
+        tmp_path / "results",
+        "COVIDNODE",
+        queue=queue,
+        fhir_destinations=[dest],
+    )
     job_id = _job_with_bundle(db, queue, delivery, tmp_path)
     time.sleep(0.5)  # past the 0.36 s window
     delivery.deliver_due()
@@ -162,23 +180,29 @@ def _problems(text: str, tmp_path) -> list[str]:
 
 def test_config_names_fhir_mistakes(monkeypatch, tmp_path):
     monkeypatch.delenv("NO_SUCH_TOKEN_VAR", raising=False)
-    shape = _problems("""
+    shape = _problems(
+        """
 [[fhir_destinations]]
 url = "ftp://ehr.example"
 [[fhir_destinations]]
 ulr = "https://ehr.example/fhir"
-""", tmp_path)
+""",
+        tmp_path,
+    )
     assert any("[[fhir_destinations]] #1" in p and "ftp://" in p for p in shape), shape
     assert any("did you mean 'url'" in p for p in shape), shape
-    meaning = _problems(f"""
+    meaning = _problems(
+        f"""
 [node]
-data_dir = "{tmp_path / 'data'}"
+data_dir = "{tmp_path / "data"}"
 [[fhir_destinations]]
 url = "http://ehr.example/fhir"
 token_env = "NO_SUCH_TOKEN_VAR"
 [[fhir_destinations]]
 url = "http://ehr.example/fhir/"
-""", tmp_path)
+""",
+        tmp_path,
+    )
     assert any("NO_SUCH_TOKEN_VAR" in p and "not set" in p for p in meaning), meaning
     assert any("clear text" in p for p in meaning), meaning
     assert any("duplicate" in p for p in meaning), meaning
@@ -199,21 +223,30 @@ def test_the_worker_sends_an_analysed_series_to_the_ehr(tmp_path, tiny_bundle):
     fhir = FhirReceiver().start()
     try:
         dest = FhirDestination(url=fhir.url)
-        cfg = NodeConfig(node=NodeSection(data_dir=tmp_path), pipeline=PipelineSection(bundle=tiny_bundle),
-                         fhir_destinations=[dest])
+        cfg = NodeConfig(
+            node=NodeSection(data_dir=tmp_path), pipeline=PipelineSection(bundle=tiny_bundle), fhir_destinations=[dest]
+        )
         db = Database(tmp_path / "node.sqlite3")
         queue = JobQueue(db)
         assembler = SeriesAssembler(db, queue, cfg.selection, cfg.node.quiet_seconds)
         (tmp_path / "results").mkdir()
-        delivery = Delivery(db, (), cfg.delivery, tmp_path / "results", "COVIDNODE", queue=queue,
-                            fhir_destinations=cfg.fhir_destinations)
+        delivery = Delivery(
+            db,
+            (),
+            cfg.delivery,
+            tmp_path / "results",
+            "COVIDNODE",
+            queue=queue,
+            fhir_destinations=cfg.fhir_destinations,
+        )
         worker = Worker(cfg, queue, assembler, delivery, tmp_path / "storage", tmp_path / "results")
         series = write_ct_series(make_phantom("covid19", 5, n_slices=24, size_px=96).volume, tmp_path / "storage" / "s")
         for path in series.paths:
             assembler.record_instance(read_file_header(path), str(path.relative_to(tmp_path / "storage")))
         info = read_file_header(series.paths[0])
-        job_id = queue.enqueue(info.series_uid, info.study_uid,
-                               [str(p.relative_to(tmp_path / "storage")) for p in series.paths])
+        job_id = queue.enqueue(
+            info.series_uid, info.study_uid, [str(p.relative_to(tmp_path / "storage")) for p in series.paths]
+        )
         assert worker.run_job(queue.claim()) == JobState.DELIVERING
         assert delivery.deliver_due() == 1
         assert queue.get(job_id).state == JobState.DONE

@@ -10,12 +10,14 @@ from pipeline.params import ChainParams
 from pipeline.types import CLASS_NAMES, TASK_NAMES, InvalidInputError, SliceScores
 
 # Columns: non_pneumonia, cap, influenza, covid19.
-P = np.array([
-    [0.7, 0.1, 0.1, 0.1],
-    [0.1, 0.1, 0.1, 0.7],
-    [0.4, 0.2, 0.2, 0.2],
-    [0.1, 0.6, 0.1, 0.2],
-])
+P = np.array(
+    [
+        [0.7, 0.1, 0.1, 0.1],
+        [0.1, 0.1, 0.1, 0.7],
+        [0.4, 0.2, 0.2, 0.2],
+        [0.1, 0.6, 0.1, 0.2],
+    ]
+)
 
 
 def test_top_k_mean() -> None:

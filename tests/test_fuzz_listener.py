@@ -31,19 +31,33 @@ from conftest import free_port, wait_for
 from node_helpers import echoscu
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "60"))
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=not os.environ.get("FUZZ_RANDOM"),
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=not os.environ.get("FUZZ_RANDOM"),
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 PDU = struct.Struct(">BBI")
 
 
 @pytest.fixture(scope="module")
 def listener(tmp_path_factory):
-    node = NodeSection(ae_title="COVIDNODE", port=free_port(), bind_address="127.0.0.1", min_free_mb=0,
-                       association_timeout_s=2.0, idle_timeout_s=2.0, message_timeout_s=3.0,
-                       max_instance_mb=8)
+    node = NodeSection(
+        ae_title="COVIDNODE",
+        port=free_port(),
+        bind_address="127.0.0.1",
+        min_free_mb=0,
+        association_timeout_s=2.0,
+        idle_timeout_s=2.0,
+        message_timeout_s=3.0,
+        max_instance_mb=8,
+    )
     stored: list[str] = []
-    scp = StorageSCP(node, InstanceStore(tmp_path_factory.mktemp("fuzz") / "storage", 0),
-                     lambda info, rel: stored.append(info.sop_uid))
+    scp = StorageSCP(
+        node,
+        InstanceStore(tmp_path_factory.mktemp("fuzz") / "storage", 0),
+        lambda info, rel: stored.append(info.sop_uid),
+    )
     tracebacks: list[logging.LogRecord] = []
     catcher = logging.Handler(logging.WARNING)
     catcher.emit = lambda record: tracebacks.append(record) if record.exc_info else None  # type: ignore[method-assign]
@@ -91,8 +105,11 @@ def _mutate(data: bytes, flips: list[tuple[int, int]], cut: int | None) -> bytes
 
 
 @FUZZ
-@given(flips=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=12),
-       cut=st.none() | st.integers(0, 400), tail=st.binary(max_size=64))
+@given(
+    flips=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=12),
+    cut=st.none() | st.integers(0, 400),
+    tail=st.binary(max_size=64),
+)
 def test_mutated_associate_requests(listener, flips, cut, tail):
     _send_and_drain(listener.port, _mutate(_associate_rq(), flips, cut) + tail)
 
@@ -109,12 +126,17 @@ def _pdata(context: int, header: int, body: bytes, pdv_len: int | None = None) -
 
 
 @FUZZ
-@given(context=st.sampled_from([1, 3, 255]), header=st.integers(0, 255),
-       command=st.sampled_from(["store", "echo", "random"]), flips=st.lists(
-           st.tuples(st.integers(0, 300), st.integers(0, 255)), max_size=8),
-       pdv_len=st.none() | st.integers(0, 2**32 - 1), data=st.binary(max_size=2048),
-       then=st.sampled_from([b"", b"\x05\x00\x00\x00\x00\x04\x00\x00\x00\x00",
-                             b"\x07\x00\x00\x00\x00\x04\x00\x00\x00\x00"]))
+@given(
+    context=st.sampled_from([1, 3, 255]),
+    header=st.integers(0, 255),
+    command=st.sampled_from(["store", "echo", "random"]),
+    flips=st.lists(st.tuples(st.integers(0, 300), st.integers(0, 255)), max_size=8),
+    pdv_len=st.none() | st.integers(0, 2**32 - 1),
+    data=st.binary(max_size=2048),
+    then=st.sampled_from(
+        [b"", b"\x05\x00\x00\x00\x00\x04\x00\x00\x00\x00", b"\x07\x00\x00\x00\x00\x04\x00\x00\x00\x00"]
+    ),
+)
 def test_random_messages_on_an_association(listener, context, header, command, flips, pdv_len, data, then):
     if command == "store":
         cmd = _command(0x0001, CTImageStorage, "1.2.3.4")
@@ -139,5 +161,4 @@ def test_the_node_is_whole_after_the_fuzzing(listener):
     # Bad input is a refusal or an abort with one line, never an unexpected error.
     import traceback
 
-    assert [r.getMessage() + "\n" + "".join(traceback.format_exception(*r.exc_info))
-            for r in listener.tracebacks] == []
+    assert [r.getMessage() + "\n" + "".join(traceback.format_exception(*r.exc_info)) for r in listener.tracebacks] == []

@@ -21,8 +21,11 @@ from writer_inputs import make_indeterminate_inputs, make_inputs
 
 
 def written_message(tmp_path, dest, name="covid19", job_id=1):
-    inputs = (make_inputs(seed=3, n_slices=16, size=64, label="covid19") if name == "covid19"
-              else make_indeterminate_inputs(seed=3, n_slices=16, size=64))
+    inputs = (
+        make_inputs(seed=3, n_slices=16, size=64, label="covid19")
+        if name == "covid19"
+        else make_indeterminate_inputs(seed=3, n_slices=16, size=64)
+    )
     summary = inputs.result.summary(inputs.volume)
     row = persist_hl7_message(summary, inputs.result, inputs.sources, tmp_path / "results" / str(job_id), job_id, dest)
     return inputs, summary, row, (tmp_path / "results" / row[2]).read_bytes().decode("utf-8")
@@ -78,8 +81,9 @@ def test_acknowledged_message_is_sent_once(node_db, tmp_path):
     try:
         dest = Hl7Destination(host="127.0.0.1", port=ris.port)
         other = Hl7Destination(host="127.0.0.1", port=free_port())  # its own message, not this one
-        delivery = Delivery(db, (), DeliverySection(), tmp_path / "results", "COVIDNODE", queue=queue,
-                            hl7_destinations=[dest, other])
+        delivery = Delivery(
+            db, (), DeliverySection(), tmp_path / "results", "COVIDNODE", queue=queue, hl7_destinations=[dest, other]
+        )
         job_id = _job(db, queue, delivery, tmp_path, dest)
         assert delivery.deliver_due() == 1 and delivery.deliver_due() == 0
         [row] = delivery.records()
@@ -95,8 +99,15 @@ def test_nak_hangup_and_down_are_retried(node_db, tmp_path):
     db, queue = node_db
     port = free_port()
     dest = Hl7Destination(host="127.0.0.1", port=port, timeout_s=5)
-    delivery = Delivery(db, (), DeliverySection(backoff_base_seconds=1), tmp_path / "results", "COVIDNODE",
-                        queue=queue, hl7_destinations=[dest])
+    delivery = Delivery(
+        db,
+        (),
+        DeliverySection(backoff_base_seconds=1),
+        tmp_path / "results",
+        "COVIDNODE",
+        queue=queue,
+        hl7_destinations=[dest],
+    )
     job_id = _job(db, queue, delivery, tmp_path, dest)
     assert delivery.deliver_due() == 0
     [row] = delivery.records()

@@ -25,11 +25,20 @@ def _series(db, asm, storage: Path, results: Path, uid: str, t: float, n: int = 
         rel = f"1.2/{uid}/{uid}.{i}.dcm"
         (storage / rel).parent.mkdir(parents=True, exist_ok=True)
         (storage / rel).write_bytes(b"x" * size)
-        asm.record_instance(InstanceInfo(sop_uid=f"{uid}.{i}", series_uid=uid, study_uid="1.2",
-                                         sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
-                                         transfer_syntax="1.2.840.10008.1.2.1",
-                                         modality="CT", orientation="1\\0\\0\\0\\1\\0", patient_key="p"), rel,
-                            received=t)
+        asm.record_instance(
+            InstanceInfo(
+                sop_uid=f"{uid}.{i}",
+                series_uid=uid,
+                study_uid="1.2",
+                sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+                transfer_syntax="1.2.840.10008.1.2.1",
+                modality="CT",
+                orientation="1\\0\\0\\0\\1\\0",
+                patient_key="p",
+            ),
+            rel,
+            received=t,
+        )
     asm.complete_due(at=t + 20)
     job = db.query("SELECT id FROM jobs WHERE series_uid=?", (uid,))[0]["id"]
     (results / str(job)).mkdir(parents=True)
@@ -52,8 +61,11 @@ def env(tmp_path):
 def _finish(db, job: int, delivery_state: str | None = "sent") -> None:
     db.execute("UPDATE jobs SET state='done' WHERE id=?", (job,))
     if delivery_state:
-        db.execute("INSERT INTO deliveries(job_id, destination, sop_uid, kind, path, state, created, next_try, "
-                   "updated) VALUES (?, 'PACS@h:104', ?, 'sr', 'x', ?, 0, 0, 0)", (job, f"9.{job}", delivery_state))
+        db.execute(
+            "INSERT INTO deliveries(job_id, destination, sop_uid, kind, path, state, created, next_try, "
+            "updated) VALUES (?, 'PACS@h:104', ?, 'sr', 'x', ?, 0, 0, 0)",
+            (job, f"9.{job}", delivery_state),
+        )
 
 
 def test_only_delivered_series_are_purged_and_only_when_old(env):
@@ -70,8 +82,9 @@ def test_only_delivered_series_are_purged_and_only_when_old(env):
     db.execute("UPDATE jobs SET state=? WHERE id=?", (JobState.RUNNING.value, running))
     assert [r["series_uid"] for r in purgeable(db)] == ["1.2.3", "1.2.6"]
     audit: list[tuple] = []
-    keeper = Housekeeper(db, storage, results, retention_days=7, max_storage_gb=0,
-                         audit=lambda *a, **k: audit.append((a, k)))
+    keeper = Housekeeper(
+        db, storage, results, retention_days=7, max_storage_gb=0, audit=lambda *a, **k: audit.append((a, k))
+    )
     report = keeper.run(at=T0 + 10 * DAY)
     assert report.series == ("1.2.3",) and report.bytes_freed == 5000
     assert not (storage / "1.2" / "1.2.3").exists() and not (results / str(old)).exists()
@@ -87,7 +100,7 @@ def test_size_rule_purges_the_oldest_delivered_first(env):
     jobs = [_series(db, asm, storage, results, f"1.3.{i}", T0 + i * 100, n=4, size=100_000) for i in range(3)]
     for job in jobs:
         _finish(db, job)
-    keeper = Housekeeper(db, storage, results, retention_days=0, max_storage_gb=0.9e6 / 1024 ** 3)
+    keeper = Housekeeper(db, storage, results, retention_days=0, max_storage_gb=0.9e6 / 1024**3)
     report = keeper.run(at=T0 + 1000)
     assert report.series == ("1.3.0", "1.3.1")  # 1.5 MB held (0.5 MB each), 0.9 MB allowed: the two oldest go
     assert (storage / "1.2" / "1.3.2").is_dir()
@@ -109,9 +122,17 @@ def test_a_late_instance_opens_a_purged_series_again(env):
     job = _series(db, asm, storage, results, "1.5.1", T0)
     _finish(db, job)
     Housekeeper(db, storage, results, retention_days=1, max_storage_gb=0).run(at=T0 + 2 * DAY)
-    asm.record_instance(InstanceInfo(sop_uid="1.5.1.9", series_uid="1.5.1", study_uid="1.2",
-                                     sop_class_uid="1.2.840.10008.5.1.4.1.1.2", transfer_syntax="1.2.840.10008.1.2.1"),
-                        "1.2/1.5.1/1.5.1.9.dcm", received=T0 + 3 * DAY)
+    asm.record_instance(
+        InstanceInfo(
+            sop_uid="1.5.1.9",
+            series_uid="1.5.1",
+            study_uid="1.2",
+            sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+            transfer_syntax="1.2.840.10008.1.2.1",
+        ),
+        "1.2/1.5.1/1.5.1.9.dcm",
+        received=T0 + 3 * DAY,
+    )
     assert series_state(db, "1.5.1") == SeriesState.RECEIVING
 
 
@@ -127,9 +148,14 @@ def test_the_disk_watermark_refuses_associations_before_a_series(tmp_path):
     from node_helpers import storescu, write_series
 
     store = InstanceStore(tmp_path / "storage", 0)
-    far_above = store.free_bytes() // 2 ** 20 + 10_000_000  # more than this disk will ever have free
-    node = NodeSection(ae_title="COVIDNODE", port=free_port(), bind_address="127.0.0.1", min_free_mb=0,
-                       refuse_associations_below_mb=far_above)
+    far_above = store.free_bytes() // 2**20 + 10_000_000  # more than this disk will ever have free
+    node = NodeSection(
+        ae_title="COVIDNODE",
+        port=free_port(),
+        bind_address="127.0.0.1",
+        min_free_mb=0,
+        refuse_associations_below_mb=far_above,
+    )
     stored: list[str] = []
     scp = StorageSCP(node, store, lambda info, rel: stored.append(info.sop_uid))
     scp.start()
@@ -153,10 +179,12 @@ def test_a_running_node_purges_what_it_delivered(tmp_path, tiny_bundle):
     from node_helpers import TEST_CONFIG, NodeProcess, StoreSCP, storescu, write_test_config
 
     pacs = StoreSCP(tmp_path / "pacs", "PACS").start()
-    config = write_test_config(tmp_path / "config", TEST_CONFIG + "[housekeeping]\nmax_storage_gb = 0.000001\n"
-                               "interval_minutes = 0.02\n")
-    node = NodeProcess(tmp_path / "data", tiny_bundle, destinations=[f"PACS@127.0.0.1:{pacs.port}"],
-                       config=config).start()
+    config = write_test_config(
+        tmp_path / "config", TEST_CONFIG + "[housekeeping]\nmax_storage_gb = 0.000001\ninterval_minutes = 0.02\n"
+    )
+    node = NodeProcess(
+        tmp_path / "data", tiny_bundle, destinations=[f"PACS@127.0.0.1:{pacs.port}"], config=config
+    ).start()
     try:
         from dicomnode.synthetic import write_ct_series
         from pipeline.phantom import make_phantom

@@ -86,8 +86,11 @@ def test_craniocaudal_position_follows_the_patient_axis() -> None:
     low_index[2:5, 20:44, 10:24] = True
     lung = _lungs()
     for direction, expected_base in (((1, 0, 0, 0, 1, 0, 0, 0, 1), True), ((1, 0, 0, 0, 1, 0, 0, 0, -1), False)):
-        vol = CTVolume(hu=np.full(SHAPE, -850.0, dtype=np.float32), spacing_mm=(2.0, 1.0, 1.0),
-                       direction=tuple(float(v) for v in direction))
+        vol = CTVolume(
+            hu=np.full(SHAPE, -850.0, dtype=np.float32),
+            spacing_mm=(2.0, 1.0, 1.0),
+            direction=tuple(float(v) for v in direction),
+        )
         f = lesion_pattern_features(vol, LungMask(mask=lung, method="unet", lesion=low_index))
         # z index grows to the head: the lowest indices are the base (position near 1).
         assert (f["craniocaudal_position"] > 0.8) is expected_base
@@ -134,13 +137,19 @@ def test_fit_predicts_and_survives_the_card() -> None:
 
 
 def _case(probs: dict[str, float]) -> CaseScores:
-    return CaseScores(probabilities=probs, tasks={TASK_NAMES[0]: 0.95, TASK_NAMES[1]: 0.5, TASK_NAMES[2]: 0.5},
-                      label=max(probs, key=probs.get), top_k=3)
+    return CaseScores(
+        probabilities=probs,
+        tasks={TASK_NAMES[0]: 0.95, TASK_NAMES[1]: 0.5, TASK_NAMES[2]: 0.5},
+        label=max(probs, key=probs.get),
+        top_k=3,
+    )
 
 
 CAP_BY_CLASSIFIER = {"non_pneumonia": 0.05, "cap": 0.8, "influenza": 0.05, "covid19": 0.1}
-COVID_BY_PATTERN = LesionPattern(features={k: 0.0 for k in FEATURE_NAMES},
-                                 probabilities={"non_pneumonia": 0.0, "cap": 0.1, "influenza": 0.1, "covid19": 0.8})
+COVID_BY_PATTERN = LesionPattern(
+    features={k: 0.0 for k in FEATURE_NAMES},
+    probabilities={"non_pneumonia": 0.0, "cap": 0.1, "influenza": 0.1, "covid19": 0.8},
+)
 
 
 @pytest.mark.parametrize("weight, expected", [(0.0, "cap"), (1.0, "covid19"), (0.5, "indeterminate")])
@@ -172,8 +181,18 @@ def test_train_lesion_pattern_writes_the_card_and_the_chain_uses_it(tmp_path: Pa
     # Random U-Net weights draw lesions anywhere: the lowered threshold makes sure some are drawn.
     parser = argparse.ArgumentParser()
     train_cmd.add_arguments(parser)
-    args = parser.parse_args(["lesion-pattern", "--data", "phantom:count=4,seed=77,size=48,slices=12",
-                              "--out", str(bundle), "--device", "cpu", "--no-progress"])
+    args = parser.parse_args(
+        [
+            "lesion-pattern",
+            "--data",
+            "phantom:count=4,seed=77,size=48,slices=12",
+            "--out",
+            str(bundle),
+            "--device",
+            "cpu",
+            "--no-progress",
+        ]
+    )
     assert train_cmd.run(args) == 0
     assert "fitted on 4 case(s)" in capsys.readouterr().out
     card = json.loads((bundle / "model_card.json").read_text())

@@ -122,9 +122,9 @@ def _status_of(body: bytes) -> int:
     raw = body[6:]
     i = 0
     while i + 8 <= len(raw):
-        _, elem, length = struct.unpack("<HHI", raw[i:i + 8])
+        _, elem, length = struct.unpack("<HHI", raw[i : i + 8])
         if elem == 0x0900:
-            return struct.unpack("<H", raw[i + 8:i + 10])[0]
+            return struct.unpack("<H", raw[i + 8 : i + 10])[0]
         i += 8 + length
     raise AssertionError("no status in the response")
 
@@ -295,8 +295,13 @@ def test_rate_limited_log_holds_back_and_says_so(caplog):
         time.sleep(0.25)
         limiter.warning("refused again")
     messages = [r.getMessage() for r in caplog.records if r.name == "test.ratelimit"]
-    assert messages == ["refused 0", "refused 1", "refused 2", "7 similar message(s) held back in the last 0 s",
-                        "refused again"]
+    assert messages == [
+        "refused 0",
+        "refused 1",
+        "refused 2",
+        "7 similar message(s) held back in the last 0 s",
+        "refused again",
+    ]
 
 
 def _try_associate(port: int, calling: str) -> tuple[int, bytes, socket.socket]:
@@ -307,9 +312,18 @@ def _try_associate(port: int, calling: str) -> tuple[int, bytes, socket.socket]:
     return kind, body, sock
 
 
-@pytest.mark.parametrize("listener", [{"allowed_peers": [{"ae_title": "SCANNER", "addresses": ["127.0.0.0/8"]},
-                                                         {"ae_title": "FAR", "addresses": ["10.0.0.0/8"]}]}],
-                         indirect=True)
+@pytest.mark.parametrize(
+    "listener",
+    [
+        {
+            "allowed_peers": [
+                {"ae_title": "SCANNER", "addresses": ["127.0.0.0/8"]},
+                {"ae_title": "FAR", "addresses": ["10.0.0.0/8"]},
+            ]
+        }
+    ],
+    indirect=True,
+)
 def test_allowed_peers_check_the_ae_title_and_the_address(listener, caplog):
     scp, _ = listener
     results = {}
@@ -324,9 +338,18 @@ def test_allowed_peers_check_the_ae_title_and_the_address(listener, caplog):
     assert any("'FAR' from 127.0.0.1 is not in allowed_peers" in r.getMessage() for r in caplog.records)
 
 
-@pytest.mark.parametrize("listener", [{"max_associations": 3, "reserved_associations": 1,
-                                       "reserved_for": ["SCANNER"], "max_associations_per_address": 0}],
-                         indirect=True)
+@pytest.mark.parametrize(
+    "listener",
+    [
+        {
+            "max_associations": 3,
+            "reserved_associations": 1,
+            "reserved_for": ["SCANNER"],
+            "max_associations_per_address": 0,
+        }
+    ],
+    indirect=True,
+)
 def test_idle_strangers_cannot_take_the_reserved_slot(listener):
     scp, _ = listener
     held = []

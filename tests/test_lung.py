@@ -35,14 +35,14 @@ def test_dice_helper() -> None:
 def test_fill_holes_and_largest_components() -> None:
     m = np.zeros((2, 9, 9), bool)
     m[0, 1:8, 1:8] = True
-    m[0, 4, 4] = False           # a hole: filled
-    m[1, 0:3, 0:3] = True        # touches the border: background around it stays
+    m[0, 4, 4] = False  # a hole: filled
+    m[1, 0:3, 0:3] = True  # touches the border: background around it stays
     filled = fill_holes_per_slice(m)
     assert filled[0, 4, 4] and not filled[1, 5, 5]
     blobs = np.zeros((1, 10, 10), bool)
-    blobs[0, 0:4, 0:4] = True    # 16
-    blobs[0, 6:9, 6:9] = True    # 9
-    blobs[0, 0, 9] = True        # 1
+    blobs[0, 0:4, 0:4] = True  # 16
+    blobs[0, 6:9, 6:9] = True  # 9
+    blobs[0, 0, 9] = True  # 1
     kept = largest_components(blobs, max_count=2, min_fraction=0.1)
     assert kept.sum() == 25 and not kept[0, 0, 9]
     assert largest_components(blobs, max_count=2, min_fraction=0.6).sum() == 16
@@ -85,8 +85,11 @@ def _constant_unet(bias: list[float]) -> torch.nn.Module:
 def test_unet_path_returns_full_size_mask() -> None:
     # Every pixel is lung: the cleanup keeps one component; a 2-class U-Net has no lesion map.
     hu = np.full((5, 40, 48), -800.0, np.float32)
-    lung = segment_lungs(CTVolume(hu=hu, spacing_mm=(2.0, 1.0, 1.0)),
-                         ChainParams(unet_input_size=32, batch_size=2), unet=_constant_unet([-5.0, 5.0]))
+    lung = segment_lungs(
+        CTVolume(hu=hu, spacing_mm=(2.0, 1.0, 1.0)),
+        ChainParams(unet_input_size=32, batch_size=2),
+        unet=_constant_unet([-5.0, 5.0]),
+    )
     assert lung.method == "unet"
     assert lung.mask.shape == (5, 40, 48) and lung.mask.all()
     assert lung.lesion is None
@@ -121,8 +124,10 @@ def test_lesion_inclusion_helper() -> None:
 
 # --------------------------------------------------------- dense disease stays in the lung
 
-def _phantom_with_mass(seed: int, where: str, diameter_mm: float, side: str,
-                       inset: float = 0.8, hu: float = 30.0) -> tuple[CTVolume, np.ndarray, np.ndarray]:
+
+def _phantom_with_mass(
+    seed: int, where: str, diameter_mm: float, side: str, inset: float = 0.8, hu: float = 30.0
+) -> tuple[CTVolume, np.ndarray, np.ndarray]:
     """A clean phantom with a soft-tissue mass cut into one lung at mid height, against
     the chest wall (``where="wall"``, the lung's lateral edge) or the mediastinum (its
     medial edge); the mass's centre lies ``inset`` radii inside the lung. Returns the
@@ -133,30 +138,39 @@ def _phantom_with_mass(seed: int, where: str, diameter_mm: float, side: str,
     k = int(zs[0] + 0.5 * (zs[-1] - zs[0]))
     nx = lung.shape[2]
     x0 = 0 if side == "right" else nx // 2  # column 0 is the patient's right
-    rows, _ = np.nonzero(lung[k, :, x0:x0 + nx // 2])
+    rows, _ = np.nonzero(lung[k, :, x0 : x0 + nx // 2])
     cy = int(np.median(rows))
-    row = np.flatnonzero(lung[k, cy, x0:x0 + nx // 2]) + x0
+    row = np.flatnonzero(lung[k, cy, x0 : x0 + nx // 2]) + x0
     lateral, medial = (row.min(), row.max()) if side == "right" else (row.max(), row.min())
     edge = lateral if where == "wall" else medial
     inward = np.sign(medial - lateral) if where == "wall" else np.sign(lateral - medial)
     dz, dy, dx = ph.volume.spacing_mm
     radius = diameter_mm / 2.0
     cx = edge + inward * inset * radius / dx
-    zz, yy, xx = np.ogrid[:lung.shape[0], :lung.shape[1], :lung.shape[2]]
-    ball = ((zz - k) * dz) ** 2 + ((yy - cy) * dy) ** 2 + ((xx - cx) * dx) ** 2 <= radius ** 2
+    zz, yy, xx = np.ogrid[: lung.shape[0], : lung.shape[1], : lung.shape[2]]
+    ball = ((zz - k) * dz) ** 2 + ((yy - cy) * dy) ** 2 + ((xx - cx) * dx) ** 2 <= radius**2
     mass = ball & lung
     values = ph.volume.hu.copy()
     values[mass] = hu + np.random.default_rng(seed).normal(0.0, 15.0, int(mass.sum()))
     return CTVolume(hu=values, spacing_mm=ph.volume.spacing_mm), lung, mass
 
 
-@pytest.mark.parametrize("where,seed,diameter_mm,side", [
-    *(("wall", *c) for c in [(1, 25, "right"), (1, 40, "left"), (2, 30, "left"), (3, 40, "right"), (3, 25, "left")]),
-    *(("mediastinum", *c) for c in [(1, 30, "right"), (1, 40, "left"), (2, 40, "right"), (2, 25, "left"),
-                                    (3, 30, "left")]),
-])
-def test_classical_keeps_a_mass_against_the_chest_wall_or_mediastinum(where: str, seed: int, diameter_mm: float,
-                                                                       side: str) -> None:
+@pytest.mark.parametrize(
+    "where,seed,diameter_mm,side",
+    [
+        *(
+            ("wall", *c)
+            for c in [(1, 25, "right"), (1, 40, "left"), (2, 30, "left"), (3, 40, "right"), (3, 25, "left")]
+        ),
+        *(
+            ("mediastinum", *c)
+            for c in [(1, 30, "right"), (1, 40, "left"), (2, 40, "right"), (2, 25, "left"), (3, 30, "left")]
+        ),
+    ],
+)
+def test_classical_keeps_a_mass_against_the_chest_wall_or_mediastinum(
+    where: str, seed: int, diameter_mm: float, side: str
+) -> None:
     volume, lung, mass = _phantom_with_mass(seed, where, diameter_mm, side)
     mask = segment_lungs(volume, ChainParams()).mask
     assert lesion_inclusion(mask, mass) >= 0.95
@@ -189,16 +203,20 @@ def test_classical_cap_consolidation_inclusion_floor() -> None:
     assert float(np.mean(shares)) >= 0.45
 
 
-@pytest.mark.xfail(strict=True, reason="target not met: lobar consolidation against the heart or on the "
-                                       "diaphragm looks like those organs to the classical method")
+@pytest.mark.xfail(
+    strict=True,
+    reason="target not met: lobar consolidation against the heart or on the "
+    "diaphragm looks like those organs to the classical method",
+)
 def test_classical_cap_consolidation_target() -> None:
     for seed in _CAP_SEEDS:
         ph = make_phantom("cap", seed, n_slices=32, size_px=128)
         assert lesion_inclusion(segment_lungs(ph.volume, ChainParams()).mask, ph.lesion_mask) >= 0.95
 
 
-@pytest.mark.parametrize("label,seed", [("non_pneumonia", 0), ("non_pneumonia", 1), ("covid19", 2),
-                                        ("influenza", 3), ("cap", 4)])
+@pytest.mark.parametrize(
+    "label,seed", [("non_pneumonia", 0), ("non_pneumonia", 1), ("covid19", 2), ("influenza", 3), ("cap", 4)]
+)
 def test_classical_does_not_swallow_heart_mediastinum_or_chest_wall(label: str, seed: int) -> None:
     ph = make_phantom(label, seed, n_slices=32, size_px=128)
     mask = segment_lungs(ph.volume, ChainParams()).mask
@@ -224,7 +242,7 @@ def _synthetic_chest(tumour_at: str) -> tuple[np.ndarray, np.ndarray, np.ndarray
         lungs |= (((yy - 48) / 27.0) ** 2 + ((xx - cx) / 18.0) ** 2 + ((zz - 12) / 11.0) ** 2) <= 1.0
     hu[lungs] = -850.0
     tx = 26.0 - 18.0 + 4.0 if tumour_at == "wall" else 26.0 + 18.0 - 4.0
-    tumour = (((zz - 12) * 5.0) ** 2 + ((yy - 48) * 3.0) ** 2 + ((xx - tx) * 3.0) ** 2 <= 12.0 ** 2) & lungs
+    tumour = (((zz - 12) * 5.0) ** 2 + ((yy - 48) * 3.0) ** 2 + ((xx - tx) * 3.0) ** 2 <= 12.0**2) & lungs
     hu[tumour] = 30.0
     return hu, body, lungs, tumour
 
@@ -283,8 +301,11 @@ def test_refinement_reads_head_to_feet_volumes_alike() -> None:
     # A series whose z index grows towards the feet (direction cosine -1 on z) gets the
     # same mask, flipped: the lung-above / lung-below rules follow the patient, not z.
     volume, _, mass = _phantom_with_mass(2, "wall", 30, "right")
-    flipped = CTVolume(hu=np.ascontiguousarray(volume.hu[::-1]), spacing_mm=volume.spacing_mm,
-                       direction=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, -1.0))
+    flipped = CTVolume(
+        hu=np.ascontiguousarray(volume.hu[::-1]),
+        spacing_mm=volume.spacing_mm,
+        direction=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, -1.0),
+    )
     a = segment_lungs(volume, ChainParams()).mask
     b = segment_lungs(flipped, ChainParams()).mask
     assert np.array_equal(a, b[::-1])

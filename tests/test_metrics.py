@@ -30,11 +30,14 @@ def test_auc_equals_sklearn(seed: int, ties: bool) -> None:
         assert M.roc_auc(labels == c, probs[:, c]) == pytest.approx(roc_auc_score(labels == c, probs[:, c]), abs=1e-12)
     if not ties:  # sklearn requires rows summing to 1 for the multi-class forms
         assert M.micro_auc(labels, probs) == pytest.approx(
-            roc_auc_score(labels, probs, multi_class="ovr", average="micro"), abs=1e-12)
+            roc_auc_score(labels, probs, multi_class="ovr", average="micro"), abs=1e-12
+        )
         assert M.macro_auc(labels, probs) == pytest.approx(
-            roc_auc_score(labels, probs, multi_class="ovr", average="macro"), abs=1e-12)
-        np.testing.assert_allclose(M.per_class_auc(labels, probs),
-                                   roc_auc_score(labels, probs, multi_class="ovr", average=None), atol=1e-12)
+            roc_auc_score(labels, probs, multi_class="ovr", average="macro"), abs=1e-12
+        )
+        np.testing.assert_allclose(
+            M.per_class_auc(labels, probs), roc_auc_score(labels, probs, multi_class="ovr", average=None), atol=1e-12
+        )
     onehot = np.eye(N_CLASSES, dtype=bool)[labels]
     assert M.micro_auc(labels, probs) == pytest.approx(roc_auc_score(onehot, probs, average="micro"), abs=1e-12)
 
@@ -57,8 +60,9 @@ def test_sensitivity_specificity_equal_confusion_matrix(seed: int) -> None:
         assert M.sensitivity(y, pred) == pytest.approx(tp / (tp + fn))
         assert M.specificity(y, pred) == pytest.approx(tn / (tn + fp))
     predicted = probs.argmax(axis=1)
-    np.testing.assert_array_equal(M.confusion_counts(labels, predicted, N_CLASSES),
-                                  confusion_matrix(labels, predicted, labels=range(N_CLASSES)))
+    np.testing.assert_array_equal(
+        M.confusion_counts(labels, predicted, N_CLASSES), confusion_matrix(labels, predicted, labels=range(N_CLASSES))
+    )
     assert M.accuracy(labels, predicted) == pytest.approx(np.mean(labels == predicted))
 
 
@@ -82,7 +86,8 @@ def test_average_precision_equals_sklearn(ties: bool) -> None:
     labels, probs = _scores(70, 8, ties=ties)
     for c in range(N_CLASSES):
         assert M.average_precision(labels == c, probs[:, c]) == pytest.approx(
-            average_precision_score(labels == c, probs[:, c]), abs=1e-12)
+            average_precision_score(labels == c, probs[:, c]), abs=1e-12
+        )
 
 
 def test_dice() -> None:

@@ -42,6 +42,7 @@ def delivered_objects(node: NodeProcess) -> dict[str, str]:
 
 def final(node: NodeProcess, count: int) -> list[dict]:
     """Wait until ``count`` jobs reached a final state; return them."""
+
     def done():
         status = node.status()
         skipped = [s for s in status["series"] if s["state"] == "skipped"]
@@ -117,8 +118,10 @@ def test_compressed_transfer_syntaxes_are_analysed(tmp_path, node_factory):
         assert sent.returncode == 0, sent.stdout + sent.stderr
     (job,) = final(node, 1)
     assert job["state"] == "done", node.tail()
-    stored = [str(dcmread(p, stop_before_pixels=True).file_meta.TransferSyntaxUID)
-              for p in (node.data_dir / "storage").rglob("*.dcm")]
+    stored = [
+        str(dcmread(p, stop_before_pixels=True).file_meta.TransferSyntaxUID)
+        for p in (node.data_dir / "storage").rglob("*.dcm")
+    ]
     assert len(stored) == N_SLICES and set(stored) == {str(ts) for ts in flags}
 
 
@@ -136,12 +139,25 @@ def test_unusable_series_are_skipped_with_reasons_in_status(tmp_path, node_facto
         ds.save_as(path, enforce_file_format=True)
     cases["nopix"] = no_pixels
     from dicomnode.synthetic import write_ct_series
+
     cases["head"] = write_ct_series(head_volume(), tmp_path / "head")
     # mixed patients: one series UID, two patient IDs
-    a = write_series(tmp_path / "mixa", n_slices=10, seed=1, series_uid="1.2.826.0.1.3680043.10.1.77",
-                     study_uid="1.2.826.0.1.3680043.10.1.76", patient_id="A")
-    b = write_series(tmp_path / "mixb", n_slices=10, seed=2, series_uid="1.2.826.0.1.3680043.10.1.77",
-                     study_uid="1.2.826.0.1.3680043.10.1.76", patient_id="B")
+    a = write_series(
+        tmp_path / "mixa",
+        n_slices=10,
+        seed=1,
+        series_uid="1.2.826.0.1.3680043.10.1.77",
+        study_uid="1.2.826.0.1.3680043.10.1.76",
+        patient_id="A",
+    )
+    b = write_series(
+        tmp_path / "mixb",
+        n_slices=10,
+        seed=2,
+        series_uid="1.2.826.0.1.3680043.10.1.77",
+        study_uid="1.2.826.0.1.3680043.10.1.76",
+        patient_id="B",
+    )
     for s in cases.values():
         assert storescu(node.port, s.paths).returncode == 0
     assert storescu(node.port, [*a.paths, *b.paths]).returncode == 0
@@ -162,8 +178,13 @@ def test_unusable_series_are_skipped_with_reasons_in_status(tmp_path, node_facto
     jobs = {j["series_uid"]: j for j in node.jobs()}
     assert set(jobs) == {no_pixels.series_uid, cases["head"].series_uid}
     assert all(j["state"] == "skipped" for j in jobs.values())
-    out = subprocess.run([sys.executable, "-m", "dicomnode.cli", "status", "--data-dir", str(node.data_dir)],
-                         cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "dicomnode.cli", "status", "--data-dir", str(node.data_dir)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     assert "too few slices: 5" in out.stdout and "modality MR" in out.stdout
 
@@ -196,11 +217,19 @@ def test_a_whole_series_is_complete_when_its_sender_releases(tmp_path, node_fact
     assert time.monotonic() - start < 60  # far inside the 120 s quiet period
     assert rows[with_gap.series_uid]["state"] == "receiving"
     # Logged just after the transaction that status already sees: wait for the line too.
-    wait_for(lambda: any("complete on release" in line for line in node.log) or None, 10, interval=0.2,
-             what="the completion on release in the log")
+    wait_for(
+        lambda: any("complete on release" in line for line in node.log) or None,
+        10,
+        interval=0.2,
+        what="the completion on release in the log",
+    )
     # The node logs this after it answered the release, so storescu may have exited first.
-    wait_for(lambda: any("waits for the quiet period: uneven slice spacing" in line for line in node.log) or None,
-             10, interval=0.2, what="the gap series to be kept waiting")
+    wait_for(
+        lambda: any("waits for the quiet period: uneven slice spacing" in line for line in node.log) or None,
+        10,
+        interval=0.2,
+        what="the gap series to be kept waiting",
+    )
 
 
 def test_a_bundle_upgrade_loses_no_waiting_series(tmp_path, tiny_bundle):

@@ -23,6 +23,7 @@ from orthanc import orthanc_missing_reason, running_orthanc
 
 # --- the proxy, against a stand-in upstream -------------------------------------------
 
+
 def test_split_includefield_makes_repeated_parameters():
     assert split_includefield("includefield=00081030,00080060&limit=5") == (
         "includefield=00081030&includefield=00080060&limit=5"
@@ -142,6 +143,7 @@ def test_proxy_says_502_when_orthanc_is_down(fake_dist):
 #: Toasts that are expected and harmless (none today: the SEG now recommends a colour).
 KNOWN_WARNINGS: tuple[str, ...] = ()
 
+
 @pytest.mark.peers
 def test_ohif_shows_report_on_key_slice_gradcam_overlay_and_lung_seg(tmp_path):
     reason = orthanc_missing_reason(dicomweb=True) or viewer_missing_reason()
@@ -156,8 +158,7 @@ def test_ohif_shows_report_on_key_slice_gradcam_overlay_and_lung_seg(tmp_path):
     objects = build_result_objects(inputs.result, inputs.volume, inputs.sources, options)
     assert objects["sc"], "the test inputs must give at least one Grad-CAM overlay"
     findings = read_findings(objects["sr"][0])
-    key_instance = next(int(ds.InstanceNumber) for ds in inputs.sources
-                        if ds.SOPInstanceUID == findings.key_sop_uid)
+    key_instance = next(int(ds.InstanceNumber) for ds in inputs.sources if ds.SOPInstanceUID == findings.key_sop_uid)
     # OHIF 3.13 labels a region with "<NUM concept meaning>: <value to 2 decimals> <unit>".
     covid_label = f"COVID-19 probability: {100 * findings.probabilities['covid19']:.2f} %"
     shots = tmp_path / "screenshots"
@@ -167,16 +168,18 @@ def test_ohif_shows_report_on_key_slice_gradcam_overlay_and_lung_seg(tmp_path):
         for kind in ("sr", "sc", "seg", "kos"):
             upload(pacs, objects[kind])
         with serving(pacs.dicomweb_url + "/") as base:
-            report = run_driver({
-                "baseUrl": base,
-                "studyUid": str(inputs.sources[0].StudyInstanceUID),
-                "outDir": str(shots),
-                "srSeries": options.sr_series_number,
-                "srTexts": [covid_label],
-                "scSeries": options.sc_series_number,
-                "segSeries": options.seg_series_number,
-                "timeoutMs": 40000,
-            })
+            report = run_driver(
+                {
+                    "baseUrl": base,
+                    "studyUid": str(inputs.sources[0].StudyInstanceUID),
+                    "outDir": str(shots),
+                    "srSeries": options.sr_series_number,
+                    "srTexts": [covid_label],
+                    "scSeries": options.sc_series_number,
+                    "segSeries": options.seg_series_number,
+                    "timeoutMs": 40000,
+                }
+            )
     summary = json.dumps({k: v for k, v in report.items() if k != "steps"}, indent=1)
     steps = report.get("steps", {})
     assert report["ok"], f"the driver stopped: {report.get('error')}\n{summary}"
@@ -186,9 +189,13 @@ def test_ohif_shows_report_on_key_slice_gradcam_overlay_and_lung_seg(tmp_path):
     assert not report["httpErrors"], f"failed requests (proxy/Orthanc): {report['httpErrors']}"
 
     listed = {t["series"] for t in steps["ct"]["thumbnails"]}
-    expected = {str(inputs.sources[0].SeriesNumber), str(options.sr_series_number),
-                str(options.sc_series_number), str(options.seg_series_number),
-                str(options.kos_series_number)}
+    expected = {
+        str(inputs.sources[0].SeriesNumber),
+        str(options.sr_series_number),
+        str(options.sc_series_number),
+        str(options.seg_series_number),
+        str(options.kos_series_number),
+    }
     assert expected <= listed, f"series missing from OHIF's study browser: {steps['ct']['thumbnails']}"
     assert steps["ct"]["canvas"]["colouredFraction"] < 0.001, "the CT itself should be grey"
 
@@ -198,10 +205,13 @@ def test_ohif_shows_report_on_key_slice_gradcam_overlay_and_lung_seg(tmp_path):
         # the viewport's SR arrows (docs/radiologist.md tells readers the same).
         print(f"OHIF needed {sr['recoveries']} before drawing the SR")
     drawn = " ".join(sr["annotationTexts"])
-    assert covid_label in drawn, (f"COVID-19 probability not drawn; OHIF drew: {sr['annotationTexts']}; "
-                                  f"OHIF console warnings: {report.get('consoleWarnings', [])[:10]}")
+    assert covid_label in drawn, (
+        f"COVID-19 probability not drawn; OHIF drew: {sr['annotationTexts']}; "
+        f"OHIF console warnings: {report.get('consoleWarnings', [])[:10]}"
+    )
     assert re.search(rf"\bI:{key_instance}\b", sr["overlay"]["bottom-right"]), (
-        f"the SR should open on the key slice (instance {key_instance}); viewport says {sr['overlay']}")
+        f"the SR should open on the key slice (instance {key_instance}); viewport says {sr['overlay']}"
+    )
     assert sr["canvas"]["litFraction"] > 0.05, "the key slice is not rendered under the findings"
 
     sc = steps["sc"]

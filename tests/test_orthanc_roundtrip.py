@@ -25,8 +25,9 @@ from writer_inputs import dciodvfy, make_inputs
 
 pytestmark = [
     pytest.mark.peers,
-    pytest.mark.skipif(orthanc_missing_reason(dicomweb=True) is not None,
-                       reason=orthanc_missing_reason(dicomweb=True) or ""),
+    pytest.mark.skipif(
+        orthanc_missing_reason(dicomweb=True) is not None, reason=orthanc_missing_reason(dicomweb=True) or ""
+    ),
 ]
 
 #: Modality of each kind of object as Orthanc lists its series.
@@ -70,8 +71,11 @@ def test_writer_objects_round_trip_through_orthanc(tmp_path):
     study_uid = str(inputs.sources[0].StudyInstanceUID)
     with running_orthanc(tmp_path, aet="PACS", dicomweb=True) as pacs:
         _c_store(pacs, list(inputs.sources) + [ds for kind in objects for ds in objects[kind]])
-        found = wait_for(lambda: _has_all(pacs, study_uid, len(inputs.sources)), 30,
-                         what="Orthanc to hold the CT and every result object")
+        found = wait_for(
+            lambda: _has_all(pacs, study_uid, len(inputs.sources)),
+            30,
+            what="Orthanc to hold the CT and every result object",
+        )
         for kind, modality in RESULT_MODALITIES.items():
             assert len(found[modality]) == 1, f"{kind}: one series expected"
             assert len(found[modality][0]["Instances"]) == len(objects[kind])
@@ -81,9 +85,11 @@ def test_writer_objects_round_trip_through_orthanc(tmp_path):
         assert findings.decision == inputs.result.decision.value
         for name in CLASS_NAMES:
             assert findings.probabilities[name] == pytest.approx(
-                inputs.result.case_scores.probabilities[name], abs=1e-4)
+                inputs.result.case_scores.probabilities[name], abs=1e-4
+            )
         assert sorted(findings.infected_sop_uids) == sorted(
-            str(inputs.sources[z].SOPInstanceUID) for z in inputs.result.infected.z_indices)
+            str(inputs.sources[z].SOPInstanceUID) for z in inputs.result.infected.z_indices
+        )
 
         # DICOMweb (what OHIF reads): the five series of the study, by QIDO-RS.
         qido = json.loads(pacs.get_bytes(f"/dicom-web/studies/{study_uid}/series"))
@@ -108,14 +114,16 @@ def test_node_sends_every_result_object_to_orthanc(tmp_path, tiny_bundle):
     with running_orthanc(tmp_path, aet="PACS", dicomweb=True) as pacs:
         # The scanner's CT reaches the PACS too; the node adds its results to that study.
         assert storescu(pacs.dicom_port, series.paths, called_ae=pacs.aet).returncode == 0
-        node = NodeProcess(tmp_path / "node", tiny_bundle,
-                           destinations=[f"{pacs.aet}@127.0.0.1:{pacs.dicom_port}"], quiet_seconds=1.0)
+        node = NodeProcess(
+            tmp_path / "node", tiny_bundle, destinations=[f"{pacs.aet}@127.0.0.1:{pacs.dicom_port}"], quiet_seconds=1.0
+        )
         node.start()
         try:
             sent = storescu(node.port, series.paths)
             assert sent.returncode == 0, sent.stdout + sent.stderr
-            found = wait_for(lambda: _has_all(pacs, series.study_uid, len(series.paths)), 240,
-                             what="the node's results in Orthanc")
+            found = wait_for(
+                lambda: _has_all(pacs, series.study_uid, len(series.paths)), 240, what="the node's results in Orthanc"
+            )
         except BaseException:
             print(node.tail())
             raise
@@ -132,15 +140,19 @@ def test_node_sends_every_result_object_to_orthanc(tmp_path, tiny_bundle):
             for name in TASK_NAMES:
                 assert findings.tasks[name] == pytest.approx(summary["tasks"][name], abs=1e-4)
         assert findings.lung_volume_ml == pytest.approx(summary["lung_volume_ml"], abs=0.051)
-        by_number = {int(pydicom.dcmread(p, stop_before_pixels=True).InstanceNumber): str(uid)
-                     for p, uid in zip(series.paths, series.sop_uids, strict=True)}
+        by_number = {
+            int(pydicom.dcmread(p, stop_before_pixels=True).InstanceNumber): str(uid)
+            for p, uid in zip(series.paths, series.sop_uids, strict=True)
+        }
         # The locator's slices: stated as infectious under a pneumonia decision, else flagged
         # as no finding, and not reported at all out of domain.
         located = findings.infected_sop_uids + findings.flagged_sop_uids
         expected = [] if summary["decision"] == "out_of_domain" else [by_number[n] for n in summary["infected_slices"]]
         assert sorted(located) == sorted(expected)
-        assert (findings.algorithm_name, findings.bundle_sha256) == (summary["model"]["name"],
-                                                                    summary["model"]["sha256"])
+        assert (findings.algorithm_name, findings.bundle_sha256) == (
+            summary["model"]["name"],
+            summary["model"]["sha256"],
+        )
 
         for modality in RESULT_MODALITIES.values():
             for instance in found[modality][0]["Instances"]:

@@ -160,8 +160,11 @@ def test_airways_are_outside_the_lung_mask():
     p = ph("non_pneumonia", 11)
     air = p.volume.hu < -900
     lab, n = ndimage.label(air)
-    border = set(np.unique(np.concatenate([lab[:, 0, :].ravel(), lab[:, -1, :].ravel(),
-                                           lab[:, :, 0].ravel(), lab[:, :, -1].ravel()])))
+    border = set(
+        np.unique(
+            np.concatenate([lab[:, 0, :].ravel(), lab[:, -1, :].ravel(), lab[:, :, 0].ravel(), lab[:, :, -1].ravel()])
+        )
+    )
     inner = np.isin(lab, [k for k in range(1, n + 1) if k not in border])
     # Trachea and main bronchi: enclosed air that is not lung.
     airway = inner & ~p.lung_mask

@@ -180,8 +180,10 @@ def test_non_pneumonia_tumour_is_in_the_lung_mask_not_a_lesion() -> None:
 
 def test_looks_vary_across_seeds() -> None:
     looks = [built("non_pneumonia", s)[1].look for s in range(8)]
-    medians = [float(np.median(built("non_pneumonia", s)[0].volume.hu[built("non_pneumonia", s)[0].lung_mask]))
-               for s in range(8)]
+    medians = [
+        float(np.median(built("non_pneumonia", s)[0].volume.hu[built("non_pneumonia", s)[0].lung_mask]))
+        for s in range(8)
+    ]
     assert len({round(lk["noise_sd"], 1) for lk in looks}) >= 6
     assert all(8.0 <= lk["noise_sd"] <= 60.0 for lk in looks)
     assert max(medians) - min(medians) > 40
@@ -204,14 +206,23 @@ def test_measured_noise_follows_the_drawn_sd() -> None:
         j = np.arange(n) - (n - 1) / 2
         inside = j[:, None] ** 2 + j[None, :] ** 2 < (n / 2 - 2) ** 2  # the reconstruction circle
         rows_in = np.flatnonzero(inside[:, cols].all(axis=1))
-        air = hu[:, rows_in[0]:body_top - 3, cols]
+        air = hu[:, rows_in[0] : body_top - 3, cols]
         assert air.size > 500
         sd = float(np.percentile(air, 84) - np.percentile(air, 50))
         assert 0.8 * truth.look["noise_sd"] < sd < 1.25 * truth.look["noise_sd"]
 
 
-@pytest.mark.parametrize("args", [("flu", 1, NZ, PX), ("cap", -1, NZ, PX), ("cap", True, NZ, PX),
-                                  ("cap", 1, 4, PX), ("cap", 1, NZ, 16), ("cap", 1, NZ, 96.5)])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("flu", 1, NZ, PX),
+        ("cap", -1, NZ, PX),
+        ("cap", True, NZ, PX),
+        ("cap", 1, 4, PX),
+        ("cap", 1, NZ, 16),
+        ("cap", 1, NZ, 96.5),
+    ],
+)
 def test_bad_arguments(args: tuple) -> None:
     with pytest.raises(InvalidInputError):
         make_phantom_b(*args)
@@ -221,8 +232,13 @@ def test_family_b_imports_only_the_shared_type_from_family_a() -> None:
     for path in sorted(PHANTOMS_DIR.glob("*.py")):
         tree = ast.parse(path.read_text(encoding="utf-8"))
         for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and node.module and node.module.endswith("phantom") \
-                    and node.level >= 1 and node.module != "phantoms":
+            if (
+                isinstance(node, ast.ImportFrom)
+                and node.module
+                and node.module.endswith("phantom")
+                and node.level >= 1
+                and node.module != "phantoms"
+            ):
                 names = {a.name for a in node.names}
                 assert names <= {"Phantom", "INFECTED_MIN_PIXELS"}, f"{path.name} imports {names} from family A"
             if isinstance(node, ast.Import):

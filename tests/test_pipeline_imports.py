@@ -46,8 +46,7 @@ def test_importing_every_pipeline_module_loads_no_dicom_package() -> None:
     modules = _modules()
     assert "pipeline.chain" in modules and "pipeline.preprocess" in modules
     code = f"FORBIDDEN = {FORBIDDEN!r}\nMODULES = {modules!r}\n" + _BLOCKING_IMPORTER
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                         cwd=PIPELINE.parent)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=PIPELINE.parent)
     assert out.returncode == 0, out.stderr[-2000:]
     loaded = json.loads(out.stdout.strip().splitlines()[-1])
     assert loaded == [], f"pipeline imports DICOM code: {loaded}"
@@ -55,7 +54,9 @@ def test_importing_every_pipeline_module_loads_no_dicom_package() -> None:
 
 def test_no_dicom_import_statement_in_pipeline_sources() -> None:
     pattern = re.compile(r"^\s*(?:from|import)\s+(" + "|".join(FORBIDDEN) + r")\b", re.MULTILINE)
-    offenders = [f"{path.relative_to(PIPELINE.parent)}: {m.group(0).strip()}"
-                 for path in sorted(PIPELINE.rglob("*.py"))
-                 for m in pattern.finditer(path.read_text(encoding="utf-8"))]
+    offenders = [
+        f"{path.relative_to(PIPELINE.parent)}: {m.group(0).strip()}"
+        for path in sorted(PIPELINE.rglob("*.py"))
+        for m in pattern.finditer(path.read_text(encoding="utf-8"))
+    ]
     assert offenders == []

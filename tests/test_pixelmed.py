@@ -19,14 +19,14 @@ from writer_inputs import DECISION_CASES, PIXELMED_KNOWN_ERRORS, pixelmed
 @lru_cache(maxsize=None)
 def objects(name: str) -> dict:
     inputs = DECISION_CASES[name]()
-    return build_result_objects(inputs.result, inputs.volume, inputs.sources,
-                                WriterOptions(uid_seed=f"pixelmed-{name}"))
+    return build_result_objects(
+        inputs.result, inputs.volume, inputs.sources, WriterOptions(uid_seed=f"pixelmed-{name}")
+    )
 
 
 #: The SR's content differs by decision; the KOS and SEG do not in structure (one JVM per
 #: file costs about 10 s, so each structure is validated once).
-CHECKS = [("covid19", "sr"), ("indeterminate", "sr"), ("out_of_domain", "sr"), ("covid19", "kos"),
-          ("covid19", "seg")]
+CHECKS = [("covid19", "sr"), ("indeterminate", "sr"), ("out_of_domain", "sr"), ("covid19", "kos"), ("covid19", "seg")]
 
 
 @pytest.mark.parametrize(("case", "kind"), CHECKS)

@@ -42,8 +42,8 @@ def test_lung_slice_indices_uses_threshold_scaled_to_512() -> None:
     params = ChainParams(min_lung_pixels=500)
     # 128 x 128 is 1/16 of 512 x 512: the threshold becomes 31.25 pixels.
     m = np.zeros((4, 128, 128), bool)
-    m[1, :4, :8] = True   # 32 pixels: kept
-    m[2, :5, :6] = True   # 30 pixels: dropped
+    m[1, :4, :8] = True  # 32 pixels: kept
+    m[2, :5, :6] = True  # 30 pixels: dropped
     m[3, :, :] = True
     np.testing.assert_array_equal(lung_slice_indices(m, params), [1, 3])
 
@@ -60,11 +60,11 @@ def test_sample_slices_uniform_stride_keeps_ends() -> None:
 
 def test_classifier_input_channels_and_values() -> None:
     params = ChainParams(input_size=32)
-    hu = np.full((40, 50), 700.0, np.float32)     # dense tissue outside the lung
+    hu = np.full((40, 50), 700.0, np.float32)  # dense tissue outside the lung
     mask = np.zeros((40, 50), bool)
     mask[10:30, 5:45] = True
-    hu[mask] = -1200.0                             # bottom of both windows inside
-    hu[15:25, 20:30] = -250.0                      # a lesion at the wide window's middle
+    hu[mask] = -1200.0  # bottom of both windows inside
+    hu[15:25, 20:30] = -250.0  # a lesion at the wide window's middle
     x = classifier_input(hu, mask, params)
     assert x.shape == (3, 32, 32) and x.dtype == np.float32
     # The crop is exactly the lung box, so the mask channel is all ones.
@@ -83,7 +83,7 @@ def test_classifier_input_sees_nothing_outside_the_lung() -> None:
     mask[0:32, 0:8] = True
     mask[0:32, 24:32] = True  # two lungs: the box spans the gap between them
     x = classifier_input(hu, mask, params)
-    assert x[0, :, 7:9].max() < 0.01          # the gap is outside the lung
+    assert x[0, :, 7:9].max() < 0.01  # the gap is outside the lung
     outside = x[0] == 0
     np.testing.assert_allclose(x[1][outside], 0.0)
     np.testing.assert_allclose(x[2][outside], 0.0)

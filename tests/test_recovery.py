@@ -44,8 +44,11 @@ def test_sigkill_during_the_job_then_restart_delivers_exactly_once(tmp_path, tin
         assert len(per_dest) == 2
         for scp in (pacs, viewer):
             want = next(v for k, v in per_dest.items() if k.startswith(scp.ae_title + "@"))
-            wait_for(lambda scp=scp, want=want: len(scp.received_sop_uids()) >= len(want), 30,
-                     what=f"{scp.ae_title} to store")
+            wait_for(
+                lambda scp=scp, want=want: len(scp.received_sop_uids()) >= len(want),
+                30,
+                what=f"{scp.ae_title} to store",
+            )
             assert sorted(scp.received_sop_uids()) == want  # each result exactly once
     finally:
         node.stop()
@@ -60,8 +63,12 @@ def test_sigkill_while_delivering_then_restart_sends_the_rest(tmp_path, tiny_bun
     try:
         series = phantom_series(tmp_path / "in", seed=4)
         assert storescu(node.port, series.paths).returncode == 0
-        wait_for(lambda: job_states(node) == ["delivering"] and node.status()["pending_deliveries"] > 0, 240,
-                 interval=0.2, what="the job to wait for its destination")
+        wait_for(
+            lambda: job_states(node) == ["delivering"] and node.status()["pending_deliveries"] > 0,
+            240,
+            interval=0.2,
+            what="the job to wait for its destination",
+        )
         node.kill()
         pacs = pacs_port_holder.start()
         node.start()

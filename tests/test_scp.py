@@ -42,8 +42,7 @@ class Recorder:
 @pytest.fixture()
 def scp(tmp_path):
     def make(**node_kw):
-        node = NodeSection(ae_title="COVIDNODE", port=free_port(), bind_address="127.0.0.1", min_free_mb=0,
-                           **node_kw)
+        node = NodeSection(ae_title="COVIDNODE", port=free_port(), bind_address="127.0.0.1", min_free_mb=0, **node_kw)
         store = InstanceStore(tmp_path / "storage", node.min_free_mb)
         rec = Recorder()
         server = StorageSCP(node, store, rec)
@@ -83,15 +82,18 @@ def dcmtk_convert(tool: str, options: list[str], paths) -> None:
         out.replace(p)
 
 
-@pytest.mark.parametrize("ts,flag,tool", [
-    (ExplicitVRLittleEndian, "-xe", None),
-    (ImplicitVRLittleEndian, "-xi", None),
-    (JPEGLSLossless, "-xt", None),
-    (JPEG2000Lossless, "-xv", None),
-    (RLELossless, "-xr", None),
-    (JPEGLosslessSV1, "-xs", ("dcmcjpeg", ["+e1"])),
-    (DeflatedExplicitVRLittleEndian, "-xd", ("dcmconv", ["+td"])),
-])
+@pytest.mark.parametrize(
+    "ts,flag,tool",
+    [
+        (ExplicitVRLittleEndian, "-xe", None),
+        (ImplicitVRLittleEndian, "-xi", None),
+        (JPEGLSLossless, "-xt", None),
+        (JPEG2000Lossless, "-xv", None),
+        (RLELossless, "-xr", None),
+        (JPEGLosslessSV1, "-xs", ("dcmcjpeg", ["+e1"])),
+        (DeflatedExplicitVRLittleEndian, "-xd", ("dcmconv", ["+td"])),
+    ],
+)
 def test_store_in_each_transfer_syntax_is_durable_and_byte_exact(scp, tmp_path, ts, flag, tool):
     server, store, rec = scp()
     encode_as = ts if tool is None else ExplicitVRLittleEndian
@@ -196,8 +198,7 @@ def test_the_senders_release_is_reported_per_series(tmp_path):
     """The listener tells the node when the last sender of a series released."""
     node = NodeSection(ae_title="COVIDNODE", port=free_port(), bind_address="127.0.0.1", min_free_mb=0)
     released: list[str] = []
-    server = StorageSCP(node, InstanceStore(tmp_path / "storage", 0), Recorder(),
-                        on_released=released.append)
+    server = StorageSCP(node, InstanceStore(tmp_path / "storage", 0), Recorder(), on_released=released.append)
     server.start()
     try:
         series = write_series(tmp_path / "in", n_slices=3, size=32)

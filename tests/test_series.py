@@ -15,13 +15,30 @@ MR = "1.2.840.10008.5.1.4.1.1.4"
 T0 = 1_000_000.0
 
 
-def inst(i: int, series: str = "1.2.3", study: str = "1.2", modality: str = "CT",
-         image_type: str = "ORIGINAL\\PRIMARY\\AXIAL", patient: str = "p1", orientation: str = "1\\0\\0\\0\\1\\0",
-         thickness: float | None = 1.0, body_part: str = "CHEST") -> InstanceInfo:
-    return InstanceInfo(sop_uid=f"{series}.{i}", series_uid=series, study_uid=study,
-                        sop_class_uid=CT if modality == "CT" else MR, transfer_syntax="1.2.840.10008.1.2.1",
-                        modality=modality, image_type=image_type, body_part=body_part, slice_thickness=thickness,
-                        orientation=orientation, patient_key=patient)
+def inst(
+    i: int,
+    series: str = "1.2.3",
+    study: str = "1.2",
+    modality: str = "CT",
+    image_type: str = "ORIGINAL\\PRIMARY\\AXIAL",
+    patient: str = "p1",
+    orientation: str = "1\\0\\0\\0\\1\\0",
+    thickness: float | None = 1.0,
+    body_part: str = "CHEST",
+) -> InstanceInfo:
+    return InstanceInfo(
+        sop_uid=f"{series}.{i}",
+        series_uid=series,
+        study_uid=study,
+        sop_class_uid=CT if modality == "CT" else MR,
+        transfer_syntax="1.2.840.10008.1.2.1",
+        modality=modality,
+        image_type=image_type,
+        body_part=body_part,
+        slice_thickness=thickness,
+        orientation=orientation,
+        patient_key=patient,
+    )
 
 
 @pytest.fixture()
@@ -29,8 +46,7 @@ def env(tmp_path):
     db = Database(tmp_path / "node.sqlite3")
     queue = JobQueue(db)
     enqueued: list[int] = []
-    asm = SeriesAssembler(db, queue, SelectionSection(min_slices=4), quiet_seconds=10,
-                          on_enqueued=enqueued.append)
+    asm = SeriesAssembler(db, queue, SelectionSection(min_slices=4), quiet_seconds=10, on_enqueued=enqueued.append)
     yield db, queue, asm, enqueued
     db.close()
 
@@ -80,16 +96,21 @@ def test_late_instance_reopens_and_makes_a_new_generation(env):
     assert second.generation == 2 and len(second.instances) == 5
 
 
-@pytest.mark.parametrize("infos,words", [
-    ([inst(i, modality="MR") for i in range(5)], "modality MR"),
-    ([inst(i) for i in range(3)], "too few slices: 3"),
-    ([inst(i, image_type="ORIGINAL\\PRIMARY\\LOCALIZER") for i in range(5)], "localizer images only"),
-    ([inst(i, patient="p1" if i % 2 else "p2") for i in range(5)], "disagree on the patient"),
-    ([inst(i, study="1.2" if i % 2 else "1.9") for i in range(5)], "disagree on the study"),
-    ([inst(i, orientation="1\\0\\0\\0\\1\\0" if i % 2 else "0\\1\\0\\0\\0\\-1") for i in range(5)],
-     "mixed orientation"),
-    ([inst(i, thickness=12.0) for i in range(5)], "slice thickness 12 mm"),
-])
+@pytest.mark.parametrize(
+    "infos,words",
+    [
+        ([inst(i, modality="MR") for i in range(5)], "modality MR"),
+        ([inst(i) for i in range(3)], "too few slices: 3"),
+        ([inst(i, image_type="ORIGINAL\\PRIMARY\\LOCALIZER") for i in range(5)], "localizer images only"),
+        ([inst(i, patient="p1" if i % 2 else "p2") for i in range(5)], "disagree on the patient"),
+        ([inst(i, study="1.2" if i % 2 else "1.9") for i in range(5)], "disagree on the study"),
+        (
+            [inst(i, orientation="1\\0\\0\\0\\1\\0" if i % 2 else "0\\1\\0\\0\\0\\-1") for i in range(5)],
+            "mixed orientation",
+        ),
+        ([inst(i, thickness=12.0) for i in range(5)], "slice thickness 12 mm"),
+    ],
+)
 def test_unusable_series_are_skipped_with_the_reason(env, infos, words):
     db, queue, asm, enqueued = env
     feed(asm, infos)
@@ -149,8 +170,9 @@ def test_urgent_rules_name_the_rule_that_matched():
     from dicomnode.config import UrgentRules
     from dicomnode.series import urgent_reason
 
-    rules = UrgentRules(calling_ae_titles=("ER_CT",), body_parts=("CHEST",),
-                        tags={"RequestedProcedurePriority": ["STAT"]})
+    rules = UrgentRules(
+        calling_ae_titles=("ER_CT",), body_parts=("CHEST",), tags={"RequestedProcedurePriority": ["STAT"]}
+    )
     assert urgent_reason(rules, _header("ER_CT", BodyPartExamined="ABDOMEN")) == "sent by ER_CT"
     assert urgent_reason(rules, _header("CT1", BodyPartExamined="CHEST")) == "BodyPartExamined CHEST"
     assert urgent_reason(rules, _header("CT1", RequestedProcedurePriority="stat ")) == "RequestedProcedurePriority STAT"
@@ -191,8 +213,10 @@ def test_a_schema_3_database_gains_the_urgent_column(tmp_path):
     Database(path).close()
     conn = sqlite3.connect(path)
     conn.execute("ALTER TABLE jobs DROP COLUMN urgent")  # what a schema-3 node left behind
-    conn.execute("INSERT INTO jobs(series_uid, study_uid, generation, instances, state, created, updated) "
-                 "VALUES ('1.2.9', '1.2', 1, '[]', 'queued', 0, 0)")
+    conn.execute(
+        "INSERT INTO jobs(series_uid, study_uid, generation, instances, state, created, updated) "
+        "VALUES ('1.2.9', '1.2', 1, '[]', 'queued', 0, 0)"
+    )
     conn.commit()
     conn.close()
     db = Database(path)

@@ -8,14 +8,17 @@ import pytest
 from pipeline.severity import LOBES, SeverityError, lobe_score, mosmed_grade, quantify_severity
 
 
-@pytest.mark.parametrize(("percent", "score"), [(0, 0), (0.01, 1), (4.99, 1), (5, 2), (25, 2), (25.01, 3),
-                                                 (50, 3), (50.5, 4), (75, 4), (75.01, 5), (100, 5)])
+@pytest.mark.parametrize(
+    ("percent", "score"),
+    [(0, 0), (0.01, 1), (4.99, 1), (5, 2), (25, 2), (25.01, 3), (50, 3), (50.5, 4), (75, 4), (75.01, 5), (100, 5)],
+)
 def test_lobe_score_bands(percent, score):
     assert lobe_score(percent) == score
 
 
-@pytest.mark.parametrize(("percent", "grade"), [(0, 0), (0.5, 1), (24.9, 1), (25, 2), (49.9, 2), (50, 3),
-                                                 (74.9, 3), (75, 4), (100, 4)])
+@pytest.mark.parametrize(
+    ("percent", "grade"), [(0, 0), (0.5, 1), (24.9, 1), (25, 2), (49.9, 2), (50, 3), (74.9, 3), (75, 4), (100, 4)]
+)
 def test_mosmed_grade_bands(percent, grade):
     assert mosmed_grade(percent) == grade
 

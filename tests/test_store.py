@@ -54,8 +54,25 @@ def test_valid_uids(uid):
     assert validate_uid(uid, "x") == uid
 
 
-@pytest.mark.parametrize("uid", ["", "../../x", "1.2/../3", "1.2.03", "1..2", ".1.2", "1.2.", "abc",
-                                 "1.2.3\\..\\4", "1" + ".1" * 40, "/etc/passwd", "1.2.3/4", "1", None])
+@pytest.mark.parametrize(
+    "uid",
+    [
+        "",
+        "../../x",
+        "1.2/../3",
+        "1.2.03",
+        "1..2",
+        ".1.2",
+        "1.2.",
+        "abc",
+        "1.2.3\\..\\4",
+        "1" + ".1" * 40,
+        "/etc/passwd",
+        "1.2.3/4",
+        "1",
+        None,
+    ],
+)
 def test_invalid_uids_are_refused(uid):
     with pytest.raises(InvalidUIDError) as info:
         validate_uid(uid, "SOP Instance UID")
@@ -114,8 +131,9 @@ def test_duplicate_replaces_the_earlier_file(ct, tmp_path, caplog):
     info = info_of(ct)
     header = encode_file_meta(info.sop_class_uid, info.sop_uid, ExplicitVRLittleEndian)
     store.store(info, header, encoded(ct))
-    store.store(info, encode_file_meta(info.sop_class_uid, info.sop_uid, ExplicitVRLittleEndian, "OTHER"),
-                encoded(ct))  # a re-send, from another AE: the same dataset
+    store.store(
+        info, encode_file_meta(info.sop_class_uid, info.sop_uid, ExplicitVRLittleEndian, "OTHER"), encoded(ct)
+    )  # a re-send, from another AE: the same dataset
     assert store.duplicates == {"identical": 1, "different": 0}
     ct.SeriesDescription = "corrected"
     with caplog.at_level(logging.WARNING, logger="dicomnode.store"):

@@ -42,18 +42,40 @@ TINY = {
 DATASET_MASKS = ("--lung-masks", "dataset")
 
 
-def run_train(role: str, out: Path, *extra: str, data: str | None = None, epochs: int = 1,
-              extra_data: tuple[str, ...] = ()) -> int:
+def run_train(
+    role: str, out: Path, *extra: str, data: str | None = None, epochs: int = 1, extra_data: tuple[str, ...] = ()
+) -> int:
     """``dicomnode train`` in this process (the CLI's own parser and run)."""
     parser = argparse.ArgumentParser()
     train_cmd.add_arguments(parser)
     data = data or (COVID_SPEC if role == "locator" else SPEC)
     more = [a for d in extra_data for a in ("--data", d)]
-    args = parser.parse_args([role, "--data", data, *more, "--out", str(out), "--epochs", str(epochs),
-                              "--batch-size", "8", "--device", "cpu", "--seed", "7", "--threads", "1",
-                              "--val-fraction", "0.5", "--no-progress", *TINY[role],
-                              *(DATASET_MASKS if role != "segmentation" and "--lung-masks" not in extra else ()),
-                              *extra])
+    args = parser.parse_args(
+        [
+            role,
+            "--data",
+            data,
+            *more,
+            "--out",
+            str(out),
+            "--epochs",
+            str(epochs),
+            "--batch-size",
+            "8",
+            "--device",
+            "cpu",
+            "--seed",
+            "7",
+            "--threads",
+            "1",
+            "--val-fraction",
+            "0.5",
+            "--no-progress",
+            *TINY[role],
+            *(DATASET_MASKS if role != "segmentation" and "--lung-masks" not in extra else ()),
+            *extra,
+        ]
+    )
     return train_cmd.run(args)
 
 
@@ -140,8 +162,12 @@ def test_resume_refuses_other_settings_and_missing_checkpoints(tmp_path: Path, c
 
 
 def test_bad_spec_is_a_clear_error_with_exit_code_2(tmp_path: Path) -> None:
-    proc = subprocess.run([dicomnode_exe(), "train", "classifier", "--data", "phantom:count=many",
-                           "--out", str(tmp_path / "b")], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [dicomnode_exe(), "train", "classifier", "--data", "phantom:count=many", "--out", str(tmp_path / "b")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stderr
     assert "count='many'" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "b" / "model_card.json").exists()
@@ -164,8 +190,11 @@ def test_slices_are_the_chains_inputs_with_lesion_labels() -> None:
     pairs = pair_batch(volume, lung, z, 64)
     np.testing.assert_array_equal(cls.inputs, pairs.astype(np.float16))
     # The network input the loop makes from the stored pairs is the chain's own input.
-    np.testing.assert_allclose(lung_channels(pairs, ChainParams(input_size=64)),
-                               classifier_batch(volume, lung, z, ChainParams(input_size=64)), atol=1e-6)
+    np.testing.assert_allclose(
+        lung_channels(pairs, ChainParams(input_size=64)),
+        classifier_batch(volume, lung, z, ChainParams(input_size=64)),
+        atol=1e-6,
+    )
     infected = np.count_nonzero(lesion.reshape(len(lesion), -1), axis=1)[z] > 50
     covid_i, non_i = CLASS_NAMES.index("covid19"), CLASS_NAMES.index("non_pneumonia")
     # Lesion labels: a slice of the COVID-19 scan is COVID-19 only where it has lesions.
@@ -243,6 +272,7 @@ def test_overlay_heat_of_a_small_trained_model_lies_inside_the_lung(tmp_path: Pa
 
 def test_segmentation_slices_favour_lesions_and_cover_the_scan():
     from pipeline.training.data import segmentation_slices
+
     lesion = np.zeros((40, 8, 8), dtype=bool)
     lesion[30:34] = True  # four slices with a lesion, far from the evenly spaced picks
     z = segmentation_slices(40, lesion, 6, 0.5, min_pixels=10)

@@ -93,6 +93,7 @@ def _set(keyword: str, value) -> Callable[[list[Dataset]], list[Dataset]]:
     def change(dss: list[Dataset]) -> list[Dataset]:
         setattr(dss[5], keyword, value)
         return dss
+
     return change
 
 
@@ -111,25 +112,31 @@ def _duplicate_position(dss: list[Dataset]) -> list[Dataset]:
 
 
 def _other_size(dss: list[Dataset]) -> list[Dataset]:
-    small = ct_datasets(CTVolume(hu=np.zeros((1, 16, 16), np.float32), spacing_mm=(2.5, 0.75, 0.8)),
-                        study_uid=str(dss[0].StudyInstanceUID), series_uid=str(dss[0].SeriesInstanceUID),
-                        patient_id=str(dss[0].PatientID))[0]
+    small = ct_datasets(
+        CTVolume(hu=np.zeros((1, 16, 16), np.float32), spacing_mm=(2.5, 0.75, 0.8)),
+        study_uid=str(dss[0].StudyInstanceUID),
+        series_uid=str(dss[0].SeriesInstanceUID),
+        patient_id=str(dss[0].PatientID),
+    )[0]
     small.ImagePositionPatient = list(dss[5].ImagePositionPatient)
     small.ImageOrientationPatient = list(dss[5].ImageOrientationPatient)
     dss[5] = small
     return dss
 
 
-@pytest.mark.parametrize("change,code,words", [
-    (_set("ImageOrientationPatient", [1, 0, 0, 0, 0, -1]), "mixed_orientation", "orientations"),
-    (_other_size, "inconsistent_size", "different sizes"),
-    (_drop_pixels, "no_pixel_data", "no pixel data"),
-    (_drop_middle, "non_uniform_spacing", "missing slice"),
-    (_duplicate_position, "duplicate_position", "share the position"),
-    (_set("ImageType", ["ORIGINAL", "PRIMARY", "LOCALIZER"]), "localizer", "localizer"),
-    (_set("PatientID", "SOMEONE-ELSE"), "mixed_patient", "PatientID"),
-    (_set("StudyInstanceUID", generate_uid()), "mixed_study", "StudyInstanceUID"),
-])
+@pytest.mark.parametrize(
+    "change,code,words",
+    [
+        (_set("ImageOrientationPatient", [1, 0, 0, 0, 0, -1]), "mixed_orientation", "orientations"),
+        (_other_size, "inconsistent_size", "different sizes"),
+        (_drop_pixels, "no_pixel_data", "no pixel data"),
+        (_drop_middle, "non_uniform_spacing", "missing slice"),
+        (_duplicate_position, "duplicate_position", "share the position"),
+        (_set("ImageType", ["ORIGINAL", "PRIMARY", "LOCALIZER"]), "localizer", "localizer"),
+        (_set("PatientID", "SOMEONE-ELSE"), "mixed_patient", "PatientID"),
+        (_set("StudyInstanceUID", generate_uid()), "mixed_study", "StudyInstanceUID"),
+    ],
+)
 def test_each_rejection_reason(tmp_path: Path, change, code: str, words: str) -> None:
     datasets = change(ct_datasets(_volume(), patient_id="PID-123"))
     with pytest.raises(SeriesRejected, match=words) as err:
@@ -143,6 +150,7 @@ def _all(keyword: str, value) -> Callable[[list[Dataset]], list[Dataset]]:
         for ds in dss:
             setattr(ds, keyword, value)
         return dss
+
     return change
 
 
@@ -151,15 +159,18 @@ def _truncate(dss: list[Dataset]) -> list[Dataset]:
     return dss
 
 
-@pytest.mark.parametrize("change,code,words", [
-    # Issue 9, defect 11: checked before a pixel is allocated (65535^2 x 12 slices = 200 GB).
-    (_all("Rows", 65535), "implausible_geometry", "65535 x 48"),
-    (_all("Columns", 65535), "implausible_geometry", "40 x 65535"),
-    (_set("RescaleSlope", 1e30), "implausible_rescale", r"RescaleSlope 1e\+30"),
-    (_set("RescaleIntercept", float("nan")), "implausible_rescale", "RescaleIntercept nan"),
-    # Defect 16: a truncated uncompressed slice is called truncated, not "install a codec".
-    (_truncate, "truncated_pixels", "truncated or damaged"),
-])
+@pytest.mark.parametrize(
+    "change,code,words",
+    [
+        # Issue 9, defect 11: checked before a pixel is allocated (65535^2 x 12 slices = 200 GB).
+        (_all("Rows", 65535), "implausible_geometry", "65535 x 48"),
+        (_all("Columns", 65535), "implausible_geometry", "40 x 65535"),
+        (_set("RescaleSlope", 1e30), "implausible_rescale", r"RescaleSlope 1e\+30"),
+        (_set("RescaleIntercept", float("nan")), "implausible_rescale", "RescaleIntercept nan"),
+        # Defect 16: a truncated uncompressed slice is called truncated, not "install a codec".
+        (_truncate, "truncated_pixels", "truncated or damaged"),
+    ],
+)
 def test_hostile_headers_are_refused_with_a_reason(tmp_path: Path, change, code: str, words: str) -> None:
     import tracemalloc
 

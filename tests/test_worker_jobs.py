@@ -47,8 +47,9 @@ class Harness:
         for path in paths:
             self.assembler.record_instance(read_file_header(path), str(path.relative_to(self.storage)))
         info = read_file_header(paths[0])
-        return self.queue.enqueue(info.series_uid, info.study_uid,
-                                  [str(p.relative_to(self.storage)) for p in paths], generation=generation)
+        return self.queue.enqueue(
+            info.series_uid, info.study_uid, [str(p.relative_to(self.storage)) for p in paths], generation=generation
+        )
 
 
 @pytest.fixture
@@ -118,14 +119,17 @@ def test_an_identical_resend_makes_no_second_result_set(harness, series) -> None
 def test_dataset_hash_ignores_the_sender_in_the_file_meta(tmp_path: Path) -> None:
     from dicomnode.header import dataset_sha256, encode_file_meta
 
-    ds = pydicom.dcmread(write_ct_series(make_phantom("cap", 1, n_slices=12, size_px=32).volume,
-                                         tmp_path / "s").paths[0])
+    ds = pydicom.dcmread(
+        write_ct_series(make_phantom("cap", 1, n_slices=12, size_px=32).volume, tmp_path / "s").paths[0]
+    )
     body = open(ds.filename, "rb").read()
     a, b = tmp_path / "a.dcm", tmp_path / "b.dcm"
     meta_len = len(body) - len(_dataset_bytes(body))
     for path, sender in ((a, "PACS1"), (b, "SCANNER2")):
-        path.write_bytes(encode_file_meta(ds.SOPClassUID, ds.SOPInstanceUID, ds.file_meta.TransferSyntaxUID, sender)
-                         + body[meta_len:])
+        path.write_bytes(
+            encode_file_meta(ds.SOPClassUID, ds.SOPInstanceUID, ds.file_meta.TransferSyntaxUID, sender)
+            + body[meta_len:]
+        )
     assert a.read_bytes() != b.read_bytes()
     assert dataset_sha256(a) == dataset_sha256(b)
 
@@ -133,7 +137,7 @@ def test_dataset_hash_ignores_the_sender_in_the_file_meta(tmp_path: Path) -> Non
 def _dataset_bytes(raw: bytes) -> bytes:
     import struct
 
-    return raw[132 + 12 + struct.unpack("<I", raw[140:144])[0]:]
+    return raw[132 + 12 + struct.unpack("<I", raw[140:144])[0] :]
 
 
 @pytest.mark.peers

@@ -21,16 +21,23 @@ from writer_inputs import (
 
 CASES = DECISION_CASES
 #: What no object may say under a decision that names no class.
-CLASS_CLAIMS = ("AI result", "AI decision: COVID-19", "AI decision: Community", "COVID-19 infectious",
-                "Infectious slices (", "infectious slices found")
+CLASS_CLAIMS = (
+    "AI result",
+    "AI decision: COVID-19",
+    "AI decision: Community",
+    "COVID-19 infectious",
+    "Infectious slices (",
+    "infectious slices found",
+)
 
 
 class Case:
     def __init__(self, name: str) -> None:
         self.name = name
         self.inputs = CASES[name]()
-        built = build_result_objects(self.inputs.result, self.inputs.volume, self.inputs.sources,
-                                     WriterOptions(uid_seed=f"decision-{name}"))
+        built = build_result_objects(
+            self.inputs.result, self.inputs.volume, self.inputs.sources, WriterOptions(uid_seed=f"decision-{name}")
+        )
         self.objects = {kind: [to_bytes_and_back(ds) for ds in datasets] for kind, datasets in built.items()}
         self.sr = self.objects["sr"][0]
         self.findings = read_findings(self.sr)
@@ -58,9 +65,12 @@ def _walk(items):
 
 
 def _items(ds, code) -> list:
-    return [item for item in _walk(ds.ContentSequence)
-            if item.ConceptNameCodeSequence[0].CodeValue == code.value
-            and item.ConceptNameCodeSequence[0].CodingSchemeDesignator == code.scheme_designator]
+    return [
+        item
+        for item in _walk(ds.ContentSequence)
+        if item.ConceptNameCodeSequence[0].CodeValue == code.value
+        and item.ConceptNameCodeSequence[0].CodingSchemeDesignator == code.scheme_designator
+    ]
 
 
 def _texts(ds) -> list[str]:
@@ -87,17 +97,27 @@ def test_sr_impression_is_the_decision_coded(case):
         assert (expected.value, expected.scheme_designator) == ("373068000", "SCT")
     if case.name == "out_of_domain":
         assert expected.scheme_designator == codes.PRIVATE_SCHEME and "cannot assess" in expected.meaning
-    group = [g for g in hd.sr.Comprehensive3DSR.from_dataset(case.sr).content.get_planar_roi_measurement_groups()
-             if g.tracking_identifier.startswith("AI case result")][0]
-    shown = {"covid19": "COVID-19", "cap": "Community-acquired pneumonia", "indeterminate": "Indeterminate",
-             "out_of_domain": "Cannot assess (out of domain)"}[case.name]
+    group = [
+        g
+        for g in hd.sr.Comprehensive3DSR.from_dataset(case.sr).content.get_planar_roi_measurement_groups()
+        if g.tracking_identifier.startswith("AI case result")
+    ][0]
+    shown = {
+        "covid19": "COVID-19",
+        "cap": "Community-acquired pneumonia",
+        "indeterminate": "Indeterminate",
+        "out_of_domain": "Cannot assess (out of domain)",
+    }[case.name]
     assert group.tracking_identifier.startswith(f"AI case result: {shown}, image ")
 
 
 def test_sr_claims_a_class_only_under_a_class_decision(case):
     diagnosis_codes = {(c.value, c.scheme_designator) for c in codes.DIAGNOSIS.values()}
-    coded = {(item.ConceptCodeSequence[0].CodeValue, item.ConceptCodeSequence[0].CodingSchemeDesignator)
-             for item in _walk(case.sr.ContentSequence) if item.ValueType == "CODE"}
+    coded = {
+        (item.ConceptCodeSequence[0].CodeValue, item.ConceptCodeSequence[0].CodingSchemeDesignator)
+        for item in _walk(case.sr.ContentSequence)
+        if item.ValueType == "CODE"
+    }
     summary = case.findings.summary
     if case.name in ("covid19", "cap"):
         assert (codes.DIAGNOSIS[case.name].value, codes.DIAGNOSIS[case.name].scheme_designator) in coded
@@ -107,15 +127,20 @@ def test_sr_claims_a_class_only_under_a_class_decision(case):
     for text in _texts(case.sr):
         assert not any(claim in text for claim in CLASS_CLAIMS), text
     if case.name == "indeterminate":
-        assert summary.startswith("AI decision: indeterminate. CAP 50.2% vs COVID-19 49.7% are within the "
-                                  "model's 10-point margin; no diagnosis is stated.")
+        assert summary.startswith(
+            "AI decision: indeterminate. CAP 50.2% vs COVID-19 49.7% are within the "
+            "model's 10-point margin; no diagnosis is stated."
+        )
         assert case.findings.probabilities["cap"] == pytest.approx(0.502)
     else:
-        assert summary.startswith("AI decision: cannot assess this study (out of domain). The AI model cannot "
-                                  "assess this study: it differs from the model's training data")
+        assert summary.startswith(
+            "AI decision: cannot assess this study (out of domain). The AI model cannot "
+            "assess this study: it differs from the model's training data"
+        )
         assert case.findings.probabilities == {} and case.findings.tasks == {}
-        names = [m.ConceptNameCodeSequence[0].CodeMeaning for m in _walk(case.sr.ContentSequence)
-                 if m.ValueType == "NUM"]
+        names = [
+            m.ConceptNameCodeSequence[0].CodeMeaning for m in _walk(case.sr.ContentSequence) if m.ValueType == "NUM"
+        ]
         claims = [n for n in names if "probability" in n or (n.endswith(" score") and "Out-of-domain" not in n)]
         assert claims == [], claims
         for word in ("CAP", "Community", "99.0", "COVID-19 probability"):
@@ -140,9 +165,11 @@ def test_infected_slices_are_worded_by_the_decision(case):
     found, res = case.findings, case.inputs.result
     summary = found.summary
     located = sorted(case.uids(res.infected.z_indices))
-    other_groups = [g.tracking_identifier for g in
-                    hd.sr.Comprehensive3DSR.from_dataset(case.sr).content.get_planar_roi_measurement_groups()
-                    if not g.tracking_identifier.startswith("AI case result")]
+    other_groups = [
+        g.tracking_identifier
+        for g in hd.sr.Comprehensive3DSR.from_dataset(case.sr).content.get_planar_roi_measurement_groups()
+        if not g.tracking_identifier.startswith("AI case result")
+    ]
     if case.name == "covid19":
         assert sorted(found.infected_sop_uids) == located and found.flagged_sop_uids == ()
         assert f"COVID-19 infectious slices: {len(located)}" in summary
@@ -179,10 +206,16 @@ def test_kos_follows_the_decision(case):
         assert kos_list == [], "out of domain the model points at nothing"
         return
     (kos,) = kos_list
-    referenced = [str(item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
-                  for item in kos.ContentSequence if item.ValueType == "IMAGE"]
-    (text,) = [item.TextValue for item in kos.ContentSequence
-               if item.ValueType == "TEXT" and item.ConceptNameCodeSequence[0].CodeValue == "113012"]
+    referenced = [
+        str(item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+        for item in kos.ContentSequence
+        if item.ValueType == "IMAGE"
+    ]
+    (text,) = [
+        item.TextValue
+        for item in kos.ContentSequence
+        if item.ValueType == "TEXT" and item.ConceptNameCodeSequence[0].CodeValue == "113012"
+    ]
     if case.name == "covid19":
         assert referenced == case.uids(res.infected.z_indices)
         assert text.startswith("COVID-19 infectious slices found by AI") and "AI decision: COVID-19" in text
@@ -203,8 +236,11 @@ def test_sc_captions_follow_the_decision(case):
         assert case.objects["seg"], "the lung segmentation is still delivered"
         return
     assert overlays
-    decision = {"covid19": "AI decision: COVID-19", "cap": "AI decision: CAP",
-                "indeterminate": "AI decision: indeterminate"}[case.name]
+    decision = {
+        "covid19": "AI decision: COVID-19",
+        "cap": "AI decision: CAP",
+        "indeterminate": "AI decision: indeterminate",
+    }[case.name]
     slice_word = {"covid19": "COVID-19 infectious slice", "cap": "infectious slice (CAP)", "indeterminate": None}
     by_uid = {str(s.SOPInstanceUID): z for z, s in enumerate(case.inputs.sources)}
     for ds in overlays:
@@ -238,8 +274,11 @@ def test_read_findings_refuses_a_class_claim_out_of_domain():
     tampered = copy.deepcopy(ood.sr)
     group = _items(tampered, codes.OUT_OF_DOMAIN_SCORE)[0]
     probability = _items(cap.sr, codes.CLASS_PROBABILITY["cap"])[0]
-    container = next(item for item in _walk(tampered.ContentSequence)
-                     if any(child is group for child in getattr(item, "ContentSequence", [])))
+    container = next(
+        item
+        for item in _walk(tampered.ContentSequence)
+        if any(child is group for child in getattr(item, "ContentSequence", []))
+    )
     container.ContentSequence.append(copy.deepcopy(probability))
     with pytest.raises(WriterError, match="must claim no class"):
         read_findings(tampered)
@@ -248,9 +287,12 @@ def test_read_findings_refuses_a_class_claim_out_of_domain():
 def test_sr_grades_severity_except_out_of_domain(case):
     """The MosMedData-style grade and the GGO / consolidation volumes of the lesion map are
     in the case group, never out of domain (the map is not measured there)."""
-    meanings = [str(seq[0].CodeMeaning) for item in _walk(case.sr.ContentSequence)
-                for seq in (getattr(item, "ConceptNameCodeSequence", None), getattr(item, "ConceptCodeSequence", None))
-                if seq]
+    meanings = [
+        str(seq[0].CodeMeaning)
+        for item in _walk(case.sr.ContentSequence)
+        for seq in (getattr(item, "ConceptNameCodeSequence", None), getattr(item, "ConceptCodeSequence", None))
+        if seq
+    ]
     has_grade = any(m.startswith("CT severity grade") for m in meanings)
     has_ggo = any(m == "Volume of ground-glass opacity" for m in meanings)
     assert has_grade == has_ggo == (case.name != "out_of_domain"), meanings

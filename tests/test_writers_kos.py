@@ -17,8 +17,11 @@ def _kos(inputs):
 
 
 def _referenced(kos) -> list[str]:
-    return [str(item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
-            for item in kos.ContentSequence if item.ValueType == "IMAGE"]
+    return [
+        str(item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+        for item in kos.ContentSequence
+        if item.ValueType == "IMAGE"
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -40,22 +43,28 @@ def test_kos_lists_the_infectious_slices(inputs):
     assert _referenced(kos) == [str(inputs.sources[z].SOPInstanceUID) for z in sorted(infected)]
     assert kos.ConceptNameCodeSequence[0].CodeValue == codes.OF_INTEREST.value
     assert kos.StudyInstanceUID == inputs.sources[0].StudyInstanceUID and kos.Modality == "KO"
-    evidence = {str(instance.ReferencedSOPInstanceUID)
-                for study in kos.CurrentRequestedProcedureEvidenceSequence
-                for series in study.ReferencedSeriesSequence
-                for instance in series.ReferencedSOPSequence}
+    evidence = {
+        str(instance.ReferencedSOPInstanceUID)
+        for study in kos.CurrentRequestedProcedureEvidenceSequence
+        for series in study.ReferencedSeriesSequence
+        for instance in series.ReferencedSOPSequence
+    }
     assert evidence >= set(_referenced(kos))
     hd.ko.KeyObjectSelectionDocument.from_dataset(kos)  # highdicom accepts it
-    texts = [item.TextValue for item in kos.ContentSequence
-             if item.ValueType == "TEXT" and item.ConceptNameCodeSequence[0].CodeValue == "113012"]
+    texts = [
+        item.TextValue
+        for item in kos.ContentSequence
+        if item.ValueType == "TEXT" and item.ConceptNameCodeSequence[0].CodeValue == "113012"
+    ]
     assert len(texts) == 1 and "COVID-19 infectious slices" in texts[0]
     assert inputs.result.model.disclaimer in texts[0]
 
 
 def test_kos_falls_back_to_explained_then_top_slice():
     explained = make_inputs(seed=9, n_slices=20, size=96, label="cap", infected=False)
-    assert _referenced(_kos(explained)) == [str(explained.sources[z].SOPInstanceUID)
-                                            for z in sorted(a.z_index for a in explained.result.attention)]
+    assert _referenced(_kos(explained)) == [
+        str(explained.sources[z].SOPInstanceUID) for z in sorted(a.z_index for a in explained.result.attention)
+    ]
     bare = make_inputs(seed=9, n_slices=20, size=96, label="cap", infected=False, with_attention=False)
     referenced = _referenced(_kos(bare))
     assert len(referenced) == 1

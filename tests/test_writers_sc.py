@@ -19,8 +19,9 @@ def inputs():
 
 @pytest.fixture(scope="module")
 def overlays(inputs):
-    objects = build_result_objects(inputs.result, inputs.volume, inputs.sources,
-                                   WriterOptions(enabled={"sc"}, max_overlays=5))
+    objects = build_result_objects(
+        inputs.result, inputs.volume, inputs.sources, WriterOptions(enabled={"sc"}, max_overlays=5)
+    )
     return [to_bytes_and_back(ds) for ds in objects["sc"]]
 
 
@@ -63,8 +64,9 @@ def test_overlay_pixels_are_rgb_and_flagged_burned_in(overlays, inputs):
 
 def test_max_overlays_caps_the_series(inputs):
     for cap in (0, 1):
-        objects = build_result_objects(inputs.result, inputs.volume, inputs.sources,
-                                       WriterOptions(enabled={"sc"}, max_overlays=cap))
+        objects = build_result_objects(
+            inputs.result, inputs.volume, inputs.sources, WriterOptions(enabled={"sc"}, max_overlays=cap)
+        )
         assert len(objects["sc"]) == cap
 
 
@@ -73,7 +75,8 @@ def test_without_infectious_slices_the_explained_slices_get_overlays():
     objects = build_result_objects(inputs.result, inputs.volume, inputs.sources, WriterOptions(enabled={"sc"}))
     explained = sorted(a.z_index for a in inputs.result.attention)
     assert [ds.SourceImageSequence[0].ReferencedSOPInstanceUID for ds in objects["sc"]] == [
-        inputs.sources[z].SOPInstanceUID for z in explained]
+        inputs.sources[z].SOPInstanceUID for z in explained
+    ]
 
 
 def test_render_blends_heat_and_outlines_lung():

@@ -35,8 +35,10 @@ def test_seg_frames_reference_the_lung_slices(seg, inputs):
     lung_z = [z for z in range(mask.shape[0]) if mask[z].any()]
     assert 0 < len(lung_z) < mask.shape[0], "the test volume must have slices without lung"
     assert int(seg.NumberOfFrames) == len(lung_z)  # empty frames left out
-    referenced = [str(frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID)
-                  for frame in seg.PerFrameFunctionalGroupsSequence]
+    referenced = [
+        str(frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID)
+        for frame in seg.PerFrameFunctionalGroupsSequence
+    ]
     # highdicom orders frames along the slice normal; each lung slice exactly once.
     assert sorted(referenced) == sorted(str(inputs.sources[z].SOPInstanceUID) for z in lung_z)
     assert seg.StudyInstanceUID == inputs.sources[0].StudyInstanceUID
@@ -67,8 +69,9 @@ def test_empty_lung_mask_gives_no_seg(inputs):
 
     from pipeline.types import LungMask
 
-    empty = replace(inputs.result, lung_mask=LungMask(mask=np.zeros_like(inputs.result.lung_mask.mask),
-                                                      method="classical"))
+    empty = replace(
+        inputs.result, lung_mask=LungMask(mask=np.zeros_like(inputs.result.lung_mask.mask), method="classical")
+    )
     objects = build_result_objects(empty, inputs.volume, inputs.sources, WriterOptions(enabled={"seg"}))
     assert objects == {"seg": []}
 
@@ -83,7 +86,7 @@ def seg_with_lesions(inputs):
     mask = inputs.result.lung_mask.mask
     lesion = np.zeros_like(mask)
     z = [z for z in range(mask.shape[0]) if mask[z].any()][len(mask) // 4]
-    lesion[z:z + 3] = mask[z:z + 3] & (np.arange(mask.shape[2]) < mask.shape[2] // 2)[None, None, :]
+    lesion[z : z + 3] = mask[z : z + 3] & (np.arange(mask.shape[2]) < mask.shape[2] // 2)[None, None, :]
     assert lesion.any()
     result = replace(inputs.result, lung_mask=LungMask(mask=mask, method="unet", lesion=lesion))
     objects = build_result_objects(result, inputs.volume, inputs.sources, WriterOptions(enabled={"seg"}))

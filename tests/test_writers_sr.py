@@ -22,8 +22,9 @@ def inputs():
 
 @pytest.fixture(scope="module")
 def sr(inputs):
-    objects = build_result_objects(inputs.result, inputs.volume, inputs.sources,
-                                   WriterOptions(enabled={"sr"}, uid_seed="job-sr"))
+    objects = build_result_objects(
+        inputs.result, inputs.volume, inputs.sources, WriterOptions(enabled={"sr"}, uid_seed="job-sr")
+    )
     assert list(objects) == ["sr"] and len(objects["sr"]) == 1
     return to_bytes_and_back(objects["sr"][0])
 
@@ -54,15 +55,26 @@ def test_sr_reads_back_to_the_chain_findings(sr, inputs):
     key_z = [str(s.SOPInstanceUID) for s in sources].index(found.key_sop_uid)
     assert key_z in res.infected.z_indices and key_z in [a.z_index for a in res.attention]
     assert (found.algorithm_name, found.algorithm_version, found.bundle_sha256) == (
-        res.model.name, res.model.version, res.model.sha256)
+        res.model.name,
+        res.model.version,
+        res.model.sha256,
+    )
     assert found.disclaimer == res.model.disclaimer
     assert "COVID-19" in found.summary and res.model.disclaimer in found.summary
 
 
 def test_sr_copies_identity_and_names_itself(sr, inputs):
     src = inputs.sources[0]
-    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID",
-                    "AccessionNumber", "StudyID", "StudyDate"):
+    for keyword in (
+        "PatientName",
+        "PatientID",
+        "PatientBirthDate",
+        "PatientSex",
+        "StudyInstanceUID",
+        "AccessionNumber",
+        "StudyID",
+        "StudyDate",
+    ):
         assert sr[keyword].value == src[keyword].value, keyword
     assert sr.SeriesInstanceUID != src.SeriesInstanceUID
     assert sr.Modality == "SR" and sr.SeriesNumber == 901
@@ -92,8 +104,7 @@ def test_sr_has_only_image_anchored_measurement_groups(sr, inputs):
     rows, cols = inputs.volume.shape[1:]
     for group in groups:
         roi = group.roi
-        assert roi is not None and roi.graphic_type in (hd.sr.GraphicTypeValues.POLYLINE,
-                                                        hd.sr.GraphicTypeValues.POINT)
+        assert roi is not None and roi.graphic_type in (hd.sr.GraphicTypeValues.POLYLINE, hd.sr.GraphicTypeValues.POINT)
         points = np.asarray(roi.value).reshape(-1, 2)
         if roi.graphic_type == hd.sr.GraphicTypeValues.POLYLINE:
             assert len(points) >= 4 and np.allclose(points[0], points[-1]), "polygon must be closed"
@@ -108,10 +119,10 @@ def _sop(group) -> str:
 
 
 def test_sr_without_infectious_slices_or_attention_still_anchors_the_result(tmp_path):
-    inputs = make_inputs(seed=4, n_slices=20, size=96, label="non_pneumonia", infected=False,
-                         with_attention=False)
-    sr = to_bytes_and_back(build_result_objects(inputs.result, inputs.volume, inputs.sources,
-                                                WriterOptions(enabled={"sr"}))["sr"][0])
+    inputs = make_inputs(seed=4, n_slices=20, size=96, label="non_pneumonia", infected=False, with_attention=False)
+    sr = to_bytes_and_back(
+        build_result_objects(inputs.result, inputs.volume, inputs.sources, WriterOptions(enabled={"sr"}))["sr"][0]
+    )
     found = read_findings(sr)
     assert found.decision == "non_pneumonia" and found.infected_count == 0 and found.infected_sop_uids == ()
     assert found.flagged_sop_uids == ()  # "no pneumonia": the count is the locator's, flagged none
@@ -134,11 +145,9 @@ def test_uid_seed_rebuilds_the_same_objects_and_no_seed_new_ones(inputs):
 
 
 def test_enabled_kinds_are_respected(inputs):
-    objects = build_result_objects(inputs.result, inputs.volume, inputs.sources,
-                                   WriterOptions.for_kinds(["kos", "sr"]))
+    objects = build_result_objects(inputs.result, inputs.volume, inputs.sources, WriterOptions.for_kinds(["kos", "sr"]))
     assert list(objects) == ["sr", "kos"]
-    assert build_result_objects(inputs.result, inputs.volume, inputs.sources,
-                                WriterOptions(enabled=frozenset())) == {}
+    assert build_result_objects(inputs.result, inputs.volume, inputs.sources, WriterOptions(enabled=frozenset())) == {}
     with pytest.raises(WriterError, match="unknown object kind"):
         WriterOptions(enabled={"sr", "pdf"})
 
@@ -239,19 +248,28 @@ def test_lesion_pattern_leads_the_case_group_and_reads_back(tmp_path):
 
     def with_pattern(inp):
         nz = inp.volume.shape[0]
-        pattern = LesionPattern(features={k: 0.0 for k in FEATURE_NAMES},
-                                probabilities={"non_pneumonia": 0.1, "cap": 0.18, "influenza": 0.09, "covid19": 0.63})
+        pattern = LesionPattern(
+            features={k: 0.0 for k in FEATURE_NAMES},
+            probabilities={"non_pneumonia": 0.1, "cap": 0.18, "influenza": 0.09, "covid19": 0.63},
+        )
         burden = LesionBurden(volume_ml=120.0, lung_share=0.04, slice_area_mm2=np.zeros(nz))
         return replace(inp, result=replace(inp.result, lesion_pattern=pattern, lesion=burden))
 
     inp = with_pattern(make_inputs(seed=2))
     sr = build_result_objects(inp.result, inp.volume, inp.sources, WriterOptions(enabled=("sr",)))["sr"][0]
     assert dciodvfy(sr, tmp_path).errors == []
-    case = [g for g in hd.sr.Comprehensive3DSR.from_dataset(sr).content.get_planar_roi_measurement_groups()
-            if g.tracking_identifier.startswith("AI case result")][0]
+    case = [
+        g
+        for g in hd.sr.Comprehensive3DSR.from_dataset(sr).content.get_planar_roi_measurement_groups()
+        if g.tracking_identifier.startswith("AI case result")
+    ][0]
     names = [m.name.value for m in case.get_measurements()]
-    assert names[:4] == [codes.LESION_SHARE.value, codes.PATTERN_TYPE_SHARE["covid19"].value,
-                         codes.PATTERN_TYPE_SHARE["cap"].value, codes.PATTERN_TYPE_SHARE["influenza"].value]
+    assert names[:4] == [
+        codes.LESION_SHARE.value,
+        codes.PATTERN_TYPE_SHARE["covid19"].value,
+        codes.PATTERN_TYPE_SHARE["cap"].value,
+        codes.PATTERN_TYPE_SHARE["influenza"].value,
+    ]
     assert names.count(codes.LESION_SHARE.value) == 1
     found = read_findings(to_bytes_and_back(sr))
     assert found.pattern_shares == pytest.approx({"cap": 0.2, "influenza": 0.1, "covid19": 0.7}, abs=1e-3)

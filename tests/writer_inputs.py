@@ -45,11 +45,11 @@ TEST_MODEL = ModelInfo(
 
 
 #: Operating points of a model card, as the chain passes them in Decision.thresholds.
-TEST_THRESHOLDS = {"pneumonia_vs_non_pneumonia": 0.5, "covid19_vs_cap": 0.5, "covid19_vs_influenza": 0.5,
-                   "margin": 0.1}
+TEST_THRESHOLDS = {"pneumonia_vs_non_pneumonia": 0.5, "covid19_vs_cap": 0.5, "covid19_vs_influenza": 0.5, "margin": 0.1}
 #: A study like the training data.
-IN_DOMAIN = DomainCheck(score=0.3, in_domain=True,
-                        components={"deep_features": 0.3, "lung_hu_median": 0.2, "noise_hu": 0.1})
+IN_DOMAIN = DomainCheck(
+    score=0.3, in_domain=True, components={"deep_features": 0.3, "lung_hu_median": 0.2, "noise_hu": 0.1}
+)
 #: The class probabilities of an indeterminate split (CAP 50.2% vs COVID-19 49.7%).
 SPLIT_PROBABILITIES = (0.001, 0.502, 0.0, 0.497)
 
@@ -61,9 +61,11 @@ def confident_decision(probabilities: dict[str, float], thresholds: dict[str, fl
     """The most probable class, with the reason a chain would give."""
     ranked = sorted(probabilities, key=lambda n: -probabilities[n])
     first, second = ranked[0], ranked[1]
-    reason = (f"{_WORDS[first]} {100 * probabilities[first]:.1f}% leads {_WORDS[second]} "
-              f"{100 * probabilities[second]:.1f}% by more than the {100 * thresholds['margin']:g}-point margin, "
-              f"and the fused scores agree with the bundle's operating points")
+    reason = (
+        f"{_WORDS[first]} {100 * probabilities[first]:.1f}% leads {_WORDS[second]} "
+        f"{100 * probabilities[second]:.1f}% by more than the {100 * thresholds['margin']:g}-point margin, "
+        f"and the fused scores agree with the bundle's operating points"
+    )
     return Decision(value=first, reason=reason, thresholds=dict(thresholds))
 
 
@@ -84,19 +86,34 @@ def _synthetic_chest(seed: int, n_slices: int, size: int) -> tuple[np.ndarray, n
     hu[body] = 40.0
     lungs = np.zeros_like(body)
     for cx in (0.32 * size, 0.68 * size):
-        lungs |= (((x - cx) / (0.14 * size)) ** 2 + ((y - yc) / (0.24 * size)) ** 2
-                  + ((z - zc) / (0.55 * n_slices)) ** 2) <= 1
+        lungs |= (
+            ((x - cx) / (0.14 * size)) ** 2 + ((y - yc) / (0.24 * size)) ** 2 + ((z - zc) / (0.55 * n_slices)) ** 2
+        ) <= 1
     hu[lungs] = -850.0
-    lesion = lungs & ((((x - 0.32 * size) / (0.07 * size)) ** 2 + ((y - yc) / (0.08 * size)) ** 2
-                       + ((z - zc) / (0.2 * n_slices)) ** 2) <= 1)
+    lesion = lungs & (
+        (
+            ((x - 0.32 * size) / (0.07 * size)) ** 2
+            + ((y - yc) / (0.08 * size)) ** 2
+            + ((z - zc) / (0.2 * n_slices)) ** 2
+        )
+        <= 1
+    )
     hu[lesion] = -450.0
     hu += rng.normal(0, 15, hu.shape).astype(np.float32)
     return hu, lungs, lesion
 
 
-def make_inputs(seed: int = 0, n_slices: int = 24, size: int = 96, label: str = "covid19",
-                infected: bool = True, with_attention: bool = True, decision: Decision | None = None,
-                domain: DomainCheck | None = None, probabilities: Sequence[float] | None = None) -> WriterInputs:
+def make_inputs(
+    seed: int = 0,
+    n_slices: int = 24,
+    size: int = 96,
+    label: str = "covid19",
+    infected: bool = True,
+    with_attention: bool = True,
+    decision: Decision | None = None,
+    domain: DomainCheck | None = None,
+    probabilities: Sequence[float] | None = None,
+) -> WriterInputs:
     """A consistent volume / sources / result triple. ``label``: the phantom's class and the
     most probable class; ``infected=False`` gives a result with no infectious slice (the
     fallbacks), ``with_attention=False`` no Grad-CAM. ``decision`` defaults to ``label``
@@ -113,24 +130,37 @@ def make_inputs(seed: int = 0, n_slices: int = 24, size: int = 96, label: str = 
         spacing, origin, direction = (2.5, 0.8, 0.8), (-40.0, -40.0, -100.0), (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0)
     nz = hu.shape[0]
     uids = tuple(str(generate_uid(entropy_srcs=[f"writer-test-{seed}", str(z)])) for z in range(nz))
-    volume = CTVolume(hu=hu.astype(np.float32), spacing_mm=spacing, origin_mm=origin, direction=direction,
-                      slice_uids=uids, slice_numbers=tuple(range(1, nz + 1)))
-    sources = ct_datasets(volume, study_uid=str(generate_uid(entropy_srcs=[f"study-{seed}"])),
-                          series_uid=str(generate_uid(entropy_srcs=[f"series-{seed}"])))
+    volume = CTVolume(
+        hu=hu.astype(np.float32),
+        spacing_mm=spacing,
+        origin_mm=origin,
+        direction=direction,
+        slice_uids=uids,
+        slice_numbers=tuple(range(1, nz + 1)),
+    )
+    sources = ct_datasets(
+        volume,
+        study_uid=str(generate_uid(entropy_srcs=[f"study-{seed}"])),
+        series_uid=str(generate_uid(entropy_srcs=[f"series-{seed}"])),
+    )
 
     rng = np.random.default_rng(seed)
     lung_z = np.flatnonzero(lungs.reshape(nz, -1).sum(1) > 50)
     classified = lung_z[:: max(1, len(lung_z) // 10)]
     raw = rng.dirichlet(np.ones(len(CLASS_NAMES)), size=len(classified))
     slice_scores = SliceScores(z_indices=classified.astype(int), probabilities=raw)
-    probs = np.array([0.05, 0.1, 0.15, 0.7]) if label == "covid19" else np.roll([0.7, 0.1, 0.15, 0.05],
-                                                                               CLASS_NAMES.index(label))
+    probs = (
+        np.array([0.05, 0.1, 0.15, 0.7])
+        if label == "covid19"
+        else np.roll([0.7, 0.1, 0.15, 0.05], CLASS_NAMES.index(label))
+    )
     if probabilities is not None:
         probs = np.asarray(probabilities, dtype=float)
     probs_by_class = dict(zip(CLASS_NAMES, map(float, probs), strict=True))
     top = CLASS_NAMES[int(np.argmax(probs))]
-    case = CaseScores(probabilities=probs_by_class,
-                      tasks=dict(zip(TASK_NAMES, (0.93, 0.81, 0.77), strict=True)), label=top, top_k=3)
+    case = CaseScores(
+        probabilities=probs_by_class, tasks=dict(zip(TASK_NAMES, (0.93, 0.81, 0.77), strict=True)), label=top, top_k=3
+    )
 
     lesion_area = lesion.reshape(nz, -1).sum(1)
     scores = np.where(lungs.reshape(nz, -1).sum(1) > 50, np.clip(lesion_area / 40.0, 0, 1), np.nan)
@@ -142,7 +172,7 @@ def make_inputs(seed: int = 0, n_slices: int = 24, size: int = 96, label: str = 
     attention = []
     if with_attention:
         explain_z = list(infected_z[:3]) or [int(z) for z in classified[:2]]
-        yy, xx = np.mgrid[0:hu.shape[1], 0:hu.shape[2]]
+        yy, xx = np.mgrid[0 : hu.shape[1], 0 : hu.shape[2]]
         for z in explain_z:
             cy, cx = np.argwhere(lesion[z]).mean(0) if lesion[z].any() else np.argwhere(lungs[z]).mean(0)
             heat = np.exp(-(((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * (0.08 * size) ** 2))).astype(np.float32)
@@ -150,8 +180,9 @@ def make_inputs(seed: int = 0, n_slices: int = 24, size: int = 96, label: str = 
             attention.append(AttentionMap(z_index=z, heat=heat, regions=regions, target_class=top))
 
     decision = decision or confident_decision(probs_by_class)
-    severity = None if decision.value == "out_of_domain" else \
-        quantify_severity(lungs, lesion, volume.voxel_volume_ml, hu)
+    severity = (
+        None if decision.value == "out_of_domain" else quantify_severity(lungs, lesion, volume.voxel_volume_ml, hu)
+    )
     result = AnalysisResult(
         lung_mask=LungMask(mask=lungs.astype(bool), method="classical"),
         slice_scores=slice_scores,
@@ -171,25 +202,42 @@ def make_inputs(seed: int = 0, n_slices: int = 24, size: int = 96, label: str = 
 def make_indeterminate_inputs(seed: int = 0, n_slices: int = 24, size: int = 96, **kwargs) -> WriterInputs:
     """CAP 50.2% vs COVID-19 49.7% (within the 10-point margin): decision indeterminate,
     with infectious slices found by the locator and Grad-CAM of the most probable class."""
-    decision = Decision(value="indeterminate",
-                        reason="CAP 50.2% and COVID-19 49.7% are within the 10-point margin",
-                        thresholds=dict(TEST_THRESHOLDS))
-    return make_inputs(seed, n_slices, size, label="cap", decision=decision, probabilities=SPLIT_PROBABILITIES,
-                       **kwargs)
+    decision = Decision(
+        value="indeterminate",
+        reason="CAP 50.2% and COVID-19 49.7% are within the 10-point margin",
+        thresholds=dict(TEST_THRESHOLDS),
+    )
+    return make_inputs(
+        seed, n_slices, size, label="cap", decision=decision, probabilities=SPLIT_PROBABILITIES, **kwargs
+    )
 
 
-def make_out_of_domain_inputs(seed: int = 0, n_slices: int = 24, size: int = 96, score: float = 1.7,
-                              **kwargs) -> WriterInputs:
+def make_out_of_domain_inputs(
+    seed: int = 0, n_slices: int = 24, size: int = 96, score: float = 1.7, **kwargs
+) -> WriterInputs:
     """A study unlike the training data (out-of-domain score 1.7) whose classifier still
     says CAP 99%: the decision is out_of_domain and no object may claim CAP."""
-    domain = DomainCheck(score=score, in_domain=False,
-                         components={"deep_features": score, "lung_hu_median": 0.4, "noise_hu": 0.2},
-                         reasons=("deep features are far from the training data's",))
-    decision = Decision(value="out_of_domain",
-                        reason=f"out-of-domain score {score:.2f} is above its threshold 1",
-                        thresholds=dict(TEST_THRESHOLDS))
-    return make_inputs(seed, n_slices, size, label="cap", decision=decision, domain=domain,
-                       probabilities=(0.004, 0.99, 0.003, 0.003), **kwargs)
+    domain = DomainCheck(
+        score=score,
+        in_domain=False,
+        components={"deep_features": score, "lung_hu_median": 0.4, "noise_hu": 0.2},
+        reasons=("deep features are far from the training data's",),
+    )
+    decision = Decision(
+        value="out_of_domain",
+        reason=f"out-of-domain score {score:.2f} is above its threshold 1",
+        thresholds=dict(TEST_THRESHOLDS),
+    )
+    return make_inputs(
+        seed,
+        n_slices,
+        size,
+        label="cap",
+        decision=decision,
+        domain=domain,
+        probabilities=(0.004, 0.99, 0.003, 0.003),
+        **kwargs,
+    )
 
 
 #: One result per kind of decision (what every object must state): a confident COVID-19, a
@@ -286,19 +334,22 @@ def pixelmed(dataset: Dataset, tmp_dir, name: str = "object.dcm") -> Validation:
 
     java = shutil.which("java")
     if java is None or not all(os.path.exists(j) for j in PIXELMED_JARS):
-        pytest.skip("PixelMed not installed (Debian packages libpixelmed-java, default-jre-headless; "
-                    ".ci/run installs them)")
+        pytest.skip(
+            "PixelMed not installed (Debian packages libpixelmed-java, default-jre-headless; .ci/run installs them)"
+        )
     path = tmp_dir / name
     dataset.save_as(path, enforce_file_format=True)
     is_sr = dataset.Modality in ("SR", "KO")
     tool = "com.pixelmed.validate.DicomSRValidator" if is_sr else "com.pixelmed.validate.DicomInstanceValidator"
-    proc = subprocess.run([java, *_JAVA_XPATH, "-cp", ":".join(PIXELMED_JARS), tool, str(path)],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [java, *_JAVA_XPATH, "-cp", ":".join(PIXELMED_JARS), tool, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     output = proc.stdout + proc.stderr
     lines = [line.strip() for line in output.splitlines()]
-    errors = [line for line in lines if line.startswith("Error")
-              or "unrecognized" in line or "Exception" in line]
+    errors = [line for line in lines if line.startswith("Error") or "unrecognized" in line or "Exception" in line]
     if proc.returncode != 0 and not errors:
         errors.append(f"PixelMed exited with {proc.returncode}")
-    return Validation(errors=errors, warnings=[line for line in lines if line.startswith("Warning")],
-                      output=output)
+    return Validation(errors=errors, warnings=[line for line in lines if line.startswith("Warning")], output=output)

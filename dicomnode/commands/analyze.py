@@ -40,16 +40,31 @@ _positive = whole_number(1)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("input", type=Path, metavar="INPUT",
-                   help="a folder with one DICOM CT series, or a NIfTI volume (.nii, .nii.gz)")
-    p.add_argument("--out", required=True, type=Path, metavar="DIR",
-                   help="folder for the result objects (DICOM input) or overlay PNGs (NIfTI input), "
-                        "and result.json")
-    p.add_argument("--bundle", type=Path, default=None, metavar="BUNDLE_DIR",
-                   help="model bundle (default: the shipped demo bundle)")
+    p.add_argument(
+        "input", type=Path, metavar="INPUT", help="a folder with one DICOM CT series, or a NIfTI volume (.nii, .nii.gz)"
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        metavar="DIR",
+        help="folder for the result objects (DICOM input) or overlay PNGs (NIfTI input), and result.json",
+    )
+    p.add_argument(
+        "--bundle",
+        type=Path,
+        default=None,
+        metavar="BUNDLE_DIR",
+        help="model bundle (default: the shipped demo bundle)",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
-    p.add_argument("--save-mask", type=Path, default=None, metavar="FILE.nii.gz",
-                   help="also write the lung mask, aligned with the input volume")
+    p.add_argument(
+        "--save-mask",
+        type=Path,
+        default=None,
+        metavar="FILE.nii.gz",
+        help="also write the lung mask, aligned with the input volume",
+    )
     p.add_argument("--top-k", type=_positive, default=3, help="top-K of the task-specific fusion (default 3)")
 
 
@@ -61,8 +76,9 @@ def _fail(message: str) -> int:
 
 def _series_files(folder: Path) -> list[Path]:
     """Regular files of a series folder (recursive), without DICOMDIR and hidden files."""
-    return sorted(p for p in folder.rglob("*")
-                  if p.is_file() and p.name.upper() != "DICOMDIR" and not p.name.startswith("."))
+    return sorted(
+        p for p in folder.rglob("*") if p.is_file() and p.name.upper() != "DICOMDIR" and not p.name.startswith(".")
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -88,16 +104,22 @@ def run(args: argparse.Namespace) -> int:
         elif source.is_file() and is_nifti(source):
             volume, nifti_grid = read_nifti_lps(source)
             if not nifti_grid.axial:
-                log.warning("the NIfTI file's slice axis is not axial; slices are reported as z indices of "
-                            "the LPS-oriented volume")
+                log.warning(
+                    "the NIfTI file's slice axis is not axial; slices are reported as z indices of "
+                    "the LPS-oriented volume"
+                )
         else:
             return _fail(f"{source} is neither a DICOM series folder nor a NIfTI file (.nii, .nii.gz)")
     except SeriesRejected as e:
         return _fail(f"{source}: {e}")
     except InvalidInputError as e:
         return _fail(str(e))
-    log.info("volume %s slices %d x %d x %d, spacing %s mm", "DICOM" if sources else "NIfTI",
-             *volume.shape, tuple(round(s, 3) for s in volume.spacing_mm))
+    log.info(
+        "volume %s slices %d x %d x %d, spacing %s mm",
+        "DICOM" if sources else "NIfTI",
+        *volume.shape,
+        tuple(round(s, 3) for s in volume.spacing_mm),
+    )
 
     params = replace(ChainParams(), top_k=args.top_k, device=args.device)
     try:
@@ -125,9 +147,14 @@ def run(args: argparse.Namespace) -> int:
     (out / "result.json").write_text(json.dumps(_details(result, volume, summary, summary_files), indent=2) + "\n")
     if args.save_mask is not None:
         _save_mask(result.lung_mask.mask, volume, args.save_mask, nifti_grid)
-    log.info("decision %s (%s; most probable class %s), %d slices flagged by the lesion locator, total %.2f s",
-             summary["decision"], summary["decision_reason"] or "no reason given", summary["label"],
-             len(summary["infected_slices"]), result.timings_s.get("total", float("nan")))
+    log.info(
+        "decision %s (%s; most probable class %s), %d slices flagged by the lesion locator, total %.2f s",
+        summary["decision"],
+        summary["decision_reason"] or "no reason given",
+        summary["label"],
+        len(summary["infected_slices"]),
+        result.timings_s.get("total", float("nan")),
+    )
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -156,8 +183,11 @@ def _write_overlays(result, volume, out: Path) -> list[str]:
     # As the Grad-CAM SC: none out of domain, and the caption states the decision.
     attention = result.attention if wording.shows_explanations(result) else ()
     for a in attention:
-        caption = [wording.caption_line(result), f"Guided Grad-CAM: {a.target_class}  z={a.z_index}",
-                   result.model.disclaimer]
+        caption = [
+            wording.caption_line(result),
+            f"Guided Grad-CAM: {a.target_class}  z={a.z_index}",
+            result.model.disclaimer,
+        ]
         rgb = render_overlay(volume.hu[a.z_index], a.heat, result.lung_mask.mask[a.z_index], a.regions, caption)
         path = folder / f"gradcam_z{a.z_index:04d}.png"
         Image.fromarray(rgb, mode="RGB").save(path)
@@ -179,10 +209,13 @@ def _details(result, volume, summary: dict, files: list[str]) -> dict[str, Any]:
         ],
         "locator_scores": [
             {"slice": volume.slice_label(z), "score": float(located[z])}
-            for z in range(len(located)) if np.isfinite(located[z])
+            for z in range(len(located))
+            if np.isfinite(located[z])
         ],
         "explained_slices": [volume.slice_label(a.z_index) for a in result.attention],
-        "phenotype": None if result.phenotype is None else {
+        "phenotype": None
+        if result.phenotype is None
+        else {
             "region_count": result.phenotype.region_count,
             "features": {k: float(v) for k, v in result.phenotype.features.items()},
         },
@@ -204,7 +237,16 @@ def _save_mask(mask: np.ndarray, volume, path: Path, grid: VoxelGrid | None = No
     image.SetOrigin(tuple(float(v) for v in volume.origin_mm))
     image.SetDirection(tuple(float(v) for v in volume.direction))
     if grid is not None:
-        image = sitk.Resample(image, grid.size, sitk.Transform(), sitk.sitkNearestNeighbor, grid.origin,
-                              grid.spacing, grid.direction, 0, sitk.sitkUInt8)
+        image = sitk.Resample(
+            image,
+            grid.size,
+            sitk.Transform(),
+            sitk.sitkNearestNeighbor,
+            grid.origin,
+            grid.spacing,
+            grid.direction,
+            0,
+            sitk.sitkUInt8,
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     sitk.WriteImage(image, str(path), useCompression=True)

@@ -22,8 +22,13 @@ log = logging.getLogger(__name__)
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bundle", type=Path, required=True, metavar="BUNDLE_DIR", help="the trained bundle to calibrate")
-    p.add_argument("--data", required=True, action="append", metavar="SPEC",
-                   help="calibration cohort, drawn like the training data but never trained on (repeatable)")
+    p.add_argument(
+        "--data",
+        required=True,
+        action="append",
+        metavar="SPEC",
+        help="calibration cohort, drawn like the training data but never trained on (repeatable)",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     bars = p.add_mutually_exclusive_group()
     bars.add_argument("--progress", dest="progress", action="store_true", default=None)
@@ -60,16 +65,29 @@ def run(args: argparse.Namespace) -> int:
     np.savez(buf, **reference.to_arrays())  # type: ignore[arg-type]  # numpy's stub takes **kwds for allow_pickle
     (args.bundle / DOMAIN_FILE).write_bytes(buf.getvalue())
     command = "dicomnode calibrate " + " ".join(shlex.quote(a) for a in sys.argv[2:])
-    measured_on = {"data_specs": list(args.data), "n_cases": len(records), "class_counts": class_counts(records),
-                   "command": command}
-    record_card_fields(args.bundle, {
-        "operating_points": {**op.as_card(), **measured_on},
-        "domain_reference": {"file": DOMAIN_FILE, "sha256": sha256_file(args.bundle / DOMAIN_FILE),
-                             "thresholds": dict(reference.thresholds), "n_cases_fit": reference.n_cases,
-                             "rule": "fitted on the even-numbered calibration cases, thresholds = 1.25 x the 99th "
-                                     "percentile of the odd-numbered cases' distances (z-scores at least 4)",
-                             **measured_on},
-    })
-    print(f"calibrated {args.bundle} on {len(records)} cases: " + ", ".join(
-        f"{k} {v:.3f}" for k, v in op.thresholds().items() if k != "out_of_domain"))
+    measured_on = {
+        "data_specs": list(args.data),
+        "n_cases": len(records),
+        "class_counts": class_counts(records),
+        "command": command,
+    }
+    record_card_fields(
+        args.bundle,
+        {
+            "operating_points": {**op.as_card(), **measured_on},
+            "domain_reference": {
+                "file": DOMAIN_FILE,
+                "sha256": sha256_file(args.bundle / DOMAIN_FILE),
+                "thresholds": dict(reference.thresholds),
+                "n_cases_fit": reference.n_cases,
+                "rule": "fitted on the even-numbered calibration cases, thresholds = 1.25 x the 99th "
+                "percentile of the odd-numbered cases' distances (z-scores at least 4)",
+                **measured_on,
+            },
+        },
+    )
+    print(
+        f"calibrated {args.bundle} on {len(records)} cases: "
+        + ", ".join(f"{k} {v:.3f}" for k, v in op.thresholds().items() if k != "out_of_domain")
+    )
     return 0

@@ -22,14 +22,21 @@ from ._args import EXIT_USAGE
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from dicomnode.config import DEFAULT_CONFIG_PATH
 
-    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH,
-                        help="the node's configuration (AE title, port, data folder)")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=DEFAULT_CONFIG_PATH,
+        help="the node's configuration (AE title, port, data folder)",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="the node's address")
     parser.add_argument("--port", type=int, help="the node's port (default: from the config)")
     parser.add_argument("--data-dir", type=Path, help="the node's data folder (default: from the config)")
-    parser.add_argument("--label", default="covid19",
-                        choices=["non_pneumonia", "cap", "influenza", "covid19"],
-                        help="class of the synthetic phantom to send (default covid19)")
+    parser.add_argument(
+        "--label",
+        default="covid19",
+        choices=["non_pneumonia", "cap", "influenza", "covid19"],
+        help="class of the synthetic phantom to send (default covid19)",
+    )
     parser.add_argument("--seed", type=int, default=424242, help="phantom seed")
     parser.add_argument("--slices", type=int, default=60, help="number of slices")
     parser.add_argument("--size", type=int, default=256, help="rows and columns")
@@ -64,8 +71,9 @@ def _job_of(db_path: Path, series_uid: str) -> dict | None:
     conn.row_factory = sqlite3.Row
     try:
         series = conn.execute("SELECT state, reason FROM series WHERE series_uid = ?", (series_uid,)).fetchone()
-        job = conn.execute("SELECT id, state, reason FROM jobs WHERE series_uid = ? ORDER BY id DESC LIMIT 1",
-                           (series_uid,)).fetchone()
+        job = conn.execute(
+            "SELECT id, state, reason FROM jobs WHERE series_uid = ? ORDER BY id DESC LIMIT 1", (series_uid,)
+        ).fetchone()
     finally:
         conn.close()
     if job is not None:
@@ -104,14 +112,18 @@ def format_summary(summary: dict) -> str:
         lines += _out_of_domain_lines(summary)
     else:
         lines += _assessed_lines(summary, decision)
-    lines.append(f"  lung volume: {summary['lung_volume_ml']:.0f} ml "
-                 f"({summary.get('lung_segmentation', '?')} segmentation)")
+    lines.append(
+        f"  lung volume: {summary['lung_volume_ml']:.0f} ml ({summary.get('lung_segmentation', '?')} segmentation)"
+    )
     if summary.get("lesion_volume_ml") is not None and decision != "out_of_domain":
-        lines.append(f"  lesions of infection (lung U-Net): {summary['lesion_volume_ml']:.1f} ml, "
-                     f"{100 * summary['lesion_share_of_lung']:.2f}% of the lung")
+        lines.append(
+            f"  lesions of infection (lung U-Net): {summary['lesion_volume_ml']:.1f} ml, "
+            f"{100 * summary['lesion_share_of_lung']:.2f}% of the lung"
+        )
     model = summary.get("model", {})
-    lines.append(f"  model bundle: {model.get('name')} {model.get('version')} "
-                 f"(sha256 {str(model.get('sha256', ''))[:12]}...)")
+    lines.append(
+        f"  model bundle: {model.get('name')} {model.get('version')} (sha256 {str(model.get('sha256', ''))[:12]}...)"
+    )
     if summary.get("disclaimer"):
         lines.append(f"  {summary['disclaimer']}")
     return "\n".join(lines)
@@ -178,18 +190,23 @@ def run(args: argparse.Namespace) -> int:
 
     phantom = make_phantom(args.label, args.seed, n_slices=args.slices, size_px=args.size)
     with tempfile.TemporaryDirectory(prefix="dicomnode-demo-") as tmp:
-        series = write_ct_series(phantom.volume, Path(tmp), patient_name="DEMO^PHANTOM",
-                                 patient_id="DEMO-0001")
-        print(f"sending a synthetic {args.label} chest CT ({len(series.paths)} slices, "
-              f"series {series.series_uid}) to {cfg.node.ae_title}@{args.host}:{port}", flush=True)
+        series = write_ct_series(phantom.volume, Path(tmp), patient_name="DEMO^PHANTOM", patient_id="DEMO-0001")
+        print(
+            f"sending a synthetic {args.label} chest CT ({len(series.paths)} slices, "
+            f"series {series.series_uid}) to {cfg.node.ae_title}@{args.host}:{port}",
+            flush=True,
+        )
         try:
             _send(list(series.paths), args.host, port, cfg.node.ae_title, cfg.node.network_timeout_s)
         except (RuntimeError, OSError) as e:
             print(f"dicomnode demo: {e}. Is 'dicomnode serve' running?", file=sys.stderr)
             return 1
 
-    print(f"sent; the node completes the series after its quiet period "
-          f"({cfg.node.quiet_seconds:g} s), then runs the AI chain...", flush=True)
+    print(
+        f"sent; the node completes the series after its quiet period "
+        f"({cfg.node.quiet_seconds:g} s), then runs the AI chain...",
+        flush=True,
+    )
     deadline = time.monotonic() + args.timeout
     job = None
     while time.monotonic() < deadline:

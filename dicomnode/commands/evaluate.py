@@ -21,29 +21,65 @@ _non_negative = whole_number(0)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--bundle", type=Path, default=None, metavar="BUNDLE_DIR",
-                   help="model bundle to evaluate (default: the shipped demo bundle)")
-    p.add_argument("--data", required=True, action="append", metavar="SPEC",
-                   help="evaluation data: 'phantom:count=N,seed=S[,...]', a manifest CSV, a MosMedData or "
-                        "CC-CCII folder (see pipeline.datasets); repeat to evaluate on several together")
-    p.add_argument("--out", required=True, type=Path, metavar="REPORT_DIR",
-                   help="folder for scores.csv, metrics.json, report.md and the PNG plots")
-    p.add_argument("--bootstrap", type=_non_negative, default=1000, metavar="N",
-                   help="bootstrap resamples for the 95%% confidence intervals (0: no intervals; default 1000)")
+    p.add_argument(
+        "--bundle",
+        type=Path,
+        default=None,
+        metavar="BUNDLE_DIR",
+        help="model bundle to evaluate (default: the shipped demo bundle)",
+    )
+    p.add_argument(
+        "--data",
+        required=True,
+        action="append",
+        metavar="SPEC",
+        help="evaluation data: 'phantom:count=N,seed=S[,...]', a manifest CSV, a MosMedData or "
+        "CC-CCII folder (see pipeline.datasets); repeat to evaluate on several together",
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        metavar="REPORT_DIR",
+        help="folder for scores.csv, metrics.json, report.md and the PNG plots",
+    )
+    p.add_argument(
+        "--bootstrap",
+        type=_non_negative,
+        default=1000,
+        metavar="N",
+        help="bootstrap resamples for the 95%% confidence intervals (0: no intervals; default 1000)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and the t-SNE (default 0)")
-    p.add_argument("--readers", type=Path, default=None, metavar="READERS.csv",
-                   help="reader study calls (columns case_id,reader,call) for the Table 3 comparison")
-    p.add_argument("--reader-task", default="auto", choices=("auto", "multi_way", "pneumonia_vs_non_pneumonia",
-                                                           "covid19_vs_cap", "covid19_vs_influenza"),
-                   help="what the readers were asked (default auto: a COVID-19-vs-CAP or -influenza cohort is "
-                        "recognised from its truths, else multi-way)")
-    p.add_argument("--skip-failed", action="store_true",
-                   help="leave out (and list) cases the chain cannot analyse instead of stopping")
+    p.add_argument(
+        "--readers",
+        type=Path,
+        default=None,
+        metavar="READERS.csv",
+        help="reader study calls (columns case_id,reader,call) for the Table 3 comparison",
+    )
+    p.add_argument(
+        "--reader-task",
+        default="auto",
+        choices=("auto", "multi_way", "pneumonia_vs_non_pneumonia", "covid19_vs_cap", "covid19_vs_influenza"),
+        help="what the readers were asked (default auto: a COVID-19-vs-CAP or -influenza cohort is "
+        "recognised from its truths, else multi-way)",
+    )
+    p.add_argument(
+        "--skip-failed",
+        action="store_true",
+        help="leave out (and list) cases the chain cannot analyse instead of stopping",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument("--top-k", type=int, default=None, help="top-K of the fusion (default: the chain's, 3)")
     bars = p.add_mutually_exclusive_group()
-    bars.add_argument("--progress", dest="progress", action="store_true", default=None,
-                      help="always show the progress bar (default: only on a terminal)")
+    bars.add_argument(
+        "--progress",
+        dest="progress",
+        action="store_true",
+        default=None,
+        help="always show the progress bar (default: only on a terminal)",
+    )
     bars.add_argument("--no-progress", dest="progress", action="store_false")
 
 
@@ -82,15 +118,28 @@ def run(args: argparse.Namespace) -> int:
         dataset = datasets[0] if len(datasets) == 1 else _Pooled(datasets)
         bundle = load_bundle(bundle_dir, args.device)
         log.info("evaluating bundle %s (sha256 %s...) on %d cases", bundle_dir, bundle.sha256[:12], len(dataset))
-        metrics = evaluate_bundle(bundle, dataset, params, args.out, n_bootstrap=args.bootstrap, seed=args.seed,
-                                  readers=args.readers, data_spec=" + ".join(args.data), progress=progress,
-                                  reader_task=args.reader_task, skip_failed=args.skip_failed)
+        metrics = evaluate_bundle(
+            bundle,
+            dataset,
+            params,
+            args.out,
+            n_bootstrap=args.bootstrap,
+            seed=args.seed,
+            readers=args.readers,
+            data_spec=" + ".join(args.data),
+            progress=progress,
+            reader_task=args.reader_task,
+            skip_failed=args.skip_failed,
+        )
     except (PipelineError, ValueError, OSError) as e:
         print(f"dicomnode evaluate: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     micro = metrics["multiway_auc"]["micro"]["value"]
     micro_text = "n/a" if micro is None else f"{micro:.4f}"
     failed = len(metrics.get("failed_cases") or [])
-    print(f"{metrics['n_cases']} cases" + (f" ({failed} failed, left out)" if failed else "")
-          + f"; multi-way AUC (micro) {micro_text}; report: {args.out / 'report.md'}")
+    print(
+        f"{metrics['n_cases']} cases"
+        + (f" ({failed} failed, left out)" if failed else "")
+        + f"; multi-way AUC (micro) {micro_text}; report: {args.out / 'report.md'}"
+    )
     return 0

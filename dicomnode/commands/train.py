@@ -39,55 +39,115 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("role", choices=("segmentation", "classifier", "locator", "lesion-pattern"),
-                   help="which network of the chain to train; lesion-pattern: the pneumonia-type model on the "
-                        "lesion maps of the bundle's U-Net (train the segmentation first)")
-    p.add_argument("--data", required=True, metavar="SPEC", action="append",
-                   help="training data: 'phantom:count=N,seed=S[,...]', a manifest CSV, a MosMedData or "
-                        "CC-CCII folder (see pipeline.datasets); repeat to train on several together")
-    p.add_argument("--out", required=True, type=Path, metavar="BUNDLE_DIR",
-                   help="bundle folder to create or update (other roles in it are kept)")
+    p.add_argument(
+        "role",
+        choices=("segmentation", "classifier", "locator", "lesion-pattern"),
+        help="which network of the chain to train; lesion-pattern: the pneumonia-type model on the "
+        "lesion maps of the bundle's U-Net (train the segmentation first)",
+    )
+    p.add_argument(
+        "--data",
+        required=True,
+        metavar="SPEC",
+        action="append",
+        help="training data: 'phantom:count=N,seed=S[,...]', a manifest CSV, a MosMedData or "
+        "CC-CCII folder (see pipeline.datasets); repeat to train on several together",
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        metavar="BUNDLE_DIR",
+        help="bundle folder to create or update (other roles in it are kept)",
+    )
     arch = p.add_argument_group("architecture (classifier and locator)")
-    arch.add_argument("--backbone", choices=sorted(BACKBONES), default=None,
-                      help="ResNet preset (resnet152 = the paper's [3,8,36,3] bottleneck); default tiny")
+    arch.add_argument(
+        "--backbone",
+        choices=sorted(BACKBONES),
+        default=None,
+        help="ResNet preset (resnet152 = the paper's [3,8,36,3] bottleneck); default tiny",
+    )
     arch.add_argument("--layers", type=_ints, default=None, help="blocks per stage, e.g. 1,1,1,1")
     arch.add_argument("--block", choices=("basic", "bottleneck"), default=None)
     arch.add_argument("--widths", type=_ints, default=None, help="stage widths, e.g. 16,32,64,128")
     unet = p.add_argument_group("architecture (segmentation)")
-    unet.add_argument("--features", type=_ints, default=None,
-                      help=f"U-Net features (6 values), default {','.join(map(str, DEFAULT_UNET_FEATURES))}")
-    unet.add_argument("--lesion-weight", type=float, default=None, metavar="W",
-                      help="loss weight of lesion pixels (dense disease must stay lung; default 5)")
-    unet.add_argument("--no-lesion-head", dest="lesion_head", action="store_false", default=True,
-                      help="a 2-class U-Net (background, lung); default: 3 classes, the third the lesions of "
-                           "infection, learnt from the data's lesion masks (the chain's lesion evidence)")
-    p.add_argument("--input-size", type=int, default=None,
-                   help="network input size in pixels (default: the chain's, 224 for ResNets, 128 for the U-Net)")
+    unet.add_argument(
+        "--features",
+        type=_ints,
+        default=None,
+        help=f"U-Net features (6 values), default {','.join(map(str, DEFAULT_UNET_FEATURES))}",
+    )
+    unet.add_argument(
+        "--lesion-weight",
+        type=float,
+        default=None,
+        metavar="W",
+        help="loss weight of lesion pixels (dense disease must stay lung; default 5)",
+    )
+    unet.add_argument(
+        "--no-lesion-head",
+        dest="lesion_head",
+        action="store_false",
+        default=True,
+        help="a 2-class U-Net (background, lung); default: 3 classes, the third the lesions of "
+        "infection, learnt from the data's lesion masks (the chain's lesion evidence)",
+    )
+    p.add_argument(
+        "--input-size",
+        type=int,
+        default=None,
+        help="network input size in pixels (default: the chain's, 224 for ResNets, 128 for the U-Net)",
+    )
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (cosine decay over the epochs)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--resume", action="store_true",
-                   help="continue from BUNDLE_DIR/checkpoints/<role>/last.pt (same settings required)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from BUNDLE_DIR/checkpoints/<role>/last.pt (same settings required)",
+    )
     p.add_argument("--val-fraction", type=float, default=0.2, help="patients held out for validation")
     p.add_argument("--workers", type=int, default=0, help="processes preparing cases (0: in this process)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch threads (default: torch's choice; 1 is often faster on a busy machine)")
-    p.add_argument("--max-slices-per-case", type=int, default=None,
-                   help="at most this many slices per case, uniform stride (default: all eligible)")
-    p.add_argument("--lung-masks", choices=("chain", "dataset", "classical"), default="chain",
-                   help="lung masks that cut the classifier/locator inputs: 'chain' (default) = what "
-                        "inference computes (the U-Net already in BUNDLE_DIR, else classical); 'dataset' = "
-                        "the data set's own masks")
-    p.add_argument("--pattern-c", type=float, default=0.3, metavar="C",
-                   help="lesion-pattern: inverse L2 regularisation of the logistic model (default 0.3)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads (default: torch's choice; 1 is often faster on a busy machine)",
+    )
+    p.add_argument(
+        "--max-slices-per-case",
+        type=int,
+        default=None,
+        help="at most this many slices per case, uniform stride (default: all eligible)",
+    )
+    p.add_argument(
+        "--lung-masks",
+        choices=("chain", "dataset", "classical"),
+        default="chain",
+        help="lung masks that cut the classifier/locator inputs: 'chain' (default) = what "
+        "inference computes (the U-Net already in BUNDLE_DIR, else classical); 'dataset' = "
+        "the data set's own masks",
+    )
+    p.add_argument(
+        "--pattern-c",
+        type=float,
+        default=0.3,
+        metavar="C",
+        help="lesion-pattern: inverse L2 regularisation of the logistic model (default 0.3)",
+    )
     p.add_argument("--name", default=None, help="bundle name in the model card (default: folder name)")
     p.add_argument("--bundle-version", default=None, help="bundle version in the model card")
     p.add_argument("--description", default=None, help="bundle description in the model card")
     bars = p.add_mutually_exclusive_group()
-    bars.add_argument("--progress", dest="progress", action="store_true", default=None,
-                      help="always show progress bars (default: only on a terminal)")
+    bars.add_argument(
+        "--progress",
+        dest="progress",
+        action="store_true",
+        default=None,
+        help="always show progress bars (default: only on a terminal)",
+    )
     bars.add_argument("--no-progress", dest="progress", action="store_false")
 
 
@@ -100,13 +160,16 @@ def architecture(args: argparse.Namespace) -> dict:
     chain = ChainParams()
     if args.role == "segmentation":
         if any(v is not None for v in (args.backbone, args.layers, args.block, args.widths)):
-            raise TrainError("--backbone/--layers/--block/--widths describe the classifier and locator; "
-                             "the segmentation U-Net takes --features")
+            raise TrainError(
+                "--backbone/--layers/--block/--widths describe the classifier and locator; "
+                "the segmentation U-Net takes --features"
+            )
         features = args.features or DEFAULT_UNET_FEATURES
         if len(features) != 6:
             raise TrainError(f"--features needs 6 values (BasicUNet), got {len(features)}")
-        return unet_arch(features=features, input_size=args.input_size or chain.unet_input_size,
-                         lesion_head=args.lesion_head)
+        return unet_arch(
+            features=features, input_size=args.input_size or chain.unet_input_size, lesion_head=args.lesion_head
+        )
     if not args.lesion_head:
         raise TrainError("--no-lesion-head describes the segmentation U-Net")
     if args.features is not None:
@@ -115,8 +178,13 @@ def architecture(args: argparse.Namespace) -> dict:
     layers, widths, block = args.layers or layers, args.widths or widths, args.block or block
     if len(layers) != 4 or len(widths) != 4:
         raise TrainError(f"--layers and --widths need 4 values each, got {len(layers)} and {len(widths)}")
-    return classifier_arch(4 if args.role == "classifier" else 2, layers=layers, block=block,
-                           block_inplanes=widths, input_size=args.input_size or chain.input_size)
+    return classifier_arch(
+        4 if args.role == "classifier" else 2,
+        layers=layers,
+        block=block,
+        block_inplanes=widths,
+        input_size=args.input_size or chain.input_size,
+    )
 
 
 def command_line(args: argparse.Namespace) -> str:
@@ -133,11 +201,30 @@ def command_line(args: argparse.Namespace) -> str:
         if args.lesion_weight is not None:
             parts += ["--lesion-weight", repr(args.lesion_weight)]
     else:
-        parts += ["--block", arch["block"], "--layers", ",".join(map(str, arch["layers"])),
-                  "--widths", ",".join(map(str, arch["block_inplanes"]))]
-    parts += ["--input-size", str(arch["input_size"]), "--epochs", str(args.epochs),
-              "--batch-size", str(args.batch_size), "--lr", repr(args.lr), "--device", args.device,
-              "--seed", str(args.seed), "--val-fraction", repr(args.val_fraction)]
+        parts += [
+            "--block",
+            arch["block"],
+            "--layers",
+            ",".join(map(str, arch["layers"])),
+            "--widths",
+            ",".join(map(str, arch["block_inplanes"])),
+        ]
+    parts += [
+        "--input-size",
+        str(arch["input_size"]),
+        "--epochs",
+        str(args.epochs),
+        "--batch-size",
+        str(args.batch_size),
+        "--lr",
+        repr(args.lr),
+        "--device",
+        args.device,
+        "--seed",
+        str(args.seed),
+        "--val-fraction",
+        repr(args.val_fraction),
+    ]
     if args.max_slices_per_case is not None:
         parts += ["--max-slices-per-case", str(args.max_slices_per_case)]
     if args.role != "segmentation":
@@ -150,8 +237,20 @@ def _run_lesion_pattern(args: argparse.Namespace) -> int:
     from pipeline.training.pattern import fit_bundle_pattern
     from pipeline.types import PipelineError
 
-    command = shlex.join(["dicomnode", "train", "lesion-pattern", *[a for spec in args.data for a in ("--data", spec)],
-                          "--out", str(args.out), "--pattern-c", repr(args.pattern_c), "--device", args.device])
+    command = shlex.join(
+        [
+            "dicomnode",
+            "train",
+            "lesion-pattern",
+            *[a for spec in args.data for a in ("--data", spec)],
+            "--out",
+            str(args.out),
+            "--pattern-c",
+            repr(args.pattern_c),
+            "--device",
+            args.device,
+        ]
+    )
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     try:
         if not args.pattern_c > 0:
@@ -177,14 +276,32 @@ def run(args: argparse.Namespace) -> int:
         return _run_lesion_pattern(args)
     try:
         settings = TrainSettings(
-            role=args.role, data_specs=tuple(args.data), out_dir=args.out, architecture=architecture(args),
-            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, device=args.device, seed=args.seed,
-            resume=args.resume, val_fraction=args.val_fraction, workers=args.workers, threads=args.threads,
-            max_slices_per_case=args.max_slices_per_case, lung_masks=args.lung_masks, command=command_line(args),
+            role=args.role,
+            data_specs=tuple(args.data),
+            out_dir=args.out,
+            architecture=architecture(args),
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            device=args.device,
+            seed=args.seed,
+            resume=args.resume,
+            val_fraction=args.val_fraction,
+            workers=args.workers,
+            threads=args.threads,
+            max_slices_per_case=args.max_slices_per_case,
+            lung_masks=args.lung_masks,
+            command=command_line(args),
             name=args.name,
-            version=args.bundle_version, description=args.description, progress=args.progress,
-            train=(replace(TrainParams(), lesion_weight=args.lesion_weight)
-                   if args.lesion_weight is not None else TrainParams()))
+            version=args.bundle_version,
+            description=args.description,
+            progress=args.progress,
+            train=(
+                replace(TrainParams(), lesion_weight=args.lesion_weight)
+                if args.lesion_weight is not None
+                else TrainParams()
+            ),
+        )
         outcome = train_role(settings)
     except (PipelineError, TrainError, ValueError, OSError) as e:
         # Data set readers name the file that failed; one line is what a user needs

@@ -32,8 +32,9 @@ __all__ = [
 ]
 
 
-def build_result_objects(result: AnalysisResult, volume: CTVolume, sources: Sequence[Dataset],
-                         options: WriterOptions | None = None) -> dict[str, list[Dataset]]:
+def build_result_objects(
+    result: AnalysisResult, volume: CTVolume, sources: Sequence[Dataset], options: WriterOptions | None = None
+) -> dict[str, list[Dataset]]:
     """Build the enabled result objects. ``sources`` are the CT datasets in the volume's
     z order (pixel data included). Raises WriterError when the inputs do not match."""
     options = options or WriterOptions()

@@ -33,12 +33,14 @@ COMMUNITY_ACQUIRED_PNEUMONIA = Code("385093006", "SCT", "Community acquired pneu
 NO_PNEUMONIA = Code("NOPNEU", PRIVATE_SCHEME, "No pneumonia")
 
 #: class name (pipeline.types.CLASS_NAMES) -> diagnosis code
-DIAGNOSIS: Mapping[str, Code] = MappingProxyType({
-    "non_pneumonia": NO_PNEUMONIA,
-    "cap": COMMUNITY_ACQUIRED_PNEUMONIA,
-    "influenza": INFLUENZA,
-    "covid19": COVID19,
-})
+DIAGNOSIS: Mapping[str, Code] = MappingProxyType(
+    {
+        "non_pneumonia": NO_PNEUMONIA,
+        "cap": COMMUNITY_ACQUIRED_PNEUMONIA,
+        "influenza": INFLUENZA,
+        "covid19": COVID19,
+    }
+)
 
 # --- Decisions that name no class -------------------------------------------------
 #: The evidence is split (pipeline.types.DECISIONS "indeterminate"): SNOMED CT
@@ -50,42 +52,52 @@ UNDETERMINED = Code("373068000", "SCT", "Undetermined")
 CANNOT_ASSESS = Code("NOASSESS", PRIVATE_SCHEME, "AI cannot assess: study differs from the model's training data")
 
 #: decision (pipeline.types.DECISIONS) -> the code of the report's Impression
-DECISION: Mapping[str, Code] = MappingProxyType({
-    **DIAGNOSIS,
-    "indeterminate": UNDETERMINED,
-    "out_of_domain": CANNOT_ASSESS,
-})
+DECISION: Mapping[str, Code] = MappingProxyType(
+    {
+        **DIAGNOSIS,
+        "indeterminate": UNDETERMINED,
+        "out_of_domain": CANNOT_ASSESS,
+    }
+)
 
 #: class name -> measurement name of its case-level probability (no standard concept
 #: "probability of <disease>" exists; DCM 111047 is "Probability of cancer" only).
-CLASS_PROBABILITY: Mapping[str, Code] = MappingProxyType({
-    "non_pneumonia": Code("PNOPNEU", PRIVATE_SCHEME, "No pneumonia probability"),
-    "cap": Code("PCAP", PRIVATE_SCHEME, "CAP probability"),
-    "influenza": Code("PFLU", PRIVATE_SCHEME, "Influenza probability"),
-    "covid19": Code("PCOVID", PRIVATE_SCHEME, "COVID-19 probability"),
-})
+CLASS_PROBABILITY: Mapping[str, Code] = MappingProxyType(
+    {
+        "non_pneumonia": Code("PNOPNEU", PRIVATE_SCHEME, "No pneumonia probability"),
+        "cap": Code("PCAP", PRIVATE_SCHEME, "CAP probability"),
+        "influenza": Code("PFLU", PRIVATE_SCHEME, "Influenza probability"),
+        "covid19": Code("PCOVID", PRIVATE_SCHEME, "COVID-19 probability"),
+    }
+)
 
 #: pneumonia class -> its share of the pneumonia types by the lesion pattern model
 #: (pipeline.lesion_pattern): where the lesions lie and how dense they are.
-PATTERN_TYPE_SHARE: Mapping[str, Code] = MappingProxyType({
-    "cap": Code("LPCAP", PRIVATE_SCHEME, "CAP share by lesion pattern"),
-    "influenza": Code("LPFLU", PRIVATE_SCHEME, "Influenza share by lesion pattern"),
-    "covid19": Code("LPCOVID", PRIVATE_SCHEME, "COVID-19 share by lesion pattern"),
-})
+PATTERN_TYPE_SHARE: Mapping[str, Code] = MappingProxyType(
+    {
+        "cap": Code("LPCAP", PRIVATE_SCHEME, "CAP share by lesion pattern"),
+        "influenza": Code("LPFLU", PRIVATE_SCHEME, "Influenza share by lesion pattern"),
+        "covid19": Code("LPCOVID", PRIVATE_SCHEME, "COVID-19 share by lesion pattern"),
+    }
+)
 
 #: task name (pipeline.types.TASK_NAMES) -> measurement name of its fused score
-TASK_SCORE: Mapping[str, Code] = MappingProxyType({
-    "pneumonia_vs_non_pneumonia": Code("TPNEU", PRIVATE_SCHEME, "Pneumonia vs no pneumonia score"),
-    "covid19_vs_cap": Code("TCOVCAP", PRIVATE_SCHEME, "COVID-19 vs CAP score"),
-    "covid19_vs_influenza": Code("TCOVFLU", PRIVATE_SCHEME, "COVID-19 vs influenza score"),
-})
+TASK_SCORE: Mapping[str, Code] = MappingProxyType(
+    {
+        "pneumonia_vs_non_pneumonia": Code("TPNEU", PRIVATE_SCHEME, "Pneumonia vs no pneumonia score"),
+        "covid19_vs_cap": Code("TCOVCAP", PRIVATE_SCHEME, "COVID-19 vs CAP score"),
+        "covid19_vs_influenza": Code("TCOVFLU", PRIVATE_SCHEME, "COVID-19 vs influenza score"),
+    }
+)
 
 #: task name -> the operating point the decision used on that task's score (model card)
-DECISION_THRESHOLD: Mapping[str, Code] = MappingProxyType({
-    "pneumonia_vs_non_pneumonia": Code("DTPNEU", PRIVATE_SCHEME, "Pneumonia vs no pneumonia decision threshold"),
-    "covid19_vs_cap": Code("DTCOVCAP", PRIVATE_SCHEME, "COVID-19 vs CAP decision threshold"),
-    "covid19_vs_influenza": Code("DTCOVFLU", PRIVATE_SCHEME, "COVID-19 vs influenza decision threshold"),
-})
+DECISION_THRESHOLD: Mapping[str, Code] = MappingProxyType(
+    {
+        "pneumonia_vs_non_pneumonia": Code("DTPNEU", PRIVATE_SCHEME, "Pneumonia vs no pneumonia decision threshold"),
+        "covid19_vs_cap": Code("DTCOVCAP", PRIVATE_SCHEME, "COVID-19 vs CAP decision threshold"),
+        "covid19_vs_influenza": Code("DTCOVFLU", PRIVATE_SCHEME, "COVID-19 vs influenza decision threshold"),
+    }
+)
 #: Scores closer than this (percentage points) are "indeterminate" (Decision.thresholds["margin"]).
 INDETERMINATE_MARGIN = Code("DMARGIN", PRIVATE_SCHEME, "Indeterminate margin")
 #: pipeline.types.DomainCheck.score: distance from the training data over its threshold.

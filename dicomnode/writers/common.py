@@ -30,11 +30,15 @@ def check_inputs(result: AnalysisResult, volume: CTVolume, sources: Sequence[Dat
     """Raise WriterError unless result, volume and sources describe the same slices."""
     nz = volume.shape[0]
     if len(sources) != nz:
-        raise WriterError(f"{len(sources)} source datasets for a volume of {nz} slices: pass the "
-                          f"series' datasets in the volume's z order (dicomnode.volume.load_series)")
+        raise WriterError(
+            f"{len(sources)} source datasets for a volume of {nz} slices: pass the "
+            f"series' datasets in the volume's z order (dicomnode.volume.load_series)"
+        )
     if result.lung_mask.mask.shape != volume.shape:
-        raise WriterError(f"lung mask shape {result.lung_mask.mask.shape} differs from the volume's "
-                          f"{volume.shape}: the result was made from another volume")
+        raise WriterError(
+            f"lung mask shape {result.lung_mask.mask.shape} differs from the volume's "
+            f"{volume.shape}: the result was made from another volume"
+        )
     if len(result.infected.scores) != nz:
         raise WriterError(f"infected-slice scores cover {len(result.infected.scores)} slices, the volume {nz}")
     study_uids = {str(ds.StudyInstanceUID) for ds in sources}
@@ -43,31 +47,55 @@ def check_inputs(result: AnalysisResult, volume: CTVolume, sources: Sequence[Dat
     for z, ds in enumerate(sources):
         absent = [kw for kw in REQUIRED_SOURCE_ATTRIBUTES if not ds.get(kw)]
         if absent:
-            raise WriterError(f"source slice {z} (SOP Instance {ds.get('SOPInstanceUID', '?')}) has no "
-                              f"{', '.join(absent)}: results need the CT's identity and geometry; "
-                              f"such a series should have been refused when it was loaded")
+            raise WriterError(
+                f"source slice {z} (SOP Instance {ds.get('SOPInstanceUID', '?')}) has no "
+                f"{', '.join(absent)}: results need the CT's identity and geometry; "
+                f"such a series should have been refused when it was loaded"
+            )
         if volume.slice_uids and str(ds.SOPInstanceUID) != volume.slice_uids[z]:
-            raise WriterError(f"source dataset {z} is SOP Instance {ds.SOPInstanceUID}, the volume's slice "
-                              f"{z} is {volume.slice_uids[z]}: sources must be in the volume's z order")
+            raise WriterError(
+                f"source dataset {z} is SOP Instance {ds.SOPInstanceUID}, the volume's slice "
+                f"{z} is {volume.slice_uids[z]}: sources must be in the volume's z order"
+            )
         if (int(ds.Rows), int(ds.Columns)) != volume.shape[1:]:
-            raise WriterError(f"source dataset {z} is {ds.Rows}x{ds.Columns} pixels, the volume "
-                              f"{volume.shape[1]}x{volume.shape[2]}")
+            raise WriterError(
+                f"source dataset {z} is {ds.Rows}x{ds.Columns} pixels, the volume {volume.shape[1]}x{volume.shape[2]}"
+            )
     for att in result.attention:
         if att.heat.shape != volume.shape[1:]:
-            raise WriterError(f"attention map of slice {att.z_index} is {att.heat.shape}, slices are "
-                              f"{volume.shape[1:]}")
+            raise WriterError(
+                f"attention map of slice {att.z_index} is {att.heat.shape}, slices are {volume.shape[1:]}"
+            )
         if not 0 <= att.z_index < nz:
             raise WriterError(f"attention map of slice {att.z_index} is outside the volume (0..{nz - 1})")
 
 
 #: Attributes every source slice must have: the results reference and overlay the CT.
-REQUIRED_SOURCE_ATTRIBUTES = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Rows",
-                              "Columns", "PixelSpacing", "ImagePositionPatient", "ImageOrientationPatient",
-                              "FrameOfReferenceUID")
+REQUIRED_SOURCE_ATTRIBUTES = (
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "Rows",
+    "Columns",
+    "PixelSpacing",
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
+    "FrameOfReferenceUID",
+)
 #: Type 2 attributes highdicom copies from the sources into every object. Scanners that
 #: leave one out entirely get it back empty in our copies (never in their datasets).
-TYPE2_IDENTITY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID",
-                  "StudyDate", "StudyTime", "ReferringPhysicianName")
+TYPE2_IDENTITY = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "AccessionNumber",
+    "StudyID",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+)
 
 
 def source_views(sources: Sequence[Dataset], volume: CTVolume) -> list[Dataset]:
@@ -97,8 +125,10 @@ def source_views(sources: Sequence[Dataset], volume: CTVolume) -> list[Dataset]:
 #: Transfer syntaxes whose pixel data lost information (JPEG baseline/extended, JPEG-LS
 #: near-lossless, JPEG 2000 irreversible): -> the words a report uses.
 LOSSY_TRANSFER_SYNTAXES = {
-    "1.2.840.10008.1.2.4.50": "JPEG baseline", "1.2.840.10008.1.2.4.51": "JPEG extended",
-    "1.2.840.10008.1.2.4.81": "JPEG-LS near-lossless", "1.2.840.10008.1.2.4.91": "JPEG 2000 (lossy)",
+    "1.2.840.10008.1.2.4.50": "JPEG baseline",
+    "1.2.840.10008.1.2.4.51": "JPEG extended",
+    "1.2.840.10008.1.2.4.81": "JPEG-LS near-lossless",
+    "1.2.840.10008.1.2.4.91": "JPEG 2000 (lossy)",
 }
 
 
@@ -124,8 +154,9 @@ LUNG_AT_END_FRACTION = 0.35
 def completeness_note(result: AnalysisResult, sources: Sequence[Dataset]) -> str | None:
     """Why the series looks incomplete, or None: fewer images than the scanner declared
     (Images in Acquisition), or lungs cut off by the first or last slice."""
-    declared = [int(ds.ImagesInAcquisition) for ds in sources
-                if str(ds.get("ImagesInAcquisition", "")).strip().isdigit()]
+    declared = [
+        int(ds.ImagesInAcquisition) for ds in sources if str(ds.get("ImagesInAcquisition", "")).strip().isdigit()
+    ]
     if declared and max(declared) > len(sources):
         return f"{len(sources)} of {max(declared)} images (Images in Acquisition)"
     area = result.lung_mask.mask.reshape(result.lung_mask.mask.shape[0], -1).sum(axis=1)
@@ -164,8 +195,10 @@ def series_description(what: str, model: ModelInfo) -> str:
 
 
 def model_text(model: ModelInfo, options: WriterOptions) -> str:
-    return (f"{options.product_name} {options.product_version}, model bundle {model.name} "
-            f"{model.version} (sha256 {model.sha256})")
+    return (
+        f"{options.product_name} {options.product_version}, model bundle {model.name} "
+        f"{model.version} (sha256 {model.sha256})"
+    )
 
 
 def _infected_order(result: AnalysisResult) -> list[int]:

@@ -24,8 +24,9 @@ from .options import WriterOptions
 from .sr import slice_ranges
 
 
-def build_kos(result: AnalysisResult, volume: CTVolume, sources: Sequence[Dataset],
-              options: WriterOptions, uid: UidMaker) -> Dataset | None:
+def build_kos(
+    result: AnalysisResult, volume: CTVolume, sources: Sequence[Dataset], options: WriterOptions, uid: UidMaker
+) -> Dataset | None:
     """The KOS dataset, or None for an out-of-domain decision (nothing to point at)."""
     if not wording.shows_explanations(result):
         return None

@@ -42,13 +42,13 @@ class WriterOptions:
         enabled = frozenset(self.enabled if not isinstance(self.enabled, str) else [self.enabled])
         unknown = enabled - set(OBJECT_KINDS)
         if unknown:
-            raise WriterError(f"WriterOptions.enabled: unknown object kind(s) {sorted(unknown)}; "
-                              f"choose from {list(OBJECT_KINDS)}")
+            raise WriterError(
+                f"WriterOptions.enabled: unknown object kind(s) {sorted(unknown)}; choose from {list(OBJECT_KINDS)}"
+            )
         object.__setattr__(self, "enabled", enabled)
         if self.max_overlays < 0:
             raise WriterError(f"WriterOptions.max_overlays must be >= 0, got {self.max_overlays}")
-        numbers = (self.sr_series_number, self.sc_series_number, self.seg_series_number,
-                   self.kos_series_number)
+        numbers = (self.sr_series_number, self.sc_series_number, self.seg_series_number, self.kos_series_number)
         if any(n < 1 for n in numbers) or len(set(numbers)) != len(numbers):
             raise WriterError(f"WriterOptions series numbers must be positive and distinct, got {numbers}")
         if not self.product_name or not self.product_version:

@@ -42,8 +42,13 @@ def outline(mask: np.ndarray) -> np.ndarray:
     return mask & ~ndimage.binary_erosion(mask, border_value=0)
 
 
-def render_overlay(hu: np.ndarray, heat: np.ndarray, lung: np.ndarray, regions: np.ndarray | None = None,
-                   caption: list[str] | None = None) -> np.ndarray:
+def render_overlay(
+    hu: np.ndarray,
+    heat: np.ndarray,
+    lung: np.ndarray,
+    regions: np.ndarray | None = None,
+    caption: list[str] | None = None,
+) -> np.ndarray:
     """One overlay picture (rows, cols, 3) uint8.
 
     ``hu`` the CT slice, ``heat`` the Grad-CAM in [0, 1], ``lung`` the lung mask of the

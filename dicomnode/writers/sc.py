@@ -36,8 +36,9 @@ from .options import WriterOptions
 from .render import render_overlay
 
 
-def build_sc(result: AnalysisResult, volume: CTVolume, sources: Sequence[Dataset],
-             options: WriterOptions, uid: UidMaker) -> list[Dataset]:
+def build_sc(
+    result: AnalysisResult, volume: CTVolume, sources: Sequence[Dataset], options: WriterOptions, uid: UidMaker
+) -> list[Dataset]:
     """One RGB Secondary Capture per overlay slice (at most options.max_overlays), in z order;
     none for an out-of-domain decision."""
     if not wording.shows_explanations(result):
@@ -78,10 +79,14 @@ def build_sc(result: AnalysisResult, volume: CTVolume, sources: Sequence[Dataset
         # A picture derived from a lossy source is lossy too (PS3.3 C.7.6.1.1.5).
         sc.LossyImageCompression = "01" if lossy else "00"
         sc.ImageType = ["DERIVED", "SECONDARY", "OTHER"]
-        sc.DerivationDescription = (f"Guided Grad-CAM of the {target} class blended on the lung window "
-                                    f"(W1500 L-600); lung outline green, attention regions white")[:1024]
-        sc.ImageComments = (f"Grad-CAM overlay of image {volume.slice_label(z)}. {wording.decision_line(result)}. "
-                            f"{model_text(result.model, options)}. {disclaimer(result.model)}")[:10240]
+        sc.DerivationDescription = (
+            f"Guided Grad-CAM of the {target} class blended on the lung window "
+            f"(W1500 L-600); lung outline green, attention regions white"
+        )[:1024]
+        sc.ImageComments = (
+            f"Grad-CAM overlay of image {volume.slice_label(z)}. {wording.decision_line(result)}. "
+            f"{model_text(result.model, options)}. {disclaimer(result.model)}"
+        )[:10240]
         if options.institution_name:
             sc.InstitutionName = options.institution_name
         images.append(sc)
@@ -138,7 +143,13 @@ def _reference_source(sc: Dataset, source: Dataset) -> None:
 
 
 def _copy_geometry(sc: Dataset, source: Dataset) -> None:
-    for keyword in ("FrameOfReferenceUID", "PositionReferenceIndicator", "ImagePositionPatient",
-                    "ImageOrientationPatient", "SliceThickness", "SliceLocation"):
+    for keyword in (
+        "FrameOfReferenceUID",
+        "PositionReferenceIndicator",
+        "ImagePositionPatient",
+        "ImageOrientationPatient",
+        "SliceThickness",
+        "SliceLocation",
+    ):
         if keyword in source:
             setattr(sc, keyword, source[keyword].value)

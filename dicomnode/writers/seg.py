@@ -31,8 +31,9 @@ LESION_LABEL = "Lesions of infection"
 LESION_RGB = (220, 0, 220)
 
 
-def build_seg(result: AnalysisResult, volume: CTVolume, sources: Sequence[Dataset],
-              options: WriterOptions, uid: UidMaker) -> Dataset | None:
+def build_seg(
+    result: AnalysisResult, volume: CTVolume, sources: Sequence[Dataset], options: WriterOptions, uid: UidMaker
+) -> Dataset | None:
     """The SEG dataset, or None when the mask is empty (nothing to show)."""
     mask = result.lung_mask.mask
     if not mask.any():
@@ -41,25 +42,32 @@ def build_seg(result: AnalysisResult, volume: CTVolume, sources: Sequence[Datase
     method = "U-Net" if result.lung_mask.method == "unet" else "HU threshold (classical)"
     algorithm = hd.AlgorithmIdentificationSequence(
         name=f"{model.name} lung segmentation"[:LO_MAX],
-        family=codes.ARTIFICIAL_INTELLIGENCE if result.lung_mask.method == "unet"
-        else codes.MORPHOLOGICAL_OPERATIONS,
+        family=codes.ARTIFICIAL_INTELLIGENCE if result.lung_mask.method == "unet" else codes.MORPHOLOGICAL_OPERATIONS,
         version=model.version,
         source=options.product_name,
         parameters={"method": result.lung_mask.method, "bundle_sha256": model.sha256},
     )
+
     def segment(number: int, label: str, category, kind, name: str, rgb: tuple[int, int, int]):
         return hd.seg.SegmentDescription(
-            segment_number=number, segment_label=label, segmented_property_category=category,
-            segmented_property_type=kind, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-            algorithm_identification=algorithm, tracking_uid=uid(f"seg-tracking-{name}"),
-            tracking_id=f"{label} (AI segmentation)", display_color=hd.color.CIELabColor.from_rgb(*rgb))
+            segment_number=number,
+            segment_label=label,
+            segmented_property_category=category,
+            segmented_property_type=kind,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm,
+            tracking_uid=uid(f"seg-tracking-{name}"),
+            tracking_id=f"{label} (AI segmentation)",
+            display_color=hd.color.CIELabColor.from_rgb(*rgb),
+        )
 
     segments = [segment(1, SEGMENT_LABEL, codes.ANATOMICAL_STRUCTURE, codes.LUNG, "lung", SEGMENT_RGB)]
     pixels = mask.astype(np.uint8)
     lesion = result.lung_mask.lesion
     if lesion is not None and lesion.any() and result.decision.value != "out_of_domain":
-        segments.append(segment(2, LESION_LABEL, codes.MORPHOLOGICALLY_ALTERED_STRUCTURE, codes.LESION, "lesion",
-                                LESION_RGB))
+        segments.append(
+            segment(2, LESION_LABEL, codes.MORPHOLOGICALLY_ALTERED_STRUCTURE, codes.LESION, "lesion", LESION_RGB)
+        )
         pixels = np.stack([mask, lesion], axis=-1).astype(np.uint8)
     try:
         seg = hd.seg.Segmentation(

@@ -66,8 +66,9 @@ CASE_GROUP_ID = "AI case result"
 LUNG_METHOD_DISPLAY = {"unet": "U-Net", "classical": "HU-threshold"}
 
 
-def build_sr(result: AnalysisResult, volume: CTVolume, sources: Sequence[Dataset],
-             options: WriterOptions, uid: UidMaker) -> Dataset:
+def build_sr(
+    result: AnalysisResult, volume: CTVolume, sources: Sequence[Dataset], options: WriterOptions, uid: UidMaker
+) -> Dataset:
     """The TID 1500 report as a Comprehensive 3D SR dataset (``uid``: name -> UID)."""
     model = result.model
     algorithm = algorithm_identification(result, options)
@@ -90,7 +91,8 @@ def build_sr(result: AnalysisResult, volume: CTVolume, sources: Sequence[Dataset
         observer_device_context=hd.sr.ObserverContext(
             observer_type=dcm_codes.cid270.Device,
             observer_identifying_attributes=device,
-        ))
+        )
+    )
     report = hd.sr.MeasurementReport(
         observation_context=observation_context,
         procedure_reported=codes.CT_PROCEDURE,
@@ -128,19 +130,26 @@ def _infected_groups_slices(result: AnalysisResult, key_z: int) -> list[int]:
     from the case group's count)."""
     if not wording.states_infected_slices(result):
         return []
-    return sorted(z for z in overlay_slices(result, len(result.attention))
-                  if z != key_z and z in result.infected.z_indices)
+    return sorted(
+        z for z in overlay_slices(result, len(result.attention)) if z != key_z and z in result.infected.z_indices
+    )
 
 
-def _infected_group(result: AnalysisResult, volume: CTVolume, sources: Sequence[Dataset], z: int,
-                    attention: Mapping[int, AttentionMap],
-                    uid: UidMaker) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+def _infected_group(
+    result: AnalysisResult,
+    volume: CTVolume,
+    sources: Sequence[Dataset],
+    z: int,
+    attention: Mapping[int, AttentionMap],
+    uid: UidMaker,
+) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
     region, region_type = _region(result, sources, z, attention)
     name = wording.infected_name(result.decision.value, plural=False)
     return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
             uid=uid(f"sr-tracking-infected-{z}"),
-            identifier=f"{wording.upper_first(name)}, image {volume.slice_label(z)}"),
+            identifier=f"{wording.upper_first(name)}, image {volume.slice_label(z)}",
+        ),
         referenced_region=region,
         finding_type=region_type,
         finding_sites=[hd.sr.FindingSite(codes.LUNG)],
@@ -185,8 +194,9 @@ def _percent(name: Code, probability: float) -> hd.sr.Measurement:
     return hd.sr.Measurement(name=name, value=round(100.0 * float(probability), 2), unit=codes.PERCENT)
 
 
-def _region(result: AnalysisResult, sources: Sequence[Dataset], z: int,
-            attention: Mapping[int, AttentionMap]) -> tuple[hd.sr.ImageRegion, Code]:
+def _region(
+    result: AnalysisResult, sources: Sequence[Dataset], z: int, attention: Mapping[int, AttentionMap]
+) -> tuple[hd.sr.ImageRegion, Code]:
     """The region drawn on slice z: the largest attention region, else the lung outline,
     else the image centre (a point), with the code of what it outlines."""
     source = hd.sr.SourceImageForRegion(
@@ -201,29 +211,40 @@ def _region(result: AnalysisResult, sources: Sequence[Dataset], z: int,
     for mask, what in candidates:
         contour = largest_contour(mask)
         if contour is not None:
-            return hd.sr.ImageRegion(graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=contour,
-                                     source_image=source), what
+            return hd.sr.ImageRegion(
+                graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=contour, source_image=source
+            ), what
     rows, cols = result.lung_mask.mask.shape[1:]
     centre = np.array([[cols / 2.0, rows / 2.0]], dtype=np.float32)
-    return hd.sr.ImageRegion(graphic_type=hd.sr.GraphicTypeValues.POINT, graphic_data=centre,
-                             source_image=source), codes.LUNG
+    return hd.sr.ImageRegion(
+        graphic_type=hd.sr.GraphicTypeValues.POINT, graphic_data=centre, source_image=source
+    ), codes.LUNG
 
 
-def _case_group(result: AnalysisResult, volume: CTVolume, sources: Sequence[Dataset], z: int,
-                attention: Mapping[int, AttentionMap], algorithm: hd.sr.AlgorithmIdentification,
-                uid: UidMaker) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+def _case_group(
+    result: AnalysisResult,
+    volume: CTVolume,
+    sources: Sequence[Dataset],
+    z: int,
+    attention: Mapping[int, AttentionMap],
+    algorithm: hd.sr.AlgorithmIdentification,
+    uid: UidMaker,
+) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
     region, region_type = _region(result, sources, z, attention)
     return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
             uid=uid("sr-tracking-case"),
-            identifier=f"{CASE_GROUP_ID}: {DECISION_DISPLAY[result.decision.value]}, image {volume.slice_label(z)}"),
+            identifier=f"{CASE_GROUP_ID}: {DECISION_DISPLAY[result.decision.value]}, image {volume.slice_label(z)}",
+        ),
         referenced_region=region,
         finding_type=region_type,
         finding_sites=[hd.sr.FindingSite(codes.LUNG)],
         algorithm_id=algorithm,
         measurements=_case_measurements(result, sources, z),
-        qualitative_evaluations=[hd.sr.QualitativeEvaluation(codes.IMPRESSION, codes.DECISION[result.decision.value]),
-                                 *_severity_grade(result)],
+        qualitative_evaluations=[
+            hd.sr.QualitativeEvaluation(codes.IMPRESSION, codes.DECISION[result.decision.value]),
+            *_severity_grade(result),
+        ],
     )
 
 
@@ -239,9 +260,12 @@ def _severity_measurements(result: AnalysisResult) -> list[hd.sr.Measurement]:
     if result.severity is None:
         return []
     lungs = result.severity.lungs
-    return [hd.sr.Measurement(name=code, value=round(float(ml), 1), unit=codes.MILLILITER,
-                              finding_sites=[hd.sr.FindingSite(codes.LUNG)])
-            for code, ml in ((codes.GGO_VOLUME, lungs.ggo_ml), (codes.CONSOLIDATION_VOLUME, lungs.consolidation_ml))]
+    return [
+        hd.sr.Measurement(
+            name=code, value=round(float(ml), 1), unit=codes.MILLILITER, finding_sites=[hd.sr.FindingSite(codes.LUNG)]
+        )
+        for code, ml in ((codes.GGO_VOLUME, lungs.ggo_ml), (codes.CONSOLIDATION_VOLUME, lungs.consolidation_ml))
+    ]
 
 
 def _case_measurements(result: AnalysisResult, sources: Sequence[Dataset], z: int) -> list[hd.sr.Measurement]:
@@ -249,8 +273,11 @@ def _case_measurements(result: AnalysisResult, sources: Sequence[Dataset], z: in
     lead with what the decision rests on: the decided (or the two closest) classes'
     probabilities; out of domain, the out-of-domain score (no probabilities at all)."""
     volume_ml = hd.sr.Measurement(
-        name=codes.VOLUME, value=round(float(result.lung_volume_ml), 1), unit=codes.MILLILITER,
-        finding_sites=[hd.sr.FindingSite(codes.LUNG)])
+        name=codes.VOLUME,
+        value=round(float(result.lung_volume_ml), 1),
+        unit=codes.MILLILITER,
+        finding_sites=[hd.sr.FindingSite(codes.LUNG)],
+    )
     if not wording.shows_probabilities(result):
         return [*_domain_measurements(result), volume_ml]
     case = result.case_scores
@@ -260,11 +287,13 @@ def _case_measurements(result: AnalysisResult, sources: Sequence[Dataset], z: in
     lesions = _lesion_measurements(result)
     measurements = []
     if shares is not None:
-        measurements = lesions[1:] + [_percent(codes.PATTERN_TYPE_SHARE[name], shares[name])
-                                      for name in _pattern_order(result, shares)]
+        measurements = lesions[1:] + [
+            _percent(codes.PATTERN_TYPE_SHARE[name], shares[name]) for name in _pattern_order(result, shares)
+        ]
         lesions = lesions[:1]
-    measurements += [_percent(codes.CLASS_PROBABILITY[name], case.probabilities[name])
-                     for name in _display_order(result)]
+    measurements += [
+        _percent(codes.CLASS_PROBABILITY[name], case.probabilities[name]) for name in _display_order(result)
+    ]
     measurements += [_percent(codes.TASK_SCORE[name], case.tasks[name]) for name in TASK_NAMES]
     measurements.append(volume_ml)
     measurements += lesions
@@ -281,12 +310,18 @@ def _located_measurements(result: AnalysisResult, sources: Sequence[Dataset], z:
     concept that says they are no finding. Not called out of domain."""
     located = sorted(set(int(v) for v in result.infected.z_indices))
     as_finding = wording.states_infected_slices(result)
-    out = [hd.sr.Measurement(
-        name=codes.INFECTED_SLICE_COUNT if as_finding else codes.LOCATOR_FLAGGED_COUNT,
-        value=len(located), unit=codes.SLICES,
-        referenced_images=[hd.sr.SourceImageForMeasurement(str(sources[v].SOPClassUID),
-                                                           str(sources[v].SOPInstanceUID)) for v in located]
-        or None)]
+    out = [
+        hd.sr.Measurement(
+            name=codes.INFECTED_SLICE_COUNT if as_finding else codes.LOCATOR_FLAGGED_COUNT,
+            value=len(located),
+            unit=codes.SLICES,
+            referenced_images=[
+                hd.sr.SourceImageForMeasurement(str(sources[v].SOPClassUID), str(sources[v].SOPInstanceUID))
+                for v in located
+            ]
+            or None,
+        )
+    ]
     if as_finding and z in located:
         out.append(_percent(codes.INFECTED_SLICE_SCORE, float(np.nan_to_num(result.infected.scores[z]))))
     return out
@@ -296,17 +331,24 @@ def _lesion_measurements(result: AnalysisResult) -> list[hd.sr.Measurement]:
     """The lung U-Net's lesion burden (volume, share of the lung), when it made a lesion map."""
     if result.lesion is None:
         return []
-    return [hd.sr.Measurement(name=codes.LESION_VOLUME, value=round(float(result.lesion.volume_ml), 1),
-                              unit=codes.MILLILITER, finding_sites=[hd.sr.FindingSite(codes.LUNG)]),
-            _percent(codes.LESION_SHARE, float(result.lesion.lung_share))]
+    return [
+        hd.sr.Measurement(
+            name=codes.LESION_VOLUME,
+            value=round(float(result.lesion.volume_ml), 1),
+            unit=codes.MILLILITER,
+            finding_sites=[hd.sr.FindingSite(codes.LUNG)],
+        ),
+        _percent(codes.LESION_SHARE, float(result.lesion.lung_share)),
+    ]
 
 
 def _threshold_measurements(result: AnalysisResult) -> list[hd.sr.Measurement]:
     """The operating points the decision used (model card): task thresholds, the margin
     and the lesion share threshold."""
     thresholds = result.decision.thresholds
-    out = [_percent(codes.DECISION_THRESHOLD[name], float(thresholds[name]))
-           for name in TASK_NAMES if name in thresholds]
+    out = [
+        _percent(codes.DECISION_THRESHOLD[name], float(thresholds[name])) for name in TASK_NAMES if name in thresholds
+    ]
     if "margin" in thresholds:
         out.append(_percent(codes.INDETERMINATE_MARGIN, float(thresholds["margin"])))
     if "lesion_share_threshold" in thresholds:
@@ -319,8 +361,10 @@ def _domain_measurements(result: AnalysisResult) -> list[hd.sr.Measurement]:
     score = float(result.domain.score)
     if not np.isfinite(score):
         raise WriterError(f"out-of-domain score is not a number ({score}); the chain result is broken")
-    return [hd.sr.Measurement(name=codes.OUT_OF_DOMAIN_SCORE, value=round(score, 4), unit=codes.RATIO),
-            hd.sr.Measurement(name=codes.OUT_OF_DOMAIN_THRESHOLD, value=OUT_OF_DOMAIN_THRESHOLD, unit=codes.RATIO)]
+    return [
+        hd.sr.Measurement(name=codes.OUT_OF_DOMAIN_SCORE, value=round(score, 4), unit=codes.RATIO),
+        hd.sr.Measurement(name=codes.OUT_OF_DOMAIN_THRESHOLD, value=OUT_OF_DOMAIN_THRESHOLD, unit=codes.RATIO),
+    ]
 
 
 def _display_order(result: AnalysisResult) -> list[str]:
@@ -333,8 +377,9 @@ def _display_order(result: AnalysisResult) -> list[str]:
     return sorted(CLASS_NAMES, key=lambda n: (-float(probs[n]), CLASS_NAMES.index(n)))
 
 
-def _qualitative_evaluations(result: AnalysisResult, volume: CTVolume, options: WriterOptions,
-                             sources: Sequence[Dataset]) -> hd.sr.ContainerContentItem:
+def _qualitative_evaluations(
+    result: AnalysisResult, volume: CTVolume, options: WriterOptions, sources: Sequence[Dataset]
+) -> hd.sr.ContainerContentItem:
     """TID 1500 row 12: the decision (coded), why, the plain-text summary, the disclaimer."""
     container = hd.sr.ContainerContentItem(
         name=codes.QUALITATIVE_EVALUATIONS,
@@ -342,14 +387,22 @@ def _qualitative_evaluations(result: AnalysisResult, volume: CTVolume, options: 
     )
     contains = hd.sr.RelationshipTypeValues.CONTAINS
     lossy = lossy_source(sources)
-    container.ContentSequence = hd.sr.ContentSequence([
-        hd.sr.CodeContentItem(name=codes.IMPRESSION, value=codes.DECISION[result.decision.value],
-                              relationship_type=contains),
-        hd.sr.TextContentItem(name=codes.DECISION_REASON, value=decision_reason(result), relationship_type=contains),
-        hd.sr.TextContentItem(name=codes.SUMMARY, value=summary_text(result, volume, options, lossy, sources),
-                              relationship_type=contains),
-        hd.sr.TextContentItem(name=codes.DISCLAIMER, value=disclaimer(result.model), relationship_type=contains),
-    ])
+    container.ContentSequence = hd.sr.ContentSequence(
+        [
+            hd.sr.CodeContentItem(
+                name=codes.IMPRESSION, value=codes.DECISION[result.decision.value], relationship_type=contains
+            ),
+            hd.sr.TextContentItem(
+                name=codes.DECISION_REASON, value=decision_reason(result), relationship_type=contains
+            ),
+            hd.sr.TextContentItem(
+                name=codes.SUMMARY,
+                value=summary_text(result, volume, options, lossy, sources),
+                relationship_type=contains,
+            ),
+            hd.sr.TextContentItem(name=codes.DISCLAIMER, value=disclaimer(result.model), relationship_type=contains),
+        ]
+    )
     return container
 
 
@@ -369,21 +422,33 @@ def slice_ranges(labels: Sequence[int]) -> str:
     return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in runs)
 
 
-def summary_text(result: AnalysisResult, volume: CTVolume, options: WriterOptions, lossy: str | None = None,
-                 sources: Sequence[Dataset] | None = None) -> str:
+def summary_text(
+    result: AnalysisResult,
+    volume: CTVolume,
+    options: WriterOptions,
+    lossy: str | None = None,
+    sources: Sequence[Dataset] | None = None,
+) -> str:
     """What the report says, in the words a radiologist reads; it leads with the decision.
     ``lossy``: how the source images were lossy compressed (common.lossy_source), if they were."""
     method = LUNG_METHOD_DISPLAY.get(result.lung_mask.method, result.lung_mask.method)
-    seg_text = (f"Lung segmentation in series {options.seg_series_number}."
-                if "seg" in options.enabled and result.lung_mask.mask.any() else "")
+    seg_text = (
+        f"Lung segmentation in series {options.seg_series_number}."
+        if "seg" in options.enabled and result.lung_mask.mask.any()
+        else ""
+    )
     incomplete = completeness_note(result, sources) if sources is not None else None
     tail = [
-        f"Warning: the series may be incomplete ({incomplete}); the lung volume and the result may be "
-        f"wrong." if incomplete else "",
+        f"Warning: the series may be incomplete ({incomplete}); the lung volume and the result may be wrong."
+        if incomplete
+        else "",
         f"This report replaces {len(options.previous_reports)} earlier report(s) of this series, made before "
-        f"all of its images had arrived." if options.previous_reports else "",
-        f"The source images were lossy compressed ({lossy}): fine texture such as ground glass may be "
-        f"altered." if lossy else "",
+        f"all of its images had arrived."
+        if options.previous_reports
+        else "",
+        f"The source images were lossy compressed ({lossy}): fine texture such as ground glass may be altered."
+        if lossy
+        else "",
         f"Lung volume {result.lung_volume_ml:.0f} ml ({method} lung segmentation).",
         seg_text,
         f"Made by {model_text(result.model, options)}.",
@@ -394,12 +459,17 @@ def summary_text(result: AnalysisResult, volume: CTVolume, options: WriterOption
         return _join(head + tail)
     case = result.case_scores
     probs = ", ".join(f"{CLASS_DISPLAY[n]} {100 * case.probabilities[n]:.1f}%" for n in _display_order(result))
-    tasks = "; ".join(f"{codes.TASK_SCORE[n].meaning.replace(' score', '')} {100 * case.tasks[n]:.1f}%"
-                      for n in TASK_NAMES)
+    tasks = "; ".join(
+        f"{codes.TASK_SCORE[n].meaning.replace(' score', '')} {100 * case.tasks[n]:.1f}%" for n in TASK_NAMES
+    )
     labels = [volume.slice_label(z) for z in result.infected.z_indices]
     overlays = overlay_slices(result, options.max_overlays)
-    overlay_text = (f"Grad-CAM overlays of images {slice_ranges([volume.slice_label(z) for z in overlays])} "
-                    f"in series {options.sc_series_number}." if overlays and "sc" in options.enabled else "")
+    overlay_text = (
+        f"Grad-CAM overlays of images {slice_ranges([volume.slice_label(z) for z in overlays])} "
+        f"in series {options.sc_series_number}."
+        if overlays and "sc" in options.enabled
+        else ""
+    )
     operating = wording.threshold_text(result.decision.thresholds)
     head = [
         f"{wording.decision_line(result)}.",
@@ -424,9 +494,11 @@ def _severity_sentence(result: AnalysisResult) -> str:
     if s is None:
         return ""
     grade = codes.SEVERITY_GRADES[s.mosmed_grade].meaning
-    return (f"Severity: lesions involve {s.lungs.involvement_percent:.1f}% of the lungs, grade {grade}; "
-            f"ground glass {s.lungs.ggo_ml:.1f} ml, consolidation {s.lungs.consolidation_ml:.1f} ml "
-            f"(no lobe scores: no lobe segmentation).")
+    return (
+        f"Severity: lesions involve {s.lungs.involvement_percent:.1f}% of the lungs, grade {grade}; "
+        f"ground glass {s.lungs.ggo_ml:.1f} ml, consolidation {s.lungs.consolidation_ml:.1f} ml "
+        f"(no lobe scores: no lobe segmentation)."
+    )
 
 
 def _pattern_order(result: AnalysisResult, shares: Mapping[str, float]) -> list[str]:
@@ -455,6 +527,7 @@ def _join(parts: Sequence[str]) -> str:
 
 
 # --- Reading a report back (tests, round trips, the node's own checks) ---------------
+
 
 @dataclass(frozen=True)
 class SRFindings:
@@ -532,11 +605,18 @@ def _located(case, decision: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
             if len(refs) != int(found[0].value):
                 raise WriterError(f"SR counts {found[0].value} '{code.meaning}' but references {len(refs)}")
             uids[code.value] = refs
-    expected = ({codes.INFECTED_SLICE_COUNT.value} if decision in PNEUMONIA_CLASSES
-                else set() if decision == "out_of_domain" else {codes.LOCATOR_FLAGGED_COUNT.value})
+    expected = (
+        {codes.INFECTED_SLICE_COUNT.value}
+        if decision in PNEUMONIA_CLASSES
+        else set()
+        if decision == "out_of_domain"
+        else {codes.LOCATOR_FLAGGED_COUNT.value}
+    )
     if set(uids) != expected:
-        raise WriterError(f"SR under decision {decision!r} has slice counts {sorted(uids)}, expected "
-                          f"{sorted(expected)}: infectious slices are stated under a pneumonia decision only")
+        raise WriterError(
+            f"SR under decision {decision!r} has slice counts {sorted(uids)}, expected "
+            f"{sorted(expected)}: infectious slices are stated under a pneumonia decision only"
+        )
     return uids.get(codes.INFECTED_SLICE_COUNT.value, ()), uids.get(codes.LOCATOR_FLAGGED_COUNT.value, ())
 
 
@@ -549,14 +629,18 @@ def _thresholds(case) -> dict[str, float]:
 def _probabilities(case, decision: str) -> tuple[dict[str, float], dict[str, float]]:
     """Class probabilities and task scores (0..1); none, and none allowed, out of domain."""
     if decision == "out_of_domain":
-        claimed = [c.meaning for c in (*codes.CLASS_PROBABILITY.values(), *codes.TASK_SCORE.values(),
-                                       *codes.PATTERN_TYPE_SHARE.values())
-                   if case.get_measurements(name=c)]
+        claimed = [
+            c.meaning
+            for c in (*codes.CLASS_PROBABILITY.values(), *codes.TASK_SCORE.values(), *codes.PATTERN_TYPE_SHARE.values())
+            if case.get_measurements(name=c)
+        ]
         if claimed:
             raise WriterError(f"SR under an out-of-domain decision reports {claimed}: it must claim no class")
         return {}, {}
-    return ({n: _num(case, codes.CLASS_PROBABILITY[n]) / 100.0 for n in CLASS_NAMES},
-            {n: _num(case, codes.TASK_SCORE[n]) / 100.0 for n in TASK_NAMES})
+    return (
+        {n: _num(case, codes.CLASS_PROBABILITY[n]) / 100.0 for n in CLASS_NAMES},
+        {n: _num(case, codes.TASK_SCORE[n]) / 100.0 for n in TASK_NAMES},
+    )
 
 
 def read_findings(dataset: Dataset) -> SRFindings:
@@ -604,8 +688,9 @@ def read_findings(dataset: Dataset) -> SRFindings:
         bundle_sha256=sha,
         summary=_first_text(qual[0], codes.SUMMARY),
         disclaimer=_first_text(qual[0], codes.DISCLAIMER),
-        pattern_shares={n: v / 100.0 for n, code in codes.PATTERN_TYPE_SHARE.items()
-                        if (v := _optional_num(case, code)) is not None},
+        pattern_shares={
+            n: v / 100.0 for n, code in codes.PATTERN_TYPE_SHARE.items() if (v := _optional_num(case, code)) is not None
+        },
     )
 
 

@@ -117,8 +117,10 @@ def out_of_domain_text(result: AnalysisResult) -> str:
     domain = result.domain
     checks = "; ".join(r.strip().rstrip(".") for r in domain.reasons if r.strip())
     detail = f"out-of-domain score {domain.score:.2f}, threshold {OUT_OF_DOMAIN_THRESHOLD:.2f}"
-    return (f"{CANNOT_ASSESS_TEXT} ({detail}{'; ' + checks if checks else ''}). No diagnosis is stated and no "
-            f"class probabilities are reported.")
+    return (
+        f"{CANNOT_ASSESS_TEXT} ({detail}{'; ' + checks if checks else ''}). No diagnosis is stated and no "
+        f"class probabilities are reported."
+    )
 
 
 def threshold_text(thresholds: Mapping[str, float]) -> str:
@@ -128,13 +130,18 @@ def threshold_text(thresholds: Mapping[str, float]) -> str:
         parts.append(f"indeterminate margin {100 * float(thresholds['margin']):g} points")
     if "lesion_share_threshold" in thresholds:
         band = float(thresholds.get("lesion_band", 1.0))
-        parts.append(f"lesion share of the lung {100 * float(thresholds['lesion_share_threshold']):.3g}%"
-                     + (f" (indeterminate within a factor {band:g})" if band > 1.0 else ""))
+        parts.append(
+            f"lesion share of the lung {100 * float(thresholds['lesion_share_threshold']):.3g}%"
+            + (f" (indeterminate within a factor {band:g})" if band > 1.0 else "")
+        )
     if "pattern_weight" in thresholds:
-        parts.append(f"pneumonia type from the lesion pattern at {100 * float(thresholds['pattern_weight']):g}% "
-                     "weight (the slice classifier the rest)")
-    parts += [f"{name} {float(value):g}" for name, value in extra_thresholds(thresholds).items()
-              if name not in LESION_KEYS]
+        parts.append(
+            f"pneumonia type from the lesion pattern at {100 * float(thresholds['pattern_weight']):g}% "
+            "weight (the slice classifier the rest)"
+        )
+    parts += [
+        f"{name} {float(value):g}" for name, value in extra_thresholds(thresholds).items() if name not in LESION_KEYS
+    ]
     return ", ".join(parts)
 
 
@@ -148,8 +155,11 @@ def extra_thresholds(thresholds: Mapping[str, float]) -> dict[str, float]:
 
 
 def _task_words(name: str) -> str:
-    return {"pneumonia_vs_non_pneumonia": "pneumonia vs no pneumonia", "covid19_vs_cap": "COVID-19 vs CAP",
-            "covid19_vs_influenza": "COVID-19 vs influenza"}.get(name, name)
+    return {
+        "pneumonia_vs_non_pneumonia": "pneumonia vs no pneumonia",
+        "covid19_vs_cap": "COVID-19 vs CAP",
+        "covid19_vs_influenza": "COVID-19 vs influenza",
+    }.get(name, name)
 
 
 def located_text(result: AnalysisResult, labels: Sequence[int], ranges: str) -> str:
@@ -163,5 +173,7 @@ def located_text(result: AnalysisResult, labels: Sequence[int], ranges: str) -> 
     if not labels:
         return ""
     because = "no pneumonia is stated" if value == "non_pneumonia" else "no diagnosis is stated"
-    return (f"The lesion locator flagged {len(labels)} slice(s) (images {ranges}); they are not reported as "
-            f"infectious slices because {because}.")
+    return (
+        f"The lesion locator flagged {len(labels)} slice(s) (images {ranges}); they are not reported as "
+        f"infectious slices because {because}."
+    )

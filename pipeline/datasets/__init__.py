@@ -25,9 +25,11 @@ from .split import patient_split
 
 __all__ = ["Case", "CaseData", "Dataset", "DatasetError", "open_dataset", "patient_split", "SPEC_HELP"]
 
-SPEC_HELP = ("'phantom:count=N,seed=S[,mix=1:1:1:1,slices=Z,size=PX,per_patient=K]', a manifest CSV "
-             "(columns path,label[,case_id,patient_id,sex,age,stage,lung_mask,lesion_mask]), a MosMedData "
-             "folder (CT-0..CT-4) or a CC-CCII folder (NCP/CP/Normal)")
+SPEC_HELP = (
+    "'phantom:count=N,seed=S[,mix=1:1:1:1,slices=Z,size=PX,per_patient=K]', a manifest CSV "
+    "(columns path,label[,case_id,patient_id,sex,age,stage,lung_mask,lesion_mask]), a MosMedData "
+    "folder (CT-0..CT-4) or a CC-CCII folder (NCP/CP/Normal)"
+)
 
 _PREFIXES = ("phantom", "manifest", "csv", "mosmed", "ccccii", "cc-ccii")
 
@@ -37,8 +39,9 @@ def open_dataset(spec: str) -> Dataset:
     try:
         return _open(spec)
     except OSError as e:  # permissions and the like while listing folders or reading a CSV
-        raise DatasetError(f"data spec {spec!r}: {e.filename or ''}: {e.strerror or e}; "
-                           "check that the files and folders are readable") from e
+        raise DatasetError(
+            f"data spec {spec!r}: {e.filename or ''}: {e.strerror or e}; check that the files and folders are readable"
+        ) from e
 
 
 def _open(spec: str) -> Dataset:
@@ -69,6 +72,8 @@ def _open(spec: str) -> Dataset:
             return open_mosmed(path, spec)
         if looks_like_ccccii(path):
             return open_ccccii(path, spec)
-        raise DatasetError(f"{path}: a folder in no known layout (MosMedData CT-0..CT-4, or CC-CCII "
-                           f"NCP/CP/Normal); for other data write a manifest CSV. Give {SPEC_HELP}")
+        raise DatasetError(
+            f"{path}: a folder in no known layout (MosMedData CT-0..CT-4, or CC-CCII "
+            f"NCP/CP/Normal); for other data write a manifest CSV. Give {SPEC_HELP}"
+        )
     raise DatasetError(f"data spec {spec!r}: no such file or folder, and not a known spec; give {SPEC_HELP}")

@@ -68,22 +68,26 @@ class Case:
         try:
             data = self.loader()
         except OSError as e:  # permissions, vanished files, full disks: name the file
-            raise DatasetError(f"case {self.case_id!r}: {e.filename or self.source}: {e.strerror or e}; "
-                               "check that the file is readable") from e
+            raise DatasetError(
+                f"case {self.case_id!r}: {e.filename or self.source}: {e.strerror or e}; "
+                "check that the file is readable"
+            ) from e
         shape = data.volume.shape
         for name, mask in (("lung_mask", data.lung_mask), ("lesion_mask", data.lesion_mask)):
             if mask is not None and mask.shape != shape:
                 raise DatasetError(
                     f"case {self.case_id!r}: {name} has shape {mask.shape} but the volume {shape} "
-                    f"({self.source}); the mask must be drawn on the same grid as the scan")
+                    f"({self.source}); the mask must be drawn on the same grid as the scan"
+                )
         return data
 
 
 class Dataset(Sequence[Case]):
     """An ordered, immutable collection of cases and a description for model cards."""
 
-    def __init__(self, spec: str, kind: str, cases: Sequence[Case], synthetic: bool,
-                 details: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self, spec: str, kind: str, cases: Sequence[Case], synthetic: bool, details: Mapping[str, Any] | None = None
+    ) -> None:
         ids = [c.case_id for c in cases]
         if len(set(ids)) != len(ids):
             dup = sorted({i for i in ids if ids.count(i) > 1})[:5]

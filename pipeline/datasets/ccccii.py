@@ -49,8 +49,9 @@ def _ordered(files: list[Path], scan: Path) -> list[Path]:
     nums = [n for n, _, _ in numbered]
     if len(set(nums)) != len(nums):
         dup = sorted({n for n in nums if nums.count(n) > 1})[:3]
-        raise DatasetError(f"{scan}: slice number(s) {dup} appear in more than one file name; "
-                           "each slice needs its own number")
+        raise DatasetError(
+            f"{scan}: slice number(s) {dup} appear in more than one file name; each slice needs its own number"
+        )
     return [f for _, _, f in numbered]
 
 
@@ -65,8 +66,10 @@ def open_ccccii(root: Path, spec: str | None = None) -> Dataset:
     root = Path(root)
     classes = _class_dirs(root)
     if not classes:
-        raise DatasetError(f"{root}: not a CC-CCII folder; expected class folders NCP, CP and/or Normal "
-                           "holding <patient>/<scan>/<slice images>")
+        raise DatasetError(
+            f"{root}: not a CC-CCII folder; expected class folders NCP, CP and/or Normal "
+            "holding <patient>/<scan>/<slice images>"
+        )
     cases = []
     counts = {}
     for key in sorted(classes):
@@ -84,15 +87,26 @@ def open_ccccii(root: Path, spec: str | None = None) -> Dataset:
                     continue
                 _ordered(files, scan)  # a bad file name is reported now, not mid-training
                 scan_name = "0" if scan == patient else scan.name
-                cases.append(Case(
-                    case_id=f"{class_dir.name}-{patient.name}-{scan_name}", patient_id=patient.name,
-                    label=label, source=str(scan), extras={"class_folder": class_dir.name},
-                    loader=partial(_load, scan)))
+                cases.append(
+                    Case(
+                        case_id=f"{class_dir.name}-{patient.name}-{scan_name}",
+                        patient_id=patient.name,
+                        label=label,
+                        source=str(scan),
+                        extras={"class_folder": class_dir.name},
+                        loader=partial(_load, scan),
+                    )
+                )
                 n += 1
         counts[class_dir.name] = n
     if not cases:
-        raise DatasetError(f"{root}: the class folders hold no <patient>/<scan>/ folders of slice images "
-                           f"({', '.join(IMAGE_SUFFIXES)})")
-    details = {"root": str(root.resolve()), "scans_per_class_folder": counts,
-               "hu": "pseudo-HU = grey / 255 * 1500 - 1400", "spacing_mm": "unknown (1 mm assumed)"}
+        raise DatasetError(
+            f"{root}: the class folders hold no <patient>/<scan>/ folders of slice images ({', '.join(IMAGE_SUFFIXES)})"
+        )
+    details = {
+        "root": str(root.resolve()),
+        "scans_per_class_folder": counts,
+        "hu": "pseudo-HU = grey / 255 * 1500 - 1400",
+        "spacing_mm": "unknown (1 mm assumed)",
+    }
     return Dataset(spec or str(root), "cc-ccii", cases, synthetic=False, details=details)

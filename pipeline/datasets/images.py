@@ -63,8 +63,9 @@ def check_ct_image(image, path: Path) -> None:
     if image.GetDimension() != 3:
         raise DatasetError(f"{path}: a {image.GetDimension()}-D image; a CT volume must be 3-D")
     if image.GetNumberOfComponentsPerPixel() != 1:
-        raise DatasetError(f"{path}: {image.GetNumberOfComponentsPerPixel()} components per voxel; "
-                           "expected a grey-value CT volume")
+        raise DatasetError(
+            f"{path}: {image.GetNumberOfComponentsPerPixel()} components per voxel; expected a grey-value CT volume"
+        )
 
 
 def image_to_volume(image, path: Path, slice_uids: Sequence[str] = (), slice_numbers: Sequence[int] = ()) -> CTVolume:
@@ -93,11 +94,14 @@ def _read_dicom_folder(folder: Path) -> CTVolume:
     except RuntimeError as e:
         raise DatasetError(f"{folder}: cannot list DICOM series ({e})") from e
     if not series:
-        raise DatasetError(f"{folder}: no DICOM series found; give a folder of one CT series' files "
-                           "or a NIfTI volume (.nii/.nii.gz)")
+        raise DatasetError(
+            f"{folder}: no DICOM series found; give a folder of one CT series' files or a NIfTI volume (.nii/.nii.gz)"
+        )
     if len(series) > 1:
-        raise DatasetError(f"{folder}: {len(series)} DICOM series in one folder; put each series in "
-                           "its own folder and list them as separate rows")
+        raise DatasetError(
+            f"{folder}: {len(series)} DICOM series in one folder; put each series in "
+            "its own folder and list them as separate rows"
+        )
     files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0])
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
@@ -105,8 +109,10 @@ def _read_dicom_folder(folder: Path) -> CTVolume:
     try:
         image = reader.Execute()
     except RuntimeError as e:
-        raise DatasetError(f"{folder}: the DICOM series cannot be read ({str(e).strip().splitlines()[-1]}); "
-                           "check that every file is a readable CT image of one series") from e
+        raise DatasetError(
+            f"{folder}: the DICOM series cannot be read ({str(e).strip().splitlines()[-1]}); "
+            "check that every file is a readable CT image of one series"
+        ) from e
     uids, numbers = [], []
     for i in range(len(files)):
         uid = reader.GetMetaData(i, _TAG_SOP_UID).strip() if reader.HasMetaDataKey(i, _TAG_SOP_UID) else ""
@@ -155,8 +161,13 @@ def read_nifti_lps(path: Path) -> tuple[CTVolume, VoxelGrid]:
     numbers: tuple[int, ...] = ()
     if axial and along[2] < 0:
         numbers = tuple(range(nz - 1, -1, -1))  # the file stores slices top to bottom
-    grid = VoxelGrid(tuple(int(v) for v in size), tuple(float(v) for v in spacing),
-                     tuple(float(v) for v in origin), tuple(float(v) for v in direction), axial)
+    grid = VoxelGrid(
+        tuple(int(v) for v in size),
+        tuple(float(v) for v in spacing),
+        tuple(float(v) for v in origin),
+        tuple(float(v) for v in direction),
+        axial,
+    )
     return image_to_volume(oriented, path, slice_numbers=numbers), grid
 
 
@@ -170,8 +181,9 @@ def read_volume(path: Path, orient_lps: bool = False) -> CTVolume:
     """
     path = Path(path)
     if not path.exists():
-        raise DatasetError(f"{path}: no such file or folder; check the path (paths in a manifest "
-                           "are relative to the CSV file)")
+        raise DatasetError(
+            f"{path}: no such file or folder; check the path (paths in a manifest are relative to the CSV file)"
+        )
     if path.is_dir():
         return _read_dicom_folder(path)
     if not is_nifti(path):
@@ -204,8 +216,10 @@ def read_mask(path: Path, shape: tuple[int, int, int], orient_lps: bool = False)
     image = read_nifti_image(path, "mask")
     mask = _sitk().GetArrayFromImage(reorient_to_lps(image, path) if orient_lps else image) > 0
     if mask.shape != tuple(shape):
-        raise DatasetError(f"{path}: mask has shape {mask.shape} (z, y, x) but its scan {tuple(shape)}; "
-                           "draw the mask on the scan's own grid")
+        raise DatasetError(
+            f"{path}: mask has shape {mask.shape} (z, y, x) but its scan {tuple(shape)}; "
+            "draw the mask on the scan's own grid"
+        )
     return mask
 
 
@@ -216,8 +230,9 @@ def slice_number(path: Path) -> int:
     """The slice number in a file name (its last run of digits)."""
     found = _NUMBER.findall(path.name.split(".")[0])
     if not found:
-        raise DatasetError(f"{path}: the file name holds no slice number; slices are ordered by it "
-                           "(e.g. 0001.png, 0002.png)")
+        raise DatasetError(
+            f"{path}: the file name holds no slice number; slices are ordered by it (e.g. 0001.png, 0002.png)"
+        )
     return int(found[-1])
 
 
@@ -233,9 +248,11 @@ def read_slice_stack(files: Sequence[Path], where: Path) -> np.ndarray:
         except (OSError, UnidentifiedImageError) as e:
             raise DatasetError(f"{f}: cannot read the slice image ({e})") from e
         if slices and arr.shape != slices[0].shape:
-            raise DatasetError(f"{f}: slice is {arr.shape[1]}x{arr.shape[0]} px but the first slice of "
-                               f"{where} is {slices[0].shape[1]}x{slices[0].shape[0]}; one scan must have "
-                               "one matrix size")
+            raise DatasetError(
+                f"{f}: slice is {arr.shape[1]}x{arr.shape[0]} px but the first slice of "
+                f"{where} is {slices[0].shape[1]}x{slices[0].shape[0]}; one scan must have "
+                "one matrix size"
+            )
         slices.append(arr)
     if not slices:
         raise DatasetError(f"{where}: no slice images ({', '.join(IMAGE_SUFFIXES)})")

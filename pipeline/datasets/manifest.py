@@ -51,17 +51,22 @@ def open_manifest(csv_path: Path, spec: str | None = None) -> Dataset:
         raise DatasetError(f"{csv_path}: not UTF-8 text ({e}); save the manifest as UTF-8 CSV") from e
     rows = list(csv.reader(text.splitlines()))
     if not rows or not any(cell.strip() for cell in rows[0]):
-        raise DatasetError(f"{csv_path}: empty manifest; the first row must be a header with at least "
-                           f"the columns {', '.join(_REQUIRED)}")
+        raise DatasetError(
+            f"{csv_path}: empty manifest; the first row must be a header with at least "
+            f"the columns {', '.join(_REQUIRED)}"
+        )
     header = [h.strip().lower() for h in rows[0]]
     missing = [c for c in _REQUIRED if c not in header]
     if missing:
-        raise DatasetError(f"{csv_path}: header {rows[0]} lacks column(s) {', '.join(missing)}; "
-                           f"columns are {', '.join(MANIFEST_COLUMNS)} (path and label required)")
+        raise DatasetError(
+            f"{csv_path}: header {rows[0]} lacks column(s) {', '.join(missing)}; "
+            f"columns are {', '.join(MANIFEST_COLUMNS)} (path and label required)"
+        )
     unknown = [h for h in header if h and h not in MANIFEST_COLUMNS]
     if unknown:
-        raise DatasetError(f"{csv_path}: unknown column(s) {', '.join(unknown)}; "
-                           f"known columns are {', '.join(MANIFEST_COLUMNS)}")
+        raise DatasetError(
+            f"{csv_path}: unknown column(s) {', '.join(unknown)}; known columns are {', '.join(MANIFEST_COLUMNS)}"
+        )
     if len(set(header)) != len(header):
         raise DatasetError(f"{csv_path}: a column appears twice in the header {rows[0]}")
     base = csv_path.parent
@@ -72,8 +77,9 @@ def open_manifest(csv_path: Path, spec: str | None = None) -> Dataset:
             continue  # blank lines are harmless
         where = f"{csv_path} line {line_no}"
         if len(row) > len(header):
-            raise DatasetError(f"{where}: {len(row)} fields but the header has {len(header)}; "
-                               "quote fields that contain commas")
+            raise DatasetError(
+                f"{where}: {len(row)} fields but the header has {len(header)}; quote fields that contain commas"
+            )
         rec = {h: (row[i].strip() if i < len(row) else "") for i, h in enumerate(header)}
         if not rec["path"]:
             raise DatasetError(f"{where}: empty path")
@@ -82,8 +88,9 @@ def open_manifest(csv_path: Path, spec: str | None = None) -> Dataset:
             raise DatasetError(f"{where}: label {label!r} is not one of {', '.join(CLASS_NAMES)}")
         path = (base / rec["path"]).resolve() if not Path(rec["path"]).is_absolute() else Path(rec["path"])
         if not path.exists():
-            raise DatasetError(f"{where}: {path} does not exist (path {rec['path']!r} is read relative "
-                               f"to the CSV's folder {base})")
+            raise DatasetError(
+                f"{where}: {path} does not exist (path {rec['path']!r} is read relative to the CSV's folder {base})"
+            )
         masks = {}
         for col in ("lung_mask", "lesion_mask"):
             value = rec.get(col, "")
@@ -94,20 +101,23 @@ def open_manifest(csv_path: Path, spec: str | None = None) -> Dataset:
                 masks[col] = mpath
         case_id = rec.get("case_id") or _case_id_from(path)
         if case_id in seen:
-            raise DatasetError(f"{where}: case_id {case_id!r} already used on line {seen[case_id]}; "
-                               "give each row a unique case_id")
+            raise DatasetError(
+                f"{where}: case_id {case_id!r} already used on line {seen[case_id]}; give each row a unique case_id"
+            )
         seen[case_id] = line_no
         age = parse_age(rec.get("age"), where)
-        cases.append(Case(
-            case_id=case_id,
-            patient_id=rec.get("patient_id") or case_id,
-            label=label,
-            sex=normalise_sex(rec.get("sex"), where),
-            age=age,
-            stage=rec.get("stage") or None,
-            source=str(path),
-            loader=partial(_load, path, masks.get("lung_mask"), masks.get("lesion_mask")),
-        ))
+        cases.append(
+            Case(
+                case_id=case_id,
+                patient_id=rec.get("patient_id") or case_id,
+                label=label,
+                sex=normalise_sex(rec.get("sex"), where),
+                age=age,
+                stage=rec.get("stage") or None,
+                source=str(path),
+                loader=partial(_load, path, masks.get("lung_mask"), masks.get("lesion_mask")),
+            )
+        )
     if not cases:
         raise DatasetError(f"{csv_path}: the manifest has a header but no rows")
     details = {"manifest": str(csv_path.resolve()), "manifest_sha256": hashlib.sha256(raw).hexdigest()}

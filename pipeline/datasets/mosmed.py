@@ -16,8 +16,7 @@ from .images import is_nifti, read_mask, read_volume
 
 __all__ = ["open_mosmed", "looks_like_mosmed", "MOSMED_GROUPS"]
 
-MOSMED_GROUPS = {"CT-0": "non_pneumonia", "CT-1": "covid19", "CT-2": "covid19", "CT-3": "covid19",
-                 "CT-4": "covid19"}
+MOSMED_GROUPS = {"CT-0": "non_pneumonia", "CT-1": "covid19", "CT-2": "covid19", "CT-3": "covid19", "CT-4": "covid19"}
 
 
 def _studies_dir(root: Path) -> Path | None:
@@ -45,8 +44,10 @@ def open_mosmed(root: Path, spec: str | None = None) -> Dataset:
     root = Path(root)
     studies = _studies_dir(root)
     if studies is None:
-        raise DatasetError(f"{root}: not a MosMedData folder; expected folders {', '.join(MOSMED_GROUPS)} "
-                           "(in it or in its studies/ sub-folder) holding .nii/.nii.gz volumes")
+        raise DatasetError(
+            f"{root}: not a MosMedData folder; expected folders {', '.join(MOSMED_GROUPS)} "
+            "(in it or in its studies/ sub-folder) holding .nii/.nii.gz volumes"
+        )
     mask_dirs = [d for d in (studies.parent / "masks", studies / "masks") if d.is_dir()]
     cases = []
     groups = {}
@@ -58,13 +59,30 @@ def open_mosmed(root: Path, spec: str | None = None) -> Dataset:
         groups[group] = len(files)
         for f in files:
             stem = _stem(f)
-            lesion = next((d / f"{stem}_mask{ext}" for d in mask_dirs for ext in (".nii.gz", ".nii")
-                           if (d / f"{stem}_mask{ext}").is_file()), None)
-            cases.append(Case(case_id=stem, patient_id=stem, label=label, source=str(f),
-                              extras={"group": group},
-                              loader=partial(_load, f, lesion)))
+            lesion = next(
+                (
+                    d / f"{stem}_mask{ext}"
+                    for d in mask_dirs
+                    for ext in (".nii.gz", ".nii")
+                    if (d / f"{stem}_mask{ext}").is_file()
+                ),
+                None,
+            )
+            cases.append(
+                Case(
+                    case_id=stem,
+                    patient_id=stem,
+                    label=label,
+                    source=str(f),
+                    extras={"group": group},
+                    loader=partial(_load, f, lesion),
+                )
+            )
     if not cases:
         raise DatasetError(f"{studies}: the CT-0 .. CT-4 folders hold no .nii/.nii.gz volumes")
-    details = {"root": str(root.resolve()), "groups": groups,
-               "lesion_masks": sum(1 for d in mask_dirs for _ in d.glob("*_mask.nii*"))}
+    details = {
+        "root": str(root.resolve()),
+        "groups": groups,
+        "lesion_masks": sum(1 for d in mask_dirs for _ in d.glob("*_mask.nii*")),
+    }
     return Dataset(spec or str(root), "mosmeddata", cases, synthetic=False, details=details)

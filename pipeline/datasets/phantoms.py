@@ -59,8 +59,14 @@ def _int(key: str, text: str, spec: str, low: int) -> int:
 def parse_phantom_spec(spec: str) -> dict:
     """The options of a phantom spec, checked; DatasetError says what is wrong."""
     body = spec.split(":", 1)[1] if ":" in spec else ""
-    opts: dict = {"seed": 0, "mix": (1.0,) * len(CLASS_NAMES), "slices": None, "size": None, "per_patient": 1,
-                  "family": "a"}
+    opts: dict = {
+        "seed": 0,
+        "mix": (1.0,) * len(CLASS_NAMES),
+        "slices": None,
+        "size": None,
+        "per_patient": 1,
+        "family": "a",
+    }
     seen = set()
     for part in filter(None, (p.strip() for p in body.split(","))):
         if "=" not in part:
@@ -77,8 +83,10 @@ def parse_phantom_spec(spec: str) -> dict:
             except ValueError:
                 weights = ()
             if len(weights) != len(CLASS_NAMES) or any(w < 0 for w in weights) or sum(weights) <= 0:
-                raise DatasetError(f"data spec {spec!r}: mix={value!r} must be {len(CLASS_NAMES)} non-negative "
-                                   f"weights separated by ':' for {':'.join(CLASS_NAMES)}")
+                raise DatasetError(
+                    f"data spec {spec!r}: mix={value!r} must be {len(CLASS_NAMES)} non-negative "
+                    f"weights separated by ':' for {':'.join(CLASS_NAMES)}"
+                )
             opts["mix"] = weights
         elif key == "seed":
             opts["seed"] = _int(key, value, spec, 0)
@@ -91,8 +99,10 @@ def parse_phantom_spec(spec: str) -> dict:
         elif key == "family":
             family = value.lower()
             if family not in FAMILIES:
-                raise DatasetError(f"data spec {spec!r}: family={value!r} is not a phantom family; "
-                                   f"use one of {', '.join(FAMILIES)} ({PHANTOM_KEYS['family']})")
+                raise DatasetError(
+                    f"data spec {spec!r}: family={value!r} is not a phantom family; "
+                    f"use one of {', '.join(FAMILIES)} ({PHANTOM_KEYS['family']})"
+                )
             opts["family"] = family
         else:
             opts["per_patient"] = _int(key, value, spec, 1)
@@ -113,14 +123,19 @@ def open_phantoms(spec: str) -> Dataset:
     for entry in cohort:
         rng = np.random.default_rng([entry.seed, 0x5E7])
         scan = int(entry.case_id.rsplit("-s", 1)[1])
-        cases.append(Case(
-            case_id=entry.case_id, patient_id=entry.patient_id, label=entry.label,
-            sex="M" if rng.uniform() < 0.55 else "F", age=float(int(rng.uniform(18, 90))),
-            stage=str(scan + 1),
-            source=f"{name}({entry.label!r}, {entry.seed}, {opts['slices']}, {opts['size']})",
-            extras={"seed": str(entry.seed), "family": family},
-            loader=partial(_load, family, entry.label, entry.seed, opts["slices"], opts["size"]),
-        ))
+        cases.append(
+            Case(
+                case_id=entry.case_id,
+                patient_id=entry.patient_id,
+                label=entry.label,
+                sex="M" if rng.uniform() < 0.55 else "F",
+                age=float(int(rng.uniform(18, 90))),
+                stage=str(scan + 1),
+                source=f"{name}({entry.label!r}, {entry.seed}, {opts['slices']}, {opts['size']})",
+                extras={"seed": str(entry.seed), "family": family},
+                loader=partial(_load, family, entry.label, entry.seed, opts["slices"], opts["size"]),
+            )
+        )
     details = {
         "generator": FAMILIES[family][1],
         "family": family,

@@ -17,19 +17,20 @@ def _fractions(fractions: float | Sequence[float]) -> list[float]:
     if isinstance(fractions, (int, float)):
         f = float(fractions)
         if not 0.0 < f < 1.0:
-            raise DatasetError(f"a single split fraction must be between 0 and 1 (the second cohort's "
-                               f"share), got {fractions}")
+            raise DatasetError(
+                f"a single split fraction must be between 0 and 1 (the second cohort's share), got {fractions}"
+            )
         return [1.0 - f, f]
     out = [float(f) for f in fractions]
     if len(out) < 2 or any(not f >= 0 for f in out) or sum(out) <= 0:
-        raise DatasetError(f"split fractions must be two or more non-negative numbers with a positive sum, "
-                           f"got {tuple(fractions)}")
+        raise DatasetError(
+            f"split fractions must be two or more non-negative numbers with a positive sum, got {tuple(fractions)}"
+        )
     total = sum(out)
     return [f / total for f in out]
 
 
-def patient_split(cases: Sequence[Case], fractions: float | Sequence[float], seed: int = 0
-                  ) -> tuple[list[Case], ...]:
+def patient_split(cases: Sequence[Case], fractions: float | Sequence[float], seed: int = 0) -> tuple[list[Case], ...]:
     """Split cases into cohorts by patient, stratified by label, deterministically.
 
     ``fractions`` are the cohorts' shares of the cases (normalised to sum 1), or one

@@ -205,8 +205,11 @@ class Anatomy:
         _, s_ap = self.cavity_scale(t)
         pert = 1.0
         for k, (cc, cs, sc, ss) in zip(CAVITY_HARMONICS, self.cav_coef, strict=True):
-            pert = pert + (cc + cs * t) * round(math.cos(k * math.pi / 2)) + (sc + ss * t) * round(
-                math.sin(k * math.pi / 2))
+            pert = (
+                pert
+                + (cc + cs * t) * round(math.cos(k * math.pi / 2))
+                + (sc + ss * t) * round(math.sin(k * math.pi / 2))
+            )
         return self.cav_b * s_ap * pert
 
     def wall_thickness(self, theta: np.ndarray, h: np.ndarray | float) -> np.ndarray:
@@ -218,8 +221,8 @@ class Anatomy:
         """Angular parts of the wall: base with paraspinal bulges, pectoral bulge."""
         post = np.abs(_wrap(theta - math.pi / 2))
         ant = np.abs(_wrap(theta + math.pi / 2))
-        base = self.wall_base + self.paraspinal * np.exp(-((post - self.paraspinal_at) / 0.3) ** 2)
-        return base, self.pectoral * np.exp(-((ant - 0.8) / 0.45) ** 2)
+        base = self.wall_base + self.paraspinal * np.exp(-(((post - self.paraspinal_at) / 0.3) ** 2))
+        return base, self.pectoral * np.exp(-(((ant - 0.8) / 0.45) ** 2))
 
     def pectoral_weight(self, h: np.ndarray | float) -> np.ndarray | float:
         return smoothstep(0.3, 0.65, self.t_of(h))
@@ -232,11 +235,14 @@ class Anatomy:
 
     def fat_profiles(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Angular parts of the fat layer: the ring (habitus) and the breasts."""
-        ring = self.fat * (1.0 + self.fat_lateral * np.cos(2 * theta)
-                           + self.fat_coef[0, 0] * np.cos(3 * theta + self.fat_coef[0, 1])
-                           + self.fat_coef[1, 0] * np.cos(4 * theta + self.fat_coef[1, 1]))
+        ring = self.fat * (
+            1.0
+            + self.fat_lateral * np.cos(2 * theta)
+            + self.fat_coef[0, 0] * np.cos(3 * theta + self.fat_coef[0, 1])
+            + self.fat_coef[1, 0] * np.cos(4 * theta + self.fat_coef[1, 1])
+        )
         ant = np.abs(_wrap(theta + math.pi / 2))
-        return ring, self.breast * np.exp(-((ant - self.breast_angle) / 0.4) ** 2)
+        return ring, self.breast * np.exp(-(((ant - self.breast_angle) / 0.4) ** 2))
 
     def fat_weights(self, h: np.ndarray | float) -> tuple[np.ndarray | float, np.ndarray | float]:
         """Height factors of the fat ring (more towards the abdomen) and the breasts."""
@@ -244,8 +250,7 @@ class Anatomy:
         dt = (h - (self.h_low + self.breast_t * self.lung_height)) / self.breast_half_h
         return low, (np.exp(-dt * dt) if self.breast > 0 else 0.0)
 
-    def band(self, h: np.ndarray | float, y: np.ndarray | None = None
-             ) -> tuple[np.ndarray | float, np.ndarray | float]:
+    def band(self, h: np.ndarray | float, y: np.ndarray | None = None) -> tuple[np.ndarray | float, np.ndarray | float]:
         """Mediastinal midline x and half width at height h (and, given y, across the
         chest: narrow at the anterior junction, wider behind, gently wavy)."""
         t = self.t_of(h)
@@ -285,8 +290,10 @@ class Anatomy:
 
     def diaphragm(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Height of the lung base (upper surface of the diaphragm) under (x, y)."""
-        d = [self.h_low + self.dome_depth[i] * (1.0 - np.minimum(self.dome_q(i, x, y), 1.0)) ** self.dome_gamma
-             for i in (0, 1)]
+        d = [
+            self.h_low + self.dome_depth[i] * (1.0 - np.minimum(self.dome_q(i, x, y), 1.0)) ** self.dome_gamma
+            for i in (0, 1)
+        ]
         return np.maximum(d[0], d[1])
 
     def apex_q(self, side_i: int, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -294,12 +301,16 @@ class Anatomy:
 
     def apex_surface(self, x: np.ndarray, y: np.ndarray, right: np.ndarray) -> np.ndarray:
         """Height of the lung top under (x, y) (right: bool, which apical cap)."""
-        return np.where(right, self.apex_top[0] - self.apex_k * self.apex_q(0, x, y),
-                        self.apex_top[1] - self.apex_k * self.apex_q(1, x, y))
+        return np.where(
+            right,
+            self.apex_top[0] - self.apex_k * self.apex_q(0, x, y),
+            self.apex_top[1] - self.apex_k * self.apex_q(1, x, y),
+        )
 
     # ------------------------------------------------------------------ heart
-    def heart_local(self, h: np.ndarray | float | np.floating, y: np.ndarray, x: np.ndarray
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def heart_local(
+        self, h: np.ndarray | float | np.floating, y: np.ndarray, x: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Coordinates along the heart's frame (long axis, posterior, third)."""
         dh, dy, dx = h - self.heart_c[0], y - self.heart_c[1], x - self.heart_c[2]
         f = self.heart_frame
@@ -344,8 +355,12 @@ class Anatomy:
         # Lower laterally: on an axial slice the fissure runs from posteromedial to
         # anterolateral, gently curved.
         lat = np.abs(x) / self.cav_a
-        return (self.hilum_h + self.obl_slope[side_i] * (y - self.obl_y[side_i])
-                - self.obl_tilt[side_i] * self.cav_a * lat * lat + amp * np.sin(k * x + ph))
+        return (
+            self.hilum_h
+            + self.obl_slope[side_i] * (y - self.obl_y[side_i])
+            - self.obl_tilt[side_i] * self.cav_a * lat * lat
+            + amp * np.sin(k * x + ph)
+        )
 
     def horizontal(self, y: np.ndarray, x: np.ndarray) -> np.ndarray:
         """Height of the right horizontal (minor) fissure."""
@@ -379,11 +394,11 @@ class Anatomy:
         """A (h, y, x) box holding lung ``side``."""
         s = self.cav_b * 1.15
         lo_x, hi_x = (-self.cav_a * 1.15, 30.0) if side == RIGHT else (-30.0, self.cav_a * 1.15)
-        return (np.array([self.h_low, -s, lo_x]),
-                np.array([float(self.apex_top.max()), s, hi_x]))
+        return (np.array([self.h_low, -s, lo_x]), np.array([float(self.apex_top.max()), s, hi_x]))
 
-    def lung_points(self, rng: np.random.Generator, side: int, n: int, min_depth: float = 2.0,
-                    depth_fn=None) -> np.ndarray:
+    def lung_points(
+        self, rng: np.random.Generator, side: int, n: int, min_depth: float = 2.0, depth_fn=None
+    ) -> np.ndarray:
         """``n`` random points (N, 3) inside lung ``side`` at least ``min_depth`` deep."""
         depth_fn = depth_fn or self.lung_depth
         lo, hi = self.lung_box(side)
@@ -453,9 +468,14 @@ def draw_anatomy(seed: int) -> Anatomy:
     coverage = lung_height + margin_bottom + margin_top
     cav_a = u(105, 148)
     cav_b = cav_a * u(0.58, 0.80)
-    coef = np.stack([np.array([r.normal(0, 0.03 / k ** 0.7), r.normal(0, 0.02 / k),
-                               r.normal(0, 0.02 / k ** 0.7), r.normal(0, 0.015 / k)])
-                     for k in CAVITY_HARMONICS])
+    coef = np.stack(
+        [
+            np.array(
+                [r.normal(0, 0.03 / k**0.7), r.normal(0, 0.02 / k), r.normal(0, 0.02 / k**0.7), r.normal(0, 0.015 / k)]
+            )
+            for k in CAVITY_HARMONICS
+        ]
+    )
     fat = 3.0 + 52.0 * u() ** 1.7  # slim to obese, slim more common
     inlet_lr = u(0.5, 0.65)
     # spine and mediastinum
@@ -474,49 +494,106 @@ def draw_anatomy(seed: int) -> Anatomy:
     heart_rise = axes[2] * u(0.6, 0.85)
     arms_down = bool(u() < 0.35)
     an = Anatomy(
-        h_low=h_low, lung_height=lung_height, coverage=coverage,
-        cav_a=cav_a, cav_b=cav_b, cav_n=u(1.9, 2.6), cav_coef=coef,
-        inlet_lr=inlet_lr, inlet_ap=u(0.6, 0.8), t_narrow=u(0.45, 0.6),
-        wall_base=u(6, 12), paraspinal=u(25, 50), paraspinal_at=u(0.35, 0.5), pectoral=u(6, 22),
-        fat=fat, fat_lateral=u(-0.3, 0.3), fat_coef=np.array([[u(0, 0.15), u(0, 2 * math.pi)],
-                                                              [u(0, 0.12), u(0, 2 * math.pi)]]),
-        fat_low=u(0, 0.5), breast=(u(10, 30) + 0.6 * fat) if u() < 0.4 else 0.0,
-        breast_t=u(0.3, 0.55), breast_half_h=u(45, 80), breast_angle=u(0.45, 0.8), skin=u(1.2, 2.5),
+        h_low=h_low,
+        lung_height=lung_height,
+        coverage=coverage,
+        cav_a=cav_a,
+        cav_b=cav_b,
+        cav_n=u(1.9, 2.6),
+        cav_coef=coef,
+        inlet_lr=inlet_lr,
+        inlet_ap=u(0.6, 0.8),
+        t_narrow=u(0.45, 0.6),
+        wall_base=u(6, 12),
+        paraspinal=u(25, 50),
+        paraspinal_at=u(0.35, 0.5),
+        pectoral=u(6, 22),
+        fat=fat,
+        fat_lateral=u(-0.3, 0.3),
+        fat_coef=np.array([[u(0, 0.15), u(0, 2 * math.pi)], [u(0, 0.12), u(0, 2 * math.pi)]]),
+        fat_low=u(0, 0.5),
+        breast=(u(10, 30) + 0.6 * fat) if u() < 0.4 else 0.0,
+        breast_t=u(0.3, 0.55),
+        breast_half_h=u(45, 80),
+        breast_angle=u(0.45, 0.8),
+        skin=u(1.2, 2.5),
         fat_plane=u(0.45, 0.65),
-        r_vb=r_vb, vb_inset=u(0.8, 1.1), r_canal=u(6.5, 9.0), disc_pitch=u(24, 30), disc_t=u(4, 7),
-        disc_phase=u(0, 1), scoliosis=u(-6, 6), scoliosis_phase=u(0, 2 * math.pi),
+        r_vb=r_vb,
+        vb_inset=u(0.8, 1.1),
+        r_canal=u(6.5, 9.0),
+        disc_pitch=u(24, 30),
+        disc_t=u(4, 7),
+        disc_phase=u(0, 1),
+        scoliosis=u(-6, 6),
+        scoliosis_phase=u(0, 2 * math.pi),
         paravertebral=u(*PARAVERTEBRAL_MM),
-        med_x0=u(-4, 6), med_dx=u(0, 10), band_top=band_top, band_low=band_low, band_ant=u(0.45, 0.8),
+        med_x0=u(-4, 6),
+        med_dx=u(0, 10),
+        band_top=band_top,
+        band_low=band_low,
+        band_ant=u(0.45, 0.8),
         band_wave=np.array([u(0, 2.5), 2 * math.pi / u(50, 110), u(0, 2 * math.pi)]),
-        heart_c=np.array([0.0, heart_y, heart_x]), heart_axes=axes, heart_frame=frame,
+        heart_c=np.array([0.0, heart_y, heart_x]),
+        heart_axes=axes,
+        heart_frame=frame,
         pericardial_fat=u(2, 6) + 0.15 * fat,
-        myocardium=u(8, 13), chambers=_chambers(r, axes),
-        dome_depth=dome_depth, dome_x=np.array([-dome_dx, dome_dx]), dome_y=dome_y, dome_ax=dome_ax,
-        dome_ay=dome_ay, dome_gamma=dome_gamma, dia_t=u(3, 6),
+        myocardium=u(8, 13),
+        chambers=_chambers(r, axes),
+        dome_depth=dome_depth,
+        dome_x=np.array([-dome_dx, dome_dx]),
+        dome_y=dome_y,
+        dome_ax=dome_ax,
+        dome_ay=dome_ay,
+        dome_gamma=dome_gamma,
+        dia_t=u(3, 6),
         apex_top=np.array([apex_hi - u(0, 10), apex_hi - u(0, 10)]),
         apex_x=np.array([-1.0, 1.0]) * u(0.35, 0.5) * cav_a * inlet_lr,
-        apex_y=u(0.0, 0.2) * cav_b, apex_ax=u(0.6, 0.75) * cav_a, apex_ay=u(0.8, 1.0) * cav_b,
+        apex_y=u(0.0, 0.2) * cav_b,
+        apex_ax=u(0.6, 0.75) * cav_a,
+        apex_ay=u(0.8, 1.0) * cav_b,
         apex_k=u(40, 70),
         hilum_h=h_low + lung_height * u(0.5, 0.6),
-        obl_slope=np.array([u(0.9, 1.5), u(0.9, 1.5)]), obl_y=np.array([u(-0.1, 0.15), u(-0.1, 0.15)]) * cav_b,
+        obl_slope=np.array([u(0.9, 1.5), u(0.9, 1.5)]),
+        obl_y=np.array([u(-0.1, 0.15), u(-0.1, 0.15)]) * cav_b,
         obl_wave=np.array([[u(0, 6), 2 * math.pi / u(80, 160), u(0, 2 * math.pi)] for _ in range(2)]),
-        obl_tilt=np.array([u(0.2, 0.5), u(0.2, 0.5)]), hor_dh=u(0, 20),
-        liver_x=u(20, 60), liver_slope=u(10, 40),
-        stomach_c=np.array([h_low + dome_depth[1] - u(25, 45),
-                            u(-0.25, 0.1) * cav_b, u(0.45, 0.65) * cav_a]),
+        obl_tilt=np.array([u(0.2, 0.5), u(0.2, 0.5)]),
+        hor_dh=u(0, 20),
+        liver_x=u(20, 60),
+        liver_slope=u(10, 40),
+        stomach_c=np.array([h_low + dome_depth[1] - u(25, 45), u(-0.25, 0.1) * cav_b, u(0.45, 0.65) * cav_a]),
         stomach_axes=np.array([u(30, 50), u(30, 45), u(35, 55)]),
-        gas_level=u(-0.3, 0.6), spleen_c=np.array([h_low + dome_depth[1] - u(40, 60), u(0.35, 0.6) * cav_b,
-                                                  u(0.6, 0.75) * cav_a]),
+        gas_level=u(-0.3, 0.6),
+        spleen_c=np.array([h_low + dome_depth[1] - u(40, 60), u(0.35, 0.6) * cav_b, u(0.6, 0.75) * cav_a]),
         spleen_axes=np.array([u(45, 70), u(40, 60), u(22, 35)]),
-        arms_down=arms_down, arm_axes=np.array([u(38, 55), u(40, 58)]) + 0.4 * fat, arm_gap=u(0, 25),
-        arm_y=u(0.05, 0.35) * cav_b, humerus_r=u(10, 14), elbow_h=h_low + u(-40, 70),
-        sternum_top=apex_hi - u(15, 40), sternum_w=u(12, 18), sternum_t=u(5, 7),
-        hu_fat=u(-115, -80), hu_muscle=u(35, 60), hu_skin=u(0, 50), hu_med_fat=u(-100, -60), hu_soft=u(15, 35),
-        hu_cortex=u(600, 1100), hu_marrow=u(130, 300), hu_disc=u(70, 110), hu_canal=u(15, 35),
-        hu_liver=u(45, 65), hu_spleen=u(40, 55), hu_stomach=u(5, 35), hu_cartilage=u(90, 200),
+        arms_down=arms_down,
+        arm_axes=np.array([u(38, 55), u(40, 58)]) + 0.4 * fat,
+        arm_gap=u(0, 25),
+        arm_y=u(0.05, 0.35) * cav_b,
+        humerus_r=u(10, 14),
+        elbow_h=h_low + u(-40, 70),
+        sternum_top=apex_hi - u(15, 40),
+        sternum_w=u(12, 18),
+        sternum_t=u(5, 7),
+        hu_fat=u(-115, -80),
+        hu_muscle=u(35, 60),
+        hu_skin=u(0, 50),
+        hu_med_fat=u(-100, -60),
+        hu_soft=u(15, 35),
+        hu_cortex=u(600, 1100),
+        hu_marrow=u(130, 300),
+        hu_disc=u(70, 110),
+        hu_canal=u(15, 35),
+        hu_liver=u(45, 65),
+        hu_spleen=u(40, 55),
+        hu_stomach=u(5, 35),
+        hu_cartilage=u(90, 200),
         hu_arm_marrow=u(-60, 60),
-        lung_median=u(-880, -780), gravity=u(15, 80), texture_sd=u(8, 25), texture_beta=u(1.6, 3.0),
-        texture_dz=u(5, 10), fissure_hu=u(40, 120),
+        lung_median=u(-880, -780),
+        gravity=u(15, 80),
+        texture_sd=u(8, 25),
+        texture_beta=u(1.6, 3.0),
+        texture_dz=u(5, 10),
+        fissure_hu=u(40, 120),
     )
     # The heart's centre stands above the diaphragm under it by part of its height.
     rest = float(an.diaphragm(np.array(heart_x), np.array(heart_y)))

@@ -85,8 +85,9 @@ def lung_extent(an: Anatomy) -> float:
 
 def body_extent(an: Anatomy) -> float:
     """Largest distance of the body (arms included) from the body centre, mm."""
-    rb = _outline_samples(an, lambda th, h: an.cavity_radius(th, h) + an.wall_thickness(th, h)
-                          + an.fat_thickness(th, h)).max()
+    rb = _outline_samples(
+        an, lambda th, h: an.cavity_radius(th, h) + an.wall_thickness(th, h) + an.fat_thickness(th, h)
+    ).max()
     if an.arms_down:
         rb += an.arm_gap + 2 * an.arm_axes[0]
     return float(rb)
@@ -126,11 +127,12 @@ def _texture_levels(grid: Grid, an: Anatomy, seed: int, shape: tuple[int, int]) 
     fy = sfft.fftfreq(bh, d=grid.dxy)[:, None]
     fx = sfft.rfftfreq(bw, d=grid.dxy)[None, :]
     f2 = fy * fy + fx * fx
-    amp = ((f2 + TEXTURE_F0 ** 2) ** (-an.texture_beta / 4.0) * np.exp(-f2 / TEXTURE_FHI ** 2)).astype(np.float32)
+    amp = ((f2 + TEXTURE_F0**2) ** (-an.texture_beta / 4.0) * np.exp(-f2 / TEXTURE_FHI**2)).astype(np.float32)
     levels = np.empty((n, bh, bw), dtype=np.float32)
     for j in range(n):
-        spec = amp * (rng.standard_normal(amp.shape, dtype=np.float32)
-                      + 1j * rng.standard_normal(amp.shape, dtype=np.float32))
+        spec = amp * (
+            rng.standard_normal(amp.shape, dtype=np.float32) + 1j * rng.standard_normal(amp.shape, dtype=np.float32)
+        )
         field = sfft.irfft2(spec, s=shape, workers=1).astype(np.float32)
         sd = float(field.std())
         levels[j] = field / (sd if sd > 0 else 1.0)
@@ -143,8 +145,10 @@ def _posterior_limits(an: Anatomy, look: Look) -> float:
     th = np.linspace(math.pi / 2 - 0.7, math.pi / 2 + 0.7, 64)
     hs = np.linspace(0.0, an.coverage, 24)
     wall = max(float(((an.cavity_radius(th, h) + an.wall_thickness(th, h)) * np.sin(th)).max()) for h in hs)
-    body = max(float(((an.cavity_radius(th, h) + an.wall_thickness(th, h) + an.fat_thickness(th, h))
-                      * np.sin(th)).max()) for h in hs)
+    body = max(
+        float(((an.cavity_radius(th, h) + an.wall_thickness(th, h) + an.fat_thickness(th, h)) * np.sin(th)).max())
+        for h in hs
+    )
     return max(wall + 3.0, body - look.compress)
 
 
@@ -202,27 +206,44 @@ def paint_slices(grid: Grid, an: Anatomy, look: Look, effusions: Sequence[Effusi
     for k, h in enumerate(grid.h):
         hu[k] = template
         eff_k = None if eff_mask is None else eff_mask[k, fr.rows, fr.cols]
-        got = _paint_slice_b(hu[k, fr.rows, fr.cols], side[k, fr.rows, fr.cols], eff_k, k, float(h), fr, an, look,
-                             effusions)
+        got = _paint_slice_b(
+            hu[k, fr.rows, fr.cols], side[k, fr.rows, fr.cols], eff_k, k, float(h), fr, an, look, effusions
+        )
         for side_id, (r0, r1, c0, c1) in got.items():
             b = boxes[side_id]
             r_off, c_off = fr.rows.start + fr.cav_rows[k].start, fr.cols.start + fr.cav_cols[k].start
-            b[:] = [min(b[0], k), max(b[1], k + 1), min(b[2], r0 + r_off), max(b[3], r1 + r_off),
-                    min(b[4], c0 + c_off), max(b[5], c1 + c_off)]
-    lung_boxes = {sd: (slice(int(b[0]), int(b[1])), slice(int(b[2]), int(b[3])), slice(int(b[4]), int(b[5])))
-                  for sd, b in boxes.items() if np.isfinite(b[0])}
+            b[:] = [
+                min(b[0], k),
+                max(b[1], k + 1),
+                min(b[2], r0 + r_off),
+                max(b[3], r1 + r_off),
+                min(b[4], c0 + c_off),
+                max(b[5], c1 + c_off),
+            ]
+    lung_boxes = {
+        sd: (slice(int(b[0]), int(b[1])), slice(int(b[2]), int(b[3])), slice(int(b[4]), int(b[5])))
+        for sd, b in boxes.items()
+        if np.isfinite(b[0])
+    }
     return Painted(hu, side, eff_mask, lung_boxes)
 
 
-def _frame(grid: Grid, an: Anatomy, look: Look, effusions: Sequence[Effusion], seed: int,
-           ysurf0: float) -> _Frame | None:
+def _frame(
+    grid: Grid, an: Anatomy, look: Look, effusions: Sequence[Effusion], seed: int, ysurf0: float
+) -> _Frame | None:
     """The painter's shared frame; None when the body's box is empty."""
     f32 = np.float32
     con: Contrast = look.contrast
     # Bounding box of everything but the table.
     ext_x = body_extent(an) + 4.0
-    ext_ant = float(_outline_samples(an, lambda th, h: an.cavity_radius(th, h) + an.wall_thickness(th, h)
-                                     + an.fat_thickness(th, h)).max()) + 4.0
+    ext_ant = (
+        float(
+            _outline_samples(
+                an, lambda th, h: an.cavity_radius(th, h) + an.wall_thickness(th, h) + an.fat_thickness(th, h)
+            ).max()
+        )
+        + 4.0
+    )
     xs, ys = grid.x, grid.y
     cols = slice(int(np.searchsorted(xs, -ext_x)), int(np.searchsorted(xs, ext_x, "right")))
     rows = slice(int(np.searchsorted(ys, -ext_ant)), int(np.searchsorted(ys, ysurf0 + 2.0, "right")))
@@ -247,39 +268,81 @@ def _frame(grid: Grid, an: Anatomy, look: Look, effusions: Sequence[Effusion], s
     levels, lev_dz = _texture_levels(grid, an, seed, R.shape)
     fis_w = max(FISSURE_W_MM, 0.5 * grid.dzf)
     # Scapulae: angular distance of each pixel from each scapula's centre line.
-    scap_dist = [np.abs((TH - c + math.pi) % (2 * math.pi) - math.pi).astype(f32)
-                 for c in (math.pi / 2 + SCAPULA_OFFSET, math.pi / 2 - SCAPULA_OFFSET)]
+    scap_dist = [
+        np.abs((TH - c + math.pi) % (2 * math.pi) - math.pi).astype(f32)
+        for c in (math.pi / 2 + SCAPULA_OFFSET, math.pi / 2 - SCAPULA_OFFSET)
+    ]
     # Everything that depends on the height only, for all slices at once.
     hs_all = grid.h
     lut_c = an.cavity_radius_cs(cos_a[None], sin_a[None], hs_all[:, None]).astype(f32)
     pect_all = np.broadcast_to(an.pectoral_weight(hs_all), hs_all.shape)
     lut_w = (wall_base[None] + pect_all[:, None] * wall_pect[None]).astype(f32)
     low_all, bw_all = (np.broadcast_to(v, hs_all.shape) for v in an.fat_weights(hs_all))
-    lut_b = lut_c + lut_w + np.maximum(fat_ring[None] * low_all[:, None] + fat_breast[None] * bw_all[:, None],
-                                       1.0).astype(f32)
+    lut_b = (
+        lut_c
+        + lut_w
+        + np.maximum(fat_ring[None] * low_all[:, None] + fat_breast[None] * bw_all[:, None], 1.0).astype(f32)
+    )
     band_x0, band_w0 = (np.broadcast_to(v, hs_all.shape) for v in an.band(hs_all))
     band_f, band_wave = (np.asarray(v, dtype=f32) for v in an.band_across(Y))
     spine_all = np.stack(np.broadcast_arrays(*an.spine_at(hs_all)), axis=1)
     # The cavity's box on each slice (rows, cols of the painter's box), 2 mm margin.
     cx_lo, cx_hi = (lut_c * cos_a[None]).min(axis=1) - 2, (lut_c * cos_a[None]).max(axis=1) + 2
     cy_lo, cy_hi = (lut_c * sin_a[None]).min(axis=1) - 2, (lut_c * sin_a[None]).max(axis=1) + 2
-    cav_rows = [slice(int(np.searchsorted(Y[:, 0], a)), int(np.searchsorted(Y[:, 0], b, "right")))
-                for a, b in zip(cy_lo, cy_hi, strict=True)]
-    cav_cols = [slice(int(np.searchsorted(X[0], a)), int(np.searchsorted(X[0], b, "right")))
-                for a, b in zip(cx_lo, cx_hi, strict=True)]
+    cav_rows = [
+        slice(int(np.searchsorted(Y[:, 0], a)), int(np.searchsorted(Y[:, 0], b, "right")))
+        for a, b in zip(cy_lo, cy_hi, strict=True)
+    ]
+    cav_cols = [
+        slice(int(np.searchsorted(X[0], a)), int(np.searchsorted(X[0], b, "right")))
+        for a, b in zip(cx_lo, cx_hi, strict=True)
+    ]
     return _Frame(
-        rows=rows, cols=cols, X=X, Y=Y, R=R, TI=TI, qd=qd, qa=qa, obl=obl, hor=hor, ynorm=ynorm, ysurf=ysurf,
-        levels=levels, lev_dz=lev_dz, parenchyma0=an.lung_median - 0.5 * an.gravity, fis_w=fis_w,
+        rows=rows,
+        cols=cols,
+        X=X,
+        Y=Y,
+        R=R,
+        TI=TI,
+        qd=qd,
+        qa=qa,
+        obl=obl,
+        hor=hor,
+        ynorm=ynorm,
+        ysurf=ysurf,
+        levels=levels,
+        lev_dz=lev_dz,
+        parenchyma0=an.lung_median - 0.5 * an.gravity,
+        fis_w=fis_w,
         fis_amp=an.fissure_hu * FISSURE_W_MM / fis_w,  # partial volume: wider, fainter
-        scap_dist=scap_dist, liver_hu=con.liver if con.liver is not None else an.hu_liver,
+        scap_dist=scap_dist,
+        liver_hu=con.liver if con.liver is not None else an.hu_liver,
         spleen_hu=con.spleen if con.spleen is not None else an.hu_spleen,
         eff_wy=[np.clip((Y / an.cav_b - 0.1) / 0.8, 0.0, 1.0).astype(f32) ** 0.7 for _ in effusions],
-        lut_c=lut_c, lut_w=lut_w, lut_b=lut_b, band_x0=band_x0, band_w0=band_w0, band_f=band_f,
-        band_wave=band_wave, spine_all=spine_all, cav_rows=cav_rows, cav_cols=cav_cols)
+        lut_c=lut_c,
+        lut_w=lut_w,
+        lut_b=lut_b,
+        band_x0=band_x0,
+        band_w0=band_w0,
+        band_f=band_f,
+        band_wave=band_wave,
+        spine_all=spine_all,
+        cav_rows=cav_rows,
+        cav_cols=cav_cols,
+    )
 
 
-def _paint_slice_b(hb: np.ndarray, sb: np.ndarray, eff_b: np.ndarray | None, k: int, h: float, fr: _Frame,
-                   an: Anatomy, look: Look, effusions: Sequence[Effusion]) -> dict:
+def _paint_slice_b(
+    hb: np.ndarray,
+    sb: np.ndarray,
+    eff_b: np.ndarray | None,
+    k: int,
+    h: float,
+    fr: _Frame,
+    an: Anatomy,
+    look: Look,
+    effusions: Sequence[Effusion],
+) -> dict:
     """One fine slice in the body's box (``hb`` HU, ``sb`` lung sides, ``eff_b``
     effusion); returns the lung boxes ``_fill_lungs`` found, relative to the cavity's box."""
     X, Y, R = fr.X, fr.Y, fr.R
@@ -309,9 +372,19 @@ def _paint_slice_b(hb: np.ndarray, sb: np.ndarray, eff_b: np.ndarray | None, k: 
     return got
 
 
-def _paint_cavity(hb: np.ndarray, sb: np.ndarray, eff_b: np.ndarray | None, k: int, h: float, t: float,
-                  Rc: np.ndarray, fr: _Frame, an: Anatomy, look: Look, effusions: Sequence[Effusion],
-                  ) -> tuple[dict, float, tuple[float, float, float]]:
+def _paint_cavity(
+    hb: np.ndarray,
+    sb: np.ndarray,
+    eff_b: np.ndarray | None,
+    k: int,
+    h: float,
+    t: float,
+    Rc: np.ndarray,
+    fr: _Frame,
+    an: Anatomy,
+    look: Look,
+    effusions: Sequence[Effusion],
+) -> tuple[dict, float, tuple[float, float, float]]:
     """The thoracic cavity of one slice, in its own box (a third of the body's box):
     mediastinal fat, diaphragm, abdomen, heart, lungs. Returns the lung boxes, the
     mediastinal band's centre and the spine (x, y, radius)."""
@@ -345,18 +418,53 @@ def _paint_cavity(hb: np.ndarray, sb: np.ndarray, eff_b: np.ndarray | None, k: i
         lung &= np.where(right, qak[0] < gap_r / an.apex_k, qak[1] < gap_l / an.apex_k)
     got: dict = {}
     if lung.any():
-        got = _fill_lungs(hc, sb[cr, cc], None if eff_b is None else eff_b[cr, cc], lung, h,
-                          xm, Xk, Rk, Rck, fr.levels[:, cr, cc], fr.lev_dz, fr.parenchyma0, fr.ynorm[cr],
-                          [o[cr, cc] for o in fr.obl], fr.hor[cr, cc], fr.fis_w, fr.fis_amp, effusions,
-                          [wy[cr] for wy in fr.eff_wy], an)
+        got = _fill_lungs(
+            hc,
+            sb[cr, cc],
+            None if eff_b is None else eff_b[cr, cc],
+            lung,
+            h,
+            xm,
+            Xk,
+            Rk,
+            Rck,
+            fr.levels[:, cr, cc],
+            fr.lev_dz,
+            fr.parenchyma0,
+            fr.ynorm[cr],
+            [o[cr, cc] for o in fr.obl],
+            fr.hor[cr, cc],
+            fr.fis_w,
+            fr.fis_amp,
+            effusions,
+            [wy[cr] for wy in fr.eff_wy],
+            an,
+        )
     return got, xm, (sx, sy, sr)
 
 
-def _fill_lungs(hb: np.ndarray, sb: np.ndarray, eff: np.ndarray | None, lung: np.ndarray, h: float, xm: float,
-                X: np.ndarray, R: np.ndarray, Rc: np.ndarray, levels: np.ndarray, lev_dz: float,
-                parenchyma0: float, ynorm: np.ndarray, obl: list[np.ndarray], hor: np.ndarray, fis_w: float,
-                fis_amp: float, effusions: Sequence[Effusion], eff_wy: list[np.ndarray], an: Anatomy
-                ) -> dict[int, tuple[int, int, int, int]]:
+def _fill_lungs(
+    hb: np.ndarray,
+    sb: np.ndarray,
+    eff: np.ndarray | None,
+    lung: np.ndarray,
+    h: float,
+    xm: float,
+    X: np.ndarray,
+    R: np.ndarray,
+    Rc: np.ndarray,
+    levels: np.ndarray,
+    lev_dz: float,
+    parenchyma0: float,
+    ynorm: np.ndarray,
+    obl: list[np.ndarray],
+    hor: np.ndarray,
+    fis_w: float,
+    fis_amp: float,
+    effusions: Sequence[Effusion],
+    eff_wy: list[np.ndarray],
+    an: Anatomy,
+) -> dict[int, tuple[int, int, int, int]]:
     """Parenchyma (texture, dependent gradient, fissures) and effusions, each lung in
     its own bounding box (the right lung lies left of the midline column). Returns the
     box (rows, cols within the painter's box) of each lung drawn."""
@@ -366,7 +474,7 @@ def _fill_lungs(hb: np.ndarray, sb: np.ndarray, eff: np.ndarray | None, lung: np
     cm = min(max(int(np.searchsorted(X[0], xm)), c0), c1)
     j = min(max(int(h // lev_dz) + 1, 0), len(levels) - 2)
     wgt = min(max(h / lev_dz + 1.0 - j, 0.0), 1.0)
-    norm = an.texture_sd / math.sqrt((1 - wgt) ** 2 + wgt ** 2)  # keeps the texture sd
+    norm = an.texture_sd / math.sqrt((1 - wgt) ** 2 + wgt**2)  # keeps the texture sd
     drawn: dict[int, tuple[int, int, int, int]] = {}
     for a, b, side_id in ((c0, cm, RIGHT), (cm, c1, LEFT)):
         if a >= b:
@@ -379,9 +487,9 @@ def _fill_lungs(hb: np.ndarray, sb: np.ndarray, eff: np.ndarray | None, lung: np
         val += parenchyma0 + an.gravity * ynorm[r0:r1]
         if side_id == RIGHT:
             ob = obl[0][sub]
-            fis = np.maximum(np.exp(-((h - ob) / fis_w) ** 2), np.exp(-((h - hor[sub]) / fis_w) ** 2) * (h > ob))
+            fis = np.maximum(np.exp(-(((h - ob) / fis_w) ** 2)), np.exp(-(((h - hor[sub]) / fis_w) ** 2)) * (h > ob))
         else:
-            fis = np.exp(-((h - obl[1][sub]) / fis_w) ** 2)
+            fis = np.exp(-(((h - obl[1][sub]) / fis_w) ** 2))
         val += fis_amp * fis
         hs = hb[sub]
         for e, wy in zip(effusions, eff_wy, strict=True):
@@ -399,8 +507,16 @@ def _fill_lungs(hb: np.ndarray, sb: np.ndarray, eff: np.ndarray | None, lung: np
     return drawn
 
 
-def _ellipsoid_organ(hb: np.ndarray, allowed: np.ndarray, h: float, Y: np.ndarray, X: np.ndarray,
-                     c: np.ndarray, axes: np.ndarray, value: float) -> np.ndarray | None:
+def _ellipsoid_organ(
+    hb: np.ndarray,
+    allowed: np.ndarray,
+    h: float,
+    Y: np.ndarray,
+    X: np.ndarray,
+    c: np.ndarray,
+    axes: np.ndarray,
+    value: float,
+) -> np.ndarray | None:
     dh = (h - c[0]) / axes[0]
     if abs(dh) >= 1:
         return None
@@ -426,8 +542,16 @@ def _stomach(hb: np.ndarray, abdomen: np.ndarray, h: float, Y: np.ndarray, X: np
         hb[content & (Y < c[1] - ax[1] + 2 * ax[1] * an.gas_level)] = HU_GAS
 
 
-def _heart(hb: np.ndarray, lung: np.ndarray, thorax: np.ndarray, h: float, Y: np.ndarray, X: np.ndarray,
-           an: Anatomy, con: Contrast) -> None:
+def _heart(
+    hb: np.ndarray,
+    lung: np.ndarray,
+    thorax: np.ndarray,
+    h: float,
+    Y: np.ndarray,
+    X: np.ndarray,
+    an: Anatomy,
+    con: Contrast,
+) -> None:
     grow = an.heart_zone_grow
     reach = float(an.heart_axes.max()) + grow
     if abs(h - an.heart_c[0]) > reach:
@@ -453,8 +577,9 @@ def _heart(hb: np.ndarray, lung: np.ndarray, thorax: np.ndarray, h: float, Y: np
         hs[pool] = value
 
 
-def _spine(hb: np.ndarray, h: float, Y: np.ndarray, X: np.ndarray, sx: float, sy: float, sr: float,
-           an: Anatomy) -> None:
+def _spine(
+    hb: np.ndarray, h: float, Y: np.ndarray, X: np.ndarray, sx: float, sy: float, sr: float, an: Anatomy
+) -> None:
     reach = sr + 2 * an.r_canal + 40.0
     r0, r1 = np.searchsorted(Y[:, 0], sy - sr - 2), np.searchsorted(Y[:, 0], sy + reach, "right")
     c0, c1 = np.searchsorted(X[0], sx - reach), np.searchsorted(X[0], sx + reach, "right")
@@ -482,8 +607,7 @@ def _spine(hb: np.ndarray, h: float, Y: np.ndarray, X: np.ndarray, sx: float, sy
         hs[tp] = an.hu_cortex
 
 
-def _sternum(hb: np.ndarray, h: float, Y: np.ndarray, X: np.ndarray, xm: float, front: float,
-             an: Anatomy) -> None:
+def _sternum(hb: np.ndarray, h: float, Y: np.ndarray, X: np.ndarray, xm: float, front: float, an: Anatomy) -> None:
     """The sternum in the anterior wall (``front``: cavity radius on the anterior midline)."""
     bottom = an.heart_c[0] - 0.8 * an.heart_axes[2]
     if not bottom < h < an.sternum_top:
@@ -499,8 +623,16 @@ def _sternum(hb: np.ndarray, h: float, Y: np.ndarray, X: np.ndarray, xm: float, 
     hs[((xs - xm) / (w - CORTEX_MM)) ** 2 + ((ys - cy) / (an.sternum_t - CORTEX_MM)) ** 2 < 1.0] = an.hu_marrow
 
 
-def _arms(hb: np.ndarray, h: float, Y: np.ndarray, X: np.ndarray, ysurf: np.ndarray,
-          lateral: tuple[float, float], an: Anatomy, look: Look) -> None:
+def _arms(
+    hb: np.ndarray,
+    h: float,
+    Y: np.ndarray,
+    X: np.ndarray,
+    ysurf: np.ndarray,
+    lateral: tuple[float, float],
+    an: Anatomy,
+    look: Look,
+) -> None:
     """Arms beside the body (``lateral``: body radius towards the left and the right)."""
     ax, ay = an.arm_axes
     fat = 0.5 * an.fat + 3.0
@@ -531,5 +663,5 @@ def _arms(hb: np.ndarray, h: float, Y: np.ndarray, X: np.ndarray, ysurf: np.ndar
         r1 = np.searchsorted(Y[:, 0], cy + 3 * look.streak_w, "right")
         c0, c1 = np.searchsorted(X[0], lo), np.searchsorted(X[0], hi, "right")
         if r0 < r1 and c0 < c1:
-            band = np.exp(-((Y[r0:r1] - cy) / look.streak_w) ** 2)
+            band = np.exp(-(((Y[r0:r1] - cy) / look.streak_w) ** 2))
             hb[r0:r1, c0:c1] -= np.broadcast_to((look.streak * band).astype(np.float32), (int(r1 - r0), int(c1 - c0)))

@@ -25,8 +25,17 @@ from typing import Protocol, overload
 
 import numpy as np
 
-__all__ = ["Stream", "rng_for", "Grid", "Waves", "splat_balls", "segment_balls", "frame_from",
-           "smoothstep", "unit_rows"]
+__all__ = [
+    "Stream",
+    "rng_for",
+    "Grid",
+    "Waves",
+    "splat_balls",
+    "segment_balls",
+    "frame_from",
+    "smoothstep",
+    "unit_rows",
+]
 
 #: Mixed into every seed of family B so its random streams never coincide with another
 #: generator seeded by the same integer.
@@ -52,8 +61,9 @@ class Stream(enum.IntEnum):
 def rng_for(seed: int, stream: Stream, extra: int = 0) -> np.random.Generator:
     """A generator for one stream of one case (deterministic in its arguments)."""
     seed = int(seed)
-    ss = np.random.SeedSequence(entropy=[seed & 0xFFFFFFFF, seed >> 32, FAMILY_B_TAG],
-                                spawn_key=(int(stream), int(extra)))
+    ss = np.random.SeedSequence(
+        entropy=[seed & 0xFFFFFFFF, seed >> 32, FAMILY_B_TAG], spawn_key=(int(stream), int(extra))
+    )
     return np.random.default_rng(ss)
 
 
@@ -162,12 +172,11 @@ class Waves:
     amp: np.ndarray  # (W,)
 
     @staticmethod
-    def draw(rng: np.random.Generator, count: int, wavelength_mm: tuple[float, float],
-             rms: float = 1.0) -> "Waves":
+    def draw(rng: np.random.Generator, count: int, wavelength_mm: tuple[float, float], rms: float = 1.0) -> "Waves":
         dirs = unit_rows(rng.normal(size=(count, 3)))
         lam = rng.uniform(*wavelength_mm, size=count)
         amp = rng.uniform(0.5, 1.0, size=count)
-        amp *= rms / math.sqrt(max(float((amp ** 2).sum()) / 2.0, 1e-12))
+        amp *= rms / math.sqrt(max(float((amp**2).sum()) / 2.0, 1e-12))
         return Waves(dirs * (2 * math.pi / lam)[:, None], rng.uniform(0, 2 * math.pi, count), amp)
 
     def on_box(self, h: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -196,8 +205,9 @@ class BallSpacing(Protocol):
     def dxy(self) -> float: ...
 
 
-def segment_balls(p0: np.ndarray, p1: np.ndarray, r0: np.ndarray, r1: np.ndarray, grid: BallSpacing,
-                  spacing: float = 0.6) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def segment_balls(
+    p0: np.ndarray, p1: np.ndarray, r0: np.ndarray, r1: np.ndarray, grid: BallSpacing, spacing: float = 0.6
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Balls along straight segments (N, 3) -> (centres (M, 3), radii (M,), segment id).
 
     Balls are ``spacing`` x radius apart (or 0.7 voxel, if that is more), so the
@@ -223,16 +233,20 @@ def segment_balls(p0: np.ndarray, p1: np.ndarray, r0: np.ndarray, r1: np.ndarray
 def _stencil(ez: int, exy: int, reach_z: float, reach_xy: float, grid: Grid) -> np.ndarray:
     """Voxel offsets (S, 3) that a ball reaching ``reach_z`` / ``reach_xy`` mm, centred
     within half a voxel of the origin, can touch."""
-    oz, oy, ox = np.meshgrid(np.arange(-ez, ez + 1), np.arange(-exy, exy + 1), np.arange(-exy, exy + 1),
-                             indexing="ij")
+    oz, oy, ox = np.meshgrid(np.arange(-ez, ez + 1), np.arange(-exy, exy + 1), np.arange(-exy, exy + 1), indexing="ij")
     off = np.stack([oz.ravel(), oy.ravel(), ox.ravel()], axis=1)
     near = np.maximum(np.abs(off) - 0.5, 0.0) * np.array([grid.dzf, grid.dxy, grid.dxy])
-    keep = (near[:, 0] / reach_z) ** 2 + (near[:, 1] ** 2 + near[:, 2] ** 2) / reach_xy ** 2 <= 1.0
+    keep = (near[:, 0] / reach_z) ** 2 + (near[:, 1] ** 2 + near[:, 2] ** 2) / reach_xy**2 <= 1.0
     return off[keep]
 
 
-def _stencil_voxels(centres: np.ndarray, stencil: np.ndarray, shape: np.ndarray, spacing: np.ndarray,
-                    semi: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _stencil_voxels(
+    centres: np.ndarray,
+    stencil: np.ndarray,
+    shape: np.ndarray,
+    spacing: np.ndarray,
+    semi: tuple[np.ndarray, np.ndarray],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """For balls at fractional indices ``centres`` and each stencil offset: the true squared
     distance (mm), the squared distance in units of the ball's (z, in-plane) semi-axes, the
     flat voxel index and whether the voxel lies inside the grid."""
@@ -243,19 +257,27 @@ def _stencil_voxels(centres: np.ndarray, stencil: np.ndarray, shape: np.ndarray,
     idx = np.zeros((len(centres), len(stencil)), dtype=np.int64)
     ok = np.ones((len(centres), len(stencil)), dtype=bool)
     for ax in range(3):
-        pos = base[:, ax:ax + 1] + stencil[None, :, ax]
+        pos = base[:, ax : ax + 1] + stencil[None, :, ax]
         ok &= (pos >= 0) & (pos < shape[ax])
         idx = idx * shape[ax] + pos
-        d = (stencil[None, :, ax] - frac[:, ax:ax + 1]) * spacing[ax]
+        d = (stencil[None, :, ax] - frac[:, ax : ax + 1]) * spacing[ax]
         d2 += d * d
         q2 += (d / semi[0 if ax == 0 else 1]) ** 2
     return d2, q2, idx, ok
 
 
-def splat_balls(vol: np.ndarray, grid: Grid, centres: np.ndarray, radii: np.ndarray,
-                values: np.ndarray | float, mode: str = "max", within: np.ndarray | None = None,
-                mark: np.ndarray | None = None, clear: np.ndarray | None = None,
-                clear_grow: float = 0.0) -> None:
+def splat_balls(
+    vol: np.ndarray,
+    grid: Grid,
+    centres: np.ndarray,
+    radii: np.ndarray,
+    values: np.ndarray | float,
+    mode: str = "max",
+    within: np.ndarray | None = None,
+    mark: np.ndarray | None = None,
+    clear: np.ndarray | None = None,
+    clear_grow: float = 0.0,
+) -> None:
     """Blend balls into ``vol`` (fine grid, float32) in place.
 
     Each voxel moves towards the ball's value by its coverage ``w`` (anti-aliased over one
@@ -294,7 +316,8 @@ def splat_balls(vol: np.ndarray, grid: Grid, centres: np.ndarray, radii: np.ndar
     if not inside.any():
         return
     c, radii, a_z, a_xy, gain, vals, ez, exy, reach_z, reach_xy = (
-        a[inside] for a in (c, radii, a_z, a_xy, gain, vals, ez, exy, reach_z, reach_xy))
+        a[inside] for a in (c, radii, a_z, a_xy, gain, vals, ez, exy, reach_z, reach_xy)
+    )
     flat = vol.reshape(-1)
     within_f = None if within is None else within.reshape(-1)
     mark_f = None if mark is None else mark.reshape(-1)
@@ -304,11 +327,10 @@ def splat_balls(vol: np.ndarray, grid: Grid, centres: np.ndarray, radii: np.ndar
     key = ez * 4096 + exy
     for kv in np.unique(key):
         sel = np.flatnonzero(key == kv)
-        stencil = _stencil(int(kv // 4096), int(kv % 4096), float(reach_z[sel].max()), float(reach_xy[sel].max()),
-                           grid)
+        stencil = _stencil(int(kv // 4096), int(kv % 4096), float(reach_z[sel].max()), float(reach_xy[sel].max()), grid)
         per = max(1, _SPLAT_CHUNK // len(stencil))
         for s0 in range(0, len(sel), per):
-            b = sel[s0:s0 + per]
+            b = sel[s0 : s0 + per]
             semi = (a_z[b, None].astype(np.float32), a_xy[b, None].astype(np.float32))
             d2, q2, idx, ok = _stencil_voxels(c[b], stencil, shape, spacing, semi)
             dist = np.sqrt(d2)

@@ -84,13 +84,13 @@ def _check(label: str, seed: int, n_slices: int | None, size_px: int | None) -> 
 def _setup(seed: int, n_slices: int | None, size_px: int | None) -> tuple[Anatomy, Look, Grid]:
     an = draw_anatomy(seed)
     look = draw_look(seed, None if size_px is None else int(size_px))
-    grid = make_grid(look, an.coverage, None if n_slices is None else int(n_slices), lung_extent(an),
-                     body_extent(an))
+    grid = make_grid(look, an.coverage, None if n_slices is None else int(n_slices), lung_extent(an), body_extent(an))
     return an, look, grid
 
 
-def phantom_b_grid(seed: int, n_slices: int | None = None, size_px: int | None = None
-                   ) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
+def phantom_b_grid(
+    seed: int, n_slices: int | None = None, size_px: int | None = None
+) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
     """Shape (z, y, x) and spacing_mm (z, y, x) that ``make_phantom_b`` would use, cheaply."""
     _check(CLASS_NAMES[0], seed, n_slices, size_px)
     _, _, grid = _setup(int(seed), n_slices, size_px)
@@ -111,8 +111,9 @@ def _majority(mask: np.ndarray, grid: Grid) -> np.ndarray:
     return 2 * count >= grid.sub
 
 
-def build_phantom_b(label: str, seed: int, n_slices: int | None = None,
-                    size_px: int | None = None) -> tuple[Phantom, TruthB]:
+def build_phantom_b(
+    label: str, seed: int, n_slices: int | None = None, size_px: int | None = None
+) -> tuple[Phantom, TruthB]:
     """``make_phantom_b`` and what was drawn (see TruthB)."""
     _check(label, seed, n_slices, size_px)
     seed = int(seed)
@@ -143,8 +144,11 @@ def build_phantom_b(label: str, seed: int, n_slices: int | None = None,
     lung &= fov_in
     lesion = _majority(lesion_f, grid) & lung
     mass = _majority(mass_f, grid) & lung
-    effusion = (_majority(painted.effusion, grid) & ~lung & fov_in if painted.effusion is not None
-                else np.zeros(lung.shape, dtype=bool))
+    effusion = (
+        _majority(painted.effusion, grid) & ~lung & fov_in
+        if painted.effusion is not None
+        else np.zeros(lung.shape, dtype=bool)
+    )
     form_image(hu, grid, look, seed)
 
     infected = np.flatnonzero(lesion.sum(axis=(1, 2)) > INFECTED_MIN_PIXELS)
@@ -154,24 +158,44 @@ def build_phantom_b(label: str, seed: int, n_slices: int | None = None,
         origin_mm=(-(grid.nx - 1) / 2.0 * grid.dxy, -(grid.ny - 1) / 2.0 * grid.dxy, -(grid.nz - 1) * grid.dz),
         slice_numbers=tuple(range(1, grid.nz + 1)),
     )
-    phantom = Phantom(volume=volume, lung_mask=lung, lesion_mask=lesion, label=label,
-                      infected_z=tuple(int(z) for z in infected), seed=seed)
+    phantom = Phantom(
+        volume=volume,
+        lung_mask=lung,
+        lesion_mask=lesion,
+        label=label,
+        infected_z=tuple(int(z) for z in infected),
+        seed=seed,
+    )
     look_info = {
-        "size_px": grid.nx, "pixel_mm": grid.dxy, "slice_mm": grid.dz, "fine_samples": grid.sub,
-        "kernel": look.kernel, "noise_sd": look.noise_sd(grid.dz), "phase": con.phase,
-        "outside_hu": look.outside_hu, "offset_mm": (-grid.iso_x, -grid.iso_y), "cupping_hu": look.cupping,
-        "streak_hu": look.streak if an.arms_down else 0.0, "table_pad_mm": look.pad,
-        "arms_down": an.arms_down, "fat_mm": an.fat, "lung_median_hu": an.lung_median,
-        "gravity_hu": an.gravity, "breast_mm": an.breast,
+        "size_px": grid.nx,
+        "pixel_mm": grid.dxy,
+        "slice_mm": grid.dz,
+        "fine_samples": grid.sub,
+        "kernel": look.kernel,
+        "noise_sd": look.noise_sd(grid.dz),
+        "phase": con.phase,
+        "outside_hu": look.outside_hu,
+        "offset_mm": (-grid.iso_x, -grid.iso_y),
+        "cupping_hu": look.cupping,
+        "streak_hu": look.streak if an.arms_down else 0.0,
+        "table_pad_mm": look.pad,
+        "arms_down": an.arms_down,
+        "fat_mm": an.fat,
+        "lung_median_hu": an.lung_median,
+        "gravity_hu": an.gravity,
+        "breast_mm": an.breast,
     }
-    truth = TruthB(look=look_info, findings=dict(plan.findings), effusion_mask=effusion, mass_mask=mass,
-                   extra={"vessel_segments": int(len(arteries.p0) + len(veins.p0)),
-                          "airway_segments": int(len(bronchi.p0))})
+    truth = TruthB(
+        look=look_info,
+        findings=dict(plan.findings),
+        effusion_mask=effusion,
+        mass_mask=mass,
+        extra={"vessel_segments": int(len(arteries.p0) + len(veins.p0)), "airway_segments": int(len(bronchi.p0))},
+    )
     return phantom, truth
 
 
-def make_phantom_b(label: str, seed: int, n_slices: int | None = None,
-                   size_px: int | None = None) -> Phantom:
+def make_phantom_b(label: str, seed: int, n_slices: int | None = None, size_px: int | None = None) -> Phantom:
     """Build a family-B synthetic chest CT of class ``label`` (one of CLASS_NAMES).
 
     ``n_slices`` and ``size_px`` are drawn from the seed when None. The slices always

@@ -91,6 +91,7 @@ class LesionPlan:
 
 def _effusion_depth(an: Anatomy, effusions: list[Effusion]):
     """Lung depth with the effusions taken out (same rule as the slice painter)."""
+
     def depth(pts: np.ndarray) -> np.ndarray:
         d = an.lung_depth(pts)
         for e in effusions:
@@ -100,6 +101,7 @@ def _effusion_depth(an: Anatomy, effusions: list[Effusion]):
             on = an.side_of(pts) == e.side
             d = np.where(on, np.minimum(d, wall - t), d)
         return d
+
     return depth
 
 
@@ -128,17 +130,26 @@ def _waves(rng: np.random.Generator, size: float, rms: float, n: int = 4) -> Wav
     return Waves.draw(rng, n, (0.7 * size, 2.2 * size), rms)
 
 
-def _peripheral(rng, pl: _Placer, side: int, a_t: float, hu: float, post_w: float, low_w: float,
-                **kw) -> Blob:
+def _peripheral(rng, pl: _Placer, side: int, a_t: float, hu: float, post_w: float, low_w: float, **kw) -> Blob:
     """A rounded patch flattened against the pleura, centred just beneath it."""
     a_n = a_t * rng.uniform(0.45, 0.8)
     want = a_n * rng.uniform(0.3, 1.0)
-    w = np.exp(-((pl.depth[side] - want) / 4.0) ** 2) * (1 + post_w * pl.posterior(side)) ** 2 \
+    w = (
+        np.exp(-(((pl.depth[side] - want) / 4.0) ** 2))
+        * (1 + post_w * pl.posterior(side)) ** 2
         * (1 + low_w * pl.lower(side)) ** 2
+    )
     c = pl.pick(side, w)
     normal = pl.an.depth_gradient(c[None], pl.depth_fn)[0]
-    return Blob(c, frame_from(normal, rng), np.array([a_n, a_t, a_t * rng.uniform(0.7, 1.3)]), hu,
-                _waves(rng, a_t, rng.uniform(0.1, 0.22)), _waves(rng, a_t, rng.uniform(10, 35)), **kw)
+    return Blob(
+        c,
+        frame_from(normal, rng),
+        np.array([a_n, a_t, a_t * rng.uniform(0.7, 1.3)]),
+        hu,
+        _waves(rng, a_t, rng.uniform(0.1, 0.22)),
+        _waves(rng, a_t, rng.uniform(10, 35)),
+        **kw,
+    )
 
 
 def _peribronchovascular(rng, tree: Tree, n: int, hu_fn) -> list[Blob]:
@@ -152,14 +163,29 @@ def _peribronchovascular(rng, tree: Tree, n: int, hu_fn) -> list[Blob]:
         along = rng.uniform(10, 28)
         across = rng.uniform(5, 12)
         hu = hu_fn()
-        out.append(Blob(tree.p0[i] + rng.uniform(0, 1) * d, frame_from(d, rng), np.array([along, across, across]),
-                        hu, _waves(rng, across, 0.2), _waves(rng, across, 25.0), edge=0.25))
+        out.append(
+            Blob(
+                tree.p0[i] + rng.uniform(0, 1) * d,
+                frame_from(d, rng),
+                np.array([along, across, across]),
+                hu,
+                _waves(rng, across, 0.2),
+                _waves(rng, across, 25.0),
+                edge=0.25,
+            )
+        )
     return out
 
 
-def _centrilobular(rng, tree: Tree, n: int, hu: tuple[float, float], r: tuple[float, float],
-                   near: np.ndarray | None = None, within_mm: float = 0.0
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+def _centrilobular(
+    rng,
+    tree: Tree,
+    n: int,
+    hu: tuple[float, float],
+    r: tuple[float, float],
+    near: np.ndarray | None = None,
+    within_mm: float = 0.0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     tips = tree.tips
     if near is not None:
         tips = tips[np.linalg.norm(tips - near, axis=1) < within_mm]
@@ -169,16 +195,16 @@ def _centrilobular(rng, tree: Tree, n: int, hu: tuple[float, float], r: tuple[fl
     return c, rng.uniform(*r, n), rng.uniform(*hu, n)
 
 
-def _tree_in_bud(rng, tree: Tree, near: np.ndarray, within_mm: float
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+def _tree_in_bud(
+    rng, tree: Tree, near: np.ndarray, within_mm: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """Thickened, filled last-generation branches (V and Y shapes) near ``near``."""
     mid = (tree.p0 + tree.p1) / 2
     sel = np.flatnonzero((tree.r0 < 1.3) & (np.linalg.norm(mid - near, axis=1) < within_mm))
     if sel.size == 0:
         return None
     sel = rng.choice(sel, size=min(sel.size, 400), replace=False)
-    c, rad, _ = segment_balls(tree.p0[sel], tree.p1[sel], np.full(sel.size, 1.0), np.full(sel.size, 1.0),
-                              _FreeGrid())
+    c, rad, _ = segment_balls(tree.p0[sel], tree.p1[sel], np.full(sel.size, 1.0), np.full(sel.size, 1.0), _FreeGrid())
     rad = rad * rng.uniform(1.2, 1.8)
     return c, rad, np.full(len(c), rng.uniform(-150, 20))
 
@@ -217,8 +243,9 @@ def _plan_covid19(rng: np.random.Generator, pl: _Placer, arteries: Tree, plan: L
             hu = ggo()
         else:
             hu = ggo()
-        plan.blobs.append(_peripheral(rng, pl, int(s), float(np.clip(rng.lognormal(math.log(20), 0.45), 10, 45)),
-                                      hu, 1.5, 1.5, **kw))
+        plan.blobs.append(
+            _peripheral(rng, pl, int(s), float(np.clip(rng.lognormal(math.log(20), 0.45), 10, 45)), hu, 1.5, 1.5, **kw)
+        )
     f["ggo"] = n
     if u() < 0.3:
         k = int(u(1, 4))
@@ -242,11 +269,13 @@ def plan_lesions(label: str, seed: int, an: Anatomy, arteries: Tree) -> LesionPl
         main = RIGHT if u() < 0.55 else LEFT
         if u() < 0.3:
             eff_sides = [main] + ([LEFT if main == RIGHT else RIGHT] if u() < 0.3 else [])
-            plan.effusions = [Effusion(s, u(8, 40), an.h_low + u(0.3, 0.6) * an.lung_height, u(*HU_FLUID))
-                              for s in eff_sides]
+            plan.effusions = [
+                Effusion(s, u(8, 40), an.h_low + u(0.3, 0.6) * an.lung_height, u(*HU_FLUID)) for s in eff_sides
+            ]
     elif label == "non_pneumonia" and u() < 0.04:
-        plan.effusions = [Effusion(int(rng.choice(sides)), u(5, 20), an.h_low + u(0.2, 0.4) * an.lung_height,
-                                   u(*HU_FLUID))]
+        plan.effusions = [
+            Effusion(int(rng.choice(sides)), u(5, 20), an.h_low + u(0.2, 0.4) * an.lung_height, u(*HU_FLUID))
+        ]
     depth_fn = _effusion_depth(an, plan.effusions)
     pl = _Placer(rng, an, depth_fn)
     f["effusion"] = [int(e.side) for e in plan.effusions]
@@ -294,8 +323,7 @@ def plan_lesions(label: str, seed: int, an: Anatomy, arteries: Tree) -> LesionPl
     return plan
 
 
-def _cap_focus(rng, pl: _Placer, an: Anatomy, arteries: Tree, side: int, pattern: str,
-               plan: LesionPlan) -> list[Blob]:
+def _cap_focus(rng, pl: _Placer, an: Anatomy, arteries: Tree, side: int, pattern: str, plan: LesionPlan) -> list[Blob]:
     u = rng.uniform
     lobes = (1, 2, 3) if side == RIGHT else (4, 5)
     weights = (0.25, 0.2, 0.55) if side == RIGHT else (0.4, 0.6)
@@ -311,8 +339,19 @@ def _cap_focus(rng, pl: _Placer, an: Anatomy, arteries: Tree, side: int, pattern
         fr = frame_from(unit_rows(rng.normal(size=(1, 3)))[0], rng)
         out = [Blob(c, fr, axes, hu, _waves(rng, float(axes.mean()), 0.15), het, edge=0.12, lobe=lobe)]
         if u() < 0.3:  # a ground-glass halo around it
-            out.insert(0, Blob(c, fr, axes * 1.18, float(u(-600, -400)), _waves(rng, float(axes.mean()), 0.15),
-                               _waves(rng, 20.0, 20.0), edge=0.2, lobe=lobe))
+            out.insert(
+                0,
+                Blob(
+                    c,
+                    fr,
+                    axes * 1.18,
+                    float(u(-600, -400)),
+                    _waves(rng, float(axes.mean()), 0.15),
+                    _waves(rng, 20.0, 20.0),
+                    edge=0.2,
+                    lobe=lobe,
+                ),
+            )
         return out
     if pattern == "segmental":
         hilum = arteries.p0[arteries.side == side][0] if (arteries.side == side).any() else pl.pts[side][0]
@@ -325,8 +364,19 @@ def _cap_focus(rng, pl: _Placer, an: Anatomy, arteries: Tree, side: int, pattern
         half = math.radians(u(22, 38))
         across = math.tan(half) * length * 0.8
         axes = np.array([0.5 * length, across, across * u(0.7, 1.0)])
-        return [Blob(hilum + axis * 0.6, frame_from(axis, rng), axes, hu, _waves(rng, across, 0.12), het,
-                     edge=0.12, lobe=lobe, taper=float(u(0.4, 0.7)))]
+        return [
+            Blob(
+                hilum + axis * 0.6,
+                frame_from(axis, rng),
+                axes,
+                hu,
+                _waves(rng, across, 0.12),
+                het,
+                edge=0.12,
+                lobe=lobe,
+                taper=float(u(0.4, 0.7)),
+            )
+        ]
     # bronchopneumonia: a cluster of centrilobular nodules, tree-in-bud and small patches
     c = pl.pick(side, in_lobe.astype(float))
     reach = float(u(35, 55))
@@ -341,8 +391,17 @@ def _cap_focus(rng, pl: _Placer, an: Anatomy, arteries: Tree, side: int, pattern
     for _ in range(int(u(2, 6))):
         p = c + rng.normal(scale=reach / 2.5, size=3)
         a = float(u(8, 20))
-        out.append(Blob(p, frame_from(rng.normal(size=3), rng), np.array([a, a * u(0.6, 1), a * u(0.6, 1)]),
-                        float(u(-300, 20)), _waves(rng, a, 0.2), _waves(rng, a, 20.0), edge=0.25))
+        out.append(
+            Blob(
+                p,
+                frame_from(rng.normal(size=3), rng),
+                np.array([a, a * u(0.6, 1), a * u(0.6, 1)]),
+                float(u(-300, 20)),
+                _waves(rng, a, 0.2),
+                _waves(rng, a, 20.0),
+                edge=0.25,
+            )
+        )
     return out
 
 
@@ -355,27 +414,45 @@ def _masses(rng, pl: _Placer, an: Anatomy, plan: LesionPlan, allow_tumour: bool)
         s = int(rng.choice((RIGHT, LEFT)))
         r = float(u(2.0, 7.5))
         want = r * u(0.5, 0.9) if u() < 0.4 else r + u(3, 25)
-        c = pl.pick(s, np.exp(-((pl.depth[s] - want) / 2.0) ** 2))
-        plan.blobs.append(Blob(c, frame_from(rng.normal(size=3), rng), r * np.array([1.0, u(0.8, 1), u(0.8, 1)]),
-                               float(u(*HU_NODULE)), _waves(rng, r, 0.08), _waves(rng, r, 8.0), edge=0.1,
-                               infection=False))
+        c = pl.pick(s, np.exp(-(((pl.depth[s] - want) / 2.0) ** 2)))
+        plan.blobs.append(
+            Blob(
+                c,
+                frame_from(rng.normal(size=3), rng),
+                r * np.array([1.0, u(0.8, 1), u(0.8, 1)]),
+                float(u(*HU_NODULE)),
+                _waves(rng, r, 0.08),
+                _waves(rng, r, 8.0),
+                edge=0.1,
+                infection=False,
+            )
+        )
     f["nodules"] = nodules
     if allow_tumour and u() < 0.3:
         s = int(rng.choice((RIGHT, LEFT)))
         r = float(u(10, 30))
         touch = r * u(0.6, 0.9)
         if u() < 0.6:
-            w = np.exp(-((pl.depth[s] - touch) / 3.0) ** 2)
+            w = np.exp(-(((pl.depth[s] - touch) / 3.0) ** 2))
             f["tumour"] = "pleura"
         else:
             dm = an.mediastinal_distance(pl.pts[s])
-            w = np.exp(-((dm - touch) / 3.0) ** 2) * (pl.depth[s] > 0.5 * touch)
+            w = np.exp(-(((dm - touch) / 3.0) ** 2)) * (pl.depth[s] > 0.5 * touch)
             f["tumour"] = "mediastinum"
         c = pl.pick(s, w)
         hu = float(u(*HU_MASS))
-        plan.blobs.append(Blob(c, frame_from(rng.normal(size=3), rng), r * np.array([1.0, u(0.75, 1), u(0.75, 1)]),
-                               hu, _waves(rng, r, u(0.12, 0.28), n=6), _waves(rng, r, 10.0), edge=0.08,
-                               infection=False))
+        plan.blobs.append(
+            Blob(
+                c,
+                frame_from(rng.normal(size=3), rng),
+                r * np.array([1.0, u(0.75, 1), u(0.75, 1)]),
+                hu,
+                _waves(rng, r, u(0.12, 0.28), n=6),
+                _waves(rng, r, 10.0),
+                edge=0.08,
+                infection=False,
+            )
+        )
         k = int(u(0, 12))  # spicules: thin strands radiating from the surface
         if k:
             d = unit_rows(rng.normal(size=(k, 3)))
@@ -391,8 +468,9 @@ def _intersect(a: tuple[slice, slice, slice], b: tuple[slice, slice, slice]) -> 
     return None if any(s.start >= s.stop for s in (z, y, x)) else (z, y, x)
 
 
-def _render_blob(vol: np.ndarray, side: np.ndarray, mark: np.ndarray, grid: Grid, an: Anatomy, b: Blob,
-                 lung_boxes: dict) -> None:
+def _render_blob(
+    vol: np.ndarray, side: np.ndarray, mark: np.ndarray, grid: Grid, an: Anatomy, b: Blob, lung_boxes: dict
+) -> None:
     """A blob in its own lung (lesions do not cross the mediastinum), evaluated only in
     the part of its box that the ellipsoid can reach."""
     own = int(an.side_of(b.centre[None])[0])
@@ -411,9 +489,12 @@ def _render_blob(vol: np.ndarray, side: np.ndarray, mark: np.ndarray, grid: Grid
     for z0 in range(box[0].start, box[0].stop, step):
         sl = (slice(z0, min(z0 + step, box[0].stop)), box[1], box[2])
         hz, yy, xx = grid.h[sl[0]], grid.y[sl[1]], grid.x[sl[2]]
-        loc = [b.frame[i, 0] * (hz - b.centre[0]).astype(f32)[:, None, None]
-               + b.frame[i, 1] * (yy - b.centre[1]).astype(f32)[None, :, None]
-               + b.frame[i, 2] * (xx - b.centre[2]).astype(f32)[None, None, :] for i in range(3)]
+        loc = [
+            b.frame[i, 0] * (hz - b.centre[0]).astype(f32)[:, None, None]
+            + b.frame[i, 1] * (yy - b.centre[1]).astype(f32)[None, :, None]
+            + b.frame[i, 2] * (xx - b.centre[2]).astype(f32)[None, None, :]
+            for i in range(3)
+        ]
         u0 = loc[0] / f32(b.axes[0])
         trans = (loc[1] / f32(b.axes[1])) ** 2 + (loc[2] / f32(b.axes[2])) ** 2
         if b.taper > 0:
@@ -442,12 +523,14 @@ def _render_blob(vol: np.ndarray, side: np.ndarray, mark: np.ndarray, grid: Grid
             target = target + (b.hu_inner - b.hu) * core
         if b.paving > 0 and b.paving_waves is not None:
             pw = b.paving_waves.on_box(hs, ys, xs)
-            target += b.paving * np.exp(-(pw / PAVING_LINE) ** 2)
+            target += b.paving * np.exp(-((pw / PAVING_LINE) ** 2))
         if b.infection:
             target = np.clip(target, HU_GGO[0] - 50.0, HU_CONSOLIDATION[1])
-        full = (slice(sl[0].start + sub[0].start, sl[0].start + sub[0].stop),
-                slice(sl[1].start + sub[1].start, sl[1].start + sub[1].stop),
-                slice(sl[2].start + sub[2].start, sl[2].start + sub[2].stop))
+        full = (
+            slice(sl[0].start + sub[0].start, sl[0].start + sub[0].stop),
+            slice(sl[1].start + sub[1].start, sl[1].start + sub[1].stop),
+            slice(sl[2].start + sub[2].start, sl[2].start + sub[2].stop),
+        )
         cur = vol[full]
         new = cur + occ * (target - cur)
         # Infection raises the attenuation (vessels stay visible in GGO); a mass replaces it.
@@ -455,8 +538,9 @@ def _render_blob(vol: np.ndarray, side: np.ndarray, mark: np.ndarray, grid: Grid
         mark[full] |= occ >= 0.5
 
 
-def render_lesions(vol: np.ndarray, side: np.ndarray, lesion: np.ndarray, grid: Grid, an: Anatomy,
-                   plan: LesionPlan, lung_boxes: dict) -> None:
+def render_lesions(
+    vol: np.ndarray, side: np.ndarray, lesion: np.ndarray, grid: Grid, an: Anatomy, plan: LesionPlan, lung_boxes: dict
+) -> None:
     """Emphysema, then the lesions of infection (before the airways are drawn)."""
     if plan.emphysema is not None:
         c, r, v = plan.emphysema
@@ -469,8 +553,9 @@ def render_lesions(vol: np.ndarray, side: np.ndarray, lesion: np.ndarray, grid: 
             splat_balls(vol, grid, c, r, v, "max", within=side, mark=lesion)
 
 
-def render_masses(vol: np.ndarray, side: np.ndarray, nodule: np.ndarray, grid: Grid, an: Anatomy,
-                  plan: LesionPlan, lung_boxes: dict) -> None:
+def render_masses(
+    vol: np.ndarray, side: np.ndarray, nodule: np.ndarray, grid: Grid, an: Anatomy, plan: LesionPlan, lung_boxes: dict
+) -> None:
     """Nodules and tumours (after the airways: a mass obscures what runs through it)."""
     for b in plan.blobs:
         if not b.infection:

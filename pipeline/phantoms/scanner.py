@@ -131,19 +131,35 @@ def draw_look(seed: int, size_px: int | None) -> Look:
         fc, boost, peak, noise = u(0.9, 1.4), u(0.2, 0.7), u(0.35, 0.6), u(20, 50)
     streak = u(30, 150) if u() < 0.6 else 0.0
     return Look(
-        size_px=size, thickness_mm=thickness, pixel_512=u(*PIXEL_MM_512), body_fit=u(0.82, 1.02),
-        off_x=u(-30, 30), off_y=u(-25, 40),
+        size_px=size,
+        thickness_mm=thickness,
+        pixel_512=u(*PIXEL_MM_512),
+        body_fit=u(0.82, 1.02),
+        off_x=u(-30, 30),
+        off_y=u(-25, 40),
         outside_hu=float(r.choice(OUTSIDE_CHOICES, p=OUTSIDE_WEIGHTS)),
-        kernel=kernel, mtf_fc=fc, mtf_boost=boost, mtf_peak=peak, noise_ref=noise,
-        contrast=_contrast(r), cupping=u(5, 35) if u() < 0.5 else 0.0, streak=streak, streak_w=u(2.5, 8),
-        table_radius=u(350, 700), table_half_w=u(180, 260), table_shell=u(1.5, 3.0), table_foam=u(20, 50),
-        hu_shell=u(150, 500), hu_foam=u(-980, -880), pad=u(5, 40) if u() < 0.6 else 0.0,
-        hu_pad=u(-950, -150), compress=u(3, 25),
+        kernel=kernel,
+        mtf_fc=fc,
+        mtf_boost=boost,
+        mtf_peak=peak,
+        noise_ref=noise,
+        contrast=_contrast(r),
+        cupping=u(5, 35) if u() < 0.5 else 0.0,
+        streak=streak,
+        streak_w=u(2.5, 8),
+        table_radius=u(350, 700),
+        table_half_w=u(180, 260),
+        table_shell=u(1.5, 3.0),
+        table_foam=u(20, 50),
+        hu_shell=u(150, 500),
+        hu_foam=u(-980, -880),
+        pad=u(5, 40) if u() < 0.6 else 0.0,
+        hu_pad=u(-950, -150),
+        compress=u(3, 25),
     )
 
 
-def make_grid(look: Look, coverage: float, n_slices: int | None, lung_extent: float,
-              body_extent: float) -> Grid:
+def make_grid(look: Look, coverage: float, n_slices: int | None, lung_extent: float, body_extent: float) -> Grid:
     """The sampling grid: pixel spacing keeps the lungs (always) and part of the body in
     the reconstruction circle; a given slice count covers the whole chest."""
     size = look.size_px
@@ -161,12 +177,13 @@ def make_grid(look: Look, coverage: float, n_slices: int | None, lung_extent: fl
     dz = coverage / nz
     sub = int(min(max(math.ceil(dz / PV_FINE_MM - 1e-9), 1), PV_MAX_SUB))
     # The image centre sits at -offset in the patient frame (the patient is off-centre).
-    return Grid(nz=nz, sub=sub, ny=size, nx=size, dz=float(dz), dxy=float(dxy),
-                iso_x=float(-off[0]), iso_y=float(-off[1]))
+    return Grid(
+        nz=nz, sub=sub, ny=size, nx=size, dz=float(dz), dxy=float(dxy), iso_x=float(-off[0]), iso_y=float(-off[1])
+    )
 
 
 def _mtf(look: Look, f: np.ndarray) -> np.ndarray:
-    m = np.exp(-(f / look.mtf_fc) ** 2)
+    m = np.exp(-((f / look.mtf_fc) ** 2))
     if look.mtf_boost > 0:
         g = (f / look.mtf_peak) ** 2
         m = m * (1.0 + look.mtf_boost * g * np.exp(1.0 - g))

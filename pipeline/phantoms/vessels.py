@@ -109,8 +109,12 @@ class Tree:
     def concat(trees: list["Tree"]) -> "Tree":
         if not trees:
             return Tree.empty()
-        return Tree(*(np.concatenate([getattr(t, f) for t in trees])
-                      for f in ("p0", "p1", "r0", "r1", "gen", "side", "perp", "tips")))
+        return Tree(
+            *(
+                np.concatenate([getattr(t, f) for t in trees])
+                for f in ("p0", "p1", "r0", "r1", "gen", "side", "perp", "tips")
+            )
+        )
 
 
 @dataclass(frozen=True)
@@ -169,12 +173,14 @@ def central_tubes(an: Anatomy, con: Contrast, rng: np.random.Generator) -> tuple
     x_tr, y_tr = sx + u(-3, 3), sy - sr - u(14, 22)
     carina = np.array([h_car, y_tr, x_tr])
     tubes: list[Tube] = []
-    tubes.append(Tube(_line(np.array([top, y_tr - u(5, 15), x_tr]), carina), np.full(13, r_tr), HU_AIRWAY_WALL,
-                      wall=wall_tr))
+    tubes.append(
+        Tube(_line(np.array([top, y_tr - u(5, 15), x_tr]), carina), np.full(13, r_tr), HU_AIRWAY_WALL, wall=wall_tr)
+    )
     for i, ratio in ((0, 0.72), (1, 0.62)):
         pts = _line(carina, hila.bronchus[i])
-        tubes.append(Tube(pts, np.linspace(r_tr * ratio, r_tr * ratio * 0.85, len(pts)), HU_AIRWAY_WALL,
-                          wall=wall_tr * 0.8))
+        tubes.append(
+            Tube(pts, np.linspace(r_tr * ratio, r_tr * ratio * 0.85, len(pts)), HU_AIRWAY_WALL, wall=wall_tr * 0.8)
+        )
     # Aorta: root, ascending, arch, descending along the left of the spine.
     r_asc, r_arch, r_desc = u(13, 18), u(12, 15), u(10, 14)
     h_arch = h_car + u(15, 35)
@@ -210,12 +216,22 @@ def central_tubes(an: Anatomy, con: Contrast, rng: np.random.Generator) -> tuple
     # Venae cavae.
     r_svc = u(8, 11)
     x_svc, y_svc = asc_top[2] - r_asc - r_svc - 1.0, asc_top[1] + 3.0
-    tubes.append(Tube(_line(np.array([top, y_svc, x_svc]), np.array([hc[0] + 0.45 * C, y_svc + 5, x_svc + 5])),
-                      np.full(13, r_svc), con.svc))
+    tubes.append(
+        Tube(
+            _line(np.array([top, y_svc, x_svc]), np.array([hc[0] + 0.45 * C, y_svc + 5, x_svc + 5])),
+            np.full(13, r_svc),
+            con.svc,
+        )
+    )
     iy = float(an.spine_at(an.h_low)[1]) - sr - 14.0
     dia_h = float(an.diaphragm(np.array(-20.0), np.array(iy)))
-    tubes.append(Tube(_line(np.array([-10.0, iy, -20.0]), np.array([dia_h + 10.0, iy - 5, -18.0])),
-                      np.full(13, u(10, 13)), con.ivc))
+    tubes.append(
+        Tube(
+            _line(np.array([-10.0, iy, -20.0]), np.array([dia_h + 10.0, iy - 5, -18.0])),
+            np.full(13, u(10, 13)),
+            con.ivc,
+        )
+    )
     # Pulmonary vein trunks into the left atrium (posterior, towards the base).
     f = an.heart_frame
     la = hc - f[0] * 0.5 * A + f[1] * 0.45 * B
@@ -226,8 +242,12 @@ def central_tubes(an: Anatomy, con: Contrast, rng: np.random.Generator) -> tuple
     # Oesophagus: behind the trachea, then left of the aorta's front, into the stomach.
     r_es = u(6, 9)
     yb = float(an.spine_at(an.h_low)[1]) - sr
-    es = _line(np.array([top, y_tr + r_tr + r_es + 2, x_tr + 4]), np.array([h_car, y_tr + r_tr + r_es + 2, x_tr + 8]),
-               np.array([an.h_low + 20, yb - r_es - 2, 12.0]), np.array([-10.0, yb - 18.0, 28.0]))
+    es = _line(
+        np.array([top, y_tr + r_tr + r_es + 2, x_tr + 4]),
+        np.array([h_car, y_tr + r_tr + r_es + 2, x_tr + 8]),
+        np.array([an.h_low + 20, yb - r_es - 2, 12.0]),
+        np.array([-10.0, yb - 18.0, 28.0]),
+    )
     tubes.append(Tube(es, np.full(len(es), r_es), an.hu_muscle))
     return tubes, hila
 
@@ -248,7 +268,7 @@ def rib_tubes(an: Anatomy, rng: np.random.Generator) -> list[Tube]:
         for sign in (1.0, -1.0):
             f = f_all[f_all <= f_max]
             theta = math.pi / 2 - sign * (0.25 + f * (math.pi - 0.45))
-            h = h0 - drop * (0.35 * f + 0.65 * f ** 1.4)
+            h = h0 - drop * (0.35 * f + 0.65 * f**1.4)
             if h.max() < -20 or h.min() > an.coverage + 20:
                 continue
             rr = r0 * (1.0 - 0.25 * f)
@@ -298,8 +318,9 @@ def _perp(d: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return unit_rows(r - d * (r * d).sum(axis=1, keepdims=True))
 
 
-def _pick_targets(rng: np.random.Generator, pos: np.ndarray, dirs: np.ndarray, pools: np.ndarray,
-                  pool_id: np.ndarray) -> np.ndarray:
+def _pick_targets(
+    rng: np.random.Generator, pos: np.ndarray, dirs: np.ndarray, pools: np.ndarray, pool_id: np.ndarray
+) -> np.ndarray:
     """For each tip, the most forward of a few random points of its lung's pool that lie
     at least 10 mm away."""
     cand = pools[pool_id[:, None], rng.integers(0, pools.shape[1], size=(len(pos), TARGET_CANDIDATES))]
@@ -319,9 +340,17 @@ def _branch_len(rng: np.random.Generator, rad: np.ndarray) -> np.ndarray:
     return rng.uniform(0.5, 1.2, len(rad)) * (BRANCH_MM[0] + BRANCH_MM[1] * rad)
 
 
-def _grow(rng: np.random.Generator, an: Anatomy, pos: np.ndarray, target: np.ndarray, rad: np.ndarray,
-          tree_id: np.ndarray, pool_id: np.ndarray, pools: np.ndarray, r_min: float
-          ) -> tuple[Tree, np.ndarray, np.ndarray]:
+def _grow(
+    rng: np.random.Generator,
+    an: Anatomy,
+    pos: np.ndarray,
+    target: np.ndarray,
+    rad: np.ndarray,
+    tree_id: np.ndarray,
+    pool_id: np.ndarray,
+    pools: np.ndarray,
+    r_min: float,
+) -> tuple[Tree, np.ndarray, np.ndarray]:
     """Grow several trees at once (one random walk for all their tips).
 
     Returns the segments (``side`` holds the pool id + 1, i.e. the lung side), the tree
@@ -358,11 +387,12 @@ def _grow(rng: np.random.Generator, an: Anatomy, pos: np.ndarray, target: np.nda
         d = unit_rows(dirs + delta)
         step = np.clip(1.5 * rad, *STEP_MM)
         new = pos + d * step[:, None]
-        new_r = rad * TAPER_PER_MM ** step
+        new_r = rad * TAPER_PER_MM**step
         dep_new = an.lung_depth(new)
         alive = (dep_new > PLEURA_STOP_MM) & (new_r >= r_min)
-        rec.append((pos[alive], new[alive], rad[alive], new_r[alive], gen[alive], perp[alive], tree_id[alive],
-                    pool_id[alive]))
+        rec.append(
+            (pos[alive], new[alive], rad[alive], new_r[alive], gen[alive], perp[alive], tree_id[alive], pool_id[alive])
+        )
         tips.append(pos[~alive])
         tip_ids.append(tree_id[~alive])
         pos, dirs, rad, target, gen = new[alive], d[alive], new_r[alive], target[alive], gen[alive]
@@ -412,8 +442,9 @@ def grow_trees(an: Anatomy, hila: Hila, rng: np.random.Generator, pixel_mm: floa
         pool = an.lung_points(rng, side, 6000, min_depth=3.0)
         # Branches aim at subpleural points: every path runs out to the periphery.
         periph = pool[an.lung_depth(pool) < PERIPHERY_MM]
-        pools.append(periph[:TARGET_POOL] if len(periph) >= TARGET_POOL
-                     else pool[np.argsort(an.lung_depth(pool))[:TARGET_POOL]])
+        pools.append(
+            periph[:TARGET_POOL] if len(periph) >= TARGET_POOL else pool[np.argsort(an.lung_depth(pool))[:TARGET_POOL]]
+        )
         lobes = an.lobe_of(pool)
         names = SEGMENTS[side]
         n_seg[side] = len(names)
@@ -423,15 +454,28 @@ def grow_trees(an: Anatomy, hila: Hila, rng: np.random.Generator, pixel_mm: floa
             starts.append(hila.artery[i])
         upper = np.flatnonzero(np.isin(lobes, (1, 2, 4)))
         lower = np.flatnonzero(np.isin(lobes, (3, 5)))
-        for root, group in ((hila.vein_sup[i], upper), (hila.vein_sup[i], upper), (hila.vein_inf[i], lower),
-                            (hila.vein_inf[i], lower)):
+        for root, group in (
+            (hila.vein_sup[i], upper),
+            (hila.vein_sup[i], upper),
+            (hila.vein_inf[i], lower),
+            (hila.vein_inf[i], lower),
+        ):
             targets.append(pool[rng.choice(group)] if group.size else pool[rng.integers(len(pool))])
             starts.append(root)
         tree_ids += [0] * len(names) + [1] * 4
         pool_ids += [i] * (len(names) + 4)
     radii = np.where(np.array(tree_ids) == 0, rng.uniform(2.8, 4.2, len(starts)), rng.uniform(3.5, 5.0, len(starts)))
-    tree, tid, tip_id = _grow(rng, an, np.array(starts), np.array(targets), radii,
-                      np.array(tree_ids), np.array(pool_ids), np.stack(pools), r_min)
+    tree, tid, tip_id = _grow(
+        rng,
+        an,
+        np.array(starts),
+        np.array(targets),
+        radii,
+        np.array(tree_ids),
+        np.array(pool_ids),
+        np.stack(pools),
+        r_min,
+    )
     arteries = _subtree(tree, tid == 0, tree.tips[tip_id == 0])
     veins = _subtree(tree, tid == 1, tree.tips[tip_id == 1])
     bronchi = []
@@ -439,12 +483,28 @@ def grow_trees(an: Anatomy, hila: Hila, rng: np.random.Generator, pixel_mm: floa
         keep = (arteries.side == side) & (arteries.gen <= BRONCHUS_MAX_GEN) & (arteries.r0 >= BRONCHUS_MIN_R)
         rb0, rb1 = arteries.r0[keep] * ratio, arteries.r1[keep] * ratio
         off = (arteries.r0[keep] + rb0 + 0.6)[:, None] * arteries.perp[keep]
-        b = Tree(arteries.p0[keep] + off, arteries.p1[keep] + off, rb0, rb1, arteries.gen[keep],
-                 arteries.side[keep], arteries.perp[keep], np.zeros((0, 3)))
+        b = Tree(
+            arteries.p0[keep] + off,
+            arteries.p1[keep] + off,
+            rb0,
+            rb1,
+            arteries.gen[keep],
+            arteries.side[keep],
+            arteries.perp[keep],
+            np.zeros((0, 3)),
+        )
         # Lobar bronchi join the main bronchus at the hilum.
-        first = np.flatnonzero(b.gen == 1)[:n_seg[side]]
-        link = Tree(np.repeat(hila.bronchus[i][None], len(first), 0), b.p0[first], b.r0[first] * 1.2, b.r0[first],
-                    np.ones(len(first), int), np.full(len(first), side), b.perp[first], np.zeros((0, 3)))
+        first = np.flatnonzero(b.gen == 1)[: n_seg[side]]
+        link = Tree(
+            np.repeat(hila.bronchus[i][None], len(first), 0),
+            b.p0[first],
+            b.r0[first] * 1.2,
+            b.r0[first],
+            np.ones(len(first), int),
+            np.full(len(first), side),
+            b.perp[first],
+            np.zeros((0, 3)),
+        )
         bronchi += [link, b]
     return arteries, veins, Tree.concat(bronchi)
 

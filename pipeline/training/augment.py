@@ -59,7 +59,7 @@ def random_erase(images: torch.Tensor, params: AugmentParams, generator: torch.G
         ew = min(w, max(1, int(round(math.sqrt(area / aspect)))))
         y0 = int(y_u * (h - eh + 1))
         x0 = int(x_u * (w - ew + 1))
-        out[i, :, y0:y0 + eh, x0:x0 + ew] = params.erase_value
+        out[i, :, y0 : y0 + eh, x0 : x0 + ew] = params.erase_value
     return out
 
 
@@ -69,8 +69,9 @@ def augment_images(images: torch.Tensor, params: AugmentParams, generator: torch
     return random_erase(affine(images, theta), params, generator)
 
 
-def augment_pairs(images: torch.Tensor, masks: torch.Tensor, params: AugmentParams,
-                  generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def augment_pairs(
+    images: torch.Tensor, masks: torch.Tensor, params: AugmentParams, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Segmentation augmentation: the same affine for an image and its label mask.
 
     ``masks`` is (n, h, w) integer; it is warped with nearest neighbours so labels stay
@@ -83,6 +84,7 @@ def augment_pairs(images: torch.Tensor, masks: torch.Tensor, params: AugmentPara
 
 
 # ------------------------------------------------------------------ HU domain randomisation
+
 
 def _coin(n: int, p: float, generator: torch.Generator) -> torch.Tensor:
     return torch.rand(n, generator=generator, dtype=torch.float64) < p
@@ -111,13 +113,15 @@ def elastic_grids(n: int, h: int, w: int, params: AugmentParams, generator: torc
     g = max(2, int(params.elastic_grid))
     coarse = torch.randn((n, 2, g, g), generator=generator, dtype=torch.float64).to(torch.float32)
     on = _coin(n, params.elastic_probability, generator).to(torch.float32).view(n, 1, 1, 1)
-    field = F.interpolate(coarse * on * 2.0 * params.elastic_magnitude, size=(h, w), mode="bicubic",
-                          align_corners=False)
+    field = F.interpolate(
+        coarse * on * 2.0 * params.elastic_magnitude, size=(h, w), mode="bicubic", align_corners=False
+    )
     return field.permute(0, 2, 3, 1)
 
 
-def warp(images: torch.Tensor, theta: torch.Tensor, displacement: torch.Tensor | None = None,
-         mode: str = "bilinear") -> torch.Tensor:
+def warp(
+    images: torch.Tensor, theta: torch.Tensor, displacement: torch.Tensor | None = None, mode: str = "bilinear"
+) -> torch.Tensor:
     """Affine warp plus an optional displacement field; outside pixels become 0."""
     grid = F.affine_grid(theta.to(images.dtype), list(images.shape), align_corners=False)
     if displacement is not None:
@@ -125,8 +129,9 @@ def warp(images: torch.Tensor, theta: torch.Tensor, displacement: torch.Tensor |
     return F.grid_sample(images, grid, mode=mode, padding_mode="zeros", align_corners=False)
 
 
-def augment_hu(hu: torch.Tensor, params: AugmentParams, generator: torch.Generator,
-               window: tuple[float, float]) -> torch.Tensor:
+def augment_hu(
+    hu: torch.Tensor, params: AugmentParams, generator: torch.Generator, window: tuple[float, float]
+) -> torch.Tensor:
     """Intensity domain randomisation of an (n, h, w) batch in HU.
 
     In order: lower resolution (down- and up-sampled), blur or sharpening (soft or sharp
@@ -140,18 +145,19 @@ def augment_hu(hu: torch.Tensor, params: AugmentParams, generator: torch.Generat
     out = hu.clone()[:, None]
     lerp = lambda u, r: float(r[0] + (r[1] - r[0]) * float(u))  # noqa: E731
     for i in range(n):
-        x = out[i:i + 1]
+        x = out[i : i + 1]
         if d[i, 0] < params.lowres_probability:
             f = lerp(d[i, 1], params.lowres_factor)
             small = (max(4, int(round(h / f))), max(4, int(round(w / f))))
-            x = F.interpolate(F.interpolate(x, size=small, mode="area"), size=(h, w), mode="bilinear",
-                              align_corners=False)
+            x = F.interpolate(
+                F.interpolate(x, size=small, mode="area"), size=(h, w), mode="bilinear", align_corners=False
+            )
         if d[i, 2] < params.blur_probability:
             x = gaussian_blur(x, lerp(d[i, 3], params.blur_sigma_px))
         elif d[i, 2] < params.blur_probability + params.sharpen_probability:
             x = x + lerp(d[i, 3], params.sharpen_amount) * (x - gaussian_blur(x, 1.0))
         sd = lerp(d[i, 4], params.noise_sd_hu)
-        e = noise[i:i + 1]
+        e = noise[i : i + 1]
         if d[i, 5] < params.noise_correlated_probability:
             e = gaussian_blur(e, 0.8)
             e = e / e.std().clamp_min(1e-6)
@@ -162,12 +168,17 @@ def augment_hu(hu: torch.Tensor, params: AugmentParams, generator: torch.Generat
         v = ((x - lo) / (hi - lo)).clamp(0.0, 1.0) ** lerp(d[i, 8], params.gamma_range)
         inside = (x > lo) & (x < hi)
         x = torch.where(inside, lo + v * (hi - lo), x)
-        out[i:i + 1] = x
+        out[i : i + 1] = x
     return out[:, 0]
 
 
-def augment_lung_pairs(pairs: torch.Tensor, params: AugmentParams, generator: torch.Generator,
-                       window: tuple[float, float], intensity: bool = True) -> torch.Tensor:
+def augment_lung_pairs(
+    pairs: torch.Tensor,
+    params: AugmentParams,
+    generator: torch.Generator,
+    window: tuple[float, float],
+    intensity: bool = True,
+) -> torch.Tensor:
     """Classifier / locator augmentation of (n, 2, s, s) [HU, mask] pairs: one affine and
     elastic warp for both, then HU domain randomisation of the HU (``intensity``).
 
@@ -184,8 +195,9 @@ def augment_lung_pairs(pairs: torch.Tensor, params: AugmentParams, generator: to
     return torch.stack([hu, mask], dim=1)
 
 
-def augment_unet_inputs(x: torch.Tensor, params: AugmentParams, generator: torch.Generator,
-                        hu_range: tuple[float, float]) -> torch.Tensor:
+def augment_unet_inputs(
+    x: torch.Tensor, params: AugmentParams, generator: torch.Generator, hu_range: tuple[float, float]
+) -> torch.Tensor:
     """HU domain randomisation of U-Net inputs (n, 1, h, w) scaled to [0, 1] over
     ``hu_range``: back to HU, randomised, clipped and scaled again."""
     lo, hi = float(hu_range[0]), float(hu_range[1])

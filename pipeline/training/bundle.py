@@ -38,8 +38,9 @@ def read_existing_card(bundle_dir: Path) -> dict[str, Any]:
     try:
         card = json.loads(path.read_text())
     except (OSError, ValueError) as e:
-        raise TrainError(f"{path} exists but cannot be read ({e}); fix or delete it, or train into "
-                         f"another --out folder") from e
+        raise TrainError(
+            f"{path} exists but cannot be read ({e}); fix or delete it, or train into another --out folder"
+        ) from e
     if not isinstance(card, dict):
         raise TrainError(f"{path} is not a model card (a JSON object); delete it or use another --out folder")
     return card
@@ -58,19 +59,34 @@ def bundle_lock(bundle_dir: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def update_bundle(bundle_dir: Path, role: str, model: torch.nn.Module, architecture: Mapping[str, Any],
-                  training: Mapping[str, Any], synthetic: bool, name: str | None = None,
-                  version: str | None = None, description: str | None = None) -> Path:
+def update_bundle(
+    bundle_dir: Path,
+    role: str,
+    model: torch.nn.Module,
+    architecture: Mapping[str, Any],
+    training: Mapping[str, Any],
+    synthetic: bool,
+    name: str | None = None,
+    version: str | None = None,
+    description: str | None = None,
+) -> Path:
     """Write ``role``'s weights and its card entry (architecture, training) into the bundle."""
     bundle_dir = Path(bundle_dir)
     with bundle_lock(bundle_dir):
-        return _update_bundle(bundle_dir, role, model, architecture, training, synthetic, name, version,
-                              description)
+        return _update_bundle(bundle_dir, role, model, architecture, training, synthetic, name, version, description)
 
 
-def _update_bundle(bundle_dir: Path, role: str, model: torch.nn.Module, architecture: Mapping[str, Any],
-                   training: Mapping[str, Any], synthetic: bool, name: str | None, version: str | None,
-                   description: str | None) -> Path:
+def _update_bundle(
+    bundle_dir: Path,
+    role: str,
+    model: torch.nn.Module,
+    architecture: Mapping[str, Any],
+    training: Mapping[str, Any],
+    synthetic: bool,
+    name: str | None,
+    version: str | None,
+    description: str | None,
+) -> Path:
     card = read_existing_card(bundle_dir)
     models = {r: dict(e) for r, e in dict(card.get("models", {})).items()}
     models[role] = {"training": dict(training)}
@@ -81,21 +97,33 @@ def _update_bundle(bundle_dir: Path, role: str, model: torch.nn.Module, architec
         card["description"] = description or (
             "Lung U-Net, 4-class slice classifier and infectious-slice locator of the "
             "Jin et al. (2020) chain, trained with 'dicomnode train'; operating points and the "
-            "out-of-domain reference chosen by 'dicomnode calibrate'.")
-    flags = [bool(e.get("training", {}).get("trained_on_synthetic_data", synthetic if r == role else False))
-             for r, e in models.items()]
+            "out-of-domain reference chosen by 'dicomnode calibrate'."
+        )
+    flags = [
+        bool(e.get("training", {}).get("trained_on_synthetic_data", synthetic if r == role else False))
+        for r, e in models.items()
+    ]
     card["trained_on_synthetic_data"] = any(flags)
     card["disclaimer"] = SYNTHETIC_DISCLAIMER if any(flags) else RESEARCH_DISCLAIMER
     if card.pop("metrics", None) is not None:
-        log.warning("bundle %s: dropped the card's metrics (measured on the previous %s weights); "
-                    "run 'dicomnode evaluate' again", bundle_dir, role)
+        log.warning(
+            "bundle %s: dropped the card's metrics (measured on the previous %s weights); "
+            "run 'dicomnode evaluate' again",
+            bundle_dir,
+            role,
+        )
     # Operating points and the domain reference were chosen on the previous networks'
     # outputs: they no longer hold. The chain falls back to the paper's 0.5 and no guard
     # until 'dicomnode calibrate' is run again.
     for stale in ("operating_points", "domain_reference", "cross_family"):
         if card.pop(stale, None) is not None:
-            log.warning("bundle %s: dropped the card's %s (chosen with the previous %s weights); "
-                        "run 'dicomnode calibrate' again", bundle_dir, stale, role)
+            log.warning(
+                "bundle %s: dropped the card's %s (chosen with the previous %s weights); "
+                "run 'dicomnode calibrate' again",
+                bundle_dir,
+                stale,
+                role,
+            )
     return write_bundle(bundle_dir, {role: model.cpu()}, {role: architecture}, card)
 
 

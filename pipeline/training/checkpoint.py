@@ -55,25 +55,34 @@ class CosineSchedule:
         return lr
 
     def state_dict(self) -> dict[str, Any]:
-        return {"kind": "cosine", "base_lr": self.base_lr, "epochs": self.epochs,
-                "min_lr_fraction": self.min_lr_fraction}
+        return {
+            "kind": "cosine",
+            "base_lr": self.base_lr,
+            "epochs": self.epochs,
+            "min_lr_fraction": self.min_lr_fraction,
+        }
 
 
 def rng_states() -> dict[str, Any]:
     """Global RNG states (torch, numpy, python), saved for completeness: the loops draw
     from per-epoch generators, but a layer or library might use the global ones."""
     np_state: Any = np.random.get_state()  # the legacy tuple form (legacy=True, the default)
-    return {"torch": torch.get_rng_state(),
-            "numpy": {"key": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                      "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
-            "python": random.getstate()}
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "key": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "python": random.getstate(),
+    }
 
 
 def restore_rng_states(states: Mapping[str, Any]) -> None:
     torch.set_rng_state(states["torch"])
     n = states["numpy"]
-    np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
+    np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
     random.setstate(_tuplify(states["python"]))
 
 
@@ -85,9 +94,18 @@ def checkpoint_path(bundle_dir: Path, role: str) -> Path:
     return Path(bundle_dir) / "checkpoints" / role / CHECKPOINT_FILE
 
 
-def save_checkpoint(path: Path, *, role: str, fingerprint: Mapping[str, Any], epoch: int,
-                    model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedule: CosineSchedule,
-                    history: list[dict[str, Any]], elapsed_s: float) -> None:
+def save_checkpoint(
+    path: Path,
+    *,
+    role: str,
+    fingerprint: Mapping[str, Any],
+    epoch: int,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    schedule: CosineSchedule,
+    history: list[dict[str, Any]],
+    elapsed_s: float,
+) -> None:
     """Write the state after ``epoch`` completed epochs (atomically)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {
@@ -116,14 +134,21 @@ def load_checkpoint(path: Path, role: str, fingerprint: Mapping[str, Any]) -> di
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a damaged file
-        raise TrainError(f"--resume: checkpoint {path} cannot be read ({e}); delete it and train "
-                         f"without --resume") from e
+        raise TrainError(
+            f"--resume: checkpoint {path} cannot be read ({e}); delete it and train without --resume"
+        ) from e
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT or state.get("role") != role:
         raise TrainError(f"--resume: {path} is not a {role} checkpoint of this trainer")
     saved = state.get("fingerprint", {})
-    diffs = [f"{k}: checkpoint {saved.get(k)!r}, now {fingerprint.get(k)!r}"
-             for k in sorted(set(saved) | set(fingerprint)) if saved.get(k) != fingerprint.get(k)]
+    diffs = [
+        f"{k}: checkpoint {saved.get(k)!r}, now {fingerprint.get(k)!r}"
+        for k in sorted(set(saved) | set(fingerprint))
+        if saved.get(k) != fingerprint.get(k)
+    ]
     if diffs:
-        raise TrainError(f"--resume: checkpoint {path} was made with other settings ("
-                         + "; ".join(diffs) + "). Resume with the same settings, or train without --resume.")
+        raise TrainError(
+            f"--resume: checkpoint {path} was made with other settings ("
+            + "; ".join(diffs)
+            + "). Resume with the same settings, or train without --resume."
+        )
     return state

@@ -95,9 +95,16 @@ class SliceSet:
         return self.targets.numpy()
 
 
-def recipe_for(role: str, arch: dict[str, Any], chain: ChainParams, train: TrainParams,
-               max_slices_per_case: int | None, lung_masks: str = "dataset",
-               unet: torch.nn.Module | None = None, unet_arch: dict[str, Any] | None = None) -> SliceRecipe:
+def recipe_for(
+    role: str,
+    arch: dict[str, Any],
+    chain: ChainParams,
+    train: TrainParams,
+    max_slices_per_case: int | None,
+    lung_masks: str = "dataset",
+    unet: torch.nn.Module | None = None,
+    unet_arch: dict[str, Any] | None = None,
+) -> SliceRecipe:
     """The recipe of a role; the networks' input sizes override the chain defaults."""
     if role not in ROLES:
         raise TrainError(f"unknown model role {role!r}; expected one of {ROLES}")
@@ -109,8 +116,14 @@ def recipe_for(role: str, arch: dict[str, Any], chain: ChainParams, train: Train
     chain = replace(chain, unet_input_size=size) if role == "segmentation" else replace(chain, input_size=size)
     if unet_arch is not None and "input_size" in unet_arch:
         chain = replace(chain, unet_input_size=int(unet_arch["input_size"]))
-    return SliceRecipe(role=role, chain=chain, train=train, max_slices_per_case=max_slices_per_case,
-                       lung_masks=lung_masks, unet=unet.eval() if unet is not None else None)
+    return SliceRecipe(
+        role=role,
+        chain=chain,
+        train=train,
+        max_slices_per_case=max_slices_per_case,
+        lung_masks=lung_masks,
+        unet=unet.eval() if unet is not None else None,
+    )
 
 
 def case_label_index(label: str) -> int:
@@ -142,9 +155,11 @@ def loaded_parts(loaded: Any) -> LoadedCase:
     for name, m in (("lung", lung), ("lesion", lesion)):
         if m is not None and np.shape(m) != volume.hu.shape:
             raise TrainError(f"{name} mask has shape {np.shape(m)} but the volume {volume.hu.shape}")
-    return LoadedCase(volume,
-                      None if lung is None else np.asarray(lung, dtype=bool),
-                      None if lesion is None else np.asarray(lesion, dtype=bool))
+    return LoadedCase(
+        volume,
+        None if lung is None else np.asarray(lung, dtype=bool),
+        None if lesion is None else np.asarray(lesion, dtype=bool),
+    )
 
 
 def _lung_mask(loaded: LoadedCase, recipe: SliceRecipe) -> tuple[np.ndarray, str]:
@@ -166,16 +181,20 @@ def _limit(z: np.ndarray, limit: int | None) -> np.ndarray:
     return z if limit is None else sample_slices(z, limit)
 
 
-def segmentation_slices(n_slices: int, lesion: np.ndarray | None, limit: int | None,
-                        lesion_share: float, min_pixels: int) -> np.ndarray:
+def segmentation_slices(
+    n_slices: int, lesion: np.ndarray | None, limit: int | None, lesion_share: float, min_pixels: int
+) -> np.ndarray:
     """The slices a case gives the U-Net: all of them without ``limit``; else about
     ``lesion_share`` of ``limit`` evenly among the slices with more than ``min_pixels``
     lesion pixels and the rest evenly over the whole scan (sorted, unique)."""
     every = np.arange(n_slices, dtype=np.int64)
     if limit is None or n_slices <= limit:
         return every
-    with_lesion = np.zeros(0, dtype=np.int64) if lesion is None else \
-        np.flatnonzero(np.count_nonzero(lesion.reshape(n_slices, -1), axis=1) > min_pixels)
+    with_lesion = (
+        np.zeros(0, dtype=np.int64)
+        if lesion is None
+        else np.flatnonzero(np.count_nonzero(lesion.reshape(n_slices, -1), axis=1) > min_pixels)
+    )
     n_lesion = min(len(with_lesion), int(round(limit * float(lesion_share))))
     chosen = sample_slices(every, limit - n_lesion) if limit - n_lesion > 0 else np.zeros(0, dtype=np.int64)
     if n_lesion:
@@ -200,10 +219,17 @@ def prepare_case(case: Any, recipe: SliceRecipe) -> CaseSlices:
     if recipe.role == "segmentation":
         mask = loaded.lung_mask
         if mask is None:
-            raise TrainError(f"case {case_id} has no lung mask: segmentation training needs lung masks "
-                             f"(phantoms have them; give a lung_mask column in a manifest CSV)")
-        z = segmentation_slices(hu.shape[0], loaded.lesion_mask, recipe.max_slices_per_case,
-                                recipe.train.seg_lesion_slice_share, recipe.train.locator_lesion_pixels)
+            raise TrainError(
+                f"case {case_id} has no lung mask: segmentation training needs lung masks "
+                f"(phantoms have them; give a lung_mask column in a manifest CSV)"
+            )
+        z = segmentation_slices(
+            hu.shape[0],
+            loaded.lesion_mask,
+            recipe.max_slices_per_case,
+            recipe.train.seg_lesion_slice_share,
+            recipe.train.locator_lesion_pixels,
+        )
         x = unet_batch(hu[z], chain)
         y = (resize_batch(mask[z].astype(np.float32), chain.unet_input_size) > 0.5).astype(np.uint8)
         if loaded.lesion_mask is not None:
@@ -217,24 +243,31 @@ def prepare_case(case: Any, recipe: SliceRecipe) -> CaseSlices:
     z = _limit(lung_slice_indices(mask, chain), recipe.max_slices_per_case)
     lesion_mask = loaded.lesion_mask
     if lesion_mask is not None:
-        with_lesion = np.count_nonzero(lesion_mask.reshape(lesion_mask.shape[0], -1), axis=1)[z] > \
-            recipe.train.locator_lesion_pixels
+        with_lesion = (
+            np.count_nonzero(lesion_mask.reshape(lesion_mask.shape[0], -1), axis=1)[z]
+            > recipe.train.locator_lesion_pixels
+        )
     elif label == NON_PNEUMONIA_LABEL:
         with_lesion = np.zeros(len(z), dtype=bool)  # a scan without pneumonia has no lesion of infection
     else:
         with_lesion = None
     if recipe.role == "locator":
         if with_lesion is None:
-            raise TrainError(f"case {case_id} ({CLASS_NAMES[label]}) has no lesion mask: locator training "
-                             f"labels slices from lesion masks (phantoms have them; give a lesion_mask column "
-                             f"in a manifest CSV)")
+            raise TrainError(
+                f"case {case_id} ({CLASS_NAMES[label]}) has no lesion mask: locator training "
+                f"labels slices from lesion masks (phantoms have them; give a lesion_mask column "
+                f"in a manifest CSV)"
+            )
         y = with_lesion.astype(np.int64)
     elif recipe.train.slice_labels == "lesion" and with_lesion is not None:
         y = np.where(with_lesion, label, NON_PNEUMONIA_LABEL).astype(np.int64)
     else:
         y = np.full(len(z), label, dtype=np.int64)
-    x = pair_batch(hu, mask, z, chain.input_size) if len(z) else \
-        np.zeros((0, 2, chain.input_size, chain.input_size), np.float32)
+    x = (
+        pair_batch(hu, mask, z, chain.input_size)
+        if len(z)
+        else np.zeros((0, 2, chain.input_size, chain.input_size), np.float32)
+    )
     return CaseSlices(case_id, x.astype(np.float16), y, z, source)
 
 
@@ -243,8 +276,9 @@ def _worker_init() -> None:
     torch.set_num_threads(1)
 
 
-def prepare_cases(cases: Sequence[Any], recipe: SliceRecipe, workers: int = 0,
-                  progress: Callable[[int], None] | None = None) -> list[CaseSlices]:
+def prepare_cases(
+    cases: Sequence[Any], recipe: SliceRecipe, workers: int = 0, progress: Callable[[int], None] | None = None
+) -> list[CaseSlices]:
     """``prepare_case`` for every case, in order; ``workers`` > 0 uses that many processes."""
     if workers <= 0 or len(cases) < 2:
         out = []
@@ -264,8 +298,10 @@ def prepare_cases(cases: Sequence[Any], recipe: SliceRecipe, workers: int = 0,
                 if progress:
                     progress(1)
         except cf.process.BrokenProcessPool as e:
-            raise TrainError(f"a case-preparing worker process died ({e}); out of memory? "
-                             f"retry with fewer --workers (0 prepares cases in this process)") from e
+            raise TrainError(
+                f"a case-preparing worker process died ({e}); out of memory? "
+                f"retry with fewer --workers (0 prepares cases in this process)"
+            ) from e
         return out
 
 
@@ -273,12 +309,16 @@ def stack_slices(prepared: Sequence[CaseSlices], case_labels: Sequence[int]) -> 
     """Concatenate the prepared cases into one SliceSet (empty cases contribute nothing)."""
     kept = [p for p in prepared if len(p.targets)]
     if not kept:
-        raise TrainError("no training slices: no case has a slice with enough lung "
-                         "(check the data, or the lung masks)")
+        raise TrainError("no training slices: no case has a slice with enough lung (check the data, or the lung masks)")
     inputs = torch.from_numpy(np.concatenate([p.inputs for p in kept]))
     targets = torch.from_numpy(np.concatenate([p.targets for p in kept]))
-    index = np.concatenate([np.full(len(p.targets), i, dtype=np.int64) for i, p in enumerate(prepared)
-                            if len(p.targets)])
-    return SliceSet(inputs=inputs, targets=targets, case_index=index,
-                    case_ids=tuple(p.case_id for p in prepared),
-                    case_labels=np.asarray(case_labels, dtype=np.int64))
+    index = np.concatenate(
+        [np.full(len(p.targets), i, dtype=np.int64) for i, p in enumerate(prepared) if len(p.targets)]
+    )
+    return SliceSet(
+        inputs=inputs,
+        targets=targets,
+        case_index=index,
+        case_ids=tuple(p.case_id for p in prepared),
+        case_labels=np.asarray(case_labels, dtype=np.int64),
+    )

@@ -104,11 +104,19 @@ class TrainSettings:
     def fingerprint(self) -> dict[str, Any]:
         """The settings a resumed run must share with the checkpoint (not epochs:
         a finished run may be extended)."""
-        fp = {"role": self.role, "data_specs": list(self.data_specs), "architecture": self.architecture,
-              "batch_size": self.batch_size, "lr": self.lr, "seed": self.seed,
-              "val_fraction": self.val_fraction, "max_slices_per_case": self.max_slices_per_case,
-              "lung_masks": self.lung_masks,
-              "train_params": asdict(self.train), "chain_params": asdict(self.chain)}
+        fp = {
+            "role": self.role,
+            "data_specs": list(self.data_specs),
+            "architecture": self.architecture,
+            "batch_size": self.batch_size,
+            "lr": self.lr,
+            "seed": self.seed,
+            "val_fraction": self.val_fraction,
+            "max_slices_per_case": self.max_slices_per_case,
+            "lung_masks": self.lung_masks,
+            "train_params": asdict(self.train),
+            "chain_params": asdict(self.chain),
+        }
         return json.loads(json.dumps(fp))  # tuples -> lists, as they come back from a file
 
 
@@ -153,8 +161,10 @@ def _open_cases(specs: Sequence[str]) -> tuple[list[Any], list[Any]]:
     ids = [str(c.case_id) for c in cases]
     if len(set(ids)) != len(ids):
         dup = sorted({i for i in ids if ids.count(i) > 1})[:5]
-        raise TrainError(f"the data sets {list(specs)} share case ids {dup}: give each --data other "
-                         f"cases (for phantoms: other seeds)")
+        raise TrainError(
+            f"the data sets {list(specs)} share case ids {dup}: give each --data other "
+            f"cases (for phantoms: other seeds)"
+        )
     return datasets, cases
 
 
@@ -183,8 +193,9 @@ def _bundle_unet(bundle_dir: Path) -> tuple[torch.nn.Module, dict[str, Any], str
     path = Path(bundle_dir) / str(entry.get("file", "segmentation.pt"))
     sha = sha256_file(path) if path.is_file() else None
     if sha is None or sha != entry.get("sha256"):
-        raise TrainError(f"{path} is missing or does not match its card entry; retrain segmentation "
-                         f"or use --lung-masks classical")
+        raise TrainError(
+            f"{path} is missing or does not match its card entry; retrain segmentation or use --lung-masks classical"
+        )
     net = build_network(entry["architecture"])
     net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     return net.eval(), dict(entry["architecture"]), sha
@@ -232,44 +243,68 @@ class _Run:
             return recipe_for(s.role, s.architecture, s.chain, s.train, s.max_slices_per_case, mode)
         unet = _bundle_unet(self.out)
         if unet is None:
-            log.info("%s: no segmentation model in %s yet: inputs use the classical lung masks, as the "
-                     "chain will without one", s.role, self.out)
+            log.info(
+                "%s: no segmentation model in %s yet: inputs use the classical lung masks, as the "
+                "chain will without one",
+                s.role,
+                self.out,
+            )
             return recipe_for(s.role, s.architecture, s.chain, s.train, s.max_slices_per_case, "classical")
         net, arch, self.mask_unet_sha256 = unet
-        log.info("%s: inputs use the lung masks of the bundle's U-Net (sha256 %s...)", s.role,
-                 self.mask_unet_sha256[:12])
-        return recipe_for(s.role, s.architecture, s.chain, s.train, s.max_slices_per_case, "unet",
-                          unet=net, unet_arch=arch)
+        log.info(
+            "%s: inputs use the lung masks of the bundle's U-Net (sha256 %s...)", s.role, self.mask_unet_sha256[:12]
+        )
+        return recipe_for(
+            s.role, s.architecture, s.chain, s.train, s.max_slices_per_case, "unet", unet=net, unet_arch=arch
+        )
 
     # ---------------------------------------------------------------- data
     def load_data(self) -> None:
         s = self.s
         datasets, cases = _open_cases(s.data_specs)
         self.described = [_describe(d, spec) for d, spec in zip(datasets, s.data_specs, strict=True)]
-        self.synthetic = any(_is_synthetic(d, spec, desc)
-                             for d, spec, desc in zip(datasets, s.data_specs, self.described, strict=True))
+        self.synthetic = any(
+            _is_synthetic(d, spec, desc) for d, spec, desc in zip(datasets, s.data_specs, self.described, strict=True)
+        )
         if not cases:
             raise TrainError(f"data {list(s.data_specs)} holds no cases")
         for case in cases:
             case_label_index(str(case.label))
         if s.role == "locator" and not any(case_label_index(str(c.label)) != 0 for c in cases):
-            raise TrainError(f"data {list(s.data_specs)} has no pneumonia case: the locator learns "
-                             f"infectious slices from the lesion masks of pneumonia scans")
+            raise TrainError(
+                f"data {list(s.data_specs)} has no pneumonia case: the locator learns "
+                f"infectious slices from the lesion masks of pneumonia scans"
+            )
         train_cases, val_cases = _split(cases, s.val_fraction, s.seed)
         self.n_cases = (len(train_cases), len(val_cases))
         self.train_set = self._prepare(train_cases, "train")
         self.val_set = self._prepare(val_cases, "validation") if val_cases else None
         self.mask_sources = sorted(self._sources)
         if not val_cases:
-            log.warning("%s: the validation cohort is empty (%d cases, --val-fraction %s): no validation "
-                        "figures will be recorded", s.role, len(cases), s.val_fraction)
-        log.info("%s: %d training slices from %d cases, %d validation slices from %d cases",
-                 s.role, len(self.train_set), len(train_cases),
-                 len(self.val_set) if self.val_set else 0, len(val_cases))
+            log.warning(
+                "%s: the validation cohort is empty (%d cases, --val-fraction %s): no validation "
+                "figures will be recorded",
+                s.role,
+                len(cases),
+                s.val_fraction,
+            )
+        log.info(
+            "%s: %d training slices from %d cases, %d validation slices from %d cases",
+            s.role,
+            len(self.train_set),
+            len(train_cases),
+            len(self.val_set) if self.val_set else 0,
+            len(val_cases),
+        )
 
     def _prepare(self, cases: Sequence[Any], what: str) -> SliceSet:
-        with tqdm(total=len(cases), desc=f"{self.s.role}: preparing {what} cases", unit="case",
-                  disable=self._hide(), leave=False) as bar:
+        with tqdm(
+            total=len(cases),
+            desc=f"{self.s.role}: preparing {what} cases",
+            unit="case",
+            disable=self._hide(),
+            leave=False,
+        ) as bar:
             prepared = prepare_cases(cases, self.recipe, self.s.workers, progress=bar.update)
         self._sources |= {p.lung_mask_source for p in prepared}
         labels = [case_label_index(str(c.label)) for c in cases]
@@ -298,8 +333,7 @@ class _Run:
             self.elapsed_before = float(state.get("elapsed_s", 0.0))
             log.info("%s: resuming after epoch %d from %s", s.role, self.start_epoch, self.ckpt)
         elif self.ckpt.exists():
-            log.warning("%s: a checkpoint exists at %s; starting over (use --resume to continue it)",
-                        s.role, self.ckpt)
+            log.warning("%s: a checkpoint exists at %s; starting over (use --resume to continue it)", s.role, self.ckpt)
 
     # ---------------------------------------------------------------- epochs
     def _order(self, epoch: int) -> np.ndarray:
@@ -320,8 +354,13 @@ class _Run:
         torch.manual_seed(derived_seed(s.seed, s.role, epoch, "torch"))
         aug = generator_for(s.seed, s.role, epoch, "augment")
         total, count = 0.0, 0
-        with tqdm(batches(self._order(epoch), s.batch_size), desc=f"{s.role} epoch {epoch + 1}/{s.epochs}",
-                  unit="batch", disable=self._hide(), leave=False) as bar:
+        with tqdm(
+            batches(self._order(epoch), s.batch_size),
+            desc=f"{s.role} epoch {epoch + 1}/{s.epochs}",
+            unit="batch",
+            disable=self._hide(),
+            leave=False,
+        ) as bar:
             for idx in bar:
                 idx_t = torch.from_numpy(idx)
                 x = self.train_set.inputs[idx_t].float()
@@ -329,11 +368,11 @@ class _Run:
                 if s.role == "segmentation":
                     x, y = augment_pairs(x, y, s.train.augment, aug)
                     if s.train.intensity_augmentation:
-                        x = augment_unet_inputs(x, s.train.augment, aug,
-                                                (s.chain.hu_clip_min, s.chain.hu_window[1]))
+                        x = augment_unet_inputs(x, s.train.augment, aug, (s.chain.hu_clip_min, s.chain.hu_window[1]))
                 else:
-                    x = augment_lung_pairs(x, s.train.augment, aug, s.chain.hu_window,
-                                           intensity=s.train.intensity_augmentation)
+                    x = augment_lung_pairs(
+                        x, s.train.augment, aug, s.chain.hu_window, intensity=s.train.intensity_augmentation
+                    )
                     x = random_erase(lung_channels(x, self.recipe.chain), s.train.augment, aug)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss = self._loss(x.to(self.device), y.to(self.device))
@@ -353,11 +392,11 @@ class _Run:
         step = max(2, self.s.batch_size * 2)
         outs, loss_sum = [], 0.0
         for start in range(0, len(vs), step):
-            x = vs.inputs[start:start + step].float()
+            x = vs.inputs[start : start + step].float()
             if self.s.role != "segmentation":
                 x = lung_channels(x, self.recipe.chain)
             x = x.to(self.device)
-            y = vs.targets[start:start + step].to(self.device)
+            y = vs.targets[start : start + step].to(self.device)
             logits = self.model(x)
             # Mean over the batch's samples (and pixels, for the U-Net), weighted by samples.
             if self.s.role == "segmentation":
@@ -376,8 +415,7 @@ class _Run:
             lung_prob = prob[:, UNET_LUNG:].sum(axis=1)
             out.update(segmentation_metrics(lung_prob > self.s.train.dice_threshold, truth > 0))
             if prob.shape[1] > UNET_LESION:
-                out["val_lesion_dice"] = dice(prob[:, UNET_LESION] > self.s.train.dice_threshold,
-                                              truth == SEG_LESION)
+                out["val_lesion_dice"] = dice(prob[:, UNET_LESION] > self.s.train.dice_threshold, truth == SEG_LESION)
         return out
 
     def run_epochs(self) -> None:
@@ -387,30 +425,56 @@ class _Run:
             self.log_path.write_text("")
         self.t0 = time.monotonic()
         monitor = MONITOR[s.role]
-        with tqdm(range(self.start_epoch, s.epochs), desc=f"{s.role}", unit="epoch", initial=self.start_epoch,
-                  total=s.epochs, disable=self._hide()) as bar:
+        with tqdm(
+            range(self.start_epoch, s.epochs),
+            desc=f"{s.role}",
+            unit="epoch",
+            initial=self.start_epoch,
+            total=s.epochs,
+            disable=self._hide(),
+        ) as bar:
             for epoch in bar:
                 t_epoch = time.monotonic()
                 lr = self.schedule.apply(self.optimizer, epoch)
                 train_loss = self.train_epoch(epoch)
                 val = self.validate()
-                record = {"role": s.role, "epoch": epoch + 1, "epochs": s.epochs, "lr": lr,
-                          "train_loss": _json_float(train_loss),
-                          **{k: _json_float(v) for k, v in val.items()},
-                          "epoch_time_s": round(time.monotonic() - t_epoch, 2),
-                          "train_slices": len(self.train_set),
-                          "time_utc": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                record = {
+                    "role": s.role,
+                    "epoch": epoch + 1,
+                    "epochs": s.epochs,
+                    "lr": lr,
+                    "train_loss": _json_float(train_loss),
+                    **{k: _json_float(v) for k, v in val.items()},
+                    "epoch_time_s": round(time.monotonic() - t_epoch, 2),
+                    "train_slices": len(self.train_set),
+                    "time_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                }
                 self.history.append(record)
                 with open(self.log_path, "a") as f:
                     f.write(json.dumps(record) + "\n")
-                save_checkpoint(self.ckpt, role=s.role, fingerprint=self.fingerprint, epoch=epoch + 1,
-                                model=self.model, optimizer=self.optimizer, schedule=self.schedule,
-                                history=self.history, elapsed_s=self.elapsed())
+                save_checkpoint(
+                    self.ckpt,
+                    role=s.role,
+                    fingerprint=self.fingerprint,
+                    epoch=epoch + 1,
+                    model=self.model,
+                    optimizer=self.optimizer,
+                    schedule=self.schedule,
+                    history=self.history,
+                    elapsed_s=self.elapsed(),
+                )
                 shown = record.get(monitor)
                 bar.set_postfix(loss=f"{train_loss:.4f}", **{monitor: "n/a" if shown is None else f"{shown:.4f}"})
-                log.info("%s epoch %d/%d: train loss %.4f, %s %s, %.1f s", s.role, epoch + 1, s.epochs,
-                         train_loss, monitor, "n/a" if shown is None else f"{shown:.4f}",
-                         record["epoch_time_s"])
+                log.info(
+                    "%s epoch %d/%d: train loss %.4f, %s %s, %.1f s",
+                    s.role,
+                    epoch + 1,
+                    s.epochs,
+                    train_loss,
+                    monitor,
+                    "n/a" if shown is None else f"{shown:.4f}",
+                    record["epoch_time_s"],
+                )
 
     def elapsed(self) -> float:
         return self.elapsed_before + (time.monotonic() - getattr(self, "t0", time.monotonic()))
@@ -431,10 +495,14 @@ class _Run:
             "lr": s.lr,
             "optimizer": "Adam",
             "lr_schedule": self.schedule.state_dict(),
-            "loss": (segmentation_loss_text(s.architecture, s.train.lesion_weight)
-                     if s.role == "segmentation" else "cross-entropy"),
+            "loss": (
+                segmentation_loss_text(s.architecture, s.train.lesion_weight)
+                if s.role == "segmentation"
+                else "cross-entropy"
+            ),
             "sampling": "shuffled" if s.role == "segmentation" else "class-balanced",
-            "augmentation": asdict(s.train.augment) if s.role != "segmentation"
+            "augmentation": asdict(s.train.augment)
+            if s.role != "segmentation"
             else {k: v for k, v in asdict(s.train.augment).items() if not k.startswith("erase")},
             "val_fraction": s.val_fraction,
             "split": "patient-level (pipeline.datasets.patient_split)",
@@ -453,23 +521,38 @@ class _Run:
             "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         if s.role == "segmentation" and s.max_slices_per_case is not None and s.train.seg_lesion_slice_share > 0:
-            entry["slice_sampling"] = (f"{s.max_slices_per_case} slices per case: {s.train.seg_lesion_slice_share:.0%} "
-                                       f"evenly among slices with > {s.train.locator_lesion_pixels} lesion pixels, "
-                                       f"the rest evenly over the scan")
+            entry["slice_sampling"] = (
+                f"{s.max_slices_per_case} slices per case: {s.train.seg_lesion_slice_share:.0%} "
+                f"evenly among slices with > {s.train.locator_lesion_pixels} lesion pixels, "
+                f"the rest evenly over the scan"
+            )
         if s.role == "locator":
-            entry["slice_label_rule"] = (f"infected if > {s.train.locator_lesion_pixels} lesion pixels; "
-                                         f"slices of every class (non-pneumonia scans: all normal)")
+            entry["slice_label_rule"] = (
+                f"infected if > {s.train.locator_lesion_pixels} lesion pixels; "
+                f"slices of every class (non-pneumonia scans: all normal)"
+            )
         if s.role == "classifier":
             entry["slice_label_rule"] = (
                 f"lesion: a slice of a pneumonia scan takes the scan's class when it has > "
                 f"{s.train.locator_lesion_pixels} lesion pixels, else non_pneumonia (scans without a lesion "
-                f"mask: weak, the scan's label)" if s.train.slice_labels == "lesion"
-                else "weak: every lung slice takes its scan's label")
+                f"mask: weak, the scan's label)"
+                if s.train.slice_labels == "lesion"
+                else "weak: every lung slice takes its scan's label"
+            )
         if s.role != "segmentation" or s.train.intensity_augmentation:
             entry["input"] = "lung only: [mask, mask*HU(hu_window), mask*HU(lung_detail_window)] of the lung box"
         entry["intensity_augmentation"] = s.train.intensity_augmentation
-        return update_bundle(self.out, s.role, self.model, s.architecture, entry, synthetic=self.synthetic,
-                             name=s.name, version=s.version, description=s.description)
+        return update_bundle(
+            self.out,
+            s.role,
+            self.model,
+            s.architecture,
+            entry,
+            synthetic=self.synthetic,
+            name=s.name,
+            version=s.version,
+            description=s.description,
+        )
 
 
 def _soft_dice(prob: torch.Tensor, truth: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
@@ -511,12 +594,15 @@ def train_role(settings: TrainSettings) -> TrainOutcome:
         run.load_data()
         run.build()
         if run.start_epoch >= settings.epochs:
-            log.info("%s: checkpoint already has %d epoch(s); writing the bundle only",
-                     settings.role, run.start_epoch)
+            log.info("%s: checkpoint already has %d epoch(s); writing the bundle only", settings.role, run.start_epoch)
         else:
             run.run_epochs()
         bundle = run.write()
     last = run.history[-1] if run.history else {}
-    return TrainOutcome(bundle_dir=bundle, role=settings.role, epochs_done=len(run.history),
-                        validation={k: v for k, v in last.items() if k.startswith("val_")},
-                        history=run.history)
+    return TrainOutcome(
+        bundle_dir=bundle,
+        role=settings.role,
+        epochs_done=len(run.history),
+        validation={k: v for k, v in last.items() if k.startswith("val_")},
+        history=run.history,
+    )

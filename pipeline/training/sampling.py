@@ -16,7 +16,7 @@ import torch
 def derived_seed(seed: int, *parts: object) -> int:
     """A 63-bit seed from the run's seed and any labels (epoch, stream name...)."""
     text = ":".join([str(int(seed))] + [str(p) for p in parts])
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") & (2 ** 63 - 1)
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") & (2**63 - 1)
 
 
 def generator_for(seed: int, *parts: object) -> torch.Generator:
@@ -46,7 +46,7 @@ def shuffled_order(count: int, generator: torch.Generator) -> np.ndarray:
 def batches(order: np.ndarray, batch_size: int) -> list[np.ndarray]:
     """Split an order into batches; a last batch of one sample is dropped (BatchNorm
     cannot normalise a single sample in training mode)."""
-    out = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    out = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     if len(out) > 1 and len(out[-1]) < 2:
         out.pop()
     return out

@@ -35,11 +35,14 @@ def case_probabilities(probs: np.ndarray, case_index: np.ndarray, n_cases: int, 
     return out
 
 
-def classifier_metrics(labels: np.ndarray, probs: np.ndarray, case_index: np.ndarray,
-                       case_labels: np.ndarray, top_k: int) -> dict[str, float]:
+def classifier_metrics(
+    labels: np.ndarray, probs: np.ndarray, case_index: np.ndarray, case_labels: np.ndarray, top_k: int
+) -> dict[str, float]:
     """Slice-level and case-level (fused) figures of the 4-class slice classifier."""
-    out = {"val_slice_accuracy": float(np.mean(probs.argmax(1) == labels)) if len(labels) else float("nan"),
-           "val_slice_macro_auc": macroroc_auc(labels, probs)}
+    out = {
+        "val_slice_accuracy": float(np.mean(probs.argmax(1) == labels)) if len(labels) else float("nan"),
+        "val_slice_macro_auc": macroroc_auc(labels, probs),
+    }
     cases = case_probabilities(probs, case_index, len(case_labels), top_k)
     ok = np.all(np.isfinite(cases), axis=1)
     out["val_case_macro_auc"] = macroroc_auc(case_labels[ok], cases[ok])
@@ -53,9 +56,11 @@ def locator_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
     """Slice AUC, sensitivity and specificity at 0.5 of the infected-slice locator."""
     pred = probs[:, 1] >= 0.5
     pos, neg = labels == 1, labels == 0
-    return {"val_auc": roc_auc(labels, probs[:, 1]),
-            "val_sensitivity": float(np.mean(pred[pos])) if pos.any() else float("nan"),
-            "val_specificity": float(np.mean(~pred[neg])) if neg.any() else float("nan")}
+    return {
+        "val_auc": roc_auc(labels, probs[:, 1]),
+        "val_sensitivity": float(np.mean(pred[pos])) if pos.any() else float("nan"),
+        "val_specificity": float(np.mean(~pred[neg])) if neg.any() else float("nan"),
+    }
 
 
 def segmentation_metrics(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
