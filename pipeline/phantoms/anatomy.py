@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -458,9 +459,37 @@ def _heart_frame(yaw_deg: float, tilt_deg: float) -> np.ndarray:
     return np.stack([e1, e2, np.cross(e1, e2)])
 
 
-def draw_anatomy(seed: int) -> Anatomy:
-    """The patient of ``seed`` (independent of the class label)."""
-    r = rng_for(seed, Stream.ANATOMY)
+class _Draws(NamedTuple):
+    """The sizes drawn first: later fields derive from them."""
+
+    h_low: float
+    lung_height: float
+    coverage: float
+    cav_a: float
+    cav_b: float
+    coef: np.ndarray
+    fat: float
+    inlet_lr: float
+    r_vb: float
+    band_top: float
+    band_low: float
+    frame: np.ndarray
+    axes: np.ndarray
+    d_right: float
+    dome_depth: np.ndarray
+    dome_dx: float
+    dome_y: float
+    dome_ax: float
+    dome_ay: float
+    dome_gamma: float
+    apex_hi: float
+    heart_x: float
+    heart_y: float
+    heart_rise: float
+    arms_down: bool
+
+
+def _draw_sizes(r: np.random.Generator) -> _Draws:
     u = r.uniform
     lung_height = u(200, 280)
     margin_bottom, margin_top = u(12, 45), u(12, 40)
@@ -493,108 +522,185 @@ def draw_anatomy(seed: int) -> Anatomy:
     heart_x, heart_y = u(18, 38), -u(0.1, 0.3) * cav_b
     heart_rise = axes[2] * u(0.6, 0.85)
     arms_down = bool(u() < 0.35)
-    an = Anatomy(
+    return _Draws(
         h_low=h_low,
         lung_height=lung_height,
         coverage=coverage,
         cav_a=cav_a,
         cav_b=cav_b,
-        cav_n=u(1.9, 2.6),
-        cav_coef=coef,
-        inlet_lr=inlet_lr,
-        inlet_ap=u(0.6, 0.8),
-        t_narrow=u(0.45, 0.6),
-        wall_base=u(6, 12),
-        paraspinal=u(25, 50),
-        paraspinal_at=u(0.35, 0.5),
-        pectoral=u(6, 22),
+        coef=coef,
         fat=fat,
-        fat_lateral=u(-0.3, 0.3),
-        fat_coef=np.array([[u(0, 0.15), u(0, 2 * math.pi)], [u(0, 0.12), u(0, 2 * math.pi)]]),
-        fat_low=u(0, 0.5),
-        breast=(u(10, 30) + 0.6 * fat) if u() < 0.4 else 0.0,
-        breast_t=u(0.3, 0.55),
-        breast_half_h=u(45, 80),
-        breast_angle=u(0.45, 0.8),
-        skin=u(1.2, 2.5),
-        fat_plane=u(0.45, 0.65),
+        inlet_lr=inlet_lr,
         r_vb=r_vb,
-        vb_inset=u(0.8, 1.1),
-        r_canal=u(6.5, 9.0),
-        disc_pitch=u(24, 30),
-        disc_t=u(4, 7),
-        disc_phase=u(0, 1),
-        scoliosis=u(-6, 6),
-        scoliosis_phase=u(0, 2 * math.pi),
-        paravertebral=u(*PARAVERTEBRAL_MM),
-        med_x0=u(-4, 6),
-        med_dx=u(0, 10),
         band_top=band_top,
         band_low=band_low,
-        band_ant=u(0.45, 0.8),
-        band_wave=np.array([u(0, 2.5), 2 * math.pi / u(50, 110), u(0, 2 * math.pi)]),
-        heart_c=np.array([0.0, heart_y, heart_x]),
-        heart_axes=axes,
-        heart_frame=frame,
-        pericardial_fat=u(2, 6) + 0.15 * fat,
-        myocardium=u(8, 13),
-        chambers=_chambers(r, axes),
+        frame=frame,
+        axes=axes,
+        d_right=d_right,
         dome_depth=dome_depth,
-        dome_x=np.array([-dome_dx, dome_dx]),
+        dome_dx=dome_dx,
         dome_y=dome_y,
         dome_ax=dome_ax,
         dome_ay=dome_ay,
         dome_gamma=dome_gamma,
-        dia_t=u(3, 6),
-        apex_top=np.array([apex_hi - u(0, 10), apex_hi - u(0, 10)]),
-        apex_x=np.array([-1.0, 1.0]) * u(0.35, 0.5) * cav_a * inlet_lr,
-        apex_y=u(0.0, 0.2) * cav_b,
-        apex_ax=u(0.6, 0.75) * cav_a,
-        apex_ay=u(0.8, 1.0) * cav_b,
-        apex_k=u(40, 70),
-        hilum_h=h_low + lung_height * u(0.5, 0.6),
-        obl_slope=np.array([u(0.9, 1.5), u(0.9, 1.5)]),
-        obl_y=np.array([u(-0.1, 0.15), u(-0.1, 0.15)]) * cav_b,
-        obl_wave=np.array([[u(0, 6), 2 * math.pi / u(80, 160), u(0, 2 * math.pi)] for _ in range(2)]),
-        obl_tilt=np.array([u(0.2, 0.5), u(0.2, 0.5)]),
-        hor_dh=u(0, 20),
-        liver_x=u(20, 60),
-        liver_slope=u(10, 40),
-        stomach_c=np.array([h_low + dome_depth[1] - u(25, 45), u(-0.25, 0.1) * cav_b, u(0.45, 0.65) * cav_a]),
-        stomach_axes=np.array([u(30, 50), u(30, 45), u(35, 55)]),
-        gas_level=u(-0.3, 0.6),
-        spleen_c=np.array([h_low + dome_depth[1] - u(40, 60), u(0.35, 0.6) * cav_b, u(0.6, 0.75) * cav_a]),
-        spleen_axes=np.array([u(45, 70), u(40, 60), u(22, 35)]),
+        apex_hi=apex_hi,
+        heart_x=heart_x,
+        heart_y=heart_y,
+        heart_rise=heart_rise,
         arms_down=arms_down,
-        arm_axes=np.array([u(38, 55), u(40, 58)]) + 0.4 * fat,
-        arm_gap=u(0, 25),
-        arm_y=u(0.05, 0.35) * cav_b,
-        humerus_r=u(10, 14),
-        elbow_h=h_low + u(-40, 70),
-        sternum_top=apex_hi - u(15, 40),
-        sternum_w=u(12, 18),
-        sternum_t=u(5, 7),
-        hu_fat=u(-115, -80),
-        hu_muscle=u(35, 60),
-        hu_skin=u(0, 50),
-        hu_med_fat=u(-100, -60),
-        hu_soft=u(15, 35),
-        hu_cortex=u(600, 1100),
-        hu_marrow=u(130, 300),
-        hu_disc=u(70, 110),
-        hu_canal=u(15, 35),
-        hu_liver=u(45, 65),
-        hu_spleen=u(40, 55),
-        hu_stomach=u(5, 35),
-        hu_cartilage=u(90, 200),
-        hu_arm_marrow=u(-60, 60),
-        lung_median=u(-880, -780),
-        gravity=u(15, 80),
-        texture_sd=u(8, 25),
-        texture_beta=u(1.6, 3.0),
-        texture_dz=u(5, 10),
-        fissure_hu=u(40, 120),
     )
+
+
+def _wall_fields(r: np.random.Generator, d: _Draws) -> dict[str, object]:
+    """Chest wall, fat, breast and skin."""
+    u = r.uniform
+    return {
+        "h_low": d.h_low,
+        "lung_height": d.lung_height,
+        "coverage": d.coverage,
+        "cav_a": d.cav_a,
+        "cav_b": d.cav_b,
+        "cav_n": u(1.9, 2.6),
+        "cav_coef": d.coef,
+        "inlet_lr": d.inlet_lr,
+        "inlet_ap": u(0.6, 0.8),
+        "t_narrow": u(0.45, 0.6),
+        "wall_base": u(6, 12),
+        "paraspinal": u(25, 50),
+        "paraspinal_at": u(0.35, 0.5),
+        "pectoral": u(6, 22),
+        "fat": d.fat,
+        "fat_lateral": u(-0.3, 0.3),
+        "fat_coef": np.array([[u(0, 0.15), u(0, 2 * math.pi)], [u(0, 0.12), u(0, 2 * math.pi)]]),
+        "fat_low": u(0, 0.5),
+        "breast": (u(10, 30) + 0.6 * d.fat) if u() < 0.4 else 0.0,
+        "breast_t": u(0.3, 0.55),
+        "breast_half_h": u(45, 80),
+        "breast_angle": u(0.45, 0.8),
+        "skin": u(1.2, 2.5),
+        "fat_plane": u(0.45, 0.65),
+    }
+
+
+def _mediastinum_fields(r: np.random.Generator, d: _Draws) -> dict[str, object]:
+    """Spine, mediastinal band and heart."""
+    u = r.uniform
+    return {
+        "r_vb": d.r_vb,
+        "vb_inset": u(0.8, 1.1),
+        "r_canal": u(6.5, 9.0),
+        "disc_pitch": u(24, 30),
+        "disc_t": u(4, 7),
+        "disc_phase": u(0, 1),
+        "scoliosis": u(-6, 6),
+        "scoliosis_phase": u(0, 2 * math.pi),
+        "paravertebral": u(*PARAVERTEBRAL_MM),
+        "med_x0": u(-4, 6),
+        "med_dx": u(0, 10),
+        "band_top": d.band_top,
+        "band_low": d.band_low,
+        "band_ant": u(0.45, 0.8),
+        "band_wave": np.array([u(0, 2.5), 2 * math.pi / u(50, 110), u(0, 2 * math.pi)]),
+        "heart_c": np.array([0.0, d.heart_y, d.heart_x]),
+        "heart_axes": d.axes,
+        "heart_frame": d.frame,
+        "pericardial_fat": u(2, 6) + 0.15 * d.fat,
+        "myocardium": u(8, 13),
+        "chambers": _chambers(r, d.axes),
+    }
+
+
+def _diaphragm_fissure_fields(r: np.random.Generator, d: _Draws) -> dict[str, object]:
+    """Diaphragm domes, lung apices, hilum and fissures."""
+    u = r.uniform
+    return {
+        "dome_depth": d.dome_depth,
+        "dome_x": np.array([-d.dome_dx, d.dome_dx]),
+        "dome_y": d.dome_y,
+        "dome_ax": d.dome_ax,
+        "dome_ay": d.dome_ay,
+        "dome_gamma": d.dome_gamma,
+        "dia_t": u(3, 6),
+        "apex_top": np.array([d.apex_hi - u(0, 10), d.apex_hi - u(0, 10)]),
+        "apex_x": np.array([-1.0, 1.0]) * u(0.35, 0.5) * d.cav_a * d.inlet_lr,
+        "apex_y": u(0.0, 0.2) * d.cav_b,
+        "apex_ax": u(0.6, 0.75) * d.cav_a,
+        "apex_ay": u(0.8, 1.0) * d.cav_b,
+        "apex_k": u(40, 70),
+        "hilum_h": d.h_low + d.lung_height * u(0.5, 0.6),
+        "obl_slope": np.array([u(0.9, 1.5), u(0.9, 1.5)]),
+        "obl_y": np.array([u(-0.1, 0.15), u(-0.1, 0.15)]) * d.cav_b,
+        "obl_wave": np.array([[u(0, 6), 2 * math.pi / u(80, 160), u(0, 2 * math.pi)] for _ in range(2)]),
+        "obl_tilt": np.array([u(0.2, 0.5), u(0.2, 0.5)]),
+        "hor_dh": u(0, 20),
+    }
+
+
+def _abdomen_arm_fields(r: np.random.Generator, d: _Draws) -> dict[str, object]:
+    """Upper abdominal organs, arms and sternum."""
+    u = r.uniform
+    return {
+        "liver_x": u(20, 60),
+        "liver_slope": u(10, 40),
+        "stomach_c": np.array(
+            [d.h_low + d.dome_depth[1] - u(25, 45), u(-0.25, 0.1) * d.cav_b, u(0.45, 0.65) * d.cav_a]
+        ),
+        "stomach_axes": np.array([u(30, 50), u(30, 45), u(35, 55)]),
+        "gas_level": u(-0.3, 0.6),
+        "spleen_c": np.array([d.h_low + d.dome_depth[1] - u(40, 60), u(0.35, 0.6) * d.cav_b, u(0.6, 0.75) * d.cav_a]),
+        "spleen_axes": np.array([u(45, 70), u(40, 60), u(22, 35)]),
+        "arms_down": d.arms_down,
+        "arm_axes": np.array([u(38, 55), u(40, 58)]) + 0.4 * d.fat,
+        "arm_gap": u(0, 25),
+        "arm_y": u(0.05, 0.35) * d.cav_b,
+        "humerus_r": u(10, 14),
+        "elbow_h": d.h_low + u(-40, 70),
+        "sternum_top": d.apex_hi - u(15, 40),
+        "sternum_w": u(12, 18),
+        "sternum_t": u(5, 7),
+    }
+
+
+def _tissue_fields(r: np.random.Generator, d: _Draws) -> dict[str, object]:
+    """Tissue densities and lung parenchyma texture."""
+    u = r.uniform
+    return {
+        "hu_fat": u(-115, -80),
+        "hu_muscle": u(35, 60),
+        "hu_skin": u(0, 50),
+        "hu_med_fat": u(-100, -60),
+        "hu_soft": u(15, 35),
+        "hu_cortex": u(600, 1100),
+        "hu_marrow": u(130, 300),
+        "hu_disc": u(70, 110),
+        "hu_canal": u(15, 35),
+        "hu_liver": u(45, 65),
+        "hu_spleen": u(40, 55),
+        "hu_stomach": u(5, 35),
+        "hu_cartilage": u(90, 200),
+        "hu_arm_marrow": u(-60, 60),
+        "lung_median": u(-880, -780),
+        "gravity": u(15, 80),
+        "texture_sd": u(8, 25),
+        "texture_beta": u(1.6, 3.0),
+        "texture_dz": u(5, 10),
+        "fissure_hu": u(40, 120),
+    }
+
+
+def draw_anatomy(seed: int) -> Anatomy:
+    """The patient of ``seed`` (independent of the class label)."""
+    r = rng_for(seed, Stream.ANATOMY)
+    # The groups draw in this order: the order of draws is the patient (seeds stay reproducible).
+    d = _draw_sizes(r)
+    fields = {
+        **_wall_fields(r, d),
+        **_mediastinum_fields(r, d),
+        **_diaphragm_fissure_fields(r, d),
+        **_abdomen_arm_fields(r, d),
+        **_tissue_fields(r, d),
+    }
+    an = Anatomy(**fields)  # type: ignore[arg-type]
     # The heart's centre stands above the diaphragm under it by part of its height.
-    rest = float(an.diaphragm(np.array(heart_x), np.array(heart_y)))
-    return dataclasses.replace(an, heart_c=np.array([rest + heart_rise, heart_y, heart_x]))
+    rest = float(an.diaphragm(np.array(d.heart_x), np.array(d.heart_y)))
+    return dataclasses.replace(an, heart_c=np.array([rest + d.heart_rise, d.heart_y, d.heart_x]))

@@ -228,13 +228,8 @@ def paint_slices(grid: Grid, an: Anatomy, look: Look, effusions: Sequence[Effusi
     return Painted(hu, side, eff_mask, lung_boxes)
 
 
-def _frame(
-    grid: Grid, an: Anatomy, look: Look, effusions: Sequence[Effusion], seed: int, ysurf0: float
-) -> _Frame | None:
-    """The painter's shared frame; None when the body's box is empty."""
-    f32 = np.float32
-    con: Contrast = look.contrast
-    # Bounding box of everything but the table.
+def _painter_box(grid: Grid, an: Anatomy, ysurf0: float) -> tuple[slice, slice]:
+    """Rows and columns of the bounding box of everything but the table."""
     ext_x = body_extent(an) + 4.0
     ext_ant = (
         float(
@@ -247,17 +242,58 @@ def _frame(
     xs, ys = grid.x, grid.y
     cols = slice(int(np.searchsorted(xs, -ext_x)), int(np.searchsorted(xs, ext_x, "right")))
     rows = slice(int(np.searchsorted(ys, -ext_ant)), int(np.searchsorted(ys, ysurf0 + 2.0, "right")))
-    X = xs[cols][None, :].astype(f32)
-    Y = ys[rows][:, None].astype(f32)
+    return rows, cols
+
+
+def _radius_tables(an: Anatomy, hs_all: np.ndarray, ang: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per height and angle: the cavity's radius, the wall's thickness and the body's outer radius."""
+    f32 = np.float32
+    cos_a, sin_a = np.cos(ang), np.sin(ang)
+    wall_base, wall_pect = an.wall_profiles(ang)
+    fat_ring, fat_breast = an.fat_profiles(ang)
+    lut_c = an.cavity_radius_cs(cos_a[None], sin_a[None], hs_all[:, None]).astype(f32)
+    pect_all = np.broadcast_to(an.pectoral_weight(hs_all), hs_all.shape)
+    lut_w = (wall_base[None] + pect_all[:, None] * wall_pect[None]).astype(f32)
+    low_all, bw_all = (np.broadcast_to(v, hs_all.shape) for v in an.fat_weights(hs_all))
+    lut_b = (
+        lut_c
+        + lut_w
+        + np.maximum(fat_ring[None] * low_all[:, None] + fat_breast[None] * bw_all[:, None], 1.0).astype(f32)
+    )
+    return lut_c, lut_w, lut_b
+
+
+def _cavity_boxes(lut_c: np.ndarray, ang: np.ndarray, X: np.ndarray, Y: np.ndarray) -> tuple[list[slice], list[slice]]:
+    """The cavity's box on each slice (rows, cols of the painter's box), 2 mm margin."""
+    cos_a, sin_a = np.cos(ang), np.sin(ang)
+    cx_lo, cx_hi = (lut_c * cos_a[None]).min(axis=1) - 2, (lut_c * cos_a[None]).max(axis=1) + 2
+    cy_lo, cy_hi = (lut_c * sin_a[None]).min(axis=1) - 2, (lut_c * sin_a[None]).max(axis=1) + 2
+    cav_rows = [
+        slice(int(np.searchsorted(Y[:, 0], a)), int(np.searchsorted(Y[:, 0], b, "right")))
+        for a, b in zip(cy_lo, cy_hi, strict=True)
+    ]
+    cav_cols = [
+        slice(int(np.searchsorted(X[0], a)), int(np.searchsorted(X[0], b, "right")))
+        for a, b in zip(cx_lo, cx_hi, strict=True)
+    ]
+    return cav_rows, cav_cols
+
+
+def _frame(
+    grid: Grid, an: Anatomy, look: Look, effusions: Sequence[Effusion], seed: int, ysurf0: float
+) -> _Frame | None:
+    """The painter's shared frame; None when the body's box is empty."""
+    f32 = np.float32
+    con: Contrast = look.contrast
+    rows, cols = _painter_box(grid, an, ysurf0)
+    X = grid.x[cols][None, :].astype(f32)
+    Y = grid.y[rows][:, None].astype(f32)
     if X.size == 0 or Y.size == 0:
         return None
     R = np.hypot(X, Y).astype(f32)
     TH = np.arctan2(Y, X)
     TI = (((TH + math.pi) / (2 * math.pi) * N_ANGLES).astype(np.intp)) % N_ANGLES
     ang = _angles()
-    cos_a, sin_a = np.cos(ang), np.sin(ang)
-    wall_base, wall_pect = an.wall_profiles(ang)
-    fat_ring, fat_breast = an.fat_profiles(ang)
     qd = [an.dome_q(i, X, Y).astype(f32) for i in (0, 1)]
     qa = [an.apex_q(i, X, Y).astype(f32) for i in (0, 1)]
     obl = [an.oblique(i, Y, X).astype(f32) for i in (0, 1)]
@@ -274,29 +310,11 @@ def _frame(
     ]
     # Everything that depends on the height only, for all slices at once.
     hs_all = grid.h
-    lut_c = an.cavity_radius_cs(cos_a[None], sin_a[None], hs_all[:, None]).astype(f32)
-    pect_all = np.broadcast_to(an.pectoral_weight(hs_all), hs_all.shape)
-    lut_w = (wall_base[None] + pect_all[:, None] * wall_pect[None]).astype(f32)
-    low_all, bw_all = (np.broadcast_to(v, hs_all.shape) for v in an.fat_weights(hs_all))
-    lut_b = (
-        lut_c
-        + lut_w
-        + np.maximum(fat_ring[None] * low_all[:, None] + fat_breast[None] * bw_all[:, None], 1.0).astype(f32)
-    )
+    lut_c, lut_w, lut_b = _radius_tables(an, hs_all, ang)
     band_x0, band_w0 = (np.broadcast_to(v, hs_all.shape) for v in an.band(hs_all))
     band_f, band_wave = (np.asarray(v, dtype=f32) for v in an.band_across(Y))
     spine_all = np.stack(np.broadcast_arrays(*an.spine_at(hs_all)), axis=1)
-    # The cavity's box on each slice (rows, cols of the painter's box), 2 mm margin.
-    cx_lo, cx_hi = (lut_c * cos_a[None]).min(axis=1) - 2, (lut_c * cos_a[None]).max(axis=1) + 2
-    cy_lo, cy_hi = (lut_c * sin_a[None]).min(axis=1) - 2, (lut_c * sin_a[None]).max(axis=1) + 2
-    cav_rows = [
-        slice(int(np.searchsorted(Y[:, 0], a)), int(np.searchsorted(Y[:, 0], b, "right")))
-        for a, b in zip(cy_lo, cy_hi, strict=True)
-    ]
-    cav_cols = [
-        slice(int(np.searchsorted(X[0], a)), int(np.searchsorted(X[0], b, "right")))
-        for a, b in zip(cx_lo, cx_hi, strict=True)
-    ]
+    cav_rows, cav_cols = _cavity_boxes(lut_c, ang, X, Y)
     return _Frame(
         rows=rows,
         cols=cols,

@@ -266,6 +266,32 @@ def _stencil_voxels(
     return d2, q2, idx, ok
 
 
+def _balls_in_grid(
+    grid: Grid, centres: np.ndarray, radii: np.ndarray, vals: np.ndarray
+) -> tuple[np.ndarray, ...] | None:
+    """The balls that can touch the grid: fractional centres, radii, stretched semi-axes, gains,
+    values, stencil extents and reaches (splat_balls); None when none can."""
+    # Partial volume of thin balls: along z a ball thinner than half a fine slice is
+    # stretched to it and dimmed by the length ratio; in-plane one thinner than 0.6
+    # pixel is widened and dimmed by the area ratio.
+    a_z = np.maximum(radii, 0.5 * grid.dzf)
+    a_xy = np.maximum(radii, 0.6 * grid.dxy)
+    gain = ((radii / a_z) * (radii / a_xy) ** 2).astype(np.float32)
+    c = grid.frac_index(centres)
+    # Reach of the anti-aliased ball: half a pixel beyond its surface (scaled along z);
+    # a voxel whose centre lies within half a voxel of the reach can be touched.
+    reach_z = a_z * (1.0 + 0.5 * grid.dxy / a_xy)
+    reach_xy = a_xy + 0.5 * grid.dxy
+    ez = np.floor(reach_z / grid.dzf + 0.5).astype(np.int64)
+    exy = np.floor(reach_xy / grid.dxy + 0.5).astype(np.int64)
+    shape = np.array(grid.shape_fine)
+    reach = np.stack([ez, exy, exy], axis=1)
+    inside = np.all((c + reach >= 0) & (c - reach <= shape - 1), axis=1)
+    if not inside.any():
+        return None
+    return tuple(a[inside] for a in (c, radii, a_z, a_xy, gain, vals, ez, exy, reach_z, reach_xy))
+
+
 def splat_balls(
     vol: np.ndarray,
     grid: Grid,
@@ -297,32 +323,16 @@ def splat_balls(
         return
     radii = np.broadcast_to(np.asarray(radii, dtype=np.float64), (len(centres),))
     vals = np.broadcast_to(np.asarray(values, dtype=np.float32), (len(centres),))
-    # Partial volume of thin balls: along z a ball thinner than half a fine slice is
-    # stretched to it and dimmed by the length ratio; in-plane one thinner than 0.6
-    # pixel is widened and dimmed by the area ratio.
-    a_z = np.maximum(radii, 0.5 * grid.dzf)
-    a_xy = np.maximum(radii, 0.6 * grid.dxy)
-    gain = ((radii / a_z) * (radii / a_xy) ** 2).astype(np.float32)
-    c = grid.frac_index(centres)
-    # Reach of the anti-aliased ball: half a pixel beyond its surface (scaled along z);
-    # a voxel whose centre lies within half a voxel of the reach can be touched.
-    reach_z = a_z * (1.0 + 0.5 * grid.dxy / a_xy)
-    reach_xy = a_xy + 0.5 * grid.dxy
-    ez = np.floor(reach_z / grid.dzf + 0.5).astype(np.int64)
-    exy = np.floor(reach_xy / grid.dxy + 0.5).astype(np.int64)
-    shape = np.array(grid.shape_fine)
-    reach = np.stack([ez, exy, exy], axis=1)
-    inside = np.all((c + reach >= 0) & (c - reach <= shape - 1), axis=1)
-    if not inside.any():
+    prepared = _balls_in_grid(grid, centres, radii, vals)
+    if prepared is None:
         return
-    c, radii, a_z, a_xy, gain, vals, ez, exy, reach_z, reach_xy = (
-        a[inside] for a in (c, radii, a_z, a_xy, gain, vals, ez, exy, reach_z, reach_xy)
-    )
+    c, radii, a_z, a_xy, gain, vals, ez, exy, reach_z, reach_xy = prepared
     flat = vol.reshape(-1)
     within_f = None if within is None else within.reshape(-1)
     mark_f = None if mark is None else mark.reshape(-1)
     clear_f = None if clear is None else clear.reshape(-1)
     merge = np.maximum.at if mode == "max" else np.minimum.at
+    shape = np.array(grid.shape_fine)
     spacing = np.array([grid.dzf, grid.dxy, grid.dxy], dtype=np.float32)
     key = ez * 4096 + exy
     for kv in np.unique(key):

@@ -111,6 +111,30 @@ def _majority(mask: np.ndarray, grid: Grid) -> np.ndarray:
     return 2 * count >= grid.sub
 
 
+def _look_info(grid: Grid, look: Look, an: Anatomy) -> dict[str, object]:
+    """What the scanner and the patient looked like (TruthB.look)."""
+    con = look.contrast
+    return {
+        "size_px": grid.nx,
+        "pixel_mm": grid.dxy,
+        "slice_mm": grid.dz,
+        "fine_samples": grid.sub,
+        "kernel": look.kernel,
+        "noise_sd": look.noise_sd(grid.dz),
+        "phase": con.phase,
+        "outside_hu": look.outside_hu,
+        "offset_mm": (-grid.iso_x, -grid.iso_y),
+        "cupping_hu": look.cupping,
+        "streak_hu": look.streak if an.arms_down else 0.0,
+        "table_pad_mm": look.pad,
+        "arms_down": an.arms_down,
+        "fat_mm": an.fat,
+        "lung_median_hu": an.lung_median,
+        "gravity_hu": an.gravity,
+        "breast_mm": an.breast,
+    }
+
+
 def build_phantom_b(
     label: str, seed: int, n_slices: int | None = None, size_px: int | None = None
 ) -> tuple[Phantom, TruthB]:
@@ -166,27 +190,8 @@ def build_phantom_b(
         infected_z=tuple(int(z) for z in infected),
         seed=seed,
     )
-    look_info = {
-        "size_px": grid.nx,
-        "pixel_mm": grid.dxy,
-        "slice_mm": grid.dz,
-        "fine_samples": grid.sub,
-        "kernel": look.kernel,
-        "noise_sd": look.noise_sd(grid.dz),
-        "phase": con.phase,
-        "outside_hu": look.outside_hu,
-        "offset_mm": (-grid.iso_x, -grid.iso_y),
-        "cupping_hu": look.cupping,
-        "streak_hu": look.streak if an.arms_down else 0.0,
-        "table_pad_mm": look.pad,
-        "arms_down": an.arms_down,
-        "fat_mm": an.fat,
-        "lung_median_hu": an.lung_median,
-        "gravity_hu": an.gravity,
-        "breast_mm": an.breast,
-    }
     truth = TruthB(
-        look=look_info,
+        look=_look_info(grid, look, an),
         findings=dict(plan.findings),
         effusion_mask=effusion,
         mass_mask=mass,

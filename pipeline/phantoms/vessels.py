@@ -161,6 +161,38 @@ def _line(*pts: np.ndarray, n: int = 12) -> np.ndarray:
     return np.concatenate(out)
 
 
+def _aorta_tubes(
+    an: Anatomy, con: Contrast, rng: np.random.Generator, h_car: float, top: float
+) -> tuple[list[Tube], np.ndarray, float]:
+    """The aorta (root, ascending, arch, descending along the left of the spine) and the arch's
+    three branches; with the ascending aorta's top and radius (the superior vena cava lies beside it)."""
+    u = rng.uniform
+    hc, C = an.heart_c, an.heart_axes[2]
+    r_asc, r_arch, r_desc = u(13, 18), u(12, 15), u(10, 14)
+    h_arch = h_car + u(15, 35)
+    root = np.array([hc[0] + 0.45 * C, hc[1], hc[2] * 0.2])
+    asc_top = np.array([h_arch, hc[1] - u(0, 15), u(-8, 4)])
+    ax_, ay_, ar_ = (float(v) for v in an.spine_at(h_arch))
+    desc_top = np.array([h_arch, ay_ - ar_ * u(0.2, 0.6), ax_ + ar_ + r_desc * u(0.6, 1.0)])
+    mid = (asc_top + desc_top) / 2
+    half = (asc_top - desc_top) / 2
+    rise = float(np.linalg.norm(half)) * u(0.5, 0.8)
+    phi = np.linspace(0, math.pi, 25)[:, None]
+    arch = mid + half * np.cos(phi) + np.array([rise, 0.0, 0.0]) * np.sin(phi)
+    hs = np.linspace(h_arch, -10.0, 24)
+    dx_, dy_, dr_ = an.spine_at(hs)
+    drift = np.clip((hs - an.h_low) / max(h_arch - an.h_low, 1.0), 0, 1)[:, None]
+    desc = np.stack([hs, dy_ - 0.6 * dr_, dx_ + dr_ * 0.5 + r_desc * 0.6], axis=1)
+    desc[:, 2:] = desc_top[2] * drift + desc[:, 2:] * (1 - drift)
+    aorta = np.concatenate([_line(root, asc_top), arch[1:], desc[1:]])
+    rad = np.concatenate([np.linspace(r_asc, r_asc, 13), np.linspace(r_asc, r_arch, 24), np.full(23, r_desc)])
+    tubes = [Tube(aorta, rad, con.aorta)]
+    for frac, r_b, lat in ((0.3, 6.5, -8.0), (0.5, 4.5, -2.0), (0.7, 5.0, 6.0)):
+        p = arch[int(frac * 24)]
+        tubes.append(Tube(_line(p, np.array([top, p[1] - 5.0, p[2] + lat * 2])), np.full(13, r_b), con.aorta))
+    return tubes, asc_top, r_asc
+
+
 def central_tubes(an: Anatomy, con: Contrast, rng: np.random.Generator) -> tuple[list[Tube], Hila]:
     u = rng.uniform
     hila = _hila(an, rng)
@@ -181,29 +213,8 @@ def central_tubes(an: Anatomy, con: Contrast, rng: np.random.Generator) -> tuple
         tubes.append(
             Tube(pts, np.linspace(r_tr * ratio, r_tr * ratio * 0.85, len(pts)), HU_AIRWAY_WALL, wall=wall_tr * 0.8)
         )
-    # Aorta: root, ascending, arch, descending along the left of the spine.
-    r_asc, r_arch, r_desc = u(13, 18), u(12, 15), u(10, 14)
-    h_arch = h_car + u(15, 35)
-    root = np.array([hc[0] + 0.45 * C, hc[1], hc[2] * 0.2])
-    asc_top = np.array([h_arch, hc[1] - u(0, 15), u(-8, 4)])
-    ax_, ay_, ar_ = (float(v) for v in an.spine_at(h_arch))
-    desc_top = np.array([h_arch, ay_ - ar_ * u(0.2, 0.6), ax_ + ar_ + r_desc * u(0.6, 1.0)])
-    mid = (asc_top + desc_top) / 2
-    half = (asc_top - desc_top) / 2
-    rise = float(np.linalg.norm(half)) * u(0.5, 0.8)
-    phi = np.linspace(0, math.pi, 25)[:, None]
-    arch = mid + half * np.cos(phi) + np.array([rise, 0.0, 0.0]) * np.sin(phi)
-    hs = np.linspace(h_arch, -10.0, 24)
-    dx_, dy_, dr_ = an.spine_at(hs)
-    drift = np.clip((hs - an.h_low) / max(h_arch - an.h_low, 1.0), 0, 1)[:, None]
-    desc = np.stack([hs, dy_ - 0.6 * dr_, dx_ + dr_ * 0.5 + r_desc * 0.6], axis=1)
-    desc[:, 2:] = desc_top[2] * drift + desc[:, 2:] * (1 - drift)
-    aorta = np.concatenate([_line(root, asc_top), arch[1:], desc[1:]])
-    rad = np.concatenate([np.linspace(r_asc, r_asc, 13), np.linspace(r_asc, r_arch, 24), np.full(23, r_desc)])
-    tubes.append(Tube(aorta, rad, con.aorta))
-    for frac, r_b, lat in ((0.3, 6.5, -8.0), (0.5, 4.5, -2.0), (0.7, 5.0, 6.0)):
-        p = arch[int(frac * 24)]
-        tubes.append(Tube(_line(p, np.array([top, p[1] - 5.0, p[2] + lat * 2])), np.full(13, r_b), con.aorta))
+    aorta_tubes, asc_top, r_asc = _aorta_tubes(an, con, rng, h_car, top)
+    tubes += aorta_tubes
     # Pulmonary trunk and arteries.
     pa0 = np.array([hc[0] + 0.6 * C, hc[1] - 0.45 * B, hc[2] - 0.1 * A])
     bif = np.array([h_car - u(5, 15), y_tr - u(0, 12), u(8, 18)])
@@ -340,6 +351,33 @@ def _branch_len(rng: np.random.Generator, rad: np.ndarray) -> np.ndarray:
     return rng.uniform(0.5, 1.2, len(rad)) * (BRANCH_MM[0] + BRANCH_MM[1] * rad)
 
 
+def _step_direction(
+    rng: np.random.Generator,
+    an: Anatomy,
+    pos: np.ndarray,
+    target: np.ndarray,
+    dirs: np.ndarray,
+    dep: np.ndarray,
+    rad: np.ndarray,
+) -> np.ndarray:
+    """Each tip's next direction: drawn to its target, wobbling, pushed off the pleura, turning
+    at most MAX_TURN per step."""
+    n = len(pos)
+    to = target - pos
+    dist = np.linalg.norm(to, axis=1, keepdims=True)
+    att = np.where(dist > 6.0, to / np.maximum(dist, 1e-6), 0.0)
+    delta = ATTRACT * att + rng.normal(scale=WOBBLE, size=(n, 3))
+    near = np.flatnonzero((dep < PLEURA_MARGIN_MM) & (rad >= REPEL_MIN_R))
+    if near.size:
+        g = _gradient(an, pos[near], dep[near])
+        delta[near] += g * (REPULSE * np.clip((PLEURA_MARGIN_MM - dep[near]) / PLEURA_MARGIN_MM, 0, 2))[:, None]
+    # Vessels run fairly straight between branchings: bound the turn per step.
+    delta -= dirs * (delta * dirs).sum(axis=1, keepdims=True)
+    size = np.linalg.norm(delta, axis=1, keepdims=True)
+    delta *= np.minimum(1.0, MAX_TURN / np.maximum(size, 1e-9))
+    return unit_rows(dirs + delta)
+
+
 def _grow(
     rng: np.random.Generator,
     an: Anatomy,
@@ -369,22 +407,9 @@ def _grow(
         return np.concatenate([a, b])
 
     for _ in range(MAX_STEPS):
-        n = len(pos)
-        if n == 0:
+        if len(pos) == 0:
             break
-        to = target - pos
-        dist = np.linalg.norm(to, axis=1, keepdims=True)
-        att = np.where(dist > 6.0, to / np.maximum(dist, 1e-6), 0.0)
-        delta = ATTRACT * att + rng.normal(scale=WOBBLE, size=(n, 3))
-        near = np.flatnonzero((dep < PLEURA_MARGIN_MM) & (rad >= REPEL_MIN_R))
-        if near.size:
-            g = _gradient(an, pos[near], dep[near])
-            delta[near] += g * (REPULSE * np.clip((PLEURA_MARGIN_MM - dep[near]) / PLEURA_MARGIN_MM, 0, 2))[:, None]
-        # Vessels run fairly straight between branchings: bound the turn per step.
-        delta -= dirs * (delta * dirs).sum(axis=1, keepdims=True)
-        size = np.linalg.norm(delta, axis=1, keepdims=True)
-        delta *= np.minimum(1.0, MAX_TURN / np.maximum(size, 1e-9))
-        d = unit_rows(dirs + delta)
+        d = _step_direction(rng, an, pos, target, dirs, dep, rad)
         step = np.clip(1.5 * rad, *STEP_MM)
         new = pos + d * step[:, None]
         new_r = rad * TAPER_PER_MM**step
