@@ -301,3 +301,37 @@ def test_sr_grades_severity_except_out_of_domain(case):
     if case.name != "out_of_domain":
         grade = case.inputs.result.severity.mosmed_grade
         assert any(m.startswith(f"CT-{grade}:") for m in meanings)
+
+
+def test_every_object_names_the_ai_model_as_contributing_equipment(case):
+    """IHE AI Results: each object carries a Contributing Equipment item for the AI model
+    whose device UID and serial number follow the model bundle, the same UID the SR's
+    observer device context gives (highdicom adds an item of its own, the library)."""
+    model = case.inputs.result.model
+    sr_device_uids = {
+        str(item.UID)
+        for item in hd.sr.utils.find_content_items(case.sr, recursive=True)
+        if item.ValueType == "UIDREF" and item.ConceptNameCodeSequence[0].CodeValue == "121012"
+    }
+    for kind, datasets in case.objects.items():
+        for ds in datasets:
+            (item,) = [e for e in ds.ContributingEquipmentSequence if "DeviceUID" in e]
+            purpose = item.PurposeOfReferenceCodeSequence[0]
+            assert (purpose.CodeValue, purpose.CodingSchemeDesignator) == ("109102", "DCM"), kind
+            assert item.ManufacturerModelName == model.name, kind
+            assert item.DeviceSerialNumber == model.sha256, kind
+            assert model.version in list(item.SoftwareVersions), kind
+            assert {str(item.DeviceUID)} == sr_device_uids, kind
+
+
+def test_the_device_uid_changes_with_the_model_bundle():
+    from dataclasses import replace
+
+    from dicomnode.writers.common import contributing_equipment, device_uid
+
+    model = built("covid19").inputs.result.model
+    other = replace(model, sha256="0" * 64)
+    options = WriterOptions()
+    assert device_uid(model, options) == device_uid(model, options)
+    assert device_uid(model, options) != device_uid(other, options)
+    assert contributing_equipment(other, options)[0].DeviceUID == device_uid(other, options)

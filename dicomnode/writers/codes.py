@@ -159,6 +159,10 @@ SOURCE_IMAGE_FOR_PROCESSING = Code("121322", "DCM", "Source image for image proc
 ARTIFICIAL_INTELLIGENCE = Code("123110", "DCM", "Artificial Intelligence")
 #: Algorithm family of the classical lung segmentation (HU threshold, then morphology).
 MORPHOLOGICAL_OPERATIONS = Code("123104", "DCM", "Morphological Operations")
+#: Purpose of Reference of the Contributing Equipment item that names the AI model (CID
+#: 7005). IHE AI Results asks for "Processing Algorithm", a code it has only as a 99IHE
+#: placeholder; DICOM's own "Processing Equipment" is the standard code closest to it.
+PROCESSING_EQUIPMENT = Code("109102", "DCM", "Processing Equipment")
 
 # --- Units (UCUM) -------------------------------------------------------------------
 #: Probabilities and scores are reported in percent: viewers print value and unit

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
+import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from pipeline.types import AnalysisResult, CTVolume, ModelInfo
 
+from . import codes
 from .options import WriterError, WriterOptions
 
 #: name -> UID (see uid_maker): how the builders get every UID they need.
@@ -192,6 +194,29 @@ def series_description(what: str, model: ModelInfo) -> str:
     tag = "DEMO, not for clinical use" if is_demo(model) else "not for clinical use"
     text = f"AI COVID-19 CT {what} ({tag})"
     return text[:LO_MAX]
+
+
+def device_uid(model: ModelInfo, options: WriterOptions) -> str:
+    """The AI "device" of every object: one UID per product version and model bundle, so it
+    changes with the bundle (its sha256) and stays the same across reports made with it."""
+    return str(generate_uid(entropy_srcs=[options.product_name, options.product_version, model.sha256]))
+
+
+def contributing_equipment(model: ModelInfo, options: WriterOptions) -> list[hd.ContributingEquipment]:
+    """The Contributing Equipment item that names the AI model (IHE AI Results): maker,
+    bundle name, software versions (node and bundle), the bundle's sha256 as serial number
+    and the device UID above (Device UID is a Type 3 attribute of the item)."""
+    item = hd.ContributingEquipment(
+        manufacturer=options.manufacturer,
+        purpose_of_reference=codes.PROCESSING_EQUIPMENT,
+        manufacturer_model_name=model.name[:LO_MAX],
+        software_versions=[options.product_version, model.version],
+        device_serial_number=model.sha256[:LO_MAX],
+        institution_name=options.institution_name,
+        contribution_description=f"AI analysis: {model_text(model, options)}"[:1024],  # VR ST
+    )
+    item.DeviceUID = device_uid(model, options)
+    return [item]
 
 
 def model_text(model: ModelInfo, options: WriterOptions) -> str:

@@ -14,12 +14,11 @@ from typing import Sequence
 import highdicom as hd
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes as dcm_codes
-from pydicom.uid import generate_uid
 
 from pipeline.types import AnalysisResult, CTVolume
 
 from . import codes, wording
-from .common import UidMaker, disclaimer, key_slices, series_description
+from .common import UidMaker, contributing_equipment, device_uid, disclaimer, key_slices, series_description
 from .options import WriterOptions
 from .sr import slice_ranges
 
@@ -35,7 +34,7 @@ def build_kos(
     labels = slice_ranges([volume.slice_label(z) for z in chosen])
     description = f"{kos_description(result, labels)} {disclaimer(result.model)}"
     device = hd.sr.DeviceObserverIdentifyingAttributes(
-        uid=str(generate_uid(entropy_srcs=[options.product_name, options.product_version, result.model.sha256])),
+        uid=device_uid(result.model, options),
         name=f"{options.product_name} {options.product_version}",
         manufacturer_name=options.manufacturer,
         model_name=f"{result.model.name} {result.model.version}",
@@ -59,6 +58,7 @@ def build_kos(
         manufacturer=options.manufacturer,
         institution_name=options.institution_name,
         series_description=series_description("key images", result.model),
+        contributing_equipment=contributing_equipment(result.model, options),
     )
     _drop_reference_names(kos)
     return kos

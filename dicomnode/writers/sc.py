@@ -25,6 +25,7 @@ from . import codes, wording
 from .common import (
     CLASS_DISPLAY,
     UidMaker,
+    contributing_equipment,
     disclaimer,
     is_demo,
     lossy_source,
@@ -70,6 +71,7 @@ def build_sc(
             series_description=series_description("Grad-CAM", result.model),
             manufacturer_model_name=options.product_name,
             software_versions=[options.product_version, f"{result.model.name} {result.model.version}"],
+            contributing_equipment=contributing_equipment(result.model, options),
         )
         if "BodyPartExamined" in source:  # General Series; tells validators no laterality is due
             sc.BodyPartExamined = source.BodyPartExamined

@@ -19,7 +19,7 @@ from pydicom.dataset import Dataset
 from pipeline.types import AnalysisResult, CTVolume
 
 from . import codes
-from .common import LO_MAX, UidMaker, disclaimer, series_description
+from .common import LO_MAX, UidMaker, contributing_equipment, disclaimer, series_description
 from .options import WriterError, WriterOptions
 
 SEGMENT_LABEL = "Lung"
@@ -87,6 +87,7 @@ def build_seg(
             content_description=f"Lung segmentation ({method}). {disclaimer(model)}"[:LO_MAX],
             series_description=series_description("lung segmentation", model),
             omit_empty_frames=True,
+            contributing_equipment=contributing_equipment(model, options),
         )
     except ValueError as e:
         raise WriterError(f"lung SEG cannot be built from these source slices: {e}") from e

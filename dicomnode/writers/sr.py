@@ -41,7 +41,6 @@ from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes as dcm_codes
 from pydicom.sr.coding import Code
-from pydicom.uid import generate_uid
 
 from pipeline.decision import pattern_type_shares
 from pipeline.types import CLASS_NAMES, PNEUMONIA_CLASSES, TASK_NAMES, AnalysisResult, AttentionMap, CTVolume
@@ -51,6 +50,8 @@ from .common import (
     CLASS_DISPLAY,
     UidMaker,
     completeness_note,
+    contributing_equipment,
+    device_uid,
     disclaimer,
     largest_contour,
     lossy_source,
@@ -82,7 +83,7 @@ def build_sr(
 
     device = hd.sr.DeviceObserverIdentifyingAttributes(
         # One UID per product version and bundle: the same "device" across reports.
-        uid=str(generate_uid(entropy_srcs=[options.product_name, options.product_version, model.sha256])),
+        uid=device_uid(model, options),
         name=f"{options.product_name} {options.product_version}",
         manufacturer_name=options.manufacturer,
         model_name=f"{model.name} {model.version}",
@@ -119,6 +120,7 @@ def build_sr(
         software_versions=[options.product_version, f"{model.name} {model.version}"],
         coding_schemes=[private_coding_scheme()],
         previous_versions=list(options.previous_reports) or None,
+        contributing_equipment=contributing_equipment(model, options),
     )
     return sr
 
