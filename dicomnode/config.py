@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .errors import ConfigError
 
 #: A kind of result object (dicomnode.writers builds each).
-ObjectKind = Literal["sr", "sc", "seg", "kos"]
+ObjectKind = Literal["sr", "sc", "seg", "kos", "lobe_seg"]
 #: The kinds of result object, in the order they are built and sent (the one list).
 OBJECT_KINDS: tuple[ObjectKind, ...] = get_args(ObjectKind)
 AE_TITLE_MAX = 16

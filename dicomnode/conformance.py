@@ -31,8 +31,9 @@ from .scp import ACCEPTED_TRANSFER_SYNTAXES, storage_contexts
 CREATED_SOP_CLASSES: dict[str, str] = {
     "sr": Comprehensive3DSRStorage,  # TID 1500
     "sc": SecondaryCaptureImageStorage,  # Grad-CAM overlays
-    "seg": SegmentationStorage,  # the lung
+    "seg": SegmentationStorage,  # the lung and its lesions
     "kos": KeyObjectSelectionDocumentStorage,
+    "lobe_seg": SegmentationStorage,  # the five lobes
 }
 #: Listener limits of ``[node]`` that the statement quotes, with what each means.
 LIMITS: tuple[tuple[str, str], ...] = (

@@ -108,11 +108,14 @@ class LungMask:
 
     ``lesion`` (bool, inside ``mask``) is the U-Net's map of lesions of infection when the
     bundle's U-Net has a lesion head; None otherwise (classical masks, 2-class U-Nets).
+    ``lobes`` (uint8, 0 outside ``mask``, 1-5 in pipeline.severity.LOBES order inside) is
+    the lobe map when the chain segmented the lobes; None otherwise.
     """
 
     mask: np.ndarray
     method: str  # "unet" or "classical"
     lesion: np.ndarray | None = None
+    lobes: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         _require(
@@ -124,6 +127,11 @@ class LungMask:
             _require(
                 self.lesion.shape == self.mask.shape and self.lesion.dtype == bool,
                 "LungMask.lesion must be a bool array of the mask's shape",
+            )
+        if self.lobes is not None:
+            _require(
+                self.lobes.shape == self.mask.shape and self.lobes.dtype == np.uint8,
+                "LungMask.lobes must be a uint8 array of the mask's shape",
             )
 
 

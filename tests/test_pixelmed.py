@@ -26,7 +26,14 @@ def objects(name: str) -> dict:
 
 #: The SR's content differs by decision; the KOS and SEG do not in structure (one JVM per
 #: file costs about 10 s, so each structure is validated once).
-CHECKS = [("covid19", "sr"), ("indeterminate", "sr"), ("out_of_domain", "sr"), ("covid19", "kos"), ("covid19", "seg")]
+CHECKS = [
+    ("covid19", "sr"),
+    ("indeterminate", "sr"),
+    ("out_of_domain", "sr"),
+    ("covid19", "kos"),
+    ("covid19", "seg"),
+    ("covid19", "lobe_seg"),
+]
 
 
 @pytest.mark.parametrize(("case", "kind"), CHECKS)

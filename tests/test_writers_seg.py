@@ -1,4 +1,4 @@
-"""Lung SEG: valid, one segment 'Lung', frames referencing their source slices."""
+"""Lung SEG (lung, lesions) and lobe SEG: valid, coded segments, frames referencing their source slices."""
 
 from __future__ import annotations
 
@@ -78,7 +78,8 @@ def test_empty_lung_mask_gives_no_seg(inputs):
 
 @pytest.fixture(scope="module")
 def seg_with_lesions(inputs):
-    """The same result with a lesion map (a 3-class U-Net's): a block of the lung."""
+    """The same result with a lesion map (a 3-class U-Net's): a block of the lung; without a
+    severity measurement (no density split), so the lesions are one segment."""
     from dataclasses import replace
 
     from pipeline.types import LungMask
@@ -88,7 +89,7 @@ def seg_with_lesions(inputs):
     z = [z for z in range(mask.shape[0]) if mask[z].any()][len(mask) // 4]
     lesion[z : z + 3] = mask[z : z + 3] & (np.arange(mask.shape[2]) < mask.shape[2] // 2)[None, None, :]
     assert lesion.any()
-    result = replace(inputs.result, lung_mask=LungMask(mask=mask, method="unet", lesion=lesion))
+    result = replace(inputs.result, lung_mask=LungMask(mask=mask, method="unet", lesion=lesion), severity=None)
     objects = build_result_objects(result, inputs.volume, inputs.sources, WriterOptions(enabled={"seg"}))
     return to_bytes_and_back(objects["seg"][0]), lesion
 
@@ -109,3 +110,105 @@ def test_lesion_map_is_a_second_overlapping_segment(seg_with_lesions, inputs):
     pixels = parsed.get_pixels_by_source_instance(source_sop_instance_uids=uids, segment_numbers=[1, 2])
     assert np.array_equal(pixels[..., 0].astype(bool), inputs.result.lung_mask.mask)
     assert np.array_equal(pixels[..., 1].astype(bool), lesion)
+
+
+@pytest.fixture(scope="module")
+def lesion_inputs():
+    """A result with a lesion map and its severity (ground glass and denser parts)."""
+    from dataclasses import replace
+
+    from pipeline.types import LungMask
+
+    from writer_inputs import make_inputs
+
+    inputs = make_inputs(seed=7, n_slices=24, size=96)
+    assert inputs.result.severity is not None
+    mask = inputs.result.lung_mask.mask
+    lesion = inputs.lesion & mask
+    assert lesion.any()
+    lung = LungMask(mask=mask, method="unet", lesion=lesion, lobes=inputs.result.lung_mask.lobes)
+    return inputs, replace(inputs.result, lung_mask=lung)
+
+
+def test_lesions_are_split_into_ground_glass_and_consolidation(lesion_inputs):
+    inputs, result = lesion_inputs
+    hu = inputs.volume.hu.copy()
+    lesion = result.lung_mask.lesion
+    # Make part of the lesion dense: the SEG must put it in the consolidation segment.
+    dense = lesion & (np.arange(hu.shape[2]) < hu.shape[2] // 2)[None, None, :]
+    assert dense.any() and (lesion & ~dense).any()
+    hu[dense] = 20.0
+    from dataclasses import replace
+
+    volume = replace(inputs.volume, hu=hu)
+    objects = build_result_objects(result, volume, inputs.sources, WriterOptions(enabled={"seg"}))
+    seg = to_bytes_and_back(objects["seg"][0])
+    labels = [s.SegmentLabel for s in seg.SegmentSequence]
+    assert labels == ["Lung", "Ground-glass opacity", "Consolidation"]
+    types = [s.SegmentedPropertyTypeCodeSequence[0].CodeValue for s in seg.SegmentSequence]
+    assert types == [codes.LUNG.value, codes.GROUND_GLASS_OPACITY.value, codes.LUNG_CONSOLIDATION.value]
+    parsed = hd.seg.Segmentation.from_dataset(seg)
+    uids = [str(s.SOPInstanceUID) for s in inputs.sources]
+    pixels = parsed.get_pixels_by_source_instance(source_sop_instance_uids=uids, segment_numbers=[1, 2, 3])
+    consolidation = lesion & (hu >= result.severity.consolidation_hu)
+    assert np.array_equal(pixels[..., 1].astype(bool), lesion & ~consolidation)
+    assert np.array_equal(pixels[..., 2].astype(bool), consolidation)
+    assert not (dense & ~consolidation).any()
+
+
+@pytest.fixture(scope="module")
+def lobe_seg(lesion_inputs):
+    inputs, result = lesion_inputs
+    objects = build_result_objects(result, inputs.volume, inputs.sources, WriterOptions(enabled={"lobe_seg"}))
+    assert set(objects) == {"lobe_seg"} and len(objects["lobe_seg"]) == 1
+    return to_bytes_and_back(objects["lobe_seg"][0])
+
+
+def test_lobe_seg_has_five_coded_lobes_with_laterality(lobe_seg, lesion_inputs):
+    inputs, result = lesion_inputs
+    segments = lobe_seg.SegmentSequence
+    assert [s.SegmentLabel for s in segments] == [
+        "Right upper lobe",
+        "Right middle lobe",
+        "Right lower lobe",
+        "Left upper lobe",
+        "Left lower lobe",
+    ]
+    coded = []
+    for s in segments:
+        kind = s.SegmentedPropertyTypeCodeSequence[0]
+        modifier = kind.get("SegmentedPropertyTypeModifierCodeSequence")
+        coded.append((kind.CodeValue, modifier[0].CodeMeaning if modifier else None))
+    assert coded == [
+        ("45653009", "Right"),
+        ("72481006", None),
+        ("90572001", "Right"),
+        ("45653009", "Left"),
+        ("90572001", "Left"),
+    ]
+    assert int(lobe_seg.SeriesNumber) == WriterOptions().lobe_seg_series_number
+    parsed = hd.seg.Segmentation.from_dataset(lobe_seg)
+    uids = [str(s.SOPInstanceUID) for s in inputs.sources]
+    pixels = parsed.get_pixels_by_source_instance(source_sop_instance_uids=uids, segment_numbers=[1, 2, 3, 4, 5])
+    lobes = result.lung_mask.lobes
+    for i in range(5):
+        assert np.array_equal(pixels[..., i].astype(bool), lobes == i + 1)
+
+
+@pytest.mark.peers
+def test_lobe_seg_passes_dciodvfy(lobe_seg, tmp_path):
+    result = dciodvfy(lobe_seg, tmp_path, "lobe_seg.dcm")
+    assert result.errors == [], result.output
+    assert result.unexpected_warnings == [], result.output
+
+
+def test_no_lobe_seg_without_a_lobe_map_or_out_of_domain(inputs):
+    from writer_inputs import DECISION_CASES, make_inputs
+
+    plain = make_inputs(seed=7, n_slices=24, size=96, with_lobes=False)
+    built = build_result_objects(plain.result, plain.volume, plain.sources, WriterOptions(enabled={"lobe_seg"}))
+    assert built == {"lobe_seg": []}
+    ood = DECISION_CASES["out_of_domain"]()
+    assert ood.result.lung_mask.lobes is not None
+    built = build_result_objects(ood.result, ood.volume, ood.sources, WriterOptions(enabled={"lobe_seg"}))
+    assert built == {"lobe_seg": []}

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from dicomnode.writers import WriterError, WriterOptions, build_result_objects, codes, read_findings
+from pipeline.severity import LOBE_TITLES
 from pipeline.types import CLASS_NAMES, TASK_NAMES
 
 from writer_inputs import dciodvfy, make_inputs, to_bytes_and_back
@@ -97,9 +98,15 @@ def test_sr_has_only_image_anchored_measurement_groups(sr, inputs):
     res = inputs.result
     explained_infected = {a.z_index for a in res.attention} & set(res.infected.z_indices)
     assert len(explained_infected) >= 2, "the test inputs must explain several infectious slices"
-    # The case group on the key slice, one more per other explained infectious slice.
-    assert len(groups) == len(explained_infected)
-    assert {_sop(g) for g in groups} == {str(inputs.sources[z].SOPInstanceUID) for z in explained_infected}
+    # The case group on the key slice, one more per other explained infectious slice, then
+    # one per involved lobe (sr_severity).
+    involved = [p for p in res.severity.lobes if p.score > 0]
+    assert involved, "the test inputs must involve some lobe"
+    lobe_groups = [g for g in groups if str(g.tracking_identifier).startswith("AI lobe severity")]
+    groups_by_slice = [g for g in groups if g not in lobe_groups]
+    assert len(lobe_groups) == len(involved)
+    assert len(groups_by_slice) == len(explained_infected)
+    assert {_sop(g) for g in groups_by_slice} == {str(inputs.sources[z].SOPInstanceUID) for z in explained_infected}
     source_uids = {str(s.SOPInstanceUID) for s in inputs.sources}
     rows, cols = inputs.volume.shape[1:]
     for group in groups:
@@ -278,3 +285,34 @@ def test_lesion_pattern_leads_the_case_group_and_reads_back(tmp_path):
     ood = with_pattern(make_out_of_domain_inputs(seed=2))
     sr = build_result_objects(ood.result, ood.volume, ood.sources, WriterOptions(enabled=("sr",)))["sr"][0]
     assert read_findings(to_bytes_and_back(sr)).pattern_shares == {}
+
+
+def test_sr_reports_each_involved_lobe_on_its_image_and_the_lobe_table(sr, inputs):
+    """Issue 15: per lobe the involved share and score (image-anchored, OHIF draws them),
+    the CT severity score in the case group, and every lobe in the summary's table."""
+    from dicomnode.writers import codes
+
+    severity = inputs.result.severity
+    assert severity.ct_severity_score is not None and len(severity.lobes) == 5
+    report = hd.sr.Comprehensive3DSR.from_dataset(sr).content
+    groups = report.get_planar_roi_measurement_groups()
+    by_lobe = {}
+    for g in groups:
+        values = {m.name.value: m.value for m in g.get_measurements()}
+        if codes.LOBE_SCORE.value in values:
+            by_lobe[str(g.tracking_identifier)] = values
+    involved = {p.name: p for p in severity.lobes if p.score > 0}
+    assert len(by_lobe) == len(involved)
+    for part in involved.values():
+        values = next(v for k, v in by_lobe.items() if LOBE_TITLES[part.name] in k)
+        assert values[codes.LOBE_SCORE.value] == part.score
+        assert abs(values[codes.LOBE_INVOLVEMENT.value] - round(part.involvement_percent, 2)) < 1e-6
+    case_values = {m.name.value: m.value for g in groups for m in g.get_measurements()}
+    assert case_values[codes.CT_SEVERITY_SCORE.value] == severity.ct_severity_score
+    text = read_findings(sr).summary
+    assert f"CT severity score {severity.ct_severity_score} of 25" in text
+    for part in severity.lobes:
+        assert any(
+            line.strip().startswith(LOBE_TITLES[part.name]) and f"score {part.score}" in line
+            for line in text.splitlines()
+        ), text

@@ -103,6 +103,19 @@ def _synthetic_chest(seed: int, n_slices: int, size: int) -> tuple[np.ndarray, n
     return hu, lungs, lesion
 
 
+def toy_lobe_map(lungs: np.ndarray) -> np.ndarray:
+    """Five lobes cut from a lung mask by straight planes (a writer's input, not anatomy):
+    image columns left of the middle are the patient's right (LPS); the right lung in
+    thirds along z, the left in halves (labels in pipeline.severity.LOBES order)."""
+    nz, _, nx = lungs.shape
+    z = np.arange(nz)[:, None, None]
+    right = np.broadcast_to((np.arange(nx) < nx // 2)[None, None, :], lungs.shape)
+    thirds = np.minimum(3 * z // nz, 2)
+    halves = np.minimum(2 * z // nz, 1)
+    lobes = np.where(right, 1 + thirds, 4 + halves).astype(np.uint8)
+    return np.where(lungs, lobes, 0).astype(np.uint8)
+
+
 def make_inputs(
     seed: int = 0,
     n_slices: int = 24,
@@ -113,12 +126,14 @@ def make_inputs(
     decision: Decision | None = None,
     domain: DomainCheck | None = None,
     probabilities: Sequence[float] | None = None,
+    with_lobes: bool = True,
 ) -> WriterInputs:
     """A consistent volume / sources / result triple. ``label``: the phantom's class and the
     most probable class; ``infected=False`` gives a result with no infectious slice (the
     fallbacks), ``with_attention=False`` no Grad-CAM. ``decision`` defaults to ``label``
     with a plausible reason and TEST_THRESHOLDS, ``domain`` to IN_DOMAIN;
-    ``probabilities`` (in CLASS_NAMES order) replaces the default confident ones."""
+    ``probabilities`` (in CLASS_NAMES order) replaces the default confident ones;
+    ``with_lobes`` gives the lung a lobe map (toy_lobe_map) and the severity its lobes."""
     try:
         from pipeline.phantom import make_phantom  # lands with the phantom engineer's work
 
@@ -180,11 +195,14 @@ def make_inputs(
             attention.append(AttentionMap(z_index=z, heat=heat, regions=regions, target_class=top))
 
     decision = decision or confident_decision(probs_by_class)
+    lobes = toy_lobe_map(lungs.astype(bool)) if with_lobes else None
     severity = (
-        None if decision.value == "out_of_domain" else quantify_severity(lungs, lesion, volume.voxel_volume_ml, hu)
+        None
+        if decision.value == "out_of_domain"
+        else quantify_severity(lungs, lesion, volume.voxel_volume_ml, hu, lobes=lobes)
     )
     result = AnalysisResult(
-        lung_mask=LungMask(mask=lungs.astype(bool), method="classical"),
+        lung_mask=LungMask(mask=lungs.astype(bool), method="classical", lobes=lobes),
         slice_scores=slice_scores,
         case_scores=case,
         infected=InfectedSlices(scores=scores.astype(np.float32), z_indices=infected_z, threshold=0.5),

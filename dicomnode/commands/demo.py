@@ -166,7 +166,7 @@ def _print_report(job_dir: Path, as_json: bool) -> None:
         sr = hd.sr.srread(srs[0])
         print(f"\nStructured report: {srs[0]}")
         print(f"  series: {sr.SeriesDescription!s} ({len(sr.ContentSequence)} top-level content items)")
-    for kind in ("sc", "seg", "kos"):
+    for kind in ("sc", "seg", "lobe_seg", "kos"):
         files = sorted((job_dir / kind).glob("*.dcm")) if (job_dir / kind).is_dir() else []
         if files:
             desc = dcmread(files[0], stop_before_pixels=True).get("SeriesDescription", "")

@@ -1,7 +1,7 @@
 """Result objects: AnalysisResult + source CT datasets -> pydicom Datasets (highdicom).
 
 ``build_result_objects(result, volume, sources, options)`` returns a dict with one key
-per enabled kind ("sr", "sc", "seg", "kos"), each a list of datasets ready to send
+per enabled kind ("sr", "sc", "seg", "kos", "lobe_seg"), each a list of datasets ready to send
 (an empty list where there is nothing to show, e.g. no Grad-CAM or an empty lung mask;
 for an out-of-domain decision there is no Grad-CAM SC and no KOS, the SR and SEG stay).
 Nothing here touches disk or network; docs/objects.md describes each object.
@@ -19,7 +19,7 @@ from .common import check_inputs, source_views, uid_maker
 from .kos import build_kos
 from .options import OBJECT_KINDS, WriterError, WriterOptions
 from .sc import build_sc
-from .seg import build_seg
+from .seg import build_lobe_seg, build_seg
 from .sr import SRFindings, build_sr, read_findings
 
 __all__ = [
@@ -55,4 +55,7 @@ def build_result_objects(
         elif kind == "kos":
             kos = build_kos(result, volume, sources, options, uid)
             out[kind] = [kos] if kos is not None else []
+        elif kind == "lobe_seg":
+            lobe_seg = build_lobe_seg(result, volume, sources, options, uid)
+            out[kind] = [lobe_seg] if lobe_seg is not None else []
     return out

@@ -111,6 +111,10 @@ LESION_SHARE_THRESHOLD = Code("LESTHR", PRIVATE_SCHEME, "Lesion share threshold"
 GGO_VOLUME = Code("GGOVOL", PRIVATE_SCHEME, "Volume of ground-glass opacity")
 CONSOLIDATION_VOLUME = Code("CONSVOL", PRIVATE_SCHEME, "Volume of consolidation")
 SEVERITY_GRADE = Code("CTGRADE", PRIVATE_SCHEME, "CT severity grade (MosMedData CT-0 to CT-4)")
+#: The sum of the five lobe scores (0-25) and each lobe's score (0-5) and involved share.
+CT_SEVERITY_SCORE = Code("CTSS", PRIVATE_SCHEME, "CT severity score (sum of lobe scores, 0-25)")
+LOBE_SCORE = Code("LOBESCORE", PRIVATE_SCHEME, "Lobe severity score (0-5)")
+LOBE_INVOLVEMENT = Code("LOBEPCT", PRIVATE_SCHEME, "Lesions of infection, share of lobe volume")
 SEVERITY_GRADES: tuple[Code, ...] = (
     Code("CT0", PRIVATE_SCHEME, "CT-0: no lung involvement"),
     Code("CT1", PRIVATE_SCHEME, "CT-1: under 25% of the lungs involved"),
@@ -142,6 +146,26 @@ ANATOMICAL_STRUCTURE = Code("91723000", "SCT", "Anatomical Structure")
 #: SEG segment of the lesions (CID 7150 category, CID 7151-style property).
 MORPHOLOGICALLY_ALTERED_STRUCTURE = Code("49755003", "SCT", "Morphologically Altered Structure")
 LESION = Code("52988006", "SCT", "Lesion")
+#: The lesion map split by density (pipeline.severity's consolidation threshold).
+GROUND_GLASS_OPACITY = Code("112120", "DCM", "Ground glass opacity")
+LUNG_CONSOLIDATION = Code("95436008", "SCT", "Lung consolidation")
+#: Lobes (CID 6170 Lobe of Lung): the paired upper and lower lobes take a laterality
+#: modifier (CID 244); the middle lobe is the right lung's only.
+UPPER_LOBE_OF_LUNG = Code("45653009", "SCT", "Upper lobe of lung")
+MIDDLE_LOBE_OF_RIGHT_LUNG = Code("72481006", "SCT", "Middle lobe of right lung")
+LOWER_LOBE_OF_LUNG = Code("90572001", "SCT", "Lower lobe of lung")
+RIGHT = Code("24028007", "SCT", "Right")
+LEFT = Code("7771000", "SCT", "Left")
+#: Each lobe of pipeline.severity.LOBES: its type and laterality modifier (None: unpaired).
+LOBE_TYPES: Mapping[str, tuple[Code, Code | None]] = MappingProxyType(
+    {
+        "right_upper": (UPPER_LOBE_OF_LUNG, RIGHT),
+        "right_middle": (MIDDLE_LOBE_OF_RIGHT_LUNG, None),
+        "right_lower": (LOWER_LOBE_OF_LUNG, RIGHT),
+        "left_upper": (UPPER_LOBE_OF_LUNG, LEFT),
+        "left_lower": (LOWER_LOBE_OF_LUNG, LEFT),
+    }
+)
 VOLUME = Code("118565006", "SCT", "Volume")
 #: Concept name of the coded diagnosis. Not "Finding" (121071): TID 1410 uses that
 #: name for the finding type of a measurement group.
@@ -171,6 +195,8 @@ PERCENT = Code("%", "UCUM", "percent")
 MILLILITER = Code("ml", "UCUM", "milliliter")
 #: A count of slices: UCUM unity with an annotation.
 SLICES = Code("{slices}", "UCUM", "slices")
+#: Severity scores: UCUM unity with an annotation.
+SCORE_POINTS = Code("{score}", "UCUM", "score")
 #: The out-of-domain score and its threshold: a dimensionless ratio (DICOM CID 7181).
 RATIO = Code("{ratio}", "UCUM", "ratio")
 

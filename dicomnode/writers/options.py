@@ -31,6 +31,7 @@ class WriterOptions:
     sc_series_number: int = 902
     seg_series_number: int = 903
     kos_series_number: int = 904
+    lobe_seg_series_number: int = 905
     product_name: str = PRODUCT_NAME
     product_version: str = __version__
     manufacturer: str = "COVID-CT-Node project"
@@ -48,7 +49,13 @@ class WriterOptions:
         object.__setattr__(self, "enabled", enabled)
         if self.max_overlays < 0:
             raise WriterError(f"WriterOptions.max_overlays must be >= 0, got {self.max_overlays}")
-        numbers = (self.sr_series_number, self.sc_series_number, self.seg_series_number, self.kos_series_number)
+        numbers = (
+            self.sr_series_number,
+            self.sc_series_number,
+            self.seg_series_number,
+            self.kos_series_number,
+            self.lobe_seg_series_number,
+        )
         if any(n < 1 for n in numbers) or len(set(numbers)) != len(numbers):
             raise WriterError(f"WriterOptions series numbers must be positive and distinct, got {numbers}")
         if not self.product_name or not self.product_version:

@@ -1,7 +1,15 @@
-"""The lung segmentation as a DICOM Segmentation (BINARY): segment 1 "Lung"; segment 2
-"Lesions of infection" when the lung U-Net made a lesion map that holds lesions (not out
-of domain: the model cannot stand behind its lesions there). The lesions lie inside the
-lung, so the segments overlap (BINARY allows it).
+"""The chain's segmentations as DICOM Segmentations (BINARY).
+
+``build_seg``: segment 1 "Lung"; then the lesions of the lung U-Net's lesion map when it
+holds lesions (not out of domain: the model cannot stand behind its lesions there): with
+a severity measurement split by density into "Ground-glass opacity" and "Consolidation"
+(pipeline.severity's threshold, the one the SR's volumes use), else one "Lesions of
+infection" segment. The lesions lie inside the lung, so the segments overlap (BINARY
+allows it).
+
+``build_lobe_seg``: the five lobes of the chain's lobe map, each a segment coded by CID
+6170 with its laterality, in a series of its own (object kind ``lobe_seg``), so that each
+destination can take or leave it.
 
 Frames reference their source CT slices (highdicom derives the Derivation Image and
 plane position of each frame from the source datasets); empty frames are left out to
@@ -10,12 +18,15 @@ keep the object small.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.sr.coding import Code
 
+from pipeline.severity import LOBE_TITLES, LOBES
 from pipeline.types import AnalysisResult, CTVolume
 
 from . import codes
@@ -29,68 +40,168 @@ SEGMENT_RGB = (0, 200, 0)
 LESION_LABEL = "Lesions of infection"
 #: The overlays' heat is red to yellow: lesions in magenta stay apart from it.
 LESION_RGB = (220, 0, 220)
+GGO_LABEL = "Ground-glass opacity"
+GGO_RGB = (255, 150, 255)
+CONSOLIDATION_LABEL = "Consolidation"
+CONSOLIDATION_RGB = (160, 0, 160)
+#: One colour per lobe, in LOBES order (the right lung's blues, the left lung's oranges).
+LOBE_RGB = ((70, 130, 255), (0, 200, 220), (30, 60, 180), (255, 170, 60), (200, 100, 0))
+
+
+@dataclass(frozen=True)
+class _Segment:
+    """One segment to write: its label, coded type (and laterality) and pixels."""
+
+    label: str
+    category: Code
+    kind: Code
+    name: str  # the tracking UID's seed
+    rgb: tuple[int, int, int]
+    pixels: np.ndarray
+    modifier: Code | None = None
 
 
 def build_seg(
     result: AnalysisResult, volume: CTVolume, sources: Sequence[Dataset], options: WriterOptions, uid: UidMaker
 ) -> Dataset | None:
-    """The SEG dataset, or None when the mask is empty (nothing to show)."""
+    """The lung SEG dataset, or None when the mask is empty (nothing to show)."""
     mask = result.lung_mask.mask
     if not mask.any():
         return None
-    model = result.model
+    segments = [_Segment(SEGMENT_LABEL, codes.ANATOMICAL_STRUCTURE, codes.LUNG, "lung", SEGMENT_RGB, mask)]
+    segments += _lesion_segments(result, volume)
     method = "U-Net" if result.lung_mask.method == "unet" else "HU threshold (classical)"
-    algorithm = hd.AlgorithmIdentificationSequence(
-        name=f"{model.name} lung segmentation"[:LO_MAX],
-        family=codes.ARTIFICIAL_INTELLIGENCE if result.lung_mask.method == "unet" else codes.MORPHOLOGICAL_OPERATIONS,
-        version=model.version,
-        source=options.product_name,
-        parameters={"method": result.lung_mask.method, "bundle_sha256": model.sha256},
+    return _segmentation(
+        result,
+        sources,
+        options,
+        uid,
+        segments,
+        prefix="seg",
+        series_number=options.seg_series_number,
+        content_label="LUNG",
+        what="lung segmentation",
+        description=f"Lung segmentation ({method})",
+        learned=result.lung_mask.method == "unet",
+        method=result.lung_mask.method,
     )
 
-    def segment(number: int, label: str, category, kind, name: str, rgb: tuple[int, int, int]):
-        return hd.seg.SegmentDescription(
+
+def build_lobe_seg(
+    result: AnalysisResult, volume: CTVolume, sources: Sequence[Dataset], options: WriterOptions, uid: UidMaker
+) -> Dataset | None:
+    """The lobe SEG dataset, or None without a lobe map (or out of domain, where the lobe
+    map is not measured either)."""
+    lobes = result.lung_mask.lobes
+    if lobes is None or result.decision.value == "out_of_domain" or not lobes.any():
+        return None
+    segments = []
+    for number, name in enumerate(LOBES, start=1):
+        pixels = lobes == number
+        if not pixels.any():
+            continue
+        kind, side = codes.LOBE_TYPES[name]
+        rgb = LOBE_RGB[number - 1]
+        segments.append(
+            _Segment(LOBE_TITLES[name], codes.ANATOMICAL_STRUCTURE, kind, f"lobe-{name}", rgb, pixels, side)
+        )
+    return _segmentation(
+        result,
+        sources,
+        options,
+        uid,
+        segments,
+        prefix="lobe-seg",
+        series_number=options.lobe_seg_series_number,
+        content_label="LOBES",
+        what="lobe segmentation",
+        description="Lobe segmentation (fissure-based, classical)",
+        learned=False,
+        method="fissures",
+    )
+
+
+def _lesion_segments(result: AnalysisResult, volume: CTVolume) -> list[_Segment]:
+    """The lesion segments (see the module's docstring); none out of domain."""
+    lesion = result.lung_mask.lesion
+    if lesion is None or not lesion.any() or result.decision.value == "out_of_domain":
+        return []
+    category = codes.MORPHOLOGICALLY_ALTERED_STRUCTURE
+    if result.severity is None:
+        return [_Segment(LESION_LABEL, category, codes.LESION, "lesion", LESION_RGB, lesion)]
+    dense = lesion & (volume.hu >= result.severity.consolidation_hu)
+    parts = [
+        _Segment(GGO_LABEL, category, codes.GROUND_GLASS_OPACITY, "ggo", GGO_RGB, lesion & ~dense),
+        _Segment(CONSOLIDATION_LABEL, category, codes.LUNG_CONSOLIDATION, "consolidation", CONSOLIDATION_RGB, dense),
+    ]
+    return [p for p in parts if p.pixels.any()]
+
+
+def _segmentation(
+    result: AnalysisResult,
+    sources: Sequence[Dataset],
+    options: WriterOptions,
+    uid: UidMaker,
+    segments: Sequence[_Segment],
+    *,
+    prefix: str,
+    series_number: int,
+    content_label: str,
+    what: str,
+    description: str,
+    learned: bool,
+    method: str,
+) -> Dataset:
+    model = result.model
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name=f"{model.name} {what}"[:LO_MAX],
+        family=codes.ARTIFICIAL_INTELLIGENCE if learned else codes.MORPHOLOGICAL_OPERATIONS,
+        version=model.version,
+        source=options.product_name,
+        parameters={"method": method, "bundle_sha256": model.sha256},
+    )
+    descriptions = [
+        hd.seg.SegmentDescription(
             segment_number=number,
-            segment_label=label,
-            segmented_property_category=category,
-            segmented_property_type=kind,
+            segment_label=s.label,
+            segmented_property_category=s.category,
+            segmented_property_type=s.kind,
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=algorithm,
-            tracking_uid=uid(f"seg-tracking-{name}"),
-            tracking_id=f"{label} (AI segmentation)",
-            display_color=hd.color.CIELabColor.from_rgb(*rgb),
+            tracking_uid=uid(f"seg-tracking-{s.name}"),
+            tracking_id=f"{s.label} (AI segmentation)",
+            display_color=hd.color.CIELabColor.from_rgb(*s.rgb),
         )
-
-    segments = [segment(1, SEGMENT_LABEL, codes.ANATOMICAL_STRUCTURE, codes.LUNG, "lung", SEGMENT_RGB)]
-    pixels = mask.astype(np.uint8)
-    lesion = result.lung_mask.lesion
-    if lesion is not None and lesion.any() and result.decision.value != "out_of_domain":
-        segments.append(
-            segment(2, LESION_LABEL, codes.MORPHOLOGICALLY_ALTERED_STRUCTURE, codes.LESION, "lesion", LESION_RGB)
-        )
-        pixels = np.stack([mask, lesion], axis=-1).astype(np.uint8)
+        for number, s in enumerate(segments, start=1)
+    ]
+    for item, s in zip(descriptions, segments, strict=True):
+        if s.modifier is not None:
+            item.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [
+                hd.sr.CodedConcept.from_code(s.modifier)
+            ]
+    pixels = np.stack([s.pixels for s in segments], axis=-1).astype(np.uint8)
     try:
         seg = hd.seg.Segmentation(
             source_images=list(sources),
             pixel_array=pixels,
             segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-            segment_descriptions=segments,
-            series_instance_uid=uid("seg-series"),
-            series_number=options.seg_series_number,
-            sop_instance_uid=uid("seg-instance"),
+            segment_descriptions=descriptions,
+            series_instance_uid=uid(f"{prefix}-series"),
+            series_number=series_number,
+            sop_instance_uid=uid(f"{prefix}-instance"),
             instance_number=1,
             manufacturer=options.manufacturer,
             manufacturer_model_name=options.product_name,
             software_versions=f"{options.product_version}",
             device_serial_number=model.sha256[:16],
-            content_label="LUNG",
-            content_description=f"Lung segmentation ({method}). {disclaimer(model)}"[:LO_MAX],
-            series_description=series_description("lung segmentation", model),
+            content_label=content_label,
+            content_description=f"{description}. {disclaimer(model)}"[:LO_MAX],
+            series_description=series_description(what, model),
             omit_empty_frames=True,
             contributing_equipment=contributing_equipment(model, options),
         )
     except ValueError as e:
-        raise WriterError(f"lung SEG cannot be built from these source slices: {e}") from e
+        raise WriterError(f"{what} SEG cannot be built from these source slices: {e}") from e
     seg.ImageComments = disclaimer(model)[:10240]
     # The body part of the series is the chest, not a paired organ, so General Series'
     # Laterality stays absent (PS3.3 C.7.3.1); said explicitly for readers and validators.

@@ -61,6 +61,7 @@ from .common import (
     series_description,
 )
 from .options import WriterError, WriterOptions
+from .sr_severity import lobe_groups, severity_grade, severity_measurements, severity_text
 from .wording import DECISION_DISPLAY, OUT_OF_DOMAIN_THRESHOLD
 
 CASE_GROUP_ID = "AI case result"
@@ -80,6 +81,8 @@ def build_sr(
     groups = [_case_group(result, volume, sources, key_z, attention, algorithm, uid)]
     drawn = _infected_groups_slices(result, key_z)
     groups += [_infected_group(result, volume, sources, z, attention, uid) for z in drawn]
+    lobe_group_list, lobe_zs = lobe_groups(result, volume, sources, algorithm, uid)
+    groups += lobe_group_list
 
     device = hd.sr.DeviceObserverIdentifyingAttributes(
         # One UID per product version and bundle: the same "device" across reports.
@@ -99,7 +102,7 @@ def build_sr(
         procedure_reported=codes.CT_PROCEDURE,
         imaging_measurements=groups,
         # The images the report draws on; every referenced image is in the evidence (header).
-        referenced_images=[sources[z] for z in sorted({key_z, *drawn})],
+        referenced_images=[sources[z] for z in sorted({key_z, *drawn, *lobe_zs})],
     )
     report[0].ContentSequence.append(_qualitative_evaluations(result, volume, options, sources))
 
@@ -245,29 +248,9 @@ def _case_group(
         measurements=_case_measurements(result, sources, z),
         qualitative_evaluations=[
             hd.sr.QualitativeEvaluation(codes.IMPRESSION, codes.DECISION[result.decision.value]),
-            *_severity_grade(result),
+            *severity_grade(result),
         ],
     )
-
-
-def _severity_grade(result: AnalysisResult) -> list[hd.sr.QualitativeEvaluation]:
-    """The MosMedData-style grade of the lesion map's involvement (none out of domain)."""
-    if result.severity is None or not wording.shows_probabilities(result):
-        return []
-    return [hd.sr.QualitativeEvaluation(codes.SEVERITY_GRADE, codes.SEVERITY_GRADES[result.severity.mosmed_grade])]
-
-
-def _severity_measurements(result: AnalysisResult) -> list[hd.sr.Measurement]:
-    """Ground glass and consolidation volumes of the lesion map (pipeline.severity)."""
-    if result.severity is None:
-        return []
-    lungs = result.severity.lungs
-    return [
-        hd.sr.Measurement(
-            name=code, value=round(float(ml), 1), unit=codes.MILLILITER, finding_sites=[hd.sr.FindingSite(codes.LUNG)]
-        )
-        for code, ml in ((codes.GGO_VOLUME, lungs.ggo_ml), (codes.CONSOLIDATION_VOLUME, lungs.consolidation_ml))
-    ]
 
 
 def _case_measurements(result: AnalysisResult, sources: Sequence[Dataset], z: int) -> list[hd.sr.Measurement]:
@@ -299,7 +282,7 @@ def _case_measurements(result: AnalysisResult, sources: Sequence[Dataset], z: in
     measurements += [_percent(codes.TASK_SCORE[name], case.tasks[name]) for name in TASK_NAMES]
     measurements.append(volume_ml)
     measurements += lesions
-    measurements += _severity_measurements(result)
+    measurements += severity_measurements(result)
     measurements += _located_measurements(result, sources, z)
     measurements += _threshold_measurements(result)
     measurements += _domain_measurements(result)
@@ -485,22 +468,9 @@ def summary_text(
         f"{'in domain' if result.domain.in_domain else 'out of domain'}).",
         wording.located_text(result, labels, slice_ranges(labels)),
         overlay_text,
-        _severity_sentence(result),
+        severity_text(result),
     ]
     return _join(head + tail)
-
-
-def _severity_sentence(result: AnalysisResult) -> str:
-    """The severity as the summary states it (pipeline.severity); empty without one."""
-    s = result.severity
-    if s is None:
-        return ""
-    grade = codes.SEVERITY_GRADES[s.mosmed_grade].meaning
-    return (
-        f"Severity: lesions involve {s.lungs.involvement_percent:.1f}% of the lungs, grade {grade}; "
-        f"ground glass {s.lungs.ggo_ml:.1f} ml, consolidation {s.lungs.consolidation_ml:.1f} ml "
-        f"(no lobe scores: no lobe segmentation)."
-    )
 
 
 def _pattern_order(result: AnalysisResult, shares: Mapping[str, float]) -> list[str]:
@@ -525,7 +495,11 @@ def _reason_sentence(result: AnalysisResult) -> str:
 
 
 def _join(parts: Sequence[str]) -> str:
-    return " ".join(part for part in parts if part)
+    """Sentences joined by spaces; a part that ends a line (a table) is not followed by one."""
+    text = ""
+    for part in (p for p in parts if p):
+        text += part if not text or text.endswith("\n") else f" {part}"
+    return text.rstrip("\n")
 
 
 # --- Reading a report back (tests, round trips, the node's own checks) ---------------
