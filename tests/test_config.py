@@ -10,6 +10,7 @@ import pytest
 from dicomnode.commands import config_cmd
 from dicomnode.config import (
     DEFAULT_CONFIG_PATH,
+    OBJECT_KINDS,
     ae_title_problem,
     load_config,
     parse_destination,
@@ -152,7 +153,7 @@ def test_relative_paths_resolve_against_the_config_folder(tmp_path):
 def test_overrides_and_destination_parsing(tmp_path):
     cfg = load_config(write(tmp_path, '[[destinations]]\nae_title = "OLD"\nhost = "h"\nport = 1\n'))
     d = parse_destination("PACS@127.0.0.1:4242")
-    assert (d.ae_title, d.host, d.port, d.objects) == ("PACS", "127.0.0.1", 4242, ("sr", "sc", "seg", "kos"))
+    assert (d.ae_title, d.host, d.port, d.objects) == ("PACS", "127.0.0.1", 4242, OBJECT_KINDS)
     cfg2 = with_overrides(
         cfg, ae_title="NEWAE", port=4000, data_dir=tmp_path / "d", quiet_seconds=0.5, destinations=[d]
     )
