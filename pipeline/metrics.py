@@ -106,6 +106,31 @@ def confusion_counts(labels: np.ndarray, predicted: np.ndarray, n_classes: int) 
     return m
 
 
+def quadratic_weighted_kappa(labels: np.ndarray, predicted: np.ndarray, n_classes: int) -> float:
+    """Cohen's kappa with quadratic weights of two ordinal ratings 0..n_classes-1 (how
+    MosMedData-style grades are compared): 1 = full agreement, 0 = chance; NaN when the
+    expected disagreement is 0 (every rating in one class on both sides)."""
+    observed = confusion_counts(labels, predicted, n_classes).astype(np.float64)
+    total = observed.sum()
+    if total == 0:
+        return float("nan")
+    i, j = np.indices((n_classes, n_classes))
+    weights = (i - j) ** 2 / max(1, (n_classes - 1) ** 2)
+    expected = np.outer(observed.sum(axis=1), observed.sum(axis=0)) / total
+    disagreement = float((weights * expected).sum())
+    return float("nan") if disagreement == 0 else 1.0 - float((weights * observed).sum()) / disagreement
+
+
+def bland_altman(truth: np.ndarray, measured: np.ndarray) -> tuple[float, float, float]:
+    """Bias (mean of measured - truth) and the 95% limits of agreement (bias -/+ 1.96 SD
+    of the differences, sample SD); NaN without at least two pairs."""
+    diff = np.asarray(measured, dtype=np.float64) - np.asarray(truth, dtype=np.float64)
+    if diff.size < 2:
+        return float("nan"), float("nan"), float("nan")
+    bias, sd = float(diff.mean()), float(diff.std(ddof=1))
+    return bias, bias - 1.96 * sd, bias + 1.96 * sd
+
+
 def dice(a: np.ndarray, b: np.ndarray) -> float:
     """Dice overlap of two bool masks; 1.0 when both are empty (they agree)."""
     a, b = _as_bool(a), _as_bool(b)

@@ -121,6 +121,35 @@ def plot_confusion(counts: np.ndarray, labels: Sequence[str], path: Path) -> Non
     _save(fig, path)
 
 
+def plot_bland_altman(
+    truth: np.ndarray, measured: np.ndarray, path: Path, title: str, unit: str = "percentage points"
+) -> None:
+    """Bland-Altman plot: each case's difference (measured - truth) against the mean of
+    the two, with the bias and the 95% limits of agreement drawn and labelled."""
+    truth, measured = np.asarray(truth, dtype=np.float64), np.asarray(measured, dtype=np.float64)
+    fig, ax = plt.subplots(figsize=FIG_SIZE)
+    mean, diff = (truth + measured) / 2.0, measured - truth
+    ax.scatter(mean, diff, s=18, alpha=0.75, color="tab:blue")
+    bias, low, high = M.bland_altman(truth, measured)
+    if np.isfinite(bias):
+        for y, name, style in ((bias, "bias", "-"), (low, "-1.96 SD", "--"), (high, "+1.96 SD", "--")):
+            ax.axhline(y, color="tab:red", linestyle=style, linewidth=1)
+            ax.annotate(
+                f"{name} {y:+.2f}",
+                xy=(1.0, y),
+                xycoords=("axes fraction", "data"),
+                ha="right",
+                va="bottom",
+                fontsize=8,
+                color="tab:red",
+            )
+    else:
+        _no_data(ax, "limits of agreement (fewer than two cases)")
+    ax.axhline(0.0, color="grey", linewidth=0.8)
+    ax.set(xlabel=f"mean of measured and truth ({unit})", ylabel=f"measured - truth ({unit})", title=title)
+    _save(fig, path)
+
+
 def plot_decision_curve(
     thresholds: np.ndarray, model: np.ndarray, treat_all: np.ndarray, path: Path, title: str
 ) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sklearn.metrics import average_precision_score, confusion_matrix, roc_auc_score, roc_curve
+from sklearn.metrics import average_precision_score, cohen_kappa_score, confusion_matrix, roc_auc_score, roc_curve
 
 from pipeline import metrics as M
 
@@ -160,3 +160,35 @@ def test_reader_rows_hand_example() -> None:
     any_row, all_row = M.pooled_reader_rows(marks)
     assert (any_row.correct, any_row.wrong, any_row.n_cases) == (5, 0, 5)  # every case: someone right
     assert (all_row.correct, all_row.wrong) == (3, 2)  # cases 1 and 3: R1 wrong
+
+
+def test_quadratic_weighted_kappa_agrees_with_hand_computed_values():
+    from pipeline.metrics import quadratic_weighted_kappa
+
+    truth = np.array([0, 1, 2, 3, 4, 1, 2])
+    assert quadratic_weighted_kappa(truth, truth, 5) == pytest.approx(1.0)
+    # One grade off in one case: small penalty; four grades off: large.
+    near = truth.copy()
+    near[0] = 1
+    far = truth.copy()
+    far[0] = 4
+    k_near, k_far = quadratic_weighted_kappa(truth, near, 5), quadratic_weighted_kappa(truth, far, 5)
+    assert 0.8 < k_near < 1.0 and k_far < k_near
+    # By hand: observed [[1, 1], [0, 2]], expected [[0.5, 1.5], [0.5, 1.5]]; disagreement
+    # observed 1, expected 2: kappa 1 - 1/2.
+    assert quadratic_weighted_kappa(np.array([0, 0, 1, 1]), np.array([0, 1, 1, 1]), 2) == pytest.approx(0.5)
+    assert np.isnan(quadratic_weighted_kappa(np.zeros(3, int), np.zeros(3, int), 5))
+    rng = np.random.default_rng(0)
+    a, b = rng.integers(0, 5, 40), rng.integers(0, 5, 40)
+    assert quadratic_weighted_kappa(a, b, 5) == pytest.approx(cohen_kappa_score(a, b, weights="quadratic"))
+
+
+def test_bland_altman_bias_and_limits():
+    from pipeline.metrics import bland_altman
+
+    truth = np.array([10.0, 20.0, 30.0, 40.0])
+    bias, low, high = bland_altman(truth, truth + np.array([1.0, 3.0, 1.0, 3.0]))
+    sd = np.std([1.0, 3.0, 1.0, 3.0], ddof=1)
+    assert bias == pytest.approx(2.0)
+    assert (low, high) == pytest.approx((2.0 - 1.96 * sd, 2.0 + 1.96 * sd))
+    assert all(np.isnan(bland_altman(truth[:1], truth[:1])))
