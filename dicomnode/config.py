@@ -435,6 +435,28 @@ class HousekeepingSection(_Frozen):
     interval_minutes: float = Field(60.0, gt=0)
 
 
+class PriorsSection(_Frozen):
+    """``[priors]``: where the node asks for a patient's earlier chest CT studies
+    (dicomnode.priors: C-FIND at study level, C-MOVE to the node's own AE title). Off by
+    default; when on, ``ae_title``, ``host`` and ``port`` name the PACS's query/retrieve
+    SCP, which must know the node's AE title as a move destination."""
+
+    enabled: bool = False
+    ae_title: str = "PACS"
+    host: str = "127.0.0.1"
+    port: int = Field(104, ge=1, le=65535)
+    #: How far back to look for earlier studies (days before the new study's date).
+    lookback_days: int = Field(730, ge=1)
+    #: At most this many earlier studies are retrieved, the most recent first.
+    max_studies: int = Field(2, ge=1, le=20)
+    #: Only studies holding this modality count (ModalitiesInStudy).
+    modality: str = "CT"
+    #: Seconds a C-FIND or C-MOVE may take before it is given up (the node retries later).
+    timeout_s: float = Field(300.0, gt=0)
+
+    _ae = field_validator("ae_title")(_check_ae)
+
+
 class NodeConfig(_Frozen):
     node: NodeSection = NodeSection()
     selection: SelectionSection = SelectionSection()
@@ -442,6 +464,7 @@ class NodeConfig(_Frozen):
     delivery: DeliverySection = DeliverySection()
     http: HttpSection = HttpSection()
     housekeeping: HousekeepingSection = HousekeepingSection()
+    priors: PriorsSection = PriorsSection()
     destinations: tuple[Destination, ...] = ()
     fhir_destinations: tuple[FhirDestination, ...] = ()
     hl7_destinations: tuple[Hl7Destination, ...] = ()

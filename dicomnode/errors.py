@@ -70,3 +70,8 @@ class SeriesRejected(NodeError):
         super().__init__(reason)
         self.reason = reason
         self.code = code
+
+
+class PriorsError(NodeError):
+    """The PACS could not be asked for, or could not send, a patient's earlier studies
+    (dicomnode.priors); transient: the caller may try again later."""
