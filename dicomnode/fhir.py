@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime, timezone
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from fhir.resources.R4B.bundle import Bundle
 
@@ -156,92 +156,67 @@ def _observations(summary: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]
     return obs
 
 
-def build_report_bundle(
-    summary: Mapping[str, Any], refs: StudyRefs, job_key: str, issued: datetime | None = None
-) -> Bundle:
-    """The transaction Bundle of one analysed series (validated by fhir.resources).
-
-    ``job_key`` makes the resource ids stable: sending the same job again creates the
-    same ``urn:uuid``s, and the conditional creates (``ifNoneExist`` on the report's
-    identifier) keep a retried POST from making a second report.
-    """
-    issued = issued or datetime.now(timezone.utc)
+def _device(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """The model bundle as a Device: its sha256 identifies it."""
     model = summary["model"]
-    subject = _patient(refs)
-    ids = {name: _uuid(f"{job_key}/{name}") for name in ("report", "study", "device")}
-    study_ref = {"reference": ids["study"]}
-    device = {
+    return {
         "resourceType": "Device",
         "identifier": [{"system": URI, "value": f"urn:sha256:{model['sha256']}"}],
         "deviceName": [{"name": f"{model['name']} {model['version']}", "type": "model-name"}],
         "version": [{"value": str(model["version"])}],
         "note": [{"text": str(summary.get("disclaimer") or "")}] if summary.get("disclaimer") else [],
     }
+
+
+def _imaging_study(refs: StudyRefs, subject: dict[str, Any]) -> dict[str, Any]:
+    """The source study with its series and the key images."""
     series: dict[str, Any] = {"uid": refs.series_uid, "modality": {"system": DCM, "code": refs.modality}}
     if refs.key_images:
         series["instance"] = [
             {"uid": sop_uid, "sopClass": {"system": URI, "code": f"urn:oid:{sop_class}"}}
             for sop_class, sop_uid in refs.key_images
         ]
-    study = {
+    accession = (
+        [
+            {
+                "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "ACSN"}]},
+                "value": refs.accession_number,
+            }
+        ]
+        if refs.accession_number
+        else []
+    )
+    return {
         "resourceType": "ImagingStudy",
         "status": "available",
         "subject": subject,
-        "identifier": [{"system": URI, "value": f"urn:oid:{refs.study_uid}"}]
-        + (
-            [
-                {
-                    "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "ACSN"}]},
-                    "value": refs.accession_number,
-                }
-            ]
-            if refs.accession_number
-            else []
-        ),
+        "identifier": [{"system": URI, "value": f"urn:oid:{refs.study_uid}"}] + accession,
         "series": [series],
     }
-    when = {"effectiveDateTime": refs.study_datetime} if refs.study_datetime else {}
-    observations = []
-    for key, part in _observations(summary):
-        observations.append(
-            (
-                _uuid(f"{job_key}/obs/{key}"),
-                {
-                    "resourceType": "Observation",
-                    "status": "preliminary",
-                    "category": [{"coding": [{"system": OBSERVATION_CATEGORY, "code": "imaging"}]}],
-                    "subject": subject,
-                    "derivedFrom": [study_ref],
-                    "device": {"reference": ids["device"]},
-                    **when,
-                    **part,
-                },
-            )
+
+
+def _observation_entries(
+    summary: Mapping[str, Any], job_key: str, common: Mapping[str, Any]
+) -> list[tuple[str, dict[str, Any]]]:
+    """One preliminary Observation per result (``common``: subject, derivedFrom, device, time)."""
+    return [
+        (
+            _uuid(f"{job_key}/obs/{key}"),
+            {
+                "resourceType": "Observation",
+                "status": "preliminary",
+                "category": [{"coding": [{"system": OBSERVATION_CATEGORY, "code": "imaging"}]}],
+                **common,
+                **part,
+            },
         )
-    decision = str(summary["decision"])
-    report: dict[str, Any] = {
-        "resourceType": "DiagnosticReport",
-        "status": "preliminary",
-        "identifier": [{"system": CODE_SYSTEM, "value": job_key}],
-        "category": [{"coding": [RADIOLOGY]}],
-        "code": {"coding": [CT_CHEST], "text": "CT Chest (AI analysis)"},
-        "subject": subject,
-        "issued": issued.isoformat(timespec="seconds"),
-        **when,
-        "imagingStudy": [study_ref],
-        "result": [{"reference": u} for u, _ in observations],
-        "conclusion": f"{summary.get('decision_reason', DECISION_TEXT[decision])} "
-        f"{summary.get('disclaimer', '')}".strip(),
-    }
-    if decision in DECISION_SNOMED:
-        report["conclusionCode"] = [{"coding": [DECISION_SNOMED[decision]]}]
-    entries: list[tuple[str, dict[str, Any]]] = [
-        (ids["device"], device),
-        (ids["study"], study),
-        *observations,
-        (ids["report"], report),
+        for key, part in _observations(summary)
     ]
-    bundle = {
+
+
+def _transaction(entries: Sequence[tuple[str, dict[str, Any]]], job_key: str) -> dict[str, Any]:
+    """The transaction Bundle: every entry a POST; the report's a conditional create."""
+    return {
         "resourceType": "Bundle",
         "type": "transaction",
         "entry": [
@@ -261,7 +236,48 @@ def build_report_bundle(
             for url, res in entries
         ],
     }
-    return Bundle.model_validate(bundle)
+
+
+def build_report_bundle(
+    summary: Mapping[str, Any], refs: StudyRefs, job_key: str, issued: datetime | None = None
+) -> Bundle:
+    """The transaction Bundle of one analysed series (validated by fhir.resources).
+
+    ``job_key`` makes the resource ids stable: sending the same job again creates the
+    same ``urn:uuid``s, and the conditional creates (``ifNoneExist`` on the report's
+    identifier) keep a retried POST from making a second report.
+    """
+    issued = issued or datetime.now(timezone.utc)
+    subject = _patient(refs)
+    ids = {name: _uuid(f"{job_key}/{name}") for name in ("report", "study", "device")}
+    study_ref = {"reference": ids["study"]}
+    when = {"effectiveDateTime": refs.study_datetime} if refs.study_datetime else {}
+    common = {"subject": subject, "derivedFrom": [study_ref], "device": {"reference": ids["device"]}, **when}
+    observations = _observation_entries(summary, job_key, common)
+    decision = str(summary["decision"])
+    report: dict[str, Any] = {
+        "resourceType": "DiagnosticReport",
+        "status": "preliminary",
+        "identifier": [{"system": CODE_SYSTEM, "value": job_key}],
+        "category": [{"coding": [RADIOLOGY]}],
+        "code": {"coding": [CT_CHEST], "text": "CT Chest (AI analysis)"},
+        "subject": subject,
+        "issued": issued.isoformat(timespec="seconds"),
+        **when,
+        "imagingStudy": [study_ref],
+        "result": [{"reference": u} for u, _ in observations],
+        "conclusion": f"{summary.get('decision_reason', DECISION_TEXT[decision])} "
+        f"{summary.get('disclaimer', '')}".strip(),
+    }
+    if decision in DECISION_SNOMED:
+        report["conclusionCode"] = [{"coding": [DECISION_SNOMED[decision]]}]
+    entries = [
+        (ids["device"], _device(summary)),
+        (ids["study"], _imaging_study(refs, subject)),
+        *observations,
+        (ids["report"], report),
+    ]
+    return Bundle.model_validate(_transaction(entries, job_key))
 
 
 class FhirSendError(Exception):

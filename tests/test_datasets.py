@@ -192,10 +192,20 @@ def test_manifest_dicom_style_age_and_unknown_sex(tmp_path):
     assert ages == [(None, 45.0), (None, 1.5), (None, 70.5)]
 
 
+def test_manifest_severity_grades_are_kept_as_ct_grades(tmp_path):
+    path = _manifest(
+        tmp_path,
+        "path,label,case_id,severity\na.nii.gz,covid19,1,CT-2\na.nii.gz,covid19,2,ct4\n"
+        "a.nii.gz,non_pneumonia,3,0\na.nii.gz,cap,4,\n",
+    )
+    assert [c.extras.get("severity") for c in open_dataset(str(path))] == ["CT-2", "CT-4", "CT-0", None]
+
+
 @pytest.mark.parametrize(
     "text, words",
     [
         ("file,label\na.nii.gz,cap\n", "lacks column"),
+        ("path,label,severity\na.nii.gz,cap,CT-5\n", r"line 2: severity 'CT-5' is not a grade"),
         ("path,label,colour\na.nii.gz,cap,red\n", "unknown column"),
         ("path,label\na.nii.gz,pneumonia\n", r"m.csv line 2: label 'pneumonia'"),
         ("path,label\na.nii.gz,cap\nmissing.nii.gz,cap\n", r"line 3: .*missing.nii.gz does not exist"),

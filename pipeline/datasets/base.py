@@ -146,6 +146,18 @@ def normalise_sex(value: str | None, where: str) -> str | None:
     raise DatasetError(f"{where}: sex {value!r} is not M or F (leave it empty if unknown)")
 
 
+def parse_severity_grade(value: str | None, where: str) -> str | None:
+    """A MosMedData-style severity grade ("CT-2", "ct2", "2") as "CT-0" .. "CT-4"; None
+    when empty. Raises DatasetError naming the row for anything else."""
+    text = (value or "").strip().upper().replace(" ", "")
+    if not text:
+        return None
+    digits = text[3:] if text.startswith("CT-") else text[2:] if text.startswith("CT") else text
+    if digits in ("0", "1", "2", "3", "4"):
+        return f"CT-{digits}"
+    raise DatasetError(f"{where}: severity {value!r} is not a grade CT-0 .. CT-4")
+
+
 def parse_age(value: str | None, where: str) -> float | None:
     """Age in years from '61', '61.5' or DICOM's '061Y' (also 'M' months, 'W' weeks,
     'D' days); None for empty; DatasetError otherwise."""

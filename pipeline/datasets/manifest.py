@@ -2,7 +2,8 @@
 
 Columns: ``path`` (DICOM series folder or NIfTI volume) and ``label`` (one of
 CLASS_NAMES) are required; ``case_id``, ``patient_id``, ``sex``, ``age``, ``stage``,
-``lung_mask``, ``lesion_mask`` (NIfTI) are optional. Every row is checked when the
+``lung_mask``, ``lesion_mask`` (NIfTI) and ``severity`` (the MosMedData-style grade,
+CT-0 .. CT-4; kept in ``Case.extras["severity"]``) are optional. Every row is checked when the
 manifest is opened (files exist, label known, ids unique); voxels are read on load.
 """
 
@@ -14,12 +15,23 @@ from functools import partial
 from pathlib import Path
 
 from ..types import CLASS_NAMES
-from .base import Case, CaseData, Dataset, DatasetError, normalise_sex, parse_age
+from .base import Case, CaseData, Dataset, DatasetError, normalise_sex, parse_age, parse_severity_grade
 from .images import read_mask, read_volume
 
 __all__ = ["open_manifest", "MANIFEST_COLUMNS"]
 
-MANIFEST_COLUMNS = ("path", "label", "case_id", "patient_id", "sex", "age", "stage", "lung_mask", "lesion_mask")
+MANIFEST_COLUMNS = (
+    "path",
+    "label",
+    "case_id",
+    "patient_id",
+    "sex",
+    "age",
+    "stage",
+    "lung_mask",
+    "lesion_mask",
+    "severity",
+)
 _REQUIRED = ("path", "label")
 
 
@@ -40,8 +52,8 @@ def _case_id_from(path: Path) -> str:
     return name
 
 
-def open_manifest(csv_path: Path, spec: str | None = None) -> Dataset:
-    csv_path = Path(csv_path)
+def _read_table(csv_path: Path) -> tuple[bytes, list[str], list[list[str]]]:
+    """The manifest's bytes, its checked header (lower case) and its rows."""
     if not csv_path.is_file():
         raise DatasetError(f"{csv_path}: manifest CSV not found")
     raw = csv_path.read_bytes()
@@ -69,10 +81,54 @@ def open_manifest(csv_path: Path, spec: str | None = None) -> Dataset:
         )
     if len(set(header)) != len(header):
         raise DatasetError(f"{csv_path}: a column appears twice in the header {rows[0]}")
+    return raw, header, rows[1:]
+
+
+def _resolve(base: Path, value: str) -> Path:
+    return (base / value).resolve() if not Path(value).is_absolute() else Path(value)
+
+
+def _case_from_row(rec: dict[str, str], where: str, base: Path) -> Case:
+    """One checked row as a Case (its files exist, its label and fields are valid)."""
+    if not rec["path"]:
+        raise DatasetError(f"{where}: empty path")
+    label = rec["label"]
+    if label not in CLASS_NAMES:
+        raise DatasetError(f"{where}: label {label!r} is not one of {', '.join(CLASS_NAMES)}")
+    path = _resolve(base, rec["path"])
+    if not path.exists():
+        raise DatasetError(
+            f"{where}: {path} does not exist (path {rec['path']!r} is read relative to the CSV's folder {base})"
+        )
+    masks = {}
+    for col in ("lung_mask", "lesion_mask"):
+        value = rec.get(col, "")
+        if value:
+            mpath = _resolve(base, value)
+            if not mpath.is_file():
+                raise DatasetError(f"{where}: {col} {mpath} does not exist (read relative to {base})")
+            masks[col] = mpath
+    grade = parse_severity_grade(rec.get("severity"), where)
+    return Case(
+        case_id=rec.get("case_id") or _case_id_from(path),
+        patient_id=rec.get("patient_id") or rec.get("case_id") or _case_id_from(path),
+        label=label,
+        sex=normalise_sex(rec.get("sex"), where),
+        age=parse_age(rec.get("age"), where),
+        stage=rec.get("stage") or None,
+        source=str(path),
+        extras={"severity": grade} if grade else {},
+        loader=partial(_load, path, masks.get("lung_mask"), masks.get("lesion_mask")),
+    )
+
+
+def open_manifest(csv_path: Path, spec: str | None = None) -> Dataset:
+    csv_path = Path(csv_path)
+    raw, header, rows = _read_table(csv_path)
     base = csv_path.parent
     cases = []
     seen: dict[str, int] = {}
-    for line_no, row in enumerate(rows[1:], start=2):
+    for line_no, row in enumerate(rows, start=2):
         if not any(cell.strip() for cell in row):
             continue  # blank lines are harmless
         where = f"{csv_path} line {line_no}"
@@ -81,43 +137,14 @@ def open_manifest(csv_path: Path, spec: str | None = None) -> Dataset:
                 f"{where}: {len(row)} fields but the header has {len(header)}; quote fields that contain commas"
             )
         rec = {h: (row[i].strip() if i < len(row) else "") for i, h in enumerate(header)}
-        if not rec["path"]:
-            raise DatasetError(f"{where}: empty path")
-        label = rec["label"]
-        if label not in CLASS_NAMES:
-            raise DatasetError(f"{where}: label {label!r} is not one of {', '.join(CLASS_NAMES)}")
-        path = (base / rec["path"]).resolve() if not Path(rec["path"]).is_absolute() else Path(rec["path"])
-        if not path.exists():
+        case = _case_from_row(rec, where, base)
+        if case.case_id in seen:
             raise DatasetError(
-                f"{where}: {path} does not exist (path {rec['path']!r} is read relative to the CSV's folder {base})"
+                f"{where}: case_id {case.case_id!r} already used on line {seen[case.case_id]}; "
+                f"give each row a unique case_id"
             )
-        masks = {}
-        for col in ("lung_mask", "lesion_mask"):
-            value = rec.get(col, "")
-            if value:
-                mpath = (base / value).resolve() if not Path(value).is_absolute() else Path(value)
-                if not mpath.is_file():
-                    raise DatasetError(f"{where}: {col} {mpath} does not exist (read relative to {base})")
-                masks[col] = mpath
-        case_id = rec.get("case_id") or _case_id_from(path)
-        if case_id in seen:
-            raise DatasetError(
-                f"{where}: case_id {case_id!r} already used on line {seen[case_id]}; give each row a unique case_id"
-            )
-        seen[case_id] = line_no
-        age = parse_age(rec.get("age"), where)
-        cases.append(
-            Case(
-                case_id=case_id,
-                patient_id=rec.get("patient_id") or case_id,
-                label=label,
-                sex=normalise_sex(rec.get("sex"), where),
-                age=age,
-                stage=rec.get("stage") or None,
-                source=str(path),
-                loader=partial(_load, path, masks.get("lung_mask"), masks.get("lesion_mask")),
-            )
-        )
+        seen[case.case_id] = line_no
+        cases.append(case)
     if not cases:
         raise DatasetError(f"{csv_path}: the manifest has a header but no rows")
     details = {"manifest": str(csv_path.resolve()), "manifest_sha256": hashlib.sha256(raw).hexdigest()}

@@ -74,7 +74,7 @@ def open_mosmed(root: Path, spec: str | None = None) -> Dataset:
                     patient_id=stem,
                     label=label,
                     source=str(f),
-                    extras={"group": group},
+                    extras={"group": group, "severity": group},
                     loader=partial(_load, f, lesion),
                 )
             )
