@@ -140,6 +140,24 @@ def content_fingerprint(paths: Sequence[Path], bundle_sha256: str) -> str:
     return h.hexdigest()
 
 
+def _log_analysis(job: Job, result: Any, seconds: float) -> None:
+    """One log line per analysis: the stages' seconds and the decision (never the patient)."""
+    steps = ", ".join(f"{k} {v:.1f}" for k, v in result.timings_s.items() if k != "total")
+    # The decision is what every object states; the argmax alone would mislead a reader
+    # of the log on an indeterminate or out-of-domain case.
+    log.info(
+        "job %d: analysed series %s in %.1f s (%s): decision %s (%s; most probable class %s, out-of-domain score %.2f)",
+        job.id,
+        job.series_uid,
+        seconds,
+        steps,
+        result.decision.value,
+        result.decision.reason or "no reason given",
+        result.case_scores.label,
+        result.domain.score,
+    )
+
+
 class Worker:
     """Runs jobs from the queue in a background thread (``start``/``stop``)."""
 
@@ -294,21 +312,7 @@ class Worker:
             return self._finish(job, JobState.SKIPPED, str(e)[:500])
         if self.metrics is not None:
             self.metrics.chain_timings(dict(result.timings_s))
-        steps = ", ".join(f"{k} {v:.1f}" for k, v in result.timings_s.items() if k != "total")
-        # The decision is what every object states; the argmax alone would mislead a reader
-        # of the log on an indeterminate or out-of-domain case.
-        log.info(
-            "job %d: analysed series %s in %.1f s (%s): decision %s (%s; most probable class %s, "
-            "out-of-domain score %.2f)",
-            job.id,
-            job.series_uid,
-            now() - t0,
-            steps,
-            result.decision.value,
-            result.decision.reason or "no reason given",
-            result.case_scores.label,
-            result.domain.score,
-        )
+        _log_analysis(job, result, now() - t0)
         if not self.queue.renew(job):
             raise QueueError(f"job {job.id}: lease lost during analysis")
 
