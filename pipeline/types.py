@@ -108,11 +108,16 @@ class LungMask:
 
     ``lesion`` (bool, inside ``mask``) is the U-Net's map of lesions of infection when the
     bundle's U-Net has a lesion head; None otherwise (classical masks, 2-class U-Nets).
+    ``lobes`` (uint8, 1-5 in ``pipeline.severity.LOBES`` order, 0 outside ``mask``) is the
+    lobe map of ``pipeline.lobes`` when the chain's "lobes" stage ran (severity measured,
+    ``ChainParams.lobe_segmentation``); None otherwise. It sits here, beside the lesion
+    map, because both describe the lung voxels and the SEG writer reads them from here.
     """
 
     mask: np.ndarray
     method: str  # "unet" or "classical"
     lesion: np.ndarray | None = None
+    lobes: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         _require(
@@ -124,6 +129,11 @@ class LungMask:
             _require(
                 self.lesion.shape == self.mask.shape and self.lesion.dtype == bool,
                 "LungMask.lesion must be a bool array of the mask's shape",
+            )
+        if self.lobes is not None:
+            _require(
+                self.lobes.shape == self.mask.shape and self.lobes.dtype == np.uint8,
+                "LungMask.lobes must be a uint8 array of the mask's shape",
             )
 
 
