@@ -7,8 +7,10 @@ the classical method) -> lung slices (too little lung: not a chest CT) -> at mos
 task-specific fusion -> lesion burden (a 3-class U-Net's lesion map) -> every lung slice
 located (a reported slice needs a lesion too, when there is a map) -> the lesion pattern
 and the type it points to (pipeline.lesion_pattern) -> the decision from the bundle's
-operating points (pipeline.decision) -> Guided Grad-CAM of the slices that drive it (none
-out of domain) -> radiomics phenotype of the attentional regions (pneumonia decisions).
+operating points (pipeline.decision) -> lobes (pipeline.lobes, kept in the LungMask) and
+severity per lobe (pipeline.severity), with a lesion map and a decision in domain ->
+Guided Grad-CAM of the slices that drive it (none out of domain) -> radiomics phenotype
+of the attentional regions (pneumonia decisions).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from .explain import explain_slices, select_slices
 from .fusion import fuse_slice_scores
 from .lesion_burden import measure_lesion_burden
 from .lesion_pattern import lesion_pattern_features
+from .lobes import segment_lobes
 from .locate import locate_infected
 from .lung import segment_lungs
 from .models import ModelBundle
@@ -33,7 +36,7 @@ from .params import ChainParams
 from .phenotype import compute_phenotype
 from .preprocess import lung_slice_indices, min_lung_pixels_for, sample_slices
 from .severity import quantify_severity
-from .types import AnalysisResult, CTVolume, LesionPattern, LungMask, NotAChestCTError
+from .types import AnalysisResult, CTVolume, LesionPattern, LungMask, NotAChestCTError, Severity
 
 #: Keys of AnalysisResult.timings_s, in chain order.
 STAGES = (
@@ -44,6 +47,7 @@ STAGES = (
     "locating",
     "lesion_pattern",
     "decision",
+    "lobes",
     "severity",
     "explanation",
     "phenotype",
@@ -91,6 +95,29 @@ def _stage_params(params: ChainParams, models: ModelBundle) -> tuple[ChainParams
     cls_params = sized_for(params, cards.get("classifier", {}).get("architecture"))
     loc_params = sized_for(params, cards.get("locator", {}).get("architecture"))
     return seg_params, cls_params, replace(loc_params, locator_threshold=models.operating_points.locator_threshold)
+
+
+def _with_lobes(volume: CTVolume, lung: LungMask, params: ChainParams) -> LungMask:
+    """``lung`` with its lobe map (pipeline.lobes) when ``params`` asks for lobes."""
+    if not params.lobe_segmentation:
+        return lung
+    # z grows towards the head unless the series' direction says otherwise (as lung.py reads it).
+    superior_up = float(volume.direction[8]) >= 0.0
+    return replace(lung, lobes=segment_lobes(volume.hu, lung.mask, volume.spacing_mm, superior_up))
+
+
+def _severity(volume: CTVolume, lung: LungMask, params: ChainParams) -> Severity:
+    """Whole-lung and (with a lobe map) per-lobe involvement of the U-Net's lesion map."""
+    assert lung.lesion is not None  # the chain measures severity only with a lesion map
+    return quantify_severity(
+        lung.mask,
+        lung.lesion,
+        volume.voxel_volume_ml,
+        volume.hu,
+        lobes=lung.lobes,
+        consolidation_hu=params.severity_consolidation_hu,
+        min_involved_ml=params.severity_min_involved_ml,
+    )
 
 
 def analyze(volume: CTVolume, models: ModelBundle, params: ChainParams) -> AnalysisResult:
@@ -145,16 +172,11 @@ def analyze(volume: CTVolume, models: ModelBundle, params: ChainParams) -> Analy
     decision = decide(case, infected, domain, op, lesion, pattern)
     lap("decision")
 
-    severity = None
-    if lung.lesion is not None and decision.value != "out_of_domain":
-        severity = quantify_severity(
-            lung.mask,
-            lung.lesion,
-            volume.voxel_volume_ml,
-            volume.hu,
-            consolidation_hu=params.severity_consolidation_hu,
-            min_involved_ml=params.severity_min_involved_ml,
-        )
+    measure_severity = lung.lesion is not None and decision.value != "out_of_domain"
+    lung = _with_lobes(volume, lung, params) if measure_severity else lung
+    lap("lobes")
+
+    severity = _severity(volume, lung, params) if measure_severity else None
     lap("severity")
 
     attention: tuple = ()

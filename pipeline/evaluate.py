@@ -27,7 +27,7 @@ import numpy as np
 
 from . import metrics as M
 from .params import ChainParams, EvalParams
-from .severity import mosmed_grade
+from .severity import LOBES, mosmed_grade
 from .types import CLASS_NAMES, PNEUMONIA_CLASSES, TASK_NAMES, PipelineError
 
 #: scores.csv columns, in order.
@@ -90,6 +90,9 @@ class CaseRecord:
     pattern_probabilities: np.ndarray | None = None  # (4,) the lesion pattern model's, CLASS_NAMES order
     involvement_percent: float | None = None  # pipeline.severity: the lesion map's share of the lung mask
     involvement_truth_percent: float | None = None  # the truth lesion mask's share of the truth lung mask
+    # Per lobe (severity.LOBES order; nan where neither map holds the lobe), with a truth lobe map:
+    lobe_dice: tuple[float, ...] | None = None  # Dice of the chain's lobe map against the truth's
+    lobe_involvement_error: tuple[float, ...] | None = None  # involvement, chain minus truth, points
 
     def __post_init__(self) -> None:
         if self.truth not in CLASS_NAMES:
@@ -144,9 +147,10 @@ def record_from_result(
     lesion_mask: np.ndarray | None,
     eval_params: EvalParams = EvalParams(),
     classical_mask: np.ndarray | None = None,
+    lobe_mask: np.ndarray | None = None,
 ) -> CaseRecord:
-    """Turn one AnalysisResult (and the case's truth masks, if any) into a CaseRecord.
-    ``classical_mask``: the reference segmentation, when one was made."""
+    """Turn one AnalysisResult (and the case's truth masks and lobe map, if any) into a
+    CaseRecord. ``classical_mask``: the reference segmentation, when one was made."""
     cs = result.case_scores
     feats = result.slice_scores.features
     pooled = None if feats is None or len(feats) == 0 else np.asarray(feats, dtype=np.float32).max(axis=0)
@@ -193,7 +197,7 @@ def record_from_result(
     pattern_probs = None
     if pattern is not None and pattern.probabilities is not None:
         pattern_probs = np.array([pattern.probabilities.get(c, 0.0) for c in CLASS_NAMES], dtype=np.float64)
-    return CaseRecord(
+    record = CaseRecord(
         case_id=str(case.case_id),
         truth=str(case.label),
         probabilities=np.array([cs.probabilities[c] for c in CLASS_NAMES], dtype=np.float64),
@@ -224,6 +228,40 @@ def record_from_result(
         involvement_percent=None if severity is None else float(severity.lungs.involvement_percent),
         involvement_truth_percent=truth_involvement,
     )
+    return replace(record, **_lobe_record_fields(result, lobe_mask, lesion_mask))
+
+
+def _lobe_record_fields(result: Any, lobe_mask: np.ndarray | None, lesion_mask: np.ndarray | None) -> dict[str, Any]:
+    """CaseRecord's per-lobe fields: the chain's lobe map (LungMask.lobes) against the
+    truth lobe map, and, with a lesion truth and a severity per lobe, the involvement
+    error per lobe. Empty without a truth lobe map or a chain lobe map."""
+    predicted = getattr(result.lung_mask, "lobes", None)
+    if lobe_mask is None or predicted is None:
+        return {}
+    truth = np.asarray(lobe_mask)
+    dice = []
+    for i in range(1, len(LOBES) + 1):
+        a, b = predicted == i, truth == i
+        dice.append(M.dice(b, a) if a.any() or b.any() else float("nan"))
+    out: dict[str, Any] = {"lobe_dice": tuple(dice)}
+    severity = getattr(result, "severity", None)
+    if lesion_mask is not None and severity is not None and severity.lobes:
+        lesion = np.asarray(lesion_mask, bool)
+        stated = {lobe.name: lobe.involvement_percent for lobe in severity.lobes}
+        errors = []
+        for i, name in enumerate(LOBES, start=1):
+            region = truth == i
+            true_pct = 100.0 * np.count_nonzero(lesion & region) / (int(np.count_nonzero(region)) or 1)
+            errors.append(float(stated[name]) - true_pct if name in stated and region.any() else float("nan"))
+        out["lobe_involvement_error"] = tuple(errors)
+    return out
+
+
+def _loaded_lobes(loaded: Any) -> np.ndarray | None:
+    """The truth lobe map of what ``Case.load()`` returned (CaseData.lobe_mask), if any."""
+    if isinstance(loaded, tuple) and not hasattr(loaded, "lobe_mask"):
+        return loaded[3] if len(loaded) > 3 else None
+    return getattr(loaded, "lobe_mask", None)
 
 
 def _mask_figures(
@@ -279,7 +317,8 @@ def score_cases(
     bar = tqdm(cases, desc="evaluate", unit="case", disable=not progress, dynamic_ncols=True)
     for case in bar:
         try:
-            volume, lung_mask, lesion_mask = _loaded_parts(case.load())
+            loaded = case.load()
+            volume, lung_mask, lesion_mask = _loaded_parts(loaded)
             result = analyze(volume, models, params)
             reference = None
             if lung_mask is not None and eval_params.classical_reference and result.lung_mask.method != "classical":
@@ -293,7 +332,9 @@ def score_cases(
                 ) from e
             on_failure(str(case.case_id), message)
             continue
-        records.append(record_from_result(case, result, lung_mask, lesion_mask, eval_params, reference))
+        records.append(
+            record_from_result(case, result, lung_mask, lesion_mask, eval_params, reference, _loaded_lobes(loaded))
+        )
         bar.set_postfix(last=records[-1].decision or records[-1].predicted)
     if not records:
         raise EvaluationError(
@@ -631,7 +672,45 @@ def _lesion_figures(records: Sequence[CaseRecord], eval_params: EvalParams, skip
         out["lesion_share"] = entry
     out.update(_pattern_figures(records, eval_params, skipped))
     out.update(_severity_figures(records, eval_params, skipped))
+    out.update(_lobe_figures(records, eval_params, skipped))
     return out
+
+
+def _column_mean(values: np.ndarray, column: int) -> Callable[[np.ndarray], float]:
+    """A statistic for _Figures: the nan-ignoring mean of one column over resampled rows."""
+
+    def mean(rows: np.ndarray) -> float:
+        return float(np.nanmean(values[rows, column]))
+
+    return mean
+
+
+def _lobe_figures(records: Sequence[CaseRecord], eval_params: EvalParams, skipped: dict[str, int]) -> dict[str, Any]:
+    """Per lobe: mean Dice of the chain's lobe map against the truth's, and the mean
+    absolute involvement error (points), over the cases that have them."""
+    rows = [r for r in records if r.lobe_dice is not None]
+    if not rows:
+        return {}
+    dice = np.array([r.lobe_dice for r in rows], dtype=np.float64)
+    errs = [r for r in rows if r.lobe_involvement_error is not None]
+    err = np.array([r.lobe_involvement_error for r in errs], dtype=np.float64).reshape(len(errs), len(LOBES))
+    f = _Figures(len(rows), eval_params, skipped, "lobes.")
+    g = _Figures(len(errs), eval_params, skipped, "lobes.")
+    per_lobe: dict[str, Any] = {}
+    for i, name in enumerate(LOBES):
+        entry = {"dice": f(f"{name}.dice", _column_mean(dice, i))}
+        if errs:
+            entry["involvement_mae_points"] = g(f"{name}.involvement_mae_points", _column_mean(np.abs(err), i))
+        per_lobe[name] = entry
+    return {
+        "lobes": {
+            "n_cases": len(rows),
+            "n_cases_with_involvement": len(errs),
+            "cohort": "cases with a truth lobe map (phantoms) where the chain segmented lobes",
+            "mean_dice": f("mean_dice", lambda j: float(np.nanmean(dice[j]))),
+            "per_lobe": per_lobe,
+        }
+    }
 
 
 def _severity_figures(

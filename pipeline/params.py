@@ -37,6 +37,9 @@ class ChainParams:
     #: (or the lungs) counts as none (stray voxels of a lesion map are no involvement).
     severity_consolidation_hu: float = -300.0
     severity_min_involved_ml: float = 0.1
+    #: Lobes (pipeline.lobes) segmented for the per-lobe involvement and the CT severity
+    #: score whenever severity is measured; off: whole-lung figures only.
+    lobe_segmentation: bool = True
     # Classical HU-threshold lung segmentation (fallback and reference)
     classical_work_px: int = 128  # components/morphology at about this in-plane size; edges refined at full size
     classical_air_hu: float = -320.0  # lung parenchyma and airways are below this

@@ -93,7 +93,10 @@ class Phantom:
     inside them, and excludes the trachea, the main bronchi and any pleural effusion.
     ``lesion_mask`` (bool z/y/x) marks the lesions of infection; it lies inside
     ``lung_mask``. ``infected_z`` holds the z indices with more than
-    ``INFECTED_MIN_PIXELS`` lesion pixels.
+    ``INFECTED_MIN_PIXELS`` lesion pixels. ``lobe_mask`` (uint8 z/y/x, or None when a
+    generator draws no lobes) labels every lung voxel with its lobe, 1-5 in the order
+    of ``pipeline.severity.LOBES`` (right upper, middle, lower; left upper, lower), and
+    is 0 outside ``lung_mask``: truth only, the image does not depend on it.
     """
 
     volume: CTVolume
@@ -102,6 +105,7 @@ class Phantom:
     label: str
     infected_z: tuple[int, ...]
     seed: int
+    lobe_mask: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         shape = self.volume.shape
@@ -109,6 +113,8 @@ class Phantom:
             raise InvalidInputError(
                 f"Phantom masks {self.lung_mask.shape}/{self.lesion_mask.shape} do not match volume {shape}"
             )
+        if self.lobe_mask is not None and (self.lobe_mask.shape != shape or self.lobe_mask.dtype != np.uint8):
+            raise InvalidInputError(f"Phantom lobe_mask must be uint8 of the volume's shape {shape}")
         if self.label not in CLASS_NAMES:
             raise InvalidInputError(f"Phantom label {self.label!r} is not one of {CLASS_NAMES}")
 
@@ -128,6 +134,9 @@ class CohortCase(NamedTuple):
 
 # --- Random streams ----------------------------------------------------------------
 _STREAM_GRID, _STREAM_ANATOMY, _STREAM_TREES, _STREAM_LESIONS, _STREAM_NOISE = range(5)
+#: Drawn after the others existed: the fissures of the lobe truth. A stream of its own, so
+#: that no earlier draw (and no image) changed when lobes were added.
+_STREAM_LOBES = 5
 
 
 def _rng(seed: int, stream: int, extra: int = 0) -> np.random.Generator:
@@ -1058,6 +1067,83 @@ def _effusion_level(rng: np.random.Generator, body: _Body, side: int) -> np.ndar
     return np.where(grow > 0, vc + b0 * (1.0 - depth * grow * 2.0), np.inf)
 
 
+# --- Lobes (truth only) ------------------------------------------------------------------
+
+
+class _Fissures(NamedTuple):
+    """Fissure surfaces as lung height fractions ``t`` (0 apex, 1 base, as ``_Body.t``)
+    over the AP fraction ``s`` (0 anterior, 1 posterior) and the lateral fraction ``w``
+    (0 medial, 1 lateral) of each lung."""
+
+    oblique_post: np.ndarray  # per side: t where the oblique fissure meets the back
+    oblique_ant: np.ndarray  # per side: t at the front (the diaphragm's anterior part)
+    oblique_bow: np.ndarray  # per side: sag of the fissure between the two
+    oblique_lat: np.ndarray  # per side: how much lower it runs laterally
+    horizontal: float  # right horizontal fissure: t at its anterior end
+    horizontal_tilt: float  # its change towards the back (where it meets the oblique)
+
+
+def _draw_fissures(seed: int, an: _Anatomy) -> _Fissures:
+    """The fissures of ``seed``: the oblique fissure runs from the back at about T4-T5
+    (upper third) down and forwards to the diaphragm near the front; the right horizontal
+    fissure lies at about the hilum's level, from the oblique fissure to the front."""
+    r = _rng(seed, _STREAM_LOBES)
+    return _Fissures(
+        oblique_post=r.uniform(0.26, 0.36, size=2),
+        oblique_ant=r.uniform(0.68, 0.82, size=2),
+        oblique_bow=r.uniform(-0.06, 0.06, size=2),
+        oblique_lat=r.uniform(0.0, 0.06, size=2),
+        horizontal=an.hilum_t + float(r.uniform(-0.03, 0.03)),
+        horizontal_tilt=float(r.uniform(-0.04, 0.04)),
+    )
+
+
+def _fissure_maps(grid: _Grid, body: _Body, fis: _Fissures, side: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Height fractions (ny, nx) of the oblique and (right lung) horizontal fissures."""
+    uc, vc, a0, b0 = body.lung_centres[side - 1]
+    i = side - 1
+    s = np.clip((grid.v[0] - (vc - b0)) / (2.0 * b0), 0.0, 1.0)  # (ny, 1)
+    w = np.clip(0.5 + 0.5 * (1.0 if side == 2 else -1.0) * (grid.u[0] - uc) / a0, 0.0, 1.0)  # (1, nx)
+    oblique = (
+        fis.oblique_ant[i]
+        + (fis.oblique_post[i] - fis.oblique_ant[i]) * s
+        + fis.oblique_bow[i] * s * (1.0 - s)
+        + fis.oblique_lat[i] * w
+    )
+    horizontal = np.broadcast_to(fis.horizontal + fis.horizontal_tilt * s, oblique.shape) if side == 1 else None
+    return oblique, horizontal
+
+
+#: uint8 scalars: np.where of them stays uint8 (int literals would make int64 slices).
+_U8 = tuple(np.uint8(i) for i in range(6))
+
+
+def _lobe_truth(seed: int, an: _Anatomy, grid: _Grid, body: _Body, lung: np.ndarray) -> np.ndarray:
+    """Lobe labels (uint8, 1-5 in ``severity.LOBES`` order) of the lung voxels, from
+    analytic fissures fitted to this phantom's lungs: truth only, not drawn in the image
+    (which stays what it was before lobes existed, so the trained models still fit it)."""
+    fis = _draw_fissures(seed, an)
+    lobes = np.zeros(lung.shape, dtype=np.uint8)
+    zs = np.flatnonzero(lung.any(axis=(1, 2)))
+    if zs.size == 0:
+        return lobes
+    plane = np.asarray(lung[zs[0] : zs[-1] + 1].any(axis=0))
+    rows, cols = np.flatnonzero(plane.any(axis=1)), np.flatnonzero(plane.any(axis=0))
+    box = (slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1))
+    maps = [_fissure_maps(grid, body, fis, side) for side in (1, 2)]
+    oblique_r, oblique_l = (m[0][box] for m in maps)
+    horizontal = maps[0][1][box]  # type: ignore[index]
+    for k in zs:
+        t = float(body.t[k])
+        # Below (and behind) the oblique fissure: the lower lobe; on the right, below
+        # the horizontal fissure and in front of the oblique one: the middle lobe.
+        right = np.where(t > oblique_r, _U8[3], np.where(t >= horizontal, _U8[2], _U8[1]))
+        left = np.where(t > oblique_l, _U8[5], _U8[4])
+        lab = np.where(body.lung_side[k][box] == 1, right, left)
+        np.copyto(lobes[k][box], lab, where=lung[k][box])
+    return lobes
+
+
 # --- Public API ------------------------------------------------------------------------
 
 
@@ -1133,6 +1219,7 @@ def make_phantom(label: str, seed: int, n_slices: int | None = None, size_px: in
         label=label,
         infected_z=tuple(int(z) for z in infected),
         seed=seed,
+        lobe_mask=_lobe_truth(seed, an, grid, body, lung),
     )
 
 

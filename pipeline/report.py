@@ -125,6 +125,7 @@ def _where_it_looks_section(m: Mapping[str, Any]) -> list[str]:
             ]
         )
     rows += _severity_rows(m.get("severity"))
+    rows += _lobe_rows(m.get("lobes"))
     for key in ("heat_inside_lung", "heat_on_lesion"):
         h = m.get(key)
         if h:
@@ -161,6 +162,24 @@ def _severity_rows(sev: Mapping[str, Any] | None) -> list[list[str]]:
                 f"{healthy['mean']:.3f}",
             ]
         )
+    return rows
+
+
+def _lobe_rows(lobes: Mapping[str, Any] | None) -> list[list[str]]:
+    """Per-lobe Dice of the chain's lobe map (and involvement error) against the truth."""
+    if not lobes:
+        return []
+    rows = [[f"lobe map, mean Dice over the five lobes vs truth ({lobes['n_cases']} cases)", fmt(lobes["mean_dice"])]]
+    for name, entry in lobes["per_lobe"].items():
+        rows.append([f"lobe map Dice, {name.replace('_', ' ')} lobe", fmt(entry["dice"])])
+        if "involvement_mae_points" in entry:
+            rows.append(
+                [
+                    f"{name.replace('_', ' ')} lobe involvement, mean absolute error vs truth, points "
+                    f"({lobes['n_cases_with_involvement']} cases)",
+                    fmt(entry["involvement_mae_points"]),
+                ]
+            )
     return rows
 
 

@@ -108,8 +108,10 @@ class LungMask:
 
     ``lesion`` (bool, inside ``mask``) is the U-Net's map of lesions of infection when the
     bundle's U-Net has a lesion head; None otherwise (classical masks, 2-class U-Nets).
-    ``lobes`` (uint8, 0 outside ``mask``, 1-5 in pipeline.severity.LOBES order inside) is
-    the lobe map when the chain segmented the lobes; None otherwise.
+    ``lobes`` (uint8, 1-5 in ``pipeline.severity.LOBES`` order, 0 outside ``mask``) is the
+    lobe map of ``pipeline.lobes`` when the chain's "lobes" stage ran (severity measured,
+    ``ChainParams.lobe_segmentation``); None otherwise. It sits here, beside the lesion
+    map, because both describe the lung voxels and the SEG writer reads them from here.
     """
 
     mask: np.ndarray

@@ -19,6 +19,7 @@ from pipeline.params import ChainParams
 from pipeline.phantom import make_phantom
 from pipeline.phenotype import compute_phenotype, contour, fractal_dimension, pleura_distances_mm
 from pipeline.preprocess import lung_slice_indices
+from pipeline.severity import LOBES
 from pipeline.types import CLASS_NAMES, TASK_NAMES, AttentionMap, CTVolume, InvalidInputError, LungMask, SliceScores
 
 
@@ -64,8 +65,9 @@ def test_analyze_end_to_end_on_a_phantom(bundle, phantom) -> None:
             == pytest.approx(100 * lesion_in_lung / np.count_nonzero(r.lung_mask.mask), abs=0.01)
             or lesion_in_lung * phantom.volume.voxel_volume_ml < 0.1
         )
-        assert summary["mosmed_grade"].startswith("CT-") and summary["lobes"] == []
-        assert summary["ct_severity_score"] is None  # no lobe map yet
+        assert summary["mosmed_grade"].startswith("CT-")
+        assert [lobe["name"] for lobe in summary["lobes"]] == list(LOBES)  # the "lobes" stage's map
+        assert 0 <= summary["ct_severity_score"] <= 25
     else:
         assert summary["lung_involvement_percent"] is None and summary["mosmed_grade"] is None
 

@@ -48,7 +48,7 @@ def test_phantom_spec_parses_and_loads():
     assert d["slices"] == 24 and d["size_px"] == 96 and d["spec"].startswith("phantom:")
     case = ds[0]
     assert isinstance(case, Case) and case.sex in ("M", "F") and 18 <= case.age <= 90
-    volume, lung, lesion = case.load()
+    volume, lung, lesion, _ = case.load()
     assert isinstance(volume, CTVolume) and volume.shape == (24, 96, 96)
     assert lung.shape == lesion.shape == volume.shape and lung.any()
     assert (lesion.any()) == (case.label != "non_pneumonia")
@@ -148,7 +148,7 @@ def test_nifti_stored_flipped_is_read_in_lps_with_its_mask(tmp_path):
         image.SetDirection((-1, 0, 0, 0, -1, 0, 0, 0, 1))  # RAS, as many NIfTI writers store it
         sitk.WriteImage(image, str(tmp_path / name))
     (tmp_path / "m.csv").write_text("path,label,lesion_mask\nras.nii.gz,covid19,ras_mask.nii.gz\n")
-    volume, _, lesion = open_dataset(str(tmp_path / "m.csv"))[0].load()
+    volume, _, lesion, _ = open_dataset(str(tmp_path / "m.csv"))[0].load()
     assert volume.direction == pytest.approx((1, 0, 0, 0, 1, 0, 0, 0, 1))
     assert np.array_equal(volume.hu, ct[:, ::-1, ::-1].astype(np.float32))
     assert lesion[1, -1, -1] and lesion.sum() == 1  # flipped with the volume

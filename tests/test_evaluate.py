@@ -478,3 +478,31 @@ def test_severity_figures_compare_involvement_with_truth():
     assert sev["involvement_bias_points"]["value"] == pytest.approx((2 - 4 + 0.5) / 3)
     assert sev["grade_agreement"]["value"] == pytest.approx(2 / 3)  # 30% is CT-2, 34% too; 0.5% CT-1 vs CT-0
     assert sev["non_pneumonia_involvement_percent"]["max"] == 0.5
+
+
+def test_lobe_record_fields_and_figures():
+    from types import SimpleNamespace
+
+    from pipeline.report import render_report
+    from pipeline.severity import LOBES, quantify_severity
+
+    truth = np.repeat(np.arange(1, 6, dtype=np.uint8), 8).reshape(5, 2, 4)  # one lobe per slice
+    lung = truth > 0
+    predicted = truth.copy()
+    predicted[1, 0] = 3  # half of the middle lobe's slice called lower lobe
+    lesion = np.zeros(lung.shape, dtype=bool)
+    lesion[0, 0, :2] = True  # a quarter of the right upper lobe
+    severity = quantify_severity(lung, lesion, voxel_ml=1.0, lobes=predicted, min_involved_ml=0.0)
+    result = SimpleNamespace(lung_mask=SimpleNamespace(lobes=predicted), severity=severity)
+    fields = E._lobe_record_fields(result, truth, lesion)
+    dice = dict(zip(LOBES, fields["lobe_dice"], strict=True))
+    assert dice["right_upper"] == 1.0 and dice["right_middle"] == pytest.approx(2 * 4 / (4 + 8))
+    assert dice["right_lower"] == pytest.approx(2 * 8 / (12 + 8))
+    assert fields["lobe_involvement_error"] == pytest.approx((0.0, 0.0, 0.0, 0.0, 0.0))
+    assert E._lobe_record_fields(SimpleNamespace(lung_mask=SimpleNamespace(lobes=None)), truth, lesion) == {}
+    rec = E.CaseRecord("a", "covid19", np.full(4, 0.25), np.full(3, 0.5), "covid19", **fields)
+    m = E.compute_metrics([rec, rec], eval_params=E.EvalParams(n_bootstrap=0))
+    lobes = m["lobes"]
+    assert lobes["n_cases"] == 2 and lobes["per_lobe"]["right_upper"]["dice"]["value"] == 1.0
+    assert lobes["mean_dice"]["value"] == pytest.approx(np.mean(fields["lobe_dice"]))
+    assert "right middle lobe" in render_report(m)

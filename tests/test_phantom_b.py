@@ -252,10 +252,10 @@ def test_family_b_dataset_spec() -> None:
     assert d["generator"] == "pipeline.phantoms.make_phantom_b" and d["family"] == "b"
     case = ds[0]
     assert case.source.startswith("make_phantom_b(") and case.extras["family"] == "b"
-    vol, lung, lesion = case.load()
+    vol, lung, lesion, lobes = case.load()
     ref = make_phantom_b(case.label, int(case.extras["seed"]), 16, 64)
     assert np.array_equal(vol.hu, ref.volume.hu) and np.array_equal(lung, ref.lung_mask)
-    assert np.array_equal(lesion, ref.lesion_mask)
+    assert np.array_equal(lesion, ref.lesion_mask) and np.array_equal(lobes, ref.lobe_mask)
     # The cohort (ids, labels, seeds) is shared with family A.
     a = open_dataset("phantom:count=4,seed=5,slices=16,size=64")
     assert a.describe()["generator"] == "pipeline.phantom.make_phantom" and a.describe()["family"] == "a"

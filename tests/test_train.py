@@ -181,7 +181,7 @@ def test_locator_needs_pneumonia_cases(tmp_path: Path, capsys) -> None:
 
 def test_slices_are_the_chains_inputs_with_lesion_labels() -> None:
     covid = next(c for c in open_dataset("phantom:count=4,seed=3,slices=16,size=64") if c.label == "covid19")
-    volume, lung, lesion = covid.load()
+    volume, lung, lesion, _ = covid.load()
     arch = {"input_size": 64}
     params = ChainParams()
     cls = prepare_case(covid, recipe_for("classifier", arch, params, TrainParams(), None))

@@ -24,12 +24,15 @@ class DatasetError(InvalidInputError):
 
 class CaseData(NamedTuple):
     """What ``Case.load()`` returns: the volume and, when the data set has them, masks
-    (bool z/y/x, same shape as the volume). A tuple: ``volume, lung, lesion = case.load()``.
+    (bool z/y/x, same shape as the volume) and a lobe map (uint8, 1-5 in
+    ``pipeline.severity.LOBES`` order, 0 outside the lung; phantoms only). A tuple:
+    ``volume, lung, lesion, lobes = case.load()``.
     """
 
     volume: CTVolume
     lung_mask: np.ndarray | None = None
     lesion_mask: np.ndarray | None = None
+    lobe_mask: np.ndarray | None = None
 
 
 @dataclass(frozen=True)

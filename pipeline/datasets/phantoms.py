@@ -43,7 +43,7 @@ FAMILIES = {
 
 def _load(family: str, label: str, seed: int, slices: int | None, size: int | None) -> CaseData:
     p = FAMILIES[family][0](label, seed, slices, size)
-    return CaseData(p.volume, p.lung_mask, p.lesion_mask)
+    return CaseData(p.volume, p.lung_mask, p.lesion_mask, p.lobe_mask)
 
 
 def _int(key: str, text: str, spec: str, low: int) -> int:

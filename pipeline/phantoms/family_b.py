@@ -5,7 +5,8 @@ contract of family A (``pipeline.phantom.make_phantom``): the shared ``Phantom``
 axes z/y/x, LPS frame with the identity direction (+x patient left, +y posterior, z
 index 0 the most inferior slice), HU float32, ``lung_mask`` covering the lungs with
 everything inside them, ``lesion_mask`` (lesions of infection only, inside the lung
-mask) and ``infected_z`` by the shared ``INFECTED_MIN_PIXELS`` rule. Only ``Phantom``
+mask), ``infected_z`` by the shared ``INFECTED_MIN_PIXELS`` rule and ``lobe_mask`` (the
+lobe of each lung voxel, from the anatomy's fissure surfaces). Only ``Phantom``
 and ``INFECTED_MIN_PIXELS`` are imported from family A.
 
 How a case is built (each step its own module):
@@ -111,6 +112,35 @@ def _majority(mask: np.ndarray, grid: Grid) -> np.ndarray:
     return 2 * count >= grid.sub
 
 
+def _lobe_labels(an: Anatomy, grid: Grid, lung: np.ndarray) -> np.ndarray:
+    """Lobe ids (uint8, 1-5 as ``anatomy.LOBES``) of the output lung voxels, from the
+    fissure surfaces at each output voxel's centre (``Anatomy.lobe_at``): truth only,
+    computed after the image, so no draw and no pixel depends on it."""
+    lobes = np.zeros(lung.shape, dtype=np.uint8)
+    zs = np.flatnonzero(lung.any(axis=(1, 2)))
+    if zs.size == 0:
+        return lobes
+    plane = np.asarray(lung[zs[0] : zs[-1] + 1].any(axis=0))
+    rows, cols = np.flatnonzero(plane.any(axis=1)), np.flatnonzero(plane.any(axis=0))
+    box = (slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1))
+    y, x = grid.y[box[0]][:, None], grid.x[box[1]][None, :]
+    # The fissure heights do not depend on the slice: evaluated once, compared per slice.
+    oblique = [np.broadcast_to(an.oblique(i, y, x), (y.size, x.size)) for i in (0, 1)]
+    horizontal = np.broadcast_to(an.horizontal(y, x), (y.size, x.size))
+    for k in zs:
+        h = (k + 0.5) * grid.dz  # the centre of output slice k (fine samples average into it)
+        here = lung[k][box]
+        right = x < float(an.band(h)[0])
+        u8 = np.uint8  # uint8 scalars keep the temporaries small
+        lab = np.where(
+            right,
+            np.where(h < oblique[0], u8(3), np.where(h >= horizontal, u8(1), u8(2))),
+            np.where(h < oblique[1], u8(5), u8(4)),
+        )
+        np.copyto(lobes[k][box], lab, where=here)
+    return lobes
+
+
 def _look_info(grid: Grid, look: Look, an: Anatomy) -> dict[str, object]:
     """What the scanner and the patient looked like (TruthB.look)."""
     con = look.contrast
@@ -189,6 +219,7 @@ def build_phantom_b(
         label=label,
         infected_z=tuple(int(z) for z in infected),
         seed=seed,
+        lobe_mask=_lobe_labels(an, grid, lung),
     )
     truth = TruthB(
         look=_look_info(grid, look, an),
