@@ -27,7 +27,7 @@ import numpy as np
 
 from . import metrics as M
 from .params import ChainParams, EvalParams
-from .severity import LOBES, mosmed_grade
+from .severity import LOBES, MOSMED_GRADE_BOUNDS, mosmed_grade
 from .types import CLASS_NAMES, PNEUMONIA_CLASSES, TASK_NAMES, PipelineError
 
 #: scores.csv columns, in order.
@@ -93,6 +93,9 @@ class CaseRecord:
     # Per lobe (severity.LOBES order; nan where neither map holds the lobe), with a truth lobe map:
     lobe_dice: tuple[float, ...] | None = None  # Dice of the chain's lobe map against the truth's
     lobe_involvement_error: tuple[float, ...] | None = None  # involvement, chain minus truth, points
+    #: The truth's MosMedData-style grade 0-4: the data set's (manifest ``severity``,
+    #: MosMedData's group), else the grade of the truth masks' involvement; None: neither.
+    grade_truth: int | None = None
 
     def __post_init__(self) -> None:
         if self.truth not in CLASS_NAMES:
@@ -159,24 +162,9 @@ def record_from_result(
         lung_dice = M.dice(np.asarray(lung_mask, bool), result.lung_mask.mask)
         if classical_mask is not None:
             lung_dice_classical = M.dice(np.asarray(lung_mask, bool), classical_mask)
-    slice_scores = slice_truth = slice_flagged = slice_lesion_mm2 = lesion_overlap = None
-    if lesion_mask is not None:
-        lesion = np.asarray(lesion_mask, bool)
-        scores = np.asarray(result.infected.scores, dtype=np.float64)
-        if lesion.shape[0] != scores.shape[0]:
-            raise EvaluationError(
-                f"case {case.case_id}: lesion mask has {lesion.shape[0]} slices, "
-                f"the volume {scores.shape[0]}; the masks must be aligned with the volume"
-            )
-        truth = lesion.reshape(lesion.shape[0], -1).sum(axis=1) > eval_params.lesion_min_px
-        scored = np.isfinite(scores)
-        slice_scores, slice_truth = scores[scored], truth[scored]
-        flagged = np.zeros(scores.shape[0], dtype=bool)
-        flagged[list(result.infected.z_indices)] = True
-        slice_flagged = flagged[scored]
+    lesion_overlap = None
+    slice_scores, slice_truth, slice_flagged, slice_lesion_mm2 = _slice_fields(case, result, lesion_mask, eval_params)
     burden = getattr(result, "lesion", None)
-    if burden is not None and slice_scores is not None:
-        slice_lesion_mm2 = np.asarray(burden.slice_area_mm2, dtype=np.float64)[scored]
     predicted_lesion = getattr(result.lung_mask, "lesion", None)
     if predicted_lesion is not None and lesion_mask is not None:
         truth_lesion = np.asarray(lesion_mask, bool)
@@ -186,13 +174,6 @@ def record_from_result(
             int(np.count_nonzero(truth_lesion)),
         )
     inclusion, heat_in, heat_les = _mask_figures(result, lung_mask, lesion_mask)
-    severity = getattr(result, "severity", None)
-    truth_involvement = None
-    if lesion_mask is not None and lung_mask is not None and np.any(lung_mask):
-        truth_lung = np.asarray(lung_mask, bool)
-        truth_involvement = (
-            100.0 * np.count_nonzero(np.asarray(lesion_mask, bool) & truth_lung) / np.count_nonzero(truth_lung)
-        )
     pattern = getattr(result, "lesion_pattern", None)
     pattern_probs = None
     if pattern is not None and pattern.probabilities is not None:
@@ -210,8 +191,6 @@ def record_from_result(
         lung_dice=lung_dice,
         lung_method=str(result.lung_mask.method),
         lung_dice_classical=lung_dice_classical,
-        slice_scores=slice_scores,
-        slice_truth=slice_truth,
         decision=str(getattr(getattr(result, "decision", None), "value", "")),
         out_of_domain_score=float(getattr(getattr(result, "domain", None), "score", float("nan"))),
         n_flagged_slices=len(result.infected.z_indices),
@@ -220,15 +199,65 @@ def record_from_result(
         heat_on_lesion=heat_les,
         slice_features=None if feats is None else np.asarray(feats, dtype=np.float32),
         image_stats=dict(getattr(getattr(result, "domain", None), "image_stats", {}) or {}) or None,
-        slice_flagged=slice_flagged,
-        slice_lesion_mm2=slice_lesion_mm2,
         lesion_share=None if burden is None else float(burden.lung_share),
         lesion_overlap=lesion_overlap,
         pattern_probabilities=pattern_probs,
-        involvement_percent=None if severity is None else float(severity.lungs.involvement_percent),
-        involvement_truth_percent=truth_involvement,
+        slice_scores=slice_scores,
+        slice_truth=slice_truth,
+        slice_flagged=slice_flagged,
+        slice_lesion_mm2=slice_lesion_mm2,
     )
-    return replace(record, **_lobe_record_fields(result, lobe_mask, lesion_mask))
+    severity = _severity_record_fields(case, result, lung_mask, lesion_mask)
+    return replace(record, **severity, **_lobe_record_fields(result, lobe_mask, lesion_mask))
+
+
+def _slice_fields(
+    case: Any, result: Any, lesion_mask: np.ndarray | None, eval_params: EvalParams
+) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+    """CaseRecord's per-slice fields (scored slices only): locator scores, truth, flags,
+    the U-Net's lesion area; all None without a lesion truth."""
+    slice_scores = slice_truth = slice_flagged = slice_lesion_mm2 = None
+    if lesion_mask is not None:
+        lesion = np.asarray(lesion_mask, bool)
+        scores = np.asarray(result.infected.scores, dtype=np.float64)
+        if lesion.shape[0] != scores.shape[0]:
+            raise EvaluationError(
+                f"case {case.case_id}: lesion mask has {lesion.shape[0]} slices, "
+                f"the volume {scores.shape[0]}; the masks must be aligned with the volume"
+            )
+        truth = lesion.reshape(lesion.shape[0], -1).sum(axis=1) > eval_params.lesion_min_px
+        scored = np.isfinite(scores)
+        slice_scores, slice_truth = scores[scored], truth[scored]
+        flagged = np.zeros(scores.shape[0], dtype=bool)
+        flagged[list(result.infected.z_indices)] = True
+        slice_flagged = flagged[scored]
+    burden = getattr(result, "lesion", None)
+    if burden is not None and slice_scores is not None:
+        slice_lesion_mm2 = np.asarray(burden.slice_area_mm2, dtype=np.float64)[scored]
+    return slice_scores, slice_truth, slice_flagged, slice_lesion_mm2
+
+
+def _severity_record_fields(
+    case: Any, result: Any, lung_mask: np.ndarray | None, lesion_mask: np.ndarray | None
+) -> dict[str, Any]:
+    """CaseRecord's whole-lung severity fields: the chain's involvement, the truth masks'
+    and the truth grade (see CaseRecord.grade_truth)."""
+    severity = getattr(result, "severity", None)
+    truth_involvement = None
+    if lesion_mask is not None and lung_mask is not None and np.any(lung_mask):
+        truth_lung = np.asarray(lung_mask, bool)
+        truth_involvement = (
+            100.0 * np.count_nonzero(np.asarray(lesion_mask, bool) & truth_lung) / np.count_nonzero(truth_lung)
+        )
+    stated = str((getattr(case, "extras", None) or {}).get("severity") or "")
+    grade = int(stated[3:]) if stated.startswith("CT-") else None
+    if grade is None and truth_involvement is not None:
+        grade = mosmed_grade(truth_involvement)
+    return {
+        "involvement_percent": None if severity is None else float(severity.lungs.involvement_percent),
+        "involvement_truth_percent": truth_involvement,
+        "grade_truth": grade,
+    }
 
 
 def _lobe_record_fields(result: Any, lobe_mask: np.ndarray | None, lesion_mask: np.ndarray | None) -> dict[str, Any]:
@@ -744,7 +773,34 @@ def _severity_figures(
             "max": float(pred[healthy].max()),
             "n_cases": int(healthy.sum()),
         }
+    bias, low, high = M.bland_altman(true, pred)
+    entry["bland_altman_points"] = {
+        k: (float(v) if np.isfinite(v) else None)
+        for k, v in (("bias", bias), ("lower_limit", low), ("upper_limit", high))
+    }
+    entry.update(_grade_figures(records, eval_params, skipped))
     return {"severity": entry}
+
+
+def _grade_figures(records: Sequence[CaseRecord], eval_params: EvalParams, skipped: dict[str, int]) -> dict[str, Any]:
+    """The grade from the chain's involvement against the truth grade (CaseRecord.grade_truth:
+    the data set's, e.g. MosMedData's CT-0..CT-4 group, else the truth masks'): confusion
+    counts (rows truth) and quadratic weighted kappa with its bootstrap interval."""
+    rows = [r for r in records if r.involvement_percent is not None and r.grade_truth is not None]
+    if not rows:
+        return {}
+    truth = np.array([r.grade_truth for r in rows], dtype=np.int64)
+    graded = np.array([mosmed_grade(float(r.involvement_percent or 0.0)) for r in rows], dtype=np.int64)
+    f = _Figures(len(rows), eval_params, skipped, "severity.")
+    n_grades = len(MOSMED_GRADE_BOUNDS) + 2  # CT-0 (none), then one grade per band
+    return {
+        "grade_cohort": "cases with a stated severity and a truth grade (data set's, else the truth masks')",
+        "grade_n_cases": len(rows),
+        "grade_confusion": M.confusion_counts(truth, graded, n_grades).tolist(),
+        "grade_kappa_quadratic": f(
+            "grade_kappa_quadratic", lambda j: M.quadratic_weighted_kappa(truth[j], graded[j], n_grades)
+        ),
+    }
 
 
 def pneumonia_type(probabilities: np.ndarray) -> np.ndarray:

@@ -98,7 +98,9 @@ def plot_pr(curves: Mapping[str, tuple[np.ndarray, np.ndarray, float, float]], p
     _save(fig, path)
 
 
-def plot_confusion(counts: np.ndarray, labels: Sequence[str], path: Path) -> None:
+def plot_confusion(
+    counts: np.ndarray, labels: Sequence[str], path: Path, title: str = "Confusion matrix (multi-way label)"
+) -> None:
     """Confusion matrix (rows truth, columns prediction) with the counts written in."""
     counts = np.asarray(counts)
     fig, ax = plt.subplots(figsize=FIG_SIZE)
@@ -117,7 +119,7 @@ def plot_confusion(counts: np.ndarray, labels: Sequence[str], path: Path) -> Non
             )
     ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
     ax.set_yticks(range(len(labels)), labels)
-    ax.set(xlabel="predicted", ylabel="truth", title="Confusion matrix (multi-way label)")
+    ax.set(xlabel="predicted", ylabel="truth", title=title)
     _save(fig, path)
 
 
@@ -211,6 +213,30 @@ def make_plots(
     files.update(_decision_curves(onehot, labels, probs, tasks, eval_params, out_dir))
     files.update(_tsne(records, eval_params, out_dir))
     files.update(_locating_roc(records, out_dir))
+    files.update(_severity_plots(records, metrics, out_dir))
+    return files
+
+
+def _severity_plots(records: Sequence[CaseRecord], metrics: Mapping[str, Any], out_dir: Path) -> dict[str, str]:
+    """Bland-Altman of the whole-lung involvement and the grade confusion matrix, when the
+    evaluation measured them (evaluate._severity_figures)."""
+    sev = metrics.get("severity") or {}
+    files: dict[str, str] = {}
+    rows = [r for r in records if r.involvement_percent is not None and r.involvement_truth_percent is not None]
+    if rows:
+        plot_bland_altman(
+            np.array([r.involvement_truth_percent for r in rows], dtype=np.float64),
+            np.array([r.involvement_percent for r in rows], dtype=np.float64),
+            out_dir / "bland_altman_involvement.png",
+            f"Whole-lung involvement: chain vs truth ({len(rows)} cases)",
+        )
+        files["bland_altman_involvement"] = "bland_altman_involvement.png"
+    if sev.get("grade_confusion"):
+        counts = np.array(sev["grade_confusion"])
+        labels = [f"CT-{k}" for k in range(counts.shape[0])]
+        title = f"MosMedData grade: truth vs chain ({sev['grade_n_cases']} cases)"
+        plot_confusion(counts, labels, out_dir / "grade_confusion.png", title)
+        files["grade_confusion"] = "grade_confusion.png"
     return files
 
 

@@ -17,6 +17,8 @@ PLOT_TITLES: dict[str, str] = {
     "confusion_matrix": "Confusion matrix",
     "roc_locating": "COVID-infectious slice locating ROC",
     "tsne": "t-SNE of case features",
+    "bland_altman_involvement": "Bland-Altman: whole-lung involvement, chain minus truth",
+    "grade_confusion": "MosMedData grade (CT-0..CT-4): truth vs chain",
 }
 
 
@@ -154,6 +156,22 @@ def _severity_rows(sev: Mapping[str, Any] | None) -> list[list[str]]:
         ["whole-lung involvement, mean signed error (bias), points", fmt(sev["involvement_bias_points"])],
         ["MosMedData grade (CT-0..CT-4) from the involvement, agreement with truth", fmt(sev["grade_agreement"])],
     ]
+    ba = sev.get("bland_altman_points")
+    if ba and ba.get("bias") is not None:
+        rows.append(
+            [
+                "whole-lung involvement, Bland-Altman bias and 95% limits of agreement, points",
+                f"{ba['bias']:+.2f} ({ba['lower_limit']:+.2f} to {ba['upper_limit']:+.2f})",
+            ]
+        )
+    if sev.get("grade_kappa_quadratic"):
+        rows.append(
+            [
+                f"MosMedData grade, quadratic weighted kappa vs the truth grade ({sev['grade_n_cases']} cases; "
+                f"confusion matrix rows truth CT-0..CT-4: {sev['grade_confusion']})",
+                fmt(sev["grade_kappa_quadratic"]),
+            ]
+        )
     healthy = sev.get("non_pneumonia_involvement_percent")
     if healthy:
         rows.append(

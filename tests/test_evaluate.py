@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import cohen_kappa_score, roc_auc_score
 
 from pipeline import evaluate as E
 from pipeline.types import (
@@ -478,6 +478,50 @@ def test_severity_figures_compare_involvement_with_truth():
     assert sev["involvement_bias_points"]["value"] == pytest.approx((2 - 4 + 0.5) / 3)
     assert sev["grade_agreement"]["value"] == pytest.approx(2 / 3)  # 30% is CT-2, 34% too; 0.5% CT-1 vs CT-0
     assert sev["non_pneumonia_involvement_percent"]["max"] == 0.5
+
+
+def test_grade_kappa_confusion_and_bland_altman_with_plots(tmp_path: Path) -> None:
+    """Issue 15 item 5: the grade against the truth grade (kappa, confusion matrix), the
+    involvement's Bland-Altman limits, both drawn as plots and named in the report."""
+
+    def rec(cid, pred, true, grade=None):
+        return E.CaseRecord(
+            cid,
+            "covid19",
+            np.full(4, 0.25),
+            np.full(3, 0.5),
+            "covid19",
+            involvement_percent=pred,
+            involvement_truth_percent=true,
+            grade_truth=grade if grade is not None else E.mosmed_grade(true),
+        )
+
+    records = [rec("a", 10.0, 12.0), rec("b", 30.0, 28.0), rec("c", 60.0, 55.0), rec("d", 80.0, 70.0, grade=3)]
+    m = E.compute_metrics(records, eval_params=E.EvalParams(n_bootstrap=20))
+    sev = m["severity"]
+    truth, graded = [1, 2, 3, 3], [1, 2, 3, 4]
+    assert sev["grade_confusion"][3] == [0, 0, 0, 1, 1] and sev["grade_n_cases"] == 4
+    assert sev["grade_kappa_quadratic"]["value"] == pytest.approx(
+        cohen_kappa_score(truth, graded, weights="quadratic", labels=[0, 1, 2, 3, 4])
+    )
+    diffs = np.array([-2.0, 2.0, 5.0, 10.0])
+    assert sev["bland_altman_points"]["bias"] == pytest.approx(diffs.mean())
+    assert sev["bland_altman_points"]["upper_limit"] == pytest.approx(diffs.mean() + 1.96 * diffs.std(ddof=1))
+    out = E.write_outputs(records, m, tmp_path, E.EvalParams(n_bootstrap=20))
+    for name in ("bland_altman_involvement", "grade_confusion"):
+        assert (tmp_path / out["plots"][name]).read_bytes()[:8] == PNG_MAGIC
+    report = (tmp_path / "report.md").read_text()
+    assert "quadratic weighted kappa" in report and "limits of agreement" in report
+    assert "](bland_altman_involvement.png)" in report
+
+
+def test_a_data_sets_severity_grade_is_the_truth_grade() -> None:
+    from types import SimpleNamespace
+
+    case = SimpleNamespace(case_id="x", label="covid19", extras={"severity": "CT-3"})
+    result = SimpleNamespace(severity=None)
+    fields = E._severity_record_fields(case, result, None, None)
+    assert fields["grade_truth"] == 3 and fields["involvement_truth_percent"] is None
 
 
 def test_lobe_record_fields_and_figures():
