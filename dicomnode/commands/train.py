@@ -39,6 +39,15 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The ``train`` options, in the order ``--help`` lists them."""
+    _add_data_arguments(p)
+    _add_architecture_arguments(p)
+    _add_training_arguments(p)
+    _add_card_arguments(p)
+
+
+def _add_data_arguments(p: argparse.ArgumentParser) -> None:
+    """The role to train, the data it is trained on and the bundle it goes to."""
     p.add_argument(
         "role",
         choices=("segmentation", "classifier", "locator", "lesion-pattern"),
@@ -60,6 +69,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="BUNDLE_DIR",
         help="bundle folder to create or update (other roles in it are kept)",
     )
+
+
+def _add_architecture_arguments(p: argparse.ArgumentParser) -> None:
+    """The network layout: ResNet options (classifier, locator) and U-Net options (segmentation)."""
     arch = p.add_argument_group("architecture (classifier and locator)")
     arch.add_argument(
         "--backbone",
@@ -92,6 +105,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="a 2-class U-Net (background, lung); default: 3 classes, the third the lesions of "
         "infection, learnt from the data's lesion masks (the chain's lesion evidence)",
     )
+
+
+def _add_training_arguments(p: argparse.ArgumentParser) -> None:
+    """How the training runs: input size, schedule, device, data preparation."""
     p.add_argument(
         "--input-size",
         type=int,
@@ -137,6 +154,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="C",
         help="lesion-pattern: inverse L2 regularisation of the logistic model (default 0.3)",
     )
+
+
+def _add_card_arguments(p: argparse.ArgumentParser) -> None:
+    """What the model card says about the bundle, and whether progress bars show."""
     p.add_argument("--name", default=None, help="bundle name in the model card (default: folder name)")
     p.add_argument("--bundle-version", default=None, help="bundle version in the model card")
     p.add_argument("--description", default=None, help="bundle description in the model card")
