@@ -36,7 +36,19 @@ from .params import ChainParams
 from .phenotype import compute_phenotype
 from .preprocess import lung_slice_indices, min_lung_pixels_for, sample_slices
 from .severity import quantify_severity
-from .types import AnalysisResult, CTVolume, LesionPattern, LungMask, NotAChestCTError, Severity
+from .types import (
+    AnalysisResult,
+    AttentionMap,
+    CaseScores,
+    CTVolume,
+    Decision,
+    InfectedSlices,
+    LesionPattern,
+    LungMask,
+    NotAChestCTError,
+    Severity,
+    SliceScores,
+)
 
 #: Keys of AnalysisResult.timings_s, in chain order.
 STAGES = (
@@ -120,21 +132,50 @@ def _severity(volume: CTVolume, lung: LungMask, params: ChainParams) -> Severity
     )
 
 
+class _Stopwatch:
+    """Seconds per stage of one analysis (AnalysisResult.timings_s), and the total."""
+
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+        self.start = self.last = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.timings[stage] = now - self.last
+        self.last = now
+
+    def finish(self) -> dict[str, float]:
+        self.timings["total"] = time.perf_counter() - self.start
+        return self.timings
+
+
+def _explain(
+    volume: CTVolume,
+    lung: LungMask,
+    case: CaseScores,
+    slice_scores: SliceScores,
+    infected: InfectedSlices,
+    decision: Decision,
+    models: ModelBundle,
+    params: ChainParams,
+    cls_params: ChainParams,
+) -> tuple[AttentionMap, ...]:
+    """Guided Grad-CAM of the chosen slices; none out of domain (nothing the model can
+    stand behind to explain)."""
+    if decision.value == "out_of_domain":
+        return ()
+    target, explain_z = select_slices(case, slice_scores, infected, params, decision.value)
+    return tuple(explain_slices(volume, lung, explain_z, target, models.classifier, cls_params))
+
+
 def analyze(volume: CTVolume, models: ModelBundle, params: ChainParams) -> AnalysisResult:
     """Run the whole chain on one CT volume.
 
     Raises NotAChestCTError (an InvalidInputError) when the series holds too little lung (not a
     chest CT, or a lung window outside the field of view).
     """
-    timings: dict[str, float] = {}
-    start = last = time.perf_counter()
-
-    def lap(stage: str) -> None:
-        nonlocal last
-        now = time.perf_counter()
-        timings[stage] = now - last
-        last = now
-
+    clock = _Stopwatch()
+    lap = clock.lap
     device = models.device
     op = models.operating_points
     seg_params, cls_params, loc_params = _stage_params(params, models)
@@ -155,15 +196,8 @@ def analyze(volume: CTVolume, models: ModelBundle, params: ChainParams) -> Analy
     lap("fusion")
 
     lesion = measure_lesion_burden(volume, lung)
-    infected = locate_infected(
-        volume,
-        lung,
-        lung_z,
-        models.locator,
-        loc_params,
-        device,
-        None if lesion is None else lesion.slices_with_lesion(params.lesion_slice_min_mm2),
-    )
+    gate = None if lesion is None else lesion.slices_with_lesion(params.lesion_slice_min_mm2)
+    infected = locate_infected(volume, lung, lung_z, models.locator, loc_params, device, gate)
     lap("locating")
 
     pattern = _lesion_pattern(volume, lung, models)
@@ -179,17 +213,14 @@ def analyze(volume: CTVolume, models: ModelBundle, params: ChainParams) -> Analy
     severity = _severity(volume, lung, params) if measure_severity else None
     lap("severity")
 
-    attention: tuple = ()
-    if decision.value != "out_of_domain":  # nothing the model can stand behind to explain
-        target, explain_z = select_slices(case, slice_scores, infected, params, decision.value)
-        attention = explain_slices(volume, lung, explain_z, target, models.classifier, cls_params)
+    attention = _explain(volume, lung, case, slice_scores, infected, decision, models, params, cls_params)
     lap("explanation")
 
     phenotype = None
     if params.compute_phenotype and decision.is_pneumonia:
         phenotype = compute_phenotype(volume, lung, attention, params)
     lap("phenotype")
-    timings["total"] = time.perf_counter() - start
+    timings = clock.finish()
 
     return AnalysisResult(
         lung_mask=lung,
