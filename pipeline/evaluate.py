@@ -850,6 +850,18 @@ def _truthfulness_figures(
     non-pneumonia cases, lesion inclusion of the lung mask, Grad-CAM heat inside the
     lung (raw) and on lesions (shown)."""
     out: dict[str, Any] = {}
+    out.update(_decision_figures(records, eval_params, skipped))
+    out.update(_infectious_slice_figures(records, eval_params, skipped, locator_threshold))
+    out.update(_lesion_figures(records, eval_params, skipped))
+    out.update(_healthy_inclusion_heat_figures(records, eval_params, skipped))
+    return out
+
+
+def _decision_figures(
+    records: Sequence[CaseRecord], eval_params: EvalParams, skipped: dict[str, int]
+) -> dict[str, Any]:
+    """Accuracy of the stated decision and the rates of the non-class decisions."""
+    out: dict[str, Any] = {}
     decided = [r for r in records if r.decision]
     if decided:
         dec = np.array([r.decision for r in decided])
@@ -873,6 +885,14 @@ def _truthfulness_figures(
             if any(np.isfinite(r.out_of_domain_score) for r in decided)
             else None,
         }
+    return out
+
+
+def _infectious_slice_figures(
+    records: Sequence[CaseRecord], eval_params: EvalParams, skipped: dict[str, int], locator_threshold: float
+) -> dict[str, Any]:
+    """Infectious-slice AUC and F1 over every case with lesion masks (all classes)."""
+    out: dict[str, Any] = {}
     loc = [r for r in records if r.slice_scores is not None and r.slice_scores.size]
     if loc:
         sc = given_arrays((r.slice_scores for r in loc), "slice scores")
@@ -897,7 +917,15 @@ def _truthfulness_figures(
             out["infectious_slices"]["f1"] = lf(
                 "f1", lambda j: M.f1_score(M.pooled_slices(tr, j), M.pooled_slices(sc, j) >= locator_threshold)
             )
-    out.update(_lesion_figures(records, eval_params, skipped))
+    return out
+
+
+def _healthy_inclusion_heat_figures(
+    records: Sequence[CaseRecord], eval_params: EvalParams, skipped: dict[str, int]
+) -> dict[str, Any]:
+    """Slices flagged (and stated) in non-pneumonia cases, lesion inclusion of the lung
+    mask, and where the Grad-CAM heat lies."""
+    out: dict[str, Any] = {}
     non = [r for r in records if r.truth == "non_pneumonia"]
     if non:
         flagged = np.array([r.n_flagged_slices for r in non], dtype=np.float64)
