@@ -102,10 +102,10 @@ def _lesion_pattern(volume: CTVolume, lung: LungMask, models: ModelBundle) -> Le
 def _stage_params(params: ChainParams, models: ModelBundle) -> tuple[ChainParams, ChainParams, ChainParams]:
     """The parameters of the segmentation, classifier and locator stages: each network's
     input size from its card, the locator's threshold from the operating points."""
-    cards = models.card.get("models", {})
-    seg_params = sized_for(params, cards.get("segmentation", {}).get("architecture"), "unet_input_size")
-    cls_params = sized_for(params, cards.get("classifier", {}).get("architecture"))
-    loc_params = sized_for(params, cards.get("locator", {}).get("architecture"))
+    card = models.card
+    seg_params = sized_for(params, card.architecture("segmentation"), "unet_input_size")
+    cls_params = sized_for(params, card.architecture("classifier"))
+    loc_params = sized_for(params, card.architecture("locator"))
     return seg_params, cls_params, replace(loc_params, locator_threshold=models.operating_points.locator_threshold)
 
 

@@ -34,6 +34,7 @@ from typing import Any, Mapping
 
 import torch
 
+from .card import ModelCard, ModelEntry
 from .decision import OperatingPoints
 from .device import resolve_device
 from .domain import DomainReference
@@ -44,7 +45,6 @@ from .types import InvalidInputError, ModelBundleError, ModelInfo
 CARD_FILE = "model_card.json"
 DOMAIN_FILE = "domain_reference.npz"
 MODEL_ROLES = ("segmentation", "classifier", "locator")
-REQUIRED_ROLES = ("classifier", "locator")
 SYNTHETIC_DISCLAIMER = (
     "DEMO MODEL trained on synthetic phantoms only. Not validated on patient data. Not for clinical use."
 )
@@ -66,7 +66,7 @@ class ModelBundle:
     """Loaded networks (eval mode, on ``device``) and the card they came with."""
 
     path: Path
-    card: Mapping[str, Any]
+    card: ModelCard
     classifier: torch.nn.Module
     locator: torch.nn.Module
     segmentation: torch.nn.Module | None
@@ -80,18 +80,22 @@ class ModelBundle:
     @property
     def info(self) -> ModelInfo:
         return ModelInfo(
-            name=str(self.card.get("name", self.path.name)),
-            version=str(self.card.get("version", "0")),
+            name=self.card.name or self.path.name,
+            version=self.card.version,
             sha256=self.sha256,
-            disclaimer=str(self.card.get("disclaimer", "")),
-            trained_on_synthetic_data=bool(self.card.get("trained_on_synthetic_data", False)),
+            disclaimer=self.card.disclaimer,
+            trained_on_synthetic_data=self.card.trained_on_synthetic_data,
         )
 
     def arch(self, role: str) -> Mapping[str, Any]:
-        return self.card["models"][role]["architecture"]
+        arch = self.card.architecture(role)
+        if arch is None:
+            raise ModelBundleError(f"model bundle {self.path} has no '{role}' model")
+        return arch
 
 
-def read_card(bundle_dir: Path | str) -> dict[str, Any]:
+def read_card(bundle_dir: Path | str) -> ModelCard:
+    """The bundle's card, checked and typed (pipeline.card); ModelBundleError says what is wrong."""
     bundle_dir = Path(bundle_dir)
     card_path = bundle_dir / CARD_FILE
     if not card_path.is_file():
@@ -100,29 +104,24 @@ def read_card(bundle_dir: Path | str) -> dict[str, Any]:
             f"(train one with 'dicomnode train' or point the config at a bundle folder)"
         )
     try:
-        card = json.loads(card_path.read_text())
+        data = json.loads(card_path.read_text())
     except (OSError, ValueError) as e:
         raise ModelBundleError(f"model bundle card {card_path} cannot be read: {e}") from e
-    if not isinstance(card, dict) or not isinstance(card.get("models"), dict):
-        raise ModelBundleError(f"model bundle card {card_path} has no 'models' table")
-    for role in REQUIRED_ROLES:
-        if role not in card["models"]:
-            raise ModelBundleError(f"model bundle card {card_path} lists no '{role}' model")
-    return card
+    return ModelCard.from_mapping(data, str(card_path), default_name=bundle_dir.resolve().name)
 
 
-def _load_network(bundle_dir: Path, role: str, entry: Mapping[str, Any], device: torch.device) -> torch.nn.Module:
-    weights = bundle_dir / str(entry.get("file", f"{role}.pt"))
+def _load_network(bundle_dir: Path, entry: ModelEntry, device: torch.device) -> torch.nn.Module:
+    weights = bundle_dir / entry.file
     if not weights.is_file():
         raise ModelBundleError(f"model bundle {bundle_dir}: weights file {weights} is missing")
-    expected = entry.get("sha256")
+    expected = entry.sha256
     actual = sha256_file(weights)
     if expected and expected != actual:
         raise ModelBundleError(
             f"model bundle {bundle_dir}: {weights} is corrupt "
             f"(sha256 {actual[:12]}..., model card says {str(expected)[:12]}...)"
         )
-    net = build_network(entry["architecture"])
+    net = build_network(entry.architecture)
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
         net.load_state_dict(state)
@@ -136,19 +135,15 @@ def load_bundle(bundle_dir: Path | str, device: str = "auto") -> ModelBundle:
     bundle_dir = Path(bundle_dir)
     card = read_card(bundle_dir)
     dev = resolve_device(device)
-    nets = {
-        role: _load_network(bundle_dir, role, card["models"][role], dev)
-        for role in MODEL_ROLES
-        if role in card["models"]
-    }
+    nets = {role: _load_network(bundle_dir, card.models[role], dev) for role in MODEL_ROLES if role in card.models}
     try:
-        op = OperatingPoints.from_card(card)
+        op = OperatingPoints.from_card({"operating_points": card.operating_points})
     except (TypeError, ValueError) as e:
         raise ModelBundleError(f"model bundle {bundle_dir}: operating_points in the card are invalid: {e}") from e
     pattern = None
-    if card.get("lesion_pattern"):
+    if card.lesion_pattern:
         try:
-            pattern = LesionPatternModel.from_card(card["lesion_pattern"])
+            pattern = LesionPatternModel.from_card(card.lesion_pattern)
         except InvalidInputError as e:
             raise ModelBundleError(f"model bundle {bundle_dir}: {e}") from e
     return ModelBundle(
@@ -165,9 +160,9 @@ def load_bundle(bundle_dir: Path | str, device: str = "auto") -> ModelBundle:
     )
 
 
-def load_domain_reference(bundle_dir: Path, card: Mapping[str, Any]) -> DomainReference | None:
+def load_domain_reference(bundle_dir: Path, card: ModelCard) -> DomainReference | None:
     """The bundle's out-of-domain reference (checked against its sha256), or None."""
-    entry = card.get("domain_reference")
+    entry = card.domain_reference
     if not entry:
         return None
     import numpy as np
@@ -359,6 +354,13 @@ _ROWS: tuple[tuple[str, str], ...] = (
     (
         "involvement given to non-pneumonia cases, % of the lung (mean; max)",
         "severity.non_pneumonia_involvement_percent.mean|severity.non_pneumonia_involvement_percent.max",
+    ),
+    ("MosMedData grade, quadratic weighted kappa vs the truth grade", "severity.grade_kappa_quadratic"),
+    ("lobe map Dice, mean over the five lobes", "lobes.mean_dice"),
+    (
+        "lobe map Dice: right upper; right middle; right lower; left upper; left lower",
+        "lobes.per_lobe.right_upper.dice|lobes.per_lobe.right_middle.dice|lobes.per_lobe.right_lower.dice"
+        "|lobes.per_lobe.left_upper.dice|lobes.per_lobe.left_lower.dice",
     ),
 )
 

@@ -40,6 +40,7 @@ KEEP = (
     "heat_on_lesion",
     "lesion_pattern",
     "severity",
+    "lobes",
     "operating_points",
 )
 HELD_OUT = {

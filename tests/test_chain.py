@@ -253,3 +253,27 @@ def test_networks_get_the_input_size_their_architecture_names(tmp_path, phantom)
     models.locator.register_forward_pre_hook(lambda _m, args: seen.append(tuple(args[0].shape[-2:])))
     analyze(phantom.volume, models, ChainParams(device="cpu", max_explained_slices=0, compute_phenotype=False))
     assert seen and set(seen) == {(96, 96)}
+
+
+def test_the_model_card_is_read_once_into_typed_data(tmp_path):
+    """Issue 14 item 5: the card is a ModelCard (pipeline.card), checked when read; the
+    chain sizes each stage from its typed architecture."""
+    import json
+
+    from pipeline.card import ModelCard
+    from pipeline.models import DEFAULT_BUNDLE_DIR, read_card
+    from pipeline.types import ModelBundleError
+
+    card = read_card(DEFAULT_BUNDLE_DIR)
+    assert isinstance(card, ModelCard) and card.trained_on_synthetic_data
+    assert card.models["segmentation"].input_size == card.architecture("segmentation")["input_size"]
+    assert card.operating_points["locator_threshold"] == card.raw["operating_points"]["locator_threshold"]
+    bad = json.loads((DEFAULT_BUNDLE_DIR / "model_card.json").read_text())
+    del bad["models"]["locator"]
+    with pytest.raises(ModelBundleError, match="lists no 'locator' model"):
+        ModelCard.from_mapping(bad, "card.json")
+    bad["models"]["locator"] = {"file": "locator.pt"}
+    with pytest.raises(ModelBundleError, match="model 'locator' has no architecture table"):
+        ModelCard.from_mapping(bad, "card.json")
+    with pytest.raises(ModelBundleError, match="has no 'models' table"):
+        ModelCard.from_mapping([], "card.json")

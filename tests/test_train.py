@@ -86,28 +86,28 @@ def test_each_role_trains_into_one_loadable_bundle(tmp_path: Path) -> None:
     assert run_train("locator", out) == 0
     bundle = load_bundle(out, device="cpu")  # checks every sha256 and rebuilds each network
     assert bundle.segmentation is not None
-    card = bundle.card
-    assert card["trained_on_synthetic_data"] is True
-    assert card["disclaimer"] == SYNTHETIC_DISCLAIMER
+    card = bundle.card  # typed once when read (pipeline.card.ModelCard)
+    assert card.trained_on_synthetic_data is True
+    assert card.disclaimer == SYNTHETIC_DISCLAIMER
     monitors = {"segmentation": "val_dice", "classifier": "val_case_macro_auc", "locator": "val_auc"}
     for role, monitor in monitors.items():
-        entry = card["models"][role]
-        t = entry["training"]
+        entry = card.models[role]
+        t = entry.training
         specs = {"segmentation": [SPEC], "classifier": [SPEC, SPEC2], "locator": [COVID_SPEC]}[role]
         assert [d["spec"] for d in t["data"]] == t["data_specs"] == specs
         assert t["command"].startswith(f"dicomnode train {role} --data ")
         assert t["command"].count("--data ") == len(specs)
         assert t["epochs"] == 1 and t["seed"] == 7
         assert t["cases"]["validation"] > 0 and monitor in t["validation"]
-        assert entry["architecture"]["input_size"] == 64
+        assert entry.architecture["input_size"] == 64 and entry.input_size == 64
         lines = (out / f"train_{role}.jsonl").read_text().splitlines()
         assert [json.loads(x)["epoch"] for x in lines] == [1]
         assert (out / "checkpoints" / role / "last.pt").is_file()
-    assert 0.0 <= card["models"]["segmentation"]["training"]["validation"]["val_dice"] <= 1.0
+    assert 0.0 <= card.models["segmentation"].training["validation"]["val_dice"] <= 1.0
     assert bundle.classifier(torch.zeros(2, 3, 64, 64)).shape == (2, 4)
     assert bundle.locator(torch.zeros(2, 3, 64, 64)).shape == (2, 2)
     # Training one role again keeps the others' weights untouched.
-    before = {r: card["models"][r]["sha256"] for r in ("segmentation", "classifier")}
+    before = {r: card.models[r].sha256 for r in ("segmentation", "classifier")}
     assert run_train("locator", out, "--lr", "0.002") == 0
     after = json.loads((out / "model_card.json").read_text())
     assert {r: after["models"][r]["sha256"] for r in before} == before
