@@ -149,13 +149,22 @@ def test_ohif_shows_report_on_key_slice_gradcam_overlay_and_lung_seg(tmp_path):
     reason = orthanc_missing_reason(dicomweb=True) or viewer_missing_reason()
     if reason:
         pytest.skip(reason)
+    from dataclasses import replace
+
     from dicomnode.writers import WriterOptions, build_result_objects, read_findings
+    from pipeline.types import LungMask
 
     from writer_inputs import make_inputs
 
     inputs = make_inputs(seed=0, n_slices=24, size=96, label="covid19")
+    # A U-Net's result: its lesion map gives the SEG its lesion segments (issue 15).
+    lung = inputs.result.lung_mask
+    with_lesions = LungMask(mask=lung.mask, method="unet", lesion=inputs.lesion & lung.mask, lobes=lung.lobes)
+    result = replace(inputs.result, lung_mask=with_lesions)
     options = WriterOptions()
-    objects = build_result_objects(inputs.result, inputs.volume, inputs.sources, options)
+    objects = build_result_objects(result, inputs.volume, inputs.sources, options)
+    seg_labels = [str(item.SegmentLabel) for item in objects["seg"][0].SegmentSequence]
+    assert "Ground-glass opacity" in seg_labels, seg_labels
     assert objects["sc"], "the test inputs must give at least one Grad-CAM overlay"
     findings = read_findings(objects["sr"][0])
     key_instance = next(int(ds.InstanceNumber) for ds in inputs.sources if ds.SOPInstanceUID == findings.key_sop_uid)
@@ -165,7 +174,7 @@ def test_ohif_shows_report_on_key_slice_gradcam_overlay_and_lung_seg(tmp_path):
 
     with running_orthanc(tmp_path, aet="PACS", dicomweb=True) as pacs:
         upload(pacs, inputs.sources)
-        for kind in ("sr", "sc", "seg", "kos"):
+        for kind in ("sr", "sc", "seg", "kos", "lobe_seg"):
             upload(pacs, objects[kind])
         with serving(pacs.dicomweb_url + "/") as base:
             report = run_driver(
@@ -177,6 +186,7 @@ def test_ohif_shows_report_on_key_slice_gradcam_overlay_and_lung_seg(tmp_path):
                     "srTexts": [covid_label],
                     "scSeries": options.sc_series_number,
                     "segSeries": options.seg_series_number,
+                    "segLabels": seg_labels,
                     "timeoutMs": 40000,
                 }
             )
@@ -195,6 +205,7 @@ def test_ohif_shows_report_on_key_slice_gradcam_overlay_and_lung_seg(tmp_path):
         str(options.sc_series_number),
         str(options.seg_series_number),
         str(options.kos_series_number),
+        str(options.lobe_seg_series_number),
     }
     assert expected <= listed, f"series missing from OHIF's study browser: {steps['ct']['thumbnails']}"
     assert steps["ct"]["canvas"]["colouredFraction"] < 0.001, "the CT itself should be grey"
@@ -219,6 +230,7 @@ def test_ohif_shows_report_on_key_slice_gradcam_overlay_and_lung_seg(tmp_path):
     assert sc["canvas"]["colouredFraction"] > 0.01, f"no heat map colours in the overlay: {sc['canvas']}"
     seg = steps["seg"]
     assert seg["canvas"]["colouredFraction"] > 0.001, f"the lung SEG is not drawn over the CT: {seg['canvas']}"
+    assert seg["segmentLabelsShown"] == seg_labels, f"OHIF's segmentation panel lists {seg['segmentLabelsShown']}"
     for name in ("ct", "sr", "sc", "seg"):
         png = shots / f"{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f"screenshot {png} missing"

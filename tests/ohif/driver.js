@@ -13,6 +13,7 @@
  *   srTexts         strings that must appear in the annotation text drawn for the SR
  *   scSeries        series number of the Secondary Capture overlays to open (optional)
  *   segSeries       series number of the lung SEG to open over the CT (optional)
+ *   segLabels       segment labels the segmentation panel must list (optional)
  *   segScroll       after the SEG shows, scroll this many slices on (OHIF opens it at its
  *                   first frame, near the apex; the docs want a mid-lung slice)
  *   timeoutMs       per-step wait limit (default 45000)
@@ -226,7 +227,25 @@ async function openSeg(page, opts) {
     await pollUntil(page, () => viewportOverlay(page), o => o['bottom-right'] !== before, opts.timeoutMs);
     stats = await pollUntil(page, () => canvasStats(page), s => s && s.colouredFraction > 0.001, opts.timeoutMs);
   }
-  return { canvas: stats, overlay: await viewportOverlay(page) };
+  // What the segmentation panel lists: each segment's label, as a reader sees them.
+  const labels = opts.segLabels || [];
+  let panelText = '';
+  if (labels.length) {
+    // The right side panel starts collapsed: open its segmentation tab to read the labels.
+    const tab = page.locator('[data-cy*="egmentation"][data-cy$="-btn"]').first();
+    if (await tab.count()) await tab.click({ timeout: opts.timeoutMs }).catch(() => {});
+    panelText = await pollUntil(
+      page,
+      () => page.locator('body').innerText(),
+      t => labels.every(label => t.includes(label)),
+      opts.timeoutMs,
+    ).catch(() => page.locator('body').innerText());
+  }
+  return {
+    canvas: stats,
+    overlay: await viewportOverlay(page),
+    segmentLabelsShown: labels.filter(label => panelText.includes(label)),
+  };
 }
 
 async function main() {
