@@ -422,6 +422,9 @@ def summary_text(
         if "seg" in options.enabled and result.lung_mask.mask.any()
         else ""
     )
+    lobes = result.lung_mask.lobes
+    if "lobe_seg" in options.enabled and lobes is not None and lobes.any() and result.decision.value != "out_of_domain":
+        seg_text = f"{seg_text} Lobe segmentation in series {options.lobe_seg_series_number}.".strip()
     incomplete = completeness_note(result, sources) if sources is not None else None
     tail = [
         f"Warning: the series may be incomplete ({incomplete}); the lung volume and the result may be wrong."
