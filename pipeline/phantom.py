@@ -1118,25 +1118,18 @@ def _fissure_maps(grid: _Grid, body: _Body, fis: _Fissures, side: int) -> tuple[
 _U8 = tuple(np.uint8(i) for i in range(6))
 
 
-def lung_plane_box(lung: np.ndarray) -> tuple[slice, slice] | None:
-    """Rows and columns of the box holding the lung on any slice; None without lung."""
-    plane = np.asarray(lung.any(axis=0))
-    if not plane.any():
-        return None
-    rows, cols = np.flatnonzero(plane.any(axis=1)), np.flatnonzero(plane.any(axis=0))
-    return slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)
-
-
 def _lobe_truth(seed: int, an: _Anatomy, grid: _Grid, body: _Body, lung: np.ndarray) -> np.ndarray:
     """Lobe labels (uint8, 1-5 in ``severity.LOBES`` order) of the lung voxels, from
     analytic fissures fitted to this phantom's lungs: truth only, not drawn in the image
     (which stays what it was before lobes existed, so the trained models still fit it)."""
     fis = _draw_fissures(seed, an)
     lobes = np.zeros(lung.shape, dtype=np.uint8)
-    box = lung_plane_box(lung)
-    if box is None:
-        return lobes
     zs = np.flatnonzero(lung.any(axis=(1, 2)))
+    if zs.size == 0:
+        return lobes
+    plane = np.asarray(lung[zs[0] : zs[-1] + 1].any(axis=0))
+    rows, cols = np.flatnonzero(plane.any(axis=1)), np.flatnonzero(plane.any(axis=0))
+    box = (slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1))
     maps = [_fissure_maps(grid, body, fis, side) for side in (1, 2)]
     oblique_r, oblique_l = (m[0][box] for m in maps)
     horizontal = maps[0][1][box]  # type: ignore[index]

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..phantom import INFECTED_MIN_PIXELS, Phantom, lung_plane_box
+from ..phantom import INFECTED_MIN_PIXELS, Phantom
 from ..types import CLASS_NAMES, CTVolume, InvalidInputError
 from .anatomy import Anatomy, draw_anatomy
 from .body import body_extent, lung_extent, paint_slices
@@ -117,10 +117,12 @@ def _lobe_labels(an: Anatomy, grid: Grid, lung: np.ndarray) -> np.ndarray:
     fissure surfaces at each output voxel's centre (``Anatomy.lobe_at``): truth only,
     computed after the image, so no draw and no pixel depends on it."""
     lobes = np.zeros(lung.shape, dtype=np.uint8)
-    box = lung_plane_box(lung)
-    if box is None:
-        return lobes
     zs = np.flatnonzero(lung.any(axis=(1, 2)))
+    if zs.size == 0:
+        return lobes
+    plane = np.asarray(lung[zs[0] : zs[-1] + 1].any(axis=0))
+    rows, cols = np.flatnonzero(plane.any(axis=1)), np.flatnonzero(plane.any(axis=0))
+    box = (slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1))
     y, x = grid.y[box[0]][:, None], grid.x[box[1]][None, :]
     # The fissure heights do not depend on the slice: evaluated once, compared per slice.
     oblique = [np.broadcast_to(an.oblique(i, y, x), (y.size, x.size)) for i in (0, 1)]
