@@ -212,3 +212,23 @@ def test_no_lobe_seg_without_a_lobe_map_or_out_of_domain(inputs):
     assert ood.result.lung_mask.lobes is not None
     built = build_result_objects(ood.result, ood.volume, ood.sources, WriterOptions(enabled={"lobe_seg"}))
     assert built == {"lobe_seg": []}
+
+
+def _frame_lateralities(seg) -> dict[int, set[str]]:
+    """Segment number -> the Frame Laterality of its frames (shared or per frame)."""
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    out: dict[int, set[str]] = {}
+    for frame in seg.PerFrameFunctionalGroupsSequence:
+        ident = frame.get("SegmentIdentificationSequence") or shared.SegmentIdentificationSequence
+        anatomy = frame.get("FrameAnatomySequence") or shared.FrameAnatomySequence
+        assert anatomy[0].AnatomicRegionSequence[0].CodeValue == codes.LUNG.value
+        out.setdefault(int(ident[0].ReferencedSegmentNumber), set()).add(str(anatomy[0].FrameLaterality))
+    return out
+
+
+def test_frames_say_their_laterality(seg, lobe_seg):
+    """Both lungs are B; each lobe's frames say its side (General Series' Laterality
+    cannot say "both", and PixelMed wants Laterality unless a Frame Laterality is there)."""
+    assert "Laterality" not in seg
+    assert _frame_lateralities(seg) == {1: {"B"}}
+    assert _frame_lateralities(lobe_seg) == {1: {"R"}, 2: {"R"}, 3: {"R"}, 4: {"L"}, 5: {"L"}}

@@ -59,6 +59,8 @@ class _Segment:
     rgb: tuple[int, int, int]
     pixels: np.ndarray
     modifier: Code | None = None
+    #: Frame Laterality of its frames: B (both lungs), R or L (a lobe).
+    laterality: str = "B"
 
 
 def build_seg(
@@ -103,7 +105,16 @@ def build_lobe_seg(
         kind, side = codes.LOBE_TYPES[name]
         rgb = LOBE_RGB[number - 1]
         segments.append(
-            _Segment(LOBE_TITLES[name], codes.ANATOMICAL_STRUCTURE, kind, f"lobe-{name}", rgb, pixels, side)
+            _Segment(
+                LOBE_TITLES[name],
+                codes.ANATOMICAL_STRUCTURE,
+                kind,
+                f"lobe-{name}",
+                rgb,
+                pixels,
+                side,
+                laterality="R" if name.startswith("right") else "L",
+            )
         )
     return _segmentation(
         result,
@@ -206,6 +217,29 @@ def _segmentation(
     # The body part of the series is the chest, not a paired organ, so General Series'
     # Laterality stays absent (PS3.3 C.7.3.1); said explicitly for readers and validators.
     seg.BodyPartExamined = "CHEST"
+    _add_frame_anatomy(seg, segments)
     if options.institution_name:
         seg.InstitutionName = options.institution_name
     return seg
+
+
+def _add_frame_anatomy(seg: Dataset, segments: Sequence[_Segment]) -> None:
+    """Each frame's anatomy: the lung, and its laterality (B for both lungs, R or L for a
+    lobe). General Series' Laterality cannot say "both", and PixelMed asks for it unless
+    some Frame Laterality is present; the Frame Anatomy macro is not in the SEG IOD's
+    functional groups, so dciodvfy calls the SEG a Standard Extended SOP Class
+    (docs/objects.md), which it already is for the Contributing Equipment's Device UID."""
+
+    def anatomy(laterality: str) -> list[Dataset]:
+        item = Dataset()
+        item.AnatomicRegionSequence = [hd.sr.CodedConcept.from_code(codes.LUNG)]
+        item.FrameLaterality = laterality
+        return [item]
+
+    sides = {s.laterality for s in segments}
+    if len(sides) == 1:  # one laterality for every frame: a shared functional group
+        seg.SharedFunctionalGroupsSequence[0].FrameAnatomySequence = anatomy(sides.pop())
+        return
+    for frame in seg.PerFrameFunctionalGroupsSequence:
+        number = int(frame.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        frame.FrameAnatomySequence = anatomy(segments[number - 1].laterality)
