@@ -425,7 +425,9 @@ def test_cli_end_to_end(tmp_path: Path, tiny_bundle: Path) -> None:
     for name in m["plots"].values():
         assert (out / name).read_bytes()[:8] == PNG_MAGIC
     assert {"roc", "roc_covid19", "pr", "confusion_matrix", "decision_curve_covid19", "tsne"} <= set(m["plots"])
-    card = E.headline(EvaluationMetrics.from_json(m))  # what the training engineer copies into a model card
+    typed = EvaluationMetrics.from_json(m)
+    assert typed.to_json() == m and typed.run.data_spec == spec  # the file reads back whole
+    card = E.headline(typed)  # what the training engineer copies into a model card
     assert card["per_class_auc"] == m["per_class_auc"] and card["data_spec"] == spec
     assert card["lung_dice"]["method"] == m["lung_dice"]["method"]
 
