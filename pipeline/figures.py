@@ -874,24 +874,6 @@ class EvaluationRun:
 # ----------------------------------------------------------------- the whole
 
 
-#: Sections of metrics.json between "locating" and "subsets", in file order, with
-#: their parsers: (key, attribute of EvaluationMetrics, from_json).
-_SECTIONS: tuple[tuple[str, str, Callable[[Mapping[str, Any]], Any]], ...] = (
-    ("decision", "decision", DecisionFigures.from_json),
-    ("infectious_slices", "infectious_slices", InfectiousSlices.from_json),
-    ("lesion_dice", "lesion_dice", LesionDice.from_json),
-    ("lesion_share", "lesion_share", LesionShare.from_json),
-    ("lesion_pattern", "lesion_pattern", LesionPatternFigures.from_json),
-    ("severity", "severity", SeverityFigures.from_json),
-    ("lobes", "lobes", LobesFigures.from_json),
-    ("non_pneumonia_flagged_slices", "non_pneumonia_flagged_slices", SlicesPerCase.from_json),
-    ("non_pneumonia_stated_slices", "non_pneumonia_stated_slices", SlicesPerCase.from_json),
-    ("lesion_inclusion", "lesion_inclusion", LesionInclusion.from_json),
-    ("heat_inside_lung", "heat_inside_lung", HeatFigures.from_json),
-    ("heat_on_lesion", "heat_on_lesion", HeatFigures.from_json),
-)
-
-
 @dataclass(frozen=True)
 class EvaluationMetrics:
     """Every figure of an evaluation (see the module docstring). ``run`` is None for
@@ -934,8 +916,18 @@ class EvaluationMetrics:
         out["tasks"] = {name: t.to_json() for name, t in self.tasks.items()}
         out["lung_dice"] = None if self.lung_dice is None else self.lung_dice.to_json()
         out["locating"] = None if self.locating is None else self.locating.to_json()
-        for key, attr, _ in _SECTIONS:
-            _put(out, key, getattr(self, attr))
+        _put(out, "decision", self.decision)
+        _put(out, "infectious_slices", self.infectious_slices)
+        _put(out, "lesion_dice", self.lesion_dice)
+        _put(out, "lesion_share", self.lesion_share)
+        _put(out, "lesion_pattern", self.lesion_pattern)
+        _put(out, "severity", self.severity)
+        _put(out, "lobes", self.lobes)
+        _put(out, "non_pneumonia_flagged_slices", self.non_pneumonia_flagged_slices)
+        _put(out, "non_pneumonia_stated_slices", self.non_pneumonia_stated_slices)
+        _put(out, "lesion_inclusion", self.lesion_inclusion)
+        _put(out, "heat_inside_lung", self.heat_inside_lung)
+        _put(out, "heat_on_lesion", self.heat_on_lesion)
         out["subsets"] = {
             key: {value: block.to_json() for value, block in groups.items()} for key, groups in self.subsets.items()
         }
@@ -949,7 +941,6 @@ class EvaluationMetrics:
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> EvaluationMetrics:
         """Read a metrics.json dict (or a model card's copy of its figures) back."""
-        sections = {attr: _opt(d, key, parse) for key, attr, parse in _SECTIONS}
         return cls(
             decision_threshold=d.get("decision_threshold"),
             classes=ClassFigures.from_json(d),
@@ -957,6 +948,18 @@ class EvaluationMetrics:
             bootstrap=BootstrapInfo.from_json(d["bootstrap"]),
             lung_dice=_opt(d, "lung_dice", LungDice.from_json),
             locating=_opt(d, "locating", Locating.from_json),
+            decision=_opt(d, "decision", DecisionFigures.from_json),
+            infectious_slices=_opt(d, "infectious_slices", InfectiousSlices.from_json),
+            lesion_dice=_opt(d, "lesion_dice", LesionDice.from_json),
+            lesion_share=_opt(d, "lesion_share", LesionShare.from_json),
+            lesion_pattern=_opt(d, "lesion_pattern", LesionPatternFigures.from_json),
+            severity=_opt(d, "severity", SeverityFigures.from_json),
+            lobes=_opt(d, "lobes", LobesFigures.from_json),
+            non_pneumonia_flagged_slices=_opt(d, "non_pneumonia_flagged_slices", SlicesPerCase.from_json),
+            non_pneumonia_stated_slices=_opt(d, "non_pneumonia_stated_slices", SlicesPerCase.from_json),
+            lesion_inclusion=_opt(d, "lesion_inclusion", LesionInclusion.from_json),
+            heat_inside_lung=_opt(d, "heat_inside_lung", HeatFigures.from_json),
+            heat_on_lesion=_opt(d, "heat_on_lesion", HeatFigures.from_json),
             subsets={
                 str(key): {str(v): ClassFigures.from_json(b) for v, b in groups.items()}
                 for key, groups in (d.get("subsets") or {}).items()
@@ -964,5 +967,4 @@ class EvaluationMetrics:
             readers=_opt(d, "readers", ReaderComparison.from_json),
             run=EvaluationRun.from_json(d) if "chain_params" in d else None,
             plots=_opt(d, "plots", lambda p: {str(k): str(v) for k, v in p.items()}),
-            **sections,
         )

@@ -41,6 +41,7 @@ from .domain import DomainReference
 from .figures import EvaluationMetrics, Figure, TaskFigures
 from .lesion_pattern import LesionPatternModel
 from .nets import build_network
+from .severity import LOBES
 from .types import InvalidInputError, ModelBundleError, ModelInfo
 
 CARD_FILE = "model_card.json"
@@ -451,7 +452,7 @@ _ROWS: tuple[tuple[str, str, tuple[Cell, ...]], ...] = (
     (
         "lobe map Dice: right upper; right middle; right lower; left upper; left lower",
         "; ",
-        tuple(_lobe_dice(name) for name in ("right_upper", "right_middle", "right_lower", "left_upper", "left_lower")),
+        tuple(_lobe_dice(name) for name in LOBES),
     ),
 )
 
