@@ -5,8 +5,9 @@ Three steps, each usable alone:
 1. ``score_cases``: every case of a dataset -> ``pipeline.chain.analyze`` -> a
    ``CaseRecord`` (truth, fused scores, max-pooled features, lung Dice and slice-level
    locating data when the dataset has masks). The models are an argument.
-2. ``compute_metrics``: records -> the metrics dictionary written as ``metrics.json``
-   (every figure as {"value", "ci_low", "ci_high"} with a seeded case bootstrap).
+2. ``compute_metrics``: records -> ``pipeline.figures.EvaluationMetrics``, typed figures
+   whose ``to_json()`` is ``metrics.json`` (every figure as {"value", "ci_low", "ci_high"}
+   with a seeded case bootstrap).
 3. ``write_outputs``: records + metrics -> ``scores.csv``, ``metrics.json``, PNG plots
    and ``report.md`` in a folder.
 
@@ -25,6 +26,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from . import figures as F
 from . import metrics as M
 from .params import ChainParams, EvalParams
 from .severity import LOBES, MOSMED_GRADE_BOUNDS, mosmed_grade
@@ -437,49 +439,50 @@ class _Figures:
         self.skipped = skipped
         self.prefix = prefix
 
-    def __call__(self, name: str, statistic: Callable[[np.ndarray], float]) -> dict[str, float | None]:
+    def __call__(self, name: str, statistic: Callable[[np.ndarray], float]) -> F.Figure:
         if self.resamples is None:
             est = M.point_only(statistic(np.arange(self.n)))
         else:
             est = M.bootstrap(statistic, self.resamples, self.conf)
         if est.n_skipped:
             self.skipped[f"{self.prefix}{name}"] = est.n_skipped
-        return est.as_dict()
+        return F.Figure.from_estimate(est)
 
 
 def _class_block(
     labels: np.ndarray, probs: np.ndarray, predicted: np.ndarray, fig: _Figures, threshold: float, full: bool
-) -> dict[str, Any]:
+) -> F.ClassFigures:
     """Per-class AUC, multi-way AUC, accuracy (and, when ``full``, sens/spec at the
     threshold and the confusion matrix) for one set of cases."""
-    out: dict[str, Any] = {
-        "n_cases": int(labels.size),
-        "class_counts": {c: int(np.sum(labels == i)) for i, c in enumerate(CLASS_NAMES)},
-        "per_class_auc": {
+    block = F.ClassFigures(
+        n_cases=int(labels.size),
+        class_counts={c: int(np.sum(labels == i)) for i, c in enumerate(CLASS_NAMES)},
+        per_class_auc={
             c: fig(f"per_class_auc.{c}", _one_vs_rest_auc(labels, probs, i)) for i, c in enumerate(CLASS_NAMES)
         },
-        "multiway_auc": {
-            "micro": fig("multiway_auc.micro", lambda idx: M.micro_auc(labels[idx], probs[idx])),
-            "macro": fig("multiway_auc.macro", lambda idx: M.macro_auc(labels[idx], probs[idx])),
-        },
-        "accuracy": fig("accuracy", lambda idx: M.accuracy(labels[idx], predicted[idx])),
-    }
-    if full:
-        out["per_class_sensitivity"] = {
+        multiway_auc=F.MultiwayAuc(
+            micro=fig("multiway_auc.micro", lambda idx: M.micro_auc(labels[idx], probs[idx])),
+            macro=fig("multiway_auc.macro", lambda idx: M.macro_auc(labels[idx], probs[idx])),
+        ),
+        accuracy=fig("accuracy", lambda idx: M.accuracy(labels[idx], predicted[idx])),
+    )
+    if not full:
+        return block
+    return replace(
+        block,
+        per_class_sensitivity={
             c: fig(f"per_class_sensitivity.{c}", _one_vs_rest_rate(M.sensitivity, labels, probs, i, threshold))
             for i, c in enumerate(CLASS_NAMES)
-        }
-        out["per_class_specificity"] = {
+        },
+        per_class_specificity={
             c: fig(f"per_class_specificity.{c}", _one_vs_rest_rate(M.specificity, labels, probs, i, threshold))
             for i, c in enumerate(CLASS_NAMES)
-        }
-        out["confusion_matrix"] = {
-            "labels": list(CLASS_NAMES),
-            "rows": "truth",
-            "columns": "predicted",
-            "counts": M.confusion_counts(labels, predicted, len(CLASS_NAMES)).tolist(),
-        }
-    return out
+        },
+        confusion_matrix=F.ConfusionMatrix(
+            labels=CLASS_NAMES,
+            counts=tuple(tuple(row) for row in M.confusion_counts(labels, predicted, len(CLASS_NAMES)).tolist()),
+        ),
+    )
 
 
 def task_cohort(task: str, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -528,32 +531,35 @@ def _task_figures(
     task_thresholds: Mapping[str, float],
     eval_params: EvalParams,
     skipped: dict[str, int],
-) -> dict[str, Any]:
+) -> dict[str, F.TaskFigures]:
     """Each binary task on its cohort: AUC, and sensitivity/specificity at its threshold."""
-    out: dict[str, Any] = {}
+    out: dict[str, F.TaskFigures] = {}
     for t_i, task in enumerate(TASK_NAMES):
         idx, y = task_cohort(task, labels)
-        entry: dict[str, Any] = {
-            "n_cases": int(idx.size),
-            "n_positive": int(y.sum()),
-            "positive": TASK_COHORTS[task][0],
-            "cohort": list(TASK_COHORTS[task][1]),
-        }
         t_task = float(task_thresholds.get(task, threshold))
-        entry["threshold"] = t_task
+        entry = F.TaskFigures(
+            n_cases=int(idx.size),
+            n_positive=int(y.sum()),
+            positive=TASK_COHORTS[task][0],
+            cohort=TASK_COHORTS[task][1],
+            threshold=t_task,
+        )
         if idx.size:
             s = tasks[idx, t_i]
             tf = _Figures(idx.size, eval_params, skipped, f"tasks.{task}.")
-            entry["auc"] = tf("auc", _task_auc(y, s))
-            entry["sensitivity"] = tf("sensitivity", _task_rate(M.sensitivity, y, s, t_task))
-            entry["specificity"] = tf("specificity", _task_rate(M.specificity, y, s, t_task))
+            entry = replace(
+                entry,
+                auc=tf("auc", _task_auc(y, s)),
+                sensitivity=tf("sensitivity", _task_rate(M.sensitivity, y, s, t_task)),
+                specificity=tf("specificity", _task_rate(M.specificity, y, s, t_task)),
+            )
         out[task] = entry
     return out
 
 
 def _lung_dice_figures(
     records: Sequence[CaseRecord], eval_params: EvalParams, skipped: dict[str, int]
-) -> dict[str, Any] | None:
+) -> F.LungDice | None:
     """Mean lung Dice of the chain's segmentation (and of the classical reference)."""
     with_lung = [r for r in records if r.lung_dice is not None]
     if not with_lung:
@@ -561,21 +567,17 @@ def _lung_dice_figures(
     dices = np.array([r.lung_dice for r in with_lung], dtype=np.float64)
     methods = sorted({r.lung_method or "unknown" for r in with_lung})
     lf = _Figures(dices.size, eval_params, skipped, "lung_dice.")
-    out: dict[str, Any] = {
-        "n_cases": int(dices.size),
-        "method": "+".join(methods),
-        "mean": lf("mean", lambda j: float(np.mean(dices[j]))),
-        "classical_mean": None,
-    }
+    mean = lf("mean", lambda j: float(np.mean(dices[j])))
+    classical_mean = None
     ref = np.array([np.nan if r.lung_dice_classical is None else r.lung_dice_classical for r in with_lung])
     if np.all(np.isfinite(ref)):
-        out["classical_mean"] = lf("classical_mean", lambda j: float(np.mean(ref[j])))
-    return out
+        classical_mean = lf("classical_mean", lambda j: float(np.mean(ref[j])))
+    return F.LungDice(n_cases=int(dices.size), method="+".join(methods), mean=mean, classical_mean=classical_mean)
 
 
 def _locating_figures(
     records: Sequence[CaseRecord], eval_params: EvalParams, skipped: dict[str, int], locator_threshold: float
-) -> dict[str, Any] | None:
+) -> F.Locating | None:
     """The paper measures the locator on COVID-19 cases with marked lesions; slices are
     resampled with their case (they are not independent)."""
     loc = [r for r in records if r.slice_scores is not None and r.truth == "covid19" and r.slice_scores.size]
@@ -584,19 +586,19 @@ def _locating_figures(
     sc = given_arrays((r.slice_scores for r in loc), "slice scores")
     tr = given_arrays((r.slice_truth for r in loc), "slice truth")
     lf = _Figures(len(loc), eval_params, skipped, "locating.")
-    return {
-        "n_cases": len(loc),
-        "n_slices": int(sum(s.size for s in sc)),
-        "n_infected_slices": int(sum(t.sum() for t in tr)),
-        "threshold": locator_threshold,
-        "auc": lf("auc", lambda j: M.roc_auc(M.pooled_slices(tr, j), M.pooled_slices(sc, j))),
-        "sensitivity": lf(
+    return F.Locating(
+        n_cases=len(loc),
+        n_slices=int(sum(s.size for s in sc)),
+        n_infected_slices=int(sum(t.sum() for t in tr)),
+        threshold=locator_threshold,
+        auc=lf("auc", lambda j: M.roc_auc(M.pooled_slices(tr, j), M.pooled_slices(sc, j))),
+        sensitivity=lf(
             "sensitivity", lambda j: M.sensitivity(M.pooled_slices(tr, j), M.pooled_slices(sc, j) >= locator_threshold)
         ),
-        "specificity": lf(
+        specificity=lf(
             "specificity", lambda j: M.specificity(M.pooled_slices(tr, j), M.pooled_slices(sc, j) >= locator_threshold)
         ),
-    }
+    )
 
 
 def _subset_figures(
@@ -607,9 +609,9 @@ def _subset_figures(
     threshold: float,
     eval_params: EvalParams,
     skipped: dict[str, int],
-) -> dict[str, Any]:
+) -> dict[str, dict[str, F.ClassFigures]]:
     """The class block by sex, age band and stage (where the data say them)."""
-    out: dict[str, Any] = {}
+    out: dict[str, dict[str, F.ClassFigures]] = {}
     keys: dict[str, Callable[[CaseRecord], str | None]] = {
         "sex": lambda r: r.sex,
         "age_band": lambda r: _age_band(r.age, eval_params.age_band_edges),
@@ -636,8 +638,8 @@ def compute_metrics(
     reader_calls: Sequence[ReaderCall] | None = None,
     reader_task_name: str = "auto",
     task_thresholds: Mapping[str, float] | None = None,
-) -> dict[str, Any]:
-    """Every figure of the protocol, as a JSON-ready dict (see module docstring).
+) -> F.EvaluationMetrics:
+    """Every figure of the protocol (see module docstring); ``.to_json()`` is metrics.json.
 
     ``task_thresholds``: each binary task's operating point (the bundle's calibrated
     ones); ``threshold`` for the tasks it does not name and the per-class figures."""
@@ -646,63 +648,84 @@ def compute_metrics(
         raise EvaluationError("no cases to evaluate")
     labels, probs, tasks, predicted = case_arrays(records)
     skipped: dict[str, int] = {}
-    fig = _Figures(len(records), eval_params, skipped, "")
-    out: dict[str, Any] = {"n_cases": len(records), "decision_threshold": threshold}
-    out.update(_class_block(labels, probs, predicted, fig, threshold, full=True))
-
-    out["tasks"] = _task_figures(labels, tasks, threshold, task_thresholds, eval_params, skipped)
-    out["lung_dice"] = _lung_dice_figures(records, eval_params, skipped)
-    out["locating"] = _locating_figures(records, eval_params, skipped, locator_threshold)
-    out.update(_truthfulness_figures(records, labels, eval_params, skipped, locator_threshold))
-    out["subsets"] = _subset_figures(records, labels, probs, predicted, threshold, eval_params, skipped)
-
-    out["readers"] = None
+    ep = eval_params
+    fig = _Figures(len(records), ep, skipped, "")
+    flagged, stated = _healthy_slice_figures(records, ep, skipped)
+    readers = None
     if reader_calls:
-        out["readers"] = reader_comparison(records, reader_calls, threshold, eval_params, skipped, reader_task_name)
+        readers = reader_comparison(records, reader_calls, threshold, ep, skipped, reader_task_name)
+    return F.EvaluationMetrics(
+        decision_threshold=threshold,
+        classes=_class_block(labels, probs, predicted, fig, threshold, full=True),
+        tasks=_task_figures(labels, tasks, threshold, task_thresholds, ep, skipped),
+        lung_dice=_lung_dice_figures(records, ep, skipped),
+        locating=_locating_figures(records, ep, skipped, locator_threshold),
+        decision=_decision_figures(records, ep, skipped),
+        infectious_slices=_infectious_slice_figures(records, ep, skipped, locator_threshold),
+        lesion_dice=_lesion_dice_figures(records, ep, skipped),
+        lesion_share=_lesion_share_figures(records, ep, skipped),
+        lesion_pattern=_pattern_figures(records, ep, skipped),
+        severity=_severity_figures(records, ep, skipped),
+        lobes=_lobe_figures(records, ep, skipped),
+        non_pneumonia_flagged_slices=flagged,
+        non_pneumonia_stated_slices=stated,
+        lesion_inclusion=_inclusion_figures(records, ep, skipped),
+        heat_inside_lung=_heat_figures(records, ep, skipped, "heat_inside_lung"),
+        heat_on_lesion=_heat_figures(records, ep, skipped, "heat_on_lesion"),
+        subsets=_subset_figures(records, labels, probs, predicted, threshold, ep, skipped),
+        readers=readers,
+        bootstrap=F.BootstrapInfo(
+            n_resamples=ep.n_bootstrap,
+            seed=ep.seed,
+            confidence=ep.confidence,
+            method="percentile, cases resampled with replacement",
+            skipped_resamples=dict(sorted(skipped.items())),
+        ),
+    )
 
-    out["bootstrap"] = {
-        "n_resamples": eval_params.n_bootstrap,
-        "seed": eval_params.seed,
-        "confidence": eval_params.confidence,
-        "method": "percentile, cases resampled with replacement",
-        "skipped_resamples": dict(sorted(skipped.items())),
-    }
-    return out
 
-
-def _lesion_figures(records: Sequence[CaseRecord], eval_params: EvalParams, skipped: dict[str, int]) -> dict[str, Any]:
-    """The U-Net's lesion map against the truth: lesion Dice (voxels pooled over the
-    cases with lesions), and the lesion share of the lung as a pneumonia score (AUC)."""
-    out: dict[str, Any] = {}
+def _lesion_dice_figures(
+    records: Sequence[CaseRecord], eval_params: EvalParams, skipped: dict[str, int]
+) -> F.LesionDice | None:
+    """The U-Net's lesion map against the truth: lesion Dice, voxels pooled over the
+    cases with lesions."""
     overlap = [r for r in records if r.lesion_overlap is not None and r.lesion_overlap[2] > 0]
-    if overlap:
-        ov = np.array([r.lesion_overlap for r in overlap], dtype=np.float64)
-        f = _Figures(len(overlap), eval_params, skipped, "lesion_dice.")
-        out["lesion_dice"] = {
-            "n_cases": len(overlap),
-            "cohort": "cases with lesion masks holding lesions",
-            "dice": f("dice", lambda j: M.dice_from_counts(ov[j, 0].sum(), ov[j, 1].sum(), ov[j, 2].sum())),
-        }
+    if not overlap:
+        return None
+    ov = np.array([r.lesion_overlap for r in overlap], dtype=np.float64)
+    f = _Figures(len(overlap), eval_params, skipped, "lesion_dice.")
+    return F.LesionDice(
+        n_cases=len(overlap),
+        cohort="cases with lesion masks holding lesions",
+        dice=f("dice", lambda j: M.dice_from_counts(ov[j, 0].sum(), ov[j, 1].sum(), ov[j, 2].sum())),
+    )
+
+
+def _lesion_share_figures(
+    records: Sequence[CaseRecord], eval_params: EvalParams, skipped: dict[str, int]
+) -> F.LesionShare | None:
+    """The lesion share of the lung as a pneumonia score (AUC), and its range by group."""
     shares = [r for r in records if r.lesion_share is not None]
-    if shares:
-        share = np.array([r.lesion_share for r in shares], dtype=np.float64)
-        pneu = np.array([r.truth != "non_pneumonia" for r in shares], dtype=bool)
-        f = _Figures(len(shares), eval_params, skipped, "lesion_share.")
-        entry: dict[str, Any] = {"n_cases": len(shares)}
-        if pneu.any() and (~pneu).any():
-            entry["pneumonia_auc"] = f("pneumonia_auc", lambda j: M.roc_auc(pneu[j], share[j]))
-        for name, sel in (("non_pneumonia", ~pneu), ("pneumonia", pneu)):
-            if sel.any():
-                entry[f"{name}_share"] = {
-                    "min": float(share[sel].min()),
-                    "median": float(np.median(share[sel])),
-                    "max": float(share[sel].max()),
-                }
-        out["lesion_share"] = entry
-    out.update(_pattern_figures(records, eval_params, skipped))
-    out.update(_severity_figures(records, eval_params, skipped))
-    out.update(_lobe_figures(records, eval_params, skipped))
-    return out
+    if not shares:
+        return None
+    share = np.array([r.lesion_share for r in shares], dtype=np.float64)
+    pneu = np.array([r.truth != "non_pneumonia" for r in shares], dtype=bool)
+    f = _Figures(len(shares), eval_params, skipped, "lesion_share.")
+    auc = None
+    if pneu.any() and (~pneu).any():
+        auc = f("pneumonia_auc", lambda j: M.roc_auc(pneu[j], share[j]))
+
+    def share_range(sel: np.ndarray) -> F.ShareRange | None:
+        if not sel.any():
+            return None
+        return F.ShareRange(float(share[sel].min()), float(np.median(share[sel])), float(share[sel].max()))
+
+    return F.LesionShare(
+        n_cases=len(shares),
+        pneumonia_auc=auc,
+        non_pneumonia_share=share_range(~pneu),
+        pneumonia_share=share_range(pneu),
+    )
 
 
 def _column_mean(values: np.ndarray, column: int) -> Callable[[np.ndarray], float]:
@@ -714,93 +737,91 @@ def _column_mean(values: np.ndarray, column: int) -> Callable[[np.ndarray], floa
     return mean
 
 
-def _lobe_figures(records: Sequence[CaseRecord], eval_params: EvalParams, skipped: dict[str, int]) -> dict[str, Any]:
+def _lobe_figures(
+    records: Sequence[CaseRecord], eval_params: EvalParams, skipped: dict[str, int]
+) -> F.LobesFigures | None:
     """Per lobe: mean Dice of the chain's lobe map against the truth's, and the mean
     absolute involvement error (points), over the cases that have them."""
     rows = [r for r in records if r.lobe_dice is not None]
     if not rows:
-        return {}
+        return None
     dice = np.array([r.lobe_dice for r in rows], dtype=np.float64)
     errs = [r for r in rows if r.lobe_involvement_error is not None]
     err = np.array([r.lobe_involvement_error for r in errs], dtype=np.float64).reshape(len(errs), len(LOBES))
     f = _Figures(len(rows), eval_params, skipped, "lobes.")
     g = _Figures(len(errs), eval_params, skipped, "lobes.")
-    per_lobe: dict[str, Any] = {}
+    per_lobe: dict[str, F.LobeFigures] = {}
     for i, name in enumerate(LOBES):
-        entry = {"dice": f(f"{name}.dice", _column_mean(dice, i))}
+        mae = None
+        lobe_dice = f(f"{name}.dice", _column_mean(dice, i))
         if errs:
-            entry["involvement_mae_points"] = g(f"{name}.involvement_mae_points", _column_mean(np.abs(err), i))
-        per_lobe[name] = entry
-    return {
-        "lobes": {
-            "n_cases": len(rows),
-            "n_cases_with_involvement": len(errs),
-            "cohort": "cases with a truth lobe map (phantoms) where the chain segmented lobes",
-            "mean_dice": f("mean_dice", lambda j: float(np.nanmean(dice[j]))),
-            "per_lobe": per_lobe,
-        }
-    }
+            mae = g(f"{name}.involvement_mae_points", _column_mean(np.abs(err), i))
+        per_lobe[name] = F.LobeFigures(dice=lobe_dice, involvement_mae_points=mae)
+    return F.LobesFigures(
+        n_cases=len(rows),
+        n_cases_with_involvement=len(errs),
+        cohort="cases with a truth lobe map (phantoms) where the chain segmented lobes",
+        mean_dice=f("mean_dice", lambda j: float(np.nanmean(dice[j]))),
+        per_lobe=per_lobe,
+    )
 
 
 def _severity_figures(
     records: Sequence[CaseRecord], eval_params: EvalParams, skipped: dict[str, int]
-) -> dict[str, Any]:
+) -> F.SeverityFigures | None:
     """Whole-lung involvement (pipeline.severity) against the truth masks: mean absolute
     and mean signed error in percentage points, the involvement given to non-pneumonia
     cases, and agreement of the MosMedData grades the two involvements fall in."""
     rows = [r for r in records if r.involvement_percent is not None and r.involvement_truth_percent is not None]
     if not rows:
-        return {}
+        return None
     pred = np.array([r.involvement_percent for r in rows], dtype=np.float64)
     true = np.array([r.involvement_truth_percent for r in rows], dtype=np.float64)
     healthy = np.array([r.truth == "non_pneumonia" for r in rows], dtype=bool)
     f = _Figures(len(rows), eval_params, skipped, "severity.")
-    entry: dict[str, Any] = {
-        "n_cases": len(rows),
-        "cohort": "cases with truth lung and lesion masks and a stated severity (not out of domain)",
-        "involvement_mae_points": f("involvement_mae_points", lambda j: float(np.mean(np.abs(pred[j] - true[j])))),
-        "involvement_bias_points": f("involvement_bias_points", lambda j: float(np.mean(pred[j] - true[j]))),
-        "grade_agreement": f(
-            "grade_agreement",
-            lambda j: float(
-                np.mean([mosmed_grade(a) == mosmed_grade(b) for a, b in zip(pred[j], true[j], strict=True)])
-            ),
-        ),
-    }
+    mae = f("involvement_mae_points", lambda j: float(np.mean(np.abs(pred[j] - true[j]))))
+    bias_fig = f("involvement_bias_points", lambda j: float(np.mean(pred[j] - true[j])))
+    agreement = f(
+        "grade_agreement",
+        lambda j: float(np.mean([mosmed_grade(a) == mosmed_grade(b) for a, b in zip(pred[j], true[j], strict=True)])),
+    )
+    healthy_involvement = None
     if healthy.any():
-        entry["non_pneumonia_involvement_percent"] = {
-            "mean": float(pred[healthy].mean()),
-            "max": float(pred[healthy].max()),
-            "n_cases": int(healthy.sum()),
-        }
-    bias, low, high = M.bland_altman(true, pred)
-    entry["bland_altman_points"] = {
-        k: (float(v) if np.isfinite(v) else None)
-        for k, v in (("bias", bias), ("lower_limit", low), ("upper_limit", high))
-    }
-    entry.update(_grade_figures(records, eval_params, skipped))
-    return {"severity": entry}
+        healthy_involvement = F.HealthyInvolvement(
+            mean=float(pred[healthy].mean()), max=float(pred[healthy].max()), n_cases=int(healthy.sum())
+        )
+    bias, low, high = (float(v) if np.isfinite(v) else None for v in M.bland_altman(true, pred))
+    return F.SeverityFigures(
+        n_cases=len(rows),
+        cohort="cases with truth lung and lesion masks and a stated severity (not out of domain)",
+        involvement_mae_points=mae,
+        involvement_bias_points=bias_fig,
+        grade_agreement=agreement,
+        bland_altman_points=F.BlandAltman(bias=bias, lower_limit=low, upper_limit=high),
+        non_pneumonia_involvement_percent=healthy_involvement,
+        grade=_grade_figures(records, eval_params, skipped),
+    )
 
 
-def _grade_figures(records: Sequence[CaseRecord], eval_params: EvalParams, skipped: dict[str, int]) -> dict[str, Any]:
+def _grade_figures(
+    records: Sequence[CaseRecord], eval_params: EvalParams, skipped: dict[str, int]
+) -> F.GradeFigures | None:
     """The grade from the chain's involvement against the truth grade (CaseRecord.grade_truth:
     the data set's, e.g. MosMedData's CT-0..CT-4 group, else the truth masks'): confusion
     counts (rows truth) and quadratic weighted kappa with its bootstrap interval."""
     rows = [r for r in records if r.involvement_percent is not None and r.grade_truth is not None]
     if not rows:
-        return {}
+        return None
     truth = np.array([r.grade_truth for r in rows], dtype=np.int64)
     graded = np.array([mosmed_grade(float(r.involvement_percent or 0.0)) for r in rows], dtype=np.int64)
     f = _Figures(len(rows), eval_params, skipped, "severity.")
     n_grades = len(MOSMED_GRADE_BOUNDS) + 2  # CT-0 (none), then one grade per band
-    return {
-        "grade_cohort": "cases with a stated severity and a truth grade (data set's, else the truth masks')",
-        "grade_n_cases": len(rows),
-        "grade_confusion": M.confusion_counts(truth, graded, n_grades).tolist(),
-        "grade_kappa_quadratic": f(
-            "grade_kappa_quadratic", lambda j: M.quadratic_weighted_kappa(truth[j], graded[j], n_grades)
-        ),
-    }
+    return F.GradeFigures(
+        cohort="cases with a stated severity and a truth grade (data set's, else the truth masks')",
+        n_cases=len(rows),
+        confusion=tuple(tuple(row) for row in M.confusion_counts(truth, graded, n_grades).tolist()),
+        kappa_quadratic=f("grade_kappa_quadratic", lambda j: M.quadratic_weighted_kappa(truth[j], graded[j], n_grades)),
+    )
 
 
 def pneumonia_type(probabilities: np.ndarray) -> np.ndarray:
@@ -809,166 +830,157 @@ def pneumonia_type(probabilities: np.ndarray) -> np.ndarray:
     return 1 + np.argmax(p[:, 1:], axis=1)
 
 
-def _pattern_figures(records: Sequence[CaseRecord], eval_params: EvalParams, skipped: dict[str, int]) -> dict[str, Any]:
+def _pattern_figures(
+    records: Sequence[CaseRecord], eval_params: EvalParams, skipped: dict[str, int]
+) -> F.LesionPatternFigures | None:
     """The lesion pattern model on its own: 4-class AUC, and the pneumonia type (the most
     probable of the three pneumonia classes) on the pneumonia cases, beside the slice
     classifier's type on the same cases."""
     with_pattern = [r for r in records if r.pattern_probabilities is not None]
     if not with_pattern:
-        return {}
+        return None
     labels = np.array([CLASS_NAMES.index(r.truth) for r in with_pattern])
     pattern = np.stack(given_arrays((r.pattern_probabilities for r in with_pattern), "the lesion pattern"))
     classifier = np.stack([r.probabilities for r in with_pattern])
     f = _Figures(len(with_pattern), eval_params, skipped, "lesion_pattern.")
-    entry: dict[str, Any] = {
-        "n_cases": len(with_pattern),
-        "multiway_auc_macro": f("multiway_auc_macro", lambda j: M.macro_auc(labels[j], pattern[j])),
-    }
+    entry = F.LesionPatternFigures(
+        n_cases=len(with_pattern),
+        multiway_auc_macro=f("multiway_auc_macro", lambda j: M.macro_auc(labels[j], pattern[j])),
+    )
     pneu = np.flatnonzero(labels > 0)
-    if pneu.size:
-        g = _Figures(int(pneu.size), eval_params, skipped, "lesion_pattern.")
-        lab = labels[pneu]
-        by_pattern, by_classifier = pneumonia_type(pattern[pneu]), pneumonia_type(classifier[pneu])
-        entry["pneumonia_cases"] = int(pneu.size)
-        entry["type_accuracy"] = g("type_accuracy", lambda j: M.accuracy(lab[j], by_pattern[j]))
-        entry["type_accuracy_classifier"] = g(
-            "type_accuracy_classifier", lambda j: M.accuracy(lab[j], by_classifier[j])
-        )
-    return {"lesion_pattern": entry}
-
-
-def _truthfulness_figures(
-    records: Sequence[CaseRecord],
-    labels: np.ndarray,
-    eval_params: EvalParams,
-    skipped: dict[str, int],
-    locator_threshold: float,
-) -> dict[str, Any]:
-    """What the report states and whether it is true: decision accuracy (indeterminate
-    and out-of-domain count as not correct), how often each non-class decision is made,
-    infectious-slice F1 over every case with lesion masks, slices flagged in
-    non-pneumonia cases, lesion inclusion of the lung mask, Grad-CAM heat inside the
-    lung (raw) and on lesions (shown)."""
-    out: dict[str, Any] = {}
-    out.update(_decision_figures(records, eval_params, skipped))
-    out.update(_infectious_slice_figures(records, eval_params, skipped, locator_threshold))
-    out.update(_lesion_figures(records, eval_params, skipped))
-    out.update(_healthy_inclusion_heat_figures(records, eval_params, skipped))
-    return out
+    if not pneu.size:
+        return entry
+    g = _Figures(int(pneu.size), eval_params, skipped, "lesion_pattern.")
+    lab = labels[pneu]
+    by_pattern, by_classifier = pneumonia_type(pattern[pneu]), pneumonia_type(classifier[pneu])
+    return replace(
+        entry,
+        pneumonia_cases=int(pneu.size),
+        type_accuracy=g("type_accuracy", lambda j: M.accuracy(lab[j], by_pattern[j])),
+        type_accuracy_classifier=g("type_accuracy_classifier", lambda j: M.accuracy(lab[j], by_classifier[j])),
+    )
 
 
 def _decision_figures(
     records: Sequence[CaseRecord], eval_params: EvalParams, skipped: dict[str, int]
-) -> dict[str, Any]:
-    """Accuracy of the stated decision and the rates of the non-class decisions."""
-    out: dict[str, Any] = {}
+) -> F.DecisionFigures | None:
+    """What the report states and whether it is true: accuracy of the stated decision
+    (indeterminate and out-of-domain count as not correct) and the rates of the
+    non-class decisions."""
     decided = [r for r in records if r.decision]
-    if decided:
-        dec = np.array([r.decision for r in decided])
-        truth = np.array([r.truth for r in decided])
-        df = _Figures(len(decided), eval_params, skipped, "decision.")
-        stated = np.isin(dec, CLASS_NAMES)
-        out["decision"] = {
-            "n_cases": len(decided),
-            "counts": {d: int(np.sum(dec == d)) for d in sorted(set(dec.tolist()))},
-            "accuracy": df("accuracy", lambda j: float(np.mean(dec[j] == truth[j]))),
-            "indeterminate_rate": df("indeterminate_rate", lambda j: float(np.mean(dec[j] == "indeterminate"))),
-            "out_of_domain_rate": df("out_of_domain_rate", lambda j: float(np.mean(dec[j] == "out_of_domain"))),
-            "accuracy_of_stated": df(
-                "accuracy_of_stated",
-                lambda j: float(np.mean(dec[j][stated[j]] == truth[j][stated[j]])) if stated[j].any() else float("nan"),
-            ),
-            "non_pneumonia_called_pneumonia": int(
-                np.sum((truth == "non_pneumonia") & np.isin(dec, ("cap", "influenza", "covid19")))
-            ),
-            "out_of_domain_score_max": float(np.nanmax([r.out_of_domain_score for r in decided]))
-            if any(np.isfinite(r.out_of_domain_score) for r in decided)
-            else None,
-        }
-    return out
+    if not decided:
+        return None
+    dec = np.array([r.decision for r in decided])
+    truth = np.array([r.truth for r in decided])
+    df = _Figures(len(decided), eval_params, skipped, "decision.")
+    stated = np.isin(dec, CLASS_NAMES)
+    return F.DecisionFigures(
+        n_cases=len(decided),
+        counts={d: int(np.sum(dec == d)) for d in sorted(set(dec.tolist()))},
+        accuracy=df("accuracy", lambda j: float(np.mean(dec[j] == truth[j]))),
+        indeterminate_rate=df("indeterminate_rate", lambda j: float(np.mean(dec[j] == "indeterminate"))),
+        out_of_domain_rate=df("out_of_domain_rate", lambda j: float(np.mean(dec[j] == "out_of_domain"))),
+        accuracy_of_stated=df(
+            "accuracy_of_stated",
+            lambda j: float(np.mean(dec[j][stated[j]] == truth[j][stated[j]])) if stated[j].any() else float("nan"),
+        ),
+        non_pneumonia_called_pneumonia=int(
+            np.sum((truth == "non_pneumonia") & np.isin(dec, ("cap", "influenza", "covid19")))
+        ),
+        out_of_domain_score_max=float(np.nanmax([r.out_of_domain_score for r in decided]))
+        if any(np.isfinite(r.out_of_domain_score) for r in decided)
+        else None,
+    )
 
 
 def _infectious_slice_figures(
     records: Sequence[CaseRecord], eval_params: EvalParams, skipped: dict[str, int], locator_threshold: float
-) -> dict[str, Any]:
+) -> F.InfectiousSlices | None:
     """Infectious-slice AUC and F1 over every case with lesion masks (all classes)."""
-    out: dict[str, Any] = {}
     loc = [r for r in records if r.slice_scores is not None and r.slice_scores.size]
-    if loc:
-        sc = given_arrays((r.slice_scores for r in loc), "slice scores")
-        tr = given_arrays((r.slice_truth for r in loc), "slice truth")
-        lf = _Figures(len(loc), eval_params, skipped, "infectious_slices.")
-        out["infectious_slices"] = {
-            "n_cases": len(loc),
-            "n_slices": int(sum(x.size for x in sc)),
-            "threshold": locator_threshold,
-            "cohort": "every case with lesion masks (all classes)",
-            "auc": lf("auc", lambda j: M.roc_auc(M.pooled_slices(tr, j), M.pooled_slices(sc, j))),
-        }
-        if all(r.slice_flagged is not None for r in loc):
-            fl = given_arrays((r.slice_flagged for r in loc), "flagged slices")
-            out["infectious_slices"]["f1"] = lf(
-                "f1", lambda j: M.f1_score(M.pooled_slices(tr, j), M.pooled_slices(fl, j))
-            )
-            out["infectious_slices"]["f1_rule"] = (
-                "slices the report lists (locator flag, and a lesion when there is a lesion map)"
-            )
-        else:
-            out["infectious_slices"]["f1"] = lf(
-                "f1", lambda j: M.f1_score(M.pooled_slices(tr, j), M.pooled_slices(sc, j) >= locator_threshold)
-            )
-    return out
+    if not loc:
+        return None
+    sc = given_arrays((r.slice_scores for r in loc), "slice scores")
+    tr = given_arrays((r.slice_truth for r in loc), "slice truth")
+    lf = _Figures(len(loc), eval_params, skipped, "infectious_slices.")
+    auc = lf("auc", lambda j: M.roc_auc(M.pooled_slices(tr, j), M.pooled_slices(sc, j)))
+    f1_rule = None
+    if all(r.slice_flagged is not None for r in loc):
+        fl = given_arrays((r.slice_flagged for r in loc), "flagged slices")
+        f1 = lf("f1", lambda j: M.f1_score(M.pooled_slices(tr, j), M.pooled_slices(fl, j)))
+        f1_rule = "slices the report lists (locator flag, and a lesion when there is a lesion map)"
+    else:
+        f1 = lf("f1", lambda j: M.f1_score(M.pooled_slices(tr, j), M.pooled_slices(sc, j) >= locator_threshold))
+    return F.InfectiousSlices(
+        n_cases=len(loc),
+        n_slices=int(sum(x.size for x in sc)),
+        threshold=locator_threshold,
+        cohort="every case with lesion masks (all classes)",
+        auc=auc,
+        f1=f1,
+        f1_rule=f1_rule,
+    )
 
 
-def _healthy_inclusion_heat_figures(
+def _healthy_slice_figures(
     records: Sequence[CaseRecord], eval_params: EvalParams, skipped: dict[str, int]
-) -> dict[str, Any]:
-    """Slices flagged (and stated) in non-pneumonia cases, lesion inclusion of the lung
-    mask, and where the Grad-CAM heat lies."""
-    out: dict[str, Any] = {}
+) -> tuple[F.SlicesPerCase | None, F.SlicesPerCase | None]:
+    """Slices flagged by the locator, and slices the report states, per non-pneumonia case."""
     non = [r for r in records if r.truth == "non_pneumonia"]
-    if non:
-        flagged = np.array([r.n_flagged_slices for r in non], dtype=np.float64)
-        nf = _Figures(len(non), eval_params, skipped, "non_pneumonia_flagged.")
-        out["non_pneumonia_flagged_slices"] = {
-            "n_cases": len(non),
-            "max": int(flagged.max()),
-            "mean": nf("mean", lambda j: float(np.mean(flagged[j]))),
-        }
-        # What the report lists as infectious slices: only a pneumonia decision lists them
-        # (dicomnode.writers.wording); a healthy case wrongly called pneumonia counts here.
-        stated = np.array([r.n_flagged_slices if r.decision in PNEUMONIA_CLASSES else 0 for r in non], dtype=np.float64)
-        out["non_pneumonia_stated_slices"] = {
-            "n_cases": len(non),
-            "max": int(stated.max()),
-            "mean": nf("stated_mean", lambda j: float(np.mean(stated[j]))),
-        }
+    if not non:
+        return None, None
+    flagged = np.array([r.n_flagged_slices for r in non], dtype=np.float64)
+    nf = _Figures(len(non), eval_params, skipped, "non_pneumonia_flagged.")
+    # What the report lists as infectious slices: only a pneumonia decision lists them
+    # (dicomnode.writers.wording); a healthy case wrongly called pneumonia counts here.
+    stated = np.array([r.n_flagged_slices if r.decision in PNEUMONIA_CLASSES else 0 for r in non], dtype=np.float64)
+    return (
+        F.SlicesPerCase(
+            n_cases=len(non), max=int(flagged.max()), mean=nf("mean", lambda j: float(np.mean(flagged[j])))
+        ),
+        F.SlicesPerCase(
+            n_cases=len(non), max=int(stated.max()), mean=nf("stated_mean", lambda j: float(np.mean(stated[j])))
+        ),
+    )
+
+
+def _inclusion_figures(
+    records: Sequence[CaseRecord], eval_params: EvalParams, skipped: dict[str, int]
+) -> F.LesionInclusion | None:
+    """Lesion inclusion of the chain's lung mask, over the cases with lesions."""
     inc = np.array([r.lesion_inclusion for r in records if r.lesion_inclusion is not None], dtype=np.float64)
-    if inc.size:
-        f = _Figures(inc.size, eval_params, skipped, "lesion_inclusion.")
-        out["lesion_inclusion"] = {
-            "n_cases": int(inc.size),
-            "min": float(inc.min()),
-            "mean": f("mean", lambda j: float(np.mean(inc[j]))),
-        }
-    for key, attr, what in (
-        ("heat_inside_lung", "heat_inside_lung", "raw Guided Grad-CAM inside the lung mask"),
-        ("heat_on_lesion", "heat_on_lesion", "shown heat on lesion pixels"),
-    ):
-        per_case = [np.asarray(getattr(r, attr), dtype=np.float64) for r in records if getattr(r, attr)]
-        if not per_case:
-            continue
-        every = np.concatenate(per_case)
-        f = _Figures(len(per_case), eval_params, skipped, f"{key}.")
-        out[key] = {
-            "what": what,
-            "n_cases": len(per_case),
-            "n_overlays": int(every.size),
-            "min": float(every.min()),
-            "share_of_overlays_at_least_0.8": float(np.mean(every >= 0.8)),
-            "mean": f("mean", _pooled_mean(per_case)),
-        }
-    return out
+    if not inc.size:
+        return None
+    f = _Figures(inc.size, eval_params, skipped, "lesion_inclusion.")
+    return F.LesionInclusion(
+        n_cases=int(inc.size), min=float(inc.min()), mean=f("mean", lambda j: float(np.mean(inc[j])))
+    )
+
+
+#: Grad-CAM heat figures: CaseRecord attribute (and metrics.json key) -> what it measures.
+_HEAT_WHAT: dict[str, str] = {
+    "heat_inside_lung": "raw Guided Grad-CAM inside the lung mask",
+    "heat_on_lesion": "shown heat on lesion pixels",
+}
+
+
+def _heat_figures(
+    records: Sequence[CaseRecord], eval_params: EvalParams, skipped: dict[str, int], attr: str
+) -> F.HeatFigures | None:
+    """Where the Grad-CAM heat lies (``attr``: a CaseRecord heat field, see _HEAT_WHAT)."""
+    per_case = [np.asarray(getattr(r, attr), dtype=np.float64) for r in records if getattr(r, attr)]
+    if not per_case:
+        return None
+    every = np.concatenate(per_case)
+    f = _Figures(len(per_case), eval_params, skipped, f"{attr}.")
+    return F.HeatFigures(
+        what=_HEAT_WHAT[attr],
+        n_cases=len(per_case),
+        n_overlays=int(every.size),
+        min=float(every.min()),
+        share_at_least_0_8=float(np.mean(every >= 0.8)),
+        mean=f("mean", _pooled_mean(per_case)),
+    )
 
 
 # ------------------------------------------------------------------- reader study
@@ -1064,7 +1076,7 @@ def reader_comparison(
     eval_params: EvalParams = EvalParams(),
     skipped: dict[str, int] | None = None,
     task: str = "auto",
-) -> dict[str, Any]:
+) -> F.ReaderComparison:
     """Table 3: the AI against each reader on the cases the readers read."""
     skipped = {} if skipped is None else skipped
     by_id = {r.case_id: r for r in records}
@@ -1090,18 +1102,18 @@ def reader_comparison(
             )
         table[c.reader][c.case_id] = c.call
 
-    def row(name: str, ids: list[str], correct: np.ndarray, called: np.ndarray) -> dict[str, Any]:
+    def row(name: str, ids: list[str], correct: np.ndarray, called: np.ndarray) -> F.ReaderRow:
         y = np.array([is_positive(task, by_id[i].truth) for i in ids], bool)
         base = M.reader_row(name, correct, y, called)
         f = _Figures(len(ids), eval_params, skipped, f"readers.{name}.")
-        return {
-            "name": name,
-            "n_cases": base.n_cases,
-            "correct": base.correct,
-            "wrong": base.wrong,
-            "sensitivity": f("sensitivity", lambda j: M.sensitivity(y[j], called[j])),
-            "specificity": f("specificity", lambda j: M.specificity(y[j], called[j])),
-        }
+        return F.ReaderRow(
+            name=name,
+            n_cases=base.n_cases,
+            correct=base.correct,
+            wrong=base.wrong,
+            sensitivity=f("sensitivity", lambda j: M.sensitivity(y[j], called[j])),
+            specificity=f("specificity", lambda j: M.specificity(y[j], called[j])),
+        )
 
     rows = [row("AI", cohort_ids, *ai_decisions(cohort, task, threshold))]
     for name in readers:
@@ -1118,24 +1130,16 @@ def reader_comparison(
         (any_row, "correct when at least one reader was right"),
         (all_row, "correct only when every reader was right"),
     ):
-        rows.append(
-            {
-                "name": pooled.name,
-                "n_cases": pooled.n_cases,
-                "correct": pooled.correct,
-                "wrong": pooled.wrong,
-                "meaning": meaning,
-            }
-        )
-    return {
-        "task": task,
-        "positive_class": positive,
-        "n_cases": len(cohort_ids),
-        "readers": readers,
-        "case_ids": cohort_ids,
-        "unmatched_case_ids": unmatched,
-        "rows": rows,
-    }
+        rows.append(F.ReaderRow(pooled.name, pooled.n_cases, pooled.correct, pooled.wrong, meaning=meaning))
+    return F.ReaderComparison(
+        task=task,
+        positive_class=positive,
+        n_cases=len(cohort_ids),
+        readers=tuple(readers),
+        case_ids=tuple(cohort_ids),
+        unmatched_case_ids=tuple(unmatched),
+        rows=tuple(rows),
+    )
 
 
 # ------------------------------------------------------------------------- outputs
@@ -1182,49 +1186,28 @@ def tsne_embedding(
     return tsne.fit_transform(np.asarray(features, dtype=np.float64))
 
 
-def _json_ready(obj: Any) -> Any:
-    """NaN/inf -> None and numpy scalars -> Python, so metrics.json is strict JSON."""
-    if isinstance(obj, dict):
-        return {str(k): _json_ready(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_ready(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _json_ready(obj.tolist())
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(obj) else None
-    if obj is None or isinstance(obj, (bool, int, str)):
-        return obj
-    return str(obj)  # paths and the like in a data set's description
-
-
 def write_outputs(
     records: Sequence[CaseRecord],
-    metrics: dict[str, Any],
+    metrics: F.EvaluationMetrics,
     out_dir: Path | str,
     eval_params: EvalParams = EvalParams(),
     threshold: float = 0.5,
     plots: bool = True,
-) -> dict[str, Any]:
+) -> F.EvaluationMetrics:
     """scores.csv, the PNG plots, metrics.json and report.md in ``out_dir``; returns
-    the metrics (with the plot file names under "plots")."""
+    the metrics with the plot file names (``plots``)."""
     from .report import render_report
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_scores_csv(records, out / "scores.csv")
-    metrics = dict(metrics)
+    drawn: dict[str, str] = {}
     if plots:
         from .plots import make_plots
 
-        metrics["plots"] = make_plots(records, metrics, out, eval_params, threshold)
-    else:
-        metrics["plots"] = {}
-    metrics = _json_ready(metrics)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n")
+        drawn = make_plots(records, metrics, out, eval_params, threshold)
+    metrics = replace(metrics, plots=drawn)
+    (out / "metrics.json").write_text(json.dumps(metrics.to_json(), indent=2, allow_nan=False) + "\n")
     (out / "report.md").write_text(render_report(metrics))
     return metrics
 
@@ -1249,10 +1232,10 @@ def evaluate_bundle(
     eval_params: EvalParams | None = None,
     reader_task: str = "auto",
     skip_failed: bool = False,
-) -> dict[str, Any]:
+) -> F.EvaluationMetrics:
     """Evaluate a loaded ``pipeline.models.ModelBundle`` on a dataset and write the
-    report folder. Returns the metrics dict (as written to metrics.json). The chain
-    runs with ``scoring_params(params)``.
+    report folder. Returns the metrics (``to_json()`` is what metrics.json holds). The
+    chain runs with ``scoring_params(params)``.
 
     ``bundle`` may also be a bundle folder (loaded on ``params.device``) and ``dataset``
     a data spec for ``pipeline.datasets.open_dataset``. ``reader_task``: see
@@ -1275,14 +1258,14 @@ def evaluate_bundle(
         reader_calls = read_readers_csv(readers)
     else:
         reader_calls = list(readers) if readers else None
-    failed: list[dict[str, str]] = []
+    failed: list[F.FailedCase] = []
     records = score_cases(
         dataset,
         bundle,
         params,
         ep,
         progress=progress,
-        on_failure=(lambda cid, err: failed.append({"case_id": cid, "error": err})) if skip_failed else None,
+        on_failure=(lambda cid, err: failed.append(F.FailedCase(cid, err))) if skip_failed else None,
     )
     op = getattr(bundle, "operating_points", None)
     locator_threshold = op.locator_threshold if op is not None else params.locator_threshold
@@ -1292,50 +1275,52 @@ def evaluate_bundle(
     )
     describe = dataset.describe() if hasattr(dataset, "describe") else {}
     info = bundle.info
-    head: dict[str, Any] = {
-        "data_spec": data_spec if data_spec is not None else str(describe.get("spec", "")),
-        "data": describe,
-        "bundle_sha256": bundle.sha256,
-        "bundle": {
-            "path": str(bundle.path),
-            "name": info.name,
-            "version": info.version,
-            "trained_on_synthetic_data": info.trained_on_synthetic_data,
-            "disclaimer": info.disclaimer,
-        },
-        "failed_cases": failed,
-        "chain_params": {
-            "top_k": params.top_k,
-            "decision_threshold": params.decision_threshold,
-            "locator_threshold": locator_threshold,
-            "max_slices": params.max_slices,
-        },
-        "operating_points": op.as_card() if op is not None else None,
-    }
-    return write_outputs(records, {**head, **metrics}, out_dir, ep, params.decision_threshold)
+    run = F.EvaluationRun(
+        data_spec=data_spec if data_spec is not None else str(describe.get("spec", "")),
+        data=describe,
+        bundle_sha256=bundle.sha256,
+        bundle=F.BundleSummary(
+            path=str(bundle.path),
+            name=info.name,
+            version=info.version,
+            trained_on_synthetic_data=info.trained_on_synthetic_data,
+            disclaimer=info.disclaimer,
+        ),
+        failed_cases=tuple(failed),
+        chain_params=F.ChainSummary(
+            top_k=params.top_k,
+            decision_threshold=params.decision_threshold,
+            locator_threshold=locator_threshold,
+            max_slices=params.max_slices,
+        ),
+        operating_points=op.as_card() if op is not None else None,
+    )
+    return write_outputs(records, replace(metrics, run=run), out_dir, ep, params.decision_threshold)
 
 
-def headline(metrics: Mapping[str, Any]) -> dict[str, Any]:
-    """The figures a model card quotes (values only, CIs kept), from a metrics dict."""
+def headline(metrics: F.EvaluationMetrics) -> dict[str, Any]:
+    """The figures a model card quotes (values only, CIs kept), as JSON."""
+    classes, run = metrics.classes, metrics.run
     out: dict[str, Any] = {
-        "data_spec": metrics.get("data_spec"),
-        "n_cases": metrics.get("n_cases"),
-        "bundle_sha256": metrics.get("bundle_sha256"),
-        "multiway_auc_micro": metrics["multiway_auc"]["micro"],
-        "multiway_auc_macro": metrics["multiway_auc"]["macro"],
-        "per_class_auc": metrics["per_class_auc"],
-        "accuracy": metrics["accuracy"],
-        "covid19_sensitivity": metrics["per_class_sensitivity"]["covid19"],
-        "covid19_specificity": metrics["per_class_specificity"]["covid19"],
-        "task_auc": {t: v.get("auc") for t, v in metrics["tasks"].items()},
-        "bootstrap_resamples": metrics.get("bootstrap", {}).get("n_resamples"),
+        "data_spec": None if run is None else run.data_spec,
+        "n_cases": metrics.n_cases,
+        "bundle_sha256": None if run is None else run.bundle_sha256,
+        "multiway_auc_micro": classes.multiway_auc.micro.to_json(),
+        "multiway_auc_macro": classes.multiway_auc.macro.to_json(),
+        "per_class_auc": {c: f.to_json() for c, f in classes.per_class_auc.items()},
+        "accuracy": classes.accuracy.to_json(),
+        "covid19_sensitivity": (classes.per_class_sensitivity or {})["covid19"].to_json(),
+        "covid19_specificity": (classes.per_class_specificity or {})["covid19"].to_json(),
+        "task_auc": {t: None if v.auc is None else v.auc.to_json() for t, v in metrics.tasks.items()},
+        "bootstrap_resamples": metrics.bootstrap.n_resamples,
     }
-    if metrics.get("lung_dice"):
+    if metrics.lung_dice:
+        classical = metrics.lung_dice.classical_mean
         out["lung_dice"] = {
-            "method": metrics["lung_dice"].get("method"),
-            "mean": metrics["lung_dice"]["mean"],
-            "classical_mean": metrics["lung_dice"].get("classical_mean"),
+            "method": metrics.lung_dice.method,
+            "mean": metrics.lung_dice.mean.to_json(),
+            "classical_mean": None if classical is None else classical.to_json(),
         }
-    if metrics.get("locating"):
-        out["locating_auc"] = metrics["locating"]["auc"]
+    if metrics.locating:
+        out["locating_auc"] = metrics.locating.auc.to_json()
     return out

@@ -30,7 +30,7 @@ import json
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, TypeVar
 
 import torch
 
@@ -38,8 +38,10 @@ from .card import ModelCard, ModelEntry
 from .decision import OperatingPoints
 from .device import resolve_device
 from .domain import DomainReference
+from .figures import EvaluationMetrics, Figure, TaskFigures
 from .lesion_pattern import LesionPatternModel
 from .nets import build_network
+from .severity import LOBES
 from .types import InvalidInputError, ModelBundleError, ModelInfo
 
 CARD_FILE = "model_card.json"
@@ -285,99 +287,182 @@ def _pattern_markdown(entry: Mapping[str, Any] | None) -> list[str]:
     return lines + [""]
 
 
-def _ci(figure: Any) -> str:
-    """'0.977 (0.944-0.999)' from an evaluation figure {"value", "ci_low", "ci_high"}."""
-    if not isinstance(figure, Mapping) or figure.get("value") is None:
+def _ci(figure: Figure | None) -> str:
+    """'0.977 (0.944-0.999)' from an evaluation figure; "n/a" when undefined."""
+    if figure is None or figure.value is None:
         return "n/a"
-    text = f"{figure['value']:.3f}"
-    if figure.get("ci_low") is not None and figure.get("ci_high") is not None:
-        text += f" ({figure['ci_low']:.3f}-{figure['ci_high']:.3f})"
+    text = f"{figure.value:.3f}"
+    if figure.ci_low is not None and figure.ci_high is not None:
+        text += f" ({figure.ci_low:.3f}-{figure.ci_high:.3f})"
     return text
 
 
-def _get(record: Mapping[str, Any], path: str) -> Any:
-    for key in path.split("."):
-        if not isinstance(record, Mapping):
-            return None
-        record = record.get(key)  # type: ignore[assignment]
-    return record
+def _ci_json(figure: Any) -> str:
+    """``_ci`` of a figure as JSON ({"value", "ci_low", "ci_high"}) in an older card's
+    headline record; "n/a" for anything else."""
+    return _ci(Figure.from_json(figure)) if isinstance(figure, Mapping) else "n/a"
 
 
-#: Rows of the measured-performance table: label, path in an evaluation record.
-_ROWS: tuple[tuple[str, str], ...] = (
-    ("cases", "n_cases"),
-    ("4-class AUC of the slice classifier, macro", "multiway_auc.macro"),
-    ("4-class AUC of the slice classifier, micro", "multiway_auc.micro"),
-    ("accuracy of the stated decision (indeterminate / out of domain count as wrong)", "decision.accuracy"),
-    ("accuracy among stated (class) decisions", "decision.accuracy_of_stated"),
-    ("indeterminate rate", "decision.indeterminate_rate"),
-    ("out-of-domain rate", "decision.out_of_domain_rate"),
-    ("non-pneumonia cases given a pneumonia decision (count)", "decision.non_pneumonia_called_pneumonia"),
-    ("accuracy of the slice classifier's 4-class argmax (label)", "accuracy"),
-    ("pneumonia vs non-pneumonia: AUC", "tasks.pneumonia_vs_non_pneumonia.auc"),
-    ("pneumonia vs non-pneumonia: sensitivity at the stored threshold", "tasks.pneumonia_vs_non_pneumonia.sensitivity"),
-    ("pneumonia vs non-pneumonia: specificity at the stored threshold", "tasks.pneumonia_vs_non_pneumonia.specificity"),
-    ("COVID-19 vs CAP: AUC", "tasks.covid19_vs_cap.auc"),
-    ("COVID-19 vs CAP: sensitivity / specificity", "tasks.covid19_vs_cap.sensitivity|tasks.covid19_vs_cap.specificity"),
-    ("COVID-19 vs influenza: AUC", "tasks.covid19_vs_influenza.auc"),
+#: What a cell of the measured-performance table shows: a figure, a number or nothing.
+CellValue = Figure | float | int | None
+Cell = Callable[[EvaluationMetrics], CellValue]
+S = TypeVar("S")
+
+
+def _in(section: Callable[[EvaluationMetrics], S | None], pick: Callable[[S], CellValue]) -> Cell:
+    """A cell from an optional section of the figures ("n/a" when it was not measured)."""
+
+    def cell(m: EvaluationMetrics) -> CellValue:
+        found = section(m)
+        return None if found is None else pick(found)
+
+    return cell
+
+
+def _task(name: str, pick: Callable[[TaskFigures], Figure | None]) -> Cell:
+    return lambda m: pick(m.tasks[name]) if name in m.tasks else None
+
+
+def _lobe_dice(name: str) -> Cell:
+    return _in(lambda m: m.lobes, lambda lobes: lobes.per_lobe[name].dice if name in lobes.per_lobe else None)
+
+
+#: Rows of the measured-performance table: label, separator of its cells, the cells.
+_ROWS: tuple[tuple[str, str, tuple[Cell, ...]], ...] = (
+    ("cases", "; ", (lambda m: m.n_cases,)),
+    ("4-class AUC of the slice classifier, macro", "; ", (lambda m: m.classes.multiway_auc.macro,)),
+    ("4-class AUC of the slice classifier, micro", "; ", (lambda m: m.classes.multiway_auc.micro,)),
+    (
+        "accuracy of the stated decision (indeterminate / out of domain count as wrong)",
+        "; ",
+        (_in(lambda m: m.decision, lambda d: d.accuracy),),
+    ),
+    ("accuracy among stated (class) decisions", "; ", (_in(lambda m: m.decision, lambda d: d.accuracy_of_stated),)),
+    ("indeterminate rate", "; ", (_in(lambda m: m.decision, lambda d: d.indeterminate_rate),)),
+    ("out-of-domain rate", "; ", (_in(lambda m: m.decision, lambda d: d.out_of_domain_rate),)),
+    (
+        "non-pneumonia cases given a pneumonia decision (count)",
+        "; ",
+        (_in(lambda m: m.decision, lambda d: d.non_pneumonia_called_pneumonia),),
+    ),
+    ("accuracy of the slice classifier's 4-class argmax (label)", "; ", (lambda m: m.classes.accuracy,)),
+    ("pneumonia vs non-pneumonia: AUC", "; ", (_task("pneumonia_vs_non_pneumonia", lambda t: t.auc),)),
+    (
+        "pneumonia vs non-pneumonia: sensitivity at the stored threshold",
+        " / ",
+        (_task("pneumonia_vs_non_pneumonia", lambda t: t.sensitivity),),
+    ),
+    (
+        "pneumonia vs non-pneumonia: specificity at the stored threshold",
+        "; ",
+        (_task("pneumonia_vs_non_pneumonia", lambda t: t.specificity),),
+    ),
+    ("COVID-19 vs CAP: AUC", "; ", (_task("covid19_vs_cap", lambda t: t.auc),)),
+    (
+        "COVID-19 vs CAP: sensitivity / specificity",
+        " / ",
+        (_task("covid19_vs_cap", lambda t: t.sensitivity), _task("covid19_vs_cap", lambda t: t.specificity)),
+    ),
+    ("COVID-19 vs influenza: AUC", "; ", (_task("covid19_vs_influenza", lambda t: t.auc),)),
     (
         "COVID-19 vs influenza: sensitivity / specificity",
-        "tasks.covid19_vs_influenza.sensitivity|tasks.covid19_vs_influenza.specificity",
+        " / ",
+        (
+            _task("covid19_vs_influenza", lambda t: t.sensitivity),
+            _task("covid19_vs_influenza", lambda t: t.specificity),
+        ),
     ),
-    ("lung Dice (chain)", "lung_dice.mean"),
-    ("lesion voxels inside the lung mask (mean; min)", "lesion_inclusion.mean|lesion_inclusion.min"),
-    ("lesion Dice of the U-Net's lesion map", "lesion_dice.dice"),
-    ("lesion share of the lung as a pneumonia score: AUC", "lesion_share.pneumonia_auc"),
-    ("lesion pattern model: 4-class AUC, macro", "lesion_pattern.multiway_auc_macro"),
+    ("lung Dice (chain)", "; ", (_in(lambda m: m.lung_dice, lambda d: d.mean),)),
+    (
+        "lesion voxels inside the lung mask (mean; min)",
+        "; ",
+        (_in(lambda m: m.lesion_inclusion, lambda i: i.mean), _in(lambda m: m.lesion_inclusion, lambda i: i.min)),
+    ),
+    ("lesion Dice of the U-Net's lesion map", "; ", (_in(lambda m: m.lesion_dice, lambda d: d.dice),)),
+    (
+        "lesion share of the lung as a pneumonia score: AUC",
+        "; ",
+        (_in(lambda m: m.lesion_share, lambda s: s.pneumonia_auc),),
+    ),
+    (
+        "lesion pattern model: 4-class AUC, macro",
+        "; ",
+        (_in(lambda m: m.lesion_pattern, lambda p: p.multiway_auc_macro),),
+    ),
     (
         "pneumonia type right, pneumonia cases: lesion pattern / slice classifier",
-        "lesion_pattern.type_accuracy|lesion_pattern.type_accuracy_classifier",
+        " / ",
+        (
+            _in(lambda m: m.lesion_pattern, lambda p: p.type_accuracy),
+            _in(lambda m: m.lesion_pattern, lambda p: p.type_accuracy_classifier),
+        ),
     ),
-    ("infectious-slice AUC, all classes", "infectious_slices.auc"),
-    ("infectious-slice F1 at the stored threshold", "infectious_slices.f1"),
-    ("COVID-19 infectious-slice AUC (paper's cohort)", "locating.auc"),
+    ("infectious-slice AUC, all classes", "; ", (_in(lambda m: m.infectious_slices, lambda i: i.auc),)),
+    ("infectious-slice F1 at the stored threshold", "; ", (_in(lambda m: m.infectious_slices, lambda i: i.f1),)),
+    ("COVID-19 infectious-slice AUC (paper's cohort)", "; ", (_in(lambda m: m.locating, lambda loc: loc.auc),)),
     (
         "infectious slices flagged by the locator per non-pneumonia case (mean; max)",
-        "non_pneumonia_flagged_slices.mean|non_pneumonia_flagged_slices.max",
+        "; ",
+        (
+            _in(lambda m: m.non_pneumonia_flagged_slices, lambda n: n.mean),
+            _in(lambda m: m.non_pneumonia_flagged_slices, lambda n: n.max),
+        ),
     ),
     (
         "infectious slices the report lists per non-pneumonia case (mean; max)",
-        "non_pneumonia_stated_slices.mean|non_pneumonia_stated_slices.max",
+        "; ",
+        (
+            _in(lambda m: m.non_pneumonia_stated_slices, lambda n: n.mean),
+            _in(lambda m: m.non_pneumonia_stated_slices, lambda n: n.max),
+        ),
     ),
-    ("Grad-CAM heat inside the lung, raw (mean; min over overlays)", "heat_inside_lung.mean|heat_inside_lung.min"),
-    ("Grad-CAM heat on lesions, shown (mean)", "heat_on_lesion.mean"),
+    (
+        "Grad-CAM heat inside the lung, raw (mean; min over overlays)",
+        "; ",
+        (_in(lambda m: m.heat_inside_lung, lambda h: h.mean), _in(lambda m: m.heat_inside_lung, lambda h: h.min)),
+    ),
+    ("Grad-CAM heat on lesions, shown (mean)", "; ", (_in(lambda m: m.heat_on_lesion, lambda h: h.mean),)),
     (
         "whole-lung involvement vs truth, percentage points (mean absolute error; bias)",
-        "severity.involvement_mae_points|severity.involvement_bias_points",
+        "; ",
+        (
+            _in(lambda m: m.severity, lambda s: s.involvement_mae_points),
+            _in(lambda m: m.severity, lambda s: s.involvement_bias_points),
+        ),
     ),
-    ("MosMedData grade from the involvement, agreement with truth", "severity.grade_agreement"),
+    (
+        "MosMedData grade from the involvement, agreement with truth",
+        "; ",
+        (_in(lambda m: m.severity, lambda s: s.grade_agreement),),
+    ),
     (
         "involvement given to non-pneumonia cases, % of the lung (mean; max)",
-        "severity.non_pneumonia_involvement_percent.mean|severity.non_pneumonia_involvement_percent.max",
+        "; ",
+        (
+            _in(lambda m: m.severity.non_pneumonia_involvement_percent if m.severity else None, lambda h: h.mean),
+            _in(lambda m: m.severity.non_pneumonia_involvement_percent if m.severity else None, lambda h: h.max),
+        ),
     ),
-    ("MosMedData grade, quadratic weighted kappa vs the truth grade", "severity.grade_kappa_quadratic"),
-    ("lobe map Dice, mean over the five lobes", "lobes.mean_dice"),
+    (
+        "MosMedData grade, quadratic weighted kappa vs the truth grade",
+        "; ",
+        (_in(lambda m: m.severity.grade if m.severity else None, lambda g: g.kappa_quadratic),),
+    ),
+    ("lobe map Dice, mean over the five lobes", "; ", (_in(lambda m: m.lobes, lambda lobes: lobes.mean_dice),)),
     (
         "lobe map Dice: right upper; right middle; right lower; left upper; left lower",
-        "lobes.per_lobe.right_upper.dice|lobes.per_lobe.right_middle.dice|lobes.per_lobe.right_lower.dice"
-        "|lobes.per_lobe.left_upper.dice|lobes.per_lobe.left_lower.dice",
+        "; ",
+        tuple(_lobe_dice(name) for name in LOBES),
     ),
 )
 
 
-def _cell(record: Mapping[str, Any], path: str) -> str:
-    parts = []
-    for p in path.split("|"):
-        v = _get(record, p)
-        if isinstance(v, Mapping):
-            parts.append(_ci(v))
-        elif isinstance(v, float):
-            parts.append(f"{v:.3f}")
-        elif v is None:
-            parts.append("n/a")
-        else:
-            parts.append(str(v))
-    return " / ".join(parts) if ("sensitivity" in path or "type_accuracy" in path) else "; ".join(parts)
+def _cell_text(value: CellValue) -> str:
+    if isinstance(value, Figure):
+        return _ci(value)
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return "n/a" if value is None else str(value)
 
 
 def _evaluations_markdown(evaluations: Mapping[str, Any], cross: Mapping[str, Any]) -> list[str]:
@@ -396,8 +481,9 @@ def _evaluations_markdown(evaluations: Mapping[str, Any], cross: Mapping[str, An
             f"command `{rec.get('command', '?')}`"
         )
     lines += ["", "| figure | " + " | ".join(name for name, _ in columns) + " |", "|---|" + "---|" * len(columns)]
-    for label, path in _ROWS:
-        lines.append(f"| {label} | " + " | ".join(_cell(rec, path) for _, rec in columns) + " |")
+    figures = [EvaluationMetrics.from_json(rec) for _, rec in columns]
+    for label, sep, cells in _ROWS:
+        lines.append(f"| {label} | " + " | ".join(sep.join(_cell_text(c(m)) for c in cells) for m in figures) + " |")
     return lines + [""]
 
 
@@ -484,26 +570,26 @@ def _headline_markdown(metrics: Mapping[str, Any]) -> list[str]:
         "|---|---|",
     ]
     multi = metrics.get("multiway_auc", {})
-    lines.append(f"| 4-class AUC, macro | {_ci(multi.get('macro'))} |")
-    lines.append(f"| 4-class AUC, micro | {_ci(multi.get('micro'))} |")
+    lines.append(f"| 4-class AUC, macro | {_ci_json(multi.get('macro'))} |")
+    lines.append(f"| 4-class AUC, micro | {_ci_json(multi.get('micro'))} |")
     for name, fig in metrics["per_class_auc"].items():
-        lines.append(f"| AUC {name} vs rest | {_ci(fig)} |")
+        lines.append(f"| AUC {name} vs rest | {_ci_json(fig)} |")
     if metrics.get("accuracy"):
-        lines.append(f"| accuracy (multi-way label) | {_ci(metrics['accuracy'])} |")
+        lines.append(f"| accuracy (multi-way label) | {_ci_json(metrics['accuracy'])} |")
     for name, task in (metrics.get("tasks") or {}).items():
         lines.append(
             f"| task {name}: AUC / sensitivity / specificity at "
-            f"{metrics.get('decision_threshold', 0.5)} | {_ci(task.get('auc'))} / "
-            f"{_ci(task.get('sensitivity'))} / {_ci(task.get('specificity'))} |"
+            f"{metrics.get('decision_threshold', 0.5)} | {_ci_json(task.get('auc'))} / "
+            f"{_ci_json(task.get('sensitivity'))} / {_ci_json(task.get('specificity'))} |"
         )
     dice = metrics.get("lung_dice") or {}
     if dice.get("mean"):
-        lines.append(f"| lung Dice, {dice.get('method', 'chain')} | {_ci(dice['mean'])} |")
+        lines.append(f"| lung Dice, {dice.get('method', 'chain')} | {_ci_json(dice['mean'])} |")
     if dice.get("classical_mean"):
-        lines.append(f"| lung Dice, classical | {_ci(dice['classical_mean'])} |")
+        lines.append(f"| lung Dice, classical | {_ci_json(dice['classical_mean'])} |")
     loc = metrics.get("locating") or {}
     if loc.get("auc"):
-        lines.append(f"| infected-slice locating AUC ({loc.get('n_slices', '?')} slices) | {_ci(loc['auc'])} |")
+        lines.append(f"| infected-slice locating AUC ({loc.get('n_slices', '?')} slices) | {_ci_json(loc['auc'])} |")
     if metrics.get("command"):
         lines += ["", f"Command: `{metrics['command']}`"]
     return lines + [""]

@@ -2,13 +2,14 @@
 
 Each ``plot_*`` function takes plain arrays and a path, draws one figure and closes it, so
 a long evaluation does not accumulate open figures. ``make_plots`` draws an evaluation's
-whole set from its case records and metrics (pipeline.evaluate calls it).
+whole set from its case records and metrics (pipeline.figures.EvaluationMetrics;
+pipeline.evaluate calls it).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import matplotlib
 
@@ -23,6 +24,7 @@ from .types import CLASS_NAMES, TASK_NAMES  # noqa: E402
 
 if TYPE_CHECKING:
     from .evaluate import CaseRecord
+    from .figures import EvaluationMetrics, ReaderComparison
 
 #: ROC curves by name: (false positive rates, true positive rates, AUC).
 Curves = dict[str, tuple[np.ndarray, np.ndarray, float]]
@@ -193,7 +195,7 @@ def plot_tsne(embedding: np.ndarray, truth: Sequence[str], class_names: Sequence
 
 def make_plots(
     records: Sequence[CaseRecord],
-    metrics: Mapping[str, Any],
+    metrics: EvaluationMetrics,
     out_dir: Path,
     eval_params: EvalParams = EvalParams(),
     threshold: float = 0.5,
@@ -201,14 +203,16 @@ def make_plots(
     """Write every PNG plot; returns {what: file name} for the report."""
     from .evaluate import case_arrays
 
-    labels, probs, tasks, _ = case_arrays(records)
+    labels, probs, tasks, predicted = case_arrays(records)
     onehot = M.one_hot(labels, len(CLASS_NAMES))
     files: dict[str, str] = {}
     files.update(_class_rocs(onehot, labels, probs, out_dir))
     files.update(_covid_rocs(records, metrics, onehot, probs, out_dir))
     files.update(_task_rocs(labels, tasks, out_dir))
     files.update(_precision_recall(onehot, probs, out_dir))
-    plot_confusion(np.array(metrics["confusion_matrix"]["counts"]), CLASS_NAMES, out_dir / "confusion_matrix.png")
+    cm = metrics.classes.confusion_matrix
+    counts = np.array(cm.counts) if cm is not None else M.confusion_counts(labels, predicted, len(CLASS_NAMES))
+    plot_confusion(counts, CLASS_NAMES, out_dir / "confusion_matrix.png")
     files["confusion_matrix"] = "confusion_matrix.png"
     files.update(_decision_curves(onehot, labels, probs, tasks, eval_params, out_dir))
     files.update(_tsne(records, eval_params, out_dir))
@@ -217,10 +221,10 @@ def make_plots(
     return files
 
 
-def _severity_plots(records: Sequence[CaseRecord], metrics: Mapping[str, Any], out_dir: Path) -> dict[str, str]:
+def _severity_plots(records: Sequence[CaseRecord], metrics: EvaluationMetrics, out_dir: Path) -> dict[str, str]:
     """Bland-Altman of the whole-lung involvement and the grade confusion matrix, when the
     evaluation measured them (evaluate._severity_figures)."""
-    sev = metrics.get("severity") or {}
+    grade = metrics.severity.grade if metrics.severity is not None else None
     files: dict[str, str] = {}
     rows = [r for r in records if r.involvement_percent is not None and r.involvement_truth_percent is not None]
     if rows:
@@ -231,10 +235,10 @@ def _severity_plots(records: Sequence[CaseRecord], metrics: Mapping[str, Any], o
             f"Whole-lung involvement: chain vs truth ({len(rows)} cases)",
         )
         files["bland_altman_involvement"] = "bland_altman_involvement.png"
-    if sev.get("grade_confusion"):
-        counts = np.array(sev["grade_confusion"])
+    if grade is not None and grade.confusion:
+        counts = np.array(grade.confusion)
         labels = [f"CT-{k}" for k in range(counts.shape[0])]
-        title = f"MosMedData grade: truth vs chain ({sev['grade_n_cases']} cases)"
+        title = f"MosMedData grade: truth vs chain ({grade.n_cases} cases)"
         plot_confusion(counts, labels, out_dir / "grade_confusion.png", title)
         files["grade_confusion"] = "grade_confusion.png"
     return files
@@ -251,27 +255,26 @@ def _class_rocs(onehot: np.ndarray, labels: np.ndarray, probs: np.ndarray, out_d
     return {"roc": "roc.png"}
 
 
-def _readers_points(metrics: Mapping[str, Any]) -> list[tuple[str, float, float]]:
-    readers = metrics.get("readers")
+def _readers_points(readers: ReaderComparison | None) -> list[tuple[str, float, float]]:
     if not readers:
         return []
     pts = []
-    for row in readers["rows"]:
-        if row["name"] in ("AI", "any reader", "all readers"):
+    for row in readers.rows:
+        if row.name in ("AI", "any reader", "all readers") or row.sensitivity is None or row.specificity is None:
             continue
-        sens, spec = row["sensitivity"]["value"], row["specificity"]["value"]
+        sens, spec = row.sensitivity.value, row.specificity.value
         if sens is not None and spec is not None:
-            pts.append((row["name"], 1.0 - spec, sens))
+            pts.append((row.name, 1.0 - spec, sens))
     return pts
 
 
-def _reader_cohort_curve(records: Sequence[CaseRecord], rc: Mapping[str, Any]) -> Curves:
+def _reader_cohort_curve(records: Sequence[CaseRecord], rc: ReaderComparison) -> Curves:
     """The AI's curve on the cases the readers read, for the task they read."""
     from .evaluate import is_positive
 
     by_id = {r.case_id: r for r in records}
-    sub = [by_id[i] for i in rc["case_ids"]]
-    task = rc["task"]
+    sub = [by_id[i] for i in rc.case_ids]
+    task = rc.task
     y = np.array([is_positive(task, r.truth) for r in sub], bool)
     if task == "multi_way":
         s = np.array([r.probabilities[CLASS_NAMES.index("covid19")] for r in sub])
@@ -283,7 +286,7 @@ def _reader_cohort_curve(records: Sequence[CaseRecord], rc: Mapping[str, Any]) -
 
 
 def _covid_rocs(
-    records: Sequence[CaseRecord], metrics: Mapping[str, Any], onehot: np.ndarray, probs: np.ndarray, out_dir: Path
+    records: Sequence[CaseRecord], metrics: EvaluationMetrics, onehot: np.ndarray, probs: np.ndarray, out_dir: Path
 ) -> dict[str, str]:
     """COVID-19 ROC, with the readers' operating points (Fig. 2f-h of the paper) and the
     AI's curve on the reader cohort, for the task the readers read."""
@@ -295,10 +298,10 @@ def _covid_rocs(
             *M.roc_curve_points(onehot[:, ci], probs[:, ci]),
             M.roc_auc(onehot[:, ci], probs[:, ci]),
         )
-    rc = metrics.get("readers")
-    reader_curves, points = (_reader_cohort_curve(records, rc) if rc else {}), _readers_points(metrics)
-    if rc and rc["positive_class"] != "covid19":
-        plot_roc(reader_curves, out_dir / "roc_readers.png", f"ROC with readers: {rc['task']}", points=points)
+    rc = metrics.readers
+    reader_curves, points = (_reader_cohort_curve(records, rc) if rc else {}), _readers_points(rc)
+    if rc and rc.positive_class != "covid19":
+        plot_roc(reader_curves, out_dir / "roc_readers.png", f"ROC with readers: {rc.task}", points=points)
         files["roc_readers"] = "roc_readers.png"
         reader_curves, points = {}, []
     plot_roc(

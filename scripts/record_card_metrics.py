@@ -17,6 +17,7 @@ import os
 import sys
 from pathlib import Path
 
+from pipeline.figures import EvaluationMetrics
 from pipeline.training.bundle import record_card_fields
 
 KEEP = (
@@ -51,19 +52,22 @@ HELD_OUT = {
 
 
 def _record(metrics_path: Path, bundle_dir: str, held_out: str) -> dict:
-    m = json.loads(metrics_path.read_text())
+    m = EvaluationMetrics.from_json(json.loads(metrics_path.read_text()))
+    if m.run is None:
+        raise SystemExit(f"{metrics_path}: not written by 'dicomnode evaluate' (it names no bundle or data)")
+    figures = m.to_json()  # the file's figures, keys as metrics.json names them
     return {
         "measured_by": "dicomnode evaluate",
         "command": (
             f"dicomnode evaluate --bundle {bundle_dir} "
-            + " ".join(f"--data {s.strip()}" for s in m["data_spec"].split(" + "))
-            + f" --bootstrap {m['bootstrap']['n_resamples']} --seed {m['bootstrap']['seed']}"
+            + " ".join(f"--data {s.strip()}" for s in m.run.data_spec.split(" + "))
+            + f" --bootstrap {m.bootstrap.n_resamples} --seed {m.bootstrap.seed}"
         ),
-        "data_spec": m["data_spec"],
+        "data_spec": m.run.data_spec,
         "held_out": held_out,
-        "evaluated_card_sha256": m["bundle_sha256"],
-        "bootstrap": {k: m["bootstrap"][k] for k in ("n_resamples", "seed", "confidence", "method")},
-        **{k: m[k] for k in KEEP if k in m},
+        "evaluated_card_sha256": m.run.bundle_sha256,
+        "bootstrap": {k: figures["bootstrap"][k] for k in ("n_resamples", "seed", "confidence", "method")},
+        **{k: figures[k] for k in KEEP if k in figures},
     }
 
 

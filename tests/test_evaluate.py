@@ -13,6 +13,7 @@ import pytest
 from sklearn.metrics import cohen_kappa_score, roc_auc_score
 
 from pipeline import evaluate as E
+from pipeline.figures import EvaluationMetrics
 from pipeline.types import (
     CLASS_NAMES,
     TASK_NAMES,
@@ -83,32 +84,26 @@ def test_compute_metrics_shape_and_values_equal_sklearn() -> None:
     labels = np.array([CLASS_NAMES.index(r.truth) for r in recs])
     probs = np.stack([r.probabilities for r in recs])
     tasks = np.stack([r.tasks for r in recs])
-    assert set(m["per_class_auc"]) == set(CLASS_NAMES)
+    c_, mw = m.classes, m.classes.multiway_auc
+    assert set(c_.per_class_auc) == set(CLASS_NAMES)
     for i, c in enumerate(CLASS_NAMES):
-        assert set(m["per_class_auc"][c]) == FIGURE_KEYS
-        assert m["per_class_auc"][c]["value"] == pytest.approx(roc_auc_score(labels == i, probs[:, i]))
-    assert m["multiway_auc"]["micro"]["value"] == pytest.approx(
-        roc_auc_score(labels, probs, multi_class="ovr", average="micro")
-    )
-    assert m["multiway_auc"]["macro"]["value"] == pytest.approx(
-        roc_auc_score(labels, probs, multi_class="ovr", average="macro")
-    )
+        assert c_.per_class_auc[c].value == pytest.approx(roc_auc_score(labels == i, probs[:, i]))
+    assert mw.micro.value == pytest.approx(roc_auc_score(labels, probs, multi_class="ovr", average="micro"))
+    assert mw.macro.value == pytest.approx(roc_auc_score(labels, probs, multi_class="ovr", average="macro"))
     # covid19 vs CAP is measured on covid19 + CAP cases only
     sel = np.isin(labels, [1, 3])
     t = TASK_NAMES.index("covid19_vs_cap")
-    assert m["tasks"]["covid19_vs_cap"]["n_cases"] == int(sel.sum())
-    assert m["tasks"]["covid19_vs_cap"]["auc"]["value"] == pytest.approx(roc_auc_score(labels[sel] == 3, tasks[sel, t]))
+    assert m.tasks["covid19_vs_cap"].n_cases == int(sel.sum())
+    assert m.tasks["covid19_vs_cap"].auc.value == pytest.approx(roc_auc_score(labels[sel] == 3, tasks[sel, t]))
     t = TASK_NAMES.index("pneumonia_vs_non_pneumonia")
-    assert m["tasks"]["pneumonia_vs_non_pneumonia"]["n_cases"] == len(recs)
-    assert m["tasks"]["pneumonia_vs_non_pneumonia"]["auc"]["value"] == pytest.approx(
-        roc_auc_score(labels != 0, tasks[:, t])
-    )
-    assert sum(map(sum, m["confusion_matrix"]["counts"])) == len(recs)
-    assert m["lung_dice"]["mean"]["value"] == pytest.approx(0.95)
-    assert m["locating"]["n_cases"] == 12 and m["locating"]["n_slices"] == 96
-    assert list(m["subsets"]["age_band"]) == ["<40", "40-59", ">=60"]
-    assert set(m["subsets"]["sex"]) == {"F", "M"}
-    for path, fig in _walk_figures(m):
+    assert m.tasks["pneumonia_vs_non_pneumonia"].n_cases == len(recs)
+    assert m.tasks["pneumonia_vs_non_pneumonia"].auc.value == pytest.approx(roc_auc_score(labels != 0, tasks[:, t]))
+    assert sum(map(sum, c_.confusion_matrix.counts)) == len(recs)
+    assert m.lung_dice.mean.value == pytest.approx(0.95)
+    assert m.locating.n_cases == 12 and m.locating.n_slices == 96
+    assert list(m.subsets["age_band"]) == ["<40", "40-59", ">=60"]
+    assert set(m.subsets["sex"]) == {"F", "M"}
+    for path, fig in _walk_figures(m.to_json()):
         assert set(fig) == FIGURE_KEYS, path
         if fig["value"] is not None and fig["ci_low"] is not None:
             assert fig["ci_low"] <= fig["ci_high"], path
@@ -120,14 +115,16 @@ def test_compute_metrics_is_seeded() -> None:
     b = E.compute_metrics(recs, 0.5, E.EvalParams(n_bootstrap=40, seed=5))
     c = E.compute_metrics(recs, 0.5, E.EvalParams(n_bootstrap=40, seed=6))
     assert a == b
-    assert a["per_class_auc"] != c["per_class_auc"]
-    assert a["per_class_auc"]["cap"]["value"] == c["per_class_auc"]["cap"]["value"]
+    assert a.classes.per_class_auc != c.classes.per_class_auc
+    assert a.classes.per_class_auc["cap"].value == c.classes.per_class_auc["cap"].value
 
 
 def test_compute_metrics_without_optional_data_and_without_bootstrap() -> None:
     m = E.compute_metrics(_records(12, with_extras=False), 0.5, E.EvalParams(n_bootstrap=0))
-    assert m["lung_dice"] is None and m["locating"] is None and m["subsets"] == {} and m["readers"] is None
-    assert m["per_class_auc"]["cap"]["ci_low"] is None and m["per_class_auc"]["cap"]["value"] is not None
+    assert m.lung_dice is None and m.locating is None and m.subsets == {} and m.readers is None
+    assert m.classes.per_class_auc["cap"].ci_low is None and m.classes.per_class_auc["cap"].value is not None
+    j = m.to_json()  # metrics.json names the sections it could not measure
+    assert j["lung_dice"] is None and j["locating"] is None and j["readers"] is None and "decision" not in j
 
 
 def test_absent_class_resamples_are_counted() -> None:
@@ -135,7 +132,7 @@ def test_absent_class_resamples_are_counted() -> None:
     # keep a single influenza case: most resamples still have it, many do not
     recs = [r for r in recs if r.truth != "influenza"] + [next(r for r in recs if r.truth == "influenza")]
     m = E.compute_metrics(recs, 0.5, E.EvalParams(n_bootstrap=200, seed=0))
-    skipped = m["bootstrap"]["skipped_resamples"]
+    skipped = m.bootstrap.skipped_resamples
     assert 0 < skipped["per_class_auc.influenza"] < 200
     assert "per_class_auc.cap" not in skipped
 
@@ -168,15 +165,15 @@ def test_reader_comparison_hand_example() -> None:
         E.ReaderCall("zz", "R2", "cap"),
     ]
     out = E.reader_comparison(recs, calls, 0.5, E.EvalParams(n_bootstrap=20))
-    assert out["task"] == "covid19_vs_cap" and out["n_cases"] == 4 and out["unmatched_case_ids"] == ["zz"]
-    rows = {r["name"]: r for r in out["rows"]}
-    assert (rows["AI"]["correct"], rows["AI"]["wrong"]) == (2, 2)  # a right, b missed, c right, d false positive
-    assert rows["AI"]["sensitivity"]["value"] == 0.5 and rows["AI"]["specificity"]["value"] == 0.5
-    assert (rows["R1"]["correct"], rows["R1"]["wrong"]) == (3, 1)
-    assert rows["R1"]["sensitivity"]["value"] == 1.0 and rows["R1"]["specificity"]["value"] == 0.5
-    assert (rows["R2"]["n_cases"], rows["R2"]["correct"], rows["R2"]["wrong"]) == (3, 1, 2)
-    assert (rows["any reader"]["correct"], rows["any reader"]["wrong"]) == (4, 0)
-    assert (rows["all readers"]["correct"], rows["all readers"]["wrong"]) == (1, 3)
+    assert out.task == "covid19_vs_cap" and out.n_cases == 4 and out.unmatched_case_ids == ("zz",)
+    rows = {r.name: r for r in out.rows}
+    assert (rows["AI"].correct, rows["AI"].wrong) == (2, 2)  # a right, b missed, c right, d false positive
+    assert rows["AI"].sensitivity.value == 0.5 and rows["AI"].specificity.value == 0.5
+    assert (rows["R1"].correct, rows["R1"].wrong) == (3, 1)
+    assert rows["R1"].sensitivity.value == 1.0 and rows["R1"].specificity.value == 0.5
+    assert (rows["R2"].n_cases, rows["R2"].correct, rows["R2"].wrong) == (3, 1, 2)
+    assert (rows["any reader"].correct, rows["any reader"].wrong) == (4, 0)
+    assert (rows["all readers"].correct, rows["all readers"].wrong) == (1, 3)
 
 
 def test_reader_comparison_pneumonia_task(tmp_path: Path) -> None:
@@ -203,12 +200,12 @@ def test_reader_comparison_pneumonia_task(tmp_path: Path) -> None:
     ]
     ep = E.EvalParams(n_bootstrap=10)
     out = E.reader_comparison(recs, calls, 0.5, ep, task="pneumonia_vs_non_pneumonia")
-    assert out["positive_class"] == "pneumonia"
-    rows = {r["name"]: r for r in out["rows"]}
-    assert (rows["R1"]["correct"], rows["R1"]["wrong"]) == (3, 1)  # only c (called influenza) is wrong
-    assert rows["R1"]["sensitivity"]["value"] == 1.0 and rows["R1"]["specificity"]["value"] == 0.5
-    assert (rows["AI"]["correct"], rows["AI"]["wrong"]) == (2, 2)  # a and c right; b missed, d false alarm
-    assert E.reader_comparison(recs, calls, 0.5, ep)["task"] == "multi_way"  # not guessed from truths
+    assert out.positive_class == "pneumonia"
+    rows = {r.name: r for r in out.rows}
+    assert (rows["R1"].correct, rows["R1"].wrong) == (3, 1)  # only c (called influenza) is wrong
+    assert rows["R1"].sensitivity.value == 1.0 and rows["R1"].specificity.value == 0.5
+    assert (rows["AI"].correct, rows["AI"].wrong) == (2, 2)  # a and c right; b missed, d false alarm
+    assert E.reader_comparison(recs, calls, 0.5, ep).task == "multi_way"  # not guessed from truths
     with pytest.raises(E.EvaluationError, match="unknown reader task"):
         E.reader_comparison(recs, calls, 0.5, ep, task="covid")
     m = E.write_outputs(
@@ -217,7 +214,7 @@ def test_reader_comparison_pneumonia_task(tmp_path: Path) -> None:
         tmp_path,
         ep,
     )
-    assert (tmp_path / m["plots"]["roc_readers"]).read_bytes()[:8] == PNG_MAGIC
+    assert (tmp_path / m.plots["roc_readers"]).read_bytes()[:8] == PNG_MAGIC
 
 
 def test_readers_csv_errors_name_the_line(tmp_path: Path) -> None:
@@ -239,14 +236,15 @@ def test_write_outputs_folder(tmp_path: Path) -> None:
     ]
     ep = E.EvalParams(n_bootstrap=30)
     m = E.write_outputs(recs, E.compute_metrics(recs, 0.5, ep, reader_calls=calls), tmp_path, ep)
-    for name in m["plots"].values():
+    for name in m.plots.values():
         assert (tmp_path / name).read_bytes()[:8] == PNG_MAGIC
     assert {"roc", "roc_covid19", "pr", "confusion_matrix", "decision_curve_covid19", "tsne", "roc_locating"} <= set(
-        m["plots"]
+        m.plots
     )
-    assert all(f"decision_curve_{t}" in m["plots"] for t in TASK_NAMES)
+    assert all(f"decision_curve_{t}" in m.plots for t in TASK_NAMES)
     on_disk = json.loads((tmp_path / "metrics.json").read_text())
-    assert on_disk == m
+    assert on_disk == m.to_json()
+    assert EvaluationMetrics.from_json(on_disk) == m  # read back: the same figures
     report = (tmp_path / "report.md").read_text()
     assert "## Reader comparison" in report and "](roc.png)" in report and "any reader" in report
 
@@ -427,7 +425,9 @@ def test_cli_end_to_end(tmp_path: Path, tiny_bundle: Path) -> None:
     for name in m["plots"].values():
         assert (out / name).read_bytes()[:8] == PNG_MAGIC
     assert {"roc", "roc_covid19", "pr", "confusion_matrix", "decision_curve_covid19", "tsne"} <= set(m["plots"])
-    card = E.headline(m)  # what the training engineer copies into a model card
+    typed = EvaluationMetrics.from_json(m)
+    assert typed.to_json() == m and typed.run.data_spec == spec  # the file reads back whole
+    card = E.headline(typed)  # what the training engineer copies into a model card
     assert card["per_class_auc"] == m["per_class_auc"] and card["data_spec"] == spec
     assert card["lung_dice"]["method"] == m["lung_dice"]["method"]
 
@@ -472,12 +472,12 @@ def test_severity_figures_compare_involvement_with_truth():
         rec("d", "covid19", None, 5.0),
     ]  # out of domain: no severity stated, left out
     m = E.compute_metrics(records, eval_params=E.EvalParams(n_bootstrap=0))
-    sev = m["severity"]
-    assert sev["n_cases"] == 3
-    assert sev["involvement_mae_points"]["value"] == pytest.approx((2 + 4 + 0.5) / 3)
-    assert sev["involvement_bias_points"]["value"] == pytest.approx((2 - 4 + 0.5) / 3)
-    assert sev["grade_agreement"]["value"] == pytest.approx(2 / 3)  # 30% is CT-2, 34% too; 0.5% CT-1 vs CT-0
-    assert sev["non_pneumonia_involvement_percent"]["max"] == 0.5
+    sev = m.severity
+    assert sev.n_cases == 3
+    assert sev.involvement_mae_points.value == pytest.approx((2 + 4 + 0.5) / 3)
+    assert sev.involvement_bias_points.value == pytest.approx((2 - 4 + 0.5) / 3)
+    assert sev.grade_agreement.value == pytest.approx(2 / 3)  # 30% is CT-2, 34% too; 0.5% CT-1 vs CT-0
+    assert sev.non_pneumonia_involvement_percent.max == 0.5
 
 
 def test_grade_kappa_confusion_and_bland_altman_with_plots(tmp_path: Path) -> None:
@@ -498,18 +498,19 @@ def test_grade_kappa_confusion_and_bland_altman_with_plots(tmp_path: Path) -> No
 
     records = [rec("a", 10.0, 12.0), rec("b", 30.0, 28.0), rec("c", 60.0, 55.0), rec("d", 80.0, 70.0, grade=3)]
     m = E.compute_metrics(records, eval_params=E.EvalParams(n_bootstrap=20))
-    sev = m["severity"]
+    grade = m.severity.grade
     truth, graded = [1, 2, 3, 3], [1, 2, 3, 4]
-    assert sev["grade_confusion"][3] == [0, 0, 0, 1, 1] and sev["grade_n_cases"] == 4
-    assert sev["grade_kappa_quadratic"]["value"] == pytest.approx(
+    assert grade.confusion[3] == (0, 0, 0, 1, 1) and grade.n_cases == 4
+    assert grade.kappa_quadratic.value == pytest.approx(
         cohen_kappa_score(truth, graded, weights="quadratic", labels=[0, 1, 2, 3, 4])
     )
     diffs = np.array([-2.0, 2.0, 5.0, 10.0])
-    assert sev["bland_altman_points"]["bias"] == pytest.approx(diffs.mean())
-    assert sev["bland_altman_points"]["upper_limit"] == pytest.approx(diffs.mean() + 1.96 * diffs.std(ddof=1))
+    assert m.severity.bland_altman_points.bias == pytest.approx(diffs.mean())
+    assert m.severity.bland_altman_points.upper_limit == pytest.approx(diffs.mean() + 1.96 * diffs.std(ddof=1))
+    assert m.to_json()["severity"]["grade_confusion"][3] == [0, 0, 0, 1, 1]  # metrics.json's keys
     out = E.write_outputs(records, m, tmp_path, E.EvalParams(n_bootstrap=20))
     for name in ("bland_altman_involvement", "grade_confusion"):
-        assert (tmp_path / out["plots"][name]).read_bytes()[:8] == PNG_MAGIC
+        assert (tmp_path / out.plots[name]).read_bytes()[:8] == PNG_MAGIC
     report = (tmp_path / "report.md").read_text()
     assert "quadratic weighted kappa" in report and "limits of agreement" in report
     assert "](bland_altman_involvement.png)" in report
@@ -546,7 +547,7 @@ def test_lobe_record_fields_and_figures():
     assert E._lobe_record_fields(SimpleNamespace(lung_mask=SimpleNamespace(lobes=None)), truth, lesion) == {}
     rec = E.CaseRecord("a", "covid19", np.full(4, 0.25), np.full(3, 0.5), "covid19", **fields)
     m = E.compute_metrics([rec, rec], eval_params=E.EvalParams(n_bootstrap=0))
-    lobes = m["lobes"]
-    assert lobes["n_cases"] == 2 and lobes["per_lobe"]["right_upper"]["dice"]["value"] == 1.0
-    assert lobes["mean_dice"]["value"] == pytest.approx(np.mean(fields["lobe_dice"]))
+    lobes = m.lobes
+    assert lobes.n_cases == 2 and lobes.per_lobe["right_upper"].dice.value == 1.0
+    assert lobes.mean_dice.value == pytest.approx(np.mean(fields["lobe_dice"]))
     assert "right middle lobe" in render_report(m)

@@ -134,11 +134,11 @@ def run(args: argparse.Namespace) -> int:
     except (PipelineError, ValueError, OSError) as e:
         print(f"dicomnode evaluate: error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    micro = metrics["multiway_auc"]["micro"]["value"]
+    micro = metrics.classes.multiway_auc.micro.value
     micro_text = "n/a" if micro is None else f"{micro:.4f}"
-    failed = len(metrics.get("failed_cases") or [])
+    failed = 0 if metrics.run is None else len(metrics.run.failed_cases)
     print(
-        f"{metrics['n_cases']} cases"
+        f"{metrics.n_cases} cases"
         + (f" ({failed} failed, left out)" if failed else "")
         + f"; multi-way AUC (micro) {micro_text}; report: {args.out / 'report.md'}"
     )
