@@ -15,7 +15,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from ._args import EXIT_USAGE
+from ._args import EXIT_USAGE, add_progress_flags
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="calibration cohort, drawn like the training data but never trained on (repeatable)",
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
-    bars = p.add_mutually_exclusive_group()
-    bars.add_argument("--progress", dest="progress", action="store_true", default=None)
-    bars.add_argument("--no-progress", dest="progress", action="store_false")
+    add_progress_flags(p)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -12,7 +12,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from ._args import EXIT_USAGE, whole_number
+from ._args import EXIT_USAGE, add_progress_flags, whole_number
 
 log = logging.getLogger(__name__)
 
@@ -72,15 +72,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument("--top-k", type=int, default=None, help="top-K of the fusion (default: the chain's, 3)")
-    bars = p.add_mutually_exclusive_group()
-    bars.add_argument(
-        "--progress",
-        dest="progress",
-        action="store_true",
-        default=None,
-        help="always show the progress bar (default: only on a terminal)",
-    )
-    bars.add_argument("--no-progress", dest="progress", action="store_false")
+    add_progress_flags(p)
 
 
 class _Pooled(list):

@@ -14,7 +14,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from ._args import EXIT_USAGE
+from ._args import EXIT_USAGE, add_progress_flags
 
 log = logging.getLogger(__name__)
 
@@ -161,15 +161,7 @@ def _add_card_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", default=None, help="bundle name in the model card (default: folder name)")
     p.add_argument("--bundle-version", default=None, help="bundle version in the model card")
     p.add_argument("--description", default=None, help="bundle description in the model card")
-    bars = p.add_mutually_exclusive_group()
-    bars.add_argument(
-        "--progress",
-        dest="progress",
-        action="store_true",
-        default=None,
-        help="always show progress bars (default: only on a terminal)",
-    )
-    bars.add_argument("--no-progress", dest="progress", action="store_false")
+    add_progress_flags(p)
 
 
 def architecture(args: argparse.Namespace) -> dict:
