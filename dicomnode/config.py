@@ -534,6 +534,7 @@ class NodeConfig(_Frozen):
                 if self.hl7_destinations
                 else ""
             )
+            + (", scale-out: jobs go to dicomnode worker processes through [broker]" if self.broker.enabled else "")
         )
 
 
@@ -544,6 +545,7 @@ _SECTIONS: Mapping[str, type[_Frozen]] = {
     "delivery": DeliverySection,
     "http": HttpSection,
     "housekeeping": HousekeepingSection,
+    "priors": PriorsSection,
     "broker": BrokerSection,
 }
 
