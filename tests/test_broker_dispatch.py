@@ -98,8 +98,13 @@ def test_a_reply_of_a_claim_given_out_again_is_ignored_and_its_staging_removed(h
     stale = harness.worker.analyse(old)
     assert harness.dispatcher.apply(stale) is None
     assert not (harness.results / INCOMING / str(stale.staging)).exists()
+    left = harness.worker.analyse(old)  # as if its reply were lost: only the sweep finds it
+    current = harness.worker.analyse(new)  # the claim that holds: kept for its reply
+    assert harness.dispatcher.sweep_incoming() == 1
+    assert not (harness.results / INCOMING / str(left.staging)).exists()
+    assert (harness.results / INCOMING / str(current.staging)).is_dir()
     assert harness.queue.get(job_id).state == JobState.RUNNING  # still the new claim's
-    assert harness.dispatcher.apply(harness.worker.analyse(new)) == JobState.DONE
+    assert harness.dispatcher.apply(current) == JobState.DONE
 
 
 def test_a_reply_naming_files_outside_its_job_is_refused_and_the_job_given_back(harness, series) -> None:

@@ -115,6 +115,7 @@ def test_two_workers_each_series_once_and_a_killed_workers_job_finished_by_the_o
         wait_for(lambda: len(pacs.received_sop_uids()) >= len(want), 30, what="the PACS to store")
         assert sorted(pacs.received_sop_uids()) == want  # each result exactly once
         assert not list((data / "results" / ".incoming").glob("*"))  # nothing staged left behind
+        assert survivor.stop() == 0 and node.stop() == 0  # SIGTERM stops both cleanly
     finally:
         for w in workers:
             w.stop()

@@ -28,7 +28,7 @@ from typing import Any
 from ..config import NodeConfig
 from ..delivery import Delivery
 from ..errors import BrokerError, QueueError
-from ..queue import Job, JobQueue, JobState
+from ..queue import FINAL, Job, JobQueue, JobState
 from ..series import SeriesAssembler
 from ..store import fsync_dir
 from ..worker import finish_job, hand_over, identical_reason
@@ -72,6 +72,7 @@ class Dispatcher:
 
     # -- lifecycle ------------------------------------------------------------------
     def start(self) -> None:
+        self.sweep_incoming()
         self.transport.ping()
         self.transport.consume(RESULTS_QUEUE, RESULTS_ACTOR, self.on_reply, time_limit_s=600.0, retries=REPLY_RETRIES)
         self._thread = threading.Thread(target=self._loop, name="dispatcher", daemon=True)
@@ -213,6 +214,27 @@ class Dispatcher:
             fsync_dir(self.results_root)
             shutil.rmtree(staged, ignore_errors=True)
         return all((self.results_root / path).is_file() for _, _, path in reply.written)
+
+    def sweep_incoming(self) -> int:
+        """Remove staged results no reply can claim any more (their job ended or was
+        claimed again: left by a worker that died after writing, or by a lost reply);
+        returns how many."""
+        incoming = self.results_root / INCOMING
+        removed = 0
+        for folder in sorted(incoming.iterdir()) if incoming.is_dir() else []:
+            m = STAGING_NAME.fullmatch(folder.name)
+            if m is None:
+                continue
+            try:
+                job = self.queue.get(int(m[1]))
+            except QueueError:
+                job = None
+            if job is None or job.state in FINAL or job.attempts > int(m[2]):
+                shutil.rmtree(folder, ignore_errors=True)
+                removed += 1
+        if removed:
+            log.info("removed %d staged result folder(s) no reply can claim", removed)
+        return removed
 
     def _discard(self, reply: AnalysisReply) -> None:
         staged = self._staged(reply)
