@@ -131,3 +131,36 @@ def test_malformed_messages_raise_broker_error() -> None:
         AnalysisRequest.decode({"job_id": "x"})
     with pytest.raises(BrokerError, match="malformed analysis reply"):
         AnalysisReply.decode({"job_id": 1, "attempts": 1, "outcome": "maybe", "worker": "w"})
+
+
+def test_a_worker_serves_any_node_whose_data_folder_it_sees(harness, series, tmp_path) -> None:
+    """Several listeners (nodes, each with its own data folder and SQLite) share the
+    workers: a request names its node's folder and reply queue."""
+    from dataclasses import replace
+
+    from dicomnode.broker.transport import results_queue
+
+    assert results_queue(tmp_path / "a") != results_queue(tmp_path / "b")
+    assert harness.dispatcher.reply_queue == results_queue(tmp_path)
+    job_id = harness.receive(series.paths)
+    request = replace(harness.claimed_request(), data_dir=str(tmp_path))
+    other_cfg = harness.worker.cfg.model_copy(
+        update={"node": harness.worker.cfg.node.model_copy(update={"data_dir": tmp_path / "elsewhere"})}
+    )
+    elsewhere = RemoteWorker(other_cfg, harness.worker.transport, "worker-elsewhere")
+    elsewhere.bundle = harness.worker.bundle
+    reply = elsewhere.analyse(request)
+    assert reply.outcome == Outcome.ANALYSED, reply.reason
+    assert harness.dispatcher.apply(reply) == JobState.DONE
+    assert (harness.results / str(job_id) / "summary.json").is_file()
+
+    unreachable = elsewhere.analyse(replace(request, data_dir=str(tmp_path / "not-mounted")))
+    assert unreachable.outcome == Outcome.FAILED and "mount it at the same path" in str(unreachable.reason)
+
+
+def test_the_broker_password_never_reaches_a_log_line() -> None:
+    from dicomnode.broker.transport import safe_url
+
+    assert safe_url("redis://:s3cret@10.0.0.7:6379/0") == "redis://:***@10.0.0.7:6379/0"
+    assert safe_url("rediss://user:s3cret@redis/1") == "rediss://user:***@redis/1"
+    assert safe_url("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"

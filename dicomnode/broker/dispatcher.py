@@ -34,7 +34,7 @@ from ..store import fsync_dir
 from ..worker import finish_job, hand_over, identical_reason
 from .messages import AnalysisReply, AnalysisRequest, Outcome
 from .remote import INCOMING
-from .transport import ANALYSIS_ACTOR, ANALYSIS_QUEUE, REPLY_RETRIES, RESULTS_ACTOR, RESULTS_QUEUE, Transport
+from .transport import ANALYSIS_ACTOR, ANALYSIS_QUEUE, REPLY_RETRIES, RESULTS_ACTOR, Transport, results_queue
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,7 @@ class Dispatcher:
         self.delivery = delivery
         self.results_root = results_root
         self.transport = transport if transport is not None else Transport(cfg.broker)
+        self.reply_queue = results_queue(cfg.node.data_dir)
         self.metrics = metrics  # dicomnode.telemetry.NodeMetrics, or None
         self.audit = audit
         self._wake = threading.Event()
@@ -74,7 +75,9 @@ class Dispatcher:
     def start(self) -> None:
         self.sweep_incoming()
         self.transport.ping()
-        self.transport.consume(RESULTS_QUEUE, RESULTS_ACTOR, self.on_reply, time_limit_s=600.0, retries=REPLY_RETRIES)
+        self.transport.consume(
+            self.reply_queue, RESULTS_ACTOR, self.on_reply, time_limit_s=600.0, retries=REPLY_RETRIES
+        )
         self._thread = threading.Thread(target=self._loop, name="dispatcher", daemon=True)
         self._thread.start()
         log.info("jobs go to the workers through broker %s (at most %d at once)", self.transport.url, self.window)
@@ -123,7 +126,14 @@ class Dispatcher:
 
     def _send(self, job: Job) -> bool:
         request = AnalysisRequest(
-            job.id, job.attempts, job.series_uid, job.study_uid, job.instances, tuple(self.queue.analysed_before(job))
+            job.id,
+            job.attempts,
+            job.series_uid,
+            job.study_uid,
+            job.instances,
+            tuple(self.queue.analysed_before(job)),
+            data_dir=str(Path(self.cfg.node.data_dir).resolve()),
+            reply_queue=self.reply_queue,
         )
         try:
             self.transport.send(ANALYSIS_QUEUE, ANALYSIS_ACTOR, request.encode())

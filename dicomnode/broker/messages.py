@@ -35,6 +35,10 @@ class AnalysisRequest:
     instances: tuple[str, ...]
     #: Earlier jobs of the series whose reports the new one replaces (results/<id>/sr/).
     earlier_jobs: tuple[int, ...] = ()
+    #: The node's data folder, as mounted on every worker machine ("": the worker's own).
+    data_dir: str = ""
+    #: The queue of the node's replies (one per node: several listeners share the workers).
+    reply_queue: str = ""
 
     def encode(self) -> dict[str, Any]:
         return asdict(self)
@@ -49,6 +53,8 @@ class AnalysisRequest:
                 study_uid=str(data["study_uid"]),
                 instances=tuple(str(p) for p in data["instances"]),
                 earlier_jobs=tuple(int(j) for j in data.get("earlier_jobs", ())),
+                data_dir=str(data.get("data_dir", "")),
+                reply_queue=str(data.get("reply_queue", "")),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise BrokerError(f"malformed analysis request: {type(e).__name__}: {e}") from e

@@ -32,7 +32,7 @@ from ..worker import (
     read_job_series,
 )
 from .messages import AnalysisReply, AnalysisRequest, Outcome
-from .transport import RESULTS_ACTOR, RESULTS_QUEUE, Transport
+from .transport import RESULTS_ACTOR, Transport, results_queue
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +47,7 @@ class RemoteWorker:
         self.cfg = cfg
         self.transport = transport
         self.name = name
-        data = Path(cfg.node.data_dir)
-        self.storage_root = data / "storage"
-        self.results_root = data / "results"
+        self.data_dir = Path(cfg.node.data_dir)
         self.bundle: Any = None
 
     def load(self) -> None:
@@ -73,7 +71,7 @@ class RemoteWorker:
             request.series_uid,
         )
         reply = self.analyse(request)
-        self.transport.send(RESULTS_QUEUE, RESULTS_ACTOR, reply.encode())
+        self.transport.send(request.reply_queue or results_queue(self.data_dir), RESULTS_ACTOR, reply.encode())
         log.info("%s: job %d (attempt %d) replied: %s", self.name, request.job_id, request.attempts, reply.outcome)
 
     def analyse(self, request: AnalysisRequest) -> AnalysisReply:
@@ -94,7 +92,12 @@ class RemoteWorker:
         from pipeline.params import ChainParams
         from pipeline.types import NotAChestCTError
 
-        present = present_files(self.storage_root, request.instances)
+        data_dir = Path(request.data_dir) if request.data_dir else self.data_dir
+        storage_root, results_root = data_dir / "storage", data_dir / "results"
+        if not (storage_root.is_dir() and results_root.is_dir()):
+            reason = f"the node's data folder {data_dir} is not reachable from {self.name}: mount it at the same path"
+            return self._reply(request, Outcome.FAILED, reason)
+        present = present_files(storage_root, request.instances)
         if not present:
             return self._reply(request, Outcome.SKIPPED, "the series' files are no longer in storage")
         try:
@@ -109,10 +112,10 @@ class RemoteWorker:
         except NotAChestCTError as e:
             return self._reply(request, Outcome.SKIPPED, str(e)[:500])
         log_analysis(request.job_id, request.series_uid, result, now() - t0)
-        previous = read_earlier_reports(self.results_root, request.earlier_jobs, request.job_id)
+        previous = read_earlier_reports(results_root, request.earlier_jobs, request.job_id)
         objects = build_job_objects(self.cfg, request.job_id, request.series_uid, result, volume, sources, previous)
         staging = f"{request.job_id}-a{request.attempts}-{uuid.uuid4().hex[:12]}"
-        job_dir = self.results_root / INCOMING / staging / str(request.job_id)
+        job_dir = results_root / INCOMING / staging / str(request.job_id)
         try:
             written = persist_job_outputs(self.cfg, objects, job_dir, result.summary(volume), result, sources)
         except OSError as e:

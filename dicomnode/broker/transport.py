@@ -21,7 +21,9 @@ Each process makes one ``Transport``; no global broker (``dramatiq.set_broker``)
 
 from __future__ import annotations
 
+import hashlib
 import logging
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from ..config import BrokerSection
@@ -30,11 +32,19 @@ from ..errors import BrokerError
 log = logging.getLogger(__name__)
 
 ANALYSIS_QUEUE = "dicomnode-analysis"
+#: Prefix of the nodes' reply queues (``results_queue``).
 RESULTS_QUEUE = "dicomnode-results"
 ANALYSIS_ACTOR = "dicomnode_analyse"
 RESULTS_ACTOR = "dicomnode_result"
 #: A reply the node could not record (the database busy, ...) is tried again this often.
 REPLY_RETRIES, REPLY_BACKOFF_MS = 5, 1000
+
+
+def results_queue(data_dir: Path) -> str:
+    """The reply queue of the node on ``data_dir``: one per node (per data folder), so
+    that several listeners can share one Redis and its workers."""
+    digest = hashlib.sha256(str(Path(data_dir).resolve()).encode()).hexdigest()[:12]
+    return f"{RESULTS_QUEUE}-{digest}"
 
 
 def safe_url(url: str) -> str:
