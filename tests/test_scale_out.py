@@ -2,7 +2,8 @@
 (`dicomnode serve` with [broker]) and two `dicomnode worker` processes, DCMTK storescu as
 the scanner and storescp as the PACS. Eight series are each analysed and delivered
 exactly once, also when one worker is killed (SIGKILL) in the middle of a job: the other
-worker finishes it, once the dead one's heartbeat is old enough."""
+worker finishes it, once the dead one's heartbeat is old enough. A node killed while a
+worker analyses takes the result when it is back."""
 
 from __future__ import annotations
 
@@ -119,6 +120,37 @@ def test_two_workers_each_series_once_and_a_killed_workers_job_finished_by_the_o
     finally:
         for w in workers:
             w.stop()
+        node.stop()
+        pacs.stop()
+
+
+def test_a_node_killed_while_a_worker_analyses_takes_the_result_after_its_restart(tmp_path, tiny_bundle, redis_server):
+    """The job stays with the worker; its reply waits in Redis for the restarted node,
+    which records it under the same claim and delivers each object once."""
+    pacs = StoreSCP(tmp_path / "pacs", "PACS").start()
+    config = broker_config(tmp_path / "config", redis_server.url)
+    data = tmp_path / "data"
+    node = NodeProcess(data, tiny_bundle, [f"PACS@127.0.0.1:{pacs.port}"], quiet_seconds=0.5, config=config)
+    worker = WorkerProcess(config, data, tiny_bundle, "worker-a")
+    try:
+        node.start()
+        worker.start().wait_ready()
+        series = phantom_series(tmp_path / "in", seed=42)
+        assert storescu(node.port, series.paths).returncode == 0
+        job = wait_for(lambda: worker_jobs(worker, "started"), 120, interval=0.01, what="the worker to start")[0]
+        node.kill()
+        wait_for(lambda: job in worker_jobs(worker, "replied"), 120, what="the worker to reply")
+        assert [j["state"] for j in job_rows(node)] == ["running"]  # nobody has recorded it yet
+        node.start()
+        wait_for(lambda: [j["state"] for j in job_rows(node)] == ["done"], 120, interval=0.3, what="the job to end")
+        assert job_rows(node)[0]["attempts"] == 1 and accepted_by(node) == {job: ["worker-a"]}
+        conn = sqlite3.connect(data / "node.sqlite3")
+        want = sorted(uid for (uid,) in conn.execute("SELECT sop_uid FROM deliveries WHERE state='sent'"))
+        conn.close()
+        wait_for(lambda: len(pacs.received_sop_uids()) >= len(want), 30, what="the PACS to store")
+        assert want and sorted(pacs.received_sop_uids()) == want
+    finally:
+        worker.stop()
         node.stop()
         pacs.stop()
 
