@@ -164,3 +164,14 @@ def test_the_broker_password_never_reaches_a_log_line() -> None:
     assert safe_url("redis://:s3cret@10.0.0.7:6379/0") == "redis://:***@10.0.0.7:6379/0"
     assert safe_url("rediss://user:s3cret@redis/1") == "rediss://user:***@redis/1"
     assert safe_url("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+
+
+def test_a_request_is_tried_again_only_when_its_reply_could_not_be_sent() -> None:
+    from dramatiq.middleware.time_limit import TimeLimitExceeded
+
+    from dicomnode.broker.transport import REPLY_RETRIES, broker_failures_only
+
+    assert broker_failures_only(0, BrokerError("redis down"))
+    assert not broker_failures_only(REPLY_RETRIES, BrokerError("redis down"))
+    assert not broker_failures_only(0, TimeLimitExceeded())
+    assert not broker_failures_only(0, ValueError("a bug"))

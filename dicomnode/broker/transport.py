@@ -47,6 +47,13 @@ def results_queue(data_dir: Path) -> str:
     return f"{RESULTS_QUEUE}-{digest}"
 
 
+def broker_failures_only(retries: int, error: BaseException) -> bool:
+    """Dramatiq's ``retry_when`` of the analysis actor: try a request again only when its
+    reply could not be sent (the handler turns every other error into a reply), at most
+    ``REPLY_RETRIES`` times; a time limit or anything else is not retried."""
+    return isinstance(error, BrokerError) and retries < REPLY_RETRIES
+
+
 def safe_url(url: str) -> str:
     """The broker URL without a password (for logs and messages)."""
     from urllib.parse import urlsplit
@@ -98,13 +105,21 @@ class Transport:
             raise BrokerError(f"broker {self.url} did not take the message: {e}") from e
 
     def consume(
-        self, queue_name: str, actor_name: str, handler: Callable[[dict], None], time_limit_s: float, retries: int
+        self,
+        queue_name: str,
+        actor_name: str,
+        handler: Callable[[dict], None],
+        time_limit_s: float,
+        retries: int,
+        retry_when: Callable[[int, BaseException], bool] | None = None,
     ) -> None:
         """Run ``handler`` on each message of the queue, one at a time, in a thread of this
-        process; a message is acknowledged when the handler returned (``retries``: how
-        often one it raised on is tried again, then it is dead-lettered)."""
+        process; a message is acknowledged when the handler returned (``retries``, or
+        ``retry_when`` when given: how often one it raised on is tried again, then it is
+        dead-lettered)."""
         import dramatiq
 
+        options: dict[str, Any] = {"retry_when": retry_when} if retry_when is not None else {}
         dramatiq.actor(
             broker=self.broker,
             actor_name=actor_name,
@@ -112,6 +127,7 @@ class Transport:
             max_retries=retries,
             min_backoff=REPLY_BACKOFF_MS,
             time_limit=int(time_limit_s * 1000),
+            **options,
         )(handler)
         worker = dramatiq.Worker(self.broker, queues={queue_name}, worker_threads=1)
         worker.queue_prefetch = 1  # a worker holds one job at a time: a dead one strands only that one

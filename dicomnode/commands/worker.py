@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
             logging.getLogger(noisy).setLevel(logging.WARNING)
 
     from dicomnode.broker.remote import RemoteWorker
-    from dicomnode.broker.transport import ANALYSIS_ACTOR, ANALYSIS_QUEUE, Transport
+    from dicomnode.broker.transport import ANALYSIS_ACTOR, ANALYSIS_QUEUE, Transport, broker_failures_only
     from pipeline.types import PipelineError
 
     stop = threading.Event()
@@ -73,7 +73,12 @@ def run(args: argparse.Namespace) -> int:
         worker = RemoteWorker(cfg, transport, name)
         worker.load()
         transport.consume(
-            ANALYSIS_QUEUE, ANALYSIS_ACTOR, worker.handle, time_limit_s=cfg.node.job_lease_seconds, retries=0
+            ANALYSIS_QUEUE,
+            ANALYSIS_ACTOR,
+            worker.handle,
+            time_limit_s=cfg.node.job_lease_seconds,
+            retries=0,
+            retry_when=broker_failures_only,
         )
     except (NodeError, PipelineError) as e:
         print(f"dicomnode worker: cannot start: {e}")
