@@ -12,6 +12,7 @@ from . import __version__
 #: sub-command -> (module in dicomnode.commands, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("serve", "run the DICOM listener and the worker"),
+    "worker": ("worker", "analyse the jobs a node hands out through its [broker] (scale-out)"),
     "config": ("config_cmd", "check a node configuration file"),
     "status": ("status", "list recent series, jobs and deliveries"),
     "analyze": ("analyze", "run the AI chain on a DICOM series folder or a NIfTI volume"),

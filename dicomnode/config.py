@@ -457,6 +457,40 @@ class PriorsSection(_Frozen):
     _ae = field_validator("ae_title")(_check_ae)
 
 
+class BrokerSection(_Frozen):
+    """``[broker]``: scale-out over Redis with Dramatiq (dicomnode.broker); off by default.
+
+    With a ``url``, ``dicomnode serve`` runs no analysis itself: it sends each job to the
+    broker and ``dicomnode worker`` processes (same config, same shared data folder) run
+    them; the node records their results and delivers them (docs/admin.md, Scaling out).
+    """
+
+    #: ``redis://HOST:PORT/DB`` (or ``rediss://`` for TLS, ``unix:///path``); empty: off,
+    #: the embedded single process.
+    url: str = ""
+    #: Key prefix in Redis: several nodes can share one Redis with different namespaces.
+    namespace: str = "dicomnode"
+    #: A worker process silent this long is dead: its unfinished job goes to another worker.
+    heartbeat_timeout_s: float = Field(60.0, ge=1)
+    #: Share of broker commands that also look for dead workers (Dramatiq's maintenance):
+    #: 1 looks every time (tests), Dramatiq's own default 0.001 may take many minutes.
+    maintenance_chance: float = Field(0.05, gt=0, le=1)
+    #: Jobs handed to the broker and not finished yet, at most: the rest wait in the node's
+    #: own queue, where urgent ones still go first. Set it to at least the number of workers.
+    max_in_flight: int = Field(4, ge=1, le=1024)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if value and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"url {value!r} is not a Redis URL; use redis://HOST:PORT/DB (or leave it empty: off)")
+        return value
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.url)
+
+
 class NodeConfig(_Frozen):
     node: NodeSection = NodeSection()
     selection: SelectionSection = SelectionSection()
@@ -465,6 +499,7 @@ class NodeConfig(_Frozen):
     http: HttpSection = HttpSection()
     housekeeping: HousekeepingSection = HousekeepingSection()
     priors: PriorsSection = PriorsSection()
+    broker: BrokerSection = BrokerSection()
     destinations: tuple[Destination, ...] = ()
     fhir_destinations: tuple[FhirDestination, ...] = ()
     hl7_destinations: tuple[Hl7Destination, ...] = ()
@@ -499,6 +534,7 @@ class NodeConfig(_Frozen):
                 if self.hl7_destinations
                 else ""
             )
+            + (", scale-out: jobs go to dicomnode worker processes through [broker]" if self.broker.enabled else "")
         )
 
 
@@ -509,6 +545,8 @@ _SECTIONS: Mapping[str, type[_Frozen]] = {
     "delivery": DeliverySection,
     "http": HttpSection,
     "housekeeping": HousekeepingSection,
+    "priors": PriorsSection,
+    "broker": BrokerSection,
 }
 
 

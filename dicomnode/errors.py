@@ -75,3 +75,8 @@ class SeriesRejected(NodeError):
 class PriorsError(NodeError):
     """The PACS could not be asked for, or could not send, a patient's earlier studies
     (dicomnode.priors); transient: the caller may try again later."""
+
+
+class BrokerError(NodeError):
+    """The scale-out broker (dicomnode.broker) cannot be reached, or a message on it is
+    malformed; the message names the broker URL or the field."""

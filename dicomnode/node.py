@@ -29,6 +29,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from .admin_api import HttpServer, build_app, token_for
 from .audit import AuditLog
+from .broker.dispatcher import Dispatcher
 from .config import NodeConfig
 from .db import Database
 from .delivery import Delivery
@@ -81,6 +82,8 @@ class Node:
         self.scp: StorageSCP | None = None
         self.scheduler: BackgroundScheduler | None = None
         self.workers: list[Worker] = []
+        #: With [broker] on: hands jobs to ``dicomnode worker`` processes (no worker thread here).
+        self.dispatcher: Dispatcher | None = None
         #: The audit trail (dicomnode.audit), opened at start.
         self.audit: AuditLog | None = None
 
@@ -139,25 +142,15 @@ class Node:
                 on_enqueued=self._job_enqueued,
                 read_header=self._read_header,
             )
-            self.workers = [
-                Worker(
-                    cfg,
-                    self.queue,
-                    self.assembler,
-                    self.delivery,
-                    self.store.root,
-                    self.paths["results"],
-                    name=f"worker-{i + 1}",
-                    metrics=self.metrics,
-                    ready=self.warmed,
-                    audit=self.audit.record,
-                )
-                for i in range(cfg.node.workers)
-            ]
+            self._make_workers()
             token = token_for(cfg.http) if cfg.http.port else None
             self._recover()
             self._start_timers()
-            threading.Thread(target=self._warm_up, name="bundle-warm-up", daemon=True).start()
+            if self.dispatcher is not None:
+                self._identify_bundle()
+                self.dispatcher.start()
+            else:
+                threading.Thread(target=self._warm_up, name="bundle-warm-up", daemon=True).start()
             for w in self.workers:
                 w.start()
             self.scp = StorageSCP(
@@ -183,6 +176,37 @@ class Node:
         )
         return self
 
+    def _make_workers(self) -> None:
+        """The in-process worker threads, or with [broker] on the dispatcher instead."""
+        if self.audit is None:
+            raise RuntimeError("the workers are made after the audit log is open")
+        cfg = self.cfg
+        if cfg.broker.enabled:
+            self.dispatcher = Dispatcher(
+                cfg,
+                self.queue,
+                self.assembler,
+                self.delivery,
+                self.paths["results"],
+                metrics=self.metrics,
+                audit=self.audit.record,
+            )
+        self.workers = [
+            Worker(
+                cfg,
+                self.queue,
+                self.assembler,
+                self.delivery,
+                self.store.root,
+                self.paths["results"],
+                name=f"worker-{i + 1}",
+                metrics=self.metrics,
+                ready=self.warmed,
+                audit=self.audit.record,
+            )
+            for i in range(0 if self.dispatcher is not None else cfg.node.workers)
+        ]
+
     def _warm_up(self) -> None:
         """Load the bundle and run each network once, so that the first case is not cold;
         /readyz turns green after it."""
@@ -196,6 +220,26 @@ class Node:
         except Exception as e:  # the node still receives; jobs fail with the reason
             self.bundle_error = f"{type(e).__name__}: {e}"
             log.error("model bundle %s cannot be loaded: %s", self.cfg.bundle_dir, self.bundle_error)
+        finally:
+            self.warmed.set()
+
+    def _identify_bundle(self) -> None:
+        """With a broker the workers load the bundle; the node only names it (its card)."""
+        try:
+            from pipeline.models import CARD_FILE, read_card, sha256_file
+            from pipeline.types import ModelInfo
+
+            card = read_card(self.cfg.bundle_dir)
+            self.bundle_info = ModelInfo(
+                name=card.name or self.cfg.bundle_dir.name,
+                version=card.version,
+                sha256=sha256_file(self.cfg.bundle_dir / CARD_FILE),
+                disclaimer=card.disclaimer,
+                trained_on_synthetic_data=card.trained_on_synthetic_data,
+            )
+        except Exception as e:  # the node still receives; the workers say more
+            self.bundle_error = f"{type(e).__name__}: {e}"
+            log.error("model bundle %s cannot be read: %s", self.cfg.bundle_dir, self.bundle_error)
         finally:
             self.warmed.set()
 
@@ -218,6 +262,10 @@ class Node:
             found += 1
         if found:
             log.warning("recorded %d stored instance(s) the database had missed", found)
+        if self.dispatcher is not None:
+            # Running jobs are at the workers (or their replies wait in the broker): they
+            # stay running; one the broker never got runs again when its lease expires.
+            return
         given_back = self.queue.recover_after_restart()
         if given_back:
             log.warning("%d job(s) left running by a stopped node were given back", len(given_back))
@@ -267,6 +315,8 @@ class Node:
     def _job_enqueued(self, job_id: int) -> None:
         for w in self.workers:
             w.kick()
+        if self.dispatcher is not None:
+            self.dispatcher.kick()
 
     @property
     def port(self) -> int:
@@ -289,6 +339,9 @@ class Node:
         for w in self.workers:
             w.stop(self.stop_timeout_s)
         self.workers = []
+        if self.dispatcher is not None:
+            self.dispatcher.stop()
+            self.dispatcher = None
         if self.scheduler is not None:
             try:
                 self.scheduler.shutdown(wait=True)

@@ -140,15 +140,20 @@ def content_fingerprint(paths: Sequence[Path], bundle_sha256: str) -> str:
     return h.hexdigest()
 
 
-def _log_analysis(job: Job, result: Any, seconds: float) -> None:
+def identical_reason(earlier: int) -> str:
+    """A re-sent series' job whose content an earlier job analysed already."""
+    return f"identical to job {earlier} (same instances, same model bundle): its results stand, none made again"
+
+
+def log_analysis(job_id: int, series_uid: str, result: Any, seconds: float) -> None:
     """One log line per analysis: the stages' seconds and the decision (never the patient)."""
     steps = ", ".join(f"{k} {v:.1f}" for k, v in result.timings_s.items() if k != "total")
     # The decision is what every object states; the argmax alone would mislead a reader
     # of the log on an indeterminate or out-of-domain case.
     log.info(
         "job %d: analysed series %s in %.1f s (%s): decision %s (%s; most probable class %s, out-of-domain score %.2f)",
-        job.id,
-        job.series_uid,
+        job_id,
+        series_uid,
         seconds,
         steps,
         result.decision.value,
@@ -156,6 +161,128 @@ def _log_analysis(job: Job, result: Any, seconds: float) -> None:
         result.case_scores.label,
         result.domain.score,
     )
+
+
+def present_files(storage_root: Path, instances: Sequence[str]) -> list[Path]:
+    """The job's instance files still in storage."""
+    return [p for p in (storage_root / rel for rel in instances) if p.is_file()]
+
+
+def read_job_series(cfg: NodeConfig, present: Sequence[Path]) -> tuple[Any, list]:
+    """The series as (CTVolume, source datasets); raises SeriesRejected with the reason."""
+    from dicomnode.volume import load_series  # late: heavy imports
+
+    return load_series(
+        present,
+        min_slices=cfg.selection.min_slices_readable,
+        refuse_image_types=cfg.selection.refuse_image_types,
+    )
+
+
+def build_job_objects(
+    cfg: NodeConfig, job_id: int, series_uid: str, result: Any, volume: Any, sources: Sequence, previous: Sequence
+) -> Mapping[str, Sequence]:
+    """The result objects some destination wants (with none: every kind), with UIDs derived
+    from the job, so that a job run twice makes the very same objects."""
+    from dicomnode.writers import build_result_objects
+    from dicomnode.writers.options import WriterOptions
+
+    kinds = {k for d in cfg.destinations for k in d.objects} or set(OBJECT_KINDS)
+    options = WriterOptions(
+        enabled=frozenset(kinds),
+        max_overlays=cfg.pipeline.max_overlays,
+        uid_seed=f"{series_uid}/job-{job_id}",
+        previous_reports=tuple(previous),
+    )
+    return build_result_objects(result, volume, sources, options)
+
+
+def persist_job_outputs(
+    cfg: NodeConfig, objects: Mapping[str, Sequence], job_dir: Path, summary: dict, result: Any, sources: Sequence
+) -> list[tuple[str, str, str]]:
+    """Write the DICOM objects, the summary, the FHIR Bundle and the HL7 messages of job
+    ``job_dir.name`` durably under ``job_dir``; the written-object rows (paths relative to
+    ``job_dir.parent``). An OSError (a full disk among them) propagates."""
+    job_id = int(job_dir.name)
+    written = persist_results(objects, job_dir, summary)
+    if cfg.fhir_destinations:
+        written.append(persist_fhir_bundle(summary, result, sources, job_dir, job_id))
+    for dest in cfg.hl7_destinations:
+        written.append(persist_hl7_message(summary, result, sources, job_dir, job_id, dest))
+    return written
+
+
+def read_earlier_reports(results_root: Path, earlier_jobs: Sequence[int], job_id: int) -> list:
+    """The SRs of earlier analyses of the series (before late instances arrived): the new
+    report replaces them and says so (Predecessor Documents Sequence)."""
+    import pydicom
+
+    reports = []
+    for earlier in earlier_jobs:
+        for path in sorted((results_root / str(earlier) / "sr").glob("*.dcm")):
+            try:
+                reports.append(pydicom.dcmread(path))
+            except (OSError, ValueError) as e:
+                log.warning("job %d: earlier report %s unreadable (%s); not referenced", job_id, path.name, e)
+    return reports
+
+
+def disk_full_delay_s(attempts: int) -> float:
+    """The backoff of a job whose results found the disk full: 30 s doubling per attempt,
+    at most 15 min."""
+    return min(DISK_FULL_MAX_DELAY_S, DISK_FULL_FIRST_DELAY_S * 2 ** max(0, attempts - 1))
+
+
+def nothing_to_send_reason(cfg: NodeConfig, written: Sequence[tuple[str, str, str]]) -> str:
+    """Why a job ends with no delivery: no destination at all, or none wants what was
+    made (an out-of-domain result has no SC and no KOS, and a destination may want
+    only those)."""
+    if not cfg.destinations:
+        return "no destination configured: results kept in the results folder"
+    made = sorted({kind for kind, _, _ in written})
+    return f"no destination wants the objects made ({', '.join(made) or 'none'}): results kept in the results folder"
+
+
+def hand_over(
+    cfg: NodeConfig, queue: JobQueue, delivery: Delivery, job: Job, written: Sequence[tuple[str, str, str]]
+) -> JobState:
+    """Record the deliveries of a claimed job's persisted results and move the job on, in
+    one transaction (QueueError when the claim no longer holds); wakes delivery."""
+    t = now()
+    with queue.db.transaction() as conn:
+        count = delivery.record_in(conn, job.id, written, t)
+        new = JobState.DELIVERING if count else JobState.DONE
+        reason = None if count else nothing_to_send_reason(cfg, written)
+        queue.transition_in(conn, job.id, new, reason, expect=JobState.RUNNING, attempts=job.attempts, at=t)
+    log.info("job %d -> %s (%d object(s), %d delivery(ies))", job.id, new, len(written), count)
+    if count:
+        delivery.kick()
+    return new
+
+
+def finish_job(
+    queue: JobQueue, assembler: SeriesAssembler, audit: Any, job: Job, state: JobState, reason: str | None
+) -> JobState:
+    """Record a claimed job's final (or given-back) state; the series is marked skipped
+    with the reason, and the audit trail gets the outcome. Returns the job's state."""
+    try:
+        queue.transition(job.id, state, reason, expect=JobState.RUNNING, attempts=job.attempts)
+    except QueueError as e:
+        log.warning("job %d: could not record %s (%s)", job.id, state, e)
+        return queue.get(job.id).state
+    if state == JobState.SKIPPED and reason:
+        assembler.mark_skipped(job.series_uid, reason)
+    if audit is not None:
+        audit(
+            "job",
+            "success" if state == JobState.DONE else str(state.value),
+            job_id=job.id,
+            series_uid=job.series_uid,
+            study_uid=job.study_uid,
+            attempt=job.attempts,
+            reason=reason or "",
+        )
+    return state
 
 
 class Worker:
@@ -255,38 +382,16 @@ class Worker:
             return self._finish(job, JobState.FAILED, reason[:500])
 
     def _finish(self, job: Job, state: JobState, reason: str | None) -> JobState:
-        try:
-            self.queue.transition(job.id, state, reason, expect=JobState.RUNNING, attempts=job.attempts)
-        except QueueError as e:
-            log.warning("job %d: could not record %s (%s)", job.id, state, e)
-            return self.queue.get(job.id).state
-        if state == JobState.SKIPPED and reason:
-            self.assembler.mark_skipped(job.series_uid, reason)
-        if self.audit is not None:
-            self.audit(
-                "job",
-                "success" if state == JobState.DONE else str(state.value),
-                job_id=job.id,
-                series_uid=job.series_uid,
-                study_uid=job.study_uid,
-                attempt=job.attempts,
-                reason=reason or "",
-            )
-        return state
+        return finish_job(self.queue, self.assembler, self.audit, job, state, reason)
 
     def _run(self, job: Job) -> JobState:
-        from dicomnode.volume import SeriesRejected, load_series  # late: heavy imports
+        from dicomnode.volume import SeriesRejected  # late: heavy imports
 
-        paths = [self.storage_root / p for p in job.instances]
-        present = [p for p in paths if p.is_file()]
+        present = present_files(self.storage_root, job.instances)
         if not present:
             return self._finish(job, JobState.SKIPPED, "the series' files are no longer in storage")
         try:
-            volume, sources = load_series(
-                present,
-                min_slices=self.cfg.selection.min_slices_readable,
-                refuse_image_types=self.cfg.selection.refuse_image_types,
-            )
+            volume, sources = read_job_series(self.cfg, present)
         except SeriesRejected as e:
             return self._finish(job, JobState.SKIPPED, str(getattr(e, "reason", e)))
         self.queue.renew(job)
@@ -299,11 +404,7 @@ class Worker:
         bundle = load_bundle_cached(self.cfg.bundle_dir, self.cfg.pipeline.device)
         earlier = self.queue.record_content(job, content_fingerprint(present, bundle.info.sha256))
         if earlier is not None:  # a PACS re-sent the same series: one result set per content
-            return self._finish(
-                job,
-                JobState.DONE,
-                f"identical to job {earlier} (same instances, same model bundle): its results stand, none made again",
-            )
+            return self._finish(job, JobState.DONE, identical_reason(earlier))
         params = ChainParams(top_k=self.cfg.pipeline.top_k, device=self.cfg.pipeline.device)
         t0 = now()
         try:
@@ -312,41 +413,26 @@ class Worker:
             return self._finish(job, JobState.SKIPPED, str(e)[:500])
         if self.metrics is not None:
             self.metrics.chain_timings(dict(result.timings_s))
-        _log_analysis(job, result, now() - t0)
+        log_analysis(job.id, job.series_uid, result, now() - t0)
         if not self.queue.renew(job):
             raise QueueError(f"job {job.id}: lease lost during analysis")
 
-        from dicomnode.writers import build_result_objects
-        from dicomnode.writers.options import WriterOptions
-
-        # Build what some destination wants; with none, build everything (kept in results/).
-        kinds = {k for d in self.cfg.destinations for k in d.objects} or set(OBJECT_KINDS)
-        options = WriterOptions(
-            enabled=frozenset(kinds),
-            max_overlays=self.cfg.pipeline.max_overlays,
-            uid_seed=f"{job.series_uid}/job-{job.id}",
-            previous_reports=tuple(self._earlier_reports(job)),
-        )
-        objects = build_result_objects(result, volume, sources, options)
+        previous = read_earlier_reports(self.results_root, self.queue.analysed_before(job), job.id)
+        objects = build_job_objects(self.cfg, job.id, job.series_uid, result, volume, sources, previous)
         job_dir = self.results_root / str(job.id)
-        summary = result.summary(volume)
         try:
-            written = persist_results(objects, job_dir, summary)
-            if self.cfg.fhir_destinations:
-                written.append(persist_fhir_bundle(summary, result, sources, job_dir, job.id))
-            for dest in self.cfg.hl7_destinations:
-                written.append(persist_hl7_message(summary, result, sources, job_dir, job.id, dest))
+            written = persist_job_outputs(self.cfg, objects, job_dir, result.summary(volume), result, sources)
         except OSError as e:
             if e.errno not in DISK_FULL_ERRNOS:
                 raise
             return self._retry_when_space(job, job_dir, e)
-        return self._hand_over(job, written)
+        return hand_over(self.cfg, self.queue, self.delivery, job, written)
 
     def _retry_when_space(self, job: Job, job_dir: Path, error: OSError) -> JobState:
         """Out of space is transient: no partial result is left, and the job runs again
         after a backoff (30 s doubling per attempt, at most 15 min)."""
         shutil.rmtree(job_dir, ignore_errors=True)
-        delay = min(DISK_FULL_MAX_DELAY_S, DISK_FULL_FIRST_DELAY_S * 2 ** max(0, job.attempts - 1))
+        delay = disk_full_delay_s(job.attempts)
         log.error(
             "job %d: disk full while writing its results (%s); partial results removed, retried in %.0f s: "
             "free space in %s",
@@ -357,41 +443,3 @@ class Worker:
         )
         self.queue.retry_later(job, f"disk full while writing results ({error.strerror}); retried", delay)
         return JobState.QUEUED
-
-    def _earlier_reports(self, job: Job) -> list:
-        """The SRs of earlier analyses of this series (before late instances arrived): the
-        new report replaces them and says so (Predecessor Documents Sequence)."""
-        import pydicom
-
-        reports = []
-        for earlier in self.queue.analysed_before(job):
-            for path in sorted((self.results_root / str(earlier) / "sr").glob("*.dcm")):
-                try:
-                    reports.append(pydicom.dcmread(path))
-                except (OSError, ValueError) as e:
-                    log.warning("job %d: earlier report %s unreadable (%s); not referenced", job.id, path.name, e)
-        return reports
-
-    def _nothing_to_send_reason(self, written: Sequence[tuple[str, str, str]]) -> str:
-        """Why a job ends with no delivery: no destination at all, or none wants what was
-        made (an out-of-domain result has no SC and no KOS, and a destination may want
-        only those)."""
-        if not self.cfg.destinations:
-            return "no destination configured: results kept in the results folder"
-        made = sorted({kind for kind, _, _ in written})
-        return (
-            f"no destination wants the objects made ({', '.join(made) or 'none'}): results kept in the results folder"
-        )
-
-    def _hand_over(self, job: Job, written: Sequence[tuple[str, str, str]]) -> JobState:
-        """Record the deliveries and move the job on, in one transaction."""
-        t = now()
-        with self.queue.db.transaction() as conn:
-            count = self.delivery.record_in(conn, job.id, written, t)
-            new = JobState.DELIVERING if count else JobState.DONE
-            reason = None if count else self._nothing_to_send_reason(written)
-            self.queue.transition_in(conn, job.id, new, reason, expect=JobState.RUNNING, attempts=job.attempts, at=t)
-        log.info("job %d -> %s (%d object(s), %d delivery(ies))", job.id, new, len(written), count)
-        if count:
-            self.delivery.kick()
-        return new

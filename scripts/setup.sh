@@ -13,6 +13,8 @@ command -v openssl >/dev/null || need_apt+=(openssl)  # the TLS tests make their
 # PixelMed's DICOM and SR validators, the second validator of our objects (tests/test_pixelmed.py).
 [ -e /usr/share/java/pixelmed.jar ] || need_apt+=(libpixelmed-java)
 command -v java >/dev/null || need_apt+=(default-jre-headless)
+# The broker of the scale-out test (tests/test_scale_out.py) and of [broker] deployments.
+command -v redis-server >/dev/null || need_apt+=(redis-server)
 if [ "${WITH_BROWSER:-0}" = 1 ]; then command -v chromium >/dev/null || need_apt+=(chromium); fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then

@@ -256,3 +256,106 @@ def dciodvfy_errors(path: Path) -> list[str]:
     exe = require_tool("dciodvfy")
     out = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=60)
     return [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
+
+
+class WorkerProcess:
+    """``dicomnode worker`` as a subprocess, waited for by its 'ready' line."""
+
+    def __init__(
+        self, config: Path, data_dir: Path, bundle: Path | None, name: str, extra_args: Sequence[str] = ()
+    ) -> None:
+        self.name = name
+        self.args = [sys.executable, "-m", "dicomnode.cli", "worker", "--config", str(config)]
+        self.args += ["--data-dir", str(data_dir), "--name", name, *extra_args]
+        if bundle is not None:
+            self.args += ["--bundle", str(bundle)]
+        self.proc: subprocess.Popen | None = None
+        self.log: list[str] = []
+
+    def start(self, timeout: float = 120.0) -> "WorkerProcess":
+        self.log = []
+        self.proc = subprocess.Popen(
+            self.args,
+            cwd=REPO_ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        threading.Thread(target=self._drain, daemon=True).start()
+        return self
+
+    def wait_ready(self, timeout: float = 120.0) -> "WorkerProcess":
+        assert self.proc is not None
+        wait_for(
+            lambda: any(" ready: " in line for line in self.log) or self.proc.poll() is not None,
+            timeout,
+            what=f"{self.name} to be ready",
+        )
+        if self.proc.poll() is not None:
+            raise AssertionError(f"{self.name} exited at start-up:\n" + "\n".join(self.log[-40:]))
+        return self
+
+    def _drain(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.log.append(line.rstrip())
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        return self.proc.returncode
+
+
+class RedisServer:
+    """Debian's ``redis-server`` on a free loopback port, nothing saved to disk."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> "RedisServer":
+        exe = require_tool("redis-server")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            cwd=self.folder,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for(self._answers, 20, what="redis-server to answer PING")
+        return self
+
+    def _answers(self) -> bool:
+        import redis
+
+        try:
+            return bool(redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1).ping())
+        except redis.RedisError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.proc = None

@@ -54,6 +54,15 @@ def test_unknown_section(tmp_path):
     assert any("unknown key 'nodes'" in p and "'node'" in p for p in found)
 
 
+def test_broker_and_priors_sections(tmp_path):
+    cfg = load_config(write(tmp_path, '[broker]\nurl = "redis://127.0.0.1:6379/0"\n[priors]\nenabled = true\n'))
+    assert cfg.broker.enabled and cfg.broker.heartbeat_timeout_s == 60 and cfg.priors.enabled
+    assert not load_config(write(tmp_path, "")).broker.enabled  # off by default: one process
+    found = problems(tmp_path, '[broker]\nurl = "amqp://x"\nheartbeet_timeout_s = 5\n')
+    assert any("not a Redis URL" in p for p in found)
+    assert any("did you mean 'heartbeat_timeout_s'" in p for p in found)
+
+
 @pytest.mark.parametrize("port", [70000, -1])
 def test_bad_port(tmp_path, port):
     found = problems(tmp_path, f"[node]\nport = {port}\n")
