@@ -1,0 +1,122 @@
+"""Multi-stage fusion (pipeline.stages): the rules on hand-made stages, exact figures."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from pipeline.decision import OperatingPoints
+from pipeline.stages import MULTI_STAGE_RULES, Stage, fuse_stages
+from pipeline.types import InvalidInputError
+
+
+def stage(uid, date, probs, pneumonia, decision="covid19", current=False, lesion=None, pattern=None):
+    non, cap, flu, covid = probs
+    return Stage(
+        study_uid=uid,
+        study_date=None if date is None else dt.date.fromisoformat(date),
+        decision=decision,
+        probabilities={"non_pneumonia": non, "cap": cap, "influenza": flu, "covid19": covid},
+        tasks={"pneumonia_vs_non_pneumonia": pneumonia, "covid19_vs_cap": 0.5, "covid19_vs_influenza": 0.5},
+        lesion_share=lesion,
+        pattern=pattern,
+        current=current,
+    )
+
+
+EARLY = stage("1.1", "2026-01-10", (0.40, 0.10, 0.10, 0.40), 0.60, decision="indeterminate")
+LATER = stage("1.2", "2026-03-15", (0.10, 0.10, 0.10, 0.70), 0.90, current=True)
+
+
+def test_mean_is_the_paper_rule_and_the_default():
+    assert MULTI_STAGE_RULES[0] == "mean"
+    fused = fuse_stages([LATER, EARLY])
+    assert [s.study_uid for s in fused.stages] == ["1.1", "1.2"]  # oldest first
+    assert fused.current is LATER and fused.priors == (EARLY,)
+    assert fused.probabilities == pytest.approx(
+        {"non_pneumonia": 0.25, "cap": 0.10, "influenza": 0.10, "covid19": 0.55}
+    )
+    assert fused.tasks["pneumonia_vs_non_pneumonia"] == pytest.approx(0.75)
+    assert fused.decision == "covid19" and fused.fused == ("1.1", "1.2")
+    assert fused.reason.startswith("Multi-stage (mean of 2 stage(s)): COVID-19:")
+
+
+def test_the_mean_can_pull_a_later_pneumonia_below_the_threshold():
+    healthy = stage("1.1", "2026-01-10", (0.90, 0.04, 0.03, 0.03), 0.10, decision="non_pneumonia")
+    mild = stage("1.2", "2026-03-15", (0.40, 0.10, 0.10, 0.40), 0.62, current=True)
+    assert fuse_stages([healthy, mild], "mean").decision == "non_pneumonia"  # (0.10 + 0.62) / 2 = 0.36
+    by_max = fuse_stages([healthy, mild], "max")
+    assert by_max.tasks["pneumonia_vs_non_pneumonia"] == pytest.approx(0.62)
+    assert by_max.decision == "covid19"
+    # max: pneumonia classes their maximum, non-pneumonia its minimum, renormalised
+    raw = {"non_pneumonia": 0.40, "cap": 0.10, "influenza": 0.10, "covid19": 0.40}
+    assert by_max.probabilities == pytest.approx({k: v / 1.0 for k, v in raw.items()})
+    latest = fuse_stages([healthy, mild], "latest")
+    assert latest.fused == ("1.2",) and latest.tasks["pneumonia_vs_non_pneumonia"] == pytest.approx(0.62)
+
+
+def test_operating_points_decide_the_fused_scores():
+    op = OperatingPoints(pneumonia_vs_non_pneumonia=0.78, pneumonia_margin=0.05)
+    assert fuse_stages([EARLY, LATER], op=op).decision == "indeterminate"  # 0.75 within 5 points of 0.78
+    op = OperatingPoints(pneumonia_vs_non_pneumonia=0.5, margin=0.7)
+    fused = fuse_stages([EARLY, LATER], op=op)
+    assert fused.decision == "indeterminate" and "margin" in fused.reason
+
+
+def test_lesion_share_decides_when_the_bundle_is_calibrated_with_a_lesion_map():
+    op = OperatingPoints(lesion_share_threshold=0.02, lesion_band=1.5)
+    a = stage(
+        "1.1",
+        "2026-01-10",
+        (0.1, 0.1, 0.1, 0.7),
+        0.9,
+        lesion=0.001,
+        pattern={"cap": 0.1, "influenza": 0.1, "covid19": 0.8},
+    )
+    b = stage(
+        "1.2",
+        "2026-03-15",
+        (0.1, 0.1, 0.1, 0.7),
+        0.9,
+        lesion=0.011,
+        current=True,
+        pattern={"cap": 0.1, "influenza": 0.1, "covid19": 0.8},
+    )
+    fused = fuse_stages([a, b], op=op)
+    assert fused.lesion_share == pytest.approx(0.006)
+    assert fused.decision == "non_pneumonia"  # 0.6% < 2% / 1.5
+    b2 = stage(
+        "1.2",
+        "2026-03-15",
+        (0.1, 0.1, 0.1, 0.7),
+        0.9,
+        lesion=0.099,
+        current=True,
+        pattern={"cap": 0.1, "influenza": 0.1, "covid19": 0.8},
+    )
+    assert fuse_stages([a, b2], op=op).decision == "covid19"  # 5.0% above 3%
+    no_map = stage("1.2", "2026-03-15", (0.1, 0.1, 0.1, 0.7), 0.9, current=True)
+    fused = fuse_stages([a, no_map], op=op)  # one stage without a lesion map: the classifier decides
+    assert fused.lesion_share is None and fused.decision == "covid19"
+
+
+def test_out_of_domain_stages_are_left_out():
+    odd = Stage("1.0", dt.date(2025, 12, 1), "out_of_domain", {})
+    fused = fuse_stages([odd, EARLY, LATER])
+    assert fused.fused == ("1.1", "1.2") and "1 stage(s) left out" in fused.reason
+    alone = fuse_stages([odd])
+    assert alone.decision == "out_of_domain" and alone.probabilities == {}
+
+
+def test_bad_input_is_refused():
+    with pytest.raises(InvalidInputError, match="rule"):
+        fuse_stages([EARLY], "median")
+    with pytest.raises(InvalidInputError, match="at least one"):
+        fuse_stages([])
+    with pytest.raises(InvalidInputError, match="current"):
+        fuse_stages([LATER, LATER])
+    with pytest.raises(InvalidInputError, match="decision"):
+        Stage("1", None, "maybe", {})
+    with pytest.raises(InvalidInputError, match=r"\[0, 1\]"):
+        stage("1", None, (0.1, 0.1, 0.1, 1.7), 0.5)
