@@ -216,3 +216,58 @@ def fuse_stages(stages: Sequence[Stage], rule: str = "mean", op: OperatingPoints
     return MultiStage(
         rule, ordered, tuple(s.study_uid for s in used), decision, reason, probabilities, tasks, lesion_share
     )
+
+
+def stage_from_summary(
+    summary: Mapping[str, object], study_uid: str, study_date: _dt.date | None, current: bool = False
+) -> Stage:
+    """A Stage from an analysis summary (``AnalysisResult.summary``, as ``analyze`` prints
+    it and the node stores it as summary.json)."""
+
+    def number(key: str) -> float | None:
+        value = summary.get(key)
+        return None if value is None else float(value)  # type: ignore[arg-type]
+
+    pattern = summary.get("lesion_pattern_probabilities")
+    decision = str(summary.get("decision", ""))
+    probabilities = dict(summary.get("probabilities") or {})  # type: ignore[call-overload]
+    return Stage(
+        study_uid=study_uid,
+        study_date=study_date,
+        decision=decision,
+        probabilities={k: float(v) for k, v in probabilities.items()},
+        tasks={k: float(v) for k, v in dict(summary.get("tasks") or {}).items()},  # type: ignore[call-overload]
+        lesion_share=number("lesion_share_of_lung"),
+        involvement_percent=number("lung_involvement_percent"),
+        pattern=None
+        if not isinstance(pattern, Mapping)
+        else {k: float(pattern.get(k, 0.0)) for k in PNEUMONIA_CLASSES},
+        current=current,
+    )
+
+
+def _stage_summary(s: Stage) -> dict:
+    return {
+        "study_uid": s.study_uid,
+        "study_date": None if s.study_date is None else s.study_date.isoformat(),
+        "current": s.current,
+        "decision": s.decision,
+        "probabilities": {k: round(float(v), 4) for k, v in s.probabilities.items()} if s.in_domain else None,
+        "lung_involvement_percent": s.involvement_percent,
+        "lesion_share_of_lung": s.lesion_share,
+    }
+
+
+def multi_stage_summary(ms: MultiStage) -> dict:
+    """The ``multi_stage`` entry of a summary: the trend (one entry per stage, oldest
+    first) and the fused decision."""
+    return {
+        "rule": ms.rule,
+        "stages": [_stage_summary(s) for s in ms.stages],
+        "fused_studies": list(ms.fused),
+        "decision": ms.decision,
+        "decision_reason": ms.reason,
+        "probabilities": {k: round(float(v), 4) for k, v in ms.probabilities.items()},
+        "tasks": {k: round(float(v), 4) for k, v in ms.tasks.items()},
+        "lesion_share_of_lung": None if ms.lesion_share is None else round(float(ms.lesion_share), 5),
+    }

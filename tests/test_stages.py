@@ -7,7 +7,7 @@ import datetime as dt
 import pytest
 
 from pipeline.decision import OperatingPoints
-from pipeline.stages import MULTI_STAGE_RULES, Stage, fuse_stages
+from pipeline.stages import MULTI_STAGE_RULES, Stage, fuse_stages, multi_stage_summary, stage_from_summary
 from pipeline.types import InvalidInputError
 
 
@@ -120,3 +120,35 @@ def test_bad_input_is_refused():
         Stage("1", None, "maybe", {})
     with pytest.raises(InvalidInputError, match=r"\[0, 1\]"):
         stage("1", None, (0.1, 0.1, 0.1, 1.7), 0.5)
+
+
+def test_stages_from_summaries_and_back():
+    summary = {
+        "decision": "covid19",
+        "probabilities": {"non_pneumonia": 0.1, "cap": 0.1, "influenza": 0.1, "covid19": 0.7},
+        "tasks": {"pneumonia_vs_non_pneumonia": 0.9, "covid19_vs_cap": 0.8, "covid19_vs_influenza": 0.8},
+        "lesion_share_of_lung": 0.05,
+        "lung_involvement_percent": 5.0,
+        "lesion_pattern_probabilities": {"cap": 0.2, "influenza": 0.2, "covid19": 0.6},
+    }
+    s = stage_from_summary(summary, "1.2", dt.date(2026, 3, 15), current=True)
+    assert (
+        s.lesion_share == 0.05
+        and s.involvement_percent == 5.0
+        and s.pattern == {"cap": 0.2, "influenza": 0.2, "covid19": 0.6}
+    )
+    bare = stage_from_summary(
+        {
+            **summary,
+            "lesion_share_of_lung": None,
+            "lung_involvement_percent": None,
+            "lesion_pattern_probabilities": None,
+        },
+        "1.1",
+        None,
+    )
+    assert bare.lesion_share is None and bare.involvement_percent is None and bare.pattern is None
+    out = multi_stage_summary(fuse_stages([bare, s]))
+    assert [x["study_uid"] for x in out["stages"]] == ["1.1", "1.2"] and out["stages"][0]["study_date"] is None
+    assert out["stages"][1]["lung_involvement_percent"] == 5.0 and out["decision"] == "covid19"
+    assert out["rule"] == "mean" and out["fused_studies"] == ["1.1", "1.2"]
