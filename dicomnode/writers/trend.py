@@ -1,0 +1,203 @@
+"""The SR's multi-stage content: the trend over the patient's study dates and the fused
+decision (pipeline.stages), with references to the prior studies.
+
+``Trend`` is what the worker hands the writers (dicomnode.multistage.trend_of). With at
+least one prior analysed, the report gains, after the case group:
+
+* one measurement group per study date, oldest first, "AI trend <date> (prior|this
+  study): <decision>": TID 1502 time point context (Time Point = the date, Time Point
+  Order, Subject Time Point Identifier = the study's Study Instance UID), NUM each class
+  probability (the stage's decision first) and the lesions' share of the lung (the
+  severity's involvement), CODE "AI decision of this study date";
+* one group "AI multi-stage result: <fused decision>": NUM the fused class probabilities
+  and pneumonia score, CODE "AI multi-stage decision" (never a second Impression: the
+  report's Impression stays the new study's own decision);
+* the prior studies' analysed instances in the header's Pertinent Other Evidence;
+* a paragraph and a table in the plain-text summary.
+
+OHIF reads only image-anchored groups (docs/objects.md), so each group lies on the key
+slice of the new study, outlined by the lung; its first NUM items are what OHIF labels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import highdicom as hd
+import numpy as np
+from pydicom.dataset import Dataset
+
+from pipeline.stages import MultiStage, Stage
+from pipeline.types import CLASS_NAMES, AnalysisResult, CTVolume
+
+from . import codes
+from .common import CLASS_DISPLAY, UidMaker, largest_contour
+from .wording import DECISION_DISPLAY
+
+TREND_GROUP_ID = "AI trend"
+MULTI_STAGE_GROUP_ID = "AI multi-stage result"
+#: Column heads of the summary's trend table.
+SHORT = {"non_pneumonia": "no pn.", "cap": "CAP", "influenza": "flu", "covid19": "COVID"}
+RULE_TEXT = {
+    "mean": "the mean of the dates' scores (the paper's fusion of stages)",
+    "max": "the highest pneumonia evidence of any date",
+    "latest": "the newest study alone (nothing fused)",
+}
+
+
+@dataclass(frozen=True)
+class Trend:
+    """The new study's priors as the report states them: ``stages`` (None when no prior
+    was analysed), the summary's ``multi_stage`` entry, the prior instances' headers
+    (``evidence``) and the warnings (``notes``)."""
+
+    stages: MultiStage | None
+    summary: dict = field(default_factory=dict)
+    evidence: tuple[Any, ...] = ()
+    notes: tuple[str, ...] = ()
+    lookback_days: int = 0
+
+
+def _date(stage: Stage) -> str:
+    return "date unknown" if stage.study_date is None else stage.study_date.isoformat()
+
+
+def _lung_region(result: AnalysisResult, sources: Sequence[Dataset], z: int) -> hd.sr.ImageRegion:
+    source = hd.sr.SourceImageForRegion(
+        referenced_sop_class_uid=str(sources[z].SOPClassUID),
+        referenced_sop_instance_uid=str(sources[z].SOPInstanceUID),
+    )
+    contour = largest_contour(result.lung_mask.mask[z])
+    if contour is None:
+        rows, cols = result.lung_mask.mask.shape[1:]
+        centre = np.array([[cols / 2.0, rows / 2.0]], dtype=np.float32)
+        return hd.sr.ImageRegion(graphic_type=hd.sr.GraphicTypeValues.POINT, graphic_data=centre, source_image=source)
+    return hd.sr.ImageRegion(graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=contour, source_image=source)
+
+
+def _probabilities(probabilities: dict, decision: str) -> list[hd.sr.Measurement]:
+    order = [decision] if decision in CLASS_NAMES else []
+    order += sorted((n for n in CLASS_NAMES if n not in order), key=lambda n: -float(probabilities[n]))
+    return [
+        hd.sr.Measurement(
+            name=codes.CLASS_PROBABILITY[n], value=round(100.0 * float(probabilities[n]), 2), unit=codes.PERCENT
+        )
+        for n in order
+    ]
+
+
+def _stage_measurements(stage: Stage) -> list[hd.sr.Measurement]:
+    out = []
+    if stage.involvement_percent is not None:
+        out.append(
+            hd.sr.Measurement(
+                name=codes.LESION_SHARE,
+                value=round(float(stage.involvement_percent), 2),
+                unit=codes.PERCENT,
+                finding_sites=[hd.sr.FindingSite(codes.LUNG)],
+            )
+        )
+    if stage.in_domain:
+        out = _probabilities(dict(stage.probabilities), stage.decision) + out
+    return out
+
+
+def trend_groups(
+    result: AnalysisResult,
+    volume: CTVolume,
+    sources: Sequence[Dataset],
+    trend: Trend | None,
+    z: int,
+    algorithm: hd.sr.AlgorithmIdentification,
+    uid: UidMaker,
+) -> list[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations]:
+    """One group per study date and the fused group, on slice ``z``; none without priors."""
+    if trend is None or trend.stages is None:
+        return []
+    ms, image = trend.stages, volume.slice_label(z)
+    groups = []
+    for order, stage in enumerate(ms.stages, start=1):
+        which = "this study" if stage.current else "prior"
+        groups.append(
+            hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(
+                    uid=uid(f"sr-tracking-trend-{stage.study_uid}"),
+                    identifier=f"{TREND_GROUP_ID} {_date(stage)} ({which}): "
+                    f"{DECISION_DISPLAY[stage.decision]}, image {image}",
+                ),
+                referenced_region=_lung_region(result, sources, z),
+                time_point_context=hd.sr.TimePointContext(
+                    time_point=_date(stage), time_point_order=order, subject_time_point_identifier=stage.study_uid
+                ),
+                finding_type=codes.LUNG,
+                finding_sites=[hd.sr.FindingSite(codes.LUNG)],
+                algorithm_id=algorithm,
+                measurements=_stage_measurements(stage),
+                qualitative_evaluations=[
+                    hd.sr.QualitativeEvaluation(codes.STAGE_DECISION, codes.DECISION[stage.decision])
+                ],
+            )
+        )
+    groups.append(_fused_group(result, sources, ms, z, image, algorithm, uid))
+    return groups
+
+
+def _fused_group(
+    result: AnalysisResult,
+    sources: Sequence[Dataset],
+    ms: MultiStage,
+    z: int,
+    image: int,
+    algorithm: hd.sr.AlgorithmIdentification,
+    uid: UidMaker,
+) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+    measurements = _probabilities(dict(ms.probabilities), ms.decision) if ms.probabilities else []
+    if "pneumonia_vs_non_pneumonia" in ms.tasks:
+        p = float(ms.tasks["pneumonia_vs_non_pneumonia"])
+        name = codes.TASK_SCORE["pneumonia_vs_non_pneumonia"]
+        measurements.append(hd.sr.Measurement(name=name, value=round(100.0 * p, 2), unit=codes.PERCENT))
+    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=uid("sr-tracking-multi-stage"),
+            identifier=f"{MULTI_STAGE_GROUP_ID}: {DECISION_DISPLAY[ms.decision]} "
+            f"({len(ms.stages)} study dates), image {image}",
+        ),
+        referenced_region=_lung_region(result, sources, z),
+        finding_type=codes.LUNG,
+        finding_sites=[hd.sr.FindingSite(codes.LUNG)],
+        algorithm_id=algorithm,
+        measurements=measurements,
+        qualitative_evaluations=[hd.sr.QualitativeEvaluation(codes.MULTI_STAGE_DECISION, codes.DECISION[ms.decision])],
+    )
+
+
+def _row(stage: Stage) -> str:
+    which = "this study" if stage.current else "prior"
+    probs = (
+        "  ".join(f"{100 * float(stage.probabilities[n]):5.1f}%" for n in CLASS_NAMES)
+        if stage.in_domain
+        else "   (no probabilities: out of domain)  "
+    )
+    inv = "   n/a" if stage.involvement_percent is None else f"{stage.involvement_percent:5.1f}%"
+    return f"  {_date(stage):<12} {which:<11} {DECISION_DISPLAY[stage.decision]:<28} {probs}  {inv}"
+
+
+def trend_text(trend: Trend | None) -> str:
+    """The summary's multi-stage paragraph and trend table; empty without [priors]."""
+    if trend is None:
+        return ""
+    notes = " ".join(f"Prior studies: {n.rstrip('.')}." for n in trend.notes)
+    if trend.stages is None:
+        found = f"No analysed prior study of the patient in the last {trend.lookback_days} days."
+        return f"{found} {notes}".strip()
+    ms = trend.stages
+    heads = "  ".join(f"{SHORT[n]:>6}" for n in CLASS_NAMES)
+    rows = "\n".join(_row(s) for s in ms.stages)
+    return (
+        f"Multi-stage: AI decision over {len(ms.stages)} study dates: {DECISION_DISPLAY[ms.decision]} "
+        f"(rule: {RULE_TEXT.get(ms.rule, ms.rule)}): {ms.reason}{(' ' + notes) if notes else ''}\n"
+        f"Trend by study date (class probabilities: {', '.join(CLASS_DISPLAY[n] for n in CLASS_NAMES)}; "
+        f"lesions' share of the lungs):\n"
+        f"  {'date':<12} {'study':<11} {'AI decision':<28} {heads}  lungs\n{rows}\n"
+    )
