@@ -31,6 +31,8 @@ from .db import now
 from .delivery import Delivery
 from .errors import QueueError
 from .header import dataset_sha256, validate_uid
+from .multistage import PriorsGathered, PriorsStep
+from .prior_studies import PriorStudies
 from .queue import Job, JobQueue, JobState
 from .series import SeriesAssembler
 from .store import fsync_dir
@@ -190,6 +192,9 @@ class Worker:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.current: Job | None = None
+        #: Prior studies of a new study ([priors]): looked up, retrieved and their jobs
+        #: run while the new study's job waits for them (dicomnode.multistage).
+        self.priors = PriorsStep(cfg, queue, PriorStudies(queue.db), results_root, self.run_job, self._stop)
 
     # -- lifecycle ------------------------------------------------------------------
     def start(self) -> None:
@@ -316,20 +321,12 @@ class Worker:
         if not self.queue.renew(job):
             raise QueueError(f"job {job.id}: lease lost during analysis")
 
-        from dicomnode.writers import build_result_objects
-        from dicomnode.writers.options import WriterOptions
-
-        # Build what some destination wants; with none, build everything (kept in results/).
-        kinds = {k for d in self.cfg.destinations for k in d.objects} or set(OBJECT_KINDS)
-        options = WriterOptions(
-            enabled=frozenset(kinds),
-            max_overlays=self.cfg.pipeline.max_overlays,
-            uid_seed=f"{job.series_uid}/job-{job.id}",
-            previous_reports=tuple(self._earlier_reports(job)),
-        )
-        objects = build_result_objects(result, volume, sources, options)
-        job_dir = self.results_root / str(job.id)
         summary = result.summary(volume)
+        trend = self._multi_stage(job, summary, sources[0], bundle.operating_points)
+        if trend is not None:
+            summary["multi_stage"] = trend.summary
+        objects = self._build_objects(job, result, volume, sources, trend)
+        job_dir = self.results_root / str(job.id)
         try:
             written = persist_results(objects, job_dir, summary)
             if self.cfg.fhir_destinations:
@@ -341,6 +338,37 @@ class Worker:
                 raise
             return self._retry_when_space(job, job_dir, e)
         return self._hand_over(job, written)
+
+    def _build_objects(self, job: Job, result: Any, volume: Any, sources: Sequence[Any], trend: Any) -> dict:
+        """The result objects some destination wants; with none, every kind (kept in results/)."""
+        from dicomnode.writers import build_result_objects
+        from dicomnode.writers.options import WriterOptions
+
+        kinds = {k for d in self.cfg.destinations for k in d.objects} or set(OBJECT_KINDS)
+        options = WriterOptions(
+            enabled=frozenset(kinds),
+            max_overlays=self.cfg.pipeline.max_overlays,
+            uid_seed=f"{job.series_uid}/job-{job.id}",
+            previous_reports=tuple(self._earlier_reports(job)),
+            trend=trend,
+        )
+        return build_result_objects(result, volume, sources, options)
+
+    def _multi_stage(self, job: Job, summary: dict, first: Any, operating_points: Any) -> Any:
+        """The trend and fused decision of a new study with its priors ([priors] on, not a
+        prior's own job); None otherwise. Warnings are logged, audited and reported."""
+        from dicomnode.multistage import trend_of
+
+        if not self.priors.applies(job):
+            return None
+        gathered: PriorsGathered = self.priors.gather(job, first)
+        for warning in gathered.warnings:
+            log.warning("job %d: %s", job.id, warning)
+            if self.audit is not None:
+                self.audit("priors", "warning", job_id=job.id, study_uid=job.study_uid, reason=warning[:500])
+        if not self.queue.renew(job):
+            raise QueueError(f"job {job.id}: lease lost while waiting for prior studies")
+        return trend_of(job, summary, first, gathered, self.cfg.priors, operating_points, self.storage_root)
 
     def _retry_when_space(self, job: Job, job_dir: Path, error: OSError) -> JobState:
         """Out of space is transient: no partial result is left, and the job runs again
@@ -384,12 +412,20 @@ class Worker:
         )
 
     def _hand_over(self, job: Job, written: Sequence[tuple[str, str, str]]) -> JobState:
-        """Record the deliveries and move the job on, in one transaction."""
+        """Record the deliveries and move the job on, in one transaction. A prior study's
+        results are kept, not delivered, unless ``[priors] deliver_prior_results``."""
         t = now()
+        kept = not self.cfg.priors.deliver_prior_results and self.priors.links.is_prior(job.study_uid)
         with self.queue.db.transaction() as conn:
-            count = self.delivery.record_in(conn, job.id, written, t)
+            count = 0 if kept else self.delivery.record_in(conn, job.id, written, t)
             new = JobState.DELIVERING if count else JobState.DONE
-            reason = None if count else self._nothing_to_send_reason(written)
+            reason = (
+                None
+                if count
+                else "prior study of a later study: results kept in the results folder, not delivered"
+                if kept
+                else self._nothing_to_send_reason(written)
+            )
             self.queue.transition_in(conn, job.id, new, reason, expect=JobState.RUNNING, attempts=job.attempts, at=t)
         log.info("job %d -> %s (%d object(s), %d delivery(ies))", job.id, new, len(written), count)
         if count:

@@ -212,7 +212,7 @@ def fuse_stages(stages: Sequence[Stage], rule: str = "mean", op: OperatingPoints
     tasks.setdefault("pneumonia_vs_non_pneumonia", 1.0 - probabilities["non_pneumonia"])
     lesion_share = _fused_optional([s.lesion_share for s in used], rule)
     decision, why = _decide(probabilities, tasks, lesion_share, _fused_pattern(used, rule), op)
-    reason = f"Multi-stage ({rule} of {len(used)} stage(s){note}): {why}."
+    reason = f"{why[0].upper()}{why[1:]} ({rule} of {len(used)} stage(s){note})."
     return MultiStage(
         rule, ordered, tuple(s.study_uid for s in used), decision, reason, probabilities, tasks, lesion_share
     )

@@ -39,7 +39,7 @@ def test_mean_is_the_paper_rule_and_the_default():
     )
     assert fused.tasks["pneumonia_vs_non_pneumonia"] == pytest.approx(0.75)
     assert fused.decision == "covid19" and fused.fused == ("1.1", "1.2")
-    assert fused.reason.startswith("Multi-stage (mean of 2 stage(s)): COVID-19:")
+    assert fused.reason.startswith("COVID-19: fused pneumonia score 75.0%") and "(mean of 2 stage(s))" in fused.reason
 
 
 def test_the_mean_can_pull_a_later_pneumonia_below_the_threshold():
