@@ -517,6 +517,7 @@ _SECTIONS: Mapping[str, type[_Frozen]] = {
     "delivery": DeliverySection,
     "http": HttpSection,
     "housekeeping": HousekeepingSection,
+    "priors": PriorsSection,
 }
 
 
