@@ -58,15 +58,30 @@ class PriorStudies:
         state: PriorState,
         reason: str | None = None,
     ) -> None:
-        """Record (or update) the link of ``study_uid`` to the new study ``for_study_uid``."""
+        """Record (or update) the link of ``study_uid`` to the new study ``for_study_uid``.
+        ``analysed_before`` never replaces a link the node asked for (the new study's job
+        run again finds the prior it retrieved analysed: it stays a prior)."""
         t = now()
         date = None if study_date is None else study_date.isoformat()
-        self.db.execute(
+        keep = " WHERE prior_studies.state NOT IN ({})".format(",".join("?" * len(ASKED_FOR)))
+        changed = self.db.execute(
             "INSERT INTO prior_studies(study_uid, for_study_uid, study_date, state, reason, created, updated) "
             "VALUES (?,?,?,?,?,?,?) ON CONFLICT(study_uid, for_study_uid) DO UPDATE SET "
-            "study_date=excluded.study_date, state=excluded.state, reason=excluded.reason, updated=excluded.updated",
-            (study_uid, for_study_uid, date, state.value, reason, t, t),
+            "study_date=excluded.study_date, state=excluded.state, reason=excluded.reason, updated=excluded.updated"
+            + (keep if state == PriorState.ANALYSED_BEFORE else ""),
+            (
+                study_uid,
+                for_study_uid,
+                date,
+                state.value,
+                reason,
+                t,
+                t,
+                *((s.value for s in ASKED_FOR) if state == PriorState.ANALYSED_BEFORE else ()),
+            ),
         )
+        if not changed:
+            return
         log.info("prior study %s of study %s: %s%s", study_uid, for_study_uid, state, f" ({reason})" if reason else "")
 
     def is_prior(self, study_uid: str) -> bool:
