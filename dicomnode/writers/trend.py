@@ -40,7 +40,7 @@ MULTI_STAGE_GROUP_ID = "AI multi-stage result"
 #: Column heads of the summary's trend table.
 SHORT = {"non_pneumonia": "no pn.", "cap": "CAP", "influenza": "flu", "covid19": "COVID"}
 RULE_TEXT = {
-    "mean": "the mean of the dates' scores (the paper's fusion of stages)",
+    "mean": "the mean of the dates' scores, the paper's fusion of stages",
     "max": "the highest pneumonia evidence of any date",
     "latest": "the newest study alone (nothing fused)",
 }
@@ -196,7 +196,7 @@ def trend_text(trend: Trend | None) -> str:
     rows = "\n".join(_row(s) for s in ms.stages)
     return (
         f"Multi-stage: AI decision over {len(ms.stages)} study dates: {DECISION_DISPLAY[ms.decision]} "
-        f"(rule: {RULE_TEXT.get(ms.rule, ms.rule)}): {ms.reason}{(' ' + notes) if notes else ''}\n"
+        f"(rule: {RULE_TEXT.get(ms.rule, ms.rule)}). Why: {ms.reason}{(' ' + notes) if notes else ''}\n"
         f"Trend by study date (class probabilities: {', '.join(CLASS_DISPLAY[n] for n in CLASS_NAMES)}; "
         f"lesions' share of the lungs):\n"
         f"  {'date':<12} {'study':<11} {'AI decision':<28} {heads}  lungs\n{rows}\n"
