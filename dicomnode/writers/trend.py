@@ -5,8 +5,9 @@ decision (pipeline.stages), with references to the prior studies.
 least one prior analysed, the report gains, after the case group:
 
 * one measurement group per study date, oldest first, "AI trend <date> (prior|this
-  study): <decision>": TID 1502 time point context (Time Point = the date, Time Point
-  Order, Subject Time Point Identifier = the study's Study Instance UID), NUM each class
+  study): <decision>": TID 1502 time point context (Time Point = the date, Subject Time
+  Point Identifier = the study's Study Instance UID; no Time Point Order, a NUM that OHIF
+  would draw as the first label), NUM each class
   probability (the stage's decision first) and the lesions' share of the lung (the
   severity's involvement), CODE "AI decision of this study date";
 * one group "AI multi-stage result: <fused decision>": NUM the fused class probabilities
@@ -117,7 +118,7 @@ def trend_groups(
         return []
     ms, image = trend.stages, volume.slice_label(z)
     groups = []
-    for order, stage in enumerate(ms.stages, start=1):
+    for stage in ms.stages:
         which = "this study" if stage.current else "prior"
         groups.append(
             hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
@@ -127,8 +128,9 @@ def trend_groups(
                     f"{DECISION_DISPLAY[stage.decision]}, image {image}",
                 ),
                 referenced_region=_lung_region(result, sources, z),
+                # No Time Point Order: OHIF would draw it (a NUM) as the region's first label.
                 time_point_context=hd.sr.TimePointContext(
-                    time_point=_date(stage), time_point_order=order, subject_time_point_identifier=stage.study_uid
+                    time_point=_date(stage), subject_time_point_identifier=stage.study_uid
                 ),
                 finding_type=codes.LUNG,
                 finding_sites=[hd.sr.FindingSite(codes.LUNG)],
