@@ -55,7 +55,45 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=REPO_ROOT / "docs" / "sr_multistage_dsrdump.txt",
         help="where to write dsrdump's text of the SR ('-' for standard output only)",
     )
+    p.add_argument(
+        "--screenshot",
+        type=Path,
+        default=None,
+        help="also open the later study and its SR in OHIF (Orthanc + tests/ohif) and save the SR's view here",
+    )
     return p.parse_args(argv)
+
+
+def _screenshot(sources, sr, target: Path, work: Path) -> None:
+    """The SR as OHIF Viewer v3 draws it on its key slice (tests/ohif/harness.py)."""
+    sys.path.insert(0, str(REPO_ROOT / "tests"))
+    from make_viewer_screenshots import small_png
+    from ohif.harness import run_driver, upload, viewer_missing_reason
+
+    from dicomweb_proxy import serving
+    from orthanc import orthanc_missing_reason, running_orthanc
+
+    reason = orthanc_missing_reason(dicomweb=True) or viewer_missing_reason()
+    if reason:
+        print(f"no OHIF screenshot: {reason}", file=sys.stderr)
+        return
+    with running_orthanc(work, aet="PACS", dicomweb=True) as pacs:
+        upload(pacs, sources)
+        upload(pacs, [sr])
+        with serving(pacs.dicomweb_url + "/") as base:
+            options = {"baseUrl": base, "studyUid": str(sources[0].StudyInstanceUID), "outDir": str(work / "shots")}
+            report = run_driver(
+                {
+                    **options,
+                    "srSeries": int(sr.SeriesNumber),
+                    "srTexts": ["Lesions of infection, share of lung volume"],
+                    "timeoutMs": 60000,
+                }
+            )
+    if not report.get("ok"):
+        raise SystemExit(f"OHIF driver stopped: {report.get('error')}")
+    size = small_png(work / "shots" / "sr.png", target)
+    print(f"wrote {target} ({size // 1024} KiB)")
 
 
 def _study(out: Path, label: str, seed: int, date: str, args, bundle):
@@ -115,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         "printed by DCMTK 'dsrdump +Pl +Pu +Pt'."
     )
     _dsrdump(sr_path, args.dsrdump, how)
+    if args.screenshot is not None:
+        _screenshot(sources, sr, args.screenshot, args.out / "ohif")
     return 0
 
 

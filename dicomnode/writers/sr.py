@@ -84,7 +84,7 @@ def build_sr(
     groups += [_infected_group(result, volume, sources, z, attention, uid) for z in drawn]
     lobe_group_list, lobe_zs = lobe_groups(result, volume, sources, algorithm, uid)
     groups += lobe_group_list
-    groups += trend_groups(result, volume, sources, options.trend, key_z, algorithm, uid)
+    groups += trend_groups(volume, sources, options.trend, key_z, algorithm, uid)
 
     device = hd.sr.DeviceObserverIdentifyingAttributes(
         # One UID per product version and bundle: the same "device" across reports.

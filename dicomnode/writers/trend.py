@@ -17,7 +17,9 @@ least one prior analysed, the report gains, after the case group:
 * a paragraph and a table in the plain-text summary.
 
 OHIF reads only image-anchored groups (docs/objects.md), so each group lies on the key
-slice of the new study, outlined by the lung; its first NUM items are what OHIF labels.
+slice of the new study, on a point of its own down the left edge of the image (OHIF
+writes a group's labels beside its region: on one shared region they overlapped); its
+first NUM items are what OHIF labels.
 """
 
 from __future__ import annotations
@@ -30,14 +32,18 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from pipeline.stages import MultiStage, Stage
-from pipeline.types import CLASS_NAMES, AnalysisResult, CTVolume
+from pipeline.types import CLASS_NAMES, CTVolume
 
 from . import codes
-from .common import CLASS_DISPLAY, UidMaker, largest_contour
+from .common import CLASS_DISPLAY, UidMaker
 from .wording import DECISION_DISPLAY
 
 TREND_GROUP_ID = "AI trend"
 MULTI_STAGE_GROUP_ID = "AI multi-stage result"
+#: Where the trend groups' points lie on the key slice (fractions of the image): the
+#: margin from the left and top edge, and the step down between groups (room for the five
+#: labels OHIF writes beside each).
+ANCHOR_MARGIN, ANCHOR_STEP = 0.04, 0.15
 #: Column heads of the summary's trend table.
 SHORT = {"non_pneumonia": "no pn.", "cap": "CAP", "influenza": "flu", "covid19": "COVID"}
 RULE_TEXT = {
@@ -64,17 +70,19 @@ def _date(stage: Stage) -> str:
     return "date unknown" if stage.study_date is None else stage.study_date.isoformat()
 
 
-def _lung_region(result: AnalysisResult, sources: Sequence[Dataset], z: int) -> hd.sr.ImageRegion:
+def _anchor(sources: Sequence[Dataset], z: int, slot: int, slots: int) -> hd.sr.ImageRegion:
+    """A point near the left edge of slice ``z``, one row of labels per ``slot``: OHIF
+    writes a group's labels beside its region, so groups on one region would print their
+    labels over each other (seen in OHIF 3.13.2); oldest date at the top, the fused result
+    last."""
     source = hd.sr.SourceImageForRegion(
         referenced_sop_class_uid=str(sources[z].SOPClassUID),
         referenced_sop_instance_uid=str(sources[z].SOPInstanceUID),
     )
-    contour = largest_contour(result.lung_mask.mask[z])
-    if contour is None:
-        rows, cols = result.lung_mask.mask.shape[1:]
-        centre = np.array([[cols / 2.0, rows / 2.0]], dtype=np.float32)
-        return hd.sr.ImageRegion(graphic_type=hd.sr.GraphicTypeValues.POINT, graphic_data=centre, source_image=source)
-    return hd.sr.ImageRegion(graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=contour, source_image=source)
+    rows, cols = int(sources[z].Rows), int(sources[z].Columns)
+    step = min(ANCHOR_STEP, (1.0 - 2 * ANCHOR_MARGIN) / max(1, slots - 1))
+    point = np.array([[ANCHOR_MARGIN * cols, (ANCHOR_MARGIN + slot * step) * rows]], dtype=np.float32)
+    return hd.sr.ImageRegion(graphic_type=hd.sr.GraphicTypeValues.POINT, graphic_data=point, source_image=source)
 
 
 def _probabilities(probabilities: dict, decision: str) -> list[hd.sr.Measurement]:
@@ -105,7 +113,6 @@ def _stage_measurements(stage: Stage) -> list[hd.sr.Measurement]:
 
 
 def trend_groups(
-    result: AnalysisResult,
     volume: CTVolume,
     sources: Sequence[Dataset],
     trend: Trend | None,
@@ -118,7 +125,7 @@ def trend_groups(
         return []
     ms, image = trend.stages, volume.slice_label(z)
     groups = []
-    for stage in ms.stages:
+    for slot, stage in enumerate(ms.stages):
         which = "this study" if stage.current else "prior"
         groups.append(
             hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
@@ -127,7 +134,7 @@ def trend_groups(
                     identifier=f"{TREND_GROUP_ID} {_date(stage)} ({which}): "
                     f"{DECISION_DISPLAY[stage.decision]}, image {image}",
                 ),
-                referenced_region=_lung_region(result, sources, z),
+                referenced_region=_anchor(sources, z, slot, len(ms.stages) + 1),
                 # No Time Point Order: OHIF would draw it (a NUM) as the region's first label.
                 time_point_context=hd.sr.TimePointContext(
                     time_point=_date(stage), subject_time_point_identifier=stage.study_uid
@@ -141,12 +148,11 @@ def trend_groups(
                 ],
             )
         )
-    groups.append(_fused_group(result, sources, ms, z, image, algorithm, uid))
+    groups.append(_fused_group(sources, ms, z, image, algorithm, uid))
     return groups
 
 
 def _fused_group(
-    result: AnalysisResult,
     sources: Sequence[Dataset],
     ms: MultiStage,
     z: int,
@@ -165,7 +171,7 @@ def _fused_group(
             identifier=f"{MULTI_STAGE_GROUP_ID}: {DECISION_DISPLAY[ms.decision]} "
             f"({len(ms.stages)} study dates), image {image}",
         ),
-        referenced_region=_lung_region(result, sources, z),
+        referenced_region=_anchor(sources, z, len(ms.stages), len(ms.stages) + 1),
         finding_type=codes.LUNG,
         finding_sites=[hd.sr.FindingSite(codes.LUNG)],
         algorithm_id=algorithm,
