@@ -160,6 +160,10 @@ def _log_analysis(job: Job, result: Any, seconds: float) -> None:
     )
 
 
+class _GivenBack(Exception):
+    """The job was given back to the queue (the node is stopping); nothing more to record."""
+
+
 class Worker:
     """Runs jobs from the queue in a background thread (``start``/``stop``)."""
 
@@ -251,6 +255,8 @@ class Worker:
         """Process a claimed job to its next recorded state; returns that state."""
         try:
             return self._run(job)
+        except _GivenBack:
+            return JobState.QUEUED
         except QueueError as e:
             log.warning("job %d: claim lost (%s); leaving it to its new owner", job.id, e)
             return self.queue.get(job.id).state
@@ -362,6 +368,15 @@ class Worker:
         if not self.priors.applies(job):
             return None
         gathered: PriorsGathered = self.priors.gather(job, first)
+        if self._stop.is_set():  # the wait was cut short: run again after the restart, priors included
+            self.queue.transition(
+                job.id,
+                JobState.QUEUED,
+                "given back: node stopped while waiting for prior studies",
+                expect=JobState.RUNNING,
+                attempts=job.attempts,
+            )
+            raise _GivenBack()
         for warning in gathered.warnings:
             log.warning("job %d: %s", job.id, warning)
             if self.audit is not None:
