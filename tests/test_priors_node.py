@@ -47,10 +47,10 @@ def dated_phantom(out: Path, seed: int, date: str):
     return series
 
 
-def priors_config(folder: Path, pacs_port: int, timeout_s: float = 120) -> Path:
+def priors_config(folder: Path, pacs_port: int, timeout_s: float = 120, deliver: bool = False) -> Path:
     text = TEST_CONFIG + (
         f'\n[priors]\nenabled = true\nae_title = "PACS"\nhost = "127.0.0.1"\nport = {pacs_port}\n'
-        f"lookback_days = 365\ntimeout_s = {timeout_s}\n"
+        f"lookback_days = 365\ntimeout_s = {timeout_s}\ndeliver_prior_results = {str(deliver).lower()}\n"
     )
     return write_test_config(folder, text)
 
@@ -79,7 +79,8 @@ def delivered_sr(dest: StoreSCP, study_uid: str):
 @pytest.mark.peers
 @pytest.mark.slow
 @pytest.mark.skipif(orthanc_missing_reason() is not None, reason=orthanc_missing_reason() or "")
-def test_the_node_retrieves_the_earlier_study_and_reports_the_trend(tmp_path, tiny_bundle):
+@pytest.mark.parametrize("deliver", [False, True], ids=["prior-kept", "prior-delivered"])
+def test_the_node_retrieves_the_earlier_study_and_reports_the_trend(tmp_path, tiny_bundle, deliver):
     require_tool("storescu")
     dest = StoreSCP(tmp_path / "dest", "DEST").start()
     node_port = free_port()
@@ -96,20 +97,24 @@ def test_the_node_retrieves_the_earlier_study_and_reports_the_trend(tmp_path, ti
                 tmp_path / "data",
                 tiny_bundle,
                 [f"DEST@127.0.0.1:{dest.port}"],
-                config=priors_config(tmp_path / "config", pacs.dicom_port),
+                config=priors_config(tmp_path / "config", pacs.dicom_port, deliver=deliver),
                 port=node_port,
             ).start()
             try:
                 sent = storescu(node.port, later.paths)
                 assert sent.returncode == 0, sent.stdout + sent.stderr
                 jobs = jobs_final(node, 2)
-                _check_jobs(node, jobs, earlier, later)
+                _check_jobs(node, jobs, earlier, later, deliver)
                 wait_for(lambda: delivered_sr(dest, later.study_uid), 60, what="the later study's SR")
                 (sr,) = delivered_sr(dest, later.study_uid)
                 _check_report(sr, earlier, later)
-                assert delivered_sr(dest, earlier.study_uid) == []  # the prior's results stay at the node
-                received = [dcmread(p, stop_before_pixels=True) for p in dest.files()]
-                assert all(ds.StudyInstanceUID == later.study_uid for ds in received)
+                if deliver:  # [priors] deliver_prior_results: the prior's own report is sent too
+                    wait_for(lambda: delivered_sr(dest, earlier.study_uid), 60, what="the prior's SR")
+                    assert "multi_stage" not in _summary(node, earlier.series_uid)  # a prior has no trend
+                else:  # the prior's results stay at the node
+                    assert delivered_sr(dest, earlier.study_uid) == []
+                    received = [dcmread(p, stop_before_pixels=True) for p in dest.files()]
+                    assert all(ds.StudyInstanceUID == later.study_uid for ds in received)
                 require_tool("dciodvfy")
                 path = next(p for p in dest.files() if dcmread(p, stop_before_pixels=True).Modality == "SR")
                 assert dciodvfy_errors(path) == []
@@ -121,12 +126,21 @@ def test_the_node_retrieves_the_earlier_study_and_reports_the_trend(tmp_path, ti
         dest.stop()
 
 
-def _check_jobs(node: NodeProcess, jobs: list[dict], earlier, later) -> None:
+def _summary(node: NodeProcess, series_uid: str) -> dict:
+    (job,) = [j for j in node.jobs() if j["series_uid"] == series_uid]
+    return json.loads((node.data_dir / "results" / str(job["id"]) / "summary.json").read_text())
+
+
+def _check_jobs(node: NodeProcess, jobs: list[dict], earlier, later, deliver: bool) -> None:
     by_series = {j["series_uid"]: j for j in jobs}
     prior_job, new_job = by_series[earlier.series_uid], by_series[later.series_uid]
     assert new_job["state"] == "done", node.tail()
-    assert prior_job["state"] == "done" and "prior study" in (prior_job["reason"] or ""), node.tail()
-    assert db_rows(node, f"SELECT COUNT(*) FROM deliveries WHERE job_id={prior_job['id']}") == [(0,)]
+    assert prior_job["state"] == "done", node.tail()
+    (sent,) = db_rows(node, f"SELECT COUNT(*) FROM deliveries WHERE job_id={prior_job['id']}")[0]
+    if deliver:
+        assert sent > 0
+    else:
+        assert sent == 0 and "prior study" in (prior_job["reason"] or "")
     links = db_rows(node, "SELECT study_uid, for_study_uid, study_date, state FROM prior_studies")
     assert links == [(earlier.study_uid, later.study_uid, "2026-01-10", "retrieved")]
     # the prior's results are kept at the node
