@@ -15,6 +15,7 @@ import highdicom as hd
 import pytest
 from pydicom import dcmread
 
+from dicomnode.commands.status import render
 from dicomnode.config import PriorsSection
 from dicomnode.writers import codes, read_findings
 from pipeline.stages import MULTI_STAGE_RULES
@@ -143,6 +144,8 @@ def _check_jobs(node: NodeProcess, jobs: list[dict], earlier, later, deliver: bo
         assert sent == 0 and "prior study" in (prior_job["reason"] or "")
     links = db_rows(node, "SELECT study_uid, for_study_uid, study_date, state FROM prior_studies")
     assert links == [(earlier.study_uid, later.study_uid, "2026-01-10", "retrieved")]
+    shown = render(node.status())  # `dicomnode status` lists them
+    assert "prior studies ([priors])" in shown and f"{earlier.study_uid}  {later.study_uid}  2026-01-10" in shown
     # the prior's results are kept at the node
     assert (node.data_dir / "results" / str(prior_job["id"]) / "sr").is_dir()
     summary = json.loads((node.data_dir / "results" / str(new_job["id"]) / "summary.json").read_text())
