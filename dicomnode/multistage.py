@@ -98,8 +98,9 @@ class PriorsStep:
         except PriorsError as e:
             log.warning("job %d: prior studies of study %s not looked up: %s", job.id, job.study_uid, e)
             return PriorsGathered((), (f"prior studies not looked up: {e}",))
-        warnings = [w for p in found if (w := self._fetch(p, job.study_uid)) is not None]
-        warnings += self._wait(job, [p.study_uid for p in found], now() + cfg.timeout_s)
+        fetched = [(p, *self._fetch(p, job.study_uid)) for p in found]
+        warnings = [w for _, w, _ in fetched if w is not None]
+        warnings += self._wait(job, [p.study_uid for p, _, wait in fetched if wait], now() + cfg.timeout_s)
         results = []
         for p in found:
             result = self._result(p.study_uid, p.study_date)
@@ -109,21 +110,22 @@ class PriorsStep:
                 results.append(result)
         return PriorsGathered(tuple(results), tuple(warnings))
 
-    def _fetch(self, prior: PriorStudy, for_study: str) -> str | None:
-        """Use the node's own analysis of ``prior``, else have the PACS send it; a warning
-        when the move failed."""
+    def _fetch(self, prior: PriorStudy, for_study: str) -> tuple[str | None, bool]:
+        """Use the node's own analysis of ``prior``, else have the PACS send it. Returns a
+        warning (the move failed, or moved nothing) and whether to wait for its analysis
+        (not when nothing can come)."""
         if self._result(prior.study_uid, prior.study_date) is not None:
             self.links.record(prior.study_uid, for_study, prior.study_date, PriorState.ANALYSED_BEFORE)
-            return None
+            return None, False
         self.links.record(prior.study_uid, for_study, prior.study_date, PriorState.REQUESTED)
         try:
             outcome = retrieve_study(self.cfg.priors, self.cfg.node.ae_title, self.cfg.node.ae_title, prior.study_uid)
-        except PriorsError as e:
+        except PriorsError as e:  # some instances may have come all the same: wait for what did
             self.links.record(prior.study_uid, for_study, prior.study_date, PriorState.FAILED, str(e)[:500])
-            return f"prior study {prior.study_uid} not retrieved: {e}"
+            return f"prior study {prior.study_uid} not retrieved: {e}", True
         counts = f"{outcome.completed} instance(s) moved, {outcome.failed} failed"
         self.links.record(prior.study_uid, for_study, prior.study_date, PriorState.RETRIEVED, counts)
-        return None if outcome.ok else f"prior study {prior.study_uid}: {counts}"
+        return (None if outcome.ok else f"prior study {prior.study_uid}: {counts}"), outcome.completed > 0
 
     def _settled(self, study_uid: str) -> bool:
         """Every series of the study complete (or skipped) and every job of it final."""
