@@ -2,6 +2,8 @@
 
 claim a job -> load the series (``dicomnode.volume.load_series``) -> load the models once
 per process (``pipeline.models.load_bundle_cached``) -> ``pipeline.chain.analyze`` ->
+with ``[priors]``, for a new study: its prior studies found, retrieved and analysed, this
+job running their jobs while it waits (``dicomnode.multistage``), the dates fused ->
 ``dicomnode.writers.build_result_objects`` -> persist the objects under
 ``results/<job>/`` -> record one delivery per (destination, object) and move the job to
 ``delivering`` in one transaction -> wake delivery.
