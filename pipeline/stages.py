@@ -15,7 +15,9 @@ default rule here is the mean of the stages' scores:
 * ``latest``: the newest stage alone (the trend is shown, nothing is fused).
 
 Stages whose decision is ``out_of_domain`` carry no scores the model stands behind and
-are left out of the fusion (and named in the reason). The fused scores are decided with
+are left out of the fusion (and named in the reason); when the current study itself is
+out of domain, the multi-stage decision is ``out_of_domain`` too: earlier studies alone
+do not say how the patient is now. The fused scores are decided with
 the bundle's operating points (pipeline.decision.OperatingPoints), in the same order as a
 single case: pneumonia or not (the lesion share against its threshold and band when the
 bundle is calibrated with a lesion map and every stage has one, else the pneumonia score
@@ -204,6 +206,12 @@ def fuse_stages(stages: Sequence[Stage], rule: str = "mean", op: OperatingPoints
     )
     if not used:
         reason = "The model cannot assess any of the stages (all out of domain): nothing to fuse."
+        return MultiStage(rule, ordered, (), "out_of_domain", reason, {}, {}, None)
+    if any(s.current and not s.in_domain for s in ordered):
+        reason = (
+            "The model cannot assess the current study (out of domain): earlier studies alone do not "
+            "say how the patient is now; no multi-stage decision is stated."
+        )
         return MultiStage(rule, ordered, (), "out_of_domain", reason, {}, {}, None)
     probabilities = _fused_probabilities(used, rule)
     tasks = {

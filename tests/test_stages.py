@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import replace
 
 import pytest
 
@@ -107,6 +108,10 @@ def test_out_of_domain_stages_are_left_out():
     assert fused.fused == ("1.1", "1.2") and "1 stage(s) left out" in fused.reason
     alone = fuse_stages([odd])
     assert alone.decision == "out_of_domain" and alone.probabilities == {}
+    # the current study out of domain: the priors alone do not make a decision about now
+    odd_now = Stage("1.3", dt.date(2026, 4, 1), "out_of_domain", {}, current=True)
+    now = fuse_stages([EARLY, replace(LATER, current=False), odd_now])
+    assert now.decision == "out_of_domain" and now.fused == () and "current study" in now.reason
 
 
 def test_bad_input_is_refused():
