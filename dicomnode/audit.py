@@ -34,6 +34,7 @@ EVENT_IDS: dict[str, tuple[str, str]] = {
     "delivery": ("110104", "DICOM Instances Transferred"),
     "admin": ("110100", "Application Activity"),
     "purge": ("110103", "DICOM Instances Accessed (deleted)"),
+    "priors": ("110112", "Query"),
 }
 MAX_BYTES = 10 * 1024 * 1024
 BACKUPS = 5

@@ -451,8 +451,16 @@ class PriorsSection(_Frozen):
     max_studies: int = Field(2, ge=1, le=20)
     #: Only studies holding this modality count (ModalitiesInStudy).
     modality: str = "CT"
-    #: Seconds a C-FIND or C-MOVE may take before it is given up (the node retries later).
+    #: Seconds a C-FIND or C-MOVE may take before it is given up, and the longest a new
+    #: study's job waits for its priors' analyses before its report goes out without them.
     timeout_s: float = Field(300.0, gt=0)
+    #: How the stages are fused into the multi-stage decision (pipeline.stages): "mean"
+    #: (the paper's: the mean of the stages' scores), "max" (the worst stage's pneumonia
+    #: evidence) or "latest" (the new study alone; the trend is shown).
+    fusion_rule: Literal["mean", "max", "latest"] = "mean"
+    #: Send the results of a retrieved prior study to the destinations too (by default
+    #: they are kept in the results folder: the PACS had the prior's report already).
+    deliver_prior_results: bool = False
 
     _ae = field_validator("ae_title")(_check_ae)
 

@@ -25,6 +25,7 @@ from pydicom.uid import (
 
 from .config import NodeSection
 from .delivery import PROPOSED_TRANSFER_SYNTAXES
+from .priors import QUERY_RETRIEVE_SOP_CLASSES
 from .scp import ACCEPTED_TRANSFER_SYNTAXES, storage_contexts
 
 #: SOP classes the node creates and sends (C-STORE SCU), by object kind of the config.
@@ -78,6 +79,10 @@ def tables() -> dict[str, str]:
                 (kind, _name(uid), f"`{uid}`", ", ".join(_name(ts) for ts in PROPOSED_TRANSFER_SYNTAXES))
                 for kind, uid in CREATED_SOP_CLASSES.items()
             ],
+        ),
+        "qr-scu-sop-classes": _table(
+            ("Message", "SOP class", "UID", "Level"),
+            [(msg, _name(uid), f"`{uid}`", "STUDY") for msg, uid in QUERY_RETRIEVE_SOP_CLASSES.items()],
         ),
         "limits": _table(
             ("`[node]` setting", "default", "meaning"), [(f"`{key}`", f"{defaults[key]}", text) for key, text in LIMITS]

@@ -1,7 +1,7 @@
 """The node's one SQLite database (WAL): schema and a thread-safe connection.
 
 Every durable state lives here: received instances, series and their assembly state,
-jobs, and per-(job, destination, instance) deliveries. One connection is shared by the
+jobs, per-(job, destination, instance) deliveries, and the prior studies asked for. One connection is shared by the
 threads of one process behind a lock: writes are tiny, and SQLite serialises writers
 anyway. ``synchronous=NORMAL`` in WAL mode survives a process crash (SIGKILL); after a
 power loss the last commits may be missing, which is why the node rescans its storage
@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -88,6 +88,18 @@ CREATE TABLE IF NOT EXISTS deliveries (
     PRIMARY KEY (job_id, destination, sop_uid)
 );
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(state, next_try);
+
+CREATE TABLE IF NOT EXISTS prior_studies (
+    study_uid       TEXT NOT NULL,       -- an earlier study of the patient
+    for_study_uid   TEXT NOT NULL,       -- the new study whose report it feeds
+    study_date      TEXT,                -- YYYY-MM-DD as the PACS gave it (NULL: unknown)
+    state           TEXT NOT NULL,       -- requested | retrieved | analysed_before | failed
+    reason          TEXT,
+    created         REAL NOT NULL,
+    updated         REAL NOT NULL,
+    PRIMARY KEY (study_uid, for_study_uid)
+);
+CREATE INDEX IF NOT EXISTS prior_studies_for ON prior_studies(for_study_uid);
 """
 
 

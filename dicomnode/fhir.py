@@ -17,6 +17,10 @@ checked against its profiles:
 * ``ImagingStudy``: the study and series by DICOM UID, with the key images (the
   infectious slices, by SOP Instance UID);
 * ``Device``: the model bundle (name, version, sha256) and its disclaimer.
+* with ``[priors]`` and a prior analysed (the summary's ``multi_stage``), one more
+  ``Observation``: the multi-stage decision, its fused probabilities as components, the
+  trend per date as a note, and the prior studies among ``derivedFrom`` by Study Instance
+  UID.
 
 The patient is referenced by identifier (the DICOM Patient ID and its issuer): the EHR
 resolves it; no name is sent. Our own concepts use the code system
@@ -32,7 +36,7 @@ from typing import Any, Mapping, Sequence
 from fhir.resources.R4B.bundle import Bundle
 
 from .header import IMPLEMENTATION_CLASS_UID
-from .study_refs import DECISION_TEXT, StudyRefs
+from .study_refs import DECISION_TEXT, StudyRefs, multi_stage_of, trend_lines
 
 CODE_SYSTEM = f"urn:oid:{IMPLEMENTATION_CLASS_UID}.1"
 LOINC = "http://loinc.org"
@@ -156,6 +160,37 @@ def _observations(summary: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]
     return obs
 
 
+def _multi_stage(summary: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """With priors ([priors]): the multi-stage decision, its fused probabilities as
+    components, the trend per date as a note, and the prior studies among derivedFrom
+    (by Study Instance UID, a logical reference: the EHR may not hold them)."""
+    multi = multi_stage_of(summary)
+    if multi is None:
+        return []
+    decision = str(multi["decision"])
+    coding = DECISION_SNOMED.get(decision)
+    value = {"coding": [coding], "text": DECISION_TEXT[decision]} if coding else {"text": DECISION_TEXT[decision]}
+    priors = [s for s in multi.get("stages") or [] if not s.get("current")]
+    return [
+        (
+            "multi_stage",
+            {
+                "code": _code(CODE_SYSTEM, "MSDECISION", "AI multi-stage decision"),
+                "valueCodeableConcept": value,
+                "component": [
+                    {
+                        "code": _code(CODE_SYSTEM, f"P_{cls.upper()}", f"AI fused probability of {cls}"),
+                        "valueQuantity": _percent(p),
+                    }
+                    for cls, p in sorted((multi.get("probabilities") or {}).items())
+                ],
+                "note": [{"text": f"{multi.get('decision_reason', '')} Trend: " + " | ".join(trend_lines(multi))}],
+                "_prior_studies": [str(s["study_uid"]) for s in priors],
+            },
+        )
+    ]
+
+
 def _device(summary: Mapping[str, Any]) -> dict[str, Any]:
     """The model bundle as a Device: its sha256 identifies it."""
     model = summary["model"]
@@ -199,19 +234,24 @@ def _observation_entries(
     summary: Mapping[str, Any], job_key: str, common: Mapping[str, Any]
 ) -> list[tuple[str, dict[str, Any]]]:
     """One preliminary Observation per result (``common``: subject, derivedFrom, device, time)."""
-    return [
-        (
-            _uuid(f"{job_key}/obs/{key}"),
-            {
-                "resourceType": "Observation",
-                "status": "preliminary",
-                "category": [{"coding": [{"system": OBSERVATION_CATEGORY, "code": "imaging"}]}],
-                **common,
-                **part,
-            },
-        )
-        for key, part in _observations(summary)
-    ]
+    out = []
+    for key, part in [*_observations(summary), *_multi_stage(summary)]:
+        resource: dict[str, Any] = {
+            "resourceType": "Observation",
+            "status": "preliminary",
+            "category": [{"coding": [{"system": OBSERVATION_CATEGORY, "code": "imaging"}]}],
+            **common,
+            **{k: v for k, v in part.items() if k != "_prior_studies"},
+        }
+        if part.get("_prior_studies"):
+            resource["derivedFrom"] = [*resource["derivedFrom"], *map(_study_identifier, part["_prior_studies"])]
+        out.append((_uuid(f"{job_key}/obs/{key}"), resource))
+    return out
+
+
+def _study_identifier(study_uid: str) -> dict[str, Any]:
+    """A logical reference to an ImagingStudy by its Study Instance UID."""
+    return {"type": "ImagingStudy", "identifier": {"system": "urn:dicom:uid", "value": f"urn:oid:{study_uid}"}}
 
 
 def _transaction(entries: Sequence[tuple[str, dict[str, Any]]], job_key: str) -> dict[str, Any]:

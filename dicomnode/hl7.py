@@ -18,7 +18,7 @@ import ssl
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
-from .study_refs import DECISION_TEXT, StudyRefs
+from .study_refs import DECISION_TEXT, StudyRefs, multi_stage_of, trend_lines
 
 #: MLLP framing (HL7 v2 Minimal Lower Layer Protocol).
 START, END = b"\x0b", b"\x1c\x0d"
@@ -109,9 +109,28 @@ def _obx_rows(summary: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
             f"1^unity^{UCUM}",
         )
     )
+    rows += _multi_stage_rows(summary)
     text = f"{summary.get('decision_reason') or DECISION_TEXT[decision]} {summary.get('disclaimer') or ''}".strip()
     rows.append(("TX", f"REPORT^AI report text^{OUR_CODES}", _escape(text), ""))
     return rows
+
+
+def _multi_stage_rows(summary: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
+    """With priors ([priors]): the multi-stage decision and the trend per date."""
+    multi = multi_stage_of(summary)
+    if multi is None:
+        return []
+    decision = str(multi["decision"])
+    text = f"{multi.get('decision_reason', '')} Trend: " + " | ".join(trend_lines(multi))
+    return [
+        (
+            "CE",
+            f"MSDECISION^AI multi-stage decision^{OUR_CODES}",
+            f"{decision}^{_escape(DECISION_TEXT[decision])}^{OUR_CODES}",
+            "",
+        ),
+        ("TX", f"MSTREND^AI multi-stage trend^{OUR_CODES}", _escape(text), ""),
+    ]
 
 
 def build_oru(

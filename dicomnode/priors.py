@@ -30,6 +30,11 @@ from .errors import PriorsError
 
 log = logging.getLogger(__name__)
 
+#: The Query/Retrieve SOP classes the node uses as SCU (docs/conformance.md, generated).
+QUERY_RETRIEVE_SOP_CLASSES: dict[str, str] = {
+    "C-FIND": str(StudyRootQueryRetrieveInformationModelFind),
+    "C-MOVE": str(StudyRootQueryRetrieveInformationModelMove),
+}
 #: C-FIND/C-MOVE statuses (PS3.4 C.4): pending, success, and the warning of a move with
 #: failed sub-operations.
 PENDING = (0xFF00, 0xFF01)

@@ -154,15 +154,17 @@ class JobQueue:
             return self.enqueue_in(conn, series_uid, study_uid, generation, instances, at, urgent)
 
     # -- working --------------------------------------------------------------------
-    def claim(self, at: float | None = None) -> Job | None:
+    def claim(self, at: float | None = None, studies: Sequence[str] | None = None) -> Job | None:
         """Take the oldest urgent queued job, else the oldest routine one (state running,
-        attempts+1, lease set), or None."""
+        attempts+1, lease set), or None. ``studies``: only a job of one of these studies
+        (a new study's job runs its priors' jobs while it waits for them)."""
         t = now() if at is None else at
+        among = "" if studies is None else f" AND study_uid IN ({','.join('?' * len(studies))})"
         with self.db.transaction() as conn:
             row = conn.execute(
-                "SELECT id FROM jobs WHERE state=? AND (not_before IS NULL OR not_before <= ?) "
-                "ORDER BY urgent IS NULL, id LIMIT 1",
-                (JobState.QUEUED.value, t),
+                "SELECT id FROM jobs WHERE state=? AND (not_before IS NULL OR not_before <= ?)"
+                f"{among} ORDER BY urgent IS NULL, id LIMIT 1",
+                (JobState.QUEUED.value, t, *(studies or ())),
             ).fetchone()
             if row is None:
                 return None
@@ -359,6 +361,12 @@ class JobQueue:
         if not rows:
             raise QueueError(f"job {job_id} does not exist")
         return Job.from_row(rows[0])
+
+    def of_study(self, study_uid: str) -> list[Job]:
+        """Every job of the study's series, oldest first."""
+        return [
+            Job.from_row(r) for r in self.db.query("SELECT * FROM jobs WHERE study_uid=? ORDER BY id", (study_uid,))
+        ]
 
     def recent(self, limit: int = 20) -> list[Job]:
         return [Job.from_row(r) for r in self.db.query("SELECT * FROM jobs ORDER BY id DESC LIMIT ?", (limit,))]

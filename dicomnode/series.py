@@ -355,6 +355,12 @@ def series_state(db: Database, series_uid: str) -> SeriesState | None:
     return SeriesState(rows[0]["state"]) if rows else None
 
 
+def series_of_study(db: Database, study_uid: str) -> dict[str, SeriesState]:
+    """Series UID -> state of every series of a study the node received."""
+    rows = db.query("SELECT series_uid, state FROM series WHERE study_uid=?", (study_uid,))
+    return {r["series_uid"]: SeriesState(r["state"]) for r in rows}
+
+
 def mark_purged_in(conn: sqlite3.Connection, series_uid: str, why: str) -> None:
     """Housekeeping removed the series' files (inside its transaction): state ``purged``."""
     conn.execute(

@@ -5,7 +5,7 @@ once from a source slice's header, and the decisions in plain words."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 DECISION_TEXT = {
     "covid19": "COVID-19",
@@ -51,3 +51,26 @@ def refs_from_sources(first: Any, key_images: Sequence[Any]) -> StudyRefs:
         modality=text("Modality") or "CT",
         key_images=tuple((str(ds.SOPClassUID), str(ds.SOPInstanceUID)) for ds in key_images),
     )
+
+
+def multi_stage_of(summary: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The summary's ``multi_stage`` entry when it has a fused decision (priors analysed)."""
+    multi = summary.get("multi_stage")
+    return multi if isinstance(multi, Mapping) and multi.get("decision") else None
+
+
+def trend_lines(multi: Mapping[str, Any]) -> list[str]:
+    """One line per study date of a ``multi_stage`` entry, oldest first, in plain words."""
+    lines = []
+    for stage in multi.get("stages") or []:
+        which = "this study" if stage.get("current") else "prior"
+        probs = stage.get("probabilities") or {}
+        shown = ", ".join(f"{DECISION_TEXT.get(k, k)} {100 * float(v):.1f}%" for k, v in probs.items())
+        inv = stage.get("lung_involvement_percent")
+        lines.append(
+            f"{stage.get('study_date') or 'date unknown'} ({which}, study {stage.get('study_uid')}): "
+            f"{DECISION_TEXT.get(str(stage.get('decision')), stage.get('decision'))}"
+            + (f"; {shown}" if shown else "")
+            + (f"; lungs involved {float(inv):.1f}%" if inv is not None else "")
+        )
+    return lines

@@ -2,6 +2,8 @@
 
 claim a job -> load the series (``dicomnode.volume.load_series``) -> load the models once
 per process (``pipeline.models.load_bundle_cached``) -> ``pipeline.chain.analyze`` ->
+with ``[priors]``, for a new study: its prior studies found, retrieved and analysed, this
+job running their jobs while it waits (``dicomnode.multistage``), the dates fused ->
 ``dicomnode.writers.build_result_objects`` -> persist the objects under
 ``results/<job>/`` -> record one delivery per (destination, object) and move the job to
 ``delivering`` in one transaction -> wake delivery.
@@ -31,6 +33,8 @@ from .db import now
 from .delivery import Delivery
 from .errors import QueueError
 from .header import dataset_sha256, validate_uid
+from .multistage import PriorsGathered, PriorsStep
+from .prior_studies import PriorStudies
 from .queue import Job, JobQueue, JobState
 from .series import SeriesAssembler
 from .store import fsync_dir
@@ -180,7 +184,14 @@ def read_job_series(cfg: NodeConfig, present: Sequence[Path]) -> tuple[Any, list
 
 
 def build_job_objects(
-    cfg: NodeConfig, job_id: int, series_uid: str, result: Any, volume: Any, sources: Sequence, previous: Sequence
+    cfg: NodeConfig,
+    job_id: int,
+    series_uid: str,
+    result: Any,
+    volume: Any,
+    sources: Sequence,
+    previous: Sequence,
+    trend: Any = None,
 ) -> Mapping[str, Sequence]:
     """The result objects some destination wants (with none: every kind), with UIDs derived
     from the job, so that a job run twice makes the very same objects."""
@@ -193,6 +204,7 @@ def build_job_objects(
         max_overlays=cfg.pipeline.max_overlays,
         uid_seed=f"{series_uid}/job-{job_id}",
         previous_reports=tuple(previous),
+        trend=trend,
     )
     return build_result_objects(result, volume, sources, options)
 
@@ -244,15 +256,26 @@ def nothing_to_send_reason(cfg: NodeConfig, written: Sequence[tuple[str, str, st
 
 
 def hand_over(
-    cfg: NodeConfig, queue: JobQueue, delivery: Delivery, job: Job, written: Sequence[tuple[str, str, str]]
+    cfg: NodeConfig,
+    queue: JobQueue,
+    delivery: Delivery,
+    job: Job,
+    written: Sequence[tuple[str, str, str]],
+    kept: bool = False,
 ) -> JobState:
     """Record the deliveries of a claimed job's persisted results and move the job on, in
-    one transaction (QueueError when the claim no longer holds); wakes delivery."""
+    one transaction (QueueError when the claim no longer holds); wakes delivery. ``kept``:
+    a prior study's results, kept in the results folder and not delivered."""
     t = now()
     with queue.db.transaction() as conn:
-        count = delivery.record_in(conn, job.id, written, t)
+        count = 0 if kept else delivery.record_in(conn, job.id, written, t)
         new = JobState.DELIVERING if count else JobState.DONE
-        reason = None if count else nothing_to_send_reason(cfg, written)
+        if count:
+            reason = None
+        elif kept:
+            reason = "prior study of a later study: results kept in the results folder, not delivered"
+        else:
+            reason = nothing_to_send_reason(cfg, written)
         queue.transition_in(conn, job.id, new, reason, expect=JobState.RUNNING, attempts=job.attempts, at=t)
     log.info("job %d -> %s (%d object(s), %d delivery(ies))", job.id, new, len(written), count)
     if count:
@@ -283,6 +306,10 @@ def finish_job(
             reason=reason or "",
         )
     return state
+
+
+class _GivenBack(Exception):
+    """The job was given back to the queue (the node is stopping); nothing more to record."""
 
 
 class Worker:
@@ -317,6 +344,9 @@ class Worker:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.current: Job | None = None
+        #: Prior studies of a new study ([priors]): looked up, retrieved and their jobs
+        #: run while the new study's job waits for them (dicomnode.multistage).
+        self.priors = PriorsStep(cfg, queue, PriorStudies(queue.db), results_root, self.run_job, self._stop)
 
     # -- lifecycle ------------------------------------------------------------------
     def start(self) -> None:
@@ -373,6 +403,8 @@ class Worker:
         """Process a claimed job to its next recorded state; returns that state."""
         try:
             return self._run(job)
+        except _GivenBack:
+            return JobState.QUEUED
         except QueueError as e:
             log.warning("job %d: claim lost (%s); leaving it to its new owner", job.id, e)
             return self.queue.get(job.id).state
@@ -418,15 +450,45 @@ class Worker:
             raise QueueError(f"job {job.id}: lease lost during analysis")
 
         previous = read_earlier_reports(self.results_root, self.queue.analysed_before(job), job.id)
-        objects = build_job_objects(self.cfg, job.id, job.series_uid, result, volume, sources, previous)
+        summary = result.summary(volume)
+        trend = self._multi_stage(job, summary, sources[0], bundle.operating_points)
+        if trend is not None:
+            summary["multi_stage"] = trend.summary
+        objects = build_job_objects(self.cfg, job.id, job.series_uid, result, volume, sources, previous, trend)
         job_dir = self.results_root / str(job.id)
         try:
-            written = persist_job_outputs(self.cfg, objects, job_dir, result.summary(volume), result, sources)
+            written = persist_job_outputs(self.cfg, objects, job_dir, summary, result, sources)
         except OSError as e:
             if e.errno not in DISK_FULL_ERRNOS:
                 raise
             return self._retry_when_space(job, job_dir, e)
-        return hand_over(self.cfg, self.queue, self.delivery, job, written)
+        kept = not self.cfg.priors.deliver_prior_results and self.priors.links.is_prior(job.study_uid)
+        return hand_over(self.cfg, self.queue, self.delivery, job, written, kept)
+
+    def _multi_stage(self, job: Job, summary: dict, first: Any, operating_points: Any) -> Any:
+        """The trend and fused decision of a new study with its priors ([priors] on, not a
+        prior's own job); None otherwise. Warnings are logged, audited and reported."""
+        from dicomnode.multistage import trend_of
+
+        if not self.priors.applies(job):
+            return None
+        gathered: PriorsGathered = self.priors.gather(job, first)
+        if self._stop.is_set():  # the wait was cut short: run again after the restart, priors included
+            self.queue.transition(
+                job.id,
+                JobState.QUEUED,
+                "given back: node stopped while waiting for prior studies",
+                expect=JobState.RUNNING,
+                attempts=job.attempts,
+            )
+            raise _GivenBack()
+        for warning in gathered.warnings:
+            log.warning("job %d: %s", job.id, warning)
+            if self.audit is not None:
+                self.audit("priors", "warning", job_id=job.id, study_uid=job.study_uid, reason=warning[:500])
+        if not self.queue.renew(job):
+            raise QueueError(f"job {job.id}: lease lost while waiting for prior studies")
+        return trend_of(job, summary, first, gathered, self.cfg.priors, operating_points, self.storage_root)
 
     def _retry_when_space(self, job: Job, job_dir: Path, error: OSError) -> JobState:
         """Out of space is transient: no partial result is left, and the job runs again

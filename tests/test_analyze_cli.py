@@ -209,3 +209,35 @@ def test_result_objects_that_cannot_be_built_exit_2(
     )
     assert code == 2 and stdout == ""
     assert len(err.strip().splitlines()) == 1 and "cannot be built" in err and "ImagePositionPatient" in err
+
+
+def test_priors_give_the_trend_and_the_fused_decision(tmp_path: Path, tiny_bundle: Path, phantom, capsys) -> None:
+    """``--prior``: an earlier DICOM study and a NIfTI scan of the same patient."""
+    _, volume = phantom
+    later = write_ct_series(volume, tmp_path / "later")
+    earlier = write_ct_series(volume, tmp_path / "earlier")
+    for path in earlier.paths:  # the same scan, dated earlier, as another study
+        ds = pydicom.dcmread(path)
+        ds.StudyDate = "20251120"
+        ds.save_as(path, enforce_file_format=True)
+    nifti = tmp_path / "undated.nii.gz"
+    sitk.WriteImage(sitk.ReadImage([str(p) for p in earlier.paths]), str(nifti))
+    out = tmp_path / "out"
+    argv = [str(tmp_path / "later"), "--out", str(out), "--bundle", str(tiny_bundle), "--device", "cpu"]
+    code, stdout, err = run_analyze(
+        [*argv, "--prior", str(tmp_path / "earlier"), "--prior", str(nifti), "--multi-stage-rule", "max"], capsys
+    )
+    assert code == 0, err
+    multi = json.loads(stdout)["multi_stage"]
+    assert multi["rule"] == "max"
+    assert [s["study_date"] for s in multi["stages"]] == [None, "2025-11-20", "2026-01-01"]  # undated first
+    assert [s["study_uid"] for s in multi["stages"]] == [nifti.name, earlier.study_uid, later.study_uid]
+    assert multi["stages"][2]["current"] and multi["decision"] in DECISIONS
+    sr = pydicom.dcmread(next((out / "sr").glob("*.dcm")))
+    from dicomnode.writers import read_findings
+
+    assert "Multi-stage: AI decision over 3 study dates" in read_findings(sr).summary
+    (other,) = sr.PertinentOtherEvidenceSequence
+    assert other.StudyInstanceUID == earlier.study_uid
+    code, _, err = run_analyze([*argv, "--prior", str(tmp_path / "missing")], capsys)
+    assert code == 2 and "prior" in err

@@ -258,3 +258,67 @@ def test_the_worker_sends_an_analysed_series_to_the_ehr(tmp_path, tiny_bundle):
         db.close()
     finally:
         fhir.stop()
+
+
+MULTI_STAGE = {
+    "lookback_days": 730,
+    "warnings": [],
+    "rule": "mean",
+    "stages": [
+        {
+            "study_uid": "1.2.826.0.1.3680043.8.498.7",
+            "study_date": "2025-11-20",
+            "current": False,
+            "decision": "non_pneumonia",
+            "probabilities": {"non_pneumonia": 0.8, "cap": 0.1, "influenza": 0.05, "covid19": 0.05},
+            "lung_involvement_percent": 0.4,
+            "lesion_share_of_lung": None,
+        },
+        {
+            "study_uid": "1.2.3",
+            "study_date": "2026-01-01",
+            "current": True,
+            "decision": "covid19",
+            "probabilities": {"non_pneumonia": 0.1, "cap": 0.1, "influenza": 0.1, "covid19": 0.7},
+            "lung_involvement_percent": 4.7,
+            "lesion_share_of_lung": None,
+        },
+    ],
+    "fused_studies": ["1.2.826.0.1.3680043.8.498.7", "1.2.3"],
+    "decision": "indeterminate",
+    "decision_reason": "Indeterminate: fused pneumonia score 50.0% (mean of 2 stage(s)).",
+    "probabilities": {"non_pneumonia": 0.45, "cap": 0.1, "influenza": 0.075, "covid19": 0.375},
+    "tasks": {"pneumonia_vs_non_pneumonia": 0.5},
+    "lesion_share_of_lung": None,
+}
+
+
+def test_the_multi_stage_decision_is_an_observation_with_the_trend(tmp_path):
+    inputs = INPUTS["covid19"]()
+    summary = {**inputs.result.summary(inputs.volume), "multi_stage": MULTI_STAGE}
+    row = persist_fhir_bundle(summary, inputs.result, inputs.sources, tmp_path / "results" / "1", 1)
+    bundle = json.loads((tmp_path / "results" / row[2]).read_text())
+    Bundle.model_validate(bundle)
+    [multi] = [o for o in resources(bundle, "Observation") if o["code"]["coding"][0]["code"] == "MSDECISION"]
+    assert multi["valueCodeableConcept"] == {"text": "Indeterminate: no diagnosis stated"}  # no SNOMED code
+    fused = {c["code"]["coding"][0]["code"]: c["valueQuantity"]["value"] for c in multi["component"]}
+    assert fused["P_COVID19"] == pytest.approx(37.5)
+    note = multi["note"][0]["text"]
+    assert (
+        "2025-11-20 (prior, study 1.2.826.0.1.3680043.8.498.7): No pneumonia" in note and "lungs involved 0.4%" in note
+    )
+    logical = [r for r in multi["derivedFrom"] if "identifier" in r]
+    assert logical == [
+        {
+            "type": "ImagingStudy",
+            "identifier": {"system": "urn:dicom:uid", "value": "urn:oid:1.2.826.0.1.3680043.8.498.7"},
+        }
+    ]
+    # without priors analysed, no such Observation
+    empty = {
+        **summary,
+        "multi_stage": {"lookback_days": 730, "warnings": ["PACS down"], "stages": [], "decision": None},
+    }
+    row = persist_fhir_bundle(empty, inputs.result, inputs.sources, tmp_path / "results" / "2", 2)
+    bundle = json.loads((tmp_path / "results" / row[2]).read_text())
+    assert not [o for o in resources(bundle, "Observation") if o["code"]["coding"][0]["code"] == "MSDECISION"]

@@ -128,3 +128,20 @@ def test_nak_hangup_and_down_are_retried(node_db, tmp_path):
         assert len(ris.messages) == 3
     finally:
         ris.stop()
+
+
+def test_the_multi_stage_decision_and_trend_are_obx(tmp_path):
+    from test_fhir import MULTI_STAGE
+
+    from dicomnode.hl7 import build_oru
+    from dicomnode.study_refs import StudyRefs
+
+    inputs = make_inputs(seed=3, n_slices=16, size=64, label="covid19")
+    summary = {**inputs.result.summary(inputs.volume), "multi_stage": MULTI_STAGE}
+    message = build_oru(summary, StudyRefs("1.2.3", "1.2.3.4", "P1", study_datetime="2026-01-01"), "", "1-a")
+    values = obx(message)
+    assert values["MSDECISION"][5].split("^")[0] == "indeterminate"
+    assert "2025-11-20 (prior, study 1.2.826.0.1.3680043.8.498.7): No pneumonia" in values["MSTREND"][5]
+    assert "MSDECISION" not in obx(
+        build_oru(inputs.result.summary(inputs.volume), StudyRefs("1.2.3", "1.2.3.4", "P1"), "", "1-b")
+    )

@@ -234,3 +234,70 @@ def test_ohif_shows_report_on_key_slice_gradcam_overlay_and_lung_seg(tmp_path):
     for name in ("ct", "sr", "sc", "seg"):
         png = shots / f"{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f"screenshot {png} missing"
+
+
+@pytest.mark.peers
+def test_ohif_draws_the_trend_of_a_multi_stage_report(tmp_path):
+    """A report with priors (dicomnode/writers/trend.py): OHIF opens it without an error
+    and draws each study date's group and the fused group on the key slice."""
+    reason = orthanc_missing_reason(dicomweb=True) or viewer_missing_reason()
+    if reason:
+        pytest.skip(reason)
+    import datetime as dt
+
+    from dicomnode.writers import WriterOptions, build_result_objects, read_findings
+    from dicomnode.writers.trend import Trend
+    from pipeline.stages import fuse_stages, multi_stage_summary, stage_from_summary
+
+    from writer_inputs import make_inputs
+
+    inputs = make_inputs(seed=0, n_slices=24, size=96, label="covid19")
+    prior_summary = {
+        "decision": "non_pneumonia",
+        "probabilities": {"non_pneumonia": 0.8123, "cap": 0.0677, "influenza": 0.05, "covid19": 0.07},
+        "tasks": {"pneumonia_vs_non_pneumonia": 0.2},
+        "lung_involvement_percent": 0.4,
+    }
+    current = stage_from_summary(
+        inputs.result.summary(inputs.volume), str(inputs.sources[0].StudyInstanceUID), dt.date(2026, 1, 1), True
+    )
+    prior = stage_from_summary(prior_summary, "1.2.826.0.1.3680043.8.498.1", dt.date(2025, 11, 20))
+    fused = fuse_stages([current, prior])
+    trend = Trend(fused, multi_stage_summary(fused), (), (), 730)
+    options = WriterOptions(enabled={"sr"}, trend=trend)
+    (sr,) = build_result_objects(inputs.result, inputs.volume, inputs.sources, options)["sr"]
+    findings = read_findings(sr)
+    covid_label = f"COVID-19 probability: {100 * findings.probabilities['covid19']:.2f} %"
+    prior_label = "No pneumonia probability: 81.23 %"  # the prior date's group, its decision first
+    fused_first = (
+        max(fused.probabilities, key=lambda k: fused.probabilities[k])
+        if fused.decision == "indeterminate"
+        else fused.decision
+    )
+    names = {"non_pneumonia": "No pneumonia", "cap": "CAP", "influenza": "Influenza", "covid19": "COVID-19"}
+    fused_label = f"{names[fused_first]} probability: {100 * fused.probabilities[fused_first]:.2f} %"
+
+    with running_orthanc(tmp_path, aet="PACS", dicomweb=True) as pacs:
+        upload(pacs, inputs.sources)
+        upload(pacs, [sr])
+        with serving(pacs.dicomweb_url + "/") as base:
+            report = run_driver(
+                {
+                    "baseUrl": base,
+                    "studyUid": str(inputs.sources[0].StudyInstanceUID),
+                    "outDir": str(tmp_path / "screenshots"),
+                    "srSeries": options.sr_series_number,
+                    "srTexts": [covid_label, prior_label, fused_label],
+                    "timeoutMs": 40000,
+                }
+            )
+    summary = json.dumps({k: v for k, v in report.items() if k != "steps"}, indent=1)
+    assert report["ok"], f"the driver stopped: {report.get('error')}\n{summary}"
+    unexpected = [t for t in report["toasts"] if not any(k in t for k in KNOWN_WARNINGS)]
+    assert not unexpected, f"OHIF showed an error or a new warning: {unexpected}"
+    assert not report["pageErrors"], f"uncaught errors in the page: {report['pageErrors']}"
+    drawn = " ".join(report["steps"]["sr"]["annotationTexts"])
+    for label in (covid_label, prior_label, fused_label):
+        assert label in drawn, f"{label!r} not drawn; OHIF drew: {report['steps']['sr']['annotationTexts']}"
+    # OHIF labels a region with every NUM it finds, a time point order too: none is written
+    assert "Time Point Order" not in drawn

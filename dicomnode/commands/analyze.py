@@ -13,6 +13,11 @@ A NIfTI volume is reoriented to LPS axes for the chain (as DICOM series and the 
 data are) and its slices are reported by the file's own slice index. ``--save-mask``
 writes the lung mask on the input's grid (origin, spacing, direction).
 
+``--prior PRIOR`` (repeatable): earlier scans of the same patient, analysed with the same
+bundle; the summary gains ``multi_stage`` (the trend per date and the fused decision of
+pipeline/stages.py, ``--multi-stage-rule``), and the SR the trend (as the node makes it
+with ``[priors]``).
+
 Exit code 0, or 2 with a one-line error on stderr for input the chain cannot use (or a
 missing/corrupt model bundle).
 """
@@ -27,6 +32,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from pipeline.stages import MULTI_STAGE_RULES
 
 from ._args import EXIT_USAGE, whole_number
 
@@ -66,6 +73,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="also write the lung mask, aligned with the input volume",
     )
     p.add_argument("--top-k", type=_positive, default=3, help="top-K of the task-specific fusion (default 3)")
+    p.add_argument(
+        "--prior",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="PRIOR",
+        help="an earlier scan of the same patient (DICOM folder or NIfTI; repeatable): each is analysed too and "
+        "the summary gains multi_stage, the trend per date and the fused decision (pipeline/stages.py); "
+        "DICOM's Study Date orders the scans, a NIfTI's date is unknown",
+    )
+    p.add_argument(
+        "--multi-stage-rule",
+        default="mean",
+        choices=MULTI_STAGE_RULES,
+        help="how the dates are fused (default mean, the paper's)",
+    )
 
 
 def _fail(message: str) -> int:
@@ -81,39 +104,80 @@ def _series_files(folder: Path) -> list[Path]:
     )
 
 
-def run(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
-    from dicomnode.errors import NodeError
+def _load(source: Path):
+    """(volume, DICOM sources or None, NIfTI grid or None) of an input; a str says why not."""
     from dicomnode.volume import SeriesRejected, load_series
-    from pipeline.chain import analyze
     from pipeline.datasets.images import is_nifti, read_nifti_lps
-    from pipeline.models import DEFAULT_BUNDLE_DIR, load_bundle
-    from pipeline.params import ChainParams
-    from pipeline.types import InvalidInputError, ModelBundleError
+    from pipeline.types import InvalidInputError
 
-    source: Path = args.input
-    sources = None
-    nifti_grid = None
     try:
         if source.is_dir():
             files = _series_files(source)
             if not files:
-                return _fail(f"{source} holds no files; pass a folder with one DICOM CT series")
+                return f"{source} holds no files; pass a folder with one DICOM CT series"
             volume, sources = load_series(files)
-        elif source.is_file() and is_nifti(source):
+            return volume, sources, None
+        if source.is_file() and is_nifti(source):
             volume, nifti_grid = read_nifti_lps(source)
             if not nifti_grid.axial:
                 log.warning(
                     "the NIfTI file's slice axis is not axial; slices are reported as z indices of "
                     "the LPS-oriented volume"
                 )
-        else:
-            return _fail(f"{source} is neither a DICOM series folder nor a NIfTI file (.nii, .nii.gz)")
+            return volume, None, nifti_grid
+        return f"{source} is neither a DICOM series folder nor a NIfTI file (.nii, .nii.gz)"
     except SeriesRejected as e:
-        return _fail(f"{source}: {e}")
+        return f"{source}: {e}"
     except InvalidInputError as e:
-        return _fail(str(e))
+        return str(e)
+
+
+def _trend(args: argparse.Namespace, summary: dict, sources, models, params):
+    """With ``--prior``: each prior analysed, the dates fused (pipeline.stages); a
+    writers.trend.Trend, or a str saying why not."""
+    from dicomnode.priors import parse_da
+    from dicomnode.writers.trend import Trend
+    from pipeline.chain import analyze
+    from pipeline.stages import fuse_stages, multi_stage_summary, stage_from_summary
+    from pipeline.types import InvalidInputError
+
+    def date_of(datasets):
+        return None if not datasets else parse_da(getattr(datasets[0], "StudyDate", ""))
+
+    def uid_of(datasets, path: Path) -> str:
+        return str(datasets[0].StudyInstanceUID) if datasets else path.name  # a NIfTI: its file name
+
+    stages, evidence = [stage_from_summary(summary, uid_of(sources, args.input), date_of(sources), True)], []
+    for path in args.prior:
+        loaded = _load(path)
+        if isinstance(loaded, str):
+            return f"prior {loaded}"
+        volume, prior_sources, _ = loaded
+        try:
+            result = analyze(volume, models, params)
+        except InvalidInputError as e:
+            return f"prior {path}: {e}"
+        stages.append(stage_from_summary(result.summary(volume), uid_of(prior_sources, path), date_of(prior_sources)))
+        evidence += [ds for ds in prior_sources or [] if sources and ds.StudyInstanceUID != sources[0].StudyInstanceUID]
+    fused = fuse_stages(stages, args.multi_stage_rule, models.operating_points)
+    entry = {"warnings": [], **multi_stage_summary(fused)}
+    return Trend(fused, entry, tuple(evidence), (), 0)
+
+
+def run(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from dicomnode.errors import NodeError
+    from pipeline.chain import analyze
+    from pipeline.models import DEFAULT_BUNDLE_DIR, load_bundle
+    from pipeline.params import ChainParams
+    from pipeline.types import InvalidInputError, ModelBundleError
+
+    source: Path = args.input
+    loaded = _load(source)
+    if isinstance(loaded, str):
+        return _fail(loaded)
+    volume, sources, nifti_grid = loaded
     log.info(
         "volume %s slices %d x %d x %d, spacing %s mm",
         "DICOM" if sources else "NIfTI",
@@ -134,11 +198,16 @@ def run(args: argparse.Namespace) -> int:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     summary = result.summary(volume)
+    trend = _trend(args, summary, sources, models, params) if args.prior else None
+    if isinstance(trend, str):
+        return _fail(trend)
+    if trend is not None:
+        summary["multi_stage"] = trend.summary
     if sources is not None:
         from dicomnode.writers import WriterOptions, build_result_objects
 
         try:
-            objects = build_result_objects(result, volume, sources, WriterOptions())
+            objects = build_result_objects(result, volume, sources, WriterOptions(trend=trend))
         except NodeError as e:
             return _fail(f"the result objects cannot be built: {e}")
         summary_files = _write_objects(objects, out)

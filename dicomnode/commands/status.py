@@ -82,6 +82,7 @@ def collect(db_path: Path, limit: int) -> dict[str, Any]:
             )
         ]
         pending = conn.execute("SELECT COUNT(*) FROM deliveries WHERE state='pending'").fetchone()[0]
+        priors = _prior_studies(conn, limit)
     finally:
         conn.close()
     results = _results_root(db_path)
@@ -93,7 +94,23 @@ def collect(db_path: Path, limit: int) -> dict[str, Any]:
         "jobs": jobs,
         "deliveries": deliveries,
         "pending_deliveries": pending,
+        "prior_studies": priors,
     }
+
+
+def _prior_studies(conn: sqlite3.Connection, limit: int) -> list[dict[str, Any]]:
+    """The prior studies asked for ([priors]), newest first; none in a database older than
+    schema 6 (read-only here: not migrated)."""
+    if not conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='prior_studies'").fetchone():
+        return []
+    return [
+        dict(r)
+        for r in conn.execute(
+            "SELECT study_uid, for_study_uid, study_date, state, reason FROM prior_studies "
+            "ORDER BY updated DESC LIMIT ?",
+            (limit,),
+        )
+    ]
 
 
 def _results_root(db_path: Path) -> Path:
@@ -180,6 +197,17 @@ def render(data: dict[str, Any]) -> str:
         )
     )
     parts.append(f"pending deliveries: {data['pending_deliveries']}")
+    if data.get("prior_studies"):
+        parts.append(
+            _table(
+                "prior studies ([priors])",
+                ["prior study UID", "for study UID", "date", "state", "reason"],
+                [
+                    [x["study_uid"], x["for_study_uid"], x["study_date"], x["state"], x["reason"]]
+                    for x in data["prior_studies"]
+                ],
+            )
+        )
     if "audit" in data:
         lines = [
             f"  {e.get('time', '?')}  {e.get('event', '?')}  {e.get('outcome', '')}  "

@@ -122,6 +122,10 @@ SEVERITY_GRADES: tuple[Code, ...] = (
     Code("CT3", PRIVATE_SCHEME, "CT-3: 50-75% of the lungs involved"),
     Code("CT4", PRIVATE_SCHEME, "CT-4: 75% of the lungs or more involved"),
 )
+#: Multi-stage (pipeline.stages): the decision of one study date in the trend, and the
+#: fused decision over the dates; private: no standard concept names either.
+STAGE_DECISION = Code("STAGEDEC", PRIVATE_SCHEME, "AI decision of this study date")
+MULTI_STAGE_DECISION = Code("MSDEC", PRIVATE_SCHEME, "AI multi-stage decision")
 #: The score above which a study is out of domain: 1 by construction of the score.
 OUT_OF_DOMAIN_THRESHOLD = Code("OODTHR", PRIVATE_SCHEME, "Out-of-domain threshold")
 #: Concept name of the text item that says why the decision is what it is (Decision.reason).

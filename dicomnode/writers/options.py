@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 from .. import PRODUCT_NAME, __version__
 from ..config import OBJECT_KINDS
 from ..errors import WriterError
+
+if TYPE_CHECKING:
+    from .trend import Trend
 
 
 @dataclass(frozen=True)
@@ -23,6 +26,8 @@ class WriterOptions:
     duplicate, not a second report). None: fresh random UIDs.
     ``previous_reports``: SRs this one replaces (an earlier analysis of the same series,
     made before more of its instances arrived): referenced as Predecessor Documents.
+    ``trend``: the patient's prior studies and the multi-stage decision (writers.trend),
+    None when ``[priors]`` is off or for a prior's own report.
     """
 
     enabled: frozenset[str] = frozenset(OBJECT_KINDS)
@@ -38,6 +43,7 @@ class WriterOptions:
     institution_name: str | None = None
     uid_seed: str | None = None
     previous_reports: tuple = ()
+    trend: "Trend | None" = None
 
     def __post_init__(self) -> None:
         enabled = frozenset(self.enabled if not isinstance(self.enabled, str) else [self.enabled])

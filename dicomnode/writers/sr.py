@@ -62,6 +62,7 @@ from .common import (
 )
 from .options import WriterError, WriterOptions
 from .sr_severity import lobe_groups, severity_grade, severity_measurements, severity_text
+from .trend import trend_groups, trend_text
 from .wording import DECISION_DISPLAY, OUT_OF_DOMAIN_THRESHOLD
 
 CASE_GROUP_ID = "AI case result"
@@ -83,6 +84,7 @@ def build_sr(
     groups += [_infected_group(result, volume, sources, z, attention, uid) for z in drawn]
     lobe_group_list, lobe_zs = lobe_groups(result, volume, sources, algorithm, uid)
     groups += lobe_group_list
+    groups += trend_groups(volume, sources, options.trend, key_z, algorithm, uid)
 
     device = hd.sr.DeviceObserverIdentifyingAttributes(
         # One UID per product version and bundle: the same "device" across reports.
@@ -107,7 +109,8 @@ def build_sr(
     report[0].ContentSequence.append(_qualitative_evaluations(result, volume, options, sources))
 
     sr = hd.sr.Comprehensive3DSR(
-        evidence=list(sources),
+        # The prior studies' instances go to Pertinent Other Evidence (another study).
+        evidence=list(sources) + (list(options.trend.evidence) if options.trend is not None else []),
         content=report[0],
         series_instance_uid=uid("sr-series"),
         series_number=options.sr_series_number,
@@ -443,7 +446,12 @@ def summary_text(
         disclaimer(result.model),
     ]
     if not wording.shows_probabilities(result):
-        head = [f"{wording.decision_line(result)}.", wording.out_of_domain_text(result), _reason_sentence(result)]
+        head = [
+            f"{wording.decision_line(result)}.",
+            wording.out_of_domain_text(result),
+            _reason_sentence(result),
+            trend_text(options.trend),
+        ]
         return _join(head + tail)
     case = result.case_scores
     probs = ", ".join(f"{CLASS_DISPLAY[n]} {100 * case.probabilities[n]:.1f}%" for n in _display_order(result))
@@ -472,6 +480,7 @@ def summary_text(
         wording.located_text(result, labels, slice_ranges(labels)),
         overlay_text,
         severity_text(result),
+        trend_text(options.trend),
     ]
     return _join(head + tail)
 
