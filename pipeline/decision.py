@@ -133,12 +133,64 @@ def pneumonia_class_shares(
 ) -> dict[str, float]:
     """The probabilities of CAP, influenza and COVID-19 renormalised over the three: the
     classifier's, blended with the lesion pattern model's when it is given a weight."""
-    shares = _renormalised(case.probabilities)
-    by_pattern = pattern_type_shares(pattern)
-    if by_pattern is None or pattern_weight <= 0:
+    return blend_type_shares(case.probabilities, None if pattern is None else pattern.probabilities, pattern_weight)
+
+
+def blend_type_shares(
+    probabilities: Mapping[str, float], pattern: Mapping[str, float] | None, pattern_weight: float
+) -> dict[str, float]:
+    """``pneumonia_class_shares`` of plain mappings: the classifier's probabilities (and
+    the lesion pattern's, or None) renormalised over the pneumonia types and blended."""
+    shares = _renormalised(probabilities)
+    if pattern is None or pattern_weight <= 0:
         return shares
+    by_pattern = _renormalised(pattern)
     w = float(pattern_weight)
     return {k: w * by_pattern[k] + (1.0 - w) * shares[k] for k in PNEUMONIA_CLASSES}
+
+
+#: Step 2's verdicts (``pneumonia_verdict``): why a case is not (or not surely) pneumonia.
+BELOW_LESION_THRESHOLD = "below_lesion_threshold"
+NEAR_LESION_THRESHOLD = "near_lesion_threshold"
+CLASSIFIER_DISAGREES = "classifier_disagrees"
+NEAR_SCORE_THRESHOLD = "near_score_threshold"
+BELOW_SCORE_THRESHOLD = "below_score_threshold"
+#: The decision each verdict gives.
+VERDICT_DECISION = {
+    BELOW_LESION_THRESHOLD: "non_pneumonia",
+    NEAR_LESION_THRESHOLD: "indeterminate",
+    CLASSIFIER_DISAGREES: "indeterminate",
+    NEAR_SCORE_THRESHOLD: "indeterminate",
+    BELOW_SCORE_THRESHOLD: "non_pneumonia",
+}
+
+
+def pneumonia_verdict(p: float, lesion_share: float | None, op: OperatingPoints) -> str | None:
+    """Step 2 of the module doc, the one rule for a single case and for fused stages
+    (pipeline.stages): a verdict of ``VERDICT_DECISION``, or None (pneumonia, go on).
+    ``p`` is the pneumonia score; ``lesion_share`` counts only when ``op.uses_lesions``."""
+    if op.uses_lesions and lesion_share is not None:
+        t, band = op.lesion_share_threshold, op.lesion_band
+        if lesion_share < t / band:
+            return BELOW_LESION_THRESHOLD
+        if lesion_share < t * band:
+            return NEAR_LESION_THRESHOLD
+        if p < op.pneumonia_vs_non_pneumonia - op.pneumonia_margin:
+            return CLASSIFIER_DISAGREES
+        return None
+    t = op.pneumonia_vs_non_pneumonia
+    if abs(p - t) < op.pneumonia_margin:
+        return NEAR_SCORE_THRESHOLD
+    if p < t:
+        return BELOW_SCORE_THRESHOLD
+    return None
+
+
+def type_verdict(shares: Mapping[str, float], op: OperatingPoints) -> tuple[str, str, bool]:
+    """Step 4: the first and second pneumonia type by ``shares`` and whether they are
+    within ``op.margin`` of each other (indeterminate)."""
+    first, second = sorted(shares, key=lambda k: -shares[k])[:2]
+    return first, second, shares[first] - shares[second] < op.margin
 
 
 def _pct(share: float) -> str:
@@ -152,30 +204,22 @@ def _pneumonia_by_lesions(
 ) -> Decision | None:
     """Step 2 with lesion evidence: a non-pneumonia or indeterminate Decision, or None
     (pneumonia, go on)."""
-    s, t, band = lesion.lung_share, op.lesion_share_threshold, op.lesion_band
-    burden = f"lesions of infection cover {_pct(s)} of the lung ({lesion.volume_ml:.1f} ml)"
+    verdict = pneumonia_verdict(p, lesion.lung_share, op)
+    if verdict is None:
+        return None
+    t = op.lesion_share_threshold
+    burden = f"lesions of infection cover {_pct(lesion.lung_share)} of the lung ({lesion.volume_ml:.1f} ml)"
     classifier = (
         f"slice classifier's pneumonia score {100 * p:.1f}% (threshold {100 * op.pneumonia_vs_non_pneumonia:.1f}%)"
     )
-    if s < t / band:
-        return Decision(
-            "non_pneumonia", f"Non-pneumonia: {burden}, below the model's threshold {_pct(t)}; {classifier}.", th
-        )
-    if s < t * band:
-        return Decision(
-            "indeterminate",
-            f"Indeterminate: {burden}, too close to the model's threshold {_pct(t)} "
-            f"to tell pneumonia from non-pneumonia; no diagnosis is stated.",
-            th,
-        )
-    if p < op.pneumonia_vs_non_pneumonia - op.pneumonia_margin:
-        return Decision(
-            "indeterminate",
-            f"Indeterminate: {burden} (threshold {_pct(t)}), but the {classifier} "
-            f"does not support pneumonia; no diagnosis is stated.",
-            th,
-        )
-    return None
+    texts = {
+        BELOW_LESION_THRESHOLD: f"Non-pneumonia: {burden}, below the model's threshold {_pct(t)}; {classifier}.",
+        NEAR_LESION_THRESHOLD: f"Indeterminate: {burden}, too close to the model's threshold {_pct(t)} "
+        f"to tell pneumonia from non-pneumonia; no diagnosis is stated.",
+        CLASSIFIER_DISAGREES: f"Indeterminate: {burden} (threshold {_pct(t)}), but the {classifier} "
+        f"does not support pneumonia; no diagnosis is stated.",
+    }
+    return Decision(VERDICT_DECISION[verdict], texts[verdict], th)
 
 
 def decide(
@@ -203,7 +247,8 @@ def decide(
             return early
         evidence = f"lesions cover {_pct(lesion.lung_share)} of the lung, pneumonia score {100 * p:.1f}%"
     else:
-        if abs(p - t) < op.pneumonia_margin:
+        verdict = pneumonia_verdict(p, None, op)
+        if verdict == NEAR_SCORE_THRESHOLD:
             return Decision(
                 "indeterminate",
                 f"Indeterminate: the pneumonia score {100 * p:.1f}% is within "
@@ -211,7 +256,7 @@ def decide(
                 f"{100 * t:.1f}%; no diagnosis is stated.",
                 th,
             )
-        if p < t:
+        if verdict == BELOW_SCORE_THRESHOLD:
             return Decision(
                 "non_pneumonia",
                 f"Non-pneumonia: pneumonia score {100 * p:.1f}% is below the threshold {100 * t:.1f}%.",
@@ -239,10 +284,8 @@ def decide(
             f"the lesion pattern and the slice classifier ({100 * op.pattern_weight:.0f}% / "
             f"{100 * (1 - op.pattern_weight):.0f}%)"
         )
-    ranked = sorted(shares, key=lambda k: -shares[k])
-    first, second = ranked[0], ranked[1]
-    gap = shares[first] - shares[second]
-    if gap < op.margin:
+    first, second, too_close = type_verdict(shares, op)
+    if too_close:
         return Decision(
             "indeterminate",
             f"Indeterminate: pneumonia ({evidence}), but "

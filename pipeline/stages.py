@@ -35,7 +35,19 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from .decision import DISPLAY, OperatingPoints
+from .decision import (
+    BELOW_LESION_THRESHOLD,
+    BELOW_SCORE_THRESHOLD,
+    CLASSIFIER_DISAGREES,
+    DISPLAY,
+    NEAR_LESION_THRESHOLD,
+    NEAR_SCORE_THRESHOLD,
+    VERDICT_DECISION,
+    OperatingPoints,
+    blend_type_shares,
+    pneumonia_verdict,
+    type_verdict,
+)
 from .types import CLASS_NAMES, DECISIONS, PNEUMONIA_CLASSES, TASK_NAMES, InvalidInputError
 
 #: The rules ``fuse_stages`` knows; the first is the paper's and the default.
@@ -136,35 +148,30 @@ def _fused_pattern(stages: Sequence[Stage], rule: str) -> dict[str, float] | Non
     return {k: _combine([float((s.pattern or {})[k]) for s in stages], how) for k in PNEUMONIA_CLASSES}
 
 
-def _type_shares(probabilities: Mapping[str, float], pattern: Mapping[str, float] | None, weight: float) -> dict:
-    total = sum(float(probabilities[k]) for k in PNEUMONIA_CLASSES)
-    shares = {k: (float(probabilities[k]) / total if total > 0 else 1 / 3) for k in PNEUMONIA_CLASSES}
-    if pattern is None or weight <= 0:
-        return shares
-    ptotal = sum(float(pattern[k]) for k in PNEUMONIA_CLASSES)
-    by_pattern = {k: (float(pattern[k]) / ptotal if ptotal > 0 else 1 / 3) for k in PNEUMONIA_CLASSES}
-    return {k: weight * by_pattern[k] + (1 - weight) * shares[k] for k in PNEUMONIA_CLASSES}
-
-
 def _pneumonia_or_not(p: float, lesion_share: float | None, op: OperatingPoints) -> tuple[str | None, str]:
-    """Step one: ('non_pneumonia' | 'indeterminate', reason) or (None, the evidence)."""
+    """Step one (pipeline.decision.pneumonia_verdict, the single case's rule): (decision,
+    reason) when not pneumonia or not surely, else (None, the evidence)."""
     t = op.pneumonia_vs_non_pneumonia
     score = f"fused pneumonia score {100 * p:.1f}% (threshold {100 * t:.1f}%)"
+    verdict = pneumonia_verdict(p, lesion_share, op)
     if op.uses_lesions and lesion_share is not None:
-        s, lt, band = lesion_share, op.lesion_share_threshold, op.lesion_band
-        burden = f"fused lesion share {100 * s:.2f}% of the lung (threshold {100 * lt:.2f}%)"
-        if s < lt / band:
-            return "non_pneumonia", f"non-pneumonia: {burden}; {score}"
-        if s < lt * band:
-            return "indeterminate", f"indeterminate: {burden}, too close to the threshold"
-        if p < t - op.pneumonia_margin:
-            return "indeterminate", f"indeterminate: {burden}, but the {score} does not support pneumonia"
-        return None, f"{burden}, {score}"
-    if abs(p - t) < op.pneumonia_margin:
-        return "indeterminate", f"indeterminate: the {score} is within {100 * op.pneumonia_margin:.0f} points"
-    if p < t:
-        return "non_pneumonia", f"non-pneumonia: {score} below the threshold"
-    return None, score
+        lt = op.lesion_share_threshold
+        burden = f"fused lesion share {100 * lesion_share:.2f}% of the lung (threshold {100 * lt:.2f}%)"
+        texts = {
+            BELOW_LESION_THRESHOLD: f"non-pneumonia: {burden}; {score}",
+            NEAR_LESION_THRESHOLD: f"indeterminate: {burden}, too close to the threshold",
+            CLASSIFIER_DISAGREES: f"indeterminate: {burden}, but the {score} does not support pneumonia",
+        }
+        evidence = f"{burden}, {score}"
+    else:
+        texts = {
+            NEAR_SCORE_THRESHOLD: f"indeterminate: the {score} is within {100 * op.pneumonia_margin:.0f} points",
+            BELOW_SCORE_THRESHOLD: f"non-pneumonia: {score} below the threshold",
+        }
+        evidence = score
+    if verdict is None:
+        return None, evidence
+    return VERDICT_DECISION[verdict], texts[verdict]
 
 
 def _decide(
@@ -177,9 +184,9 @@ def _decide(
     early, evidence = _pneumonia_or_not(float(tasks["pneumonia_vs_non_pneumonia"]), lesion_share, op)
     if early is not None:
         return early, evidence
-    shares = _type_shares(probabilities, pattern, op.pattern_weight)
-    first, second = sorted(shares, key=lambda k: -shares[k])[:2]
-    if shares[first] - shares[second] < op.margin:
+    shares = blend_type_shares(probabilities, pattern, op.pattern_weight)
+    first, second, too_close = type_verdict(shares, op)
+    if too_close:
         return "indeterminate", (
             f"indeterminate: pneumonia ({evidence}), but {DISPLAY[first]} {100 * shares[first]:.1f}% vs "
             f"{DISPLAY[second]} {100 * shares[second]:.1f}% are within the {100 * op.margin:.0f}-point margin"
