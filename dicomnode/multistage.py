@@ -195,16 +195,13 @@ def trend_of(
 ) -> Trend:
     """The new study's stage with its priors' (pipeline.stages), fused by ``cfg.fusion_rule``
     with the bundle's operating points, and what the report says of them."""
-    from pipeline.stages import fuse_stages, multi_stage_summary, stage_from_summary
+    from pipeline.stages import fuse_stages, stage_from_summary
 
     notes = tuple(gathered.warnings)
-    entry: dict[str, Any] = {"lookback_days": cfg.lookback_days, "warnings": list(notes)}
     if not gathered.results:
-        entry.update(stages=[], decision=None)
-        return Trend(None, entry, (), notes, cfg.lookback_days)
+        return Trend(None, (), notes, cfg.lookback_days)
     current = stage_from_summary(summary, job.study_uid, parse_da(getattr(first, "StudyDate", "")), current=True)
     priors = [stage_from_summary(r.summary, r.study_uid, r.study_date) for r in gathered.results]
     fused = fuse_stages([current, *priors], cfg.fusion_rule, operating_points)
-    entry.update(multi_stage_summary(fused))
     evidence = tuple(h for r in gathered.results for h in _headers(storage_root, r.instances))
-    return Trend(fused, entry, evidence, notes, cfg.lookback_days)
+    return Trend(fused, evidence, notes, cfg.lookback_days)

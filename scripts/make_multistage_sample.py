@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     from dicomnode.writers import WriterOptions, build_result_objects, read_findings
     from dicomnode.writers.trend import Trend
     from pipeline.models import load_bundle
-    from pipeline.stages import fuse_stages, multi_stage_summary, stage_from_summary
+    from pipeline.stages import fuse_stages, stage_from_summary
 
     if args.out.exists():
         shutil.rmtree(args.out)
@@ -136,8 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     current = stage_from_summary(summary, str(sources[0].StudyInstanceUID), dt.date(2026, 3, 15), current=True)
     prior = stage_from_summary(p_result.summary(p_volume), str(p_sources[0].StudyInstanceUID), dt.date(2026, 1, 10))
     fused = fuse_stages([current, prior], args.rule, bundle.operating_points)
-    summary["multi_stage"] = {"lookback_days": 730, "warnings": [], **multi_stage_summary(fused)}
-    trend = Trend(fused, summary["multi_stage"], tuple(p_sources), (), 730)
+    trend = Trend(fused, tuple(p_sources), (), 730)
+    summary["multi_stage"] = trend.summary
     options = WriterOptions(enabled={"sr"}, uid_seed=f"multistage-sample-{args.seed}", trend=trend)
     sr = build_result_objects(result, volume, sources, options)["sr"][0]
     (args.out / "sr").mkdir(parents=True)

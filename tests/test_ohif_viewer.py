@@ -247,7 +247,7 @@ def test_ohif_draws_the_trend_of_a_multi_stage_report(tmp_path):
 
     from dicomnode.writers import WriterOptions, build_result_objects, read_findings
     from dicomnode.writers.trend import Trend
-    from pipeline.stages import fuse_stages, multi_stage_summary, stage_from_summary
+    from pipeline.stages import fuse_stages, stage_from_summary
 
     from writer_inputs import make_inputs
 
@@ -263,7 +263,7 @@ def test_ohif_draws_the_trend_of_a_multi_stage_report(tmp_path):
     )
     prior = stage_from_summary(prior_summary, "1.2.826.0.1.3680043.8.498.1", dt.date(2025, 11, 20))
     fused = fuse_stages([current, prior])
-    trend = Trend(fused, multi_stage_summary(fused), (), (), 730)
+    trend = Trend(fused, (), (), 730)
     options = WriterOptions(enabled={"sr"}, trend=trend)
     (sr,) = build_result_objects(inputs.result, inputs.volume, inputs.sources, options)["sr"]
     findings = read_findings(sr)

@@ -13,7 +13,7 @@ import pytest
 from dicomnode.synthetic import ct_datasets
 from dicomnode.writers import WriterOptions, build_result_objects, codes, read_findings
 from dicomnode.writers.trend import Trend, trend_text
-from pipeline.stages import fuse_stages, multi_stage_summary, stage_from_summary
+from pipeline.stages import fuse_stages, stage_from_summary
 from pipeline.types import CTVolume
 
 from writer_inputs import dciodvfy, make_inputs, pixelmed, to_bytes_and_back
@@ -50,7 +50,7 @@ def trend(inputs, prior_headers):
     )
     prior = stage_from_summary(PRIOR_SUMMARY, str(prior_headers[0].StudyInstanceUID), dt.date(2025, 11, 20))
     fused = fuse_stages([current, prior], "mean")
-    return Trend(fused, multi_stage_summary(fused), tuple(prior_headers), ("one warning.",), 730)
+    return Trend(fused, tuple(prior_headers), ("one warning.",), 730)
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +107,7 @@ def test_the_summary_carries_the_trend_table(sr, trend):
     assert "2025-11-20   prior       No pneumonia" in text and "2026-01-01   this study" in text
     assert "  82.0%" in text and "0.4%" in text
     assert trend_text(None) == ""
-    assert "in the last 730 days" in trend_text(Trend(None, {}, (), (), 730))
+    assert "in the last 730 days" in trend_text(Trend(None, (), (), 730))
 
 
 def _walk(group):

@@ -138,7 +138,7 @@ def _trend(args: argparse.Namespace, summary: dict, sources, models, params):
     from dicomnode.priors import parse_da
     from dicomnode.writers.trend import Trend
     from pipeline.chain import analyze
-    from pipeline.stages import fuse_stages, multi_stage_summary, stage_from_summary
+    from pipeline.stages import fuse_stages, stage_from_summary
     from pipeline.types import InvalidInputError
 
     def date_of(datasets):
@@ -159,9 +159,7 @@ def _trend(args: argparse.Namespace, summary: dict, sources, models, params):
             return f"prior {path}: {e}"
         stages.append(stage_from_summary(result.summary(volume), uid_of(prior_sources, path), date_of(prior_sources)))
         evidence += [ds for ds in prior_sources or [] if sources and ds.StudyInstanceUID != sources[0].StudyInstanceUID]
-    fused = fuse_stages(stages, args.multi_stage_rule, models.operating_points)
-    entry = {"warnings": [], **multi_stage_summary(fused)}
-    return Trend(fused, entry, tuple(evidence), (), 0)
+    return Trend(fuse_stages(stages, args.multi_stage_rule, models.operating_points), tuple(evidence))
 
 
 def run(args: argparse.Namespace) -> int:

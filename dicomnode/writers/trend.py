@@ -24,14 +24,14 @@ first NUM items are what OHIF labels.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
 
-from pipeline.stages import MultiStage, Stage
+from pipeline.stages import MultiStage, Stage, multi_stage_summary
 from pipeline.types import CLASS_NAMES, CTVolume
 
 from . import codes
@@ -56,14 +56,24 @@ RULE_TEXT = {
 @dataclass(frozen=True)
 class Trend:
     """The new study's priors as the report states them: ``stages`` (None when no prior
-    was analysed), the summary's ``multi_stage`` entry, the prior instances' headers
-    (``evidence``) and the warnings (``notes``)."""
+    was analysed), the prior instances' headers (``evidence``), the warnings (``notes``)
+    and the look-back window (None: not a PACS query, e.g. ``analyze --prior``)."""
 
     stages: MultiStage | None
-    summary: dict = field(default_factory=dict)
     evidence: tuple[Any, ...] = ()
     notes: tuple[str, ...] = ()
-    lookback_days: int = 0
+    lookback_days: int | None = None
+
+    @property
+    def summary(self) -> dict:
+        """The summary's ``multi_stage`` entry."""
+        entry: dict[str, Any] = {} if self.lookback_days is None else {"lookback_days": self.lookback_days}
+        entry["warnings"] = list(self.notes)
+        if self.stages is None:
+            entry.update(stages=[], decision=None)
+        else:
+            entry.update(multi_stage_summary(self.stages))
+        return entry
 
 
 def _date(stage: Stage) -> str:
