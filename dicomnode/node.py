@@ -226,17 +226,9 @@ class Node:
     def _identify_bundle(self) -> None:
         """With a broker the workers load the bundle; the node only names it (its card)."""
         try:
-            from pipeline.models import CARD_FILE, read_card, sha256_file
-            from pipeline.types import ModelInfo
+            from pipeline.models import bundle_info
 
-            card = read_card(self.cfg.bundle_dir)
-            self.bundle_info = ModelInfo(
-                name=card.name or self.cfg.bundle_dir.name,
-                version=card.version,
-                sha256=sha256_file(self.cfg.bundle_dir / CARD_FILE),
-                disclaimer=card.disclaimer,
-                trained_on_synthetic_data=card.trained_on_synthetic_data,
-            )
+            self.bundle_info = bundle_info(self.cfg.bundle_dir)
         except Exception as e:  # the node still receives; the workers say more
             self.bundle_error = f"{type(e).__name__}: {e}"
             log.error("model bundle %s cannot be read: %s", self.cfg.bundle_dir, self.bundle_error)

@@ -167,6 +167,19 @@ def log_analysis(job_id: int, series_uid: str, result: Any, seconds: float) -> N
     )
 
 
+def run_chain(cfg: NodeConfig, bundle: Any, job_id: int, series_uid: str, volume: Any) -> Any:
+    """``pipeline.chain.analyze`` with the node's settings, logged (one line, no patient
+    data); NotAChestCTError propagates (the caller skips the series with its reason)."""
+    from pipeline.chain import analyze
+    from pipeline.params import ChainParams
+
+    params = ChainParams(top_k=cfg.pipeline.top_k, device=cfg.pipeline.device)
+    t0 = now()
+    result = analyze(volume, bundle, params)
+    log_analysis(job_id, series_uid, result, now() - t0)
+    return result
+
+
 def present_files(storage_root: Path, instances: Sequence[str]) -> list[Path]:
     """The job's instance files still in storage."""
     return [p for p in (storage_root / rel for rel in instances) if p.is_file()]
@@ -428,24 +441,19 @@ class Worker:
             return self._finish(job, JobState.SKIPPED, str(getattr(e, "reason", e)))
         self.queue.renew(job)
 
-        from pipeline.chain import analyze
         from pipeline.models import load_bundle_cached
-        from pipeline.params import ChainParams
         from pipeline.types import NotAChestCTError
 
         bundle = load_bundle_cached(self.cfg.bundle_dir, self.cfg.pipeline.device)
         earlier = self.queue.record_content(job, content_fingerprint(present, bundle.info.sha256))
         if earlier is not None:  # a PACS re-sent the same series: one result set per content
             return self._finish(job, JobState.DONE, identical_reason(earlier))
-        params = ChainParams(top_k=self.cfg.pipeline.top_k, device=self.cfg.pipeline.device)
-        t0 = now()
         try:
-            result = analyze(volume, bundle, params)
+            result = run_chain(self.cfg, bundle, job.id, job.series_uid, volume)
         except NotAChestCTError as e:  # a clear skip with the reason, not a failed job
             return self._finish(job, JobState.SKIPPED, str(e)[:500])
         if self.metrics is not None:
             self.metrics.chain_timings(dict(result.timings_s))
-        log_analysis(job.id, job.series_uid, result, now() - t0)
         if not self.queue.renew(job):
             raise QueueError(f"job {job.id}: lease lost during analysis")
 

@@ -81,19 +81,30 @@ class ModelBundle:
 
     @property
     def info(self) -> ModelInfo:
-        return ModelInfo(
-            name=self.card.name or self.path.name,
-            version=self.card.version,
-            sha256=self.sha256,
-            disclaimer=self.card.disclaimer,
-            trained_on_synthetic_data=self.card.trained_on_synthetic_data,
-        )
+        return model_info(self.path, self.card, self.sha256)
 
     def arch(self, role: str) -> Mapping[str, Any]:
         arch = self.card.architecture(role)
         if arch is None:
             raise ModelBundleError(f"model bundle {self.path} has no '{role}' model")
         return arch
+
+
+def model_info(bundle_dir: Path, card: ModelCard, sha256: str) -> ModelInfo:
+    """What every report says of the bundle: name, version, card sha256, disclaimer."""
+    return ModelInfo(
+        name=card.name or Path(bundle_dir).name,
+        version=card.version,
+        sha256=sha256,
+        disclaimer=card.disclaimer,
+        trained_on_synthetic_data=card.trained_on_synthetic_data,
+    )
+
+
+def bundle_info(bundle_dir: Path | str) -> ModelInfo:
+    """``ModelBundle.info`` without loading the networks (a node whose workers load them)."""
+    bundle_dir = Path(bundle_dir)
+    return model_info(bundle_dir, read_card(bundle_dir), sha256_file(bundle_dir / CARD_FILE))
 
 
 def read_card(bundle_dir: Path | str) -> ModelCard:

@@ -19,17 +19,16 @@ from pathlib import Path
 from typing import Any
 
 from ..config import NodeConfig
-from ..db import now
 from ..worker import (
     DISK_FULL_ERRNOS,
     build_job_objects,
     content_fingerprint,
     disk_full_delay_s,
-    log_analysis,
     persist_job_outputs,
     present_files,
     read_earlier_reports,
     read_job_series,
+    run_chain,
 )
 from .messages import AnalysisReply, AnalysisRequest, Outcome
 from .transport import RESULTS_ACTOR, Transport, results_queue
@@ -88,8 +87,6 @@ class RemoteWorker:
 
     def _analyse(self, request: AnalysisRequest) -> AnalysisReply:
         from dicomnode.volume import SeriesRejected  # late: heavy imports
-        from pipeline.chain import analyze
-        from pipeline.params import ChainParams
         from pipeline.types import NotAChestCTError
 
         data_dir = Path(request.data_dir) if request.data_dir else self.data_dir
@@ -105,13 +102,10 @@ class RemoteWorker:
         except SeriesRejected as e:
             return self._reply(request, Outcome.SKIPPED, str(getattr(e, "reason", e)))
         fingerprint = content_fingerprint(present, self.bundle.info.sha256)
-        params = ChainParams(top_k=self.cfg.pipeline.top_k, device=self.cfg.pipeline.device)
-        t0 = now()
         try:
-            result = analyze(volume, self.bundle, params)
+            result = run_chain(self.cfg, self.bundle, request.job_id, request.series_uid, volume)
         except NotAChestCTError as e:
             return self._reply(request, Outcome.SKIPPED, str(e)[:500])
-        log_analysis(request.job_id, request.series_uid, result, now() - t0)
         previous = read_earlier_reports(results_root, request.earlier_jobs, request.job_id)
         objects = build_job_objects(self.cfg, request.job_id, request.series_uid, result, volume, sources, previous)
         staging = f"{request.job_id}-a{request.attempts}-{uuid.uuid4().hex[:12]}"

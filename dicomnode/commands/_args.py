@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import signal
+import threading
 from typing import Callable
 
 #: Exit code of an error the user can fix (a NodeError or PipelineError, said in one
@@ -36,3 +39,23 @@ def add_progress_flags(parser: argparse.ArgumentParser) -> None:
         help="always show progress bars (default: only on a terminal)",
     )
     bars.add_argument("--no-progress", dest="progress", action="store_false")
+
+
+def stop_on_signals(log: logging.Logger) -> threading.Event:
+    """An event set by SIGTERM or Ctrl-C (logged): a foreground command stops cleanly."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("signal %s received: stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    return stop
+
+
+def quiet_loggers(args: argparse.Namespace, names: tuple[str, ...]) -> None:
+    """Libraries that log every instance or message speak up only with -v."""
+    if not getattr(args, "verbose", False):
+        for name in names:
+            logging.getLogger(name).setLevel(logging.WARNING)

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
-import threading
 from pathlib import Path
 
-from ._args import EXIT_USAGE
+from ._args import EXIT_USAGE, quiet_loggers, stop_on_signals
 
 log = logging.getLogger("dicomnode.serve")
 
@@ -86,18 +84,9 @@ def run(args: argparse.Namespace) -> int:
 
     from dicomnode.node import Node
 
-    if not getattr(args, "verbose", False):
-        # One line per received instance or timer run drowns what matters; -v shows them.
-        for noisy in ("pynetdicom", "apscheduler", "highdicom"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: object) -> None:
-        log.info("signal %s received: stopping", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    # One line per received instance or timer run drowns what matters; -v shows them.
+    quiet_loggers(args, ("pynetdicom", "apscheduler", "highdicom"))
+    stop = stop_on_signals(log)
     node = Node(cfg)
     try:
         node.start()

@@ -11,12 +11,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import socket
-import threading
 from pathlib import Path
 
-from ._args import EXIT_USAGE, whole_number
+from ._args import EXIT_USAGE, quiet_loggers, stop_on_signals, whole_number
 
 log = logging.getLogger("dicomnode.worker")
 
@@ -46,22 +44,13 @@ def run(args: argparse.Namespace) -> int:
     if not cfg.broker.enabled:
         print(f"dicomnode worker: {args.config} has no [broker] url; a worker needs the broker the node uses")
         return EXIT_USAGE
-    if not getattr(args, "verbose", False):
-        for noisy in ("highdicom", "dramatiq"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
+    quiet_loggers(args, ("highdicom", "dramatiq"))
 
     from dicomnode.broker.remote import RemoteWorker
     from dicomnode.broker.transport import ANALYSIS_ACTOR, ANALYSIS_QUEUE, Transport, broker_failures_only
     from pipeline.types import PipelineError
 
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: object) -> None:
-        log.info("signal %s received: stopping", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = stop_on_signals(log)
     name = args.name or f"{socket.gethostname()}-{os.getpid()}"
     if args.torch_threads:
         import torch
