@@ -156,48 +156,16 @@ def write_test_config(folder: Path, text: str = TEST_CONFIG) -> Path:
     return path
 
 
-class NodeProcess:
-    """``dicomnode serve`` as a subprocess, waited for by its 'listening on' line."""
+class _CliProcess:
+    """A ``dicomnode`` command as a subprocess, its output collected line by line."""
 
-    def __init__(
-        self,
-        data_dir: Path,
-        bundle: Path | None,
-        destinations: Sequence[str] = (),
-        quiet_seconds: float = 1.0,
-        config: Path | None = None,
-        port: int | None = None,
-        extra_args: Sequence[str] = (),
-        env: dict[str, str] | None = None,
-    ) -> None:
-        self.data_dir = data_dir
-        self.port = port or free_port()
-        self.config = config if config is not None else write_test_config(data_dir.parent / "config")
-        self.args = [
-            sys.executable,
-            "-m",
-            "dicomnode.cli",
-            "serve",
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--data-dir",
-            str(data_dir),
-            "--quiet-seconds",
-            str(quiet_seconds),
-        ]
-        self.args += ["--config", str(self.config)]
-        if bundle is not None:
-            self.args += ["--bundle", str(bundle)]
-        for d in destinations:
-            self.args += ["--destination", d]
-        self.args += list(extra_args)
+    def __init__(self, args: Sequence[str], env: dict[str, str] | None = None) -> None:
+        self.args = list(args)
         self.env = dict(env or {})
         self.proc: subprocess.Popen | None = None
         self.log: list[str] = []
 
-    def start(self, timeout: float = 60.0) -> "NodeProcess":
+    def _spawn(self) -> None:
         self.log = []
         self.proc = subprocess.Popen(
             self.args,
@@ -208,27 +176,19 @@ class NodeProcess:
             env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
         )
         threading.Thread(target=self._drain, daemon=True).start()
-        wait_for(
-            lambda: any("listening on" in line for line in self.log) or self.proc.poll() is not None,
-            timeout,
-            what="the node to listen",
-        )
-        if self.proc.poll() is not None:
-            raise AssertionError("node exited at start-up:\n" + "\n".join(self.log[-40:]))
-        return self
+
+    def _wait_for_line(self, text: str, timeout: float, what: str, exited: str) -> None:
+        """Until a line holds ``text``; AssertionError with the log when the process exits."""
+        proc = self.proc
+        assert proc is not None
+        wait_for(lambda: any(text in line for line in self.log) or proc.poll() is not None, timeout, what=what)
+        if proc.poll() is not None:
+            raise AssertionError(f"{exited}:\n" + "\n".join(self.log[-40:]))
 
     def _drain(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None
         for line in self.proc.stdout:
             self.log.append(line.rstrip())
-
-    def status(self) -> dict:
-        from dicomnode.commands.status import collect
-
-        return collect(self.data_dir / "node.sqlite3", 100)
-
-    def jobs(self) -> list[dict]:
-        return self.status()["jobs"]
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -251,6 +211,59 @@ class NodeProcess:
         return "\n".join(self.log[-n:])
 
 
+class NodeProcess(_CliProcess):
+    """``dicomnode serve`` as a subprocess, waited for by its 'listening on' line."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        bundle: Path | None,
+        destinations: Sequence[str] = (),
+        quiet_seconds: float = 1.0,
+        config: Path | None = None,
+        port: int | None = None,
+        extra_args: Sequence[str] = (),
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.data_dir = data_dir
+        self.port = port or free_port()
+        self.config = config if config is not None else write_test_config(data_dir.parent / "config")
+        args = [
+            sys.executable,
+            "-m",
+            "dicomnode.cli",
+            "serve",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--data-dir",
+            str(data_dir),
+            "--quiet-seconds",
+            str(quiet_seconds),
+        ]
+        super().__init__(args, env)
+        self.args += ["--config", str(self.config)]
+        if bundle is not None:
+            self.args += ["--bundle", str(bundle)]
+        for d in destinations:
+            self.args += ["--destination", d]
+        self.args += list(extra_args)
+
+    def start(self, timeout: float = 60.0) -> "NodeProcess":
+        self._spawn()
+        self._wait_for_line("listening on", timeout, "the node to listen", "node exited at start-up")
+        return self
+
+    def status(self) -> dict:
+        from dicomnode.commands.status import collect
+
+        return collect(self.data_dir / "node.sqlite3", 100)
+
+    def jobs(self) -> list[dict]:
+        return self.status()["jobs"]
+
+
 def dciodvfy_errors(path: Path) -> list[str]:
     """'Error' lines dciodvfy prints for a file (an empty list is a valid object)."""
     exe = require_tool("dciodvfy")
@@ -258,65 +271,26 @@ def dciodvfy_errors(path: Path) -> list[str]:
     return [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
 
 
-class WorkerProcess:
+class WorkerProcess(_CliProcess):
     """``dicomnode worker`` as a subprocess, waited for by its 'ready' line."""
 
     def __init__(
         self, config: Path, data_dir: Path, bundle: Path | None, name: str, extra_args: Sequence[str] = ()
     ) -> None:
         self.name = name
-        self.args = [sys.executable, "-m", "dicomnode.cli", "worker", "--config", str(config)]
-        self.args += ["--data-dir", str(data_dir), "--name", name, *extra_args]
+        args = [sys.executable, "-m", "dicomnode.cli", "worker", "--config", str(config)]
+        args += ["--data-dir", str(data_dir), "--name", name, *extra_args]
         if bundle is not None:
-            self.args += ["--bundle", str(bundle)]
-        self.proc: subprocess.Popen | None = None
-        self.log: list[str] = []
+            args += ["--bundle", str(bundle)]
+        super().__init__(args)
 
-    def start(self, timeout: float = 120.0) -> "WorkerProcess":
-        self.log = []
-        self.proc = subprocess.Popen(
-            self.args,
-            cwd=REPO_ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        threading.Thread(target=self._drain, daemon=True).start()
+    def start(self) -> "WorkerProcess":
+        self._spawn()
         return self
 
     def wait_ready(self, timeout: float = 120.0) -> "WorkerProcess":
-        assert self.proc is not None
-        wait_for(
-            lambda: any(" ready: " in line for line in self.log) or self.proc.poll() is not None,
-            timeout,
-            what=f"{self.name} to be ready",
-        )
-        if self.proc.poll() is not None:
-            raise AssertionError(f"{self.name} exited at start-up:\n" + "\n".join(self.log[-40:]))
+        self._wait_for_line(" ready: ", timeout, f"{self.name} to be ready", f"{self.name} exited at start-up")
         return self
-
-    def _drain(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.log.append(line.rstrip())
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self) -> int | None:
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        return self.proc.returncode
 
 
 class RedisServer:
