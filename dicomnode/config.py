@@ -455,7 +455,7 @@ class PriorsSection(_Frozen):
     #: study's job waits for its priors' analyses before its report goes out without them.
     timeout_s: float = Field(300.0, gt=0)
     #: How the stages are fused into the multi-stage decision (pipeline.stages): "mean"
-    #: (the paper's: the mean of the stages' scores), "max" (the worst stage's pneumonia
+    #: (the default: the mean of the stages' scores), "max" (the worst stage's pneumonia
     #: evidence) or "latest" (the new study alone; the trend is shown).
     fusion_rule: Literal["mean", "max", "latest"] = "mean"
     #: Send the results of a retrieved prior study to the destinations too (by default

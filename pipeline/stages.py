@@ -6,7 +6,7 @@ performances"; it names no more complex rule ("We did not test more complex fusi
 methods"), and its other fusion across inputs (the CXR branch) averages scores. So the
 default rule here is the mean of the stages' scores:
 
-* ``mean`` (paper, default): each class probability, each task score, the lesion share of
+* ``mean`` (default): each class probability, each task score, the lesion share of
   the lung and the lesion pattern's shares are the mean over the stages.
 * ``max``: the pneumonia evidence of the worst stage counts (a case is pneumonia if any
   stage is, as a case is if any slice is in the task fusion): each pneumonia class takes
@@ -50,7 +50,7 @@ from .decision import (
 )
 from .types import CLASS_NAMES, DECISIONS, PNEUMONIA_CLASSES, TASK_NAMES, InvalidInputError
 
-#: The rules ``fuse_stages`` knows; the first is the paper's and the default.
+#: The rules ``fuse_stages`` knows; the first is the default.
 MULTI_STAGE_RULES: tuple[str, ...] = ("mean", "max", "latest")
 
 

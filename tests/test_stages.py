@@ -30,7 +30,7 @@ EARLY = stage("1.1", "2026-01-10", (0.40, 0.10, 0.10, 0.40), 0.60, decision="ind
 LATER = stage("1.2", "2026-03-15", (0.10, 0.10, 0.10, 0.70), 0.90, current=True)
 
 
-def test_mean_is_the_paper_rule_and_the_default():
+def test_mean_is_the_default_rule():
     assert MULTI_STAGE_RULES[0] == "mean"
     fused = fuse_stages([LATER, EARLY])
     assert [s.study_uid for s in fused.stages] == ["1.1", "1.2"]  # oldest first

@@ -47,7 +47,7 @@ ANCHOR_MARGIN, ANCHOR_STEP = 0.04, 0.15
 #: Column heads of the summary's trend table.
 SHORT = {"non_pneumonia": "no pn.", "cap": "CAP", "influenza": "flu", "covid19": "COVID"}
 RULE_TEXT = {
-    "mean": "the mean of the dates' scores, the paper's fusion of stages",
+    "mean": "the mean of the dates' scores",
     "max": "the highest pneumonia evidence of any date",
     "latest": "the newest study alone (nothing fused)",
 }
