@@ -160,7 +160,7 @@ def _observations(summary: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]
     return obs
 
 
-def _multi_stage(summary: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+def _multi_stage(summary: Mapping[str, Any], derived_from: Sequence[Any]) -> list[tuple[str, dict[str, Any]]]:
     """With priors ([priors]): the multi-stage decision, its fused probabilities as
     components, the trend per date as a note, and the prior studies among derivedFrom
     (by Study Instance UID, a logical reference: the EHR may not hold them)."""
@@ -185,7 +185,7 @@ def _multi_stage(summary: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]
                     for cls, p in sorted((multi.get("probabilities") or {}).items())
                 ],
                 "note": [{"text": f"{multi.get('decision_reason', '')} Trend: " + " | ".join(trend_lines(multi))}],
-                "_prior_studies": [str(s["study_uid"]) for s in priors],
+                "derivedFrom": [*derived_from, *(_study_identifier(str(s["study_uid"])) for s in priors)],
             },
         )
     ]
@@ -235,16 +235,14 @@ def _observation_entries(
 ) -> list[tuple[str, dict[str, Any]]]:
     """One preliminary Observation per result (``common``: subject, derivedFrom, device, time)."""
     out = []
-    for key, part in [*_observations(summary), *_multi_stage(summary)]:
+    for key, part in [*_observations(summary), *_multi_stage(summary, common["derivedFrom"])]:
         resource: dict[str, Any] = {
             "resourceType": "Observation",
             "status": "preliminary",
             "category": [{"coding": [{"system": OBSERVATION_CATEGORY, "code": "imaging"}]}],
             **common,
-            **{k: v for k, v in part.items() if k != "_prior_studies"},
+            **part,
         }
-        if part.get("_prior_studies"):
-            resource["derivedFrom"] = [*resource["derivedFrom"], *map(_study_identifier, part["_prior_studies"])]
         out.append((_uuid(f"{job_key}/obs/{key}"), resource))
     return out
 
