@@ -87,7 +87,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--multi-stage-rule",
         default="mean",
         choices=MULTI_STAGE_RULES,
-        help="how the dates are fused (default mean, the paper's)",
+        help="how the dates are fused (default mean)",
     )
 
 
