@@ -40,6 +40,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .data import ROLES, SEG_LESION, SliceSet, case_label_index, prepare_cases, recipe_for, stack_slices
+from .paint import paint_consolidation
 from .params import TrainParams
 from .sampling import balanced_order, batches, derived_seed, generator_for, shuffled_order
 from .validation import MONITOR, classifier_metrics, dice, locator_metrics, segmentation_metrics
@@ -367,8 +368,10 @@ class _Run:
                 y = self.train_set.targets[idx_t]
                 if s.role == "segmentation":
                     x, y = augment_pairs(x, y, s.train.augment, aug)
+                    hu_range = (s.chain.hu_clip_min, s.chain.hu_window[1])
+                    x, y = paint_consolidation(x, y, s.train.augment, aug, hu_range, SEG_LESION)
                     if s.train.intensity_augmentation:
-                        x = augment_unet_inputs(x, s.train.augment, aug, (s.chain.hu_clip_min, s.chain.hu_window[1]))
+                        x = augment_unet_inputs(x, s.train.augment, aug, hu_range)
                 else:
                     x = augment_lung_pairs(
                         x, s.train.augment, aug, s.chain.hu_window, intensity=s.train.intensity_augmentation

@@ -43,6 +43,13 @@ class AugmentParams:
     sharpen_amount: tuple[float, float] = (0.3, 1.0)  # unsharp mask, like a sharp kernel
     lowres_probability: float = 0.25
     lowres_factor: tuple[float, float] = (1.3, 2.5)  # down- then up-sampled by this
+    # Consolidation painting of U-Net slices (pipeline.training.paint): dense disease drawn
+    # into the lung, labelled lesion, so that no generator's look decides what lung is.
+    paint_probability: float = 0.5
+    paint_hu: tuple[float, float] = (-350.0, 60.0)  # the painted region's mean density
+    paint_texture_sd_hu: float = 30.0  # smooth texture on it, sd drawn in [0, x]
+    paint_share: tuple[float, float] = (0.15, 0.7)  # of one lung side's pixels in the slice
+    paint_halfplane_fraction: float = 0.6  # lobar (half-plane) regions; the rest are blobs
 
 
 @dataclass(frozen=True)
