@@ -253,7 +253,9 @@ def render_report(
     top: int,
 ) -> str:
     """report.md: cohort, settings, per comparison the selection, tests and heat map."""
-    lines = ["# Phenotype study report", "", *_honesty_lines(run), ""]
+    lines = ["# Phenotype study report", ""]
+    for paragraph in _honesty_lines(run):  # separate quotes: one paragraph each
+        lines += [paragraph, ""]
     lines += _cohort_lines(cohort, run)
     for r in results:
         lines += _comparison_lines(r, alpha, top, plots.get(f"heatmap_{r.comparison.name}"))
