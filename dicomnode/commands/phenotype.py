@@ -85,6 +85,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_progress_flags(p)
 
 
+def _quiet_radiomics(args: argparse.Namespace) -> None:
+    """pyradiomics logs every feature class of every slice at INFO, and sets its logger to
+    INFO when imported: import it first, then quieten it (unless -v)."""
+    try:
+        import radiomics  # noqa: F401
+    except ImportError:
+        return
+    quiet_loggers(args, ("radiomics",))
+
+
 def _study_params(args: argparse.Namespace):
     from pipeline.params import PhenotypeStudyParams
 
@@ -109,8 +119,7 @@ def run(args: argparse.Namespace) -> int:
     )
     from pipeline.types import PipelineError
 
-    # pyradiomics logs every feature class of every slice at INFO.
-    quiet_loggers(args, ("radiomics",))
+    _quiet_radiomics(args)
     params = replace(ChainParams(), device=args.device)
     if args.explained_slices is not None:
         params = replace(params, max_explained_slices=args.explained_slices)
