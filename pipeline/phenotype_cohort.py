@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from .params import ChainParams, PhenotypeStudyParams
-from .phenotype_stats import FeatureTable
+from .phenotype_stats import FeatureTable, PhenotypeStudyError
 from .types import PNEUMONIA_CLASSES, PipelineError
 
 
@@ -85,7 +85,7 @@ def collect_features(
     phenotype_of: Callable[..., tuple[Any, Any, tuple[int, ...]]] = case_phenotype,
 ) -> CohortFeatures:
     """The features of every pneumonia case (tqdm progress bar). A case the chain cannot
-    analyse stops the study with a PipelineError naming it, unless ``skip_failed``: then
+    analyse stops the study with a PhenotypeStudyError naming it, unless ``skip_failed``: then
     it is listed and left out. ``phenotype_of`` is ``case_phenotype`` (an argument for
     tests)."""
     from tqdm import tqdm
@@ -102,7 +102,7 @@ def collect_features(
         except (PipelineError, OSError, ValueError, RuntimeError) as e:
             message = str(e) if isinstance(e, PipelineError) else f"{type(e).__name__}: {e}"
             if not skip_failed:
-                raise PipelineError(
+                raise PhenotypeStudyError(
                     f"case {case.case_id} could not be analysed: {message} "
                     "(--skip-failed leaves such cases out and lists them)"
                 ) from e
