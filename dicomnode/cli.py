@@ -19,6 +19,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("demo", "send a synthetic chest CT to a node and print the report summary"),
     "train": ("train", "train a model of the chain"),
     "evaluate": ("evaluate", "evaluate a model bundle with the paper's protocol"),
+    "phenotype": (
+        "phenotype",
+        "the phenotype study: radiomics of the attentional regions of a cohort's pneumonia cases",
+    ),
     "calibrate": ("calibrate", "choose a bundle's operating points and out-of-domain reference on validation data"),
 }
 

@@ -120,3 +120,55 @@ class EvalParams:
             raise ValueError(f"EvalParams.confidence must lie in (0, 1), got {self.confidence}")
         if list(self.age_band_edges) != sorted(set(self.age_band_edges)):
             raise ValueError(f"EvalParams.age_band_edges must increase, got {self.age_band_edges}")
+
+
+@dataclass(frozen=True)
+class PhenotypeStudyParams:
+    """Named settings of the phenotype study (pipeline.phenotype_study, METHOD.md module 6)."""
+
+    #: LoG image types (sigma in mm, 2-D) and the wavelet image types of the radiomics.
+    log_sigma_mm: tuple[float, ...] = (2.0, 4.0)
+    wavelet: bool = True
+    #: LASSO keeps at most this many features (the paper keeps 12).
+    max_selected: int = 12
+    #: Inverse regularisation strengths tried by the cross-validation: this many values
+    #: spaced evenly on a log scale from the smallest that keeps a feature
+    #: (sklearn.svm.l1_min_c) to ``lasso_path_ratio`` times it (glmnet's path: its
+    #: lambda.min.ratio is 0.01 when there are more features than cases).
+    lasso_cs: int = 20
+    lasso_path_ratio: float = 100.0
+    #: Stratified folds of the cross-validation (fewer when a class has fewer cases).
+    cv_folds: int = 5
+    lasso_max_iter: int = 10000
+    #: A comparison runs only with at least this many cases with features in each class.
+    min_cases_per_class: int = 3
+    #: A feature missing (NaN) in more than this share of a comparison's cases is left out
+    #: of it; the rest are imputed with the feature's median there (LASSO only).
+    max_missing_fraction: float = 0.5
+    #: False discovery rate of the Benjamini-Hochberg correction ("significant" below it).
+    fdr_alpha: float = 0.05
+    #: Seed of the cross-validation folds.
+    seed: int = 0
+    #: Rows of the test table the report shows (tests.csv holds them all).
+    report_top_tests: int = 15
+
+    def __post_init__(self) -> None:
+        if self.max_selected < 1:
+            raise ValueError(f"PhenotypeStudyParams.max_selected must be >= 1, got {self.max_selected}")
+        if self.lasso_cs < 2 or self.lasso_path_ratio <= 1.0:
+            raise ValueError(
+                "PhenotypeStudyParams needs lasso_cs >= 2 and lasso_path_ratio > 1, "
+                f"got {self.lasso_cs} and {self.lasso_path_ratio}"
+            )
+        if self.cv_folds < 2:
+            raise ValueError(f"PhenotypeStudyParams.cv_folds must be >= 2, got {self.cv_folds}")
+        if self.min_cases_per_class < 2:
+            raise ValueError(f"PhenotypeStudyParams.min_cases_per_class must be >= 2, got {self.min_cases_per_class}")
+        if not 0.0 <= self.max_missing_fraction < 1.0:
+            raise ValueError(
+                f"PhenotypeStudyParams.max_missing_fraction must lie in [0, 1), got {self.max_missing_fraction}"
+            )
+        if not 0.0 < self.fdr_alpha < 1.0:
+            raise ValueError(f"PhenotypeStudyParams.fdr_alpha must lie in (0, 1), got {self.fdr_alpha}")
+        if any(s <= 0 for s in self.log_sigma_mm):
+            raise ValueError(f"PhenotypeStudyParams.log_sigma_mm must be positive, got {self.log_sigma_mm}")

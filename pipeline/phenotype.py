@@ -6,14 +6,23 @@ original image (bin width ``radiomics_bin_width`` HU); Laplacian-of-Gaussian
 (``radiomics_log_sigma_mm``) and wavelet (``radiomics_wavelet``) image types only when
 asked for, as they multiply the cost. Deprecated and redundant pyradiomics features are
 left out.
+pyradiomics 3.0.1 refuses its LoG image type on a one-slice image ("Image too small to
+apply LoG filter") even with ``force2D``, so the LoG images are made here, in 2-D, with
+the filter pyradiomics uses (SimpleITK's LaplacianRecursiveGaussian, normalised across
+scale, sigma in mm), and their features are named like pyradiomics' but ``-2D``:
+``log-sigma-2-0-mm-2D_firstorder_Mean``.
 Slices are combined by a mean weighted by region area, so the case gets one vector.
 
-Two shape features of the paper are added:
+Three shape features of the paper are added:
 
 * ``pleura_distance_mm``: distance from each region's centroid to the nearest non-lung
   pixel (the pleura), mean over regions;
 * ``fractal_dimension_2d``: box-counting dimension of the regions' contour per slice,
-  mean over slices.
+  mean over slices;
+* ``fractal_dimension_3d_grey``: the paper's "3D grayscale mesh fractal dimension", the
+  differential box-counting dimension (Sarkar and Chaudhuri 1994) of the grey-level
+  surface (y, x, HU) over the regions per slice, about 2 (smooth) to 3 (rough), mean
+  over slices.
 
 If pyradiomics cannot be imported, a numpy first-order set is computed instead (same
 names, ``original_firstorder_*``), so the chain still runs.
@@ -52,6 +61,7 @@ def compute_phenotype(
     weights: dict[str, float] = {}
     pleura: list[float] = []
     fractal: list[float] = []
+    fractal_grey: list[float] = []
     region_count = 0
     spacing_yx = (float(volume.spacing_mm[1]), float(volume.spacing_mm[2]))
     for a in slices:
@@ -66,9 +76,13 @@ def compute_phenotype(
         fd = fractal_dimension(contour(a.regions))
         if np.isfinite(fd):
             fractal.append(fd)
+        fd_grey = grey_fractal_dimension(volume.hu[a.z_index], a.regions)
+        if np.isfinite(fd_grey):
+            fractal_grey.append(fd_grey)
     features = {name: sums[name] / weights[name] for name in sorted(sums)}
     features["pleura_distance_mm"] = float(np.mean(pleura)) if pleura else float("nan")
     features["fractal_dimension_2d"] = float(np.mean(fractal)) if fractal else float("nan")
+    features["fractal_dimension_3d_grey"] = float(np.mean(fractal_grey)) if fractal_grey else float("nan")
     return Phenotype(features=features, region_count=region_count)
 
 
@@ -79,22 +93,50 @@ def radiomics_features(
     hu_slice: np.ndarray, region: np.ndarray, spacing_yx: tuple[float, float], params: ChainParams
 ) -> dict[str, float]:
     """2-D radiomics features of ``hu_slice`` inside ``region`` (name -> value)."""
-    extractor = _extractor(
-        float(params.radiomics_bin_width),
-        tuple(float(s) for s in params.radiomics_log_sigma_mm),
-        bool(params.radiomics_wavelet),
-    )
+    bin_width = float(params.radiomics_bin_width)
+    extractor = _extractor(bin_width, bool(params.radiomics_wavelet))
     if extractor is None:
         return first_order_numpy(np.asarray(hu_slice)[np.asarray(region, dtype=bool)])
     import SimpleITK as sitk
 
-    image = sitk.GetImageFromArray(np.asarray(hu_slice, dtype=np.float32)[None])
-    image.SetSpacing((spacing_yx[1], spacing_yx[0], 1.0))
+    image = sitk.GetImageFromArray(np.asarray(hu_slice, dtype=np.float32))
+    image.SetSpacing((spacing_yx[1], spacing_yx[0]))
     mask = sitk.GetImageFromArray(np.asarray(region, dtype=np.uint8)[None])
+    out = _numeric_features(extractor, _one_slice(image), mask)
+    original_only = _extractor(bin_width, False)
+    for sigma in params.radiomics_log_sigma_mm:
+        log_image = _one_slice(log_filtered(image, float(sigma)))
+        prefix = f"log-sigma-{str(float(sigma)).replace('.', '-')}-mm-2D_"
+        for name, value in _numeric_features(original_only, log_image, mask).items():
+            out[prefix + name.removeprefix("original_")] = value
+    return out
+
+
+def log_filtered(image, sigma_mm: float):
+    """The 2-D Laplacian of Gaussian pyradiomics' LoG image type computes (its filter and
+    its normalisation across scale, sigma in mm), for a 2-D SimpleITK image."""
+    import SimpleITK as sitk
+
+    log_filter = sitk.LaplacianRecursiveGaussianImageFilter()
+    log_filter.SetNormalizeAcrossScale(True)
+    log_filter.SetSigma(sigma_mm)
+    return log_filter.Execute(image)
+
+
+def _one_slice(image_2d):
+    """A 2-D SimpleITK image as a one-slice 3-D image (what the extractor reads)."""
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(sitk.GetArrayFromImage(image_2d)[None])
+    image.SetSpacing((*image_2d.GetSpacing(), 1.0))
+    return image
+
+
+def _numeric_features(extractor, image, mask) -> dict[str, float]:
+    """The extractor's numeric features of ``image`` inside ``mask`` (label 1)."""
     mask.CopyInformation(image)
-    result = extractor.execute(image, mask, label=1)
     out: dict[str, float] = {}
-    for name, value in result.items():
+    for name, value in extractor.execute(image, mask, label=1).items():
         if name.startswith("diagnostics_"):
             continue
         try:
@@ -105,8 +147,9 @@ def radiomics_features(
 
 
 @functools.lru_cache(maxsize=8)
-def _extractor(bin_width: float, log_sigma_mm: tuple[float, ...], wavelet: bool):
-    """One configured pyradiomics extractor per setting (None without pyradiomics)."""
+def _extractor(bin_width: float, wavelet: bool):
+    """One configured pyradiomics extractor (original image, wavelets when asked) per
+    setting; None without pyradiomics. LoG images are made by ``log_filtered``."""
     try:
         import radiomics
         from radiomics import featureextractor
@@ -117,8 +160,6 @@ def _extractor(bin_width: float, log_sigma_mm: tuple[float, ...], wavelet: bool)
     )
     ext.disableAllImageTypes()
     ext.enableImageTypeByName("Original")
-    if log_sigma_mm:
-        ext.enableImageTypeByName("LoG", customArgs={"sigma": list(log_sigma_mm)})
     if wavelet:
         ext.enableImageTypeByName("Wavelet")
     ext.disableAllFeatures()
@@ -212,6 +253,66 @@ def fractal_dimension(points: np.ndarray) -> float:
     log_inv_size = np.log(1.0 / np.asarray(sizes, dtype=np.float64))
     slope = np.polyfit(log_inv_size, np.log(np.asarray(counts, dtype=np.float64)), 1)[0]
     return float(slope)
+
+
+def grey_fractal_dimension(hu_slice: np.ndarray, region: np.ndarray) -> float:
+    """Differential box-counting dimension of the grey-level surface over ``region``.
+
+    Sarkar and Chaudhuri (1994), for a region rather than a whole image: the surface
+    z = HU(y, x) is scaled so that its grey range inside the region spans the region's
+    extent M (pixels); for box sizes s = 2, 4, ... up to M / 2, each s x s block touching
+    the region needs boxes of height s from its lowest to its highest grey value (at
+    least one). The
+    dimension is 2 plus the slope of log(boxes per touched block) against log(1 / s): per
+    block, so that the outline of a small region (it touches fewer blocks than a square
+    of its extent) does not enter. 2 for a flat or smoothly sloping surface, towards 3
+    for a rough one; NaN when the region is too small for two box sizes (M < 8).
+    """
+    inside = np.asarray(region, dtype=bool)
+    if not inside.any():
+        return float("nan")
+    rows = np.flatnonzero(inside.any(axis=1))
+    cols = np.flatnonzero(inside.any(axis=0))
+    box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+    inside = inside[box]
+    grey = np.asarray(hu_slice, dtype=np.float64)[box]
+    extent = max(inside.shape)
+    sizes = [2**k for k in range(1, int(np.log2(extent / 2)) + 1)] if extent >= 4 else []
+    if len(sizes) < _MIN_BOXES_FOR_FIT:
+        return float("nan")
+    low, high = float(grey[inside].min()), float(grey[inside].max())
+    height = (grey - low) * (extent / (high - low)) if high > low else np.zeros_like(grey)
+    boxes_per_block = [_grey_boxes_per_block(height, inside, s) for s in sizes]
+    log_inv_size = np.log(1.0 / np.asarray(sizes, dtype=np.float64))
+    return 2.0 + float(np.polyfit(log_inv_size, np.log(np.asarray(boxes_per_block)), 1)[0])
+
+
+def _grey_boxes_per_block(height: np.ndarray, inside: np.ndarray, size: int) -> float:
+    """Mean number of boxes of side ``size`` covering the surface ``height`` over the
+    ``size`` x ``size`` blocks that touch ``inside``. A block reaches to the first pixel
+    row and column of its neighbours (the surface between pixel samples is covered too,
+    so a tilted plane needs as many boxes per block at every size)."""
+    top = _block_extreme(np.where(inside, height, -np.inf), size, np.max, -np.inf)
+    bottom = _block_extreme(np.where(inside, height, np.inf), size, np.min, np.inf)
+    ny, nx = -(-inside.shape[0] // size), -(-inside.shape[1] // size)
+    own = np.zeros((ny * size, nx * size), dtype=bool)
+    own[: inside.shape[0], : inside.shape[1]] = inside
+    touched = own.reshape(ny, size, nx, size).any(axis=(1, 3))
+    levels = np.ceil(top[touched] / size) - np.floor(bottom[touched] / size)
+    return float(np.maximum(levels, 1.0).mean())
+
+
+def _block_extreme(values: np.ndarray, size: int, extreme, fill: float) -> np.ndarray:
+    """``extreme`` (np.max or np.min) over each block of ``size`` pixels plus the first
+    row and column of the next blocks; ``fill`` beyond the array."""
+    ny, nx = -(-values.shape[0] // size), -(-values.shape[1] // size)
+    padded = np.full((ny * size + 1, nx * size + 1), fill)
+    padded[: values.shape[0], : values.shape[1]] = values
+    own = extreme(padded[: ny * size, : nx * size].reshape(ny, size, nx, size), axis=(1, 3))
+    next_column = extreme(padded[: ny * size, size::size].reshape(ny, size, nx), axis=1)
+    next_row = extreme(padded[size::size, : nx * size].reshape(ny, nx, size), axis=2)
+    corner = padded[size::size, size::size]
+    return extreme(np.stack([own, next_column, next_row, corner]), axis=0)
 
 
 def feature_vector(phenotype: Phenotype, names: Sequence[str]) -> np.ndarray:
