@@ -36,6 +36,14 @@ mediastinum are lung), at the working size (classical) or the U-Net's size:
    regions, whose edge against the wall or mediastinum cannot be seen, grow by
    ``lung_dense_grow_px``.
 4. Holes are filled per slice, except those with no lung below them (the dome again).
+5. Lung lies inside the rib cage: dense voxels of the mask (``lung_dense_hu``) more than
+   ``lung_outside_ribs_mm`` outside the rib-cage envelope are dropped. The envelope is
+   the convex hull of the bone of the trunk, each slice's largest piece of soft tissue
+   (denser than ``lung_trunk_hu``) with its holes filled, so that arms lying beside the
+   chest, separate pieces there, do not widen it; slices with almost no bone are left
+   as they are. Aerated lung is never dropped. A U-Net
+   trained to keep dense disease in the lung can otherwise spill into soft tissue that
+   looks like it (the arms, the axilla).
 
 Known limit: a consolidation that fills a lobe against the heart or the mediastinum,
 or that rests on the diaphragm with no aerated lung below it, looks like those organs
@@ -61,6 +69,8 @@ _PER_SLICE = np.zeros((3, 3, 3), dtype=bool)
 _PER_SLICE[1] = True
 #: 3-D 6-connectivity.
 _FACE_3D = ndimage.generate_binary_structure(3, 1)
+#: A slice with fewer bone pixels has no rib-cage envelope (apex, neck): not constrained.
+ENVELOPE_MIN_BONE_PIXELS = 3
 
 
 def _check_pair(name: str, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -400,11 +410,35 @@ def _refine_box(
     sides = [_close_side(side, dense_hu, spacing_mm, params, disk_mm) for side in (right, left)]
     closed = sides[0] | sides[1]
     below = _lung_below(closed)
-    extra = _recover_dense(sides, lungs, closed, dense_hu, below, right_half, hu, body, spacing_mm, params)
+    bone = (hu >= hi) & _trunk(body & (hu > params.lung_trunk_hu))
+    depth = _envelope_depth(bone, spacing_mm[1:], int(params.lung_envelope_directions))
+    extra = _recover_dense(sides, lungs, closed, dense_hu, below, right_half, depth, params)
     out = np.zeros(lungs.shape, dtype=bool)
     for side, more in zip(sides, extra, strict=True):
         out |= _fill_holes_with_lung_below(side | more, below, params)
+    has_bone = np.count_nonzero(bone.reshape(bone.shape[0], -1), axis=1) >= ENVELOPE_MIN_BONE_PIXELS
+    outside = (depth < -params.lung_outside_ribs_mm) & has_bone[:, None, None] & (hu > lo)
+    out &= ~outside
     return out, out & ~lungs & (hu >= params.classical_air_hu)
+
+
+def _trunk(tissue: np.ndarray) -> np.ndarray:
+    """Each slice's largest connected piece of ``tissue``, holes filled: the trunk,
+    without arms that lie apart from it in that slice. ``tissue`` is the body denser
+    than ``lung_trunk_hu``: the thin air gap between arm and chest, partly filled at a
+    small matrix size, must not join them."""
+    labels, n = ndimage.label(tissue, structure=_PER_SLICE)
+    if n == 0:
+        return tissue.copy()
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+    z_of = np.zeros(n, dtype=np.int64)
+    zz = np.broadcast_to(np.arange(tissue.shape[0])[:, None, None], tissue.shape)
+    z_of[labels[tissue] - 1] = zz[tissue]  # every piece lies in one slice
+    order = np.lexsort((-sizes, z_of))  # by slice, then largest first
+    first = order[np.r_[True, z_of[order][1:] != z_of[order][:-1]]]
+    lut = np.zeros(n + 1, dtype=bool)
+    lut[first + 1] = True
+    return fill_holes_per_slice(lut[labels])
 
 
 def _split_at_midline(lungs: np.ndarray, right_half: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -578,9 +612,7 @@ def _recover_dense(
     dense_hu: np.ndarray,
     below: np.ndarray,
     right_half: np.ndarray,
-    hu: np.ndarray,
-    body: np.ndarray,
-    spacing_mm: tuple[float, float, float],
+    depth: np.ndarray,
     params: ChainParams,
 ) -> list[np.ndarray]:
     """Per lung, the dense regions that join it (module doc, step 3).
@@ -588,18 +620,16 @@ def _recover_dense(
     Candidates: disease-density pixels inside the rib-cage envelope, deeper than the
     normal chest-wall band (per slice, ``lung_wall_band_percentile`` of the lungs' edge
     depths: the band of pleura, ribs and intercostal muscle that healthy lung leaves),
-    not lung. A per-slice opening cuts the thin strips between the lung's edge and the
-    ribs, which would join everything along the wall into one piece. A piece is
+    not lung (``depth``: ``_envelope_depth`` of the trunk's bone). A per-slice opening
+    cuts the thin strips between the lung's edge and the ribs, which would join
+    everything along the wall into one piece. A piece is
     accepted for a lung when it touches that lung only, has no pixel on the other side of
     the midline and has lung below at least ``lung_below_min_fraction`` of it; it then
     gets back what the opening took from it. With the dense voxels the closings added,
     it grows ``lung_dense_grow_px`` pixels (see below).
     """
     nz = closed.shape[0]
-    dz, dy, dx = spacing_mm
-    bone = (hu >= params.lung_dense_hu[1]) & body
     edge = closed & ~_erode8(closed)
-    depth = _envelope_depth(bone, (dy, dx), int(params.lung_envelope_directions))
     band = np.full(nz, np.inf, dtype=np.float32)
     for k in np.flatnonzero(edge.any(axis=(1, 2))):
         d = depth[k][edge[k]]

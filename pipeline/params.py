@@ -65,6 +65,8 @@ class ChainParams:
     lung_wall_open_px: int = 1  # opening radius cutting strips along the wall that join a lesion to the mediastinum
     lung_dense_grow_px: int = 1  # recovered regions grow this far: their edge at wall/mediastinum is invisible
     lung_envelope_directions: int = 32  # sides of the polygonal convex hull of bone (the rib-cage envelope)
+    lung_trunk_hu: float = -250.0  # soft tissue (fat and denser) that makes up the trunk and the arms
+    lung_outside_ribs_mm: float = 5.0  # dense mask voxels farther outside the rib-cage envelope are dropped
     # Fusion
     top_k: int = 3
     decision_threshold: float = 0.5

@@ -263,6 +263,33 @@ def test_refinement_recovers_a_tumour_cut_out_of_a_unet_like_mask(tumour_at: str
     assert dice(out, lungs) >= 0.99
 
 
+def test_refinement_drops_dense_tissue_outside_the_rib_cage_but_keeps_disease_inside() -> None:
+    """A U-Net taught to keep consolidation in the lung may spill into an arm lying
+    beside the chest: dense voxels outside the trunk's rib cage are not lung; dense
+    disease inside it and the aerated lung stay."""
+    hu, body, lungs, tumour = _synthetic_chest("wall")
+    nz, ny, nx = hu.shape
+    wide = np.zeros((nz, ny, nx + 24), np.float32) - 1000.0
+    wide[:, :, 12 : 12 + nx] = hu
+    big_body = np.zeros(wide.shape, bool)
+    big_body[:, :, 12 : 12 + nx] = body
+    arm = np.zeros(wide.shape, bool)
+    arm[:, 36:60, 0:9] = True  # an arm 3 px (9 mm) of air apart from the chest
+    wide[arm] = 40.0
+    wide[:, 44:50, 3:6] = 500.0  # its humerus
+    big_body |= arm
+    big_lungs = np.zeros(wide.shape, bool)
+    big_lungs[:, :, 12 : 12 + nx] = lungs
+    spill = np.zeros(wide.shape, bool)
+    spill[:, 40:56, 4:20] = True  # lung called by the network out through the wall into the arm
+    spill &= wide > -500
+    unet_like = big_lungs | spill
+    out, _ = refine_lung_mask(unet_like, wide, big_body, (5.0, 3.0, 3.0), ChainParams(), closing_mm=0.0)
+    assert not (out & arm).any()
+    assert np.array_equal(out[:, :, 12 : 12 + nx] & lungs, lungs)  # aerated lung and tumour kept
+    assert out[:, :, 12 : 12 + nx][tumour].all()
+
+
 def test_refinement_keeps_a_clean_mask_and_validates_its_grid() -> None:
     hu, body, lungs, _ = _synthetic_chest("wall")
     hu[lungs] = -850.0
