@@ -31,7 +31,7 @@ def _hu(x: torch.Tensor) -> torch.Tensor:
 
 def test_painted_regions_are_dense_lesion_inside_one_lung_and_nothing_else_changes() -> None:
     x, y = _slices()
-    params = replace(AugmentParams(), paint_probability=1.0)
+    params = replace(AugmentParams(), paint_probability=1.0, paint_as_lesion=True)
     xp, yp = paint_consolidation(x, y, params, generator_for(1, "paint"), HU_RANGE, LESION)
     painted = (yp == LESION) & (y != LESION)
     assert painted.sum(dim=(1, 2)).gt(0).all()  # every sample has enough lung: all painted
@@ -51,7 +51,7 @@ def test_probability_zero_paints_nothing_and_the_draws_are_reproducible() -> Non
     off = replace(AugmentParams(), paint_probability=0.0)
     xo, yo = paint_consolidation(x, y, off, generator_for(2, "paint"), HU_RANGE, LESION)
     assert torch.equal(xo, x) and torch.equal(yo, y)
-    on = replace(AugmentParams(), paint_probability=0.5)
+    on = replace(AugmentParams(), paint_probability=0.5, paint_as_lesion=True)
     a = paint_consolidation(x, y, on, generator_for(2, "paint"), HU_RANGE, LESION)
     b = paint_consolidation(x, y, on, generator_for(2, "paint"), HU_RANGE, LESION)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
@@ -66,3 +66,26 @@ def test_a_slice_with_too_little_lung_is_left_alone() -> None:
     params = replace(AugmentParams(), paint_probability=1.0)
     xp, yp = paint_consolidation(x, y, params, generator_for(3, "paint"), HU_RANGE, LESION)
     assert torch.equal(xp, x) and torch.equal(yp, y)
+
+
+def test_painted_pixels_stay_lung_unless_asked_to_be_lesion() -> None:
+    x, y = _slices()
+    params = replace(AugmentParams(), paint_probability=1.0, paint_as_lesion=False)
+    xp, yp = paint_consolidation(x, y, params, generator_for(1, "paint"), HU_RANGE, LESION)
+    assert torch.equal(yp, y)  # labels untouched
+    assert (_hu(xp) > -500).sum() > (_hu(x) > -500).sum()  # but dense tissue was drawn in the lung
+
+
+def test_the_train_command_line_sets_and_records_painting() -> None:
+    from dicomnode.cli import build_parser
+    from dicomnode.commands.train import _train_params, command_line
+
+    words = ["train", "segmentation", "--data", "phantom:count=2", "--out", "/tmp/x"]
+    plain = build_parser(words).parse_args(words)
+    assert _train_params(plain).augment.paint_probability == 0.0  # not in the shipped recipe
+    assert "--paint" not in command_line(plain)
+    words += ["--paint-consolidation", "0.4", "--paint-as-lesion"]
+    args = build_parser(words).parse_args(words)
+    augment = _train_params(args).augment
+    assert augment.paint_probability == 0.4 and augment.paint_as_lesion
+    assert "--paint-consolidation 0.4 --paint-as-lesion" in command_line(args)

@@ -13,6 +13,7 @@ import logging
 import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 from ._args import EXIT_USAGE, add_progress_flags
 
@@ -96,6 +97,19 @@ def _add_architecture_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         metavar="W",
         help="loss weight of lesion pixels (dense disease must stay lung; default 5)",
+    )
+    unet.add_argument(
+        "--paint-consolidation",
+        type=float,
+        default=None,
+        metavar="P",
+        help="probability that a training slice gets consolidation painted into one lung "
+        "(pipeline.training.paint; default 0: not in the shipped recipe, see the model card)",
+    )
+    unet.add_argument(
+        "--paint-as-lesion",
+        action="store_true",
+        help="painted pixels are labelled lesion (default: they stay lung)",
     )
     unet.add_argument(
         "--no-lesion-head",
@@ -213,6 +227,10 @@ def command_line(args: argparse.Namespace) -> str:
             parts += ["--no-lesion-head"]
         if args.lesion_weight is not None:
             parts += ["--lesion-weight", repr(args.lesion_weight)]
+        if args.paint_consolidation is not None:
+            parts += ["--paint-consolidation", repr(args.paint_consolidation)]
+        if args.paint_as_lesion:
+            parts += ["--paint-as-lesion"]
     else:
         parts += [
             "--block",
@@ -278,11 +296,25 @@ def _run_lesion_pattern(args: argparse.Namespace) -> int:
     return 0
 
 
-def run(args: argparse.Namespace) -> int:
+def _train_params(args: argparse.Namespace) -> Any:
+    """TrainParams with the command line's loss and augmentation options."""
     from dataclasses import replace
 
-    from pipeline.training import TrainError, TrainSettings, train_role
     from pipeline.training.params import TrainParams
+
+    train = TrainParams()
+    if args.lesion_weight is not None:
+        train = replace(train, lesion_weight=args.lesion_weight)
+    if args.paint_consolidation is not None or args.paint_as_lesion:
+        augment = replace(train.augment, paint_as_lesion=bool(args.paint_as_lesion))
+        if args.paint_consolidation is not None:
+            augment = replace(augment, paint_probability=float(args.paint_consolidation))
+        train = replace(train, augment=augment)
+    return train
+
+
+def run(args: argparse.Namespace) -> int:
+    from pipeline.training import TrainError, TrainSettings, train_role
     from pipeline.types import PipelineError
 
     if args.role == "lesion-pattern":
@@ -309,11 +341,7 @@ def run(args: argparse.Namespace) -> int:
             version=args.bundle_version,
             description=args.description,
             progress=args.progress,
-            train=(
-                replace(TrainParams(), lesion_weight=args.lesion_weight)
-                if args.lesion_weight is not None
-                else TrainParams()
-            ),
+            train=_train_params(args),
         )
         outcome = train_role(settings)
     except (PipelineError, TrainError, ValueError, OSError) as e:

@@ -18,7 +18,8 @@ right of the lungs' median column) gets a region, either
 
 covering ``paint_share`` of the side, filled with a density drawn in ``paint_hu`` plus
 smooth texture, with a soft (partial-volume) edge that stays inside the lung. Its pixels
-become lesion (still lung) in the label. The label of everything else is unchanged.
+stay lung in the label, or become lesion (still lung) with ``paint_as_lesion``; the
+label of everything else is unchanged.
 Random numbers come from the generator passed in, the same count whatever is painted.
 """
 
@@ -69,7 +70,8 @@ def paint_consolidation(
         alpha = torch.maximum(alpha, region.to(torch.float32))
         painted = hu * (1.0 - alpha) + (density + texture) * alpha
         x_out[i, 0] = ((painted.clamp(lo, hi) - lo) / (hi - lo)).to(x.dtype)
-        y_out[i][region] = lesion_label
+        if params.paint_as_lesion:
+            y_out[i][region] = lesion_label
     return x_out, y_out
 
 
