@@ -165,19 +165,40 @@ def log_analysis(job_id: int, series_uid: str, result: Any, seconds: float) -> N
         result.case_scores.label,
         result.domain.score,
     )
+    if result.cxr is not None:
+        log.info(
+            "job %d: CXR branch on localizer %s: %s; %s",
+            job_id,
+            ",".join(result.cxr.radiograph.sop_uids) or "?",
+            ", ".join(f"{k} {v:.3f}" for k, v in result.cxr.probabilities.items()),
+            result.cxr.reason,
+        )
 
 
-def run_chain(cfg: NodeConfig, bundle: Any, job_id: int, series_uid: str, volume: Any) -> Any:
-    """``pipeline.chain.analyze`` with the node's settings, logged (one line, no patient
-    data); NotAChestCTError propagates (the caller skips the series with its reason)."""
+def run_chain(cfg: NodeConfig, bundle: Any, job_id: int, series_uid: str, volume: Any, localizer: Any = None) -> Any:
+    """``pipeline.chain.analyze`` with the node's settings, and the CXR branch on the study's
+    ``localizer`` (a pipeline Radiograph, or None: ``read_job_localizer``), logged (one
+    line, no patient data); NotAChestCTError propagates (the caller skips the series with
+    its reason)."""
     from pipeline.chain import analyze
+    from pipeline.cxr import with_cxr
     from pipeline.params import ChainParams
 
     params = ChainParams(top_k=cfg.pipeline.top_k, device=cfg.pipeline.device)
     t0 = now()
-    result = analyze(volume, bundle, params)
+    result = with_cxr(analyze(volume, bundle, params), localizer, bundle)
     log_analysis(job_id, series_uid, result, now() - t0)
     return result
+
+
+def read_job_localizer(cfg: NodeConfig, bundle: Any, present: Sequence[Path], first: Any) -> tuple[Any, Any] | None:
+    """The study's localizer for the CXR branch (dicomnode.localizer): (Radiograph, its
+    dataset), or None when ``[cxr]`` is off, the bundle has no CXR model or the study none."""
+    if not cfg.cxr.enabled or getattr(bundle, "cxr", None) is None:
+        return None
+    from dicomnode.localizer import study_localizer
+
+    return study_localizer(present, first, cfg.cxr.localizer_image_types)
 
 
 def present_files(storage_root: Path, instances: Sequence[str]) -> list[Path]:
@@ -205,6 +226,7 @@ def build_job_objects(
     sources: Sequence,
     previous: Sequence,
     trend: Any = None,
+    cxr_sources: Sequence = (),
 ) -> Mapping[str, Sequence]:
     """The result objects some destination wants (with none: every kind), with UIDs derived
     from the job, so that a job run twice makes the very same objects."""
@@ -218,6 +240,7 @@ def build_job_objects(
         uid_seed=f"{series_uid}/job-{job_id}",
         previous_reports=tuple(previous),
         trend=trend,
+        cxr_sources=tuple(cxr_sources),
     )
     return build_result_objects(result, volume, sources, options)
 
@@ -448,8 +471,9 @@ class Worker:
         earlier = self.queue.record_content(job, content_fingerprint(present, bundle.info.sha256))
         if earlier is not None:  # a PACS re-sent the same series: one result set per content
             return self._finish(job, JobState.DONE, identical_reason(earlier))
+        localizer = read_job_localizer(self.cfg, bundle, present, sources[0])
         try:
-            result = run_chain(self.cfg, bundle, job.id, job.series_uid, volume)
+            result = run_chain(self.cfg, bundle, job.id, job.series_uid, volume, localizer and localizer[0])
         except NotAChestCTError as e:  # a clear skip with the reason, not a failed job
             return self._finish(job, JobState.SKIPPED, str(e)[:500])
         if self.metrics is not None:
@@ -462,7 +486,10 @@ class Worker:
         trend = self._multi_stage(job, summary, sources[0], bundle.operating_points)
         if trend is not None:
             summary["multi_stage"] = trend.summary
-        objects = build_job_objects(self.cfg, job.id, job.series_uid, result, volume, sources, previous, trend)
+        cxr_sources = (localizer[1],) if localizer is not None and result.cxr is not None else ()
+        objects = build_job_objects(
+            self.cfg, job.id, job.series_uid, result, volume, sources, previous, trend, cxr_sources
+        )
         job_dir = self.results_root / str(job.id)
         try:
             written = persist_job_outputs(self.cfg, objects, job_dir, summary, result, sources)

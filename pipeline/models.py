@@ -8,6 +8,8 @@ A bundle is a folder::
     locator.pt        state_dict of the 2-class COVID-infectious slice locator
     segmentation.pt   state_dict of the lung U-Net (optional: without it the classical
                       HU-threshold method segments the lungs)
+    cxr.pt            state_dict of the CXR classifier of the localizer / radiograph
+                      (optional, pipeline.cxr; its classes are in its architecture dict)
     domain_reference.npz  the out-of-domain guard's reference (pipeline.domain; optional,
                       written by ``dicomnode calibrate``, pinned by sha256 in the card)
 
@@ -46,7 +48,7 @@ from .types import InvalidInputError, ModelBundleError, ModelInfo
 
 CARD_FILE = "model_card.json"
 DOMAIN_FILE = "domain_reference.npz"
-MODEL_ROLES = ("segmentation", "classifier", "locator")
+MODEL_ROLES = ("segmentation", "classifier", "locator", "cxr")
 SYNTHETIC_DISCLAIMER = (
     "DEMO MODEL trained on synthetic phantoms only. Not validated on patient data. Not for clinical use."
 )
@@ -78,6 +80,8 @@ class ModelBundle:
     domain_reference: DomainReference | None = None
     #: The lesion pattern model (pipeline.lesion_pattern), kept in the card; None: none.
     lesion_pattern: LesionPatternModel | None = None
+    #: The CXR classifier of the localizer / a radiograph (pipeline.cxr); None: none.
+    cxr: torch.nn.Module | None = None
 
     @property
     def info(self) -> ModelInfo:
@@ -170,6 +174,7 @@ def load_bundle(bundle_dir: Path | str, device: str = "auto") -> ModelBundle:
         operating_points=op,
         domain_reference=load_domain_reference(bundle_dir, card),
         lesion_pattern=pattern,
+        cxr=nets.get("cxr"),
     )
 
 
@@ -213,6 +218,8 @@ def warm_up(bundle: ModelBundle, size: int = 64) -> None:
         if bundle.segmentation is not None:
             bundle.segmentation(torch.zeros((1, 1, size, size), device=dev))
         bundle.locator(torch.zeros((1, 3, size, size), device=dev))
+        if bundle.cxr is not None:
+            bundle.cxr(torch.zeros((1, 2, size, size), device=dev))
     x = torch.zeros((1, 3, size, size), device=dev, requires_grad=True)
     bundle.classifier(x).sum().backward()
 
