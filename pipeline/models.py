@@ -267,6 +267,7 @@ def render_card_markdown(card: Mapping[str, Any]) -> str:
         lines += _headline_markdown(metrics)
     lines += _operating_points_markdown(card)
     lines += _pattern_markdown(card.get("lesion_pattern"))
+    lines += _cxr_markdown(card)
     lines += ["## Models", "", "| role | file | sha256 | architecture |", "|---|---|---|---|"]
     for role, entry in card.get("models", {}).items():
         lines.append(
@@ -280,6 +281,45 @@ def render_card_markdown(card: Mapping[str, Any]) -> str:
         lines += ["", "## Metrics as measured", "", "```json", json.dumps(card["metrics"], indent=2), "```"]
     lines.append("")
     return "\n".join(lines)
+
+
+def _cxr_markdown(card: Mapping[str, Any]) -> list[str]:
+    """The CXR branch: its model, how it was trained, CT alone vs CXR alone vs fused."""
+    from .figures.cxr import CxrComparison, comparison_markdown
+
+    entry = (card.get("models") or {}).get("cxr")
+    section = card.get("cxr") or {}
+    if not entry:
+        return []
+    training = entry.get("training") or {}
+    val = training.get("validation") or {}
+    counts = ", ".join(f"{k} {v}" for k, v in (training.get("class_counts") or {}).items())
+    lines = [
+        "## CXR branch (the CT localizer read as a chest x-ray)",
+        "",
+        f"Classes: {', '.join(section.get('classes') or entry.get('architecture', {}).get('classes') or [])}. "
+        f"Input: {training.get('input', '?')}. Trained by `{training.get('command', '?')}` on "
+        f"{training.get('n_train_cases', '?')} cases ({counts}; validation {training.get('n_val_cases', '?')} "
+        f"cases, last epoch: AUC {val.get('val_auc', float('nan')):.3f}, "
+        f"accuracy {val.get('val_accuracy', float('nan')):.3f})"
+        + (" on synthetic phantoms only" if training.get("trained_on_synthetic_data") else "")
+        + ".",
+        "",
+        f"Fusion: {section.get('fusion_rule', '?')}. The report's decision stays the CT's; the fused decision "
+        "is stated beside it.",
+        "",
+    ]
+    for name, record in (section.get("evaluations") or {}).items():
+        lines += [
+            f"### Measured: {name}",
+            "",
+            f"Data `{record.get('data_spec', '?')}` ({record.get('held_out', '')}); "
+            f"command `{record.get('command', '?')}`. Synthetic phantoms only: these figures say nothing "
+            "about patients.",
+            "",
+            *comparison_markdown(CxrComparison.from_json(record)),
+        ]
+    return lines
 
 
 def _pattern_markdown(entry: Mapping[str, Any] | None) -> list[str]:

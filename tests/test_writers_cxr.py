@@ -153,3 +153,35 @@ def test_fhir_and_hl7_carry_the_cxr_branch():
     summary2 = replace(inputs.result, cxr=cxr_alone).summary(inputs.volume)
     message2 = build_oru(summary2, refs, "PHANTOM^DEMO", "1-b")
     assert "XP_CAP" in message2 and "FUSDECISION" not in message2
+
+
+def test_analyze_with_a_localizer_adds_the_cxr_branch(tmp_path, capsys, tiny_bundle, tiny_bundle_with_cxr):
+    import argparse
+    import json
+
+    from dicomnode.commands import analyze as analyze_cmd
+    from dicomnode.synthetic import write_ct_series
+
+    phantom = make_phantom("cap", 8, 24, 96)
+    series = write_ct_series(phantom.volume, tmp_path / "ct")
+    loc = localizer_dataset(phantom.localizer(), pydicom.dcmread(series.paths[0]))
+    loc.save_as(tmp_path / "scout.dcm", enforce_file_format=True)
+
+    def run(bundle) -> tuple[int, str, str]:
+        parser = argparse.ArgumentParser()
+        analyze_cmd.add_arguments(parser)
+        argv = [str(tmp_path / "ct"), "--out", str(tmp_path / "out"), "--bundle", str(bundle), "--device", "cpu"]
+        code = analyze_cmd.run(parser.parse_args(argv + ["--localizer", str(tmp_path / "scout.dcm")]))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    code, out, _ = run(tiny_bundle_with_cxr)
+    assert code == 0
+    cxr = json.loads(out)["cxr"]
+    assert cxr["images"] == [str(loc.SOPInstanceUID)] and set(cxr["probabilities"]) == {"covid19", "cap"}
+    (sr_path,) = sorted((tmp_path / "out" / "sr").glob("*.dcm"))
+    findings = read_findings(pydicom.dcmread(sr_path))
+    assert findings.cxr_sop_uid == str(loc.SOPInstanceUID)
+    # A bundle without a CXR model: a one-line error, exit 2.
+    code, _, err = run(tiny_bundle)
+    assert code == 2 and "has no CXR model" in err
