@@ -476,8 +476,7 @@ class CxrSection(_Frozen):
     #: Instances whose ImageType holds one of these are the study's localizers.
     localizer_image_types: tuple[str, ...] = ("LOCALIZER",)
     #: Plain chest radiographs (``radiograph_modalities``) sent alone get the CXR model's
-    #: result, a radiograph-only report; off by default. Not implemented yet: a config
-    #: that switches it on is refused (``config check`` says so).
+    #: result, a radiograph-only report (dicomnode.radiograph_job); off by default.
     radiographs_alone: bool = False
     radiograph_modalities: tuple[str, ...] = ("DX", "CR")
 
@@ -694,10 +693,10 @@ def _semantic_problems(cfg: NodeConfig) -> list[str]:
             f"[pipeline] bundle: {cfg.pipeline.bundle} has no model_card.json "
             f"(point it at a model bundle folder, or leave it out for the shipped demo bundle)"
         )
-    if cfg.cxr.radiographs_alone:
+    if cfg.cxr.radiographs_alone and cfg.broker.enabled:
         problems.append(
-            "[cxr] radiographs_alone: plain DX/CR radiographs sent alone are not analysed yet (only the CT "
-            "localizer paired with its CT series is); set it to false"
+            "[cxr] radiographs_alone: radiographs sent alone are analysed by the node's own worker, not by "
+            "scale-out workers; switch [broker] off or radiographs_alone off"
         )
     from .tls import tls_problems  # late: tls imports this module
 

@@ -215,3 +215,35 @@ def localizer_dataset(
     ds.PixelData = stored.tobytes()
     ds["PixelData"].VR = "OW"
     return ds
+
+
+def radiograph_dataset(radiograph: Radiograph, like: Dataset, *, view: str = "PA") -> Dataset:
+    """``radiograph`` as a plain chest film sent alone: a Digital X-Ray Image (for
+    presentation) of the patient of ``like`` in a study and series of its own, with the
+    Imager Pixel Spacing and View Position a DX carries (the test input of
+    ``[cxr] radiographs_alone``; not meant to pass every DX module's rules)."""
+    ds = localizer_dataset(radiograph, like)
+    for keyword in (
+        "ImagePositionPatient",
+        "ImageOrientationPatient",
+        "FrameOfReferenceUID",
+        "PositionReferenceIndicator",
+        "SliceThickness",
+        "PixelSpacing",
+        "KVP",
+    ):
+        if keyword in ds:
+            delattr(ds, keyword)
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = UID("1.2.840.10008.5.1.4.1.1.1.1")
+    ds.StudyInstanceUID = generate_uid(entropy_srcs=[str(like.StudyInstanceUID), "radiograph-study"])
+    ds.SeriesInstanceUID = generate_uid(entropy_srcs=[str(like.StudyInstanceUID), "radiograph-series"])
+    ds.Modality = "DX"
+    ds.ImageType = ["ORIGINAL", "PRIMARY"]
+    ds.PresentationIntentType = "FOR PRESENTATION"
+    ds.ViewPosition = view
+    # Row direction towards the patient's left, columns towards the feet (a chest film as read).
+    ds.PatientOrientation = ["L", "F"] if view in ("PA", "AP") else ["P", "F"]
+    ds.ImagerPixelSpacing = [f"{radiograph.pixel_spacing_mm[0]:.4f}", f"{radiograph.pixel_spacing_mm[1]:.4f}"]
+    ds.SeriesDescription = f"Chest {view} (synthetic)"
+    ds.StudyDescription = "XR CHEST (SYNTHETIC PHANTOM)"
+    return ds

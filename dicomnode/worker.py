@@ -36,6 +36,7 @@ from .header import dataset_sha256, validate_uid
 from .multistage import PriorsGathered, PriorsStep
 from .prior_studies import PriorStudies
 from .queue import Job, JobQueue, JobState
+from .radiograph_job import is_radiograph_job
 from .series import SeriesAssembler
 from .store import fsync_dir
 
@@ -458,6 +459,8 @@ class Worker:
         present = present_files(self.storage_root, job.instances)
         if not present:
             return self._finish(job, JobState.SKIPPED, "the series' files are no longer in storage")
+        if is_radiograph_job(self.cfg, present):
+            return self._run_radiograph(job, present)
         try:
             volume, sources = read_job_series(self.cfg, present)
         except SeriesRejected as e:
@@ -499,6 +502,27 @@ class Worker:
             return self._retry_when_space(job, job_dir, e)
         kept = not self.cfg.priors.deliver_prior_results and self.priors.links.is_prior(job.study_uid)
         return hand_over(self.cfg, self.queue, self.delivery, job, written, kept)
+
+    def _run_radiograph(self, job: Job, present: Sequence[Path]) -> JobState:
+        """A plain radiograph sent alone (dicomnode.radiograph_job): its SR only."""
+        from dicomnode.radiograph_job import radiograph_job
+        from pipeline.models import load_bundle_cached
+
+        bundle = load_bundle_cached(self.cfg.bundle_dir, self.cfg.pipeline.device)
+        outcome = radiograph_job(self.cfg, bundle, job.id, job.series_uid, present)
+        if isinstance(outcome, str):
+            return self._finish(job, JobState.SKIPPED, outcome[:500])
+        objects, summary = outcome
+        if self.cfg.fhir_destinations or self.cfg.hl7_destinations:
+            log.info("job %d: a radiograph alone: no FHIR or HL7 payload is made for it", job.id)
+        job_dir = self.results_root / str(job.id)
+        try:
+            written = persist_results(objects, job_dir, summary)
+        except OSError as e:
+            if e.errno not in DISK_FULL_ERRNOS:
+                raise
+            return self._retry_when_space(job, job_dir, e)
+        return hand_over(self.cfg, self.queue, self.delivery, job, written)
 
     def _multi_stage(self, job: Job, summary: dict, first: Any, operating_points: Any) -> Any:
         """The trend and fused decision of a new study with its priors ([priors] on, not a

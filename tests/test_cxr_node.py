@@ -129,3 +129,67 @@ def test_ct_and_localizer_through_the_node_to_orthanc(tmp_path, tiny_bundle_with
             assert "CT" in modalities and "SR" in modalities
         finally:
             node.stop()
+
+
+RADIOGRAPH_CONFIG = """
+[node]
+ae_title = "COVIDNODE"
+min_free_mb = 0
+[selection]
+min_slices = 16
+max_slice_thickness_mm = 0
+[pipeline]
+device = "cpu"
+[delivery]
+backoff_base_seconds = 0.5
+backoff_max_seconds = 2
+poll_seconds = 0.5
+[cxr]
+radiographs_alone = true
+"""
+
+
+def test_a_radiograph_alone_gets_a_radiograph_only_report(tmp_path, tiny_bundle_with_cxr):
+    from dicomnode.synthetic import radiograph_dataset, write_ct_series
+    from pipeline.phantom import make_phantom
+
+    from node_helpers import write_test_config
+
+    phantom = make_phantom("cap", seed=9, n_slices=24, size_px=96)
+    first = pydicom.dcmread(write_ct_series(phantom.volume, tmp_path / "ct").paths[0])
+    film = radiograph_dataset(phantom.localizer(), first)
+    lateral = radiograph_dataset(phantom.localizer(), first, view="LL")
+    lateral.StudyInstanceUID, lateral.SeriesInstanceUID = "1.2.826.0.1.3680043.10.999.1", "1.2.826.0.1.3680043.10.999.2"
+    lateral.SOPInstanceUID = lateral.file_meta.MediaStorageSOPInstanceUID = "1.2.826.0.1.3680043.10.999.3"
+    (tmp_path / "xr").mkdir()
+    film.save_as(tmp_path / "xr" / "PA.dcm", enforce_file_format=True)
+    lateral.save_as(tmp_path / "xr" / "LL.dcm", enforce_file_format=True)
+    config = write_test_config(tmp_path / "config", RADIOGRAPH_CONFIG)
+    pacs = StoreSCP(tmp_path / "pacs", "PACS").start()
+    node = NodeProcess(
+        tmp_path / "data", tiny_bundle_with_cxr, [f"PACS@127.0.0.1:{pacs.port}"], quiet_seconds=1.0, config=config
+    )
+    node.start()
+    try:
+        assert storescu(node.port, [tmp_path / "xr" / "PA.dcm"]).returncode == 0
+        assert storescu(node.port, [tmp_path / "xr" / "LL.dcm"]).returncode == 0
+
+        def jobs_final():
+            jobs = node.status()["jobs"]
+            return jobs if len(jobs) == 2 and all(j["state"] in ("done", "failed", "skipped") for j in jobs) else None
+
+        jobs = {j["series_uid"]: j for j in wait_for(jobs_final, 120, interval=0.3, what="the two radiograph jobs")}
+        assert jobs[str(film.SeriesInstanceUID)]["state"] == "done", node.tail()
+        lat = jobs["1.2.826.0.1.3680043.10.999.2"]
+        assert lat["state"] == "skipped" and "lateral" in lat["reason"]
+        path = wait_for(lambda: next(iter(pacs.files()), None), 30, what="the radiograph SR at the PACS")
+        sr = pydicom.dcmread(path)
+        assert sr.Modality == "SR" and sr.StudyInstanceUID == film.StudyInstanceUID
+        assert "DEMO" in sr.SeriesDescription or "not for clinical use" in sr.SeriesDescription
+        text = str(sr.ContentSequence[-1].ContentSequence[0].TextValue)
+        assert "chest radiograph alone" in text and "no diagnosis is stated" in text and "TEST MODEL" in text
+        require_tool("dciodvfy")
+        assert dciodvfy_errors(path) == []
+    finally:
+        node.stop()
+        pacs.stop()

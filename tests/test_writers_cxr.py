@@ -185,3 +185,48 @@ def test_analyze_with_a_localizer_adds_the_cxr_branch(tmp_path, capsys, tiny_bun
     # A bundle without a CXR model: a one-line error, exit 2.
     code, _, err = run(tiny_bundle)
     assert code == 2 and "has no CXR model" in err
+
+
+@pytest.mark.parametrize("orientation", [True, False])
+def test_radiograph_only_sr_validates(tmp_path, orientation):
+    from dicomnode.synthetic import radiograph_dataset
+    from dicomnode.writers.common import uid_maker
+    from dicomnode.writers.sr_radiograph import build_radiograph_sr
+
+    from writer_inputs import TEST_MODEL
+
+    inputs = make_inputs(seed=2)
+    film = to_bytes_and_back(radiograph_dataset(make_phantom("cap", 4, 24, 96).localizer(), inputs.sources[0]))
+    if not orientation:
+        del film.PatientOrientation
+    radiograph = read_radiograph(film, "radiograph")
+    cxr = CxrResult(("covid19", "cap"), {"covid19": 0.3, "cap": 0.7}, radiograph, None, None, None, "radiograph alone")
+    options = WriterOptions(uid_seed="xr")
+    sr = build_radiograph_sr(cxr, film, TEST_MODEL, options, uid_maker(options, [film]))
+    check = dciodvfy(sr, tmp_path, "xr-sr.dcm")
+    assert check.errors == [] and check.unexpected_warnings == [], check.output
+    assert sr.StudyInstanceUID == film.StudyInstanceUID and sr.PreliminaryFlag == "PRELIMINARY"
+    text = sr.ContentSequence[-1].ContentSequence[0].TextValue
+    assert "70.0%" in text and "30.0%" in text and "no diagnosis is stated" in text
+
+
+def test_select_instances_takes_radiographs_alone_only_when_asked():
+    from dicomnode.config import SelectionSection
+    from dicomnode.series import select_instances
+
+    rows = [
+        {
+            "modality": "DX",
+            "path": "a",
+            "study_uid": "1",
+            "patient_key": "p",
+            "image_type": "ORIGINAL\\PRIMARY",
+            "body_part": "CHEST",
+            "orientation": None,
+            "slice_thickness": None,
+        },
+    ]
+    assert not select_instances(rows, SelectionSection()).accepted  # modality DX is not CT
+    assert select_instances(rows, SelectionSection(), radiographs=("DX", "CR")).paths == ("a",)
+    ct = [dict(rows[0], modality="CT")]
+    assert select_instances(ct, SelectionSection(), radiographs=("DX",)).reason is not None  # the CT rules apply

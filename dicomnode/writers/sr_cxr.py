@@ -36,7 +36,9 @@ CXR_GROUP_ID = "AI CT and radiograph result"
 REGION_MARGIN = 0.1
 
 
-def _region(localizer: Dataset) -> hd.sr.ImageRegion:
+def region_on(localizer: Dataset) -> hd.sr.ImageRegion:
+    """A closed POLYLINE round the central part of a projection image (the region a group
+    on a radiograph or localizer lies on)."""
     rows, cols = int(localizer.Rows), int(localizer.Columns)
     x0, x1 = REGION_MARGIN * cols, (1 - REGION_MARGIN) * cols
     y0, y1 = REGION_MARGIN * rows, (1 - REGION_MARGIN) * rows
@@ -91,7 +93,7 @@ def cxr_groups(
                 uid=uid("sr-tracking-cxr"),
                 identifier=f"{CXR_GROUP_ID}: {what}, localizer image {localizer.get('InstanceNumber', 1)}",
             ),
-            referenced_region=_region(localizer),
+            referenced_region=region_on(localizer),
             finding_type=codes.LUNG,
             finding_sites=[hd.sr.FindingSite(codes.LUNG)],
             algorithm_id=algorithm,
