@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 #: noise (in units of the standardised image), a left-right mirror with this probability
 #: (the classes do not depend on the side), and the optimiser's weight decay.
 SHIFT_FRACTION, NOISE_SD, MIRROR_P, WEIGHT_DECAY = 0.05, 0.05, 0.5, 1e-4
+#: The per-epoch figures, in the bundle folder beside the card (which keeps the last epoch).
+HISTORY_FILE = "train_cxr.jsonl"
 
 
 @dataclass(frozen=True)
@@ -181,13 +183,22 @@ def train_cxr(settings: CxrTrainSettings) -> dict[str, Any]:
         f"left-right mirror p {MIRROR_P}",
         "optimiser": f"AdamW, weight decay {WEIGHT_DECAY:g}, cosine schedule",
         "validation": history[-1] if history else {},
-        "history": history,
+        "history_file": HISTORY_FILE,
         "seconds": round(time.perf_counter() - t0, 1),
         "command": settings.command,
         "trained_on_synthetic_data": synthetic,
     }
+    write_history(settings.out_dir, history)
     add_cxr_to_bundle(settings.out_dir, net, arch, training, settings.name)
-    return training
+    return {**training, "history": history}
+
+
+def write_history(bundle_dir: Path, history: Sequence[dict[str, Any]]) -> Path:
+    """Every epoch's figures, one JSON line each, as the other roles' ``train_<role>.jsonl``."""
+    path = Path(bundle_dir) / HISTORY_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps({"role": "cxr", **row}) + "\n" for row in history))
+    return path
 
 
 def add_cxr_to_bundle(
