@@ -298,9 +298,9 @@ def _cxr_markdown(card: Mapping[str, Any]) -> list[str]:
         "## CXR branch (the CT localizer read as a chest x-ray)",
         "",
         f"Classes: {', '.join(section.get('classes') or entry.get('architecture', {}).get('classes') or [])}. "
-        f"Input: {training.get('input', '?')}. Trained by `{training.get('command', '?')}` on "
-        f"{training.get('n_train_cases', '?')} cases ({counts}; validation {training.get('n_val_cases', '?')} "
-        f"cases, last epoch: AUC {val.get('val_auc', float('nan')):.3f}, "
+        f"Input: {training.get('input', '?')}. Trained by `{training.get('command', '?')}`: "
+        f"{training.get('n_train_cases', '?')} training and {training.get('n_val_cases', '?')} validation cases "
+        f"({counts}; held-out patients, last epoch: validation AUC {val.get('val_auc', float('nan')):.3f}, "
         f"accuracy {val.get('val_accuracy', float('nan')):.3f})"
         + (" on synthetic phantoms only" if training.get("trained_on_synthetic_data") else "")
         + ".",
