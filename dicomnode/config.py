@@ -465,6 +465,22 @@ class PriorsSection(_Frozen):
     _ae = field_validator("ae_title")(_check_ae)
 
 
+class CxrSection(_Frozen):
+    """``[cxr]``: the CXR branch (pipeline.cxr): the study's CT localizer read as a chest
+    x-ray by the bundle's CXR model and fused with the CT result. It runs only with a
+    bundle that has a CXR model (``dicomnode train cxr``); without one, or off, the report
+    is the CT's alone."""
+
+    #: Pair each CT series with the localizer of its study and run the CXR model on it.
+    enabled: bool = True
+    #: Instances whose ImageType holds one of these are the study's localizers.
+    localizer_image_types: tuple[str, ...] = ("LOCALIZER",)
+    #: Plain chest radiographs (``radiograph_modalities``) sent alone get the CXR model's
+    #: result, a radiograph-only report (dicomnode.radiograph_job); off by default.
+    radiographs_alone: bool = False
+    radiograph_modalities: tuple[str, ...] = ("DX", "CR")
+
+
 class BrokerSection(_Frozen):
     """``[broker]``: scale-out over Redis with Dramatiq (dicomnode.broker); off by default.
 
@@ -507,6 +523,7 @@ class NodeConfig(_Frozen):
     http: HttpSection = HttpSection()
     housekeeping: HousekeepingSection = HousekeepingSection()
     priors: PriorsSection = PriorsSection()
+    cxr: CxrSection = CxrSection()
     broker: BrokerSection = BrokerSection()
     destinations: tuple[Destination, ...] = ()
     fhir_destinations: tuple[FhirDestination, ...] = ()
@@ -554,6 +571,7 @@ _SECTIONS: Mapping[str, type[_Frozen]] = {
     "http": HttpSection,
     "housekeeping": HousekeepingSection,
     "priors": PriorsSection,
+    "cxr": CxrSection,
     "broker": BrokerSection,
 }
 
@@ -674,6 +692,11 @@ def _semantic_problems(cfg: NodeConfig) -> list[str]:
         problems.append(
             f"[pipeline] bundle: {cfg.pipeline.bundle} has no model_card.json "
             f"(point it at a model bundle folder, or leave it out for the shipped demo bundle)"
+        )
+    if cfg.cxr.radiographs_alone and cfg.broker.enabled:
+        problems.append(
+            "[cxr] radiographs_alone: radiographs sent alone are analysed by the node's own worker, not by "
+            "scale-out workers; switch [broker] off or radiographs_alone off"
         )
     from .tls import tls_problems  # late: tls imports this module
 

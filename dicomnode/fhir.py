@@ -191,6 +191,46 @@ def _multi_stage(summary: Mapping[str, Any], derived_from: Sequence[Any]) -> lis
     ]
 
 
+def _cxr(summary: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The CXR branch (summary ``cxr``): one Observation, the fused decision (or the text
+    "not fused") with the radiograph model's and the fused probabilities as components,
+    the fusion's reason and the images read (the localizer's SOP Instance UIDs) as a note."""
+    cxr = summary.get("cxr")
+    if not cxr:
+        return []
+    fused = cxr.get("fused_decision")
+    coding = DECISION_SNOMED.get(str(fused))
+    if fused:
+        value = {"coding": [coding], "text": DECISION_TEXT[fused]} if coding else {"text": DECISION_TEXT[fused]}
+    else:
+        value = {"text": "Not fused: the CT decision stands (see the note)"}
+    components = [
+        {
+            "code": _code(CODE_SYSTEM, f"XP_{cls.upper()}", f"AI radiograph probability of {cls}"),
+            "valueQuantity": _percent(p),
+        }
+        for cls, p in (cxr.get("probabilities") or {}).items()
+    ] + [
+        {
+            "code": _code(CODE_SYSTEM, f"FP_{cls.upper()}", f"AI CT and radiograph fused probability of {cls}"),
+            "valueQuantity": _percent(p),
+        }
+        for cls, p in (cxr.get("fused_probabilities") or {}).items()
+    ]
+    images = ", ".join(cxr.get("images") or []) or "none"
+    return [
+        (
+            "cxr",
+            {
+                "code": _code(CODE_SYSTEM, "FUSDECISION", "AI CT and radiograph fused decision"),
+                "valueCodeableConcept": value,
+                "component": components,
+                "note": [{"text": f"{cxr.get('reason', '')}. Radiograph read: {cxr.get('source')} {images}."}],
+            },
+        )
+    ]
+
+
 def _device(summary: Mapping[str, Any]) -> dict[str, Any]:
     """The model bundle as a Device: its sha256 identifies it."""
     model = summary["model"]
@@ -235,7 +275,8 @@ def _observation_entries(
 ) -> list[tuple[str, dict[str, Any]]]:
     """One preliminary Observation per result (``common``: subject, derivedFrom, device, time)."""
     out = []
-    for key, part in [*_observations(summary), *_multi_stage(summary, common["derivedFrom"])]:
+    parts = [*_observations(summary), *_multi_stage(summary, common["derivedFrom"]), *_cxr(summary)]
+    for key, part in parts:
         resource: dict[str, Any] = {
             "resourceType": "Observation",
             "status": "preliminary",

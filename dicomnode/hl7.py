@@ -24,6 +24,7 @@ from .study_refs import DECISION_TEXT, StudyRefs, multi_stage_of, trend_lines
 START, END = b"\x0b", b"\x1c\x0d"
 OUR_CODES = "99COVIDNODE"
 UCUM = "UCUM"
+PERCENT = f"%^percent^{UCUM}"
 
 
 class Hl7Error(Exception):
@@ -110,6 +111,7 @@ def _obx_rows(summary: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
         )
     )
     rows += _multi_stage_rows(summary)
+    rows += _cxr_rows(summary)
     text = f"{summary.get('decision_reason') or DECISION_TEXT[decision]} {summary.get('disclaimer') or ''}".strip()
     rows.append(("TX", f"REPORT^AI report text^{OUR_CODES}", _escape(text), ""))
     return rows
@@ -131,6 +133,35 @@ def _multi_stage_rows(summary: Mapping[str, Any]) -> list[tuple[str, str, str, s
         ),
         ("TX", f"MSTREND^AI multi-stage trend^{OUR_CODES}", _escape(text), ""),
     ]
+
+
+def _cxr_rows(summary: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
+    """The CXR branch (summary ``cxr``): the radiograph model's probabilities, the fused
+    ones and the fused decision (when fused), and what was read (the localizer's SOP
+    Instance UIDs) with the fusion's reason."""
+    cxr = summary.get("cxr")
+    if not cxr:
+        return []
+    rows = [
+        ("NM", f"XP_{cls.upper()}^AI radiograph probability of {cls}^{OUR_CODES}", f"{100 * float(p):.3f}", PERCENT)
+        for cls, p in (cxr.get("probabilities") or {}).items()
+    ]
+    for cls, p in (cxr.get("fused_probabilities") or {}).items():
+        rows.append(
+            (
+                "NM",
+                f"FP_{cls.upper()}^AI CT and radiograph fused probability of {cls}^{OUR_CODES}",
+                f"{100 * p:.3f}",
+                PERCENT,
+            )
+        )
+    fused = cxr.get("fused_decision")
+    if fused:
+        value = f"{fused}^{_escape(DECISION_TEXT[fused])}^{OUR_CODES}"
+        rows.append(("CE", f"FUSDECISION^AI CT and radiograph fused decision^{OUR_CODES}", value, ""))
+    text = f"{cxr.get('reason', '')}. Images read: {', '.join(cxr.get('images') or []) or 'none'}"
+    rows.append(("TX", f"CXRNOTE^AI radiograph (CT localizer) branch^{OUR_CODES}", _escape(text), ""))
+    return rows
 
 
 def build_oru(

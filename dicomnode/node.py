@@ -141,6 +141,7 @@ class Node:
                 cfg.node.quiet_seconds,
                 on_enqueued=self._job_enqueued,
                 read_header=self._read_header,
+                radiographs=cfg.cxr.radiograph_modalities if cfg.cxr.radiographs_alone else (),
             )
             self._make_workers()
             token = token_for(cfg.http) if cfg.http.port else None

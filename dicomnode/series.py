@@ -74,11 +74,16 @@ class Selection:
         return self.reason is None
 
 
-def select_instances(rows: Sequence[dict], rules: SelectionSection) -> Selection:
+def select_instances(rows: Sequence[dict], rules: SelectionSection, radiographs: Sequence[str] = ()) -> Selection:
     """Apply the selection rules to a series' instance rows (dicts with the columns of
-    the ``instances`` table). Pure: unit-testable without a database."""
+    the ``instances`` table). ``radiographs``: modalities of plain radiographs accepted
+    alone (``[cxr] radiographs_alone``; dicomnode.radiograph_job), every instance of them.
+    Pure: unit-testable without a database."""
     if not rows:
         return Selection((), "no instances")
+    wanted = {m.upper() for m in radiographs}
+    if wanted and {(r["modality"] or "").upper() for r in rows} <= wanted:
+        return Selection(tuple(r["path"] for r in rows), None)
     modalities = Counter(r["modality"] or "(none)" for r in rows)
     allowed = {m.upper() for m in rules.modalities}
     if allowed and not set(modalities) <= allowed:
@@ -179,9 +184,12 @@ class SeriesAssembler:
         quiet_seconds: float,
         on_enqueued: Callable[[int], None] | None = None,
         read_header: Callable[[str], Any] | None = None,
+        radiographs: Sequence[str] = (),
     ) -> None:
         """``read_header``: a stored instance's path -> its header (pydicom, file meta
-        included), for the urgent rules; None: every series is routine."""
+        included), for the urgent rules; None: every series is routine. ``radiographs``:
+        modalities accepted alone as plain radiographs (select_instances)."""
+        self.radiographs = tuple(radiographs)
         self.db = db
         self.queue = queue
         self.read_header = read_header
@@ -276,7 +284,7 @@ class SeriesAssembler:
                     "SELECT * FROM instances WHERE series_uid=? ORDER BY path", (series_uid,)
                 ).fetchall()
             ]
-            selection = select_instances(rows, self.rules)
+            selection = select_instances(rows, self.rules, self.radiographs)
             if on_release:
                 kept = set(selection.paths)
                 why = slices_are_whole([r for r in rows if r["path"] in kept]) if selection.accepted else None

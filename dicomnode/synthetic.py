@@ -23,7 +23,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from pipeline.types import CTVolume
+from pipeline.types import CTVolume, Radiograph
 
 #: Stored values are HU + 1024 in unsigned 12 bits, as many scanners write them.
 RESCALE_INTERCEPT = -1024.0
@@ -160,3 +160,90 @@ def write_ct_series(volume: CTVolume, out_dir: Path | str, **kwargs) -> Syntheti
         series_uid=str(datasets[0].SeriesInstanceUID),
         sop_uids=tuple(str(ds.SOPInstanceUID) for ds in datasets),
     )
+
+
+#: A localizer's stored values: the line integral of the attenuation x 1000 (16 bits).
+LOCALIZER_SCALE = 1000.0
+
+
+def localizer_dataset(
+    radiograph: Radiograph, like: Dataset, *, series_uid: str | None = None, series_number: int = 1
+) -> Dataset:
+    """The CT localizer (scout) of ``radiograph`` (pipeline.projection) as a CT Image Storage
+    instance of the study of ``like`` (one of its CT datasets: patient and study copied):
+    ImageType ORIGINAL\\PRIMARY\\LOCALIZER, a coronal plane (rows along the patient's x,
+    columns down z), the pixel spacing at the isocentre and the source distances."""
+    from copy import deepcopy
+
+    ds = deepcopy(like)
+    for keyword in ("SliceLocation", "PixelData", "WindowCenter", "WindowWidth", "RescaleType"):
+        if keyword in ds:
+            delattr(ds, keyword)
+    # The beam's extent along the table per row, as scanners state it for a topogram.
+    ds.SliceThickness = f"{radiograph.pixel_spacing_mm[0]:.3f}"
+    sop_uid = generate_uid(entropy_srcs=[str(like.StudyInstanceUID), "localizer", str(series_number)])
+    ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
+    ds.SOPInstanceUID = sop_uid
+    ds.SeriesInstanceUID = series_uid or generate_uid(entropy_srcs=[str(like.StudyInstanceUID), "localizer-series"])
+    ds.SeriesNumber = series_number
+    ds.SeriesDescription = "Topogram AP (synthetic)"
+    ds.InstanceNumber = 1
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+    ds.FrameOfReferenceUID = generate_uid(entropy_srcs=[str(like.StudyInstanceUID), "localizer-frame"])
+    g = radiograph.geometry
+    ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 0.0, -1.0]
+    ds.ImagePositionPatient = [
+        round(float(g.get("first_column_x_mm", 0.0)), 4),
+        round(float(g.get("isocenter_y_mm", 0.0)), 4),
+        round(float(g.get("first_row_z_mm", 0.0)), 4),
+    ]
+    ds.PixelSpacing = [f"{radiograph.pixel_spacing_mm[0]:.4f}", f"{radiograph.pixel_spacing_mm[1]:.4f}"]
+    if "source_to_isocenter_mm" in g:
+        ds.DistanceSourceToPatient = f"{float(g['source_to_isocenter_mm']):.1f}"
+    if "source_to_detector_mm" in g:
+        ds.DistanceSourceToDetector = f"{float(g['source_to_detector_mm']):.1f}"
+    stored = np.clip(np.rint(radiograph.image * LOCALIZER_SCALE), 0, 65535).astype(np.uint16)
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = int(stored.shape[0]), int(stored.shape[1])
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+    ds.RescaleIntercept = "0"
+    ds.RescaleSlope = f"{1.0 / LOCALIZER_SCALE:g}"
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.PixelData = stored.tobytes()
+    ds["PixelData"].VR = "OW"
+    return ds
+
+
+def radiograph_dataset(radiograph: Radiograph, like: Dataset, *, view: str = "PA") -> Dataset:
+    """``radiograph`` as a plain chest film sent alone: a Digital X-Ray Image (for
+    presentation) of the patient of ``like`` in a study and series of its own, with the
+    Imager Pixel Spacing and View Position a DX carries (the test input of
+    ``[cxr] radiographs_alone``; not meant to pass every DX module's rules)."""
+    ds = localizer_dataset(radiograph, like)
+    for keyword in (
+        "ImagePositionPatient",
+        "ImageOrientationPatient",
+        "FrameOfReferenceUID",
+        "PositionReferenceIndicator",
+        "SliceThickness",
+        "PixelSpacing",
+        "KVP",
+    ):
+        if keyword in ds:
+            delattr(ds, keyword)
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = UID("1.2.840.10008.5.1.4.1.1.1.1")
+    ds.StudyInstanceUID = generate_uid(entropy_srcs=[str(like.StudyInstanceUID), "radiograph-study"])
+    ds.SeriesInstanceUID = generate_uid(entropy_srcs=[str(like.StudyInstanceUID), "radiograph-series"])
+    ds.Modality = "DX"
+    ds.ImageType = ["ORIGINAL", "PRIMARY"]
+    ds.PresentationIntentType = "FOR PRESENTATION"
+    ds.ViewPosition = view
+    # Row direction towards the patient's left, columns towards the feet (a chest film as read).
+    ds.PatientOrientation = ["L", "F"] if view in ("PA", "AP") else ["P", "F"]
+    ds.ImagerPixelSpacing = [f"{radiograph.pixel_spacing_mm[0]:.4f}", f"{radiograph.pixel_spacing_mm[1]:.4f}"]
+    ds.SeriesDescription = f"Chest {view} (synthetic)"
+    ds.StudyDescription = "XR CHEST (SYNTHETIC PHANTOM)"
+    return ds

@@ -36,6 +36,7 @@ from .header import dataset_sha256, validate_uid
 from .multistage import PriorsGathered, PriorsStep
 from .prior_studies import PriorStudies
 from .queue import Job, JobQueue, JobState
+from .radiograph_job import is_radiograph_job
 from .series import SeriesAssembler
 from .store import fsync_dir
 
@@ -165,19 +166,40 @@ def log_analysis(job_id: int, series_uid: str, result: Any, seconds: float) -> N
         result.case_scores.label,
         result.domain.score,
     )
+    if result.cxr is not None:
+        log.info(
+            "job %d: CXR branch on localizer %s: %s; %s",
+            job_id,
+            ",".join(result.cxr.radiograph.sop_uids) or "?",
+            ", ".join(f"{k} {v:.3f}" for k, v in result.cxr.probabilities.items()),
+            result.cxr.reason,
+        )
 
 
-def run_chain(cfg: NodeConfig, bundle: Any, job_id: int, series_uid: str, volume: Any) -> Any:
-    """``pipeline.chain.analyze`` with the node's settings, logged (one line, no patient
-    data); NotAChestCTError propagates (the caller skips the series with its reason)."""
+def run_chain(cfg: NodeConfig, bundle: Any, job_id: int, series_uid: str, volume: Any, localizer: Any = None) -> Any:
+    """``pipeline.chain.analyze`` with the node's settings, and the CXR branch on the study's
+    ``localizer`` (a pipeline Radiograph, or None: ``read_job_localizer``), logged (one
+    line, no patient data); NotAChestCTError propagates (the caller skips the series with
+    its reason)."""
     from pipeline.chain import analyze
+    from pipeline.cxr import with_cxr
     from pipeline.params import ChainParams
 
     params = ChainParams(top_k=cfg.pipeline.top_k, device=cfg.pipeline.device)
     t0 = now()
-    result = analyze(volume, bundle, params)
+    result = with_cxr(analyze(volume, bundle, params), localizer, bundle)
     log_analysis(job_id, series_uid, result, now() - t0)
     return result
+
+
+def read_job_localizer(cfg: NodeConfig, bundle: Any, present: Sequence[Path], first: Any) -> tuple[Any, Any] | None:
+    """The study's localizer for the CXR branch (dicomnode.localizer): (Radiograph, its
+    dataset), or None when ``[cxr]`` is off, the bundle has no CXR model or the study none."""
+    if not cfg.cxr.enabled or getattr(bundle, "cxr", None) is None:
+        return None
+    from dicomnode.localizer import study_localizer
+
+    return study_localizer(present, first, cfg.cxr.localizer_image_types)
 
 
 def present_files(storage_root: Path, instances: Sequence[str]) -> list[Path]:
@@ -205,6 +227,7 @@ def build_job_objects(
     sources: Sequence,
     previous: Sequence,
     trend: Any = None,
+    cxr_sources: Sequence = (),
 ) -> Mapping[str, Sequence]:
     """The result objects some destination wants (with none: every kind), with UIDs derived
     from the job, so that a job run twice makes the very same objects."""
@@ -218,6 +241,7 @@ def build_job_objects(
         uid_seed=f"{series_uid}/job-{job_id}",
         previous_reports=tuple(previous),
         trend=trend,
+        cxr_sources=tuple(cxr_sources),
     )
     return build_result_objects(result, volume, sources, options)
 
@@ -435,6 +459,8 @@ class Worker:
         present = present_files(self.storage_root, job.instances)
         if not present:
             return self._finish(job, JobState.SKIPPED, "the series' files are no longer in storage")
+        if is_radiograph_job(self.cfg, present):
+            return self._run_radiograph(job, present)
         try:
             volume, sources = read_job_series(self.cfg, present)
         except SeriesRejected as e:
@@ -448,8 +474,9 @@ class Worker:
         earlier = self.queue.record_content(job, content_fingerprint(present, bundle.info.sha256))
         if earlier is not None:  # a PACS re-sent the same series: one result set per content
             return self._finish(job, JobState.DONE, identical_reason(earlier))
+        localizer = read_job_localizer(self.cfg, bundle, present, sources[0])
         try:
-            result = run_chain(self.cfg, bundle, job.id, job.series_uid, volume)
+            result = run_chain(self.cfg, bundle, job.id, job.series_uid, volume, localizer and localizer[0])
         except NotAChestCTError as e:  # a clear skip with the reason, not a failed job
             return self._finish(job, JobState.SKIPPED, str(e)[:500])
         if self.metrics is not None:
@@ -462,7 +489,10 @@ class Worker:
         trend = self._multi_stage(job, summary, sources[0], bundle.operating_points)
         if trend is not None:
             summary["multi_stage"] = trend.summary
-        objects = build_job_objects(self.cfg, job.id, job.series_uid, result, volume, sources, previous, trend)
+        cxr_sources = (localizer[1],) if localizer is not None and result.cxr is not None else ()
+        objects = build_job_objects(
+            self.cfg, job.id, job.series_uid, result, volume, sources, previous, trend, cxr_sources
+        )
         job_dir = self.results_root / str(job.id)
         try:
             written = persist_job_outputs(self.cfg, objects, job_dir, summary, result, sources)
@@ -472,6 +502,27 @@ class Worker:
             return self._retry_when_space(job, job_dir, e)
         kept = not self.cfg.priors.deliver_prior_results and self.priors.links.is_prior(job.study_uid)
         return hand_over(self.cfg, self.queue, self.delivery, job, written, kept)
+
+    def _run_radiograph(self, job: Job, present: Sequence[Path]) -> JobState:
+        """A plain radiograph sent alone (dicomnode.radiograph_job): its SR only."""
+        from dicomnode.radiograph_job import radiograph_job
+        from pipeline.models import load_bundle_cached
+
+        bundle = load_bundle_cached(self.cfg.bundle_dir, self.cfg.pipeline.device)
+        outcome = radiograph_job(self.cfg, bundle, job.id, job.series_uid, present)
+        if isinstance(outcome, str):
+            return self._finish(job, JobState.SKIPPED, outcome[:500])
+        objects, summary = outcome
+        if self.cfg.fhir_destinations or self.cfg.hl7_destinations:
+            log.info("job %d: a radiograph alone: no FHIR or HL7 payload is made for it", job.id)
+        job_dir = self.results_root / str(job.id)
+        try:
+            written = persist_results(objects, job_dir, summary)
+        except OSError as e:
+            if e.errno not in DISK_FULL_ERRNOS:
+                raise
+            return self._retry_when_space(job, job_dir, e)
+        return hand_over(self.cfg, self.queue, self.delivery, job, written)
 
     def _multi_stage(self, job: Job, summary: dict, first: Any, operating_points: Any) -> Any:
         """The trend and fused decision of a new study with its priors ([priors] on, not a

@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections import Counter
 from dataclasses import dataclass, replace
 from itertools import pairwise
 from pathlib import Path
@@ -98,6 +99,12 @@ class CaseRecord:
     #: The truth's MosMedData-style grade 0-4: the data set's (manifest ``severity``,
     #: MosMedData's group), else the grade of the truth masks' involvement; None: neither.
     grade_truth: int | None = None
+    # The CXR branch (a bundle with a CXR model, a case with a localizer; pipeline.cxr):
+    cxr_classes: tuple[str, ...] = ()  # the CXR model's classes
+    cxr_scores: np.ndarray | None = None  # its probabilities, cxr_classes order
+    ct_cxr_scores: np.ndarray | None = None  # the CT's scores over the same classes (renormalised)
+    fused_decision: str | None = None  # what the node would state fused; None: not fused
+    not_fused: str | None = None  # why not: "ct_indeterminate", "ct_out_of_domain", "ct_other_class"
 
     def __post_init__(self) -> None:
         if self.truth not in CLASS_NAMES:
@@ -363,9 +370,8 @@ def score_cases(
                 ) from e
             on_failure(str(case.case_id), message)
             continue
-        records.append(
-            record_from_result(case, result, lung_mask, lesion_mask, eval_params, reference, _loaded_lobes(loaded))
-        )
+        record = record_from_result(case, result, lung_mask, lesion_mask, eval_params, reference, _loaded_lobes(loaded))
+        records.append(replace(record, **_cxr_fields(case, loaded, result, models)))
         bar.set_postfix(last=records[-1].decision or records[-1].predicted)
     if not records:
         raise EvaluationError(
@@ -374,6 +380,32 @@ def score_cases(
             else "the dataset holds no cases: check the --data spec"
         )
     return records
+
+
+def _cxr_fields(case: Any, loaded: Any, result: Any, models: Any) -> dict[str, Any]:
+    """The CaseRecord's CXR fields: the bundle's CXR model on the case's localizer (a
+    phantom's projection, pipeline.datasets.case_localizer); {} without either."""
+    if getattr(models, "cxr", None) is None or not hasattr(case, "extras") or not hasattr(loaded, "volume"):
+        return {}
+    from .cxr import bundle_cxr, ct_class_scores
+    from .datasets import case_localizer
+
+    radiograph = case_localizer(case, loaded)
+    cx = None if radiograph is None else bundle_cxr(radiograph, models, result)
+    if cx is None:
+        return {}
+    ct = ct_class_scores(result, cx.classes, float(models.operating_points.pattern_weight))
+    decision = result.decision.value
+    why = None
+    if cx.fused_decision is None:
+        why = f"ct_{decision}" if decision in ("indeterminate", "out_of_domain") else "ct_other_class"
+    return {
+        "cxr_classes": cx.classes,
+        "cxr_scores": np.array([cx.probabilities[c] for c in cx.classes], dtype=np.float64),
+        "ct_cxr_scores": np.array([ct[c] for c in cx.classes], dtype=np.float64),
+        "fused_decision": cx.fused_decision,
+        "not_fused": why,
+    }
 
 
 # ----------------------------------------------------------------------- metrics
@@ -674,6 +706,7 @@ def compute_metrics(
         heat_on_lesion=_heat_figures(records, ep, skipped, "heat_on_lesion"),
         subsets=_subset_figures(records, labels, probs, predicted, threshold, ep, skipped),
         readers=readers,
+        cxr=_cxr_figures(records, threshold, ep, skipped),
         bootstrap=F.BootstrapInfo(
             n_resamples=ep.n_bootstrap,
             seed=ep.seed,
@@ -682,6 +715,73 @@ def compute_metrics(
             skipped_resamples=dict(sorted(skipped.items())),
         ),
     )
+
+
+def _score_figures(fig: _Figures, name: str, y: np.ndarray, s: np.ndarray, threshold: float) -> F.ScoreFigures:
+    return F.ScoreFigures(
+        auc=fig(f"{name}.auc", _task_auc(y, s)),
+        sensitivity=fig(f"{name}.sensitivity", _task_rate(M.sensitivity, y, s, threshold)),
+        specificity=fig(f"{name}.specificity", _task_rate(M.specificity, y, s, threshold)),
+        accuracy=fig(f"{name}.accuracy", lambda j: float(np.mean((s[j] >= threshold) == y[j]))),
+    )
+
+
+def _cxr_figures(
+    records: Sequence[CaseRecord], threshold: float, eval_params: EvalParams, skipped: dict[str, int]
+) -> F.CxrComparison | None:
+    """CT alone vs CXR alone vs fused on the cases of the CXR's classes (pipeline.figures.cxr)."""
+    from .cxr import FUSION_RULE
+
+    sel = [r for r in records if r.cxr_scores is not None and r.ct_cxr_scores is not None and r.truth in r.cxr_classes]
+    if not sel:
+        return None
+    classes = sel[0].cxr_classes
+    y = np.array([r.truth == classes[0] for r in sel])
+    ct = np.array([float(given_arrays([r.ct_cxr_scores], "the CXR comparison")[0][0]) for r in sel])
+    cx = np.array([float(given_arrays([r.cxr_scores], "the CXR comparison")[0][0]) for r in sel])
+    fu = 0.5 * (ct + cx)
+    fig = _Figures(len(sel), eval_params, skipped, "cxr.")
+    fused_idx = [i for i, r in enumerate(sel) if r.fused_decision is not None]
+    ct_right = np.array([sel[i].decision == sel[i].truth for i in fused_idx], dtype=float)
+    fused_right = np.array([sel[i].fused_decision == sel[i].truth for i in fused_idx], dtype=float)
+    dfig = _Figures(len(fused_idx), eval_params, skipped, "cxr.decisions.") if fused_idx else None
+    return F.CxrComparison(
+        classes=tuple(classes),
+        positive=classes[0],
+        n_cases=len(sel),
+        n_positive=int(y.sum()),
+        threshold=float(threshold),
+        ct=_score_figures(fig, "ct", y, ct, threshold),
+        cxr=_score_figures(fig, "cxr", y, cx, threshold),
+        fused=_score_figures(fig, "fused", y, fu, threshold),
+        fused_minus_ct_auc=fig("fused_minus_ct_auc", lambda j: M.roc_auc(y[j], fu[j]) - M.roc_auc(y[j], ct[j])),
+        fused_cases=len(fused_idx),
+        not_fused=dict(sorted(Counter(str(r.not_fused) for r in sel if r.not_fused).items())),
+        ct_decision_accuracy_fused_cases=None if dfig is None else dfig("ct", lambda j: float(np.mean(ct_right[j]))),
+        fused_decision_accuracy=None if dfig is None else dfig("fused", lambda j: float(np.mean(fused_right[j]))),
+        rule=FUSION_RULE,
+    )
+
+
+def write_cxr_scores_csv(records: Sequence[CaseRecord], path: Path) -> bool:
+    """cxr_scores.csv: per case with a CXR score, the CT's, the CXR's and the fused score of
+    each CXR class, the CT decision and the fused one; False (nothing written) without any."""
+    rows = [r for r in records if r.cxr_scores is not None and r.ct_cxr_scores is not None]
+    if not rows:
+        return False
+    classes = rows[0].cxr_classes
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        head = [f"{kind}_{c}" for kind in ("ct", "cxr", "fused") for c in classes]
+        w.writerow(["case_id", "truth", *head, "decision", "fused_decision", "not_fused"])
+        for r in rows:
+            ct, cx = np.asarray(r.ct_cxr_scores), np.asarray(r.cxr_scores)
+            values = [*ct, *cx, *(0.5 * (ct + cx))]
+            w.writerow(
+                [r.case_id, r.truth, *(f"{v:.6f}" for v in values)]
+                + [r.decision, r.fused_decision or "", r.not_fused or ""]
+            )
+    return True
 
 
 def _lesion_dice_figures(
@@ -1201,6 +1301,7 @@ def write_outputs(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_scores_csv(records, out / "scores.csv")
+    write_cxr_scores_csv(records, out / "cxr_scores.csv")
     drawn: dict[str, str] = {}
     if plots:
         from .plots import make_plots

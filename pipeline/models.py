@@ -8,6 +8,8 @@ A bundle is a folder::
     locator.pt        state_dict of the 2-class COVID-infectious slice locator
     segmentation.pt   state_dict of the lung U-Net (optional: without it the classical
                       HU-threshold method segments the lungs)
+    cxr.pt            state_dict of the CXR classifier of the localizer / radiograph
+                      (optional, pipeline.cxr; its classes are in its architecture dict)
     domain_reference.npz  the out-of-domain guard's reference (pipeline.domain; optional,
                       written by ``dicomnode calibrate``, pinned by sha256 in the card)
 
@@ -46,7 +48,7 @@ from .types import InvalidInputError, ModelBundleError, ModelInfo
 
 CARD_FILE = "model_card.json"
 DOMAIN_FILE = "domain_reference.npz"
-MODEL_ROLES = ("segmentation", "classifier", "locator")
+MODEL_ROLES = ("segmentation", "classifier", "locator", "cxr")
 SYNTHETIC_DISCLAIMER = (
     "DEMO MODEL trained on synthetic phantoms only. Not validated on patient data. Not for clinical use."
 )
@@ -78,6 +80,8 @@ class ModelBundle:
     domain_reference: DomainReference | None = None
     #: The lesion pattern model (pipeline.lesion_pattern), kept in the card; None: none.
     lesion_pattern: LesionPatternModel | None = None
+    #: The CXR classifier of the localizer / a radiograph (pipeline.cxr); None: none.
+    cxr: torch.nn.Module | None = None
 
     @property
     def info(self) -> ModelInfo:
@@ -170,6 +174,7 @@ def load_bundle(bundle_dir: Path | str, device: str = "auto") -> ModelBundle:
         operating_points=op,
         domain_reference=load_domain_reference(bundle_dir, card),
         lesion_pattern=pattern,
+        cxr=nets.get("cxr"),
     )
 
 
@@ -213,6 +218,8 @@ def warm_up(bundle: ModelBundle, size: int = 64) -> None:
         if bundle.segmentation is not None:
             bundle.segmentation(torch.zeros((1, 1, size, size), device=dev))
         bundle.locator(torch.zeros((1, 3, size, size), device=dev))
+        if bundle.cxr is not None:
+            bundle.cxr(torch.zeros((1, 2, size, size), device=dev))
     x = torch.zeros((1, 3, size, size), device=dev, requires_grad=True)
     bundle.classifier(x).sum().backward()
 
@@ -260,6 +267,7 @@ def render_card_markdown(card: Mapping[str, Any]) -> str:
         lines += _headline_markdown(metrics)
     lines += _operating_points_markdown(card)
     lines += _pattern_markdown(card.get("lesion_pattern"))
+    lines += _cxr_markdown(card)
     lines += ["## Models", "", "| role | file | sha256 | architecture |", "|---|---|---|---|"]
     for role, entry in card.get("models", {}).items():
         lines.append(
@@ -273,6 +281,45 @@ def render_card_markdown(card: Mapping[str, Any]) -> str:
         lines += ["", "## Metrics as measured", "", "```json", json.dumps(card["metrics"], indent=2), "```"]
     lines.append("")
     return "\n".join(lines)
+
+
+def _cxr_markdown(card: Mapping[str, Any]) -> list[str]:
+    """The CXR branch: its model, how it was trained, CT alone vs CXR alone vs fused."""
+    from .figures.cxr import CxrComparison, comparison_markdown
+
+    entry = (card.get("models") or {}).get("cxr")
+    section = card.get("cxr") or {}
+    if not entry:
+        return []
+    training = entry.get("training") or {}
+    val = training.get("validation") or {}
+    counts = ", ".join(f"{k} {v}" for k, v in (training.get("class_counts") or {}).items())
+    lines = [
+        "## CXR branch (the CT localizer read as a chest x-ray)",
+        "",
+        f"Classes: {', '.join(section.get('classes') or entry.get('architecture', {}).get('classes') or [])}. "
+        f"Input: {training.get('input', '?')}. Trained by `{training.get('command', '?')}`: "
+        f"{training.get('n_train_cases', '?')} training and {training.get('n_val_cases', '?')} validation cases "
+        f"({counts}; held-out patients, last epoch: validation AUC {val.get('val_auc', float('nan')):.3f}, "
+        f"accuracy {val.get('val_accuracy', float('nan')):.3f})"
+        + (" on synthetic phantoms only" if training.get("trained_on_synthetic_data") else "")
+        + ".",
+        "",
+        f"Fusion: {section.get('fusion_rule', '?')}. The report's decision stays the CT's; the fused decision "
+        "is stated beside it.",
+        "",
+    ]
+    for name, record in (section.get("evaluations") or {}).items():
+        lines += [
+            f"### Measured: {name}",
+            "",
+            f"Data `{record.get('data_spec', '?')}` ({record.get('held_out', '')}); "
+            f"command `{record.get('command', '?')}`. Synthetic phantoms only: these figures say nothing "
+            "about patients.",
+            "",
+            *comparison_markdown(CxrComparison.from_json(record)),
+        ]
+    return lines
 
 
 def _pattern_markdown(entry: Mapping[str, Any] | None) -> list[str]:

@@ -35,6 +35,28 @@ def classifier_arch(
     }
 
 
+def cxr_arch(
+    classes=("covid19", "cap"),
+    layers=(1, 1, 1, 1),
+    block: str = "basic",
+    block_inplanes=(8, 16, 32, 64),
+    input_size: int = 128,
+) -> dict[str, Any]:
+    """Architecture dict of the CXR classifier (pipeline.cxr): a 2-D ResNet on two channels
+    (the standardised radiograph and its detail, pipeline.cxr.cxr_channels), one output
+    per class of ``classes`` (in that order)."""
+    return {
+        "kind": "resnet",
+        "block": block,
+        "layers": list(layers),
+        "block_inplanes": list(block_inplanes),
+        "in_channels": 2,
+        "num_classes": len(tuple(classes)),
+        "classes": list(classes),
+        "input_size": int(input_size),
+    }
+
+
 #: U-Net output classes: background, aerated lung and (3-class U-Nets) lung with a lesion
 #: of infection. The lung mask is classes 1 + 2; class 2 alone is the lesion map.
 UNET_LUNG, UNET_LESION = 1, 2

@@ -42,7 +42,8 @@ from typing import Iterator, NamedTuple, Sequence
 import numpy as np
 
 from .params import INFECTED_SLICE_MIN_PIXELS
-from .types import CLASS_NAMES, CTVolume, InvalidInputError
+from .projection import LocalizerGeometry, project_localizer
+from .types import CLASS_NAMES, CTVolume, InvalidInputError, Radiograph
 
 __all__ = [
     "Phantom",
@@ -55,6 +56,9 @@ __all__ = [
 
 #: A slice is "infected" when it holds more than this many lesion pixels (the one rule).
 INFECTED_MIN_PIXELS = INFECTED_SLICE_MIN_PIXELS
+#: The localizer of every phantom (``Phantom.localizer``): a clinical CT's scout geometry
+#: with the quantum noise of a low-dose scout.
+PHANTOM_LOCALIZER = LocalizerGeometry(photons_per_pixel=2.0e5)
 
 # --- Named constants (HU values and anatomical proportions) --------------------------
 HU_AIR = -1000.0
@@ -117,6 +121,12 @@ class Phantom:
             raise InvalidInputError(f"Phantom lobe_mask must be uint8 of the volume's shape {shape}")
         if self.label not in CLASS_NAMES:
             raise InvalidInputError(f"Phantom label {self.label!r} is not one of {CLASS_NAMES}")
+
+    def localizer(self, geometry: LocalizerGeometry | None = None) -> Radiograph:
+        """The CT localizer the scanner would have taken of this phantom: the AP projection
+        of its volume with a clinical CT's fan-beam geometry and quantum noise seeded by the
+        phantom's seed (pipeline.projection; the same for both phantom families)."""
+        return project_localizer(self.volume, geometry or PHANTOM_LOCALIZER, seed=self.seed)
 
 
 class CohortCase(NamedTuple):

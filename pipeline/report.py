@@ -232,9 +232,19 @@ def render_report(m: EvaluationMetrics) -> str:
     L += _where_it_looks_section(m)
     L += _subsets_section(m)
     L += _readers_section(m)
+    L += _cxr_section(m)
     L += _plots_section(m)
     L += _skipped_section(m)
     return "\n".join(L)
+
+
+def _cxr_section(m: EvaluationMetrics) -> list[str]:
+    """CT alone vs CXR alone vs fused (pipeline.figures.cxr), when the bundle has a CXR model."""
+    from .figures.cxr import comparison_markdown
+
+    if m.cxr is None:
+        return []
+    return ["## CXR branch: CT alone, CXR alone, fused", "", *comparison_markdown(m.cxr)]
 
 
 def _header_section(m: EvaluationMetrics) -> list[str]:

@@ -374,6 +374,110 @@ class ModelInfo:
 
 
 @dataclass(frozen=True)
+class Radiograph:
+    """A projection radiograph: a CT localizer (scout) or a plain DX/CR chest film.
+
+    ``image`` is float32 rows/columns, larger where the body attenuates more (a
+    radiograph's grey scale: bone bright, air dark), in the units of ``source``: for a
+    localizer the line integral of the linear attenuation (dimensionless, ``-ln(I/I0)``),
+    for a plain radiograph the stored values. Row 0 is the patient's head end, column 0
+    the patient's right for an AP/PA view. ``pixel_spacing_mm`` is (row, column) at the
+    isocentre (the plane of the CT's rotation axis); ``view`` "AP", "PA" or "LAT";
+    ``source`` "localizer" (a CT scout or a phantom's projection) or "radiograph" (DX/CR).
+    ``geometry`` holds the acquisition as numbers (source-to-isocentre and
+    source-to-detector distances in mm, the first row's and column's position in the
+    patient frame, ...), ``sop_uids`` the SOP Instance UID of each image it came from
+    (empty for a projection made in memory).
+    """
+
+    image: np.ndarray
+    pixel_spacing_mm: tuple[float, float]
+    view: str = "AP"
+    source: str = "localizer"
+    geometry: Mapping[str, float] = field(default_factory=dict)
+    sop_uids: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        _require(
+            isinstance(self.image, np.ndarray) and self.image.ndim == 2 and min(self.image.shape) >= 8,
+            f"Radiograph.image must be a 2-D array of at least 8x8, got "
+            f"{getattr(self.image, 'shape', type(self.image))}",
+        )
+        _require(self.image.dtype == np.float32, f"Radiograph.image must be float32, got {self.image.dtype}")
+        _require(bool(np.all(np.isfinite(self.image))), "Radiograph.image must be finite")
+        _require(
+            len(self.pixel_spacing_mm) == 2 and all(s > 0 for s in self.pixel_spacing_mm),
+            f"Radiograph.pixel_spacing_mm must be two positive numbers, got {self.pixel_spacing_mm}",
+        )
+        _require(self.view in ("AP", "PA", "LAT"), f"Radiograph.view must be AP, PA or LAT, got {self.view!r}")
+        _require(
+            self.source in ("localizer", "radiograph"),
+            f"Radiograph.source must be 'localizer' or 'radiograph', got {self.source!r}",
+        )
+
+
+@dataclass(frozen=True)
+class CxrResult:
+    """The CXR branch (pipeline.cxr): the radiograph model's scores and their fusion with the CT.
+
+    ``classes`` are the CXR model's classes (its card; the paper's COVID-19 vs CAP by
+    default), ``probabilities`` its output over them (sum 1). ``fused`` maps the classes
+    both the CXR model and the CT know to the mean of the two models' scores over those
+    classes; ``fused_decision`` is what the fusion decides (one of DECISIONS). Both are
+    None when nothing was fused: the CT decision is indeterminate or out of domain (a
+    result the model cannot stand behind is not overridden by the radiograph), the CT
+    names a class the CXR model does not know, or there is no CT (a radiograph alone).
+    ``reason`` says which, in plain words. ``radiograph`` is the image it read (its
+    ``sop_uids`` are the images a report references). ``ct`` holds the CT's scores over
+    the same classes (what the fusion averages), None without a CT or out of domain.
+    """
+
+    classes: tuple[str, ...]
+    probabilities: Mapping[str, float]
+    radiograph: Radiograph
+    ct: Mapping[str, float] | None
+    fused: Mapping[str, float] | None
+    fused_decision: str | None
+    reason: str
+    model_name: str = "cxr"
+
+    def __post_init__(self) -> None:
+        _require(len(self.classes) >= 2, f"CxrResult.classes needs at least two classes, got {self.classes}")
+        _require(set(self.classes) <= set(CLASS_NAMES), f"CxrResult.classes must be among {CLASS_NAMES}")
+        _require(tuple(self.probabilities) == self.classes, "CxrResult.probabilities keys must be its classes")
+        _require(abs(sum(self.probabilities.values()) - 1.0) < 1e-4, "CxrResult.probabilities must sum to 1")
+        _require(
+            (self.fused is None) == (self.fused_decision is None), "CxrResult: fused and fused_decision go together"
+        )
+        if self.fused is not None:
+            _require(abs(sum(self.fused.values()) - 1.0) < 1e-4, "CxrResult.fused must sum to 1")
+            _require(self.fused_decision in DECISIONS, f"CxrResult.fused_decision unknown: {self.fused_decision!r}")
+
+    @property
+    def label(self) -> str:
+        """The CXR model's most probable class (not a decision: see ``fused_decision``)."""
+        return max(self.classes, key=lambda c: (float(self.probabilities[c]), -self.classes.index(c)))
+
+    def summary(self) -> dict:
+        """The ``cxr`` entry of the JSON summary (``dicomnode analyze``, FHIR, HL7)."""
+        return {
+            "classes": list(self.classes),
+            "probabilities": {k: round(float(v), 4) for k, v in self.probabilities.items()},
+            "label": self.label,
+            "ct_probabilities": None if self.ct is None else {k: round(float(v), 4) for k, v in self.ct.items()},
+            "fused_probabilities": None
+            if self.fused is None
+            else {k: round(float(v), 4) for k, v in self.fused.items()},
+            "fused_decision": self.fused_decision,
+            "reason": self.reason,
+            "source": self.radiograph.source,
+            "view": self.radiograph.view,
+            "images": list(self.radiograph.sop_uids),
+            "model": self.model_name,
+        }
+
+
+@dataclass(frozen=True)
 class AnalysisResult:
     """Everything the chain found for one CT volume."""
 
@@ -395,6 +499,9 @@ class AnalysisResult:
     #: How much of the lungs (and lobes) the lesions involve; None without a lesion map or
     #: out of domain (the map of a study unlike the training data is not measured).
     severity: Severity | None = None
+    #: The CXR branch (the study's localizer or a radiograph): None without one, or when
+    #: the bundle has no CXR model.
+    cxr: CxrResult | None = None
 
     def _severity_summary(self) -> dict:
         s = self.severity
@@ -436,5 +543,6 @@ class AnalysisResult:
             "lung_segmentation": self.lung_mask.method,
             "model": {"name": self.model.name, "version": self.model.version, "sha256": self.model.sha256},
             "timings_s": {k: round(float(v), 3) for k, v in self.timings_s.items()},
+            "cxr": None if self.cxr is None else self.cxr.summary(),
             "disclaimer": self.model.disclaimer,
         }

@@ -10,11 +10,16 @@
 #   3. evaluate on held-out phantoms of each family (other seeds, another matrix size),
 #   4. cross-family: a bundle trained and calibrated on family A only, evaluated on
 #      family B, and the reverse (XFAMILY=0 skips it),
-#   5. write every figure, its data and its command into the model card.
+#   5. write every figure, its data and its command into the model card;
+#   6. cxr: train the CXR classifier of the CT localizer (pipeline.cxr, COVID-19 vs CAP as
+#      in the paper) on the localizers of phantoms of both families; it is added to the
+#      bundle without touching the CT's networks or figures,
+#   7. cxreval: CT alone vs CXR alone vs fused on the held-out phantoms of both families
+#      (one pooled run), written into the card's "cxr" section (scripts/record_cxr_metrics.py).
 #
 # Sizes are chosen to fit ~40 minutes of a 2-core CPU with the two streams in parallel.
 # Environment: OUT, REPORT (evaluation folders' parent), THREADS (torch threads per
-# training, default 1), STAGES (subset of "seg cls loc pat cal eval xfamily", default all),
+# training, default 1), STAGES (subset of "seg cls loc pat cal eval xfamily cxr cxreval", default all),
 # EVAL_COUNT (held-out cases per family, default 32), BOOTSTRAP (default 1000).
 # DRY_RUN=1 runs every step on a handful of tiny phantoms (a check of the script).
 set -euo pipefail
@@ -25,7 +30,7 @@ PY=${PY:-.venv/bin/python}
 OUT=${OUT:-models/covid-ct-demo}
 REPORT=${REPORT:-/tmp/covid-ct-demo-evaluation}
 THREADS=${THREADS:-1}
-STAGES=${STAGES:-seg cls loc pat cal eval xfamily}
+STAGES=${STAGES:-seg cls loc pat cal eval xfamily cxr cxreval}
 EVAL_COUNT=${EVAL_COUNT:-32}
 BOOTSTRAP=${BOOTSTRAP:-1000}
 XOUT=${XOUT:-/tmp/covid-ct-xfamily}
@@ -50,7 +55,11 @@ XB_DATA=(--data "phantom:count=48,seed=3101,size=160,slices=40,family=b"
 XA_CAL="phantom:count=32,seed=5100,size=192,slices=40"
 XB_CAL="phantom:count=32,seed=5101,size=192,slices=40,family=b"
 
-EPOCHS_SEG=16 EPOCHS_CLS=10 EPOCHS_LOC=5 EPOCHS_X=8 EPOCHS_XSEG=16 SLICES=16 SEG_SLICES=10
+# The CXR model: COVID-19 and CAP phantoms only (its classes), both families, 128 px.
+CXR_DATA=(--data "phantom:count=400,seed=1300,size=128,slices=40,mix=0:1:0:1"
+          --data "phantom:count=200,seed=1301,size=128,slices=40,mix=0:1:0:1,family=b")
+
+EPOCHS_SEG=16 EPOCHS_CLS=10 EPOCHS_LOC=5 EPOCHS_X=8 EPOCHS_XSEG=16 SLICES=16 SEG_SLICES=10 EPOCHS_CXR=80
 if [ "${DRY_RUN:-0}" = 1 ]; then
   OUT=/tmp/covid-ct-demo-dry-run REPORT=/tmp/covid-ct-demo-dry-run-evaluation XOUT=/tmp/covid-ct-xfamily-dry
   SEG_DATA=(--data "phantom:count=6,seed=1000,slices=16,size=64" --data "phantom:count=6,seed=1001,slices=16,size=64,family=b")
@@ -59,7 +68,8 @@ if [ "${DRY_RUN:-0}" = 1 ]; then
   EVAL_A="phantom:count=8,seed=900000,slices=16,size=80" EVAL_B="phantom:count=8,seed=900001,slices=16,size=80,family=b"
   XA_DATA=(--data "phantom:count=8,seed=3100,slices=16,size=64") XB_DATA=(--data "phantom:count=8,seed=3101,slices=16,size=64,family=b")
   XA_CAL="phantom:count=8,seed=5100,slices=16,size=64" XB_CAL="phantom:count=8,seed=5101,slices=16,size=64,family=b"
-  EPOCHS_SEG=1 EPOCHS_CLS=1 EPOCHS_LOC=1 EPOCHS_X=1 EPOCHS_XSEG=1 BOOTSTRAP=20 SLICES=6 SEG_SLICES=4
+  CXR_DATA=(--data "phantom:count=8,seed=1300,slices=16,size=64,mix=0:1:0:1" --data "phantom:count=8,seed=1301,slices=16,size=64,mix=0:1:0:1,family=b")
+  EPOCHS_SEG=1 EPOCHS_CLS=1 EPOCHS_LOC=1 EPOCHS_X=1 EPOCHS_XSEG=1 BOOTSTRAP=20 SLICES=6 SEG_SLICES=4 EPOCHS_CXR=1
   rm -rf "$OUT" "$XOUT"
 fi
 
@@ -67,9 +77,9 @@ COMMON=(--device cpu --seed 0 --threads "$THREADS" --val-fraction 0.2 --no-progr
 NET=(--block basic --layers 1,1,1,1 --widths 16,32,64,128 --input-size 224 --batch-size 32)
 
 want() { [[ " $STAGES " == *" $1 "* ]]; }
-evaluate() {  # bundle, data spec, report folder
+evaluate() {  # bundle, data spec, report folder[, more evaluate options]
   rm -rf "$3"
-  "$DN" evaluate --bundle "$1" --data "$2" --out "$3" --bootstrap "$BOOTSTRAP" --seed 0 --device cpu --no-progress
+  "$DN" evaluate --bundle "$1" --data "$2" --out "$3" --bootstrap "$BOOTSTRAP" --seed 0 --device cpu --no-progress "${@:4}"
 }
 
 shipped() {
@@ -127,6 +137,16 @@ if want xfamily; then
 fi
 shipped
 for pid in "${pids[@]}"; do wait "$pid" || { echo "cross-family stream failed: see ${REPORT%/}-xfamily.log"; exit 1; }; done
+
+# The CXR branch (a few CPU minutes, most of them making the phantoms): its own network,
+# then CT alone vs CXR alone vs fused on the held-out phantoms of both families together.
+want cxr && "$DN" train cxr "${CXR_DATA[@]}" --out "$OUT" --classes covid19,cap --block basic --layers 1,1,1,1 \
+  --widths 8,16,32,64 --input-size 128 --epochs $EPOCHS_CXR --lr 3e-3 --batch-size 32 --device cpu --seed 0 \
+  --threads "$THREADS" --val-fraction 0.2
+if want cxreval; then
+  evaluate "$OUT" "$EVAL_A" "$REPORT/cxr" --data "$EVAL_B"
+  "$PY" scripts/record_cxr_metrics.py "$OUT" "$REPORT/cxr"
+fi
 want eval || exit 0
 
 echo "== $(date -u +%FT%TZ) writing the figures into the model card"

@@ -53,15 +53,16 @@ def dicomnode_exe() -> str:
     return str(exe) if exe.exists() else (shutil.which("dicomnode") or "dicomnode")
 
 
-def make_tiny_bundle(out_dir: Path, with_unet: bool = False, seed: int = 0) -> Path:
+def make_tiny_bundle(out_dir: Path, with_unet: bool = False, seed: int = 0, with_cxr: bool = False) -> Path:
     """A random-weight bundle of the smallest networks: exercises every code path fast.
 
-    Its outputs mean nothing; the card says so.
+    Its outputs mean nothing; the card says so. ``with_cxr``: with a CXR model (pipeline.cxr)
+    of the default classes.
     """
     import torch
 
     from pipeline.models import write_bundle
-    from pipeline.nets import build_network, classifier_arch, unet_arch
+    from pipeline.nets import build_network, classifier_arch, cxr_arch, unet_arch
 
     torch.manual_seed(seed)
     archs = {
@@ -70,6 +71,8 @@ def make_tiny_bundle(out_dir: Path, with_unet: bool = False, seed: int = 0) -> P
     }
     if with_unet:
         archs["segmentation"] = unet_arch(features=(4, 8, 8, 16, 16, 4))
+    if with_cxr:
+        archs["cxr"] = cxr_arch(block_inplanes=(4, 8, 8, 16), input_size=64)
     nets = {role: build_network(arch) for role, arch in archs.items()}
     card = {
         "name": "tiny-random-test",
@@ -89,3 +92,8 @@ def tiny_bundle(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_bundle_with_unet(tmp_path_factory) -> Path:
     return make_tiny_bundle(tmp_path_factory.mktemp("tiny_bundle_unet"), with_unet=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle_with_cxr(tmp_path_factory) -> Path:
+    return make_tiny_bundle(tmp_path_factory.mktemp("tiny_bundle_cxr"), with_cxr=True)

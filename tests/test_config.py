@@ -63,6 +63,18 @@ def test_broker_and_priors_sections(tmp_path):
     assert any("did you mean 'heartbeat_timeout_s'" in p for p in found)
 
 
+def test_cxr_section(tmp_path):
+    cfg = load_config(write(tmp_path, ""))
+    assert cfg.cxr.enabled and cfg.cxr.localizer_image_types == ("LOCALIZER",) and not cfg.cxr.radiographs_alone
+    assert not load_config(write(tmp_path, "[cxr]\nenabled = false\n")).cxr.enabled
+    assert load_config(DEFAULT_CONFIG_PATH).cxr.enabled  # the shipped file pairs localizers
+    assert load_config(write(tmp_path, "[cxr]\nradiographs_alone = true\n")).cxr.radiographs_alone
+    found = problems(tmp_path, '[cxr]\nradiographs_alone = true\n[broker]\nurl = "redis://127.0.0.1:6379/0"\n')
+    assert any("radiographs_alone" in p and "scale-out workers" in p for p in found)
+    found = problems(tmp_path, "[cxr]\nlocalizer_types = []\n")
+    assert any("did you mean 'localizer_image_types'" in p for p in found)
+
+
 @pytest.mark.parametrize("port", [70000, -1])
 def test_bad_port(tmp_path, port):
     found = problems(tmp_path, f"[node]\nport = {port}\n")

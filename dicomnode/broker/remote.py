@@ -27,6 +27,7 @@ from ..worker import (
     persist_job_outputs,
     present_files,
     read_earlier_reports,
+    read_job_localizer,
     read_job_series,
     run_chain,
 )
@@ -102,12 +103,18 @@ class RemoteWorker:
         except SeriesRejected as e:
             return self._reply(request, Outcome.SKIPPED, str(getattr(e, "reason", e)))
         fingerprint = content_fingerprint(present, self.bundle.info.sha256)
+        localizer = read_job_localizer(self.cfg, self.bundle, present, sources[0])
         try:
-            result = run_chain(self.cfg, self.bundle, request.job_id, request.series_uid, volume)
+            result = run_chain(
+                self.cfg, self.bundle, request.job_id, request.series_uid, volume, localizer and localizer[0]
+            )
         except NotAChestCTError as e:
             return self._reply(request, Outcome.SKIPPED, str(e)[:500])
         previous = read_earlier_reports(results_root, request.earlier_jobs, request.job_id)
-        objects = build_job_objects(self.cfg, request.job_id, request.series_uid, result, volume, sources, previous)
+        cxr_sources = (localizer[1],) if localizer is not None and result.cxr is not None else ()
+        objects = build_job_objects(
+            self.cfg, request.job_id, request.series_uid, result, volume, sources, previous, cxr_sources=cxr_sources
+        )
         staging = f"{request.job_id}-a{request.attempts}-{uuid.uuid4().hex[:12]}"
         job_dir = results_root / INCOMING / staging / str(request.job_id)
         try:

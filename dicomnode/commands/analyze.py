@@ -84,11 +84,43 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "DICOM's Study Date orders the scans, a NIfTI's date is unknown",
     )
     p.add_argument(
+        "--localizer",
+        type=Path,
+        default=None,
+        metavar="DICOM_FILE",
+        help="the study's CT localizer (or a chest radiograph), a DICOM file: the bundle's CXR model reads it and "
+        "the summary gains cxr, its scores fused with the CT's (pipeline/cxr.py; needs a bundle with a CXR model)",
+    )
+    p.add_argument(
         "--multi-stage-rule",
         default="mean",
         choices=MULTI_STAGE_RULES,
         help="how the dates are fused (default mean)",
     )
+
+
+def _with_localizer(path: Path | None, result, models) -> tuple[Any, tuple] | str:
+    """``result`` with its CXR branch on the ``--localizer`` file, and that file's dataset
+    for the SR; ``result`` unchanged without the option; a str says what is wrong."""
+    if path is None:
+        return result, ()
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    from dicomnode.localizer import read_radiograph
+    from pipeline.cxr import with_cxr
+    from pipeline.types import InvalidInputError
+
+    if getattr(models, "cxr", None) is None:
+        return f"--localizer: the bundle {models.path} has no CXR model (train one with 'dicomnode train cxr')"
+    try:
+        ds = pydicom.dcmread(path)
+        radiograph = read_radiograph(
+            ds, "localizer" if "LOCALIZER" in list(ds.get("ImageType") or []) else "radiograph"
+        )
+    except (InvalidDicomError, OSError, InvalidInputError, AttributeError) as e:
+        return f"--localizer {path}: not a readable projection image ({e})"
+    return with_cxr(result, radiograph, models), (ds,)
 
 
 def _fail(message: str) -> int:
@@ -192,6 +224,10 @@ def run(args: argparse.Namespace) -> int:
         result = analyze(volume, models, params)
     except InvalidInputError as e:
         return _fail(f"{source}: {e}")
+    paired = _with_localizer(args.localizer, result, models)
+    if isinstance(paired, str):
+        return _fail(paired)
+    result, cxr_sources = paired
 
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -205,7 +241,7 @@ def run(args: argparse.Namespace) -> int:
         from dicomnode.writers import WriterOptions, build_result_objects
 
         try:
-            objects = build_result_objects(result, volume, sources, WriterOptions(trend=trend))
+            objects = build_result_objects(result, volume, sources, WriterOptions(trend=trend, cxr_sources=cxr_sources))
         except NodeError as e:
             return _fail(f"the result objects cannot be built: {e}")
         summary_files = _write_objects(objects, out)

@@ -134,4 +134,14 @@ def run(args: argparse.Namespace) -> int:
         + (f" ({failed} failed, left out)" if failed else "")
         + f"; multi-way AUC (micro) {micro_text}; report: {args.out / 'report.md'}"
     )
+    if metrics.cxr is not None:
+        c = metrics.cxr
+
+        def auc(block) -> str:
+            return "n/a" if block.auc.value is None else f"{block.auc.value:.4f}"
+
+        print(
+            f"CXR branch, {c.positive} vs {', '.join(x for x in c.classes if x != c.positive)} on {c.n_cases} "
+            f"cases: AUC CT alone {auc(c.ct)}, CXR alone {auc(c.cxr)}, fused {auc(c.fused)}"
+        )
     return 0

@@ -1,8 +1,10 @@
-"""``dicomnode train {segmentation,classifier,locator,lesion-pattern} --data SPEC --out BUNDLE_DIR``.
+"""``dicomnode train {segmentation,classifier,locator,lesion-pattern,cxr} --data SPEC --out BUNDLE_DIR``.
 
 Parses the command line into ``pipeline.training.TrainSettings`` and runs it;
 ``lesion-pattern`` fits the lesion pattern model on the lesion maps of the U-Net already
-in BUNDLE_DIR (pipeline.training.pattern). A bad
+in BUNDLE_DIR (pipeline.training.pattern); ``cxr`` trains the CXR classifier of the
+localizer (pipeline.training.cxr, ``--classes``, default the paper's covid19,cap) and adds
+it to BUNDLE_DIR without touching the CT's networks or figures. A bad
 data spec, bad option or unusable checkpoint ends with a one-line error and exit code 2.
 """
 
@@ -51,9 +53,16 @@ def _add_data_arguments(p: argparse.ArgumentParser) -> None:
     """The role to train, the data it is trained on and the bundle it goes to."""
     p.add_argument(
         "role",
-        choices=("segmentation", "classifier", "locator", "lesion-pattern"),
+        choices=("segmentation", "classifier", "locator", "lesion-pattern", "cxr"),
         help="which network of the chain to train; lesion-pattern: the pneumonia-type model on the "
-        "lesion maps of the bundle's U-Net (train the segmentation first)",
+        "lesion maps of the bundle's U-Net (train the segmentation first); cxr: the classifier of the CT "
+        "localizer read as a chest x-ray (its classes: --classes)",
+    )
+    p.add_argument(
+        "--classes",
+        default=None,
+        metavar="C1,C2[,...]",
+        help="cxr: the CXR model's classes, in output order (default covid19,cap: the paper's COVID-19 vs CAP)",
     )
     p.add_argument(
         "--data",
@@ -296,6 +305,71 @@ def _run_lesion_pattern(args: argparse.Namespace) -> int:
     return 0
 
 
+CXR_WIDTHS = (8, 16, 32, 64)
+CXR_INPUT_SIZE = 128
+
+
+def cxr_architecture(args: argparse.Namespace) -> dict:
+    """The CXR network the options describe (pipeline.nets.cxr_arch; default widths 8-64, 128 px)."""
+    from pipeline.cxr import DEFAULT_CXR_CLASSES, check_classes
+    from pipeline.nets import cxr_arch
+
+    classes = check_classes(args.classes.split(",") if args.classes else DEFAULT_CXR_CLASSES)
+    block, layers, widths = BACKBONES[args.backbone] if args.backbone else ("basic", (1, 1, 1, 1), CXR_WIDTHS)
+    return cxr_arch(
+        classes,
+        layers=args.layers or layers,
+        block=args.block or block,
+        block_inplanes=args.widths or widths,
+        input_size=args.input_size or CXR_INPUT_SIZE,
+    )
+
+
+def _cxr_command(args: argparse.Namespace, arch: dict) -> str:
+    parts = ["dicomnode", "train", "cxr", *[a for spec in args.data for a in ("--data", spec)], "--out", str(args.out)]
+    parts += ["--classes", ",".join(arch["classes"]), "--block", arch["block"]]
+    parts += ["--layers", ",".join(map(str, arch["layers"])), "--widths", ",".join(map(str, arch["block_inplanes"]))]
+    parts += ["--input-size", str(arch["input_size"]), "--epochs", str(args.epochs)]
+    parts += ["--batch-size", str(args.batch_size)]
+    parts += ["--lr", repr(args.lr), "--device", args.device, "--seed", str(args.seed)]
+    return shlex.join(parts + ["--val-fraction", repr(args.val_fraction)])
+
+
+def _run_cxr(args: argparse.Namespace) -> int:
+    from pipeline.training import TrainError
+    from pipeline.training.cxr import CxrTrainSettings, train_cxr
+    from pipeline.types import PipelineError
+
+    try:
+        if args.features is not None or not args.lesion_head:
+            raise TrainError("--features and --no-lesion-head describe the segmentation U-Net, not the CXR model")
+        arch = cxr_architecture(args)
+        settings = CxrTrainSettings(
+            data_specs=tuple(args.data),
+            out_dir=args.out,
+            architecture=arch,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            device=args.device,
+            seed=args.seed,
+            val_fraction=args.val_fraction,
+            threads=args.threads,
+            command=_cxr_command(args, arch),
+            name=args.name,
+        )
+        training = train_cxr(settings)
+    except (PipelineError, TrainError, ValueError, OSError) as e:
+        print(f"dicomnode train cxr: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    figures = ", ".join(f"{k} {v:.4f}" for k, v in training["validation"].items() if k.startswith("val_"))
+    print(
+        f"cxr: {training['epochs']} epoch(s) on {training['n_train_cases']} case(s) "
+        f"({', '.join(training['classes'])}); bundle {args.out}; {figures or 'no validation set'}"
+    )
+    return 0
+
+
 def _train_params(args: argparse.Namespace) -> Any:
     """TrainParams with the command line's loss and augmentation options."""
     from dataclasses import replace
@@ -319,6 +393,11 @@ def run(args: argparse.Namespace) -> int:
 
     if args.role == "lesion-pattern":
         return _run_lesion_pattern(args)
+    if args.role == "cxr":
+        return _run_cxr(args)
+    if args.classes is not None:
+        print(f"dicomnode train {args.role}: error: --classes describes the cxr model only", file=sys.stderr)
+        return EXIT_USAGE
     try:
         settings = TrainSettings(
             role=args.role,

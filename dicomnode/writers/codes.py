@@ -21,7 +21,8 @@ PRIVATE_SCHEME = "99COVIDNODE"
 PRIVATE_SCHEME_NAME = "COVID-CT-Node private codes"
 #: "2": decision codes, thresholds, out-of-domain score; NINF/PINF lost "COVID-19".
 #: "3": lesion volume, lesion share and its threshold.
-PRIVATE_SCHEME_VERSION = "4"
+#: "5": the CXR branch's radiograph and fused probabilities and fused decision.
+PRIVATE_SCHEME_VERSION = "5"
 
 # --- Diagnoses (the four classes of the classifier), SNOMED CT where it exists -------
 COVID19 = Code("840539006", "SCT", "COVID-19")  # Disease caused by SARS-CoV-2 (disorder)
@@ -125,6 +126,21 @@ SEVERITY_GRADES: tuple[Code, ...] = (
 #: Multi-stage (pipeline.stages): the decision of one study date in the trend, and the
 #: fused decision over the dates; private: no standard concept names either.
 STAGE_DECISION = Code("STAGEDEC", PRIVATE_SCHEME, "AI decision of this study date")
+# --- The CXR branch (pipeline.cxr): the localizer read as a chest x-ray, fused with the CT
+_CXR_SHORT = {"non_pneumonia": "NOPNEU", "cap": "CAP", "influenza": "FLU", "covid19": "COVID"}
+_CXR_DISPLAY = {"non_pneumonia": "No pneumonia", "cap": "CAP", "influenza": "Influenza", "covid19": "COVID-19"}
+#: class -> the radiograph model's probability of it
+CXR_PROBABILITY: Mapping[str, Code] = MappingProxyType(
+    {c: Code(f"XP{_CXR_SHORT[c]}", PRIVATE_SCHEME, f"{_CXR_DISPLAY[c]} probability by radiograph") for c in CLASS_NAMES}
+)
+#: class -> the CT's and the radiograph's fused probability of it
+FUSED_PROBABILITY: Mapping[str, Code] = MappingProxyType(
+    {
+        c: Code(f"FP{_CXR_SHORT[c]}", PRIVATE_SCHEME, f"{_CXR_DISPLAY[c]} probability, CT and radiograph")
+        for c in CLASS_NAMES
+    }
+)
+CXR_FUSED_DECISION = Code("FUSDEC", PRIVATE_SCHEME, "AI decision of CT and radiograph fused")
 MULTI_STAGE_DECISION = Code("MSDEC", PRIVATE_SCHEME, "AI multi-stage decision")
 #: The score above which a study is out of domain: 1 by construction of the score.
 OUT_OF_DOMAIN_THRESHOLD = Code("OODTHR", PRIVATE_SCHEME, "Out-of-domain threshold")

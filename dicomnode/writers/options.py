@@ -28,6 +28,8 @@ class WriterOptions:
     made before more of its instances arrived): referenced as Predecessor Documents.
     ``trend``: the patient's prior studies and the multi-stage decision (writers.trend),
     None when ``[priors]`` is off or for a prior's own report.
+    ``cxr_sources``: the datasets of the images the CXR branch read (the study's localizer),
+    for ``result.cxr``; the SR references them and draws its CXR group on the first.
     """
 
     enabled: frozenset[str] = frozenset(OBJECT_KINDS)
@@ -44,6 +46,7 @@ class WriterOptions:
     uid_seed: str | None = None
     previous_reports: tuple = ()
     trend: "Trend | None" = None
+    cxr_sources: tuple = ()
 
     def __post_init__(self) -> None:
         enabled = frozenset(self.enabled if not isinstance(self.enabled, str) else [self.enabled])

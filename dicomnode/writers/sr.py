@@ -61,6 +61,7 @@ from .common import (
     series_description,
 )
 from .options import WriterError, WriterOptions
+from .sr_cxr import CXR_GROUP_ID, cxr_groups, cxr_text
 from .sr_severity import lobe_groups, severity_grade, severity_measurements, severity_text
 from .trend import trend_groups, trend_text
 from .wording import DECISION_DISPLAY, OUT_OF_DOMAIN_THRESHOLD
@@ -85,6 +86,9 @@ def build_sr(
     lobe_group_list, lobe_zs = lobe_groups(result, volume, sources, algorithm, uid)
     groups += lobe_group_list
     groups += trend_groups(volume, sources, options.trend, key_z, algorithm, uid)
+    cxr = cxr_groups(result, options.cxr_sources, algorithm, uid)
+    groups += cxr
+    cxr_images = list(options.cxr_sources[:1]) if cxr else []
 
     device = hd.sr.DeviceObserverIdentifyingAttributes(
         # One UID per product version and bundle: the same "device" across reports.
@@ -104,13 +108,13 @@ def build_sr(
         procedure_reported=codes.CT_PROCEDURE,
         imaging_measurements=groups,
         # The images the report draws on; every referenced image is in the evidence (header).
-        referenced_images=[sources[z] for z in sorted({key_z, *drawn, *lobe_zs})],
+        referenced_images=[sources[z] for z in sorted({key_z, *drawn, *lobe_zs})] + cxr_images,
     )
     report[0].ContentSequence.append(_qualitative_evaluations(result, volume, options, sources))
 
     sr = hd.sr.Comprehensive3DSR(
         # The prior studies' instances go to Pertinent Other Evidence (another study).
-        evidence=list(sources) + (list(options.trend.evidence) if options.trend is not None else []),
+        evidence=list(sources) + cxr_images + (list(options.trend.evidence) if options.trend is not None else []),
         content=report[0],
         series_instance_uid=uid("sr-series"),
         series_number=options.sr_series_number,
@@ -450,6 +454,7 @@ def summary_text(
             f"{wording.decision_line(result)}.",
             wording.out_of_domain_text(result),
             _reason_sentence(result),
+            cxr_text(result),
             trend_text(options.trend),
         ]
         return _join(head + tail)
@@ -480,6 +485,7 @@ def summary_text(
         wording.located_text(result, labels, slice_ranges(labels)),
         overlay_text,
         severity_text(result),
+        cxr_text(result),
         trend_text(options.trend),
     ]
     return _join(head + tail)
@@ -546,6 +552,12 @@ class SRFindings:
     disclaimer: str
     #: The lesion pattern's share of each pneumonia type (0..1); empty without a pattern model.
     pattern_shares: Mapping[str, float] = field(default_factory=dict)
+    #: The CXR branch (writers.sr_cxr): the radiograph model's probabilities, the fused ones
+    #: (empty when not fused), the fused decision (None: not fused) and the image it read.
+    cxr_probabilities: Mapping[str, float] = field(default_factory=dict)
+    fused_probabilities: Mapping[str, float] = field(default_factory=dict)
+    fused_decision: str | None = None
+    cxr_sop_uid: str | None = None
 
 
 def _code_matches(concept, code) -> bool:
@@ -679,7 +691,33 @@ def read_findings(dataset: Dataset) -> SRFindings:
         pattern_shares={
             n: v / 100.0 for n, code in codes.PATTERN_TYPE_SHARE.items() if (v := _optional_num(case, code)) is not None
         },
+        **_cxr_findings(groups),
     )
+
+
+def _cxr_findings(groups) -> dict:
+    """SRFindings' CXR fields from the report's CXR group (writers.sr_cxr), if it has one."""
+    found = [g for g in groups if (g.tracking_identifier or "").startswith(CXR_GROUP_ID)]
+    if not found:
+        return {}
+    if len(found) > 1:
+        raise WriterError(f"SR has {len(found)} '{CXR_GROUP_ID}' groups, expected at most 1")
+    group = found[0]
+    decisions = group.get_qualitative_evaluations(name=codes.CXR_FUSED_DECISION)
+    fused_decision = None
+    if decisions:
+        value = decisions[0].value
+        fused_decision = codes.decision_of_code(value.value, value.scheme_designator)
+    return {
+        "cxr_probabilities": {
+            n: v / 100.0 for n, code in codes.CXR_PROBABILITY.items() if (v := _optional_num(group, code)) is not None
+        },
+        "fused_probabilities": {
+            n: v / 100.0 for n, code in codes.FUSED_PROBABILITY.items() if (v := _optional_num(group, code)) is not None
+        },
+        "fused_decision": fused_decision,
+        "cxr_sop_uid": _roi_sop_uid(group),
+    }
 
 
 def _roi_sop_uid(group) -> str:

@@ -20,10 +20,19 @@ from .base import Case, CaseData, Dataset, DatasetError
 from .ccccii import looks_like_ccccii, open_ccccii
 from .manifest import open_manifest
 from .mosmed import looks_like_mosmed, open_mosmed
-from .phantoms import open_phantoms
+from .phantoms import case_localizer, open_phantoms
 from .split import patient_split
 
-__all__ = ["Case", "CaseData", "Dataset", "DatasetError", "open_dataset", "patient_split", "SPEC_HELP"]
+__all__ = [
+    "Case",
+    "CaseData",
+    "Dataset",
+    "DatasetError",
+    "case_localizer",
+    "open_dataset",
+    "patient_split",
+    "SPEC_HELP",
+]
 
 SPEC_HELP = (
     "'phantom:count=N,seed=S[,mix=1:1:1:1,slices=Z,size=PX,per_patient=K]', a manifest CSV "

@@ -15,12 +15,13 @@ from functools import partial
 
 import numpy as np
 
-from ..phantom import make_phantom, phantom_cohort
+from ..phantom import PHANTOM_LOCALIZER, make_phantom, phantom_cohort
 from ..phantoms import make_phantom_b
-from ..types import CLASS_NAMES, InvalidInputError
+from ..projection import project_localizer
+from ..types import CLASS_NAMES, InvalidInputError, Radiograph
 from .base import Case, CaseData, Dataset, DatasetError
 
-__all__ = ["open_phantoms", "PHANTOM_KEYS"]
+__all__ = ["open_phantoms", "PHANTOM_KEYS", "case_localizer"]
 
 #: Keys of a phantom spec and what each means (for error messages).
 PHANTOM_KEYS = {
@@ -44,6 +45,14 @@ FAMILIES = {
 def _load(family: str, label: str, seed: int, slices: int | None, size: int | None) -> CaseData:
     p = FAMILIES[family][0](label, seed, slices, size)
     return CaseData(p.volume, p.lung_mask, p.lesion_mask, p.lobe_mask)
+
+
+def case_localizer(case: Case, data: CaseData) -> Radiograph | None:
+    """The localizer of a loaded case: for a phantom, ``Phantom.localizer()`` of its volume
+    (the same projection, geometry and seeded noise); None for data sets without one."""
+    if case.extras.get("family") not in FAMILIES or "seed" not in case.extras:
+        return None
+    return project_localizer(data.volume, PHANTOM_LOCALIZER, seed=int(case.extras["seed"]))
 
 
 def _int(key: str, text: str, spec: str, low: int) -> int:

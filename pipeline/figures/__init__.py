@@ -20,6 +20,7 @@ measured). Import from ``pipeline.figures``.
 
 from .base import Figure, json_ready
 from .classes import ClassFigures, ConfusionMatrix, MultiwayAuc, ReaderComparison, ReaderRow, TaskFigures
+from .cxr import CxrComparison, ScoreFigures
 from .evaluation import BootstrapInfo, BundleSummary, ChainSummary, EvaluationMetrics, EvaluationRun, FailedCase
 from .findings import (
     DecisionFigures,
@@ -37,6 +38,8 @@ from .findings import (
 from .severity import BlandAltman, GradeFigures, HealthyInvolvement, LobeFigures, LobesFigures, SeverityFigures
 
 __all__ = [
+    "CxrComparison",
+    "ScoreFigures",
     "BlandAltman",
     "BootstrapInfo",
     "BundleSummary",

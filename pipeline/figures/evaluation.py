@@ -8,6 +8,7 @@ from typing import Any, Mapping
 
 from .base import json_ready, opt, put
 from .classes import ClassFigures, ReaderComparison, TaskFigures
+from .cxr import CxrComparison
 from .findings import (
     DecisionFigures,
     HeatFigures,
@@ -190,6 +191,8 @@ class EvaluationMetrics:
     #: The class block by subset key (sex, age_band, stage) and value.
     subsets: Mapping[str, Mapping[str, ClassFigures]] = field(default_factory=dict)
     readers: ReaderComparison | None = None
+    #: CT alone vs CXR alone vs fused (a bundle with a CXR model, cases with a localizer).
+    cxr: CxrComparison | None = None
     run: EvaluationRun | None = None
     plots: Mapping[str, str] | None = None
 
@@ -221,6 +224,7 @@ class EvaluationMetrics:
             key: {value: block.to_json() for value, block in groups.items()} for key, groups in self.subsets.items()
         }
         out["readers"] = None if self.readers is None else self.readers.to_json()
+        put(out, "cxr", self.cxr)
         out["bootstrap"] = self.bootstrap.to_json()
         if self.plots is not None:
             out["plots"] = dict(self.plots)
@@ -254,6 +258,7 @@ class EvaluationMetrics:
                 for key, groups in (d.get("subsets") or {}).items()
             },
             readers=opt(d, "readers", ReaderComparison.from_json),
+            cxr=opt(d, "cxr", CxrComparison.from_json),
             run=EvaluationRun.from_json(d) if "chain_params" in d else None,
             plots=opt(d, "plots", lambda p: {str(k): str(v) for k, v in p.items()}),
         )

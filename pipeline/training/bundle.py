@@ -105,6 +105,9 @@ def _update_bundle(
     ]
     card["trained_on_synthetic_data"] = any(flags)
     card["disclaimer"] = SYNTHETIC_DISCLAIMER if any(flags) else RESEARCH_DISCLAIMER
+    cxr = card.get("cxr")
+    if isinstance(cxr, dict) and cxr.pop("evaluations", None) is not None:
+        log.warning("bundle %s: dropped the card's CXR figures (the CT they were fused with changed)", bundle_dir)
     if card.pop("metrics", None) is not None:
         log.warning(
             "bundle %s: dropped the card's metrics (measured on the previous %s weights); "
