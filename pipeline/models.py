@@ -347,12 +347,7 @@ def _pattern_markdown(entry: Mapping[str, Any] | None) -> list[str]:
 
 def _ci(figure: Figure | None) -> str:
     """'0.977 (0.944-0.999)' from an evaluation figure; "n/a" when undefined."""
-    if figure is None or figure.value is None:
-        return "n/a"
-    text = f"{figure.value:.3f}"
-    if figure.ci_low is not None and figure.ci_high is not None:
-        text += f" ({figure.ci_low:.3f}-{figure.ci_high:.3f})"
-    return text
+    return "n/a" if figure is None else figure.text()
 
 
 def _ci_json(figure: Any) -> str:

@@ -43,7 +43,7 @@ from pydicom.sr.codedict import codes as dcm_codes
 from pydicom.sr.coding import Code
 
 from pipeline.decision import pattern_type_shares
-from pipeline.types import CLASS_NAMES, PNEUMONIA_CLASSES, TASK_NAMES, AnalysisResult, AttentionMap, CTVolume
+from pipeline.types import CLASS_NAMES, PNEUMONIA_CLASSES, TASK_NAMES, AnalysisResult, AttentionMap, CTVolume, ModelInfo
 
 from . import codes, wording
 from .common import (
@@ -90,21 +90,8 @@ def build_sr(
     groups += cxr
     cxr_images = list(options.cxr_sources[:1]) if cxr else []
 
-    device = hd.sr.DeviceObserverIdentifyingAttributes(
-        # One UID per product version and bundle: the same "device" across reports.
-        uid=device_uid(model, options),
-        name=f"{options.product_name} {options.product_version}",
-        manufacturer_name=options.manufacturer,
-        model_name=f"{model.name} {model.version}",
-    )
-    observation_context = hd.sr.ObservationContext(
-        observer_device_context=hd.sr.ObserverContext(
-            observer_type=dcm_codes.cid270.Device,
-            observer_identifying_attributes=device,
-        )
-    )
     report = hd.sr.MeasurementReport(
-        observation_context=observation_context,
+        observation_context=device_observation_context(model, options),
         procedure_reported=codes.CT_PROCEDURE,
         imaging_measurements=groups,
         # The images the report draws on; every referenced image is in the evidence (header).
@@ -738,3 +725,19 @@ def _first_text(container, code, recursive: bool = False) -> str:
         if _code_matches(item.name, code):
             return str(item.value)
     return ""
+
+
+def device_observation_context(model: ModelInfo, options: WriterOptions) -> hd.sr.ObservationContext:
+    """The observer of every report we write: this product and its bundle, as a device."""
+    device = hd.sr.DeviceObserverIdentifyingAttributes(
+        # One UID per product version and bundle: the same "device" across reports.
+        uid=device_uid(model, options),
+        name=f"{options.product_name} {options.product_version}",
+        manufacturer_name=options.manufacturer,
+        model_name=f"{model.name} {model.version}",
+    )
+    return hd.sr.ObservationContext(
+        observer_device_context=hd.sr.ObserverContext(
+            observer_type=dcm_codes.cid270.Device, observer_identifying_attributes=device
+        )
+    )

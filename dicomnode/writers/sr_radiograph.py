@@ -19,9 +19,9 @@ from pydicom.sr.codedict import codes as dcm_codes
 from pipeline.types import CxrResult, ModelInfo
 
 from . import codes
-from .common import CLASS_DISPLAY, LO_MAX, UidMaker, contributing_equipment, device_uid, disclaimer, model_text
+from .common import CLASS_DISPLAY, LO_MAX, UidMaker, contributing_equipment, disclaimer, model_text
 from .options import WriterOptions
-from .sr import private_coding_scheme
+from .sr import device_observation_context, private_coding_scheme
 from .sr_cxr import cxr_measurements, region_on
 
 RADIOGRAPH_GROUP_ID = "AI radiograph result"
@@ -62,17 +62,7 @@ def build_radiograph_sr(
         algorithm_id=algorithm,
         measurements=cxr_measurements(cxr),
     )
-    device = hd.sr.DeviceObserverIdentifyingAttributes(
-        uid=device_uid(model, options),
-        name=f"{options.product_name} {options.product_version}",
-        manufacturer_name=options.manufacturer,
-        model_name=f"{model.name} {model.version}",
-    )
-    context = hd.sr.ObservationContext(
-        observer_device_context=hd.sr.ObserverContext(
-            observer_type=dcm_codes.cid270.Device, observer_identifying_attributes=device
-        )
-    )
+    context = device_observation_context(model, options)
     report = hd.sr.MeasurementReport(
         observation_context=context,
         procedure_reported=XR_PROCEDURE,

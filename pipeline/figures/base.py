@@ -66,6 +66,15 @@ class Figure:
     def to_json(self) -> dict[str, float | None]:
         return {"value": self.value, "ci_low": self.ci_low, "ci_high": self.ci_high}
 
+    def text(self) -> str:
+        """'0.977 (0.944-0.999)'; "n/a" when undefined."""
+        if self.value is None:
+            return "n/a"
+        out = f"{self.value:.3f}"
+        if self.ci_low is not None and self.ci_high is not None:
+            out += f" ({self.ci_low:.3f}-{self.ci_high:.3f})"
+        return out
+
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> Figure:
         return cls(opt_float(d.get("value")), opt_float(d.get("ci_low")), opt_float(d.get("ci_high")))

@@ -97,12 +97,7 @@ class CxrComparison:
 
 
 def _fmt(figure: Figure | None) -> str:
-    if figure is None or figure.value is None:
-        return "n/a"
-    text = f"{figure.value:.3f}"
-    if figure.ci_low is not None and figure.ci_high is not None:
-        text += f" ({figure.ci_low:.3f}-{figure.ci_high:.3f})"
-    return text
+    return "n/a" if figure is None else figure.text()
 
 
 def comparison_markdown(c: CxrComparison) -> list[str]:
