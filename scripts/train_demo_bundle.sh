@@ -73,7 +73,7 @@ if [ "${DRY_RUN:-0}" = 1 ]; then
   rm -rf "$OUT" "$XOUT"
 fi
 
-COMMON=(--device cpu --seed 0 --threads "$THREADS" --val-fraction 0.2 --no-progress --bundle-version 0.4.0)
+COMMON=(--device cpu --seed 0 --threads "$THREADS" --val-fraction 0.2 --no-progress --bundle-version 0.4.1)
 NET=(--block basic --layers 1,1,1,1 --widths 16,32,64,128 --input-size 224 --batch-size 32)
 
 want() { [[ " $STAGES " == *" $1 "* ]]; }
