@@ -118,7 +118,7 @@ def segment_lungs_unet(
     dev = torch.device(device)
     prob = np.empty((nz, size, size), dtype=np.float32)
     lesion_prob: np.ndarray | None = None
-    batch = max(1, int(params.batch_size)) * 4  # the U-Net input is small: larger batches are cheap
+    batch = max(1, int(params.unet_batch_size))
     with torch.inference_mode():
         for start in range(0, nz, batch):
             x = torch.from_numpy(unet_batch(hu[start : start + batch], params)).to(dev)
