@@ -189,10 +189,10 @@ def disclaimer(model: ModelInfo) -> str:
     return text or "Research software: not a medical device. Not for clinical use."
 
 
-def series_description(what: str, model: ModelInfo) -> str:
+def series_description(what: str, model: ModelInfo, subject: str = "COVID-19 CT") -> str:
     """e.g. 'AI COVID-19 CT report (DEMO, not for clinical use)', at most 64 characters."""
     tag = "DEMO, not for clinical use" if is_demo(model) else "not for clinical use"
-    text = f"AI COVID-19 CT {what} ({tag})"
+    text = f"AI {subject} {what} ({tag})"
     return text[:LO_MAX]
 
 

@@ -99,9 +99,31 @@ def build_sr(
     )
     report[0].ContentSequence.append(_qualitative_evaluations(result, volume, options, sources))
 
-    sr = hd.sr.Comprehensive3DSR(
+    return report_dataset(
+        report,
         # The prior studies' instances go to Pertinent Other Evidence (another study).
-        evidence=list(sources) + cxr_images + (list(options.trend.evidence) if options.trend is not None else []),
+        list(sources) + cxr_images + (list(options.trend.evidence) if options.trend is not None else []),
+        series_description("report", model),
+        model,
+        options,
+        uid,
+        previous_versions=list(options.previous_reports),
+    )
+
+
+def report_dataset(
+    report: hd.sr.MeasurementReport,
+    evidence: Sequence[Dataset],
+    description: str,
+    model: ModelInfo,
+    options: WriterOptions,
+    uid: UidMaker,
+    previous_versions: Sequence[Dataset] = (),
+) -> hd.sr.Comprehensive3DSR:
+    """The SR instance of a report: our identity, the bundle, PRELIMINARY and unverified
+    (an AI result nobody has verified yet), the private coding scheme."""
+    return hd.sr.Comprehensive3DSR(
+        evidence=list(evidence),
         content=report[0],
         series_instance_uid=uid("sr-series"),
         series_number=options.sr_series_number,
@@ -110,16 +132,15 @@ def build_sr(
         manufacturer=options.manufacturer,
         institution_name=options.institution_name,
         is_complete=True,
-        is_final=False,  # an AI result nobody has verified yet: PRELIMINARY
+        is_final=False,
         is_verified=False,
-        series_description=series_description("report", model),
+        series_description=description,
         manufacturer_model_name=options.product_name,
         software_versions=[options.product_version, f"{model.name} {model.version}"],
         coding_schemes=[private_coding_scheme()],
-        previous_versions=list(options.previous_reports) or None,
+        previous_versions=list(previous_versions) or None,
         contributing_equipment=contributing_equipment(model, options),
     )
-    return sr
 
 
 def _infected_groups_slices(result: AnalysisResult, key_z: int) -> list[int]:

@@ -19,9 +19,9 @@ from pydicom.sr.codedict import codes as dcm_codes
 from pipeline.types import CxrResult, ModelInfo
 
 from . import codes
-from .common import CLASS_DISPLAY, LO_MAX, UidMaker, contributing_equipment, disclaimer, model_text
+from .common import CLASS_DISPLAY, UidMaker, disclaimer, model_text, series_description
 from .options import WriterOptions
-from .sr import device_observation_context, private_coding_scheme
+from .sr import device_observation_context, report_dataset
 from .sr_cxr import cxr_measurements, region_on
 
 RADIOGRAPH_GROUP_ID = "AI radiograph result"
@@ -82,23 +82,5 @@ def build_radiograph_sr(
         ]
     )
     report[0].ContentSequence.append(container)
-    tag = "DEMO, not for clinical use" if model.trained_on_synthetic_data else "not for clinical use"
-
-    return hd.sr.Comprehensive3DSR(
-        evidence=[source],
-        content=report[0],
-        series_instance_uid=uid("sr-series"),
-        series_number=options.sr_series_number,
-        sop_instance_uid=uid("sr-instance"),
-        instance_number=1,
-        manufacturer=options.manufacturer,
-        institution_name=options.institution_name,
-        is_complete=True,
-        is_final=False,
-        is_verified=False,
-        series_description=f"AI chest radiograph report ({tag})"[:LO_MAX],
-        manufacturer_model_name=options.product_name,
-        software_versions=[options.product_version, f"{model.name} {model.version}"],
-        coding_schemes=[private_coding_scheme()],
-        contributing_equipment=contributing_equipment(model, options),
-    )
+    description = series_description("report", model, subject="chest radiograph")
+    return report_dataset(report, [source], description, model, options, uid)
