@@ -75,6 +75,20 @@ def echoscu(port: int, called_ae: str = "COVIDNODE", calling_ae: str = "SCANNER"
     )
 
 
+def terminate(proc: subprocess.Popen | None, timeout_s: float = 10) -> int | None:
+    """SIGTERM a test's server process, SIGKILL it after ``timeout_s``; its exit code."""
+    if proc is None:
+        return None
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+    return proc.returncode
+
+
 class StoreSCP:
     """DCMTK storescp receiving into a folder (a destination PACS)."""
 
@@ -121,12 +135,7 @@ class StoreSCP:
         return sorted(p for p in self.out_dir.iterdir() if p.is_file())
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        terminate(self.proc)
         self.proc = None
 
 
@@ -196,16 +205,7 @@ class _CliProcess:
             self.proc.wait(10)
 
     def stop(self) -> int | None:
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        return self.proc.returncode
+        return terminate(self.proc, timeout_s=60)
 
     def tail(self, n: int = 60) -> str:
         return "\n".join(self.log[-n:])
@@ -326,10 +326,5 @@ class RedisServer:
             return False
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        terminate(self.proc)
         self.proc = None
