@@ -41,9 +41,9 @@ mediastinum are lung), at the working size (classical) or the U-Net's size:
    the convex hull of the bone of the trunk, each slice's largest piece of soft tissue
    (denser than ``lung_trunk_hu``) with its holes filled, so that arms lying beside the
    chest, separate pieces there, do not widen it; slices with almost no bone are left
-   as they are. Aerated lung is never dropped. A U-Net
-   trained to keep dense disease in the lung can otherwise spill into soft tissue that
-   looks like it (the arms, the axilla).
+   as they are. Aerated lung is never dropped. A U-Net trained to keep dense disease in
+   the lung can otherwise spill into soft tissue that looks like it (the arms, the
+   axilla).
 
 Known limit: a consolidation that fills a lobe against the heart or the mediastinum,
 or that rests on the diaphragm with no aerated lung below it, looks like those organs
@@ -586,7 +586,7 @@ def _envelope_depth(bone: np.ndarray, pixel_mm: tuple[float, float], directions:
     # Farthest bone extent per slice and direction, from the bone pixels alone (few).
     kb, yb, xb = np.nonzero(bone)
     yb, xb = yb.astype(np.float32), xb.astype(np.float32)
-    has = np.bincount(kb, minlength=nz) >= 3
+    has = np.bincount(kb, minlength=nz) >= ENVELOPE_MIN_BONE_PIXELS
     depth = np.full(bone.shape, np.inf, dtype=np.float32)
     if not has.any():
         return np.full(bone.shape, -1.0, dtype=np.float32)
