@@ -15,9 +15,12 @@ import logging
 import shlex
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ._args import EXIT_USAGE, add_progress_flags
+
+if TYPE_CHECKING:
+    from pipeline.training.params import TrainParams
 
 log = logging.getLogger(__name__)
 
@@ -370,7 +373,7 @@ def _run_cxr(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train_params(args: argparse.Namespace) -> Any:
+def _train_params(args: argparse.Namespace) -> TrainParams:
     """TrainParams with the command line's loss and augmentation options."""
     from dataclasses import replace
 
