@@ -52,6 +52,50 @@ def make_series(out: Path, slices: int, size: int) -> list[Path]:
     return list(write_ct_series(CTVolume(hu=hu, spacing_mm=(1.0, 0.7, 0.7)), out).paths)
 
 
+def fresh_copy(files: list[Path], out: Path) -> list[Path]:
+    """``files`` with new Study, Series and SOP Instance UIDs (each send is then new to the
+    receiver: resending the same UIDs would measure the duplicate path)."""
+    from pydicom import dcmread
+    from pydicom.uid import generate_uid
+
+    out.mkdir(parents=True)
+    study, series = generate_uid(), generate_uid()
+    copies = []
+    for f in files:
+        ds = dcmread(f)
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.save_as(out / f.name)
+        copies.append(out / f.name)
+    return copies
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (/proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_ready(node: subprocess.Popen, log_path: Path, timeout: float = 180.0) -> None:
+    """Until ``dicomnode serve`` has warmed up its bundle (its log says so) and then used
+    less than 5% of a CPU for a second: its start-up work must not overlap the sends."""
+    deadline = time.monotonic() + timeout
+    while not any(w in log_path.read_text(errors="replace") for w in ("warmed up", "cannot be loaded")):
+        if node.poll() is not None:
+            raise SystemExit(f"dicomnode serve exited with {node.returncode}:\n{log_path.read_text()}")
+        if time.monotonic() > deadline:
+            raise SystemExit(f"dicomnode serve not ready after {timeout:.0f} s")
+        time.sleep(0.2)
+    before = cpu_seconds(node.pid)
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+        now = cpu_seconds(node.pid)
+        if now - before < 0.05:
+            return
+        before = now
+    raise SystemExit(f"dicomnode serve still busy after {timeout:.0f} s")
+
+
 def wait_port(port: int, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -74,8 +118,18 @@ def send(port: int, aec: str, files: list[Path]) -> float:
     return len(files) / dt
 
 
+def send_fresh(port: int, aec: str, files: list[Path], folder: Path) -> float:
+    """``send`` of a copy of ``files`` with new UIDs (made before the clock starts)."""
+    copies = fresh_copy(files, folder)
+    try:
+        return send(port, aec, copies)
+    finally:
+        shutil.rmtree(folder)
+
+
 def breakdown(files: list[Path], tmp: Path) -> None:
     """Time each step of the handler, in-process (wrappers around the store's functions)."""
+    import dicomnode.header as header_mod
     import dicomnode.scp as scp_mod
     import dicomnode.store as store_mod
     from dicomnode.config import NodeSection, SelectionSection
@@ -98,8 +152,8 @@ def breakdown(files: list[Path], tmp: Path) -> None:
         return wrapper
 
     real_fsync = os.fsync
-    scp_mod.parse_header = timed("parse header", store_mod.parse_header)
-    scp_mod.encode_file_meta = timed("file meta", store_mod.encode_file_meta)
+    scp_mod.parse_header = timed("parse header", header_mod.parse_header)
+    scp_mod.encode_file_meta = timed("file meta", header_mod.encode_file_meta)
     store_mod.fsync_dir = timed("fsync folder", store_mod.fsync_dir)
     store_mod.os.fsync = timed("fsync file (+folder)", real_fsync)
     scp_mod.store_durably = timed("handler (no DB record)", scp_mod.store_durably)
@@ -115,7 +169,7 @@ def breakdown(files: list[Path], tmp: Path) -> None:
     )
     server.start()
     try:
-        rate = send(port, "BENCH", files)
+        rate = send_fresh(port, "BENCH", files, tmp / "send-breakdown")
     finally:
         server.stop()
         os.fsync = real_fsync
@@ -142,6 +196,7 @@ def main() -> int:
         files = make_series(tmp / "series", args.slices, args.size)
         mb = sum(f.stat().st_size for f in files) / 2**20
         ours_port, dcmtk_port = free_port(), free_port()
+        node_log = (tmp / "node.log").open("wb")
         node = subprocess.Popen(
             [
                 sys.executable,
@@ -162,7 +217,7 @@ def main() -> int:
             cwd=REPO,
             env=ENV,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stderr=node_log,
         )
         (tmp / "storescp").mkdir()
         dcmtk = subprocess.Popen(
@@ -174,15 +229,17 @@ def main() -> int:
         try:
             wait_port(ours_port)
             wait_port(dcmtk_port)
+            wait_ready(node, tmp / "node.log")
             ours, theirs = [], []
-            for _ in range(args.repeat):
-                theirs.append(send(dcmtk_port, "ANY-SCP", files))
-                ours.append(send(ours_port, "COVIDNODE", files))
+            for i in range(args.repeat):
+                theirs.append(send_fresh(dcmtk_port, "ANY-SCP", files, tmp / f"send-{i}-dcmtk"))
+                ours.append(send_fresh(ours_port, "COVIDNODE", files, tmp / f"send-{i}-node"))
         finally:
             node.terminate()
             dcmtk.terminate()
             node.wait(60)
             dcmtk.wait(10)
+            node_log.close()
         o, t = statistics.median(ours), statistics.median(theirs)
         print(
             f"series: {len(files)} images of {args.size}x{args.size}, {mb:.0f} MB; one association each; "
