@@ -282,13 +282,16 @@ class Journal:
         used = sorted((s for s in self._segments if s.generation), key=lambda s: s.generation)
         self._generation = max((s.generation for s in used), default=0)
         count = self._replay(used)
-        for seg in self._segments:
+        for seg in list(self._segments):
             if seg.generation:
                 self._recycle(seg)
             if seg.size == self.segment_bytes:
                 self._spares.append(seg)
-        if not self._spares:
-            self._spares.append(self._new_segment())
+            else:  # made with another segment size: replayed, no longer used
+                os.close(seg.fd)
+                seg.path.unlink()
+                self._segments.remove(seg)
+        # Without a spare the checkpointer makes one at once, in the background.
         return count
 
     def _replay(self, used: list[_Segment]) -> int:

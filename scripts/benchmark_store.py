@@ -5,13 +5,16 @@ Generates a CT series (default 300 slices of 512x512, 16-bit: ~0.5 MB per image)
 temp folder, starts ``dicomnode serve`` (storage only: quiet period of a day, no
 destinations) and DCMTK ``storescp`` on free loopback ports, sends the series with
 ``storescu`` (TCP_NODELAY=1) to each, alternating, ``--repeat`` times, and prints images/s
-of each (median) and their ratio. Our node fsyncs every file and its folder before it
-answers; storescp does not fsync.
+of each (median) and their ratio. Every send is a copy with new UIDs, made before its
+clock starts; the sends start once the node has warmed up and is idle. Our node answers
+only once an instance is durable: in its journal (one shared fdatasync, the default) or,
+with ``--direct`` also measured, with ``[node] journal = false`` (fsync of the file and its
+folder). storescp does not fsync.
 
 ``--breakdown`` also runs the listener in-process with timers around each step of the
 C-STORE handler and prints where the time of one image goes.
 
-    .venv/bin/python scripts/benchmark_store.py [--slices 300] [--size 512] [--repeat 3]
+    .venv/bin/python scripts/benchmark_store.py [--slices 300] [--size 512] [--repeat 3] [--direct] [--breakdown]
 """
 
 from __future__ import annotations
@@ -127,7 +130,7 @@ def send_fresh(port: int, aec: str, files: list[Path], folder: Path) -> float:
         shutil.rmtree(folder)
 
 
-def breakdown(files: list[Path], tmp: Path) -> None:
+def breakdown(files: list[Path], tmp: Path, journal: bool) -> None:
     """Time each step of the handler, in-process (wrappers around the store's functions)."""
     import dicomnode.header as header_mod
     import dicomnode.scp as scp_mod
@@ -151,34 +154,104 @@ def breakdown(files: list[Path], tmp: Path) -> None:
 
         return wrapper
 
-    real_fsync = os.fsync
+    real = (os.fsync, os.fdatasync, scp_mod.parse_header, scp_mod.encode_file_meta, store_mod.fsync_dir)
+    real_store_durably = scp_mod.store_durably
     scp_mod.parse_header = timed("parse header", header_mod.parse_header)
     scp_mod.encode_file_meta = timed("file meta", header_mod.encode_file_meta)
     store_mod.fsync_dir = timed("fsync folder", store_mod.fsync_dir)
-    store_mod.os.fsync = timed("fsync file (+folder)", real_fsync)
+    os.fsync = timed("fsync file (+folder)", real[0])
+    os.fdatasync = timed("fdatasync (flush thread)", real[1])
     scp_mod.store_durably = timed("handler (no DB record)", scp_mod.store_durably)
-    db = Database(tmp / "bd" / "node.sqlite3")
+    where = tmp / ("bd-journal" if journal else "bd-direct")
+    db = Database(where / "node.sqlite3")
     asm = SeriesAssembler(db, JobQueue(db), SelectionSection(), 86400)
-    store = store_mod.InstanceStore(tmp / "bd" / "storage", 0)
-    store.store = timed("store total", store.store)
+    store = store_mod.InstanceStore(where / "storage", 0, journal_dir=(where / "journal") if journal else None)
+    store.store_durable = timed("durable store total", store.store_durable)
+    if store.journal is not None:
+        store.journal.append = timed("journal append+wait", store.journal.append)
+        store.journal.materialise = timed("file behind journal", store.journal.materialise)
     port = free_port()
     server = scp_mod.StorageSCP(
         NodeSection(ae_title="BENCH", port=port, bind_address="127.0.0.1"),
         store,
-        timed("database record", asm.record_instance),
+        timed("record (file+DB)", asm.record_instance),
     )
     server.start()
     try:
-        rate = send_fresh(port, "BENCH", files, tmp / "send-breakdown")
+        rate = send_fresh(port, "BENCH", files, where / "send")
     finally:
         server.stop()
-        os.fsync = real_fsync
+        store.close()
+        os.fsync, os.fdatasync, scp_mod.parse_header, scp_mod.encode_file_meta, store_mod.fsync_dir = real
+        scp_mod.store_durably = real_store_durably
         db.close()
     n = len(files)
-    print(f"\nbreakdown (in-process listener, {rate:.0f} images/s, {1000 / rate:.2f} ms per image):")
+    flushes = f", {store.journal.flushes} flushes" if store.journal is not None else ""
+    print(
+        f"\nbreakdown, {'journal' if journal else 'direct (fsync file + folder)'} (in-process listener, "
+        f"{rate:.0f} images/s, {1000 / rate:.2f} ms per image{flushes}):"
+    )
     for name, total in sorted(spent.items(), key=lambda kv: -kv[1]):
-        print(f"  {name:22s} {1000 * total / n:6.2f} ms/image")
-    print("  (fsync file includes the folder fsync; the rest of the time is receiving and answering)")
+        print(f"  {name:26s} {1000 * total / n:6.2f} ms/image")
+
+
+def start_node(tmp: Path, name: str, port: int, journal: bool) -> tuple[subprocess.Popen, Path]:
+    """``dicomnode serve`` (storage only) on ``port``, its stderr in a log file."""
+    config = tmp / f"{name}.toml"
+    text = (REPO / "config" / "node.toml").read_text()
+    config.write_text(text.replace("[node]\n", f"[node]\njournal = {'true' if journal else 'false'}\n", 1))
+    log_path = tmp / f"{name}.log"
+    with log_path.open("wb") as log_file:
+        node = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "dicomnode.cli", "serve", "--config", str(config)),
+                *("--port", str(port), "--bind", "127.0.0.1", "--data-dir", str(tmp / name)),
+                *("--quiet-seconds", "86400", "--ae-title", "COVIDNODE", "--http-port", "0"),
+            ],
+            cwd=REPO,
+            env=ENV,
+            stdout=subprocess.DEVNULL,
+            stderr=log_file,
+        )
+    return node, log_path
+
+
+def row(label: str, runs: list[float]) -> str:
+    return f"{label:34s} {statistics.median(runs):7.1f} images/s   runs: {', '.join(f'{x:.0f}' for x in runs)}"
+
+
+def measure(tmp: Path, files: list[Path], repeat: int, direct: bool) -> dict[str, list[float]]:
+    """Images/s of storescp and of our node(s), interleaved, ``repeat`` times each."""
+    (tmp / "storescp").mkdir()
+    dcmtk_port = free_port()
+    dcmtk = subprocess.Popen(
+        ["storescp", "-od", str(tmp / "storescp"), str(dcmtk_port)],
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    nodes = {"journal": start_node(tmp, "node-journal", free_port(), True)}
+    if direct:
+        nodes["direct"] = start_node(tmp, "node-direct", free_port(), False)
+    ports = {name: int(proc.args[proc.args.index("--port") + 1]) for name, (proc, _) in nodes.items()}
+    runs: dict[str, list[float]] = {"storescp": [], **{name: [] for name in nodes}}
+    try:
+        wait_port(dcmtk_port)
+        for name, (proc, log_path) in nodes.items():
+            wait_port(ports[name])
+            wait_ready(proc, log_path)
+        for i in range(repeat):
+            runs["storescp"].append(send_fresh(dcmtk_port, "ANY-SCP", files, tmp / f"send-{i}-dcmtk"))
+            for name in nodes:
+                runs[name].append(send_fresh(ports[name], "COVIDNODE", files, tmp / f"send-{i}-{name}"))
+    finally:
+        for proc, _ in nodes.values():
+            proc.terminate()
+        dcmtk.terminate()
+        for proc, _ in nodes.values():
+            proc.wait(60)
+        dcmtk.wait(10)
+    return runs
 
 
 def main() -> int:
@@ -187,6 +260,7 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--breakdown", action="store_true", help="also time the handler's steps in-process")
+    ap.add_argument("--direct", action="store_true", help="also measure the node with [node] journal = false")
     args = ap.parse_args()
     for tool in ("storescu", "storescp"):
         if shutil.which(tool) is None:
@@ -195,65 +269,27 @@ def main() -> int:
         tmp = Path(tmp_name)
         files = make_series(tmp / "series", args.slices, args.size)
         mb = sum(f.stat().st_size for f in files) / 2**20
-        ours_port, dcmtk_port = free_port(), free_port()
-        node_log = (tmp / "node.log").open("wb")
-        node = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "dicomnode.cli",
-                "serve",
-                "--port",
-                str(ours_port),
-                "--bind",
-                "127.0.0.1",
-                "--data-dir",
-                str(tmp / "node"),
-                "--quiet-seconds",
-                "86400",
-                "--ae-title",
-                "COVIDNODE",
-            ],
-            cwd=REPO,
-            env=ENV,
-            stdout=subprocess.DEVNULL,
-            stderr=node_log,
-        )
-        (tmp / "storescp").mkdir()
-        dcmtk = subprocess.Popen(
-            ["storescp", "-od", str(tmp / "storescp"), str(dcmtk_port)],
-            env=ENV,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            wait_port(ours_port)
-            wait_port(dcmtk_port)
-            wait_ready(node, tmp / "node.log")
-            ours, theirs = [], []
-            for i in range(args.repeat):
-                theirs.append(send_fresh(dcmtk_port, "ANY-SCP", files, tmp / f"send-{i}-dcmtk"))
-                ours.append(send_fresh(ours_port, "COVIDNODE", files, tmp / f"send-{i}-node"))
-        finally:
-            node.terminate()
-            dcmtk.terminate()
-            node.wait(60)
-            dcmtk.wait(10)
-            node_log.close()
-        o, t = statistics.median(ours), statistics.median(theirs)
+        load_before = os.getloadavg()
+        runs = measure(tmp, files, args.repeat, args.direct)
         print(
             f"series: {len(files)} images of {args.size}x{args.size}, {mb:.0f} MB; one association each; "
-            f"TCP_NODELAY=1; median of {args.repeat}"
+            f"TCP_NODELAY=1; fresh UIDs per send; median of {args.repeat}"
         )
         print(
-            f"machine: {platform.machine()}, {os.cpu_count()} CPUs, load average "
-            f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}"
+            f"machine: {platform.machine()}, {os.cpu_count()} CPUs, load average before "
+            f"{' '.join(f'{x:.1f}' for x in load_before)}, after {' '.join(f'{x:.1f}' for x in os.getloadavg())}"
         )
-        print(f"storescp (DCMTK, no fsync):      {t:7.1f} images/s   runs: {', '.join(f'{x:.0f}' for x in theirs)}")
-        print(f"dicomnode (fsync file + folder): {o:7.1f} images/s   runs: {', '.join(f'{x:.0f}' for x in ours)}")
-        print(f"ratio dicomnode / storescp:      {o / t:7.2f}")
+        t = statistics.median(runs["storescp"])
+        print(row("storescp (DCMTK, no fsync):", runs["storescp"]))
+        print(row("dicomnode (journal, fdatasync):", runs["journal"]))
+        if "direct" in runs:
+            print(row("dicomnode (fsync file + folder):", runs["direct"]))
+        print(f"ratio dicomnode (journal) / storescp: {statistics.median(runs['journal']) / t:5.2f}")
+        if "direct" in runs:
+            print(f"ratio dicomnode (direct) / storescp:  {statistics.median(runs['direct']) / t:5.2f}")
         if args.breakdown:
-            breakdown(files, tmp)
+            breakdown(files, tmp, journal=True)
+            breakdown(files, tmp, journal=False)
     return 0
 
 

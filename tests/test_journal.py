@@ -33,7 +33,8 @@ def crash(journal: Journal) -> None:
         journal._lock.notify_all()
     journal._checkpointer.join()
     for seg in journal._segments:
-        os.close(seg.fd)
+        if seg.fd >= 0:
+            os.close(seg.fd)
 
 
 @pytest.fixture()
