@@ -32,6 +32,7 @@ import os
 import secrets
 import struct
 import threading
+import time
 import zlib
 from collections import deque
 from dataclasses import dataclass, field
@@ -240,8 +241,22 @@ class GroupCommit:
 class Journal:
     """The journal in ``folder`` for the instance files that ``resolve`` names."""
 
-    def __init__(self, folder: Path | str, resolve: Resolve, segment_bytes: int = 32 * 2**20) -> None:
+    def __init__(
+        self,
+        folder: Path | str,
+        resolve: Resolve,
+        segment_bytes: int = 32 * 2**20,
+        checkpoint_idle_s: float = 2.0,
+        max_sealed: int = 8,
+    ) -> None:
+        """Full segments are checkpointed once no instance came for ``checkpoint_idle_s``
+        (then the segment being filled too), or when more than ``max_sealed`` wait: during
+        a burst the files are not fsynced while the journal's flushes need the disk."""
         self.folder = Path(folder)
+        self.checkpoint_idle_s = float(checkpoint_idle_s)
+        self.max_sealed = int(max_sealed)
+        self._last_append = time.monotonic()
+        self._draining = False
         self.folder.mkdir(parents=True, exist_ok=True)
         self.resolve = resolve
         self.segment_bytes = max(int(segment_bytes), 2 * HEADER_BYTES)
@@ -388,6 +403,7 @@ class Journal:
             seg.end += need
             seg.records.append(rec)
             self._latest[rel] = rec
+            self._last_append = time.monotonic()
         self._commit.wait_durable(seg.fd)
         return rec
 
@@ -430,13 +446,9 @@ class Journal:
     def _checkpoint_loop(self) -> None:
         while True:
             with self._lock:
-                # Wakes for a sealed segment, and when the last spare was taken (a new
-                # one is made ahead of need, not by an appender waiting for it).
-                while not self._sealed and self._spares and not self._closing:
-                    self._lock.wait()
-                if self._closing and not self._sealed:
-                    return
-                seg = self._sealed[0] if self._sealed else None
+                seg, stop = self._next_work()
+            if stop:
+                return
             try:
                 if seg is not None:
                     self.checkpoint(seg)
@@ -447,6 +459,24 @@ class Journal:
                     if self._closing:
                         return
                     self._lock.wait(5.0)
+
+    def _next_work(self) -> tuple[_Segment | None, bool]:
+        """Under the lock: wait for work; (the segment to checkpoint or None, whether to stop).
+        None without stopping: a spare is to be made (the last one was taken)."""
+        while True:
+            if self._closing and not self._sealed:
+                return None, True
+            idle = time.monotonic() - self._last_append
+            due = self._draining or idle >= self.checkpoint_idle_s
+            if self._sealed and (due or len(self._sealed) > self.max_sealed):
+                return self._sealed[0], False
+            if not self._spares and not self._closing:
+                return None, False
+            if due and self._active is not None and self._active.records:
+                self._seal(self._active)  # quiet now: checkpoint what came so far
+                continue
+            pending = self._sealed or (self._active is not None and self._active.records)
+            self._lock.wait(max(0.05, self.checkpoint_idle_s - idle) if pending else None)
 
     def checkpoint(self, seg: _Segment) -> None:
         """Materialise what is left of a sealed segment, fsync its files and folders, recycle it."""
@@ -505,6 +535,8 @@ class Journal:
                 return
             if self._active is not None:
                 self._seal(self._active)
+            self._draining = True
+            self._lock.notify_all()
             self._lock.wait_for(lambda: not self._sealed, timeout_s)
             self._closing = True
             self._lock.notify_all()

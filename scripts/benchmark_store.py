@@ -199,6 +199,9 @@ def start_node(tmp: Path, name: str, port: int, journal: bool) -> tuple[subproce
     """``dicomnode serve`` (storage only) on ``port``, its stderr in a log file."""
     config = tmp / f"{name}.toml"
     text = (REPO / "config" / "node.toml").read_text()
+    # Storage only: no series completes (the quiet period is a day, and a sender's release
+    # must not start the AI chain on the CPUs the next sends are measured on).
+    text = text.replace("complete_on_release = true", "complete_on_release = false")
     config.write_text(text.replace("[node]\n", f"[node]\njournal = {'true' if journal else 'false'}\n", 1))
     log_path = tmp / f"{name}.log"
     with log_path.open("wb") as log_file:
@@ -214,6 +217,17 @@ def start_node(tmp: Path, name: str, port: int, journal: bool) -> tuple[subproce
             stderr=log_file,
         )
     return node, log_path
+
+
+def stop(proc: subprocess.Popen, log_path: Path, timeout: float = 120.0) -> None:
+    """Wait for a terminated node; kill it (and show its log) if it does not stop."""
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        tail = log_path.read_text(errors="replace")[-3000:]
+        print(f"warning: dicomnode serve did not stop within {timeout:.0f} s; killed. Its log ends:\n{tail}")
 
 
 def row(label: str, runs: list[float]) -> str:
@@ -248,8 +262,8 @@ def measure(tmp: Path, files: list[Path], repeat: int, direct: bool) -> dict[str
         for proc, _ in nodes.values():
             proc.terminate()
         dcmtk.terminate()
-        for proc, _ in nodes.values():
-            proc.wait(60)
+        for proc, log_path in nodes.values():
+            stop(proc, log_path)
         dcmtk.wait(10)
     return runs
 

@@ -148,14 +148,15 @@ def test_group_commit_shares_a_flush_between_waiters(tmp_path, store):
 
 
 def test_a_full_segment_is_checkpointed_and_recycled(tmp_path, store):
-    journal = open_journal(tmp_path, store)
+    journal = Journal(tmp_path / "journal", store.resolve, SEGMENT, checkpoint_idle_s=0.0)
     per_segment = (SEGMENT - HEADER_BYTES) // 20_100
     n = 3 * per_segment  # fills two segments, the third is active
     for i in range(n):
         journal.materialise(journal.append(rel(i), [body(i)]), [body(i)])
     with journal._lock:
-        journal._lock.wait_for(lambda: journal.checkpoints >= 2 and not journal._sealed, 60)
+        journal._lock.wait_for(lambda: journal.checkpoints >= 2 and not journal._sealed, 120)
     assert journal.checkpoints >= 2
+    assert not journal._sealed
     # Recycled segments are reused: the journal did not grow by a segment per fill.
     assert len(list((tmp_path / "journal").glob("segment-*.wal"))) <= 4
     for i in range(n):
@@ -204,6 +205,7 @@ def test_the_store_with_a_journal_keeps_its_guarantees(tmp_path):
     from test_store import encoded, info_of
 
     from dicomnode.synthetic import ct_datasets
+
     from node_helpers import small_volume
 
     store = InstanceStore(tmp_path / "storage", 0, journal_dir=tmp_path / "journal", journal_segment_mb=1)
@@ -217,3 +219,17 @@ def test_the_store_with_a_journal_keeps_its_guarantees(tmp_path):
     assert store.duplicates == {"identical": 1, "different": 0}
     store.close()
     assert path.read_bytes() == b"meta" + encoded(ds)
+
+
+def test_during_a_burst_full_segments_wait_for_their_checkpoint(tmp_path, store):
+    """With no quiet moment, sealed segments are checkpointed only beyond ``max_sealed``."""
+    journal = Journal(tmp_path / "journal", store.resolve, SEGMENT, checkpoint_idle_s=3600.0, max_sealed=1)
+    per_segment = (SEGMENT - HEADER_BYTES) // 20_100
+    for i in range(4 * per_segment):
+        journal.materialise(journal.append(rel(i), [body(i)]), [body(i)])
+    with journal._lock:
+        journal._lock.wait_for(lambda: len(journal._sealed) <= 1, 120)
+        assert len(journal._sealed) == 1  # the newest full one waits; the older were recycled
+    assert journal.checkpoints >= 1
+    journal.close()  # checkpoints the rest
+    assert journal.checkpoints >= 3
