@@ -230,6 +230,26 @@ def stop(proc: subprocess.Popen, log_path: Path, timeout: float = 120.0) -> None
         print(f"warning: dicomnode serve did not stop within {timeout:.0f} s; killed. Its log ends:\n{tail}")
 
 
+def disk_floor(tmp: Path, image_bytes: int, count: int = 100) -> float:
+    """ms per image of the cheapest durable write there is here: pwrite of one image into a
+    preallocated, zero-filled file and fdatasync (no metadata). Any receiver that answers
+    only once an image is durable pays at least this; storescp pays nothing."""
+    from dicomnode.journal import make_segment
+
+    path = tmp / "floor.wal"
+    fd = make_segment(path, count * image_bytes + 4096)
+    data = os.urandom(image_bytes)
+    try:
+        t = time.perf_counter()
+        for i in range(count):
+            os.pwrite(fd, data, 4096 + i * image_bytes)
+            os.fdatasync(fd)
+        return 1000 * (time.perf_counter() - t) / count
+    finally:
+        os.close(fd)
+        path.unlink()
+
+
 def row(label: str, runs: list[float]) -> str:
     return f"{label:34s} {statistics.median(runs):7.1f} images/s   runs: {', '.join(f'{x:.0f}' for x in runs)}"
 
@@ -284,7 +304,9 @@ def main() -> int:
         files = make_series(tmp / "series", args.slices, args.size)
         mb = sum(f.stat().st_size for f in files) / 2**20
         load_before = os.getloadavg()
+        floor_before = disk_floor(tmp, files[0].stat().st_size)
         runs = measure(tmp, files, args.repeat, args.direct)
+        floor_after = disk_floor(tmp, files[0].stat().st_size)
         print(
             f"series: {len(files)} images of {args.size}x{args.size}, {mb:.0f} MB; one association each; "
             f"TCP_NODELAY=1; fresh UIDs per send; median of {args.repeat}"
@@ -292,6 +314,11 @@ def main() -> int:
         print(
             f"machine: {platform.machine()}, {os.cpu_count()} CPUs, load average before "
             f"{' '.join(f'{x:.1f}' for x in load_before)}, after {' '.join(f'{x:.1f}' for x in os.getloadavg())}"
+        )
+        floor = (floor_before + floor_after) / 2
+        print(
+            f"disk floor (pwrite + fdatasync of one image, preallocated file): {floor_before:.2f} ms before, "
+            f"{floor_after:.2f} ms after = at most {1000 / floor:.0f} durable images/s on one association"
         )
         t = statistics.median(runs["storescp"])
         print(row("storescp (DCMTK, no fsync):", runs["storescp"]))
