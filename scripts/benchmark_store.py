@@ -109,28 +109,38 @@ def wait_port(port: int, timeout: float = 60.0) -> None:
     raise SystemExit(f"nothing listens on port {port} after {timeout:.0f} s")
 
 
-def send(port: int, aec: str, files: list[Path]) -> float:
-    """Images/s of one storescu association."""
+def send(port: int, aec: str, batches: list[list[Path]]) -> float:
+    """Images/s of one storescu association per batch, all at once (in all)."""
     t0 = time.perf_counter()
-    out = subprocess.run(
-        ["storescu", "-aec", aec, "127.0.0.1", str(port), *map(str, files)], env=ENV, capture_output=True, text=True
-    )
+    procs = [
+        subprocess.Popen(
+            ["storescu", "-aec", aec, "127.0.0.1", str(port), *map(str, files)],
+            env=ENV,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for files in batches
+    ]
+    outputs = [proc.communicate()[0] for proc in procs]
     dt = time.perf_counter() - t0
-    if out.returncode != 0:
-        raise SystemExit(f"storescu failed:\n{out.stdout}{out.stderr}")
-    return len(files) / dt
+    for proc, output in zip(procs, outputs, strict=True):
+        if proc.returncode != 0:
+            raise SystemExit(f"storescu failed:\n{output}")
+    return sum(len(files) for files in batches) / dt
 
 
-def send_fresh(port: int, aec: str, files: list[Path], folder: Path) -> float:
-    """``send`` of a copy of ``files`` with new UIDs (made before the clock starts)."""
-    copies = fresh_copy(files, folder)
+def send_fresh(port: int, aec: str, files: list[Path], folder: Path, associations: int = 1) -> float:
+    """``send`` of copies of ``files`` with new UIDs, one per association (made before the
+    clock starts)."""
+    batches = [fresh_copy(files, folder / f"a{k}") for k in range(associations)]
     try:
-        return send(port, aec, copies)
+        return send(port, aec, batches)
     finally:
         shutil.rmtree(folder)
 
 
-def breakdown(files: list[Path], tmp: Path, journal: bool) -> None:
+def breakdown(files: list[Path], tmp: Path, journal: bool, associations: int) -> None:
     """Time each step of the handler, in-process (wrappers around the store's functions)."""
     import dicomnode.header as header_mod
     import dicomnode.scp as scp_mod
@@ -178,17 +188,18 @@ def breakdown(files: list[Path], tmp: Path, journal: bool) -> None:
     )
     server.start()
     try:
-        rate = send_fresh(port, "BENCH", files, where / "send")
+        rate = send_fresh(port, "BENCH", files, where / "send", associations)
     finally:
         server.stop()
         store.close()
         os.fsync, os.fdatasync, scp_mod.parse_header, scp_mod.encode_file_meta, store_mod.fsync_dir = real
         scp_mod.store_durably = real_store_durably
         db.close()
-    n = len(files)
+    n = len(files) * associations
     flushes = f", {store.journal.flushes} flushes" if store.journal is not None else ""
     print(
         f"\nbreakdown, {'journal' if journal else 'direct (fsync file + folder)'} (in-process listener, "
+        f"{associations} association(s), "
         f"{rate:.0f} images/s, {1000 / rate:.2f} ms per image{flushes}):"
     )
     for name, total in sorted(spent.items(), key=lambda kv: -kv[1]):
@@ -254,12 +265,14 @@ def row(label: str, runs: list[float]) -> str:
     return f"{label:34s} {statistics.median(runs):7.1f} images/s   runs: {', '.join(f'{x:.0f}' for x in runs)}"
 
 
-def measure(tmp: Path, files: list[Path], repeat: int, direct: bool) -> dict[str, list[float]]:
+def measure(tmp: Path, files: list[Path], repeat: int, direct: bool, associations: int) -> dict[str, list[float]]:
     """Images/s of storescp and of our node(s), interleaved, ``repeat`` times each."""
     (tmp / "storescp").mkdir()
     dcmtk_port = free_port()
+    # storescp serves one association at a time unless it forks one process per association.
+    fork = ["--fork"] if associations > 1 else []
     dcmtk = subprocess.Popen(
-        ["storescp", "-od", str(tmp / "storescp"), str(dcmtk_port)],
+        ["storescp", *fork, "-od", str(tmp / "storescp"), str(dcmtk_port)],
         env=ENV,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -275,9 +288,10 @@ def measure(tmp: Path, files: list[Path], repeat: int, direct: bool) -> dict[str
             wait_port(ports[name])
             wait_ready(proc, log_path)
         for i in range(repeat):
-            runs["storescp"].append(send_fresh(dcmtk_port, "ANY-SCP", files, tmp / f"send-{i}-dcmtk"))
+            runs["storescp"].append(send_fresh(dcmtk_port, "ANY-SCP", files, tmp / f"send-{i}-dcmtk", associations))
             for name in nodes:
-                runs[name].append(send_fresh(ports[name], "COVIDNODE", files, tmp / f"send-{i}-{name}"))
+                folder = tmp / f"send-{i}-{name}"
+                runs[name].append(send_fresh(ports[name], "COVIDNODE", files, folder, associations))
     finally:
         for proc, _ in nodes.values():
             proc.terminate()
@@ -295,6 +309,9 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--breakdown", action="store_true", help="also time the handler's steps in-process")
     ap.add_argument("--direct", action="store_true", help="also measure the node with [node] journal = false")
+    ap.add_argument(
+        "--associations", type=int, default=1, help="storescu processes at once, one series each (storescp: --fork)"
+    )
     args = ap.parse_args()
     for tool in ("storescu", "storescp"):
         if shutil.which(tool) is None:
@@ -305,10 +322,11 @@ def main() -> int:
         mb = sum(f.stat().st_size for f in files) / 2**20
         load_before = os.getloadavg()
         floor_before = disk_floor(tmp, files[0].stat().st_size)
-        runs = measure(tmp, files, args.repeat, args.direct)
+        runs = measure(tmp, files, args.repeat, args.direct, args.associations)
         floor_after = disk_floor(tmp, files[0].stat().st_size)
         print(
-            f"series: {len(files)} images of {args.size}x{args.size}, {mb:.0f} MB; one association each; "
+            f"series: {len(files)} images of {args.size}x{args.size}, {mb:.0f} MB; {args.associations} "
+            f"association(s) at once, one series each{' (storescp --fork)' if args.associations > 1 else ''}; "
             f"TCP_NODELAY=1; fresh UIDs per send; median of {args.repeat}"
         )
         print(
@@ -329,8 +347,8 @@ def main() -> int:
         if "direct" in runs:
             print(f"ratio dicomnode (direct) / storescp:  {statistics.median(runs['direct']) / t:5.2f}")
         if args.breakdown:
-            breakdown(files, tmp, journal=True)
-            breakdown(files, tmp, journal=False)
+            breakdown(files, tmp, journal=True, associations=args.associations)
+            breakdown(files, tmp, journal=False, associations=args.associations)
     return 0
 
 
