@@ -318,6 +318,8 @@ class Journal:
         count = 0
         targets = []
         for rel, (seg, rec) in latest.items():
+            if rec.length == 0:  # a marker: the newest copy was written directly (``note_direct``)
+                continue
             try:
                 target = self.resolve(rel)
             except Exception as e:  # a path that is not ours: never written
@@ -397,7 +399,7 @@ class Journal:
             if seg.end + need > seg.size:
                 self._seal(seg)
                 seg = self._activate()
-            rec = _Record(rel, seg.end, body_len)
+            rec = _Record(rel, seg.end, body_len, PENDING if body_len else DONE)
             header = _record_header(seg.generation, rel_raw, body_len, crc)
             _pwrite_all(seg.fd, [header, rel_raw, *chunks], seg.end)
             seg.end += need
@@ -406,6 +408,11 @@ class Journal:
             self._last_append = time.monotonic()
         self._commit.wait_durable(seg.fd)
         return rec
+
+    def note_direct(self, rel: str) -> None:
+        """The file at ``rel`` was just written durably without the journal (too large for a
+        segment): a marker record keeps replay from putting an older journaled copy back."""
+        self.append(rel, [])
 
     def _seal(self, seg: _Segment) -> None:
         """No more appends to ``seg``: the checkpointer takes it. Under the lock."""

@@ -180,6 +180,11 @@ class InstanceStore:
         journal = self.journal
         if journal is None or len(header) + len(dataset) > journal.max_record:
             self._write_durably(info, target, header, dataset)
+            if journal is not None:
+                try:  # an older journaled copy of this instance must not come back at replay
+                    journal.note_direct(str(target.relative_to(self.root)))
+                except OSError as e:
+                    raise self._os_error(e, info, target) from e
             return target, _nothing
         try:
             rec = journal.append(str(target.relative_to(self.root)), (header, dataset))

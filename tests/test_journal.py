@@ -233,3 +233,18 @@ def test_during_a_burst_full_segments_wait_for_their_checkpoint(tmp_path, store)
     assert journal.checkpoints >= 1
     journal.close()  # checkpoints the rest
     assert journal.checkpoints >= 3
+
+
+def test_an_instance_written_directly_is_not_replaced_by_an_older_journaled_copy(tmp_path):
+    """Too large for a segment: the store writes it directly and marks that in the journal."""
+    from dicomnode.header import InstanceInfo
+
+    store = InstanceStore(tmp_path / "storage", 0, journal_dir=tmp_path / "journal", journal_segment_mb=1)
+    assert store.journal is not None
+    info = InstanceInfo("1.2.3.4.5", "1.2.3.4", "1.2.3", "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.1")
+    store.store(info, b"meta", b"small")
+    large = b"L" * (2 * 2**20)
+    path = store.store(info, b"meta", large)  # a re-send, larger than a segment
+    crash(store.journal)
+    InstanceStore(tmp_path / "storage", 0, journal_dir=tmp_path / "journal", journal_segment_mb=1).close()
+    assert path.read_bytes() == b"meta" + large
