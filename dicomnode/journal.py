@@ -12,9 +12,14 @@ moment, so several associations share it (group commit).
 - **Records**: magic, CRC-32, the segment's generation, the instance's path relative to
   the storage root and its bytes (preamble, file meta, dataset). Appends are serialised (a
   copy into the page cache) so that a flush covering one record covers every earlier one.
-- **Group commit**: one flush thread; an appender marks its segment dirty, wakes the
-  flusher and waits (condition variable) for the first flush that *started* after its
-  write. That flush is the record's durability: only then may success be answered.
+- **Group commit**: flush threads (``flushers``, 4 by default; 1 is the plain scheme);
+  an appender marks its segment dirty, wakes a flusher and waits (condition variable) for
+  the first flush that *started* after its write (and the flushes before it). That flush
+  is the record's durability: only then may success be answered. One flush covers every
+  record waiting when it starts; while it runs, the records that come meanwhile get the
+  next flusher instead of waiting for its end (on the shared virtual disk one flusher
+  left 8 associations slower than 8 independent fsyncs: docs/benchmarks.md). After a
+  failed fdatasync no append succeeds again (the page cache may have dropped the data).
 - **Materialising**: the per-instance file is written behind the journal (temp file and
   rename, no fsync) by ``materialise``; until a checkpoint it is the journal that is durable.
 - **Checkpoint**: a full segment, once its records are materialised, has those files and
@@ -171,23 +176,32 @@ def make_segment(path: Path, size: int) -> int:
 
 
 class GroupCommit:
-    """One flush thread: every record written before a flush starts is durable when it ends."""
+    """Group commit: a flush (fdatasync of every segment written since the last one began)
+    covers every record written before it began. Up to ``flushers`` flushes run at once
+    (``flushers`` threads), so that waiters that came during a flush need not wait for its
+    end before theirs starts; on one association there is one flush at a time."""
 
-    def __init__(self) -> None:
+    def __init__(self, flushers: int = 4) -> None:
         self._cond = threading.Condition()
         self._started = 0  # flushes begun
-        self._done = 0  # flushes ended
+        self._done_upto = 0  # every flush up to this number has ended
+        self._ended: set[int] = set()  # flushes ended after a flush still running
         self._wanted = 0  # the newest flush someone waits for
         self._dirty: set[int] = set()  # descriptors written since the last flush began
-        self._errors: dict[int, OSError] = {}
+        self._failed: OSError | None = None  # after a failed fdatasync nothing is durable again
         self._closing = False
         self.flushes = 0  # fdatasync rounds (for tests and the benchmark)
         self.waiting = 0  # appenders waiting for a flush now
-        self._thread = threading.Thread(target=self._run, name="journal-flush", daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._run, name=f"journal-flush-{i + 1}", daemon=True)
+            for i in range(max(1, flushers))
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def wait_durable(self, fd: int) -> None:
-        """Block until a flush that began after this call's write of ``fd`` has ended."""
+        """Block until the first flush that began after this call (and every flush before
+        it) has ended: it covered this call's write of ``fd``."""
         with self._cond:
             if self._closing:
                 raise JournalError("the journal is closed")
@@ -196,12 +210,13 @@ class GroupCommit:
             self._wanted = max(self._wanted, target)
             self._cond.notify_all()
             self.waiting += 1
-            while self._done < target:
+            while self._done_upto < target and self._failed is None:
                 self._cond.wait()
             self.waiting -= 1
-            error = self._errors.get(target)
-        if error is not None:
-            raise JournalError(f"journal flush failed: {error.strerror}") from error
+            failed = self._failed
+        if failed is not None:
+            # As after any fsync error, what the page cache held may be lost: refuse from now on.
+            raise JournalError(f"journal flush failed: {failed.strerror}") from failed
 
     def _run(self) -> None:
         while True:
@@ -214,10 +229,12 @@ class GroupCommit:
                 number, dirty, self._dirty = self._started, self._dirty, set()
             error = self._flush(dirty)
             with self._cond:
-                if error is not None:
-                    self._errors[number] = error
-                    self._errors.pop(number - 64, None)
-                self._done = number
+                if error is not None and self._failed is None:
+                    self._failed = error
+                self._ended.add(number)
+                while self._done_upto + 1 in self._ended:
+                    self._ended.discard(self._done_upto + 1)
+                    self._done_upto += 1
                 self.flushes += 1
                 self._cond.notify_all()
 
@@ -235,7 +252,8 @@ class GroupCommit:
         with self._cond:
             self._closing = True
             self._cond.notify_all()
-        self._thread.join()
+        for thread in self._threads:
+            thread.join()
 
 
 class Journal:
@@ -248,6 +266,7 @@ class Journal:
         segment_bytes: int = 32 * 2**20,
         checkpoint_idle_s: float = 2.0,
         max_sealed: int = 8,
+        flushers: int = 4,
     ) -> None:
         """Full segments are checkpointed once no instance came for ``checkpoint_idle_s``
         (then the segment being filled too), or when more than ``max_sealed`` wait: during
@@ -263,7 +282,9 @@ class Journal:
         #: Largest body a record may have; the store writes larger instances directly.
         self.max_record = self.segment_bytes - HEADER_BYTES - _RECORD_HEADER.size - 512
         self._lock = threading.Condition()
-        self._files_lock = threading.Lock()  # one file written at a time: the newest record wins
+        # One file of a path written at a time, so the newest record wins; striped by path,
+        # so that associations writing different instances do not wait for each other.
+        self._file_locks = [threading.Lock() for _ in range(64)]
         self._segments: list[_Segment] = []
         self._spares: deque[_Segment] = deque()
         self._sealed: deque[_Segment] = deque()
@@ -273,7 +294,7 @@ class Journal:
         self._closing = False
         self.checkpoints = 0  # segments recycled (for tests)
         self.replayed = self._open_segments()
-        self._commit = GroupCommit()
+        self._commit = GroupCommit(flushers)
         self._checkpointer = threading.Thread(target=self._checkpoint_loop, name="journal-checkpoint", daemon=True)
         self._checkpointer.start()
 
@@ -443,7 +464,7 @@ class Journal:
 
     def _write_newest(self, rec: _Record, chunks: Sequence[Buffer]) -> None:
         """Write ``rec``'s file unless a newer record of the same path exists (it wins)."""
-        with self._files_lock:
+        with self._file_locks[zlib.crc32(rec.rel.encode()) % len(self._file_locks)]:
             with self._lock:
                 newest = self._latest.get(rec.rel, rec) is rec
             if newest:

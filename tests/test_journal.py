@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from dicomnode.errors import InvalidUIDError
-from dicomnode.journal import HEADER_BYTES, Journal, JournalError
+from dicomnode.journal import HEADER_BYTES, GroupCommit, Journal, JournalError
 from dicomnode.store import InstanceStore
 
 SEGMENT = 256 * 1024  # small segments: a few records each
@@ -118,8 +118,9 @@ def test_group_commit_covers_several_threads(tmp_path, store):
 
 
 def test_group_commit_shares_a_flush_between_waiters(tmp_path, store):
-    """Two appenders written while a flush is held up are both covered by the next one."""
-    journal = open_journal(tmp_path, store)
+    """Two appenders written while a flush is held up are both covered by the next one
+    (one flush thread, so that the next flush waits for the first)."""
+    journal = Journal(tmp_path / "journal", store.resolve, SEGMENT, flushers=1)
     commit = journal._commit
     real = commit._flush
     gate, entered = threading.Event(), threading.Event()
@@ -248,3 +249,21 @@ def test_an_instance_written_directly_is_not_replaced_by_an_older_journaled_copy
     crash(store.journal)
     InstanceStore(tmp_path / "storage", 0, journal_dir=tmp_path / "journal", journal_segment_mb=1).close()
     assert path.read_bytes() == b"meta" + large
+
+
+def test_a_failed_flush_fails_every_later_append(tmp_path, store):
+    """After an fdatasync error nothing may be answered as durable (the kernel may have
+    dropped the pages it could not write)."""
+    journal = open_journal(tmp_path, store)
+    commit = journal._commit
+
+    def failing(fds):
+        return OSError(5, "Input/output error")
+
+    commit._flush = failing  # type: ignore[method-assign]
+    with pytest.raises(JournalError):
+        journal.append(rel(0), [b"x"])
+    commit._flush = GroupCommit._flush  # type: ignore[method-assign]
+    with pytest.raises(JournalError):
+        journal.append(rel(1), [b"y"])
+    journal.close()
