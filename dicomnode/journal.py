@@ -1,32 +1,39 @@
 """Write-ahead journal of received instances: durable in one shared flush, files behind it.
 
 Why: a durable per-instance file costs two fsyncs (the new file, then its folder: the
-inode and the directory entry are metadata), ~0.9 ms per image on our disk. Appending the
-same bytes to a file whose blocks are already written and calling ``os.fdatasync`` changes
-no metadata and costs ~0.35 ms; and one flush covers every instance waiting at that
-moment, so several associations share it (group commit).
+inode and the directory entry are metadata), ~0.9 ms per image on our disk when it is
+quiet. Appending the same bytes to a file whose blocks are already written and calling
+``os.fdatasync`` changes no metadata and cost ~0.35 ms there; and one flush covers every
+instance waiting at that moment (group commit). What it gains on a loaded disk, on one
+and on eight associations: docs/benchmarks.md.
 
 - **Segments**: ``<journal>/segment-NNNN.wal``, ``segment_bytes`` each, zero-filled when
   made (so a record overwrites blocks that exist: no allocation, no metadata). A segment
   starts with a header naming its generation (a number that only grows; 0: a spare).
-- **Records**: magic, CRC-32, the segment's generation, the instance's path relative to
-  the storage root and its bytes (preamble, file meta, dataset). Appends are serialised (a
-  copy into the page cache) so that a flush covering one record covers every earlier one.
-- **Group commit**: flush threads (``flushers``, 4 by default; 1 is the plain scheme);
-  an appender marks its segment dirty, wakes a flusher and waits (condition variable) for
-  the first flush that *started* after its write (and the flushes before it). That flush
-  is the record's durability: only then may success be answered. One flush covers every
-  record waiting when it starts; while it runs, the records that come meanwhile get the
-  next flusher instead of waiting for its end (on the shared virtual disk one flusher
-  left 8 associations slower than 8 independent fsyncs: docs/benchmarks.md). After a
-  failed fdatasync no append succeeds again (the page cache may have dropped the data).
+- **Records**: magic, CRC-32, the segment's generation, a sequence number (the order of
+  appends over the whole journal), the instance's path relative to the storage root and
+  its bytes (preamble, file meta, dataset).
+- **Lanes**: ``lanes`` (4) segments are appended to at once, one per lane; each
+  association's thread keeps one lane (round robin), so associations write and flush
+  side by side on different files. Appends to one lane are serialised (a copy into the
+  page cache), so that a flush covering one of its records covers every earlier one.
+- **Group commit**: per lane one flush thread (``flushers``); an appender marks its
+  segment dirty, wakes the flusher and waits (condition variable) for the first flush
+  that *started* after its write (and the flushes before it). That flush is the record's
+  durability: only then may success be answered. One flush covers every record of the
+  lane waiting when it starts. After a failed fdatasync no append of that lane succeeds
+  again (the page cache may have dropped the data).
 - **Materialising**: the per-instance file is written behind the journal (temp file and
   rename, no fsync) by ``materialise``; until a checkpoint it is the journal that is durable.
 - **Checkpoint**: a full segment, once its records are materialised, has those files and
   their folders fsynced, and is then recycled (its header set back to generation 0).
+  It waits for a quiet moment (``checkpoint_idle_s``; then the lanes' segments are
+  sealed too) unless more than ``max_sealed`` full segments wait, so that a burst's
+  flushes do not share the disk with the files' fsyncs.
 - **Replay** (``open``): every segment with a generation, oldest first; a record whose
   magic, generation or checksum fails ends that segment (a torn tail: never answered).
-  The newest record per path wins; a file that already holds those bytes is skipped.
+  The newest record per path (by sequence) wins; a file that already holds those bytes is
+  skipped.
   Everything is then checkpointed and the segments are spares again.
 """
 
@@ -54,7 +61,7 @@ Resolve = Callable[[str], Path]
 SEGMENT_MAGIC = b"DNJSEG01"
 RECORD_MAGIC = b"DNJR"
 _SEGMENT_HEADER = struct.Struct("<8sQI")  # magic, generation, crc32 of the generation
-_RECORD_HEADER = struct.Struct("<4sIQHI")  # magic, crc32, generation, path length, body length
+_RECORD_HEADER = struct.Struct("<4sIQQHI")  # magic, crc32, generation, sequence, path length, body length
 HEADER_BYTES = 4096  # records start on the second page
 TMP_SUFFIX = ".tmp"  # the store's temp-file suffix: leftovers are removed at start
 
@@ -71,6 +78,7 @@ class _Record:
     offset: int  # of the record header in its segment
     length: int  # of the body (the file's bytes)
     state: int = PENDING
+    seq: int = 0  # order of appends over all lanes (the newest record of a path wins)
 
 
 @dataclass(eq=False)
@@ -105,9 +113,9 @@ def _payload_crc(rel: bytes, chunks: Sequence[Buffer]) -> int:
     return crc
 
 
-def _record_header(generation: int, rel: bytes, body_len: int, payload_crc: int) -> bytes:
-    tail = struct.pack("<QHI", generation, len(rel), body_len)
-    return _RECORD_HEADER.pack(RECORD_MAGIC, zlib.crc32(tail, payload_crc), generation, len(rel), body_len)
+def _record_header(generation: int, seq: int, rel: bytes, body_len: int, payload_crc: int) -> bytes:
+    tail = struct.pack("<QQHI", generation, seq, len(rel), body_len)
+    return _RECORD_HEADER.pack(RECORD_MAGIC, zlib.crc32(tail, payload_crc), generation, seq, len(rel), body_len)
 
 
 def _pwrite_all(fd: int, buffers: Sequence[Buffer], offset: int) -> None:
@@ -256,6 +264,16 @@ class GroupCommit:
             thread.join()
 
 
+@dataclass(eq=False)
+class _Lane:
+    """One segment being appended to, its writers' lock and its group commit. Associations
+    are spread over the lanes, so their flushes run side by side on different files."""
+
+    commit: GroupCommit
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    active: _Segment | None = None
+
+
 class Journal:
     """The journal in ``folder`` for the instance files that ``resolve`` names."""
 
@@ -266,7 +284,8 @@ class Journal:
         segment_bytes: int = 32 * 2**20,
         checkpoint_idle_s: float = 2.0,
         max_sealed: int = 8,
-        flushers: int = 4,
+        lanes: int = 4,
+        flushers: int = 1,
     ) -> None:
         """Full segments are checkpointed once no instance came for ``checkpoint_idle_s``
         (then the segment being filled too), or when more than ``max_sealed`` wait: during
@@ -288,20 +307,22 @@ class Journal:
         self._segments: list[_Segment] = []
         self._spares: deque[_Segment] = deque()
         self._sealed: deque[_Segment] = deque()
-        self._active: _Segment | None = None
+        self._seq = 0
+        self._thread_lane = threading.local()
+        self._next_lane = 0
         self._latest: dict[str, _Record] = {}  # path -> its newest record not yet checkpointed
         self._generation = 0
         self._closing = False
         self.checkpoints = 0  # segments recycled (for tests)
         self.replayed = self._open_segments()
-        self._commit = GroupCommit(flushers)
+        self._lanes = [_Lane(GroupCommit(flushers)) for _ in range(max(1, lanes))]
         self._checkpointer = threading.Thread(target=self._checkpoint_loop, name="journal-checkpoint", daemon=True)
         self._checkpointer.start()
 
     @property
     def flushes(self) -> int:
         """Flushes (fdatasync rounds) so far."""
-        return self._commit.flushes
+        return sum(lane.commit.flushes for lane in self._lanes)
 
     def _body_at(self, seg: _Segment, rec: _Record) -> bytes:
         return os.pread(seg.fd, rec.length, rec.offset + _RECORD_HEADER.size + len(rec.rel.encode()))
@@ -335,7 +356,9 @@ class Journal:
         latest: dict[str, tuple[_Segment, _Record]] = {}
         for seg in used:
             for rec in self._records_of(seg):
-                latest[rec.rel] = (seg, rec)
+                if rec.rel not in latest or latest[rec.rel][1].seq < rec.seq:
+                    latest[rec.rel] = (seg, rec)
+                self._seq = max(self._seq, rec.seq)
         count = 0
         targets = []
         for rel, (seg, rec) in latest.items():
@@ -361,7 +384,7 @@ class Journal:
         offset = HEADER_BYTES
         while offset + _RECORD_HEADER.size <= seg.size:
             raw = os.pread(seg.fd, _RECORD_HEADER.size, offset)
-            magic, crc, generation, path_len, body_len = _RECORD_HEADER.unpack(raw)
+            magic, crc, generation, seq, path_len, body_len = _RECORD_HEADER.unpack(raw)
             end = offset + _RECORD_HEADER.size + path_len + body_len
             if magic != RECORD_MAGIC or generation != seg.generation or end > seg.size:
                 return
@@ -369,7 +392,7 @@ class Journal:
             rel = payload[:path_len]
             if crc != zlib.crc32(raw[8:], _payload_crc(rel, [payload[path_len:]])):
                 return  # a torn tail
-            yield _Record(rel.decode("utf-8", "replace"), offset, body_len, DONE)
+            yield _Record(rel.decode("utf-8", "replace"), offset, body_len, DONE, seq)
             offset = end
 
     # -- segments ----------------------------------------------------------------------------
@@ -384,13 +407,13 @@ class Journal:
         self._segments.append(seg)
         return seg
 
-    def _activate(self) -> _Segment:
-        """The next spare (or a new segment) becomes the one appended to. Under the lock."""
+    def _activate(self, lane: _Lane) -> _Segment:
+        """The next spare (or a new segment) becomes the one ``lane`` appends to. Under the lock."""
         seg = self._spares.popleft() if self._spares else self._new_segment()
         self._generation += 1
         seg.generation, seg.end, seg.records = self._generation, HEADER_BYTES, []
         os.pwrite(seg.fd, _segment_header(seg.generation), 0)  # durable with its first record
-        self._active = seg
+        lane.active = seg
         self._lock.notify_all()  # the checkpointer makes a spare if that was the last one
         return seg
 
@@ -411,33 +434,56 @@ class Journal:
         if body_len > self.max_record:
             raise JournalError(f"an instance of {body_len} bytes does not fit a journal segment")
         rel_raw = rel.encode("utf-8")
-        crc = _payload_crc(rel_raw, chunks)  # the costly part, outside the lock
-        need = _RECORD_HEADER.size + len(rel_raw) + body_len
+        crc = _payload_crc(rel_raw, chunks)  # the costly part, outside any lock
+        lane = self._lane()
+        # The lane's writes are serialised, so a flush covering one of its records covers
+        # every earlier one (replay ends a segment at its first bad record).
+        with lane.lock:
+            seg, rec = self._reserve(lane, rel, _RECORD_HEADER.size + len(rel_raw) + body_len, body_len)
+            header = _record_header(seg.generation, rec.seq, rel_raw, body_len, crc)
+            _pwrite_all(seg.fd, [header, rel_raw, *chunks], rec.offset)
+        lane.commit.wait_durable(seg.fd)
+        return rec
+
+    def _lane(self) -> _Lane:
+        """The calling thread's lane (one association is one thread): round robin."""
+        lane = getattr(self._thread_lane, "lane", None)
+        if lane is None:
+            with self._lock:
+                lane = self._lanes[self._next_lane % len(self._lanes)]
+                self._next_lane += 1
+            self._thread_lane.lane = lane
+        return lane
+
+    def _reserve(self, lane: _Lane, rel: str, need: int, body_len: int) -> tuple[_Segment, _Record]:
+        """Room for a record in ``lane``'s segment (sealing a full one). Under the lane's lock."""
         with self._lock:
             if self._closing:
                 raise JournalError("the journal is closed")
-            seg = self._active if self._active is not None else self._activate()
+            seg = lane.active if lane.active is not None else self._activate(lane)
             if seg.end + need > seg.size:
-                self._seal(seg)
-                seg = self._activate()
-            rec = _Record(rel, seg.end, body_len, PENDING if body_len else DONE)
-            header = _record_header(seg.generation, rel_raw, body_len, crc)
-            _pwrite_all(seg.fd, [header, rel_raw, *chunks], seg.end)
+                self._seal(lane)
+                seg = self._activate(lane)
+            self._seq += 1
+            rec = _Record(rel, seg.end, body_len, PENDING if body_len else DONE, self._seq)
             seg.end += need
             seg.records.append(rec)
             self._latest[rel] = rec
             self._last_append = time.monotonic()
-        self._commit.wait_durable(seg.fd)
-        return rec
+            return seg, rec
 
     def note_direct(self, rel: str) -> None:
         """The file at ``rel`` was just written durably without the journal (too large for a
         segment): a marker record keeps replay from putting an older journaled copy back."""
         self.append(rel, [])
 
-    def _seal(self, seg: _Segment) -> None:
-        """No more appends to ``seg``: the checkpointer takes it. Under the lock."""
-        self._active = None
+    def _seal(self, lane: _Lane) -> None:
+        """No more appends to ``lane``'s segment: the checkpointer takes it. Under the lane's
+        lock (no write to it is under way) and the lock."""
+        seg = lane.active
+        if seg is None:
+            return
+        lane.active = None
         if seg.records:
             self._sealed.append(seg)
         else:  # nothing in it (its header may name a generation: no record will match)
@@ -480,6 +526,8 @@ class Journal:
             try:
                 if seg is not None:
                     self.checkpoint(seg)
+                else:
+                    self._seal_if_quiet()
                 self._keep_a_spare()
             except Exception:  # a sealed segment stays sealed: its records are still durable
                 log.exception("journal checkpoint failed; retried in 5 s")
@@ -498,13 +546,20 @@ class Journal:
             due = self._draining or idle >= self.checkpoint_idle_s
             if self._sealed and (due or len(self._sealed) > self.max_sealed):
                 return self._sealed[0], False
-            if not self._spares and not self._closing:
-                return None, False
-            if due and self._active is not None and self._active.records:
-                self._seal(self._active)  # quiet now: checkpoint what came so far
-                continue
-            pending = self._sealed or (self._active is not None and self._active.records)
+            filling = any(lane.active is not None and lane.active.records for lane in self._lanes)
+            if not self._spares and not self._closing or (due and filling):
+                return None, False  # make a spare; seal the lanes' segments if still quiet
+            pending = self._sealed or filling
             self._lock.wait(max(0.05, self.checkpoint_idle_s - idle) if pending else None)
+
+    def _seal_if_quiet(self) -> None:
+        """Quiet now (no append for ``checkpoint_idle_s``): seal what the lanes hold, so that
+        the checkpoint covers what came so far."""
+        for lane in self._lanes:
+            with lane.lock, self._lock:
+                quiet = self._draining or time.monotonic() - self._last_append >= self.checkpoint_idle_s
+                if quiet and lane.active is not None and lane.active.records:
+                    self._seal(lane)
 
     def checkpoint(self, seg: _Segment) -> None:
         """Materialise what is left of a sealed segment, fsync its files and folders, recycle it."""
@@ -561,15 +616,18 @@ class Journal:
         with self._lock:
             if self._closing:
                 return
-            if self._active is not None:
-                self._seal(self._active)
             self._draining = True
+        for lane in self._lanes:
+            with lane.lock, self._lock:
+                self._seal(lane)
+        with self._lock:
             self._lock.notify_all()
             self._lock.wait_for(lambda: not self._sealed, timeout_s)
             self._closing = True
             self._lock.notify_all()
         self._checkpointer.join()
-        self._commit.close()
+        for lane in self._lanes:
+            lane.commit.close()
         for seg in self._segments:
             if seg.fd >= 0:
                 os.close(seg.fd)

@@ -27,7 +27,8 @@ def body(i: int, size: int = 20_000) -> bytes:
 
 def crash(journal: Journal) -> None:
     """What a SIGKILL leaves: the threads stop, nothing is checkpointed or closed cleanly."""
-    journal._commit.close()
+    for lane in journal._lanes:
+        lane.commit.close()
     with journal._lock:
         journal._closing = True
         journal._lock.notify_all()
@@ -64,7 +65,7 @@ def test_a_torn_tail_is_ignored(tmp_path, store):
     journal = open_journal(tmp_path, store)
     for i in range(2):
         journal.append(rel(i), [body(i)])
-    seg = journal._active
+    seg = journal._lanes[0].active  # this thread's lane (the first to append)
     assert seg is not None
     last = seg.records[-1]
     crash(journal)
@@ -110,8 +111,10 @@ def test_group_commit_covers_several_threads(tmp_path, store):
         w.join()
     assert not errors
     appended = threads * per_thread
-    # Every append waited for a flush of its own; flushes were shared (never more than appends).
+    # Every append waited for a flush; flushes were shared (never more than appends).
     assert 1 <= journal.flushes <= appended
+    # The 8 threads were spread over the 4 lanes, two each.
+    assert all(lane.commit.flushes for lane in journal._lanes)
     for i in range(appended):
         assert store.resolve(rel(i)).read_bytes() == body(i, 4000)
     journal.close()
@@ -120,8 +123,8 @@ def test_group_commit_covers_several_threads(tmp_path, store):
 def test_group_commit_shares_a_flush_between_waiters(tmp_path, store):
     """Two appenders written while a flush is held up are both covered by the next one
     (one flush thread, so that the next flush waits for the first)."""
-    journal = Journal(tmp_path / "journal", store.resolve, SEGMENT, flushers=1)
-    commit = journal._commit
+    journal = Journal(tmp_path / "journal", store.resolve, SEGMENT, lanes=1)
+    commit = journal._lanes[0].commit
     real = commit._flush
     gate, entered = threading.Event(), threading.Event()
 
@@ -254,8 +257,8 @@ def test_an_instance_written_directly_is_not_replaced_by_an_older_journaled_copy
 def test_a_failed_flush_fails_every_later_append(tmp_path, store):
     """After an fdatasync error nothing may be answered as durable (the kernel may have
     dropped the pages it could not write)."""
-    journal = open_journal(tmp_path, store)
-    commit = journal._commit
+    journal = Journal(tmp_path / "journal", store.resolve, SEGMENT, lanes=1)
+    commit = journal._lanes[0].commit
 
     def failing(fds):
         return OSError(5, "Input/output error")
@@ -267,3 +270,17 @@ def test_a_failed_flush_fails_every_later_append(tmp_path, store):
     with pytest.raises(JournalError):
         journal.append(rel(1), [b"y"])
     journal.close()
+
+
+def test_the_newest_record_wins_across_lanes_at_replay(tmp_path, store):
+    """The same instance sent again on another association (another lane, a segment of a
+    later generation first): replay keeps the one received last, not the later segment's."""
+    journal = open_journal(tmp_path, store)
+    journal.append(rel(9), [b"x"])  # this thread: lane 0, the older segment
+    other = threading.Thread(target=journal.append, args=(rel(0), [b"first"]))  # lane 1, newer segment
+    other.start()
+    other.join()
+    journal.append(rel(0), [b"second"])  # lane 0 again: the older segment, received last
+    crash(journal)
+    open_journal(tmp_path, store).close()
+    assert store.resolve(rel(0)).read_bytes() == b"second"
