@@ -643,4 +643,7 @@ def sync_files(targets: Sequence[Path]) -> None:
             continue
         folders.update((target.parent, target.parent.parent, target.parent.parent.parent))
     for folder in sorted(folders, key=lambda p: -len(p.parts)):
-        fsync_path(folder, directory=True)
+        try:
+            fsync_path(folder, directory=True)
+        except FileNotFoundError:  # a series folder deleted since
+            continue
