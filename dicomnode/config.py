@@ -130,6 +130,12 @@ class NodeSection(_Frozen):
     max_pdu: int = Field(1048576, ge=0)
     #: C-STORE is refused with 0xA700 below this much free disk space (MB).
     min_free_mb: int = Field(500, ge=0)
+    #: Received instances are made durable in a write-ahead journal (``<data_dir>/journal``,
+    #: one shared fdatasync) and their files written behind it; off: each file and its
+    #: folder are fsynced before the answer (slower; dicomnode.journal says why).
+    journal: bool = True
+    #: Size of one journal segment (MB), preallocated; larger instances bypass the journal.
+    journal_segment_mb: int = Field(32, ge=1, le=4096)
     #: New associations are refused (transient) below this much free space (MB; 0: off):
     #: a sender is turned away before a series, not in the middle of one.
     refuse_associations_below_mb: int = Field(0, ge=0)

@@ -416,11 +416,14 @@ class _Association:
         elif field == C_STORE_RQ and data is not None:
             ts = self.contexts[ctx_id][1]
             status, after = self.server.store_fn(ts, sop_class, sop_uid, data, self.calling_ae, self)
-            self._send_command(ctx_id, encode_response(C_STORE_RSP, msg_id, status, sop_class, sop_uid))
-            # Bookkeeping (the database record) runs once the answer is on its way, while
-            # the peer already sends the next image; the file was durable before it.
-            if after is not None:
-                after()
+            try:
+                self._send_command(ctx_id, encode_response(C_STORE_RSP, msg_id, status, sop_class, sop_uid))
+            finally:
+                # Bookkeeping (the file behind the journal, the database record) runs once
+                # the answer is on its way, while the peer already sends the next image;
+                # the instance was durable before it. Also when the answer could not be sent.
+                if after is not None:
+                    after()
         else:
             raise _Abort(f"unsupported DIMSE message 0x{field:04X}")
 

@@ -57,6 +57,7 @@ def data_paths(data_dir: Path) -> dict[str, Path]:
     return {
         "db": data_dir / DB_FILE,
         "storage": data_dir / "storage",
+        "journal": data_dir / "journal",
         "results": data_dir / "results",
         "lock": data_dir / LOCK_FILE,
     }
@@ -118,7 +119,12 @@ class Node:
         self._lock()
         try:
             self.db = Database(self.paths["db"])
-            self.store = InstanceStore(self.paths["storage"], cfg.node.min_free_mb)
+            self.store = InstanceStore(
+                self.paths["storage"],
+                cfg.node.min_free_mb,
+                journal_dir=self.paths["journal"] if cfg.node.journal else None,
+                journal_segment_mb=cfg.node.journal_segment_mb,
+            )
             self.paths["results"].mkdir(parents=True, exist_ok=True)
             self.queue = JobQueue(self.db, cfg.node.job_lease_seconds, cfg.node.max_job_attempts)
             self.audit = AuditLog(cfg.node.data_dir / "audit")
@@ -329,6 +335,9 @@ class Node:
         if self.scp is not None:
             self.scp.stop()
             self.scp = None
+        store = getattr(self, "store", None)  # set at start
+        if store is not None:
+            store.close()  # checkpoints the journal
         for w in self.workers:
             w.stop(self.stop_timeout_s)
         self.workers = []

@@ -78,12 +78,14 @@ def store_durably(
     store: InstanceStore, on_stored: OnStored, ts: str, sop_class: str, sop_uid: str, stream: Any, calling_ae: str
 ) -> tuple[int, Callable[[], None] | None]:
     """Parse the header and store durably; return the status and the bookkeeping still to
-    do (``None`` after a failure). Split so a listener can answer before it records."""
+    do (``None`` after a failure): writing the file behind the journal, the record. Split
+    so a listener can answer before it does them; it must run them before the bytes of
+    ``stream`` change."""
     try:
         stream.seek(0)
         info = parse_header(stream, ts, sop_class, sop_uid)
         header = encode_file_meta(info.sop_class_uid, info.sop_uid, ts, calling_ae)
-        path = store.store(info, header, stream.getbuffer())
+        path, write_file = store.store_durable(info, header, stream.getbuffer())
     except StoreError as e:
         # The reason may quote what the peer sent (UIDs, parse errors): escaped like the UID.
         log.warning("C-STORE %s refused with 0x%04X: %s", _safe(sop_uid), e.status, peer_text(str(e), 300))
@@ -93,6 +95,9 @@ def store_durably(
         return STATUS_PROCESSING_FAILURE, None
 
     def record() -> None:
+        # With the journal the instance is durable there; its file is written now (before
+        # the database names it), while the peer already sends the next one.
+        write_file()
         try:
             on_stored(info, str(path.relative_to(store.root)))
         except Exception:

@@ -9,6 +9,13 @@ Layout: ``<storage>/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm`
   ``os.replace``, fsync of the folder. A reader (or a restart) sees the old file or the
   whole new one, never half of one; the caller answers success only after ``store``
   returned.
+- With a journal (``journal_dir``; ``[node] journal``, on by default) the instance is
+  durable once its record is in the write-ahead journal (``dicomnode.journal``: one
+  ``fdatasync`` shared by every instance waiting at that moment); ``store_durable``
+  returns then, with the step that writes the file (temp file and rename, no fsync),
+  which the listener runs after its answer. The journal is the durable copy until its
+  checkpoint fsyncs the files; at start it is replayed. Instances larger than a journal
+  segment are written the direct way above.
 - Duplicates (an instance with a SOP Instance UID already stored) replace the stored file:
   the last one received wins, as a PACS re-send is meant to correct the earlier copy.
 - Free-disk guard: below ``min_free_mb`` the store refuses (``DiskFullError``, status
@@ -27,14 +34,19 @@ import secrets
 import threading
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from .errors import DiskFullError, InvalidUIDError, StoreError
 from .header import STATUS_CANNOT_UNDERSTAND, STATUS_OUT_OF_RESOURCES, InstanceInfo, validate_uid
+from .journal import Journal
 
 log = logging.getLogger(__name__)
 
 _TMP_SUFFIX = ".tmp"
+
+
+def _nothing() -> None:
+    return None
 
 
 def fsync_dir(path: Path) -> None:
@@ -49,7 +61,15 @@ def fsync_dir(path: Path) -> None:
 class InstanceStore:
     """Durable, atomic storage of received instances under ``root``."""
 
-    def __init__(self, root: Path | str, min_free_mb: int = 500) -> None:
+    def __init__(
+        self,
+        root: Path | str,
+        min_free_mb: int = 500,
+        journal_dir: Path | str | None = None,
+        journal_segment_mb: int = 32,
+    ) -> None:
+        """``journal_dir``: the write-ahead journal's folder (None: every instance is written
+        and fsynced directly); opening it replays what a stopped node left there."""
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         self.min_free_bytes = int(min_free_mb) * 1024 * 1024
@@ -60,6 +80,22 @@ class InstanceStore:
         #: Instances received again: same content (a re-send) or different content
         #: (the earlier file is replaced; logged, as the PACS may have sent a correction).
         self.duplicates = {"identical": 0, "different": 0}
+        self.journal = (
+            Journal(journal_dir, self.resolve, journal_segment_mb * 2**20) if journal_dir is not None else None
+        )
+
+    def close(self) -> None:
+        """Checkpoint and close the journal (a no-op without one)."""
+        if self.journal is not None:
+            self.journal.close()
+
+    def resolve(self, rel: str) -> Path:
+        """The absolute path of a relative instance path ``study/series/sop.dcm``, with every
+        UID validated (the journal's replay resolves the paths it holds through this)."""
+        parts = Path(rel).parts
+        if len(parts) != 3 or not parts[2].endswith(".dcm"):
+            raise InvalidUIDError(f"not an instance path: {rel[:200]!r}", STATUS_CANNOT_UNDERSTAND)
+        return self.path_for(parts[0], parts[1], parts[2][: -len(".dcm")])
 
     def relative_path(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
         """The path (relative to root) an instance is stored at; validates every UID."""
@@ -121,15 +157,43 @@ class InstanceStore:
             self._dirs_known.add(folder)
 
     def store(self, info: InstanceInfo, header: bytes, dataset: bytes | memoryview) -> Path:
-        """Write ``header`` (preamble + file meta) and ``dataset`` durably; return the path.
+        """Write ``header`` (preamble + file meta) and ``dataset`` durably; return the path
+        once the file is there.
 
         Raises DiskFullError (0xA700) when space is short, InvalidUIDError (0xC210) for a
         bad UID, StoreError (0xA700) for other OS errors. Never leaves a partial file.
         """
+        path, write = self.store_durable(info, header, dataset)
+        write()
+        return path
+
+    def store_durable(
+        self, info: InstanceInfo, header: bytes, dataset: bytes | memoryview
+    ) -> tuple[Path, Callable[[], None]]:
+        """Make the instance durable (same errors as ``store``); return its path and the step
+        that writes the file there (with the journal; a no-op without). Until that step ran
+        the bytes of ``dataset`` must stay as they are."""
         self.check_free_space(len(header) + len(dataset))
         target = self.path_for(info.study_uid, info.series_uid, info.sop_uid)
         if target.exists():
             self._note_duplicate(info, target, header, dataset)
+        journal = self.journal
+        if journal is None or len(header) + len(dataset) > journal.max_record:
+            self._write_durably(info, target, header, dataset)
+            if journal is not None:
+                try:  # an older journaled copy of this instance must not come back at replay
+                    journal.note_direct(str(target.relative_to(self.root)))
+                except OSError as e:
+                    raise self._os_error(e, info, target) from e
+            return target, _nothing
+        try:
+            rec = journal.append(str(target.relative_to(self.root)), (header, dataset))
+        except OSError as e:
+            raise self._os_error(e, info, target) from e
+        return target, lambda: journal.materialise(rec, (header, dataset))
+
+    def _write_durably(self, info: InstanceInfo, target: Path, header: bytes, dataset: bytes | memoryview) -> None:
+        """The direct way: temp file, fsync, rename, fsync of the folder."""
         tmp = target.parent / f".{info.sop_uid}.{secrets.token_hex(4)}{_TMP_SUFFIX}"
         try:
             self._ensure_dir(target.parent)
@@ -150,12 +214,15 @@ class InstanceStore:
                 tmp.unlink(missing_ok=True)
             except OSError:
                 pass
-            if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                with self._lock:
-                    self._free_bytes = 0
-                raise DiskFullError(f"disk full while storing {info.sop_uid}", STATUS_OUT_OF_RESOURCES) from e
-            raise StoreError(f"cannot write {target.name}: {e.strerror}", STATUS_OUT_OF_RESOURCES) from e
-        return target
+            raise self._os_error(e, info, target) from e
+
+    def _os_error(self, e: OSError, info: InstanceInfo, target: Path) -> StoreError:
+        """The DICOM-status error for an OS error while storing."""
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            with self._lock:
+                self._free_bytes = 0
+            return DiskFullError(f"disk full while storing {info.sop_uid}", STATUS_OUT_OF_RESOURCES)
+        return StoreError(f"cannot write {target.name}: {e.strerror or e}", STATUS_OUT_OF_RESOURCES)
 
     def _note_duplicate(self, info: InstanceInfo, target: Path, header: bytes, dataset: bytes | memoryview) -> None:
         """Count and log an instance received again (it replaces the stored file)."""

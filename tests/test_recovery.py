@@ -132,3 +132,65 @@ def test_restart_records_instances_stored_but_not_recorded(tmp_path):
         assert any("database had missed" in line for line in node.log)
     finally:
         node.stop()
+
+
+def _acknowledged(output: list[str]) -> int:
+    """How many C-STOREs one ``storescu -v`` was answered with success."""
+    return sum(1 for line in output if "Received Store Response (Success)" in line)
+
+
+def test_sigkill_while_eight_associations_send_keeps_every_acknowledged_instance(tmp_path):
+    """SIGKILL while 8 senders are storing: after the restart (journal replay, rescan) every
+    instance answered with success is a whole file and recorded in its series."""
+    import subprocess
+    import threading
+
+    from pydicom import dcmread
+
+    from conftest import require_tool
+    from node_helpers import DCMTK_ENV, write_series
+
+    senders = [write_series(tmp_path / f"in{k}", n_slices=40, size=256, seed=k) for k in range(8)]
+    node = NodeProcess(tmp_path / "data", None, quiet_seconds=3600).start()
+    outputs: list[list[str]] = [[] for _ in senders]
+    procs = [
+        subprocess.Popen(
+            [require_tool("storescu"), "-v", "-aet", "SCANNER", "-aec", "COVIDNODE", "127.0.0.1", str(node.port)]
+            + [str(p) for p in series.paths],
+            env=DCMTK_ENV,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for series in senders
+    ]
+
+    def drain(proc: subprocess.Popen, out: list[str]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            out.append(line)
+
+    readers = [threading.Thread(target=drain, args=(p, o), daemon=True) for p, o in zip(procs, outputs, strict=True)]
+    for r in readers:
+        r.start()
+    try:
+        wait_for(lambda: sum(_acknowledged(o) for o in outputs) >= 40, 120, interval=0.01, what="40 answers")
+        node.kill()
+        for p, r in zip(procs, readers, strict=True):
+            p.wait(60)
+            r.join(10)
+        acked = [_acknowledged(o) for o in outputs]
+        assert sum(acked) >= 40
+        node.start()
+        counts = {r["series_uid"]: r["instance_count"] for r in node.status()["series"]}
+        storage = node.data_dir / "storage"
+        for series, n in zip(senders, acked, strict=True):
+            assert counts.get(series.series_uid, 0) >= n
+            for sop_uid, source in zip(series.sop_uids[:n], series.paths[:n], strict=True):
+                stored = dcmread(storage / series.study_uid / series.series_uid / f"{sop_uid}.dcm")
+                assert stored.PixelData == dcmread(source).PixelData
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+        node.stop()
