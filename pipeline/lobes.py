@@ -26,7 +26,11 @@ How (on a copy at about ``WORK_MM`` voxels, cropped to the lungs):
    matching normal; an iteratively reweighted least-squares fit on the candidates near
    it refines it.
 4. A fit is kept when candidates cover enough of the fissure's area
-   (``MIN_COVERAGE``); otherwise that fissure falls back to the anatomical prior
+   (``MIN_COVERAGE``), hold far more weight than parallel surfaces nearby
+   (``MIN_CONTRAST``) and, for the oblique fissure, than the best surface the same
+   search finds among mirrored hypotheses that rise to the front (``MIN_MIRROR_RATIO``:
+   what texture and vessels alone give a search over that many surfaces); otherwise
+   that fissure falls back to the anatomical prior
    (``PRIOR_*``): the oblique fissure from the back at about T4-T5 (upper third of the
    lung's height) down and forwards to the diaphragm near the front, the horizontal
    fissure at about the hilum's level. This is what happens without visible fissures
@@ -77,6 +81,11 @@ MIN_COVERAGE = 0.3
 #: by these distances (mm; texture and vessels are not flat over such an area).
 MIN_CONTRAST = 4.0
 NULL_SHIFTS_MM = (-24.0, -14.0, 14.0, 24.0)
+#: ... and, for the oblique fissure, when the best surface holds this many times the sheet
+#: weight of the best one the same search finds among the mirrored hypotheses (rising to
+#: the front, which no oblique fissure does): that search runs on the same sheets, so
+#: what it finds is what texture and vessels offer the search itself, selection included.
+MIN_MIRROR_RATIO = 1.3
 #: Anatomical prior, lung height fraction t (0 base, 1 apex): the oblique fissure at the
 #: front (s = 0) and the back (s = 1), how much lower it runs laterally, and the height
 #: of the right horizontal fissure.
@@ -432,19 +441,37 @@ def _contrast(coef: np.ndarray, sh: _Sheets, frame: _Frame, quadratic: bool) -> 
     return on / max(float(np.mean(shifted)), 1e-9)
 
 
+def _mirrored(hypotheses: np.ndarray) -> np.ndarray:
+    """The quadratic surfaces t = f(1 - s, w) of ``hypotheses`` (front and back swapped)."""
+    a, b, c, d, e, f = hypotheses.T
+    return np.stack([a + b + d, -b - 2.0 * d, c + e, d, -e, f], axis=1)
+
+
+def _mirror_ratio(coef: np.ndarray, sh: _Sheets, frame: _Frame, hypotheses: np.ndarray) -> float:
+    """Sheet weight on the fitted oblique surface over that on the best mirrored one
+    (searched and refined the same way): near 1 or below where nothing but texture and
+    vessels answered, well above where a fissure did."""
+    mirror = _refine(_search(sh, frame, _mirrored(hypotheses), True), sh, frame, True)
+    on = float(_on_surface(coef, sh, frame, True, ON_SURFACE_MM).sum())
+    return on / max(float(_on_surface(mirror, sh, frame, True, ON_SURFACE_MM).sum()), 1e-9)
+
+
 def _fit(
     sh: _Sheets, frame: _Frame, prior: np.ndarray, hypotheses: np.ndarray, region: np.ndarray, quadratic: bool
 ) -> tuple[np.ndarray, str, float]:
     """A fissure fitted to the sheets, or the prior when they do not show one: too little
-    of the surface covered, or no more sheets on it than on parallel surfaces nearby."""
+    of the surface covered, no more sheets on it than on parallel surfaces nearby, or
+    (oblique) no more than on the best surface of the wrong orientation."""
     if sh.t.size < 12:
         return prior, "prior", 0.0
     coef = _refine(_search(sh, frame, hypotheses, quadratic), sh, frame, quadratic)
     cov = _coverage(coef, sh, frame, quadratic, region)
     contrast = _contrast(coef, sh, frame, quadratic)
-    if cov >= MIN_COVERAGE and contrast >= MIN_CONTRAST:
-        return coef, "fitted", contrast
-    return prior, "prior", contrast
+    if cov < MIN_COVERAGE or contrast < MIN_CONTRAST:
+        return prior, "prior", contrast
+    if quadratic and _mirror_ratio(coef, sh, frame, hypotheses) < MIN_MIRROR_RATIO:
+        return prior, "prior", contrast
+    return coef, "fitted", contrast
 
 
 def _lobes_of_lung(frame: _Frame, sh: _Sheets, side: int) -> tuple[np.ndarray, dict[str, str], dict[str, float]]:
