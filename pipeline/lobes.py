@@ -30,13 +30,18 @@ How (on a copy at about ``WORK_MM`` voxels, cropped to the lungs):
    (``MIN_CONTRAST``) and, for the oblique fissure, than the best surface the same
    search finds among mirrored hypotheses that rise to the front (``MIN_MIRROR_RATIO``:
    what texture and vessels alone give a search over that many surfaces); otherwise
-   that fissure falls back to the anatomical prior
-   (``PRIOR_*``): the oblique fissure from the back at about T4-T5 (upper third of the
+   the oblique fissure goes on to step 5, the horizontal one to the prior.
+5. Thick slices average a fissure into a band a few HU brighter than the lung, too faint
+   for the plate filter. An oblique fissure not found by it is searched again with a
+   matched filter for a bright sheet (the HU minus its local mean, summed over a band
+   around each surface of the same hypotheses, as a z-score); the best surface is kept
+   when it beats the best mirrored one clearly (``RIDGE_MIN_*``). Otherwise it falls
+   back to the anatomical prior (``PRIOR_*``): the oblique fissure from the back at about T4-T5 (upper third of the
    lung's height) down and forwards to the diaphragm near the front, the horizontal
    fissure at about the hilum's level. This is what happens without visible fissures
    (thick slices, smooth kernels, dense disease over the fissure, phantoms that draw
    none); the prior split is plausible but not the patient's.
-5. Lobes follow from which side of each surface a voxel lies on; a lobe split into
+6. Lobes follow from which side of each surface a voxel lies on; a lobe split into
    pieces keeps its largest piece and the others join the neighbouring lobe they are
    nearest to, so each lobe is one connected piece on the working grid (on the full
    grid too, unless the lung is only joined through voxels the blocks merge); labels go
@@ -86,6 +91,23 @@ NULL_SHIFTS_MM = (-24.0, -14.0, 14.0, 24.0)
 #: the front, which no oblique fissure does): that search runs on the same sheets, so
 #: what it finds is what texture and vessels offer the search itself, selection included.
 MIN_MIRROR_RATIO = 1.3
+#: Thick slices (a fissure a few HU over a band, too faint for the plate filter): the
+#: oblique fissure is then searched with a matched filter for a bright sheet, the HU
+#: over the lung's (at ``RIDGE_FINE_MM``) minus its local mean (``RIDGE_COARSE_MM``), in
+#: units of its spread, summed over the voxels within ``RIDGE_BAND_MM`` of each surface
+#: (a z-score, voxels taken as independent) on at most ``RIDGE_MAX_VOXELS`` per lung.
+RIDGE_FINE_MM, RIDGE_COARSE_MM, RIDGE_BAND_MM = 1.5, 8.0, 2.5
+RIDGE_MAX_VOXELS = 150_000
+#: The search ranks all surfaces on every RIDGE_COARSE_STEP-th sample, then scores the
+#: RIDGE_TOP best on all.
+RIDGE_COARSE_STEP, RIDGE_TOP = 4, 24
+#: A surface counts where it crosses at least half the (s, w) cells of this grid with
+#: ``RIDGE_CELL_VOXELS`` voxels each (not a corner of the lung).
+RIDGE_CELLS, RIDGE_CELL_VOXELS = (4, 3), 20
+#: The best surface is kept when its score exceeds that of the best mirrored surface
+#: (rising to the front: texture and vessels, with the search's own selection) by this
+#: much and by this factor.
+RIDGE_MIN_EXCESS, RIDGE_MIN_RATIO = 4.2, 1.5
 #: Anatomical prior, lung height fraction t (0 base, 1 apex): the oblique fissure at the
 #: front (s = 0) and the back (s = 1), how much lower it runs laterally, and the height
 #: of the right horizontal fissure.
@@ -117,6 +139,15 @@ class _Frame(NamedTuple):
         """(t, s, w) of points in working-grid millimetres."""
         z0, y0, x0 = self.origin_mm
         return (z - z0) / self.height_mm, (y - y0) / self.depth_mm, self.lateral_sign * (x - x0) / self.width_mm
+
+
+class _Ridge(NamedTuple):
+    """Matched-filter samples of one lung: normalised coordinates and the filter's value."""
+
+    t: np.ndarray
+    s: np.ndarray
+    w: np.ndarray
+    value: np.ndarray
 
 
 class _Sheets(NamedTuple):
@@ -222,6 +253,7 @@ def _label_work_grid(
     right_half = np.arange(lung.shape[2])[None, None, :] < midline
     right, left = _split_at_midline(lung, np.broadcast_to(right_half, lung.shape))
     plates = _plate_candidates(hu, evidence, spacing)
+    ridge = _ridge_image(hu, evidence, spacing)
     labels = np.zeros(lung.shape, dtype=np.uint8)
     fissures: dict[str, str] = {}
     coverage: dict[str, float] = {}
@@ -230,7 +262,7 @@ def _label_work_grid(
             continue
         frame = _lung_frame(mask, spacing, side)
         sheets = _sheets_in(frame, mask, plates, spacing)
-        lab, how, cov = _lobes_of_lung(frame, sheets, side)
+        lab, how, cov = _lobes_of_lung(frame, sheets, _ridge_in(frame, ridge, evidence), side)
         fissures.update({f"{name}_{k}": v for k, v in how.items()})
         coverage.update({f"{name}_{k}": v for k, v in cov.items()})
         labels[frame.idx] = lab
@@ -315,6 +347,33 @@ def _sheets_in(frame: _Frame, mask: np.ndarray, plates: tuple[np.ndarray, ...], 
     weight = np.minimum(strength / max(float(scale), 1e-9), 3.0)
     t, s, w = frame.normalised(z, y, x)
     return _Sheets(t, s, w, normal, weight)
+
+
+def _ridge_image(hu: np.ndarray, evidence: np.ndarray, spacing: tuple[float, ...]) -> np.ndarray:
+    """The bright-sheet matched filter over the ``evidence`` voxels: fine minus coarse
+    local means (normalised convolution, so the outline and the vessels left out bias
+    neither), clipped against what the exclusion missed, in units of its spread."""
+    weight = evidence.astype(np.float32)
+    values = np.where(evidence, hu, 0.0).astype(np.float32)
+
+    def local_mean(sigma_mm: float) -> np.ndarray:
+        sigma = [max(sigma_mm / float(s), 0.4) for s in spacing]
+        num = ndimage.gaussian_filter(values, sigma, mode="constant")
+        return num / np.maximum(ndimage.gaussian_filter(weight, sigma, mode="constant"), 1e-3)
+
+    ridge = np.clip(local_mean(RIDGE_FINE_MM) - local_mean(RIDGE_COARSE_MM), -30.0, 30.0)
+    spread = float(ridge[evidence].std()) if evidence.any() else 0.0
+    return np.where(evidence, ridge / spread, 0.0).astype(np.float32) if spread > 0 else np.zeros_like(ridge)
+
+
+def _ridge_in(frame: _Frame, ridge: np.ndarray, evidence: np.ndarray) -> _Ridge:
+    """The filter's samples in one lung (its evidence voxels, evenly thinned to at most
+    ``RIDGE_MAX_VOXELS``)."""
+    keep = np.flatnonzero(evidence[frame.idx])
+    keep = keep[:: max(1, -(-keep.size // RIDGE_MAX_VOXELS))]
+    k, j, i = (a[keep] for a in frame.idx)
+    f32 = np.float32
+    return _Ridge(frame.t[keep].astype(f32), frame.s[keep].astype(f32), frame.w[keep].astype(f32), ridge[k, j, i])
 
 
 # ----------------------------------------------------------------- fissure surfaces
@@ -474,13 +533,65 @@ def _fit(
     return coef, "fitted", contrast
 
 
-def _lobes_of_lung(frame: _Frame, sh: _Sheets, side: int) -> tuple[np.ndarray, dict[str, str], dict[str, float]]:
+def _ridge_scores(frame: _Frame, rd: _Ridge, hypotheses: np.ndarray, min_cell: float) -> np.ndarray:
+    """The matched filter's z-score of each oblique hypothesis (-inf where the surface
+    crosses too little of the lung: fewer than half the cells with ``min_cell`` samples)."""
+    ns, nw = RIDGE_CELLS
+    cell = np.clip((rd.s * ns).astype(int), 0, ns - 1) * nw + np.clip((rd.w * nw).astype(int), 0, nw - 1)
+    onehot = np.eye(ns * nw, dtype=np.float32)[cell]
+    c = hypotheses.astype(np.float32)
+    out = np.empty(len(c))
+    for a in range(0, len(c), 64):
+        h = c[a : a + 64]
+        pred = h[:, :1] + h[:, 1:2] * rd.s + h[:, 2:3] * rd.w + h[:, 3:4] * rd.s**2
+        pred = pred + h[:, 4:5] * rd.s * rd.w + h[:, 5:6] * rd.w**2
+        ds = h[:, 1:2] + 2 * h[:, 3:4] * rd.s + h[:, 4:5] * rd.w
+        dw = h[:, 2:3] + h[:, 4:5] * rd.s + 2 * h[:, 5:6] * rd.w
+        gy, gx = frame.height_mm * ds / frame.depth_mm, frame.height_mm * dw / frame.width_mm
+        norm = np.sqrt(1.0 + gy * gy + gx * gx)
+        near = (np.abs(rd.t - pred) * (frame.height_mm / norm) <= RIDGE_BAND_MM).astype(np.float32)
+        counts = near @ onehot
+        total, n = (near * rd.value) @ onehot, counts.sum(axis=1)
+        crossed = (counts >= min_cell).sum(axis=1) >= (ns * nw) // 2
+        out[a : a + 64] = np.where(crossed, total.sum(axis=1) / np.sqrt(np.maximum(n, 1.0)), -np.inf)
+    return out
+
+
+def _ridge_best(frame: _Frame, rd: _Ridge, hypotheses: np.ndarray) -> tuple[int, float]:
+    """The best hypothesis (index, z-score): all ranked on every ``RIDGE_COARSE_STEP``-th
+    sample, the ``RIDGE_TOP`` best of them scored on all."""
+    step = RIDGE_COARSE_STEP
+    thin = _Ridge(rd.t[::step], rd.s[::step], rd.w[::step], rd.value[::step])
+    coarse = _ridge_scores(frame, thin, hypotheses, RIDGE_CELL_VOXELS / step)
+    top = np.argsort(-coarse, kind="stable")[:RIDGE_TOP]
+    fine = _ridge_scores(frame, rd, hypotheses[top], RIDGE_CELL_VOXELS)
+    return int(top[int(np.argmax(fine))]), float(fine.max())
+
+
+def _ridge_oblique(frame: _Frame, rd: _Ridge, prior: np.ndarray) -> tuple[np.ndarray, str]:
+    """The oblique fissure from the matched filter, or ``prior`` when its best surface
+    does not beat the best mirrored one clearly (``RIDGE_MIN_EXCESS``, ``RIDGE_MIN_RATIO``)."""
+    if rd.t.size == 0 or not rd.value.any():
+        return prior, "prior"
+    hypotheses = _oblique_hypotheses()
+    best_i, best = _ridge_best(frame, rd, hypotheses)
+    null = max(_ridge_best(frame, rd, _mirrored(hypotheses))[1], 1e-9)
+    if np.isfinite(best) and best - null >= RIDGE_MIN_EXCESS and best >= RIDGE_MIN_RATIO * null:
+        return hypotheses[best_i], "fitted"
+    return prior, "prior"
+
+
+def _lobes_of_lung(
+    frame: _Frame, sh: _Sheets, rd: _Ridge, side: int
+) -> tuple[np.ndarray, dict[str, str], dict[str, float]]:
     """Lobe labels of one lung's voxels, and how each fissure was found."""
     everywhere = np.ones(frame.t.shape, dtype=bool)
     # Sheets lying nearly flat belong to the horizontal fissure, not the oblique one.
     steep = np.abs(sh.normal[:, 0]) < OBLIQUE_MAX_NZ
     oblique_sh = _subset(sh, steep)
     oblique, how_o, cov_o = _fit(oblique_sh, frame, _oblique_prior(), _oblique_hypotheses(), everywhere, True)
+    if how_o == "prior":  # too faint for the plate filter (thick slices): the matched filter
+        oblique, how_o = _ridge_oblique(frame, rd, oblique)
     lower = frame.t < _basis(frame.s, frame.w, True) @ oblique
     if side == LEFT:
         return np.where(lower, 5, 4).astype(np.uint8), {"oblique": how_o}, {"oblique": cov_o}
