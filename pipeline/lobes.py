@@ -107,7 +107,7 @@ RIDGE_CELLS, RIDGE_CELL_VOXELS = (4, 3), 20
 #: The best surface is kept when its score exceeds that of the best mirrored surface
 #: (rising to the front: texture and vessels, with the search's own selection) by this
 #: much and by this factor.
-RIDGE_MIN_EXCESS, RIDGE_MIN_RATIO = 4.2, 1.5
+RIDGE_MIN_EXCESS, RIDGE_MIN_RATIO = 3.6, 1.6
 #: Anatomical prior, lung height fraction t (0 base, 1 apex): the oblique fissure at the
 #: front (s = 0) and the back (s = 1), how much lower it runs laterally, and the height
 #: of the right horizontal fissure.
