@@ -533,9 +533,10 @@ def _fit(
     return coef, "fitted", contrast
 
 
-def _ridge_scores(frame: _Frame, rd: _Ridge, hypotheses: np.ndarray, min_cell: float) -> np.ndarray:
-    """The matched filter's z-score of each oblique hypothesis (-inf where the surface
-    crosses too little of the lung: fewer than half the cells with ``min_cell`` samples)."""
+def _ridge_scores(frame: _Frame, rd: _Ridge, hypotheses: np.ndarray, min_cell: float, min_cells: int) -> np.ndarray:
+    """The matched filter's z-score of each quadratic hypothesis (-inf where the surface
+    crosses too little of the lung: fewer than ``min_cells`` cells with ``min_cell``
+    samples)."""
     ns, nw = RIDGE_CELLS
     cell = np.clip((rd.s * ns).astype(int), 0, ns - 1) * nw + np.clip((rd.w * nw).astype(int), 0, nw - 1)
     onehot = np.eye(ns * nw, dtype=np.float32)[cell]
@@ -552,20 +553,33 @@ def _ridge_scores(frame: _Frame, rd: _Ridge, hypotheses: np.ndarray, min_cell: f
         near = (np.abs(rd.t - pred) * (frame.height_mm / norm) <= RIDGE_BAND_MM).astype(np.float32)
         counts = near @ onehot
         total, n = (near * rd.value) @ onehot, counts.sum(axis=1)
-        crossed = (counts >= min_cell).sum(axis=1) >= (ns * nw) // 2
+        crossed = (counts >= min_cell).sum(axis=1) >= min_cells
         out[a : a + 64] = np.where(crossed, total.sum(axis=1) / np.sqrt(np.maximum(n, 1.0)), -np.inf)
     return out
 
 
-def _ridge_best(frame: _Frame, rd: _Ridge, hypotheses: np.ndarray) -> tuple[int, float]:
+def _ridge_best(frame: _Frame, rd: _Ridge, hypotheses: np.ndarray, min_cells: int) -> tuple[int, float]:
     """The best hypothesis (index, z-score): all ranked on every ``RIDGE_COARSE_STEP``-th
     sample, the ``RIDGE_TOP`` best of them scored on all."""
+    if rd.t.size == 0:
+        return 0, -np.inf
     step = RIDGE_COARSE_STEP
-    thin = _Ridge(rd.t[::step], rd.s[::step], rd.w[::step], rd.value[::step])
-    coarse = _ridge_scores(frame, thin, hypotheses, RIDGE_CELL_VOXELS / step)
+    coarse = _ridge_scores(
+        frame, _ridge_subset(rd, slice(None, None, step)), hypotheses, RIDGE_CELL_VOXELS / step, min_cells
+    )
     top = np.argsort(-coarse, kind="stable")[:RIDGE_TOP]
-    fine = _ridge_scores(frame, rd, hypotheses[top], RIDGE_CELL_VOXELS)
+    fine = _ridge_scores(frame, rd, hypotheses[top], RIDGE_CELL_VOXELS, min_cells)
     return int(top[int(np.argmax(fine))]), float(fine.max())
+
+
+def _ridge_subset(rd: _Ridge, keep: np.ndarray | slice) -> _Ridge:
+    return _Ridge(rd.t[keep], rd.s[keep], rd.w[keep], rd.value[keep])
+
+
+def _ridge_accepts(best: float, null: float) -> bool:
+    """Whether the best surface beats the null's best clearly (``RIDGE_MIN_*``)."""
+    null = max(null, 1e-9)
+    return bool(np.isfinite(best) and best - null >= RIDGE_MIN_EXCESS and best >= RIDGE_MIN_RATIO * null)
 
 
 def _ridge_oblique(frame: _Frame, rd: _Ridge, prior: np.ndarray) -> tuple[np.ndarray, str]:
@@ -573,11 +587,28 @@ def _ridge_oblique(frame: _Frame, rd: _Ridge, prior: np.ndarray) -> tuple[np.nda
     does not beat the best mirrored one clearly (``RIDGE_MIN_EXCESS``, ``RIDGE_MIN_RATIO``)."""
     if rd.t.size == 0 or not rd.value.any():
         return prior, "prior"
-    hypotheses = _oblique_hypotheses()
-    best_i, best = _ridge_best(frame, rd, hypotheses)
-    null = max(_ridge_best(frame, rd, _mirrored(hypotheses))[1], 1e-9)
-    if np.isfinite(best) and best - null >= RIDGE_MIN_EXCESS and best >= RIDGE_MIN_RATIO * null:
+    hypotheses, half = _oblique_hypotheses(), int(np.prod(RIDGE_CELLS)) // 2
+    best_i, best = _ridge_best(frame, rd, hypotheses, half)
+    if _ridge_accepts(best, _ridge_best(frame, rd, _mirrored(hypotheses), half)[1]):
         return hypotheses[best_i], "fitted"
+    return prior, "prior"
+
+
+def _ridge_horizontal(frame: _Frame, rd: _Ridge, oblique: np.ndarray, prior: np.ndarray) -> tuple[np.ndarray, str]:
+    """The right horizontal fissure from the matched filter, searched above the oblique
+    fissure, or ``prior`` when its best surface does not clearly beat the best the same
+    search finds below the oblique fissure (the lower lobe, where no horizontal fissure
+    runs)."""
+    if rd.t.size == 0 or not rd.value.any():
+        return prior, "prior"
+    gap = rd.t - _basis(rd.s, rd.w, True) @ oblique
+    margin = ON_SURFACE_MM / frame.height_mm
+    linear = _horizontal_hypotheses()
+    hypotheses = np.concatenate([linear, np.zeros((len(linear), 3))], axis=1)
+    quarter = int(np.prod(RIDGE_CELLS)) // 4
+    best_i, best = _ridge_best(frame, _ridge_subset(rd, gap > margin), hypotheses, quarter)
+    if _ridge_accepts(best, _ridge_best(frame, _ridge_subset(rd, gap < -margin), hypotheses, quarter)[1]):
+        return linear[best_i], "fitted"
     return prior, "prior"
 
 
@@ -600,6 +631,8 @@ def _lobes_of_lung(
     upper_sh = _subset(sh, above)
     prior_h = np.array([PRIOR_HORIZONTAL, 0.0, 0.0])
     horizontal, how_h, cov_h = _fit(upper_sh, frame, prior_h, _horizontal_hypotheses(), ~lower, False)
+    if how_h == "prior":
+        horizontal, how_h = _ridge_horizontal(frame, rd, oblique, horizontal)
     middle = ~lower & (frame.t < _basis(frame.s, frame.w, False) @ horizontal)
     lab = np.where(lower, 3, np.where(middle, 2, 1)).astype(np.uint8)
     return lab, {"oblique": how_o, "horizontal": how_h}, {"oblique": cov_o, "horizontal": cov_h}
