@@ -53,6 +53,7 @@ FINAL_JOB_STATES = ("done", "failed", "skipped")
 def receive_rates(tmp: Path, slices: int, size: int, repeat: int) -> dict[str, Any]:
     """Median images/s of storescp and of the node on 1 and 8 associations, and ratios."""
     files = bs.make_series(tmp / "store-series", slices, size)
+    floor_before = bs.disk_floor(tmp, files[0].stat().st_size)
     out: dict[str, Any] = {}
     for n in ASSOCIATIONS:
         folder = tmp / f"store-{n}"
@@ -61,7 +62,9 @@ def receive_rates(tmp: Path, slices: int, size: int, repeat: int) -> dict[str, A
         shutil.rmtree(folder)  # 8 x 300 x 0.5 MB per send and receiver: free the disk
         dcmtk, node = statistics.median(runs["storescp"]), statistics.median(runs["journal"])
         out[str(n)] = {"storescp": dcmtk, "node": node, "ratio": node / dcmtk, "runs": runs}
+    floor_after = bs.disk_floor(tmp, files[0].stat().st_size)
     shutil.rmtree(tmp / "store-series")
+    out["disk_floor_ms"] = [floor_before, floor_after]
     return out
 
 
@@ -215,15 +218,46 @@ def send_case(node: subprocess.Popen, tmp: Path, case: list[Path], name: str) ->
     return series_uid, started, last
 
 
+def log_times(log_path: Path, series_uid: str, job_id: int) -> dict[str, float]:
+    """Wall-clock instants of a job's steps from the node's log lines (asctime, ms)."""
+    marks = {
+        "complete": f"series {series_uid} complete",
+        "analysed": f"job {job_id}: analysed series",
+        "written": f"job {job_id} -> ",
+    }
+    found: dict[str, float] = {}
+    for line in log_path.read_text(errors="replace").splitlines():
+        for name, text in marks.items():
+            if name not in found and text in line:
+                stamp, ms = line[:23].split(",")
+                found[name] = time.mktime(time.strptime(stamp, "%Y-%m-%d %H:%M:%S")) + int(ms) / 1000
+    return found
+
+
+def steps_of(marks: dict[str, float], last: float, accepted: float, chain_s: float) -> dict[str, float]:
+    """Seconds of each step between the last instance and the results accepted."""
+    if set(marks) != {"complete", "analysed", "written"}:
+        return {}
+    return {
+        "to series complete": marks["complete"] - last,
+        "load series, chain": marks["analysed"] - marks["complete"],
+        "of which the chain": chain_s,
+        "build + write objects": marks["written"] - marks["analysed"],
+        "deliver to storescp": accepted - marks["written"],
+    }
+
+
 def one_case(node, log_path: Path, dest: Destination, rss: RssSampler, tmp: Path, case, name: str) -> dict[str, Any]:
     """Send, wait for the destination to hold every result; the case's figures."""
     series_uid, started, last = send_case(node, tmp, case, name)
     job = wait_delivered(tmp / "node-e2e" / "node.sqlite3", series_uid, log_path, timeout=1800)
     accepted = dest.newest_mtime()
     summary = json.loads((tmp / "node-e2e" / "results" / str(job["id"]) / "summary.json").read_text())
+    chain_s = summary.get("timings_s", {}).get("total", float("nan"))
     return {
         "receive_s": last - started,
         "end_to_end_s": accepted - last,
+        "steps_s": steps_of(log_times(log_path, series_uid, job["id"]), last, accepted, chain_s),
         "objects": job["kinds"],
         "decision": summary.get("decision"),
         "timings_s": summary.get("timings_s", {}),
@@ -273,8 +307,16 @@ def print_receive(rates: dict[str, Any], slices: int, size: int, repeat: int) ->
     print(f"\n1. Receive: {slices} images of {size}x{size} per association, fresh UIDs, median of {repeat}")
     print(f"   {'associations':<14}{'storescp img/s':>16}{'dicomnode img/s':>17}{'ratio':>8}")
     for n, r in rates.items():
+        if n == "disk_floor_ms":
+            continue
         fork = " (--fork)" if n != "1" else ""
         print(f"   {n + fork:<14}{r['storescp']:>16.0f}{r['node']:>17.0f}{r['ratio']:>8.2f}")
+    if "disk_floor_ms" in rates:
+        before, after = rates["disk_floor_ms"]
+        print(
+            f"   disk floor (pwrite + fdatasync of one image): {before:.2f} ms before, {after:.2f} ms after = at most "
+            f"{2000 / (before + after):.0f} durable images/s on one association (storescp does not fsync)"
+        )
 
 
 def print_end_to_end(e2e: dict[str, Any]) -> None:
@@ -289,6 +331,10 @@ def print_end_to_end(e2e: dict[str, Any]) -> None:
             f"{c['receive_s']:>11.2f}  {kinds} (decision {c['decision']})"
         )
     print("   (other: completion, loading the series, building, writing and sending the objects)")
+    if cold.get("steps_s") and warm.get("steps_s"):
+        print(f"   {'step (node log, 1 ms)':<24}{'cold s':>8}{'warm s':>8}")
+        for step, seconds in cold["steps_s"].items():
+            print(f"   {step:<24}{seconds:>8.2f}{warm['steps_s'].get(step, float('nan')):>8.2f}")
     print("\n3. AI chain per stage (the node's own timings_s, results/<job>/summary.json)")
     print(f"   {'stage':<20}{'cold s':>8}{'warm s':>8}")
     for stage in cold["timings_s"]:
