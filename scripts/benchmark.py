@@ -247,6 +247,18 @@ def steps_of(marks: dict[str, float], last: float, accepted: float, chain_s: flo
     }
 
 
+def rss_of_steps(rss: RssSampler, marks: dict[str, float], last: float, accepted: float) -> dict[str, float]:
+    """Peak VmRSS (MiB) of the node in each step's window (the 50 ms samples)."""
+    if set(marks) != {"complete", "analysed", "written"}:
+        return {}
+    return {
+        "to series complete": rss.peak_mib(last, marks["complete"]),
+        "load series, chain": rss.peak_mib(marks["complete"], marks["analysed"]),
+        "build + write objects": rss.peak_mib(marks["analysed"], marks["written"]),
+        "deliver to storescp": rss.peak_mib(marks["written"], accepted + 0.1),
+    }
+
+
 def one_case(node, log_path: Path, dest: Destination, rss: RssSampler, tmp: Path, case, name: str) -> dict[str, Any]:
     """Send, wait for the destination to hold every result; the case's figures."""
     series_uid, started, last = send_case(node, tmp, case, name)
@@ -254,10 +266,12 @@ def one_case(node, log_path: Path, dest: Destination, rss: RssSampler, tmp: Path
     accepted = dest.newest_mtime()
     summary = json.loads((tmp / "node-e2e" / "results" / str(job["id"]) / "summary.json").read_text())
     chain_s = summary.get("timings_s", {}).get("total", float("nan"))
+    marks = log_times(log_path, series_uid, job["id"])
     return {
         "receive_s": last - started,
         "end_to_end_s": accepted - last,
-        "steps_s": steps_of(log_times(log_path, series_uid, job["id"]), last, accepted, chain_s),
+        "steps_s": steps_of(marks, last, accepted, chain_s),
+        "rss_steps_mib": rss_of_steps(rss, marks, last, accepted),
         "objects": job["kinds"],
         "decision": summary.get("decision"),
         "timings_s": summary.get("timings_s", {}),
@@ -332,9 +346,11 @@ def print_end_to_end(e2e: dict[str, Any]) -> None:
         )
     print("   (other: completion, loading the series, building, writing and sending the objects)")
     if cold.get("steps_s") and warm.get("steps_s"):
-        print(f"   {'step (node log, 1 ms)':<24}{'cold s':>8}{'warm s':>8}")
+        print(f"   {'step (node log, 1 ms)':<24}{'cold s':>8}{'warm s':>8}{'peak RSS MiB cold':>19}{'warm':>6}")
         for step, seconds in cold["steps_s"].items():
-            print(f"   {step:<24}{seconds:>8.2f}{warm['steps_s'].get(step, float('nan')):>8.2f}")
+            peaks = [c.get("rss_steps_mib", {}).get(step) for c in (cold, warm)]
+            rss = "".join(f"{p:>{w}.0f}" for p, w in zip(peaks, (19, 6), strict=True)) if None not in peaks else ""
+            print(f"   {step:<24}{seconds:>8.2f}{warm['steps_s'].get(step, float('nan')):>8.2f}{rss}")
     print("\n3. AI chain per stage (the node's own timings_s, results/<job>/summary.json)")
     print(f"   {'stage':<20}{'cold s':>8}{'warm s':>8}")
     for stage in cold["timings_s"]:
@@ -354,6 +370,16 @@ def dominant(e2e: dict[str, Any]) -> str:
     base = e2e["rss_ready_mib"]
     receive = max(e2e["cold"]["rss_receive_mib"], e2e["warm"]["rss_receive_mib"])
     analysis = max(e2e["cold"]["rss_analysis_mib"], e2e["warm"]["rss_analysis_mib"])
+    steps: dict[str, float] = {}
+    for c in (e2e["cold"], e2e["warm"]):
+        for step, mib in c.get("rss_steps_mib", {}).items():
+            steps[step] = max(steps.get(step, 0.0), mib)
+    if steps and analysis >= receive:
+        top = max(steps, key=lambda k: steps[k])
+        return (
+            f"reached in the step '{top}' ({steps[top]:.0f} MiB sampled): {base:.0f} MiB resident before any "
+            f"case, +{steps[top] - base:.0f} MiB in that step (per chain stage: scripts/benchmark_chain.py)"
+        )
     if analysis >= receive:
         return (
             f"reached during the analysis: {base:.0f} MiB resident before any case, +{analysis - base:.0f} MiB "

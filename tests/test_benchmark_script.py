@@ -33,6 +33,19 @@ def fake_case(total: float) -> dict:
         "objects": ["sr", "seg", "sc", "sc"],
         "decision": "covid19",
         "timings_s": {"lung_segmentation": total / 2, "classification": total / 2, "total": total},
+        "steps_s": {
+            "to series complete": 0.01,
+            "load series, chain": total + 0.5,
+            "of which the chain": total,
+            "build + write objects": 1.0,
+            "deliver to storescp": 0.49,
+        },
+        "rss_steps_mib": {
+            "to series complete": 500.0,
+            "load series, chain": 1400.0,
+            "build + write objects": 1200.0,
+            "deliver to storescp": 900.0,
+        },
         "rss_receive_mib": 500.0,
         "rss_analysis_mib": 1400.0,
         "vmhwm_mib": 1450.0,
@@ -58,4 +71,6 @@ def test_table_has_every_row(capsys):
     assert any(line.split()[:3] == ["warm", "10.00", "8.00"] for line in lines)
     assert any(line.split() == ["lung_segmentation", "4.50", "4.00"] for line in lines)
     assert any(line.split()[:3] == ["total", "9.00", "8.00"] for line in lines)
-    assert "peak RSS (VmHWM): 1450 MiB" in out and "reached during the analysis" in out
+    assert any(line.split() == ["load", "series,", "chain", "9.50", "8.50", "1400", "1400"] for line in lines)
+    assert any(line.split()[:4] == ["deliver", "to", "storescp", "0.49"] for line in lines)
+    assert "peak RSS (VmHWM): 1450 MiB" in out and "reached in the step 'load series, chain'" in out
