@@ -123,6 +123,8 @@ class RssSampler:
 
     def peak_mib(self, start: float, end: float) -> float:
         inside = [kib for t, kib in self.samples if start <= t <= end]
+        if not inside:  # a window shorter than the sampling interval: the sample before it
+            inside = [kib for t, kib in self.samples if t < start][-1:]
         return max(inside, default=0) / 1024
 
     def stop(self) -> None:
