@@ -195,6 +195,26 @@ def test_lobe_seg_has_five_coded_lobes_with_laterality(lobe_seg, lesion_inputs):
         assert np.array_equal(pixels[..., i].astype(bool), lobes == i + 1)
 
 
+def test_lobe_seg_without_a_lobe_numbers_the_others_in_order(lesion_inputs):
+    """The lobe SEG is built from a label map: a lobe the map lacks (here the right middle)
+    leaves no segment, and the others keep their pixels under renumbered segments."""
+    from dataclasses import replace
+
+    inputs, result = lesion_inputs
+    lobes = result.lung_mask.lobes.copy()
+    lobes[lobes == 2] = 3
+    result = replace(result, lung_mask=replace(result.lung_mask, lobes=lobes))
+    objects = build_result_objects(result, inputs.volume, inputs.sources, WriterOptions(enabled={"lobe_seg"}))
+    seg = to_bytes_and_back(objects["lobe_seg"][0])
+    labels = [s.SegmentLabel for s in seg.SegmentSequence]
+    assert labels == ["Right upper lobe", "Right lower lobe", "Left upper lobe", "Left lower lobe"]
+    parsed = hd.seg.Segmentation.from_dataset(seg)
+    uids = [str(s.SOPInstanceUID) for s in inputs.sources]
+    pixels = parsed.get_pixels_by_source_instance(source_sop_instance_uids=uids, segment_numbers=[1, 2, 3, 4])
+    for i, lobe in enumerate((1, 3, 4, 5)):
+        assert np.array_equal(pixels[..., i].astype(bool), lobes == lobe)
+
+
 @pytest.mark.peers
 def test_lobe_seg_passes_dciodvfy(lobe_seg, tmp_path):
     result = dciodvfy(lobe_seg, tmp_path, "lobe_seg.dcm")

