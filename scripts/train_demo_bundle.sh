@@ -37,6 +37,12 @@ XOUT=${XOUT:-/tmp/covid-ct-xfamily}
 
 # Training data, both families; three matrix sizes (a classifier otherwise learns one
 # matrix size's texture). Slices: every case covers the whole chest.
+# Tried on 2026-12-04 and not shipped: a U-Net on 64 A + 128 B cases (seeds 1400-1402,
+# sizes 160/192/256) for 20 epochs, lesion pattern refitted, recalibrated. Dev seeds
+# 777000-777002: lesion inclusion of CAP up (A 0.82 -> 0.93, B 0.69 -> 0.79), decisions
+# unchanged (A 26/32, B 21 -> 22/32, healthy B 34/48). Held out: lesion inclusion B
+# 0.846 -> 0.876, decision accuracy B 0.656 -> 0.625, a healthy B case with 12 slices
+# flagged by the recalibrated locator (target <= 5). No clear gain: 0.4.1 stays.
 SEG_DATA=(--data "phantom:count=64,seed=1000,size=160,slices=40"
           --data "phantom:count=64,seed=1001,size=192,slices=40,family=b")
 CLS_DATA=(--data "phantom:count=32,seed=1100,size=160,slices=40"
