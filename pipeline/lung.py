@@ -115,19 +115,11 @@ def segment_lungs_unet(
     hu = volume.hu
     nz, ny, nx = hu.shape
     size = int(params.unet_input_size)
-    dev = torch.device(device)
-    prob = np.empty((nz, size, size), dtype=np.float32)
-    lesion_prob: np.ndarray | None = None
-    batch = max(1, int(params.unet_batch_size))
-    with torch.inference_mode():
-        for start in range(0, nz, batch):
-            x = torch.from_numpy(unet_batch(hu[start : start + batch], params)).to(dev)
-            p = F.softmax(unet(x).float(), dim=1)
-            prob[start : start + batch] = p[:, UNET_LUNG:].sum(dim=1).cpu().numpy()
-            if p.shape[1] > UNET_LESION:
-                if lesion_prob is None:
-                    lesion_prob = np.zeros((nz, size, size), dtype=np.float32)
-                lesion_prob[start : start + batch] = p[:, UNET_LESION].cpu().numpy()
+    run_z = unet_slices(nz, float(volume.spacing_mm[0]), params.unet_max_z_step_mm)
+    prob, lesion_prob = _unet_probabilities(hu, run_z, params, unet, device)
+    if len(run_z) < nz:
+        prob = interpolate_slices(prob, run_z, nz)
+        lesion_prob = None if lesion_prob is None else interpolate_slices(lesion_prob, run_z, nz)
     # Keep the two largest components and refine them at the U-Net's size (cheap), with
     # the HU resampled to that grid: a U-Net trained on phantoms may still cut a real
     # tumour out. Then the probability of everything dropped is set to 0 and that of
@@ -151,6 +143,49 @@ def segment_lungs_unet(
         return lung, None
     lesion_prob[~refined] = 0.0  # lesions of dropped components (outside the lungs) are not lesions
     return lung, upsample_mask(lesion_prob, hu.shape[1:], threshold=params.lesion_threshold) & lung
+
+
+def unet_slices(nz: int, dz_mm: float, max_step_mm: float) -> np.ndarray:
+    """The z indices the U-Net runs on: every k-th slice (k x ``dz_mm`` <= ``max_step_mm``,
+    k >= 1) and always the last one, so interpolation never extrapolates."""
+    step = max(1, int(math.floor(max_step_mm / dz_mm + 1e-6))) if max_step_mm > 0 and dz_mm > 0 else 1
+    zs = np.arange(0, nz, step, dtype=np.int64)
+    return zs if zs[-1] == nz - 1 else np.append(zs, nz - 1)
+
+
+def interpolate_slices(values: np.ndarray, run_z: np.ndarray, nz: int) -> np.ndarray:
+    """(nz, h, w) from the (len(run_z), h, w) ``values`` of the slices ``run_z`` (sorted,
+    first 0, last nz - 1): each other slice linearly between its two neighbours."""
+    out = np.empty((nz, *values.shape[1:]), dtype=values.dtype)
+    out[run_z] = values
+    for i in range(len(run_z) - 1):
+        z0, z1 = int(run_z[i]), int(run_z[i + 1])
+        for z in range(z0 + 1, z1):
+            w = np.float32((z - z0) / (z1 - z0))
+            out[z] = (1.0 - w) * values[i] + w * values[i + 1]
+    return out
+
+
+def _unet_probabilities(
+    hu: np.ndarray, run_z: np.ndarray, params: ChainParams, unet: torch.nn.Module, device: torch.device | str
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The U-Net's lung (classes 1 + 2) and, with 3 classes, lesion probabilities of the
+    slices ``run_z``, at the U-Net's size, in batches of ``unet_batch_size``."""
+    size = int(params.unet_input_size)
+    dev = torch.device(device)
+    prob = np.empty((len(run_z), size, size), dtype=np.float32)
+    lesion_prob: np.ndarray | None = None
+    batch = max(1, int(params.unet_batch_size))
+    with torch.inference_mode():
+        for start in range(0, len(run_z), batch):
+            x = torch.from_numpy(unet_batch(hu[run_z[start : start + batch]], params)).to(dev)
+            p = F.softmax(unet(x).float(), dim=1)
+            prob[start : start + batch] = p[:, UNET_LUNG:].sum(dim=1).cpu().numpy()
+            if p.shape[1] > UNET_LESION:
+                if lesion_prob is None:
+                    lesion_prob = np.zeros((len(run_z), size, size), dtype=np.float32)
+                lesion_prob[start : start + batch] = p[:, UNET_LESION].cpu().numpy()
+    return prob, lesion_prob
 
 
 def _resize_hu(hu: np.ndarray, size: tuple[int, int]) -> np.ndarray:

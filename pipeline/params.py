@@ -91,6 +91,11 @@ class ChainParams:
     #: 5.4 s, 16 slices 3.3 s, 8 slices 3.5 s, 4 slices 3.5 s (large batches leave the
     #: cache); a GPU may want more.
     unet_batch_size: int = 16
+    #: Thin slices: the U-Net runs on every k-th slice, k the largest whole number with
+    #: k x slice spacing <= this (mm), and the probabilities of the slices between are
+    #: interpolated linearly along z (the lungs and their lesions do not change within a
+    #: couple of millimetres). 0: every slice. 1-1.25 mm slices: every other slice.
+    unet_max_z_step_mm: float = 2.5
     compute_phenotype: bool = True
     # Phenotype (radiomics of attention regions)
     radiomics_bin_width: float = 25.0  # HU per grey level

@@ -3,16 +3,20 @@ inclusion helpers, and the refinement that keeps dense disease inside the lung m
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
 from pipeline.lung import (
     fill_holes_per_slice,
+    interpolate_slices,
     largest_components,
     lesion_inclusion,
     refine_lung_mask,
     segment_lungs,
+    unet_slices,
 )
 from pipeline.metrics import dice
 from pipeline.nets import build_network, unet_arch
@@ -105,6 +109,45 @@ def test_three_class_unet_gives_lung_and_lesion_maps() -> None:
     assert lesion_everywhere.lesion.all()
     no_lesion = segment_lungs(volume, params, unet=_constant_unet([-5.0, 5.0, -5.0]))
     assert no_lesion.mask.all() and no_lesion.lesion is not None and not no_lesion.lesion.any()
+
+
+def test_unet_runs_on_every_kth_thin_slice_and_always_the_last() -> None:
+    assert unet_slices(7, 5.0, 2.0).tolist() == list(range(7))  # thick slices: every one
+    assert unet_slices(7, 1.0, 2.0).tolist() == [0, 2, 4, 6]
+    assert unet_slices(8, 1.0, 2.0).tolist() == [0, 2, 4, 6, 7]  # the last is never extrapolated
+    assert unet_slices(10, 0.625, 2.0).tolist() == [0, 3, 6, 9]
+    assert unet_slices(5, 0.5, 0.0).tolist() == list(range(5))  # 0: every slice
+
+
+def test_slices_between_are_interpolated_linearly() -> None:
+    run_z = np.array([0, 3, 4])
+    values = np.stack([np.full((2, 2), v, np.float32) for v in (0.0, 0.9, 0.3)])
+    out = interpolate_slices(values, run_z, 5)
+    assert out.shape == (5, 2, 2) and out.dtype == np.float32
+    assert np.allclose(out[:, 0, 0], [0.0, 0.3, 0.6, 0.9, 0.3])
+
+
+def test_strided_unet_segments_thin_slices_like_every_slice() -> None:
+    """1 mm slices: the U-Net runs on every other slice; a lung that changes slowly along z
+    comes out the same as when it runs on every slice."""
+    hu = np.full((9, 40, 48), 0.0, np.float32)
+    hu[:, 8:32, 6:42] = -850.0  # lung-density box; the 'U-Net' below calls it lung
+    volume = CTVolume(hu=hu, spacing_mm=(1.0, 1.0, 1.0))
+    calls: list[int] = []
+
+    class DensityUnet(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            calls.append(int(x.shape[0]))
+            lung = (x < 0.3).float() * 10.0 - 5.0  # unet_batch scales HU to [0, 1]
+            return torch.cat([-lung, lung], dim=1)
+
+    params = ChainParams(unet_input_size=32, batch_size=2, unet_batch_size=64)
+    strided = segment_lungs(volume, params, unet=DensityUnet())
+    assert sum(calls) == 5  # slices 0, 2, 4, 6, 8
+    calls.clear()
+    every = segment_lungs(volume, replace(params, unet_max_z_step_mm=0.0), unet=DensityUnet())
+    assert sum(calls) == 9
+    assert np.array_equal(strided.mask, every.mask) and every.mask.any()
 
 
 def test_lesion_inclusion_helper() -> None:
