@@ -62,23 +62,18 @@ def mosmed_grade(percent: float) -> int:
 
 def _region(
     name: str,
-    region: np.ndarray,
-    lesion: np.ndarray,
-    hu: np.ndarray | None,
+    counts: tuple[int, int, int],
+    has_hu: bool,
     voxel_ml: float,
-    consolidation_hu: float,
     min_involved_ml: float,
     lobe: bool,
 ) -> Involvement:
-    n = int(np.count_nonzero(region))
-    inside = lesion & region
-    n_lesion = int(np.count_nonzero(inside))
+    """One region's involvement from its voxel counts (region, lesion in it, dense lesion)."""
+    n, n_lesion, n_dense = counts
     if n_lesion * voxel_ml < min_involved_ml:
         n_lesion, n_dense = 0, 0
-    else:
-        n_dense = int(np.count_nonzero(hu[inside] >= consolidation_hu)) if hu is not None else 0
     percent = 100.0 * n_lesion / n if n else 0.0
-    ggo = (n_lesion - n_dense) * voxel_ml if hu is not None else 0.0
+    ggo = (n_lesion - n_dense) * voxel_ml if has_hu else 0.0
     return Involvement(
         name=name,
         volume_ml=n * voxel_ml,
@@ -88,6 +83,19 @@ def _region(
         involvement_percent=min(100.0, percent),
         score=lobe_score(percent) if lobe else mosmed_grade(percent),
     )
+
+
+def _lobe_labels(lobes: np.ndarray) -> np.ndarray:
+    """The lobe map as integer labels (its own dtype when it has one: a uint8 map of a
+    512-pixel CT is 80 MB, as int64 640), checked to be whole numbers 0-5."""
+    if lobes.size == 0:
+        return lobes.astype(np.int64)
+    lo, hi = lobes.min(), lobes.max()
+    whole = np.issubdtype(lobes.dtype, np.integer) or bool(np.array_equal(lobes, np.round(lobes)))
+    if lo < 0 or hi > len(LOBES) or not whole:
+        bad = sorted(set(np.unique(lobes).tolist()) - set(range(0, len(LOBES) + 1)))
+        raise SeverityError(f"lobe labels must be 1-{len(LOBES)}, got {bad}")
+    return lobes if np.issubdtype(lobes.dtype, np.integer) else lobes.astype(np.int64)
 
 
 def quantify_severity(
@@ -113,19 +121,29 @@ def quantify_severity(
     if not voxel_ml > 0:
         raise SeverityError(f"voxel volume must be positive, got {voxel_ml}")
     lesion = lesion & lung
-    whole = _region("lungs", lung, lesion, hu, voxel_ml, consolidation_hu, min_involved_ml, lobe=False)
+    dense = lesion & (hu >= consolidation_hu) if hu is not None else np.zeros_like(lesion)
+    counts = (int(np.count_nonzero(lung)), int(np.count_nonzero(lesion)), int(np.count_nonzero(dense)))
+    whole = _region("lungs", counts, hu is not None, voxel_ml, min_involved_ml, lobe=False)
     if lobes is None:
         return Severity(lungs=whole, lobes=(), ct_severity_score=None, consolidation_hu=consolidation_hu)
     lobes = np.asarray(lobes)
     if lobes.shape != lung.shape:
         raise SeverityError(f"lobe map {lobes.shape} and lung {lung.shape} differ in shape")
-    labels = set(np.unique(lobes).tolist()) - {0}
-    if not labels <= set(range(1, len(LOBES) + 1)):
-        raise SeverityError(f"lobe labels must be 1-{len(LOBES)}, got {sorted(labels)}")
+    labels = _lobe_labels(lobes)
+    # One pass per count over the voxels (not one per lobe): the lung's, its lesions' and
+    # their dense part's voxels per lobe label.
+    per_lobe = [np.bincount(labels[m], minlength=len(LOBES) + 1) for m in (lung, lesion, dense)]
     parts = tuple(
-        _region(name, (lobes == i) & lung, lesion, hu, voxel_ml, consolidation_hu, min_involved_ml, lobe=True)
+        _region(
+            name,
+            (int(per_lobe[0][i]), int(per_lobe[1][i]), int(per_lobe[2][i])),
+            hu is not None,
+            voxel_ml,
+            min_involved_ml,
+            lobe=True,
+        )
         for i, name in enumerate(LOBES, start=1)
-        if np.any((lobes == i) & lung)
+        if per_lobe[0][i] > 0
     )
     total = sum(p.score for p in parts) if len(parts) == len(LOBES) else None
     return Severity(lungs=whole, lobes=parts, ct_severity_score=total, consolidation_hu=consolidation_hu)
