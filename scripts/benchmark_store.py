@@ -299,7 +299,19 @@ def measure(tmp: Path, files: list[Path], repeat: int, direct: bool, association
         for proc, log_path in nodes.values():
             stop(proc, log_path)
         dcmtk.wait(10)
+    sent = repeat * associations * len(files)
+    for name in nodes:
+        check_kept(tmp / f"node-{name}", sent, name)
     return runs
+
+
+def check_kept(data_dir: Path, sent: int, name: str) -> None:
+    """Every instance storescu had answered with success is a file in the node's storage
+    after it stopped (its journal checkpointed); exits naming the shortfall otherwise."""
+    kept = sum(1 for _ in data_dir.rglob("*.dcm"))
+    print(f"instances kept by the node ({name}): {kept} of {sent} sent", flush=True)
+    if kept != sent:
+        raise SystemExit(f"{name}: {sent - kept} instance(s) answered with success are missing from {data_dir}")
 
 
 def main() -> int:
