@@ -216,6 +216,7 @@ def segment_lungs_classical(volume: CTVolume, params: ChainParams) -> np.ndarray
     body = _body_mask(small, params)
     air = (small < params.classical_air_hu) & body
     air &= ~_airway_regions(air, body, params, pixel_mm)
+    air &= ~_outside_rib_cage(air, small, body, params, pixel_mm)
     lungs = largest_components(air, max_count=2, min_fraction=params.lung_second_min_fraction, structure=_FACE_3D)
     if not lungs.any():
         return np.zeros(hu.shape, dtype=bool)
@@ -367,6 +368,26 @@ def _airway_regions(
     lut = np.zeros(n + 1, dtype=bool)
     lut[1:] = airway
     return lut[labels]
+
+
+def _outside_rib_cage(
+    air: np.ndarray, hu: np.ndarray, body: np.ndarray, params: ChainParams, pixel_mm: tuple[float, float]
+) -> np.ndarray:
+    """Air regions (3-D) lying mostly outside the rib cage: the gap between the back and a
+    curved table or its pad, which hole filling made part of the body and which can be
+    larger than a lung. Nothing when the volume shows no bone (no rib cage to judge by)."""
+    bone = (hu >= params.lung_dense_hu[1]) & _trunk(body & (hu > params.lung_trunk_hu))
+    if np.count_nonzero(bone) < ENVELOPE_MIN_BONE_PIXELS:
+        return np.zeros(air.shape, dtype=bool)
+    inside = _envelope_depth(bone, pixel_mm, int(params.lung_envelope_directions)) > 0
+    labels, n = ndimage.label(air, structure=_FACE_3D)
+    if n == 0:
+        return np.zeros(air.shape, dtype=bool)
+    total = np.bincount(labels.ravel(), minlength=n + 1)
+    within = np.bincount(labels[inside & air], minlength=n + 1)
+    outside = within < 0.5 * total
+    outside[0] = False
+    return outside[labels]
 
 
 def _body_columns(body: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

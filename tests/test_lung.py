@@ -150,6 +150,20 @@ def test_strided_unet_segments_thin_slices_like_every_slice() -> None:
     assert np.array_equal(strided.mask, every.mask) and every.mask.any()
 
 
+@pytest.mark.parametrize("seed", [839601160, 1128187839])
+def test_classical_does_not_take_the_gap_above_the_table_for_a_lung(seed: int) -> None:
+    """Two family-B cases (dev cohort seed 777002) whose air between the back and a curved
+    table, made body by hole filling, was larger than the left lung: the classical mask
+    kept it and dropped the left lung (Dice 0.70-0.73). Air outside the rib cage is not lung."""
+    from pipeline.phantoms import make_phantom_b
+
+    p = make_phantom_b("non_pneumonia", seed, 24, 96)
+    mask = segment_lungs(p.volume, ChainParams()).mask
+    assert dice(mask, p.lung_mask) >= 0.9
+    right = np.arange(p.volume.shape[2]) < p.volume.shape[2] // 2
+    assert (mask & p.lung_mask & right).any() and (mask & p.lung_mask & ~right).any()  # both lungs
+
+
 def test_lesion_inclusion_helper() -> None:
     lung = np.zeros((2, 4, 4), bool)
     lesion = np.zeros((2, 4, 4), bool)
