@@ -38,11 +38,9 @@ from typing import Callable, Iterator
 
 from .errors import DiskFullError, InvalidUIDError, StoreError
 from .header import STATUS_CANNOT_UNDERSTAND, STATUS_OUT_OF_RESOURCES, InstanceInfo, validate_uid
-from .journal import Journal
+from .journal import TMP_SUFFIX, Journal, fsync_path
 
 log = logging.getLogger(__name__)
-
-_TMP_SUFFIX = ".tmp"
 
 
 def _nothing() -> None:
@@ -51,11 +49,7 @@ def _nothing() -> None:
 
 def fsync_dir(path: Path) -> None:
     """Make a rename or a new entry in ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_path(path, directory=True)
 
 
 class InstanceStore:
@@ -194,7 +188,7 @@ class InstanceStore:
 
     def _write_durably(self, info: InstanceInfo, target: Path, header: bytes, dataset: bytes | memoryview) -> None:
         """The direct way: temp file, fsync, rename, fsync of the folder."""
-        tmp = target.parent / f".{info.sop_uid}.{secrets.token_hex(4)}{_TMP_SUFFIX}"
+        tmp = target.parent / f".{info.sop_uid}.{secrets.token_hex(4)}{TMP_SUFFIX}"
         try:
             self._ensure_dir(target.parent)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
@@ -246,7 +240,7 @@ class InstanceStore:
     def remove_temp_files(self) -> int:
         """Delete temp files a killed process left behind; returns how many."""
         count = 0
-        for tmp in self.root.glob(f"*/*/.*{_TMP_SUFFIX}"):
+        for tmp in self.root.glob(f"*/*/.*{TMP_SUFFIX}"):
             tmp.unlink(missing_ok=True)
             count += 1
         return count

@@ -376,10 +376,10 @@ def _outside_rib_cage(
     """Air regions (3-D) lying mostly outside the rib cage: the gap between the back and a
     curved table or its pad, which hole filling made part of the body and which can be
     larger than a lung. Nothing when the volume shows no bone (no rib cage to judge by)."""
-    bone = (hu >= params.lung_dense_hu[1]) & _trunk(body & (hu > params.lung_trunk_hu))
+    bone, depth = _rib_cage(hu, body, pixel_mm, params)
     if np.count_nonzero(bone) < ENVELOPE_MIN_BONE_PIXELS:
         return np.zeros(air.shape, dtype=bool)
-    inside = _envelope_depth(bone, pixel_mm, int(params.lung_envelope_directions)) > 0
+    inside = depth > 0
     labels, n = ndimage.label(air, structure=_FACE_3D)
     if n == 0:
         return np.zeros(air.shape, dtype=bool)
@@ -466,8 +466,7 @@ def _refine_box(
     sides = [_close_side(side, dense_hu, spacing_mm, params, disk_mm) for side in (right, left)]
     closed = sides[0] | sides[1]
     below = _lung_below(closed)
-    bone = (hu >= hi) & _trunk(body & (hu > params.lung_trunk_hu))
-    depth = _envelope_depth(bone, spacing_mm[1:], int(params.lung_envelope_directions))
+    bone, depth = _rib_cage(hu, body, spacing_mm[1:], params)
     extra = _recover_dense(sides, lungs, closed, dense_hu, below, right_half, depth, params)
     out = np.zeros(lungs.shape, dtype=bool)
     for side, more in zip(sides, extra, strict=True):
@@ -476,6 +475,15 @@ def _refine_box(
     outside = (depth < -params.lung_outside_ribs_mm) & has_bone[:, None, None] & (hu > lo)
     out &= ~outside
     return out, out & ~lungs & (hu >= params.classical_air_hu)
+
+
+def _rib_cage(
+    hu: np.ndarray, body: np.ndarray, pixel_mm: tuple[float, float], params: ChainParams
+) -> tuple[np.ndarray, np.ndarray]:
+    """The trunk's bone (ribs, sternum, spine; not the arms') and each pixel's depth (mm)
+    inside its per-slice convex hull (``_envelope_depth``)."""
+    bone = (hu >= params.lung_dense_hu[1]) & _trunk(body & (hu > params.lung_trunk_hu))
+    return bone, _envelope_depth(bone, pixel_mm, int(params.lung_envelope_directions))
 
 
 def _trunk(tissue: np.ndarray) -> np.ndarray:
